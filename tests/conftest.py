@@ -1,0 +1,22 @@
+"""Test setup shared by every test file.
+
+Without a GPU, Triton kernels run under the Triton interpreter on CPU tensors. The interpreter must
+be switched on before any module that defines @triton.jit kernels is imported, so it is set here,
+first. Ahead-of-time compilation checks need a process without it and run in a subprocess.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs in benchmarks/gpu_suite.sh)")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,53 @@
+"""The `cuda` backend: our compiled extension `unet_fast._C` (sources in csrc/).
+
+The C++ side defines the op schemas (`TORCH_LIBRARY(unet_fast, m)`) and registers CPU kernels
+(csrc/cpu) and CUDA kernels (csrc/cuda); importing `_C` runs those registrations. Python adds what
+the dispatcher needs around them: fake (meta) kernels for torch.compile and the autograd formulas,
+whose backward calls the backward ops (`_<op>_backward`).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._dispatch import register_backend, register_impl
+
+try:
+    from .. import _C  # noqa: F401  (loads the op registrations)
+    _LOAD_ERROR = None
+except (ImportError, OSError) as e:
+    _LOAD_ERROR = (f"the extension unet_fast._C is not built or failed to load ({e}); build it with "
+                   "`pip install --no-build-isolation -e .` (needs a C++ compiler; CUDA kernels "
+                   "also need nvcc and a CUDA build of torch)")
+
+register_backend("cuda", lambda: _LOAD_ERROR)
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether `_C` registered a kernel of `unet_fast::op` for this device type."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if _LOAD_ERROR is not None or key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{op}", key)
+
+
+def extension_path():
+    return None if _LOAD_ERROR is not None else _C.__file__
+
+
+def _supports(op: str):
+    def supports(*args):
+        t = args[0]
+        if not has_kernel(op, t.device.type):
+            if t.device.type == "cuda":
+                return ("the extension was built without CUDA kernels; rebuild it on a machine "
+                        "with nvcc and a CUDA build of torch (or UNET_FAST_FORCE_CUDA=1)")
+            return f"the extension has no {t.device.type} kernel for {op}"
+        return None
+    return supports
+
+
+if _LOAD_ERROR is None:
+    from . import cuda_ops  # noqa: E402  (fake kernels and autograd of every op in _C)
+
+    for _op, _fn in cuda_ops.IMPLS.items():
+        register_impl(_op, "cuda", _fn, _supports(_op))

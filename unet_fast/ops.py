@@ -1,0 +1,199 @@
+"""The functional ops of unet_fast: one interface, three implementations (torch, triton, cuda).
+
+Every op checks its arguments here, once, before any backend sees them, applies autocast the way
+PyTorch's own op would, and lets the dispatch layer choose the implementation. All ops are
+autograd-aware, accept float32/float16/bfloat16 (float64 on the CPU paths), NCHW or channels_last,
+and return the input's memory format.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _dispatch
+
+__all__ = ["conv3x3_relu", "max_pool2x2", "crop_concat", "conv_transpose2x2", "conv1x1",
+           "conv3x3_relu_pool", "up_concat"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ---------------------------------------------------------------- argument checks
+def _check_tensor(t, name: str, rank: int = 4):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}; "
+                        f"convert it with {name}.float()")
+    if t.dim() != rank:
+        shape = "(N, C, H, W)" if rank == 4 else f"rank {rank}"
+        raise ValueError(f"{name} must be a {rank}-D tensor {shape}, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be > 0")
+
+
+def _check_same(tensors: dict):
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    n0, t0 = items[0]
+    for n, t in items[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{n} is on {t.device} but {n0} is on {t0.device}; move them to one "
+                             f"device (e.g. {n}.to({n0}.device))")
+        if t.dtype != t0.dtype:
+            raise TypeError(f"{n} is {t.dtype} but {n0} is {t0.dtype}; use one dtype "
+                            f"(e.g. {n}.to({n0}.dtype)) or run under torch.autocast")
+
+
+def _check_bias(bias, channels: int):
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.dim() != 1 or bias.shape[0] != channels:
+        raise ValueError(f"bias must have shape ({channels},) to match the weight's output "
+                         f"channels, got {tuple(bias.shape)}")
+
+
+def _autocast(*tensors):
+    """Cast to the autocast dtype where PyTorch's convolutions would (they are lower-precision
+    ops under autocast); the torch backend gets the same inputs, so all backends agree."""
+    t0 = tensors[0]
+    dev = t0.device.type
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        return tuple(t.to(dt) if t is not None and t.is_floating_point() else t for t in tensors)
+    return tensors
+
+
+def _check_conv(x, weight, bias, k: int, name: str = "weight"):
+    _check_tensor(x, "x")
+    _check_tensor(weight, name)
+    if weight.shape[2:] != (k, k):
+        raise ValueError(f"{name} must have shape (C_out, C_in, {k}, {k}), got {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} channels but {name} expects {weight.shape[1]} "
+                         f"(weight shape {tuple(weight.shape)}); pass an input with "
+                         f"{weight.shape[1]} channels")
+    _check_bias(bias, weight.shape[0])
+    _check_same({"x": x, name: weight, "bias": bias})
+
+
+def _check_padding(padding):
+    if padding not in (0, 1) or isinstance(padding, bool):
+        raise ValueError(f"padding must be 0 (valid) or 1 (same), got {padding!r}")
+
+
+def _check_conv3x3(x, weight, bias, padding):
+    _check_conv(x, weight, bias, 3)
+    _check_padding(padding)
+    h, w = x.shape[-2:]
+    if padding == 0 and (h < 3 or w < 3):
+        raise ValueError(f"x is {h}x{w}; an unpadded 3x3 convolution needs at least 3x3")
+
+
+def _check_pool_input(x, name="x"):
+    h, w = x.shape[-2:]
+    if h < 2 or w < 2:
+        raise ValueError(f"{name} is {h}x{w}; 2x2 max-pooling needs at least 2x2")
+
+
+def _check_crop_concat(skip, up):
+    _check_tensor(skip, "skip")
+    _check_tensor(up, "up")
+    if skip.device != up.device:
+        raise ValueError(f"skip is on {skip.device} but up is on {up.device}; move them to one device")
+    _check_crop_shapes(skip.shape, up.shape)
+
+
+def _check_crop_shapes(skip_shape, up_shape):
+    if skip_shape[0] != up_shape[0]:
+        raise ValueError(f"skip has batch {skip_shape[0]} but up has batch {up_shape[0]}; they must match")
+    if skip_shape[2] < up_shape[2] or skip_shape[3] < up_shape[3]:
+        raise ValueError(f"skip is {tuple(skip_shape[2:])} but up is {tuple(up_shape[2:])}; the skip "
+                         "is center-cropped to up's size, so it must be at least as large")
+
+
+def _run(op: str, args: tuple, backend: Optional[str]):
+    name, fn = _dispatch.resolve(op, args, backend)
+    _dispatch.record(op, name)
+    return fn(*args)
+
+
+# ---------------------------------------------------------------- the public ops
+def conv3x3_relu(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None):
+    """relu(conv2d(x, weight, bias, padding=padding)) with a 3x3 weight; padding 0 or 1."""
+    _check_conv3x3(x, weight, bias, padding)
+    x, weight, bias = _autocast(x, weight, bias)
+    return _run("conv3x3_relu", (x, weight, bias, padding), backend)
+
+
+def conv3x3_relu_pool(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None):
+    """(y, max_pool2x2(y)) with y = conv3x3_relu(x, ...): the encoder's second conv, whose fused
+    kernels write the pooled output from the same epilogue."""
+    _check_conv3x3(x, weight, bias, padding)
+    h, w = x.shape[-2:]
+    oh, ow = h - 2 + 2 * padding, w - 2 + 2 * padding
+    if oh < 2 or ow < 2:
+        raise ValueError(f"the conv output is {oh}x{ow}; 2x2 max-pooling needs at least 2x2")
+    x, weight, bias = _autocast(x, weight, bias)
+    return _run("conv3x3_relu_pool", (x, weight, bias, padding), backend)
+
+
+def max_pool2x2(x, *, backend: Optional[str] = None):
+    """max_pool2d(x, 2, 2): odd trailing rows/columns are dropped, as in PyTorch."""
+    _check_tensor(x, "x")
+    _check_pool_input(x)
+    return _run("max_pool2x2", (x,), backend)
+
+
+def crop_concat(skip, up, *, backend: Optional[str] = None):
+    """cat([center_crop(skip, up.shape[-2:]), up], dim=1); crop offset (skip - up) // 2."""
+    _check_crop_concat(skip, up)
+    if skip.dtype != up.dtype:  # torch.cat promotes; so do we
+        dt = torch.promote_types(skip.dtype, up.dtype)
+        skip, up = skip.to(dt), up.to(dt)
+    return _run("crop_concat", (skip, up), backend)
+
+
+def conv_transpose2x2(x, weight, bias=None, *, backend: Optional[str] = None):
+    """conv_transpose2d(x, weight, bias, stride=2) with a (C_in, C_out, 2, 2) weight."""
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    if weight.shape[2:] != (2, 2):
+        raise ValueError(f"weight must have shape (C_in, C_out, 2, 2), got {tuple(weight.shape)}")
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} channels but weight expects {weight.shape[0]} "
+                         f"(weight shape {tuple(weight.shape)}, layout (C_in, C_out, 2, 2))")
+    _check_bias(bias, weight.shape[1])
+    _check_same({"x": x, "weight": weight, "bias": bias})
+    x, weight, bias = _autocast(x, weight, bias)
+    return _run("conv_transpose2x2", (x, weight, bias), backend)
+
+
+def up_concat(skip, x, weight, bias=None, *, backend: Optional[str] = None):
+    """crop_concat(skip, conv_transpose2x2(x, weight, bias)): the decoder's up-step, whose fused
+    kernels write the transposed conv straight into the concat buffer (no torch.cat)."""
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    if weight.shape[2:] != (2, 2) or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight must have shape ({x.shape[1]}, C_out, 2, 2) for x with "
+                         f"{x.shape[1]} channels, got {tuple(weight.shape)}")
+    _check_bias(bias, weight.shape[1])
+    _check_same({"x": x, "weight": weight, "bias": bias})
+    up_shape = (x.shape[0], weight.shape[1], 2 * x.shape[2], 2 * x.shape[3])
+    _check_tensor(skip, "skip")
+    if skip.device != x.device:
+        raise ValueError(f"skip is on {skip.device} but x is on {x.device}; move them to one device")
+    _check_crop_shapes(skip.shape, up_shape)
+    x, weight, bias = _autocast(x, weight, bias)
+    if skip.dtype != x.dtype:  # under autocast the skip is already in the autocast dtype
+        skip = skip.to(x.dtype)
+    return _run("up_concat", (skip, x, weight, bias), backend)
+
+
+def conv1x1(x, weight, bias=None, *, backend: Optional[str] = None):
+    """conv2d(x, weight, bias) with a (C_out, C_in, 1, 1) weight."""
+    _check_conv(x, weight, bias, 1)
+    x, weight, bias = _autocast(x, weight, bias)
+    return _run("conv1x1", (x, weight, bias), backend)
