@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import _dispatch, ops, sizes
+from ._utils import memory_format_of
 from .reference import _check_config, _check_input
 
 
@@ -93,7 +94,7 @@ class UNet(nn.Module):
 
     def forward(self, x):
         _check_input(self, x)
-        channels_last_in = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        fmt = memory_format_of(x)
         skips = []
         for i, block in enumerate(self.down):
             skip, x = self._double(f"down.{i}", block, x, pool=True)
@@ -104,5 +105,4 @@ class UNet(nn.Module):
             x = self._op(f"up.{i}.up", "up_concat", skip, x, block.up.weight, block.up.bias)
             x = self._double(f"up.{i}.conv", block.conv, x, pool=False)
         x = self._op("head", "conv1x1", x, self.head.weight, self.head.bias)
-        fmt = torch.channels_last if channels_last_in else torch.contiguous_format
         return x if x.is_contiguous(memory_format=fmt) else x.contiguous(memory_format=fmt)

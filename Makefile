@@ -1,0 +1,43 @@
+# The commands of the README. `make train` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# A real CUDA toolkit (bin/nvcc + lib64/libcudart.so); torch's guess from PATH can be a wrapper.
+CUDA_HOME ?= $(shell for d in "$$CUDA_HOME" /usr/local/cuda; do [ -x "$$d/bin/nvcc" ] && echo "$$d" && break; done)
+export CUDA_HOME
+MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+export MAX_JOBS
+
+.PHONY: setup build train test bench gpu-suite clean
+
+setup: $(VENV)/.deps build
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# Builds unet_fast._C in place (CUDA + C++ kernels when a toolkit is found, else C++ only).
+build: $(VENV)/.deps
+	@echo "building unet_fast._C (log: build.log) ..."
+	@$(PY) -m pip install --no-build-isolation --no-deps -v -e . > build.log 2>&1 || { tail -60 build.log; exit 1; }
+	@grep -A6 "unet_fast build configuration" build.log | sed 's/^ *//' || true
+	$(PY) -c "import unet_fast as uf; print('backends:', uf.backends.available())"
+
+# The main job: default training run on the built-in data.
+train: setup
+	$(VENV)/bin/unet-fast train $(ARGS)
+
+# The whole test suite (the extension must have built: a missing one fails, never skips).
+test: setup
+	UNET_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest tests/ -q $(ARGS)
+
+bench: setup
+	$(PY) -m pytest benchmarks/ -q $(ARGS)
+
+gpu-suite:
+	bash benchmarks/gpu_suite.sh $(ARGS)
+
+clean:
+	rm -rf build unet_fast/_C*.so *.egg-info
