@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -38,11 +39,12 @@ class BackendUnavailable(RuntimeError):
 
 
 class _Impl:
-    __slots__ = ("fn", "supports")
+    __slots__ = ("fn", "supports", "deterministic")
 
-    def __init__(self, fn, supports):
+    def __init__(self, fn, supports, deterministic):
         self.fn = fn
         self.supports = supports
+        self.deterministic = deterministic
 
 
 _impls: dict[str, dict[str, _Impl]] = {op: {} for op in OPS}
@@ -57,12 +59,16 @@ def register_backend(name: str, reason: Callable[[], Optional[str]]) -> None:
     _backend_reason[name] = reason
 
 
-def register_impl(op: str, backend: str, fn: Callable, supports: Callable | None = None) -> None:
+def register_impl(op: str, backend: str, fn: Callable, supports: Callable | None = None,
+                  deterministic: bool = True) -> None:
+    """`deterministic=False` for an implementation whose results can vary run to run (atomics in a
+    split-K reduction): under torch.use_deterministic_algorithms(True) "auto" skips it and an
+    explicit request raises, as PyTorch does."""
     if op not in _impls:
         raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    _impls[op][backend] = _Impl(fn, supports)
+    _impls[op][backend] = _Impl(fn, supports, deterministic)
 
 
 def backend_reason(name: str) -> Optional[str]:
@@ -113,9 +119,12 @@ def requested_backend(backend: Optional[str] = None) -> str:
 
 
 def auto_order(device: torch.device) -> tuple[str, ...]:
-    """Candidates for "auto", best first. On CPU the reference ops are the fast ones. On CUDA the
-    reference (cuDNN) stays first until measured choices exist (the auto-tuning issue): "auto" must
-    never be slower than eager."""
+    """Candidates for "auto". On CPU the reference ops are the fast ones. On CUDA every backend that
+    can run the input is timed once per (op, shapes, dtype, layout, GPU) and the fastest is kept
+    (unet_fast/_autotune.py); the reference (cuDNN) is always among them, so "auto" is never
+    slower than eager beyond the noise of that measurement."""
+    if device.type == "cuda":
+        return ("cuda", "triton", "torch")
     return ("torch",)
 
 
@@ -127,12 +136,65 @@ def why_not(op: str, backend: str, args: tuple) -> Optional[str]:
     impl = _impls[op].get(backend)
     if impl is None:
         return f"the {backend} backend has no implementation of {op}"
+    if not impl.deterministic and torch.are_deterministic_algorithms_enabled():
+        return (f"its {op} is not deterministic and torch.use_deterministic_algorithms(True) is "
+                "set; use backend='torch' or 'auto'")
     if impl.supports is not None:
         try:
             return impl.supports(*args)
         except Exception as e:
             return f"the {backend} backend's check for {op} failed: {e}"
     return None
+
+
+# (op, backend, key) combinations whose kernel failed under "auto": never tried again.
+_failed: set = set()
+_warned: set = set()
+
+
+def _mark_failed(op: str, backend: str, key: str, err: BaseException) -> None:
+    _failed.add((op, backend, key))
+    if (op, backend) not in _warned:
+        _warned.add((op, backend))
+        warnings.warn(f"unet_fast: the {backend} kernel of {op} failed ({type(err).__name__}: "
+                      f"{err}); backend='auto' falls back for this input from now on",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def _measuring_allowed(device: torch.device) -> bool:
+    return (device.type == "cuda" or _MEASURE_ON_CPU) and not _is_compiling()
+
+
+_MEASURE_ON_CPU = False  # tests switch it on to exercise the measured path without a GPU
+
+
+def auto_candidates(op: str, args: tuple) -> list:
+    """Backends "auto" may use for `op` on `args`, in order of preference."""
+    from ._autotune import key_of
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    key = key_of(op, args) if _failed else None
+    cands = [c for c in auto_order(device)
+             if why_not(op, c, args) is None and (op, c, key) not in _failed]
+    if "torch" not in cands:
+        cands.append("torch")  # the reference can always run a validated input
+    if len(cands) > 1 and _measuring_allowed(device):
+        from . import _autotune
+        best = _autotune.choose(op, cands, args, lambda name: _impls[op][name].fn)
+        for (fop, fname, err) in _autotune._failed_while_measuring:
+            _mark_failed(fop, fname, _autotune.key_of(fop, args), err)
+        _autotune._failed_while_measuring.clear()
+        cands.remove(best)
+        cands.insert(0, best)
+    elif _is_compiling():
+        cands = ["torch"]  # no timing on fake tensors; the reference is never slower than eager
+    return cands
 
 
 def resolve(op: str, args: tuple, backend: Optional[str] = None):
@@ -145,15 +207,50 @@ def resolve(op: str, args: tuple, backend: Optional[str] = None):
                 f"backend={name!r} cannot run {op}: {reason}. Use backend='auto' (or 'torch') to "
                 "fall back to the reference ops.")
         return name, _impls[op][name].fn
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    for cand in auto_order(device):
-        if why_not(op, cand, args) is None:
-            return cand, _impls[op][cand].fn
-    return "torch", _impls[op]["torch"].fn
+    first = auto_candidates(op, args)[0]
+    return first, _impls[op][first].fn
+
+
+def run(op: str, args: tuple, backend: Optional[str] = None):
+    """Run `op` on validated `args`. Under "auto" a kernel that fails (compile error, launch
+    failure, missing resources) is reported once, never used again for that input, and the next
+    candidate runs; under an explicit backend the failure is a BackendUnavailable."""
+    name = requested_backend(backend)
+    if name != "auto":
+        name, fn = resolve(op, args, name)
+        try:
+            out = fn(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if name == "torch":
+                raise
+            raise BackendUnavailable(f"backend={name!r} failed to run {op}: {type(e).__name__}: "
+                                     f"{e}. Use backend='auto' to fall back to the reference "
+                                     "ops.") from e
+        record(op, name)
+        return out
+    cands = auto_candidates(op, args)
+    for i, cand in enumerate(cands):
+        try:
+            out = _impls[op][cand].fn(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if cand == "torch" or i == len(cands) - 1:
+                raise
+            from ._autotune import key_of
+            _mark_failed(op, cand, key_of(op, args), e)
+            continue
+        record(op, cand)
+        return out
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # What ran last, per op, in this thread: lets a model report which backend each layer used.
 def record(op: str, name: str) -> None:
+    if _is_compiling():  # no side effects in a traced graph (e.g. under activation checkpointing)
+        return
     last = getattr(_local, "last", None)
     if last is None:
         last = _local.last = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from . import _dispatch, ops, sizes
@@ -46,13 +47,18 @@ class UNet(nn.Module):
 
     backend: "auto" (default: the fastest implementation that can run each input; the reference
     ops on CPU), "triton", "cuda" or "torch". `backend_report()` says what ran each layer.
+    checkpointing: recompute each level's activations in the backward instead of keeping them
+    (activation checkpointing): less peak memory for about one more forward.
+    State dicts of a torch.compile'd model ("_orig_mod." keys) or of DDP ("module.") load as is.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base_channels: int = 64,
-                 depth: int = 4, padding: str = "valid", backend: str = "auto"):
+                 depth: int = 4, padding: str = "valid", backend: str = "auto",
+                 checkpointing: bool = False):
         super().__init__()
         _check_config(in_channels, num_classes, base_channels, depth, padding)
         self.backend = _dispatch.check_backend_name(backend)
+        self.checkpointing = bool(checkpointing)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.base_channels, self.depth, self.padding = base_channels, depth, padding
         p = 0 if padding == "valid" else 1
@@ -64,6 +70,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([Up(ch[i + 1], ch[i], p) for i in reversed(range(depth))])
         self.head = nn.Conv2d(base_channels, num_classes, 1)
         self._report: dict[str, str] = {}
+        self._register_load_state_dict_pre_hook(_strip_wrapper_prefixes)
 
     # ------------------------------------------------------------------ sizes
     def output_size(self, size):
@@ -75,14 +82,16 @@ class UNet(nn.Module):
         return sizes.nearest_legal_sizes(size, self.depth, self.padding)
 
     def backend_report(self) -> dict:
-        """{layer name: backend that ran it} for the last forward."""
+        """{layer name: backend that ran it} for the last eager forward (a compiled graph's
+        choices were made when it was traced)."""
         return dict(self._report)
 
     # ------------------------------------------------------------------ forward
     def _op(self, layer: str, op: str, *args):
         backend: Optional[str] = None if self.backend == "auto" else self.backend
         out = getattr(ops, op)(*args, backend=backend)
-        self._report[layer] = _dispatch.last_used(op)
+        if not _dispatch._is_compiling():  # the report describes the last eager forward
+            self._report[layer] = _dispatch.last_used(op)
         return out
 
     def _double(self, name: str, block: DoubleConv, x, pool: bool):
@@ -92,17 +101,38 @@ class UNet(nn.Module):
             return self._op(f"{name}.2", "conv3x3_relu_pool", x, b.weight, b.bias, b.padding[0])
         return self._op(f"{name}.2", "conv3x3_relu", x, b.weight, b.bias, b.padding[0])
 
+    def _up(self, i: int, block: Up, x, skip):
+        # transposed conv written straight into the concat buffer beside the cropped skip
+        x = self._op(f"up.{i}.up", "up_concat", skip, x, block.up.weight, block.up.bias)
+        return self._double(f"up.{i}.conv", block.conv, x, pool=False)
+
+    def _step(self, fn, *args):
+        if self.checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     def forward(self, x):
         _check_input(self, x)
         fmt = memory_format_of(x)
         skips = []
         for i, block in enumerate(self.down):
-            skip, x = self._double(f"down.{i}", block, x, pool=True)
+            skip, x = self._step(lambda t, n=f"down.{i}", b=block: self._double(n, b, t, pool=True), x)
             skips.append(skip)
-        x = self._double("bottleneck", self.bottleneck, x, pool=False)
+        x = self._step(lambda t: self._double("bottleneck", self.bottleneck, t, pool=False), x)
         for i, (block, skip) in enumerate(zip(self.up, reversed(skips))):
-            # transposed conv written straight into the concat buffer beside the cropped skip
-            x = self._op(f"up.{i}.up", "up_concat", skip, x, block.up.weight, block.up.bias)
-            x = self._double(f"up.{i}.conv", block.conv, x, pool=False)
+            x = self._step(lambda t, s, i=i, b=block: self._up(i, b, t, s), x, skip)
         x = self._op("head", "conv1x1", x, self.head.weight, self.head.bias)
         return x if x.is_contiguous(memory_format=fmt) else x.contiguous(memory_format=fmt)
+
+
+def _strip_wrapper_prefixes(state_dict, prefix, *args):
+    """Accept keys saved from torch.compile (`_orig_mod.`) or DDP (`module.`) wrappers."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):]
+        stripped = rest
+        while stripped.startswith(("_orig_mod.", "module.")):
+            stripped = stripped.split(".", 1)[1]
+        if stripped != rest:
+            state_dict[prefix + stripped] = state_dict.pop(key)

@@ -115,9 +115,7 @@ def _check_crop_shapes(skip_shape, up_shape):
 
 
 def _run(op: str, args: tuple, backend: Optional[str]):
-    name, fn = _dispatch.resolve(op, args, backend)
-    _dispatch.record(op, name)
-    return fn(*args)
+    return _dispatch.run(op, args, backend)
 
 
 # ---------------------------------------------------------------- the public ops

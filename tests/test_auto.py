@@ -1,0 +1,221 @@
+"""backend="auto": measured choices cached on disk, kernel failures that fall back instead of
+crashing, deterministic mode, torch.compile, activation checkpointing, wrapped state dicts."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unet_fast as uf
+from unet_fast import _autotune, _dispatch
+
+
+@pytest.fixture
+def fake_backend(monkeypatch, tmp_path):
+    """A registered 'triton' implementation of max_pool2x2 whose behaviour a test controls, with
+    "auto" allowed to consider it (and to measure) on the CPU, and a private cache directory."""
+    state = {"mode": "ok", "calls": 0}
+
+    def impl(x):
+        state["calls"] += 1
+        if state["mode"] == "compile-error":
+            raise RuntimeError("CompilationError: injected")
+        if state["mode"] == "launch-error":
+            raise RuntimeError("CUDA error: injected launch failure")
+        if state["mode"] == "slow":
+            import time
+            time.sleep(0.01)
+        return F.max_pool2d(x, 2, 2)
+
+    saved_impls = {op: dict(v) for op, v in _dispatch._impls.items()}
+    monkeypatch.setitem(_dispatch._backend_reason, "triton", lambda: None)
+    monkeypatch.setattr(_dispatch, "auto_order", lambda device: ("triton", "torch"))
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", True)
+    monkeypatch.setenv("UNET_FAST_CACHE_DIR", str(tmp_path))
+    _dispatch.register_impl("max_pool2x2", "triton", impl)
+    _autotune.reset_memory()
+    _dispatch._failed.clear()
+    _dispatch._warned.clear()
+    yield state
+    for op, v in saved_impls.items():
+        _dispatch._impls[op].clear()
+        _dispatch._impls[op].update(v)
+    _autotune.reset_memory()
+    _dispatch._failed.clear()
+    _dispatch._warned.clear()
+
+
+def _cache_choices(tmp_dir):
+    files = [f for f in os.listdir(tmp_dir) if f.startswith("autotune-") and f.endswith(".json")]
+    assert len(files) == 1, files
+    with open(os.path.join(tmp_dir, files[0])) as f:
+        return json.load(f)
+
+
+def test_auto_measures_once_and_remembers_on_disk(fake_backend, tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    fake_backend["mode"] = "slow"
+    y = uf.ops.max_pool2x2(x)
+    assert torch.equal(y, F.max_pool2d(x, 2, 2))
+    assert _dispatch.last_used("max_pool2x2") == "torch"  # the slow one lost
+    data = _cache_choices(tmp_path)
+    assert list(data["choices"].values()) == ["torch"]
+    assert data["versions"]["torch"] == torch.__version__ and "gpu" in data["versions"]
+    calls = fake_backend["calls"]
+    uf.ops.max_pool2x2(x)
+    assert fake_backend["calls"] == calls  # remembered: not measured again
+    # a new process (here: a fresh memory) reads the choice back from the file
+    _autotune.reset_memory()
+    uf.ops.max_pool2x2(x)
+    assert fake_backend["calls"] == calls
+    # when ours is the fast one, it is chosen
+    fake_backend["mode"] = "ok"
+    x2 = torch.randn(1, 1, 4, 4)
+    _dispatch.register_impl("max_pool2x2", "torch", lambda t: (__import__("time").sleep(0.01),
+                                                               F.max_pool2d(t, 2, 2))[1])
+    uf.ops.max_pool2x2(x2)
+    assert _dispatch.last_used("max_pool2x2") == "triton"
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(fake_backend, tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    path = _autotune.cache_path(x.device)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.warns(RuntimeWarning, match="corrupt autotune cache"):
+        y = uf.ops.max_pool2x2(x)
+    assert torch.equal(y, F.max_pool2d(x, 2, 2))
+    assert len(_cache_choices(tmp_path)["choices"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["compile-error", "launch-error"])
+def test_failing_kernel_falls_back_under_auto(fake_backend, mode, monkeypatch):
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", False)  # "auto" tries ours first
+    fake_backend["mode"] = mode
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(RuntimeWarning, match="falls back"):
+        y = uf.ops.max_pool2x2(x)
+    assert torch.equal(y, F.max_pool2d(x, 2, 2))
+    assert _dispatch.last_used("max_pool2x2") == "torch"
+    calls = fake_backend["calls"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        uf.ops.max_pool2x2(x)
+    assert fake_backend["calls"] == calls  # marked unusable for that input
+    with pytest.raises(uf.BackendUnavailable, match="injected"):
+        uf.ops.max_pool2x2(x, backend="triton")
+
+
+def test_failure_while_measuring_is_a_fallback(fake_backend):
+    fake_backend["mode"] = "launch-error"
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(RuntimeWarning, match="falls back"):
+        assert torch.equal(uf.ops.max_pool2x2(x), F.max_pool2d(x, 2, 2))
+
+
+def test_deterministic_mode_skips_nondeterministic_kernels(fake_backend, monkeypatch):
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", False)
+    _dispatch.register_impl("max_pool2x2", "triton", lambda x: F.max_pool2d(x, 2, 2),
+                            deterministic=False)
+    x = torch.randn(1, 1, 4, 4)
+    uf.ops.max_pool2x2(x)
+    assert _dispatch.last_used("max_pool2x2") == "triton"
+    torch.use_deterministic_algorithms(True)
+    try:
+        uf.ops.max_pool2x2(x)
+        assert _dispatch.last_used("max_pool2x2") == "torch"
+        with pytest.raises(uf.BackendUnavailable, match="not deterministic"):
+            uf.ops.max_pool2x2(x, backend="triton")
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _train(backend, steps=3, deterministic=False):
+    torch.manual_seed(0)
+    m = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(2, 1, 44, 44, generator=g)
+        t = torch.randint(0, 2, (2, 4, 4), generator=g)
+        loss = F.cross_entropy(m(x), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach().clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cuda"])
+def test_deterministic_training_is_bitwise_repeatable(backend):
+    if uf.backends.available()[backend] is not None:
+        pytest.skip(f"{backend}: {uf.backends.available()[backend]}")
+    torch.use_deterministic_algorithms(True)
+    try:
+        a, b = _train(backend), _train(backend)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_triton_missing_is_a_reason_not_a_crash():
+    code = (
+        "import sys, torch\n"
+        "for k in [k for k in sys.modules if k == 'triton' or k.startswith('triton.')]:\n"
+        "    del sys.modules[k]\n"
+        "sys.modules['triton'] = None  # import triton now raises ImportError\n"
+        "import unet_fast as uf\n"
+        "r = uf.backends.available()['triton']\n"
+        "assert r, r\n"
+        "m = uf.UNet(1, 2, base_channels=2, depth=2)\n"
+        "y = m(torch.randn(1, 1, 44, 44))\n"
+        "try:\n"
+        "    uf.ops.max_pool2x2(torch.randn(1, 1, 4, 4), backend='triton')\n"
+        "except uf.BackendUnavailable as e: print('OK', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout
+
+
+# ------------------------------------------------------------------ compile, checkpointing, state
+def test_compile_fullgraph_torch_backend():
+    m = uf.UNet(1, 2, base_channels=4, depth=2, backend="torch")
+    x = torch.randn(2, 1, 44, 44)
+    for dynamic in (False, True):
+        c = torch.compile(m, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+        torch.testing.assert_close(c(x), m(x), rtol=0, atol=0)
+    c = torch.compile(m, fullgraph=True, dynamic=True, backend="aot_eager")
+    x2 = torch.randn(3, 1, 60, 60)
+    torch.testing.assert_close(c(x2), m(x2), rtol=0, atol=0)
+
+
+def test_compiled_state_dict_loads_into_plain_model():
+    m = uf.UNet(1, 2, base_channels=4, depth=2)
+    sd = torch.compile(m, backend="aot_eager").state_dict()
+    assert all(k.startswith("_orig_mod.") for k in sd)
+    plain = uf.UNet(1, 2, base_channels=4, depth=2)
+    plain.load_state_dict(sd, strict=True)
+    ddp_like = {"module." + k: v for k, v in m.state_dict().items()}
+    plain.load_state_dict(ddp_like, strict=True)
+    for a, b in zip(plain.state_dict().values(), m.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_activation_checkpointing_same_gradients(padding):
+    size = 44 if padding == "valid" else 16
+    m = uf.UNet(2, 3, base_channels=4, depth=2, padding=padding).double()
+    mc = uf.UNet(2, 3, base_channels=4, depth=2, padding=padding, checkpointing=True).double()
+    mc.load_state_dict(m.state_dict())
+    x = torch.randn(2, 2, size, size, dtype=torch.float64)
+    g = torch.randn(2, 3, *m.output_size((size, size)), dtype=torch.float64)
+    m(x).backward(g)
+    mc(x).backward(g)
+    for (n, p), q in zip(m.named_parameters(), mc.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12, msg=n)
+    c = torch.compile(mc, fullgraph=True, backend="aot_eager")
+    c(x).backward(g)  # compiles with checkpointing, no graph break
