@@ -14,6 +14,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+# float32 parity is checked at float32 precision (1e-5 relative); a test that wants TF32 (3e-4)
+# switches it on itself. cuDNN's own default is TF32 on, which our kernels follow.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs in benchmarks/gpu_suite.sh)")
 
 
