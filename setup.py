@@ -93,7 +93,8 @@ def extensions():
         ext = cpp_extension.CUDAExtension(
             "unet_fast._C", sources, include_dirs=includes, py_limited_api=False,
             extra_compile_args={"cxx": cxx_flags + ["-DUNET_FAST_WITH_CUDA"], "nvcc": nvcc_flags})
-        kind = "CUDA + C++ CPU kernels"
+        kind = ("CUDA + C++ CPU kernels (hand-written implicit GEMMs on nvcuda::wmma: HMMA for "
+                "fp16/bf16/TF32; CUTLASS not needed)")
     else:
         ext = cpp_extension.CppExtension("unet_fast._C", cpp_sources,
                                          include_dirs=[os.path.join(ROOT, "csrc")],

@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
+#include "../igemm_problems.h"
+
 namespace unet_fast {
 
 // Sizes and strides of an element-wise 4-D pass. `order` lists the dims from slowest to fastest
@@ -14,11 +16,18 @@ struct Geometry4 {
   int64_t numel;
   int64_t o[4], s[4], u[4];  // strides: destination, skip, up (or grad)
   int64_t cs, h, w, top, left;
+  // Static indices only (a dynamically indexed array would live in local memory).
   __host__ __device__ inline void unravel(int64_t i, int64_t* idx) const {
+#pragma unroll
     for (int k = 3; k >= 0; --k) {
       const int d = order[k];
-      idx[d] = i % size[d];
-      i /= size[d];
+      const int64_t sz = d == 0 ? size[0] : d == 1 ? size[1] : d == 2 ? size[2] : size[3];
+      const int64_t q = i % sz;
+      i /= sz;
+      if (d == 0) idx[0] = q;
+      else if (d == 1) idx[1] = q;
+      else if (d == 2) idx[2] = q;
+      else idx[3] = q;
     }
   }
 };
@@ -32,6 +41,43 @@ struct CropConcatArgs {
   Geometry4 geom;
 };
 
+// ------------------------------------------------------------------ implicit-GEMM convolutions
+enum class DType { kFloat, kHalf, kBFloat16 };
+
+struct GemmLaunch {
+  GemmArgs args;
+  DType dtype = DType::kFloat;
+  bool tf32 = false;         // float32 on TF32 tensor cores (else exact fp32 FMA)
+  float* ws = nullptr;       // weight-gradient workspace (fp32, torch weight layout, zeroed)
+  float* ws_bias = nullptr;  // per-GEMM-row bias-gradient workspace (fp32, zeroed) or null
+  int num_sms = 132;
+};
+
+// csrc/cuda/conv3x3_relu_kernel.cu (pool: also the 2x2 max-pooled map from the epilogue)
+cudaError_t conv3x3_fprop_cuda(const GemmLaunch& l, bool pool, cudaStream_t stream);
+// csrc/cuda/conv3x3_relu_dgrad_kernel.cu, conv3x3_relu_wgrad_kernel.cu
+cudaError_t conv3x3_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream);
+cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream);
+// csrc/cuda/pointwise_conv_kernel.cu (1x1 conv, 2x2 transposed conv), pointwise_conv_wgrad_kernel.cu
+cudaError_t pointwise_fprop_cuda(const GemmLaunch& l, cudaStream_t stream);
+cudaError_t pointwise_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream);
+cudaError_t pointwise_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ max-pool 2x2
+struct PoolArgs {
+  const void* x = nullptr;     // input (forward and backward)
+  void* y = nullptr;           // forward: pooled output; backward: grad_x
+  const void* g = nullptr;     // backward: grad of the pooled output
+  const void* base = nullptr;  // backward: gradient x already has (may be null)
+  int64_t xs[4], ys[4], gs[4], bs[4];
+  int n, c, h, w;
+  DType dtype;
+  bool vec;  // all NHWC-contiguous, C a multiple of 16 bytes, 16-byte aligned
+};
+cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream);
+cudaError_t max_pool2x2_backward_cuda(const PoolArgs& a, cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ crop-concat
 cudaError_t crop_concat_cuda_launch(const CropConcatArgs& a, cudaStream_t stream);
 cudaError_t crop_concat_backward_cuda_launch(const CropConcatArgs& a, cudaStream_t stream);
 

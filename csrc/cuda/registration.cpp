@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "../common.h"
+#include "../conv_ops.h"
 #include "launch.h"
 
 namespace unet_fast {
@@ -80,11 +81,181 @@ at::Tensor crop_concat_backward_cuda(const at::Tensor& grad, int64_t skip_channe
   return gs;
 }
 
+DType dtype_of(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return DType::kFloat;
+    case at::kHalf: return DType::kHalf;
+    case at::kBFloat16: return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "unet_fast's CUDA kernels support float32, float16 and bfloat16, got ", s,
+                  " (float64 runs on the CPU kernels only)");
+  }
+  return DType::kFloat;
+}
+
+int num_sms() {
+  int dev = 0, n = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
+}
+
+// The CUDA engine of ConvOps (conv_ops.h).
+struct CudaEngine {
+  static at::ScalarType acc_type() { return at::kFloat; }
+  static void check_device(const at::Tensor& t, const char* name) {
+    check_cuda(t, name);
+    dtype_of(t.scalar_type());
+  }
+  static void run(GemmKind kind, const GemmArgs& a, at::ScalarType dtype, const at::Tensor& ws,
+                  const at::Tensor& wsb) {
+    GemmLaunch l;
+    l.args = a;
+    l.dtype = dtype_of(dtype);
+    // float32 follows PyTorch's cuDNN flag (torch.backends.cudnn.allow_tf32), as its convs do
+    l.tf32 = dtype == at::kFloat && at::globalContext().allowTF32CuDNN();
+    l.ws = ws.defined() ? ws.data_ptr<float>() : nullptr;
+    l.ws_bias = wsb.defined() ? wsb.data_ptr<float>() : nullptr;
+    l.num_sms = num_sms();
+    const cudaStream_t st = c10::cuda::getCurrentCUDAStream();
+    cudaError_t err = cudaSuccess;
+    switch (kind) {
+      case GemmKind::kConv3x3Fprop: err = conv3x3_fprop_cuda(l, false, st); break;
+      case GemmKind::kConv3x3FpropPool: err = conv3x3_fprop_cuda(l, true, st); break;
+      case GemmKind::kConv3x3Dgrad: err = conv3x3_dgrad_cuda(l, st); break;
+      case GemmKind::kConv3x3Wgrad: err = conv3x3_wgrad_cuda(l, st); break;
+      case GemmKind::kPointwiseFprop: err = pointwise_fprop_cuda(l, st); break;
+      case GemmKind::kPointwiseDgrad: err = pointwise_dgrad_cuda(l, st); break;
+      case GemmKind::kPointwiseWgrad: err = pointwise_wgrad_cuda(l, st); break;
+    }
+    C10_CUDA_CHECK(err);
+  }
+};
+
+using Ops = ConvOps<CudaEngine>;
+
+at::Tensor conv3x3_relu_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                             int64_t p) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv3x3_relu(x, w, b, p);
+}
+std::tuple<at::Tensor, at::Tensor> conv3x3_relu_pool_cuda(const at::Tensor& x, const at::Tensor& w,
+                                                          const c10::optional<at::Tensor>& b, int64_t p) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv3x3_relu_pool(x, w, b, p);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_backward_cuda(
+    const at::Tensor& g, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, int64_t p,
+    std::array<bool, 3> mask) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv3x3_relu_backward(g, y, x, w, p, mask);
+}
+at::Tensor conv1x1_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv1x1(x, w, b);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward_cuda(const at::Tensor& g, const at::Tensor& x,
+                                                                     const at::Tensor& w,
+                                                                     std::array<bool, 3> mask) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv1x1_backward(g, x, w, mask);
+}
+at::Tensor conv_transpose2x2_cuda(const at::Tensor& x, const at::Tensor& w,
+                                  const c10::optional<at::Tensor>& b) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv_transpose2x2(x, w, b);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2x2_backward_cuda(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, std::array<bool, 3> mask) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::conv_transpose2x2_backward(g, x, w, mask);
+}
+at::Tensor up_concat_cuda(const at::Tensor& skip, const at::Tensor& x, const at::Tensor& w,
+                          const c10::optional<at::Tensor>& b) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  return Ops::up_concat(skip, x, w, b);
+}
+
+// ------------------------------------------------------------------------------ max-pool 2x2
+bool pool_vec(const at::Tensor& t) {
+  return nhwc(t) && (t.size(1) * t.element_size()) % 16 == 0 && aligned16(t.data_ptr());
+}
+
+at::Tensor max_pool2x2_cuda_op(const at::Tensor& x) {
+  check_4d(x, "x");
+  check_cuda(x, "x");
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "x is ", x.size(2), "x", x.size(3),
+              "; 2x2 max-pooling needs at least 2x2");
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options(), format_of(x));
+  PoolArgs a{};
+  a.x = x.data_ptr();
+  a.y = y.data_ptr();
+  for (int d = 0; d < 4; ++d) { a.xs[d] = x.stride(d); a.ys[d] = y.stride(d); }
+  a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
+  a.dtype = dtype_of(x.scalar_type());
+  a.vec = pool_vec(x) && pool_vec(y);
+  C10_CUDA_CHECK(max_pool2x2_cuda(a, c10::cuda::getCurrentCUDAStream()));
+  return y;
+}
+
+at::Tensor max_pool2x2_backward_cuda_op(const at::Tensor& grad, const at::Tensor& x,
+                                        const c10::optional<at::Tensor>& base_) {
+  check_4d(x, "x");
+  check_4d(grad, "grad");
+  check_cuda(x, "x");
+  check_same(x, "x", grad, "grad");
+  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == x.size(2) / 2 &&
+                  grad.size(3) == x.size(3) / 2,
+              "grad must have shape (", x.size(0), ", ", x.size(1), ", ", x.size(2) / 2, ", ",
+              x.size(3) / 2, ") for x of shape ", x.sizes(), ", got ", grad.sizes());
+  c10::cuda::CUDAGuard guard(x.device());
+  const bool has_base = base_.has_value() && base_->defined();
+  if (has_base) {
+    check_same(x, "x", *base_, "grad_skip");
+    TORCH_CHECK(base_->sizes() == x.sizes(), "grad_skip must have x's shape ", x.sizes(), ", got ",
+                base_->sizes());
+  }
+  at::Tensor gx = at::empty(x.sizes(), x.options(), format_of(x));
+  PoolArgs a{};
+  a.x = x.data_ptr();
+  a.y = gx.data_ptr();
+  a.g = grad.data_ptr();
+  a.base = has_base ? base_->data_ptr() : nullptr;
+  for (int d = 0; d < 4; ++d) {
+    a.xs[d] = x.stride(d); a.ys[d] = gx.stride(d); a.gs[d] = grad.stride(d);
+    a.bs[d] = has_base ? base_->stride(d) : 0;
+  }
+  a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
+  a.dtype = dtype_of(x.scalar_type());
+  a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec(*base_));
+  C10_CUDA_CHECK(max_pool2x2_backward_cuda(a, c10::cuda::getCurrentCUDAStream()));
+  return gx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("crop_concat", &crop_concat_cuda);
   m.impl("_crop_concat_backward", &crop_concat_backward_cuda);
+  m.impl("conv3x3_relu", &conv3x3_relu_cuda);
+  m.impl("conv3x3_relu_pool", &conv3x3_relu_pool_cuda);
+  m.impl("_conv3x3_relu_backward", &conv3x3_relu_backward_cuda);
+  m.impl("max_pool2x2", &max_pool2x2_cuda_op);
+  m.impl("_max_pool2x2_backward", &max_pool2x2_backward_cuda_op);
+  m.impl("conv_transpose2x2", &conv_transpose2x2_cuda);
+  m.impl("_conv_transpose2x2_backward", &conv_transpose2x2_backward_cuda);
+  m.impl("up_concat", &up_concat_cuda);
+  m.impl("conv1x1", &conv1x1_cuda);
+  m.impl("_conv1x1_backward", &conv1x1_backward_cuda);
 }
 
 }  // namespace unet_fast

@@ -22,16 +22,27 @@ except (ImportError, OSError) as e:
 register_backend("cuda", lambda: _LOAD_ERROR)
 
 
+_kernels: dict = {}  # (op, device type) -> registered; filled once, so torch.compile traces a lookup
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether `_C` registered a kernel of `unet_fast::op` for this device type."""
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     if _LOAD_ERROR is not None or key is None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{op}", key)
+    found = _kernels.get((op, device_type))
+    if found is None:
+        found = _kernels[(op, device_type)] = torch._C._dispatch_has_kernel_for_dispatch_key(
+            f"unet_fast::{op}", key)
+    return found
 
 
 def extension_path():
     return None if _LOAD_ERROR is not None else _C.__file__
+
+
+# Ops whose CUDA backward reduces the weight gradient with fp32 atomics (split-K).
+_ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat", "conv1x1"}
 
 
 def _supports(op: str):
@@ -42,6 +53,14 @@ def _supports(op: str):
                 return ("the extension was built without CUDA kernels; rebuild it on a machine "
                         "with nvcc and a CUDA build of torch (or UNET_FAST_FORCE_CUDA=1)")
             return f"the extension has no {t.device.type} kernel for {op}"
+        if t.device.type == "cuda" and any(isinstance(a, torch.Tensor) and a.dtype == torch.float64
+                                           for a in args):
+            return ("its CUDA kernels run float32, float16 and bfloat16 (float64 only on the CPU "
+                    "kernels); convert with .float()")
+        if (t.device.type == "cuda" and op in _ATOMIC_WGRAD and torch.is_grad_enabled()
+                and torch.are_deterministic_algorithms_enabled()):
+            return ("its CUDA weight gradient sums split-K partials with atomics, which is not "
+                    "deterministic, and torch.use_deterministic_algorithms(True) is set")
         return None
     return supports
 
@@ -51,3 +70,5 @@ if _LOAD_ERROR is None:
 
     for _op, _fn in cuda_ops.IMPLS.items():
         register_impl(_op, "cuda", _fn, _supports(_op))
+        for _dev in ("cpu", "cuda"):
+            has_kernel(_op, _dev)

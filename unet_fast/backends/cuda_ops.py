@@ -43,10 +43,211 @@ torch.library.register_autograd("unet_fast::crop_concat", _crop_concat_backward,
                                 setup_context=_crop_concat_setup)
 
 
+# ---------------------------------------------------------------- conv3x3 + ReLU (+ pool)
+def _conv3x3_out(x, weight, padding):
+    n, _, h, w = x.shape
+    return (n, weight.shape[0], h - 2 + 2 * padding, w - 2 + 2 * padding)
+
+
+@torch.library.register_fake("unet_fast::conv3x3_relu")
+def _conv3x3_relu_fake(x, weight, bias, padding):
+    return x.new_empty(_conv3x3_out(x, weight, padding)).contiguous(memory_format=_like_format(x))
+
+
+@torch.library.register_fake("unet_fast::conv3x3_relu_pool")
+def _conv3x3_relu_pool_fake(x, weight, bias, padding):
+    n, k, oh, ow = _conv3x3_out(x, weight, padding)
+    fmt = _like_format(x)
+    return (x.new_empty((n, k, oh, ow)).contiguous(memory_format=fmt),
+            x.new_empty((n, k, oh // 2, ow // 2)).contiguous(memory_format=fmt))
+
+
+def _grads_fake(x, weight, bias_channels, output_mask):
+    dx = x.new_empty(x.shape).contiguous(memory_format=_like_format(x)) if output_mask[0] else x.new_empty((0,))
+    dw = x.new_empty(weight.shape) if output_mask[1] else x.new_empty((0,))
+    db = x.new_empty((bias_channels,)) if output_mask[2] else x.new_empty((0,))
+    return dx, dw, db
+
+
+@torch.library.register_fake("unet_fast::_conv3x3_relu_backward")
+def _conv3x3_relu_backward_fake(grad, y, x, weight, padding, output_mask):
+    return _grads_fake(x, weight, weight.shape[0], output_mask)
+
+
+def _mask(ctx, weight_index=1, bias_index=2):
+    return [ctx.needs_input_grad[0], ctx.needs_input_grad[weight_index],
+            ctx.has_bias and ctx.needs_input_grad[bias_index]]
+
+
+def _conv3x3_setup(ctx, inputs, output):
+    x, weight, bias, padding = inputs
+    y = output[0] if isinstance(output, (tuple, list)) else output
+    ctx.save_for_backward(x, weight, y)
+    ctx.padding = padding
+    ctx.has_bias = bias is not None
+
+
+def _conv3x3_grads(ctx, grad_y):
+    x, weight, y = ctx.saved_tensors
+    mask = _mask(ctx)
+    dx, dw, db = _ops._conv3x3_relu_backward(grad_y, y, x, weight, ctx.padding, mask)
+    return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None)
+
+
+def _conv3x3_relu_backward(ctx, grad_y):
+    return _conv3x3_grads(ctx, grad_y)
+
+
+def _conv3x3_relu_pool_backward(ctx, grad_y, grad_pooled):
+    _, _, y = ctx.saved_tensors
+    if grad_pooled is not None:  # pool backward summed into the skip's gradient, one pass
+        grad_y = _ops._max_pool2x2_backward(grad_pooled, y, grad_y)
+    return _conv3x3_grads(ctx, grad_y)
+
+
+torch.library.register_autograd("unet_fast::conv3x3_relu", _conv3x3_relu_backward,
+                                setup_context=_conv3x3_setup)
+torch.library.register_autograd("unet_fast::conv3x3_relu_pool", _conv3x3_relu_pool_backward,
+                                setup_context=_conv3x3_setup)
+
+
+# ---------------------------------------------------------------- max-pool 2x2
+@torch.library.register_fake("unet_fast::max_pool2x2")
+def _max_pool2x2_fake(x):
+    n, c, h, w = x.shape
+    return x.new_empty((n, c, h // 2, w // 2)).contiguous(memory_format=_like_format(x))
+
+
+@torch.library.register_fake("unet_fast::_max_pool2x2_backward")
+def _max_pool2x2_backward_fake(grad, x, grad_skip):
+    return x.new_empty(x.shape).contiguous(memory_format=_like_format(x))
+
+
+def _max_pool2x2_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _max_pool2x2_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return _ops._max_pool2x2_backward(grad, x, None)
+
+
+torch.library.register_autograd("unet_fast::max_pool2x2", _max_pool2x2_backward,
+                                setup_context=_max_pool2x2_setup)
+
+
+# ---------------------------------------------------------------- 1x1 conv, 2x2 transposed conv
+@torch.library.register_fake("unet_fast::conv1x1")
+def _conv1x1_fake(x, weight, bias):
+    n, _, h, w = x.shape
+    return x.new_empty((n, weight.shape[0], h, w)).contiguous(memory_format=_like_format(x))
+
+
+@torch.library.register_fake("unet_fast::_conv1x1_backward")
+def _conv1x1_backward_fake(grad, x, weight, output_mask):
+    return _grads_fake(x, weight, weight.shape[0], output_mask)
+
+
+@torch.library.register_fake("unet_fast::conv_transpose2x2")
+def _conv_transpose2x2_fake(x, weight, bias):
+    n, _, h, w = x.shape
+    return x.new_empty((n, weight.shape[1], 2 * h, 2 * w)).contiguous(memory_format=_like_format(x))
+
+
+@torch.library.register_fake("unet_fast::_conv_transpose2x2_backward")
+def _conv_transpose2x2_backward_fake(grad, x, weight, output_mask):
+    return _grads_fake(x, weight, weight.shape[1], output_mask)
+
+
+@torch.library.register_fake("unet_fast::up_concat")
+def _up_concat_fake(skip, x, weight, bias):
+    n, _, h, w = x.shape
+    return x.new_empty((n, skip.shape[1] + weight.shape[1], 2 * h, 2 * w)).contiguous(
+        memory_format=_like_format(x))
+
+
+def _pointwise_setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _pointwise_grads(ctx, backward_op, grad, mask):
+    x, weight = ctx.saved_tensors
+    dx, dw, db = backward_op(grad, x, weight, mask)
+    return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None
+
+
+def _conv1x1_backward(ctx, grad):
+    return _pointwise_grads(ctx, _ops._conv1x1_backward, grad, _mask(ctx))
+
+
+def _conv_transpose2x2_backward(ctx, grad):
+    return _pointwise_grads(ctx, _ops._conv_transpose2x2_backward, grad, _mask(ctx))
+
+
+def _up_concat_setup(ctx, inputs, output):
+    skip, x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.skip_shape = tuple(skip.shape)
+    ctx.has_bias = bias is not None
+
+
+def _up_concat_backward(ctx, grad):
+    _, cs, hs, ws = ctx.skip_shape
+    grad_skip = _ops._crop_concat_backward(grad, cs, hs, ws) if ctx.needs_input_grad[0] else None
+    mask = [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
+            ctx.has_bias and ctx.needs_input_grad[3]]
+    if any(mask):  # the transposed conv's gradient reads the upper channels in place (a view)
+        dx, dw, db = _pointwise_grads(ctx, _ops._conv_transpose2x2_backward, grad[:, cs:], mask)
+    else:
+        dx = dw = db = None
+    return grad_skip, dx, dw, db
+
+
+torch.library.register_autograd("unet_fast::conv1x1", _conv1x1_backward,
+                                setup_context=_pointwise_setup)
+torch.library.register_autograd("unet_fast::conv_transpose2x2", _conv_transpose2x2_backward,
+                                setup_context=_pointwise_setup)
+torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
+                                setup_context=_up_concat_setup)
+
+
+# ---------------------------------------------------------------- the impls of the cuda backend
 def crop_concat(skip, up):
     return _ops.crop_concat(skip, up)
 
 
+def conv3x3_relu(x, weight, bias, padding):
+    return _ops.conv3x3_relu(x, weight, bias, padding)
+
+
+def conv3x3_relu_pool(x, weight, bias, padding):
+    return tuple(_ops.conv3x3_relu_pool(x, weight, bias, padding))
+
+
+def max_pool2x2(x):
+    return _ops.max_pool2x2(x)
+
+
+def conv_transpose2x2(x, weight, bias):
+    return _ops.conv_transpose2x2(x, weight, bias)
+
+
+def up_concat(skip, x, weight, bias):
+    return _ops.up_concat(skip, x, weight, bias)
+
+
+def conv1x1(x, weight, bias):
+    return _ops.conv1x1(x, weight, bias)
+
+
 IMPLS = {
+    "conv3x3_relu": conv3x3_relu,
+    "conv3x3_relu_pool": conv3x3_relu_pool,
+    "max_pool2x2": max_pool2x2,
     "crop_concat": crop_concat,
+    "conv_transpose2x2": conv_transpose2x2,
+    "up_concat": up_concat,
+    "conv1x1": conv1x1,
 }

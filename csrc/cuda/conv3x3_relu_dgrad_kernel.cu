@@ -1,0 +1,10 @@
+// Input gradient of conv3x3 + ReLU, the ReLU mask applied while the gradient is loaded.
+#include "igemm.cuh"
+
+namespace unet_fast {
+
+cudaError_t conv3x3_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
+  return igemm::run<Conv3x3Dgrad>(l, stream);
+}
+
+}  // namespace unet_fast

@@ -1,0 +1,10 @@
+// Weight and bias gradients of conv3x3 + ReLU in one kernel (split over the pixels).
+#include "igemm.cuh"
+
+namespace unet_fast {
+
+cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
+  return igemm::run<Conv3x3Wgrad>(l, stream);
+}
+
+}  // namespace unet_fast

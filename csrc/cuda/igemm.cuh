@@ -1,0 +1,304 @@
+// The CUDA engine of the implicit GEMMs in igemm_problems.h (no torch headers).
+//
+// One CTA computes a 64x64 tile of C with 4 warps (2x2, 32x32 each); K advances in steps of 32.
+// Each step gathers the A and B tiles into shared memory through the problem's 16-byte run
+// loaders, then multiplies them:
+//   - tensor cores (TC = true): nvcuda::wmma, fp16/bf16 16x16x16 (HMMA.16816) or TF32 16x16x8
+//     (HMMA.1684.F32.TF32) with fp32 accumulators;
+//   - SIMT (TC = false): exact fp32 FMA, 4x8 outputs per thread (float32 when TF32 is off).
+// The finished tile goes through shared memory to the problem's epilogue (store_tile: bias,
+// ReLU, pooling, scatter), or, for weight gradients (kAtomic), is added atomically into an fp32
+// workspace: their K (the pixels) is split across CTAs (grid.z) to fill the GPU. dbias (kBiasFromA)
+// is the row sums of the A tiles, reduced by the n-tile-0 CTAs in the same kernel.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <type_traits>
+
+#include "../igemm_problems.h"
+#include "launch.h"
+
+namespace unet_fast {
+
+template <>
+struct Num<float> {
+  using acc_t = float;
+  static UF_HD float zero() { return 0.f; }
+  static UF_HD float to(float v) { return v; }
+  static UF_HD float from(float v) { return v; }
+};
+template <>
+struct Num<__half> {
+  using acc_t = float;
+  static UF_HD __half zero() { return __float2half_rn(0.f); }
+  static UF_HD float to(__half v) { return __half2float(v); }
+  static UF_HD __half from(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Num<__nv_bfloat16> {
+  using acc_t = float;
+  static UF_HD __nv_bfloat16 zero() { return __float2bfloat16_rn(0.f); }
+  static UF_HD float to(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static UF_HD __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
+};
+
+namespace igemm {
+
+constexpr int kThreads = 128, BM = 64, BN = 64, BK = 32;
+
+template <class T>
+struct Wmma;
+template <>
+struct Wmma<__half> {
+  using frag_t = __half;
+  static constexpr int K = 16;
+};
+template <>
+struct Wmma<__nv_bfloat16> {
+  using frag_t = __nv_bfloat16;
+  static constexpr int K = 16;
+};
+template <>
+struct Wmma<float> {
+  using frag_t = nvcuda::wmma::precision::tf32;
+  static constexpr int K = 8;
+};
+
+// Shared-memory tile shapes of a problem: A is (BM x BK) stored k-contiguous (row-major) or
+// m-contiguous (BK x BM), B likewise; rows padded by one 16-byte run.
+template <class P>
+struct Smem {
+  using T = typename P::elem_t;
+  static constexpr int V = P::V;
+  static constexpr bool AK = P::kAKContig, BKC = P::kBKContig;
+  static constexpr int A_LD = AK ? BK + V : BM + V;
+  static constexpr int A_SZ = (AK ? BM : BK) * A_LD;
+  static constexpr int B_LD = BKC ? BK + V : BN + V;
+  static constexpr int B_SZ = (BKC ? BN : BK) * B_LD;
+  static constexpr int C_LD = BN + 4;
+  static constexpr int AB_BYTES = (A_SZ + B_SZ) * (int)sizeof(T);
+  static constexpr int C_BYTES = BM * C_LD * (int)sizeof(float);
+  static constexpr int BYTES = AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES;
+  static __device__ __forceinline__ float a(const T* As, int m, int k) {
+    return Num<T>::to(AK ? As[m * A_LD + k] : As[k * A_LD + m]);
+  }
+  static __device__ __forceinline__ float b(const T* Bs, int k, int n) {
+    return Num<T>::to(BKC ? Bs[n * B_LD + k] : Bs[k * B_LD + n]);
+  }
+};
+
+// Tensor-core mainloop: each warp owns a 32x32 sub-tile as 2x2 wmma accumulators.
+template <class P>
+struct TensorCoreMath {
+  using T = typename P::elem_t;
+  using S = Smem<P>;
+  using W = Wmma<T>;
+  using ALayout = std::conditional_t<S::AK, nvcuda::wmma::row_major, nvcuda::wmma::col_major>;
+  using BLayout = std::conditional_t<S::BKC, nvcuda::wmma::col_major, nvcuda::wmma::row_major>;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, W::K, float> acc[2][2];
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.f);
+  }
+
+  __device__ __forceinline__ void step(const T* As, const T* Bs) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x / 32, wm = warp >> 1, wn = warp & 1;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += W::K) {
+      wmma::fragment<wmma::matrix_a, 16, 16, W::K, typename W::frag_t, ALayout> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, W::K, typename W::frag_t, BLayout> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = wm * 32 + i * 16;
+        wmma::load_matrix_sync(fa[i], S::AK ? As + r * S::A_LD + kk : As + kk * S::A_LD + r, S::A_LD);
+        if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = wn * 32 + j * 16;
+        wmma::load_matrix_sync(fb[j], S::BKC ? Bs + c * S::B_LD + kk : Bs + kk * S::B_LD + c, S::B_LD);
+        if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+  }
+
+  __device__ __forceinline__ void store(float* Cs) {
+    const int warp = threadIdx.x / 32, wm = warp >> 1, wn = warp & 1;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        nvcuda::wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * S::C_LD + wn * 32 + j * 16, acc[i][j],
+                                        S::C_LD, nvcuda::wmma::mem_row_major);
+  }
+};
+
+// Exact fp32 mainloop: thread (tr, tc) owns rows 4*tr..4*tr+3 and columns tc, tc+8, ..., tc+56.
+template <class P>
+struct SimtMath {
+  using T = typename P::elem_t;
+  using S = Smem<P>;
+  float acc[4][8];
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+  }
+
+  __device__ __forceinline__ void step(const T* As, const T* Bs) {
+    const int tr = threadIdx.x >> 3, tc = threadIdx.x & 7;
+#pragma unroll 8
+    for (int k = 0; k < BK; ++k) {
+      float a[4], b[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = S::a(As, tr * 4 + i, k);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) b[j] = S::b(Bs, k, tc + 8 * j);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+  }
+
+  __device__ __forceinline__ void store(float* Cs) {
+    const int tr = threadIdx.x >> 3, tc = threadIdx.x & 7;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) Cs[(tr * 4 + i) * S::C_LD + tc + 8 * j] = acc[i][j];
+  }
+};
+
+template <class P, bool TC>
+__global__ void __launch_bounds__(kThreads) igemm_kernel(const P p, int k_split, float* ws,
+                                                         float* ws_bias) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using T = typename P::elem_t;
+  using S = Smem<P>;
+  constexpr int V = P::V;
+  __shared__ __align__(128) unsigned char smem[S::BYTES];
+  T* As = reinterpret_cast<T*>(smem);
+  T* Bs = As + S::A_SZ;
+  float* Cs = reinterpret_cast<float*>(smem);
+  const int tid = threadIdx.x;
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+  const int k_begin = blockIdx.z * k_split;
+  const int k_end = min(p.a.K, k_begin + k_split);
+  const bool sum_rows = P::kBiasFromA && ws_bias != nullptr && blockIdx.y == 0;
+  float rowsum = 0.f;
+  std::conditional_t<TC, TensorCoreMath<P>, SimtMath<P>> math;
+  math.init();
+
+  for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+    if constexpr (S::AK) {
+      constexpr int R = BK / V;
+      for (int i = tid; i < BM * R; i += kThreads) {
+        const int r = i / R, kv = (i - r * R) * V;
+        p.load_a(m0 + r, k0 + kv, As + r * S::A_LD + kv);
+      }
+    } else {
+      constexpr int R = BM / V;
+      for (int i = tid; i < BK * R; i += kThreads) {
+        const int kr = i / R, mv = (i - kr * R) * V;
+        p.load_a(k0 + kr, m0 + mv, As + kr * S::A_LD + mv);
+      }
+    }
+    if constexpr (S::BKC) {
+      constexpr int R = BK / V;
+      for (int i = tid; i < BN * R; i += kThreads) {
+        const int r = i / R, kv = (i - r * R) * V;
+        p.load_b(n0 + r, k0 + kv, Bs + r * S::B_LD + kv);
+      }
+    } else {
+      constexpr int R = BN / V;
+      for (int i = tid; i < BK * R; i += kThreads) {
+        const int kr = i / R, nv = (i - kr * R) * V;
+        p.load_b(k0 + kr, n0 + nv, Bs + kr * S::B_LD + nv);
+      }
+    }
+    __syncthreads();
+    if (sum_rows && tid < BM) {
+#pragma unroll 8
+      for (int k = 0; k < BK; ++k) rowsum += S::a(As, tid, k);
+    }
+    math.step(As, Bs);
+    __syncthreads();
+  }
+
+  math.store(Cs);
+  __syncthreads();
+  if constexpr (P::kAtomic) {
+    for (int idx = tid; idx < BM * BN; idx += kThreads) {
+      const int r = idx / BN, c = idx - r * BN, m = m0 + r, n = n0 + c;
+      if (m < p.a.M && n < p.a.N) atomicAdd(ws + p.out_index(m, n), Cs[r * S::C_LD + c]);
+    }
+  } else {
+    store_tile(p, Cs, S::C_LD, m0, n0, BM, BN, tid, kThreads);
+  }
+  if (sum_rows && tid < BM && m0 + tid < p.a.M) atomicAdd(ws_bias + m0 + tid, rowsum);
+#else
+  __trap();  // unet_fast's CUDA kernels need sm_80 or newer
+#endif
+}
+
+template <class P, bool TC>
+cudaError_t launch(const P& p, float* ws, float* ws_bias, int num_sms, cudaStream_t stream) {
+  dim3 grid((p.a.M + BM - 1) / BM, (p.a.N + BN - 1) / BN, 1);
+  int k_split = (p.a.K + BK - 1) / BK * BK;
+  if (P::kAtomic) {  // weight gradients: split the pixels over CTAs until the GPU is full
+    const long tiles = (long)grid.x * grid.y;
+    const int steps = (p.a.K + BK - 1) / BK;
+    long splits = (2L * (num_sms > 0 ? num_sms : 132) + tiles - 1) / tiles;
+    splits = splits < 1 ? 1 : (splits > (steps + 3) / 4 ? (steps + 3) / 4 : splits);
+    if (splits < 1) splits = 1;
+    if (splits > 65535) splits = 65535;
+    k_split = (int)((steps + splits - 1) / splits) * BK;
+    grid.z = (p.a.K + k_split - 1) / k_split;
+  }
+  igemm_kernel<P, TC><<<grid, kThreads, 0, stream>>>(p, k_split, ws, ws_bias);
+  return cudaGetLastError();
+}
+
+template <class T>
+using FpropPlain = Conv3x3Fprop<T, false>;
+template <class T>
+using FpropPool = Conv3x3Fprop<T, true>;
+
+// dtype x math dispatch of one problem template.
+template <template <class> class Prob>
+cudaError_t run(const GemmLaunch& l, cudaStream_t stream) {
+  switch (l.dtype) {
+    case DType::kHalf:
+      return launch<Prob<__half>, true>(Prob<__half>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
+    case DType::kBFloat16:
+      return launch<Prob<__nv_bfloat16>, true>(Prob<__nv_bfloat16>(l.args), l.ws, l.ws_bias, l.num_sms,
+                                               stream);
+    case DType::kFloat:
+      if (l.tf32) return launch<Prob<float>, true>(Prob<float>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
+      return launch<Prob<float>, false>(Prob<float>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace igemm
+}  // namespace unet_fast

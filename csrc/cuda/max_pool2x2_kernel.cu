@@ -1,0 +1,226 @@
+// 2x2 stride-2 max-pool on CUDA, forward and backward (no torch headers).
+//
+// Fast path: NHWC-contiguous tensors whose channel runs are 16-byte multiples: one thread per
+// (window, 16-byte run of channels), reading the window's four runs as uint4 words. Otherwise a
+// strided kernel, one thread per window and channel. The backward recomputes each window's argmax
+// from x (first maximum, a NaN wins: max_pool2d's rule), routes grad there and adds the gradient
+// x already has (the skip's gradient from the decoder) in the same pass; it visits the partial
+// windows of an odd last row/column too, so every element of grad_x is written once.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "launch.h"
+
+namespace unet_fast {
+namespace {
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Index (0..3, row-major) of the window's maximum.
+__device__ __forceinline__ int argmax4(float v0, float v1, float v2, float v3) {
+  int best = 0;
+  float bv = v0;
+  if (v1 > bv || isnan(v1)) { best = 1; bv = v1; }
+  if (v2 > bv || isnan(v2)) { best = 2; bv = v2; }
+  if (v3 > bv || isnan(v3)) { best = 3; }
+  return best;
+}
+
+// v[k] without a dynamically indexed array (which would live in local memory).
+template <class T>
+__device__ __forceinline__ T select4(int k, T v0, T v1, T v2, T v3) {
+  return k == 0 ? v0 : k == 1 ? v1 : k == 2 ? v2 : v3;
+}
+
+inline int grid_for(int64_t n, int threads = 256) {
+  int64_t blocks = (n + threads - 1) / threads;
+  return (int)(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+template <class T>
+union Run {
+  uint4 u;
+  T e[16 / sizeof(T)];
+};
+
+template <class T>
+__global__ void pool_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y, int n, int h, int w, int c) {
+  constexpr int V = 16 / sizeof(T);
+  const int cv = c / V, ph_n = h / 2, pw_n = w / 2;
+  const int64_t total = (int64_t)n * ph_n * pw_n * cv;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int v = (int)(i % cv);
+    const int64_t q = i / cv;
+    const int pw = (int)(q % pw_n);
+    const int64_t t = q / pw_n;
+    const int ph = (int)(t % ph_n), b = (int)(t / ph_n);
+    const uint4* base = reinterpret_cast<const uint4*>(x + (((int64_t)b * h + 2 * ph) * w + 2 * pw) * c) + v;
+    Run<T> r[4], o;
+    r[0].u = base[0];
+    r[1].u = base[cv];
+    r[2].u = base[(int64_t)w * cv];
+    r[3].u = base[(int64_t)w * cv + cv];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const int k = argmax4(to_f(r[0].e[e]), to_f(r[1].e[e]), to_f(r[2].e[e]), to_f(r[3].e[e]));
+      o.e[e] = select4(k, r[0].e[e], r[1].e[e], r[2].e[e], r[3].e[e]);
+    }
+    reinterpret_cast<uint4*>(y)[i] = o.u;
+  }
+}
+
+template <class T>
+__global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
+                              T* __restrict__ gx, int n, int h, int w, int c) {
+  constexpr int V = 16 / sizeof(T);
+  const int cv = c / V, ph_n = h / 2, pw_n = w / 2, hh = (h + 1) / 2, ww = (w + 1) / 2;
+  const int64_t total = (int64_t)n * hh * ww * cv;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int v = (int)(i % cv);
+    const int64_t q = i / cv;
+    const int pw = (int)(q % ww);
+    const int64_t t = q / ww;
+    const int ph = (int)(t % hh), b = (int)(t / hh);
+    const bool full = ph < ph_n && pw < pw_n;
+    Run<T> xr[4], gr, br[4], o[4];
+    int64_t off[4];
+    bool in[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
+      in[k] = hi < h && wi < w;
+      off[k] = (((int64_t)b * h + hi) * w + wi) * cv + v;
+      if (full) xr[k].u = reinterpret_cast<const uint4*>(x)[off[k]];
+      if (base != nullptr && in[k]) br[k].u = reinterpret_cast<const uint4*>(base)[off[k]];
+    }
+    if (full) gr.u = reinterpret_cast<const uint4*>(g)[(((int64_t)b * ph_n + ph) * pw_n + pw) * cv + v];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const int am = full ? argmax4(to_f(xr[0].e[e]), to_f(xr[1].e[e]), to_f(xr[2].e[e]), to_f(xr[3].e[e])) : -1;
+      const float gv = full ? to_f(gr.e[e]) : 0.f;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        float s = base != nullptr && in[k] ? to_f(br[k].e[e]) : 0.f;
+        if (k == am) s += gv;
+        o[k].e[e] = from_f<T>(s);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (in[k]) reinterpret_cast<uint4*>(gx)[off[k]] = o[k].u;
+  }
+}
+
+// Strided kernels: one thread per (n, c, window), any strides.
+template <class T>
+__global__ void pool_fwd_strided(const T* __restrict__ x, T* __restrict__ y, PoolArgs a) {
+  const int ph_n = a.h / 2, pw_n = a.w / 2;
+  const int64_t total = (int64_t)a.n * a.c * ph_n * pw_n;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    // channel fastest: coalesced for channels_last, still correct for NCHW
+    const int c = (int)(i % a.c);
+    const int64_t q = i / a.c;
+    const int pw = (int)(q % pw_n);
+    const int64_t t = q / pw_n;
+    const int ph = (int)(t % ph_n), b = (int)(t / ph_n);
+    const T* p = x + b * a.xs[0] + c * a.xs[1] + 2 * ph * a.xs[2] + 2 * pw * a.xs[3];
+    const T v0 = p[0], v1 = p[a.xs[3]], v2 = p[a.xs[2]], v3 = p[a.xs[2] + a.xs[3]];
+    const int k = argmax4(to_f(v0), to_f(v1), to_f(v2), to_f(v3));
+    y[b * a.ys[0] + c * a.ys[1] + ph * a.ys[2] + pw * a.ys[3]] = select4(k, v0, v1, v2, v3);
+  }
+}
+
+template <class T>
+__global__ void pool_bwd_strided(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
+                                 T* __restrict__ gx, PoolArgs a) {
+  const int ph_n = a.h / 2, pw_n = a.w / 2, hh = (a.h + 1) / 2, ww = (a.w + 1) / 2;
+  const int64_t total = (int64_t)a.n * a.c * hh * ww;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int c = (int)(i % a.c);
+    const int64_t q = i / a.c;
+    const int pw = (int)(q % ww);
+    const int64_t t = q / ww;
+    const int ph = (int)(t % hh), b = (int)(t / hh);
+    const bool full = ph < ph_n && pw < pw_n;
+    int am = -1;
+    float gv = 0.f;
+    if (full) {
+      const T* p = x + b * a.xs[0] + c * a.xs[1] + 2 * ph * a.xs[2] + 2 * pw * a.xs[3];
+      am = argmax4(to_f(p[0]), to_f(p[a.xs[3]]), to_f(p[a.xs[2]]), to_f(p[a.xs[2] + a.xs[3]]));
+      gv = to_f(g[b * a.gs[0] + c * a.gs[1] + ph * a.gs[2] + pw * a.gs[3]]);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
+      if (hi >= a.h || wi >= a.w) continue;
+      float s = base != nullptr ? to_f(base[b * a.bs[0] + c * a.bs[1] + hi * a.bs[2] + wi * a.bs[3]]) : 0.f;
+      if (k == am) s += gv;
+      gx[b * a.ys[0] + c * a.ys[1] + hi * a.ys[2] + wi * a.ys[3]] = from_f<T>(s);
+    }
+  }
+}
+
+template <class T>
+cudaError_t fwd(const PoolArgs& a, cudaStream_t st) {
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  if (a.vec) {
+    const int64_t total = (int64_t)a.n * (a.h / 2) * (a.w / 2) * (a.c / (16 / sizeof(T)));
+    pool_fwd_nhwc<T><<<grid_for(total), 256, 0, st>>>(x, y, a.n, a.h, a.w, a.c);
+  } else {
+    const int64_t total = (int64_t)a.n * a.c * (a.h / 2) * (a.w / 2);
+    pool_fwd_strided<T><<<grid_for(total), 256, 0, st>>>(x, y, a);
+  }
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* g = static_cast<const T*>(a.g);
+  const T* b = static_cast<const T*>(a.base);
+  T* gx = static_cast<T*>(a.y);
+  const int64_t windows = (int64_t)a.n * ((a.h + 1) / 2) * ((a.w + 1) / 2);
+  if (a.vec) {
+    pool_bwd_nhwc<T><<<grid_for(windows * (a.c / (16 / sizeof(T)))), 256, 0, st>>>(x, g, b, gx, a.n, a.h,
+                                                                                 a.w, a.c);
+  } else {
+    pool_bwd_strided<T><<<grid_for(windows * a.c), 256, 0, st>>>(x, g, b, gx, a);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream) {
+  switch (a.dtype) {
+    case DType::kHalf: return fwd<__half>(a, stream);
+    case DType::kBFloat16: return fwd<__nv_bfloat16>(a, stream);
+    default: return fwd<float>(a, stream);
+  }
+}
+
+cudaError_t max_pool2x2_backward_cuda(const PoolArgs& a, cudaStream_t stream) {
+  switch (a.dtype) {
+    case DType::kHalf: return bwd<__half>(a, stream);
+    case DType::kBFloat16: return bwd<__nv_bfloat16>(a, stream);
+    default: return bwd<float>(a, stream);
+  }
+}
+
+}  // namespace unet_fast

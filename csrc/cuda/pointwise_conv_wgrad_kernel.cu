@@ -1,0 +1,10 @@
+// Weight and bias gradients of the 1x1 conv and the 2x2 transposed conv in one kernel.
+#include "igemm.cuh"
+
+namespace unet_fast {
+
+cudaError_t pointwise_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
+  return igemm::run<PointwiseWgrad>(l, stream);
+}
+
+}  // namespace unet_fast

@@ -1,0 +1,62 @@
+"""Static check of the built extension's SASS (no GPU needed): tensor-core instructions (HMMA, or
+HGMMA) in every tensor-core convolution kernel for sm_80 and sm_90, and no kernel using local
+memory (spills). The same check regenerates docs/cuda_kernels.md: `python tools/sass_report.py`.
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+import unet_fast as uf
+from unet_fast.backends import cuda_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("sass_report", os.path.join(ROOT, "tools", "sass_report.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["sass_report"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_CACHE = {}
+
+
+def _kernels():
+    if "k" not in _CACHE:
+        _CACHE["k"] = _analyse()  # cuobjdump over the whole library takes a while: once per session
+    return _CACHE["k"]
+
+
+def _analyse():
+    if uf.backends.available()["cuda"] is not None:
+        pytest.skip(f"the extension is not built: {uf.backends.available()['cuda']}")
+    if not cuda_backend.has_kernel("conv3x3_relu", "cuda"):
+        pytest.skip("the extension was built without CUDA (C++ CPU kernels only): no SASS to check")
+    tool = _tool()
+    cuobjdump = tool.find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found (it ships in Triton's wheel)")
+    return tool, tool.analyse(cuda_backend.extension_path(), cuobjdump)
+
+
+def test_conv_kernels_use_tensor_cores_on_sm80_and_sm90():
+    tool, kernels = _kernels()
+    archs = {k.arch for k in kernels}
+    for arch in tool.REQUIRED_ARCHS:
+        assert arch in archs, f"the extension has no {arch} code (archs: {sorted(archs)})"
+        tc = [k for k in kernels if k.tensor_cores and k.arch == arch]
+        # 7 GEMM problems x (fp16, bf16, tf32)
+        assert len(tc) >= 21, [k.name for k in tc]
+        missing = [k.name for k in tc if k.hmma + k.hgmma == 0]
+        assert not missing, f"{arch}: conv kernels without HMMA/HGMMA: {missing}"
+
+
+def test_no_kernel_spills_to_local_memory():
+    _, kernels = _kernels()
+    bad = [f"{k.arch} {k.name}: stack {k.stack} B, local {k.local} B, {k.local_ops} STL/LDL"
+           for k in kernels if k.spills]
+    assert not bad, "\n".join(bad)

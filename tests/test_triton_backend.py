@@ -1,0 +1,394 @@
+"""The triton backend against a float64 oracle: every op, forward and every gradient.
+
+Without a GPU these run the kernels on CPU tensors through the Triton interpreter (conftest.py sets
+TRITON_INTERPRET=1 first); shapes are small and odd on purpose (batch 3, 1/3/5/17 channels, 13x11
+and 17x23 images, channel counts that are not multiples of the tiles) so every tile boundary,
+K-chunk boundary and crop offset is crossed. Tolerances follow the dtype:
+- float32: rtol 1e-5, atol 1e-5 x the reference's largest magnitude (a sum of K products in fp32
+  has an error proportional to the size of its terms, not of its result);
+- float16/bfloat16: at most twice PyTorch's own error in the same dtype, both against float64;
+- pooling and concatenation move values without arithmetic: exact.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unet_fast as uf
+from unet_fast.backends import torch_backend as tb
+
+triton_backend = pytest.importorskip("unet_fast.backends.triton_backend")
+from unet_fast.backends.triton_backend import (  # noqa: E402
+    conv1x1 as t_conv1x1, conv3x3_relu as t_conv3x3, conv_transpose as t_convt,
+    crop_concat as t_crop, max_pool as t_pool, utils as t_utils)
+
+pytestmark = pytest.mark.skipif(uf.backends.available()["triton"] is not None,
+                                reason=f"triton backend unavailable: {uf.backends.available()['triton']}")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 tolerances here are IEEE fp32's; on a GPU both our kernels and cuDNN would
+    otherwise use TF32 (test_triton_gpu.py checks that mode with its own tolerance)."""
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+# ---------------------------------------------------------------- helpers
+def make(shape, layout="nchw", dtype=torch.float32, device=DEVICE, scale=1.0):
+    """A random logical-NCHW tensor stored NCHW, channels_last, or as a non-contiguous view."""
+    if layout == "nchw":
+        return torch.randn(shape, device=device, dtype=dtype) * scale
+    if layout == "channels_last":
+        return (torch.randn(shape, device=device, dtype=dtype) * scale).contiguous(
+            memory_format=torch.channels_last)
+    if layout == "noncontig":  # every other column of a wider tensor, channels permuted
+        n, c, h, w = shape
+        big = torch.randn((n, h, 2 * w, c), device=device, dtype=dtype) * scale
+        t = big[:, :, ::2, :].permute(0, 3, 1, 2)
+        assert not t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
+        return t
+    raise ValueError(layout)
+
+
+def assert_f32_close(ours, ref, what):
+    ours = ours.double()
+    atol = 1e-5 * max(ref.abs().max().item(), 1e-30)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def assert_exact(ours, ref, what):
+    assert ours.shape == ref.shape, what
+    bad = (ours.double() != ref.double())
+    assert not bad.any(), f"{what}: {int(bad.sum())} elements differ, first at {bad.nonzero()[0].tolist()}"
+
+
+def run_and_grad(fn, args, grads_out=None):
+    """fn(*args) and the gradients of every tensor argument for a fixed random upstream gradient."""
+    args = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
+    out = fn(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    if grads_out is None:
+        grads_out = [torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in outs]
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    grads = torch.autograd.grad(outs, tensors, [g.to(o.dtype) for g, o in zip(grads_out, outs)])
+    return outs, grads, grads_out
+
+
+def check_op(name, args, exact=False):
+    """ops.<name>(..., backend="triton") against the torch backend in float64: outputs, every
+    gradient, and the output memory format."""
+    ours, ours_g, gout = run_and_grad(lambda *a: getattr(uf.ops, name)(*a, backend="triton"), args)
+    args64 = [a.detach().double() if isinstance(a, torch.Tensor) else a for a in args]
+    ref, ref_g, _ = run_and_grad(getattr(tb, name), args64, [g.double() for g in gout])
+    cmp = assert_exact if exact else assert_f32_close
+    for i, (o, r) in enumerate(zip(ours, ref)):
+        assert o.shape == r.shape and o.dtype == args[0].dtype
+        cmp(o, r, f"{name} output {i}")
+    for i, (g, r) in enumerate(zip(ours_g, ref_g)):
+        assert g.shape == r.shape
+        cmp(g, r, f"{name} gradient of argument {i}")
+    return ours
+
+
+def expect_format(out, like):
+    want_cl = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    if want_cl:
+        assert out.is_contiguous(memory_format=torch.channels_last), "channels_last in, not out"
+    elif like.is_contiguous():
+        assert out.is_contiguous(), "NCHW in, not NCHW out"
+
+
+# ---------------------------------------------------------------- conv3x3 + ReLU
+CONV_CASES = [  # (N, C_in, C_out, H, W, padding, layout, bias)
+    (3, 1, 5, 13, 11, 0, "nchw", True),
+    (3, 3, 17, 17, 23, 1, "channels_last", True),
+    (3, 5, 7, 13, 11, 1, "noncontig", False),
+    (2, 17, 33, 13, 11, 0, "nchw", True),           # C_out crosses a 32-wide column tile
+    (2, 32, 16, 9, 10, 1, "channels_last", True),   # C_in % BLOCK_K == 0: the per-tap K path
+]
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,padding,layout,bias", CONV_CASES)
+def test_conv3x3_relu(n, ci, co, h, w, padding, layout, bias):
+    x = make((n, ci, h, w), layout)
+    wt = make((co, ci, 3, 3), scale=0.3)
+    b = make((co,)) if bias else None
+    (y,) = check_op("conv3x3_relu", [x, wt, b, padding])
+    expect_format(y, x)
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,padding,layout", [
+    (3, 5, 7, 13, 11, 0, "nchw"),            # 11x9 output: odd row and column dropped by the pool
+    (3, 3, 17, 17, 23, 1, "channels_last"),  # 17x23 output
+    (2, 32, 16, 10, 12, 0, "noncontig"),
+])
+def test_conv3x3_relu_pool(n, ci, co, h, w, padding, layout):
+    x = make((n, ci, h, w), layout)
+    wt = make((co, ci, 3, 3), scale=0.3)
+    b = make((co,))
+    y, pooled = check_op("conv3x3_relu_pool", [x, wt, b, padding])
+    expect_format(y, x)
+    expect_format(pooled, x)
+    assert_exact(pooled, F.max_pool2d(y, 2, 2), "pooled == max_pool2d(y) exactly")
+
+
+def test_conv3x3_relu_pool_gradient_of_one_output():
+    """Only the pooled output used (the skip unused), and only the skip used."""
+    x, wt, b = make((2, 3, 11, 13)), make((6, 3, 3, 3), scale=0.3), make((6,))
+    for pick in (0, 1):
+        xs = [t.detach().requires_grad_(True) for t in (x, wt, b)]
+        out = uf.ops.conv3x3_relu_pool(*xs, 1, backend="triton")[pick]
+        grads = torch.autograd.grad(out.square().sum(), xs)
+        x64 = [t.detach().double().requires_grad_(True) for t in (x, wt, b)]
+        ref = tb.conv3x3_relu_pool(*x64, 1)[pick]
+        ref_g = torch.autograd.grad(ref.square().sum(), x64)
+        for g, r in zip(grads, ref_g):
+            assert_f32_close(g, r, f"gradient through output {pick}")
+
+
+# ---------------------------------------------------------------- max-pool, crop-concat
+@pytest.mark.parametrize("shape,layout", [((3, 5, 13, 11), "nchw"), ((3, 17, 17, 23), "channels_last"),
+                                          ((2, 3, 8, 6), "noncontig"), ((1, 1, 2, 3), "nchw")])
+def test_max_pool2x2(shape, layout):
+    x = make(shape, layout)
+    (y,) = check_op("max_pool2x2", [x], exact=True)
+    expect_format(y, x)
+
+
+def test_max_pool2x2_ties_route_like_torch():
+    """Ties go to the first maximum of the window in row-major order, as PyTorch's indices do."""
+    x = torch.randint(0, 3, (2, 4, 9, 7), device=DEVICE).float()
+    ours, ours_g, gout = run_and_grad(lambda t: uf.ops.max_pool2x2(t, backend="triton"), [x])
+    ref, ref_g, _ = run_and_grad(lambda t: F.max_pool2d(t, 2, 2), [x], gout)
+    assert_exact(ours[0], ref[0], "tied max-pool output")
+    assert_exact(ours_g[0], ref_g[0], "tied max-pool gradient")
+
+
+@pytest.mark.parametrize("skip_shape,up_shape,layout", [
+    ((3, 5, 17, 23), (3, 3, 13, 11), "nchw"),            # odd crop offsets (2, 6)
+    ((3, 4, 16, 12), (3, 4, 13, 11), "channels_last"),   # offsets rounded down
+    ((2, 3, 9, 10), (2, 17, 9, 10), "noncontig"),        # no crop
+])
+def test_crop_concat(skip_shape, up_shape, layout):
+    skip, up = make(skip_shape, layout), make(up_shape, layout)
+    (out,) = check_op("crop_concat", [skip, up], exact=True)
+    expect_format(out, up)
+
+
+# ---------------------------------------------------------------- transposed conv, up-concat, 1x1
+@pytest.mark.parametrize("n,ci,co,h,w,layout,bias", [
+    (3, 5, 7, 6, 5, "nchw", True),
+    (2, 17, 3, 5, 7, "channels_last", True),
+    (3, 3, 9, 4, 5, "noncontig", False),
+    (2, 32, 8, 5, 3, "channels_last", True),    # C_in % BLOCK_K == 0
+])
+def test_conv_transpose2x2(n, ci, co, h, w, layout, bias):
+    x = make((n, ci, h, w), layout)
+    wt = make((ci, co, 2, 2), scale=0.3)
+    b = make((co,)) if bias else None
+    (y,) = check_op("conv_transpose2x2", [x, wt, b])
+    expect_format(y, x)
+
+
+@pytest.mark.parametrize("skip_hw,layout,bias", [((17, 23), "nchw", True),
+                                                 ((12, 10), "channels_last", True),
+                                                 ((13, 11), "noncontig", False)])
+def test_up_concat(skip_hw, layout, bias):
+    x = make((3, 6, 6, 5), layout)           # up: 12x10
+    skip = make((3, 5) + skip_hw, layout)
+    wt = make((6, 4, 2, 2), scale=0.3)
+    b = make((4,)) if bias else None
+    (out,) = check_op("up_concat", [skip, x, wt, b])
+    expect_format(out, x)
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,layout,bias", [
+    (3, 5, 2, 13, 11, "nchw", True),
+    (3, 17, 3, 17, 23, "channels_last", True),
+    (2, 4, 33, 5, 7, "noncontig", False),
+])
+def test_conv1x1(n, ci, co, h, w, layout, bias):
+    x = make((n, ci, h, w), layout)
+    wt = make((co, ci, 1, 1), scale=0.3)
+    b = make((co,)) if bias else None
+    (y,) = check_op("conv1x1", [x, wt, b])
+    expect_format(y, x)
+
+
+# ---------------------------------------------------------------- half precision
+def _lowp_check(name, args, dtype):
+    """max|ours - ref64| <= 2 max|torch_lowp - ref64| + eps, outputs and gradients."""
+    lowp = [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in args]
+    ours, ours_g, gout = run_and_grad(lambda *a: getattr(uf.ops, name)(*a, backend="triton"), lowp)
+    torch_lp, torch_g, _ = run_and_grad(getattr(tb, name), lowp, gout)
+    a64 = [a.double() if isinstance(a, torch.Tensor) else a for a in lowp]
+    ref, ref_g, _ = run_and_grad(getattr(tb, name), a64, [g.double() for g in gout])
+    eps = {torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
+    for what, o, t, r in ([("output", *z) for z in zip(ours, torch_lp, ref)]
+                          + [("grad", *z) for z in zip(ours_g, torch_g, ref_g)]):
+        assert o.dtype == dtype
+        err = (o.double() - r).abs().max().item()
+        bound = 2 * (t.double() - r).abs().max().item() + eps * max(r.abs().max().item(), 1.0)
+        assert err <= bound, f"{name} {dtype} {what}: error {err:.3g} > bound {bound:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    # bf16 runs its dot in fp32 under the interpreter (its bf16 dot is broken, ENV.md); the true
+    # bf16 tensor-core path is checked in test_triton_gpu.py.
+    x = make((2, 5, 9, 11), "channels_last")
+    _lowp_check("conv3x3_relu", [x, make((7, 5, 3, 3), scale=0.3), make((7,)), 1], dtype)
+    _lowp_check("conv_transpose2x2", [x, make((5, 3, 2, 2), scale=0.3), make((3,))], dtype)
+    _lowp_check("conv1x1", [x, make((4, 5, 1, 1), scale=0.3), make((4,))], dtype)
+
+
+# ---------------------------------------------------------------- the whole network
+@pytest.mark.parametrize("padding,depth,base,hw,channels_last", [
+    ("valid", 2, 4, (44, 52), False),
+    ("same", 3, 8, (16, 16), True),
+])
+def test_unet_matches_reference(padding, depth, base, hw, channels_last):
+    model = uf.UNet(in_channels=3, num_classes=2, base_channels=base, depth=depth,
+                    padding=padding, backend="triton").to(DEVICE)
+    ref = uf.reference.UNet(in_channels=3, num_classes=2, base_channels=base, depth=depth,
+                            padding=padding).to(DEVICE).double()
+    ref.load_state_dict(model.state_dict())
+    x = make((2, 3) + hw, "channels_last" if channels_last else "nchw")
+    y = model(x)
+    assert set(model.backend_report().values()) == {"triton"}
+    r = ref(x.double())
+    assert_f32_close(y, r, "UNet output")
+    expect_format(y, x)
+    g = torch.randn_like(r)
+    y.backward(g.float())
+    r.backward(g)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert_f32_close(p.grad, q.grad, f"gradient of {name}")
+
+
+def test_training_steps_match():
+    """A few SGD steps with and without the kernels give the same losses and parameters."""
+    torch.manual_seed(0)
+    kw = dict(in_channels=1, num_classes=3, base_channels=4, depth=2, padding="same")
+    fast = uf.UNet(backend="triton", **kw).to(DEVICE)
+    slow = uf.UNet(backend="torch", **kw).to(DEVICE)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 1, 16, 12, device=DEVICE)
+    target = torch.randint(0, 3, (2, 16, 12), device=DEVICE)
+    losses = {}
+    for name, m in (("triton", fast), ("torch", slow)):
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        losses[name] = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), target)
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    assert losses["triton"][-1] < losses["triton"][0]
+    torch.testing.assert_close(losses["triton"], losses["torch"], rtol=1e-5, atol=0)
+    for (n, p), (_, q) in zip(fast.named_parameters(), slow.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5 * q.abs().max().item(), msg=n)
+
+
+# ---------------------------------------------------------------- torch.library registration
+def _x(shape, layout="nchw"):
+    return make(shape, layout).requires_grad_(True)
+
+
+OPCHECK_CASES = {
+    "conv3x3_relu": lambda: (t_conv3x3.conv3x3_relu, (_x((2, 3, 7, 6)), _x((4, 3, 3, 3)), _x((4,)), 1)),
+    "conv3x3_relu_pool": lambda: (t_conv3x3.conv3x3_relu_pool,
+                                  (_x((2, 3, 7, 6), "channels_last"), _x((4, 3, 3, 3)), None, 0)),
+    "max_pool2x2": lambda: (t_pool.max_pool2x2, (_x((2, 3, 7, 6)),)),
+    "crop_concat": lambda: (t_crop.crop_concat, (_x((2, 2, 9, 8)), _x((2, 3, 7, 6)))),
+    "conv_transpose2x2": lambda: (t_convt.conv_transpose2x2, (_x((2, 3, 4, 3)), _x((3, 2, 2, 2)), _x((2,)))),
+    "up_concat": lambda: (t_convt.up_concat, (_x((2, 2, 9, 7)), _x((2, 3, 4, 3)), _x((3, 2, 2, 2)), None)),
+    "conv1x1": lambda: (t_conv1x1.conv1x1, (_x((2, 3, 5, 4), "channels_last"), _x((5, 3, 1, 1)), _x((5,)))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPCHECK_CASES))
+def test_opcheck(name):
+    op, args = OPCHECK_CASES[name]()
+    torch.library.opcheck(op, args)
+
+
+def test_opcheck_backward_ops():
+    dy, y = make((2, 4, 5, 4)), make((2, 4, 5, 4))
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, y, make((4, 3, 3, 3)), 0, True))
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad, (make((2, 3, 7, 6)), dy, y, 0, True))
+    torch.library.opcheck(t_pool._relu_pool_backward, (y, make((2, 4, 2, 2)), y))
+    torch.library.opcheck(t_pool._max_pool2x2_backward, (make((2, 4, 2, 2)), y))
+    torch.library.opcheck(t_crop._crop_pad, (dy, 7, 9))
+    torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2))))
+    torch.library.opcheck(t_convt._conv_transpose2x2_wgrad, (make((2, 3, 2, 2)), make((2, 4, 4, 4))))
+    torch.library.opcheck(t_conv1x1._conv1x1_dgrad, (dy, make((4, 3, 1, 1))))
+    torch.library.opcheck(t_conv1x1._conv1x1_wgrad, (make((2, 3, 5, 4)), dy))
+
+
+def test_compile_fullgraph():
+    """The ops trace into one graph (no breaks) forward and backward and give eager's result."""
+    torch._dynamo.reset()
+
+    def block(x, w1, b1, w2, b2, wt, bt, wh):
+        skip, p = uf.ops.conv3x3_relu_pool(x, w1, b1, 1, backend="triton")
+        u = uf.ops.conv3x3_relu(p, w2, b2, 1, backend="triton")
+        c = uf.ops.up_concat(skip, u, wt, bt, backend="triton")
+        return uf.ops.conv1x1(uf.ops.max_pool2x2(c, backend="triton"), wh, None, backend="triton")
+
+    args = [make((2, 3, 8, 6)), make((4, 3, 3, 3)), make((4,)), make((5, 4, 3, 3)), make((5,)),
+            make((5, 4, 2, 2)), make((4,)), make((2, 8, 1, 1))]
+    eager, eager_g, gout = run_and_grad(block, args)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    comp, comp_g, _ = run_and_grad(compiled, args, gout)
+    for a, b in zip(eager + eager_g, comp + comp_g):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- bad input
+def test_float64_is_refused():
+    x = make((1, 2, 5, 5)).double()
+    w = make((3, 2, 3, 3)).double()
+    with pytest.raises(uf.BackendUnavailable, match="float32/float16/bfloat16"):
+        uf.ops.conv3x3_relu(x, w, None, 0, backend="triton")
+    with pytest.raises(uf.BackendUnavailable, match="float64"):
+        uf.ops.max_pool2x2(x, backend="triton")
+    # "auto" never raises for it: the reference ops run
+    assert uf.ops.max_pool2x2(x).dtype == torch.float64
+
+
+def test_cpu_without_interpreter_is_refused():
+    code = (
+        "import torch, unet_fast as uf\n"
+        "print('REASON', uf.backends.available()['triton'])\n"
+        "x = torch.randn(1, 2, 5, 5)\n"
+        "try:\n"
+        "    uf.ops.conv3x3_relu(x, torch.randn(3, 2, 3, 3), None, 0, backend='triton')\n"
+        "except uf.BackendUnavailable as e:\n"
+        "    print('RAISED', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "TRITON_INTERPRET=1" in res.stdout and "CUDA GPU" in res.stdout, res.stdout
+    assert "RAISED" in res.stdout, res.stdout
+
+
+def test_supports_reasons():
+    x = make((1, 2, 5, 5))
+    assert triton_backend.supports(x, make((3, 2, 3, 3)), None, 0) is None
+    assert "float64" in triton_backend.supports(x.double())
+    assert t_utils.dot_precision(torch.float16) == "ieee"

@@ -1,0 +1,128 @@
+"""The triton backend on a GPU: compiled kernels (not the interpreter), autotuning, tensor cores.
+
+Skipped without CUDA (benchmarks' GPU suite runs them). Shapes are U-Net-like (64-256 channels) so
+the autotuned tensor-core tiles, the per-tap K path and the split-K weight gradient all run.
+Tolerances follow the dtype:
+- float32 with TF32 off: rtol 1e-5, atol 1e-5 x max|ref| against float64; with TF32 on (PyTorch's
+  cuDNN default), 3e-4;
+- bfloat16/float16: max|ours - ref64| <= 2 max|torch_lowp - ref64| + eps, the same yardstick as
+  test_triton_backend._lowp_check, here with the real bf16 tensor-core dot;
+- pooling and concat: exact.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unet_fast as uf
+from unet_fast.backends import torch_backend as tb
+
+from conftest import requires_cuda
+from test_triton_backend import (_lowp_check, _no_tf32, assert_exact, check_op, make,  # noqa: F401
+                                 run_and_grad)
+
+pytestmark = requires_cuda
+
+GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial sizes)
+    "conv3x3_relu": lambda: [make((2, 64, 38, 42), "channels_last"), make((64, 64, 3, 3), scale=0.05),
+                             make((64,)), 0],
+    "conv3x3_relu_first": lambda: [make((2, 1, 45, 39), "nchw"), make((64, 1, 3, 3), scale=0.3),
+                                   make((64,)), 1],
+    "conv3x3_relu_pool": lambda: [make((2, 128, 23, 27), "channels_last"),
+                                  make((128, 128, 3, 3), scale=0.03), make((128,)), 1],
+    "max_pool2x2": lambda: [make((2, 64, 37, 42), "channels_last")],
+    "crop_concat": lambda: [make((2, 64, 41, 43), "channels_last"), make((2, 64, 34, 30), "channels_last")],
+    "conv_transpose2x2": lambda: [make((2, 256, 13, 11), "channels_last"), make((256, 128, 2, 2), scale=0.05),
+                                  make((128,))],
+    "up_concat": lambda: [make((2, 128, 33, 29), "channels_last"), make((2, 256, 13, 11), "channels_last"),
+                          make((256, 128, 2, 2), scale=0.05), make((128,))],
+    "conv1x1": lambda: [make((2, 64, 37, 41), "channels_last"), make((2, 64, 1, 1), scale=0.1), make((2,))],
+}
+EXACT = {"max_pool2x2", "crop_concat"}
+
+
+def _op_name(case):
+    return case.replace("_first", "")
+
+
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+def test_float32_gpu(case):
+    check_op(_op_name(case), GPU_CASES[case](), exact=case in EXACT)
+
+
+@pytest.fixture
+def tf32():
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32 = prev
+
+
+@pytest.mark.parametrize("case", ["conv3x3_relu", "conv_transpose2x2", "conv1x1"])
+def test_float32_tf32_gpu(case, tf32):
+    """With TF32 allowed (cuDNN's default) the GEMMs use it: about 3e-4 relative."""
+    args = GPU_CASES[case]()
+    ours, ours_g, gout = run_and_grad(lambda *a: getattr(uf.ops, case)(*a, backend="triton"), args)
+    a64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+    ref, ref_g, _ = run_and_grad(getattr(tb, case), a64, [g.double() for g in gout])
+    for o, r in zip(list(ours) + list(ours_g), list(ref) + list(ref_g)):
+        torch.testing.assert_close(o.double(), r, rtol=3e-4, atol=3e-4 * r.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+def test_half_precision_gpu(case, dtype):
+    args = GPU_CASES[case]()
+    if case in EXACT:
+        check_op(_op_name(case), [a.to(dtype) for a in args], exact=True)
+    else:
+        _lowp_check(_op_name(case), args, dtype)
+
+
+def test_pool_epilogue_exact_gpu():
+    x = make((2, 64, 30, 34), "channels_last", dtype=torch.bfloat16)
+    w = make((64, 64, 3, 3), scale=0.05, dtype=torch.bfloat16)
+    y, pooled = uf.ops.conv3x3_relu_pool(x, w, None, 1, backend="triton")
+    assert_exact(pooled, F.max_pool2d(y, 2, 2), "pooled == max_pool2d(y)")
+
+
+@pytest.mark.parametrize("padding,size", [("valid", 188), ("same", 96)])
+def test_unet_autocast_bf16_gpu(padding, size):
+    """A depth-4 U-Net under bf16 autocast, forward and backward, within twice eager's error."""
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=16, depth=4, padding=padding,
+                    backend="triton").cuda().to(memory_format=torch.channels_last)
+    ref = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=16, depth=4,
+                            padding=padding).cuda()
+    ref.load_state_dict(model.state_dict())
+    ref64 = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=16, depth=4,
+                              padding=padding).cuda().double()
+    ref64.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, size, size, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = model(x)
+        y_eager = ref(x)
+    y64 = ref64(x.double())
+    g = torch.randn_like(y64)
+    y.float().backward(g.float())
+    y_eager.float().backward(g.float())
+    y64.backward(g)
+    assert set(model.backend_report().values()) == {"triton"}
+    err = (y.double() - y64).abs().max().item()
+    bound = 2 * (y_eager.double() - y64).abs().max().item() + 1e-2 * y64.abs().max().item()
+    assert err <= bound, f"output error {err} > {bound}"
+    for (n, p), (_, q), (_, r) in zip(model.named_parameters(), ref.named_parameters(),
+                                      ref64.named_parameters()):
+        err = (p.grad.double() - r.grad).abs().max().item()
+        bound = 2 * (q.grad.double() - r.grad).abs().max().item() + 1e-2 * r.grad.abs().max().item()
+        assert err <= bound, f"gradient of {n}: error {err} > {bound}"
+
+
+def test_compile_inductor_gpu():
+    torch._dynamo.reset()
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=16, depth=3, padding="same",
+                    backend="triton").cuda()
+    x = torch.randn(2, 1, 64, 64, device="cuda")
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)

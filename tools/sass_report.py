@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Static check of the built CUDA extension's machine code (no GPU needed).
+
+Reads the SASS of unet_fast._C with cuobjdump (shipped in Triton's wheel, or the CUDA toolkit's)
+and reports, per kernel and architecture: registers, shared memory, stack/local memory, local
+loads/stores (STL/LDL: spills) and tensor-core instructions (HMMA / HGMMA).
+
+    python tools/sass_report.py                 # regenerate docs/cuda_kernels.md, then check
+    python tools/sass_report.py --check         # check only (exit 1 on a problem)
+    python tools/sass_report.py --so path/to/_C.so --out report.md
+
+The check fails when an architecture of the default build (sm_80, sm_90) is missing, when a
+tensor-core convolution kernel (igemm_kernel<..., true>) has no HMMA/HGMMA, or when any kernel
+uses local memory (stack frame, spills, STL/LDL). tests/test_cuda_sass.py runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED_ARCHS = ("sm_80", "sm_90")
+
+
+@dataclass
+class Kernel:
+    arch: str
+    mangled: str
+    name: str = ""
+    regs: int = 0
+    stack: int = 0
+    shared: int = 0
+    local: int = 0
+    hmma: int = 0
+    hgmma: int = 0
+    local_ops: int = 0
+    mma_kinds: set = field(default_factory=set)
+
+    @property
+    def is_conv(self) -> bool:
+        return "igemm_kernel" in self.mangled
+
+    @property
+    def tensor_cores(self) -> bool:
+        """The tensor-core instantiation of the implicit-GEMM engine (template flag TC = true)."""
+        return self.is_conv and bool(re.search(r"ELb1EEEv", self.mangled))
+
+    @property
+    def spills(self) -> bool:
+        return self.stack > 0 or self.local > 0 or self.local_ops > 0
+
+
+def find_cuobjdump() -> str | None:
+    try:
+        import triton
+        cand = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        if os.access(cand, os.X_OK):
+            return cand
+    except ImportError:
+        pass
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and os.access(os.path.join(home, "bin", "cuobjdump"), os.X_OK):
+            return os.path.join(home, "bin", "cuobjdump")
+    return shutil.which("cuobjdump")
+
+
+def find_extension() -> str | None:
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("unet_fast._C")
+        if spec is not None and spec.origin:
+            return spec.origin
+    except ImportError:
+        pass
+    hits = glob.glob(os.path.join(ROOT, "unet_fast", "_C*.so"))
+    return hits[0] if hits else None
+
+
+def _run(cmd) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def demangle(names) -> dict:
+    names = list(names)
+    filt = shutil.which("c++filt")
+    if not filt or not names:
+        return {n: n for n in names}
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def _short(name: str) -> str:
+    name = name.replace("unet_fast::", "").replace("(anonymous namespace)::", "").replace("igemm::", "")
+    name = re.sub(r"\(.*\)$", "", name)  # drop the parameter list
+    name = re.sub(r"^void ", "", name)
+    m = re.match(r"igemm_kernel<(.*), (true|false)>$", name)
+    if m:  # igemm_kernel<Problem<T[, pool]>, TC>
+        prob, tc = m.groups()
+        prob = prob.replace("Conv3x3Fprop<", "Conv3x3Fprop<").replace(", true>", ", pool>").replace(
+            ", false>", ">")
+        name = f"igemm {prob} [{'tensor cores' if tc == 'true' else 'fp32 FMA'}]"
+    return name
+
+
+def analyse(so: str, cuobjdump: str) -> list[Kernel]:
+    kernels: dict[tuple, Kernel] = {}
+    arch = None
+    cur = None
+    for line in _run([cuobjdump, "-res-usage", so]).splitlines():
+        m = re.match(r"\s*arch = (sm_\d+a?)", line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            cur = kernels.setdefault((arch, m.group(1)), Kernel(arch, m.group(1)))
+            continue
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+        if m and cur is not None:
+            cur.regs, cur.stack, cur.shared, cur.local = map(int, m.groups())
+            cur = None
+    arch = None
+    cur = None
+    for line in _run([cuobjdump, "-sass", so]).splitlines():
+        m = re.match(r"\s*arch = (sm_\d+a?)", line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function : (\S+)", line)
+        if m:
+            cur = kernels.setdefault((arch, m.group(1)), Kernel(arch, m.group(1)))
+            continue
+        if cur is None or "/*" not in line:
+            continue
+        m = re.search(r"\b(HGMMA|HMMA)(\.[A-Z0-9.]+)?", line)
+        if m:
+            if m.group(1) == "HGMMA":
+                cur.hgmma += 1
+            else:
+                cur.hmma += 1
+            cur.mma_kinds.add(m.group(0))
+        if re.search(r"\b(STL|LDL)(\.[A-Z0-9]+)?\b", line):
+            cur.local_ops += 1
+    names = demangle({k.mangled for k in kernels.values()})
+    for k in kernels.values():
+        k.name = _short(names.get(k.mangled, k.mangled))
+    return sorted(kernels.values(), key=lambda k: (not k.is_conv, k.name, k.arch))
+
+
+def problems(kernels: list[Kernel]) -> list[str]:
+    out = []
+    archs = {k.arch for k in kernels}
+    for a in REQUIRED_ARCHS:
+        if a not in archs:
+            out.append(f"no {a} code in the extension (built archs: {sorted(archs)})")
+        elif not any(k.tensor_cores and k.arch == a for k in kernels):
+            out.append(f"no tensor-core convolution kernel for {a}")
+    for k in kernels:
+        if k.tensor_cores and k.hmma + k.hgmma == 0:
+            out.append(f"{k.arch} {k.name}: no HMMA/HGMMA instructions")
+        if k.spills:
+            out.append(f"{k.arch} {k.name}: uses local memory (stack {k.stack} B, local {k.local} B, "
+                       f"{k.local_ops} STL/LDL)")
+    return out
+
+
+def markdown(kernels: list[Kernel], so: str) -> str:
+    import platform
+    try:
+        import torch
+        tv = f"torch {torch.__version__} (CUDA {torch.version.cuda})"
+    except ImportError:
+        tv = "torch not importable"
+    lines = [
+        "# CUDA kernels of unet_fast._C: resources and tensor-core instructions",
+        "",
+        "Generated by `python tools/sass_report.py` from the SASS of the built extension "
+        "(`cuobjdump -res-usage` and `cuobjdump -sass`); do not edit by hand.",
+        f"Built with {tv} on {platform.python_implementation()} {platform.python_version()}.",
+        "",
+        "- regs: registers per thread; smem: static shared memory per CTA (bytes);",
+        "- local: stack frame + local memory (bytes) and STL/LDL instructions; all must be 0 (no spills);",
+        "- MMA: tensor-core instructions in the SASS (HMMA.16816 = fp16/bf16 m16n8k16, "
+        "HMMA.1684.F32.TF32 = TF32 m16n8k4; the `fp32 FMA` kernels are the exact float32 path used "
+        "when TF32 is disallowed).",
+        "",
+        "| kernel | arch | regs | smem | local (B / STL+LDL) | MMA instructions |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for k in kernels:
+        mma = ", ".join(f"{kind} x{n}" for kind, n in _mma_counts(k)) or "-"
+        lines.append(f"| `{k.name}` | {k.arch} | {k.regs} | {k.shared} | {k.stack + k.local} / {k.local_ops} "
+                     f"| {mma} |")
+    found = problems(kernels)
+    lines += ["", "Check: " + ("passed (HMMA in every tensor-core convolution kernel on sm_80 and sm_90, "
+                               "no kernel uses local memory)." if not found else "FAILED"), ""]
+    lines += [f"- {p}" for p in found]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _mma_counts(k: Kernel):
+    # counts per instruction kind are not kept separately; show kinds with the kernel's total
+    if not k.mma_kinds:
+        return []
+    total = k.hmma + k.hgmma
+    return [(" / ".join(sorted(k.mma_kinds)), total)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--so", help="the extension's shared library (default: the installed unet_fast._C)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "cuda_kernels.md"))
+    ap.add_argument("--check", action="store_true", help="only check, do not write the report")
+    args = ap.parse_args(argv)
+    so = args.so or find_extension()
+    if not so:
+        print("unet_fast._C is not built: pip install --no-build-isolation -e .", file=sys.stderr)
+        return 2
+    tool = find_cuobjdump()
+    if not tool:
+        print("cuobjdump not found (it ships with triton: pip install triton)", file=sys.stderr)
+        return 2
+    kernels = analyse(so, tool)
+    if not kernels:
+        print(f"{so} contains no CUDA kernels (built without CUDA?)", file=sys.stderr)
+        return 2
+    if not args.check:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(markdown(kernels, so))
+        print(f"wrote {args.out} ({len(kernels)} kernels)")
+    found = problems(kernels)
+    for p in found:
+        print("PROBLEM:", p, file=sys.stderr)
+    conv = [k for k in kernels if k.tensor_cores]
+    print(f"{len(kernels)} kernels; {len(conv)} tensor-core conv kernels, "
+          f"{sum(1 for k in conv if k.hmma + k.hgmma)} with HMMA/HGMMA; "
+          f"{sum(1 for k in kernels if k.spills)} using local memory")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""1x1 convolution (the U-Net head) in Triton as a plain GEMM on the pixel grid, forward and
+backward: y = x @ W^T + b with M = N*H*W, N = C_out, K = C_in; dx = dy @ W; dW = dy^T x with the
+bias gradient summed from the same dy tiles. All three are the implicit-GEMM kernels of igemm.py
+with a 1x1 window (no tap gathers), reading NCHW or NHWC in place.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import utils
+from .igemm import igemm_fwd, igemm_wgrad
+
+
+def conv1x1_forward(x, weight, bias):
+    nb, ci, h, w = x.shape
+    co = weight.shape[0]
+    y = utils.empty_like_format((nb, co, h, w), x)
+    igemm_fwd(x, weight.reshape(co, ci).t().contiguous(), y, grid_hw=(h, w), ks=1, stride=1,
+              pad=0, sign=1, bias=bias)
+    return y
+
+
+def conv1x1_dgrad(dy, weight):
+    nb, co, h, w = dy.shape
+    ci = weight.shape[1]
+    dx = utils.empty_like_format((nb, ci, h, w), dy)
+    igemm_fwd(dy, weight.reshape(co, ci).contiguous(), dx, grid_hw=(h, w), ks=1, stride=1, pad=0,
+              sign=1)
+    return dx
+
+
+def conv1x1_wgrad(x, dy):
+    ci, co = x.shape[1], dy.shape[1]
+    r, db = igemm_wgrad(x, dy, grid_hw=tuple(dy.shape[-2:]), ks=1, stride=1, pad=0, dbias=1)
+    return r.t().reshape(co, ci, 1, 1).contiguous().to(x.dtype), db.to(x.dtype)
+
+
+@torch.library.custom_op("unet_fast_triton::conv1x1", mutates_args=())
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return conv1x1_forward(x, weight, bias)
+
+
+@conv1x1.register_fake
+def _(x, weight, bias):
+    return utils.empty_like_format((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), x)
+
+
+@torch.library.custom_op("unet_fast_triton::_conv1x1_dgrad", mutates_args=())
+def _conv1x1_dgrad(dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return conv1x1_dgrad(dy, weight)
+
+
+@_conv1x1_dgrad.register_fake
+def _(dy, weight):
+    return utils.empty_like_format((dy.shape[0], weight.shape[1], dy.shape[2], dy.shape[3]), dy)
+
+
+@torch.library.custom_op("unet_fast_triton::_conv1x1_wgrad", mutates_args=())
+def _conv1x1_wgrad(x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv1x1_wgrad(x, dy)
+
+
+@_conv1x1_wgrad.register_fake
+def _(x, dy):
+    return x.new_empty((dy.shape[1], x.shape[1], 1, 1)), x.new_empty((dy.shape[1],))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = _conv1x1_dgrad(dy, weight)
+    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        dw, db = _conv1x1_wgrad(x, dy)
+    return dx, dw, (db if ctx.has_bias else None)
+
+
+conv1x1.register_autograd(_backward, setup_context=_setup)
+
+
+def impl(x, weight, bias):
+    return conv1x1(x, weight, bias)

@@ -1,0 +1,112 @@
+"""Center-crop + channel concat in Triton: cat([crop(skip), up], 1), forward and backward.
+
+One strided copy kernel does all the moving: dst[n, h, w, c] = src[n, h + oh, w + ow, c] where that
+pixel exists, else 0. The forward runs it twice into one freshly allocated buffer (the cropped skip
+into the lower channel slice, `up` into the upper one); the backward of the upper part is a view,
+and of the skip a view too when nothing was cropped, else one copy that zero-pads the cropped
+gradient back to the skip's size. Tiles are (pixels x channels), channels innermost.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import utils
+
+
+@triton.autotune(configs=utils.elemwise_configs(), key=["C"])
+@triton.jit
+def _crop_copy_kernel(
+    s_ptr, s_sn, s_sh, s_sw, s_sc, SH, SW,
+    d_ptr, d_sn, d_sh, d_sw, d_sc, DH, DW,
+    NB, C, OFF_H, OFF_W,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    w = offs_p % DW
+    t = offs_p // DW
+    h = t % DH
+    n = (t // DH).to(tl.int64)
+    sh = h + OFF_H
+    sw = w + OFF_W
+    d_ok = (n < NB)[:, None] & (offs_c < C)[None, :]
+    s_ok = d_ok & ((sh >= 0) & (sh < SH) & (sw >= 0) & (sw < SW))[:, None]
+    v = tl.load(s_ptr + (n * s_sn + sh * s_sh + sw * s_sw)[:, None] + offs_c[None, :] * s_sc,
+                mask=s_ok, other=0.0)
+    tl.store(d_ptr + (n * d_sn + h * d_sh + w * d_sw)[:, None] + offs_c[None, :] * d_sc,
+             v.to(d_ptr.dtype.element_ty), mask=d_ok)
+
+
+def crop_copy(src: torch.Tensor, dst: torch.Tensor, off_h: int, off_w: int) -> None:
+    """dst[..., h, w] = src[..., h + off_h, w + off_w] (0 outside src); both logical NCHW."""
+    nb, c, dh, dw = dst.shape
+    sh, sw = src.shape[-2:]
+    grid = lambda meta: (triton.cdiv(nb * dh * dw, meta["BLOCK_P"]),  # noqa: E731
+                         triton.cdiv(c, meta["BLOCK_C"]))
+    _crop_copy_kernel[grid](src, *utils.nhwc_strides(src), sh, sw,
+                            dst, *utils.nhwc_strides(dst), dh, dw, nb, c, off_h, off_w)
+
+
+def crop_offsets(skip_hw, up_hw):
+    return (skip_hw[0] - up_hw[0]) // 2, (skip_hw[1] - up_hw[1]) // 2
+
+
+# ---------------------------------------------------------------- torch operators and autograd
+def _concat_shape(skip, up):
+    return (up.shape[0], skip.shape[1] + up.shape[1], up.shape[2], up.shape[3])
+
+
+@torch.library.custom_op("unet_fast_triton::crop_concat", mutates_args=())
+def crop_concat(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    out = utils.empty_like_format(_concat_shape(skip, up), up)
+    cs = skip.shape[1]
+    top, left = crop_offsets(skip.shape[-2:], up.shape[-2:])
+    crop_copy(skip, out[:, :cs], top, left)
+    crop_copy(up, out[:, cs:], 0, 0)
+    return out
+
+
+@crop_concat.register_fake
+def _(skip, up):
+    return utils.empty_like_format(_concat_shape(skip, up), up)
+
+
+@torch.library.custom_op("unet_fast_triton::_crop_pad", mutates_args=())
+def _crop_pad(grad: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The crop's backward: `grad` placed at the center offset of a zero (height, width) map."""
+    out = utils.empty_like_format((grad.shape[0], grad.shape[1], height, width), grad)
+    top, left = crop_offsets((height, width), grad.shape[-2:])
+    crop_copy(grad, out, -top, -left)
+    return out
+
+
+@_crop_pad.register_fake
+def _(grad, height, width):
+    return utils.empty_like_format((grad.shape[0], grad.shape[1], height, width), grad)
+
+
+def skip_grad(g_skip: torch.Tensor, skip_hw) -> torch.Tensor:
+    """The skip's gradient from the concat's lower channel slice: a view when not cropped."""
+    if tuple(g_skip.shape[-2:]) == tuple(skip_hw):
+        return g_skip
+    return _crop_pad(g_skip, int(skip_hw[0]), int(skip_hw[1]))
+
+
+def _setup(ctx, inputs, output):
+    skip, up = inputs
+    ctx.skip_channels = skip.shape[1]
+    ctx.skip_hw = tuple(skip.shape[-2:])
+
+
+def _backward(ctx, grad):
+    cs = ctx.skip_channels
+    return skip_grad(grad[:, :cs], ctx.skip_hw), grad[:, cs:]
+
+
+crop_concat.register_autograd(_backward, setup_context=_setup)
+
+
+def impl(skip, up):
+    return crop_concat(skip, up)

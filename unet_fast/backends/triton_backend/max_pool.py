@@ -1,0 +1,192 @@
+"""2x2 max-pooling (stride 2) in Triton: forward, and a backward that recomputes the argmax.
+
+No indices are saved: the backward reads the pooled tensor's source again and routes each pooled
+gradient to the first maximum of its window in (0,0), (0,1), (1,0), (1,1) order -- the element
+PyTorch's max_pool2d picks. The same backward kernel serves the encoder's fused conv+pool: there it
+also adds the skip's gradient and applies the ReLU mask, in one pass over the activation.
+Tiles are (windows x channels) with channels innermost, so NHWC data moves in wide coalesced rows.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import utils
+
+
+@triton.autotune(configs=utils.elemwise_configs(), key=["C"])
+@triton.jit
+def _max_pool2x2_forward_kernel(
+    x_ptr, x_sn, x_sh, x_sw, x_sc,
+    y_ptr, y_sn, y_sh, y_sw, y_sc,
+    NB, PH, PW, C,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pw = offs_p % PW
+    t = offs_p // PW
+    ph = t % PH
+    n = (t // PH).to(tl.int64)
+    ok = (n < NB)[:, None] & (offs_c < C)[None, :]
+    base = (n * x_sn + (2 * ph) * x_sh + (2 * pw) * x_sw)[:, None] + offs_c[None, :] * x_sc
+    v00 = tl.load(x_ptr + base, mask=ok)
+    v01 = tl.load(x_ptr + base + x_sw, mask=ok)
+    v10 = tl.load(x_ptr + base + x_sh, mask=ok)
+    v11 = tl.load(x_ptr + base + x_sh + x_sw, mask=ok)
+    m = tl.maximum(tl.maximum(v00, v01), tl.maximum(v10, v11))
+    out = (n * y_sn + ph * y_sh + pw * y_sw)[:, None] + offs_c[None, :] * y_sc
+    tl.store(y_ptr + out, m, mask=ok)
+
+
+@triton.autotune(configs=utils.elemwise_configs(), key=["C", "ADD_DY", "RELU_MASK"])
+@triton.jit
+def _max_pool2x2_backward_kernel(
+    s_ptr, s_sn, s_sh, s_sw, s_sc,          # the pooled map's source (x, or the conv's y)
+    dp_ptr, dp_sn, dp_sh, dp_sw, dp_sc,     # gradient of the pooled map
+    dy_ptr, dy_sn, dy_sh, dy_sw, dy_sc,     # gradient of the source itself (ADD_DY)
+    g_ptr, g_sn, g_sh, g_sw, g_sc,          # result, the source's shape
+    NB, H, W, C,
+    ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # One program row per 2x2 window of the ceil-divided grid, so odd trailing rows and columns
+    # (dropped by the pooling) are written too: zero, or dy masked.
+    PWC = (W + 1) // 2
+    PHC = (H + 1) // 2
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pw = offs_p % PWC
+    t = offs_p // PWC
+    ph = t % PHC
+    n = (t // PHC).to(tl.int64)
+    c_ok = offs_c < C
+    w_ok = n < NB
+    full = w_ok & (ph < H // 2) & (pw < W // 2)
+    h0 = 2 * ph
+    w0 = 2 * pw
+    ok00 = w_ok[:, None] & c_ok[None, :]
+    ok01 = (w_ok & (w0 + 1 < W))[:, None] & c_ok[None, :]
+    ok10 = (w_ok & (h0 + 1 < H))[:, None] & c_ok[None, :]
+    ok11 = (w_ok & (h0 + 1 < H) & (w0 + 1 < W))[:, None] & c_ok[None, :]
+    cs = offs_c[None, :] * s_sc
+    sb = (n * s_sn + h0 * s_sh + w0 * s_sw)[:, None] + cs
+    v00 = tl.load(s_ptr + sb, mask=ok00, other=float("-inf"))
+    v01 = tl.load(s_ptr + sb + s_sw, mask=ok01, other=float("-inf"))
+    v10 = tl.load(s_ptr + sb + s_sh, mask=ok10, other=float("-inf"))
+    v11 = tl.load(s_ptr + sb + s_sh + s_sw, mask=ok11, other=float("-inf"))
+    m = tl.maximum(tl.maximum(v00, v01), tl.maximum(v10, v11))
+    s00 = v00 == m
+    s01 = (v01 == m) & (~s00)
+    s10 = (v10 == m) & (~(s00 | s01))
+    s11 = ~(s00 | s01 | s10)
+    fmask = full[:, None] & c_ok[None, :]
+    d = tl.load(dp_ptr + (n * dp_sn + ph * dp_sh + pw * dp_sw)[:, None] + offs_c[None, :] * dp_sc,
+                mask=fmask, other=0.0).to(tl.float32)
+    zero = tl.zeros_like(d)
+    g00 = tl.where(s00 & fmask, d, zero)
+    g01 = tl.where(s01 & fmask, d, zero)
+    g10 = tl.where(s10 & fmask, d, zero)
+    g11 = tl.where(s11 & fmask, d, zero)
+    if ADD_DY:
+        db = (n * dy_sn + h0 * dy_sh + w0 * dy_sw)[:, None] + offs_c[None, :] * dy_sc
+        g00 += tl.load(dy_ptr + db, mask=ok00, other=0.0).to(tl.float32)
+        g01 += tl.load(dy_ptr + db + dy_sw, mask=ok01, other=0.0).to(tl.float32)
+        g10 += tl.load(dy_ptr + db + dy_sh, mask=ok10, other=0.0).to(tl.float32)
+        g11 += tl.load(dy_ptr + db + dy_sh + dy_sw, mask=ok11, other=0.0).to(tl.float32)
+    if RELU_MASK:
+        g00 = tl.where(v00 > 0, g00, zero)
+        g01 = tl.where(v01 > 0, g01, zero)
+        g10 = tl.where(v10 > 0, g10, zero)
+        g11 = tl.where(v11 > 0, g11, zero)
+    gb = (n * g_sn + h0 * g_sh + w0 * g_sw)[:, None] + offs_c[None, :] * g_sc
+    ty = g_ptr.dtype.element_ty
+    tl.store(g_ptr + gb, g00.to(ty), mask=ok00)
+    tl.store(g_ptr + gb + g_sw, g01.to(ty), mask=ok01)
+    tl.store(g_ptr + gb + g_sh, g10.to(ty), mask=ok10)
+    tl.store(g_ptr + gb + g_sh + g_sw, g11.to(ty), mask=ok11)
+
+
+# ---------------------------------------------------------------- host launchers
+def max_pool2x2_forward(x: torch.Tensor) -> torch.Tensor:
+    nb, c, h, w = x.shape
+    ph, pw = h // 2, w // 2
+    y = utils.empty_like_format((nb, c, ph, pw), x)
+    grid = lambda meta: (triton.cdiv(nb * ph * pw, meta["BLOCK_P"]),  # noqa: E731
+                         triton.cdiv(c, meta["BLOCK_C"]))
+    _max_pool2x2_forward_kernel[grid](x, *utils.nhwc_strides(x), y, *utils.nhwc_strides(y),
+                                      nb, ph, pw, c)
+    return y
+
+
+def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
+                         dy: Optional[torch.Tensor] = None, relu_mask: bool = False,
+                         like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gradient w.r.t. the pooled map's source: route(dpool) (+ dy) (* (src > 0))."""
+    nb, c, h, w = src.shape
+    g = utils.empty_like_format(src.shape, like if like is not None else src)
+    if dpool is None:
+        dpool = torch.zeros((nb, c, h // 2, w // 2), dtype=src.dtype, device=src.device)
+    dyt = dy if dy is not None else g
+    grid = lambda meta: (triton.cdiv(nb * ((h + 1) // 2) * ((w + 1) // 2), meta["BLOCK_P"]),  # noqa: E731
+                         triton.cdiv(c, meta["BLOCK_C"]))
+    _max_pool2x2_backward_kernel[grid](
+        src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
+        dyt, *utils.nhwc_strides(dyt), g, *utils.nhwc_strides(g),
+        nb, h, w, c, ADD_DY=dy is not None, RELU_MASK=relu_mask)
+    return g
+
+
+# ---------------------------------------------------------------- torch operators and autograd
+@torch.library.custom_op("unet_fast_triton::max_pool2x2", mutates_args=())
+def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    return max_pool2x2_forward(x)
+
+
+@max_pool2x2.register_fake
+def _(x):
+    nb, c, h, w = x.shape
+    return utils.empty_like_format((nb, c, h // 2, w // 2), x)
+
+
+@torch.library.custom_op("unet_fast_triton::_max_pool2x2_backward", mutates_args=())
+def _max_pool2x2_backward(dpool: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return max_pool2x2_backward(x, dpool)
+
+
+@_max_pool2x2_backward.register_fake
+def _(dpool, x):
+    return utils.empty_like_format(x.shape, x)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward(ctx, dpool):
+    (x,) = ctx.saved_tensors
+    return _max_pool2x2_backward(dpool, x)
+
+
+max_pool2x2.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- the pool epilogue's backward
+@torch.library.custom_op("unet_fast_triton::_relu_pool_backward", mutates_args=())
+def _relu_pool_backward(dy: Optional[torch.Tensor], dpool: Optional[torch.Tensor],
+                        y: torch.Tensor) -> torch.Tensor:
+    """(dy + route(dpool)) * (y > 0) for y = relu(conv(...)) and pooled = max_pool2x2(y), in one
+    pass: the gradient the fused conv+ReLU+pool hands to its dgrad and wgrad."""
+    return max_pool2x2_backward(y, dpool, dy, relu_mask=True)
+
+
+@_relu_pool_backward.register_fake
+def _(dy, dpool, y):
+    return utils.empty_like_format(y.shape, y)
+
+
+def impl(x):
+    return max_pool2x2(x)
