@@ -219,3 +219,38 @@ def test_activation_checkpointing_same_gradients(padding):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12, msg=n)
     c = torch.compile(mc, fullgraph=True, backend="aot_eager")
     c(x).backward(g)  # compiles with checkpointing, no graph break
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_our_backends(backend, dynamic):
+    """torch.compile(fullgraph=True) over the whole UNet with our kernels (the C++ CPU kernels, or
+    the Triton kernels under the interpreter): no graph breaks, same numbers."""
+    if AVAILABLE_NOW()[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE_NOW()[backend]}")
+    torch.manual_seed(0)
+    m = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend)
+    x = torch.randn(2, 1, 44, 44, requires_grad=True)
+    c = torch.compile(m, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    y, yc = m(x), c(x)
+    torch.testing.assert_close(yc, y, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    gx = torch.autograd.grad(y, x, g)[0]
+    gxc = torch.autograd.grad(yc, x, g)[0]
+    torch.testing.assert_close(gxc, gx, rtol=1e-5, atol=1e-6)
+
+
+def AVAILABLE_NOW():
+    return uf.backends.available()
+
+
+def test_compile_reuses_a_measured_choice(fake_backend):
+    """Under torch.compile "auto" cannot time fake tensors: it reuses the eager measurement."""
+    x = torch.randn(2, 3, 8, 8)
+    _dispatch.register_impl("max_pool2x2", "torch", lambda t: (__import__("time").sleep(0.01),
+                                                               F.max_pool2d(t, 2, 2))[1])
+    uf.ops.max_pool2x2(x)  # eager: measured, ours wins
+    assert _dispatch.last_used("max_pool2x2") == "triton"
+    calls = fake_backend["calls"]
+    torch.compile(lambda t: uf.ops.max_pool2x2(t), fullgraph=True, backend="eager")(x)
+    assert fake_backend["calls"] > calls  # the compiled graph called our implementation

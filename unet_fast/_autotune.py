@@ -134,6 +134,14 @@ def _time(fn, args, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def lookup(op: str, args: tuple):
+    """The choice remembered in this process for `op` on `args`, or None. No file access and no
+    measuring, so it is safe to trace under torch.compile."""
+    if _memory is None:
+        return None
+    return _memory.get(key_of(op, args))
+
+
 def choose(op: str, candidates: list, args: tuple, run_candidate) -> str:
     """The fastest of `candidates` (backend names) on `args`, measured once and remembered.
     `run_candidate(name)` returns the callable of that backend; a candidate that raises while

@@ -192,8 +192,14 @@ def auto_candidates(op: str, args: tuple) -> list:
         _autotune._failed_while_measuring.clear()
         cands.remove(best)
         cands.insert(0, best)
-    elif _is_compiling():
-        cands = ["torch"]  # no timing on fake tensors; the reference is never slower than eager
+    elif _is_compiling() and len(cands) > 1:
+        # no timing on fake tensors: a choice measured in eager is reused, else the reference
+        from . import _autotune
+        try:
+            hit = _autotune.lookup(op, args)
+        except Exception:  # noqa: BLE001  (symbolic shapes have no cache key)
+            hit = None
+        cands = [hit] if hit in cands else ["torch"]
     return cands
 
 
