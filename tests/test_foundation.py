@@ -360,3 +360,20 @@ def test_package_imports_without_extension():
                          env={**os.environ, "TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout and "torch.Size([1, 2, 4, 4])" in out.stdout
+
+
+def test_fast_model_under_autocast_equals_reference():
+    """Autocast casts the convolutions' inputs exactly as PyTorch's own ops would: the torch backend
+    of the fast model gives the reference's numbers bit for bit, forward and backward."""
+    torch.manual_seed(0)
+    ref = uf.reference.UNet(2, 3, base_channels=4, depth=2)
+    fast = uf.UNet(2, 3, base_channels=4, depth=2, backend="torch")
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 2, 44, 44)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, y = ref(x), fast(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    y.float().sum().backward()
+    y_ref.float().sum().backward()
+    for p, q in zip(fast.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)

@@ -33,14 +33,19 @@ def _check_tensor(t, name: str, rank: int = 4):
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be > 0")
 
 
+def _autocast_on(t: torch.Tensor) -> bool:
+    return t.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(t.device.type)
+
+
 def _check_same(tensors: dict):
     items = [(n, t) for n, t in tensors.items() if t is not None]
     n0, t0 = items[0]
+    mixed_ok = _autocast_on(t0)  # autocast casts the convolutions' inputs to one dtype
     for n, t in items[1:]:
         if t.device != t0.device:
             raise ValueError(f"{n} is on {t.device} but {n0} is on {t0.device}; move them to one "
                              f"device (e.g. {n}.to({n0}.device))")
-        if t.dtype != t0.dtype:
+        if t.dtype != t0.dtype and not mixed_ok:
             raise TypeError(f"{n} is {t.dtype} but {n0} is {t0.dtype}; use one dtype "
                             f"(e.g. {n}.to({n0}.dtype)) or run under torch.autocast")
 
@@ -59,9 +64,8 @@ def _autocast(*tensors):
     """Cast to the autocast dtype where PyTorch's convolutions would (they are lower-precision
     ops under autocast); the torch backend gets the same inputs, so all backends agree."""
     t0 = tensors[0]
-    dev = t0.device.type
-    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
+    if _autocast_on(t0):
+        dt = torch.get_autocast_dtype(t0.device.type)
         return tuple(t.to(dt) if t is not None and t.is_floating_point() else t for t in tensors)
     return tensors
 

@@ -1,0 +1,47 @@
+"""The whole fast UNet on each of our backends that this machine can run, under autocast:
+error against a float64 reference at most twice PyTorch's own error in the same dtype."""
+import pytest
+import torch
+
+import unet_fast as uf
+
+AVAILABLE = uf.backends.available()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_unet_autocast_within_twice_torch_error(backend, dtype, padding):
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    torch.manual_seed(0)
+    ref = uf.reference.UNet(3, 2, base_channels=8, depth=2, padding=padding)
+    fast = uf.UNet(3, 2, base_channels=8, depth=2, padding=padding, backend=backend)
+    fast.load_state_dict(ref.state_dict())
+    size = 44 if padding == "valid" else 16
+    x = torch.randn(2, 3, size, size)
+    ref64 = uf.reference.UNet(3, 2, base_channels=8, depth=2, padding=padding).double()
+    ref64.load_state_dict(ref.state_dict())
+    x64 = x.double().requires_grad_()
+    y64 = ref64(x64)
+    g = torch.randn_like(y64)
+    gx64 = torch.autograd.grad(y64, x64, g)[0]
+
+    def run(model):
+        m = model.to(DEVICE)
+        xi = x.to(DEVICE).requires_grad_()
+        with torch.autocast(DEVICE, dtype=dtype):
+            y = m(xi)
+        gx = torch.autograd.grad(y.float(), xi, g.float().to(DEVICE))[0]
+        return y.double().cpu(), gx.double().cpu()
+
+    y_t, gx_t = run(ref)
+    y_o, gx_o = run(fast)
+    assert y_o.dtype == torch.float64 and fast.backend_report()["head"] == backend
+    for name, ours, lowp, exact in (("output", y_o, y_t, y64), ("grad x", gx_o, gx_t, gx64)):
+        err_ours = (ours - exact).abs().max().item()
+        err_torch = (lowp - exact).abs().max().item()
+        assert err_ours <= 2 * err_torch + 1e-6 * exact.abs().max().item(), \
+            f"{name}: ours {err_ours:.3g} vs torch {err_torch:.3g} in {dtype}"

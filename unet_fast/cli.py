@@ -1,0 +1,419 @@
+"""The command line: `unet-fast train | predict | bench | info` (also `python -m unet_fast`)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import sizes
+
+_BOOL = argparse.BooleanOptionalAction
+
+
+def _add_model_args(p, defaults, with_tile=True):
+    g = p.add_argument_group("model")
+    g.add_argument("--base-channels", type=int, default=defaults.base_channels,
+                   help="channels of the first level, doubled at each level (paper: 64)")
+    g.add_argument("--depth", type=int, default=defaults.depth,
+                   help="number of poolings (paper: 4)")
+    g.add_argument("--padding", choices=sizes.PADDINGS, default=defaults.padding,
+                   help="'valid': unpadded convolutions, output smaller than the input (paper); "
+                        "'same': padded, output size = input size")
+    g.add_argument("--in-channels", type=int, default=defaults.in_channels)
+    g.add_argument("--num-classes", type=int, default=defaults.num_classes)
+    if with_tile:
+        g.add_argument("--tile", type=int, default=defaults.tile,
+                       help="training input tile, a legal input size (see `unet-fast info "
+                            "--sizes`); its output is the center in 'valid' mode")
+    g.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"),
+                   default=defaults.backend,
+                   help="kernels: auto (fastest available; reference ops on CPU), torch, triton, "
+                        "cuda")
+
+
+def _train_parser(sub):
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a U-Net (built-in EM-like data by default)",
+                       description="Train a U-Net. With no options: the built-in EM-like data, "
+                                   "a small 'valid' U-Net, a few minutes on a CPU. Under torchrun "
+                                   "it trains with DistributedDataParallel.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="folder with imgs/ and masks/ (same file names; PNG or TIFF; "
+                                  "masks hold class indices); default: built-in data")
+    g.add_argument("--val-data", help="separate validation folder (default: --val-fraction of "
+                                      "--data)")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    g.add_argument("--train-images", type=int, default=d.train_images,
+                   help="built-in data: training images")
+    g.add_argument("--val-images", type=int, default=d.val_images,
+                   help="built-in data: validation images")
+    g.add_argument("--image-size", type=int, default=d.image_size,
+                   help="built-in data: image size")
+    g.add_argument("--flips", action=_BOOL, default=d.flips, help="random flips")
+    g.add_argument("--rotations", action=_BOOL, default=d.rotations, help="random 90° rotations")
+    g.add_argument("--elastic", action=_BOOL, default=d.elastic,
+                   help="the paper's elastic deformation (3x3 grid, --elastic-sigma px)")
+    g.add_argument("--elastic-sigma", type=float, default=d.elastic_sigma)
+    _add_model_args(p, d)
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch", type=int, default=d.batch,
+                   help="global batch (split over the processes under torchrun)")
+    g.add_argument("--tiles-per-epoch", type=int, default=d.tiles_per_epoch)
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (paper 0.99)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--schedule", choices=("cosine", "step", "constant"), default=d.schedule)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--loss", choices=("ce", "weighted-ce", "dice"), default=d.loss,
+                   help="ce, the paper's weighted-ce (border weight map) or dice")
+    g.add_argument("--w0", type=float, default=d.w0, help="weighted-ce: border weight w0")
+    g.add_argument("--sigma", type=float, default=d.sigma, help="weighted-ce: border sigma (px)")
+    g.add_argument("--border-class", type=int, default=d.border_class,
+                   help="weighted-ce: the class between objects (membrane)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("execution")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=d.amp,
+                   help="autocast: auto = bf16 on CUDA, off on CPU")
+    g.add_argument("--channels-last", action=_BOOL, default=d.channels_last)
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads for torch (default: half the cores, or OMP_NUM_THREADS)")
+    g.add_argument("--out", help="output folder (default runs/train-<date>-<time>; with --resume "
+                                 "the checkpoint's folder)")
+    g.add_argument("--resume", help="continue from a checkpoint (last.pt) or a run folder")
+    g.add_argument("--progress", action=_BOOL, default=d.progress, help="progress bar")
+    return p
+
+
+def _cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    train(cfg)
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+def _predict_parser(sub):
+    p = sub.add_parser("predict", help="overlap-tile prediction of images of any size",
+                       description="Predict masks with a trained checkpoint. Writes "
+                                   "<name>_mask.png (class indices) and <name>_overlay.png.")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--checkpoint", required=True, help="a run's best.pt / last.pt, or its folder")
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--tile", type=int, help="input tile size (legal for the model; default: "
+                                            "fitted to the image, at most about 572)")
+    p.add_argument("--overlap", type=int, default=32, help="'same' mode: overlap of tiles (px)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward")
+    p.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="off")
+    p.add_argument("--channels-last", action=_BOOL, default=False)
+    return p
+
+
+def _cmd_predict(args) -> int:
+    import torch
+
+    from . import checkpoint
+    from .predict import predict_files
+    from .train import _resolve_amp, _resolve_device
+    from .distributed import DistInfo
+
+    device = _resolve_device(args.device, DistInfo())
+    amp = _resolve_amp(args.amp, device)
+    ck = checkpoint.load(args.checkpoint)
+    model = checkpoint.model_from_checkpoint(ck, args.backend, device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    print(f"model from {ck['path']} (epoch {ck['epoch']}); device {device}, backend "
+          f"{args.backend}")
+    written = predict_files(model, args.inputs, args.out, args.tile, args.batch, args.overlap,
+                            amp, args.channels_last)
+    print(f"{len(written) // 2} image(s) predicted; outputs in {Path(args.out).resolve()}/ "
+          f"(backend used: {sorted(set(model.backend_report().values()))})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def _bench_parser(sub):
+    p = sub.add_parser("bench", help="model-only throughput: chosen backend vs reference",
+                       description="Time inference and training steps of the fast UNet (chosen "
+                                   "--backend) and of the reference model on the current device.")
+    p.add_argument("--size", type=int, help="input size (legal; default 572 on GPU, 188 on CPU)")
+    p.add_argument("--batch", type=int, help="batch (default 8 on GPU, 2 on CPU)")
+    p.add_argument("--base-channels", type=int, help="default 64 on GPU, 16 on CPU")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--padding", choices=sizes.PADDINGS, default="valid")
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--channels-last", action=_BOOL, default=None,
+                   help="default: on for CUDA, off on CPU")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-reference", action="store_true", help="skip the reference model")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p
+
+
+def _bench_one(model, x, y, device, amp, warmup, steps):
+    import torch
+    import torch.nn.functional as F
+
+    from .predict import amp_context
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    res = {}
+    model.eval()
+    with torch.no_grad():
+        for _ in range(warmup):
+            with amp_context(device, amp):
+                model(x)
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            with amp_context(device, amp):
+                model(x)
+        sync()
+        dt = (time.perf_counter() - t) / steps
+    res["inference_ms"] = dt * 1e3
+    res["inference_images_per_s"] = x.shape[0] / dt
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+    def step():
+        with amp_context(device, amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    dt = (time.perf_counter() - t) / steps
+    res["train_step_ms"] = dt * 1e3
+    res["train_images_per_s"] = x.shape[0] / dt
+    res["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
+                             if device.type == "cuda" else None)
+    return res
+
+
+def _cmd_bench(args) -> int:
+    import torch
+
+    from . import UNet, reference
+    from .distributed import DistInfo
+    from .train import _resolve_amp, _resolve_device
+
+    device = _resolve_device(args.device, DistInfo())
+    gpu = device.type == "cuda"
+    size = args.size or (572 if gpu else 188)
+    batch = args.batch or (8 if gpu else 2)
+    base = args.base_channels or (64 if gpu else 16)
+    cl = args.channels_last if args.channels_last is not None else gpu
+    amp = _resolve_amp(args.amp, device)
+    try:
+        out_hw = sizes.output_size((size, size), args.depth, args.padding)
+    except ValueError as e:
+        raise SystemExit(f"unet-fast bench: --size: {e}")
+    torch.manual_seed(0)
+    fast = UNet(args.in_channels, args.num_classes, base, args.depth, args.padding,
+                backend=args.backend).to(device)
+    ref = reference.UNet(args.in_channels, args.num_classes, base, args.depth, args.padding)
+    ref.load_state_dict(fast.state_dict())
+    ref = ref.to(device)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    fast, ref = fast.to(memory_format=fmt), ref.to(memory_format=fmt)
+    x = torch.randn(batch, args.in_channels, size, size, device=device).contiguous(
+        memory_format=fmt)
+    y = torch.randint(0, args.num_classes, (batch,) + tuple(out_hw), device=device)
+    dev_name = torch.cuda.get_device_name(device) if gpu else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"unet-fast bench on {dev_name}: input {batch}x{args.in_channels}x{size}x{size} -> "
+          f"{out_hw[0]}x{out_hw[1]}, base {base}, depth {args.depth}, padding {args.padding!r}, "
+          f"amp {amp}, channels_last {cl}")
+    results = {"device": dev_name, "size": size, "batch": batch, "base_channels": base,
+               "depth": args.depth, "padding": args.padding, "amp": amp, "channels_last": cl,
+               "backend": args.backend, "models": {}}
+    runs = [(f"unet_fast ({args.backend})", fast)]
+    if not args.no_reference:
+        runs.append(("reference", ref))
+    for name, m in runs:
+        if gpu:
+            torch.cuda.empty_cache()
+        results["models"][name] = r = _bench_one(m, x, y, device, amp, args.warmup, args.steps)
+        if m is fast:
+            r["backends_used"] = sorted(set(v for v in fast.backend_report().values() if v))
+    hdr = f"{'model':<24}{'infer img/s':>12}{'train img/s':>12}{'step ms':>10}{'peak MiB':>10}"
+    print(hdr)
+    for name, r in results["models"].items():
+        pm = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "n/a"
+        print(f"{name:<24}{r['inference_images_per_s']:>12.1f}{r['train_images_per_s']:>12.1f}"
+              f"{r['train_step_ms']:>10.1f}{pm:>10}")
+    if len(results["models"]) == 2:
+        a, b = results["models"].values()
+        results["speedup_train"] = a["train_images_per_s"] / b["train_images_per_s"]
+        results["speedup_inference"] = a["inference_images_per_s"] / b["inference_images_per_s"]
+        print(f"speed-up vs reference: training x{results['speedup_train']:.2f}, inference "
+              f"x{results['speedup_inference']:.2f}" + ("" if gpu else
+                                                         "  (peak memory is measured on CUDA only)"))
+    print(f"backends used by unet_fast: {results['models'][runs[0][0]]['backends_used']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"results written to {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+def _info_parser(sub):
+    p = sub.add_parser("info", help="versions, GPU, backends and why not, extension location")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--sizes", type=int, nargs="?", const=4, metavar="DEPTH",
+                   help="also list legal input sizes for this depth (default 4)")
+    return p
+
+
+def collect_info() -> dict:
+    import os
+
+    import numpy
+    import torch
+
+    import unet_fast
+    from .backends import available, cuda_backend
+
+    try:
+        import triton
+        triton_v = triton.__version__
+    except Exception as e:  # noqa: BLE001
+        triton_v = f"not importable ({type(e).__name__}: {e})"
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            pr = torch.cuda.get_device_properties(i)
+            gpus.append({"index": i, "name": pr.name, "capability": f"{pr.major}.{pr.minor}",
+                         "memory_gib": round(pr.total_memory / 2**30, 1),
+                         "multiprocessors": pr.multi_processor_count})
+    return {
+        "unet_fast": unet_fast.__version__,
+        "unet_fast_path": os.path.dirname(unet_fast.__file__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": triton_v,
+        "numpy": numpy.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": gpus,
+        "cpu_threads": torch.get_num_threads(),
+        "backends": available(),
+        "extension_path": cuda_backend.extension_path(),
+        "env": {k: os.environ[k] for k in ("UNET_FAST_BACKEND", "TRITON_INTERPRET",
+                                           "CUDA_VISIBLE_DEVICES") if k in os.environ},
+    }
+
+
+def _cmd_info(args) -> int:
+    info = collect_info()
+    if args.sizes:
+        info["legal_sizes"] = {pad: [s for s in range(1, 1100)
+                                     if sizes.nearest_legal_sizes(s, args.sizes, pad) == (s,)][:24]
+                               for pad in sizes.PADDINGS}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"unet_fast {info['unet_fast']} ({info['unet_fast_path']})")
+    print(f"python {info['python']} on {info['platform']}")
+    print(f"torch {info['torch']} (CUDA {info['torch_cuda']}, cuDNN {info['cudnn']}), "
+          f"triton {info['triton']}, numpy {info['numpy']}")
+    if info["gpus"]:
+        for g in info["gpus"]:
+            print(f"GPU {g['index']}: {g['name']} (sm_{g['capability'].replace('.', '')}, "
+                  f"{g['memory_gib']} GiB, {g['multiprocessors']} SMs)")
+    else:
+        print(f"GPU: none visible (CPU with {info['cpu_threads']} threads; 'auto' runs the "
+              "reference ops)")
+    print("backends:")
+    for name, why in info["backends"].items():
+        print(f"  {name:<7} {'available' if why is None else 'unavailable: ' + why}")
+    print(f"extension unet_fast._C: {info['extension_path'] or 'not loaded'}")
+    for k, v in info["env"].items():
+        print(f"env {k}={v}")
+    if "legal_sizes" in info:
+        for pad, ss in info["legal_sizes"].items():
+            print(f"legal input sizes, depth {args.sizes}, {pad}: {', '.join(map(str, ss))} ...")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="unet-fast", description="U-Net (Ronneberger et al., 2015) on fused Triton/CUDA "
+                                      "kernels: train, predict, bench, info.")
+    p.add_argument("--version", action="version", version=f"unet_fast {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,bench,info}")
+    for fn in (_train_parser, _predict_parser, _bench_parser, _info_parser):
+        fn(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ._dispatch import BackendUnavailable
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    cmd = {"train": _cmd_train, "predict": _cmd_predict, "bench": _cmd_bench,
+           "info": _cmd_info}[args.command]
+    try:
+        return cmd(args)
+    except (DataError, CheckpointError, ConfigError, BackendUnavailable) as e:
+        print(f"unet-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"unet-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Training: `unet-fast train` and `torchrun --nproc_per_node N -m unet_fast train`.
+
+Reproducible: the weights come from `seed`, and training tile `i` of epoch `e` from
+(seed, e, i) alone, so a resumed run equals an uninterrupted one and N processes with a global
+batch B see the same tiles as one process with batch B.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt_mod
+from . import distributed as dist_mod
+from .data import (MEMBRANE, DataError, TileDataset, add_weight_maps, builtin_samples,
+                   check_tile, load_folder)
+from .losses import LOSSES, confusion, make_loss, metrics_from_confusion
+from .predict import amp_context, overlay, predict_logits
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: Optional[str] = None        # folder with imgs/ and masks/; None: the built-in data
+    val_data: Optional[str] = None    # a separate validation folder; else val_fraction of data
+    val_fraction: float = 0.2
+    train_images: int = 24            # built-in data: number and size of images
+    val_images: int = 6
+    image_size: int = 128
+    # model
+    in_channels: int = 1
+    num_classes: int = 2
+    base_channels: int = 16
+    depth: int = 2
+    padding: str = "valid"
+    tile: int = 92                    # training input tile (legal size); output 52 for depth 2
+    # optimization
+    epochs: int = 12
+    batch: int = 8                    # global batch (split over the processes under torchrun)
+    tiles_per_epoch: int = 512
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.99            # SGD (the paper's)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"          # cosine | step | constant (per step, after a warmup)
+    warmup_steps: int = 20
+    loss: str = "ce"
+    w0: float = 10.0
+    sigma: float = 5.0
+    border_class: int = MEMBRANE
+    flips: bool = True
+    rotations: bool = True
+    elastic: bool = False
+    elastic_sigma: float = 10.0
+    seed: int = 0
+    # execution
+    amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool = False
+    backend: str = "auto"
+    device: str = "auto"
+    workers: int = 0
+    threads: int = 0                  # CPU threads (0: auto, half the cores on a CPU run)
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    progress: bool = True
+    val_batch: int = 8
+    examples: int = 4                 # validation images in the examples PNG
+
+
+# Keys that must match for --resume (the rest may change: epochs, out, device, backend, ...).
+RESUME_KEYS = ("data", "val_data", "val_fraction", "train_images", "val_images", "image_size",
+               "in_channels", "num_classes", "base_channels", "depth", "padding", "tile", "batch",
+               "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+               "warmup_steps", "loss", "w0", "sigma", "border_class", "flips", "rotations",
+               "elastic", "elastic_sigma", "seed", "amp", "channels_last")
+
+
+class ConfigError(ValueError):
+    """A bad option; the message names it and the fix."""
+
+
+def _resolve_device(name: str, info: dist_mod.DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda but no CUDA GPU is visible; use --device cpu "
+                              "(or auto)")
+        if dev.index is None:
+            dev = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return dev
+
+
+def _resolve_amp(amp: str, device: torch.device) -> str:
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or --amp off")
+    return amp
+
+
+def validate_config(cfg: TrainConfig) -> int:
+    """Checks the options; returns the output size of the training tile."""
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"--optimizer must be adam or sgd, got {cfg.optimizer!r}")
+    if cfg.schedule not in ("cosine", "step", "constant"):
+        raise ConfigError(f"--schedule must be cosine, step or constant, got {cfg.schedule!r}")
+    for name in ("epochs", "batch", "tiles_per_epoch", "base_channels", "depth", "num_classes",
+                 "in_channels"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.data is None and (cfg.num_classes != 2 or cfg.in_channels != 1):
+        raise ConfigError("the built-in data has 1 input channel and 2 classes (cell, membrane); "
+                          "--num-classes/--in-channels other than 2/1 need --data")
+    if not 0 <= cfg.border_class < cfg.num_classes:
+        raise ConfigError(f"--border-class {cfg.border_class} is not a class index "
+                          f"(0..{cfg.num_classes - 1})")
+    out = check_tile(cfg.tile, cfg.depth, cfg.padding, "--tile")
+    if cfg.tiles_per_epoch < cfg.batch:
+        raise ConfigError(f"--tiles-per-epoch {cfg.tiles_per_epoch} is smaller than --batch "
+                          f"{cfg.batch}: an epoch would have no step")
+    return out
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int):
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        t = min(1.0, step / max(1, total_steps))
+        if cfg.schedule == "cosine":
+            decay = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+        elif cfg.schedule == "step":
+            decay = 0.1 ** int(t * 3 - 1e-9) if t < 1 else 0.01
+        else:
+            decay = 1.0
+        return warm * decay
+    return f
+
+
+def _load_data(cfg: TrainConfig):
+    if cfg.data is None:
+        train = builtin_samples(cfg.train_images, (cfg.image_size, cfg.image_size), cfg.seed, 0)
+        val = builtin_samples(cfg.val_images, (cfg.image_size, cfg.image_size), cfg.seed,
+                              1_000_000)
+        return train, val
+    samples = load_folder(cfg.data, cfg.num_classes, cfg.in_channels)
+    if cfg.val_data is not None:
+        return samples, load_folder(cfg.val_data, cfg.num_classes, cfg.in_channels)
+    if len(samples) < 2:
+        raise DataError(f"data folder {cfg.data} has {len(samples)} image; a validation split "
+                        "needs at least 2 (or pass --val-data DIR)")
+    n_val = min(len(samples) - 1, max(1, round(cfg.val_fraction * len(samples))))
+    order = np.random.default_rng([cfg.seed, 99]).permutation(len(samples))
+    val_idx = set(order[:n_val].tolist())
+    return ([s for i, s in enumerate(samples) if i not in val_idx],
+            [s for i, s in enumerate(samples) if i in val_idx])
+
+
+def evaluate(model, samples, cfg: TrainConfig, amp: str) -> tuple[dict, list]:
+    """Metrics over whole validation images (overlap-tile prediction) and the predicted masks."""
+    cm = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.int64)
+    preds = []
+    for s in samples:
+        logits = predict_logits(model, s.image, cfg.tile, cfg.val_batch, amp=amp,
+                                channels_last=cfg.channels_last)
+        pred = logits.argmax(0)
+        cm += confusion(pred, torch.from_numpy(s.mask), cfg.num_classes)
+        preds.append(pred.numpy())
+    positive = cfg.border_class if cfg.num_classes == 2 and cfg.data is None else None
+    return metrics_from_confusion(cm, positive), preds
+
+
+def _plot_curves(history: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.set_title("training loss"), a.grid(alpha=.3)
+    b.plot(ep, [h["val_dice"] for h in history], "o-", label="Dice")
+    b.plot(ep, [h["val_iou"] for h in history], "s-", label="IoU")
+    b.plot(ep, [1 - h["val_pixel_error"] for h in history], "^-", label="pixel accuracy")
+    b.set_xlabel("epoch"), b.set_title("validation"), b.grid(alpha=.3), b.legend()
+    b.set_ylim(min(0.5, min([h["val_dice"] for h in history] + [1])), 1.0)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _plot_examples(samples, preds, n: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(samples))
+    if n == 0:
+        return
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    for r in range(n):
+        s, p = samples[r], preds[r]
+        img = s.image[0] if s.image.shape[0] == 1 else np.moveaxis(s.image[:3], 0, -1)
+        axes[r, 0].imshow(img, cmap="gray")
+        axes[r, 1].imshow(overlay(s.image, s.mask))
+        axes[r, 2].imshow(overlay(s.image, p))
+        for c, t in enumerate(("image", "true mask", "predicted mask")):
+            axes[r, c].set_title(f"{s.name}: {t}" if c == 0 else t, fontsize=9)
+            axes[r, c].axis("off")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _default_out() -> Path:
+    return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def _train_step(model, opt, scaler, loss_fn, x, y, w, device, amp, channels_last):
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
+    w = w.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with amp_context(device, amp):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y, w)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return loss.detach()
+
+
+def _describe_backend(model, device) -> str:
+    used = sorted(set(v for v in model.backend_report().values() if v))
+    used_s = "+".join(used) if used else "?"
+    if device.type == "cuda":
+        kind = ("unet_fast's fast kernels" if any(u != "torch" for u in used)
+                else "the reference ops (cuDNN)")
+        return f"backend {model.backend} -> {used_s} on {torch.cuda.get_device_name(device)}: {kind}"
+    n = torch.get_num_threads()
+    return (f"backend {model.backend} -> {used_s} on the CPU ({n} thread{'s' if n > 1 else ''}): "
+            "the reference PyTorch ops (the fast Triton/CUDA kernels run on CUDA GPUs)")
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Runs the training; returns a summary (also written to <out>/summary.json on rank 0)."""
+    t_start = time.time()
+    info = dist_mod.from_env()
+    device = _resolve_device(cfg.device, info)
+    amp = _resolve_amp(cfg.amp, device)
+    out_size = validate_config(cfg)
+    if cfg.batch % info.world_size:
+        raise ConfigError(f"--batch {cfg.batch} (the global batch) must be a multiple of the "
+                          f"number of processes ({info.world_size})")
+    main = info.is_main
+    say = log if main else (lambda *a, **k: None)
+
+    # resume: read and check before anything is written
+    resumed = None
+    if cfg.resume:
+        resumed = ckpt_mod.load(cfg.resume)
+        ckpt_mod.check_config(resumed["config"], dataclasses.asdict(cfg), RESUME_KEYS,
+                              resumed["path"])
+    out = Path(cfg.out) if cfg.out else (Path(resumed["path"]).parent if resumed else _default_out())
+
+    dist_mod.init(info, device)
+    threads = torch.get_num_threads()
+    try:
+        return _run(cfg, info, device, amp, out_size, out, resumed, say, t_start)
+    finally:
+        torch.set_num_threads(threads)
+        dist_mod.shutdown()
+
+
+def _run(cfg, info, device, amp, out_size, out, resumed, say, t_start):
+    from . import UNet
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    main = info.is_main
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    elif device.type == "cpu" and not info.enabled and "OMP_NUM_THREADS" not in os.environ:
+        # Half the cores: on a shared machine a full set of OpenMP threads that spin-wait on
+        # each other runs many times slower; on an idle one half costs little for these sizes.
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2)))
+    train_samples, val_samples = _load_data(cfg)
+    if cfg.loss == "weighted-ce":
+        add_weight_maps(train_samples, cfg.num_classes, cfg.w0, cfg.sigma, cfg.border_class)
+    ds = TileDataset(train_samples, cfg.tile, out_size, cfg.tiles_per_epoch, cfg.seed,
+                     cfg.flips, cfg.rotations, cfg.elastic, cfg.elastic_sigma)
+    sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    local_batch = cfg.batch // info.world_size
+    loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.workers > 0)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ConfigError("an epoch has no step: raise --tiles-per-epoch or lower --batch")
+
+    torch.manual_seed(cfg.seed)
+    model = UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth, cfg.padding,
+                 backend=cfg.backend).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    loss_fn = make_loss(cfg.loss)
+
+    history, start_epoch, best = [], 0, -1.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        sched.load_state_dict(resumed["scheduler"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        ckpt_mod.set_rng_state(resumed.get("rng"))
+        history = list(resumed.get("history", []))
+        start_epoch = int(resumed["epoch"])
+        best = float(resumed.get("best_dice", -1.0))
+
+    net = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "config.json", "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+    n_params = sum(p.numel() for p in model.parameters())
+    data_desc = (f"built-in EM-like data ({len(train_samples)} train / {len(val_samples)} val "
+                 f"images of {cfg.image_size}x{cfg.image_size})" if cfg.data is None else
+                 f"{cfg.data} ({len(train_samples)} train / {len(val_samples)} val images)")
+    say(f"unet-fast train: U-Net depth {cfg.depth}, base {cfg.base_channels} channels, "
+        f"padding {cfg.padding!r}, {n_params:,} parameters; tile {cfg.tile} -> {out_size}")
+    say(f"data: {data_desc}; loss {cfg.loss}, {cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), "
+        f"batch {cfg.batch}" + (f" ({info.world_size} processes x {local_batch})"
+                                if info.enabled else "") + f", amp {amp}")
+    if resumed is not None:
+        say(f"resuming from {resumed['path']} after epoch {start_epoch}")
+
+    from tqdm.auto import tqdm
+
+    # one forward of a tile to learn (and say) which kernels run this model here
+    probe = ds[0][0][None].to(device)
+    if cfg.channels_last:
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    model.eval()
+    with torch.no_grad(), amp_context(device, amp):
+        model(probe)
+    say(_describe_backend(model, device))
+    metrics_path = out / "metrics.jsonl"
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        net.train()
+        t0 = time.time()
+        loss_sum, n_steps = torch.zeros((), dtype=torch.float64), 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=None if (main and cfg.progress) else True,  # None: off if no TTY
+                   leave=False, dynamic_ncols=True,
+                   file=sys.stderr)
+        for x, y, w in loader:
+            loss = _train_step(net, opt, scaler, loss_fn, x, y, w, device, amp, cfg.channels_last)
+            sched.step()
+            loss_sum += loss.double().cpu()
+            n_steps += 1
+            if not bar.disable:
+                dt = time.time() - t0
+                bar.set_postfix(loss=f"{float(loss):.4f}",
+                                img_s=f"{n_steps * cfg.batch / max(dt, 1e-9):.1f}", refresh=False)
+                bar.update(1)
+        bar.close()
+        train_time = time.time() - t0
+        train_loss = dist_mod.mean_across(float(loss_sum) / max(n_steps, 1), device)
+        record = None
+        if main:
+            model.eval()
+            metrics, preds = evaluate(model, val_samples, cfg, amp)
+            record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                      "train_loss": train_loss, "lr": opt.param_groups[0]["lr"],
+                      "val_dice": metrics["dice"], "val_iou": metrics["iou"],
+                      "val_pixel_error": metrics["pixel_error"],
+                      "val_dice_per_class": metrics["dice_per_class"],
+                      "epoch_time_s": time.time() - t0,
+                      "train_images_per_s": steps_per_epoch * cfg.batch / max(train_time, 1e-9)}
+            history.append(record)
+            improved = record["val_dice"] > best
+            best = max(best, record["val_dice"])
+            state = {"format": ckpt_mod.FORMAT, "version": ckpt_mod.VERSION,
+                     "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None,
+                     "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                     "config": dataclasses.asdict(cfg), "rng": ckpt_mod.rng_state(),
+                     "history": history, "best_dice": best,
+                     "unet_fast_version": _version()}
+            ckpt_mod.save_atomic(state, out / "last.pt")
+            if improved:
+                ckpt_mod.save_atomic(state, out / "best.pt")
+            _write_metrics(history, metrics_path)
+            _plot_curves(history, out / "curves.png")
+            if epoch == start_epoch or (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
+                _plot_examples(val_samples, preds, cfg.examples, out / "val_examples.png")
+            say(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val Dice "
+                f"{record['val_dice']:.4f}  IoU {record['val_iou']:.4f}  pixel error "
+                f"{record['val_pixel_error']:.4f}  ({record['epoch_time_s']:.1f} s, "
+                f"{record['train_images_per_s']:.0f} img/s)")
+        dist_mod.barrier()
+
+    in_sync = dist_mod.ranks_in_sync(model)
+    if not in_sync:
+        raise RuntimeError("the processes' parameters differ after training (DDP desync)")
+    summary = {"out": str(out), "epochs": cfg.epochs, "world_size": info.world_size,
+               "device": str(device), "amp": amp, "backend_report": model.backend_report(),
+               "final": history[-1] if history else None, "best_dice": best,
+               "ranks_in_sync": in_sync, "seconds": time.time() - t_start,
+               "checkpoint": str(out / "last.pt")}
+    if main:
+        with open(out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        say(f"outputs in {out}/: last.pt, best.pt (checkpoints), metrics.jsonl, curves.png, "
+            f"val_examples.png, config.json, summary.json "
+            f"({summary['seconds']:.0f} s in all)")
+        if history:
+            say(f"final validation Dice {history[-1]['val_dice']:.4f} (best {best:.4f}); "
+                f"predict with: unet-fast predict --checkpoint {out / 'best.pt'} IMAGE...")
+    summary["model"] = model
+    return summary
+
+
+def _write_metrics(history: list, path: Path) -> None:
+    """metrics.jsonl from the history (rewritten whole, so it matches the checkpoint)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    os.replace(tmp, path)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
