@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# The GPU suite of unet_fast: one command on a GPU machine, from a fresh checkout, no network.
+#
+#   benchmarks/gpu_suite.sh [--quick|--full|--level L] [--out DIR] [--budget SECONDS] [--jobs N]
+#                           [--skip-build] [--skip-tests] [--skip-sanitizer] [--skip-bench]
+#                           [--python PY] [--bench-args "ARGS"] [--tests-args "ARGS"]
+#                           [--tests-timeout S] [--sanitizer-timeout S]
+#                           [--dry-run] [--simulate]
+#
+# Stages (each logged, timed and recorded in stages.tsv):
+#   1. build      MAX_JOBS=<cores> UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
+#   2. tests      pytest tests/ on the GPU (the parity tests in fp32/fp16/bf16; requires_cuda ones run)
+#   3. sanitizer  a small training step per backend (triton, cuda) under compute-sanitizer memcheck
+#   4. bench      pytest benchmarks/ --benchmark-json (ceilings, whole models, every layer shape),
+#                 in priority order within the time budget
+#   5. summary    benchmarks/summarize.py: summary.md, per_layer.png
+# Results: ONE folder, $OUT when set, else benchmarks/results/<YYYY-MM-DD>_<gpu>/ (or --out):
+#   summary.md  results.json  per_layer.png  log.txt  stages.tsv
+# Exit status: 0 when every stage passed; 1 when the tests (parity) failed or did not finish, the
+# build failed, the sanitizer found errors, or benchmarks failed; 2 for bad arguments or a
+# machine that cannot run the suite. The summary is written in every case.
+#
+# The default budget (570 s) keeps the whole run under 10 minutes on an H100; benchmarks that
+# would not fit are skipped (the summary lists them). --quick measures less (about 5 minutes);
+# --full measures everything (well over 10 minutes: give it --budget 0 and a machine with time).
+# --bench-args / --tests-args pass extra pytest arguments (e.g. --bench-args "-k model").
+# --simulate runs the suite without a GPU, the GPU benchmarks simulated on the CPU at toy sizes:
+# it tests this script and the summary, its numbers mean nothing.
+set -u -o pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LEVEL=default
+DRY=0
+OUTDIR=""
+BUDGET=570
+JOBS="$(nproc 2>/dev/null || echo 4)"
+SKIP_BUILD=0; SKIP_TESTS=0; SKIP_SAN=0; SKIP_BENCH=0
+SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0
+PY="${PYTHON:-python3}"
+TESTS_TIMEOUT=240
+SAN_TIMEOUT=200
+SUMMARY_RESERVE=40
+
+usage() {
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
+}
+die_usage() { echo "gpu_suite.sh: $*" >&2; echo "run with --help for usage" >&2; exit 2; }
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+need() { [ "$2" -ge 2 ] && [[ "$3" != -* ]] || die_usage "$1"; }   # need MESSAGE $# NEXT
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) LEVEL=quick ;;
+    --full) LEVEL=full ;;
+    --level) need "--level needs a value" $# "${2:-}"; LEVEL="$2"; shift ;;
+    --level=*) LEVEL="${1#*=}" ;;
+    --dry-run|-n) DRY=1 ;;
+    --out) need "--out needs a folder" $# "${2:-}"; OUTDIR="$2"; shift ;;
+    --out=*) OUTDIR="${1#*=}" ;;
+    --budget) need "--budget needs seconds" $# "${2:-}"; BUDGET="$2"; shift ;;
+    --budget=*) BUDGET="${1#*=}" ;;
+    --jobs|-j) need "--jobs needs a number" $# "${2:-}"; JOBS="$2"; shift ;;
+    --jobs=*) JOBS="${1#*=}" ;;
+    --python) need "--python needs a path" $# "${2:-}"; PY="$2"; shift ;;
+    --python=*) PY="${1#*=}" ;;
+    --bench-args) [ $# -ge 2 ] || die_usage "--bench-args needs a value"; BENCH_ARGS="$2"; shift ;;
+    --bench-args=*) BENCH_ARGS="${1#*=}" ;;
+    --tests-args) [ $# -ge 2 ] || die_usage "--tests-args needs a value"; TESTS_ARGS="$2"; shift ;;
+    --tests-args=*) TESTS_ARGS="${1#*=}" ;;
+    --tests-timeout) need "--tests-timeout needs seconds" $# "${2:-}"; TESTS_TIMEOUT="$2"; TT_SET=1; shift ;;
+    --sanitizer-timeout) need "--sanitizer-timeout needs seconds" $# "${2:-}"; SAN_TIMEOUT="$2"; ST_SET=1; shift ;;
+    --simulate) SIMULATE=1 ;;
+    --skip-build) SKIP_BUILD=1 ;;
+    --skip-tests) SKIP_TESTS=1 ;;
+    --skip-sanitizer) SKIP_SAN=1 ;;
+    --skip-bench) SKIP_BENCH=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die_usage "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+case "$LEVEL" in quick|default|full) ;; *) die_usage "--level must be quick, default or full, got '$LEVEL'" ;; esac
+is_uint "$BUDGET" || die_usage "--budget must be a whole number of seconds (0 = no limit), got '$BUDGET'"
+if [ "$BUDGET" -ne 0 ] && [ "$BUDGET" -lt 120 ]; then die_usage "--budget must be 0 (no limit) or at least 120 s, got $BUDGET"; fi
+is_uint "$JOBS" && [ "$JOBS" -ge 1 ] || die_usage "--jobs must be a positive number, got '$JOBS'"
+is_uint "$TESTS_TIMEOUT" && [ "$TESTS_TIMEOUT" -ge 30 ] || die_usage "--tests-timeout must be >= 30 s"
+is_uint "$SAN_TIMEOUT" && [ "$SAN_TIMEOUT" -ge 30 ] || die_usage "--sanitizer-timeout must be >= 30 s"
+if [ "$LEVEL" = quick ]; then [ $TT_SET = 1 ] || TESTS_TIMEOUT=200; [ $ST_SET = 1 ] || SAN_TIMEOUT=150; fi
+if [ -n "$OUTDIR" ]; then
+  [ -e "$OUTDIR" ] && [ ! -d "$OUTDIR" ] && die_usage "--out $OUTDIR exists and is not a folder"
+  p="$OUTDIR"; while [ ! -e "$p" ]; do p="$(dirname "$p")"; done
+  [ -d "$p" ] && [ -w "$p" ] || die_usage "--out $OUTDIR: $p is not a writable folder"
+fi
+
+cd "$REPO" || exit 2
+START=$(date +%s)
+PROBLEMS=0      # things that stop a real run
+WARNINGS=0
+say() { echo "$*"; }
+check() {  # check LABEL STATUS DETAIL ; STATUS: ok | missing | fatal
+  local label="$1" status="$2" detail="$3"
+  case "$status" in
+    ok) printf '  %-22s ok       %s\n' "$label" "$detail" ;;
+    missing) printf '  %-22s MISSING  %s\n' "$label" "$detail"; WARNINGS=$((WARNINGS + 1)) ;;
+    fatal) printf '  %-22s ERROR    %s\n' "$label" "$detail"; PROBLEMS=$((PROBLEMS + 1)) ;;
+  esac
+}
+
+# ------------------------------------------------------------------ preflight
+say "unet_fast GPU suite: level=$LEVEL budget=${BUDGET}s jobs=$JOBS repo=$REPO$([ $DRY = 1 ] && echo ' (dry run)')$([ $SIMULATE = 1 ] && echo ' (SIMULATED on the CPU)')"
+SIM_FLAG=""; [ $SIMULATE = 1 ] && SIM_FLAG="--bench-simulate"
+# the extra pytest arguments, split as the shell would (quotes kept: --bench-args "-k 'a or b'")
+eval "BENCH_ARR=($BENCH_ARGS)" 2>/dev/null || die_usage "--bench-args: cannot parse '$BENCH_ARGS'"
+eval "TESTS_ARR=($TESTS_ARGS)" 2>/dev/null || die_usage "--tests-args: cannot parse '$TESTS_ARGS'"
+[ -n "$SIM_FLAG" ] && BENCH_ARR=("$SIM_FLAG" ${BENCH_ARR[@]+"${BENCH_ARR[@]}"})
+say "checks:"
+for f in setup.py unet_fast/__init__.py tests benchmarks/conftest.py benchmarks/harness.py \
+         benchmarks/summarize.py benchmarks/compare.py benchmarks/sanitize_step.py; do
+  if [ -e "$f" ]; then check "$f" ok ""; else check "$f" fatal "not found in $REPO"; fi
+done
+
+PYINFO=""
+if command -v "$PY" >/dev/null 2>&1; then
+  PYINFO=$("$PY" - <<'EOF' 2>&1
+import importlib.metadata as md, importlib.util, sys
+def v(name, dist=None):
+    if importlib.util.find_spec(name) is None:
+        return "MISSING"
+    try:
+        return md.version(dist or name)
+    except md.PackageNotFoundError:
+        return "yes"
+print("python", sys.version.split()[0])
+for n, d in (("torch", None), ("triton", None), ("pytest", None), ("pytest_benchmark", "pytest-benchmark"),
+             ("matplotlib", None), ("numpy", None), ("ninja", None), ("pybind11", None)):
+    print(n, v(n, d))
+try:
+    import torch
+    print("torch_cuda", torch.version.cuda)
+    ok = torch.cuda.is_available()
+    print("gpu", torch.cuda.get_device_name(0).replace(" ", "_") if ok else "none")
+except Exception as e:  # noqa: BLE001
+    print("torch_cuda None"); print("gpu none")
+EOF
+)
+  check "python" ok "$(command -v "$PY") $(echo "$PYINFO" | awk '$1=="python"{print $2}')"
+else
+  check "python" fatal "'$PY' not found (set PYTHON or --python)"
+fi
+pyv() { echo "$PYINFO" | awk -v k="$1" '$1==k{print $2}'; }
+for mod in torch pytest pytest_benchmark; do
+  val="$(pyv $mod)"
+  if [ -z "$val" ] || [ "$val" = MISSING ]; then check "$mod" fatal "not importable by $PY"; else check "$mod" ok "$val"; fi
+done
+for mod in triton matplotlib ninja; do
+  val="$(pyv $mod)"
+  if [ -z "$val" ] || [ "$val" = MISSING ]; then check "$mod" missing "not importable ($mod-dependent parts are skipped)"; else check "$mod" ok "$val"; fi
+done
+TORCH_CUDA="$(pyv torch_cuda)"
+GPU="$(pyv gpu)"; GPU="${GPU:-none}"
+if [ "$GPU" = none ]; then
+  if [ $DRY = 1 ] || [ $SIMULATE = 1 ]; then check "CUDA GPU" missing "none visible (fine for --dry-run/--simulate; the real run needs one)"
+  else check "CUDA GPU" fatal "none visible to torch (torch CUDA build: ${TORCH_CUDA:-None})"; fi
+else
+  check "CUDA GPU" ok "${GPU//_/ } (torch CUDA $TORCH_CUDA)"
+fi
+
+CUDA_ROOT="${CUDA_HOME:-${CUDA_PATH:-}}"
+if [ -z "$CUDA_ROOT" ] || [ ! -x "$CUDA_ROOT/bin/nvcc" ]; then
+  for c in /usr/local/cuda /usr/local/cuda-*; do [ -x "$c/bin/nvcc" ] && { CUDA_ROOT="$c"; break; }; done
+fi
+if [ -n "$CUDA_ROOT" ] && [ -x "$CUDA_ROOT/bin/nvcc" ]; then
+  check "nvcc" ok "$CUDA_ROOT/bin/nvcc ($("$CUDA_ROOT/bin/nvcc" --version 2>/dev/null | grep -o 'release [0-9.]*' | head -1))"
+  export CUDA_HOME="$CUDA_ROOT"
+elif command -v nvcc >/dev/null 2>&1; then
+  check "nvcc" ok "$(command -v nvcc) (CUDA_HOME not set: setup.py guesses it)"
+else
+  check "nvcc" missing "not found: the extension builds without CUDA kernels (backend cuda unavailable on GPU)"
+fi
+
+find_sanitizer() {
+  local c nv
+  for c in "${COMPUTE_SANITIZER:-}" "$(command -v compute-sanitizer 2>/dev/null)" \
+           "${CUDA_ROOT:-/nonexistent}/bin/compute-sanitizer" \
+           "${CUDA_ROOT:-/nonexistent}/compute-sanitizer/compute-sanitizer" \
+           /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
+           /usr/local/cuda-*/bin/compute-sanitizer /usr/local/cuda-*/compute-sanitizer/compute-sanitizer \
+           /opt/nvidia/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer/compute-sanitizer \
+           /opt/cuda/bin/compute-sanitizer /opt/cuda/compute-sanitizer/compute-sanitizer; do
+    [ -n "$c" ] && [ -x "$c" ] && [ ! -d "$c" ] && { echo "$c"; return 0; }
+  done
+  nv="$(command -v nvcc 2>/dev/null)" && nv="$(readlink -f "$nv")" && for c in \
+      "$(dirname "$nv")/compute-sanitizer" "$(dirname "$(dirname "$nv")")/compute-sanitizer/compute-sanitizer"; do
+    [ -x "$c" ] && { echo "$c"; return 0; }
+  done
+  c="$(find /usr/local /opt -maxdepth 5 -name compute-sanitizer -type f -perm -u+x 2>/dev/null | head -1)"
+  [ -n "$c" ] && { echo "$c"; return 0; }
+  # pip wheels of the toolkit (nvidia-cuda-sanitizer-api, cuda-toolkit) put it in site-packages
+  "$PY" - <<'EOF' 2>/dev/null
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    for p in glob.glob(os.path.join(r, "nvidia", "**", "compute-sanitizer"), recursive=True):
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            print(p); sys.exit(0)
+sys.exit(1)
+EOF
+}
+SANITIZER="$(find_sanitizer || true)"
+if [ -n "$SANITIZER" ]; then check "compute-sanitizer" ok "$SANITIZER"
+else check "compute-sanitizer" missing "not found (set COMPUTE_SANITIZER=/path): the sanitizer stage is skipped"; fi
+command -v timeout >/dev/null 2>&1 || check "timeout (coreutils)" fatal "not found"
+
+# results folder
+GPU_SLUG="$(echo "${GPU:-none}" | tr 'A-Z' 'a-z' | sed -e 's/^nvidia_//' -e 's/[^a-z0-9.]\{1,\}/-/g' -e 's/^-//' -e 's/-$//')"
+[ "$GPU_SLUG" = none ] && GPU_SLUG=nogpu
+if [ -n "$OUTDIR" ]; then RES="$OUTDIR"
+elif [ -n "${OUT:-}" ]; then RES="$OUT"
+else
+  RES="$REPO/benchmarks/results/$(date +%Y-%m-%d)_${GPU_SLUG}"
+  [ -e "$RES" ] && RES="${RES}_$(date +%H%M%S)"
+fi
+if [ -e "$RES" ] && [ ! -d "$RES" ]; then
+  check "results folder" fatal "$RES exists and is not a folder"
+else
+  p="$RES"; while [ ! -e "$p" ]; do p="$(dirname "$p")"; done
+  if [ -w "$p" ]; then check "results folder" ok "$RES"; else check "results folder" fatal "$p is not writable"; fi
+fi
+
+if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest of the ${BUDGET} s budget minus ${SUMMARY_RESERVE} s"; fi
+cat <<EOF
+plan:
+  1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
+  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 $PY -m pytest tests/ -q -rs $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
+  3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
+  4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
+  5. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
+  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv}
+EOF
+
+if [ $DRY = 1 ]; then
+  if [ $PROBLEMS -gt 0 ]; then
+    say "dry run: $PROBLEMS problem(s) above would stop the suite"; exit 2
+  fi
+  plan_out=$("$PY" -m pytest benchmarks/ --collect-only -q -p no:cacheprovider --bench-plan --bench-suite=gpu \
+              --bench-level="$LEVEL" ${BENCH_ARR[@]+"${BENCH_ARR[@]}"} 2>&1)
+  echo "$plan_out" | grep -E '^(benchmark plan|  tier|  total)'
+  n=$(echo "$plan_out" | grep -Ec 'test_bench_(ceilings|layers|models)\.py::')
+  say "pytest benchmarks/ --bench-plan collects $n GPU benchmark cases (2 ceilings included)"
+  [ "$n" -gt 0 ] || { echo "$plan_out" | tail -20 >&2; echo "dry run: pytest collected no benchmarks" >&2; exit 2; }
+  "$PY" benchmarks/summarize.py --help >/dev/null && "$PY" benchmarks/compare.py --help >/dev/null \
+    && "$PY" benchmarks/sanitize_step.py --help >/dev/null || { echo "dry run: a script does not start" >&2; exit 2; }
+  say "dry run: arguments, paths and scripts are fine ($WARNINGS warning(s) above); nothing was run or written"
+  exit 0
+fi
+
+[ $PROBLEMS -gt 0 ] && { echo "gpu_suite.sh: $PROBLEMS problem(s) above; stopping (try --dry-run)" >&2; exit 2; }
+
+# ------------------------------------------------------------------ run
+mkdir -p "$RES" || exit 2
+LOG="$RES/log.txt"; STAGES="$RES/stages.tsv"
+: > "$LOG"; printf 'stage\tstatus\tseconds\tdetail\n' > "$STAGES"
+FAILED=()
+STAGE_OUT="$(mktemp "${TMPDIR:-/tmp}/unet_fast_stage.XXXXXX")"
+# auto's measured choices start from nothing (a fresh cache of this run), and no backend is forced
+export UNET_FAST_CACHE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/unet_fast_cache.XXXXXX")"
+unset UNET_FAST_BACKEND
+PARTIAL="$(mktemp "${TMPDIR:-/tmp}/unet_fast_partial.XXXXXX")"
+trap 'rm -rf "$STAGE_OUT" "$UNET_FAST_CACHE_DIR" "$PARTIAL" "$PARTIAL.tmp"' EXIT
+left() { if [ $BUDGET -eq 0 ]; then echo 100000; else echo $(( BUDGET - ($(date +%s) - START) )); fi; }
+stage_rc=0
+run_stage() {  # run_stage NAME TIMEOUT_S CMD... ; sets stage_rc, appends to the log
+  local name="$1" limit="$2"; shift 2
+  local t0; t0=$(date +%s)
+  echo "=== [$name] $(date +%H:%M:%S) $*" | tee -a "$LOG"
+  : > "$STAGE_OUT"
+  if [ "$limit" -gt 0 ]; then
+    timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG" "$STAGE_OUT"; stage_rc=${PIPESTATUS[0]}
+  else
+    "$@" 2>&1 | tee -a "$LOG" "$STAGE_OUT"; stage_rc=${PIPESTATUS[0]}
+  fi
+  STAGE_S=$(( $(date +%s) - t0 ))
+  echo "=== [$name] exit $stage_rc after ${STAGE_S} s" | tee -a "$LOG"
+}
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"; }
+{ echo "unet_fast GPU suite $(date -Is) level=$LEVEL budget=$BUDGET"; echo "$PYINFO";
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } >> "$LOG" 2>&1
+
+# 1. build
+if [ $SKIP_BUILD = 1 ]; then record build skipped 0 "--skip-build"
+else
+  run_stage build 0 env MAX_JOBS="$JOBS" UNET_FAST_FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+  if [ $stage_rc -eq 0 ]; then record build ok $STAGE_S "pip install -e . (MAX_JOBS=$JOBS)"
+  else
+    t_pip=$STAGE_S
+    # pip refused (read-only site-packages, old pip, ...): build the extension in place instead
+    run_stage build-inplace 0 env MAX_JOBS="$JOBS" UNET_FAST_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace
+    if [ $stage_rc -eq 0 ]; then record build ok $((t_pip + STAGE_S)) "pip failed; setup.py build_ext --inplace (MAX_JOBS=$JOBS)"
+    else record build FAILED $((t_pip + STAGE_S)) "pip and setup.py build_ext both failed (see log.txt)"; FAILED+=(build); fi
+  fi
+fi
+AVAIL=$("$PY" -c "import unet_fast as uf; print(';'.join(f'{k}={\"ok\" if v is None else v}' for k, v in uf.backends.available().items()))" 2>&1 | tail -1)
+echo "backends: $AVAIL" | tee -a "$LOG"
+record backends info 0 "$AVAIL"
+
+# 2. tests (the parity gate)
+if [ $SKIP_TESTS = 1 ]; then record tests skipped 0 "--skip-tests"
+else
+  lim=$TESTS_TIMEOUT; l=$(left); [ $l -lt $((lim + 120)) ] && lim=$(( l > 240 ? l - 120 : 120 ))
+  run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
+      ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
+  last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)|no tests ran' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
+  case $stage_rc in
+    0) record tests ok $STAGE_S "$last" ;;
+    124|137) record tests TIMEOUT $STAGE_S "did not finish in ${lim} s (--tests-timeout): $last"; FAILED+=(tests) ;;
+    5) record tests FAILED $STAGE_S "no tests collected"; FAILED+=(tests) ;;
+    *) record tests FAILED $STAGE_S "pytest exit $stage_rc: $last"; FAILED+=(tests) ;;
+  esac
+fi
+
+# 3. sanitizer
+if [ $SKIP_SAN = 1 ]; then record sanitizer skipped 0 "--skip-sanitizer"
+elif [ -z "$SANITIZER" ]; then record sanitizer skipped 0 "compute-sanitizer not found (set COMPUTE_SANITIZER)"
+else
+  lim=$SAN_TIMEOUT; l=$(left); [ $l -lt $((lim + 90)) ] && lim=$(( l > 180 ? l - 90 : 90 ))
+  run_stage sanitizer "$lim" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
+      --error-exitcode 86 --print-limit 30 "$PY" benchmarks/sanitize_step.py --backends triton,cuda
+  per=$(grep -o 'SANITIZE backend=[a-z]* status=[a-z]*' "$STAGE_OUT" | sed 's/SANITIZE backend=//; s/ status=/: /' | paste -sd, -)
+  errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ errors?' "$STAGE_OUT" | tail -1)
+  case $stage_rc in
+    0) record sanitizer ok $STAGE_S "${per:-no backend ran}; ${errs:-memcheck clean}" ;;
+    86) record sanitizer FAILED $STAGE_S "memcheck found errors ($errs); $per"; FAILED+=(sanitizer) ;;
+    124|137) record sanitizer TIMEOUT $STAGE_S "did not finish in ${lim} s (--sanitizer-timeout); $per"; FAILED+=(sanitizer) ;;
+    *) record sanitizer FAILED $STAGE_S "exit $stage_rc; $per"; FAILED+=(sanitizer) ;;
+  esac
+fi
+
+# 4. benchmarks
+if [ $SKIP_BENCH = 1 ]; then record bench skipped 0 "--skip-bench"
+else
+  if [ $BUDGET -eq 0 ]; then bb=0; lim=0
+  else
+    l=$(left); bb=$(( l - SUMMARY_RESERVE - 20 )); [ $bb -lt 60 ] && bb=60
+    lim=$(( bb + 20 ))
+  fi
+  run_stage bench "$lim" "$PY" -m pytest benchmarks/ -q -rs -p no:cacheprovider --bench-suite=gpu \
+      --bench-level="$LEVEL" --bench-budget="$bb" --bench-partial="$PARTIAL" --benchmark-json="$RES/results.json" \
+      ${BENCH_ARR[@]+"${BENCH_ARR[@]}"}
+  if [ ! -s "$RES/results.json" ] && [ -s "$PARTIAL" ]; then   # killed or crashed: keep what was measured
+    cp "$PARTIAL" "$RES/results.json"
+    echo "bench: pytest wrote no JSON; results.json holds the partial results" | tee -a "$LOG"
+  fi
+  n_budget=$(awk '/^SKIPPED \[[0-9]+\].*time budget/ {gsub(/[^0-9]/, "", $2); s += $2} END {print s + 0}' "$STAGE_OUT")
+  last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
+  [ -n "$n_budget" ] && [ "$n_budget" != 0 ] && last="$last; $n_budget not started (time budget)"
+  case $stage_rc in
+    0) record bench ok $STAGE_S "$last" ;;
+    124|137) record bench TIMEOUT $STAGE_S "killed at the time limit (${lim} s), partial results kept: $last"; FAILED+=(bench) ;;
+    *) record bench FAILED $STAGE_S "pytest exit $stage_rc: $last"; FAILED+=(bench) ;;
+  esac
+fi
+
+# 5. summary (always)
+GPU_LABEL="${GPU//_/ }"; [ "$GPU" = none ] && GPU_LABEL="no GPU"
+title="unet_fast benchmarks: $(date +%Y-%m-%d), $GPU_LABEL, level $LEVEL$([ $SIMULATE = 1 ] && echo ', SIMULATED on the CPU (numbers mean nothing)')"
+if [ -f "$RES/results.json" ]; then
+  "$PY" benchmarks/summarize.py "$RES/results.json" --out "$RES" --stages "$STAGES" --title "$title" 2>&1 | tee -a "$LOG"
+else
+  { echo "# $title"; echo; echo "No benchmark results (see log.txt)."; echo; echo '```'; cat "$STAGES"; echo '```'; } > "$RES/summary.md"
+fi
+total=$(( $(date +%s) - START ))
+echo "=== done in ${total} s; results in $RES" | tee -a "$LOG"
+column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
+# keep the log under the 16 MiB a returned file may have
+if [ "$(wc -c < "$LOG")" -gt 15000000 ]; then
+  { head -c 7000000 "$LOG"; printf '\n\n[... log cut to 14 MB ...]\n\n'; tail -c 7000000 "$LOG"; } > "$LOG.tmp" && mv "$LOG.tmp" "$LOG"
+fi
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu_suite.sh: FAILED stages: ${FAILED[*]}" >&2
+  exit 1
+fi
+exit 0

@@ -1,0 +1,320 @@
+"""The benchmark tooling, tested without a GPU: the GPU suite's dry mode and argument checks, the
+layer-shape derivation and plan, the summary and comparison scripts on synthetic results, and a
+smoke run of `pytest benchmarks/` with the GPU benchmark code simulated on the CPU."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks")
+SUITE = os.path.join(BENCH, "gpu_suite.sh")
+
+
+def _load(name):
+    """A module of benchmarks/ (harness, summarize, compare)."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    mod = importlib.import_module(name)
+    assert os.path.dirname(os.path.abspath(mod.__file__)) == BENCH, mod.__file__
+    return mod
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)   # benchmarks never time the interpreter
+    env.pop("UNET_FAST_BACKEND", None)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHON"] = sys.executable
+    env.pop("OUT", None)
+    return env
+
+
+def _suite(*args, timeout=120):
+    return subprocess.run(["bash", SUITE, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class _Background:
+    """The three slow subprocesses of this file, started together (they overlap on a small machine)."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.dry_out = tmp / "dry_res"
+        self.sim_res = tmp / "sim_res"
+        expr = ("ceiling or (test_layer and down.3.2-conv3x3_relu-fwd-bf16) or "
+                "(test_layer and up.0.cat-crop_concat-fwd-) or (test_model and infer and eager_cl) or "
+                "(test_dispatch_overhead and crop_concat and not cuda)")
+        self.procs = {
+            "dry": ["bash", SUITE, "--dry-run", "--quick", "--out", str(self.dry_out)],
+            "sim": ["bash", SUITE, "--simulate", "--quick", "--skip-build", "--skip-tests", "--skip-sanitizer",
+                    "--out", str(self.sim_res), "--bench-args",
+                    f"--bench-suite=all --bench-providers=eager,eager_cl,triton,auto -k '{expr}'"],
+        }
+        if not torch.cuda.is_available():
+            self.procs["nogpu"] = [sys.executable, "-m", "pytest", "benchmarks/test_bench_layers.py",
+                                   "benchmarks/test_bench_models.py", "benchmarks/test_bench_ceilings.py",
+                                   "-q", "-rs", "-p", "no:cacheprovider"]
+        self.running = {k: subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+                        for k, cmd in self.procs.items()}
+        self.done = {}
+
+    def result(self, key, timeout=170):
+        if key not in self.done:
+            p = self.running[key]
+            try:
+                out, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            self.done[key] = subprocess.CompletedProcess(self.procs[key], p.returncode, out, err)
+        return self.done[key]
+
+    def close(self):
+        for p in self.running.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+@pytest.fixture(scope="module")
+def background(tmp_path_factory):
+    bg = _Background(tmp_path_factory.mktemp("bench_tools"))
+    yield bg
+    bg.close()
+
+
+# --------------------------------------------------------------------------- gpu_suite.sh
+def test_gpu_suite_dry_run_prints_the_plan(background):
+    out = background.dry_out
+    r = background.result("dry")
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = r.stdout
+    for stage in ("1. build", "2. tests", "3. sanitizer", "4. bench", "5. summary"):
+        assert stage in text
+    assert "pip install --no-build-isolation --no-deps" in text and "MAX_JOBS=" in text
+    assert "--benchmark-json=" + str(out) + "/results.json" in text
+    assert "tier  1  model valid572-b8  train bf16" in text          # the plan, in run order
+    assert "GPU benchmark cases" in text and "collects 0 " not in text
+    assert "dry run: arguments, paths and scripts are fine" in text
+    assert not out.exists(), "a dry run writes nothing"
+    if not torch.cuda.is_available():
+        assert "CUDA GPU               MISSING" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unknown argument: --bogus"),
+    (["--budget", "ten"], "--budget must be a whole number"),
+    (["--budget", "30"], "at least 120 s"),
+    (["--level", "fast"], "--level must be quick, default or full"),
+    (["--jobs", "0"], "--jobs must be a positive number"),
+    (["--out"], "--out needs a folder"),
+    (["--out", "--quick"], "--out needs a folder"),
+])
+def test_gpu_suite_rejects_bad_arguments(args, message):
+    r = _suite("--dry-run", *args, timeout=30)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+def test_gpu_suite_help():
+    r = _suite("--help", timeout=30)
+    assert r.returncode == 0 and "--dry-run" in r.stdout and "--quick" in r.stdout
+
+
+def test_gpu_suite_checks_the_results_path(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    r = _suite("--dry-run", "--out", str(f), "--skip-bench", timeout=30)
+    assert r.returncode == 2, r.stdout
+    assert "exists and is not a folder" in r.stderr
+    r = _suite("--dry-run", "--out", str(f / "below_a_file"), timeout=30)
+    assert r.returncode == 2 and "is not a writable folder" in r.stderr
+
+
+# --------------------------------------------------------------------------- harness
+def test_layer_shapes_are_derived_from_the_model():
+    h = _load("harness")
+    specs = h.derive_layers(h.PAPER, 8)
+    uses = {}
+    for s in specs:
+        uses[s.op] = uses.get(s.op, 0) + len(s.uses)
+    # DESIGN section 1: 23 convolutions (18 3x3, 4 transposed 2x2, one 1x1), 4 pools, 4 concats
+    assert uses == {"conv3x3_relu": 18, "conv3x3_relu_pool": 4, "max_pool2x2": 4, "crop_concat": 4,
+                    "up_concat": 4, "conv_transpose2x2": 4, "conv1x1": 1}
+    first = specs[0]
+    assert first.op == "conv3x3_relu" and first.shape("x") == (8, 1, 572, 572) and not first.input_grad
+    cat = next(s for s in specs if s.op == "crop_concat" and s.layer == "up.3.cat")
+    assert cat.shape("skip") == (8, 64, 568, 568) and cat.shape("up") == (8, 64, 392, 392)
+    # "same" at 512: the two 64->64 convs at full size share one shape
+    same = h.derive_layers(h.SAME, 16)
+    shared = next(s for s in same if s.layer == "down.0.2" and s.op == "conv3x3_relu")
+    assert shared.uses == ("down.0.2", "up.3.conv.2") and shared.padding == 1
+    # the unfused ops' FLOPs add up to the model's (both counted by torch.utils.flop_counter)
+    toy = h.derive_layers(h.TOY_VALID, 2)
+    unfused = [s for s in toy if s.op not in ("conv3x3_relu_pool", "up_concat")]
+    for mode, mmode in (("fwd", "infer"), ("fwd+bwd", "train")):
+        total = sum(len(s.uses) * h.layer_flops(s, mode) for s in unfused)
+        assert total == h.model_flops(h.TOY_VALID, 2, mmode)
+
+
+def test_plan_levels_and_budget():
+    h = _load("harness")
+    quick = h.plan_models("quick") + h.plan_layers("quick")
+    default = h.plan_models("default") + h.plan_layers("default")
+    assert {c.provider for c in quick} >= {"eager_cl", "triton", "cuda", "auto", "compile"}
+    assert any(c.provider == "compile_max" and c.kind == "model" and c.mode == "train" for c in default)
+    assert len(quick) < len(default) < len(h.plan_models("full") + h.plan_layers("full"))
+    assert min(c.tier for c in default if c.kind == "model" and c.mode == "train" and c.dtype == "bf16") == 1
+    ids = [c.id for c in default]
+    assert len(ids) == len(set(ids))
+    case = default[0]
+    old = (h.Settings.deadline, h.Settings.budget)
+    try:
+        h.Settings.deadline, h.Settings.budget = 1000.0, 570
+        assert h.budget_skip_reason(case, 1000.0 - case.est_s - 1) is None
+        assert "time budget: not started" in h.budget_skip_reason(case, 1000.0 - case.est_s + 0.01)
+        h.Settings.deadline = None
+        assert h.budget_skip_reason(case, 1e12) is None
+    finally:
+        h.Settings.deadline, h.Settings.budget = old
+
+
+# --------------------------------------------------------------------------- summarize / compare
+def _bench(kind, name, median_ms, **info):
+    info = dict(kind=kind, name=name, median_ms=median_ms, iqr_ms=median_ms * 0.01, **info)
+    return {"name": f"test_{kind}[{name}]", "fullname": f"benchmarks/x.py::test_{kind}[{name}]",
+            "group": name, "stats": {"median": median_ms / 1e3}, "extra_info": info}
+
+
+def _synthetic(scale=None):
+    scale = scale or {}
+    b = []
+    train = {"eager": 40, "eager_cl": 30, "compile": 28, "compile_max": 26, "triton": 20, "cuda": 22, "auto": 21}
+    mem = {"eager_cl": 40 * 2**30, "triton": 30 * 2**30}
+    for p, ms in train.items():
+        ms *= scale.get(("train", p), 1.0)
+        b.append(_bench("model", f"valid572-b8-train-bf16-{p}", ms, config="valid572-b8", mode="train", dtype="bf16",
+                        provider=p, images_per_s=8 / (ms / 1e3), frac_peak=0.4, peak_mem_bytes=mem.get(p)))
+    for p, ms in {"eager_cl": 10, "triton": 6}.items():
+        b.append(_bench("model", f"valid572-b8-infer-bf16-{p}", ms, config="valid572-b8", mode="infer",
+                        dtype="bf16", provider=p, images_per_s=8 / (ms / 1e3)))
+    layers = [("down.0.2", "conv3x3_relu", {"eager_cl": 1.0, "triton": 0.9, "auto": 1.0}, None),
+              ("down.0.pool", "max_pool2x2", {"eager_cl": 0.2, "cuda": 0.16}, 0.9),
+              ("up.3.cat", "crop_concat", {"eager_cl": 0.3, "cuda": 0.25}, 0.8)]
+    for layer, op, times, frac in layers:
+        for p, ms in times.items():
+            ms *= scale.get((layer, p), 1.0)
+            b.append(_bench("layer", f"valid572-b8-{layer}-{op}-fwd-bf16-{p}", ms, config="valid572-b8",
+                            layer=layer, uses=layer, op=op, shape="x=8x64x570x570", mode="fwd", dtype="bf16",
+                            provider=p, bound="memory" if frac else "compute",
+                            frac_peak=frac if frac and p != "eager_cl" else 0.5))
+    b.append(_bench("ceiling", "copy", 0.7, provider="torch", gbps=3000.0))
+    return {"machine_info": {"node": "gpu-box"}, "commit_info": {"id": "0123456789abcdef", "dirty": False},
+            "datetime": "2026-11-24T12:00:00", "version": "5.3.1", "benchmarks": b,
+            "unet_fast": {"env": {"gpu": "NVIDIA H100 80GB HBM3", "gpu_capability": "9.0", "gpu_sms": 132,
+                                  "gpu_memory_gib": 79.2, "gpu_l2_bytes": 52428800, "torch": "2.11.0+cu130",
+                                  "triton": "3.6.0", "cuda": "13.0", "cudnn": 91300, "python": "3.12.3"},
+                          "ceilings": {"copy_gbps": 3000.0, "matmul_tflops": 790.0, "matmul_n": 8192,
+                                       "matmul_dtype": "bfloat16", "device": "cuda"},
+                          "settings": {"level": "default", "budget": 530, "providers": ["eager", "triton"]},
+                          "skipped": [{"test": "a", "reason": "time budget: not started (needs ~150 s, 20 s of "
+                                                             "the 530 s budget left)"}],
+                          "failed": []}}
+
+
+def test_summarize_writes_tables_chart_and_targets(tmp_path):
+    summarize = _load("summarize")
+    res = tmp_path / "run"
+    res.mkdir()
+    (res / "results.json").write_text(json.dumps(_synthetic()))
+    (res / "stages.tsv").write_text("stage\tstatus\tseconds\tdetail\nbuild\tok\t80\tbuilt\ntests\tok\t100\t"
+                                    "120 passed\n")
+    assert summarize.main([str(res / "results.json"), "--stages", str(res / "stages.tsv")]) == 0
+    md = (res / "summary.md").read_text()
+    assert "NVIDIA H100 80GB HBM3" in md and "3.00 TB/s" in md and "790 TFLOP/s" in md
+    assert "| build | ok | 80 | built |" in md
+    assert "triton: 1.50x" in md                      # eager CL 30 ms / triton 20 ms, same run
+    assert "| valid572-b8 | train | bf16 |" in md and "400 img/s (20.0 ms)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| valid572-b8 | train"))
+    assert "1.40x" in row and "1.30x" in row and "0.75" in row   # vs compile, vs max-autotune, memory
+    targets = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if " | met |" in line
+               or "NOT met" in line or "no data" in line}
+    assert "met" in targets["training step ≥ 1.3x eager (paper U-Net, b8, bf16)"]
+    assert "NOT met" in targets["max-pool and crop-concat ≥ 85% of copy bandwidth (fwd)"]
+    assert "1/2 layers" in targets["max-pool and crop-concat ≥ 85% of copy bandwidth (fwd)"]
+    assert "### valid572-b8 fwd" in md and "| down.0.2 | conv3x3_relu |" in md
+    assert "time budget: not started" in md
+    png = (res / "per_layer.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summarize_bad_input(tmp_path):
+    summarize = _load("summarize")
+    assert summarize.main([str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "bad.json").write_text("{not json")
+    assert summarize.main([str(tmp_path / "bad.json")]) == 2
+
+
+def test_compare_reports_faster_and_slower(tmp_path, capsys):
+    compare = _load("compare")
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "results.json").write_text(json.dumps(_synthetic()))
+    newdata = _synthetic({("train", "triton"): 0.75, ("down.0.pool", "cuda"): 1.25, ("down.0.2", "triton"): 1.01})
+    newdata["benchmarks"].append(_bench("layer", "valid572-b8-head-conv1x1-fwd-bf16-triton", 0.1, provider="triton"))
+    (new / "results.json").write_text(json.dumps(newdata))
+    assert compare.main([str(old), str(new), "--out", str(tmp_path / "cmp.md")]) == 0
+    text = capsys.readouterr().out
+    assert "1 faster, 1 slower" in text and "1 only in new" in text
+    slower = text.split("## Slower")[1].split("## Faster")[0]
+    assert "valid572-b8-down.0.pool-max_pool2x2-fwd-bf16-cuda" in slower and "1.25x" in slower
+    faster = text.split("## Faster")[1]
+    assert "valid572-b8-train-bf16-triton" in faster and "1.33x" in faster
+    assert (tmp_path / "cmp.md").exists()
+    assert compare.main([str(old), str(new), "--fail-on-slower"]) == 1
+    assert compare.main([str(old), str(new), "--kind", "model", "--fail-on-slower"]) == 0
+    assert compare.main([str(old), str(tmp_path / "nowhere")]) == 2
+
+
+# --------------------------------------------------------------------------- pytest benchmarks/
+def test_gpu_suite_simulated_end_to_end(background):
+    """The suite's own stages without a GPU: the GPU benchmark code (layers, models, ceilings) run
+    on the CPU at toy sizes with a slice of the CPU subset, then the summary. Every record carries
+    the promised fields; the results folder holds the promised files."""
+    res = background.sim_res
+    r = background.result("sim")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert sorted(os.listdir(res)) == ["log.txt", "per_layer.png", "results.json", "stages.tsv", "summary.md"]
+    stages = (res / "stages.tsv").read_text()
+    assert "\nbench\tok\t" in stages and "\ntests\tskipped\t" in stages
+    data = json.loads((res / "results.json").read_text())
+    recs = [b["extra_info"] for b in data["benchmarks"]]
+    kinds = {x["kind"] for x in recs}
+    assert {"ceiling", "layer", "model", "dispatch"} <= kinds, kinds
+    for x in recs:
+        assert x["median_ms"] > 0 and x["torch"] == torch.__version__ and "gpu" in x
+    conv = [x for x in recs if x["kind"] == "layer" and x["op"] == "conv3x3_relu"]
+    assert conv and all(x["flops"] > 0 and x["tflops"] > 0 and x["frac_peak"] > 0 for x in conv)
+    assert all(x["rel_err_vs_fp32"] < 0.05 for x in conv)          # bf16 against fp32
+    cat = [x for x in recs if x["kind"] == "layer" and x["op"] == "crop_concat"]
+    assert cat and all(x["bytes"] > 0 and x["gbps"] > 0 for x in cat)
+    model = [x for x in recs if x["kind"] == "model"]
+    assert model and all(x["images_per_s"] > 0 and x["flops"] > 0 for x in model)
+    assert data["unet_fast"]["ceilings"]["copy_gbps"] > 0
+    assert any("triton" in s["test"] for s in data["unet_fast"]["skipped"])   # skipped, saying why
+    md = (res / "summary.md").read_text()
+    assert "SIMULATED" in md and "## Per layer" in md and "## Whole model" in md and "## Suite stages" in md
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without a GPU")
+def test_pytest_benchmarks_without_gpu_skips_saying_why(background):
+    r = background.result("nogpu")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "4 skipped" in r.stdout and "needs a CUDA GPU" in r.stdout
