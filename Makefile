@@ -10,20 +10,25 @@ export MAX_JOBS
 
 .PHONY: setup build train test bench gpu-suite clean
 
-setup: $(VENV)/.deps build
+# Rebuild the extension only when its sources or the build script change.
+EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+setup: build
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 # Builds unet_fast._C in place (CUDA + C++ kernels when a toolkit is found, else C++ only).
-build: $(VENV)/.deps
+build: $(VENV)/.built
+
+$(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
 	@echo "building unet_fast._C (log: build.log) ..."
 	@$(PY) -m pip install --no-build-isolation --no-deps -v -e . > build.log 2>&1 || { tail -60 build.log; exit 1; }
 	@grep -A6 "unet_fast build configuration" build.log | sed 's/^ *//' || true
 	$(PY) -c "import unet_fast as uf; print('backends:', uf.backends.available())"
+	touch $@
 
 # The main job: default training run on the built-in data.
 train: setup
@@ -40,4 +45,4 @@ gpu-suite:
 	bash benchmarks/gpu_suite.sh $(ARGS)
 
 clean:
-	rm -rf build unet_fast/_C*.so *.egg-info
+	rm -rf build unet_fast/_C*.so *.egg-info $(VENV)/.built

@@ -116,7 +116,7 @@ class UNet(nn.Module):
         fmt = memory_format_of(x)
         if x.is_cuda or self.backend in ("triton", "cuda"):
             # NHWC inside: the layout our kernels (and cuDNN's fastest paths) are built for
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last)  # restrides even a 1-channel input
         skips = []
         for i, block in enumerate(self.down):
             skip, x = self._step(lambda t, n=f"down.{i}", b=block: self._double(n, b, t, pool=True), x)
