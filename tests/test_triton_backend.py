@@ -377,6 +377,13 @@ def test_cpu_without_interpreter_is_refused():
         "    uf.ops.conv3x3_relu(x, torch.randn(3, 2, 3, 3), None, 0, backend='triton')\n"
         "except uf.BackendUnavailable as e:\n"
         "    print('RAISED', e)\n"
+        # outside the interpreter (as on a GPU) the bf16 -> fp32 dot switch is off and fp32
+        # follows cuDNN's TF32 flag
+        "from unet_fast.backends.triton_backend import utils as u\n"
+        "torch.backends.cudnn.allow_tf32 = True\n"
+        "a = (u.dot_in_fp32(torch.bfloat16), u.dot_precision(torch.float32))\n"
+        "torch.backends.cudnn.allow_tf32 = False\n"
+        "print('SWITCHES', a, u.dot_precision(torch.float32), u.dot_precision(torch.bfloat16))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
@@ -385,6 +392,7 @@ def test_cpu_without_interpreter_is_refused():
     assert res.returncode == 0, res.stderr
     assert "TRITON_INTERPRET=1" in res.stdout and "CUDA GPU" in res.stdout, res.stdout
     assert "RAISED" in res.stdout, res.stdout
+    assert "SWITCHES (False, 'tf32') ieee ieee" in res.stdout, res.stdout
 
 
 def test_supports_reasons():
@@ -392,3 +400,63 @@ def test_supports_reasons():
     assert triton_backend.supports(x, make((3, 2, 3, 3)), None, 0) is None
     assert "float64" in triton_backend.supports(x.double())
     assert t_utils.dot_precision(torch.float16) == "ieee"
+
+
+# ---------------------------------------------------------------- GPU-only switches, checked here
+def test_channels_last_rule_for_one_channel():
+    """C == 1 is contiguous in both formats: the strides decide (as in unet_fast._utils), so a
+    1-channel input converted with .to(memory_format=channels_last) gives NHWC outputs, and a
+    channel slice of an NHWC concat buffer counts as NHWC."""
+    x = torch.randn(2, 1, 6, 5)
+    assert not t_utils.is_channels_last(x)
+    assert t_utils.is_channels_last(x.to(memory_format=torch.channels_last))
+    buf = torch.randn(2, 8, 6, 5).contiguous(memory_format=torch.channels_last)
+    assert t_utils.is_channels_last(buf[:, 3:])
+    assert not t_utils.is_channels_last(torch.randn(2, 8, 6, 5)[:, 3:])
+    y = uf.ops.conv3x3_relu(x.to(memory_format=torch.channels_last), make((4, 1, 3, 3)), None, 1,
+                            backend="triton")
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+
+
+def test_supports_refuses_32bit_index_overflow():
+    """Pixel indices inside a program are 32-bit (offsets are 64-bit): refuse, don't wrap."""
+    big = torch.empty(1, 1, 1, 1).expand(4096, 3, 1024, 1024)  # 2**32 pixels, no memory
+    assert "32-bit" in triton_backend.supports(big)
+    assert triton_backend.supports(torch.empty(1, 1, 1, 1).expand(16, 64, 572, 572)) is None
+
+
+def _gemm_args(dtype, m, n, **extra):
+    return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, **extra)
+
+
+def test_autotune_pruning(monkeypatch):
+    """Small layers do not time huge tiles; the dtype picks its list; never an empty list."""
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
+    all16 = t_utils._unique(t_utils.IGEMM_CONFIGS_16 + t_utils.IGEMM_CONFIGS_32)
+    key = t_utils._config_key
+    head = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 388 * 388, 2))
+    assert head and all(c.kwargs["BLOCK_N"] <= 32 for c in head)
+    tiny = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 28 * 28, 1024))  # batch-1 bottleneck
+    assert tiny and not any(c.kwargs["BLOCK_M"] == 128 and c.kwargs["BLOCK_N"] == 128 for c in tiny)
+    big = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 570 * 570, 64))
+    assert {key(c) for c in big} == {key(c) for c in t_utils.IGEMM_CONFIGS_16
+                                     if c.kwargs["BLOCK_N"] <= 64}
+    f32 = t_utils.prune_gemm(all16, _gemm_args(torch.float32, 8 * 570 * 570, 512))
+    assert f32 and all(t_utils.config_for_dtype(c, torch.float32) for c in f32)
+    one = t_utils.prune_gemm(all16, _gemm_args(torch.float16, 1, 1))
+    assert len(one) >= 1
+    wg = t_utils.prune_gemm(t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32),
+                            _gemm_args(torch.bfloat16, 9, 64, CHUNK=4096))  # first layer's wgrad
+    assert wg and all(c.kwargs["BLOCK_M"] == 64 for c in wg)
+    for c in all16:  # every config fits an A100's shared memory by the (upper) estimate
+        assert t_utils._smem_estimate(c, 4 if t_utils.config_for_dtype(c, torch.float32) else 2,
+                                      True) <= 166912
+
+
+def test_autotune_keys_are_dimensions():
+    """Keys name sizes and constexprs, never pointers or strides (those would retune per call)."""
+    from unet_fast.backends.triton_backend import igemm
+    for kern in (igemm.igemm_fwd_kernel, igemm.igemm_wgrad_kernel, t_pool._max_pool2x2_forward_kernel,
+                 t_pool._max_pool2x2_backward_kernel, t_crop._crop_copy_kernel):
+        assert kern.keys and not any(k.endswith("_ptr") or "_s" in k for k in kern.keys), kern.keys
+    assert t_utils.on_device(torch.empty(1)).__class__.__name__ == "nullcontext"

@@ -126,3 +126,53 @@ def test_compile_inductor_gpu():
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_offsets_beyond_2_31_elements_gpu():
+    """A batch whose activations exceed 2**31 elements (batch/pixel offsets must be 64-bit):
+    the last image of the batch equals cuDNN's result for that image alone."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs 24 GiB of free GPU memory")
+    x = torch.randn(10, 64, 1920, 1920, device="cuda", dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)                      # 2.4e9 elements
+    assert x.numel() > 2**31
+    w = make((64, 64, 3, 3), scale=0.05, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y, pooled = uf.ops.conv3x3_relu_pool(x, w, None, 1, backend="triton")
+        ref = F.relu(F.conv2d(x[-1:].float(), w.float(), padding=1))
+        tail = y[-1:].float()
+        assert (tail - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+        assert_exact(pooled[-1:], F.max_pool2d(y[-1:], 2, 2), "pooled tail")
+        del pooled
+        p2 = uf.ops.max_pool2x2(y, backend="triton")
+        assert_exact(p2[-1:], F.max_pool2d(y[-1:], 2, 2), "max_pool2x2 tail")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_non_current_device_gpu():
+    """Triton launches on the current device: the launchers must switch to the tensors' own."""
+    torch.cuda.set_device(0)
+    x = make((2, 16, 20, 18), "channels_last").to("cuda:1")
+    w = make((32, 16, 3, 3), scale=0.1).to("cuda:1")
+    y = uf.ops.conv3x3_relu(x, w, None, 1, backend="triton")
+    torch.testing.assert_close(y, F.relu(F.conv2d(x, w, padding=1)), rtol=1e-4, atol=1e-4)
+
+
+def test_unet_one_input_channel_bf16_training_step_gpu():
+    """The paper's configuration (1 input channel, 2 classes) at a small size: a full training
+    step under bf16 autocast runs on the triton kernels, loss finite, gradients finite."""
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=64, depth=4, padding="valid",
+                    backend="triton").cuda().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(2, 1, 188, 188, device="cuda")
+    target = torch.randint(0, 2, (2,) + model.output_size((188, 188)), device="cuda")
+    for _ in range(2):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), target)
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    assert set(model.backend_report().values()) == {"triton"}
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

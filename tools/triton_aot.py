@@ -44,11 +44,19 @@ def _variants():
     conv = dict(base, KS=3)
     fwd = [
         ("conv3x3_relu fwd", conv, ("bf16", "fp16", "fp32")),
+        ("conv3x3_relu fwd, valid (PAD=0)", dict(conv, PAD=0), ("bf16",)),
+        ("conv3x3_relu fwd, TF32 off (IEEE fp32)", dict(conv, PRECISION="ieee"), ("fp32",)),
         ("conv3x3_relu_pool fwd", dict(conv, POOL=True), ("bf16", "fp16")),
         ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",)),
         ("conv3x3 dgrad (ReLU mask)", dict(conv, SIGN=-1, MASK_A=True, HAS_BIAS=False,
                                             RELU=False), ("bf16", "fp16", "fp32")),
+        ("conv3x3 dgrad (ReLU mask), TF32 off (IEEE fp32)",
+         dict(conv, SIGN=-1, MASK_A=True, HAS_BIAS=False, RELU=False, PRECISION="ieee"), ("fp32",)),
+        ("conv3x3 dgrad (pool variant, no mask)", dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False),
+         ("bf16",)),
         ("conv1x1 fwd", dict(base, KS=1, PAD=0, RELU=False), ("bf16", "fp16")),
+        ("conv1x1 dgrad (2-class head: C_in not a multiple of 64)",
+         dict(base, KS=1, PAD=0, RELU=False, HAS_BIAS=False, FLAT_K=True), ("bf16",)),
         ("conv_transpose2x2 fwd (into concat slice)", dict(base, KS=1, PAD=0, RELU=False,
                                                             UPSCATTER=True), ("bf16", "fp16")),
         ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False,
@@ -57,6 +65,8 @@ def _variants():
     wg = dict(STRIDE=1, PAD=1, SIGN=1, MASK_B=True, DBIAS=1, DOT_F32=False)
     wgrad = [
         ("conv3x3 wgrad + dbias (ReLU mask)", dict(wg, KS=3), ("bf16", "fp16", "fp32")),
+        ("conv3x3 wgrad + dbias (ReLU mask), TF32 off (IEEE fp32)",
+         dict(wg, KS=3, PRECISION="ieee"), ("fp32",)),
         ("conv3x3 wgrad + dbias (pool variant)", dict(wg, KS=3, MASK_B=False), ("bf16",)),
         ("conv1x1 wgrad + dbias", dict(wg, KS=1, PAD=0, MASK_B=False), ("bf16",)),
         ("conv_transpose2x2 wgrad + dbias", dict(wg, KS=2, STRIDE=2, PAD=0, MASK_B=False,
@@ -109,8 +119,8 @@ def compile_one(job):
     cfg = autotuner.configs[cfg_index]
     constexprs = dict(consts)
     constexprs.update(cfg.kwargs)
-    if "PRECISION" in fn.arg_names:
-        constexprs["PRECISION"] = _precision(dtype)
+    if "PRECISION" in fn.arg_names and "PRECISION" not in constexprs:
+        constexprs["PRECISION"] = _precision(dtype)   # tf32 for fp32 unless the variant says
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -207,6 +217,14 @@ def write_table(rows, path):
         "`mma` = Ampere mma.sync, `-` = none, expected for the memory-bound kernels).",
         "`regs`: registers per thread; `spill`: local memory bytes per thread (0 = no spills);",
         "`smem`: shared memory bytes per block. Channel strides are specialized to 1 (NHWC data).",
+        "fp32 GEMMs follow `torch.backends.cudnn.allow_tf32`: TF32 tensor cores when allowed (rows",
+        "without a label), FMA units for the `TF32 off (IEEE fp32)` rows.",
+        "",
+        "At run time the autotuner times only the configs `utils.prune_gemm` keeps for a shape: the",
+        "dtype's list, those whose shared-memory estimate (an upper bound of the `smem` column) fits",
+        "the device, no tile much wider than N or taller than M, and (forward/dgrad) none whose grid",
+        "is less than half a wave when smaller tiles would fill the GPU. Each config is timed for",
+        "5 + 20 ms instead of Triton's 25 + 100 ms.",
         "",
         "| kernel | variant | dtype | config | arch | regs | spill | smem | mma | status |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -49,10 +49,18 @@ def supports(*args):
     elif dev.type != "cuda":
         return f"Triton kernels run on CUDA tensors, not on {dev.type}"
     for t in tensors:  # offsets inside one image are 32-bit (the batch offset is 64-bit)
-        if t.dim() == 4 and sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:])) \
-                > _INT32_MAX:
-            return (f"one image of a tensor of shape {tuple(t.shape)} spans more than 2**31 "
+        if t.dim() != 4:
+            continue
+        # x4: a transposed conv's output image is four times its input's
+        if 4 * sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:])) > _INT32_MAX:
+            return (f"one image of a tensor of shape {tuple(t.shape)} spans more than 2**29 "
                     "elements, beyond the kernels' 32-bit in-image offsets; use backend='torch'")
+        # GEMM rows / pixel indices (N*H*W, rounded up to whole 2x2 windows and tiles, and x4 for
+        # the up-sampled output) are 32-bit program-local indices
+        n, _, h, w = t.shape
+        if 4 * n * (h + 1) * (w + 1) + 4096 > _INT32_MAX:
+            return (f"a tensor of shape {tuple(t.shape)} has more than 2**29 pixels, beyond the "
+                    "kernels' 32-bit pixel indices; split the batch or use backend='torch'")
     return None
 
 

@@ -15,8 +15,8 @@ import triton.language as tl
 from . import utils
 
 
-@triton.autotune(configs=utils.elemwise_configs(), key=["C"])
-@triton.jit
+@triton.autotune(configs=utils.elemwise_configs(), key=["C"], **utils.autotune_options())
+@triton.jit(do_not_specialize=["SH", "SW", "DH", "DW", "NB", "OFF_H", "OFF_W"])
 def _crop_copy_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc, SH, SW,
     d_ptr, d_sn, d_sh, d_sw, d_sc, DH, DW,
@@ -45,8 +45,9 @@ def crop_copy(src: torch.Tensor, dst: torch.Tensor, off_h: int, off_w: int) -> N
     sh, sw = src.shape[-2:]
     grid = lambda meta: (triton.cdiv(nb * dh * dw, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
-    _crop_copy_kernel[grid](src, *utils.nhwc_strides(src), sh, sw,
-                            dst, *utils.nhwc_strides(dst), dh, dw, nb, c, off_h, off_w)
+    with utils.on_device(dst):
+        _crop_copy_kernel[grid](src, *utils.nhwc_strides(src), sh, sw,
+                                dst, *utils.nhwc_strides(dst), dh, dw, nb, c, off_h, off_w)
 
 
 def crop_offsets(skip_hw, up_hw):

@@ -32,8 +32,16 @@ import triton.language as tl
 
 from . import utils
 
-_FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "KS", "STRIDE", "POOL", "UPSCATTER", "MASK_A", "FLAT_K"]
-_WGRAD_KEY = ["CA", "N_GEMM", "K_BUCKET", "KS", "STRIDE", "MASK_B", "DBIAS"]
+# Autotune keys: the GEMM's dimensions (M as a power-of-two bucket) and every constexpr that
+# changes the kernel's work; never pointers or strides. Triton appends the tensors' dtypes.
+_FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "KS", "STRIDE", "PAD", "SIGN", "POOL", "UPSCATTER",
+            "MASK_A", "HAS_BIAS", "FLAT_K", "PRECISION"]
+_WGRAD_KEY = ["CA", "N_GEMM", "K_BUCKET", "KS", "STRIDE", "PAD", "MASK_B", "DBIAS", "PRECISION"]
+# Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
+# binary per config for each new combination: sizes that only bound masks or index pixels gain
+# nothing from it. Channel counts and strides stay specialized (16-byte vector loads need them).
+_FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET"]
+_WGRAD_NO_SPEC = ["AH", "AW", "NB", "PH", "PW", "P_TOT", "M_GEMM", "K_BUCKET"]
 
 
 @triton.jit
@@ -45,8 +53,9 @@ def _dot(acc, a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.autotune(configs=utils.igemm_configs(), key=_FWD_KEY,
-                 prune_configs_by={"early_config_prune": utils.prune_gemm})
-@triton.jit
+                 prune_configs_by={"early_config_prune": utils.prune_gemm},
+                 **utils.autotune_options())
+@triton.jit(do_not_specialize=_FWD_NO_SPEC)
 def igemm_fwd_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # gathered operand (N, AH, AW, CA)
     mk_ptr, mk_sn, mk_sh, mk_sw, mk_sc,                 # ReLU mask source, A's shape (MASK_A)
@@ -174,8 +183,9 @@ def igemm_fwd_kernel(
 
 
 @triton.autotune(configs=utils.wgrad_configs(), key=_WGRAD_KEY,
-                 prune_configs_by={"early_config_prune": utils.prune_gemm})
-@triton.jit
+                 prune_configs_by={"early_config_prune": utils.prune_gemm},
+                 **utils.autotune_options())
+@triton.jit(do_not_specialize=_WGRAD_NO_SPEC)
 def igemm_wgrad_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # gathered rows (tap, ca)
     b_ptr, b_sn, b_sh, b_sw, b_sc,                      # plain columns on the pixel grid
@@ -260,19 +270,20 @@ def igemm_fwd(a: torch.Tensor, w_kn: torch.Tensor, out: torch.Tensor, *, grid_hw
     def grid(meta):
         return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]),)
 
-    igemm_fwd_kernel[grid](
-        a, *utils.nhwc_strides(a), ah, aw, ca,
-        mk, *utils.nhwc_strides(mk),
-        w_kn,
-        bias if bias is not None else w_kn,
-        out, *utils.nhwc_strides(out),
-        po, *utils.nhwc_strides(po),
-        nb, oh, ow, m_gemm, n_gemm, max(up_channels, 1), utils.m_bucket(m_gemm),
-        KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, MASK_A=mask is not None,
-        HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None,
-        UPSCATTER=up_channels > 0, FLAT_K=flat_k, DOT_F32=utils.dot_in_fp32(a.dtype),
-        PRECISION=utils.dot_precision(a.dtype),
-    )
+    with utils.on_device(a):
+        igemm_fwd_kernel[grid](
+            a, *utils.nhwc_strides(a), ah, aw, ca,
+            mk, *utils.nhwc_strides(mk),
+            w_kn,
+            bias if bias is not None else w_kn,
+            out, *utils.nhwc_strides(out),
+            po, *utils.nhwc_strides(po),
+            nb, oh, ow, m_gemm, n_gemm, max(up_channels, 1), utils.m_bucket(m_gemm),
+            KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, MASK_A=mask is not None,
+            HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None,
+            UPSCATTER=up_channels > 0, FLAT_K=flat_k, DOT_F32=utils.dot_in_fp32(a.dtype),
+            PRECISION=utils.dot_precision(a.dtype),
+        )
 
 
 def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: int, pad: int,
@@ -300,15 +311,16 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     def grid(meta):
         return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]), split)
 
-    igemm_wgrad_kernel[grid](
-        a, *utils.nhwc_strides(a), ah, aw, ca,
-        b, *utils.nhwc_strides(b),
-        mb, *utils.nhwc_strides(mb),
-        r, db,
-        nb, ph, pw, p_tot, chunk, m_gemm, n_gemm, utils.m_bucket(p_tot),
-        KS=ks, STRIDE=stride, PAD=pad, SIGN=1, MASK_B=mask_b is not None, DBIAS=dbias,
-        DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
-    )
+    with utils.on_device(a):
+        igemm_wgrad_kernel[grid](
+            a, *utils.nhwc_strides(a), ah, aw, ca,
+            b, *utils.nhwc_strides(b),
+            mb, *utils.nhwc_strides(mb),
+            r, db,
+            nb, ph, pw, p_tot, chunk, m_gemm, n_gemm, utils.m_bucket(p_tot),
+            KS=ks, STRIDE=stride, PAD=pad, SIGN=1, MASK_B=mask_b is not None, DBIAS=dbias,
+            DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
+        )
     r = r[0] if split == 1 else r.sum(0)
     if dbias == 0:
         return r, None

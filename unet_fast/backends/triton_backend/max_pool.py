@@ -17,8 +17,8 @@ import triton.language as tl
 from . import utils
 
 
-@triton.autotune(configs=utils.elemwise_configs(), key=["C"])
-@triton.jit
+@triton.autotune(configs=utils.elemwise_configs(), key=["C"], **utils.autotune_options())
+@triton.jit(do_not_specialize=["NB", "PH", "PW"])
 def _max_pool2x2_forward_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc,
     y_ptr, y_sn, y_sh, y_sw, y_sc,
@@ -42,8 +42,9 @@ def _max_pool2x2_forward_kernel(
     tl.store(y_ptr + out, m, mask=ok)
 
 
-@triton.autotune(configs=utils.elemwise_configs(), key=["C", "ADD_DY", "RELU_MASK"])
-@triton.jit
+@triton.autotune(configs=utils.elemwise_configs(), key=["C", "ADD_DY", "RELU_MASK"],
+                 **utils.autotune_options())
+@triton.jit(do_not_specialize=["NB", "H", "W"])
 def _max_pool2x2_backward_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc,          # the pooled map's source (x, or the conv's y)
     dp_ptr, dp_sn, dp_sh, dp_sw, dp_sc,     # gradient of the pooled map
@@ -117,8 +118,9 @@ def max_pool2x2_forward(x: torch.Tensor) -> torch.Tensor:
     y = utils.empty_like_format((nb, c, ph, pw), x)
     grid = lambda meta: (triton.cdiv(nb * ph * pw, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
-    _max_pool2x2_forward_kernel[grid](x, *utils.nhwc_strides(x), y, *utils.nhwc_strides(y),
-                                      nb, ph, pw, c)
+    with utils.on_device(x):
+        _max_pool2x2_forward_kernel[grid](x, *utils.nhwc_strides(x), y, *utils.nhwc_strides(y),
+                                          nb, ph, pw, c)
     return y
 
 
@@ -133,10 +135,11 @@ def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
     dyt = dy if dy is not None else g
     grid = lambda meta: (triton.cdiv(nb * ((h + 1) // 2) * ((w + 1) // 2), meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
-    _max_pool2x2_backward_kernel[grid](
-        src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
-        dyt, *utils.nhwc_strides(dyt), g, *utils.nhwc_strides(g),
-        nb, h, w, c, ADD_DY=dy is not None, RELU_MASK=relu_mask)
+    with utils.on_device(src):
+        _max_pool2x2_backward_kernel[grid](
+            src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
+            dyt, *utils.nhwc_strides(dyt), g, *utils.nhwc_strides(g),
+            nb, h, w, c, ADD_DY=dy is not None, RELU_MASK=relu_mask)
     return g
 
 

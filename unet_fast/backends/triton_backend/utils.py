@@ -7,6 +7,9 @@ ahead-of-time tool (tools/triton_aot.py) can compile every one of them.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 
 import torch
@@ -20,11 +23,15 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # ---------------------------------------------------------------- memory formats and strides
 def is_channels_last(t: torch.Tensor) -> bool:
-    """Whether `t` should be treated (and answered) as channels_last: strictly channels_last
-    contiguous, or a non-contiguous view whose channels are the innermost dimension."""
-    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return True
-    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+    """Whether `t` should be treated (and answered) as channels_last: channels_last contiguous
+    (when C == 1 or H == W == 1 both formats are contiguous, and the strides decide, as in
+    unet_fast._utils: (HW, 1, W, 1) is channels_last, (HW, HW, W, 1) is NCHW), or a
+    non-contiguous view whose channels are the innermost dimension (a concat buffer's slice)."""
+    if t.dim() != 4:
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return not t.is_contiguous() or t.stride(1) < t.stride(2)
+    if t.is_contiguous():
         return False
     return t.stride(1) == 1 and t.shape[1] > 1
 
@@ -151,14 +158,99 @@ def k_align() -> int:
     return max(c.kwargs["BLOCK_K"] for c in igemm_configs())
 
 
+# ---------------------------------------------------------------- autotuning
+def _quick_bench(kernel_call, quantiles):
+    """Triton's default benchmark spends 25 ms warming up and 100 ms timing per config; a U-Net
+    training step has ~70 GEMM shapes x up to 6 configs, so that alone would be ~50 s. 5 + 20 ms
+    still gives a stable median for kernels of 10 us to a few ms."""
+    import triton.testing
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+def autotune_options() -> dict:
+    """Extra `triton.autotune` arguments, passed only where the installed Triton accepts them
+    (3.6 and 3.8 both take `do_bench`): the quicker benchmark. With
+    UNET_FAST_TRITON_AUTOTUNE_CACHE=1 the timings are also cached on disk next to Triton's kernel
+    cache (`cache_results`), so a second process does not re-tune; opt-in because that path has
+    not yet been exercised on a GPU with Triton 3.6."""
+    params = inspect.signature(triton.autotune).parameters
+    opts = {}
+    if "do_bench" in params:
+        opts["do_bench"] = _quick_bench
+    if "cache_results" in params and os.environ.get("UNET_FAST_TRITON_AUTOTUNE_CACHE", "0") == "1":
+        opts["cache_results"] = True
+    return opts
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(index: int):
+    """(SM count, opt-in shared memory per block in bytes) of CUDA device `index`."""
+    props = torch.cuda.get_device_properties(index)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or 0
+    if not smem:
+        try:
+            from triton.runtime import driver
+            smem = driver.active.utils.get_device_properties(index)["max_shared_mem"]
+        except Exception:  # pragma: no cover - keep every config rather than fail
+            smem = 1 << 30
+    return props.multi_processor_count, int(smem)
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _device_limits(_cuda_index(device))[0]
+    return 4
+
+
+def smem_limit(device: torch.device):
+    """Shared memory a block may opt into on `device` (bytes); None off CUDA (interpreter)."""
+    if device.type == "cuda":
+        return _device_limits(_cuda_index(device))[1]
+    return None
+
+
+def _smem_estimate(c, elt: int, extra_a: bool) -> int:
+    """Rough upper bound of a GEMM config's shared memory: every pipeline stage holds an A tile
+    and a B tile, plus the ReLU-mask tile that rides along with one of them (the AOT table in
+    docs/triton_kernels.md has the compiler's exact figures, all below this)."""
+    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+    tiles = bm * bk + bk * bn + (max(bm * bk, bk * bn) if extra_a else 0)
+    return c.num_stages * tiles * elt
+
+
 def prune_gemm(configs, named_args, **kwargs):
-    """The configs for the operands' dtype, without tiles much wider than the GEMM's N (a 2-class
-    head does not need 128 columns)."""
-    dtype = named_args["a_ptr"].dtype
-    configs = [c for c in configs if config_for_dtype(c, dtype)] or configs
-    n = named_args["N_GEMM"]
-    keep = [c for c in configs if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(n))]
-    return keep or configs[-1:]
+    """The autotune configs worth timing for one GEMM (both implicit-GEMM kernels):
+    - those of the operands' dtype list (16-bit: K-tiles of 64; fp32: 32);
+    - that fit the device's shared memory (Triton would skip the others at run time, but only
+      after compiling them);
+    - no tile much wider than the GEMM's N or taller than its M (a 2-class head does not need
+      128 columns, a 28x28 bottleneck at batch 1 not 128-row tiles of mostly padding);
+    - for the forward/dgrad kernel, no tile so large that the grid fills less than half of what
+      the smallest tiles would (up to one wave): on small layers the big tiles leave SMs idle.
+      The weight-gradient grid is already split over pixels to two waves, so it is exempt.
+    Never returns an empty list."""
+    a = named_args["a_ptr"]
+    dtype = a.dtype
+    keep = [c for c in configs if config_for_dtype(c, dtype)] or list(configs)
+    smem = smem_limit(a.device)
+    if smem is not None:
+        masked = bool(kwargs.get("MASK_A", False) or kwargs.get("MASK_B", False))
+        fits = [c for c in keep if _smem_estimate(c, a.element_size(), masked) <= smem]
+        keep = fits or sorted(keep, key=lambda c: _smem_estimate(c, a.element_size(), masked))[:1]
+    m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
+    small = [c for c in keep
+             if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(n))
+             and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
+    keep = small or keep[-1:]
+    if "CHUNK" not in named_args:  # forward / dgrad: grid = row tiles x column tiles
+        tiles = {id(c): cdiv(m, c.kwargs["BLOCK_M"]) * cdiv(n, c.kwargs["BLOCK_N"]) for c in keep}
+        want = min(num_sms(a.device), max(tiles.values())) / 2
+        keep = [c for c in keep if tiles[id(c)] >= want]
+    return keep
 
 
 def m_bucket(m: int) -> int:
@@ -166,11 +258,13 @@ def m_bucket(m: int) -> int:
     return max(int(m) - 1, 1).bit_length()
 
 
-def num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def on_device(t: torch.Tensor):
+    """Triton launches on torch's *current* device and its current stream: a launch for tensors
+    on cuda:1 while cuda:0 is current would run on the wrong GPU. Every launcher enters this."""
+    if t.is_cuda:
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
