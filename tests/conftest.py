@@ -24,3 +24,13 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: compiled frames of earlier tests would otherwise count
+    towards dynamo's recompile limit, which fails fullgraph=True tests depending on test order."""
+    yield
+    import sys
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
