@@ -4,6 +4,7 @@
 //   Engine::acc_type()                      workspace dtype (double on CPU, float on CUDA)
 //   Engine::check_device(t, name)           TORCH_CHECK that t lives on the engine's device
 //   Engine::run(kind, args, dtype, ws, wsb) runs one implicit GEMM (ws / wsb may be undefined)
+//   Engine::crop_into(skip, out, top, left)  out[:, :C_skip] = the (top, left)-cropped skip
 // csrc/cpu/*_kernel.cpp instantiate it with the C++ engine, csrc/cuda/registration.cpp with the
 // CUDA kernels.
 #pragma once
@@ -24,11 +25,20 @@ inline at::Tensor nhwc_ish(const at::Tensor& t) {
   return t.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+inline bool ptr_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether the rows of a re-laid (contiguous) weight with `row_len` elements per row can be read
+// as aligned 16-byte words. `.contiguous()` returns the weight itself when it is already laid out
+// so, and a weight can be a view at any storage offset (a flat parameter buffer): check the pointer.
+inline bool rows_vectorizable(const at::Tensor& w, int64_t row_len) {
+  return row_len % (16 / w.element_size()) == 0 && ptr_aligned16(w.data_ptr());
+}
+
 // Whether runs of `channels` along C can be read as aligned 16-byte words.
 inline bool runs_vectorizable(const at::Tensor& t, int64_t channels) {
   const int64_t v = 16 / t.element_size();
   if (channels % v != 0) return false;
-  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  if (!ptr_aligned16(t.data_ptr())) return false;
   for (int d : {0, 2, 3})
     if (t.size(d) > 1 && t.stride(d) % v != 0) return false;
   return t.size(1) == 1 || t.stride(1) == 1;
@@ -126,7 +136,7 @@ struct ConvOps {
     a.cout = (int)co; a.hout = (int)oh; a.wout = (int)ow; a.pad = (int)padding;
     set_gemm(a, nb * oh * ow, co, 9 * c);
     a.vec_a = runs_vectorizable(x, c);
-    a.vec_b = (9 * c) % (16 / x.element_size()) == 0;
+    a.vec_b = rows_vectorizable(wt, 9 * c);
     if (pool) {
       pooled = at::empty({nb, co, oh / 2, ow / 2}, x.options(), fmt);
       a.pool = pooled.data_ptr();
@@ -161,7 +171,6 @@ struct ConvOps {
     TORCH_CHECK(y_.sizes() == grad_.sizes(), "y must have grad's shape ", grad_.sizes(), ", got ",
                 y_.sizes());
     check_same(x_, "x", y_, "y");
-    const int64_t v = 16 / x_.element_size();
     at::Tensor g = nhwc_ish(grad_), y = nhwc_ish(y_), x = nhwc_ish(x_);
     at::Tensor dx, dw, db;
     if (mask[0]) {
@@ -172,13 +181,13 @@ struct ConvOps {
       a.w = wd.data_ptr();
       set_gemm(a, nb * h * w, c, 9 * co);
       a.vec_a = runs_vectorizable(g, co) && runs_vectorizable(y, co);
-      a.vec_b = (9 * co) % v == 0;
+      a.vec_b = rows_vectorizable(wd, 9 * co);
       Engine::run(GemmKind::kConv3x3Dgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
     } else {
       dx = at::empty({0}, x.options());
     }
     if (mask[1]) {
-      at::Tensor ws = at::zeros({co, c, 3, 3}, x.options().dtype(Engine::acc_type()));
+      at::Tensor ws = at::zeros({co, 3, 3, c}, x.options().dtype(Engine::acc_type()));  // GEMM C
       at::Tensor wsb = mask[2] ? at::zeros({co}, ws.options()) : at::Tensor();
       GemmArgs a = geometry(nb, c, h, w, co, oh, ow, padding);
       set_g(a, g); set_y(a, y); set_x(a, x);
@@ -186,7 +195,8 @@ struct ConvOps {
       a.vec_a = runs_vectorizable(g, co) && runs_vectorizable(y, co);
       a.vec_b = runs_vectorizable(x, c);
       Engine::run(GemmKind::kConv3x3Wgrad, a, x.scalar_type(), ws, wsb);
-      dw = ws.to(x.scalar_type());
+      // (C_out, 3, 3, C_in) -> the weight's (C_out, C_in, 3, 3), converted in the same pass
+      dw = ws.permute({0, 3, 1, 2}).to(x.scalar_type(), false, false, at::MemoryFormat::Contiguous);
       db = mask[2] ? wsb.to(x.scalar_type()) : at::empty({0}, x.options());
     } else {
       dw = at::empty({0}, x.options());
@@ -234,7 +244,7 @@ struct ConvOps {
     set_out(a, out);
     set_gemm(a, nb * h * w, G * G * co, c);
     a.vec_a = runs_vectorizable(x, c);
-    a.vec_b = c % (16 / x.element_size()) == 0;
+    a.vec_b = rows_vectorizable(wp, c);
     Engine::run(GemmKind::kPointwiseFprop, a, x.scalar_type(), at::Tensor(), at::Tensor());
   }
 
@@ -271,7 +281,7 @@ struct ConvOps {
                 ") must be at least as large as the upsampled x (", h, "x", w, ")");
     at::Tensor out = at::empty({nb, cs + co, h, w}, x.options(), format_of(x));
     const int64_t top = (skip.size(2) - h) / 2, left = (skip.size(3) - w) / 2;
-    out.narrow(1, 0, cs).copy_(skip.narrow(2, top, h).narrow(3, left, w));
+    Engine::crop_into(skip, out, top, left);  // out[:, :cs] = skip[:, :, top:top+h, left:left+w]
     at::Tensor upper = out.narrow(1, cs, co);
     pointwise_fprop_into(x, weight, bias, 2, upper);
     return out;
@@ -284,7 +294,6 @@ struct ConvOps {
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = G == 1 ? weight.size(0) : weight.size(1);
     check_grad(grad_, {nb, co, G * h, G * w}, x_);
-    const int64_t v = 16 / x_.element_size();
     at::Tensor g = nhwc_ish(grad_), x = nhwc_ish(x_);
     at::Tensor dx, dw, db;
     if (mask[0]) {
@@ -297,13 +306,13 @@ struct ConvOps {
       a.w = wq.data_ptr();
       set_gemm(a, nb * h * w, c, G * G * co);
       a.vec_a = runs_vectorizable(g, co);
-      a.vec_b = (G * G * co) % v == 0;
+      a.vec_b = rows_vectorizable(wq, G * G * co);
       Engine::run(GemmKind::kPointwiseDgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
     } else {
       dx = at::empty({0}, x.options());
     }
     if (mask[1]) {
-      at::Tensor ws = at::zeros(weight.sizes(), x.options().dtype(Engine::acc_type()));
+      at::Tensor ws = at::zeros({G, G, co, c}, x.options().dtype(Engine::acc_type()));  // GEMM C
       at::Tensor wsb = mask[2] ? at::zeros({G * G * co}, ws.options()) : at::Tensor();
       GemmArgs a = geometry(nb, c, h, w, co, G * h, G * w, 0);
       a.G = G;
@@ -312,7 +321,9 @@ struct ConvOps {
       a.vec_a = runs_vectorizable(g, co);
       a.vec_b = runs_vectorizable(x, c);
       Engine::run(GemmKind::kPointwiseWgrad, a, x.scalar_type(), ws, wsb);
-      dw = ws.to(x.scalar_type());
+      // (G, G, C_out, C_in) -> (C_in, C_out, 2, 2) or (C_out, C_in, 1, 1), converted in one pass
+      at::Tensor wl = G == 2 ? ws.permute({3, 2, 0, 1}) : ws.view({co, c, 1, 1});
+      dw = wl.to(x.scalar_type(), false, false, at::MemoryFormat::Contiguous);
       db = mask[2] ? wsb.view({G * G, co}).sum(0).to(x.scalar_type()) : at::empty({0}, x.options());
     } else {
       dw = at::empty({0}, x.options());

@@ -16,8 +16,8 @@
 //   an "M-contig"/"N-contig" operand, owner is the k and start the m (or n). With `vec_*` set (the
 //   run is one aligned 16-byte word in memory) a run is one load; otherwise element by element.
 // - `Num<T>` (specialized by the includer, CPU or CUDA) converts T to the accumulator type.
-// - Weight gradients (kAtomic) accumulate into a float/double workspace laid out like the torch
-//   weight (out_index); dbias accumulates per GEMM row (kBiasFromA: row sums of A) and is folded
+// - Weight gradients (kAtomic) accumulate into a float/double workspace laid out as the GEMM's C
+//   (out_index; the glue permutes it to the torch weight layout); dbias accumulates per GEMM row (kBiasFromA: row sums of A) and is folded
 //   to C_out by the glue.
 #pragma once
 #include <stdint.h>
@@ -27,6 +27,12 @@
 #define UF_HD __host__ __device__ __forceinline__
 #else
 #define UF_HD inline
+#endif
+// A CTA-wide barrier in the GPU engine; nothing on the CPU (one thread per tile there).
+#if defined(__CUDA_ARCH__)
+#define UF_SYNC() __syncthreads()
+#else
+#define UF_SYNC() ((void)0)
 #endif
 
 namespace unet_fast {
@@ -74,6 +80,19 @@ UF_HD void copy_run(T* dst, const T* src) {  // one 16-byte word
 #endif
 }
 
+// One 16-byte word from global memory into a shared-memory tile (the engine's A/B tiles): on the
+// GPU an asynchronous copy (cp.async, sm_80+; the engine waits for it before the tile is read),
+// on the CPU a plain copy. Only for tile destinations; register destinations use copy_run.
+template <class T>
+UF_HD void copy_run_tile(T* dst, const T* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+#else
+  copy_run(dst, src);
+#endif
+}
+
 template <class T>
 UF_HD void zero_run(T* dst) {
 #if defined(__CUDA_ARCH__)
@@ -88,7 +107,7 @@ template <class T>
 UF_HD void load_dense_rows(const void* w, int n, int k, int N, int K, bool vec, T* dst) {
   constexpr int V = 16 / sizeof(T);
   const T* p = static_cast<const T*>(w);
-  if (vec && n < N && k < K) return copy_run(dst, p + (int64_t)n * K + k);
+  if (vec && n < N && k < K) return copy_run_tile(dst, p + (int64_t)n * K + k);
   for (int i = 0; i < V; ++i)
     dst[i] = (n < N && k + i < K) ? p[(int64_t)n * K + k + i] : Num<T>::zero();
 }
@@ -147,8 +166,41 @@ struct Conv3x3Fprop {
     }
   }
 
+  // The 16-byte path (vec_a) in two halves, so the engine decodes each of a thread's rows (the
+  // pixel: 2-4 divisions) once per tile and each k (tap, channel) once per K-step:
+  // load_a(m, k) == load_a_at(a_row(m), a_k(k)) when vec_a.
+  struct ARow {
+    int64_t base;  // n * xsN
+    int ih0, iw0;  // top-left input pixel of the 3x3 window; ih0 = kNoRow for rows past M
+  };
+  struct AK {
+    int c, r, s;  // channel and tap; r = kNoRow past K
+  };
+  static constexpr int kNoRow = -(1 << 29);  // far enough below 0 that ih0 + r stays < 0
+  UF_HD ARow a_row(int m) const {
+    ARow row{0, kNoRow, 0};
+    if (m < a.M) {
+      int n, oh, ow;
+      pixel(m, n, oh, ow);
+      row.base = (int64_t)n * a.xsN;
+      row.ih0 = oh - a.pad;
+      row.iw0 = ow - a.pad;
+    }
+    return row;
+  }
+  UF_HD AK a_k(int k) const {
+    const int rs = k / a.cin, r = rs / 3;
+    return AK{k - rs * a.cin, k < a.K ? r : kNoRow, rs - 3 * r};
+  }
+  UF_HD void load_a_at(const ARow& row, const AK& q, T* dst) const {
+    const int ih = row.ih0 + q.r, iw = row.iw0 + q.s;
+    if (ih < 0 || ih >= a.hin || iw < 0 || iw >= a.win) return zero_run(dst);
+    copy_run_tile(dst, static_cast<const T*>(a.x) + row.base + ih * a.xsH + iw * a.xsW + q.c);
+  }
+
   UF_HD void load_a(int m, int k, T* dst) const {
     const T* x = static_cast<const T*>(a.x);
+    if (a.vec_a) return load_a_at(a_row(m), a_k(k), dst);
     int n, oh, ow;
     if (m >= a.M) {
       for (int i = 0; i < V; ++i) dst[i] = Num<T>::zero();
@@ -156,13 +208,6 @@ struct Conv3x3Fprop {
     }
     pixel(m, n, oh, ow);
     const int64_t base = (int64_t)n * a.xsN;
-    if (a.vec_a) {
-      if (k >= a.K) return zero_run(dst);
-      const int rs = k / a.cin, c = k - rs * a.cin, r = rs / 3, s = rs - 3 * r;
-      const int ih = oh + r - a.pad, iw = ow + s - a.pad;
-      if (ih < 0 || ih >= a.hin || iw < 0 || iw >= a.win) return zero_run(dst);
-      return copy_run(dst, x + base + ih * a.xsH + iw * a.xsW + c);
-    }
     for (int i = 0; i < V; ++i) {
       const int kk = k + i;
       T v = Num<T>::zero();
@@ -183,22 +228,35 @@ struct Conv3x3Fprop {
     return Num<T>::from(v < A(0) ? A(0) : v);  // relu, NaN stays NaN
   }
 
-  template <class A>
-  UF_HD void store(int m, int n, A v) const {
+  // Output offsets split into a row (pixel) part and a column (channel) part, each decoded once
+  // per tile by store_tile: store(m, n, v) == store_at(out_row(m) + out_col(n), n, v).
+  UF_HD int64_t out_row(int m) const {
     int b, oh, ow;
     pixel(m, b, oh, ow);
-    static_cast<T*>(a.out)[b * a.os[0] + n * a.os[1] + oh * a.os[2] + ow * a.os[3]] =
-        epilogue_value(n, v);
+    return b * a.os[0] + oh * a.os[2] + ow * a.os[3];
   }
-
-  // v: the max of the window's 4 accumulators (relu(max + bias) == max(relu(. + bias))).
+  UF_HD int64_t out_col(int n) const { return n * a.os[1]; }
+  UF_HD int bias_col(int n) const { return n; }  // the bias element of column n
   template <class A>
-  UF_HD void store_pool(int m, int n, A v) const {
+  UF_HD void store_at(int64_t off, int bc, A v) const {
+    static_cast<T*>(a.out)[off] = epilogue_value(bc, v);
+  }
+  template <class A>
+  UF_HD void store(int m, int n, A v) const { store_at(out_row(m) + out_col(n), bias_col(n), v); }
+
+  // The pooled map: pool_row(m) for the window whose first row is m (m < mpool, m % 4 == 0);
+  // v: the max of the window's 4 accumulators (relu(max + bias) == max(relu(. + bias))).
+  UF_HD int64_t pool_row(int m) const {
     const int q = m >> 2, pw_n = a.wout / 2, ph_n = a.hout / 2;
     const int pw = q % pw_n, t = q / pw_n, ph = t % ph_n, b = t / ph_n;
-    static_cast<T*>(a.pool)[b * a.ps[0] + n * a.ps[1] + ph * a.ps[2] + pw * a.ps[3]] =
-        epilogue_value(n, v);
+    return b * a.ps[0] + ph * a.ps[2] + pw * a.ps[3];
   }
+  template <class A>
+  UF_HD void store_pool_at(int64_t row_off, int n, A v) const {
+    static_cast<T*>(a.pool)[row_off + n * a.ps[1]] = epilogue_value(n, v);
+  }
+  template <class A>
+  UF_HD void store_pool(int m, int n, A v) const { store_pool_at(pool_row(m), n, v); }
 
   UF_HD int mpool_rows() const { return mpool; }
 };
@@ -209,7 +267,9 @@ UF_HD void load_masked_run(const T* g, const T* y, int64_t go, int64_t yo, bool 
                            T* dst) {
   constexpr int V = 16 / sizeof(T);
   if (vec) {
-    T gv[V], yv[V];
+    // 16-byte aligned: copy_run moves them as one uint4 word each
+    alignas(16) T gv[V];
+    alignas(16) T yv[V];
     copy_run(gv, g + go);
     copy_run(yv, y + yo);
 #pragma unroll
@@ -241,23 +301,49 @@ struct Conv3x3Dgrad {
     n = t / a.hin;
   }
 
+  // The 16-byte path (vec_a) in two halves, as in Conv3x3Fprop:
+  // load_a(m, k) == load_a_at(a_row(m), a_k(k)) when vec_a.
+  struct ARow {
+    int n;         // batch index
+    int oh0, ow0;  // h + pad, w + pad; oh0 = kNoRow for rows past M
+  };
+  struct AK {
+    int o, r, s;  // output channel and tap; r = -kNoRow past K
+  };
+  static constexpr int kNoRow = -(1 << 29);
+  UF_HD ARow a_row(int m) const {
+    ARow row{0, kNoRow, 0};
+    if (m < a.M) {
+      int n, h, w;
+      pixel(m, n, h, w);
+      row.n = n;
+      row.oh0 = h + a.pad;
+      row.ow0 = w + a.pad;
+    }
+    return row;
+  }
+  UF_HD AK a_k(int k) const {
+    const int rs = k / a.cout, r = rs / 3;
+    return AK{k - rs * a.cout, k < a.K ? r : -kNoRow, rs - 3 * r};
+  }
+  UF_HD void load_a_at(const ARow& row, const AK& q, T* dst) const {
+    const int oh = row.oh0 - q.r, ow = row.ow0 - q.s;
+    if (oh < 0 || oh >= a.hout || ow < 0 || ow >= a.wout) return zero_run(dst);
+    load_masked_run(static_cast<const T*>(a.g), static_cast<const T*>(a.y),
+                    row.n * a.gsN + oh * a.gsH + ow * a.gsW + q.o,
+                    row.n * a.ysN + oh * a.ysH + ow * a.ysW + q.o, true, V, dst);
+  }
+
   UF_HD void load_a(int m, int k, T* dst) const {
     const T* g = static_cast<const T*>(a.g);
     const T* y = static_cast<const T*>(a.y);
+    if (a.vec_a) return load_a_at(a_row(m), a_k(k), dst);
     int n, h, w;
     if (m >= a.M) {
       for (int i = 0; i < V; ++i) dst[i] = Num<T>::zero();
       return;
     }
     pixel(m, n, h, w);
-    if (a.vec_a) {
-      if (k >= a.K) return zero_run(dst);
-      const int rs = k / a.cout, o = k - rs * a.cout, r = rs / 3, s = rs - 3 * r;
-      const int oh = h + a.pad - r, ow = w + a.pad - s;
-      if (oh < 0 || oh >= a.hout || ow < 0 || ow >= a.wout) return zero_run(dst);
-      return load_masked_run(g, y, n * a.gsN + oh * a.gsH + ow * a.gsW + o,
-                             n * a.ysN + oh * a.ysH + ow * a.ysW + o, true, V, dst);
-    }
     for (int i = 0; i < V; ++i) {
       const int kk = k + i;
       T v = Num<T>::zero();
@@ -277,19 +363,26 @@ struct Conv3x3Dgrad {
     load_dense_rows<T>(a.w, n, k, a.N, a.K, a.vec_b, dst);
   }
 
-  template <class A>
-  UF_HD void store(int m, int n, A v) const {
+  UF_HD int64_t out_row(int m) const {
     int b, h, w;
     pixel(m, b, h, w);
-    static_cast<T*>(a.out)[b * a.os[0] + n * a.os[1] + h * a.os[2] + w * a.os[3]] = Num<T>::from(v);
+    return b * a.os[0] + h * a.os[2] + w * a.os[3];
   }
+  UF_HD int64_t out_col(int n) const { return n * a.os[1]; }
+  UF_HD int bias_col(int n) const { return n; }  // (no bias)
+  template <class A>
+  UF_HD void store_at(int64_t off, int, A v) const {
+    static_cast<T*>(a.out)[off] = Num<T>::from(v);
+  }
+  template <class A>
+  UF_HD void store(int m, int n, A v) const { store_at(out_row(m) + out_col(n), bias_col(n), v); }
   template <class A>
   UF_HD void store_pool(int, int, A) const {}
 };
 
 // Weight gradient of conv3x3 + ReLU. M = C_out, N = 9*C_in with n = (r*3 + s)*C_in + c,
 // K = N*OH*OW output pixels. A: M-contig, g' = g * (y > 0) at pixel k. B: N-contig, x at pixel k
-// shifted by the tap. Out: the (C_out, C_in, 3, 3) workspace; dbias = row sums of A.
+// shifted by the tap. Out: the (C_out, 3, 3, C_in) workspace; dbias = row sums of A.
 template <class T>
 struct Conv3x3Wgrad {
   using elem_t = T;
@@ -339,7 +432,7 @@ struct Conv3x3Wgrad {
       const int rs = nn / a.cin, c = nn - rs * a.cin, r = rs / 3, s = rs - 3 * r;
       const int ih = oh + r - a.pad, iw = ow + s - a.pad;
       if (ih < 0 || ih >= a.hin || iw < 0 || iw >= a.win) return zero_run(dst);
-      return copy_run(dst, x + base + ih * a.xsH + iw * a.xsW + c);
+      return copy_run_tile(dst, x + base + ih * a.xsH + iw * a.xsW + c);
     }
     for (int i = 0; i < V; ++i) {
       const int q = nn + i;
@@ -353,10 +446,9 @@ struct Conv3x3Wgrad {
     }
   }
 
-  UF_HD int64_t out_index(int m, int n) const {  // (C_out, C_in, 3, 3)
-    const int rs = n / a.cin, c = n - rs * a.cin;
-    return ((int64_t)m * a.cin + c) * 9 + rs;
-  }
+  // The workspace is the GEMM's C, row-major: (C_out, 3, 3, C_in), so a warp's atomics hit
+  // consecutive words; the glue permutes it to the torch layout (C_out, C_in, 3, 3) once.
+  UF_HD int64_t out_index(int m, int n) const { return (int64_t)m * a.N + n; }
   template <class A>
   UF_HD void store(int, int, A) const {}
   template <class A>
@@ -398,7 +490,7 @@ struct PointwiseFprop {
     int n, h, w;
     pixel(m, n, h, w);
     const int64_t o = n * a.xsN + h * a.xsH + w * a.xsW;
-    if (a.vec_a && k + V <= a.K) return copy_run(dst, x + o + k);
+    if (a.vec_a && k + V <= a.K) return copy_run_tile(dst, x + o + k);
     for (int i = 0; i < V; ++i) dst[i] = k + i < a.K ? x[o + k + i] : Num<T>::zero();
   }
 
@@ -406,15 +498,25 @@ struct PointwiseFprop {
     load_dense_rows<T>(a.w, n, k, a.N, a.K, a.vec_b, dst);
   }
 
-  template <class A>
-  UF_HD void store(int m, int n, A v) const {
+  // Row part: the input pixel's top-left output pixel; column part: channel o and the (i, j)
+  // position inside the G x G block.
+  UF_HD int64_t out_row(int m) const {
     int b, h, w;
     pixel(m, b, h, w);
-    const int ij = n / a.cout, o = n - ij * a.cout, i = ij / a.G, j = ij - i * a.G;
-    if (a.bias) v += Num<T>::to(static_cast<const T*>(a.bias)[o]);
-    static_cast<T*>(a.out)[b * a.os[0] + o * a.os[1] + (a.G * h + i) * a.os[2] +
-                           (a.G * w + j) * a.os[3]] = Num<T>::from(v);
+    return b * a.os[0] + (int64_t)a.G * h * a.os[2] + (int64_t)a.G * w * a.os[3];
   }
+  UF_HD int64_t out_col(int n) const {
+    const int ij = n / a.cout, o = n - ij * a.cout, i = ij / a.G, j = ij - i * a.G;
+    return o * a.os[1] + i * a.os[2] + j * a.os[3];
+  }
+  UF_HD int bias_col(int n) const { return n % a.cout; }  // channel o of column n
+  template <class A>
+  UF_HD void store_at(int64_t off, int bc, A v) const {
+    if (a.bias) v += Num<T>::to(static_cast<const T*>(a.bias)[bc]);
+    static_cast<T*>(a.out)[off] = Num<T>::from(v);
+  }
+  template <class A>
+  UF_HD void store(int m, int n, A v) const { store_at(out_row(m) + out_col(n), bias_col(n), v); }
   template <class A>
   UF_HD void store_pool(int, int, A) const {}
 };
@@ -450,7 +552,7 @@ struct PointwiseDgrad {
     if (a.vec_a) {
       if (k >= a.K) return zero_run(dst);
       const int ij = k / a.cout, o = k - ij * a.cout, i = ij / a.G, j = ij - i * a.G;
-      return copy_run(dst, g + n * a.gsN + (a.G * h + i) * a.gsH + (a.G * w + j) * a.gsW + o);
+      return copy_run_tile(dst, g + n * a.gsN + (a.G * h + i) * a.gsH + (a.G * w + j) * a.gsW + o);
     }
     for (int q = 0; q < V; ++q) {
       const int kk = k + q;
@@ -467,20 +569,26 @@ struct PointwiseDgrad {
     load_dense_rows<T>(a.w, n, k, a.N, a.K, a.vec_b, dst);
   }
 
-  template <class A>
-  UF_HD void store(int m, int n, A v) const {
+  UF_HD int64_t out_row(int m) const {
     int b, h, w;
     pixel(m, b, h, w);
-    static_cast<T*>(a.out)[b * a.os[0] + n * a.os[1] + h * a.os[2] + w * a.os[3]] = Num<T>::from(v);
+    return b * a.os[0] + h * a.os[2] + w * a.os[3];
   }
+  UF_HD int64_t out_col(int n) const { return n * a.os[1]; }
+  UF_HD int bias_col(int n) const { return n; }  // (no bias)
+  template <class A>
+  UF_HD void store_at(int64_t off, int, A v) const {
+    static_cast<T*>(a.out)[off] = Num<T>::from(v);
+  }
+  template <class A>
+  UF_HD void store(int m, int n, A v) const { store_at(out_row(m) + out_col(n), bias_col(n), v); }
   template <class A>
   UF_HD void store_pool(int, int, A) const {}
 };
 
 // Weight gradient. M = G*G*C_out with m = (i*G + j)*C_out + o, N = C_in, K = N*H*W input pixels.
-// A: M-contig, g at (G*h + i, G*w + j). B: N-contig, x. Out: the torch weight layout,
-// (C_in, C_out, 2, 2) for the transposed conv, (C_out, C_in, 1, 1) for the 1x1 conv; dbias = row
-// sums of A, folded over (i, j) by the glue.
+// A: M-contig, g at (G*h + i, G*w + j). B: N-contig, x. Out: the (G, G, C_out, C_in) workspace
+// (permuted to the torch weight layout by the glue); dbias = row sums of A, folded over (i, j).
 template <class T>
 struct PointwiseWgrad {
   using elem_t = T;
@@ -511,7 +619,7 @@ struct PointwiseWgrad {
     if (a.vec_a) {  // C_out % V == 0: a run never crosses an (i, j) block
       if (m >= a.M) return zero_run(dst);
       const int ij = m / a.cout, o = m - ij * a.cout, i = ij / a.G, j = ij - i * a.G;
-      return copy_run(dst, g + base + i * a.gsH + j * a.gsW + o);
+      return copy_run_tile(dst, g + base + i * a.gsH + j * a.gsW + o);
     }
     for (int q = 0; q < V; ++q) {
       const int mm = m + q;
@@ -533,15 +641,14 @@ struct PointwiseWgrad {
     int b, h, w;
     pixel(k, b, h, w);
     const int64_t o = b * a.xsN + h * a.xsH + w * a.xsW;
-    if (a.vec_b && n + V <= a.N) return copy_run(dst, x + o + n);
+    if (a.vec_b && n + V <= a.N) return copy_run_tile(dst, x + o + n);
     for (int i = 0; i < V; ++i) dst[i] = n + i < a.N ? x[o + n + i] : Num<T>::zero();
   }
 
-  UF_HD int64_t out_index(int m, int n) const {
-    const int ij = m / a.cout, o = m - ij * a.cout;
-    if (a.G == 2) return ((int64_t)n * a.cout + o) * 4 + ij;  // (C_in, C_out, 2, 2)
-    return (int64_t)o * a.N + n;                              // (C_out, C_in, 1, 1)
-  }
+  // The workspace is the GEMM's C, row-major: (G, G, C_out, C_in), so a warp's atomics hit
+  // consecutive words; the glue permutes it to the torch layout ((C_in, C_out, 2, 2) for the
+  // transposed conv; (C_out, C_in, 1, 1) for the 1x1 conv is the same memory) once.
+  UF_HD int64_t out_index(int m, int n) const { return (int64_t)m * a.N + n; }
   template <class A>
   UF_HD void store(int, int, A) const {}
   template <class A>
@@ -550,10 +657,26 @@ struct PointwiseWgrad {
 
 // ---------------------------------------------------------------------- the shared epilogue
 // Writes a finished tile C (rows m0.., columns n0.., leading dimension ldc) through the problem's
-// store (and store_pool for whole pooling windows); items tid, tid + nth, ... of the tile.
+// store_at (and store_pool_at for whole pooling windows); items tid, tid + nth, ... of the tile.
+// The row and column parts of the output offsets (and each column's bias element) are decoded
+// once per tile into roff[bm], coff[bn], cbias[bn] and poff[bm / 4] (scratch: shared memory on the
+// GPU), then every item is one add. All nth threads must call it (a CTA barrier on the GPU).
 template <class P, class A>
 UF_HD void store_tile(const P& p, const A* C, int ldc, int m0, int n0, int bm, int bn, int tid,
-                      int nth) {
+                      int nth, int64_t* roff, int64_t* coff, int64_t* poff, int* cbias) {
+  for (int i = tid; i < bm; i += nth)
+    if (m0 + i < p.a.M) roff[i] = p.out_row(m0 + i);
+  for (int i = tid; i < bn; i += nth)
+    if (n0 + i < p.a.N) {
+      coff[i] = p.out_col(n0 + i);
+      cbias[i] = p.bias_col(n0 + i);
+    }
+  if constexpr (P::kGroup == 4) {
+    const int mpool = p.mpool_rows();
+    for (int i = tid; i < bm / 4; i += nth)
+      if (m0 + 4 * i < mpool) poff[i] = p.pool_row(m0 + 4 * i);
+  }
+  UF_SYNC();
   if constexpr (P::kGroup == 4) {
     const int mpool = p.mpool_rows();
     for (int idx = tid; idx < (bm / 4) * bn; idx += nth) {
@@ -562,16 +685,16 @@ UF_HD void store_tile(const P& p, const A* C, int ldc, int m0, int n0, int bm, i
       A best = C[(4 * gi) * ldc + c];
       for (int i = 0; i < 4; ++i) {
         const A v = C[(4 * gi + i) * ldc + c];
-        if (m + i < p.a.M) p.store(m + i, n, v);
+        if (m + i < p.a.M) p.store_at(roff[4 * gi + i] + coff[c], cbias[c], v);
         // max_pool2d's NaN rule: a NaN wins
         if (v > best || v != v) best = v;
       }
-      if (m < mpool) p.store_pool(m, n, best);
+      if (m < mpool) p.store_pool_at(poff[gi], n, best);
     }
   } else {
     for (int idx = tid; idx < bm * bn; idx += nth) {
       const int r = idx / bn, c = idx - r * bn, m = m0 + r, n = n0 + c;
-      if (m < p.a.M && n < p.a.N) p.store(m, n, C[r * ldc + c]);
+      if (m < p.a.M && n < p.a.N) p.store_at(roff[r] + coff[c], cbias[c], C[r * ldc + c]);
     }
   }
 }

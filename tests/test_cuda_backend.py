@@ -217,6 +217,76 @@ def test_wgrad_with_frozen_weight_and_bias_only():
     torch.testing.assert_close(gb, torch.autograd.grad(F.relu(F.conv2d(x, w, bb, padding=1)).sum(), bb)[0])
 
 
+# ---------------------------------------------------------------- alignment edge cases
+# The GPU kernels read 16-byte words only where the address really is 16-byte aligned; on the CPU
+# these run the same decisions (vectorized or element-wise loaders) and must give the same values.
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _flat_view(t, offset, order):
+    """t's values in a view `offset` elements into a flat buffer (a flat parameter store), laid out
+    in memory in the dim order `order`: the weight re-layouts then return views, not copies."""
+    flat = torch.zeros(t.numel() + offset, dtype=t.dtype, device=t.device)
+    shape = [t.shape[d] for d in order]
+    v = flat[offset:].view(shape).permute(*[order.index(d) for d in range(4)])
+    v.copy_(t)
+    return v
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("offset", [0, 1, 4])
+def test_weight_views_at_any_storage_offset(device, offset):
+    dtype = torch.float16
+    x = torch.randn(2, 8, 9, 10, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    w3 = (torch.randn(16, 8, 3, 3, device=device) / 8).to(dtype)
+    b = torch.randn(16, device=device).to(dtype)
+    # (C_out, 3, 3, C_in) in memory: the forward's re-layout is a view; (C_in, 3, 3, C_out): dgrad's
+    for order in ([0, 2, 3, 1], [1, 2, 3, 0]):
+        wv = _flat_view(w3, offset, order).requires_grad_()
+        wc = w3.clone().requires_grad_()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = uf.ops.conv3x3_relu(xa, wv, b, 1, backend="cuda")
+        yb = uf.ops.conv3x3_relu(xb, wc, b, 1, backend="cuda")
+        torch.testing.assert_close(ya, yb)
+        g = torch.randn_like(ya)
+        torch.testing.assert_close(torch.autograd.grad(ya, (xa, wv), g), torch.autograd.grad(yb, (xb, wc), g))
+    w1 = (torch.randn(8, 8, 1, 1, device=device) / 8).to(dtype)  # the 1x1 re-layout is a reshape (view)
+    torch.testing.assert_close(uf.ops.conv1x1(x, _flat_view(w1, offset, [0, 1, 2, 3]), None, backend="cuda"),
+                               uf.ops.conv1x1(x, w1, None, backend="cuda"))
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("c0", [0, 4, 8])
+def test_channel_slice_inputs(device, c0):
+    """x a channel slice of a channels_last buffer: 16-byte aligned at c0 = 0, 8 (fp16), not at 4."""
+    big = torch.randn(2, 24, 11, 12, device=device).half().contiguous(memory_format=torch.channels_last)
+    x = big[:, c0:c0 + 8]
+    w = (torch.randn(16, 8, 3, 3, device=device) / 8).half()
+    ours = uf.ops.conv3x3_relu(x, w, None, 0, backend="cuda")
+    ref = uf.ops.conv3x3_relu(x.contiguous(memory_format=torch.channels_last), w, None, 0, backend="cuda")
+    torch.testing.assert_close(ours, ref)
+    wt = (torch.randn(8, 16, 2, 2, device=device) / 8).half()
+    torch.testing.assert_close(uf.ops.conv_transpose2x2(x, wt, None, backend="cuda"),
+                               uf.ops.conv_transpose2x2(x.contiguous(), wt, None, backend="cuda"))
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("dtype,cs", [(torch.float16, 16), (torch.float16, 12), (torch.float32, 8)])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_up_concat_skip_copy(device, dtype, cs, fmt):
+    """The skip lands in the lower slice exactly (the 16-byte pass on the GPU when channels_last
+    with 16-byte channel runs, the strided kernel otherwise); the upper slice is the transposed conv."""
+    skip = torch.randn(3, cs, 21, 19, device=device).to(dtype).contiguous(memory_format=fmt)
+    x = torch.randn(3, 16, 8, 7, device=device).to(dtype).contiguous(memory_format=fmt)
+    w = (torch.randn(16, 8, 2, 2, device=device) / 4).to(dtype)
+    b = torch.randn(8, device=device).to(dtype)
+    out = uf.ops.up_concat(skip, x, w, b, backend="cuda")
+    assert out.shape == (3, cs + 8, 16, 14)
+    assert out.is_contiguous(memory_format=fmt)
+    assert torch.equal(out[:, :cs], _center_crop(skip, 16, 14))
+    torch.testing.assert_close(out[:, cs:], uf.ops.conv_transpose2x2(x, w, b, backend="cuda"))
+
+
 # ---------------------------------------------------------------- the model
 @pytest.mark.parametrize("padding,depth,size,in_ch", [("valid", 2, 44, 1), ("same", 2, 16, 3),
                                                        ("valid", 3, 92, 3), ("same", 3, 24, 1)])

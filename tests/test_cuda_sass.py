@@ -60,3 +60,12 @@ def test_no_kernel_spills_to_local_memory():
     bad = [f"{k.arch} {k.name}: stack {k.stack} B, local {k.local} B, {k.local_ops} STL/LDL"
            for k in kernels if k.spills]
     assert not bad, "\n".join(bad)
+
+
+def test_conv_kernels_copy_tiles_with_cp_async():
+    """The double-buffered mainloop moves its 16-byte tile runs with cp.async (LDGSTS)."""
+    _, kernels = _kernels()
+    conv = [k for k in kernels if k.is_conv]
+    assert conv
+    missing = [f"{k.arch} {k.name}" for k in conv if k.ldgsts == 0]
+    assert not missing, f"convolution kernels without LDGSTS: {missing}"

@@ -10,8 +10,8 @@ loads/stores (STL/LDL: spills) and tensor-core instructions (HMMA / HGMMA).
     python tools/sass_report.py --so path/to/_C.so --out report.md
 
 The check fails when an architecture of the default build (sm_80, sm_90) is missing, when a
-tensor-core convolution kernel (igemm_kernel<..., true>) has no HMMA/HGMMA, or when any kernel
-uses local memory (stack frame, spills, STL/LDL). tests/test_cuda_sass.py runs it.
+tensor-core convolution kernel (igemm_kernel<..., true>) has no HMMA/HGMMA, when a convolution
+kernel has no LDGSTS (cp.async tile copies), or when any kernel uses local memory (stack frame, spills, STL/LDL). tests/test_cuda_sass.py runs it.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class Kernel:
     hmma: int = 0
     hgmma: int = 0
     local_ops: int = 0
+    ldgsts: int = 0  # cp.async global->shared copies (sm_80+)
     mma_kinds: set = field(default_factory=set)
 
     @property
@@ -147,6 +148,8 @@ def analyse(so: str, cuobjdump: str) -> list[Kernel]:
             cur.mma_kinds.add(m.group(0))
         if re.search(r"\b(STL|LDL)(\.[A-Z0-9]+)?\b", line):
             cur.local_ops += 1
+        if re.search(r"\bLDGSTS\b", line):
+            cur.ldgsts += 1
     names = demangle({k.mangled for k in kernels.values()})
     for k in kernels.values():
         k.name = _short(names.get(k.mangled, k.mangled))
@@ -164,6 +167,8 @@ def problems(kernels: list[Kernel]) -> list[str]:
     for k in kernels:
         if k.tensor_cores and k.hmma + k.hgmma == 0:
             out.append(f"{k.arch} {k.name}: no HMMA/HGMMA instructions")
+        if k.is_conv and k.ldgsts == 0:
+            out.append(f"{k.arch} {k.name}: no LDGSTS (cp.async) in the tile loads")
         if k.spills:
             out.append(f"{k.arch} {k.name}: uses local memory (stack {k.stack} B, local {k.local} B, "
                        f"{k.local_ops} STL/LDL)")
@@ -189,17 +194,18 @@ def markdown(kernels: list[Kernel], so: str) -> str:
         "- MMA: tensor-core instructions in the SASS (HMMA.16816 = fp16/bf16 m16n8k16, "
         "HMMA.1684.F32.TF32 = TF32 m16n8k4; the `fp32 FMA` kernels are the exact float32 path used "
         "when TF32 is disallowed).",
+        "- LDGSTS: cp.async instructions (global -> shared tile copies of the double-buffered mainloop).",
         "",
-        "| kernel | arch | regs | smem | local (B / STL+LDL) | MMA instructions |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        "| kernel | arch | regs | smem | local (B / STL+LDL) | LDGSTS | MMA instructions |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for k in kernels:
         mma = ", ".join(f"{kind} x{n}" for kind, n in _mma_counts(k)) or "-"
         lines.append(f"| `{k.name}` | {k.arch} | {k.regs} | {k.shared} | {k.stack + k.local} / {k.local_ops} "
-                     f"| {mma} |")
+                     f"| {k.ldgsts if k.is_conv else '-'} | {mma} |")
     found = problems(kernels)
     lines += ["", "Check: " + ("passed (HMMA in every tensor-core convolution kernel on sm_80 and sm_90, "
-                               "no kernel uses local memory)." if not found else "FAILED"), ""]
+                               "LDGSTS in every convolution kernel, no kernel uses local memory)." if not found else "FAILED"), ""]
     lines += [f"- {p}" for p in found]
     return "\n".join(lines).rstrip() + "\n"
 

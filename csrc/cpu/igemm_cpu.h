@@ -56,6 +56,8 @@ void igemm_cpu(const P& p, double* ws = nullptr, double* ws_bias = nullptr) {
   at::parallel_for(0, tm * tn, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> raw(BM * BK > BN * BK ? BM * BK : BN * BK);
     std::vector<double> A(BM * BK), B(BN * BK), C(BM * BN), rowsum(BM);
+    std::vector<int64_t> offsets(BM + BN + BM / 4);  // store_tile's scratch
+    std::vector<int> cbias(BN);
     for (int64_t t = begin; t < end; ++t) {
       const int m0 = (int)(t / tn) * BM, n0 = (int)(t % tn) * BN;
       const bool sum_rows = P::kBiasFromA && ws_bias != nullptr && n0 == 0;
@@ -100,7 +102,8 @@ void igemm_cpu(const P& p, double* ws = nullptr, double* ws_bias = nullptr) {
         for (int r = 0; r < BM && m0 + r < M; ++r)
           for (int c = 0; c < BN && n0 + c < N; ++c) ws[p.out_index(m0 + r, n0 + c)] = C[r * BN + c];
       } else {
-        store_tile(p, C.data(), BN, m0, n0, BM, BN, 0, 1);
+        store_tile(p, C.data(), BN, m0, n0, BM, BN, 0, 1, offsets.data(), offsets.data() + BM,
+                   offsets.data() + BM + BN, cbias.data());
       }
       if (sum_rows)
         for (int r = 0; r < BM && m0 + r < M; ++r) ws_bias[m0 + r] = rowsum[r];
@@ -113,6 +116,10 @@ struct CpuEngine {
   static at::ScalarType acc_type() { return at::kDouble; }
   static void check_device(const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor here, got one on ", t.device());
+  }
+  // out[:, :C_skip] = skip cropped at (top, left) to out's H x W (the lower slice of a concat).
+  static void crop_into(const at::Tensor& skip, at::Tensor& out, int64_t top, int64_t left) {
+    out.narrow(1, 0, skip.size(1)).copy_(skip.narrow(2, top, out.size(2)).narrow(3, left, out.size(3)));
   }
   static void run(GemmKind kind, const GemmArgs& a, at::ScalarType dtype, const at::Tensor& ws,
                   const at::Tensor& wsb) {

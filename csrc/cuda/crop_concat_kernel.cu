@@ -54,6 +54,23 @@ __global__ void crop_concat_backward_nhwc_vec(const W* __restrict__ grad, W* __r
   }
 }
 
+// The cropped skip into the lower channels of a wider NHWC buffer (vo words per output pixel):
+// the skip half of up_concat, whose upper channels the transposed conv writes itself.
+template <typename W>
+__global__ void crop_into_nhwc_vec(const W* __restrict__ skip, W* __restrict__ out, int64_t pixels,
+                                   int H, int Wd, int Hs, int Ws, int top, int left, int vs, int vo) {
+  const int64_t total = pixels * vs;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t p = i / vs;
+    const int v = (int)(i - p * vs);
+    const int64_t n = p / ((int64_t)H * Wd);
+    const int r = (int)(p - n * H * Wd);
+    const int h = r / Wd, w = r - h * Wd;
+    out[p * vo + v] = skip[((n * Hs + h + top) * (int64_t)Ws + w + left) * vs + v];
+  }
+}
+
 // Strided fallback, one element per thread, iterating in the output's own memory order
 // (given by `order`: dims from slowest to fastest) so writes are coalesced.
 template <typename T>
@@ -112,6 +129,24 @@ cudaError_t crop_concat_cuda_launch(const CropConcatArgs& a, cudaStream_t stream
         (const uint4*)a.skip, (const uint4*)a.up, (uint4*)a.out, pixels, (int)a.geom.h,
         (int)a.geom.w, (int)a.hs, (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vu);
   } else {
+    switch (a.elem_size) {
+      case 2: strided<uint16_t>(a, stream, false); break;
+      case 4: strided<uint32_t>(a, stream, false); break;
+      default: strided<uint64_t>(a, stream, false); break;
+    }
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t crop_into_cuda_launch(const CropConcatArgs& a, cudaStream_t stream) {
+  if (a.nhwc_vec) {
+    const int64_t e = a.elem_size;
+    const int vs = (int)(a.cs * e / 16), vo = (int)((a.cs + a.cu) * e / 16);
+    const int64_t pixels = a.n * a.geom.h * a.geom.w;
+    crop_into_nhwc_vec<uint4><<<grid_for(pixels * vs), 256, 0, stream>>>(
+        (const uint4*)a.skip, (uint4*)a.out, pixels, (int)a.geom.h, (int)a.geom.w, (int)a.hs,
+        (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vo);
+  } else {  // the strided concat kernel over the lower slice only (every channel < cs: skip)
     switch (a.elem_size) {
       case 2: strided<uint16_t>(a, stream, false); break;
       case 4: strided<uint32_t>(a, stream, false); break;

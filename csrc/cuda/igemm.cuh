@@ -2,7 +2,8 @@
 //
 // One CTA computes a 64x64 tile of C with 4 warps (2x2, 32x32 each); K advances in steps of 32.
 // Each step gathers the A and B tiles into shared memory through the problem's 16-byte run
-// loaders, then multiplies them:
+// loaders (plain copies as cp.async, double-buffered: step t + 1 is in flight while step t is
+// multiplied), then multiplies them:
 //   - tensor cores (TC = true): nvcuda::wmma, fp16/bf16 16x16x16 (HMMA.16816) or TF32 16x16x8
 //     (HMMA.1684.F32.TF32) with fp32 accumulators;
 //   - SIMT (TC = false): exact fp32 FMA, 4x8 outputs per thread (float32 when TF32 is off).
@@ -79,9 +80,15 @@ struct Smem {
   static constexpr int B_LD = BKC ? BK + V : BN + V;
   static constexpr int B_SZ = (BKC ? BN : BK) * B_LD;
   static constexpr int C_LD = BN + 4;
-  static constexpr int AB_BYTES = (A_SZ + B_SZ) * (int)sizeof(T);
+  static constexpr int STAGE = A_SZ + B_SZ;                 // elements of one stage (A then B)
+  static constexpr int AB_BYTES = 2 * STAGE * (int)sizeof(T);  // two stages (double buffering)
   static constexpr int C_BYTES = BM * C_LD * (int)sizeof(float);
-  static constexpr int BYTES = AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES;
+  // store_tile's scratch after the C tile: row, column and pooled-row offsets, column bias index
+  static constexpr int EPI_BYTES = P::kAtomic ? 0 : (BM + BN + BM / 4) * 8 + BN * 4;
+  static constexpr int BYTES = AB_BYTES > C_BYTES + EPI_BYTES ? AB_BYTES : C_BYTES + EPI_BYTES;
+  static_assert(BYTES <= 48 * 1024, "static shared memory is limited to 48 KB (else opt in with "
+                                    "dynamic shared memory and cudaFuncSetAttribute)");
+  static_assert((STAGE * sizeof(T)) % 32 == 0, "each stage must keep wmma's 32-byte alignment");
   static __device__ __forceinline__ float a(const T* As, int m, int k) {
     return Num<T>::to(AK ? As[m * A_LD + k] : As[k * A_LD + m]);
   }
@@ -189,52 +196,130 @@ struct SimtMath {
   }
 };
 
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Problems whose K-contiguous A loader comes in two halves (a_row / a_k / load_a_at).
+template <class P, class = void>
+struct HasRowCache : std::false_type {};
+template <class P>
+struct HasRowCache<P, std::void_t<typename P::ARow>> : std::true_type {};
+
+// The A rows of this thread, decoded once per CTA (the thread's rows and its k offset within a
+// K-step never change: item i = tid + j * kThreads of the (BM x BK/V) run grid is row
+// i / R = tid / R + j * (kThreads / R), k offset (tid % R) * V).
+template <class P, bool = HasRowCache<P>::value>
+struct RowCache {
+  __device__ __forceinline__ void init(const P&, int) {}
+  __device__ __forceinline__ bool active() const { return false; }
+  template <class T>
+  __device__ __forceinline__ void load(const P&, int, T*) const {}
+};
+template <class P>
+struct RowCache<P, true> {
+  static constexpr int R = BK / P::V, ROWS = BM * R / kThreads;
+  static_assert(kThreads % R == 0 && (BM * R) % kThreads == 0, "the run grid must tile the threads");
+  typename P::ARow rows[ROWS];
+  bool on;
+  __device__ __forceinline__ void init(const P& p, int m0) {
+    on = p.a.vec_a;
+    if (!on) return;
+#pragma unroll
+    for (int j = 0; j < ROWS; ++j) rows[j] = p.a_row(m0 + (int)threadIdx.x / R + j * (kThreads / R));
+  }
+  __device__ __forceinline__ bool active() const { return on; }
+  template <class T>
+  __device__ __forceinline__ void load(const P& p, int k0, T* As) const {
+    using S = Smem<P>;
+    const int kv = ((int)threadIdx.x % R) * P::V;
+    const typename P::AK q = p.a_k(k0 + kv);
+#pragma unroll
+    for (int j = 0; j < ROWS; ++j)
+      p.load_a_at(rows[j], q, As + ((int)threadIdx.x / R + j * (kThreads / R)) * S::A_LD + kv);
+  }
+};
+
+// Gathers the A and B tiles of K-step k0 into one stage of shared memory through the problem's
+// loaders (16-byte runs: cp.async for plain copies, ordinary loads/stores for masked, zero-filled
+// or element-wise runs).
+template <class P, class RC>
+__device__ __forceinline__ void load_tiles(const P& p, const RC& rc, int m0, int n0, int k0,
+                                           typename P::elem_t* As, typename P::elem_t* Bs) {
+  using S = Smem<P>;
+  constexpr int V = P::V;
+  const int tid = threadIdx.x;
+  if (rc.active()) {
+    rc.load(p, k0, As);
+  } else if constexpr (S::AK) {
+    constexpr int R = BK / V;
+#pragma unroll
+    for (int i = tid; i < BM * R; i += kThreads) {
+      const int r = i / R, kv = (i - r * R) * V;
+      p.load_a(m0 + r, k0 + kv, As + r * S::A_LD + kv);
+    }
+  } else {
+    constexpr int R = BM / V;
+#pragma unroll
+    for (int i = tid; i < BK * R; i += kThreads) {
+      const int kr = i / R, mv = (i - kr * R) * V;
+      p.load_a(k0 + kr, m0 + mv, As + kr * S::A_LD + mv);
+    }
+  }
+  if constexpr (S::BKC) {
+    constexpr int R = BK / V;
+#pragma unroll
+    for (int i = tid; i < BN * R; i += kThreads) {
+      const int r = i / R, kv = (i - r * R) * V;
+      p.load_b(n0 + r, k0 + kv, Bs + r * S::B_LD + kv);
+    }
+  } else {
+    constexpr int R = BN / V;
+#pragma unroll
+    for (int i = tid; i < BK * R; i += kThreads) {
+      const int kr = i / R, nv = (i - kr * R) * V;
+      p.load_b(k0 + kr, n0 + nv, Bs + kr * S::B_LD + nv);
+    }
+  }
+}
+
+// Mainloop: two shared-memory stages; the copies of step t + 1 are in flight while step t is
+// multiplied. Barriers: (1) after the wait, so every thread's copies/stores of stage t are visible
+// before any warp reads it; (2) after the math, so no thread overwrites a stage (the loads of step
+// t + 2, or the C tile of the epilogue, which aliases stage 0) while a warp still reads it.
 template <class P, bool TC>
-__global__ void __launch_bounds__(kThreads) igemm_kernel(const P p, int k_split, float* ws,
+__global__ void __launch_bounds__(kThreads, 4) igemm_kernel(const P p, int k_split, float* ws,
                                                          float* ws_bias) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using T = typename P::elem_t;
   using S = Smem<P>;
-  constexpr int V = P::V;
   __shared__ __align__(128) unsigned char smem[S::BYTES];
-  T* As = reinterpret_cast<T*>(smem);
-  T* Bs = As + S::A_SZ;
+  T* const stage0 = reinterpret_cast<T*>(smem);
   float* Cs = reinterpret_cast<float*>(smem);
   const int tid = threadIdx.x;
   const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-  const int k_begin = blockIdx.z * k_split;
-  const int k_end = min(p.a.K, k_begin + k_split);
+  const int k_begin = blockIdx.z * k_split;  // < K (the launch sizes grid.z so)
+  const int k_end = (int)min((long long)p.a.K, (long long)k_begin + k_split);
+  const int steps = (k_end - k_begin + BK - 1) / BK;
   const bool sum_rows = P::kBiasFromA && ws_bias != nullptr && blockIdx.y == 0;
   float rowsum = 0.f;
   std::conditional_t<TC, TensorCoreMath<P>, SimtMath<P>> math;
   math.init();
 
-  for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-    if constexpr (S::AK) {
-      constexpr int R = BK / V;
-      for (int i = tid; i < BM * R; i += kThreads) {
-        const int r = i / R, kv = (i - r * R) * V;
-        p.load_a(m0 + r, k0 + kv, As + r * S::A_LD + kv);
-      }
+  RowCache<P> rc;
+  rc.init(p, m0);
+  if (steps > 0) load_tiles(p, rc, m0, n0, k_begin, stage0, stage0 + S::A_SZ);
+  cp_async_commit();
+  for (int t = 0; t < steps; ++t) {
+    T* As = stage0 + (t & 1) * S::STAGE;
+    T* Bs = As + S::A_SZ;
+    if (t + 1 < steps) {
+      T* An = stage0 + ((t + 1) & 1) * S::STAGE;
+      load_tiles(p, rc, m0, n0, k_begin + (t + 1) * BK, An, An + S::A_SZ);
+      cp_async_commit();
+      cp_async_wait<1>();  // stage t has landed (stage t + 1 may still be in flight)
     } else {
-      constexpr int R = BM / V;
-      for (int i = tid; i < BK * R; i += kThreads) {
-        const int kr = i / R, mv = (i - kr * R) * V;
-        p.load_a(k0 + kr, m0 + mv, As + kr * S::A_LD + mv);
-      }
-    }
-    if constexpr (S::BKC) {
-      constexpr int R = BK / V;
-      for (int i = tid; i < BN * R; i += kThreads) {
-        const int r = i / R, kv = (i - r * R) * V;
-        p.load_b(n0 + r, k0 + kv, Bs + r * S::B_LD + kv);
-      }
-    } else {
-      constexpr int R = BN / V;
-      for (int i = tid; i < BK * R; i += kThreads) {
-        const int kr = i / R, nv = (i - kr * R) * V;
-        p.load_b(k0 + kr, n0 + nv, Bs + kr * S::B_LD + nv);
-      }
+      cp_async_wait<0>();
     }
     __syncthreads();
     if (sum_rows && tid < BM) {
@@ -244,6 +329,8 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const P p, int k_split,
     math.step(As, Bs);
     __syncthreads();
   }
+  cp_async_wait<0>();  // (nothing is in flight here; keeps the aliasing below safe by construction)
+  __syncthreads();
 
   math.store(Cs);
   __syncthreads();
@@ -253,7 +340,9 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const P p, int k_split,
       if (m < p.a.M && n < p.a.N) atomicAdd(ws + p.out_index(m, n), Cs[r * S::C_LD + c]);
     }
   } else {
-    store_tile(p, Cs, S::C_LD, m0, n0, BM, BN, tid, kThreads);
+    int64_t* roff = reinterpret_cast<int64_t*>(smem + S::C_BYTES);
+    store_tile(p, Cs, S::C_LD, m0, n0, BM, BN, tid, kThreads, roff, roff + BM, roff + BM + BN,
+               reinterpret_cast<int*>(roff + BM + BN + BM / 4));
   }
   if (sum_rows && tid < BM && m0 + tid < p.a.M) atomicAdd(ws_bias + m0 + tid, rowsum);
 #else

@@ -80,5 +80,7 @@ cudaError_t max_pool2x2_backward_cuda(const PoolArgs& a, cudaStream_t stream);
 // ------------------------------------------------------------------------------ crop-concat
 cudaError_t crop_concat_cuda_launch(const CropConcatArgs& a, cudaStream_t stream);
 cudaError_t crop_concat_backward_cuda_launch(const CropConcatArgs& a, cudaStream_t stream);
+// out[:, :cs] = the cropped skip, out being (n, cs + cu, h, w); geom describes that lower slice.
+cudaError_t crop_into_cuda_launch(const CropConcatArgs& a, cudaStream_t stream);
 
 }  // namespace unet_fast

@@ -103,6 +103,26 @@ int num_sms() {
 // The CUDA engine of ConvOps (conv_ops.h).
 struct CudaEngine {
   static at::ScalarType acc_type() { return at::kFloat; }
+  // out[:, :C_skip] = skip cropped at (top, left): one coalesced pass of 16-byte words when both
+  // are NHWC-dense with 16-byte channel runs (the model's channels_last fast path), else the
+  // strided concat kernel over the lower slice.
+  static void crop_into(const at::Tensor& skip, at::Tensor& out, int64_t top, int64_t left) {
+    check_cuda(skip, "skip");
+    const int64_t N = out.size(0), Cs = skip.size(1), H = out.size(2), W = out.size(3);
+    at::Tensor lower = out.narrow(1, 0, Cs);
+    CropConcatArgs a{};
+    a.skip = skip.data_ptr();
+    a.up = nullptr;
+    a.out = out.data_ptr();
+    a.elem_size = out.element_size();
+    a.n = N; a.cs = Cs; a.cu = out.size(1) - Cs; a.hs = skip.size(2); a.ws = skip.size(3);
+    fill_order(lower, a.geom);
+    for (int k = 0; k < 4; ++k) { a.geom.s[k] = skip.stride(k); a.geom.u[k] = 0; }
+    a.geom.cs = Cs; a.geom.h = H; a.geom.w = W; a.geom.top = top; a.geom.left = left;
+    a.nhwc_vec = nhwc(skip) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
+                 (out.size(1) * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.out);
+    C10_CUDA_CHECK(crop_into_cuda_launch(a, c10::cuda::getCurrentCUDAStream()));
+  }
   static void check_device(const at::Tensor& t, const char* name) {
     check_cuda(t, name);
     dtype_of(t.scalar_type());
