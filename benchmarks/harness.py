@@ -34,7 +34,8 @@ from unet_fast import reference
 from unet_fast.backends.torch_backend import center_crop
 
 # --------------------------------------------------------------------------- providers
-PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto")
+# auto_ckpt: "auto" with activation checkpointing (whole-model training step only: peak memory)
+PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt")
 PROVIDER_LABELS = {
     "eager": "eager NCHW",
     "eager_cl": "eager channels_last",
@@ -43,8 +44,9 @@ PROVIDER_LABELS = {
     "triton": "ours: triton",
     "cuda": "ours: cuda",
     "auto": "ours: auto",
+    "auto_ckpt": "ours: auto + activation checkpointing",
 }
-OURS = ("triton", "cuda", "auto")
+OURS = ("triton", "cuda", "auto", "auto_ckpt")
 COMPILE = ("compile", "compile_max")
 MODES = ("fwd", "bwd", "fwd+bwd")
 MODEL_MODES = ("train", "infer")
@@ -69,8 +71,9 @@ class ModelConfig:
                               self.padding)
 
     def build_ours(self, backend):
+        ckpt = backend == "auto_ckpt"
         return uf.UNet(self.in_channels, self.num_classes, self.base_channels, self.depth,
-                       self.padding, backend=backend)
+                       self.padding, backend="auto" if ckpt else backend, checkpointing=ckpt)
 
 
 PAPER = ModelConfig("valid572", 1, 2, 572, "valid")
@@ -647,12 +650,14 @@ _MODEL_PLAN = {
               ("paper8", ("bf16",), ("train",), ("compile",), 5)],
     "default": [("paper8", ("bf16",), ("train",), _NONCOMPILE, 1),
                 ("paper8", ("bf16",), ("infer",), _NONCOMPILE, 2),
+                ("paper8", ("bf16",), ("train",), ("auto_ckpt",), 3),
                 ("paper8", ("bf16",), ("train",), ("compile_max",), 4),
                 ("paper8", ("bf16",), ("train",), ("compile",), 5),
                 ("paper8", ("bf16",), ("infer",), COMPILE, 7),
                 ("same16", ("bf16",), MODEL_MODES, _NONCOMPILE, 8)],
     "full": [("paper8", ("bf16",), ("train",), _NONCOMPILE, 1),
              ("paper8", ("bf16",), ("infer",), _NONCOMPILE, 2),
+             ("paper8", ("bf16",), ("train",), ("auto_ckpt",), 3),
              ("paper8", ("bf16",), ("train",), ("compile_max",), 4),
              ("paper8", ("bf16",), ("train",), ("compile",), 5),
              ("paper8", ("bf16",), ("infer",), COMPILE, 7),

@@ -20,9 +20,10 @@ import json
 import os
 import sys
 
-PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto")
+PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt")
 LABELS = {"eager": "eager NCHW", "eager_cl": "eager CL", "compile": "compile",
-          "compile_max": "compile max-autotune", "triton": "triton", "cuda": "cuda", "auto": "auto"}
+          "compile_max": "compile max-autotune", "triton": "triton", "cuda": "cuda", "auto": "auto",
+          "auto_ckpt": "auto + ckpt"}
 OURS = ("triton", "cuda")
 NOISE = 0.05  # relative: differences below this are treated as run-to-run noise
 
@@ -442,7 +443,7 @@ def plot_per_layer(records, path, max_panels=4) -> bool:
     heights = [max(3.0, 0.28 * len(rows) + 1.5) for _, _, rows in secs]
     fig, axes = plt.subplots(len(secs), 1, figsize=(11, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    colors = dict(zip(PROVIDERS, ["#9e9e9e", "#424242", "#64b5f6", "#1565c0", "#e65100", "#2e7d32", "#ad1457"]))
+    colors = dict(zip(PROVIDERS, ["#9e9e9e", "#424242", "#64b5f6", "#1565c0", "#e65100", "#2e7d32", "#ad1457", "#6a1b9a"]))
     for ax, (cfg, mode, rows) in zip(axes[:, 0], secs):
         keys = list(rows)
         provs = [p for p in PROVIDERS if any(p in rows[k] for k in keys)]
