@@ -232,7 +232,7 @@ if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest
 cat <<EOF
 plan:
   1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
-  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 $PY -m pytest tests/ -q -rs $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
+  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
   5. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
@@ -308,7 +308,7 @@ record backends info 0 "$AVAIL"
 if [ $SKIP_TESTS = 1 ]; then record tests skipped 0 "--skip-tests"
 else
   lim=$TESTS_TIMEOUT; l=$(left); [ $l -lt $((lim + 120)) ] && lim=$(( l > 240 ? l - 120 : 120 ))
-  run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
+  run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
       ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
   last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)|no tests ran' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
   case $stage_rc in
@@ -324,7 +324,7 @@ if [ $SKIP_SAN = 1 ]; then record sanitizer skipped 0 "--skip-sanitizer"
 elif [ -z "$SANITIZER" ]; then record sanitizer skipped 0 "compute-sanitizer not found (set COMPUTE_SANITIZER)"
 else
   lim=$SAN_TIMEOUT; l=$(left); [ $l -lt $((lim + 90)) ] && lim=$(( l > 180 ? l - 90 : 90 ))
-  run_stage sanitizer "$lim" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
+  run_stage sanitizer "$lim" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 UNET_FAST_TRITON_AUTOTUNE=0 "$SANITIZER" --tool memcheck \
       --error-exitcode 86 --print-limit 30 "$PY" benchmarks/sanitize_step.py --backends triton,cuda
   per=$(grep -o 'SANITIZE backend=[a-z]* status=[a-z]*' "$STAGE_OUT" | sed 's/SANITIZE backend=//; s/ status=/: /' | paste -sd, -)
   errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ errors?' "$STAGE_OUT" | tail -1)
