@@ -228,9 +228,10 @@ def test_compile_fullgraph_our_backends(backend, dynamic):
     the Triton kernels under the interpreter): no graph breaks, same numbers."""
     if AVAILABLE_NOW()[backend] is not None:
         pytest.skip(f"{backend}: {AVAILABLE_NOW()[backend]}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # triton runs CPU tensors only interpreted
     torch.manual_seed(0)
-    m = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend)
-    x = torch.randn(2, 1, 44, 44, requires_grad=True)
+    m = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend).to(device)
+    x = torch.randn(2, 1, 44, 44, device=device, requires_grad=True)
     c = torch.compile(m, fullgraph=True, dynamic=dynamic, backend="aot_eager")
     y, yc = m(x), c(x)
     torch.testing.assert_close(yc, y, rtol=1e-6, atol=1e-6)
@@ -254,3 +255,20 @@ def test_compile_reuses_a_measured_choice(fake_backend):
     calls = fake_backend["calls"]
     torch.compile(lambda t: uf.ops.max_pool2x2(t), fullgraph=True, backend="eager")(x)
     assert fake_backend["calls"] > calls  # the compiled graph called our implementation
+
+
+def test_measuring_inside_activation_checkpointing(fake_backend, monkeypatch):
+    """The first (measured) call can happen inside a checkpointed block: the measurement must not
+    disturb the outer graph, and gradients stay those of the reference."""
+    monkeypatch.setattr(_dispatch, "auto_order", lambda device: ("cuda", "torch")
+                        if uf.backends.available()["cuda"] is None else ("torch",))
+    torch.manual_seed(0)
+    m = uf.UNet(1, 2, base_channels=4, depth=2).double()
+    mc = uf.UNet(1, 2, base_channels=4, depth=2, checkpointing=True).double()
+    mc.load_state_dict(m.state_dict())
+    x = torch.randn(2, 1, 44, 44, dtype=torch.float64)
+    with uf.use_backend("torch"):
+        m(x).sum().backward()
+    mc(x).sum().backward()  # "auto", measured on first use, inside the checkpointed levels
+    for (n, p), q in zip(m.named_parameters(), mc.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=n)

@@ -108,13 +108,19 @@ def key_of(op: str, args: tuple) -> str:
 def _time(fn, args, device: torch.device) -> float:
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    # Detached copies: the measurement's graph is its own, never part of the caller's.
+    args = tuple(a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                 for a in args)
 
     def once():
-        out = fn(*args)
-        if needs_grad:  # a training step pays for the backward too
-            outs = out if isinstance(out, tuple) else (out,)
-            loss = sum(o.float().sum() for o in outs)
-            torch.autograd.grad(loss, [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad])
+        # identity hooks shadow any outer saved-tensor hooks (activation checkpointing)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            out = fn(*args)
+            if needs_grad:  # a training step pays for the backward too
+                outs = out if isinstance(out, tuple) else (out,)
+                loss = sum(o.float().sum() for o in outs)
+                torch.autograd.grad(loss, [a for a in args
+                                           if isinstance(a, torch.Tensor) and a.requires_grad])
 
     for _ in range(WARMUP):
         once()
