@@ -42,7 +42,7 @@ bench: setup
 	$(PY) -m pytest benchmarks/ -q $(ARGS)
 
 gpu-suite:
-	bash benchmarks/gpu_suite.sh $(ARGS)
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash benchmarks/gpu_suite.sh $(ARGS)
 
 clean:
 	rm -rf build unet_fast/_C*.so *.egg-info $(VENV)/.built

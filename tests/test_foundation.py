@@ -377,3 +377,22 @@ def test_fast_model_under_autocast_equals_reference():
     y_ref.float().sum().backward()
     for p, q in zip(fast.parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+def test_model_input_that_does_not_match_the_parameters():
+    m = uf.UNet(1, 2, base_channels=2, depth=2).double()
+    with pytest.raises(TypeError, match=r"parameters are torch.float64; use x.to\(torch.float64\) or model.to"):
+        m(torch.randn(1, 1, 44, 44))
+    with pytest.raises(ValueError, match="model.to\\(x.device\\)"):
+        uf.UNet(1, 2, base_channels=2, depth=2).to("meta")(torch.randn(1, 1, 44, 44))
+    assert m.output_size((__import__("numpy").int64(188), 188)) == m.output_size((188, 188))
+
+
+def test_float_padding_and_mixed_dtype_up_concat():
+    with pytest.raises(ValueError, match="padding must be 0"):
+        uf.ops.conv3x3_relu(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3), padding=1.0)
+    skip = torch.randn(1, 2, 10, 10, dtype=torch.float64)
+    x, w = torch.randn(1, 3, 4, 4), torch.randn(3, 2, 2, 2)
+    out = uf.ops.up_concat(skip, x, w)
+    assert out.dtype == torch.float64  # promoted like torch.cat, never lowered
+    assert torch.equal(out, uf.ops.crop_concat(skip, uf.ops.conv_transpose2x2(x, w)))

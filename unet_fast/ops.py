@@ -84,7 +84,7 @@ def _check_conv(x, weight, bias, k: int, name: str = "weight"):
 
 
 def _check_padding(padding):
-    if padding not in (0, 1) or isinstance(padding, bool):
+    if type(padding) is not int or padding not in (0, 1):
         raise ValueError(f"padding must be 0 (valid) or 1 (same), got {padding!r}")
 
 
@@ -189,8 +189,10 @@ def up_concat(skip, x, weight, bias=None, *, backend: Optional[str] = None):
         raise ValueError(f"skip is on {skip.device} but x is on {x.device}; move them to one device")
     _check_crop_shapes(skip.shape, up_shape)
     x, weight, bias = _autocast(x, weight, bias)
-    if skip.dtype != x.dtype:  # under autocast the skip is already in the autocast dtype
-        skip = skip.to(x.dtype)
+    if skip.dtype != x.dtype:
+        # the fused kernels write one dtype; mixed inputs take the unfused path, which promotes
+        # like torch.cat (never silently lowering the skip's precision)
+        return crop_concat(skip, conv_transpose2x2(x, weight, bias, backend=backend), backend=backend)
     return _run("up_concat", (skip, x, weight, bias), backend)
 
 

@@ -83,4 +83,13 @@ def _check_input(model, x):
                          f"in_channels={model.in_channels}")
     if x.shape[0] == 0:
         raise ValueError("x has batch size 0")
+    p = next(model.parameters(), None)
+    if p is not None:
+        if x.device != p.device:
+            raise ValueError(f"x is on {x.device} but the model's parameters are on {p.device}; "
+                             f"move one to the other: model.to(x.device) or x.to('{p.device}')")
+        autocast = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+        if x.dtype != p.dtype and not autocast:
+            raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype}; use "
+                            f"x.to({p.dtype}) or model.to({x.dtype}), or run under torch.autocast")
     sizes.output_size(tuple(int(s) for s in x.shape[-2:]), model.depth, model.padding)

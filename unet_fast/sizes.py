@@ -7,6 +7,8 @@ an even size, so for depth 4 the legal inputs are 16*b + 124 and the outputs 16*
 """
 from __future__ import annotations
 
+import numbers
+
 PADDINGS = ("valid", "same")
 
 
@@ -78,8 +80,9 @@ def output_size(size, depth: int = 4, padding: str = "valid") -> tuple[int, int]
         raise ValueError(f"size must be (height, width), got {size!r}")
     res = []
     for axis, s in zip(("height", "width"), size):
-        if not isinstance(s, int) or isinstance(s, bool):
+        if not isinstance(s, numbers.Integral) or isinstance(s, bool):
             raise TypeError(f"{axis} must be an int, got {type(s).__name__}")
+        s = int(s)
         o = _axis_output(s, depth, padding)
         if o is None:
             near = nearest_legal_sizes(s, depth, padding)

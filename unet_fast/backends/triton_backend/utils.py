@@ -172,7 +172,7 @@ def autotune_options() -> dict:
     (3.6 and 3.8 both take `do_bench`): the quicker benchmark. With
     UNET_FAST_TRITON_AUTOTUNE_CACHE=1 the timings are also cached on disk next to Triton's kernel
     cache (`cache_results`), so a second process does not re-tune; opt-in because that path has
-    not yet been exercised on a GPU with Triton 3.6."""
+    not yet been exercised on a GPU."""
     params = inspect.signature(triton.autotune).parameters
     opts = {}
     if "do_bench" in params:
