@@ -45,3 +45,29 @@ def test_unet_autocast_within_twice_torch_error(backend, dtype, padding):
         err_torch = (lowp - exact).abs().max().item()
         assert err_ours <= 2 * err_torch + 1e-6 * exact.abs().max().item(), \
             f"{name}: ours {err_ours:.3g} vs torch {err_torch:.3g} in {dtype}"
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_nan_propagates_like_pytorch(backend):
+    """A NaN stays a NaN through ReLU and max-pooling (fused or not), in the same places as with
+    PyTorch's ops, and the pool's gradient goes where max_pool2d sends it."""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 10, device=DEVICE)
+    x[0, 1, 4, 4] = float("nan")
+    x[1, 0, 2, 3] = float("nan")
+    x[1, 0, 3, 3] = float("nan")  # two NaNs in one pooling window
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    b = torch.randn(4, device=DEVICE)
+    for fn in (lambda bk: uf.ops.conv3x3_relu(x, w, b, backend=bk),
+               lambda bk: uf.ops.conv3x3_relu_pool(x, w, b, backend=bk)[1],
+               lambda bk: uf.ops.max_pool2x2(x, backend=bk)):
+        ours, ref = fn(backend), fn("torch")
+        assert torch.equal(ours.isnan(), ref.isnan())
+    xs = x.clone().requires_grad_()
+    xr = x.clone().requires_grad_()
+    g = torch.randn(2, 3, 4, 5, device=DEVICE)
+    (gs,) = torch.autograd.grad(uf.ops.max_pool2x2(xs, backend=backend), xs, g)
+    (gr,) = torch.autograd.grad(uf.ops.max_pool2x2(xr, backend="torch"), xr, g)
+    assert torch.equal(gs, gr)

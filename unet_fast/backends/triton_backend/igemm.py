@@ -157,7 +157,7 @@ def igemm_fwd_kernel(
         bias = tl.load(bias_ptr + co, mask=n_ok, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.where(acc < 0.0, 0.0, acc)  # not tl.maximum: NaN must stay NaN, as in F.relu
     if UPSCATTER:
         i = offs_n // (2 * CO_UP)
         j = (offs_n // CO_UP) % 2
@@ -170,7 +170,11 @@ def igemm_fwd_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
     if POOL:
         # max commutes with the (monotonic) rounding to the storage dtype: pooled == pool(y)
-        pooled = tl.max(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
+        win = tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N))
+        pooled = tl.max(win, axis=1)
+        # a NaN in the window makes the pooled value NaN, as in F.max_pool2d
+        has_nan = tl.max((win != win).to(tl.int32), axis=1) > 0
+        pooled = tl.where(has_nan, float("nan"), pooled)
         offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
         pw2 = offs_w % PWC
         t2 = offs_w // PWC

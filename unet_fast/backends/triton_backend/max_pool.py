@@ -37,7 +37,10 @@ def _max_pool2x2_forward_kernel(
     v01 = tl.load(x_ptr + base + x_sw, mask=ok)
     v10 = tl.load(x_ptr + base + x_sh, mask=ok)
     v11 = tl.load(x_ptr + base + x_sh + x_sw, mask=ok)
-    m = tl.maximum(tl.maximum(v00, v01), tl.maximum(v10, v11))
+    # a NaN in the window is the max, as in F.max_pool2d
+    m = tl.maximum(tl.maximum(v00, v01, propagate_nan=tl.PropagateNan.ALL),
+                   tl.maximum(v10, v11, propagate_nan=tl.PropagateNan.ALL),
+                   propagate_nan=tl.PropagateNan.ALL)
     out = (n * y_sn + ph * y_sh + pw * y_sw)[:, None] + offs_c[None, :] * y_sc
     tl.store(y_ptr + out, m, mask=ok)
 
@@ -84,6 +87,13 @@ def _max_pool2x2_backward_kernel(
     s01 = (v01 == m) & (~s00)
     s10 = (v10 == m) & (~(s00 | s01))
     s11 = ~(s00 | s01 | s10)
+    # max_pool2d's rule with NaNs: the last NaN of the window in scan order takes the gradient
+    n00, n01, n10, n11 = v00 != v00, v01 != v01, v10 != v10, v11 != v11
+    any_nan = n00 | n01 | n10 | n11
+    s00 = tl.where(any_nan, n00 & ~(n01 | n10 | n11), s00)
+    s01 = tl.where(any_nan, n01 & ~(n10 | n11), s01)
+    s10 = tl.where(any_nan, n10 & ~n11, s10)
+    s11 = tl.where(any_nan, n11, s11)
     fmask = full[:, None] & c_ok[None, :]
     d = tl.load(dp_ptr + (n * dp_sn + ph * dp_sh + pw * dp_sw)[:, None] + offs_c[None, :] * dp_sc,
                 mask=fmask, other=0.0).to(tl.float32)
