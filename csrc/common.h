@@ -17,11 +17,17 @@ inline void check_same(const at::Tensor& a, const char* an, const at::Tensor& b,
               b.scalar_type(), "; use one dtype");
 }
 
-// channels_last when the tensor is laid out NHWC (and not also plain contiguous).
+// The one memory-format rule of unet_fast (unet_fast/_utils.py is_channels_last, mirrored here so
+// the real outputs match the fake kernels): NHWC-contiguous tensors are channels_last, with the
+// strides deciding when C == 1 or H == W == 1 make both formats contiguous; a non-contiguous view
+// whose channels are innermost (a channel slice of an NHWC buffer) counts as channels_last too.
 inline at::MemoryFormat format_of(const at::Tensor& t) {
-  return (t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous())
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
+  constexpr auto CL = at::MemoryFormat::ChannelsLast;
+  constexpr auto NCHW = at::MemoryFormat::Contiguous;
+  if (t.dim() != 4) return NCHW;
+  if (t.is_contiguous(CL)) return (!t.is_contiguous() || t.stride(1) < t.stride(2)) ? CL : NCHW;
+  if (t.is_contiguous()) return NCHW;
+  return (t.stride(1) == 1 && t.size(1) > 1) ? CL : NCHW;
 }
 
 inline void check_crop_concat(const at::Tensor& skip, const at::Tensor& up) {

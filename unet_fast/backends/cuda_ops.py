@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
+
 _ops = torch.ops.unet_fast
-
-
-def _like_format(t: torch.Tensor) -> torch.memory_format:
-    return (torch.channels_last if t.is_contiguous(memory_format=torch.channels_last)
-            and not t.is_contiguous() else torch.contiguous_format)
 
 
 # ---------------------------------------------------------------- crop_concat

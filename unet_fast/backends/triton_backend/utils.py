@@ -15,6 +15,8 @@ import os
 import torch
 import triton
 
+from unet_fast._utils import is_channels_last, memory_format_of  # noqa: F401  (the one rule)
+
 # The interpreter runs kernels on CPU tensors through NumPy; it is fixed at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -22,24 +24,6 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------- memory formats and strides
-def is_channels_last(t: torch.Tensor) -> bool:
-    """Whether `t` should be treated (and answered) as channels_last: channels_last contiguous
-    (when C == 1 or H == W == 1 both formats are contiguous, and the strides decide, as in
-    unet_fast._utils: (HW, 1, W, 1) is channels_last, (HW, HW, W, 1) is NCHW), or a
-    non-contiguous view whose channels are the innermost dimension (a concat buffer's slice)."""
-    if t.dim() != 4:
-        return False
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return not t.is_contiguous() or t.stride(1) < t.stride(2)
-    if t.is_contiguous():
-        return False
-    return t.stride(1) == 1 and t.shape[1] > 1
-
-
-def memory_format_of(t: torch.Tensor):
-    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
-
-
 def empty_like_format(shape, like: torch.Tensor, dtype=None):
     """An uninitialized NCHW-shaped tensor in `like`'s memory format."""
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device,
