@@ -8,6 +8,7 @@ timing depends on: GPU name, torch / Triton / CUDA / unet_fast versions. It is w
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,10 +48,16 @@ def cache_dir() -> str:
     return d
 
 
+@functools.lru_cache(maxsize=None)
+def _ident_hash(device: str) -> str:
+    """Hash of what a timing depends on; fixed for a process, so computed once per device (every
+    op call under "auto" asks for the cache path)."""
+    ident = json.dumps(_versions(torch.device(device)), sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
 def cache_path(device: torch.device) -> str:
-    ident = json.dumps(_versions(device), sort_keys=True)
-    h = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return os.path.join(cache_dir(), f"autotune-{h}.json")
+    return os.path.join(cache_dir(), f"autotune-{_ident_hash(str(device))}.json")
 
 
 def _load(path: str) -> dict:
