@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import harness
 import unet_fast as uf
+from unet_fast.train import optimizer_step
 from harness import COMPILE, DTYPES, OURS, Settings
 
 
@@ -76,13 +77,7 @@ def test_model(benchmark, case, ceilings):
             with autocast():
                 out = run(xs[i])
             loss = F.cross_entropy(out.float(), ys[i])
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            optimizer_step(loss, opt, scaler)
             return loss.detach()
 
     t0 = time.perf_counter()

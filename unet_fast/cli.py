@@ -175,6 +175,7 @@ def _bench_one(model, x, y, device, amp, warmup, steps):
     import torch.nn.functional as F
 
     from .predict import amp_context
+    from .train import optimizer_step
 
     def sync():
         if device.type == "cuda":
@@ -200,17 +201,10 @@ def _bench_one(model, x, y, device, amp, warmup, steps):
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     def step():
+        opt.zero_grad(set_to_none=True)
         with amp_context(device, amp):
             out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        optimizer_step(F.cross_entropy(out.float(), y), opt, scaler)
 
     for _ in range(warmup):
         step()

@@ -234,6 +234,7 @@ def _default_out() -> Path:
 
 
 def _train_step(model, opt, scaler, loss_fn, x, y, w, device, amp, channels_last):
+    opt.zero_grad(set_to_none=True)
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True)
     w = w.to(device, non_blocking=True)
@@ -242,7 +243,14 @@ def _train_step(model, opt, scaler, loss_fn, x, y, w, device, amp, channels_last
     with amp_context(device, amp):
         logits = model(x)
     loss = loss_fn(logits.float(), y, w)
-    opt.zero_grad(set_to_none=True)
+    optimizer_step(loss, opt, scaler)
+    return loss.detach()
+
+
+def optimizer_step(loss, opt, scaler=None) -> None:
+    """Backward and optimizer step, through the fp16 GradScaler when there is one. The caller
+    zeroes the gradients at the start of its step (set_to_none before the forward: the previous
+    step's gradients are not kept alive through it)."""
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -250,7 +258,6 @@ def _train_step(model, opt, scaler, loss_fn, x, y, w, device, amp, channels_last
     else:
         loss.backward()
         opt.step()
-    return loss.detach()
 
 
 def _describe_backend(model, device) -> str:
