@@ -71,10 +71,15 @@ struct GemmArgs {
   bool vec_a = false, vec_b = false;
 };
 
+// One 16-byte word into registers (a local T array, read element-wise afterwards). On the GPU one
+// 128-bit load, then memcpy rather than a uint4 store into the T array: the T reads that follow
+// must not be reordered before it under type-based aliasing (the CPU emulator of tests/cuda_emu,
+// built by GCC with strict aliasing, showed exactly that); it compiles to register moves.
 template <class T>
-UF_HD void copy_run(T* dst, const T* src) {  // one 16-byte word
+UF_HD void copy_run(T* dst, const T* src) {
 #if defined(__CUDA_ARCH__)
-  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+  const uint4 word = *reinterpret_cast<const uint4*>(src);
+  memcpy(dst, &word, 16);
 #else
   memcpy(dst, src, 16);
 #endif
@@ -85,7 +90,9 @@ UF_HD void copy_run(T* dst, const T* src) {  // one 16-byte word
 // on the CPU a plain copy. Only for tile destinations; register destinations use copy_run.
 template <class T>
 UF_HD void copy_run_tile(T* dst, const T* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(UF_CUDA_EMULATOR)
+  ::uf_emu::cp_async16(dst, src);  // (tests/cuda_emu: lands at the matching wait)
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
 #else

@@ -111,11 +111,11 @@ inline int grid_for(int64_t n, int threads = 256) {
 template <typename T>
 void strided(const CropConcatArgs& a, cudaStream_t st, bool backward) {
   if (backward)
-    crop_concat_backward_strided<T><<<grid_for(a.geom.numel), 256, 0, st>>>(
-        (const T*)a.up, (T*)a.out, a.geom);
+    UF_LAUNCH((crop_concat_backward_strided<T>), grid_for(a.geom.numel), 256, st, (const T*)a.up,
+              (T*)a.out, a.geom);
   else
-    crop_concat_strided<T><<<grid_for(a.geom.numel), 256, 0, st>>>(
-        (const T*)a.skip, (const T*)a.up, (T*)a.out, a.geom);
+    UF_LAUNCH((crop_concat_strided<T>), grid_for(a.geom.numel), 256, st, (const T*)a.skip,
+              (const T*)a.up, (T*)a.out, a.geom);
 }
 
 }  // namespace
@@ -125,9 +125,9 @@ cudaError_t crop_concat_cuda_launch(const CropConcatArgs& a, cudaStream_t stream
     const int64_t e = a.elem_size;
     const int vs = (int)(a.cs * e / 16), vu = (int)(a.cu * e / 16);
     const int64_t pixels = a.n * a.geom.h * a.geom.w;
-    crop_concat_nhwc_vec<uint4><<<grid_for(pixels * (vs + vu)), 256, 0, stream>>>(
-        (const uint4*)a.skip, (const uint4*)a.up, (uint4*)a.out, pixels, (int)a.geom.h,
-        (int)a.geom.w, (int)a.hs, (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vu);
+    UF_LAUNCH((crop_concat_nhwc_vec<uint4>), grid_for(pixels * (vs + vu)), 256, stream,
+              (const uint4*)a.skip, (const uint4*)a.up, (uint4*)a.out, pixels, (int)a.geom.h,
+              (int)a.geom.w, (int)a.hs, (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vu);
   } else {
     switch (a.elem_size) {
       case 2: strided<uint16_t>(a, stream, false); break;
@@ -143,9 +143,9 @@ cudaError_t crop_into_cuda_launch(const CropConcatArgs& a, cudaStream_t stream) 
     const int64_t e = a.elem_size;
     const int vs = (int)(a.cs * e / 16), vo = (int)((a.cs + a.cu) * e / 16);
     const int64_t pixels = a.n * a.geom.h * a.geom.w;
-    crop_into_nhwc_vec<uint4><<<grid_for(pixels * vs), 256, 0, stream>>>(
-        (const uint4*)a.skip, (uint4*)a.out, pixels, (int)a.geom.h, (int)a.geom.w, (int)a.hs,
-        (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vo);
+    UF_LAUNCH((crop_into_nhwc_vec<uint4>), grid_for(pixels * vs), 256, stream, (const uint4*)a.skip,
+              (uint4*)a.out, pixels, (int)a.geom.h, (int)a.geom.w, (int)a.hs, (int)a.ws,
+              (int)a.geom.top, (int)a.geom.left, vs, vo);
   } else {  // the strided concat kernel over the lower slice only (every channel < cs: skip)
     switch (a.elem_size) {
       case 2: strided<uint16_t>(a, stream, false); break;
@@ -161,9 +161,9 @@ cudaError_t crop_concat_backward_cuda_launch(const CropConcatArgs& a, cudaStream
     const int64_t e = a.elem_size;
     const int vs = (int)(a.cs * e / 16), vg = (int)((a.cs + a.cu) * e / 16);
     const int64_t pixels = a.n * a.hs * a.ws;
-    crop_concat_backward_nhwc_vec<uint4><<<grid_for(pixels * vs), 256, 0, stream>>>(
-        (const uint4*)a.up, (uint4*)a.out, pixels, (int)a.geom.h, (int)a.geom.w, (int)a.hs,
-        (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vg);
+    UF_LAUNCH((crop_concat_backward_nhwc_vec<uint4>), grid_for(pixels * vs), 256, stream,
+              (const uint4*)a.up, (uint4*)a.out, pixels, (int)a.geom.h, (int)a.geom.w, (int)a.hs,
+              (int)a.ws, (int)a.geom.top, (int)a.geom.left, vs, vg);
   } else {
     switch (a.elem_size) {
       case 2: strided<uint16_t>(a, stream, true); break;

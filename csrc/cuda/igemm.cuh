@@ -196,9 +196,15 @@ struct SimtMath {
   }
 };
 
+#if defined(UF_CUDA_EMULATOR)  // tests/cuda_emu
+__device__ __forceinline__ void cp_async_commit() { ::uf_emu::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { ::uf_emu::cp_async_wait(N); }
+#else
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+#endif
 
 // Problems whose K-contiguous A loader comes in two halves (a_row / a_k / load_a_at).
 template <class P, class = void>
@@ -364,7 +370,7 @@ cudaError_t launch(const P& p, float* ws, float* ws_bias, int num_sms, cudaStrea
     k_split = (int)((steps + splits - 1) / splits) * BK;
     grid.z = (p.a.K + k_split - 1) / k_split;
   }
-  igemm_kernel<P, TC><<<grid, kThreads, 0, stream>>>(p, k_split, ws, ws_bias);
+  UF_LAUNCH((igemm_kernel<P, TC>), grid, kThreads, stream, p, k_split, ws, ws_bias);
   return cudaGetLastError();
 }
 

@@ -6,6 +6,16 @@
 
 #include "../igemm_problems.h"
 
+// Kernel launch, written once so the CPU emulator of the CUDA execution model (tests/cuda_emu,
+// which defines UF_CUDA_EMULATOR) can run the same kernels: there it runs every CTA's threads as
+// fibers on the calling thread. (Dynamic shared memory is not used, so it is always 0.)
+#if defined(UF_CUDA_EMULATOR)
+#define UF_LAUNCH(kernel, grid, block, stream, ...) \
+  ::uf_emu::launch(kernel, dim3(grid), dim3(block), __VA_ARGS__)
+#else
+#define UF_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
+
 namespace unet_fast {
 
 // Sizes and strides of an element-wise 4-D pass. `order` lists the dims from slowest to fastest

@@ -181,10 +181,10 @@ cudaError_t fwd(const PoolArgs& a, cudaStream_t st) {
   T* y = static_cast<T*>(a.y);
   if (a.vec) {
     const int64_t total = (int64_t)a.n * (a.h / 2) * (a.w / 2) * (a.c / (16 / sizeof(T)));
-    pool_fwd_nhwc<T><<<grid_for(total), 256, 0, st>>>(x, y, a.n, a.h, a.w, a.c);
+    UF_LAUNCH((pool_fwd_nhwc<T>), grid_for(total), 256, st, x, y, a.n, a.h, a.w, a.c);
   } else {
     const int64_t total = (int64_t)a.n * a.c * (a.h / 2) * (a.w / 2);
-    pool_fwd_strided<T><<<grid_for(total), 256, 0, st>>>(x, y, a);
+    UF_LAUNCH((pool_fwd_strided<T>), grid_for(total), 256, st, x, y, a);
   }
   return cudaGetLastError();
 }
@@ -197,10 +197,10 @@ cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
   T* gx = static_cast<T*>(a.y);
   const int64_t windows = (int64_t)a.n * ((a.h + 1) / 2) * ((a.w + 1) / 2);
   if (a.vec) {
-    pool_bwd_nhwc<T><<<grid_for(windows * (a.c / (16 / sizeof(T)))), 256, 0, st>>>(x, g, b, gx, a.n, a.h,
-                                                                                 a.w, a.c);
+    UF_LAUNCH((pool_bwd_nhwc<T>), grid_for(windows * (a.c / (16 / sizeof(T)))), 256, st, x, g, b, gx,
+              a.n, a.h, a.w, a.c);
   } else {
-    pool_bwd_strided<T><<<grid_for(windows * a.c), 256, 0, st>>>(x, g, b, gx, a);
+    UF_LAUNCH((pool_bwd_strided<T>), grid_for(windows * a.c), 256, st, x, g, b, gx, a);
   }
   return cudaGetLastError();
 }

@@ -1,281 +1,48 @@
-// Torch glue of the CUDA kernels: argument checks, output allocation in the right memory format,
-// the current stream, launch checks, and TORCH_LIBRARY_IMPL(unet_fast, CUDA). The kernels
-// themselves live in the *.cu files beside this one, behind launch.h.
-#include <ATen/ATen.h>
+// Registers the CUDA kernels as the CUDA implementations of the unet_fast ops. The glue they
+// share with the CPU emulator of the CUDA execution model (tests/cuda_emu) is in glue.h; this file
+// adds what only a GPU has: device checks, the device guard, the current stream, the SM count.
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
-#include "../common.h"
-#include "../conv_ops.h"
-#include "launch.h"
+#include "glue.h"
 
 namespace unet_fast {
 namespace {
 
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
-}
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-bool nhwc(const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); }
-
-// Iteration order of a 4-D tensor's memory layout, slowest dim first.
-void fill_order(const at::Tensor& t, Geometry4& g) {
-  int order[4] = {0, 1, 2, 3};
-  auto st = t.strides();
-  std::stable_sort(order, order + 4, [&](int a, int b) { return st[a] > st[b]; });
-  for (int k = 0; k < 4; ++k) {
-    g.order[k] = order[k];
-    g.size[k] = t.size(k);
-    g.o[k] = st[k];
+struct CudaDevice {
+  static void check(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
   }
-  g.numel = t.numel();
-}
-
-at::Tensor crop_concat_cuda(const at::Tensor& skip, const at::Tensor& up) {
-  check_crop_concat(skip, up);
-  check_cuda(up, "up");
-  c10::cuda::CUDAGuard guard(up.device());
-  const int64_t N = up.size(0), Cs = skip.size(1), Cu = up.size(1), H = up.size(2), W = up.size(3);
-  at::Tensor out = at::empty({N, Cs + Cu, H, W}, up.options(), format_of(up));
-  CropConcatArgs a{};
-  a.skip = skip.data_ptr();
-  a.up = up.data_ptr();
-  a.out = out.data_ptr();
-  a.elem_size = up.element_size();
-  a.n = N; a.cs = Cs; a.cu = Cu; a.hs = skip.size(2); a.ws = skip.size(3);
-  fill_order(out, a.geom);
-  for (int k = 0; k < 4; ++k) { a.geom.s[k] = skip.stride(k); a.geom.u[k] = up.stride(k); }
-  a.geom.cs = Cs; a.geom.h = H; a.geom.w = W;
-  a.geom.top = (a.hs - H) / 2; a.geom.left = (a.ws - W) / 2;
-  a.nhwc_vec = nhwc(skip) && nhwc(up) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
-               (Cu * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.up) &&
-               aligned16(a.out);
-  C10_CUDA_CHECK(crop_concat_cuda_launch(a, c10::cuda::getCurrentCUDAStream()));
-  return out;
-}
-
-at::Tensor crop_concat_backward_cuda(const at::Tensor& grad, int64_t skip_channels, int64_t skip_h,
-                                     int64_t skip_w) {
-  check_crop_concat_backward(grad, skip_channels, skip_h, skip_w);
-  check_cuda(grad, "grad");
-  c10::cuda::CUDAGuard guard(grad.device());
-  const int64_t N = grad.size(0), H = grad.size(2), W = grad.size(3);
-  at::Tensor gs = at::empty({N, skip_channels, skip_h, skip_w}, grad.options(), format_of(grad));
-  CropConcatArgs a{};
-  a.up = grad.data_ptr();
-  a.out = gs.data_ptr();
-  a.elem_size = grad.element_size();
-  a.n = N; a.cs = skip_channels; a.cu = grad.size(1) - skip_channels; a.hs = skip_h; a.ws = skip_w;
-  fill_order(gs, a.geom);
-  for (int k = 0; k < 4; ++k) a.geom.u[k] = grad.stride(k);
-  a.geom.cs = skip_channels; a.geom.h = H; a.geom.w = W;
-  a.geom.top = (skip_h - H) / 2; a.geom.left = (skip_w - W) / 2;
-  a.nhwc_vec = nhwc(grad) && nhwc(gs) && (skip_channels * a.elem_size) % 16 == 0 &&
-               (grad.size(1) * a.elem_size) % 16 == 0 && aligned16(a.up) && aligned16(a.out);
-  C10_CUDA_CHECK(crop_concat_backward_cuda_launch(a, c10::cuda::getCurrentCUDAStream()));
-  return gs;
-}
-
-DType dtype_of(at::ScalarType s) {
-  switch (s) {
-    case at::kFloat: return DType::kFloat;
-    case at::kHalf: return DType::kHalf;
-    case at::kBFloat16: return DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, "unet_fast's CUDA kernels support float32, float16 and bfloat16, got ", s,
-                  " (float64 runs on the CPU kernels only)");
+  using Guard = c10::cuda::CUDAGuard;
+  static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+  static int num_sms() {
+    int dev = 0, n = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
   }
-  return DType::kFloat;
-}
-
-int num_sms() {
-  int dev = 0, n = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return n;
-}
-
-// The CUDA engine of ConvOps (conv_ops.h).
-struct CudaEngine {
-  static at::ScalarType acc_type() { return at::kFloat; }
-  // out[:, :C_skip] = skip cropped at (top, left): one coalesced pass of 16-byte words when both
-  // are NHWC-dense with 16-byte channel runs (the model's channels_last fast path), else the
-  // strided concat kernel over the lower slice.
-  static void crop_into(const at::Tensor& skip, at::Tensor& out, int64_t top, int64_t left) {
-    check_cuda(skip, "skip");
-    const int64_t N = out.size(0), Cs = skip.size(1), H = out.size(2), W = out.size(3);
-    at::Tensor lower = out.narrow(1, 0, Cs);
-    CropConcatArgs a{};
-    a.skip = skip.data_ptr();
-    a.up = nullptr;
-    a.out = out.data_ptr();
-    a.elem_size = out.element_size();
-    a.n = N; a.cs = Cs; a.cu = out.size(1) - Cs; a.hs = skip.size(2); a.ws = skip.size(3);
-    fill_order(lower, a.geom);
-    for (int k = 0; k < 4; ++k) { a.geom.s[k] = skip.stride(k); a.geom.u[k] = 0; }
-    a.geom.cs = Cs; a.geom.h = H; a.geom.w = W; a.geom.top = top; a.geom.left = left;
-    a.nhwc_vec = nhwc(skip) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
-                 (out.size(1) * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.out);
-    C10_CUDA_CHECK(crop_into_cuda_launch(a, c10::cuda::getCurrentCUDAStream()));
-  }
-  static void check_device(const at::Tensor& t, const char* name) {
-    check_cuda(t, name);
-    dtype_of(t.scalar_type());
-  }
-  static void run(GemmKind kind, const GemmArgs& a, at::ScalarType dtype, const at::Tensor& ws,
-                  const at::Tensor& wsb) {
-    GemmLaunch l;
-    l.args = a;
-    l.dtype = dtype_of(dtype);
-    // float32 follows PyTorch's cuDNN flag (torch.backends.cudnn.allow_tf32), as its convs do
-    l.tf32 = dtype == at::kFloat && at::globalContext().allowTF32CuDNN();
-    l.ws = ws.defined() ? ws.data_ptr<float>() : nullptr;
-    l.ws_bias = wsb.defined() ? wsb.data_ptr<float>() : nullptr;
-    l.num_sms = num_sms();
-    const cudaStream_t st = c10::cuda::getCurrentCUDAStream();
-    cudaError_t err = cudaSuccess;
-    switch (kind) {
-      case GemmKind::kConv3x3Fprop: err = conv3x3_fprop_cuda(l, false, st); break;
-      case GemmKind::kConv3x3FpropPool: err = conv3x3_fprop_cuda(l, true, st); break;
-      case GemmKind::kConv3x3Dgrad: err = conv3x3_dgrad_cuda(l, st); break;
-      case GemmKind::kConv3x3Wgrad: err = conv3x3_wgrad_cuda(l, st); break;
-      case GemmKind::kPointwiseFprop: err = pointwise_fprop_cuda(l, st); break;
-      case GemmKind::kPointwiseDgrad: err = pointwise_dgrad_cuda(l, st); break;
-      case GemmKind::kPointwiseWgrad: err = pointwise_wgrad_cuda(l, st); break;
-    }
-    C10_CUDA_CHECK(err);
-  }
+  static void check_launch(cudaError_t err) { C10_CUDA_CHECK(err); }
 };
 
-using Ops = ConvOps<CudaEngine>;
-
-at::Tensor conv3x3_relu_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                             int64_t p) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv3x3_relu(x, w, b, p);
-}
-std::tuple<at::Tensor, at::Tensor> conv3x3_relu_pool_cuda(const at::Tensor& x, const at::Tensor& w,
-                                                          const c10::optional<at::Tensor>& b, int64_t p) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv3x3_relu_pool(x, w, b, p);
-}
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_backward_cuda(
-    const at::Tensor& g, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, int64_t p,
-    std::array<bool, 3> mask) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv3x3_relu_backward(g, y, x, w, p, mask);
-}
-at::Tensor conv1x1_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv1x1(x, w, b);
-}
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward_cuda(const at::Tensor& g, const at::Tensor& x,
-                                                                     const at::Tensor& w,
-                                                                     std::array<bool, 3> mask) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv1x1_backward(g, x, w, mask);
-}
-at::Tensor conv_transpose2x2_cuda(const at::Tensor& x, const at::Tensor& w,
-                                  const c10::optional<at::Tensor>& b) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv_transpose2x2(x, w, b);
-}
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2x2_backward_cuda(
-    const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, std::array<bool, 3> mask) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::conv_transpose2x2_backward(g, x, w, mask);
-}
-at::Tensor up_concat_cuda(const at::Tensor& skip, const at::Tensor& x, const at::Tensor& w,
-                          const c10::optional<at::Tensor>& b) {
-  check_cuda(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  return Ops::up_concat(skip, x, w, b);
-}
-
-// ------------------------------------------------------------------------------ max-pool 2x2
-bool pool_vec(const at::Tensor& t) {
-  return nhwc(t) && (t.size(1) * t.element_size()) % 16 == 0 && aligned16(t.data_ptr());
-}
-
-at::Tensor max_pool2x2_cuda_op(const at::Tensor& x) {
-  check_4d(x, "x");
-  check_cuda(x, "x");
-  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "x is ", x.size(2), "x", x.size(3),
-              "; 2x2 max-pooling needs at least 2x2");
-  c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options(), format_of(x));
-  PoolArgs a{};
-  a.x = x.data_ptr();
-  a.y = y.data_ptr();
-  for (int d = 0; d < 4; ++d) { a.xs[d] = x.stride(d); a.ys[d] = y.stride(d); }
-  a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
-  a.dtype = dtype_of(x.scalar_type());
-  a.vec = pool_vec(x) && pool_vec(y);
-  C10_CUDA_CHECK(max_pool2x2_cuda(a, c10::cuda::getCurrentCUDAStream()));
-  return y;
-}
-
-at::Tensor max_pool2x2_backward_cuda_op(const at::Tensor& grad, const at::Tensor& x,
-                                        const c10::optional<at::Tensor>& base_) {
-  check_4d(x, "x");
-  check_4d(grad, "grad");
-  check_cuda(x, "x");
-  check_same(x, "x", grad, "grad");
-  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == x.size(2) / 2 &&
-                  grad.size(3) == x.size(3) / 2,
-              "grad must have shape (", x.size(0), ", ", x.size(1), ", ", x.size(2) / 2, ", ",
-              x.size(3) / 2, ") for x of shape ", x.sizes(), ", got ", grad.sizes());
-  c10::cuda::CUDAGuard guard(x.device());
-  const bool has_base = base_.has_value() && base_->defined();
-  if (has_base) {
-    check_same(x, "x", *base_, "grad_skip");
-    TORCH_CHECK(base_->sizes() == x.sizes(), "grad_skip must have x's shape ", x.sizes(), ", got ",
-                base_->sizes());
-  }
-  at::Tensor gx = at::empty(x.sizes(), x.options(), format_of(x));
-  PoolArgs a{};
-  a.x = x.data_ptr();
-  a.y = gx.data_ptr();
-  a.g = grad.data_ptr();
-  a.base = has_base ? base_->data_ptr() : nullptr;
-  for (int d = 0; d < 4; ++d) {
-    a.xs[d] = x.stride(d); a.ys[d] = gx.stride(d); a.gs[d] = grad.stride(d);
-    a.bs[d] = has_base ? base_->stride(d) : 0;
-  }
-  a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
-  a.dtype = dtype_of(x.scalar_type());
-  a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec(*base_));
-  C10_CUDA_CHECK(max_pool2x2_backward_cuda(a, c10::cuda::getCurrentCUDAStream()));
-  return gx;
-}
+using G = CudaGlue<CudaDevice>;
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
-  m.impl("crop_concat", &crop_concat_cuda);
-  m.impl("_crop_concat_backward", &crop_concat_backward_cuda);
-  m.impl("conv3x3_relu", &conv3x3_relu_cuda);
-  m.impl("conv3x3_relu_pool", &conv3x3_relu_pool_cuda);
-  m.impl("_conv3x3_relu_backward", &conv3x3_relu_backward_cuda);
-  m.impl("max_pool2x2", &max_pool2x2_cuda_op);
-  m.impl("_max_pool2x2_backward", &max_pool2x2_backward_cuda_op);
-  m.impl("conv_transpose2x2", &conv_transpose2x2_cuda);
-  m.impl("_conv_transpose2x2_backward", &conv_transpose2x2_backward_cuda);
-  m.impl("up_concat", &up_concat_cuda);
-  m.impl("conv1x1", &conv1x1_cuda);
-  m.impl("_conv1x1_backward", &conv1x1_backward_cuda);
+  m.impl("crop_concat", &G::crop_concat);
+  m.impl("_crop_concat_backward", &G::crop_concat_backward);
+  m.impl("conv3x3_relu", &G::conv3x3_relu);
+  m.impl("conv3x3_relu_pool", &G::conv3x3_relu_pool);
+  m.impl("_conv3x3_relu_backward", &G::conv3x3_relu_backward);
+  m.impl("max_pool2x2", &G::max_pool2x2);
+  m.impl("_max_pool2x2_backward", &G::max_pool2x2_backward);
+  m.impl("conv_transpose2x2", &G::conv_transpose2x2);
+  m.impl("_conv_transpose2x2_backward", &G::conv_transpose2x2_backward);
+  m.impl("up_concat", &G::up_concat);
+  m.impl("conv1x1", &G::conv1x1);
+  m.impl("_conv1x1_backward", &G::conv1x1_backward);
 }
 
 }  // namespace unet_fast

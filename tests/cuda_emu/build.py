@@ -1,0 +1,47 @@
+"""Builds the CPU emulator of unet_fast's CUDA kernels (see cuda_emu.h) as a torch extension.
+
+The kernels in csrc/cuda compile with the host compiler against the CUDA toolkit's headers (no
+GPU, no CUDA runtime); wmma comes from include/mma.h. UBSan's alignment check is on and fatal: a
+misaligned uint4 access (a "misaligned address" fault on a GPU) ends the process with "runtime
+error: ... misaligned address" on stderr rather than passing silently on x86.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ["ext.cpp", "kernels_conv.cpp", "kernels_wgrad.cpp", "kernels_pointwise.cpp",
+           "kernels_pool.cpp", "kernels_concat.cpp", "selftest.cpp"]
+
+
+def cuda_include_dir() -> str | None:
+    """The CUDA toolkit's include directory (cuda_fp16.h and friends), or None."""
+    from torch.utils import cpp_extension
+
+    for home in (os.environ.get("CUDA_HOME"), cpp_extension.CUDA_HOME, "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
+            return str(Path(home) / "include")
+    return None
+
+
+def load(verbose: bool = False):
+    from torch.utils import cpp_extension
+
+    inc = cuda_include_dir()
+    if inc is None:
+        raise RuntimeError("the CUDA emulator needs the CUDA toolkit headers (set CUDA_HOME)")
+    # Strict aliasing stays on: GCC then reorders accesses that pun one type through another,
+    # which is how the emulator found such a pun in copy_run (csrc/igemm_problems.h).
+    flags = ["-O2", "-std=c++20", "-fsanitize=alignment", "-fno-sanitize-recover=alignment",
+             "-Wno-attributes"]
+    return cpp_extension.load(
+        name="unet_fast_cuda_emu",
+        sources=[str(HERE / s) for s in SOURCES],
+        extra_include_paths=[str(HERE / "include"), inc],
+        extra_cflags=flags,
+        # -Bsymbolic: the emulator's cudaGetLastError, not a CUDA runtime torch may have loaded
+        extra_ldflags=["-fsanitize=alignment", "-Wl,-Bsymbolic"],
+        verbose=verbose,
+    )

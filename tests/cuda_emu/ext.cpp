@@ -1,0 +1,58 @@
+// The CUDA kernels' torch glue (csrc/cuda/glue.h) over CPU tensors, with the kernels running on
+// the CPU emulator of the CUDA execution model: a Python module for tests/test_cuda_emulated.py.
+#include <torch/extension.h>  // (before the emulator, which makes the kernels see __CUDA_ARCH__)
+
+#include "cuda_emu.h"
+
+#include "../../csrc/cuda/glue.h"
+
+// The kernels' only runtime call: launch errors are raised by the emulator itself.
+extern "C" cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
+
+std::vector<float> run_selftest(const std::string& name);  // selftest.cpp
+
+namespace {
+
+int g_num_sms = 132;  // an H100 SXM
+
+struct EmuDevice {
+  static void check(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CUDA emulator, got one on ",
+                t.device());
+  }
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+  static cudaStream_t stream() { return nullptr; }
+  static int num_sms() { return g_num_sms; }
+  static void check_launch(cudaError_t err) { TORCH_CHECK(err == cudaSuccess, "launch error ", (int)err); }
+};
+
+using G = unet_fast::CudaGlue<EmuDevice>;
+
+void configure(int schedule, unsigned seed, int num_sms) {
+  TORCH_CHECK(schedule >= 0 && schedule <= 2, "schedule must be 0 (forward), 1 (reverse) or 2 (random)");
+  uf_emu::options.schedule = schedule;
+  uf_emu::options.seed = seed;
+  g_num_sms = num_sms;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("configure", &configure, "thread/CTA order between barriers, its seed, and the SM count",
+        py::arg("schedule") = 0, py::arg("seed") = 0, py::arg("num_sms") = 132);
+  m.def("selftest", &run_selftest, "runs one deliberately broken (or correct) kernel of selftest.cpp");
+  m.def("crop_concat", &G::crop_concat);
+  m.def("crop_concat_backward", &G::crop_concat_backward);
+  m.def("conv3x3_relu", &G::conv3x3_relu);
+  m.def("conv3x3_relu_pool", &G::conv3x3_relu_pool);
+  m.def("conv3x3_relu_backward", &G::conv3x3_relu_backward);
+  m.def("max_pool2x2", &G::max_pool2x2);
+  m.def("max_pool2x2_backward", &G::max_pool2x2_backward);
+  m.def("conv_transpose2x2", &G::conv_transpose2x2);
+  m.def("conv_transpose2x2_backward", &G::conv_transpose2x2_backward);
+  m.def("up_concat", &G::up_concat);
+  m.def("conv1x1", &G::conv1x1);
+  m.def("conv1x1_backward", &G::conv1x1_backward);
+}

@@ -1,0 +1,235 @@
+"""The CUDA kernels of csrc/cuda, run without a GPU on the CPU emulator in tests/cuda_emu.
+
+The emulator compiles the unchanged kernels and their torch glue (csrc/cuda/glue.h) with the host
+compiler and runs each CTA's threads as fibers, with cp.async copies that land only when waited
+for, wmma on whole tiles, and checks of what the hardware requires (cuda_emu.h says which). For
+the length of a test its ops replace the C++ CPU kernels of torch.ops.unet_fast, so
+`backend="cuda"` (autograd, fake kernels and all) runs the real CUDA code paths: wmma tensor-core
+mainloops in fp16/bf16/TF32, the exact fp32 SIMT mainloop, cp.async double buffering, the pool
+epilogue, the masked dgrad, split-K wgrad with atomics, the 16-byte vector pool/concat kernels.
+
+Tolerances are those of the GPU tests (DESIGN.md section 4): float32 1e-5 of the output's scale
+(with TF32: 3e-4, or twice the error TF32-rounded inputs alone cause where a long sum makes that
+larger), float16/bfloat16 at most twice PyTorch's own error in the dtype, pooling and concat exact.
+Each case runs with threads (and CTAs) in forward order; a subset again in reverse and in seeded
+random order, so a missing barrier changes the result.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import unet_fast as uf
+from unet_fast.backends import cuda_backend
+
+from cuda_emu import build
+from test_cuda_backend import _fwd_bwd, _make_args, check_parity
+
+pytestmark = [
+    pytest.mark.skipif(uf.backends.available()["cuda"] is not None,
+                       reason=f"cuda backend unavailable: {uf.backends.available()['cuda']}"),
+    pytest.mark.skipif(build.cuda_include_dir() is None,
+                       reason="the CUDA emulator needs the CUDA toolkit headers (set CUDA_HOME)"),
+]
+
+FORWARD, REVERSE, RANDOM = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return build.load()
+
+
+def _impls(m):
+    """torch.ops.unet_fast schema name -> the emulated op (same arguments)."""
+    return {
+        "crop_concat": m.crop_concat,
+        "_crop_concat_backward": m.crop_concat_backward,
+        "conv3x3_relu": m.conv3x3_relu,
+        "conv3x3_relu_pool": m.conv3x3_relu_pool,
+        "_conv3x3_relu_backward": m.conv3x3_relu_backward,
+        "max_pool2x2": m.max_pool2x2,
+        "_max_pool2x2_backward": m.max_pool2x2_backward,
+        "conv_transpose2x2": m.conv_transpose2x2,
+        "_conv_transpose2x2_backward": m.conv_transpose2x2_backward,
+        "up_concat": m.up_concat,
+        "conv1x1": m.conv1x1,
+        "_conv1x1_backward": m.conv1x1_backward,
+    }
+
+
+@contextlib.contextmanager
+def emulated(m, schedule=FORWARD, seed=0, num_sms=132):
+    """The emulated CUDA kernels as the CPU kernels of torch.ops.unet_fast, then the C++ ones again."""
+    m.configure(schedule, seed, num_sms)
+    lib = torch.library.Library("unet_fast", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+            for name, fn in _impls(m).items():
+                lib.impl(name, fn, "CPU")
+        yield
+    finally:
+        lib._destroy()
+
+
+def test_overrides_are_undone(emu):
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)  # float64: the C++ CPU kernels only
+    with emulated(emu), pytest.raises(RuntimeError, match="float32, float16 and bfloat16"):
+        torch.ops.unet_fast.max_pool2x2(x)
+    assert torch.equal(torch.ops.unet_fast.max_pool2x2(x), torch.nn.functional.max_pool2d(x, 2))
+
+
+# (op, n, cin, cout, h, w, padding): 64x64 tiles with M/N/K tails, 16-byte runs (8/16 channels) and
+# element-wise loaders (odd channels), two N tiles (72 outputs), odd sizes under the pool epilogue.
+CASES = [
+    ("conv3x3_relu", 2, 8, 16, 13, 11, 0),
+    ("conv3x3_relu", 1, 5, 7, 9, 10, 1),
+    ("conv3x3_relu", 1, 16, 72, 6, 9, 1),
+    ("conv3x3_relu_pool", 2, 8, 16, 13, 11, 0),
+    ("conv3x3_relu_pool", 1, 5, 7, 9, 10, 1),
+    ("max_pool2x2", 2, 16, 16, 9, 10, 0),
+    ("max_pool2x2", 3, 5, 5, 7, 6, 0),
+    ("crop_concat", 2, 16, 8, 6, 8, 0),
+    ("crop_concat", 3, 5, 3, 7, 5, 0),
+    ("conv_transpose2x2", 2, 16, 8, 5, 4, 0),
+    ("conv_transpose2x2", 3, 5, 3, 7, 6, 0),
+    ("up_concat", 2, 16, 8, 5, 4, 0),
+    ("up_concat", 1, 17, 3, 3, 5, 0),
+    ("conv1x1", 2, 16, 8, 9, 7, 0),
+    ("conv1x1", 3, 5, 2, 7, 6, 0),
+]
+DTYPES = [(torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False)]
+
+
+def _parity(m, op, n, cin, cout, h, w, padding, dtype, tf32, layout, schedule=FORWARD, seed=0):
+    torch.manual_seed(1000 * n + 10 * cin + cout)
+    args64 = _make_args(op, n, cin, cout, h, w, padding, torch.float64, layout)
+
+    def run_ours(lowp, grads_out):
+        prev = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = tf32  # the kernels' TF32 switch, as for PyTorch's convs
+        try:
+            with emulated(m, schedule, seed):
+                return _fwd_bwd(op, lowp, "cuda", grads_out)
+        finally:
+            torch.backends.cudnn.allow_tf32 = prev
+
+    check_parity(op, args64, dtype, tf32, run_ours)
+
+
+@pytest.mark.parametrize("dtype,tf32", DTYPES, ids=["fp32", "tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_op_parity(emu, case, layout, dtype, tf32):
+    _parity(emu, *case, dtype, tf32, layout)
+
+
+@pytest.mark.parametrize("schedule,seed", [(REVERSE, 0), (RANDOM, 1), (RANDOM, 2)],
+                         ids=["reverse", "random1", "random2"])
+@pytest.mark.parametrize("dtype,tf32", [(torch.float16, False), (torch.float32, False)], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] % 8 == 0], ids=lambda c: "-".join(map(str, c)))
+def test_op_parity_any_thread_order(emu, case, dtype, tf32, schedule, seed):
+    _parity(emu, *case, dtype, tf32, "nhwc", schedule, seed)
+
+
+def test_wgrad_split_k_and_few_sms(emu):
+    """Weight gradients split over many CTAs (grid.z) and over one: the same sums."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 20, 18).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, 3, 3) / 12
+    y = torch.relu(torch.nn.functional.conv2d(x, w))
+    g = torch.randn_like(y)
+    ref = torch.ops.unet_fast._conv3x3_relu_backward(g.double(), y.double(), x.double(), w.double(), 0,
+                                                      [True, True, True])
+    for sms in (1, 132, 100000):
+        emu.configure(REVERSE, 0, sms)
+        dx, dw, db = emu.conv3x3_relu_backward(g, y, x, w, 0, [True, True, True])
+        for ours, r in zip((dx, dw, db), ref):
+            scale = r.abs().max().item()
+            assert (ours.double() - r).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("padding,size", [("valid", 44), ("same", 16)])
+def test_unet_training_step(emu, padding, size):
+    """A small U-Net, forward and backward, every layer on the emulated CUDA kernels (bf16 autocast)."""
+    torch.manual_seed(0)
+    ref = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=8, depth=2, padding=padding)
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=8, depth=2, padding=padding, backend="cuda")
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1, size, size)
+    ref64 = copy.deepcopy(ref).double()
+    out64 = ref64(x.double())
+    gout = torch.randn_like(out64)
+    (out64 * gout).sum().backward()
+
+    def run(net, emulate):
+        net.zero_grad()
+        with emulated(emu) if emulate else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = net(x)
+            (out.float() * gout.float()).sum().backward()
+        return out, {k: p.grad for k, p in net.named_parameters()}
+
+    out, grads = run(model, True)
+    theirs, tgrads = run(ref, False)
+    err, terr = (out.double() - out64).abs().max().item(), (theirs.double() - out64).abs().max().item()
+    assert err <= 2 * terr + 1e-3 * out64.abs().max().item(), (err, terr)
+    for name, p in ref64.named_parameters():
+        r = p.grad
+        e, t = (grads[name].double() - r).abs().max().item(), (tgrads[name].double() - r).abs().max().item()
+        assert e <= 2 * t + 1e-3 * r.abs().max().item(), (name, e, t)
+
+
+# ---------------------------------------------------------------- the emulator catches bugs
+@pytest.mark.parametrize("schedule", [FORWARD, REVERSE])
+def test_emulator_correct_kernels_pass(emu, schedule):
+    emu.configure(schedule, 0, 132)
+    assert emu.selftest("barrier")[:64] == [float((i + 1) % 64 + 1) for i in range(64)]
+    assert emu.selftest("waited_read")[:64] == [float(4 * ((i + 1) % 64)) for i in range(64)]
+    a = torch.tensor([float(i % 7 - 3) for i in range(256)]).view(16, 16)
+    assert emu.selftest("wmma_aligned") == (a @ a.t()).flatten().tolist()  # B col-major = a^T
+
+
+def test_emulator_catches_a_missing_barrier(emu):
+    results = []
+    for schedule in (FORWARD, REVERSE):
+        emu.configure(schedule, 0, 132)
+        results.append(emu.selftest("race")[:64])
+    assert results[0] != results[1], "a read racing a write must depend on the thread order"
+
+
+@pytest.mark.parametrize("schedule", [FORWARD, REVERSE])
+def test_emulator_catches_reading_a_copy_before_waiting(emu, schedule):
+    import math
+    emu.configure(schedule, 0, 132)
+    assert any(math.isnan(v) for v in emu.selftest("early_read")[:64])
+
+
+@pytest.mark.parametrize("case,message", [
+    ("wmma_misaligned", "not 32-byte aligned"),
+    ("divergent_barrier", "barrier divergence"),
+    ("unfinished_copy", "copies in flight"),
+])
+def test_emulator_reports_violations(emu, case, message):
+    emu.configure(FORWARD, 0, 132)
+    with pytest.raises(RuntimeError, match=message):
+        emu.selftest(case)
+
+
+def test_emulator_aborts_on_a_misaligned_uint4_access(emu):
+    """UBSan's fatal alignment check: what a GPU reports as "misaligned address" (a subprocess,
+    since the check ends the process)."""
+    emu.configure(FORWARD, 0, 132)
+    assert emu.selftest("uint4_aligned")[:4] == [0.0, 1.0, 2.0, 3.0]
+    code = ("import sys; sys.path.insert(0, %r); from cuda_emu import build; "
+            "build.load().selftest('uint4_misaligned')" % str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "misaligned address" in proc.stderr, proc.stderr[-2000:]
