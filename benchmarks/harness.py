@@ -31,6 +31,7 @@ from torch import nn
 
 import unet_fast as uf
 from unet_fast import reference
+from unet_fast._utils import conv_allows_tf32
 from unet_fast.backends.torch_backend import center_crop
 
 # --------------------------------------------------------------------------- providers
@@ -331,8 +332,8 @@ def environment() -> dict:
             env.update(gpu=p.name, gpu_capability=f"{p.major}.{p.minor}", gpu_sms=p.multi_processor_count,
                        gpu_memory_gib=round(p.total_memory / 2**30, 1),
                        gpu_l2_bytes=getattr(p, "L2_cache_size", None),
-                       cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                       matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+                       cudnn_allow_tf32=conv_allows_tf32(),
+                       matmul_allow_tf32=torch.backends.cuda.matmul.fp32_precision == "tf32")
         else:
             env["gpu"] = None
         env["backends"] = {k: v for k, v in uf.backends.available().items()}

@@ -34,3 +34,14 @@ def _fresh_dynamo():
     import sys
     if "torch._dynamo" in sys.modules:
         torch._dynamo.reset()
+
+
+@pytest.fixture
+def fp32_precision_restored():
+    """PyTorch's fp32_precision settings (legacy allow_tf32 flags included) as they were."""
+    b = torch.backends
+    saved = (b.fp32_precision, b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision,
+             b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision)
+    yield
+    (b.fp32_precision, b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision,
+     b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision) = saved

@@ -345,6 +345,8 @@ def _opcheck_cases():
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),
         ("crop_concat", tuple(rg(skip, torch.randn(2, 3, 12, 14)))),
         ("_crop_concat_backward", (torch.randn(2, 8, 12, 14), 5, 15, 16)),
+        ("_crop_concat_backward", (torch.randn(2, 8, 12, 14).contiguous(memory_format=torch.channels_last),
+                                   5, 15, 16)),
         ("conv_transpose2x2", (*rg(xl, wt, b4),)),
         ("_conv_transpose2x2_backward", (torch.randn(2, 4, 12, 14), x, wt, [True, True, True])),
         ("up_concat", (*rg(skip, x, wt, b4),)),
@@ -366,6 +368,25 @@ def test_every_op_has_cpu_kernel_and_fake():
                  "_conv_transpose2x2_backward", "up_concat", "conv1x1", "_conv1x1_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{name}", "CPU"), name
     assert set(cuda_backend.cuda_ops.IMPLS) == set(uf._dispatch.OPS)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_inductor_training_step(dynamic):
+    """Inductor checks every custom op's real output strides against its fake kernel's: a whole
+    training step (NCHW caller, 3 channels, so the model converts to NHWC and back) must agree."""
+    torch.manual_seed(0)
+    model = uf.UNet(in_channels=3, num_classes=2, base_channels=4, depth=2, padding="same", backend="cuda")
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
+    y = compiled(x)
+    y.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    y_eager = model(x)
+    y_eager.square().sum().backward()
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_torch_compile_fullgraph():

@@ -157,6 +157,22 @@ def test_wgrad_split_k_and_few_sms(emu):
             assert (ours.double() - r).abs().max().item() <= 1e-5 * scale
 
 
+def test_tf32_follows_the_fp32_precision_api(emu, fp32_precision_restored):
+    """The glue asks PyTorch for the conv TF32 setting the way its convs do, so the new API works,
+    also mixed with the legacy one (where the op-less query raises)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 9, 9).to(memory_format=torch.channels_last)
+    w, b = torch.randn(16, 16, 3, 3) / 12, torch.randn(16)
+    ref = torch.relu(torch.nn.functional.conv2d(x.double(), w.double(), b.double()))
+    emu.configure(FORWARD, 0, 132)
+    errs = {}
+    for conv in ("ieee", "tf32"):
+        torch.backends.cudnn.rnn.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = conv
+        errs[conv] = (emu.conv3x3_relu(x, w, b, 0).double() - ref).abs().max().item() / ref.abs().max().item()
+    assert errs["ieee"] <= 1e-6 < errs["tf32"] <= 3e-4, errs
+
+
 @pytest.mark.parametrize("padding,size", [("valid", 44), ("same", 16)])
 def test_unet_training_step(emu, padding, size):
     """A small U-Net, forward and backward, every layer on the emulated CUDA kernels (bf16 autocast)."""

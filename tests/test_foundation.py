@@ -396,3 +396,29 @@ def test_float_padding_and_mixed_dtype_up_concat():
     out = uf.ops.up_concat(skip, x, w)
     assert out.dtype == torch.float64  # promoted like torch.cat, never lowered
     assert torch.equal(out, uf.ops.crop_concat(skip, uf.ops.conv_transpose2x2(x, w)))
+
+
+def test_conv_tf32_setting_follows_both_pytorch_apis(fp32_precision_restored, monkeypatch):
+    from unet_fast._utils import conv_allows_tf32
+    from unet_fast.backends.triton_backend import utils as tutils
+
+    b = torch.backends
+    for legacy in (True, False):
+        b.cudnn.allow_tf32 = legacy
+        assert conv_allows_tf32() is legacy
+    # the new API, mixed with the legacy one: PyTorch's own legacy getter raises here
+    b.cudnn.rnn.fp32_precision = "tf32"
+    b.cudnn.conv.fp32_precision = "ieee"
+    with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
+        b.cudnn.allow_tf32
+    assert conv_allows_tf32() is False
+    monkeypatch.setattr(tutils, "INTERPRET", False)  # what a GPU run would ask
+    assert tutils.dot_precision(torch.float32) == "ieee"
+    b.cudnn.conv.fp32_precision = "tf32"
+    assert conv_allows_tf32() is True and tutils.dot_precision(torch.float32) == "tf32"
+    assert tutils.dot_precision(torch.bfloat16) == "ieee"
+    b.cudnn.conv.fp32_precision = "none"  # defers to cuDNN's, then the global setting
+    b.cudnn.fp32_precision = "tf32"
+    assert conv_allows_tf32() is True
+    b.cudnn.fp32_precision = "none"
+    assert conv_allows_tf32() is False

@@ -71,3 +71,33 @@ def test_nan_propagates_like_pytorch(backend):
     (gs,) = torch.autograd.grad(uf.ops.max_pool2x2(xs, backend=backend), xs, g)
     (gr,) = torch.autograd.grad(uf.ops.max_pool2x2(xr, backend="torch"), xr, g)
     assert torch.equal(gs, gr)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_backward_runs_nhwc_for_an_nchw_caller(backend):
+    """The model runs NHWC inside and hands an NCHW caller an NCHW output; the gradient of that
+    output must re-enter the network NHWC, so every backward kernel gets the layout it is built for."""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class GradFormats(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.name()
+            if name.startswith(("unet_fast::_", "unet_fast_triton::_")) and ("backward" in name or "grad" in name):
+                self.seen.append((name, uf._utils.memory_format_of(args[0])))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = uf.UNet(3, 2, base_channels=8, depth=2, padding="same", backend=backend)
+    x = torch.randn(2, 3, 16, 16)
+    y = model(x)
+    assert y.is_contiguous()  # NCHW in, NCHW out
+    with GradFormats() as mode:
+        y.backward(torch.randn_like(y))
+    assert mode.seen, "no backward op of ours ran"
+    assert all(fmt == torch.channels_last for _, fmt in mode.seen), mode.seen

@@ -19,3 +19,17 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def conv_allows_tf32() -> bool:
+    """Whether float32 convolutions may run on TF32 tensor cores, decided as PyTorch decides it for
+    its cuDNN convolutions: the conv precision of the fp32_precision API, else cuDNN's, else the
+    global one ("none" defers to the next); the legacy torch.backends.cudnn.allow_tf32 = X sets
+    the conv precision to "tf32"/"none". (Reading the legacy flag itself raises once the two APIs
+    have been mixed, so it is never read.)"""
+    backends = torch.backends
+    for precision in (backends.cudnn.conv.fp32_precision, backends.cudnn.fp32_precision,
+                      backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False

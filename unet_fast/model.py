@@ -125,7 +125,23 @@ class UNet(nn.Module):
         for i, (block, skip) in enumerate(zip(self.up, reversed(skips))):
             x = self._step(lambda t, s, i=i, b=block: self._up(i, b, t, s), x, skip)
         x = self._op("head", "conv1x1", x, self.head.weight, self.head.bias)
-        return x if x.is_contiguous(memory_format=fmt) else x.contiguous(memory_format=fmt)
+        return x if x.is_contiguous(memory_format=fmt) else _InCallersFormat.apply(x, fmt)
+
+
+class _InCallersFormat(torch.autograd.Function):
+    """The output in the caller's memory format, and its gradient back in the layout the network
+    ran in. (With a plain .contiguous() the NCHW gradient of an NCHW caller would reach every
+    backward kernel of the decoder, which are built for NHWC: one copy of the small head gradient
+    here instead of a slow path or a conversion in each of them.)"""
+
+    @staticmethod
+    def forward(ctx, x, fmt):
+        ctx.inner = memory_format_of(x)
+        return x.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.inner), None
 
 
 def _strip_wrapper_prefixes(state_dict, prefix, *args):

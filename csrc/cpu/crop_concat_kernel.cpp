@@ -46,8 +46,9 @@ at::Tensor crop_concat_backward_cpu(const at::Tensor& grad, int64_t skip_channel
                                     int64_t skip_w) {
   check_crop_concat_backward(grad, skip_channels, skip_h, skip_w);
   const int64_t H = grad.size(2), W = grad.size(3);
-  at::Tensor gs = at::zeros({grad.size(0), skip_channels, skip_h, skip_w},
-                            grad.options().memory_format(format_of(grad)));
+  // (at::zeros drops a memory format given in its options: allocate in the format, then zero)
+  at::Tensor gs =
+      at::empty({grad.size(0), skip_channels, skip_h, skip_w}, grad.options(), format_of(grad)).zero_();
   const int64_t top = (skip_h - H) / 2, left = (skip_w - W) / 2;
   // Write the window of gs: a view of gs offset by (top, left), filled from grad's first channels.
   at::Tensor window = gs.narrow(2, top, H).narrow(3, left, W);

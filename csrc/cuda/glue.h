@@ -130,8 +130,9 @@ struct CudaGlue {
       GemmLaunch l;
       l.args = a;
       l.dtype = dtype_of(dtype);
-      // float32 follows PyTorch's cuDNN flag (torch.backends.cudnn.allow_tf32), as its convs do
-      l.tf32 = dtype == at::kFloat && at::globalContext().allowTF32CuDNN();
+      // float32 follows PyTorch's TF32 setting for cuDNN convolutions, as its convs do (asking for
+      // CONV: the op-less query raises once the legacy and fp32_precision APIs have been mixed)
+      l.tf32 = dtype == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
       l.ws = ws.defined() ? ws.data_ptr<float>() : nullptr;
       l.ws_bias = wsb.defined() ? wsb.data_ptr<float>() : nullptr;
       l.num_sms = Dev::num_sms();

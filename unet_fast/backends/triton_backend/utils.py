@@ -15,7 +15,7 @@ import os
 import torch
 import triton
 
-from unet_fast._utils import is_channels_last, memory_format_of  # noqa: F401  (the one rule)
+from unet_fast._utils import conv_allows_tf32, is_channels_last, memory_format_of  # noqa: F401
 
 # The interpreter runs kernels on CPU tensors through NumPy; it is fixed at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -38,11 +38,11 @@ def nhwc_strides(t: torch.Tensor):
 
 # ---------------------------------------------------------------- precision
 def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: float32 follows torch.backends.cudnn.allow_tf32 (all our ops are
-    convolutions, which PyTorch runs through cuDNN); the interpreter only knows "ieee"."""
+    """tl.dot input precision: float32 follows PyTorch's TF32 setting for cuDNN convolutions (all
+    our ops are convolutions; unet_fast._utils.conv_allows_tf32); the interpreter knows only "ieee"."""
     if INTERPRET or dtype != torch.float32:
         return "ieee"
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return "tf32" if conv_allows_tf32() else "ieee"
 
 
 def dot_in_fp32(dtype: torch.dtype) -> bool:
