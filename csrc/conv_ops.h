@@ -201,7 +201,7 @@ struct ConvOps {
     } else {
       dw = at::empty({0}, x.options());
       // Bias without weight gradient (a frozen weight): a plain masked reduction.
-      db = mask[2] ? (grad_ * (y_ > 0)).sum({0, 2, 3}) : at::empty({0}, x.options());
+      db = mask[2] ? grad_.masked_fill(y_ <= 0, 0).sum({0, 2, 3}) : at::empty({0}, x.options());
     }
     return {dx, dw, db};
   }

@@ -268,7 +268,8 @@ struct Conv3x3Fprop {
   UF_HD int mpool_rows() const { return mpool; }
 };
 
-// The ReLU-masked gradient g * (y > 0) at one pixel offset: V elements.
+// The ReLU-masked gradient at one pixel offset: V elements. As PyTorch's threshold_backward,
+// g is zeroed where y <= 0 and passed where y > 0 or y is NaN.
 template <class T>
 UF_HD void load_masked_run(const T* g, const T* y, int64_t go, int64_t yo, bool vec, int count,
                            T* dst) {
@@ -280,11 +281,11 @@ UF_HD void load_masked_run(const T* g, const T* y, int64_t go, int64_t yo, bool 
     copy_run(gv, g + go);
     copy_run(yv, y + yo);
 #pragma unroll
-    for (int i = 0; i < V; ++i) dst[i] = Num<T>::to(yv[i]) > 0 ? gv[i] : Num<T>::zero();
+    for (int i = 0; i < V; ++i) dst[i] = Num<T>::to(yv[i]) <= 0 ? Num<T>::zero() : gv[i];
     return;
   }
   for (int i = 0; i < V; ++i)
-    dst[i] = (i < count && Num<T>::to(y[yo + i]) > 0) ? g[go + i] : Num<T>::zero();
+    dst[i] = (i < count && !(Num<T>::to(y[yo + i]) <= 0)) ? g[go + i] : Num<T>::zero();
 }
 
 // Input gradient of conv3x3 + ReLU. M = N*H*W input pixels, N = C_in, K = 9*C_out with
@@ -359,7 +360,7 @@ struct Conv3x3Dgrad {
         const int oh = h + a.pad - r, ow = w + a.pad - s;
         if (oh >= 0 && oh < a.hout && ow >= 0 && ow < a.wout) {
           const int64_t yo = n * a.ysN + oh * a.ysH + ow * a.ysW + o;
-          if (Num<T>::to(y[yo]) > 0) v = g[n * a.gsN + oh * a.gsH + ow * a.gsW + o];
+          if (!(Num<T>::to(y[yo]) <= 0)) v = g[n * a.gsN + oh * a.gsH + ow * a.gsW + o];
         }
       }
       dst[i] = v;

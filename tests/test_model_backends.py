@@ -71,6 +71,21 @@ def test_nan_propagates_like_pytorch(backend):
     (gs,) = torch.autograd.grad(uf.ops.max_pool2x2(xs, backend=backend), xs, g)
     (gr,) = torch.autograd.grad(uf.ops.max_pool2x2(xr, backend="torch"), xr, g)
     assert torch.equal(gs, gr)
+    # ReLU's gradient where y is NaN passes, as threshold_backward's (zero only where y <= 0)
+    for op in ("conv3x3_relu", "conv3x3_relu_pool"):
+        def grads(bk, dtype):
+            leaves = [t.to(dtype).requires_grad_() for t in (x, w, b)]
+            outs = getattr(uf.ops, op)(*leaves, backend=bk)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            loss = sum((o * torch.linspace(-1, 1, o.numel(), device=DEVICE, dtype=dtype).view_as(o)).sum()
+                       for o in outs)
+            return torch.autograd.grad(loss, leaves)
+        for name, ours, ref in zip(("dx", "dw", "db"), grads(backend, torch.float32),
+                                   grads("torch", torch.float64)):
+            assert torch.equal(ours.isnan(), ref.isnan()), (op, name)
+            ok = ~ref.isnan()
+            scale = ref[ok].abs().max().item()
+            assert (ours[ok].double() - ref[ok]).abs().max().item() <= 1e-5 * scale, (op, name)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

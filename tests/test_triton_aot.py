@@ -1,10 +1,12 @@
 """Ahead-of-time compilation of the Triton kernels for sm_90 and sm_80, without a GPU.
 
 Runs tools/triton_aot.py --subset (every kernel variant the backend launches, one autotune config,
-bf16, both targets) in a subprocess without TRITON_INTERPRET: catches GPU-only compile errors the
-interpreter cannot see, and checks in the PTX that the GEMM kernels use the tensor cores (wgmma on
-sm_90, mma.sync on sm_80). `python tools/triton_aot.py` compiles every config and dtype and writes
-docs/triton_kernels.md; the last test checks that the committed table has no failure.
+its first dtype -- and fp32 with the runtime specialization --, both targets, every integer
+specialization: `base`, `runtime` and `runtime NCHW`) in a subprocess without TRITON_INTERPRET:
+catches GPU-only compile errors the interpreter cannot see, and checks in the PTX that the GEMM
+kernels use the tensor cores (wgmma on sm_90, mma.sync on sm_80). `python tools/triton_aot.py`
+compiles every config and dtype and writes docs/triton_kernels.md; the last test checks that the
+committed table has no failure and covers the runtime specializations.
 """
 from __future__ import annotations
 
@@ -37,15 +39,72 @@ def test_aot_compiles_every_kernel_for_sm90_and_sm80():
     assert gemm_80 and all("mma=mma" in ln for ln in gemm_80), "\n".join(gemm_80)
     for ln in lines:
         assert "spill=0" in ln, f"register spills: {ln}"
+    # the specializations Triton gives real launches compile too: NHWC with the U-Net's
+    # divisibilities, and NCHW (channel stride not 1) for the convolution's forward and dgrad
+    for spec in ("<base>", "<runtime>", "<runtime NCHW>"):
+        assert any(spec in ln for ln in lines), spec
+    for variant in ("[conv3x3_relu fwd]", "[conv3x3_relu_pool fwd]", "[conv3x3 dgrad (ReLU mask)]",
+                    "[conv3x3 wgrad + dbias (ReLU mask)]"):
+        for spec in ("<runtime>", "<runtime NCHW>"):
+            for arch in ("sm_90", "sm_80"):
+                assert any(variant in ln and spec in ln and arch in ln for ln in lines), \
+                    (variant, spec, arch)
+    for variant in ("[conv_transpose2x2 fwd (into concat slice)]", "[conv_transpose2x2 dgrad]",
+                    "[conv_transpose2x2 wgrad + dbias]", "[conv1x1 fwd]", "[conv1x1 wgrad + dbias]",
+                    "[conv3x3_relu_pool fwd]"):
+        assert any(variant in ln and "<runtime>" in ln and " fp32 " in ln for ln in lines), variant
+
+
+def _table_rows():
+    """The committed table's rows as dicts keyed by its header's column names."""
+    text = open(TABLE).read()
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    assert header[0] == "kernel", header
+    return [dict(zip(header, (c.strip() for c in ln.strip().strip("|").split("|"))))
+            for ln in lines[1:]]
 
 
 def test_committed_table_is_clean():
     assert os.path.exists(TABLE), "run `python tools/triton_aot.py` to write docs/triton_kernels.md"
-    text = open(TABLE).read()
-    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| kernel")]
+    rows = _table_rows()
     assert rows
-    assert all(ln.rstrip().endswith("| ok |") for ln in rows), \
-        "\n".join(ln for ln in rows if not ln.rstrip().endswith("| ok |"))
-    kernels = {ln.split("|")[1].strip() for ln in rows}
+    bad = [r for r in rows if r["status"] != "ok" or r["spill"] != "0"]
+    assert not bad, "\n".join(str(r) for r in bad)
+    kernels = {r["kernel"] for r in rows}
     assert {"igemm_fwd_kernel", "igemm_wgrad_kernel", "_max_pool2x2_forward_kernel",
             "_max_pool2x2_backward_kernel", "_crop_copy_kernel"} <= kernels
+
+
+def test_committed_table_covers_runtime_specializations():
+    """Rows for the code that actually runs: the runtime specialization (NHWC) of every kernel,
+    NCHW for the convolution's forward, fused pool, dgrad and wgrad in every dtype, and fp32 for
+    the transposed conv, the 1x1 conv and the fused pool -- all compiled, none spilling, every
+    autotune config of the dtype's list for both targets."""
+    rows = _table_rows()
+    have = {(r["kernel"], r["variant"], r["spec"], r["dtype"], r["arch"]) for r in rows}
+    configs = {}
+    for r in rows:
+        configs.setdefault((r["variant"], r["spec"], r["dtype"], r["arch"]), set()).add(r["config"])
+    assert {r["spec"] for r in rows} == {"base", "runtime", "runtime NCHW"}
+    for kernel in {r["kernel"] for r in rows}:
+        assert any(k == kernel and spec == "runtime" for k, _, spec, _, _ in have), kernel
+    fwd = "igemm_fwd_kernel"
+    for variant in ("conv3x3_relu fwd", "conv3x3_relu_pool fwd", "conv3x3 dgrad (ReLU mask)"):
+        for spec in ("runtime", "runtime NCHW"):
+            for dtype in ("bf16", "fp16", "fp32"):
+                for arch in ("sm_90", "sm_80"):
+                    assert (fwd, variant, spec, dtype, arch) in have, (variant, spec, dtype, arch)
+                    # as many configs as the base rows of the same dtype
+                    assert configs[(variant, spec, dtype, arch)] == \
+                        configs[(variant, "base", dtype, arch)], (variant, spec, dtype, arch)
+    for kernel, variant in ((fwd, "conv_transpose2x2 fwd (into concat slice)"),
+                            (fwd, "conv_transpose2x2 dgrad"),
+                            ("igemm_wgrad_kernel", "conv_transpose2x2 wgrad + dbias"),
+                            (fwd, "conv1x1 fwd"),
+                            ("igemm_wgrad_kernel", "conv1x1 wgrad + dbias"),
+                            (fwd, "conv3x3_relu_pool fwd"),
+                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias (ReLU mask)")):
+        for spec in ("base", "runtime"):
+            for arch in ("sm_90", "sm_80"):
+                assert (kernel, variant, spec, "fp32", arch) in have, (variant, spec, arch)

@@ -460,3 +460,48 @@ def test_autotune_keys_are_dimensions():
                  t_pool._max_pool2x2_backward_kernel, t_crop._crop_copy_kernel):
         assert kern.keys and not any(k.endswith("_ptr") or "_s" in k for k in kern.keys), kern.keys
     assert t_utils.on_device(torch.empty(1)).__class__.__name__ == "nullcontext"
+
+
+def test_autotune_keys_separate_layouts_and_sizes(monkeypatch):
+    """NCHW and channels_last inputs of one shape get separate autotune entries in every kernel
+    (LAYOUT key), and so do element-wise maps with one channel count but sizes far apart
+    (P_BUCKET key): whichever came first must not pick the config for the other. The interpreter
+    has one config per kernel, where Triton keys nothing; two identical configs and a pruning to
+    the first make it key its cache without timing anything."""
+    import triton
+    from unet_fast.backends.triton_backend import igemm
+    kernels = {"fwd": igemm.igemm_fwd_kernel, "wgrad": igemm.igemm_wgrad_kernel,
+               "pool": t_pool._max_pool2x2_forward_kernel,
+               "pool_bwd": t_pool._max_pool2x2_backward_kernel, "crop": t_crop._crop_copy_kernel}
+    for k in kernels.values():
+        c = k.configs[0]
+        twin = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages)
+        monkeypatch.setattr(k, "configs", [c, twin])
+        monkeypatch.setattr(k, "early_config_prune", lambda configs, nargs, **kw: configs[:1])
+        monkeypatch.setattr(k, "cache", {})
+
+    def layout_values(k):
+        return sorted(key[k.keys.index("LAYOUT")] for key in k.cache)
+
+    w, b = make((8, 8, 3, 3)), make((8,))
+    for layout in ("nchw", "channels_last"):
+        x = make((1, 8, 6, 6), layout).requires_grad_()
+        wr = w.clone().requires_grad_()
+        y = uf.ops.conv3x3_relu(x, wr, b, 1, backend="triton")
+        y.backward(make(tuple(y.shape), layout))
+        uf.ops.max_pool2x2(x.detach().requires_grad_(), backend="triton").backward(
+            make((1, 8, 3, 3), layout))
+        uf.ops.crop_concat(make((1, 8, 8, 8), layout), make((1, 8, 6, 6), layout),
+                           backend="triton")
+    # forward and dgrad share the fwd kernel but differ in SIGN/MASK_A: two keys per layout
+    assert layout_values(kernels["fwd"]) == [0, 0, 15, 15], list(kernels["fwd"].cache)
+    assert layout_values(kernels["wgrad"]) == [0, 7], list(kernels["wgrad"].cache)
+    assert layout_values(kernels["pool"]) == [0, 3], list(kernels["pool"].cache)
+    assert layout_values(kernels["pool_bwd"]) == [0, 15], list(kernels["pool_bwd"].cache)
+    assert layout_values(kernels["crop"]) == [0, 3], list(kernels["crop"].cache)
+
+    pool = kernels["pool"]
+    pool.cache.clear()
+    for hw in (4, 64):  # same channels and layout, pixel counts 4 and 1024
+        uf.ops.max_pool2x2(make((1, 8, hw, hw)), backend="triton")
+    assert len(pool.cache) == 2 and len({key[pool.keys.index("C")] for key in pool.cache}) == 1

@@ -2,19 +2,39 @@
 """Ahead-of-time compile every Triton kernel of unet_fast with every autotune config, no GPU needed.
 
 For each kernel variant (the constexpr combinations the backend launches), each autotune config,
-each dtype and each target (sm_90 Hopper, sm_80 Ampere) this runs `triton.compile` with an explicit
-`GPUTarget`, then reads
+each dtype, each target (sm_90 Hopper, sm_80 Ampere) and each specialization of the integer
+arguments (below) this runs `triton.compile` with an explicit `GPUTarget`, then reads
 - the PTX: the GEMM kernels in bf16/fp16 must use the tensor cores -- `wgmma.mma_async` on sm_90,
   `mma.sync` on sm_80 -- or the run fails;
 - the cubin (cuobjdump from Triton's wheel): registers, local memory (spills) per thread;
 - the metadata: shared memory per block, which must fit the target (227 KiB on sm_90, 163 KiB on
   sm_80; a config over that is reported, and autotuning skips it there at run time).
 
+Specializations (the table's `spec` column). At launch Triton specializes every integer argument
+that is not in the kernel's `do_not_specialize`: a value of 1 becomes a compile-time constant, a
+multiple of 16 is marked divisible by 16 (pointers too, by address), which changes the code
+(16-byte vector loads and stores, cp.async tiles). So one kernel variant compiles to different
+binaries for different shapes and layouts:
+- `base`: the historical ahead-of-time signature, the same for every variant: pointers and the
+  n/h/w strides divisible by 16, channel strides the constant 1 (NHWC), every other integer plain.
+- `runtime`: what the launcher gives Triton for the default U-Net (`UNet()`: 1 input channel,
+  2 classes, 64..1024 channels, 572x572 valid input) on channels_last data: every specializable
+  integer divisible by 16 except where those shapes make it 1 (channel strides, CO_UP outside
+  the transposed conv, the first layer's single input channel) or not a multiple of 16 (the
+  first layer's and the 2-class head's channel counts and strides). Each variant lists these.
+- `runtime NCHW`: the same on NCHW data: w strides 1, channel strides (H*W) and h strides (W,
+  e.g. 570) not multiples of 16, n strides (C*H*W) are.
+
 Writes a markdown table (default docs/triton_kernels.md). Must run without TRITON_INTERPRET (the
 interpreter replaces the kernels); it removes it from its own environment before importing.
 
     python tools/triton_aot.py                 # everything, writes docs/triton_kernels.md
-    python tools/triton_aot.py --subset        # one config per variant, bf16 (the test's check)
+    python tools/triton_aot.py --subset        # one config per variant and spec (the test's check)
+    /path/to/triton-3.6-venv/bin/python tools/triton_aot.py \
+        --out docs/triton_kernels_triton36.md --note "the GPU machines' version"
+
+A full run compiles about a thousand kernels: ~20 minutes on 2 cores the first time, seconds once
+Triton's cache (~/.triton/cache) holds them.
 """
 from __future__ import annotations
 
@@ -34,53 +54,82 @@ SMEM_LIMIT = {90: 232448, 80: 166912}   # opt-in shared memory per block, bytes
 _TT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 _STRIDE_C = re.compile(r"^[a-z]+_sc$")      # channel strides: 1 on NHWC data
 _STRIDE_NHW = re.compile(r"^[a-z]+_s[nhw]$")
+SPECS = ("base", "runtime", "runtime NCHW")  # see the module docstring
+_BASE = ("base", "runtime")
+_ALL = SPECS
+ALL_DTYPES = ("bf16", "fp16", "fp32")
 
 
 def _variants():
-    """(kernel attribute path, label, constexprs, is_gemm, dtypes) of every launch the backend
-    makes. Imported lazily so that worker processes import triton without the interpreter."""
+    """(kernel attribute path, label, constexprs, is_gemm, dtypes, specs, rt) of every launch the
+    backend makes. `specs`: the specializations to compile (SPECS); `rt`: for the runtime ones,
+    dict(one=..., odd=...) -- the integer arguments the default U-Net's shapes make 1, or not a
+    multiple of 16 (every other specializable one is). Imported lazily so that worker processes
+    import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, MASK_A=False, HAS_BIAS=True, RELU=True, POOL=False,
                 UPSCATTER=False, FLAT_K=False, DOT_F32=False)
     conv = dict(base, KS=3)
+    dgrad = dict(conv, SIGN=-1, MASK_A=True, HAS_BIAS=False, RELU=False)
+    # the default U-Net's first layer: x has one channel (CA = 1, w stride 1, h stride 572)
+    first = dict(one=("CA", "a_sw", "mk_sw"), odd=("a_sh", "mk_sh"))
+    # its head: 2 classes, so the head's output (and its gradient) has n/h/w strides
+    # 2*388*388 (a multiple of 16), 2*388 and 2 (not), and N_GEMM / CA = 2
+    head_out = dict(odd=("N_GEMM", "o_sh", "o_sw", "q_sh", "q_sw"))
+    head_dgrad = dict(odd=("CA", "a_sh", "a_sw", "mk_sh", "mk_sw"))
     fwd = [
-        ("conv3x3_relu fwd", conv, ("bf16", "fp16", "fp32")),
-        ("conv3x3_relu fwd, valid (PAD=0)", dict(conv, PAD=0), ("bf16",)),
-        ("conv3x3_relu fwd, TF32 off (IEEE fp32)", dict(conv, PRECISION="ieee"), ("fp32",)),
-        ("conv3x3_relu_pool fwd", dict(conv, POOL=True), ("bf16", "fp16")),
-        ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",)),
-        ("conv3x3 dgrad (ReLU mask)", dict(conv, SIGN=-1, MASK_A=True, HAS_BIAS=False,
-                                            RELU=False), ("bf16", "fp16", "fp32")),
-        ("conv3x3 dgrad (ReLU mask), TF32 off (IEEE fp32)",
-         dict(conv, SIGN=-1, MASK_A=True, HAS_BIAS=False, RELU=False, PRECISION="ieee"), ("fp32",)),
-        ("conv3x3 dgrad (pool variant, no mask)", dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False),
-         ("bf16",)),
-        ("conv1x1 fwd", dict(base, KS=1, PAD=0, RELU=False), ("bf16", "fp16")),
+        ("conv3x3_relu fwd", conv, ALL_DTYPES, _ALL, {}),
+        ("conv3x3_relu fwd, valid (PAD=0)", dict(conv, PAD=0), ("bf16",), _BASE, {}),
+        ("conv3x3_relu fwd, TF32 off (IEEE fp32)", dict(conv, PRECISION="ieee"), ("fp32",),
+         _ALL, {}),
+        ("conv3x3_relu_pool fwd", dict(conv, POOL=True), ALL_DTYPES, _ALL, {}),
+        ("conv3x3_relu_pool fwd, valid (PAD=0)", dict(conv, POOL=True, PAD=0), ("bf16",), _BASE,
+         {}),
+        ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",),
+         _BASE, first),
+        ("conv3x3 dgrad (ReLU mask)", dgrad, ALL_DTYPES, _ALL, {}),
+        ("conv3x3 dgrad (ReLU mask), valid (PAD=0)", dict(dgrad, PAD=0), ("bf16",), _BASE, {}),
+        ("conv3x3 dgrad (ReLU mask), TF32 off (IEEE fp32)", dict(dgrad, PRECISION="ieee"),
+         ("fp32",), _ALL, {}),
+        ("conv3x3 dgrad (pool variant, no mask)", dict(dgrad, MASK_A=False), ("bf16",), _ALL, {}),
+        ("conv1x1 fwd", dict(base, KS=1, PAD=0, RELU=False), ALL_DTYPES, _BASE, head_out),
         ("conv1x1 dgrad (2-class head: C_in not a multiple of 64)",
-         dict(base, KS=1, PAD=0, RELU=False, HAS_BIAS=False, FLAT_K=True), ("bf16",)),
+         dict(base, KS=1, PAD=0, RELU=False, HAS_BIAS=False, FLAT_K=True), ("bf16", "fp32"),
+         _BASE, head_dgrad),
         ("conv_transpose2x2 fwd (into concat slice)", dict(base, KS=1, PAD=0, RELU=False,
-                                                            UPSCATTER=True), ("bf16", "fp16")),
+                                                            UPSCATTER=True), ALL_DTYPES, _ALL, {}),
         ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False,
-                                         HAS_BIAS=False), ("bf16", "fp16")),
+                                         HAS_BIAS=False), ALL_DTYPES, _ALL, {}),
     ]
     wg = dict(STRIDE=1, PAD=1, SIGN=1, MASK_B=True, DBIAS=1, DOT_F32=False)
     wgrad = [
-        ("conv3x3 wgrad + dbias (ReLU mask)", dict(wg, KS=3), ("bf16", "fp16", "fp32")),
+        ("conv3x3 wgrad + dbias (ReLU mask)", dict(wg, KS=3), ALL_DTYPES, _ALL, {}),
+        ("conv3x3 wgrad + dbias (ReLU mask), valid (PAD=0)", dict(wg, KS=3, PAD=0), ("bf16",),
+         _BASE, {}),
+        ("conv3x3 wgrad + dbias (ReLU mask), first layer (C_in = 1)", dict(wg, KS=3, PAD=0),
+         ("bf16", "fp32"), ("runtime",), dict(one=("CA", "a_sw"), odd=("a_sh",))),
         ("conv3x3 wgrad + dbias (ReLU mask), TF32 off (IEEE fp32)",
-         dict(wg, KS=3, PRECISION="ieee"), ("fp32",)),
-        ("conv3x3 wgrad + dbias (pool variant)", dict(wg, KS=3, MASK_B=False), ("bf16",)),
-        ("conv1x1 wgrad + dbias", dict(wg, KS=1, PAD=0, MASK_B=False), ("bf16",)),
+         dict(wg, KS=3, PRECISION="ieee"), ("fp32",), _ALL, {}),
+        ("conv3x3 wgrad + dbias (pool variant)", dict(wg, KS=3, MASK_B=False), ("bf16",), _ALL, {}),
+        ("conv1x1 wgrad + dbias", dict(wg, KS=1, PAD=0, MASK_B=False), ALL_DTYPES, _BASE,
+         dict(odd=("N_GEMM", "b_sh", "b_sw", "mb_sh", "mb_sw"))),
         ("conv_transpose2x2 wgrad + dbias", dict(wg, KS=2, STRIDE=2, PAD=0, MASK_B=False,
-                                                 DBIAS=2), ("bf16", "fp16")),
+                                                 DBIAS=2), ALL_DTYPES, _ALL, {}),
     ]
-    out = [("igemm.igemm_fwd_kernel", label, c, True, d) for label, c, d in fwd]
-    out += [("igemm.igemm_wgrad_kernel", label, c, True, d) for label, c, d in wgrad]
+    out = []
+    for label, c, d, specs, rt in fwd:
+        if not c["UPSCATTER"]:  # CO_UP = max(up_channels, 1) = 1: Triton's constant 1
+            rt = dict(rt, one=tuple(rt.get("one", ())) + ("CO_UP",))
+        out.append(("igemm.igemm_fwd_kernel", label, c, True, d, specs, rt))
+    out += [("igemm.igemm_wgrad_kernel", label, c, True, d, specs, rt)
+            for label, c, d, specs, rt in wgrad]
     out += [
-        ("max_pool._max_pool2x2_forward_kernel", "max_pool2x2 fwd", {}, False, ("bf16",)),
+        ("max_pool._max_pool2x2_forward_kernel", "max_pool2x2 fwd", {}, False, ("bf16",), _ALL,
+         {}),
         ("max_pool._max_pool2x2_backward_kernel", "max_pool2x2 bwd",
-         dict(ADD_DY=False, RELU_MASK=False), False, ("bf16",)),
+         dict(ADD_DY=False, RELU_MASK=False), False, ("bf16",), _ALL, {}),
         ("max_pool._max_pool2x2_backward_kernel", "conv+pool bwd (skip grad + ReLU mask)",
-         dict(ADD_DY=True, RELU_MASK=True), False, ("bf16",)),
-        ("crop_concat._crop_copy_kernel", "crop copy / pad", {}, False, ("bf16",)),
+         dict(ADD_DY=True, RELU_MASK=True), False, ("bf16",), _ALL, {}),
+        ("crop_concat._crop_copy_kernel", "crop copy / pad", {}, False, ("bf16",), _ALL, {}),
     ]
     return out
 
@@ -107,9 +156,30 @@ def _precision(dtype):
     return "tf32" if dtype == "fp32" else "ieee"
 
 
+def _int_spec(name, spec, rt, nospec):
+    """How an integer argument is specialized under `spec`: "one" (Triton's constant 1), "div16"
+    (tt.divisibility 16) or "" (a plain i32)."""
+    if spec == "base":
+        if _STRIDE_C.match(name):
+            return "one"
+        return "div16" if _STRIDE_NHW.match(name) else ""
+    if name in nospec:           # do_not_specialize: Triton leaves it alone at run time
+        return ""
+    if name in rt.get("one", ()):
+        return "one"
+    if name in rt.get("odd", ()):
+        return ""
+    if spec == "runtime NCHW" and (_STRIDE_C.match(name) or _STRIDE_NHW.match(name)):
+        # (n, c, h, w) strides (C*H*W, H*W, W, 1): n divisible, c and h not in general
+        return {"w": "one", "n": "div16"}.get(name[-1], "")
+    if _STRIDE_C.match(name):    # NHWC: channel stride 1
+        return "one"
+    return "div16"
+
+
 def compile_one(job):
-    """Compile one (variant, config, dtype, arch); returns a result row (dict)."""
-    path, label, consts, is_gemm, dtype, cfg_index, arch = job
+    """Compile one (variant, config, dtype, arch, spec); returns a result row (dict)."""
+    path, label, consts, is_gemm, dtype, cfg_index, arch, spec, rt = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -121,24 +191,28 @@ def compile_one(job):
     constexprs.update(cfg.kwargs)
     if "PRECISION" in fn.arg_names and "PRECISION" not in constexprs:
         constexprs["PRECISION"] = _precision(dtype)   # tf32 for fp32 unless the variant says
+    nospec = {p.name for p in fn.params if p.do_not_specialize}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
-        elif _STRIDE_C.match(name):
-            signature[name] = "constexpr"
-            constexprs[name] = 1
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in ("r_ptr", "db_ptr") else "*" + _TT[dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[name] = "i32"
-            if _STRIDE_NHW.match(name):
-                attrs[(i,)] = [["tt.divisibility", 16]]
+            how = _int_spec(name, spec, rt, nospec)
+            if how == "one":
+                signature[name] = "constexpr"
+                constexprs[name] = 1
+            else:
+                signature[name] = "i32"
+                if how == "div16":
+                    attrs[(i,)] = [["tt.divisibility", 16]]
     cfg_text = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
     cfg_text += f", warps={cfg.num_warps}, stages={cfg.num_stages}"
-    row = dict(kernel=fn.__name__, variant=label, dtype=dtype, arch=f"sm_{arch}", config=cfg_text,
-               ok=False, error="", regs="", spill="", smem="", mma="", seconds=0.0)
+    row = dict(kernel=fn.__name__, variant=label, spec=spec, dtype=dtype, arch=f"sm_{arch}",
+               config=cfg_text, ok=False, error="", regs="", spill="", smem="", mma="",
+               seconds=0.0)
     t0 = time.time()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -192,33 +266,86 @@ _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def jobs(subset: bool):
+    """Every (variant, dtype, config, arch, spec). With `subset`, one config per variant, spec
+    and dtype, and only the first dtype -- plus fp32 for the `runtime` spec where a 16-bit dtype
+    comes first (fp32 tiles are twice the bytes: the likeliest to spill)."""
     import torch
     out = []
-    for path, label, consts, is_gemm, dtypes in _variants():
+    for path, label, consts, is_gemm, dtypes, specs, rt in _variants():
         configs = _kernel(path).configs
         utils = sys.modules[_PKG + ".utils"]
-        for dtype in (dtypes[:1] if subset else dtypes):
+        for dtype in dtypes:
             tdt = getattr(torch, _TORCH_DTYPE[dtype])
             cfgs = [i for i, c in enumerate(configs) if not is_gemm or utils.config_for_dtype(c, tdt)]
-            for ci in (cfgs[:1] if subset else cfgs):
-                for arch in ARCHS:
-                    out.append((path, label, consts, is_gemm, dtype, ci, arch))
+            for spec in specs:
+                if subset and dtype != dtypes[0] and not (spec == "runtime" and dtype == "fp32"):
+                    continue
+                for ci in (cfgs[:1] if subset else cfgs):
+                    for arch in ARCHS:
+                        out.append((path, label, consts, is_gemm, dtype, ci, arch, spec, rt))
     return out
 
 
-def write_table(rows, path):
-    rows = sorted(rows, key=lambda r: (r["kernel"], r["variant"], r["dtype"], r["config"], r["arch"]))
+def _passed(r):
+    return r["ok"] and not r.get("problems")
+
+
+def summary(rows):
+    """Lines summing the rows up: passes per spec, spills, largest shared memory per target."""
+    n_ok = sum(1 for r in rows if _passed(r))
+    per_spec = ", ".join(
+        f"{spec}: {sum(1 for r in rows if r['spec'] == spec and _passed(r))}/"
+        f"{sum(1 for r in rows if r['spec'] == spec)}"
+        for spec in SPECS if any(r["spec"] == spec for r in rows))
+    kernels = sorted({r["kernel"] for r in rows})
+    variants = {(r["kernel"], r["variant"]) for r in rows}
+    compiled = [r for r in rows if r["ok"]]
+    spills = [r for r in compiled if r["spill"] not in (0, "0")]
+    lines = [f"{n_ok} of {len(rows)} compilations passed ({per_spec}); {len(kernels)} kernels, "
+             f"{len(variants)} variants."]
+    lines.append("Register spills: " + ("none." if not spills else
+                                         f"{len(spills)} compilations spill (see `spill`)."))
+    for arch in ARCHS:
+        mine = [r for r in compiled if r["arch"] == f"sm_{arch}" and isinstance(r["smem"], int)]
+        if mine:
+            top = max(mine, key=lambda r: r["smem"])
+            lines.append(f"Largest shared memory on sm_{arch}: {top['smem']} bytes of "
+                         f"{SMEM_LIMIT[arch]} ({top['kernel']}, {top['variant']}, {top['spec']}, "
+                         f"{top['dtype']}, {top['config']}).")
+    return lines
+
+
+def write_table(rows, path, note=""):
+    import triton
+    order = {spec: i for i, spec in enumerate(SPECS)}
+    rows = sorted(rows, key=lambda r: (r["kernel"], r["variant"], order[r["spec"]], r["dtype"],
+                                       r["config"], r["arch"]))
+    version = f"Triton {triton.__version__}" + (f", {note}" if note else "")
     lines = [
-        "# Triton kernels: ahead-of-time compilation report",
+        f"# Triton kernels: ahead-of-time compilation report ({version})",
         "",
         "Generated by `python tools/triton_aot.py` (no GPU needed): every kernel variant the triton",
         "backend launches, with every autotune config, compiled for sm_90 (H100/H200) and sm_80 (A100).",
         "`mma`: the tensor-core instruction found in the PTX (`wgmma` = Hopper warpgroup MMA,",
         "`mma` = Ampere mma.sync, `-` = none, expected for the memory-bound kernels).",
         "`regs`: registers per thread; `spill`: local memory bytes per thread (0 = no spills);",
-        "`smem`: shared memory bytes per block. Channel strides are specialized to 1 (NHWC data).",
+        "`smem`: shared memory bytes per block. Channel strides are specialized to 1 (NHWC data)",
+        "except in the `runtime NCHW` rows.",
         "fp32 GEMMs follow `torch.backends.cudnn.allow_tf32`: TF32 tensor cores when allowed (rows",
         "without a label), FMA units for the `TF32 off (IEEE fp32)` rows.",
+        "",
+        "`spec`: how the integer arguments are specialized, which changes the code (vector widths,",
+        "cp.async tiles). `base`: the same signature for every variant (pointers and n/h/w strides",
+        "divisible by 16, channel strides 1, other integers plain). `runtime`: what Triton's",
+        "launcher specializes for the default `UNet()` (1 input channel, 2 classes, 64..1024",
+        "channels, 572x572 valid) on channels_last data: every integer not in the kernel's",
+        "`do_not_specialize` is divisible by 16 (channel counts, GEMM widths, CO_UP, CHUNK, strides)",
+        "except where those shapes make it 1 or not a multiple of 16: CO_UP = 1 outside the",
+        "transposed conv; the first layer's one input channel (the `runtime` rows of `C_in not a",
+        "multiple of 64` and of `first layer (C_in = 1)`); the 2-class head (the conv1x1 rows).",
+        "`runtime NCHW`: the same on NCHW data, where w strides are 1 and channel (H*W) and h (W)",
+        "strides are in general not multiples of 16. Each variant's runtime exceptions are listed",
+        "in `_variants()` of tools/triton_aot.py.",
         "",
         "At run time the autotuner times only the configs `utils.prune_gemm` keeps for a shape: the",
         "dtype's list, those whose shared-memory estimate (an upper bound of the `smem` column) fits",
@@ -226,16 +353,15 @@ def write_table(rows, path):
         "is less than half a wave when smaller tiles would fill the GPU. Each config is timed for",
         "5 + 20 ms instead of Triton's 25 + 100 ms.",
         "",
-        "| kernel | variant | dtype | config | arch | regs | spill | smem | mma | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | variant | spec | dtype | config | arch | regs | spill | smem | mma | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        status = "ok" if r["ok"] and not r.get("problems") else (r.get("problems") or r["error"])
-        lines.append(f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['config']} | "
-                     f"{r['arch']} | {r['regs']} | {r['spill']} | {r['smem']} | {r['mma']} | "
-                     f"{status} |")
-    n_ok = sum(1 for r in rows if r["ok"] and not r.get("problems"))
-    lines += ["", f"{n_ok} of {len(rows)} compilations passed.", ""]
+        status = "ok" if _passed(r) else (r.get("problems") or r["error"])
+        lines.append(f"| {r['kernel']} | {r['variant']} | {r['spec']} | {r['dtype']} | "
+                     f"{r['config']} | {r['arch']} | {r['regs']} | {r['spill']} | {r['smem']} | "
+                     f"{r['mma']} | {status} |")
+    lines += [""] + summary(rows) + [""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -243,11 +369,15 @@ def write_table(rows, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subset", action="store_true",
-                    help="one autotune config and one dtype per variant (a quick check)")
+                    help="one autotune config per variant and spec, first dtype (and fp32 "
+                         "for the runtime spec): the test's quick check")
     ap.add_argument("--out", default=None,
                     help="markdown table to write (default: docs/triton_kernels.md for a full "
                          "run, nothing for --subset)")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--note", default="",
+                    help="added to the table's title after the Triton version (e.g. \"the GPU "
+                         "machines' version\")")
     args = ap.parse_args(argv)
     out = args.out
     if out is None and not args.subset:
@@ -261,15 +391,17 @@ def main(argv=None):
             rows = list(ex.map(compile_one, todo))
     else:
         rows = [compile_one(j) for j in todo]
-    failed = [r for r in rows if not r["ok"] or r.get("problems")]
+    failed = [r for r in rows if not _passed(r)]
     for r in rows:
-        flag = "FAIL" if (not r["ok"] or r.get("problems")) else "ok  "
-        print(f"{flag} {r['arch']} {r['dtype']} {r['kernel']} [{r['variant']}] {r['config']}: "
-              f"regs={r['regs']} spill={r['spill']} smem={r['smem']} mma={r['mma']} "
-              f"{r.get('problems') or r['error']} ({r['seconds']:.1f}s)")
+        flag = "ok  " if _passed(r) else "FAIL"
+        print(f"{flag} {r['arch']} {r['dtype']} {r['kernel']} [{r['variant']}] <{r['spec']}> "
+              f"{r['config']}: regs={r['regs']} spill={r['spill']} smem={r['smem']} "
+              f"mma={r['mma']} {r.get('problems') or r['error']} ({r['seconds']:.1f}s)")
     if out:
-        write_table(rows, out)
+        write_table(rows, out, args.note)
         print(f"wrote {out}")
+    for line in summary(rows):
+        print(line)
     print(f"{len(rows) - len(failed)}/{len(rows)} compilations passed in {time.time() - t0:.0f}s")
     return 1 if failed else 0
 

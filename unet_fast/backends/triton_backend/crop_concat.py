@@ -15,12 +15,16 @@ import triton.language as tl
 from . import utils
 
 
-@triton.autotune(configs=utils.elemwise_configs(), key=["C"], **utils.autotune_options())
-@triton.jit(do_not_specialize=["SH", "SW", "DH", "DW", "NB", "OFF_H", "OFF_W"])
+# Autotune keys: channels, the pixel count's power-of-two bucket and the memory layout (which of
+# source and destination have channel stride 1); the last two are read by no kernel.
+@triton.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"],
+                 **utils.autotune_options())
+@triton.jit(do_not_specialize=["SH", "SW", "DH", "DW", "NB", "OFF_H", "OFF_W", "P_BUCKET",
+                               "LAYOUT"])
 def _crop_copy_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc, SH, SW,
     d_ptr, d_sn, d_sh, d_sw, d_sc, DH, DW,
-    NB, C, OFF_H, OFF_W,
+    NB, C, OFF_H, OFF_W, P_BUCKET, LAYOUT,      # P_BUCKET, LAYOUT: autotune key only
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -43,11 +47,13 @@ def crop_copy(src: torch.Tensor, dst: torch.Tensor, off_h: int, off_w: int) -> N
     """dst[..., h, w] = src[..., h + off_h, w + off_w] (0 outside src); both logical NCHW."""
     nb, c, dh, dw = dst.shape
     sh, sw = src.shape[-2:]
-    grid = lambda meta: (triton.cdiv(nb * dh * dw, meta["BLOCK_P"]),  # noqa: E731
+    pix = nb * dh * dw
+    grid = lambda meta: (triton.cdiv(pix, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
     with utils.on_device(dst):
         _crop_copy_kernel[grid](src, *utils.nhwc_strides(src), sh, sw,
-                                dst, *utils.nhwc_strides(dst), dh, dw, nb, c, off_h, off_w)
+                                dst, *utils.nhwc_strides(dst), dh, dw, nb, c, off_h, off_w,
+                                utils.m_bucket(pix), utils.layout_key(src, dst))
 
 
 def crop_offsets(skip_hw, up_hw):

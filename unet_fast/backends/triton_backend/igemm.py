@@ -32,16 +32,19 @@ import triton.language as tl
 
 from . import utils
 
-# Autotune keys: the GEMM's dimensions (M as a power-of-two bucket) and every constexpr that
-# changes the kernel's work; never pointers or strides. Triton appends the tensors' dtypes.
-_FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "KS", "STRIDE", "PAD", "SIGN", "POOL", "UPSCATTER",
-            "MASK_A", "HAS_BIAS", "FLAT_K", "PRECISION"]
-_WGRAD_KEY = ["CA", "N_GEMM", "K_BUCKET", "KS", "STRIDE", "PAD", "MASK_B", "DBIAS", "PRECISION"]
+# Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
+# which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
+# kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
+_FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL",
+            "UPSCATTER", "MASK_A", "HAS_BIAS", "FLAT_K", "PRECISION"]
+_WGRAD_KEY = ["CA", "N_GEMM", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "MASK_B", "DBIAS",
+              "PRECISION"]
 # Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
 # binary per config for each new combination: sizes that only bound masks or index pixels gain
-# nothing from it. Channel counts and strides stay specialized (16-byte vector loads need them).
-_FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET"]
-_WGRAD_NO_SPEC = ["AH", "AW", "NB", "PH", "PW", "P_TOT", "M_GEMM", "K_BUCKET"]
+# nothing from it, and the key-only arguments (buckets, LAYOUT) are not read by the kernels at all.
+# Channel counts and strides stay specialized (16-byte vector loads need them).
+_FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT"]
+_WGRAD_NO_SPEC = ["AH", "AW", "NB", "PH", "PW", "P_TOT", "M_GEMM", "K_BUCKET", "LAYOUT"]
 
 
 @triton.jit
@@ -63,7 +66,7 @@ def igemm_fwd_kernel(
     bias_ptr,
     out_ptr, o_sn, o_sh, o_sw, o_sc,
     pool_ptr, q_sn, q_sh, q_sw, q_sc,
-    NB, OH, OW, M_GEMM, N_GEMM, CO_UP, M_BUCKET,
+    NB, OH, OW, M_GEMM, N_GEMM, CO_UP, M_BUCKET, LAYOUT,  # M_BUCKET, LAYOUT: autotune key only
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     MASK_A: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     UPSCATTER: tl.constexpr, FLAT_K: tl.constexpr, DOT_F32: tl.constexpr,
@@ -123,7 +126,7 @@ def igemm_fwd_kernel(
             if MASK_A:
                 mk = tl.load(mk_ptr + (mk_base[:, None] + ih * mk_sh + iw * mk_sw
                                        + ca[None, :] * mk_sc), mask=ok, other=0.0)
-                a = tl.where(mk > 0, a, tl.zeros_like(a))
+                a = tl.where(mk <= 0, tl.zeros_like(a), a)  # (a NaN y passes g)
             b = tl.load(w_ptr + offs_k[:, None] * N_GEMM + offs_n[None, :],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
@@ -143,7 +146,7 @@ def igemm_fwd_kernel(
             if MASK_A:
                 mk = tl.load(mk_ptr + ((mk_base + ih * mk_sh + iw * mk_sw)[:, None]
                                        + ca[None, :] * mk_sc), mask=ok[:, None], other=0.0)
-                a = tl.where(mk > 0, a, tl.zeros_like(a))
+                a = tl.where(mk <= 0, tl.zeros_like(a), a)  # (a NaN y passes g)
             b = tl.load(w_ptr + (tap * CA + ca)[:, None] * N_GEMM + offs_n[None, :],
                         mask=n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
@@ -195,7 +198,7 @@ def igemm_wgrad_kernel(
     b_ptr, b_sn, b_sh, b_sw, b_sc,                      # plain columns on the pixel grid
     mb_ptr, mb_sn, mb_sh, mb_sw, mb_sc,                 # ReLU mask of B (MASK_B)
     r_ptr, db_ptr,                                      # fp32 partials (SPLIT, M, N), (SPLIT, M or N)
-    NB, PH, PW, P_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET,
+    NB, PH, PW, P_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # K_BUCKET, LAYOUT: key only
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     MASK_B: tl.constexpr, DBIAS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -238,7 +241,7 @@ def igemm_wgrad_kernel(
         if MASK_B:
             mb_pix = n64 * mb_sn + p * mb_sh + q * mb_sw
             mb = tl.load(mb_ptr + (mb_pix[:, None] + offs_n[None, :] * mb_sc), mask=b_ok, other=0.0)
-            b = tl.where(mb > 0, b, tl.zeros_like(b))
+            b = tl.where(mb <= 0, tl.zeros_like(b), b)  # (a NaN y passes g)
         acc = _dot(acc, a, b, DOT_F32, PRECISION)
         if DBIAS == 1:
             db_n += tl.sum(b.to(tl.float32), axis=0)
@@ -283,6 +286,7 @@ def igemm_fwd(a: torch.Tensor, w_kn: torch.Tensor, out: torch.Tensor, *, grid_hw
             out, *utils.nhwc_strides(out),
             po, *utils.nhwc_strides(po),
             nb, oh, ow, m_gemm, n_gemm, max(up_channels, 1), utils.m_bucket(m_gemm),
+            utils.layout_key(a, mk, out, po),
             KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, MASK_A=mask is not None,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None,
             UPSCATTER=up_channels > 0, FLAT_K=flat_k, DOT_F32=utils.dot_in_fp32(a.dtype),
@@ -322,6 +326,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             mb, *utils.nhwc_strides(mb),
             r, db,
             nb, ph, pw, p_tot, chunk, m_gemm, n_gemm, utils.m_bucket(p_tot),
+            utils.layout_key(a, b, mb),
             KS=ks, STRIDE=stride, PAD=pad, SIGN=1, MASK_B=mask_b is not None, DBIAS=dbias,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )

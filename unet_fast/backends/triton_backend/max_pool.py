@@ -17,12 +17,16 @@ import triton.language as tl
 from . import utils
 
 
-@triton.autotune(configs=utils.elemwise_configs(), key=["C"], **utils.autotune_options())
-@triton.jit(do_not_specialize=["NB", "PH", "PW"])
+# Autotune keys: channels, the pixel count's power-of-two bucket (P_BUCKET) and the memory layout
+# (LAYOUT, utils.layout_key): a 28x28 map and a 572x572 one, or NCHW and NHWC data, want different
+# tiles. Both are read by no kernel (do_not_specialize: no extra compilations).
+@triton.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"],
+                 **utils.autotune_options())
+@triton.jit(do_not_specialize=["NB", "PH", "PW", "P_BUCKET", "LAYOUT"])
 def _max_pool2x2_forward_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc,
     y_ptr, y_sn, y_sh, y_sw, y_sc,
-    NB, PH, PW, C,
+    NB, PH, PW, C, P_BUCKET, LAYOUT,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -45,15 +49,16 @@ def _max_pool2x2_forward_kernel(
     tl.store(y_ptr + out, m, mask=ok)
 
 
-@triton.autotune(configs=utils.elemwise_configs(), key=["C", "ADD_DY", "RELU_MASK"],
+@triton.autotune(configs=utils.elemwise_configs(),
+                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK"],
                  **utils.autotune_options())
-@triton.jit(do_not_specialize=["NB", "H", "W"])
+@triton.jit(do_not_specialize=["NB", "H", "W", "P_BUCKET", "LAYOUT"])
 def _max_pool2x2_backward_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc,          # the pooled map's source (x, or the conv's y)
     dp_ptr, dp_sn, dp_sh, dp_sw, dp_sc,     # gradient of the pooled map
     dy_ptr, dy_sn, dy_sh, dy_sw, dy_sc,     # gradient of the source itself (ADD_DY)
     g_ptr, g_sn, g_sh, g_sw, g_sc,          # result, the source's shape
-    NB, H, W, C,
+    NB, H, W, C, P_BUCKET, LAYOUT,          # P_BUCKET, LAYOUT: autotune key only
     ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -108,11 +113,11 @@ def _max_pool2x2_backward_kernel(
         g01 += tl.load(dy_ptr + db + dy_sw, mask=ok01, other=0.0).to(tl.float32)
         g10 += tl.load(dy_ptr + db + dy_sh, mask=ok10, other=0.0).to(tl.float32)
         g11 += tl.load(dy_ptr + db + dy_sh + dy_sw, mask=ok11, other=0.0).to(tl.float32)
-    if RELU_MASK:
-        g00 = tl.where(v00 > 0, g00, zero)
-        g01 = tl.where(v01 > 0, g01, zero)
-        g10 = tl.where(v10 > 0, g10, zero)
-        g11 = tl.where(v11 > 0, g11, zero)
+    if RELU_MASK:  # as threshold_backward: zero where y <= 0, a NaN y passes the gradient
+        g00 = tl.where(v00 <= 0, zero, g00)
+        g01 = tl.where(v01 <= 0, zero, g01)
+        g10 = tl.where(v10 <= 0, zero, g10)
+        g11 = tl.where(v11 <= 0, zero, g11)
     gb = (n * g_sn + h0 * g_sh + w0 * g_sw)[:, None] + offs_c[None, :] * g_sc
     ty = g_ptr.dtype.element_ty
     tl.store(g_ptr + gb, g00.to(ty), mask=ok00)
@@ -126,11 +131,13 @@ def max_pool2x2_forward(x: torch.Tensor) -> torch.Tensor:
     nb, c, h, w = x.shape
     ph, pw = h // 2, w // 2
     y = utils.empty_like_format((nb, c, ph, pw), x)
-    grid = lambda meta: (triton.cdiv(nb * ph * pw, meta["BLOCK_P"]),  # noqa: E731
+    pix = nb * ph * pw
+    grid = lambda meta: (triton.cdiv(pix, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
     with utils.on_device(x):
         _max_pool2x2_forward_kernel[grid](x, *utils.nhwc_strides(x), y, *utils.nhwc_strides(y),
-                                          nb, ph, pw, c)
+                                          nb, ph, pw, c, utils.m_bucket(pix),
+                                          utils.layout_key(x, y))
     return y
 
 
@@ -143,13 +150,15 @@ def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
     if dpool is None:
         dpool = torch.zeros((nb, c, h // 2, w // 2), dtype=src.dtype, device=src.device)
     dyt = dy if dy is not None else g
-    grid = lambda meta: (triton.cdiv(nb * ((h + 1) // 2) * ((w + 1) // 2), meta["BLOCK_P"]),  # noqa: E731
+    pix = nb * ((h + 1) // 2) * ((w + 1) // 2)
+    grid = lambda meta: (triton.cdiv(pix, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
     with utils.on_device(src):
         _max_pool2x2_backward_kernel[grid](
             src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
             dyt, *utils.nhwc_strides(dyt), g, *utils.nhwc_strides(g),
-            nb, h, w, c, ADD_DY=dy is not None, RELU_MASK=relu_mask)
+            nb, h, w, c, utils.m_bucket(pix), utils.layout_key(src, dpool, dyt, g),
+            ADD_DY=dy is not None, RELU_MASK=relu_mask)
     return g
 
 

@@ -242,8 +242,20 @@ def prune_gemm(configs, named_args, **kwargs):
 
 
 def m_bucket(m: int) -> int:
-    """Autotune key for a GEMM's M: its power-of-two bucket, so batch sizes share tunings."""
+    """Autotune key for a size -- a GEMM's M or K (pixels), an element-wise kernel's pixel count:
+    its power-of-two bucket, so nearby sizes share a tuning while a 28x28 bottleneck and a
+    572x572 map do not."""
     return max(int(m) - 1, 1).bit_length()
+
+
+def layout_key(*tensors: torch.Tensor) -> int:
+    """Autotune key for a launch's memory layout: bit i is set when tensors[i] (logical NCHW) has
+    channel stride 1 -- channels_last data, or a channel slice of it. At run time Triton compiles
+    NCHW and NHWC launches of one shape into different binaries (a stride of 1 is specialized),
+    and they favour different tiles, so they must not share one tuning (without this, whichever
+    layout came first would pick the config for both). Every launcher passes it as the kernel
+    argument LAYOUT, which is in the kernels' autotune keys and do_not_specialize."""
+    return sum(1 << i for i, t in enumerate(tensors) if t.stride(1) == 1)
 
 
 def cdiv(a: int, b: int) -> int:
