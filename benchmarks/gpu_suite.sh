@@ -110,6 +110,10 @@ check() {  # check LABEL STATUS DETAIL ; STATUS: ok | missing | fatal
 # ------------------------------------------------------------------ preflight
 say "unet_fast GPU suite: level=$LEVEL budget=${BUDGET}s jobs=$JOBS repo=$REPO$([ $DRY = 1 ] && echo ' (dry run)')$([ $SIMULATE = 1 ] && echo ' (SIMULATED on the CPU)')"
 SIM_FLAG=""; [ $SIMULATE = 1 ] && SIM_FLAG="--bench-simulate"
+# The rungs of the no-GPU ladder that a GPU makes moot: the CPU emulator of the CUDA kernels and the
+# ahead-of-time Triton compiles (minutes of the ten); the GPU runs the real kernels instead.
+CPU_LADDER="--ignore=tests/test_cuda_emulated.py --ignore=tests/test_triton_aot.py"
+
 # the extra pytest arguments, split as the shell would (quotes kept: --bench-args "-k 'a or b'")
 eval "BENCH_ARR=($BENCH_ARGS)" 2>/dev/null || die_usage "--bench-args: cannot parse '$BENCH_ARGS'"
 eval "TESTS_ARR=($TESTS_ARGS)" 2>/dev/null || die_usage "--tests-args: cannot parse '$TESTS_ARGS'"
@@ -232,7 +236,7 @@ if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest
 cat <<EOF
 plan:
   1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
-  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
+  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $CPU_LADDER $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
   5. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
@@ -308,8 +312,9 @@ record backends info 0 "$AVAIL"
 if [ $SKIP_TESTS = 1 ]; then record tests skipped 0 "--skip-tests"
 else
   lim=$TESTS_TIMEOUT; l=$(left); [ $l -lt $((lim + 120)) ] && lim=$(( l > 240 ? l - 120 : 120 ))
+  # shellcheck disable=SC2086  # (CPU_LADDER: two plain words)
   run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
-      ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
+      $CPU_LADDER ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
   last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)|no tests ran' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
   case $stage_rc in
     0) record tests ok $STAGE_S "$last" ;;
