@@ -344,6 +344,7 @@ def _opcheck_cases():
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), x, torch.randn(2, 8, 6, 7))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),
         ("crop_concat", tuple(rg(skip, torch.randn(2, 3, 12, 14)))),
+        ("crop_concat", tuple(rg(torch.randn(2, 5, 12, 14), torch.randn(2, 3, 12, 14)))),  # uncropped
         ("_crop_concat_backward", (torch.randn(2, 8, 12, 14), 5, 15, 16)),
         ("_crop_concat_backward", (torch.randn(2, 8, 12, 14).contiguous(memory_format=torch.channels_last),
                                    5, 15, 16)),

@@ -209,6 +209,15 @@ struct CudaGlue {
   static bool pool_vec(const at::Tensor& t) {
     return nhwc(t) && (t.size(1) * t.element_size()) % 16 == 0 && aligned16(t.data_ptr());
   }
+  // NHWC rows of 16-byte words at a pixel stride that may exceed C: dense NHWC, or a channel slice
+  // of a wider NHWC buffer (in "same" mode the skip's gradient is such a view of the concat's).
+  static bool pool_vec_rows(const at::Tensor& t) {
+    const int64_t e = t.element_size(), ps = t.stride(3);
+    const bool rows = (t.size(1) == 1 || t.stride(1) == 1) && ps >= t.size(1) &&
+                      (t.size(2) == 1 || t.stride(2) == t.size(3) * ps) &&
+                      (t.size(0) == 1 || t.stride(0) == t.size(2) * t.size(3) * ps);
+    return rows && (t.size(1) * e) % 16 == 0 && (ps * e) % 16 == 0 && aligned16(t.data_ptr());
+  }
 
   static at::Tensor max_pool2x2(const at::Tensor& x) {
     check_4d(x, "x");
@@ -257,7 +266,8 @@ struct CudaGlue {
     }
     a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
     a.dtype = dtype_of(x.scalar_type());
-    a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec(*base_));
+    a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec_rows(*base_));
+    a.base_pixel = has_base ? base_->stride(3) : x.size(1);
     Dev::check_launch(max_pool2x2_backward_cuda(a, Dev::stream()));
     return gx;
   }

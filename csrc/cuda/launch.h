@@ -82,7 +82,9 @@ struct PoolArgs {
   int64_t xs[4], ys[4], gs[4], bs[4];
   int n, c, h, w;
   DType dtype;
-  bool vec;  // all NHWC-contiguous, C a multiple of 16 bytes, 16-byte aligned
+  bool vec;  // all NHWC-contiguous, C a multiple of 16 bytes, 16-byte aligned; except `base`,
+             // which may be a channel slice of a wider NHWC buffer (the concat's gradient):
+  int64_t base_pixel = 0;  // then its pixel stride in elements (a multiple of 16 bytes)
 };
 cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream);
 cudaError_t max_pool2x2_backward_cuda(const PoolArgs& a, cudaStream_t stream);

@@ -81,9 +81,10 @@ __global__ void pool_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y, int n,
   }
 }
 
+// base: bv words per pixel (cv when dense; more when it is a channel slice of the concat's grad).
 template <class T>
 __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
-                              T* __restrict__ gx, int n, int h, int w, int c) {
+                              T* __restrict__ gx, int n, int h, int w, int c, int64_t bv) {
   constexpr int V = 16 / sizeof(T);
   const int cv = c / V, ph_n = h / 2, pw_n = w / 2, hh = (h + 1) / 2, ww = (w + 1) / 2;
   const int64_t total = (int64_t)n * hh * ww * cv;
@@ -102,9 +103,10 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
     for (int k = 0; k < 4; ++k) {
       const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
       in[k] = hi < h && wi < w;
-      off[k] = (((int64_t)b * h + hi) * w + wi) * cv + v;
+      const int64_t pix = ((int64_t)b * h + hi) * w + wi;
+      off[k] = pix * cv + v;
       if (full) xr[k].u = reinterpret_cast<const uint4*>(x)[off[k]];
-      if (base != nullptr && in[k]) br[k].u = reinterpret_cast<const uint4*>(base)[off[k]];
+      if (base != nullptr && in[k]) br[k].u = reinterpret_cast<const uint4*>(base)[pix * bv + v];
     }
     if (full) gr.u = reinterpret_cast<const uint4*>(g)[(((int64_t)b * ph_n + ph) * pw_n + pw) * cv + v];
 #pragma unroll
@@ -198,7 +200,7 @@ cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
   const int64_t windows = (int64_t)a.n * ((a.h + 1) / 2) * ((a.w + 1) / 2);
   if (a.vec) {
     UF_LAUNCH((pool_bwd_nhwc<T>), grid_for(windows * (a.c / (16 / sizeof(T)))), 256, st, x, g, b, gx,
-              a.n, a.h, a.w, a.c);
+              a.n, a.h, a.w, a.c, (int64_t)(a.base_pixel / (16 / sizeof(T))));
   } else {
     UF_LAUNCH((pool_bwd_strided<T>), grid_for(windows * a.c), 256, st, x, g, b, gx, a);
   }

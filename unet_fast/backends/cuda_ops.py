@@ -30,10 +30,18 @@ def _crop_concat_setup(ctx, inputs, output):
     ctx.skip_shape = tuple(skip.shape)
 
 
+def _skip_grad(grad, skip_shape):
+    """The skip's gradient from the concat's: a view of its lower channels when the skip was not
+    cropped ("same" mode), else that window padded with zeros to the skip's size."""
+    _, cs, hs, ws = skip_shape
+    if (hs, ws) == tuple(grad.shape[-2:]):
+        return grad[:, :cs]
+    return _ops._crop_concat_backward(grad, cs, hs, ws)
+
+
 def _crop_concat_backward(ctx, grad):
-    _, cs, hs, ws = ctx.skip_shape
-    grad_skip = _ops._crop_concat_backward(grad, cs, hs, ws)
-    return grad_skip, grad[:, cs:]  # the concat's backward is two views (plus the crop's pad)
+    cs = ctx.skip_shape[1]
+    return _skip_grad(grad, ctx.skip_shape), grad[:, cs:]  # two views (plus the crop's pad)
 
 
 torch.library.register_autograd("unet_fast::crop_concat", _crop_concat_backward,
@@ -191,8 +199,8 @@ def _up_concat_setup(ctx, inputs, output):
 
 
 def _up_concat_backward(ctx, grad):
-    _, cs, hs, ws = ctx.skip_shape
-    grad_skip = _ops._crop_concat_backward(grad, cs, hs, ws) if ctx.needs_input_grad[0] else None
+    cs = ctx.skip_shape[1]
+    grad_skip = _skip_grad(grad, ctx.skip_shape) if ctx.needs_input_grad[0] else None
     mask = [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
             ctx.has_bias and ctx.needs_input_grad[3]]
     if any(mask):  # the transposed conv's gradient reads the upper channels in place (a view)
