@@ -12,12 +12,14 @@ Tolerances are those of the GPU tests (DESIGN.md section 4): float32 1e-5 of the
 (with TF32: 3e-4, or twice the error TF32-rounded inputs alone cause where a long sum makes that
 larger), float16/bfloat16 at most twice PyTorch's own error in the dtype, pooling and concat exact.
 Each case runs with threads (and CTAs) in forward order; a subset again in reverse and in seeded
-random order, so a missing barrier changes the result.
+random order, so a missing barrier changes the result. An AddressSanitizer build of the emulator
+runs every op in a subprocess (cuda_emu/asan_check.py): no access outside the tensors.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import subprocess
 import sys
 import warnings
@@ -267,3 +269,31 @@ def test_emulator_aborts_on_a_misaligned_uint4_access(emu):
             "build.load().selftest('uint4_misaligned')" % str(Path(__file__).parent))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "misaligned address" in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- AddressSanitizer
+@pytest.fixture(scope="module")
+def asan_env():
+    lib = build.libasan()
+    if lib is None:
+        pytest.skip("no AddressSanitizer runtime (c++ -print-file-name=libasan.so found none)")
+    return dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0")
+
+
+def _asan_check(env, *args):
+    script = Path(__file__).parent / "cuda_emu" / "asan_check.py"
+    return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                          timeout=1500)
+
+
+def test_no_out_of_bounds_access_under_asan(asan_env):
+    """Every op forward and backward (fp32/bf16, NCHW/NHWC, vector and element-wise loaders) in
+    the ASan build: no kernel reads or writes outside its tensors (memcheck's job on a GPU)."""
+    proc = _asan_check(asan_env)
+    assert proc.returncode == 0 and "ERROR: AddressSanitizer" not in proc.stderr, proc.stderr[-4000:]
+    assert "no report" in proc.stdout
+
+
+def test_asan_catches_a_read_past_a_buffer(asan_env):
+    proc = _asan_check(asan_env, "overflow")
+    assert proc.returncode != 0 and "heap-buffer-overflow" in proc.stderr, proc.stderr[-2000:]

@@ -26,7 +26,10 @@ def cuda_include_dir() -> str | None:
     return None
 
 
-def load(verbose: bool = False):
+def load(verbose: bool = False, asan: bool = False):
+    """The emulator module; `asan`: the AddressSanitizer build (out-of-bounds reads and writes of
+    every tensor the kernels touch), which must run in a process with libasan preloaded
+    (asan_check.py)."""
     from torch.utils import cpp_extension
 
     inc = cuda_include_dir()
@@ -34,14 +37,27 @@ def load(verbose: bool = False):
         raise RuntimeError("the CUDA emulator needs the CUDA toolkit headers (set CUDA_HOME)")
     # Strict aliasing stays on: GCC then reorders accesses that pun one type through another,
     # which is how the emulator found such a pun in copy_run (csrc/igemm_problems.h).
-    flags = ["-O2", "-std=c++20", "-fsanitize=alignment", "-fno-sanitize-recover=alignment",
-             "-Wno-attributes"]
+    sanitize = "-fsanitize=address,alignment" if asan else "-fsanitize=alignment"
+    flags = ["-O1" if asan else "-O2", "-std=c++20", sanitize, "-fno-sanitize-recover=alignment",
+             "-fno-omit-frame-pointer", "-Wno-attributes"]
     return cpp_extension.load(
-        name="unet_fast_cuda_emu",
+        name="unet_fast_cuda_emu_asan" if asan else "unet_fast_cuda_emu",
         sources=[str(HERE / s) for s in SOURCES],
         extra_include_paths=[str(HERE / "include"), inc],
         extra_cflags=flags,
         # -Bsymbolic: the emulator's cudaGetLastError, not a CUDA runtime torch may have loaded
-        extra_ldflags=["-fsanitize=alignment", "-Wl,-Bsymbolic"],
+        extra_ldflags=[sanitize, "-Wl,-Bsymbolic"],
         verbose=verbose,
     )
+
+
+def libasan() -> str | None:
+    """The AddressSanitizer runtime of the compiler that builds the extension, or None."""
+    import shutil
+    import subprocess
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return None
+    out = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return out if out and os.path.isabs(out) and os.path.exists(out) else None

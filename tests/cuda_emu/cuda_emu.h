@@ -20,6 +20,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -77,6 +80,8 @@ struct Thread {
 
 struct Runtime {
   ucontext_t scheduler;
+  const void* sched_stack = nullptr;  // (AddressSanitizer's view of the scheduler's stack)
+  size_t sched_stack_size = 0;
   std::vector<Thread> threads;
   std::vector<std::vector<char>> stacks;
   Thread* current = nullptr;
@@ -94,6 +99,36 @@ inline void fail(const std::string& what) {
       << threadIdx.x << "," << threadIdx.y << "," << threadIdx.z << ")";
     rt.errors.push_back(s.str());
   }
+}
+
+// Stack switches, announced to AddressSanitizer when it is on (the ASan build of build.py) so it
+// tracks which stack is live.
+inline void to_fiber(ucontext_t* from, ucontext_t* to, const std::vector<char>& stack) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, stack.data(), stack.size());
+  swapcontext(from, to);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)stack;
+  swapcontext(from, to);
+#endif
+}
+inline void fiber_started() {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &rt.sched_stack, &rt.sched_stack_size);
+#endif
+}
+inline void to_scheduler(ucontext_t* from, bool ending) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(ending ? nullptr : &fake, rt.sched_stack, rt.sched_stack_size);
+  swapcontext(from, &rt.scheduler);
+  __sanitizer_finish_switch_fiber(fake, &rt.sched_stack, &rt.sched_stack_size);
+#else
+  (void)ending;
+  swapcontext(from, &rt.scheduler);
+#endif
 }
 
 inline void check_align(const void* p, size_t a, const char* what) {
@@ -132,7 +167,7 @@ inline void cp_async_wait(int n) {
 inline void syncthreads() {
   Thread* t = rt.current;
   t->state = Thread::kAtBarrier;
-  swapcontext(&t->ctx, &rt.scheduler);
+  to_scheduler(&t->ctx, false);
 }
 
 inline void wmma_trace(uint64_t v) {
@@ -142,6 +177,7 @@ inline void wmma_trace(uint64_t v) {
 }
 
 inline void fiber_entry() {
+  fiber_started();
   try {
     rt.body();
   } catch (const std::exception& e) {
@@ -150,7 +186,7 @@ inline void fiber_entry() {
   Thread* t = rt.current;
   if (!t->inflight.empty()) fail("thread ended with cp.async copies in flight (missing cp.async.wait_group)");
   t->state = Thread::kDone;
-  swapcontext(&t->ctx, &rt.scheduler);
+  to_scheduler(&t->ctx, true);
 }
 
 // Runs one CTA to completion: threads in the schedule's order until each is at the barrier or
@@ -178,7 +214,7 @@ inline void run_block(int nthreads, const dim3& block) {
       if (t.state != Thread::kRunnable) continue;
       rt.current = &t;
       threadIdx = t.idx;
-      swapcontext(&rt.scheduler, &t.ctx);
+      to_fiber(&rt.scheduler, &t.ctx, rt.stacks[i]);
     }
     int waiting = 0, done = 0;
     for (const Thread& t : rt.threads) (t.state == Thread::kDone ? done : waiting) += 1;

@@ -46,6 +46,8 @@ __global__ void wmma_tile(const __half* a, float* out, int offset) {  // offset 
 
 __global__ void vec_copy(const uint4* in, uint4* out) { out[threadIdx.x] = in[threadIdx.x]; }
 
+__global__ void shifted_read(const float* in, float* out) { out[threadIdx.x] = in[threadIdx.x + 1]; }
+
 __global__ void divergent_barrier(float* out) {
   if (threadIdx.x < 32) __syncthreads();
   out[threadIdx.x] = 1.f;
@@ -78,6 +80,9 @@ std::vector<float> run_selftest(const std::string& name) {
   } else if (name == "uint4_aligned" || name == "uint4_misaligned") {  // UBSan reports the latter
     const char* src = reinterpret_cast<const char*>(in) + (name == "uint4_aligned" ? 0 : 4);
     UF_LAUNCH(vec_copy, 1, 16, 0, reinterpret_cast<const uint4*>(src), reinterpret_cast<uint4*>(res));
+  } else if (name == "heap_overflow") {  // the last thread reads one past a heap buffer (ASan)
+    std::vector<float> heap(kN, 1.f);
+    UF_LAUNCH(shifted_read, 1, kN, 0, heap.data(), res);
   } else if (name == "divergent_barrier") {
     UF_LAUNCH(divergent_barrier, 1, kN, 0, res);
   } else if (name == "unfinished_copy") {
