@@ -1,26 +1,48 @@
 """Property-based parity (hypothesis) of every op on every backend this machine can run (the C++ CPU
-kernels of `cuda`, the Triton kernels under the interpreter, CUDA kernels on a GPU): random batch,
-channels, odd sizes, padding and memory format; forward and every gradient against the float64
-reference, shrinking to a minimal failing case. A fixed seed and example count bound CI time.
+kernels of `cuda`, the Triton kernels under the interpreter, the CUDA kernels on a GPU or, without
+one, on the CPU emulator of tests/cuda_emu): random batch, channels, odd sizes, padding and memory
+format; forward and every gradient against the float64 reference, shrinking to a minimal failing
+case. A fixed seed and example count bound CI time.
 
 Tolerance, float32 against float64: a sum of K products carries at most about K * 2**-24 of the
 sum of the magnitudes of its terms, so each element is compared with rtol = 1e-5 times that
 magnitude (computed in float64 from |x|, |w|, |b|, |dy|), which holds for K up to ~160 and is
 tighter than a plain relative test where terms cancel. Pooling and concat are copies: exact.
 """
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 import unet_fast as uf
+from cuda_emu import build
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 AVAILABLE = uf.backends.available()
 BACKENDS = [b for b in ("cuda", "triton") if AVAILABLE[b] is None]
-# the interpreter is slow: fewer examples there
-EXAMPLES = {"cuda": 25, "triton": 6}
+# Without a GPU the CUDA kernels themselves run on the CPU emulator (tests/cuda_emu) as a third
+# "backend": `cuda` with the emulated kernels in place of the C++ CPU ones.
+EMULATED = "cuda-emulated"
+if DEVICE == "cpu" and AVAILABLE["cuda"] is None and build.cuda_include_dir() is not None:
+    BACKENDS.append(EMULATED)
+# the interpreter and the emulator are slow: fewer examples there
+EXAMPLES = {"cuda": 25, "triton": 6, EMULATED: 12}
 RTOL = 1e-5
+
+
+def _op_backend(backend):
+    return "cuda" if backend == EMULATED else backend
+
+
+def _kernels(backend):
+    """The context the property runs in: the emulated CUDA kernels for EMULATED, else nothing."""
+    if backend != EMULATED:
+        return contextlib.nullcontext()
+    from test_cuda_emulated import emulated
+
+    return emulated(build.load())
 
 
 def _settings(backend):
@@ -86,7 +108,7 @@ def test_conv3x3_relu(backend):
                 t.requires_grad_(True)
         ho, wo = h - 2 + 2 * padding, w - 2 + 2 * padding
         g64 = torch.randn(n, cout, ho, wo, dtype=torch.float64)
-        out, grads = _run(lambda *a: uf.ops.conv3x3_relu(*a, padding=padding, backend=backend),
+        out, grads = _run(lambda *a: uf.ops.conv3x3_relu(*a, padding=padding, backend=_op_backend(backend)),
                           (x, wt, b), _fmt(g64.float(), cl).to(DEVICE))
         if cl and c > 1 and cout > 1:
             assert out.is_contiguous(memory_format=torch.channels_last)
@@ -94,7 +116,8 @@ def test_conv3x3_relu(backend):
                lambda x_, w_, b_: F.relu(F.conv2d(x_, w_, b_, padding=padding)),
                lambda x_, w_, b_: F.conv2d(x_, w_, b_, padding=padding),
                (x64, w64, b64), g64)
-    prop()
+    with _kernels(backend):
+        prop()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,7 +136,7 @@ def test_conv3x3_relu_pool(backend):
         x = _fmt(x64.detach().float(), cl).to(DEVICE).requires_grad_()
         wt = w64.detach().float().to(DEVICE).requires_grad_()
         b = b64.detach().float().to(DEVICE).requires_grad_()
-        y, p = uf.ops.conv3x3_relu_pool(x, wt, b, padding, backend=backend)
+        y, p = uf.ops.conv3x3_relu_pool(x, wt, b, padding, backend=_op_backend(backend))
         y_ref = F.relu(F.conv2d(x64, w64, b64, padding=padding))
         # the pooled map is exactly the max of the (ours) conv output: a copy
         assert torch.equal(p, F.max_pool2d(y, 2, 2))
@@ -138,7 +161,8 @@ def test_conv3x3_relu_pool(backend):
         for name, a, r, m in zip(("dx", "dw", "db"), ours, ref, mags):
             e = (a.cpu().double() - r).abs()
             assert (e <= RTOL * m + 1e-30).all(), (name, (e / (RTOL * m + 1e-30)).max().item())
-    prop()
+    with _kernels(backend):
+        prop()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -152,12 +176,13 @@ def test_max_pool2x2(backend):
         x = _fmt(x64.float(), cl).to(DEVICE).requires_grad_()
         x64.requires_grad_()
         g64 = torch.randn(*F.max_pool2d(x64, 2, 2).shape, dtype=torch.float64)
-        out, grads = _run(lambda t: uf.ops.max_pool2x2(t, backend=backend), (x,),
+        out, grads = _run(lambda t: uf.ops.max_pool2x2(t, backend=_op_backend(backend)), (x,),
                           _fmt(g64.float(), cl).to(DEVICE))
         # float32 copies of the float64 data keep the order of distinct values: exact
         _check(out.cpu(), [t.cpu() for t in grads], lambda t: F.max_pool2d(t, 2, 2), None,
                (x64.float().double().requires_grad_(),), g64.float().double(), exact=True)
-    prop()
+    with _kernels(backend):
+        prop()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -171,12 +196,13 @@ def test_crop_concat(backend):
         u = torch.randn(n, cu, hu, wu)
         s_, u_ = (_fmt(t, cl).to(DEVICE).requires_grad_() for t in (s, u))
         g = torch.randn(n, cs + cu, hu, wu)
-        out, grads = _run(lambda a, b: uf.ops.crop_concat(a, b, backend=backend), (s_, u_),
+        out, grads = _run(lambda a, b: uf.ops.crop_concat(a, b, backend=_op_backend(backend)), (s_, u_),
                           _fmt(g, cl).to(DEVICE))
         _check(out.cpu(), [t.cpu() for t in grads],
                lambda a, b: torch.cat([a[..., dh // 2:dh // 2 + hu, dw // 2:dw // 2 + wu], b], 1), None,
                (s.double().requires_grad_(), u.double().requires_grad_()), g.double(), exact=True)
-    prop()
+    with _kernels(backend):
+        prop()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -197,18 +223,18 @@ def test_gemm_ops(backend, op):
         wt = w64.detach().float().to(DEVICE).requires_grad_()
         b = b64.detach().float().to(DEVICE).requires_grad_() if bias else None
         if op == "conv1x1":
-            fn = lambda x_, w_, b_: uf.ops.conv1x1(x_, w_, b_, backend=backend)  # noqa: E731
+            fn = lambda x_, w_, b_: uf.ops.conv1x1(x_, w_, b_, backend=_op_backend(backend))  # noqa: E731
             ref = lambda x_, w_, b_: F.conv2d(x_, w_, b_)  # noqa: E731
             args, args64 = (x, wt, b), (x64, w64, b64)
         elif op == "conv_transpose2x2":
-            fn = lambda x_, w_, b_: uf.ops.conv_transpose2x2(x_, w_, b_, backend=backend)  # noqa: E731
+            fn = lambda x_, w_, b_: uf.ops.conv_transpose2x2(x_, w_, b_, backend=_op_backend(backend))  # noqa: E731
             ref = lambda x_, w_, b_: F.conv_transpose2d(x_, w_, b_, stride=2)  # noqa: E731
             args, args64 = (x, wt, b), (x64, w64, b64)
         else:
             s64 = torch.randn(n, cs, 2 * h + dh, 2 * w + dw, dtype=torch.float64, requires_grad=True)
             s = _fmt(s64.detach().float(), cl).to(DEVICE).requires_grad_()
             t0, l0 = dh // 2, dw // 2
-            fn = lambda s_, x_, w_, b_: uf.ops.up_concat(s_, x_, w_, b_, backend=backend)  # noqa: E731
+            fn = lambda s_, x_, w_, b_: uf.ops.up_concat(s_, x_, w_, b_, backend=_op_backend(backend))  # noqa: E731
             ref = lambda s_, x_, w_, b_: torch.cat(  # noqa: E731
                 [s_[..., t0:t0 + 2 * h, l0:l0 + 2 * w], F.conv_transpose2d(x_, w_, b_, stride=2)], 1)
             args, args64 = (s, x, wt, b), (s64, x64, w64, b64)
@@ -217,4 +243,5 @@ def test_gemm_ops(backend, op):
         g64 = torch.randn(*gshape, dtype=torch.float64)
         out, grads = _run(fn, args, _fmt(g64.float(), cl).to(DEVICE))
         _check(out.cpu(), [t.cpu() for t in grads], ref, ref, args64, g64)
-    prop()
+    with _kernels(backend):
+        prop()
