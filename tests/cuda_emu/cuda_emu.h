@@ -13,6 +13,9 @@
 //   - barrier divergence (some threads exit while others wait), a thread ending with copies in
 //     flight, wmma calls that differ between the lanes of a warp.
 // Violations are collected during a launch and raised as one std::runtime_error after it.
+// Not modelled: shared memory keeps its bytes from one CTA to the next (a GPU's starts undefined),
+// so a read of a shared-memory element that no thread of the CTA wrote goes unnoticed unless the
+// stale value breaks the result; out-of-bounds accesses are the ASan build's job (asan_check.py).
 //
 // The first include of every emulator translation unit (kernels_*.cpp, ext.cpp).
 #pragma once
