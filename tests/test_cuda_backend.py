@@ -363,10 +363,14 @@ def test_opcheck(case):
     torch.library.opcheck(getattr(_ops, name).default, args)
 
 
-def test_every_op_has_cpu_kernel_and_fake():
-    for name in ("conv3x3_relu", "conv3x3_relu_pool", "_conv3x3_relu_backward", "max_pool2x2",
+# Every op of the extension's schema (csrc/unet_fast.cpp): the forward ops and their backwards.
+EXTENSION_OPS = ("conv3x3_relu", "conv3x3_relu_pool", "_conv3x3_relu_backward", "max_pool2x2",
                  "_max_pool2x2_backward", "crop_concat", "_crop_concat_backward", "conv_transpose2x2",
-                 "_conv_transpose2x2_backward", "up_concat", "conv1x1", "_conv1x1_backward"):
+                 "_conv_transpose2x2_backward", "up_concat", "conv1x1", "_conv1x1_backward")
+
+
+def test_every_op_has_cpu_kernel_and_fake():
+    for name in EXTENSION_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{name}", "CPU"), name
     assert set(cuda_backend.cuda_ops.IMPLS) == set(uf._dispatch.OPS)
 

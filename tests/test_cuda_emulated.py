@@ -32,7 +32,7 @@ import unet_fast as uf
 from unet_fast.backends import cuda_backend
 
 from cuda_emu import build
-from test_cuda_backend import _fwd_bwd, _make_args, check_parity
+from test_cuda_backend import EXTENSION_OPS, _fwd_bwd, _make_args, check_parity
 
 pytestmark = [
     pytest.mark.skipif(uf.backends.available()["cuda"] is not None,
@@ -50,21 +50,8 @@ def emu():
 
 
 def _impls(m):
-    """torch.ops.unet_fast schema name -> the emulated op (same arguments)."""
-    return {
-        "crop_concat": m.crop_concat,
-        "_crop_concat_backward": m.crop_concat_backward,
-        "conv3x3_relu": m.conv3x3_relu,
-        "conv3x3_relu_pool": m.conv3x3_relu_pool,
-        "_conv3x3_relu_backward": m.conv3x3_relu_backward,
-        "max_pool2x2": m.max_pool2x2,
-        "_max_pool2x2_backward": m.max_pool2x2_backward,
-        "conv_transpose2x2": m.conv_transpose2x2,
-        "_conv_transpose2x2_backward": m.conv_transpose2x2_backward,
-        "up_concat": m.up_concat,
-        "conv1x1": m.conv1x1,
-        "_conv1x1_backward": m.conv1x1_backward,
-    }
+    """torch.ops.unet_fast schema name -> the emulated op (same arguments, name without the "_")."""
+    return {name: getattr(m, name.lstrip("_")) for name in EXTENSION_OPS}
 
 
 @contextlib.contextmanager

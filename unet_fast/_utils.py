@@ -33,3 +33,12 @@ def conv_allows_tf32() -> bool:
         if precision != "none":
             return precision == "tf32"
     return False
+
+
+def skip_grad(grad_lower: torch.Tensor, skip_hw, crop_pad) -> torch.Tensor:
+    """The skip's gradient from the concat's lower channel slice (both backends' rule): the slice
+    itself, a view, when the skip was not cropped ("same" mode); else `crop_pad(grad_lower, h, w)`,
+    the backend's kernel placing it at the center of a zero map of the skip's size (h, w)."""
+    if tuple(grad_lower.shape[-2:]) == tuple(skip_hw):
+        return grad_lower
+    return crop_pad(grad_lower, int(skip_hw[0]), int(skip_hw[1]))

@@ -206,17 +206,19 @@ struct CudaGlue {
   }
 
   // ------------------------------------------------------------------------------ max-pool 2x2
-  static bool pool_vec(const at::Tensor& t) {
-    return nhwc(t) && (t.size(1) * t.element_size()) % 16 == 0 && aligned16(t.data_ptr());
+  // Each pixel's channels are whole aligned 16-byte words.
+  static bool channel_words(const at::Tensor& t) {
+    return (t.size(1) * t.element_size()) % 16 == 0 && aligned16(t.data_ptr());
   }
+  static bool pool_vec(const at::Tensor& t) { return nhwc(t) && channel_words(t); }
   // NHWC rows of 16-byte words at a pixel stride that may exceed C: dense NHWC, or a channel slice
   // of a wider NHWC buffer (in "same" mode the skip's gradient is such a view of the concat's).
   static bool pool_vec_rows(const at::Tensor& t) {
-    const int64_t e = t.element_size(), ps = t.stride(3);
+    const int64_t ps = t.stride(3);
     const bool rows = (t.size(1) == 1 || t.stride(1) == 1) && ps >= t.size(1) &&
                       (t.size(2) == 1 || t.stride(2) == t.size(3) * ps) &&
                       (t.size(0) == 1 || t.stride(0) == t.size(2) * t.size(3) * ps);
-    return rows && (t.size(1) * e) % 16 == 0 && (ps * e) % 16 == 0 && aligned16(t.data_ptr());
+    return rows && channel_words(t) && (ps * t.element_size()) % 16 == 0;
   }
 
   static at::Tensor max_pool2x2(const at::Tensor& x) {

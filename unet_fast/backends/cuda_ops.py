@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
+from .._utils import skip_grad
 
 _ops = torch.ops.unet_fast
 
@@ -31,12 +32,9 @@ def _crop_concat_setup(ctx, inputs, output):
 
 
 def _skip_grad(grad, skip_shape):
-    """The skip's gradient from the concat's: a view of its lower channels when the skip was not
-    cropped ("same" mode), else that window padded with zeros to the skip's size."""
-    _, cs, hs, ws = skip_shape
-    if (hs, ws) == tuple(grad.shape[-2:]):
-        return grad[:, :cs]
-    return _ops._crop_concat_backward(grad, cs, hs, ws)
+    cs = skip_shape[1]  # (the C++ op reads the first cs channels of the whole concat gradient)
+    return skip_grad(grad[:, :cs], skip_shape[-2:],
+                     lambda _, h, w: _ops._crop_concat_backward(grad, cs, h, w))
 
 
 def _crop_concat_backward(ctx, grad):

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from unet_fast import _utils
+
 from . import utils
 
 
@@ -95,10 +97,7 @@ def _(grad, height, width):
 
 
 def skip_grad(g_skip: torch.Tensor, skip_hw) -> torch.Tensor:
-    """The skip's gradient from the concat's lower channel slice: a view when not cropped."""
-    if tuple(g_skip.shape[-2:]) == tuple(skip_hw):
-        return g_skip
-    return _crop_pad(g_skip, int(skip_hw[0]), int(skip_hw[1]))
+    return _utils.skip_grad(g_skip, skip_hw, _crop_pad)
 
 
 def _setup(ctx, inputs, output):
