@@ -32,7 +32,7 @@ from torch import nn
 import unet_fast as uf
 from unet_fast import reference
 from unet_fast._utils import conv_allows_tf32
-from unet_fast.backends.torch_backend import center_crop
+from unet_fast._utils import center_crop
 
 # --------------------------------------------------------------------------- providers
 # auto_ckpt: "auto" with activation checkpointing (whole-model training step only: peak memory)

@@ -31,6 +31,7 @@ def fake_backend(monkeypatch, tmp_path):
             time.sleep(0.01)
         return F.max_pool2d(x, 2, 2)
 
+    _dispatch.ensure_backends()  # (loading them later would register over the fakes below)
     saved_impls = {op: dict(v) for op, v in _dispatch._impls.items()}
     monkeypatch.setitem(_dispatch._backend_reason, "triton", lambda: None)
     monkeypatch.setattr(_dispatch, "auto_order", lambda device: ("triton", "torch"))
@@ -121,7 +122,7 @@ def test_failure_while_measuring_is_a_fallback(fake_backend):
 def test_deterministic_mode_skips_nondeterministic_kernels(fake_backend, monkeypatch):
     monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", False)
     _dispatch.register_impl("max_pool2x2", "triton", lambda x: F.max_pool2d(x, 2, 2),
-                            deterministic=False)
+                            nondeterministic=lambda args: True)
     x = torch.randn(1, 1, 4, 4)
     uf.ops.max_pool2x2(x)
     assert _dispatch.last_used("max_pool2x2") == "triton"

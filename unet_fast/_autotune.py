@@ -155,10 +155,10 @@ def lookup(op: str, args: tuple):
     return _memory.get(key_of(op, args))
 
 
-def choose(op: str, candidates: list, args: tuple, run_candidate) -> str:
-    """The fastest of `candidates` (backend names) on `args`, measured once and remembered.
-    `run_candidate(name)` returns the callable of that backend; a candidate that raises while
-    being measured is left out (and reported by the caller's failure handling)."""
+def choose(op: str, candidates: list, args: tuple, run_candidate) -> tuple:
+    """(fastest, failures): the fastest of `candidates` (backend names) on `args`, measured once
+    and remembered, and the [(name, exception)] of candidates that raised while being measured
+    (left out; the caller reports them). `run_candidate(name)` returns that backend's callable."""
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     path = cache_path(device)
     key = key_of(op, args)
@@ -166,21 +166,17 @@ def choose(op: str, candidates: list, args: tuple, run_candidate) -> str:
         data = _load(path)
         hit = data.get(key)
     if hit in candidates:
-        return hit
-    timings = {}
+        return hit, []
+    timings, failures = {}, []
     for name in candidates:
         try:
             timings[name] = _time(run_candidate(name), args, device)
         except Exception as e:  # noqa: BLE001  (a kernel that fails is not a choice)
             timings[name] = float("inf")
-            _failed_while_measuring.append((op, name, e))
+            failures.append((name, e))
     best = min(timings, key=timings.get)
     with _lock:
         data = _load(path)
         data[key] = best
         _save(path, data, device)
-    return best
-
-
-# Failures seen while measuring, drained by the dispatch layer (which warns and marks them).
-_failed_while_measuring: list = []
+    return best, failures

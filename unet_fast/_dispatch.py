@@ -7,12 +7,18 @@ None when `fn` can run those arguments, else a sentence saying why not.
 
 Choosing: an explicit backend (argument, then `use_backend`, then UNET_FAST_BACKEND) must run the
 input or `BackendUnavailable` is raised; "auto" takes the first candidate of `auto_order()` that
-can run it and never raises for a missing backend.
+can run it and never raises for a missing backend. A fused op whose arguments no one kernel takes
+(`up_concat` with a skip of another dtype) runs as its registered decomposition.
+
+Besides choosing, this layer decides the memory layout a network runs in (`inner_memory_format`)
+and records which backend ran each named layer (`report_layers` + `layer`), which is what
+`UNet.backend_report()` returns.
+
+The backends themselves (Triton, the compiled extension) are imported on first use, so importing
+`unet_fast` or its reference model loads neither.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import warnings
 from typing import Callable, Optional
@@ -24,14 +30,20 @@ CHOICES = ("auto",) + BACKENDS
 
 # The public ops plus the fused ones the model's fast path uses.
 OPS = (
-    "conv3x3_relu",        # (x, weight, bias, padding) -> y
+    "conv3x3_relu",        # (x, weight, bias, padding, relu_input, grad_masked) -> y
     "max_pool2x2",         # (x) -> y
     "crop_concat",         # (skip, up) -> cat([crop(skip), up], 1)
-    "conv_transpose2x2",   # (x, weight, bias) -> y
-    "conv1x1",             # (x, weight, bias) -> y
-    "conv3x3_relu_pool",   # (x, weight, bias, padding) -> (y, max_pool2x2(y))
-    "up_concat",           # (skip, x, weight, bias) -> crop_concat(skip, conv_transpose2x2(x, ...))
+    "conv_transpose2x2",   # (x, weight, bias, relu_input) -> y
+    "conv1x1",             # (x, weight, bias, relu_input) -> y
+    "conv3x3_relu_pool",   # (x, weight, bias, padding, relu_input) -> (y, max_pool2x2(y))
+    "up_concat",           # (skip, x, weight, bias, relu_input) -> crop_concat(skip, conv_transpose2x2(x, ...))
 )
+# The two flags are the model's internal ReLU-gradient contract (docs/design.md, "Backward"):
+# relu_input=True: x is a ReLU output, and the op returns dx already multiplied by (x > 0);
+# grad_masked=True: every consumer of y was called with relu_input=True, so the gradient arriving
+# at y is already masked and the op need not mask it again. Every backend honours relu_input
+# (masking is idempotent, so mixing backends layer by layer stays exact); grad_masked only lets a
+# backend skip work.
 
 
 class BackendUnavailable(RuntimeError):
@@ -39,17 +51,28 @@ class BackendUnavailable(RuntimeError):
 
 
 class _Impl:
-    __slots__ = ("fn", "supports", "deterministic")
+    __slots__ = ("fn", "supports", "nondeterministic")
 
-    def __init__(self, fn, supports, deterministic):
+    def __init__(self, fn, supports, nondeterministic):
         self.fn = fn
         self.supports = supports
-        self.deterministic = deterministic
+        self.nondeterministic = nondeterministic
 
 
 _impls: dict[str, dict[str, _Impl]] = {op: {} for op in OPS}
+_decompositions: dict[str, Callable] = {}
 _backend_reason: dict[str, Callable[[], Optional[str]]] = {"torch": lambda: None}
 _local = threading.local()
+_loaded = False
+
+
+def ensure_backends() -> None:
+    """Import (and so register) every backend, once."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import importlib
+        importlib.import_module(__package__ + ".backends")  # each backend registers itself
 
 
 def register_backend(name: str, reason: Callable[[], Optional[str]]) -> None:
@@ -60,19 +83,28 @@ def register_backend(name: str, reason: Callable[[], Optional[str]]) -> None:
 
 
 def register_impl(op: str, backend: str, fn: Callable, supports: Callable | None = None,
-                  deterministic: bool = True) -> None:
-    """`deterministic=False` for an implementation whose results can vary run to run (atomics in a
-    split-K reduction): under torch.use_deterministic_algorithms(True) "auto" skips it and an
-    explicit request raises, as PyTorch does."""
+                  nondeterministic: Callable | None = None) -> None:
+    """`nondeterministic(args)` says when an implementation's results can vary run to run on
+    these arguments (e.g. fp32 atomics in a split-K weight gradient, when gradients will be
+    computed: `needs_grad(args)`). Under torch.use_deterministic_algorithms(True) "auto" then
+    skips it and an explicit request raises, as PyTorch does."""
     if op not in _impls:
         raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    _impls[op][backend] = _Impl(fn, supports, deterministic)
+    _impls[op][backend] = _Impl(fn, supports, nondeterministic)
+
+
+def register_decomposition(op: str, fn: Callable, when: Callable) -> None:
+    """A fused op that runs as other ops for arguments one kernel cannot take: when `when(*args)`
+    holds, `fn(*args, backend=...)` runs instead, calling other ops (through this layer) with the
+    same backend request."""
+    _decompositions[op] = (when, fn)
 
 
 def backend_reason(name: str) -> Optional[str]:
     """None if the backend can be used at all, else why not."""
+    ensure_backends()
     fn = _backend_reason.get(name)
     if fn is None:
         return f"the {name} backend is not registered"
@@ -93,16 +125,20 @@ def check_backend_name(name: str, what: str = "backend") -> str:
     return name
 
 
-@contextlib.contextmanager
-def use_backend(name: str):
+class use_backend:
     """Run the ops inside the block with this backend unless a call names one itself."""
-    check_backend_name(name)
-    prev = getattr(_local, "backend", None)
-    _local.backend = name
-    try:
-        yield
-    finally:
-        _local.backend = prev
+
+    def __init__(self, name: str):
+        self.name = check_backend_name(name)
+
+    def __enter__(self):
+        self.prev = getattr(_local, "backend", None)
+        _local.backend = self.name
+        return self
+
+    def __exit__(self, *exc):
+        _local.backend = self.prev
+        return False
 
 
 def requested_backend(backend: Optional[str] = None) -> str:
@@ -112,6 +148,7 @@ def requested_backend(backend: Optional[str] = None) -> str:
     ctx = getattr(_local, "backend", None)
     if ctx is not None:
         return ctx
+    import os
     env = os.environ.get("UNET_FAST_BACKEND")
     if env:
         return check_backend_name(env.strip().lower(), "UNET_FAST_BACKEND")
@@ -128,6 +165,22 @@ def auto_order(device: torch.device) -> tuple[str, ...]:
     return ("torch",)
 
 
+def inner_memory_format(backend: Optional[str], device: torch.device):
+    """The layout a network runs in: channels_last (NHWC) on CUDA, where our kernels and cuDNN's
+    fastest paths want it, and whenever our kernels are requested (their CPU twins follow the
+    same code paths); None: the caller's own. The caller's format is restored at the output."""
+    name = requested_backend(backend)
+    if device.type == "cuda" or name in ("triton", "cuda"):
+        return torch.channels_last
+    return None
+
+
+def needs_grad(args: tuple) -> bool:
+    """Whether an op called on `args` now will be differentiated (autograd records it)."""
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
 def why_not(op: str, backend: str, args: tuple) -> Optional[str]:
     """None if `backend` can run `op` on these arguments, else a sentence saying why not."""
     reason = backend_reason(backend)
@@ -136,9 +189,10 @@ def why_not(op: str, backend: str, args: tuple) -> Optional[str]:
     impl = _impls[op].get(backend)
     if impl is None:
         return f"the {backend} backend has no implementation of {op}"
-    if not impl.deterministic and torch.are_deterministic_algorithms_enabled():
-        return (f"its {op} is not deterministic and torch.use_deterministic_algorithms(True) is "
-                "set; use backend='torch' or 'auto'")
+    if (impl.nondeterministic is not None and torch.are_deterministic_algorithms_enabled()
+            and impl.nondeterministic(args)):
+        return (f"its {op} is not deterministic here (fp32 atomics in its weight gradient) and "
+                "torch.use_deterministic_algorithms(True) is set; use backend='torch' or 'auto'")
     if impl.supports is not None:
         try:
             return impl.supports(*args)
@@ -178,6 +232,7 @@ _MEASURE_ON_CPU = False  # tests switch it on to exercise the measured path with
 def auto_candidates(op: str, args: tuple) -> list:
     """Backends "auto" may use for `op` on `args`, in order of preference."""
     from ._autotune import key_of
+    ensure_backends()
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     key = key_of(op, args) if _failed else None
     cands = [c for c in auto_order(device)
@@ -186,10 +241,9 @@ def auto_candidates(op: str, args: tuple) -> list:
         cands.append("torch")  # the reference can always run a validated input
     if len(cands) > 1 and _measuring_allowed(device):
         from . import _autotune
-        best = _autotune.choose(op, cands, args, lambda name: _impls[op][name].fn)
-        for (fop, fname, err) in _autotune._failed_while_measuring:
-            _mark_failed(fop, fname, _autotune.key_of(fop, args), err)
-        _autotune._failed_while_measuring.clear()
+        best, failures = _autotune.choose(op, cands, args, lambda name: _impls[op][name].fn)
+        for fname, err in failures:
+            _mark_failed(op, fname, _autotune.key_of(op, args), err)
         cands.remove(best)
         cands.insert(0, best)
     elif _is_compiling() and len(cands) > 1:
@@ -203,8 +257,26 @@ def auto_candidates(op: str, args: tuple) -> list:
     return cands
 
 
-def resolve(op: str, args: tuple, backend: Optional[str] = None):
-    """(backend name, implementation) that will run `op` on `args`."""
+def _not_kernel_failures() -> tuple:
+    """Exceptions that pass through an op untouched: out of memory (the caller's to handle), and
+    the control flow of non-reentrant activation checkpointing, which stops a recomputation with
+    an exception once it has what the backward needs."""
+    import torch.utils.checkpoint as ckpt
+    stop = getattr(ckpt, "_StopRecomputationError", None)
+    return (torch.OutOfMemoryError,) + ((stop,) if stop is not None else ())
+
+
+_NOT_KERNEL_FAILURES = _not_kernel_failures()
+
+
+def run(op: str, args: tuple, backend: Optional[str] = None):
+    """Run `op` on validated `args`. Under "auto" a kernel that fails (compile error, launch
+    failure, missing resources) is reported once, never used again for that input, and the next
+    candidate runs; under an explicit backend the failure is a BackendUnavailable."""
+    ensure_backends()
+    decomposition = _decompositions.get(op)
+    if decomposition is not None and decomposition[0](*args):
+        return decomposition[1](*args, backend=backend)
     name = requested_backend(backend)
     if name != "auto":
         reason = why_not(op, name, args)
@@ -212,21 +284,9 @@ def resolve(op: str, args: tuple, backend: Optional[str] = None):
             raise BackendUnavailable(
                 f"backend={name!r} cannot run {op}: {reason}. Use backend='auto' (or 'torch') to "
                 "fall back to the reference ops.")
-        return name, _impls[op][name].fn
-    first = auto_candidates(op, args)[0]
-    return first, _impls[op][first].fn
-
-
-def run(op: str, args: tuple, backend: Optional[str] = None):
-    """Run `op` on validated `args`. Under "auto" a kernel that fails (compile error, launch
-    failure, missing resources) is reported once, never used again for that input, and the next
-    candidate runs; under an explicit backend the failure is a BackendUnavailable."""
-    name = requested_backend(backend)
-    if name != "auto":
-        name, fn = resolve(op, args, name)
         try:
-            out = fn(*args)
-        except torch.OutOfMemoryError:
+            out = _impls[op][name].fn(*args)
+        except _NOT_KERNEL_FAILURES:
             raise
         except Exception as e:  # noqa: BLE001
             if name == "torch":
@@ -240,7 +300,7 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
     for i, cand in enumerate(cands):
         try:
             out = _impls[op][cand].fn(*args)
-        except torch.OutOfMemoryError:
+        except _NOT_KERNEL_FAILURES:
             raise
         except Exception as e:  # noqa: BLE001
             if cand == "torch" or i == len(cands) - 1:
@@ -253,15 +313,63 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-# What ran last, per op, in this thread: lets a model report which backend each layer used.
+# ---------------------------------------------------------------- what ran
 def record(op: str, name: str) -> None:
+    """Remember what ran: per op in this thread (`last_used`), and per layer when a model's
+    forward is being reported (`report_layers`)."""
     if _is_compiling():  # no side effects in a traced graph (e.g. under activation checkpointing)
         return
     last = getattr(_local, "last", None)
     if last is None:
         last = _local.last = {}
     last[op] = name
+    report = getattr(_local, "report", None)
+    layer_name = getattr(_local, "layer", None)
+    if report is not None and layer_name is not None:
+        report[layer_name] = name
 
 
 def last_used(op: str) -> Optional[str]:
     return getattr(_local, "last", {}).get(op)
+
+
+class report_layers:
+    """Inside the block, every op run under a `layer(name)` writes {name: backend} into `report`.
+    (A no-op while torch.compile traces: a compiled graph's choices were made when traced.)"""
+
+    def __init__(self, report: dict):
+        self.report = report
+
+    def __enter__(self):
+        if not _is_compiling():
+            self.prev = getattr(_local, "report", None)
+            _local.report = self.report
+        return self
+
+    def __exit__(self, *exc):
+        if not _is_compiling():
+            _local.report = self.prev
+        return False
+
+
+class layer:
+    """Names the layer the ops inside the block belong to (for `report_layers`, and for tools
+    that attribute kernels to layers, such as tools/kernel_model.py)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        if not _is_compiling():
+            self.prev = getattr(_local, "layer", None)
+            _local.layer = self.name
+        return self
+
+    def __exit__(self, *exc):
+        if not _is_compiling():
+            _local.layer = self.prev
+        return False
+
+
+def current_layer() -> Optional[str]:
+    return getattr(_local, "layer", None)

@@ -1,5 +1,11 @@
-"""Small helpers shared by the model and the backends."""
+"""Neutral helpers shared by the reference, the model, the ops and the backends.
+
+Imports nothing of unet_fast's backends, so the reference model (the test oracle) loads neither
+Triton nor the compiled extension.
+"""
 import torch
+
+from . import sizes
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -42,3 +48,64 @@ def skip_grad(grad_lower: torch.Tensor, skip_hw, crop_pad) -> torch.Tensor:
     if tuple(grad_lower.shape[-2:]) == tuple(skip_hw):
         return grad_lower
     return crop_pad(grad_lower, int(skip_hw[0]), int(skip_hw[1]))
+
+
+def center_crop(skip: torch.Tensor, size) -> torch.Tensor:
+    """View of `skip` cropped to `size` (H, W) around its center; offset (skip - size) // 2."""
+    h, w = size
+    top = (skip.shape[-2] - h) // 2
+    left = (skip.shape[-1] - w) // 2
+    return skip[..., top:top + h, left:left + w]
+
+
+def check_config(in_channels, num_classes, base_channels, depth, padding) -> None:
+    """The U-Net constructor arguments (both models)."""
+    for name, v in (("in_channels", in_channels), ("num_classes", num_classes),
+                    ("base_channels", base_channels), ("depth", depth)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    sizes.check_padding(padding)
+
+
+def check_model_input(model, x) -> None:
+    """A model's input against its configuration and parameters (both models)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != model.in_channels:
+        raise ValueError(f"x has {x.shape[1]} channels but the model was built with "
+                         f"in_channels={model.in_channels}")
+    if x.shape[0] == 0:
+        raise ValueError("x has batch size 0")
+    p = next(model.parameters(), None)
+    if p is not None:
+        if x.device != p.device:
+            raise ValueError(f"x is on {x.device} but the model's parameters are on {p.device}; "
+                             f"move one to the other: model.to(x.device) or x.to('{p.device}')")
+        autocast = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+        if x.dtype != p.dtype and not autocast:
+            raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype}; use "
+                            f"x.to({p.dtype}) or model.to({x.dtype}), or run under torch.autocast")
+    sizes.output_size(tuple(int(s) for s in x.shape[-2:]), model.depth, model.padding)
+
+
+class _ReluInputGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by (x > 0) as ReLU's backward does
+    (threshold_backward: zero where x <= 0, a NaN x passes it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, x, 0)
+
+
+def relu_input(x: torch.Tensor, flag: bool) -> torch.Tensor:
+    """The `relu_input` contract for a backend whose kernels do not mask dx themselves: x whose
+    gradient leaves the op already multiplied by (x > 0) (a no-op when `flag` is False)."""
+    return _ReluInputGrad.apply(x) if flag else x

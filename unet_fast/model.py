@@ -1,48 +1,31 @@
-"""The fast U-Net: the paper's figure, built from the functional ops of `unet_fast.ops`.
+"""The fast U-Net: the reference network (same modules, parameters, initialization and state-dict
+keys, by construction) with a forward that reads like the paper's figure and runs on the fused
+ops of `unet_fast.ops`:
 
-Parameters live in ordinary nn.Conv2d / nn.ConvTranspose2d modules at the same state_dict paths as
-`unet_fast.reference.UNet` (weights load both ways, initialization is identical for one seed);
-only the forward differs: the encoder's second conv also writes the pooled output (fused epilogue),
-the decoder's up-step writes the transposed conv straight into the concat buffer, and the dispatch
-layer picks the kernels.
+- contracting path: per level, conv3x3+ReLU twice; the second also writes the 2x2 max-pooled map
+  from its epilogue (`conv3x3_relu_pool`), and its full output is the skip;
+- bottleneck: conv3x3+ReLU twice;
+- expanding path: per level, the 2x2 up-convolution written straight into the concat buffer beside
+  the center-cropped skip (`up_concat`, no torch.cat), then conv3x3+ReLU twice;
+- head: the 1x1 convolution.
+
+Every op after the first layer reads a ReLU output, so the model uses the ops' internal
+ReLU-gradient contract (unet_fast/_dispatch.py, OPS): an op told `_relu_input` returns its input
+gradient already multiplied by (x > 0), and the op that produced x is told `_grad_masked` and does
+not mask again. Parameter gradients equal the reference's.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
 
 import torch
 import torch.utils.checkpoint
-from torch import nn
 
-from . import _dispatch, ops, sizes
-from ._utils import memory_format_of
-from .reference import _check_config, _check_input
+from . import _dispatch, ops, reference
+from ._utils import check_model_input, memory_format_of
 
 
-class Conv3x3ReLU(nn.Conv2d):
-    """nn.Conv2d(3x3) + ReLU on the fused op."""
-
-    def __init__(self, cin, cout, padding):
-        super().__init__(cin, cout, 3, padding=padding)
-
-
-class DoubleConv(nn.Module):
-    """Two 3x3 conv + ReLU; children named "0" and "2" like the reference's nn.Sequential."""
-
-    def __init__(self, cin: int, cout: int, padding: int):
-        super().__init__()
-        self.add_module("0", Conv3x3ReLU(cin, cout, padding))
-        self.add_module("2", Conv3x3ReLU(cout, cout, padding))
-
-
-class Up(nn.Module):
-    def __init__(self, cin: int, cout: int, padding: int):
-        super().__init__()
-        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
-        self.conv = DoubleConv(2 * cout, cout, padding)
-
-
-class UNet(nn.Module):
+class UNet(reference.UNet):
     """U-Net (Ronneberger et al., 2015) on unet_fast's kernels.
 
     backend: "auto" (default: the fastest implementation that can run each input; the reference
@@ -55,30 +38,16 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base_channels: int = 64,
                  depth: int = 4, padding: str = "valid", backend: str = "auto",
                  checkpointing: bool = False):
-        super().__init__()
-        _check_config(in_channels, num_classes, base_channels, depth, padding)
+        super().__init__(in_channels, num_classes, base_channels, depth, padding)
         self.backend = _dispatch.check_backend_name(backend)
         self.checkpointing = bool(checkpointing)
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.base_channels, self.depth, self.padding = base_channels, depth, padding
-        p = 0 if padding == "valid" else 1
-        ch = [base_channels * 2**i for i in range(depth + 1)]
-        # Same construction order as the reference, so one seed gives the same weights.
-        self.down = nn.ModuleList([DoubleConv(in_channels if i == 0 else ch[i - 1], ch[i], p)
-                                   for i in range(depth)])
-        self.bottleneck = DoubleConv(ch[depth - 1], ch[depth], p)
-        self.up = nn.ModuleList([Up(ch[i + 1], ch[i], p) for i in reversed(range(depth))])
-        self.head = nn.Conv2d(base_channels, num_classes, 1)
         self._report: dict[str, str] = {}
         self._register_load_state_dict_pre_hook(_strip_wrapper_prefixes)
-
-    # ------------------------------------------------------------------ sizes
-    def output_size(self, size):
-        """Output (H, W) for an input (H, W); ValueError naming the nearest legal sizes."""
-        return sizes.output_size(size, self.depth, self.padding)
+        _dispatch.ensure_backends()
 
     def legal_input_sizes(self, size: int):
         """The legal input sizes nearest to `size` on one axis."""
+        from . import sizes
         return sizes.nearest_legal_sizes(size, self.depth, self.padding)
 
     def backend_report(self) -> dict:
@@ -86,46 +55,70 @@ class UNet(nn.Module):
         choices were made when it was traced)."""
         return dict(self._report)
 
-    # ------------------------------------------------------------------ forward
-    def _op(self, layer: str, op: str, *args):
-        backend: Optional[str] = None if self.backend == "auto" else self.backend
-        out = getattr(ops, op)(*args, backend=backend)
-        if not _dispatch._is_compiling():  # the report describes the last eager forward
-            self._report[layer] = _dispatch.last_used(op)
-        return out
+    # ------------------------------------------------------------------ the figure
+    def forward(self, x):
+        check_model_input(self, x)
+        caller_format = memory_format_of(x)
+        inner = _dispatch.inner_memory_format(self._backend, x.device)
+        if inner is not None:
+            x = x.to(memory_format=inner)  # (restrides even a 1-channel input)
+        with _dispatch.report_layers(self._report):
+            skips = []
+            for i, level in enumerate(self.down):                   # contracting path
+                skip, x = self._step(self._encode, f"down.{i}", level, x)
+                skips.append(skip)
+            x = self._step(self._bottleneck, "bottleneck", self.bottleneck, x)
+            for i, (level, skip) in enumerate(zip(self.up, reversed(skips))):  # expanding path
+                x = self._step(self._decode, f"up.{i}", level, x, skip)
+            x = self._head("head", self.head, x)
+        return x if x.is_contiguous(memory_format=caller_format) else _InCallersFormat.apply(
+            x, caller_format)
 
-    def _double(self, name: str, block: DoubleConv, x, pool: bool):
-        a, b = getattr(block, "0"), getattr(block, "2")
-        x = self._op(f"{name}.0", "conv3x3_relu", x, a.weight, a.bias, a.padding[0])
-        if pool:  # the second conv writes the skip and, from the same epilogue, the pooled map
-            return self._op(f"{name}.2", "conv3x3_relu_pool", x, b.weight, b.bias, b.padding[0])
-        return self._op(f"{name}.2", "conv3x3_relu", x, b.weight, b.bias, b.padding[0])
+    # ------------------------------------------------------------------ the steps
+    def _encode(self, name, level, x):
+        """conv3x3+ReLU, conv3x3+ReLU whose epilogue also writes the pooled map: (skip, pooled).
+        (The skip's gradient reaches the second conv's pool backward, which masks it.)"""
+        x = self._conv(f"{name}.0", level[0], x, relu_input=name != "down.0", grad_masked=True)
+        with _dispatch.layer(f"{name}.2"):
+            return ops.conv3x3_relu_pool(x, level[2].weight, level[2].bias, self._pad,
+                                         backend=self._backend, _relu_input=True)
 
-    def _up(self, i: int, block: Up, x, skip):
-        # transposed conv written straight into the concat buffer beside the cropped skip
-        x = self._op(f"up.{i}.up", "up_concat", skip, x, block.up.weight, block.up.bias)
-        return self._double(f"up.{i}.conv", block.conv, x, pool=False)
+    def _bottleneck(self, name, block, x):
+        x = self._conv(f"{name}.0", block[0], x, relu_input=True, grad_masked=True)
+        return self._conv(f"{name}.2", block[2], x, relu_input=True, grad_masked=True)
+
+    def _decode(self, name, level, x, skip):
+        """up-conv 2x2 into the concat buffer beside the cropped skip, conv3x3+ReLU twice. (The
+        concat is not a ReLU output as a whole: the first conv leaves its gradient unmasked.)"""
+        with _dispatch.layer(f"{name}.up"):
+            x = ops.up_concat(skip, x, level.up.weight, level.up.bias, backend=self._backend,
+                              _relu_input=True)
+        x = self._conv(f"{name}.conv.0", level.conv[0], x, relu_input=False, grad_masked=True)
+        return self._conv(f"{name}.conv.2", level.conv[2], x, relu_input=True, grad_masked=True)
+
+    def _head(self, name, conv, x):
+        with _dispatch.layer(name):
+            return ops.conv1x1(x, conv.weight, conv.bias, backend=self._backend, _relu_input=True)
+
+    def _conv(self, name, conv, x, relu_input, grad_masked):
+        with _dispatch.layer(name):
+            return ops.conv3x3_relu(x, conv.weight, conv.bias, self._pad, backend=self._backend,
+                                    _relu_input=relu_input, _grad_masked=grad_masked)
 
     def _step(self, fn, *args):
+        """One level; with checkpointing, its activations are recomputed in the backward."""
         if self.checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+            return torch.utils.checkpoint.checkpoint(functools.partial(fn, *args[:2]), *args[2:],
+                                                     use_reentrant=False)
         return fn(*args)
 
-    def forward(self, x):
-        _check_input(self, x)
-        fmt = memory_format_of(x)
-        if x.is_cuda or self.backend in ("triton", "cuda"):
-            # NHWC inside: the layout our kernels (and cuDNN's fastest paths) are built for
-            x = x.to(memory_format=torch.channels_last)  # restrides even a 1-channel input
-        skips = []
-        for i, block in enumerate(self.down):
-            skip, x = self._step(lambda t, n=f"down.{i}", b=block: self._double(n, b, t, pool=True), x)
-            skips.append(skip)
-        x = self._step(lambda t: self._double("bottleneck", self.bottleneck, t, pool=False), x)
-        for i, (block, skip) in enumerate(zip(self.up, reversed(skips))):
-            x = self._step(lambda t, s, i=i, b=block: self._up(i, b, t, s), x, skip)
-        x = self._op("head", "conv1x1", x, self.head.weight, self.head.bias)
-        return x if x.is_contiguous(memory_format=fmt) else _InCallersFormat.apply(x, fmt)
+    @property
+    def _backend(self):
+        return None if self.backend == "auto" else self.backend
+
+    @property
+    def _pad(self) -> int:
+        return 0 if self.padding == "valid" else 1
 
 
 class _InCallersFormat(torch.autograd.Function):

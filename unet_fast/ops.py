@@ -4,6 +4,10 @@ Every op checks its arguments here, once, before any backend sees them, applies 
 PyTorch's own op would, and lets the dispatch layer choose the implementation. All ops are
 autograd-aware, accept float32/float16/bfloat16 (float64 on the CPU paths), NCHW or channels_last,
 and return the input's memory format.
+
+The keyword arguments with a leading underscore (`_relu_input`, `_grad_masked`) are the model's
+internal ReLU-gradient contract (see OPS in unet_fast/_dispatch.py); the public ops' gradients are
+exact without them.
 """
 from __future__ import annotations
 
@@ -118,19 +122,18 @@ def _check_crop_shapes(skip_shape, up_shape):
                          "is center-cropped to up's size, so it must be at least as large")
 
 
-def _run(op: str, args: tuple, backend: Optional[str]):
-    return _dispatch.run(op, args, backend)
-
-
 # ---------------------------------------------------------------- the public ops
-def conv3x3_relu(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None):
+def conv3x3_relu(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None,
+                 _relu_input: bool = False, _grad_masked: bool = False):
     """relu(conv2d(x, weight, bias, padding=padding)) with a 3x3 weight; padding 0 or 1."""
     _check_conv3x3(x, weight, bias, padding)
     x, weight, bias = _autocast(x, weight, bias)
-    return _run("conv3x3_relu", (x, weight, bias, padding), backend)
+    return _dispatch.run("conv3x3_relu", (x, weight, bias, padding, bool(_relu_input),
+                                          bool(_grad_masked)), backend)
 
 
-def conv3x3_relu_pool(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None):
+def conv3x3_relu_pool(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None,
+                      _relu_input: bool = False):
     """(y, max_pool2x2(y)) with y = conv3x3_relu(x, ...): the encoder's second conv, whose fused
     kernels write the pooled output from the same epilogue."""
     _check_conv3x3(x, weight, bias, padding)
@@ -139,14 +142,14 @@ def conv3x3_relu_pool(x, weight, bias=None, padding: int = 0, *, backend: Option
     if oh < 2 or ow < 2:
         raise ValueError(f"the conv output is {oh}x{ow}; 2x2 max-pooling needs at least 2x2")
     x, weight, bias = _autocast(x, weight, bias)
-    return _run("conv3x3_relu_pool", (x, weight, bias, padding), backend)
+    return _dispatch.run("conv3x3_relu_pool", (x, weight, bias, padding, bool(_relu_input)), backend)
 
 
 def max_pool2x2(x, *, backend: Optional[str] = None):
     """max_pool2d(x, 2, 2): odd trailing rows/columns are dropped, as in PyTorch."""
     _check_tensor(x, "x")
     _check_pool_input(x)
-    return _run("max_pool2x2", (x,), backend)
+    return _dispatch.run("max_pool2x2", (x,), backend)
 
 
 def crop_concat(skip, up, *, backend: Optional[str] = None):
@@ -155,10 +158,11 @@ def crop_concat(skip, up, *, backend: Optional[str] = None):
     if skip.dtype != up.dtype:  # torch.cat promotes; so do we
         dt = torch.promote_types(skip.dtype, up.dtype)
         skip, up = skip.to(dt), up.to(dt)
-    return _run("crop_concat", (skip, up), backend)
+    return _dispatch.run("crop_concat", (skip, up), backend)
 
 
-def conv_transpose2x2(x, weight, bias=None, *, backend: Optional[str] = None):
+def conv_transpose2x2(x, weight, bias=None, *, backend: Optional[str] = None,
+                      _relu_input: bool = False):
     """conv_transpose2d(x, weight, bias, stride=2) with a (C_in, C_out, 2, 2) weight."""
     _check_tensor(x, "x")
     _check_tensor(weight, "weight")
@@ -170,10 +174,11 @@ def conv_transpose2x2(x, weight, bias=None, *, backend: Optional[str] = None):
     _check_bias(bias, weight.shape[1])
     _check_same({"x": x, "weight": weight, "bias": bias})
     x, weight, bias = _autocast(x, weight, bias)
-    return _run("conv_transpose2x2", (x, weight, bias), backend)
+    return _dispatch.run("conv_transpose2x2", (x, weight, bias, bool(_relu_input)), backend)
 
 
-def up_concat(skip, x, weight, bias=None, *, backend: Optional[str] = None):
+def up_concat(skip, x, weight, bias=None, *, backend: Optional[str] = None,
+              _relu_input: bool = False):
     """crop_concat(skip, conv_transpose2x2(x, weight, bias)): the decoder's up-step, whose fused
     kernels write the transposed conv straight into the concat buffer (no torch.cat)."""
     _check_tensor(x, "x")
@@ -189,15 +194,22 @@ def up_concat(skip, x, weight, bias=None, *, backend: Optional[str] = None):
         raise ValueError(f"skip is on {skip.device} but x is on {x.device}; move them to one device")
     _check_crop_shapes(skip.shape, up_shape)
     x, weight, bias = _autocast(x, weight, bias)
-    if skip.dtype != x.dtype:
-        # the fused kernels write one dtype; mixed inputs take the unfused path, which promotes
-        # like torch.cat (never silently lowering the skip's precision)
-        return crop_concat(skip, conv_transpose2x2(x, weight, bias, backend=backend), backend=backend)
-    return _run("up_concat", (skip, x, weight, bias), backend)
+    return _dispatch.run("up_concat", (skip, x, weight, bias, bool(_relu_input)), backend)
 
 
-def conv1x1(x, weight, bias=None, *, backend: Optional[str] = None):
+def _up_concat_unfused(skip, x, weight, bias, relu_input, *, backend):
+    return crop_concat(skip, conv_transpose2x2(x, weight, bias, backend=backend,
+                                               _relu_input=relu_input), backend=backend)
+
+
+# The fused kernels write one dtype: a skip of another dtype takes the unfused path, which
+# promotes like torch.cat (never silently lowering the skip's precision).
+_dispatch.register_decomposition("up_concat", _up_concat_unfused,
+                                 when=lambda skip, x, *rest: skip.dtype != x.dtype)
+
+
+def conv1x1(x, weight, bias=None, *, backend: Optional[str] = None, _relu_input: bool = False):
     """conv2d(x, weight, bias) with a (C_out, C_in, 1, 1) weight."""
     _check_conv(x, weight, bias, 1)
     x, weight, bias = _autocast(x, weight, bias)
-    return _run("conv1x1", (x, weight, bias), backend)
+    return _dispatch.run("conv1x1", (x, weight, bias, bool(_relu_input)), backend)

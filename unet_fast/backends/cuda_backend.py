@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import register_backend, register_impl
+from .._dispatch import needs_grad, register_backend, register_impl
 
 try:
     from .. import _C  # noqa: F401  (loads the op registrations)
@@ -41,10 +41,6 @@ def extension_path():
     return None if _LOAD_ERROR is not None else _C.__file__
 
 
-# Ops whose CUDA backward reduces the weight gradient with fp32 atomics (split-K).
-_ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat", "conv1x1"}
-
-
 def _supports(op: str):
     def supports(*args):
         t = args[0]
@@ -57,18 +53,20 @@ def _supports(op: str):
                                            for a in args):
             return ("its CUDA kernels run float32, float16 and bfloat16 (float64 only on the CPU "
                     "kernels); convert with .float()")
-        if (t.device.type == "cuda" and op in _ATOMIC_WGRAD and torch.is_grad_enabled()
-                and torch.are_deterministic_algorithms_enabled()):
-            return ("its CUDA weight gradient sums split-K partials with atomics, which is not "
-                    "deterministic, and torch.use_deterministic_algorithms(True) is set")
         return None
     return supports
+
+
+def _atomic_wgrad(args) -> bool:
+    """The CUDA kernels' weight gradients sum split-K partials with fp32 atomics."""
+    return args[0].is_cuda and needs_grad(args)
 
 
 if _LOAD_ERROR is None:
     from . import cuda_ops  # noqa: E402  (fake kernels and autograd of every op in _C)
 
     for _op, _fn in cuda_ops.IMPLS.items():
-        register_impl(_op, "cuda", _fn, _supports(_op))
+        register_impl(_op, "cuda", _fn, _supports(_op),
+                      nondeterministic=_atomic_wgrad if _op in cuda_ops.ATOMIC_WGRAD else None)
         for _dev in ("cpu", "cuda"):
             has_kernel(_op, _dev)

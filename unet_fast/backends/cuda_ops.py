@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
-from .._utils import skip_grad
+from .._utils import relu_input, skip_grad
 
 _ops = torch.ops.unet_fast
 
@@ -217,40 +217,37 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
 
 
 # ---------------------------------------------------------------- the impls of the cuda backend
-def crop_concat(skip, up):
-    return _ops.crop_concat(skip, up)
+# relu_input (unet_fast/_dispatch.py OPS): the C++ kernels do not mask dx by a ReLU input yet, so
+# it is applied around them; grad_masked is ignored (their backward masks again: idempotent).
+def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
+    return _ops.conv3x3_relu(relu_input(x, relu_input_), weight, bias, padding)
 
 
-def conv3x3_relu(x, weight, bias, padding):
-    return _ops.conv3x3_relu(x, weight, bias, padding)
+def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False):
+    return tuple(_ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding))
 
 
-def conv3x3_relu_pool(x, weight, bias, padding):
-    return tuple(_ops.conv3x3_relu_pool(x, weight, bias, padding))
+def conv_transpose2x2(x, weight, bias, relu_input_=False):
+    return _ops.conv_transpose2x2(relu_input(x, relu_input_), weight, bias)
 
 
-def max_pool2x2(x):
-    return _ops.max_pool2x2(x)
+def up_concat(skip, x, weight, bias, relu_input_=False):
+    return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias)
 
 
-def conv_transpose2x2(x, weight, bias):
-    return _ops.conv_transpose2x2(x, weight, bias)
-
-
-def up_concat(skip, x, weight, bias):
-    return _ops.up_concat(skip, x, weight, bias)
-
-
-def conv1x1(x, weight, bias):
-    return _ops.conv1x1(x, weight, bias)
+def conv1x1(x, weight, bias, relu_input_=False):
+    return _ops.conv1x1(relu_input(x, relu_input_), weight, bias)
 
 
 IMPLS = {
     "conv3x3_relu": conv3x3_relu,
     "conv3x3_relu_pool": conv3x3_relu_pool,
-    "max_pool2x2": max_pool2x2,
-    "crop_concat": crop_concat,
+    "max_pool2x2": _ops.max_pool2x2,
+    "crop_concat": _ops.crop_concat,
     "conv_transpose2x2": conv_transpose2x2,
     "up_concat": up_concat,
     "conv1x1": conv1x1,
 }
+# Ops whose CUDA backward reduces the weight gradient with fp32 atomics (split-K): not
+# deterministic when gradients are computed (the dispatch layer's `nondeterministic`).
+ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat", "conv1x1"}

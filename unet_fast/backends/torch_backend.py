@@ -5,15 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .._dispatch import register_impl
-from .._utils import memory_format_of
-
-
-def center_crop(skip: torch.Tensor, size) -> torch.Tensor:
-    """View of `skip` cropped to `size` (H, W) around its center; offset (skip - size) // 2."""
-    h, w = size
-    top = (skip.shape[-2] - h) // 2
-    left = (skip.shape[-1] - w) // 2
-    return skip[..., top:top + h, left:left + w]
+from .._utils import center_crop, memory_format_of, relu_input
 
 
 def _keep_format(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -21,12 +13,14 @@ def _keep_format(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=memory_format_of(like))
 
 
-def conv3x3_relu(x, weight, bias, padding):
-    return F.relu(F.conv2d(x, weight, bias, padding=padding))
+# relu_input: the ReLU-gradient contract of the model's fused path (unet_fast/_dispatch.py OPS);
+# grad_masked only lets a backend skip work, and PyTorch's ReLU masks regardless (idempotent).
+def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
+    return F.relu(F.conv2d(relu_input(x, relu_input_), weight, bias, padding=padding))
 
 
-def conv3x3_relu_pool(x, weight, bias, padding):
-    y = conv3x3_relu(x, weight, bias, padding)
+def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False):
+    y = conv3x3_relu(x, weight, bias, padding, relu_input_)
     return y, F.max_pool2d(y, 2, 2)
 
 
@@ -38,16 +32,16 @@ def crop_concat(skip, up):
     return _keep_format(torch.cat([center_crop(skip, up.shape[-2:]), up], dim=1), up)
 
 
-def conv_transpose2x2(x, weight, bias):
-    return F.conv_transpose2d(x, weight, bias, stride=2)
+def conv_transpose2x2(x, weight, bias, relu_input_=False):
+    return F.conv_transpose2d(relu_input(x, relu_input_), weight, bias, stride=2)
 
 
-def up_concat(skip, x, weight, bias):
-    return crop_concat(skip, conv_transpose2x2(x, weight, bias))
+def up_concat(skip, x, weight, bias, relu_input_=False):
+    return crop_concat(skip, conv_transpose2x2(x, weight, bias, relu_input_))
 
 
-def conv1x1(x, weight, bias):
-    return F.conv2d(x, weight, bias)
+def conv1x1(x, weight, bias, relu_input_=False):
+    return F.conv2d(relu_input(x, relu_input_), weight, bias)
 
 
 for _op in ("conv3x3_relu", "conv3x3_relu_pool", "max_pool2x2", "crop_concat",

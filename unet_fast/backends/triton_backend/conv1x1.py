@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from unet_fast import _utils
+
 from . import utils
 from .igemm import igemm_fwd, igemm_wgrad
 
@@ -86,5 +88,5 @@ def _backward(ctx, dy):
 conv1x1.register_autograd(_backward, setup_context=_setup)
 
 
-def impl(x, weight, bias):
-    return conv1x1(x, weight, bias)
+def impl(x, weight, bias, relu_input=False):
+    return conv1x1(_utils.relu_input(x, relu_input), weight, bias)

@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from unet_fast import _utils
+
 from . import utils
 from .igemm import igemm_fwd, igemm_wgrad
 from .max_pool import _relu_pool_backward
@@ -155,9 +157,9 @@ conv3x3_relu.register_autograd(_backward, setup_context=_setup)
 conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
 
 
-def impl(x, weight, bias, padding):
-    return conv3x3_relu(x, weight, bias, int(padding))
+def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):
+    return conv3x3_relu(_utils.relu_input(x, relu_input), weight, bias, int(padding))
 
 
-def impl_pool(x, weight, bias, padding):
-    return conv3x3_relu_pool(x, weight, bias, int(padding))
+def impl_pool(x, weight, bias, padding, relu_input=False):
+    return conv3x3_relu_pool(_utils.relu_input(x, relu_input), weight, bias, int(padding))

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from unet_fast import _utils
+
 from . import utils
 from .crop_concat import crop_copy, crop_offsets, skip_grad
 from .igemm import igemm_fwd, igemm_wgrad
@@ -161,9 +163,9 @@ conv_transpose2x2.register_autograd(_backward, setup_context=_setup)
 up_concat.register_autograd(_backward_up, setup_context=_setup_up)
 
 
-def impl(x, weight, bias):
-    return conv_transpose2x2(x, weight, bias)
+def impl(x, weight, bias, relu_input=False):
+    return conv_transpose2x2(_utils.relu_input(x, relu_input), weight, bias)
 
 
-def impl_up_concat(skip, x, weight, bias):
-    return up_concat(skip, x, weight, bias)
+def impl_up_concat(skip, x, weight, bias, relu_input=False):
+    return up_concat(skip, _utils.relu_input(x, relu_input), weight, bias)

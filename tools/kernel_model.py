@@ -1,0 +1,854 @@
+#!/usr/bin/env python
+"""Static performance model of the kernels one training step launches: a model, not a measurement.
+
+No GPU is needed. For the paper U-Net (572x572, batch 8) and the "same" U-Net (512x512, batch 16),
+one bf16-autocast training step (forward + backward, NHWC, backend="triton") is run with every
+Triton kernel launch *recorded instead of executed* (CPU tensors, outputs left uninitialized):
+kernel, arguments, the configs the autotuner would time (its own pruning, with an H100/H200's SM
+count and shared memory), and the layer and pass the launch belongs to. The PyTorch (aten) kernels
+the step also runs (weight casts, split-K sums, ...) are recorded through a dispatch mode.
+
+Each distinct (kernel, specialization, config) is then compiled for sm_90 exactly as Triton's
+launcher would compile it (same specialization of the integer arguments and pointer alignments),
+its SASS is read with nvdisasm (shipped in Triton's wheel), the mainloop is found (the innermost
+loop holding the tensor-core instructions) and counted per warp and iteration: instructions by
+class, tensor-core instructions and the cycles they need, bytes loaded. From those counts and the
+launch's grid, a ceiling is predicted for every launch:
+
+    per CTA iteration:  tensor cycles = MMA work / (2048 bf16 FMA per SM and cycle)
+                        issue cycles  = instructions per warp x warps per SM sub-partition
+                        L2 cycles     = bytes the iteration loads / L2 bytes per SM and cycle
+    per launch:         waves x iterations x max(the three) + per-tile overhead (the code outside
+                        the mainloop, issued once per tile, and one pipeline fill latency),
+                        no faster than its unique DRAM bytes at the measured copy bandwidth,
+                        plus an inter-kernel gap.
+
+Memory-bound kernels (no mainloop) are bounded by their bytes at the DRAM bandwidth and by their
+instruction issue; aten kernels are taken at their DRAM roofline (an optimistic guess: they are
+not ours to read). The machine's figures are in `Machine` below; the ones measured on the GPU
+machines (bf16 matmul 790 TFLOP/s, copy 4.3 TB/s) are labelled so, the rest are assumptions.
+
+    python tools/kernel_model.py                     # both models -> docs/kernel_model.md + .json
+    python tools/kernel_model.py --models valid572:1 --no-write    # quick look, batch 1
+
+This is an instrument for finding issue-bound loops, synchronous gathers and spills before a GPU
+sees them. Every figure it prints is a model; the GPU suite measures.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)  # real kernels: they are compiled, never run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+# ============================================================================ the machine
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """An H200 (H100 SXM: same SMs and tensor cores, less DRAM bandwidth)."""
+    name: str = "H200 (132 SMs)"
+    sms: int = 132
+    peak_flops: float = 790e12       # measured: 8192^3 bf16 matmul on the GPU machines
+    dram_bw: float = 4.3e12          # measured: device-to-device copy, bytes read + written
+    l2_bw: float = 10e12             # ASSUMPTION: L2 -> SM bandwidth (not measured here yet)
+    fma_per_clk: int = 2048          # dense bf16/fp16 wgmma FMA per SM and cycle (4096 FLOP)
+    tf32_fma_per_clk: int = 1024     # tf32 wgmma: half the 16-bit rate
+    mma_sync_fma_per_clk: int = 1024  # ASSUMPTION: mma.sync (HMMA) on Hopper, half of wgmma
+    smem_per_sm: int = 233472        # 228 KiB, of which a block may take 227 KiB
+    smem_reserved_per_cta: int = 1024
+    regs_per_sm: int = 65536
+    max_threads_per_sm: int = 2048
+    max_ctas_per_sm: int = 32
+    fill_latency_clk: int = 800      # ASSUMPTION: latency before a tile's first MMA (L2 hit)
+    launch_gap_s: float = 2e-6       # ASSUMPTION: idle time between two dependent kernels
+
+    @property
+    def clock(self) -> float:
+        """The clock at which the tensor cores' 4096 FLOP per SM and cycle give the measured
+        peak (lower than the boost clock: the measured peak is what a real GEMM sustains)."""
+        return self.peak_flops / (2 * self.fma_per_clk * self.sms)
+
+    @property
+    def l2_bytes_per_clk_sm(self) -> float:
+        return self.l2_bw / self.clock / self.sms
+
+
+H200 = Machine()
+
+
+# ============================================================================ the model configs
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    in_channels: int
+    num_classes: int
+    size: int
+    padding: str
+    batch: int
+    base_channels: int = 64
+    depth: int = 4
+
+
+MODELS = {
+    "valid572": ModelConfig("valid572", 1, 2, 572, "valid", 8),   # the paper's U-Net
+    "same512": ModelConfig("same512", 3, 2, 512, "same", 16),
+}
+
+
+# ============================================================================ 1. record a step
+@dataclasses.dataclass
+class Launch:
+    kernel: str                  # "igemm.igemm_fwd_kernel", or "aten.<op>"
+    phase: str                   # "fwd" | "bwd"
+    layer: str
+    args: dict                   # name -> ("tensor", dtype, shape, strides, elt, spec) | ("int", v, spec)
+    constexprs: dict
+    configs: list = dataclasses.field(default_factory=list)  # [(kwargs, warps, stages, grid)]
+    tune_key: tuple = ()
+    bytes: int = 0               # aten: bytes read + written
+
+
+def _tensor_desc(t, spec):
+    """("tensor", Triton pointer type, shape, strides, element size, alignment flag)."""
+    return ("tensor", spec[0], tuple(t.shape), tuple(t.stride()), t.element_size(), spec[1])
+
+
+class _Recorder:
+    """Stands in for a Triton kernel (autotuned or not): `kernel[grid](*args, **kwargs)` records
+    the launch instead of running it."""
+
+    def __init__(self, path, kernel, state):
+        self.path, self.kernel, self.state = path, kernel, state
+
+    def __getitem__(self, grid):
+        return functools.partial(self._launch, grid)
+
+    def _launch(self, grid, *args, **kwargs):
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.nvidia.compiler import CUDABackend
+        from triton.runtime.autotuner import Autotuner
+        k = self.kernel
+        fn = k.fn if isinstance(k, Autotuner) else k
+        named = dict(zip(fn.arg_names, args))
+        nospec = {p.name for p in fn.params if p.do_not_specialize}
+        desc = {}
+        for p in fn.params:
+            if p.name not in named:
+                continue
+            v = named[p.name]
+            spec = native_specialize_impl(CUDABackend, v, False, p.name not in nospec, True)
+            if hasattr(v, "data_ptr"):
+                desc[p.name] = _tensor_desc(v, spec)
+            else:
+                desc[p.name] = ("int" if isinstance(v, int) else type(v).__name__, v, spec)
+        if isinstance(k, Autotuner):
+            k.nargs = named
+            configs = k.prune_configs(kwargs)
+            key = tuple(named[n] for n in k.keys if n in named) + tuple(
+                str(v.dtype) for v in named.values() if hasattr(v, "dtype"))
+        else:
+            configs, key = [None], ()
+        rows = []
+        for c in configs:
+            meta = dict(named, **kwargs, **(c.kwargs if c else {}))
+            g = grid(meta) if callable(grid) else grid
+            g = tuple(int(x) for x in g) + (1,) * (3 - len(g))
+            rows.append(((dict(c.kwargs) if c else {}), c.num_warps if c else kwargs.get("num_warps", 4),
+                         c.num_stages if c else kwargs.get("num_stages", 3), g))
+        self.state.launches.append(Launch(self.path, self.state.phase, self.state.layer or "?",
+                                          desc, dict(kwargs), rows, key))
+
+
+class _State:
+    def __init__(self):
+        self.launches: list[Launch] = []
+        self.phase = "fwd"
+        self.layer = None
+        self.kernels = {}            # path -> the real kernel object
+
+
+# aten ops that launch no kernel (views, metadata, allocation)
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "view", "_unsafe_view",
+              "as_strided", "expand", "permute", "t", "transpose", "slice", "select", "alias",
+              "detach", "unsqueeze", "squeeze", "reshape", "split", "unbind", "lift_fresh",
+              "_to_copy_noop", "set_", "resize_", "view_as", "unfold", "_reshape_alias",
+              "new_empty_strided", "is_same_size", "sym_size", "sym_stride", "size", "stride"}
+
+
+def _aten_recorder(state):
+    import torch
+    from torch._library.custom_ops import _maybe_get_opdef
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class AtenRecorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.namespace != "aten":
+                # one of our custom ops: run its Python body with this mode still on, so the
+                # aten kernels inside it (weight re-layouts, split-K sums) are recorded too
+                opdef = _maybe_get_opdef(func)
+                if opdef is not None:
+                    with self:
+                        return opdef._init_fn(*args, **kwargs)
+                return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            name = func.overloadpacket.__name__
+            returns = func._schema.returns
+            if (name in _NO_KERNEL or name.startswith("_has_") or "view" in name
+                    or (returns and returns[0].alias_info is not None and not name.endswith("_"))):
+                return out
+            ts_in = [a for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                     if isinstance(a, torch.Tensor)]
+            ts_out = [a for a in torch.utils._pytree.tree_leaves(out) if isinstance(a, torch.Tensor)]
+            nbytes = sum(t.numel() * t.element_size() for t in ts_in + ts_out)
+            if nbytes == 0 or not ts_out:
+                return out
+            state.launches.append(Launch(
+                "aten." + name, state.phase, state.layer or "?",
+                {"out": _tensor_desc(ts_out[0], (str(ts_out[0].dtype), ""))}, {}, [], (),
+                nbytes))
+            return out
+
+    return AtenRecorder()
+
+
+def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
+    """The launches of one bf16-autocast training step of `cfg` on the Triton backend."""
+    import torch
+    import triton
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    import unet_fast as uf
+    from unet_fast import _dispatch
+    from unet_fast.backends import triton_backend
+    from unet_fast.backends.triton_backend import utils
+
+    state = _State()
+    patches = []
+
+    def patch(obj, name, value):
+        patches.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    # The backend runs CPU tensors here (its kernels are recorded, never run) and prunes its
+    # configs for the modelled GPU.
+    patch(utils, "num_sms", lambda device: machine.sms)
+    patch(utils, "smem_limit", lambda device: machine.smem_per_sm - machine.smem_reserved_per_cta)
+    _dispatch.ensure_backends()
+    saved_reason = _dispatch._backend_reason["triton"]
+    _dispatch._backend_reason["triton"] = lambda: None
+    saved_supports = {op: impls["triton"].supports for op, impls in _dispatch._impls.items()
+                      if "triton" in impls}
+    for op in saved_supports:
+        _dispatch._impls[op]["triton"].supports = None
+    for mod_name in list(sys.modules):
+        if not mod_name.startswith(triton_backend.__name__ + "."):
+            continue
+        mod = sys.modules[mod_name]
+        for attr, val in list(vars(mod).items()):
+            if isinstance(val, (Autotuner, JITFunction)) and attr.endswith("_kernel"):
+                path = f"{mod_name.rsplit('.', 1)[1]}.{attr}"
+                state.kernels[path] = val
+                patch(mod, attr, _Recorder(path, val, state))
+
+    # layer attribution: the dispatch layer's names in the forward; in the backward, a hook on
+    # the autograd node of each op's output names the layer whose backward runs next
+    orig_run = _dispatch.run
+
+    def run(op, args, backend=None):
+        layer = _dispatch.current_layer() or op
+        state.layer = layer
+        out = orig_run(op, args, backend)
+        outs = out if isinstance(out, tuple) else (out,)
+        node = next((o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn), None)
+        if node is not None:
+            def pre(grads, layer=layer):
+                state.layer = layer
+            node.register_prehook(pre)
+        return out
+
+    patch(_dispatch, "run", run)
+    try:
+        torch.manual_seed(0)
+        model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
+                        cfg.padding, backend="triton")
+        x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size)
+        with _aten_recorder(state):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                state.phase, state.layer = "fwd", "input"
+                out = model(x)
+            state.phase, state.layer = "bwd", "loss"
+            out.float().sum().backward()
+    finally:
+        for obj, name, val in reversed(patches):
+            setattr(obj, name, val)
+        _dispatch._backend_reason["triton"] = saved_reason
+        for op, s in saved_supports.items():
+            _dispatch._impls[op]["triton"].supports = s
+    _KERNELS.update(state.kernels)
+    return state.launches
+
+
+_KERNELS: dict = {}   # kernel path -> the real (autotuned) kernel object, filled by record_step
+
+
+# ============================================================================ 2. compile, read SASS
+_TRITON_BIN = None
+
+
+def _tool(name):
+    global _TRITON_BIN
+    if _TRITON_BIN is None:
+        import triton
+        _TRITON_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    return os.path.join(_TRITON_BIN, name)
+
+
+def compile_key(launch: Launch, cfg_index: int) -> tuple:
+    kw, warps, stages, _ = launch.configs[cfg_index]
+    sig = tuple((n, a[1] if a[0] == "tensor" else a[2][0], a[5] if a[0] == "tensor" else
+                 (a[2][1] if a[2][0] != "constexpr" else a[1])) for n, a in launch.args.items())
+    return (launch.kernel, tuple(sorted(launch.constexprs.items())), tuple(sorted(kw.items())),
+            warps, stages, sig)
+
+
+def _compile_job(job):
+    """(key, arch) -> dict(sass=..., regs=, spill=, smem=, error=)."""
+    key, arch = job
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.autotuner import Autotuner
+    path, constexprs, cfg_kw, warps, stages, sig = key
+    kernel = _KERNELS[path]
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    consts = dict(constexprs)
+    consts.update(dict(cfg_kw))
+    signature, attrs = {}, {}
+    sig = dict((n, (ty, sp)) for n, ty, sp in sig)
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            signature[name] = "constexpr"
+            continue
+        ty, sp = sig[name]
+        if ty == "constexpr":
+            signature[name] = "constexpr"
+            consts[name] = sp
+            continue
+        signature[name] = ty
+        if sp == "D":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    t0 = time.time()
+    try:
+        k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32),
+                           options={"num_warps": warps, "num_stages": stages})
+    except Exception as e:  # noqa: BLE001
+        return dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1:]}",
+                    seconds=time.time() - t0)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True,
+                              timeout=120).stdout
+        res = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name],
+                             capture_output=True, text=True, timeout=60).stdout
+    reg = re.search(r"REG:(\d+)", res)
+    local = re.search(r"LOCAL:(\d+)", res)
+    return dict(sass=sass, regs=int(reg.group(1)) if reg else 0,
+                spill=int(local.group(1)) if local else 0, smem=int(k.metadata.shared),
+                seconds=time.time() - t0, error="")
+
+
+# ---------------------------------------------------------------------------- SASS reading
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_GUARD = re.compile(r"^@!?U?P\w+\s+")
+# instruction classes (by opcode prefix), for the tables
+_CLASSES = [
+    ("tensor", ("HGMMA", "HMMA", "IMMA", "QGMMA")),
+    ("async copy", ("LDGSTS", "UTMALDG", "UBLKCP", "LDGDEPBAR", "DEPBAR", "SYNCS", "UTMACMDFLUSH")),
+    ("global ld/st", ("LDG", "STG", "RED", "ATOM", "UTMASTG")),
+    ("shared ld/st", ("LDS", "LDSM", "STS", "STSM")),
+    ("sync", ("BAR", "WARPGROUP", "MEMBAR", "FENCE", "WARPSYNC", "ERRBAR")),
+    ("fp", ("FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "HADD2", "HMUL2", "HFMA2",
+            "HSETP2", "HMNMX2", "F2F", "F2FP", "MUFU", "FCHK")),
+    ("convert", ("I2F", "F2I", "I2FP", "F2IP", "PRMT")),
+    ("uniform", ("U",)),
+    ("integer", ("IMAD", "IADD", "VIADD", "LEA", "LOP", "SHF", "ISETP", "IABS", "IMNMX", "SEL",
+                 "SGXT", "BMSK", "POPC", "FLO", "BREV", "VIMNMX", "IDP", "PLOP3", "P2R", "R2P")),
+    ("move", ("MOV", "S2R", "S2UR", "R2UR", "CS2R", "LDC", "SHFL", "VOTE")),
+    ("control", ("BRA", "BSSY", "BSYNC", "EXIT", "RET", "CALL", "NOP", "YIELD", "WARPSYNC")),
+]
+
+
+def _class_of(op: str) -> str:
+    for name, prefixes in _CLASSES:
+        if name == "uniform":
+            if op.startswith("U") and not op.startswith(("UTMA", "UBLK")):
+                return name
+            continue
+        if op.startswith(prefixes):
+            return name
+    return "other"
+
+
+def parse_sass(text: str):
+    """[(address, opcode, full text)] and {label: instruction index} of one function's SASS."""
+    instrs, labels = [], {}
+    for line in text.splitlines():
+        m = _LABEL.match(line)
+        if m:
+            labels[m.group(1)] = len(instrs)
+            continue
+        m = _INSTR.match(line)
+        if m:
+            body = _GUARD.sub("", m.group(2).strip())
+            instrs.append((int(m.group(1), 16), body.split()[0], body))
+    return instrs, labels
+
+
+def _bytes_of(op: str) -> int:
+    """Bytes per thread of a global load / async copy opcode."""
+    for suffix, n in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
+        if suffix in op:
+            return n
+    return 4
+
+
+def analyze_sass(text: str) -> dict:
+    """Loops of the kernel, the mainloop (innermost loop holding tensor-core instructions), and
+    per-warp counts per iteration. Counts are static: a branch inside the loop counts both ways
+    (an upper bound; Triton's mainloops are straight-line)."""
+    instrs, labels = parse_sass(text)
+    loops = []
+    for i, (_, op, body) in enumerate(instrs):
+        if op.startswith("BRA"):
+            m = re.search(r"(\.L_x_\d+)", body)
+            if m and m.group(1) in labels and labels[m.group(1)] <= i:
+                loops.append((labels[m.group(1)], i))
+    mma_loops = [(lo, hi) for lo, hi in loops
+                 if any(instrs[j][1].startswith(("HGMMA", "HMMA")) for j in range(lo, hi + 1))]
+    out = dict(total=len(instrs), loops=len(loops), mainloop=None)
+    if mma_loops:
+        # innermost: no other MMA loop strictly inside it
+        inner = [l for l in mma_loops
+                 if not any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in mma_loops)]
+        lo, hi = max(inner, key=lambda l: sum(instrs[j][1].startswith(("HGMMA", "HMMA"))
+                                              for j in range(l[0], l[1] + 1)))
+        body = instrs[lo:hi + 1]
+        out["mainloop"] = _count(body)
+        out["mainloop"]["range"] = (hex(instrs[lo][0]), hex(instrs[hi][0]))
+        out["mainloop"]["others"] = len(mma_loops) - 1
+        out["outside"] = len(instrs) - len(body)
+    else:
+        out["all"] = _count(instrs)
+    return out
+
+
+def _count(body) -> dict:
+    classes = collections.Counter(_class_of(op) for _, op, _ in body)
+    mma = []
+    for _, op, text in body:
+        m = re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)\.\w+\.(\w+)", op)
+        if m:
+            mma.append(("wgmma", int(m.group(1)) * int(m.group(2)) * int(m.group(3)), m.group(4)))
+        elif op.startswith("HMMA"):
+            m = re.match(r"HMMA\.(\d+)(\d)(\d+)\.\w+\.?(\w*)", op)
+            shape = {"16816": 16 * 8 * 16, "1688": 16 * 8 * 8, "16832": 16 * 8 * 32}
+            key = op.split(".")[1]
+            mma.append(("mma.sync", shape.get(key, 2048), (op.split(".")[-1] if "." in op else "")))
+    ld = sum(_bytes_of(op) for _, op, _ in body if op.startswith(("LDGSTS", "LDG")))
+    sync_ld = sum(1 for _, op, _ in body if op.startswith("LDG") and not op.startswith("LDGSTS")
+                  and not op.startswith("LDGDEPBAR"))
+    return dict(instructions=len(body), classes=dict(classes.most_common()), mma=mma,
+                load_bytes_per_thread=ld, sync_global_loads=sync_ld,
+                tma_loads=sum(1 for _, op, _ in body if op.startswith("UTMALDG")),
+                l1_bypass=all("BYPASS" in op for _, op, _ in body if op.startswith("LDGSTS")))
+
+
+# ============================================================================ 3. work of a launch
+def _numel(shape):
+    return math.prod(shape)
+
+
+def _tbytes(a):
+    return _numel(a[2]) * a[4]
+
+
+def _arg(launch, name):
+    a = launch.args[name]
+    return a[1] if a[0] != "tensor" else a
+
+
+def work(launch: Launch, cfg_index: int) -> dict:
+    """The launch's useful FLOPs, its mainloop trip count per CTA, the bytes one iteration loads
+    (A and B tiles), the fewest bytes it must move through DRAM, and its pass name. One entry per
+    kernel of the Triton backend: this table is where the model knows what each kernel does."""
+    kw, warps, stages, grid = launch.configs[cfg_index]
+    c = dict(launch.constexprs, **kw)
+    name = launch.kernel.split(".")[-1]
+    return _WORK[name](launch, c)
+
+
+def _igemm_fwd_work(l, c):
+    a = _arg(l, "a_ptr")
+    elt = a[4]
+    ks, ca = c["KS"], _arg(l, "CA")
+    n_gemm, m_rows = _arg(l, "N_GEMM"), _arg(l, "NB") * _arg(l, "OH") * _arg(l, "OW")
+    k_tot = ks * ks * ca
+    bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    iters = math.ceil(k_tot / bk)
+    tile_bytes = (bm * bk + bk * bn) * elt + (bm * bk * elt if c.get("MASK_A") else 0)
+    dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
+    if c.get("POOL"):
+        dram += _tbytes(_arg(l, "pool_ptr"))
+    if c.get("MASK_A"):
+        dram += _tbytes(_arg(l, "mk_ptr"))
+    if c.get("UPSCATTER"):
+        what = "fwd"
+    elif c.get("SIGN", 1) == -1 or (ks == 2 and c.get("STRIDE") == 2) or not c.get("HAS_BIAS", True):
+        what = "dgrad"
+    else:
+        what = "fwd"
+    return dict(flops=2 * m_rows * n_gemm * k_tot, iters=iters, tile_bytes=tile_bytes, dram=dram,
+                pass_=what, mma=True)
+
+
+def _igemm_wgrad_work(l, c):
+    a = _arg(l, "a_ptr")
+    elt = a[4]
+    m, n, p_tot, chunk = _arg(l, "M_GEMM"), _arg(l, "N_GEMM"), _arg(l, "P_TOT"), _arg(l, "CHUNK")
+    bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    split = math.ceil(p_tot / chunk)
+    tile_bytes = (bm * bk + bk * bn) * elt + (bk * bn * elt if c.get("MASK_B") else 0)
+    dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
+    if c.get("MASK_B"):
+        dram += _tbytes(_arg(l, "mb_ptr"))
+    return dict(flops=2 * m * n * p_tot, iters=math.ceil(chunk / bk), tile_bytes=tile_bytes,
+                dram=dram, pass_="wgrad", mma=True)
+
+
+def _pool_fwd_work(l, c):
+    x, y = _arg(l, "x_ptr"), _arg(l, "y_ptr")
+    return dict(flops=0, dram=4 * _tbytes(y) + _tbytes(y), pass_="pool", mma=False)
+
+
+def _pool_bwd_work(l, c):
+    s, dp, g = _arg(l, "s_ptr"), _arg(l, "dp_ptr"), _arg(l, "g_ptr")
+    b = _tbytes(s) + _tbytes(dp) + _tbytes(g) + (_tbytes(_arg(l, "dy_ptr")) if c["ADD_DY"] else 0)
+    return dict(flops=0, dram=b, pass_="pool bwd" + (" + dReLU" if c["RELU_MASK"] else ""),
+                mma=False)
+
+
+def _crop_copy_work(l, c):
+    d = _arg(l, "d_ptr")
+    return dict(flops=0, dram=2 * _tbytes(d), pass_="crop copy", mma=False)
+
+
+_WORK = {
+    "igemm_fwd_kernel": _igemm_fwd_work,
+    "igemm_wgrad_kernel": _igemm_wgrad_work,
+    "_max_pool2x2_forward_kernel": _pool_fwd_work,
+    "_max_pool2x2_backward_kernel": _pool_bwd_work,
+    "_crop_copy_kernel": _crop_copy_work,
+}
+
+
+# ============================================================================ 4. predict
+def _occupancy(m: Machine, warps: int, regs: int, smem: int) -> int:
+    threads = 32 * warps
+    by_smem = m.smem_per_sm // (smem + m.smem_reserved_per_cta) if smem else m.max_ctas_per_sm
+    regs_alloc = max(8, -(-regs // 8) * 8)
+    by_regs = m.regs_per_sm // (regs_alloc * threads) if regs else m.max_ctas_per_sm
+    return max(1, min(by_smem, by_regs, m.max_threads_per_sm // threads, m.max_ctas_per_sm))
+
+
+def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> dict:
+    """The model's figures for one launch with one config (see the module docstring)."""
+    kw, warps, stages, grid = launch.configs[cfg_index]
+    w = work(launch, cfg_index)
+    ctas = grid[0] * grid[1] * grid[2]
+    occ = _occupancy(m, warps, binary["regs"], binary["smem"])
+    clk = m.clock
+    sass = binary["analysis"]
+    issue_per_sub = math.ceil(warps / 4)
+    row = dict(kernel=launch.kernel.split(".")[-1], pass_=w["pass_"], layer=launch.layer,
+               phase=launch.phase, config=_cfg_text(kw, warps, stages), ctas=ctas, occupancy=occ,
+               regs=binary["regs"], spill=binary["spill"], smem=binary["smem"], flops=w["flops"],
+               dram_bytes=w["dram"])
+    dram_s = w["dram"] / m.dram_bw
+    if w["mma"] and sass.get("mainloop"):
+        ml = sass["mainloop"]
+        fma = 0
+        for kind, n, dtype in ml["mma"]:
+            rate = (m.tf32_fma_per_clk if "TF32" in dtype.upper() else m.fma_per_clk)
+            if kind == "wgmma":
+                fma += n * (warps // 4) * (m.fma_per_clk / rate)
+            else:
+                fma += n * warps * (m.fma_per_clk / m.mma_sync_fma_per_clk)
+        tensor = fma / m.fma_per_clk
+        issue = ml["instructions"] * issue_per_sub
+        l2 = w["tile_bytes"] / m.l2_bytes_per_clk_sm
+        per_iter = max(tensor, issue, l2)
+        bound = ("tensor" if per_iter == tensor else "issue" if per_iter == issue else "L2")
+        overhead = sass["outside"] * issue_per_sub + m.fill_latency_clk
+        per_cta = w["iters"] * per_iter + overhead
+        waves = math.ceil(ctas / (m.sms * occ))
+        compute_s = waves * occ * per_cta / clk
+        t = max(compute_s, dram_s)
+        if dram_s > compute_s:
+            bound = "DRAM"
+        ideal_tensor_s = w["flops"] / m.peak_flops
+        row.update(instructions_per_iter=ml["instructions"], tensor_cycles_per_iter=round(tensor),
+                   issue_cycles_per_iter=issue, l2_cycles_per_iter=round(l2, 1),
+                   iterations=w["iters"], waves=waves, bound=bound,
+                   classes=ml["classes"], sync_global_loads=ml["sync_global_loads"],
+                   l1_bypass=ml["l1_bypass"])
+    else:
+        instrs = (sass.get("all") or {}).get("instructions", sass["total"])
+        issue_s = ctas * warps * instrs / (m.sms * 4) / clk
+        t = max(dram_s, issue_s)
+        bound = "DRAM" if dram_s >= issue_s else "issue"
+        ideal_tensor_s = 0.0
+        row.update(instructions_per_iter=None, tensor_cycles_per_iter=None,
+                   issue_cycles_per_iter=None, iterations=None, bound=bound,
+                   instructions_per_warp=instrs)
+    t += m.launch_gap_s
+    roof = max(w["flops"] / m.peak_flops, w["dram"] / m.dram_bw)
+    row.update(time_s=t, roofline_s=roof,
+               predicted_fraction_of_peak=(w["flops"] / m.peak_flops) / t if w["flops"] else None,
+               fraction_of_roofline=roof / t)
+    return row
+
+
+def _cfg_text(kw, warps, stages):
+    s = "x".join(str(kw[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kw)
+    s = s or ",".join(f"{k}={v}" for k, v in kw.items())
+    return f"{s} w{warps} s{stages}"
+
+
+def predict_aten(launch: Launch, m: Machine = H200) -> dict:
+    t = launch.bytes / m.dram_bw + m.launch_gap_s
+    return dict(kernel=launch.kernel, pass_="aten " + launch.kernel[5:], layer=launch.layer,
+                phase=launch.phase, config="-", ctas=None, flops=0, dram_bytes=launch.bytes,
+                time_s=t, roofline_s=launch.bytes / m.dram_bw, bound="DRAM (aten, assumed)",
+                predicted_fraction_of_peak=None, fraction_of_roofline=(launch.bytes / m.dram_bw) / t,
+                instructions_per_iter=None, tensor_cycles_per_iter=None, issue_cycles_per_iter=None)
+
+
+# ============================================================================ 5. the whole run
+def model_step(cfg: ModelConfig, jobs: int, machine: Machine = H200, arch: int = 90,
+               log=print) -> dict:
+    t0 = time.time()
+    launches = record_step(cfg, machine)
+    log(f"[{cfg.name} b{cfg.batch}] recorded {len(launches)} launches in {time.time() - t0:.0f}s")
+    triton_launches = [l for l in launches if not l.kernel.startswith("aten.")]
+    keys = {}
+    for l in triton_launches:
+        for i in range(len(l.configs)):
+            keys.setdefault(compile_key(l, i), None)
+    todo = [(k, arch) for k in keys if k not in _BINARIES]
+    t1 = time.time()
+    if todo:
+        if jobs > 1:
+            with cf.ProcessPoolExecutor(jobs) as ex:
+                results = list(ex.map(_compile_job, todo))
+        else:
+            results = [_compile_job(j) for j in todo]
+        for (k, _), r in zip(todo, results):
+            if not r.get("error"):
+                r["analysis"] = analyze_sass(r.pop("sass"))
+            _BINARIES[k] = r
+    log(f"[{cfg.name} b{cfg.batch}] compiled {len(todo)} binaries for sm_{arch} in "
+        f"{time.time() - t1:.0f}s")
+    rows, failures = [], []
+    for l in launches:
+        if l.kernel.startswith("aten."):
+            rows.append(predict_aten(l, machine))
+            continue
+        cands = []
+        for i in range(len(l.configs)):
+            b = _BINARIES[compile_key(l, i)]
+            if b.get("error"):
+                failures.append((l.kernel, l.configs[i], b["error"]))
+                continue
+            cands.append(predict(l, i, b, machine))
+        best = min(cands, key=lambda r: r["time_s"])
+        best["candidates"] = len(cands)
+        rows.append(best)
+    # first contact: what the first step compiles and times
+    tunings = {}
+    for l in triton_launches:
+        tunings.setdefault((l.kernel, l.tune_key), len(l.configs))
+    first = dict(compiles=len(keys), autotune_keys=len(tunings),
+                 autotune_runs=sum(n for n in tunings.values() if n > 1))
+    return dict(config=dataclasses.asdict(cfg), rows=rows, failures=failures, first_step=first)
+
+
+_BINARIES: dict = {}
+
+
+def summarize(result: dict, m: Machine = H200) -> dict:
+    rows = result["rows"]
+    total = sum(r["time_s"] for r in rows)
+    roof = sum(r["roofline_s"] for r in rows)
+    flops = sum(r["flops"] for r in rows)
+    by_pass = collections.defaultdict(float)
+    for r in rows:
+        by_pass[r["pass_"]] += r["time_s"]
+    return dict(predicted_s=total, roofline_s=roof, flops=flops, ideal_s=flops / m.peak_flops,
+                images_per_s=result["config"]["batch"] / total, by_pass=dict(by_pass))
+
+
+# ============================================================================ 6. the report
+def _fmt_ms(s):
+    return f"{s * 1e3:.3f}"
+
+
+def write_report(results: list, path_md: str, path_json: str, m: Machine = H200) -> None:
+    import triton
+    lines = [
+        "# Kernel model: model, not measurement",
+        "",
+        "Generated by `python tools/kernel_model.py` (no GPU): every kernel one bf16-autocast",
+        "training step launches on `backend=\"triton\"`, recorded from the model itself, each",
+        f"compiled for sm_90 with Triton {triton.__version__} as its launcher would, its SASS",
+        "mainloop counted per warp and iteration, and a ceiling predicted from the counts. Every",
+        "time and fraction below is a **prediction of a static model**; measured GPU figures live",
+        "in benchmarks/results/ (none yet).",
+        "",
+        "## Assumptions",
+        f"- Machine: {m.name}; bf16 peak {m.peak_flops / 1e12:.0f} TFLOP/s and DRAM {m.dram_bw / 1e12:.1f} TB/s "
+        "(both measured on the GPU machines); the clock is taken as the one at which the tensor",
+        f"  cores' 4096 FLOP per SM and cycle give that peak ({m.clock / 1e9:.3f} GHz).",
+        f"- L2 -> SM bandwidth {m.l2_bw / 1e12:.0f} TB/s ({m.l2_bytes_per_clk_sm:.1f} B per SM and cycle): an "
+        "assumption, not measured here; every tile load of a mainloop is counted as L2 traffic",
+        "  (Triton's cp.async bypasses L1).",
+        "- Tensor cycles per iteration: the iteration's HGMMA work at 2048 bf16 FMA per SM and cycle",
+        "  (tf32 at half); issue cycles: the loop's instructions per warp times the warps per SM",
+        "  sub-partition (one instruction per cycle each); a mainloop whose issue cycles exceed its",
+        "  tensor cycles is issue-bound and cannot reach the tensor peak.",
+        f"- Per tile: the code outside the mainloop issued once, plus {m.fill_latency_clk} cycles to fill",
+        f"  the pipeline; {m.launch_gap_s * 1e6:.0f} us between dependent kernels; waves of CTAs at the occupancy",
+        "  the compiled registers and shared memory allow; never faster than the launch's unique bytes",
+        "  at the DRAM bandwidth.",
+        "- Memory-bound kernels: their bytes at the DRAM bandwidth, or their instruction issue if that",
+        "  is longer. PyTorch (aten) kernels the step launches are taken at their DRAM roofline.",
+        "- For every launch, each config the autotuner would time is compiled and the model keeps the",
+        "  best (an autotuner that measures well picks the same or better).",
+        "",
+    ]
+    for res in results:
+        cfg = res["config"]
+        s = summarize(res, m)
+        fs = res["first_step"]
+        lines += [
+            f"## {cfg['name']}: {cfg['size']}x{cfg['size']}, batch {cfg['batch']}, "
+            f"{cfg['in_channels']} input channel(s), padding {cfg['padding']}",
+            "",
+            f"- Predicted step time **{_fmt_ms(s['predicted_s'])} ms** "
+            f"({s['images_per_s']:.0f} images/s); roofline sum of the same launches "
+            f"{_fmt_ms(s['roofline_s'])} ms (ratio {s['predicted_s'] / s['roofline_s']:.2f}); "
+            f"all FLOPs at the peak {_fmt_ms(s['ideal_s'])} ms ({s['flops'] / 1e12:.2f} TFLOP).",
+            f"- First step: {fs['compiles']} Triton compiles, {fs['autotune_keys']} autotuned "
+            f"shapes, {fs['autotune_runs']} autotune timing runs.",
+            "- Time by pass (ms): " + ", ".join(f"{k} {_fmt_ms(v)}" for k, v in
+                                               sorted(s["by_pass"].items(), key=lambda kv: -kv[1])),
+            "",
+            "| layer | pass | kernel | config | CTAs x occ | instr/iter | issue cyc | tensor cyc "
+            "| L2 cyc | bound | % peak | % roofline | ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["rows"]:
+            if r["kernel"].startswith("aten.") and r["time_s"] < 20e-6:
+                continue  # small aten kernels: summed in the totals only
+            pk = r.get("predicted_fraction_of_peak")
+            lines.append(
+                f"| {r['layer']} | {r['pass_']} | {r['kernel']} | {r['config']} | "
+                f"{r['ctas'] or '-'}{'x' + str(r.get('occupancy')) if r.get('occupancy') else ''} | "
+                f"{r['instructions_per_iter'] or '-'} | {r['issue_cycles_per_iter'] or '-'} | "
+                f"{r['tensor_cycles_per_iter'] or '-'} | {r.get('l2_cycles_per_iter') or '-'} | "
+                f"{r['bound']} | {'-' if pk is None else f'{100 * pk:.0f}'} | "
+                f"{100 * r['fraction_of_roofline']:.0f} | {_fmt_ms(r['time_s'])} |")
+        small = [r for r in res["rows"] if r["kernel"].startswith("aten.") and r["time_s"] < 20e-6]
+        if small:
+            lines.append(f"\n{len(small)} small aten kernels (each under 20 us, "
+                         f"{_fmt_ms(sum(r['time_s'] for r in small))} ms together) are left out "
+                         "of the table.")
+        if res["failures"]:
+            lines.append("\nCompile failures (left out of the prediction):")
+            lines += [f"- {k} {c}: {e}" for k, c, e in res["failures"]]
+        lines.append("")
+    with open(path_md, "w") as f:
+        f.write("\n".join(lines))
+    out = []
+    for res in results:
+        for r in res["rows"]:
+            out.append(dict(model=res["config"]["name"], name=r["kernel"], pass_=r["pass_"],
+                            layer=r["layer"], config=r["config"],
+                            instructions_per_iter=r["instructions_per_iter"],
+                            tensor_cycles_per_iter=r["tensor_cycles_per_iter"],
+                            issue_cycles_per_iter=r["issue_cycles_per_iter"],
+                            predicted_fraction_of_peak=r["predicted_fraction_of_peak"],
+                            bound=r["bound"], predicted_ms=r["time_s"] * 1e3,
+                            roofline_ms=r["roofline_s"] * 1e3))
+    with open(path_json, "w") as f:
+        json.dump(dict(note="model, not measurement", machine=dataclasses.asdict(m),
+                       kernels=[{("pass" if k == "pass_" else k): v for k, v in d.items()}
+                                for d in out],
+                       summary={res["config"]["name"]: dict(summarize(res, m),
+                                                           first_step=res["first_step"])
+                                for res in results}), f, indent=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="valid572,same512",
+                    help="comma-separated model configs, each NAME or NAME:BATCH "
+                         f"(names: {', '.join(MODELS)})")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "kernel_model.md"))
+    ap.add_argument("--no-write", action="store_true", help="print the summary only")
+    args = ap.parse_args(argv)
+    results = []
+    for spec in args.models.split(","):
+        name, _, batch = spec.partition(":")
+        if name not in MODELS:
+            ap.error(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+        cfg = MODELS[name]
+        if batch:
+            cfg = dataclasses.replace(cfg, batch=int(batch))
+        res = model_step(cfg, args.jobs)
+        s = summarize(res)
+        print(f"{cfg.name} b{cfg.batch}: predicted {_fmt_ms(s['predicted_s'])} ms per step "
+              f"({s['images_per_s']:.0f} img/s), roofline sum {_fmt_ms(s['roofline_s'])} ms, "
+              f"FLOPs at peak {_fmt_ms(s['ideal_s'])} ms; first step {res['first_step']}")
+        for k, v in sorted(s["by_pass"].items(), key=lambda kv: -kv[1]):
+            print(f"    {k:28s} {_fmt_ms(v)} ms")
+        results.append(res)
+    if not args.no_write:
+        write_report(results, args.out, os.path.splitext(args.out)[0] + ".json")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
