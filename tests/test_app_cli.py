@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet_fast import checkpoint, cli
+from unet_fast.app import checkpoint, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "40", "--train-images", "3", "--val-images", "2", "--base-channels", "4",

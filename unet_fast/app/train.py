@@ -303,7 +303,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def _run(cfg, info, device, amp, out_size, out, resumed, say, t_start):
-    from . import UNet
+    from .. import UNet
     from torch.utils.data import DataLoader, DistributedSampler
 
     main = info.is_main
@@ -477,5 +477,5 @@ def _write_metrics(history: list, path: Path) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import sizes
+from .. import sizes
 from .data import check_tile, mirror_indices
 
 PALETTE = np.array([[0, 0, 0], [255, 40, 40], [40, 200, 255], [255, 220, 0], [40, 255, 80],

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import sizes
+from .. import sizes
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -226,7 +226,7 @@ def _bench_one(model, x, y, device, amp, warmup, steps):
 def _cmd_bench(args) -> int:
     import torch
 
-    from . import UNet, reference
+    from .. import UNet, reference
     from .distributed import DistInfo
     from .train import _resolve_amp, _resolve_device
 
@@ -306,7 +306,7 @@ def collect_info() -> dict:
     import torch
 
     import unet_fast
-    from .backends import available, cuda_backend
+    from ..backends import available, cuda_backend
 
     try:
         import triton
@@ -374,7 +374,7 @@ def _cmd_info(args) -> int:
 
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     p = argparse.ArgumentParser(
         prog="unet-fast", description="U-Net (Ronneberger et al., 2015) on fused Triton/CUDA "
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ._dispatch import BackendUnavailable
+    from .._dispatch import BackendUnavailable
     from .checkpoint import CheckpointError
     from .data import DataError
     from .train import ConfigError
