@@ -24,7 +24,12 @@ from . import distributed as dist_mod
 from .data import (MEMBRANE, DataError, TileDataset, add_weight_maps, builtin_samples,
                    check_tile, load_folder)
 from .losses import LOSSES, confusion, make_loss, metrics_from_confusion
-from .predict import amp_context, overlay, predict_logits
+from .predict import overlay, predict_logits
+from .runtime import (ConfigError, amp_context, grad_scaler, optimizer_step, resolve_amp,
+                      resolve_device)
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")   # per step, after a linear warmup
 
 
 @dataclass
@@ -47,13 +52,13 @@ class TrainConfig:
     epochs: int = 12
     batch: int = 8                    # global batch (split over the processes under torchrun)
     tiles_per_epoch: int = 512
-    optimizer: str = "adam"
+    optimizer: str = "adam"           # one of OPTIMIZERS
     lr: float = 3e-3
     momentum: float = 0.99            # SGD (the paper's)
     weight_decay: float = 0.0
-    schedule: str = "cosine"          # cosine | step | constant (per step, after a warmup)
+    schedule: str = "cosine"          # one of SCHEDULES
     warmup_steps: int = 20
-    loss: str = "ce"
+    loss: str = "ce"                  # one of losses.LOSSES
     w0: float = 10.0
     sigma: float = 5.0
     border_class: int = MEMBRANE
@@ -63,7 +68,7 @@ class TrainConfig:
     elastic_sigma: float = 10.0
     seed: int = 0
     # execution
-    amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"                 # one of runtime.AMP_MODES: auto (bf16 on CUDA, off on CPU)
     channels_last: bool = False
     backend: str = "auto"
     device: str = "auto"
@@ -84,41 +89,15 @@ RESUME_KEYS = ("data", "val_data", "val_fraction", "train_images", "val_images",
                "elastic", "elastic_sigma", "seed", "amp", "channels_last")
 
 
-class ConfigError(ValueError):
-    """A bad option; the message names it and the fix."""
-
-
-def _resolve_device(name: str, info: dist_mod.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA GPU is visible; use --device cpu "
-                              "(or auto)")
-        if dev.index is None:
-            dev = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return dev
-
-
-def _resolve_amp(amp: str, device: torch.device) -> str:
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or --amp off")
-    return amp
-
-
 def validate_config(cfg: TrainConfig) -> int:
     """Checks the options; returns the output size of the training tile."""
     if cfg.loss not in LOSSES:
         raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    if cfg.optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"--optimizer must be adam or sgd, got {cfg.optimizer!r}")
-    if cfg.schedule not in ("cosine", "step", "constant"):
-        raise ConfigError(f"--schedule must be cosine, step or constant, got {cfg.schedule!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                          f"{cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     for name in ("epochs", "batch", "tiles_per_epoch", "base_channels", "depth", "num_classes",
                  "in_channels"):
         if getattr(cfg, name) < 1:
@@ -247,19 +226,6 @@ def _train_step(model, opt, scaler, loss_fn, x, y, w, device, amp, channels_last
     return loss.detach()
 
 
-def optimizer_step(loss, opt, scaler=None) -> None:
-    """Backward and optimizer step, through the fp16 GradScaler when there is one. The caller
-    zeroes the gradients at the start of its step (set_to_none before the forward: the previous
-    step's gradients are not kept alive through it)."""
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
-
-
 def _describe_backend(model, device) -> str:
     used = sorted(set(v for v in model.backend_report().values() if v))
     used_s = "+".join(used) if used else "?"
@@ -276,8 +242,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Runs the training; returns a summary (also written to <out>/summary.json on rank 0)."""
     t_start = time.time()
     info = dist_mod.from_env()
-    device = _resolve_device(cfg.device, info)
-    amp = _resolve_amp(cfg.amp, device)
+    device = resolve_device(cfg.device, info.local_rank)
+    amp = resolve_amp(cfg.amp, device)
     out_size = validate_config(cfg)
     if cfg.batch % info.world_size:
         raise ConfigError(f"--batch {cfg.batch} (the global batch) must be a multiple of the "
@@ -341,7 +307,7 @@ def _run(cfg, info, device, amp, out_size, out, resumed, say, t_start):
                               weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    scaler = grad_scaler(device, amp)
     loss_fn = make_loss(cfg.loss)
 
     history, start_epoch, best = [], 0, -1.0
