@@ -10,8 +10,9 @@ export MAX_JOBS
 
 .PHONY: setup build train test bench gpu-suite clean
 
-# Rebuild the extension only when its sources or the build script change.
-EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+# Reinstall (and rebuild the extension) only when its sources, the build script or the package's
+# metadata (pyproject.toml: the `unet-fast` entry point) change.
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
 setup: build
 
@@ -23,7 +24,7 @@ $(VENV)/.deps: requirements-dev.txt
 # Builds unet_fast._C in place (CUDA + C++ kernels when a toolkit is found, else C++ only).
 build: $(VENV)/.built
 
-$(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
+$(VENV)/.built: $(VENV)/.deps $(BUILD_INPUTS)
 	@echo "building unet_fast._C (log: build.log) ..."
 	@$(PY) -m pip install --no-build-isolation --no-deps -v -e . > build.log 2>&1 || { tail -60 build.log; exit 1; }
 	@grep -A6 "unet_fast build configuration" build.log | sed 's/^ *//' || true

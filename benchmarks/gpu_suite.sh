@@ -137,7 +137,7 @@ def v(name, dist=None):
         return "yes"
 print("python", sys.version.split()[0])
 for n, d in (("torch", None), ("triton", None), ("pytest", None), ("pytest_benchmark", "pytest-benchmark"),
-             ("matplotlib", None), ("numpy", None), ("ninja", None), ("pybind11", None)):
+             ("matplotlib", None), ("numpy", None), ("ninja", None)):
     print(n, v(n, d))
 try:
     import torch

@@ -4,12 +4,13 @@
     python benchmarks/summarize.py RESULTS.json [--out DIR] [--stages stages.tsv] [--log log.txt]
 
 Writes DIR/summary.md (markdown tables: ours against eager and torch.compile, per layer and whole
-model, ratios from the same run, the measured ceilings, the DESIGN targets) and DIR/per_layer.png
-(per-layer times, matplotlib), and prints the whole-model table and the targets.
+model, ratios from the same run, the measured ceilings, the targets of docs/design.md section 3)
+and DIR/per_layer.png (per-layer times, matplotlib), and prints the whole-model table and the
+targets.
 
 Ratios are `baseline time / our time`: above 1 means ours is faster. "ours" is the faster of the
 triton and cuda backends on that row; auto is reported on its own. The eager baseline of the
-DESIGN targets is eager channels_last (cuDNN), falling back to eager NCHW where it is missing.
+targets is eager channels_last (cuDNN), falling back to eager NCHW where it is missing.
 Needs only the standard library (matplotlib for the chart).
 """
 from __future__ import annotations
@@ -201,7 +202,7 @@ def layer_table(rows_by_key):
 
 
 def targets(records, meta):
-    """The DESIGN section 3 targets, evaluated on this run: [(target, measured, status)]."""
+    """The targets of docs/design.md section 3, evaluated on this run: [(target, measured, status)]."""
     out = []
     models = pivot(by_kind(records, "model"), ("config", "mode", "dtype"))
     train = models.get(("valid572-b8", "train", "bf16"), {})
@@ -344,7 +345,7 @@ def render_summary_md(records, meta, stages_path=None, title=None) -> str:
                 "SGD step; infer = forward under no_grad; bf16/fp16 = autocast.", "", md_table(header, rows), ""]
     tg = targets(records, meta)
     if any(s != "no data" for _, _, s in tg):
-        out += ["## DESIGN targets", "", md_table(["target", "measured", "status"], tg), ""]
+        out += ["## Targets (docs/design.md, section 3)", "", md_table(["target", "measured", "status"], tg), ""]
     secs = layer_sections(records)
     if secs:
         out += ["## Per layer (bf16)", "",
@@ -501,7 +502,7 @@ def main(argv=None) -> int:
     print(render_terminal(records, meta))
     tg = targets(records, meta)
     if any(s != "no data" for _, _, s in tg):
-        print("\nDESIGN targets\n" + text_table(["target", "measured", "status"], tg))
+        print("\nTargets (docs/design.md, section 3)\n" + text_table(["target", "measured", "status"], tg))
     chart = f" and {os.path.join(out, 'per_layer.png')}" if plotted else ""
     print(f"\nwrote {os.path.join(out, 'summary.md')}{chart}")
     return 0

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import harness
 import unet_fast as uf
-from unet_fast.train import optimizer_step
+from unet_fast.app.runtime import optimizer_step
 from harness import COMPILE, DTYPES, OURS, Settings
 
 

@@ -1,5 +1,8 @@
 """The command line as a user runs it: train (the README's first command, reduced), predict,
-bench, info, bad input through the CLI, and a run killed with SIGKILL that resumes."""
+bench, info, bad input through the CLI, and a run killed with SIGKILL that resumes; and the
+application's place: the library never imports it, its entry point and choice lists."""
+import argparse
+import importlib
 import json
 import os
 import signal
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet_fast import checkpoint, cli
+from unet_fast.app import checkpoint, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "40", "--train-images", "3", "--val-images", "2", "--base-channels", "4",
@@ -130,3 +133,33 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"after epoch {done}" in r.stdout
     assert checkpoint.load(last)["epoch"] == done + 1
+
+
+def test_the_library_never_imports_the_application():
+    code = ("import sys, unet_fast; "
+            "print(sorted(m for m in sys.modules if m.startswith('unet_fast.app')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_console_entry_point_is_the_cli():
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["unet-fast"].split(":")
+    assert getattr(importlib.import_module(module), func) is cli.main
+
+
+def test_choice_lists_come_from_one_source():
+    from unet_fast._dispatch import CHOICES
+    from unet_fast.app import losses, runtime, train
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {cmd: {a.dest: a.choices for a in p._actions} for cmd, p in sub.choices.items()}
+    for cmd in ("train", "predict", "bench"):
+        assert choices[cmd]["backend"] is CHOICES, cmd
+        assert choices[cmd]["amp"] is runtime.AMP_MODES, cmd
+    assert choices["train"]["loss"] is losses.LOSSES
+    assert choices["train"]["optimizer"] is train.OPTIMIZERS
+    assert choices["train"]["schedule"] is train.SCHEDULES

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_fast import data
-from unet_fast.data import DataError
+from unet_fast.app import data
+from unet_fast.app.data import DataError
 
 
 def test_generator_deterministic_for_a_seed():

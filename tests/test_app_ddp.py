@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from unet_fast import checkpoint, train
-from unet_fast.train import TrainConfig
+from unet_fast.app import checkpoint, train
+from unet_fast.app.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(image_size=40, train_images=3, val_images=1, base_channels=4, depth=2, tile=60,

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from unet_fast import losses
+from unet_fast.app import losses
 
 
 def _direct_ce(logits, target, weight=None):

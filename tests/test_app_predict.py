@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 import unet_fast as uf
-from unet_fast import predict
-from unet_fast.data import DataError
+from unet_fast.app import predict
+from unet_fast.app.data import DataError
 
 
 def _model(depth, padding, base=4, dtype=torch.float64):

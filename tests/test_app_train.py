@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from unet_fast import checkpoint, train
-from unet_fast.checkpoint import CheckpointError
-from unet_fast.train import ConfigError, TrainConfig
+from unet_fast.app import checkpoint, train
+from unet_fast.app.checkpoint import CheckpointError
+from unet_fast.app.train import ConfigError, TrainConfig
 
 
 def tiny(tmp_path, name="run", **kw):
@@ -154,7 +154,7 @@ def test_train_on_a_folder_dataset(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from unet_fast.data import synthetic_em
+    from unet_fast.app.data import synthetic_em
     imgs, masks = synthetic_em(4, (40, 40), seed=1)
     for i, (im, m) in enumerate(zip(imgs, masks)):
         for sub, arr in (("imgs", (im * 255).astype(np.uint8)), ("masks", m)):

@@ -1,7 +1,7 @@
 """`python -m unet_fast ...` and `torchrun --nproc_per_node N -m unet_fast train ...`."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

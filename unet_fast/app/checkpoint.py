@@ -111,7 +111,7 @@ def check_config(saved: dict, current: dict, keys: Iterable[str], path) -> None:
 
 def model_from_checkpoint(ckpt: dict, backend: str = "auto", device="cpu"):
     """The fast UNet of a checkpoint's configuration with its weights, in eval mode."""
-    from . import UNet
+    from .. import UNet
 
     cfg = ckpt["config"]
     model = UNet(cfg["in_channels"], cfg["num_classes"], cfg["base_channels"], cfg["depth"],

@@ -4,13 +4,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import sizes
+import torch
+import torch.nn.functional as F
+
+from .. import BackendUnavailable, UNet, __version__, reference, sizes
+from .._dispatch import CHOICES as BACKEND_CHOICES
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .data import DataError
+from .losses import LOSSES
+from .predict import predict_files
+from .runtime import (AMP_MODES, ConfigError, amp_context, grad_scaler, optimizer_step,
+                      resolve_amp, resolve_device)
+from .train import OPTIMIZERS, SCHEDULES, TrainConfig, train
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -30,15 +43,12 @@ def _add_model_args(p, defaults, with_tile=True):
         g.add_argument("--tile", type=int, default=defaults.tile,
                        help="training input tile, a legal input size (see `unet-fast info "
                             "--sizes`); its output is the center in 'valid' mode")
-    g.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"),
-                   default=defaults.backend,
+    g.add_argument("--backend", choices=BACKEND_CHOICES, default=defaults.backend,
                    help="kernels: auto (fastest available; reference ops on CPU), torch, triton, "
                         "cuda")
 
 
 def _train_parser(sub):
-    from .train import TrainConfig
-
     d = TrainConfig()
     p = sub.add_parser("train", help="train a U-Net (built-in EM-like data by default)",
                        description="Train a U-Net. With no options: the built-in EM-like data, "
@@ -67,13 +77,13 @@ def _train_parser(sub):
     g.add_argument("--batch", type=int, default=d.batch,
                    help="global batch (split over the processes under torchrun)")
     g.add_argument("--tiles-per-epoch", type=int, default=d.tiles_per_epoch)
-    g.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (paper 0.99)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--schedule", choices=("cosine", "step", "constant"), default=d.schedule)
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--loss", choices=("ce", "weighted-ce", "dice"), default=d.loss,
+    g.add_argument("--loss", choices=LOSSES, default=d.loss,
                    help="ce, the paper's weighted-ce (border weight map) or dice")
     g.add_argument("--w0", type=float, default=d.w0, help="weighted-ce: border weight w0")
     g.add_argument("--sigma", type=float, default=d.sigma, help="weighted-ce: border sigma (px)")
@@ -81,7 +91,7 @@ def _train_parser(sub):
                    help="weighted-ce: the class between objects (membrane)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("execution")
-    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=d.amp,
+    g.add_argument("--amp", choices=AMP_MODES, default=d.amp,
                    help="autocast: auto = bf16 on CUDA, off on CPU")
     g.add_argument("--channels-last", action=_BOOL, default=d.channels_last)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -96,8 +106,6 @@ def _train_parser(sub):
 
 
 def _cmd_train(args) -> int:
-    from .train import TrainConfig, train
-
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     train(cfg)
@@ -116,23 +124,16 @@ def _predict_parser(sub):
                                             "fitted to the image, at most about 572)")
     p.add_argument("--overlap", type=int, default=32, help="'same' mode: overlap of tiles (px)")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward")
-    p.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default="auto")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="off")
+    p.add_argument("--amp", choices=AMP_MODES, default="off")
     p.add_argument("--channels-last", action=_BOOL, default=False)
     return p
 
 
 def _cmd_predict(args) -> int:
-    import torch
-
-    from . import checkpoint
-    from .predict import predict_files
-    from .train import _resolve_amp, _resolve_device
-    from .distributed import DistInfo
-
-    device = _resolve_device(args.device, DistInfo())
-    amp = _resolve_amp(args.amp, device)
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
     ck = checkpoint.load(args.checkpoint)
     model = checkpoint.model_from_checkpoint(ck, args.backend, device)
     if args.channels_last:
@@ -158,9 +159,9 @@ def _bench_parser(sub):
     p.add_argument("--padding", choices=sizes.PADDINGS, default="valid")
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default="auto")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto")
     p.add_argument("--channels-last", action=_BOOL, default=None,
                    help="default: on for CUDA, off on CPU")
     p.add_argument("--warmup", type=int, default=3)
@@ -171,12 +172,6 @@ def _bench_parser(sub):
 
 
 def _bench_one(model, x, y, device, amp, warmup, steps):
-    import torch
-    import torch.nn.functional as F
-
-    from .predict import amp_context
-    from .train import optimizer_step
-
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -198,7 +193,7 @@ def _bench_one(model, x, y, device, amp, warmup, steps):
     res["inference_images_per_s"] = x.shape[0] / dt
     model.train()
     opt = torch.optim.Adam(model.parameters(), 1e-4)
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    scaler = grad_scaler(device, amp)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -224,19 +219,13 @@ def _bench_one(model, x, y, device, amp, warmup, steps):
 
 
 def _cmd_bench(args) -> int:
-    import torch
-
-    from . import UNet, reference
-    from .distributed import DistInfo
-    from .train import _resolve_amp, _resolve_device
-
-    device = _resolve_device(args.device, DistInfo())
+    device = resolve_device(args.device)
     gpu = device.type == "cuda"
     size = args.size or (572 if gpu else 188)
     batch = args.batch or (8 if gpu else 2)
     base = args.base_channels or (64 if gpu else 16)
     cl = args.channels_last if args.channels_last is not None else gpu
-    amp = _resolve_amp(args.amp, device)
+    amp = resolve_amp(args.amp, device)
     try:
         out_hw = sizes.output_size((size, size), args.depth, args.padding)
     except ValueError as e:
@@ -300,13 +289,10 @@ def _info_parser(sub):
 
 
 def collect_info() -> dict:
-    import os
-
     import numpy
-    import torch
 
     import unet_fast
-    from .backends import available, cuda_backend
+    from ..backends import available, cuda_backend
 
     try:
         import triton
@@ -374,8 +360,6 @@ def _cmd_info(args) -> int:
 
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     p = argparse.ArgumentParser(
         prog="unet-fast", description="U-Net (Ronneberger et al., 2015) on fused Triton/CUDA "
                                       "kernels: train, predict, bench, info.")
@@ -387,11 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ._dispatch import BackendUnavailable
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .train import ConfigError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -7,7 +7,6 @@ prediction of the whole (mirror-extended) image whenever that is possible. "same
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Optional
@@ -15,8 +14,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import sizes
+from .. import sizes
 from .data import check_tile, mirror_indices
+from .runtime import amp_context
 
 PALETTE = np.array([[0, 0, 0], [255, 40, 40], [40, 200, 255], [255, 220, 0], [40, 255, 80],
                     [255, 60, 255], [255, 140, 0], [140, 90, 255]], dtype=np.float32)
@@ -39,13 +39,6 @@ def _axis_plan(n: int, tile: int, out: int, depth: int, padding: str, overlap: i
     before = m + c
     after = (k - 1) * s + tile - n - before
     return before, after, s, c, k, tile
-
-
-def amp_context(device: torch.device, amp: str):
-    if amp in (None, "off"):
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

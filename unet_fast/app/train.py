@@ -3,6 +3,11 @@
 Reproducible: the weights come from `seed`, and training tile `i` of epoch `e` from
 (seed, e, i) alone, so a resumed run equals an uninterrupted one and N processes with a global
 batch B see the same tiles as one process with batch B.
+
+The loop, in reading order: `train` checks the options and reads the checkpoint to resume from;
+`_setup` builds the data, model, optimizer and schedule (and `_restore`s a checkpoint);
+`_train_epoch` runs one epoch of `_train_step`s; `_end_epoch` (rank 0) validates and writes the
+checkpoint (`_save_checkpoint`), metrics and plots; `_finish` writes the summary.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +29,12 @@ from . import distributed as dist_mod
 from .data import (MEMBRANE, DataError, TileDataset, add_weight_maps, builtin_samples,
                    check_tile, load_folder)
 from .losses import LOSSES, confusion, make_loss, metrics_from_confusion
-from .predict import amp_context, overlay, predict_logits
+from .predict import overlay, predict_logits
+from .runtime import (ConfigError, amp_context, grad_scaler, optimizer_step, resolve_amp,
+                      resolve_device)
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")   # per step, after a linear warmup
 
 
 @dataclass
@@ -47,13 +57,13 @@ class TrainConfig:
     epochs: int = 12
     batch: int = 8                    # global batch (split over the processes under torchrun)
     tiles_per_epoch: int = 512
-    optimizer: str = "adam"
+    optimizer: str = "adam"           # one of OPTIMIZERS
     lr: float = 3e-3
     momentum: float = 0.99            # SGD (the paper's)
     weight_decay: float = 0.0
-    schedule: str = "cosine"          # cosine | step | constant (per step, after a warmup)
+    schedule: str = "cosine"          # one of SCHEDULES
     warmup_steps: int = 20
-    loss: str = "ce"
+    loss: str = "ce"                  # one of losses.LOSSES
     w0: float = 10.0
     sigma: float = 5.0
     border_class: int = MEMBRANE
@@ -63,7 +73,7 @@ class TrainConfig:
     elastic_sigma: float = 10.0
     seed: int = 0
     # execution
-    amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"                 # one of runtime.AMP_MODES: auto (bf16 on CUDA, off on CPU)
     channels_last: bool = False
     backend: str = "auto"
     device: str = "auto"
@@ -84,41 +94,15 @@ RESUME_KEYS = ("data", "val_data", "val_fraction", "train_images", "val_images",
                "elastic", "elastic_sigma", "seed", "amp", "channels_last")
 
 
-class ConfigError(ValueError):
-    """A bad option; the message names it and the fix."""
-
-
-def _resolve_device(name: str, info: dist_mod.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA GPU is visible; use --device cpu "
-                              "(or auto)")
-        if dev.index is None:
-            dev = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return dev
-
-
-def _resolve_amp(amp: str, device: torch.device) -> str:
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or --amp off")
-    return amp
-
-
 def validate_config(cfg: TrainConfig) -> int:
     """Checks the options; returns the output size of the training tile."""
     if cfg.loss not in LOSSES:
         raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    if cfg.optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"--optimizer must be adam or sgd, got {cfg.optimizer!r}")
-    if cfg.schedule not in ("cosine", "step", "constant"):
-        raise ConfigError(f"--schedule must be cosine, step or constant, got {cfg.schedule!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                          f"{cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     for name in ("epochs", "batch", "tiles_per_epoch", "base_channels", "depth", "num_classes",
                  "in_channels"):
         if getattr(cfg, name) < 1:
@@ -247,19 +231,6 @@ def _train_step(model, opt, scaler, loss_fn, x, y, w, device, amp, channels_last
     return loss.detach()
 
 
-def optimizer_step(loss, opt, scaler=None) -> None:
-    """Backward and optimizer step, through the fp16 GradScaler when there is one. The caller
-    zeroes the gradients at the start of its step (set_to_none before the forward: the previous
-    step's gradients are not kept alive through it)."""
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
-
-
 def _describe_backend(model, device) -> str:
     used = sorted(set(v for v in model.backend_report().values() if v))
     used_s = "+".join(used) if used else "?"
@@ -276,14 +247,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Runs the training; returns a summary (also written to <out>/summary.json on rank 0)."""
     t_start = time.time()
     info = dist_mod.from_env()
-    device = _resolve_device(cfg.device, info)
-    amp = _resolve_amp(cfg.amp, device)
+    device = resolve_device(cfg.device, info.local_rank)
+    amp = resolve_amp(cfg.amp, device)
     out_size = validate_config(cfg)
     if cfg.batch % info.world_size:
         raise ConfigError(f"--batch {cfg.batch} (the global batch) must be a multiple of the "
                           f"number of processes ({info.world_size})")
-    main = info.is_main
-    say = log if main else (lambda *a, **k: None)
+    say = log if info.is_main else (lambda *a, **k: None)
 
     # resume: read and check before anything is written
     resumed = None
@@ -296,23 +266,64 @@ def train(cfg: TrainConfig, log=print) -> dict:
     dist_mod.init(info, device)
     threads = torch.get_num_threads()
     try:
-        return _run(cfg, info, device, amp, out_size, out, resumed, say, t_start)
+        run = _setup(cfg, info, device, amp, out_size, out, resumed)
+        _announce(run, resumed, say)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            t0 = time.time()
+            train_loss, train_time = _train_epoch(run, epoch)
+            if info.is_main:
+                _end_epoch(run, epoch, train_loss, t0, train_time, say)
+            dist_mod.barrier()
+        return _finish(run, say, t_start)
     finally:
         torch.set_num_threads(threads)
         dist_mod.shutdown()
 
 
-def _run(cfg, info, device, amp, out_size, out, resumed, say, t_start):
-    from . import UNet
-    from torch.utils.data import DataLoader, DistributedSampler
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class _Run:
+    """What a training run holds from its setup to its end."""
+    cfg: TrainConfig
+    info: dist_mod.DistInfo
+    device: torch.device
+    amp: str
+    out_size: int
+    out: Path
+    train_samples: list
+    val_samples: list
+    dataset: TileDataset
+    sampler: object            # DistributedSampler: one epoch's share of the tiles per rank
+    loader: object             # DataLoader
+    local_batch: int
+    steps_per_epoch: int
+    model: torch.nn.Module     # the UNet (saved, evaluated)
+    net: torch.nn.Module       # what trains: the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: object              # LambdaLR, stepped once per optimizer step
+    scaler: Optional[torch.amp.GradScaler]
+    loss_fn: object
+    history: list              # one record per finished epoch (metrics.jsonl)
+    start_epoch: int
+    best: float                # best validation Dice so far (-1: none yet)
 
-    main = info.is_main
+
+def _set_threads(cfg: TrainConfig, info: dist_mod.DistInfo, device: torch.device) -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     elif device.type == "cpu" and not info.enabled and "OMP_NUM_THREADS" not in os.environ:
         # Half the cores: on a shared machine a full set of OpenMP threads that spin-wait on
         # each other runs many times slower; on an idle one half costs little for these sizes.
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2)))
+
+
+def _setup(cfg, info, device, amp, out_size, out, resumed) -> _Run:
+    """Data, loader, model, optimizer, schedule and loss; the resumed state when resuming."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from .. import UNet
+
+    _set_threads(cfg, info, device)
     train_samples, val_samples = _load_data(cfg)
     if cfg.loss == "weighted-ce":
         add_weight_maps(train_samples, cfg.num_classes, cfg.w0, cfg.sigma, cfg.border_class)
@@ -341,130 +352,136 @@ def _run(cfg, info, device, amp, out_size, out, resumed, say, t_start):
                               weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    loss_fn = make_loss(cfg.loss)
-
-    history, start_epoch, best = [], 0, -1.0
+    run = _Run(cfg=cfg, info=info, device=device, amp=amp, out_size=out_size, out=out,
+               train_samples=train_samples, val_samples=val_samples, dataset=ds, sampler=sampler,
+               loader=loader, local_batch=local_batch, steps_per_epoch=steps_per_epoch,
+               model=model, net=model, opt=opt, sched=sched, scaler=grad_scaler(device, amp),
+               loss_fn=make_loss(cfg.loss), history=[], start_epoch=0, best=-1.0)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        opt.load_state_dict(resumed["optimizer"])
-        sched.load_state_dict(resumed["scheduler"])
-        if scaler is not None and resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        ckpt_mod.set_rng_state(resumed.get("rng"))
-        history = list(resumed.get("history", []))
-        start_epoch = int(resumed["epoch"])
-        best = float(resumed.get("best_dice", -1.0))
-
-    net = model
+        _restore(run, resumed)
     if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
+        run.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "config.json", "w") as f:
+
+def _announce(run: _Run, resumed, say) -> None:
+    """config.json, what is trained on what, and (from one forward of a tile) which kernels run."""
+    cfg, model = run.cfg, run.model
+    if run.info.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        with open(run.out / "config.json", "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
     n_params = sum(p.numel() for p in model.parameters())
-    data_desc = (f"built-in EM-like data ({len(train_samples)} train / {len(val_samples)} val "
+    n_train, n_val = len(run.train_samples), len(run.val_samples)
+    data_desc = (f"built-in EM-like data ({n_train} train / {n_val} val "
                  f"images of {cfg.image_size}x{cfg.image_size})" if cfg.data is None else
-                 f"{cfg.data} ({len(train_samples)} train / {len(val_samples)} val images)")
+                 f"{cfg.data} ({n_train} train / {n_val} val images)")
     say(f"unet-fast train: U-Net depth {cfg.depth}, base {cfg.base_channels} channels, "
-        f"padding {cfg.padding!r}, {n_params:,} parameters; tile {cfg.tile} -> {out_size}")
+        f"padding {cfg.padding!r}, {n_params:,} parameters; tile {cfg.tile} -> {run.out_size}")
     say(f"data: {data_desc}; loss {cfg.loss}, {cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), "
-        f"batch {cfg.batch}" + (f" ({info.world_size} processes x {local_batch})"
-                                if info.enabled else "") + f", amp {amp}")
+        f"batch {cfg.batch}" + (f" ({run.info.world_size} processes x {run.local_batch})"
+                                if run.info.enabled else "") + f", amp {run.amp}")
     if resumed is not None:
-        say(f"resuming from {resumed['path']} after epoch {start_epoch}")
-
-    from tqdm.auto import tqdm
+        say(f"resuming from {resumed['path']} after epoch {run.start_epoch}")
 
     # one forward of a tile to learn (and say) which kernels run this model here
-    probe = ds[0][0][None].to(device)
+    probe = run.dataset[0][0][None].to(run.device)
     if cfg.channels_last:
         probe = probe.contiguous(memory_format=torch.channels_last)
     model.eval()
-    with torch.no_grad(), amp_context(device, amp):
+    with torch.no_grad(), amp_context(run.device, run.amp):
         model(probe)
-    say(_describe_backend(model, device))
-    metrics_path = out / "metrics.jsonl"
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        ds.set_epoch(epoch)
-        net.train()
-        t0 = time.time()
-        loss_sum, n_steps = torch.zeros((), dtype=torch.float64), 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=None if (main and cfg.progress) else True,  # None: off if no TTY
-                   leave=False, dynamic_ncols=True,
-                   file=sys.stderr)
-        for x, y, w in loader:
-            loss = _train_step(net, opt, scaler, loss_fn, x, y, w, device, amp, cfg.channels_last)
-            sched.step()
-            loss_sum += loss.double().cpu()
-            n_steps += 1
-            if not bar.disable:
-                dt = time.time() - t0
-                bar.set_postfix(loss=f"{float(loss):.4f}",
-                                img_s=f"{n_steps * cfg.batch / max(dt, 1e-9):.1f}", refresh=False)
-                bar.update(1)
-        bar.close()
-        train_time = time.time() - t0
-        train_loss = dist_mod.mean_across(float(loss_sum) / max(n_steps, 1), device)
-        record = None
-        if main:
-            model.eval()
-            metrics, preds = evaluate(model, val_samples, cfg, amp)
-            record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                      "train_loss": train_loss, "lr": opt.param_groups[0]["lr"],
-                      "val_dice": metrics["dice"], "val_iou": metrics["iou"],
-                      "val_pixel_error": metrics["pixel_error"],
-                      "val_dice_per_class": metrics["dice_per_class"],
-                      "epoch_time_s": time.time() - t0,
-                      "train_images_per_s": steps_per_epoch * cfg.batch / max(train_time, 1e-9)}
-            history.append(record)
-            improved = record["val_dice"] > best
-            best = max(best, record["val_dice"])
-            state = {"format": ckpt_mod.FORMAT, "version": ckpt_mod.VERSION,
-                     "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                     "config": dataclasses.asdict(cfg), "rng": ckpt_mod.rng_state(),
-                     "history": history, "best_dice": best,
-                     "unet_fast_version": _version()}
-            ckpt_mod.save_atomic(state, out / "last.pt")
-            if improved:
-                ckpt_mod.save_atomic(state, out / "best.pt")
-            _write_metrics(history, metrics_path)
-            _plot_curves(history, out / "curves.png")
-            if epoch == start_epoch or (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
-                _plot_examples(val_samples, preds, cfg.examples, out / "val_examples.png")
-            say(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val Dice "
-                f"{record['val_dice']:.4f}  IoU {record['val_iou']:.4f}  pixel error "
-                f"{record['val_pixel_error']:.4f}  ({record['epoch_time_s']:.1f} s, "
-                f"{record['train_images_per_s']:.0f} img/s)")
-        dist_mod.barrier()
+    say(_describe_backend(model, run.device))
 
-    in_sync = dist_mod.ranks_in_sync(model)
-    if not in_sync:
-        raise RuntimeError("the processes' parameters differ after training (DDP desync)")
-    summary = {"out": str(out), "epochs": cfg.epochs, "world_size": info.world_size,
-               "device": str(device), "amp": amp, "backend_report": model.backend_report(),
-               "final": history[-1] if history else None, "best_dice": best,
-               "ranks_in_sync": in_sync, "seconds": time.time() - t_start,
-               "checkpoint": str(out / "last.pt")}
-    if main:
-        with open(out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
-        say(f"outputs in {out}/: last.pt, best.pt (checkpoints), metrics.jsonl, curves.png, "
-            f"val_examples.png, config.json, summary.json "
-            f"({summary['seconds']:.0f} s in all)")
-        if history:
-            say(f"final validation Dice {history[-1]['val_dice']:.4f} (best {best:.4f}); "
-                f"predict with: unet-fast predict --checkpoint {out / 'best.pt'} IMAGE...")
-    summary["model"] = model
-    return summary
+
+# ----------------------------------------------------------------------------- one epoch
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
+    """One pass over the epoch's tiles: (mean training loss over all ranks, seconds)."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    run.sampler.set_epoch(epoch)
+    run.dataset.set_epoch(epoch)
+    run.net.train()
+    t0 = time.time()
+    loss_sum, n_steps = torch.zeros((), dtype=torch.float64), 0
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               disable=None if (run.info.is_main and cfg.progress) else True,  # None: off if no TTY
+               leave=False, dynamic_ncols=True,
+               file=sys.stderr)
+    for x, y, w in run.loader:
+        loss = _train_step(run.net, run.opt, run.scaler, run.loss_fn, x, y, w, run.device, run.amp,
+                           cfg.channels_last)
+        run.sched.step()
+        loss_sum += loss.double().cpu()
+        n_steps += 1
+        if not bar.disable:
+            dt = time.time() - t0
+            bar.set_postfix(loss=f"{float(loss):.4f}",
+                            img_s=f"{n_steps * cfg.batch / max(dt, 1e-9):.1f}", refresh=False)
+            bar.update(1)
+    bar.close()
+    train_time = time.time() - t0
+    return dist_mod.mean_across(float(loss_sum) / max(n_steps, 1), run.device), train_time
+
+
+def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, train_time: float,
+               say) -> None:
+    """Rank 0 after an epoch: validation, the epoch's record, checkpoints, metrics and plots."""
+    cfg = run.cfg
+    run.model.eval()
+    metrics, preds = evaluate(run.model, run.val_samples, cfg, run.amp)
+    record = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
+              "train_loss": train_loss, "lr": run.opt.param_groups[0]["lr"],
+              "val_dice": metrics["dice"], "val_iou": metrics["iou"],
+              "val_pixel_error": metrics["pixel_error"],
+              "val_dice_per_class": metrics["dice_per_class"],
+              "epoch_time_s": time.time() - t0,
+              "train_images_per_s": run.steps_per_epoch * cfg.batch / max(train_time, 1e-9)}
+    run.history.append(record)
+    improved = record["val_dice"] > run.best
+    run.best = max(run.best, record["val_dice"])
+    _save_checkpoint(run, epoch + 1, improved)
+    _write_metrics(run.history, run.out / "metrics.jsonl")
+    _plot_curves(run.history, run.out / "curves.png")
+    if epoch == run.start_epoch or (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
+        _plot_examples(run.val_samples, preds, cfg.examples, run.out / "val_examples.png")
+    say(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val Dice "
+        f"{record['val_dice']:.4f}  IoU {record['val_iou']:.4f}  pixel error "
+        f"{record['val_pixel_error']:.4f}  ({record['epoch_time_s']:.1f} s, "
+        f"{record['train_images_per_s']:.0f} img/s)")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(run: _Run, epochs_done: int, improved: bool) -> None:
+    """last.pt after every epoch (best.pt too when validation improved), written atomically: a
+    run killed at any moment keeps its last complete checkpoint. It holds everything `_restore`
+    needs for the resumed run to equal an uninterrupted one."""
+    state = {"format": ckpt_mod.FORMAT, "version": ckpt_mod.VERSION,
+             "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+             "scheduler": run.sched.state_dict(),
+             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+             "epoch": epochs_done, "step": epochs_done * run.steps_per_epoch,
+             "config": dataclasses.asdict(run.cfg), "rng": ckpt_mod.rng_state(),
+             "history": run.history, "best_dice": run.best,
+             "unet_fast_version": _version()}
+    ckpt_mod.save_atomic(state, run.out / "last.pt")
+    if improved:
+        ckpt_mod.save_atomic(state, run.out / "best.pt")
+
+
+def _restore(run: _Run, resumed: dict) -> None:
+    """The state `_save_checkpoint` wrote: weights, optimizer, schedule, scaler, RNGs, history."""
+    run.model.load_state_dict(resumed["model"])
+    run.opt.load_state_dict(resumed["optimizer"])
+    run.sched.load_state_dict(resumed["scheduler"])
+    if run.scaler is not None and resumed.get("scaler"):
+        run.scaler.load_state_dict(resumed["scaler"])
+    ckpt_mod.set_rng_state(resumed.get("rng"))
+    run.history = list(resumed.get("history", []))
+    run.start_epoch = int(resumed["epoch"])
+    run.best = float(resumed.get("best_dice", -1.0))
 
 
 def _write_metrics(history: list, path: Path) -> None:
@@ -476,6 +493,32 @@ def _write_metrics(history: list, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------- the end
+def _finish(run: _Run, say, t_start: float) -> dict:
+    """Checks that the ranks agree, writes summary.json (rank 0) and returns the summary."""
+    in_sync = dist_mod.ranks_in_sync(run.model)
+    if not in_sync:
+        raise RuntimeError("the processes' parameters differ after training (DDP desync)")
+    history, best, out = run.history, run.best, run.out
+    summary = {"out": str(out), "epochs": run.cfg.epochs, "world_size": run.info.world_size,
+               "device": str(run.device), "amp": run.amp,
+               "backend_report": run.model.backend_report(),
+               "final": history[-1] if history else None, "best_dice": best,
+               "ranks_in_sync": in_sync, "seconds": time.time() - t_start,
+               "checkpoint": str(out / "last.pt")}
+    if run.info.is_main:
+        with open(out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        say(f"outputs in {out}/: last.pt, best.pt (checkpoints), metrics.jsonl, curves.png, "
+            f"val_examples.png, config.json, summary.json "
+            f"({summary['seconds']:.0f} s in all)")
+        if history:
+            say(f"final validation Dice {history[-1]['val_dice']:.4f} (best {best:.4f}); "
+                f"predict with: unet-fast predict --checkpoint {out / 'best.pt'} IMAGE...")
+    summary["model"] = run.model
+    return summary
+
+
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__

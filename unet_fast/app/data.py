@@ -377,7 +377,7 @@ class TileDataset(torch.utils.data.Dataset):
 
 def check_tile(tile: int, depth: int, padding: str, what: str = "--tile") -> int:
     """The output size of a square tile; DataError naming the nearest legal sizes if illegal."""
-    from . import sizes
+    from .. import sizes
 
     try:
         return sizes.output_size((tile, tile), depth, padding)[0]
