@@ -43,8 +43,8 @@ def test_aot_compiles_every_kernel_for_sm90_and_sm80():
     # divisibilities, and NCHW (channel stride not 1) for the convolution's forward and dgrad
     for spec in ("<base>", "<runtime>", "<runtime NCHW>"):
         assert any(spec in ln for ln in lines), spec
-    for variant in ("[conv3x3_relu fwd]", "[conv3x3_relu_pool fwd]", "[conv3x3 dgrad (ReLU mask)]",
-                    "[conv3x3 wgrad + dbias (ReLU mask)]"):
+    for variant in ("[conv3x3_relu fwd]", "[conv3x3_relu_pool fwd]", "[conv3x3 dgrad]",
+                    "[conv3x3 dgrad, ReLU input (RELU_IN)]", "[conv3x3 wgrad + dbias]"):
         for spec in ("<runtime>", "<runtime NCHW>"):
             for arch in ("sm_90", "sm_80"):
                 assert any(variant in ln and spec in ln and arch in ln for ln in lines), \
@@ -90,7 +90,8 @@ def test_committed_table_covers_runtime_specializations():
     for kernel in {r["kernel"] for r in rows}:
         assert any(k == kernel and spec == "runtime" for k, _, spec, _, _ in have), kernel
     fwd = "igemm_fwd_kernel"
-    for variant in ("conv3x3_relu fwd", "conv3x3_relu_pool fwd", "conv3x3 dgrad (ReLU mask)"):
+    for variant in ("conv3x3_relu fwd", "conv3x3_relu_pool fwd", "conv3x3 dgrad",
+                    "conv3x3 dgrad, ReLU input (RELU_IN)"):
         for spec in ("runtime", "runtime NCHW"):
             for dtype in ("bf16", "fp16", "fp32"):
                 for arch in ("sm_90", "sm_80"):
@@ -104,7 +105,7 @@ def test_committed_table_covers_runtime_specializations():
                             (fwd, "conv1x1 fwd"),
                             ("igemm_wgrad_kernel", "conv1x1 wgrad + dbias"),
                             (fwd, "conv3x3_relu_pool fwd"),
-                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias (ReLU mask)")):
+                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias")):
         for spec in ("base", "runtime"):
             for arch in ("sm_90", "sm_80"):
                 assert (kernel, variant, spec, "fp32", arch) in have, (variant, spec, arch)

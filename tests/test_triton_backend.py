@@ -115,6 +115,7 @@ CONV_CASES = [  # (N, C_in, C_out, H, W, padding, layout, bias)
     (3, 5, 7, 13, 11, 1, "noncontig", False),
     (2, 17, 33, 13, 11, 0, "nchw", True),           # C_out crosses a 32-wide column tile
     (2, 32, 16, 9, 10, 1, "channels_last", True),   # C_in % BLOCK_K == 0: the per-tap K path
+    (2, 64, 32, 9, 10, 0, "channels_last", True),   # wgrad: one tap per tile, 16-byte copies
 ]
 
 
@@ -191,6 +192,7 @@ def test_crop_concat(skip_shape, up_shape, layout):
     (2, 17, 3, 5, 7, "channels_last", True),
     (3, 3, 9, 4, 5, "noncontig", False),
     (2, 32, 8, 5, 3, "channels_last", True),    # C_in % BLOCK_K == 0
+    (2, 16, 32, 4, 3, "channels_last", True),   # wgrad: dy's taps one per tile
 ])
 def test_conv_transpose2x2(n, ci, co, h, w, layout, bias):
     x = make((n, ci, h, w), layout)
@@ -223,6 +225,30 @@ def test_conv1x1(n, ci, co, h, w, layout, bias):
     b = make((co,)) if bias else None
     (y,) = check_op("conv1x1", [x, wt, b])
     expect_format(y, x)
+
+
+@pytest.mark.parametrize("name", ["conv3x3_relu", "conv_transpose2x2", "conv1x1"])
+def test_channels_last_weights_are_read_in_place(name, monkeypatch):
+    """The model keeps its weights channels_last, the order the kernels read them in: the same
+    numbers as an NCHW weight, without re-laying it out (no copy is made of it)."""
+    x = make((2, 32, 7, 6), "channels_last")
+    shape = {"conv3x3_relu": (16, 32, 3, 3), "conv_transpose2x2": (32, 16, 2, 2),
+             "conv1x1": (16, 32, 1, 1)}[name]
+    wt = make(shape, "channels_last", scale=0.3)
+    b = make((16,))
+    extra = [1] if name == "conv3x3_relu" else []
+    copied = []  # storages that .contiguous() had to copy
+    real = torch.Tensor.contiguous
+
+    def contiguous(t, *a, **k):
+        out = real(t, *a, **k)
+        if out.data_ptr() != t.data_ptr():
+            copied.append(t.data_ptr())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", contiguous)
+    check_op(name, [x, wt, b] + extra)
+    assert wt.data_ptr() not in copied
 
 
 # ---------------------------------------------------------------- half precision
@@ -307,14 +333,23 @@ def _x(shape, layout="nchw"):
 
 
 OPCHECK_CASES = {
-    "conv3x3_relu": lambda: (t_conv3x3.conv3x3_relu, (_x((2, 3, 7, 6)), _x((4, 3, 3, 3)), _x((4,)), 1)),
+    "conv3x3_relu": lambda: (t_conv3x3.conv3x3_relu, (_x((2, 3, 7, 6)), _x((4, 3, 3, 3)), _x((4,)), 1,
+                                                      False, False)),
+    # the model's internal contract: dx masked by a ReLU input, the output gradient pre-masked
+    "conv3x3_relu[relu_input]": lambda: (t_conv3x3.conv3x3_relu,
+                                         (_x((2, 3, 7, 6), "channels_last").abs(), _x((4, 3, 3, 3)),
+                                          _x((4,)), 0, True, True)),
     "conv3x3_relu_pool": lambda: (t_conv3x3.conv3x3_relu_pool,
-                                  (_x((2, 3, 7, 6), "channels_last"), _x((4, 3, 3, 3)), None, 0)),
+                                  (_x((2, 3, 7, 6), "channels_last"), _x((4, 3, 3, 3)), None, 0,
+                                   False)),
     "max_pool2x2": lambda: (t_pool.max_pool2x2, (_x((2, 3, 7, 6)),)),
     "crop_concat": lambda: (t_crop.crop_concat, (_x((2, 2, 9, 8)), _x((2, 3, 7, 6)))),
-    "conv_transpose2x2": lambda: (t_convt.conv_transpose2x2, (_x((2, 3, 4, 3)), _x((3, 2, 2, 2)), _x((2,)))),
-    "up_concat": lambda: (t_convt.up_concat, (_x((2, 2, 9, 7)), _x((2, 3, 4, 3)), _x((3, 2, 2, 2)), None)),
-    "conv1x1": lambda: (t_conv1x1.conv1x1, (_x((2, 3, 5, 4), "channels_last"), _x((5, 3, 1, 1)), _x((5,)))),
+    "conv_transpose2x2": lambda: (t_convt.conv_transpose2x2, (_x((2, 3, 4, 3)), _x((3, 2, 2, 2)),
+                                                              _x((2,)), False)),
+    "up_concat": lambda: (t_convt.up_concat, (_x((2, 2, 9, 7)), _x((2, 3, 4, 3)), _x((3, 2, 2, 2)),
+                                              None, True)),
+    "conv1x1": lambda: (t_conv1x1.conv1x1, (_x((2, 3, 5, 4), "channels_last"), _x((5, 3, 1, 1)),
+                                            _x((5,)), True)),
 }
 
 
@@ -326,14 +361,19 @@ def test_opcheck(name):
 
 def test_opcheck_backward_ops():
     dy, y = make((2, 4, 5, 4)), make((2, 4, 5, 4))
-    torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, y, make((4, 3, 3, 3)), 0, True))
-    torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad, (make((2, 3, 7, 6)), dy, y, 0, True))
+    x = make((2, 3, 7, 6))
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, make((4, 3, 3, 3)), None, 0))
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, make((4, 3, 3, 3)), x, 0))
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad, (x, dy, 0))
     torch.library.opcheck(t_pool._relu_pool_backward, (y, make((2, 4, 2, 2)), y))
     torch.library.opcheck(t_pool._max_pool2x2_backward, (make((2, 4, 2, 2)), y))
     torch.library.opcheck(t_crop._crop_pad, (dy, 7, 9))
-    torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2))))
+    torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2)), None))
+    torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2)),
+                                                             make((2, 3, 2, 2))))
     torch.library.opcheck(t_convt._conv_transpose2x2_wgrad, (make((2, 3, 2, 2)), make((2, 4, 4, 4))))
-    torch.library.opcheck(t_conv1x1._conv1x1_dgrad, (dy, make((4, 3, 1, 1))))
+    torch.library.opcheck(t_conv1x1._conv1x1_dgrad, (dy, make((4, 3, 1, 1)), None))
+    torch.library.opcheck(t_conv1x1._conv1x1_dgrad, (dy, make((4, 3, 1, 1)), make((2, 3, 5, 4))))
     torch.library.opcheck(t_conv1x1._conv1x1_wgrad, (make((2, 3, 5, 4)), dy))
 
 
@@ -425,32 +465,47 @@ def test_supports_refuses_32bit_index_overflow():
     assert triton_backend.supports(torch.empty(1, 1, 1, 1).expand(16, 64, 572, 572)) is None
 
 
-def _gemm_args(dtype, m, n, **extra):
-    return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, **extra)
+def _gemm_args(dtype, m, n, ca=64, **extra):
+    return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, CA=ca, **extra)
 
 
 def test_autotune_pruning(monkeypatch):
-    """Small layers do not time huge tiles; the dtype picks its list; never an empty list."""
+    """Small layers do not time huge tiles; the dtype picks its list; K-tiles of 16 only for the
+    first layer; at most AUTOTUNE_TOP_K configs, the best estimate first; never an empty list."""
     monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
     all16 = t_utils._unique(t_utils.IGEMM_CONFIGS_16 + t_utils.IGEMM_CONFIGS_32)
     key = t_utils._config_key
-    head = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 388 * 388, 2))
+    top = t_utils.AUTOTUNE_TOP_K
+    head = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 388 * 388, 2), KS=1)
     assert head and all(c.kwargs["BLOCK_N"] <= 32 for c in head)
-    tiny = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 28 * 28, 1024))  # batch-1 bottleneck
-    assert tiny and not any(c.kwargs["BLOCK_M"] == 128 and c.kwargs["BLOCK_N"] == 128 for c in tiny)
-    big = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 570 * 570, 64))
-    assert {key(c) for c in big} == {key(c) for c in t_utils.IGEMM_CONFIGS_16
-                                     if c.kwargs["BLOCK_N"] <= 64}
-    f32 = t_utils.prune_gemm(all16, _gemm_args(torch.float32, 8 * 570 * 570, 512))
+    tiny = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 28 * 28, 1024, 512), KS=3)
+    assert tiny and not any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 128 * 128 for c in tiny)
+    big = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 570 * 570, 64), KS=3)
+    assert 0 < len(big) <= top
+    assert all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_K"] != 16 for c in big)
+    est = [t_utils.estimate_cycles(c, 8 * 570 * 570, 64, 576, 1, 2, 132) for c in big]
+    assert est == sorted(est)
+    assert {key(c) for c in big} <= {key(c) for c in t_utils.IGEMM_CONFIGS_16}
+    first = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 570 * 570, 64, 1),
+                               KS=3, FLAT_K=True)  # K = 9: K-tiles of 16
+    assert first and all(c.kwargs["BLOCK_K"] == 16 for c in first)
+    f32 = t_utils.prune_gemm(all16, _gemm_args(torch.float32, 8 * 570 * 570, 512), KS=3)
     assert f32 and all(t_utils.config_for_dtype(c, torch.float32) for c in f32)
-    one = t_utils.prune_gemm(all16, _gemm_args(torch.float16, 1, 1))
+    one = t_utils.prune_gemm(all16, _gemm_args(torch.float16, 1, 1, 1), KS=1)
     assert len(one) >= 1
-    wg = t_utils.prune_gemm(t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32),
-                            _gemm_args(torch.bfloat16, 9, 64, CHUNK=4096))  # first layer's wgrad
-    assert wg and all(c.kwargs["BLOCK_M"] == 64 for c in wg)
+    wgrad16 = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32)
+    wg = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9, CB=1, CHUNK=4096,
+                                                P_TOT=8 * 570 * 570),
+                            KS=3, SHIFT_A=False, FLAT_B=True)  # first layer: 9 columns
+    assert wg and all(c.kwargs["BLOCK_N"] == 16 for c in wg)
+    # a 64-channel layer: every column tile lies in one tap
+    wg64 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 576, CB=64, CHUNK=4096,
+                                                  P_TOT=8 * 570 * 570),
+                              KS=3, SHIFT_A=False, FLAT_B=False)
+    assert wg64 and all(64 % c.kwargs["BLOCK_N"] == 0 for c in wg64)
     for c in all16:  # every config fits an A100's shared memory by the (upper) estimate
-        assert t_utils._smem_estimate(c, 4 if t_utils.config_for_dtype(c, torch.float32) else 2,
-                                      True) <= 166912
+        assert t_utils._smem_estimate(
+            c, 4 if t_utils.config_for_dtype(c, torch.float32) else 2) <= 166912
 
 
 def test_autotune_keys_are_dimensions():
@@ -493,9 +548,10 @@ def test_autotune_keys_separate_layouts_and_sizes(monkeypatch):
             make((1, 8, 3, 3), layout))
         uf.ops.crop_concat(make((1, 8, 8, 8), layout), make((1, 8, 6, 6), layout),
                            backend="triton")
-    # forward and dgrad share the fwd kernel but differ in SIGN/MASK_A: two keys per layout
+    # forward and dgrad share the fwd kernel but differ in SIGN: two keys per layout (four
+    # tensors: input, output, pooled, ReLU input); wgrad reads two tensors
     assert layout_values(kernels["fwd"]) == [0, 0, 15, 15], list(kernels["fwd"].cache)
-    assert layout_values(kernels["wgrad"]) == [0, 7], list(kernels["wgrad"].cache)
+    assert layout_values(kernels["wgrad"]) == [0, 3], list(kernels["wgrad"].cache)
     assert layout_values(kernels["pool"]) == [0, 3], list(kernels["pool"].cache)
     assert layout_values(kernels["pool_bwd"]) == [0, 15], list(kernels["pool_bwd"].cache)
     assert layout_values(kernels["crop"]) == [0, 3], list(kernels["crop"].cache)

@@ -451,7 +451,9 @@ def analyze_sass(text: str) -> dict:
         # innermost: no other MMA loop strictly inside it
         inner = [l for l in mma_loops
                  if not any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in mma_loops)]
-        lo, hi = max(inner, key=lambda l: sum(instrs[j][1].startswith(("HGMMA", "HMMA"))
+        # Several: the variants of one loop (the wgrad's first column also sums the bias on the
+        # tensor cores): the plain one, with the fewest MMA instructions, is what most tiles run.
+        lo, hi = min(inner, key=lambda l: sum(instrs[j][1].startswith(("HGMMA", "HMMA"))
                                               for j in range(l[0], l[1] + 1)))
         body = instrs[lo:hi + 1]
         out["mainloop"] = _count(body)
@@ -609,10 +611,13 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         l2 = w["tile_bytes"] / m.l2_bytes_per_clk_sm
         per_iter = max(tensor, issue, l2)
         bound = ("tensor" if per_iter == tensor else "issue" if per_iter == issue else "L2")
-        overhead = sass["outside"] * issue_per_sub + m.fill_latency_clk
-        per_cta = w["iters"] * per_iter + overhead
+        # The busiest SM runs ceil(CTAs / SMs) tiles; co-resident tiles share its tensor cores,
+        # issue slots and L2 bandwidth, and hide each other's pipeline fill (occupancy).
+        per_sm = math.ceil(ctas / m.sms)
+        per_cta = (w["iters"] * per_iter + sass["outside"] * issue_per_sub
+                   + m.fill_latency_clk / occ)
         waves = math.ceil(ctas / (m.sms * occ))
-        compute_s = waves * occ * per_cta / clk
+        compute_s = per_sm * per_cta / clk
         t = max(compute_s, dram_s)
         if dram_s > compute_s:
             bound = "DRAM"
@@ -631,9 +636,9 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         row.update(instructions_per_iter=None, tensor_cycles_per_iter=None,
                    issue_cycles_per_iter=None, iterations=None, bound=bound,
                    instructions_per_warp=instrs)
-    t += m.launch_gap_s
     roof = max(w["flops"] / m.peak_flops, w["dram"] / m.dram_bw)
-    row.update(time_s=t, roofline_s=roof,
+    # the kernel's own time against its roofline; the step adds the gap between launches
+    row.update(kernel_s=t, time_s=t + m.launch_gap_s, roofline_s=roof,
                predicted_fraction_of_peak=(w["flops"] / m.peak_flops) / t if w["flops"] else None,
                fraction_of_roofline=roof / t)
     return row
@@ -646,12 +651,13 @@ def _cfg_text(kw, warps, stages):
 
 
 def predict_aten(launch: Launch, m: Machine = H200) -> dict:
-    t = launch.bytes / m.dram_bw + m.launch_gap_s
+    t = launch.bytes / m.dram_bw
     return dict(kernel=launch.kernel, pass_="aten " + launch.kernel[5:], layer=launch.layer,
                 phase=launch.phase, config="-", ctas=None, flops=0, dram_bytes=launch.bytes,
-                time_s=t, roofline_s=launch.bytes / m.dram_bw, bound="DRAM (aten, assumed)",
-                predicted_fraction_of_peak=None, fraction_of_roofline=(launch.bytes / m.dram_bw) / t,
-                instructions_per_iter=None, tensor_cycles_per_iter=None, issue_cycles_per_iter=None)
+                kernel_s=t, time_s=t + m.launch_gap_s, roofline_s=t,
+                bound="DRAM (aten, assumed)", predicted_fraction_of_peak=None,
+                fraction_of_roofline=1.0, instructions_per_iter=None,
+                tensor_cycles_per_iter=None, issue_cycles_per_iter=None)
 
 
 # ============================================================================ 5. the whole run
@@ -774,7 +780,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200)
                                                sorted(s["by_pass"].items(), key=lambda kv: -kv[1])),
             "",
             "| layer | pass | kernel | config | CTAs x occ | instr/iter | issue cyc | tensor cyc "
-            "| L2 cyc | bound | % peak | % roofline | ms |",
+            "| L2 cyc | bound | % peak | % roofline | ms (+gap) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["rows"]:

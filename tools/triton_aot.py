@@ -66,54 +66,64 @@ def _variants():
     dict(one=..., odd=...) -- the integer arguments the default U-Net's shapes make 1, or not a
     multiple of 16 (every other specializable one is). Imported lazily so that worker processes
     import triton without the interpreter."""
-    base = dict(STRIDE=1, PAD=1, SIGN=1, MASK_A=False, HAS_BIAS=True, RELU=True, POOL=False,
-                UPSCATTER=False, FLAT_K=False, DOT_F32=False)
+    base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
+                UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False)
     conv = dict(base, KS=3)
-    dgrad = dict(conv, SIGN=-1, MASK_A=True, HAS_BIAS=False, RELU=False)
+    dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
+    # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
+    # channels_last: C_in has stride 1, so the forward's ca stride is 1 and dgrad's j stride is
+    # 1; every other weight stride is a multiple of 16. (`d16`: a channel-stride-like name that
+    # is a multiple of 16 here, not 1.)
+    w_fwd = {}
+    w_dgrad = dict(one=("w_sj",), d16=("w_sc",))
     # the default U-Net's first layer: x has one channel (CA = 1, w stride 1, h stride 572)
-    first = dict(one=("CA", "a_sw", "mk_sw"), odd=("a_sh", "mk_sh"))
+    first = dict(one=("CA", "a_sw", "w_st", "w_sc"), odd=("a_sh", "w_sj"))
     # its head: 2 classes, so the head's output (and its gradient) has n/h/w strides
     # 2*388*388 (a multiple of 16), 2*388 and 2 (not), and N_GEMM / CA = 2
-    head_out = dict(odd=("N_GEMM", "o_sh", "o_sw", "q_sh", "q_sw"))
-    head_dgrad = dict(odd=("CA", "a_sh", "a_sw", "mk_sh", "mk_sw"))
+    head_out = dict(odd=("N_GEMM", "o_sh", "o_sw", "q_sh", "q_sw", "x_sh", "x_sw"))
+    head_dgrad = dict(w_dgrad, odd=("CA", "a_sh", "a_sw"))
     fwd = [
-        ("conv3x3_relu fwd", conv, ALL_DTYPES, _ALL, {}),
-        ("conv3x3_relu fwd, valid (PAD=0)", dict(conv, PAD=0), ("bf16",), _BASE, {}),
+        ("conv3x3_relu fwd", conv, ALL_DTYPES, _ALL, w_fwd),
+        ("conv3x3_relu fwd, valid (PAD=0)", dict(conv, PAD=0, BOUNDS=False), ("bf16",), _BASE,
+         w_fwd),
         ("conv3x3_relu fwd, TF32 off (IEEE fp32)", dict(conv, PRECISION="ieee"), ("fp32",),
-         _ALL, {}),
-        ("conv3x3_relu_pool fwd", dict(conv, POOL=True), ALL_DTYPES, _ALL, {}),
-        ("conv3x3_relu_pool fwd, valid (PAD=0)", dict(conv, POOL=True, PAD=0), ("bf16",), _BASE,
-         {}),
+         _ALL, w_fwd),
+        ("conv3x3_relu_pool fwd", dict(conv, POOL=True), ALL_DTYPES, _ALL, w_fwd),
+        ("conv3x3_relu_pool fwd, valid (PAD=0)", dict(conv, POOL=True, PAD=0, BOUNDS=False),
+         ("bf16",), _BASE, w_fwd),
         ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",),
          _BASE, first),
-        ("conv3x3 dgrad (ReLU mask)", dgrad, ALL_DTYPES, _ALL, {}),
-        ("conv3x3 dgrad (ReLU mask), valid (PAD=0)", dict(dgrad, PAD=0), ("bf16",), _BASE, {}),
-        ("conv3x3 dgrad (ReLU mask), TF32 off (IEEE fp32)", dict(dgrad, PRECISION="ieee"),
-         ("fp32",), _ALL, {}),
-        ("conv3x3 dgrad (pool variant, no mask)", dict(dgrad, MASK_A=False), ("bf16",), _ALL, {}),
-        ("conv1x1 fwd", dict(base, KS=1, PAD=0, RELU=False), ALL_DTYPES, _BASE, head_out),
+        ("conv3x3 dgrad", dgrad, ALL_DTYPES, _ALL, w_dgrad),
+        ("conv3x3 dgrad, ReLU input (RELU_IN)", dict(dgrad, RELU_IN=True), ALL_DTYPES, _ALL,
+         w_dgrad),
+        ("conv3x3 dgrad, valid (PAD=0)", dict(dgrad, PAD=0), ("bf16",), _BASE, w_dgrad),
+        ("conv3x3 dgrad, TF32 off (IEEE fp32)", dict(dgrad, PRECISION="ieee"), ("fp32",), _ALL,
+         w_dgrad),
+        ("conv1x1 fwd", dict(base, KS=1, PAD=0, RELU=False, BOUNDS=False), ALL_DTYPES, _BASE,
+         head_out),
         ("conv1x1 dgrad (2-class head: C_in not a multiple of 64)",
-         dict(base, KS=1, PAD=0, RELU=False, HAS_BIAS=False, FLAT_K=True), ("bf16", "fp32"),
-         _BASE, head_dgrad),
-        ("conv_transpose2x2 fwd (into concat slice)", dict(base, KS=1, PAD=0, RELU=False,
-                                                            UPSCATTER=True), ALL_DTYPES, _ALL, {}),
-        ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False,
-                                         HAS_BIAS=False), ALL_DTYPES, _ALL, {}),
+         dict(base, KS=1, PAD=0, RELU=False, HAS_BIAS=False, FLAT_K=True, RELU_IN=True),
+         ("bf16", "fp32"), _BASE, head_dgrad),
+        ("conv_transpose2x2 fwd (into concat slice)",
+         dict(base, KS=1, PAD=0, RELU=False, BOUNDS=False, UPSCATTER=True), ALL_DTYPES, _ALL,
+         w_dgrad),
+        ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False, BOUNDS=False,
+                                         HAS_BIAS=False, RELU_IN=True), ALL_DTYPES, _ALL, w_fwd),
     ]
-    wg = dict(STRIDE=1, PAD=1, SIGN=1, MASK_B=True, DBIAS=1, DOT_F32=False)
+    wg = dict(KS=3, STRIDE=1, PAD=1, SHIFT_A=False, FLAT_A=False, FLAT_B=False, DBIAS=True,
+              INT64=False, DOT_F32=False)
     wgrad = [
-        ("conv3x3 wgrad + dbias (ReLU mask)", dict(wg, KS=3), ALL_DTYPES, _ALL, {}),
-        ("conv3x3 wgrad + dbias (ReLU mask), valid (PAD=0)", dict(wg, KS=3, PAD=0), ("bf16",),
-         _BASE, {}),
-        ("conv3x3 wgrad + dbias (ReLU mask), first layer (C_in = 1)", dict(wg, KS=3, PAD=0),
-         ("bf16", "fp32"), ("runtime",), dict(one=("CA", "a_sw"), odd=("a_sh",))),
-        ("conv3x3 wgrad + dbias (ReLU mask), TF32 off (IEEE fp32)",
-         dict(wg, KS=3, PRECISION="ieee"), ("fp32",), _ALL, {}),
-        ("conv3x3 wgrad + dbias (pool variant)", dict(wg, KS=3, MASK_B=False), ("bf16",), _ALL, {}),
-        ("conv1x1 wgrad + dbias", dict(wg, KS=1, PAD=0, MASK_B=False), ALL_DTYPES, _BASE,
-         dict(odd=("N_GEMM", "b_sh", "b_sw", "mb_sh", "mb_sw"))),
-        ("conv_transpose2x2 wgrad + dbias", dict(wg, KS=2, STRIDE=2, PAD=0, MASK_B=False,
-                                                 DBIAS=2), ALL_DTYPES, _ALL, {}),
+        ("conv3x3 wgrad + dbias", wg, ALL_DTYPES, _ALL, {}),
+        ("conv3x3 wgrad + dbias, valid (PAD=0)", dict(wg, PAD=0), ("bf16",), _BASE, {}),
+        ("conv3x3 wgrad + dbias, first layer (C_in = 1)", dict(wg, PAD=0, FLAT_B=True),
+         ("bf16", "fp32"), ("runtime",), dict(one=("CB", "b_sw"), odd=("b_sh",))),
+        ("conv3x3 wgrad + dbias, TF32 off (IEEE fp32)", dict(wg, PRECISION="ieee"), ("fp32",),
+         _ALL, {}),
+        ("conv3x3 wgrad + dbias, 64-bit offsets", dict(wg, INT64=True), ("bf16",), _BASE, {}),
+        ("conv1x1 wgrad + dbias", dict(wg, KS=1, PAD=0), ALL_DTYPES, _BASE,
+         dict(odd=("M_GEMM", "CA", "a_sh", "a_sw"))),
+        ("conv_transpose2x2 wgrad + dbias", dict(wg, KS=2, STRIDE=2, PAD=0, SHIFT_A=True),
+         ALL_DTYPES, _ALL, {}),
     ]
     out = []
     for label, c, d, specs, rt in fwd:
@@ -159,6 +169,8 @@ def _precision(dtype):
 def _int_spec(name, spec, rt, nospec):
     """How an integer argument is specialized under `spec`: "one" (Triton's constant 1), "div16"
     (tt.divisibility 16) or "" (a plain i32)."""
+    if spec == "base" and name in rt.get("d16", ()):
+        return "div16"
     if spec == "base":
         if _STRIDE_C.match(name):
             return "one"
@@ -169,6 +181,10 @@ def _int_spec(name, spec, rt, nospec):
         return "one"
     if name in rt.get("odd", ()):
         return ""
+    if name in rt.get("d16", ()):
+        return "div16"
+    if name.startswith("w_"):    # weight strides: channels_last weights in every spec
+        return "one" if _STRIDE_C.match(name) else "div16"
     if spec == "runtime NCHW" and (_STRIDE_C.match(name) or _STRIDE_NHW.match(name)):
         # (n, c, h, w) strides (C*H*W, H*W, W, 1): n divisible, c and h not in general
         return {"w": "one", "n": "div16"}.get(name[-1], "")

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from . import _dispatch
+from ._utils import is_channels_last
 
 __all__ = ["conv3x3_relu", "max_pool2x2", "crop_concat", "conv_transpose2x2", "conv1x1",
            "conv3x3_relu_pool", "up_concat"]
@@ -64,14 +65,18 @@ def _check_bias(bias, channels: int):
                          f"channels, got {tuple(bias.shape)}")
 
 
-def _autocast(*tensors):
+def _autocast(x, *params):
     """Cast to the autocast dtype where PyTorch's convolutions would (they are lower-precision
-    ops under autocast); the torch backend gets the same inputs, so all backends agree."""
-    t0 = tensors[0]
-    if _autocast_on(t0):
-        dt = torch.get_autocast_dtype(t0.device.type)
-        return tuple(t.to(dt) if t is not None and t.is_floating_point() else t for t in tensors)
-    return tensors
+    ops under autocast); the torch backend gets the same inputs, so all backends agree. A weight
+    cast for a channels_last input is written channels_last by the same copy: the order the
+    kernels read it in, so they need no re-layout of their own."""
+    if _autocast_on(x):
+        dt = torch.get_autocast_dtype(x.device.type)
+        fmt = torch.channels_last if is_channels_last(x) else torch.preserve_format
+        return (x.to(dt),) + tuple(
+            (t.to(dt, memory_format=fmt) if t.dim() == 4 else t.to(dt))
+            if t is not None and t.is_floating_point() else t for t in params)
+    return (x,) + params
 
 
 def _check_conv(x, weight, bias, k: int, name: str = "weight"):

@@ -4,20 +4,25 @@ also writes the 2x2 max-pooled map from the same epilogue; forward and backward.
 Forward: the implicit GEMM of igemm.py (M = N*OH*OW pixels, N = C_out, K = 9*C_in) with bias and
 ReLU applied to the fp32 accumulator before the one store. The pool variant orders the GEMM rows
 by 2x2 windows so every tile holds whole windows, and stores max-of-four beside y.
-Backward (`_conv3x3_relu_dgrad`, `_conv3x3_relu_wgrad`): both read dy together with the saved
-y and apply the ReLU mask (y > 0) while loading -- no masked copy of dy is written. dgrad is the
-same implicit GEMM over the flipped window; wgrad the transposed product split over pixels, with
-the bias gradient summed from the same dy tiles. The pool variant's backward first forms
-(dy + route(dpooled)) * (y > 0) in one pass (the argmax recomputed from y, no saved indices), and
-dgrad/wgrad read that without a mask.
+
+Backward: the ReLU's mask is applied once, where the output gradient is formed, never inside a
+mainloop: g = dy * (y > 0) comes from
+- the pool variant's backward pass ((dy + route(dpooled)) * (y > 0), the argmax recomputed from y),
+- the next layer itself when the model says so (`grad_masked`: every consumer of y was called
+  with `relu_input`, so its dgrad epilogue already masked the gradient it returns),
+- else one masking pass (threshold_backward) before the two GEMMs.
+dgrad (`_conv3x3_relu_dgrad`) is the implicit GEMM over the flipped window, reading g with no
+mask; with `relu_input` its epilogue masks dx by this layer's own input (x > 0). wgrad
+(`_conv3x3_relu_wgrad`) is R[co, (tap, ci)] = sum over pixels of g x the tap-shifted x, split over
+pixels, with the bias gradient from the same g tiles.
+Weights are read in place when channels_last (the model keeps them so), else re-laid out once
+per call.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-
-from unet_fast import _utils
 
 from . import utils
 from .igemm import igemm_fwd, igemm_wgrad
@@ -28,16 +33,26 @@ def _out_hw(h, w, padding):
     return h - 2 + 2 * padding, w - 2 + 2 * padding
 
 
+def _channels_last(weight) -> bool:
+    """(C_out, C_in, kh, kw) with C_in contiguous and the taps at one stride."""
+    s_co, s_ci, s_kh, s_kw = weight.stride()
+    return s_ci == 1 and s_kh == weight.shape[3] * s_kw
+
+
 def _weight_fwd(weight):
-    """(C_out, C_in, 3, 3) -> the GEMM's (9*C_in, C_out), rows (kh, kw, c)."""
+    """W[tap, ci, co] as (tensor, tap stride, ci stride, co stride, N = C_out)."""
     co, ci = weight.shape[:2]
-    return weight.permute(2, 3, 1, 0).reshape(9 * ci, co).contiguous()
+    if _channels_last(weight):
+        return weight, weight.stride(3), 1, weight.stride(0), co
+    return weight.permute(2, 3, 1, 0).contiguous(), ci * co, co, 1, co
 
 
 def _weight_dgrad(weight):
-    """(C_out, C_in, 3, 3) -> (9*C_out, C_in), rows (kh, kw, co)."""
+    """W[tap, co, ci] as (tensor, tap stride, co stride, ci stride, N = C_in)."""
     co, ci = weight.shape[:2]
-    return weight.permute(2, 3, 0, 1).reshape(9 * co, ci).contiguous()
+    if _channels_last(weight):
+        return weight, weight.stride(3), weight.stride(0), 1, ci
+    return weight.permute(2, 3, 0, 1).contiguous(), co * ci, ci, 1, ci
 
 
 # ---------------------------------------------------------------- host launchers
@@ -52,46 +67,52 @@ def conv3x3_relu_forward(x, weight, bias, padding, pool: bool = False):
     return (y, pooled) if pool else y
 
 
-def conv3x3_dgrad(dy, y, weight, padding, relu_mask: bool):
-    nb, _, oh, ow = dy.shape
+def conv3x3_dgrad(g, weight, padding, x_relu=None):
+    """dx from the masked output gradient g; times (x_relu > 0) when given."""
+    nb, _, oh, ow = g.shape
     ci = weight.shape[1]
     h, w = oh + 2 - 2 * padding, ow + 2 - 2 * padding
-    dx = utils.empty_like_format((nb, ci, h, w), dy)
-    igemm_fwd(dy, _weight_dgrad(weight), dx, grid_hw=(h, w), ks=3, stride=1, pad=padding,
-              sign=-1, mask=y if relu_mask else None)
+    dx = utils.empty_like_format((nb, ci, h, w), g)
+    igemm_fwd(g, _weight_dgrad(weight), dx, grid_hw=(h, w), ks=3, stride=1, pad=padding,
+              sign=-1, relu_in=x_relu)
     return dx
 
 
-def conv3x3_wgrad(x, dy, y, padding, relu_mask: bool):
-    ci = x.shape[1]
-    co = dy.shape[1]
-    r, db = igemm_wgrad(x, dy, grid_hw=tuple(dy.shape[-2:]), ks=3, stride=1, pad=padding,
-                        mask_b=y if relu_mask else None, dbias=1)
-    dw = r.view(3, 3, ci, co).permute(3, 2, 0, 1).contiguous().to(x.dtype)
+def conv3x3_wgrad(x, g, padding):
+    ci, co = x.shape[1], g.shape[1]
+    r, db = igemm_wgrad(g, x, grid_hw=tuple(g.shape[-2:]), ks=3, stride=1, pad=padding,
+                        shift_a=False, dbias=True)
+    # R[co, (kh, kw, ci)] is the weight gradient in channels_last order: a view, no copy
+    dw = r.view(co, 3, 3, ci).permute(0, 3, 1, 2).to(x.dtype)
     return dw, db.to(x.dtype)
+
+
+def mask_grad(dy, y):
+    """dy * (y > 0) as ReLU's backward (threshold_backward: a NaN y passes the gradient)."""
+    return torch.ops.aten.threshold_backward(dy, y, 0)
 
 
 # ---------------------------------------------------------------- torch operators
 @torch.library.custom_op("unet_fast_triton::conv3x3_relu", mutates_args=())
 def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 padding: int) -> torch.Tensor:
+                 padding: int, relu_input: bool, grad_masked: bool) -> torch.Tensor:
     return conv3x3_relu_forward(x, weight, bias, padding)
 
 
 @conv3x3_relu.register_fake
-def _(x, weight, bias, padding):
+def _(x, weight, bias, padding, relu_input, grad_masked):
     oh, ow = _out_hw(x.shape[2], x.shape[3], padding)
     return utils.empty_like_format((x.shape[0], weight.shape[0], oh, ow), x)
 
 
 @torch.library.custom_op("unet_fast_triton::conv3x3_relu_pool", mutates_args=())
 def conv3x3_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      padding: int, relu_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return conv3x3_relu_forward(x, weight, bias, padding, pool=True)
 
 
 @conv3x3_relu_pool.register_fake
-def _(x, weight, bias, padding):
+def _(x, weight, bias, padding, relu_input):
     oh, ow = _out_hw(x.shape[2], x.shape[3], padding)
     nb, co = x.shape[0], weight.shape[0]
     return (utils.empty_like_format((nb, co, oh, ow), x),
@@ -99,58 +120,62 @@ def _(x, weight, bias, padding):
 
 
 @torch.library.custom_op("unet_fast_triton::_conv3x3_relu_dgrad", mutates_args=())
-def _conv3x3_relu_dgrad(dy: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, padding: int,
-                        relu_mask: bool) -> torch.Tensor:
-    return conv3x3_dgrad(dy, y, weight, padding, relu_mask)
+def _conv3x3_relu_dgrad(g: torch.Tensor, weight: torch.Tensor, x_relu: Optional[torch.Tensor],
+                        padding: int) -> torch.Tensor:
+    return conv3x3_dgrad(g, weight, padding, x_relu)
 
 
 @_conv3x3_relu_dgrad.register_fake
-def _(dy, y, weight, padding, relu_mask):
-    nb, _, oh, ow = dy.shape
+def _(g, weight, x_relu, padding):
+    nb, _, oh, ow = g.shape
     return utils.empty_like_format((nb, weight.shape[1], oh + 2 - 2 * padding,
-                                    ow + 2 - 2 * padding), dy)
+                                    ow + 2 - 2 * padding), g)
 
 
 @torch.library.custom_op("unet_fast_triton::_conv3x3_relu_wgrad", mutates_args=())
-def _conv3x3_relu_wgrad(x: torch.Tensor, dy: torch.Tensor, y: torch.Tensor, padding: int,
-                        relu_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return conv3x3_wgrad(x, dy, y, padding, relu_mask)
+def _conv3x3_relu_wgrad(x: torch.Tensor, g: torch.Tensor,
+                        padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv3x3_wgrad(x, g, padding)
 
 
 @_conv3x3_relu_wgrad.register_fake
-def _(x, dy, y, padding, relu_mask):
-    ci, co = x.shape[1], dy.shape[1]
-    return x.new_empty((co, ci, 3, 3)), x.new_empty((co,))
+def _(x, g, padding):
+    ci, co = x.shape[1], g.shape[1]
+    dw = x.new_empty((co, 3, 3, ci)).permute(0, 3, 1, 2)
+    return dw, x.new_empty((co,))
 
 
 # ---------------------------------------------------------------- autograd
 def _setup(ctx, inputs, output):
-    x, weight, bias, padding = inputs
+    x, weight, bias, padding, relu_input = inputs[:5]
     y = output[0] if isinstance(output, (tuple, list)) else output
     ctx.save_for_backward(x, weight, y)
     ctx.padding = padding
+    ctx.relu_input = relu_input
+    ctx.grad_masked = len(inputs) > 5 and inputs[5]
     ctx.has_bias = bias is not None
 
 
-def _grads(ctx, g, y, relu_mask):
+def _grads(ctx, g):
+    """Gradients of (x, weight, bias) from the masked output gradient g."""
     x, weight, _ = ctx.saved_tensors
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
-        dx = _conv3x3_relu_dgrad(g, y, weight, ctx.padding, relu_mask)
+        dx = _conv3x3_relu_dgrad(g, weight, x if ctx.relu_input else None, ctx.padding)
     if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        dw, db = _conv3x3_relu_wgrad(x, g, y, ctx.padding, relu_mask)
-    return dx, dw, (db if ctx.has_bias else None), None
+        dw, db = _conv3x3_relu_wgrad(x, g, ctx.padding)
+    return dx, dw, (db if ctx.has_bias else None), None, None
 
 
 def _backward(ctx, dy):
-    y = ctx.saved_tensors[2]
-    return _grads(ctx, dy, y, relu_mask=True)
+    g = dy if ctx.grad_masked else mask_grad(dy, ctx.saved_tensors[2])
+    return _grads(ctx, g) + (None,)
 
 
 def _backward_pool(ctx, dy, dpool):
     y = ctx.saved_tensors[2]
     g = _relu_pool_backward(dy, dpool, y)  # skip gradient + routed pool gradient, ReLU-masked
-    return _grads(ctx, g, y, relu_mask=False)
+    return _grads(ctx, g)
 
 
 conv3x3_relu.register_autograd(_backward, setup_context=_setup)
@@ -158,8 +183,8 @@ conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
 
 
 def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):
-    return conv3x3_relu(_utils.relu_input(x, relu_input), weight, bias, int(padding))
+    return conv3x3_relu(x, weight, bias, int(padding), bool(relu_input), bool(grad_masked))
 
 
 def impl_pool(x, weight, bias, padding, relu_input=False):
-    return conv3x3_relu_pool(_utils.relu_input(x, relu_input), weight, bias, int(padding))
+    return conv3x3_relu_pool(x, weight, bias, int(padding), bool(relu_input))

@@ -7,8 +7,10 @@ epilogue adds the bias and scatters column (i, j, co) of pixel (p, q) to output 
 of a concat buffer (`up_concat`: the buffer is allocated once, the cropped skip is copied into the
 lower slice, and there is no torch.cat).
 Backward: dx gathers the four output pixels of each input pixel (igemm with a 2x2 window and
-stride 2, reading dy in place, also when dy is a channel slice of the concat's gradient); dW is the
-transposed product split over pixels, with the bias gradient summed from the same dy tiles.
+stride 2, reading dy in place, also when dy is a channel slice of the concat's gradient; with
+`relu_input` its epilogue masks dx by (x > 0)); dW is the product over pixels R[(i, j, co), ci]
+split over pixels, with the bias gradient from the same dy tiles. Weights are read in place when
+channels_last ((C_in, 2, 2, C_out) in memory), else re-laid out once per call.
 """
 from __future__ import annotations
 
@@ -16,23 +18,31 @@ from typing import Optional
 
 import torch
 
-from unet_fast import _utils
-
 from . import utils
 from .crop_concat import crop_copy, crop_offsets, skip_grad
 from .igemm import igemm_fwd, igemm_wgrad
 
 
+def _channels_last(weight) -> bool:
+    """(C_in, C_out, 2, 2) with C_out contiguous and the taps (i, j) at one stride."""
+    s_ci, s_co, s_i, s_j = weight.stride()
+    return s_co == 1 and s_i == 2 * s_j and s_j == weight.shape[1]
+
+
 def _weight_fwd(weight):
-    """(C_in, C_out, 2, 2) -> (C_in, 4*C_out), columns (i, j, co)."""
+    """W[0, ci, (i, j, co)] as (tensor, tap stride, ci stride, column stride, N = 4*C_out)."""
     ci, co = weight.shape[:2]
-    return weight.permute(0, 2, 3, 1).reshape(ci, 4 * co).contiguous()
+    if not _channels_last(weight):
+        weight = weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return weight, 0, weight.stride(0), 1, 4 * co
 
 
 def _weight_dgrad(weight):
-    """(C_in, C_out, 2, 2) -> (4*C_out, C_in), rows (i, j, co)."""
+    """W[(i, j), co, ci] as (tensor, tap stride, co stride, ci stride, N = C_in)."""
     ci, co = weight.shape[:2]
-    return weight.permute(2, 3, 1, 0).reshape(4 * co, ci).contiguous()
+    if not _channels_last(weight):
+        weight = weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return weight, weight.stride(3), 1, weight.stride(0), ci
 
 
 def conv_transpose2x2_into(x, weight, bias, out) -> None:
@@ -49,19 +59,21 @@ def conv_transpose2x2_forward(x, weight, bias):
     return y
 
 
-def conv_transpose2x2_dgrad(dy, weight):
+def conv_transpose2x2_dgrad(dy, weight, x_relu=None):
     nb, _, oh, ow = dy.shape
     dx = utils.empty_like_format((nb, weight.shape[0], oh // 2, ow // 2), dy)
     igemm_fwd(dy, _weight_dgrad(weight), dx, grid_hw=(oh // 2, ow // 2), ks=2, stride=2, pad=0,
-              sign=1)
+              sign=1, relu_in=x_relu)
     return dx
 
 
 def conv_transpose2x2_wgrad(x, dy):
     ci, co = x.shape[1], dy.shape[1]
-    # rows (i, j, co) gathered from dy at (2p+i, 2q+j), columns c_in from x at (p, q)
-    r, db = igemm_wgrad(dy, x, grid_hw=tuple(x.shape[-2:]), ks=2, stride=2, pad=0, dbias=2)
-    dw = r.view(2, 2, co, ci).permute(3, 2, 0, 1).contiguous().to(x.dtype)
+    # R[(i, j, co), ci]: rows gathered from dy at (2p+i, 2q+j), columns c_in from x at (p, q)
+    r, db = igemm_wgrad(dy, x, grid_hw=tuple(x.shape[-2:]), ks=2, stride=2, pad=0,
+                        shift_a=True, dbias=True)
+    dw = r.view(2, 2, co, ci).permute(3, 2, 0, 1).contiguous(
+        memory_format=torch.channels_last).to(x.dtype)
     return dw, db.view(4, co).sum(0).to(x.dtype)
 
 
@@ -72,18 +84,18 @@ def _up_shape(x, weight):
 
 @torch.library.custom_op("unet_fast_triton::conv_transpose2x2", mutates_args=())
 def conv_transpose2x2(x: torch.Tensor, weight: torch.Tensor,
-                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+                      bias: Optional[torch.Tensor], relu_input: bool) -> torch.Tensor:
     return conv_transpose2x2_forward(x, weight, bias)
 
 
 @conv_transpose2x2.register_fake
-def _(x, weight, bias):
+def _(x, weight, bias, relu_input):
     return utils.empty_like_format(_up_shape(x, weight), x)
 
 
 @torch.library.custom_op("unet_fast_triton::up_concat", mutates_args=())
 def up_concat(skip: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-              bias: Optional[torch.Tensor]) -> torch.Tensor:
+              bias: Optional[torch.Tensor], relu_input: bool) -> torch.Tensor:
     nb, co, oh, ow = _up_shape(x, weight)
     cs = skip.shape[1]
     out = utils.empty_like_format((nb, cs + co, oh, ow), x)
@@ -94,18 +106,19 @@ def up_concat(skip: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 
 @up_concat.register_fake
-def _(skip, x, weight, bias):
+def _(skip, x, weight, bias, relu_input):
     nb, co, oh, ow = _up_shape(x, weight)
     return utils.empty_like_format((nb, skip.shape[1] + co, oh, ow), x)
 
 
 @torch.library.custom_op("unet_fast_triton::_conv_transpose2x2_dgrad", mutates_args=())
-def _conv_transpose2x2_dgrad(dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return conv_transpose2x2_dgrad(dy, weight)
+def _conv_transpose2x2_dgrad(dy: torch.Tensor, weight: torch.Tensor,
+                             x_relu: Optional[torch.Tensor]) -> torch.Tensor:
+    return conv_transpose2x2_dgrad(dy, weight, x_relu)
 
 
 @_conv_transpose2x2_dgrad.register_fake
-def _(dy, weight):
+def _(dy, weight, x_relu):
     return utils.empty_like_format((dy.shape[0], weight.shape[0], dy.shape[2] // 2,
                                     dy.shape[3] // 2), dy)
 
@@ -117,7 +130,8 @@ def _conv_transpose2x2_wgrad(x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.T
 
 @_conv_transpose2x2_wgrad.register_fake
 def _(x, dy):
-    return x.new_empty((x.shape[1], dy.shape[1], 2, 2)), x.new_empty((dy.shape[1],))
+    return (x.new_empty((x.shape[1], dy.shape[1], 2, 2)).contiguous(
+        memory_format=torch.channels_last), x.new_empty((dy.shape[1],)))
 
 
 # ---------------------------------------------------------------- autograd
@@ -125,27 +139,29 @@ def _grads(ctx, dy, x, weight, first):
     """Gradients of (x, weight, bias), the inputs at positions first, first+1, first+2."""
     dx = dw = db = None
     if ctx.needs_input_grad[first]:
-        dx = _conv_transpose2x2_dgrad(dy, weight)
+        dx = _conv_transpose2x2_dgrad(dy, weight, x if ctx.relu_input else None)
     if ctx.needs_input_grad[first + 1] or (ctx.has_bias and ctx.needs_input_grad[first + 2]):
         dw, db = _conv_transpose2x2_wgrad(x, dy)
     return dx, dw, (db if ctx.has_bias else None)
 
 
 def _setup(ctx, inputs, output):
-    x, weight, bias = inputs
+    x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
+    ctx.relu_input = relu_input
 
 
 def _backward(ctx, dy):
     x, weight = ctx.saved_tensors
-    return _grads(ctx, dy, x, weight, 0)
+    return _grads(ctx, dy, x, weight, 0) + (None,)
 
 
 def _setup_up(ctx, inputs, output):
-    skip, x, weight, bias = inputs
+    skip, x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
+    ctx.relu_input = relu_input
     ctx.skip_channels = skip.shape[1]
     ctx.skip_hw = tuple(skip.shape[-2:])
 
@@ -156,7 +172,7 @@ def _backward_up(ctx, grad):
     x, weight = ctx.saved_tensors
     cs = ctx.skip_channels
     dskip = skip_grad(grad[:, :cs], ctx.skip_hw) if ctx.needs_input_grad[0] else None
-    return (dskip,) + _grads(ctx, grad[:, cs:], x, weight, 1)
+    return (dskip,) + _grads(ctx, grad[:, cs:], x, weight, 1) + (None,)
 
 
 conv_transpose2x2.register_autograd(_backward, setup_context=_setup)
@@ -164,8 +180,8 @@ up_concat.register_autograd(_backward_up, setup_context=_setup_up)
 
 
 def impl(x, weight, bias, relu_input=False):
-    return conv_transpose2x2(_utils.relu_input(x, relu_input), weight, bias)
+    return conv_transpose2x2(x, weight, bias, bool(relu_input))
 
 
 def impl_up_concat(skip, x, weight, bias, relu_input=False):
-    return up_concat(skip, _utils.relu_input(x, relu_input), weight, bias)
+    return up_concat(skip, x, weight, bias, bool(relu_input))

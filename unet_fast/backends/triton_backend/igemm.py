@@ -2,27 +2,36 @@
 
 `igemm_fwd_kernel` computes, for each pixel (n, p, q) of an output grid and each GEMM column j,
 
-    out[n, p, q, j] = epilogue( sum_{tap, ca} A[n, S*p + dh(tap), S*q + dw(tap), ca] * W[tap*CA + ca, j] )
+    out[n, p, q, j] = epilogue( sum_{tap, ca} A[n, S*p + dh(tap), S*q + dw(tap), ca] * W[tap, ca, j] )
 
 with taps (kh, kw) of a KS x KS window, dh = SIGN * (kh - PAD). That one loop is
 - the 3x3 convolution (S=1, SIGN=+1, PAD=padding; epilogue bias + ReLU, optionally the 2x2 max-pool
   of the tile written from the same registers),
-- its input gradient, dgrad (A = dy masked by y > 0 while loading, SIGN=-1: the flipped window),
+- its input gradient, dgrad (A = the already ReLU-masked output gradient, SIGN=-1: the flipped
+  window; the epilogue can mask dx by the layer input's own ReLU, RELU_IN),
 - the 1x1 convolution and its dgrad (KS=1),
 - the 2x2 transposed convolution (KS=1, N = 4*C_out; the epilogue scatters column (i, j, co) to
   pixel (2p+i, 2q+j), possibly inside a channel slice of a concat buffer) and its dgrad
   (A = dy, S=2, KS=2: each input pixel gathers its four output pixels).
+The weight is read through strides (per tap, per input channel, per column), so channels_last
+weights need no re-layout.
 
-`igemm_wgrad_kernel` computes the weight gradients as the transposed products
+`igemm_wgrad_kernel` computes the weight gradients as the products over pixels
 
-    R[tap*CA + ca, cb] = sum_{n, p, q} A[n, S*p + dh(tap), S*q + dw(tap), ca] * B[n, p, q, cb]
+    R[m, n] = sum_{pixels p} A[p (+ shift), m] * B[p (+ shift), n]
 
-split over the pixel sum (grid z) into fp32 partials, with the bias gradient reduced from the same
-tiles (column sums of B, or row sums of A for the transposed conv).
+where one of the two operands is read at the tap-shifted pixel S*p + (dh, dw) and its channels are
+split per tap: R[co, (tap, ci)] for a convolution (A = the masked output gradient, B = x shifted),
+R[(tap, co), ci] for the transposed convolution (A = dy at (2p+i, 2q+j), B = x). The bias gradient
+is the row sums of A, computed on the tensor cores (A times a column of ones) by the tiles of the
+first column. The pixel sum is split over the grid's y into fp32 partials (deterministic).
 
-All tensors are addressed through explicit (n, h, w, c) element strides, so NCHW, channels_last and
-strided views (a channel slice of a concat buffer) are read and written in place. Accumulation is
-fp32. Pixel offsets are 64-bit (a batch of 572x572x64 activations already needs 29 bits).
+All tensors are addressed through explicit (n, h, w, c) element strides, so NCHW, channels_last
+and strided views (a channel slice of a concat buffer) are read and written in place. Accumulation
+is fp32. Pixel offsets are 64-bit (a batch of 572x572x64 activations already needs 29 bits).
+Mainloops keep their per-iteration work small (see tools/kernel_model.py): taps and channel
+chunks advance as scalars, per-row addresses are computed once per tile, and the wgrad's pixel
+coordinates advance incrementally instead of being divided out every iteration.
 """
 from __future__ import annotations
 
@@ -36,15 +45,15 @@ from . import utils
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL",
-            "UPSCATTER", "MASK_A", "HAS_BIAS", "FLAT_K", "PRECISION"]
-_WGRAD_KEY = ["CA", "N_GEMM", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "MASK_B", "DBIAS",
-              "PRECISION"]
+            "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
+_WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
+              "FLAT_B", "DBIAS", "INT64", "PRECISION"]
 # Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
 # binary per config for each new combination: sizes that only bound masks or index pixels gain
 # nothing from it, and the key-only arguments (buckets, LAYOUT) are not read by the kernels at all.
 # Channel counts and strides stay specialized (16-byte vector loads need them).
 _FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT"]
-_WGRAD_NO_SPEC = ["AH", "AW", "NB", "PH", "PW", "P_TOT", "M_GEMM", "K_BUCKET", "LAYOUT"]
+_WGRAD_NO_SPEC = ["AH", "AW", "BH", "BW", "NB", "PH", "PW", "P_TOT", "K_BUCKET", "LAYOUT"]
 
 
 @triton.jit
@@ -61,16 +70,16 @@ def _dot(acc, a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit(do_not_specialize=_FWD_NO_SPEC)
 def igemm_fwd_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # gathered operand (N, AH, AW, CA)
-    mk_ptr, mk_sn, mk_sh, mk_sw, mk_sc,                 # ReLU mask source, A's shape (MASK_A)
-    w_ptr,                                              # (KS*KS*CA, N_GEMM) contiguous
+    w_ptr, w_st, w_sc, w_sj,                            # W[tap, ca, j] at tap*w_st + ca*w_sc + j*w_sj
     bias_ptr,
     out_ptr, o_sn, o_sh, o_sw, o_sc,
     pool_ptr, q_sn, q_sh, q_sw, q_sc,
+    x_ptr, x_sn, x_sh, x_sw, x_sc,                      # RELU_IN: the input whose ReLU masks out
     NB, OH, OW, M_GEMM, N_GEMM, CO_UP, M_BUCKET, LAYOUT,  # M_BUCKET, LAYOUT: autotune key only
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
-    MASK_A: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
-    UPSCATTER: tl.constexpr, FLAT_K: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
+    BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
+    UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -102,14 +111,14 @@ def igemm_fwd_kernel(
         n = t // OH
         m_ok = offs_m < M_GEMM
     n64 = n.to(tl.int64)
-    a_base = n64 * a_sn
-    mk_base = n64 * mk_sn
     ih0 = p * STRIDE
     iw0 = q * STRIDE
+    a_row = n64 * a_sn + ih0 * a_sh + iw0 * a_sw        # each row's pixel, once per tile
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT_K:
-        # K = (tap, channel) flattened: any channel count, a K-tile may span taps.
+        # K = (tap, channel) flattened: any channel count, a K-tile may span taps (the first
+        # layer: one or three input channels, a single iteration).
         K_TOT = KS * KS * CA
         for k0 in range(0, K_TOT, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -121,37 +130,43 @@ def igemm_fwd_kernel(
             ih = ih0[:, None] + dh[None, :]
             iw = iw0[:, None] + dw[None, :]
             ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
-            a = tl.load(a_ptr + (a_base[:, None] + ih * a_sh + iw * a_sw + ca[None, :] * a_sc),
+            a = tl.load(a_ptr + (a_row[:, None] + (dh * a_sh + dw * a_sw + ca * a_sc)[None, :]),
                         mask=ok, other=0.0)
-            if MASK_A:
-                mk = tl.load(mk_ptr + (mk_base[:, None] + ih * mk_sh + iw * mk_sw
-                                       + ca[None, :] * mk_sc), mask=ok, other=0.0)
-                a = tl.where(mk <= 0, tl.zeros_like(a), a)  # (a NaN y passes g)
-            b = tl.load(w_ptr + offs_k[:, None] * N_GEMM + offs_n[None, :],
+            b = tl.load(w_ptr + (tap * w_st + ca * w_sc)[:, None] + offs_n[None, :] * w_sj,
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
     else:
-        # CA % BLOCK_K == 0: every K-tile lies in one tap, the bounds test is per row.
-        n_ck = CA // BLOCK_K
+        # CA % BLOCK_K == 0: every K-tile lies in one tap. The tap (kh, kw) and the channel
+        # chunk c0 advance as scalars; a row's address is its pixel's plus the tap's shift.
         offs_c = tl.arange(0, BLOCK_K)
-        for it in range(0, KS * KS * n_ck):
-            tap = it // n_ck
-            c0 = (it % n_ck) * BLOCK_K
-            ih = ih0 + SIGN * (tap // KS - PAD)
-            iw = iw0 + SIGN * (tap % KS - PAD)
-            ok = m_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
+        b_cols = offs_n[None, :] * w_sj
+        kh = 0
+        kw = 0
+        c0 = 0
+        for _ in range(0, KS * KS * (CA // BLOCK_K)):
+            dh = SIGN * (kh - PAD)
+            dw = SIGN * (kw - PAD)
             ca = c0 + offs_c
-            a = tl.load(a_ptr + ((a_base + ih * a_sh + iw * a_sw)[:, None] + ca[None, :] * a_sc),
+            if BOUNDS:
+                ih = ih0 + dh
+                iw = iw0 + dw
+                ok = m_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
+            else:  # the window never leaves the input (valid forward, 1x1, strided 2x2)
+                ok = m_ok
+            a = tl.load(a_ptr + ((a_row + (dh * a_sh + dw * a_sw))[:, None] + ca[None, :] * a_sc),
                         mask=ok[:, None], other=0.0)
-            if MASK_A:
-                mk = tl.load(mk_ptr + ((mk_base + ih * mk_sh + iw * mk_sw)[:, None]
-                                       + ca[None, :] * mk_sc), mask=ok[:, None], other=0.0)
-                a = tl.where(mk <= 0, tl.zeros_like(a), a)  # (a NaN y passes g)
-            b = tl.load(w_ptr + (tap * CA + ca)[:, None] * N_GEMM + offs_n[None, :],
+            b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
                         mask=n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
+            c0 += BLOCK_K
+            if c0 == CA:
+                c0 = 0
+                kw += 1
+                if kw == KS:
+                    kw = 0
+                    kh += 1
 
-    # ---- epilogue: bias, ReLU, store (plain or 2x2 scatter), pooled store
+    # ---- epilogue: bias, ReLU, the input's ReLU mask, store (plain or 2x2 scatter), pooled store
     if UPSCATTER:
         co = offs_n % CO_UP
     else:
@@ -161,6 +176,13 @@ def igemm_fwd_kernel(
         acc = acc + bias[None, :]
     if RELU:
         acc = tl.where(acc < 0.0, 0.0, acc)  # not tl.maximum: NaN must stay NaN, as in F.relu
+    if RELU_IN:
+        # dgrad of a layer whose input is a ReLU output: dx * (x > 0), as threshold_backward
+        # (zero where x <= 0; a NaN x passes the gradient)
+        xin = tl.load(x_ptr + ((n64 * x_sn + p * x_sh + q * x_sw)[:, None]
+                               + offs_n[None, :] * x_sc),
+                      mask=m_ok[:, None] & n_ok[None, :], other=1.0)
+        acc = tl.where(xin <= 0, 0.0, acc)
     if UPSCATTER:
         i = offs_n // (2 * CO_UP)
         j = (offs_n // CO_UP) % 2
@@ -189,18 +211,101 @@ def igemm_fwd_kernel(
                  pooled.to(pool_ptr.dtype.element_ty), mask=w_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _pixels(offs, PH, PW):
+    """(n, ph, pw) of flat pixel indices: once per tile, then advanced by _advance."""
+    pw = offs % PW
+    t = offs // PW
+    return t // PH, t % PH, pw
+
+
+@triton.jit
+def _advance(n, ph, pw, DQ, DP, DN, PH, PW):
+    """(n, ph, pw) of the pixel BLOCK_K further on, BLOCK_K = DN*PH*PW + DP*PW + DQ with DP < PH
+    and DQ < PW: each digit carries at most once (no division in the loop)."""
+    pw = pw + DQ
+    c = pw >= PW
+    pw = tl.where(c, pw - PW, pw)
+    ph = ph + DP + c.to(tl.int32)
+    c = ph >= PH
+    ph = tl.where(c, ph - PH, ph)
+    n = n + DN + c.to(tl.int32)
+    return n, ph, pw
+
+
+@triton.jit
+def _wgrad_loop(
+    a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW,
+    b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW,
+    a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
+    PH, PW,
+    STRIDE: tl.constexpr, SHIFT_A: tl.constexpr, BOUNDS_A: tl.constexpr,
+    BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, INT64: tl.constexpr, DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The pixel loop of one wgrad tile: acc (BLOCK_M, BLOCK_N) and, with DBIAS, the row sums of
+    A (in column 0 of a (BLOCK_M, 16) product with ones)."""
+    offs_k = k_lo + tl.arange(0, BLOCK_K)
+    n, ph, pw = _pixels(offs_k, PH, PW)
+    DN = BLOCK_K // (PH * PW)   # BLOCK_K pixels as digits of the (n, ph, pw) counter
+    DP = (BLOCK_K % (PH * PW)) // PW
+    DQ = BLOCK_K % PW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
+    ones = tl.full((BLOCK_K, 16), 1.0, tl.float32).to(a_ptr.dtype.element_ty)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_ok = offs_k < k_hi
+        if INT64:
+            n64 = n.to(tl.int64)
+        else:  # every offset of both tensors fits 31 bits: half the address arithmetic
+            n64 = n
+        # the shifted operand reads pixel (S*ph + dh, S*pw + dw), the other (ph, pw)
+        if SHIFT_A:
+            ah = ph * STRIDE
+            aw = pw * STRIDE
+            bh = ph
+            bw = pw
+        else:
+            ah = ph
+            aw = pw
+            bh = ph * STRIDE
+            bw = pw * STRIDE
+        a_pix = n64 * a_sn + ah * a_sh + aw * a_sw
+        b_pix = n64 * b_sn + bh * b_sh + bw * b_sw
+        a_ok = k_ok[:, None] & m_ok[None, :]
+        b_ok = k_ok[:, None] & n_ok[None, :]
+        if BOUNDS_A:
+            ih = ah[:, None] + a_dh
+            iw = aw[:, None] + a_dw
+            a_ok = a_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
+        if BOUNDS_B:
+            ih = bh[:, None] + b_dh
+            iw = bw[:, None] + b_dw
+            b_ok = b_ok & (ih >= 0) & (ih < BH) & (iw >= 0) & (iw < BW)
+        a = tl.load(a_ptr + (a_pix[:, None] + a_col), mask=a_ok, other=0.0)   # (BK, BM)
+        b = tl.load(b_ptr + (b_pix[:, None] + b_col), mask=b_ok, other=0.0)   # (BK, BN)
+        at = tl.trans(a)
+        acc = _dot(acc, at, b, DOT_F32, PRECISION)
+        if DBIAS:
+            db = _dot(db, at, ones, DOT_F32, PRECISION)
+        offs_k += BLOCK_K
+        n, ph, pw = _advance(n, ph, pw, DQ, DP, DN, PH, PW)
+    return acc, db
+
+
 @triton.autotune(configs=utils.wgrad_configs(), key=_WGRAD_KEY,
                  prune_configs_by={"early_config_prune": utils.prune_gemm},
                  **utils.autotune_options())
 @triton.jit(do_not_specialize=_WGRAD_NO_SPEC)
 def igemm_wgrad_kernel(
-    a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # gathered rows (tap, ca)
-    b_ptr, b_sn, b_sh, b_sw, b_sc,                      # plain columns on the pixel grid
-    mb_ptr, mb_sn, mb_sh, mb_sw, mb_sc,                 # ReLU mask of B (MASK_B)
-    r_ptr, db_ptr,                                      # fp32 partials (SPLIT, M, N), (SPLIT, M or N)
-    NB, PH, PW, P_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # K_BUCKET, LAYOUT: key only
-    KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
-    MASK_B: tl.constexpr, DBIAS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # rows: A's channels (per tap if SHIFT_A)
+    b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW, CB,          # columns: B's channels (per tap if not)
+    r_ptr, db_ptr,                                      # fp32 partials (SPLIT, M, N), (SPLIT, M)
+    NB, PH, PW, P_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # (key only: last 2)
+    KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SHIFT_A: tl.constexpr,
+    FLAT_A: tl.constexpr, FLAT_B: tl.constexpr, DBIAS: tl.constexpr, INT64: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -212,67 +317,89 @@ def igemm_wgrad_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M_GEMM
     n_ok = offs_n < N_GEMM
-    tap = offs_m // CA
-    ca = offs_m % CA
-    dh = SIGN * (tap // KS - PAD)
-    dw = SIGN * (tap % KS - PAD)
-    a_row = dh * a_sh + dw * a_sw + ca * a_sc
+    # Each operand's column offsets within a pixel, once per tile. The shifted operand's columns
+    # are (tap, channel): in one tap per tile (a scalar shift, channels contiguous: 16-byte
+    # copies) unless its channels are fewer than the tile (FLAT: a shift per column).
+    if SHIFT_A:
+        if FLAT_A:
+            tap = offs_m // CA
+            a_dh = (tap // KS - PAD)[None, :]
+            a_dw = (tap % KS - PAD)[None, :]
+            ca = offs_m % CA
+        else:
+            tap = (pid_m * BLOCK_M) // CA
+            a_dh = tap // KS - PAD
+            a_dw = tap % KS - PAD
+            # (a multiple of the tile: tells Triton the copy is in 16-byte vectors)
+            ca = tl.multiple_of((pid_m * BLOCK_M) % CA, BLOCK_M) + tl.arange(0, BLOCK_M)
+        a_col = (a_dh * a_sh + a_dw * a_sw + ca * a_sc)
+        if not FLAT_A:
+            a_col = a_col[None, :]
+        b_col = (offs_n * b_sc)[None, :]
+        b_dh = 0
+        b_dw = 0
+    else:
+        if FLAT_B:
+            tap = offs_n // CB
+            b_dh = (tap // KS - PAD)[None, :]
+            b_dw = (tap % KS - PAD)[None, :]
+            cb = offs_n % CB
+        else:
+            tap = (pid_n * BLOCK_N) // CB
+            b_dh = tap // KS - PAD
+            b_dw = tap % KS - PAD
+            cb = tl.multiple_of((pid_n * BLOCK_N) % CB, BLOCK_N) + tl.arange(0, BLOCK_N)
+        b_col = (b_dh * b_sh + b_dw * b_sw + cb * b_sc)
+        if not FLAT_B:
+            b_col = b_col[None, :]
+        a_col = (offs_m * a_sc)[None, :]
+        a_dh = 0
+        a_dw = 0
 
     k_lo = split * CHUNK
     k_hi = tl.minimum(k_lo + CHUNK, P_TOT)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    db_m = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    db_n = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < k_hi
-        q = offs_k % PW
-        t = offs_k // PW
-        p = t % PH
-        n64 = (t // PH).to(tl.int64)
-        ih = (p * STRIDE)[None, :] + dh[:, None]
-        iw = (q * STRIDE)[None, :] + dw[:, None]
-        a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
-        a_pix = n64 * a_sn + (p * STRIDE) * a_sh + (q * STRIDE) * a_sw
-        a = tl.load(a_ptr + (a_pix[None, :] + a_row[:, None]), mask=a_ok, other=0.0)
-        b_pix = n64 * b_sn + p * b_sh + q * b_sw
-        b_ok = k_ok[:, None] & n_ok[None, :]
-        b = tl.load(b_ptr + (b_pix[:, None] + offs_n[None, :] * b_sc), mask=b_ok, other=0.0)
-        if MASK_B:
-            mb_pix = n64 * mb_sn + p * mb_sh + q * mb_sw
-            mb = tl.load(mb_ptr + (mb_pix[:, None] + offs_n[None, :] * mb_sc), mask=b_ok, other=0.0)
-            b = tl.where(mb <= 0, tl.zeros_like(b), b)  # (a NaN y passes g)
-        acc = _dot(acc, a, b, DOT_F32, PRECISION)
-        if DBIAS == 1:
-            db_n += tl.sum(b.to(tl.float32), axis=0)
-        if DBIAS == 2:
-            db_m += tl.sum(a.to(tl.float32), axis=1)
-
+    # the bias gradient (row sums of A) from the tiles of the first column only
+    if DBIAS and pid_n == 0:
+        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW,
+                              b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW,
+                              a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
+                              PH, PW, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
+                              (not SHIFT_A) and PAD > 0, True, INT64, DOT_F32, PRECISION,
+                              BLOCK_M, BLOCK_N, BLOCK_K)
+        dbm = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, db, 0.0), axis=1)
+        tl.store(db_ptr + split * M_GEMM + offs_m, dbm, mask=m_ok)
+    else:
+        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW,
+                              b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW,
+                              a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
+                              PH, PW, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
+                              (not SHIFT_A) and PAD > 0, False, INT64, DOT_F32, PRECISION,
+                              BLOCK_M, BLOCK_N, BLOCK_K)
     base = split.to(tl.int64) * M_GEMM * N_GEMM
     tl.store(r_ptr + base + offs_m[:, None] * N_GEMM + offs_n[None, :], acc,
              mask=m_ok[:, None] & n_ok[None, :])
-    if DBIAS == 1:
-        tl.store(db_ptr + split * N_GEMM + offs_n, db_n, mask=n_ok & (pid_m == 0))
-    if DBIAS == 2:
-        tl.store(db_ptr + split * M_GEMM + offs_m, db_m, mask=m_ok & (pid_n == 0))
 
 
 # ---------------------------------------------------------------- host launchers
-def igemm_fwd(a: torch.Tensor, w_kn: torch.Tensor, out: torch.Tensor, *, grid_hw, ks: int,
-              stride: int, pad: int, sign: int, bias=None, relu=False, mask=None, pool=None,
+def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int, stride: int,
+              pad: int, sign: int, bias=None, relu=False, relu_in=None, pool=None,
               up_channels: int = 0) -> None:
     """Launch `igemm_fwd_kernel`. Tensors are logical NCHW (any strides); `grid_hw` is the pixel
-    grid of the GEMM's rows; `w_kn` the (KS*KS*CA, N) weight matrix."""
+    grid of the GEMM's rows; `w` = (tensor, tap stride, channel stride, column stride, N) reads
+    the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it."""
     nb, ca, ah, aw = a.shape
     oh, ow = grid_hw
-    n_gemm = w_kn.shape[1]
+    w_t, w_st, w_sc, w_sj, n_gemm = w
     if pool is not None:
         m_gemm = nb * ((oh + 1) // 2) * ((ow + 1) // 2) * 4
     else:
         m_gemm = nb * oh * ow
-    mk = mask if mask is not None else a
     po = pool if pool is not None else out
+    xi = relu_in if relu_in is not None else out
     flat_k = ca % utils.k_align() != 0
+    # the window can leave the input unless every shifted pixel is inside by construction
+    bounds = not (pad == 0 and sign == 1 and (oh - 1) * stride + ks <= ah
+                  and (ow - 1) * stride + ks <= aw)
 
     def grid(meta):
         return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]),)
@@ -280,41 +407,49 @@ def igemm_fwd(a: torch.Tensor, w_kn: torch.Tensor, out: torch.Tensor, *, grid_hw
     with utils.on_device(a):
         igemm_fwd_kernel[grid](
             a, *utils.nhwc_strides(a), ah, aw, ca,
-            mk, *utils.nhwc_strides(mk),
-            w_kn,
-            bias if bias is not None else w_kn,
+            w_t, w_st, w_sc, w_sj,
+            bias if bias is not None else w_t,
             out, *utils.nhwc_strides(out),
             po, *utils.nhwc_strides(po),
+            xi, *utils.nhwc_strides(xi),
             nb, oh, ow, m_gemm, n_gemm, max(up_channels, 1), utils.m_bucket(m_gemm),
-            utils.layout_key(a, mk, out, po),
-            KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, MASK_A=mask is not None,
+            utils.layout_key(a, out, po, xi),
+            KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None,
-            UPSCATTER=up_channels > 0, FLAT_K=flat_k, DOT_F32=utils.dot_in_fp32(a.dtype),
-            PRECISION=utils.dot_precision(a.dtype),
+            UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k,
+            DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )
 
 
 def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: int, pad: int,
-                mask_b=None, dbias: int = 0):
-    """Launch `igemm_wgrad_kernel`; returns (R, db) in fp32: R (KS*KS*CA, CB) and the bias
-    gradient (length CB for dbias=1, KS*KS*CA for dbias=2, None for 0)."""
+                shift_a: bool, dbias: bool):
+    """Launch `igemm_wgrad_kernel`; returns (R, db) in fp32. The pixel grid (`grid_hw`) is the
+    unshifted operand's; the shifted one (b, or a with `shift_a`) is read at
+    (stride*p + kh - pad, stride*q + kw - pad). R is (KS*KS*CA, CB) with `shift_a`, else
+    (CA, KS*KS*CB); db the row sums of A (length M), or None."""
     nb, ca, ah, aw = a.shape
-    cb = b.shape[1]
+    _, cb, bh, bw = b.shape
     ph, pw = grid_hw
     p_tot = nb * ph * pw
-    m_gemm, n_gemm = ks * ks * ca, cb
+    taps = ks * ks
+    m_gemm, n_gemm = (taps * ca, cb) if shift_a else (ca, taps * cb)
+    configs = utils.wgrad_configs()
+    # One tap per tile unless no tile size divides the shifted channels (the first layer's one
+    # or three): then every tile spans taps (FLAT). Otherwise the autotuner keeps only the tile
+    # sizes that divide them (utils.prune_gemm).
+    flat_a = shift_a and taps > 1 and not any(ca % c.kwargs["BLOCK_M"] == 0 for c in configs)
+    flat_b = (not shift_a and taps > 1
+              and not any(cb % c.kwargs["BLOCK_N"] == 0 for c in configs))
     # Split the pixel sum until the grid has ~2 waves even when the channels are few (the first
     # layers have 64x576 weight matrices and hundreds of thousands of pixels).
     tiles = triton.cdiv(m_gemm, 128) * triton.cdiv(n_gemm, 128)
-    align = max(c.kwargs["BLOCK_K"] for c in utils.wgrad_configs())
+    align = max(c.kwargs["BLOCK_K"] for c in configs)
     split = max(1, min(triton.cdiv(2 * utils.num_sms(a.device), tiles),
                        triton.cdiv(p_tot, 8 * align)))
     chunk = triton.cdiv(triton.cdiv(p_tot, split), align) * align
     split = triton.cdiv(p_tot, chunk)
     r = torch.empty((split, m_gemm, n_gemm), device=a.device, dtype=torch.float32)
-    db_len = {0: 1, 1: n_gemm, 2: m_gemm}[dbias]
-    db = torch.empty((split, db_len), device=a.device, dtype=torch.float32)
-    mb = mask_b if mask_b is not None else b
+    db = torch.empty((split, m_gemm if dbias else 1), device=a.device, dtype=torch.float32)
 
     def grid(meta):
         return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]), split)
@@ -322,15 +457,15 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     with utils.on_device(a):
         igemm_wgrad_kernel[grid](
             a, *utils.nhwc_strides(a), ah, aw, ca,
-            b, *utils.nhwc_strides(b),
-            mb, *utils.nhwc_strides(mb),
+            b, *utils.nhwc_strides(b), bh, bw, cb,
             r, db,
-            nb, ph, pw, p_tot, chunk, m_gemm, n_gemm, utils.m_bucket(p_tot),
-            utils.layout_key(a, b, mb),
-            KS=ks, STRIDE=stride, PAD=pad, SIGN=1, MASK_B=mask_b is not None, DBIAS=dbias,
-            DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
+            nb, ph, pw, p_tot, chunk, m_gemm, n_gemm,
+            utils.m_bucket(p_tot), utils.layout_key(a, b),
+            KS=ks, STRIDE=stride, PAD=pad, SHIFT_A=shift_a, FLAT_A=flat_a, FLAT_B=flat_b,
+            DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )
     r = r[0] if split == 1 else r.sum(0)
-    if dbias == 0:
+    if not dbias:
         return r, None
     return r, (db[0] if split == 1 else db.sum(0))
+

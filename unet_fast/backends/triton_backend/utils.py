@@ -57,16 +57,24 @@ def _cfg(bm, bn, bk, stages, warps):
 
 
 # Implicit-GEMM convolutions (forward, dgrad, 1x1, transposed): M = output pixels, N = output
-# channels, K = taps * input channels. Tiles sized for Hopper's wgmma (M 64/128 per warpgroup);
-# every config fits Ampere's 163 KiB of shared memory too. fp32 operands (TF32 or IEEE) take twice
-# the bytes per tile, so they get their own list with K-tiles of 32.
+# channels, K = taps * input channels. Tiles sized for Hopper's wgmma (M 64 per warpgroup). On
+# Hopper a 128x128 tile needs more L2 bandwidth per tensor-core cycle than the L2 delivers, so the
+# large layers get 128x256 / 256x128 tiles (the static model, tools/kernel_model.py, shows which
+# binds); every config fits Ampere's 163 KiB of shared memory too. K-tiles of 16 serve only the
+# first layer (9 or 27 taps x channels). fp32 operands (TF32 or IEEE) take twice the bytes per
+# tile, so they get their own list with K-tiles of 32.
 IGEMM_CONFIGS_16 = [
+    _cfg(128, 256, 64, 3, 8),
+    _cfg(256, 128, 64, 3, 8),
     _cfg(128, 128, 64, 3, 8),
     _cfg(128, 128, 32, 4, 8),
+    _cfg(256, 64, 64, 4, 8),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(128, 32, 64, 4, 4),
     _cfg(64, 64, 32, 3, 4),
+    _cfg(128, 64, 16, 3, 4),
+    _cfg(128, 32, 16, 3, 4),
 ]
 IGEMM_CONFIGS_32 = [
     _cfg(128, 128, 32, 3, 8),
@@ -74,19 +82,26 @@ IGEMM_CONFIGS_32 = [
     _cfg(64, 128, 32, 3, 4),
     _cfg(128, 32, 32, 4, 4),
     _cfg(64, 64, 32, 3, 4),
+    _cfg(128, 64, 16, 3, 4),
 ]
-# Weight gradients: M = taps * C_a rows, N = C_b columns, K = pixels (split over the grid's y).
+# Weight gradients: M = the rows' channels (per tap for the transposed conv), N = the columns'
+# (per tap for the 3x3), K = pixels (split over the grid's y). 16-wide columns: the first layer's
+# nine (tap, channel) columns.
 WGRAD_CONFIGS_16 = [
+    _cfg(128, 256, 64, 3, 8),
+    _cfg(256, 128, 64, 3, 8),
     _cfg(128, 128, 64, 3, 8),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(64, 64, 64, 4, 4),
+    _cfg(64, 16, 64, 4, 4),
 ]
 WGRAD_CONFIGS_32 = [
     _cfg(128, 128, 32, 3, 8),
     _cfg(128, 64, 32, 3, 4),
     _cfg(64, 128, 32, 3, 4),
     _cfg(64, 64, 32, 3, 4),
+    _cfg(64, 16, 32, 3, 4),
 ]
 
 
@@ -197,45 +212,92 @@ def smem_limit(device: torch.device):
     return None
 
 
-def _smem_estimate(c, elt: int, extra_a: bool) -> int:
+def _smem_estimate(c, elt: int) -> int:
     """Rough upper bound of a GEMM config's shared memory: every pipeline stage holds an A tile
-    and a B tile, plus the ReLU-mask tile that rides along with one of them (the AOT table in
-    docs/triton_kernels.md has the compiler's exact figures, all below this)."""
+    and a B tile (the AOT table in docs/triton_kernels.md has the compiler's exact figures, all
+    below this)."""
     bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-    tiles = bm * bk + bk * bn + (max(bm * bk, bk * bn) if extra_a else 0)
-    return c.num_stages * tiles * elt
+    return c.num_stages * (bm * bk + bk * bn) * elt
+
+
+# Figures of the run-time cost estimate that ranks configs (H100/H200; tools/kernel_model.py is the
+# static model it follows, which reads the compiled code): 16-bit tensor cores do 2048 FMA per SM
+# and cycle (TF32 half that), the L2 delivers about 52 bytes per SM and cycle (an assumption the
+# model states), a tile's pipeline fills in about 800 cycles.
+_FMA_PER_CLK = {2: 2048, 4: 1024}
+_L2_BYTES_PER_CLK = 52
+_FILL_CLK = 800
+AUTOTUNE_TOP_K = 3
+
+
+def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int) -> float:
+    """Cycles of the busiest SM for a GEMM (m x n x k per split, `split` splits) with config c:
+    each tile iteration takes its tensor-core time or its L2 traffic, whichever is longer."""
+    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+    tiles = cdiv(m, bm) * cdiv(n, bn) * split
+    per_iter = max(bm * bn * bk / _FMA_PER_CLK.get(elt, 1024),
+                   (bm * bk + bk * bn) * elt / _L2_BYTES_PER_CLK)
+    occ = max(1, min(2, 232448 // max(_smem_estimate(c, elt), 1)))
+    return cdiv(tiles, sms) * (cdiv(k, bk) * per_iter + _FILL_CLK / occ)
 
 
 def prune_gemm(configs, named_args, **kwargs):
     """The autotune configs worth timing for one GEMM (both implicit-GEMM kernels):
-    - those of the operands' dtype list (16-bit: K-tiles of 64; fp32: 32);
+    - those of the operands' dtype list (16-bit: K-tiles of 64; fp32: 32), K-tiles of 16 only for
+      the first layer's few (tap, channel) pairs and 16-wide weight-gradient columns only for its
+      few columns;
+    - for the weight gradient, only tiles that keep one tap per tile (unless the channels are
+      too few for any: FLAT);
     - that fit the device's shared memory (Triton would skip the others at run time, but only
       after compiling them);
     - no tile much wider than the GEMM's N or taller than its M (a 2-class head does not need
       128 columns, a 28x28 bottleneck at batch 1 not 128-row tiles of mostly padding);
     - for the forward/dgrad kernel, no tile so large that the grid fills less than half of what
-      the smallest tiles would (up to one wave): on small layers the big tiles leave SMs idle.
-      The weight-gradient grid is already split over pixels to two waves, so it is exempt.
-    UNET_FAST_TRITON_AUTOTUNE=0 keeps only the first (the GPU suite's test stage: parity does not
-    need tuning, and every config is compiled by tools/triton_aot.py anyway).
+      the smallest tiles would (up to one wave): on small layers the big tiles leave SMs idle;
+    - of those, the AUTOTUNE_TOP_K best by `estimate_cycles`, best first: fewer compiles and
+      timing runs on the first step.
+    UNET_FAST_TRITON_AUTOTUNE=0 keeps only the best estimate (the GPU suite's test stage: parity
+    does not need tuning, and every config is compiled by tools/triton_aot.py anyway).
     Never returns an empty list."""
     a = named_args["a_ptr"]
-    dtype = a.dtype
+    dtype, elt = a.dtype, a.element_size()
+    wgrad = "CHUNK" in named_args
+    m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
     keep = [c for c in configs if config_for_dtype(c, dtype)] or list(configs)
+    if wgrad:
+        narrow = n <= 32  # the first layer's (tap, channel) columns
+        keep = [c for c in keep if (c.kwargs["BLOCK_N"] == 16) == narrow] or keep
+        if kwargs.get("KS", 1) > 1:
+            # a tile of the tap-split operand must lie in one tap unless FLAT
+            if kwargs.get("SHIFT_A") and not kwargs.get("FLAT_A"):
+                keep = [c for c in keep if int(named_args["CA"]) % c.kwargs["BLOCK_M"] == 0] or \
+                    [c for c in configs if int(named_args["CA"]) % c.kwargs["BLOCK_M"] == 0]
+            if not kwargs.get("SHIFT_A") and not kwargs.get("FLAT_B"):
+                keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
+                    [c for c in configs if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0]
+        k = int(named_args["CHUNK"])
+        split = cdiv(int(named_args["P_TOT"]), k)
+    else:
+        k = kwargs.get("KS", 1) ** 2 * int(named_args["CA"])
+        split = 1
+        small_k = kwargs.get("FLAT_K", False) and k <= 32
+        keep = [c for c in keep if (c.kwargs["BLOCK_K"] == 16) == small_k
+                or (small_k and k > 16)] or keep
     smem = smem_limit(a.device)
     if smem is not None:
-        masked = bool(kwargs.get("MASK_A", False) or kwargs.get("MASK_B", False))
-        fits = [c for c in keep if _smem_estimate(c, a.element_size(), masked) <= smem]
-        keep = fits or sorted(keep, key=lambda c: _smem_estimate(c, a.element_size(), masked))[:1]
-    m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
+        fits = [c for c in keep if _smem_estimate(c, elt) <= smem]
+        keep = fits or sorted(keep, key=lambda c: _smem_estimate(c, elt))[:1]
     small = [c for c in keep
-             if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(n))
+             if c.kwargs["BLOCK_N"] <= max(16 if wgrad else 32, triton.next_power_of_2(n))
              and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
     keep = small or keep[-1:]
-    if "CHUNK" not in named_args:  # forward / dgrad: grid = row tiles x column tiles
+    if not wgrad:  # forward / dgrad: grid = row tiles x column tiles
         tiles = {id(c): cdiv(m, c.kwargs["BLOCK_M"]) * cdiv(n, c.kwargs["BLOCK_N"]) for c in keep}
         want = min(num_sms(a.device), max(tiles.values())) / 2
         keep = [c for c in keep if tiles[id(c)] >= want]
+    sms = num_sms(a.device)
+    keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms))
+    keep = keep[:AUTOTUNE_TOP_K]
     if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
         keep = keep[:1]  # parity runs: one compile per kernel variant instead of one per config
     return keep
@@ -256,6 +318,13 @@ def layout_key(*tensors: torch.Tensor) -> int:
     layout came first would pick the config for both). Every launcher passes it as the kernel
     argument LAYOUT, which is in the kernels' autotune keys and do_not_specialize."""
     return sum(1 << i for i, t in enumerate(tensors) if t.stride(1) == 1)
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether some element of these tensors lies 2**31 or more elements past its base pointer
+    (then the kernels' offsets must be 64-bit)."""
+    return any(sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) >= 2**31 - 1
+               for t in tensors)
 
 
 def cdiv(a: int, b: int) -> int:
