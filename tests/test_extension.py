@@ -2,6 +2,8 @@
 working without it, and every op of its schema with a CPU kernel and a fake. Its ops' parity is in
 test_cuda_backend.py (C++ CPU kernels) and test_cuda_emulated.py (CUDA kernels, emulated)."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -22,6 +24,28 @@ def test_extension_is_loaded_when_required():
     # .ci/run sets UNET_FAST_REQUIRE_EXTENSION=1: there a missing extension is a failure, not a skip.
     assert ext_reason is None, ext_reason
     assert hasattr(torch.ops.unet_fast, "crop_concat")
+
+
+def test_package_imports_without_extension():
+    """The pure-Python package works when _C is absent: cuda says how to build it."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'unet_fast._C': raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch, unet_fast as uf\n"
+        "r = uf.backends.available()['cuda']\n"
+        "assert r and 'pip install' in r, r\n"
+        "try:\n"
+        "    uf.ops.crop_concat(torch.randn(1,1,4,4), torch.randn(1,1,2,2), backend='cuda')\n"
+        "except uf.BackendUnavailable as e: print('OK', e)\n"
+        "m = uf.UNet(1, 2, base_channels=2, depth=2)\n"
+        "print(m(torch.randn(1, 1, 44, 44)).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout and "torch.Size([1, 2, 4, 4])" in out.stdout
 
 
 @requires_extension
