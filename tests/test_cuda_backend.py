@@ -295,7 +295,8 @@ def _opcheck_cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(len(_opcheck_cases())))
+@pytest.mark.parametrize("case", range(len(_opcheck_cases())),
+                         ids=[f"{i}-{name}" for i, (name, _) in enumerate(_opcheck_cases())])
 def test_opcheck(case):
     name, args = _opcheck_cases()[case]
     torch.library.opcheck(getattr(_ops, name).default, args)
