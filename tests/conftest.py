@@ -37,6 +37,16 @@ def _fresh_dynamo():
 
 
 @pytest.fixture
+def no_tf32():
+    """IEEE float32 for the length of a test (float32 tolerances are fp32's), whatever an earlier
+    test left; a test that wants TF32 asks for it (parity.check(..., tf32=True))."""
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+@pytest.fixture
 def fp32_precision_restored():
     """PyTorch's fp32_precision settings (legacy allow_tf32 flags included) as they were."""
     b = torch.backends

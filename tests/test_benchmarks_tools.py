@@ -144,7 +144,7 @@ def test_layer_shapes_are_derived_from_the_model():
     uses = {}
     for s in specs:
         uses[s.op] = uses.get(s.op, 0) + len(s.uses)
-    # DESIGN section 1: 23 convolutions (18 3x3, 4 transposed 2x2, one 1x1), 4 pools, 4 concats
+    # docs/design.md, section 1: 23 convolutions (18 3x3, 4 transposed 2x2, one 1x1), 4 pools, 4 concats
     assert uses == {"conv3x3_relu": 18, "conv3x3_relu_pool": 4, "max_pool2x2": 4, "crop_concat": 4,
                     "up_concat": 4, "conv_transpose2x2": 4, "conv1x1": 1}
     first = specs[0]

@@ -1,14 +1,13 @@
-"""The `cuda` backend (the extension unet_fast._C): every op, forward and every gradient.
+"""The `cuda` backend (the extension unet_fast._C, csrc/): every op against the float64 oracle,
+forward and every gradient, through the parity harness (parity.py, which has the tolerances); then
+float64 gradcheck, alignment edge cases, the model, torch.library registration and the C++
+argument checks.
 
-On the CPU these run the C++ CPU kernels, which share the CUDA kernels' implicit-GEMM problem
-descriptions (csrc/igemm_problems.h): index arithmetic, 16-byte run loaders, epilogues. The oracle
-is PyTorch in float64. Tolerances follow the dtype (DESIGN.md section 4):
-- float32 kernels vs float64 reference: 1e-5 relative to the output's scale (our CPU kernels
-  accumulate in double, so their only error is the final float32 rounding);
-- float64: torch.autograd.gradcheck;
-- pooling and concat: exact;
-- float16/bfloat16 (and the GPU tests): |ours - ref64| <= 2 * |torch_lowp - ref64| + eps.
-The GPU parity tests at the end are skipped without a GPU (they run in the GPU suite).
+On the CPU these run the C++ CPU kernels (csrc/cpu), which share the CUDA kernels' implicit-GEMM
+problem descriptions (csrc/igemm_problems.h): index arithmetic, 16-byte run loaders, epilogues. Our
+CPU kernels accumulate in double, so in float32 their only error is the final rounding. The CUDA
+kernels themselves run here on the CPU emulator (test_cuda_emulated.py); the GPU parity tests at
+the end are skipped without a GPU (they run in the GPU suite).
 """
 from __future__ import annotations
 
@@ -20,6 +19,8 @@ import unet_fast as uf
 from unet_fast.backends import cuda_backend
 
 from conftest import requires_cuda
+from parity import (LAYOUTS, REFERENCE, allow_tf32, assert_float32_close, assert_lowp_within, center_crop,
+                    check, make, op_args, to_layout)
 
 pytestmark = pytest.mark.skipif(uf.backends.available()["cuda"] is not None,
                                 reason=f"cuda backend unavailable: {uf.backends.available()['cuda']}")
@@ -27,81 +28,7 @@ pytestmark = pytest.mark.skipif(uf.backends.available()["cuda"] is not None,
 _ops = torch.ops.unet_fast if cuda_backend._LOAD_ERROR is None else None
 
 
-# ---------------------------------------------------------------- references (float64 oracle)
-def _center_crop(skip, h, w):
-    top, left = (skip.shape[-2] - h) // 2, (skip.shape[-1] - w) // 2
-    return skip[..., top:top + h, left:left + w]
-
-
-REF = {
-    "conv3x3_relu": lambda x, w, b, p: F.relu(F.conv2d(x, w, b, padding=p)),
-    "conv3x3_relu_pool": lambda x, w, b, p: (F.relu(F.conv2d(x, w, b, padding=p)),
-                                             F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=p)), 2, 2)),
-    "max_pool2x2": lambda x: F.max_pool2d(x, 2, 2),
-    "crop_concat": lambda s, u: torch.cat([_center_crop(s, *u.shape[-2:]), u], 1),
-    "conv_transpose2x2": lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2),
-    "up_concat": lambda s, x, w, b: torch.cat(
-        [_center_crop(s, 2 * x.shape[-2], 2 * x.shape[-1]), F.conv_transpose2d(x, w, b, stride=2)], 1),
-    "conv1x1": lambda x, w, b: F.conv2d(x, w, b),
-}
-
-
-def _layout(t, kind):
-    """'nchw', 'nhwc' (channels_last) or 'strided' (a non-contiguous view of a larger tensor)."""
-    if kind == "nhwc":
-        return t.contiguous(memory_format=torch.channels_last)
-    if kind == "strided":
-        big = torch.zeros(t.shape[0], t.shape[1] + 2, t.shape[2], t.shape[3] * 2, dtype=t.dtype)
-        big[:, 1:-1, :, ::2] = t
-        v = big[:, 1:-1, :, ::2]
-        assert not v.is_contiguous() and not v.is_contiguous(memory_format=torch.channels_last)
-        return v
-    return t.contiguous()
-
-
-def _make_args(op, n, cin, cout, h, w, padding, dtype, layout):
-    g = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
-    x = _layout(g(n, cin, h, w), layout).to(dtype)
-    if op in ("conv3x3_relu", "conv3x3_relu_pool"):
-        return (x, (g(cout, cin, 3, 3) / (3 * cin ** 0.5)).to(dtype), g(cout).to(dtype), padding)
-    if op == "max_pool2x2":
-        return (x,)
-    if op == "crop_concat":
-        skip = _layout(g(n, cout, h + 3, w + 2), layout).to(dtype)
-        return (skip, x)
-    if op == "conv_transpose2x2":
-        return (x, (g(cin, cout, 2, 2) / cin ** 0.5).to(dtype), g(cout).to(dtype))
-    if op == "up_concat":
-        skip = _layout(g(n, cout + 1, 2 * h + 3, 2 * w + 2), layout).to(dtype)
-        return (skip, x, (g(cin, cout, 2, 2) / cin ** 0.5).to(dtype), g(cout).to(dtype))
-    if op == "conv1x1":
-        return (x, (g(cout, cin, 1, 1) / cin ** 0.5).to(dtype), g(cout).to(dtype))
-    raise AssertionError(op)
-
-
-def _run(op, args, backend):
-    fn = getattr(uf.ops, op)
-    return fn(*args, backend=backend)
-
-
-def _outputs(out):
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def _fwd_bwd(op, args, backend, grads_out):
-    """Outputs and the gradients of every floating input, for fixed output gradients."""
-    args = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    outs = _outputs(_run(op, args, backend) if backend else REF[op](*args))
-    loss = sum((o * go.to(o.dtype)).sum() for o, go in zip(outs, grads_out))
-    ins = [a for a in args if isinstance(a, torch.Tensor)]
-    return outs, list(torch.autograd.grad(loss, ins))
-
-
-def _close_f32(ours, ref, what):
-    scale = ref.abs().max().item() or 1.0
-    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{what}: {m}")
-
-
+# ---------------------------------------------------------------- every op, C++ CPU kernels
 # Odd shapes on purpose: batch 3, channels 1/3/5/17, sizes 13x11 and 17x23; 8/16 channels take the
 # 16-byte-run paths.
 CONV_CASES = [  # (n, cin, cout, h, w, padding)
@@ -119,51 +46,33 @@ OPS_CASES = ([("conv3x3_relu",) + c for c in CONV_CASES] + [("conv3x3_relu_pool"
              + [("conv1x1", 3, 4, 2, 13, 11, 0), ("up_concat", 1, 17, 1, 3, 5, 0)])
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op,n,cin,cout,h,w,padding", OPS_CASES)
 def test_op_float32_vs_float64(op, n, cin, cout, h, w, padding, layout):
-    args64 = _make_args(op, n, cin, cout, h, w, padding, torch.float64, layout)
-    args32 = [a.float() if isinstance(a, torch.Tensor) else a for a in args64]
-    ref_in = [a.double() if isinstance(a, torch.Tensor) else a for a in args32]  # same values
-    ref_outs = _outputs(REF[op](*ref_in))
-    grads_out = [torch.randn_like(o).float().double() for o in ref_outs]  # exact in float32
-    outs, grads = _fwd_bwd(op, args32, "cuda", grads_out)
-    ref_outs, ref_grads = _fwd_bwd(op, ref_in, None, grads_out)
-    exact = op in ("max_pool2x2", "crop_concat")
-    for i, (o, r) in enumerate(zip(outs, ref_outs)):
-        assert o.dtype == torch.float32 and o.shape == r.shape
-        if exact:
-            assert torch.equal(o.double(), r), f"output {i} differs"
-        else:
-            _close_f32(o, r, f"output {i}")
-    for i, (g, r) in enumerate(zip(grads, ref_grads)):
-        assert g.shape == r.shape
-        if exact:
-            assert torch.equal(g.double(), r), f"grad {i} differs"
-        else:
-            _close_f32(g, r, f"grad of input {i}")
+    check(op, op_args(op, n, cin, cout, h, w, padding, layout, device="cpu"), backend="cuda")
 
 
-@pytest.mark.parametrize("op", list(REF))
+@pytest.mark.parametrize("op", list(REFERENCE))
 def test_output_keeps_memory_format(op):
-    for layout in ("nchw", "nhwc"):
-        args = _make_args(op, 2, 8, 8, 6, 6, 1, torch.float32, layout)
-        for o in _outputs(_run(op, args, "cuda")):
-            if layout == "nhwc":
+    for layout in ("nchw", "channels_last"):
+        args = op_args(op, 2, 8, 8, 6, 6, 1, layout, device="cpu")
+        out = getattr(uf.ops, op)(*args, backend="cuda")
+        for o in (out if isinstance(out, tuple) else (out,)):
+            if layout == "channels_last":
                 assert o.is_contiguous(memory_format=torch.channels_last), layout
             else:
                 assert o.is_contiguous(), layout
 
 
-@pytest.mark.parametrize("op", list(REF))
+@pytest.mark.parametrize("op", list(REFERENCE))
 def test_gradcheck_float64(op):
-    args = _make_args(op, 2, 3, 2, 5, 4, 1, torch.float64, "nchw")
+    args = op_args(op, 2, 3, 2, 5, 4, 1, dtype=torch.float64, device="cpu")
     if op == "conv3x3_relu_pool":
-        args = _make_args(op, 2, 3, 2, 5, 6, 0, torch.float64, "nchw")
+        args = op_args(op, 2, 3, 2, 5, 6, 0, dtype=torch.float64, device="cpu")
     args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
 
     def fn(*a):
-        return _run(op, a, "cuda")
+        return getattr(uf.ops, op)(*a, backend="cuda")
 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -185,15 +94,44 @@ def test_gradcheck_channels_last_no_bias():
                                 "up_concat"])
 def test_low_precision_cpu(op, dtype):
     """Our CPU kernels in half precision are at most twice as far from float64 as PyTorch's."""
-    args64 = _make_args(op, 2, 16, 8, 9, 10, 1, torch.float64, "nhwc")
-    lowp = [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in args64]
-    ref = _outputs(REF[op](*[a.double() if isinstance(a, torch.Tensor) else a for a in lowp]))
-    ours = _outputs(_run(op, lowp, "cuda"))
-    theirs = _outputs(REF[op](*lowp))
-    for o, t, r in zip(ours, theirs, ref):
-        assert o.dtype == dtype
-        err, terr = (o.double() - r).abs().max().item(), (t.double() - r).abs().max().item()
-        assert err <= 2 * terr + 1e-3 * r.abs().max().item(), (err, terr)
+    check(op, op_args(op, 2, 16, 8, 9, 10, 1, "channels_last", dtype, device="cpu"), backend="cuda")
+
+
+# ---------------------------------------------------------------- crop_concat, any dtype and layout
+# crop_concat was the build chain's first op; its C++ kernel copies, so it is exact in any dtype.
+CROP_SHAPES = [((3, 5, 17, 23), (3, 3, 13, 11)), ((1, 1, 8, 8), (1, 2, 8, 8)), ((2, 16, 9, 10), (2, 8, 4, 4)),
+               ((2, 3, 6, 7), (2, 17, 5, 5))]
+
+
+@pytest.mark.parametrize("shapes", CROP_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", LAYOUTS + ("mixed_strides",))
+def test_crop_concat_cpu_matches_reference(shapes, dtype, layout):
+    if layout == "mixed_strides":  # skip: every other channel of a wider tensor; up: H and W swapped in memory
+        skip = torch.randn(shapes[0][0], shapes[0][1] * 2, *shapes[0][2:]).to(dtype)[:, ::2]
+        up = torch.randn(*shapes[1]).to(dtype).transpose(2, 3).contiguous().transpose(2, 3)
+    else:
+        skip, up = make(shapes[0], layout, dtype, "cpu"), make(shapes[1], layout, dtype, "cpu")
+    check("crop_concat", [skip, up], backend="cuda")
+
+
+def test_crop_concat_gradcheck_float64():
+    skip = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, u: uf.ops.crop_concat(s, u, backend="cuda"), (skip, up))
+
+
+def test_crop_concat_opcheck():
+    skip = torch.randn(2, 3, 7, 6, requires_grad=True)
+    up = torch.randn(2, 2, 4, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.unet_fast.crop_concat.default, (skip, up))
+
+
+def test_crop_concat_compiles_fullgraph():
+    skip, up = torch.randn(2, 3, 7, 6), torch.randn(2, 2, 4, 5)
+    f = torch.compile(lambda s, u: torch.ops.unet_fast.crop_concat(s, u) * 2, fullgraph=True,
+                      backend="aot_eager")
+    assert torch.equal(f(skip, up), 2 * REFERENCE["crop_concat"](skip, up))
 
 
 def test_pool_epilogue_tiles_and_tails():
@@ -283,26 +221,26 @@ def test_up_concat_skip_copy(device, dtype, cs, fmt):
     out = uf.ops.up_concat(skip, x, w, b, backend="cuda")
     assert out.shape == (3, cs + 8, 16, 14)
     assert out.is_contiguous(memory_format=fmt)
-    assert torch.equal(out[:, :cs], _center_crop(skip, 16, 14))
+    assert torch.equal(out[:, :cs], center_crop(skip, 16, 14))
     torch.testing.assert_close(out[:, cs:], uf.ops.conv_transpose2x2(x, w, b, backend="cuda"))
 
 
 # ---------------------------------------------------------------- the model
 @pytest.mark.parametrize("padding,depth,size,in_ch", [("valid", 2, 44, 1), ("same", 2, 16, 3),
                                                        ("valid", 3, 92, 3), ("same", 3, 24, 1)])
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_unet_matches_reference(padding, depth, size, in_ch, layout):
     ref = uf.reference.UNet(in_channels=in_ch, num_classes=2, base_channels=4, depth=depth,
                             padding=padding).double()
     model = uf.UNet(in_channels=in_ch, num_classes=2, base_channels=4, depth=depth, padding=padding,
                     backend="cuda").double()
     model.load_state_dict(ref.state_dict())
-    x = _layout(torch.randn(2, in_ch, size, size + 8, dtype=torch.float64), layout)
+    x = to_layout(torch.randn(2, in_ch, size, size + 8, dtype=torch.float64), layout)
     out = model(x)
     out_ref = ref(x)
     assert set(model.backend_report().values()) == {"cuda"}
     assert out.shape == out_ref.shape
-    if layout == "nhwc" and in_ch > 1:  # with one channel, NCHW and NHWC are the same tensor
+    if layout == "channels_last" and in_ch > 1:  # with one channel, NCHW and NHWC are the same tensor
         assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     go = torch.randn_like(out_ref)
@@ -320,7 +258,7 @@ def test_unet_float32_matches_float64_reference():
     out = model(x.float())
     ref.load_state_dict({k: v.float().double() for k, v in ref.state_dict().items()})
     out_ref = ref(x.float().double())
-    _close_f32(out, out_ref, "UNet output")
+    assert_float32_close("UNet output", out, out_ref)
 
 
 # ---------------------------------------------------------------- opcheck
@@ -357,22 +295,11 @@ def _opcheck_cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(len(_opcheck_cases())))
+@pytest.mark.parametrize("case", range(len(_opcheck_cases())),
+                         ids=[f"{i}-{name}" for i, (name, _) in enumerate(_opcheck_cases())])
 def test_opcheck(case):
     name, args = _opcheck_cases()[case]
     torch.library.opcheck(getattr(_ops, name).default, args)
-
-
-# Every op of the extension's schema (csrc/unet_fast.cpp): the forward ops and their backwards.
-EXTENSION_OPS = ("conv3x3_relu", "conv3x3_relu_pool", "_conv3x3_relu_backward", "max_pool2x2",
-                 "_max_pool2x2_backward", "crop_concat", "_crop_concat_backward", "conv_transpose2x2",
-                 "_conv_transpose2x2_backward", "up_concat", "conv1x1", "_conv1x1_backward")
-
-
-def test_every_op_has_cpu_kernel_and_fake():
-    for name in EXTENSION_OPS:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{name}", "CPU"), name
-    assert set(cuda_backend.cuda_ops.IMPLS) == set(uf._dispatch.OPS)
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -430,13 +357,12 @@ def test_torch_check_messages_name_the_argument():
         _ops._max_pool2x2_backward(torch.randn(2, 3, 4, 4), x, torch.randn(2, 3, 7, 8))
 
 
-def test_missing_extension_is_backend_unavailable(monkeypatch):
-    monkeypatch.setattr(cuda_backend, "_LOAD_ERROR", "the extension unet_fast._C is not built; build "
-                        "it with `pip install --no-build-isolation -e .`")
-    with pytest.raises(uf.BackendUnavailable, match="pip install"):
-        uf.ops.conv3x3_relu(torch.randn(1, 1, 5, 5), torch.randn(2, 1, 3, 3), backend="cuda")
-    assert uf.ops.conv3x3_relu(torch.randn(1, 1, 5, 5), torch.randn(2, 1, 3, 3)).shape == (1, 2, 3, 3)
 
+def test_crop_concat_torch_check_messages_name_arguments():
+    with pytest.raises(RuntimeError, match="skip .* must be at least as large as up"):
+        torch.ops.unet_fast.crop_concat(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 3, 3))
+    with pytest.raises(RuntimeError, match="skip is .* but up is"):
+        torch.ops.unet_fast.crop_concat(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3).double())
 
 # ---------------------------------------------------------------- GPU parity (skipped without one)
 GPU_CASES = [  # (n, cin, cout, h, w, padding): odd ones on the generic path, U-Net-like on the fast one
@@ -454,73 +380,13 @@ GPU_OPS = ([("conv3x3_relu",) + c for c in GPU_CASES] + [("conv3x3_relu_pool",) 
               ("crop_concat", 2, 64, 64, 24, 24, 0), ("crop_concat", 3, 5, 3, 13, 11, 0)])
 
 
-def _round_tf32(t):
-    """float32 -> the nearest TF32 value (ties away from zero, as cvt.rna.tf32.f32), as float32."""
-    bits = t.float().contiguous().view(torch.int32)
-    finite = torch.isfinite(t.float())
-    rounded = ((bits + 0x1000) & -0x2000).view(torch.float32)
-    return torch.where(finite, rounded, t.float()).view_as(t)
-
-
-def tf32_errors(op, args, grads_out, ref, ref_g):
-    """PyTorch-in-TF32's own error: the float64 result from TF32-rounded inputs (what a TF32
-    tensor core multiplies) against the float64 reference, per output and per gradient."""
-    rounded = [_round_tf32(a).double() if isinstance(a, torch.Tensor) else a for a in args]
-    outs, grads = _fwd_bwd(op, rounded, None, [_round_tf32(g).double() for g in grads_out])
-    return ([(o - r).abs().max().item() for o, r in zip(outs, ref)],
-            [(g - r).abs().max().item() for g, r in zip(grads, ref_g)])
-
-
-def check_parity(op, args64, dtype, tf32, run_ours):
-    """Our outputs and input gradients, `run_ours(lowp_args, grads_out) -> (outs, grads)`, against
-    the float64 oracle with the tolerances of the module docstring (TF32: 3e-4 of the scale, or
-    twice TF32's own error where a long sum, like the weight gradient's over every pixel, makes
-    that larger). PyTorch's own error is measured on the device of `args64`."""
-    lowp = [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in args64]
-    ref_in = [a.double() if isinstance(a, torch.Tensor) else a for a in lowp]
-    grads_out = [torch.randn_like(o) for o in _outputs(REF[op](*ref_in))]
-    ours, ours_g = run_ours(lowp, grads_out)
-    ref, ref_g = _fwd_bwd(op, ref_in, None, grads_out)
-    theirs, theirs_g = _fwd_bwd(op, lowp, "torch", grads_out)
-    exact = op in ("max_pool2x2", "crop_concat")
-    if dtype == torch.float32 and tf32:
-        tf32_err = dict(zip(("output", "grad"), tf32_errors(op, lowp, grads_out, ref, ref_g)))
-    for what, a_s, r_s, t_s in (("output", ours, ref, theirs), ("grad", ours_g, ref_g, theirs_g)):
-        for i, (a, r, t) in enumerate(zip(a_s, r_s, t_s)):
-            assert a.dtype == dtype and a.shape == r.shape, (what, i, a.dtype, a.shape, r.shape)
-            err = (a.double() - r).abs().max().item()
-            scale = r.abs().max().item() or 1.0
-            if exact:
-                assert torch.equal(a, t), f"{what} {i} differs"
-            elif dtype == torch.float32 and not tf32:
-                assert err <= 1e-5 * scale, f"{what} {i}: err {err:.3g} (scale {scale:.3g})"
-            elif dtype == torch.float32:
-                bound = max(3e-4 * scale, 2 * tf32_err[what][i])
-                assert err <= bound, f"{what} {i}: err {err:.3g} > {bound:.3g} (scale {scale:.3g})"
-            else:
-                terr = (t.double() - r).abs().max().item()
-                assert err <= 2 * terr + 1e-3 * scale, f"{what} {i}: err {err:.3g} vs torch {terr:.3g}"
-
-
-def _gpu_parity(op, n, cin, cout, h, w, padding, dtype, layout, tf32):
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    args64 = [a.cuda() if isinstance(a, torch.Tensor) else a
-              for a in _make_args(op, n, cin, cout, h, w, padding, torch.float64, layout)]
-    check_parity(op, args64, dtype, tf32, lambda lowp, grads_out: _fwd_bwd(op, lowp, "cuda", grads_out))
-
-
 @requires_cuda
 @pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True),
                                         (torch.float16, True), (torch.bfloat16, True)])
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("op,n,cin,cout,h,w,padding", GPU_OPS)
 def test_gpu_parity(op, n, cin, cout, h, w, padding, dtype, tf32, layout):
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    try:
-        _gpu_parity(op, n, cin, cout, h, w, padding, dtype, layout, tf32)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    check(op, op_args(op, n, cin, cout, h, w, padding, layout, dtype, "cuda"), backend="cuda", tf32=tf32)
 
 
 @requires_cuda
@@ -536,16 +402,19 @@ def test_gpu_unet_matches_reference(padding, dtype):
     ref64 = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=16, depth=3, padding=padding).cuda().double()
     ref64.load_state_dict(ref.state_dict())
     r = ref64(x.double())
-    prev = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            out, theirs = model(x), ref(x)
-    finally:
-        torch.backends.cudnn.allow_tf32 = prev
-    err, terr = (out.double() - r).abs().max().item(), (theirs.double() - r).abs().max().item()
+    with allow_tf32(False), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        out, theirs = model(x), ref(x)
     # the whole network: at most twice PyTorch's own error in the same precision
-    assert err <= 2 * terr + 1e-5 * r.abs().max().item(), (err, terr)
+    assert_lowp_within(f"UNet output ({dtype})", out, theirs, r, eps=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_crop_concat_cuda_matches_reference(dtype, layout):
+    for cs, cu in ((64, 64), (5, 3)):  # vectorized and strided paths
+        skip, up = make((2, cs, 31, 29), layout, dtype, "cuda"), make((2, cu, 20, 18), layout, dtype, "cuda")
+        check("crop_concat", [skip, up], backend="cuda")
 
 
 @requires_cuda

@@ -7,13 +7,15 @@ the length of a test its ops replace the C++ CPU kernels of torch.ops.unet_fast,
 `backend="cuda"` (autograd, fake kernels and all) runs the real CUDA code paths: wmma tensor-core
 mainloops in fp16/bf16/TF32, the exact fp32 SIMT mainloop, cp.async double buffering, the pool
 epilogue, the masked dgrad, split-K wgrad with atomics, the 16-byte vector pool/concat kernels.
+The context that swaps the kernels in is parity.emulated.
 
-Tolerances are those of the GPU tests (DESIGN.md section 4): float32 1e-5 of the output's scale
-(with TF32: 3e-4, or twice the error TF32-rounded inputs alone cause where a long sum makes that
-larger), float16/bfloat16 at most twice PyTorch's own error in the dtype, pooling and concat exact.
-Each case runs with threads (and CTAs) in forward order; a subset again in reverse and in seeded
-random order, so a missing barrier changes the result. An AddressSanitizer build of the emulator
-runs every op in a subprocess (cuda_emu/asan_check.py): no access outside the tensors.
+The op parity tests go through the parity harness (parity.py) with the tolerances of the GPU tests
+(docs/design.md, section 4): float32 1e-5 of the output's scale (with TF32: 3e-4, or twice the error
+TF32-rounded inputs alone cause where a long sum makes that larger), float16/bfloat16 at most twice
+PyTorch's own error in the dtype, pooling and concat exact. Each case runs with threads (and CTAs)
+in forward order; a subset again in reverse and in seeded random order, so a missing barrier
+changes the result. An AddressSanitizer build of the emulator runs every op in a subprocess
+(cuda_emu/asan_check.py): no access outside the tensors.
 """
 from __future__ import annotations
 
@@ -22,17 +24,15 @@ import copy
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import unet_fast as uf
-from unet_fast.backends import cuda_backend
 
 from cuda_emu import build
-from test_cuda_backend import EXTENSION_OPS, _fwd_bwd, _make_args, check_parity
+from parity import FORWARD, RANDOM, REVERSE, assert_lowp_within, check, emulated, emulator, op_args
 
 pytestmark = [
     pytest.mark.skipif(uf.backends.available()["cuda"] is not None,
@@ -41,32 +41,10 @@ pytestmark = [
                        reason="the CUDA emulator needs the CUDA toolkit headers (set CUDA_HOME)"),
 ]
 
-FORWARD, REVERSE, RANDOM = 0, 1, 2
-
 
 @pytest.fixture(scope="module")
 def emu():
-    return build.load()
-
-
-def _impls(m):
-    """torch.ops.unet_fast schema name -> the emulated op (same arguments, name without the "_")."""
-    return {name: getattr(m, name.lstrip("_")) for name in EXTENSION_OPS}
-
-
-@contextlib.contextmanager
-def emulated(m, schedule=FORWARD, seed=0, num_sms=132):
-    """The emulated CUDA kernels as the CPU kernels of torch.ops.unet_fast, then the C++ ones again."""
-    m.configure(schedule, seed, num_sms)
-    lib = torch.library.Library("unet_fast", "IMPL")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
-            for name, fn in _impls(m).items():
-                lib.impl(name, fn, "CPU")
-        yield
-    finally:
-        lib._destroy()
+    return emulator()
 
 
 def test_overrides_are_undone(emu):
@@ -77,7 +55,8 @@ def test_overrides_are_undone(emu):
 
 
 # (op, n, cin, cout, h, w, padding): 64x64 tiles with M/N/K tails, 16-byte runs (8/16 channels) and
-# element-wise loaders (odd channels), two N tiles (72 outputs), odd sizes under the pool epilogue.
+# element-wise loaders (odd channels), two N tiles (72 outputs), odd sizes under the pool epilogue;
+# each NCHW, NHWC and as a channel slice of a wider NHWC buffer (odd offset: not 16-byte aligned).
 CASES = [
     ("conv3x3_relu", 2, 8, 16, 13, 11, 0),
     ("conv3x3_relu", 1, 5, 7, 9, 10, 1),
@@ -100,22 +79,13 @@ DTYPES = [(torch.float32, False), (torch.float32, True), (torch.float16, False),
 
 def _parity(m, op, n, cin, cout, h, w, padding, dtype, tf32, layout, schedule=FORWARD, seed=0):
     torch.manual_seed(1000 * n + 10 * cin + cout)
-    args64 = _make_args(op, n, cin, cout, h, w, padding, torch.float64, layout)
-
-    def run_ours(lowp, grads_out):
-        prev = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = tf32  # the kernels' TF32 switch, as for PyTorch's convs
-        try:
-            with emulated(m, schedule, seed):
-                return _fwd_bwd(op, lowp, "cuda", grads_out)
-        finally:
-            torch.backends.cudnn.allow_tf32 = prev
-
-    check_parity(op, args64, dtype, tf32, run_ours)
+    args = op_args(op, n, cin, cout, h, w, padding, layout, dtype, device="cpu")
+    # tf32: PyTorch's switch, which the kernels follow as PyTorch's convs do
+    check(op, args, backend="cuda", tf32=tf32, context=lambda: emulated(m, schedule, seed))
 
 
 @pytest.mark.parametrize("dtype,tf32", DTYPES, ids=["fp32", "tf32", "fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_slice"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_op_parity(emu, case, layout, dtype, tf32):
     _parity(emu, *case, dtype, tf32, layout)
@@ -126,7 +96,7 @@ def test_op_parity(emu, case, layout, dtype, tf32):
 @pytest.mark.parametrize("dtype,tf32", [(torch.float16, False), (torch.float32, False)], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[2] % 8 == 0], ids=lambda c: "-".join(map(str, c)))
 def test_op_parity_any_thread_order(emu, case, dtype, tf32, schedule, seed):
-    _parity(emu, *case, dtype, tf32, "nhwc", schedule, seed)
+    _parity(emu, *case, dtype, tf32, "channels_last", schedule, seed)
 
 
 @pytest.mark.parametrize("c0", [0, 8, 4], ids=["slice0", "slice8", "misaligned-slice4"])
@@ -203,12 +173,9 @@ def test_unet_training_step(emu, padding, size):
 
     out, grads = run(model, True)
     theirs, tgrads = run(ref, False)
-    err, terr = (out.double() - out64).abs().max().item(), (theirs.double() - out64).abs().max().item()
-    assert err <= 2 * terr + 1e-3 * out64.abs().max().item(), (err, terr)
+    assert_lowp_within("UNet output", out, theirs, out64)
     for name, p in ref64.named_parameters():
-        r = p.grad
-        e, t = (grads[name].double() - r).abs().max().item(), (tgrads[name].double() - r).abs().max().item()
-        assert e <= 2 * t + 1e-3 * r.abs().max().item(), (name, e, t)
+        assert_lowp_within(f"gradient of {name}", grads[name], tgrads[name], p.grad)
 
 
 # ---------------------------------------------------------------- the emulator catches bugs

@@ -1,12 +1,13 @@
 """The whole fast UNet on each of our backends that this machine can run, under autocast:
-error against a float64 reference at most twice PyTorch's own error in the same dtype."""
+error against a float64 reference at most twice PyTorch's own error in the same dtype
+(parity.assert_lowp_within); NaN propagation and the layouts the backward kernels get."""
 import pytest
 import torch
 
 import unet_fast as uf
 
-AVAILABLE = uf.backends.available()
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from parity import AVAILABLE, DEVICE, F32_RTOL, assert_lowp_within, assert_within, scale_of
+
 DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
 
 
@@ -41,10 +42,7 @@ def test_unet_autocast_within_twice_torch_error(backend, dtype, padding):
     y_o, gx_o = run(fast)
     assert y_o.dtype == torch.float64 and fast.backend_report()["head"] == backend
     for name, ours, lowp, exact in (("output", y_o, y_t, y64), ("grad x", gx_o, gx_t, gx64)):
-        err_ours = (ours - exact).abs().max().item()
-        err_torch = (lowp - exact).abs().max().item()
-        assert err_ours <= 2 * err_torch + 1e-6 * exact.abs().max().item(), \
-            f"{name}: ours {err_ours:.3g} vs torch {err_torch:.3g} in {dtype}"
+        assert_lowp_within(f"{name} ({dtype})", ours, lowp, exact, eps=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -84,8 +82,7 @@ def test_nan_propagates_like_pytorch(backend):
                                    grads("torch", torch.float64)):
             assert torch.equal(ours.isnan(), ref.isnan()), (op, name)
             ok = ~ref.isnan()
-            scale = ref[ok].abs().max().item()
-            assert (ours[ok].double() - ref[ok]).abs().max().item() <= 1e-5 * scale, (op, name)
+            assert_within(f"{op} {name} where not NaN", ours[ok], ref[ok], F32_RTOL * scale_of(ref[ok]))
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

@@ -1,13 +1,11 @@
 """The triton backend on a GPU: compiled kernels (not the interpreter), autotuning, tensor cores.
 
 Skipped without CUDA (benchmarks' GPU suite runs them). Shapes are U-Net-like (64-256 channels) so
-the autotuned tensor-core tiles, the per-tap K path and the split-K weight gradient all run.
-Tolerances follow the dtype:
-- float32 with TF32 off: rtol 1e-5, atol 1e-5 x max|ref| against float64; with TF32 on (PyTorch's
-  cuDNN default), 3e-4;
-- bfloat16/float16: max|ours - ref64| <= 2 max|torch_lowp - ref64| + eps, the same yardstick as
-  test_triton_backend._lowp_check, here with the real bf16 tensor-core dot;
-- pooling and concat: exact.
+the autotuned tensor-core tiles, the per-tap K path and the split-K weight gradient all run. The
+op checks go through the parity harness (parity.py) with the tolerances of the dtype: float32 with
+TF32 off 1e-5 of the scale, with TF32 on (PyTorch's cuDNN default) 3e-4 or twice TF32's own error;
+bfloat16/float16 at most twice PyTorch's own error, here with the real bf16 tensor-core dot;
+pooling and concat exact.
 """
 from __future__ import annotations
 
@@ -16,13 +14,11 @@ import torch
 import torch.nn.functional as F
 
 import unet_fast as uf
-from unet_fast.backends import torch_backend as tb
 
 from conftest import requires_cuda
-from test_triton_backend import (_lowp_check, _no_tf32, assert_exact, check_op, make,  # noqa: F401
-                                 run_and_grad)
+from parity import assert_lowp_within, assert_within, check, make
 
-pytestmark = requires_cuda
+pytestmark = [requires_cuda, pytest.mark.usefixtures("no_tf32")]
 
 GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial sizes)
     "conv3x3_relu": lambda: [make((2, 64, 38, 42), "channels_last"), make((64, 64, 3, 3), scale=0.05),
@@ -39,52 +35,38 @@ GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial size
                           make((256, 128, 2, 2), scale=0.05), make((128,))],
     "conv1x1": lambda: [make((2, 64, 37, 41), "channels_last"), make((2, 64, 1, 1), scale=0.1), make((2,))],
 }
-EXACT = {"max_pool2x2", "crop_concat"}
 
 
 def _op_name(case):
     return case.replace("_first", "")
 
 
+def check_triton(case, args, **kw):
+    return check(_op_name(case), args, backend="triton", grad_layout="nchw", **kw)
+
+
 @pytest.mark.parametrize("case", sorted(GPU_CASES))
 def test_float32_gpu(case):
-    check_op(_op_name(case), GPU_CASES[case](), exact=case in EXACT)
-
-
-@pytest.fixture
-def tf32():
-    prev = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True
-    yield
-    torch.backends.cudnn.allow_tf32 = prev
+    check_triton(case, GPU_CASES[case]())
 
 
 @pytest.mark.parametrize("case", ["conv3x3_relu", "conv_transpose2x2", "conv1x1"])
-def test_float32_tf32_gpu(case, tf32):
+def test_float32_tf32_gpu(case):
     """With TF32 allowed (cuDNN's default) the GEMMs use it: about 3e-4 relative."""
-    args = GPU_CASES[case]()
-    ours, ours_g, gout = run_and_grad(lambda *a: getattr(uf.ops, case)(*a, backend="triton"), args)
-    a64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
-    ref, ref_g, _ = run_and_grad(getattr(tb, case), a64, [g.double() for g in gout])
-    for o, r in zip(list(ours) + list(ours_g), list(ref) + list(ref_g)):
-        torch.testing.assert_close(o.double(), r, rtol=3e-4, atol=3e-4 * r.abs().max().item())
+    check_triton(case, GPU_CASES[case](), tf32=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", sorted(GPU_CASES))
 def test_half_precision_gpu(case, dtype):
-    args = GPU_CASES[case]()
-    if case in EXACT:
-        check_op(_op_name(case), [a.to(dtype) for a in args], exact=True)
-    else:
-        _lowp_check(_op_name(case), args, dtype)
+    check_triton(case, GPU_CASES[case](), dtype=dtype)
 
 
 def test_pool_epilogue_exact_gpu():
     x = make((2, 64, 30, 34), "channels_last", dtype=torch.bfloat16)
     w = make((64, 64, 3, 3), scale=0.05, dtype=torch.bfloat16)
     y, pooled = uf.ops.conv3x3_relu_pool(x, w, None, 1, backend="triton")
-    assert_exact(pooled, F.max_pool2d(y, 2, 2), "pooled == max_pool2d(y)")
+    assert_within("pooled == max_pool2d(y)", pooled, F.max_pool2d(y, 2, 2), 0)
 
 
 @pytest.mark.parametrize("padding,size", [("valid", 188), ("same", 96)])
@@ -108,14 +90,10 @@ def test_unet_autocast_bf16_gpu(padding, size):
     y_eager.float().backward(g.float())
     y64.backward(g)
     assert set(model.backend_report().values()) == {"triton"}
-    err = (y.double() - y64).abs().max().item()
-    bound = 2 * (y_eager.double() - y64).abs().max().item() + 1e-2 * y64.abs().max().item()
-    assert err <= bound, f"output error {err} > {bound}"
+    assert_lowp_within("output", y, y_eager, y64, eps=1e-2)
     for (n, p), (_, q), (_, r) in zip(model.named_parameters(), ref.named_parameters(),
                                       ref64.named_parameters()):
-        err = (p.grad.double() - r.grad).abs().max().item()
-        bound = 2 * (q.grad.double() - r.grad).abs().max().item() + 1e-2 * r.grad.abs().max().item()
-        assert err <= bound, f"gradient of {n}: error {err} > {bound}"
+        assert_lowp_within(f"gradient of {n}", p.grad, q.grad, r.grad, eps=1e-2)
 
 
 def test_compile_inductor_gpu():
@@ -143,10 +121,10 @@ def test_offsets_beyond_2_31_elements_gpu():
         ref = F.relu(F.conv2d(x[-1:].float(), w.float(), padding=1))
         tail = y[-1:].float()
         assert (tail - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
-        assert_exact(pooled[-1:], F.max_pool2d(y[-1:], 2, 2), "pooled tail")
+        assert_within("pooled tail", pooled[-1:], F.max_pool2d(y[-1:], 2, 2), 0)
         del pooled
         p2 = uf.ops.max_pool2x2(y, backend="triton")
-        assert_exact(p2[-1:], F.max_pool2d(y[-1:], 2, 2), "max_pool2x2 tail")
+        assert_within("max_pool2x2 tail", p2[-1:], F.max_pool2d(y[-1:], 2, 2), 0)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

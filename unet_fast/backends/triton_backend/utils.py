@@ -46,7 +46,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def dot_in_fp32(dtype: torch.dtype) -> bool:
-    """The interpreter's bf16 tl.dot is wrong (ENV.md): widen bf16 tiles to fp32 there only."""
+    """The interpreter's bf16 tl.dot is wrong (docs/design.md, section 5): widen bf16 tiles to fp32 there only."""
     return INTERPRET and dtype == torch.bfloat16
 
 
