@@ -113,3 +113,20 @@ def test_backward_runs_nhwc_for_an_nchw_caller(backend):
         y.backward(torch.randn_like(y))
     assert mode.seen, "no backward op of ours ran"
     assert all(fmt == torch.channels_last for _, fmt in mode.seen), mode.seen
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_activation_checkpointing_gives_the_same_gradients(backend):
+    """With checkpointing each level's forward runs again inside the backward, whose saved tensors
+    may be unpacked only once: the parameter gradients equal those without checkpointing."""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    torch.manual_seed(0)
+    plain = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend).to(DEVICE)
+    ckpt = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend, checkpointing=True).to(DEVICE)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 44, 44, device=DEVICE)
+    for m in (plain, ckpt):
+        m(x).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert_within(name, q.grad, p.grad, F32_RTOL * scale_of(p.grad))

@@ -825,6 +825,31 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200)
                                 for res in results}), f, indent=1)
 
 
+def check_one(kernel: str = "igemm_wgrad_kernel", layer: str = "down.1.2") -> dict:
+    """The tool on one small case, for its test: record the paper U-Net's step at batch 1, take
+    the first launch of `kernel` in `layer`, compile its first config for sm_90 twice and read the
+    mainloop both times."""
+    cfg = dataclasses.replace(MODELS["valid572"], batch=1)
+    launches = record_step(cfg)
+    launch = next(l for l in launches if l.kernel.endswith(kernel) and l.layer == layer)
+    runs = []
+    for _ in range(2):
+        b = _compile_job((compile_key(launch, 0), 90))
+        if b.get("error"):
+            return dict(error=b["error"])
+        b["analysis"] = analyze_sass(b.pop("sass"))
+        runs.append(b)
+    row = predict(launch, 0, runs[0])
+    layers = sorted({(l.layer, l.phase) for l in launches if not l.kernel.startswith("aten.")})
+    return dict(kernel=launch.kernel, layer=launch.layer, phase=launch.phase,
+                config=row["config"], mainloop=runs[0]["analysis"]["mainloop"],
+                mainloop_again=runs[1]["analysis"]["mainloop"], regs=runs[0]["regs"],
+                spill=runs[0]["spill"], bound=row["bound"],
+                tensor_cycles_per_iter=row["tensor_cycles_per_iter"],
+                issue_cycles_per_iter=row["issue_cycles_per_iter"],
+                launches=len(launches), layers=[list(x) for x in layers])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="valid572,same512",
@@ -833,7 +858,12 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "kernel_model.md"))
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
+    ap.add_argument("--check", action="store_true",
+                    help="compile and read one kernel twice, print JSON (the tool's own test)")
     args = ap.parse_args(argv)
+    if args.check:
+        print(json.dumps(check_one()))
+        return 0
     results = []
     for spec in args.models.split(","):
         name, _, batch = spec.partition(":")

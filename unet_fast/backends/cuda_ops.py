@@ -90,22 +90,22 @@ def _conv3x3_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _conv3x3_grads(ctx, grad_y):
-    x, weight, y = ctx.saved_tensors
+def _conv3x3_grads(ctx, grad_y, saved):
+    x, weight, y = saved  # (unpacked once per backward: activation checkpointing allows no more)
     mask = _mask(ctx)
     dx, dw, db = _ops._conv3x3_relu_backward(grad_y, y, x, weight, ctx.padding, mask)
     return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None)
 
 
 def _conv3x3_relu_backward(ctx, grad_y):
-    return _conv3x3_grads(ctx, grad_y)
+    return _conv3x3_grads(ctx, grad_y, ctx.saved_tensors)
 
 
 def _conv3x3_relu_pool_backward(ctx, grad_y, grad_pooled):
-    _, _, y = ctx.saved_tensors
+    saved = ctx.saved_tensors
     if grad_pooled is not None:  # pool backward summed into the skip's gradient, one pass
-        grad_y = _ops._max_pool2x2_backward(grad_pooled, y, grad_y)
-    return _conv3x3_grads(ctx, grad_y)
+        grad_y = _ops._max_pool2x2_backward(grad_pooled, saved[2], grad_y)
+    return _conv3x3_grads(ctx, grad_y, saved)
 
 
 torch.library.register_autograd("unet_fast::conv3x3_relu", _conv3x3_relu_backward,

@@ -156,9 +156,8 @@ def _setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _grads(ctx, g):
+def _grads(ctx, g, x, weight):
     """Gradients of (x, weight, bias) from the masked output gradient g."""
-    x, weight, _ = ctx.saved_tensors
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
         dx = _conv3x3_relu_dgrad(g, weight, x if ctx.relu_input else None, ctx.padding)
@@ -168,14 +167,15 @@ def _grads(ctx, g):
 
 
 def _backward(ctx, dy):
-    g = dy if ctx.grad_masked else mask_grad(dy, ctx.saved_tensors[2])
-    return _grads(ctx, g) + (None,)
+    x, weight, y = ctx.saved_tensors  # once per backward (activation checkpointing)
+    g = dy if ctx.grad_masked else mask_grad(dy, y)
+    return _grads(ctx, g, x, weight) + (None,)
 
 
 def _backward_pool(ctx, dy, dpool):
-    y = ctx.saved_tensors[2]
+    x, weight, y = ctx.saved_tensors
     g = _relu_pool_backward(dy, dpool, y)  # skip gradient + routed pool gradient, ReLU-masked
-    return _grads(ctx, g)
+    return _grads(ctx, g, x, weight)
 
 
 conv3x3_relu.register_autograd(_backward, setup_context=_setup)

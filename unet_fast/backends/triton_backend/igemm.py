@@ -127,9 +127,11 @@ def igemm_fwd_kernel(
             ca = offs_k % CA
             dh = SIGN * (tap // KS - PAD)
             dw = SIGN * (tap % KS - PAD)
-            ih = ih0[:, None] + dh[None, :]
-            iw = iw0[:, None] + dw[None, :]
-            ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
+            ok = m_ok[:, None] & k_ok[None, :]
+            if BOUNDS:
+                ih = ih0[:, None] + dh[None, :]
+                iw = iw0[:, None] + dw[None, :]
+                ok = ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
             a = tl.load(a_ptr + (a_row[:, None] + (dh * a_sh + dw * a_sw + ca * a_sc)[None, :]),
                         mask=ok, other=0.0)
             b = tl.load(w_ptr + (tap * w_st + ca * w_sc)[:, None] + offs_n[None, :] * w_sj,
@@ -175,7 +177,7 @@ def igemm_fwd_kernel(
         bias = tl.load(bias_ptr + co, mask=n_ok, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
     if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)  # not tl.maximum: NaN must stay NaN, as in F.relu
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN (F.relu)
     if RELU_IN:
         # dgrad of a layer whose input is a ReLU output: dx * (x > 0), as threshold_backward
         # (zero where x <= 0; a NaN x passes the gradient)
@@ -195,11 +197,8 @@ def igemm_fwd_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
     if POOL:
         # max commutes with the (monotonic) rounding to the storage dtype: pooled == pool(y)
-        win = tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N))
-        pooled = tl.max(win, axis=1)
-        # a NaN in the window makes the pooled value NaN, as in F.max_pool2d
-        has_nan = tl.max((win != win).to(tl.int32), axis=1) > 0
-        pooled = tl.where(has_nan, float("nan"), pooled)
+        # one reduction whose max lets a NaN in the window win, as in F.max_pool2d
+        pooled = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _max_nan)
         offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
         pw2 = offs_w % PWC
         t2 = offs_w // PWC
@@ -209,6 +208,11 @@ def igemm_fwd_kernel(
         prow = nq.to(tl.int64) * q_sn + ph2 * q_sh + pw2 * q_sw
         tl.store(pool_ptr + (prow[:, None] + offs_n[None, :] * q_sc),
                  pooled.to(pool_ptr.dtype.element_ty), mask=w_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -440,9 +444,11 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     flat_a = shift_a and taps > 1 and not any(ca % c.kwargs["BLOCK_M"] == 0 for c in configs)
     flat_b = (not shift_a and taps > 1
               and not any(cb % c.kwargs["BLOCK_N"] == 0 for c in configs))
-    # Split the pixel sum until the grid has ~2 waves even when the channels are few (the first
-    # layers have 64x576 weight matrices and hundreds of thousands of pixels).
-    tiles = triton.cdiv(m_gemm, 128) * triton.cdiv(n_gemm, 128)
+    # Split the pixel sum until the grid has ~2 waves of the largest tiles even when the
+    # channels are few (the first layers have 64x576 weight matrices and hundreds of thousands of
+    # pixels); smaller tiles then have more waves, never fewer.
+    big = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
+    tiles = triton.cdiv(m_gemm, big["BLOCK_M"]) * triton.cdiv(n_gemm, big["BLOCK_N"])
     align = max(c.kwargs["BLOCK_K"] for c in configs)
     split = max(1, min(triton.cdiv(2 * utils.num_sms(a.device), tiles),
                        triton.cdiv(p_tot, 8 * align)))

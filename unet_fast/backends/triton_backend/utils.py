@@ -85,14 +85,17 @@ IGEMM_CONFIGS_32 = [
     _cfg(128, 64, 16, 3, 4),
 ]
 # Weight gradients: M = the rows' channels (per tap for the transposed conv), N = the columns'
-# (per tap for the 3x3), K = pixels (split over the grid's y). 16-wide columns: the first layer's
-# nine (tap, channel) columns.
+# (per tap for the 3x3), K = pixels (split over the grid's y). Square tiles, so both operands'
+# rows are the same pixels in the same threads (one pixel counter for both); K-tiles of 128 for
+# 64x64 tiles, whose per-pixel address work would otherwise outweigh their tensor-core work.
+# 16-wide columns: the first layer's nine (tap, channel) columns.
 WGRAD_CONFIGS_16 = [
     _cfg(128, 256, 64, 3, 8),
     _cfg(256, 128, 64, 3, 8),
     _cfg(128, 128, 64, 3, 8),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
+    _cfg(64, 64, 128, 3, 4),
     _cfg(64, 64, 64, 4, 4),
     _cfg(64, 16, 64, 4, 4),
 ]
