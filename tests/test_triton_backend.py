@@ -470,3 +470,40 @@ def test_autotune_keys_separate_layouts_and_sizes(monkeypatch):
     for hw in (4, 64):  # same channels and layout, pixel counts 4 and 1024
         uf.ops.max_pool2x2(make((1, 8, hw, hw)), backend="triton")
     assert len(pool.cache) == 2 and len({key[pool.keys.index("C")] for key in pool.cache}) == 1
+
+
+def test_max_pool2x2_signed_zeros_like_torch():
+    """Of -0.0 and 0.0 in one window the first in scan order is the max, as in F.max_pool2d
+    (a plain max tree returned -0.0 where PyTorch returns 0.0)."""
+    windows = [[-0.0, 0.0, -1.0, -2.0], [0.0, -0.0, -1.0, -2.0], [-1.0, -0.0, 0.0, -2.0],
+               [-1.0, 0.0, -0.0, -3.0]]
+    x = torch.tensor(windows, device=DEVICE).view(4, 1, 2, 2).repeat(1, 3, 1, 1)
+    for layout in ("nchw", "channels_last"):
+        xl = x.contiguous(memory_format=torch.channels_last) if layout != "nchw" else x
+        ours = uf.ops.max_pool2x2(xl, backend="triton")
+        ref = F.max_pool2d(x.cpu(), 2, 2)
+        assert torch.equal(torch.signbit(ours.cpu()), torch.signbit(ref)), (layout, ours.flatten())
+
+
+@pytest.mark.parametrize("op", ["conv3x3_relu", "conv3x3_relu_pool", "conv1x1", "conv_transpose2x2",
+                                "up_concat"])
+@pytest.mark.parametrize("kind", ["strided", "expanded"])
+def test_bias_that_is_not_contiguous(op, kind):
+    """A bias view (every other element of a longer vector, or one value expanded with stride 0)
+    is read through its strides' values, not as if contiguous (which read outside it)."""
+    co = 6
+    if kind == "strided":
+        b = make((2 * co,))[::2]
+    else:
+        b = make((1,)).expand(co)
+    assert not b.is_contiguous() or b.stride(0) == 0
+    x = make((2, 4, 9, 8), "channels_last")
+    if op in ("conv3x3_relu", "conv3x3_relu_pool"):
+        args = [x, make((co, 4, 3, 3), scale=0.3), b, 0]
+    elif op == "conv1x1":
+        args = [x, make((co, 4, 1, 1), scale=0.3), b]
+    elif op == "conv_transpose2x2":
+        args = [x, make((4, co, 2, 2), scale=0.3), b]
+    else:
+        args = [make((2, 3, 19, 17), "channels_last"), x, make((4, co, 2, 2), scale=0.3), b]
+    check_triton(op, args)

@@ -412,7 +412,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
         igemm_fwd_kernel[grid](
             a, *utils.nhwc_strides(a), ah, aw, ca,
             w_t, w_st, w_sc, w_sj,
-            bias if bias is not None else w_t,
+            bias.contiguous() if bias is not None else w_t,  # (read as bias[co]: a view too)
             out, *utils.nhwc_strides(out),
             po, *utils.nhwc_strides(po),
             xi, *utils.nhwc_strides(xi),

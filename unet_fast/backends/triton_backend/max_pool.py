@@ -41,10 +41,12 @@ def _max_pool2x2_forward_kernel(
     v01 = tl.load(x_ptr + base + x_sw, mask=ok)
     v10 = tl.load(x_ptr + base + x_sh, mask=ok)
     v11 = tl.load(x_ptr + base + x_sh + x_sw, mask=ok)
-    # a NaN in the window is the max, as in F.max_pool2d
-    m = tl.maximum(tl.maximum(v00, v01, propagate_nan=tl.PropagateNan.ALL),
-                   tl.maximum(v10, v11, propagate_nan=tl.PropagateNan.ALL),
-                   propagate_nan=tl.PropagateNan.ALL)
+    # F.max_pool2d's scan: the first of (0,0), (0,1), (1,0), (1,1) that is greater than every
+    # earlier one, or a NaN (so of -0.0 and 0.0 the first seen wins, and a NaN is the max)
+    m = v00
+    m = tl.where((v01 > m) | (v01 != v01), v01, m)
+    m = tl.where((v10 > m) | (v10 != v10), v10, m)
+    m = tl.where((v11 > m) | (v11 != v11), v11, m)
     out = (n * y_sn + ph * y_sh + pw * y_sw)[:, None] + offs_c[None, :] * y_sc
     tl.store(y_ptr + out, m, mask=ok)
 
