@@ -14,7 +14,7 @@
 #include <tuple>
 
 #include "common.h"
-#include "igemm_problems.h"
+#include "igemm_base.h"
 
 namespace unet_fast {
 

@@ -4,7 +4,7 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
-#include "../igemm_problems.h"
+#include "../igemm_base.h"
 
 // Kernel launch, written once so the CPU emulator of the CUDA execution model (tests/cuda_emu,
 // which defines UF_CUDA_EMULATOR) can run the same kernels: there it runs every CTA's threads as
