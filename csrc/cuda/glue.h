@@ -3,8 +3,8 @@
 // one, behind launch.h.
 //
 // Written once for a device policy `Dev`, so the same glue drives the GPU and the CPU emulator of
-// the CUDA execution model (tests/cuda_emu), whose tests thereby run this code and these kernels
-// without a GPU:
+// the CUDA execution model (tests/cuda_emu; one of its three hooks in production code, listed in
+// tests/cuda_emu/cuda_emu.h), whose tests thereby run this code and these kernels without a GPU:
 //   Dev::check(t, name)    TORCH_CHECK that t lives on the device (naming the argument)
 //   Dev::Guard(device)     RAII guard making t's device current
 //   Dev::stream()          the stream to launch on

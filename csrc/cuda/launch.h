@@ -8,7 +8,8 @@
 
 // Kernel launch, written once so the CPU emulator of the CUDA execution model (tests/cuda_emu,
 // which defines UF_CUDA_EMULATOR) can run the same kernels: there it runs every CTA's threads as
-// fibers on the calling thread. (Dynamic shared memory is not used, so it is always 0.)
+// fibers on the calling thread. (Dynamic shared memory is not used, so it is always 0.) One of the
+// emulator's three hooks in production code, listed in tests/cuda_emu/cuda_emu.h.
 #if defined(UF_CUDA_EMULATOR)
 #define UF_LAUNCH(kernel, grid, block, stream, ...) \
   ::uf_emu::launch(kernel, dim3(grid), dim3(block), __VA_ARGS__)
