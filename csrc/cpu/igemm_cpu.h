@@ -122,7 +122,7 @@ void igemm_cpu(const P& p, double* ws = nullptr, double* ws_bias = nullptr) {
 struct CpuEngine {
   static at::ScalarType acc_type() { return at::kDouble; }
   static void check_device(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor here, got one on ", t.device());
+    check_device_type(t, name, at::kCPU, "a CPU tensor here");
   }
   // out[:, :C_skip] = skip cropped at (top, left) to out's H x W (the lower slice of a concat).
   static void crop_into(const at::Tensor& skip, at::Tensor& out, int64_t top, int64_t left) {

@@ -41,15 +41,8 @@ struct CudaGlue {
   }
 
   static DType dtype_of(at::ScalarType s) {
-    switch (s) {
-      case at::kFloat: return DType::kFloat;
-      case at::kHalf: return DType::kHalf;
-      case at::kBFloat16: return DType::kBFloat16;
-      default:
-        TORCH_CHECK(false, "unet_fast's CUDA kernels support float32, float16 and bfloat16, got ", s,
-                    " (float64 runs on the CPU kernels only)");
-    }
-    return DType::kFloat;
+    check_cuda_dtype(s);
+    return s == at::kHalf ? DType::kHalf : s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat;
   }
 
   // ---------------------------------------------------------------------------- crop-concat
@@ -222,10 +215,8 @@ struct CudaGlue {
   }
 
   static at::Tensor max_pool2x2(const at::Tensor& x) {
-    check_4d(x, "x");
+    check_max_pool2x2(x);
     Dev::check(x, "x");
-    TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "x is ", x.size(2), "x", x.size(3),
-                "; 2x2 max-pooling needs at least 2x2");
     typename Dev::Guard guard(x.device());
     at::Tensor y = at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options(), format_of(x));
     PoolArgs a{};
@@ -241,21 +232,10 @@ struct CudaGlue {
 
   static at::Tensor max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x,
                                          const c10::optional<at::Tensor>& base_) {
-    check_4d(x, "x");
-    check_4d(grad, "grad");
+    check_max_pool2x2_backward(grad, x, base_);
     Dev::check(x, "x");
-    check_same(x, "x", grad, "grad");
-    TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == x.size(2) / 2 &&
-                    grad.size(3) == x.size(3) / 2,
-                "grad must have shape (", x.size(0), ", ", x.size(1), ", ", x.size(2) / 2, ", ",
-                x.size(3) / 2, ") for x of shape ", x.sizes(), ", got ", grad.sizes());
     typename Dev::Guard guard(x.device());
     const bool has_base = base_.has_value() && base_->defined();
-    if (has_base) {
-      check_same(x, "x", *base_, "grad_skip");
-      TORCH_CHECK(base_->sizes() == x.sizes(), "grad_skip must have x's shape ", x.sizes(), ", got ",
-                  base_->sizes());
-    }
     at::Tensor gx = at::empty(x.sizes(), x.options(), format_of(x));
     PoolArgs a{};
     a.x = x.data_ptr();

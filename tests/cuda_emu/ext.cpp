@@ -17,8 +17,7 @@ int g_num_sms = 132;  // an H100 SXM
 
 struct EmuDevice {
   static void check(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CUDA emulator, got one on ",
-                t.device());
+    unet_fast::check_device_type(t, name, at::kCPU, "a CPU tensor for the CUDA emulator");
   }
   struct Guard {
     explicit Guard(c10::Device) {}
