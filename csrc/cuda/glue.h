@@ -8,7 +8,8 @@
 //   Dev::check(t, name)    TORCH_CHECK that t lives on the device (naming the argument)
 //   Dev::Guard(device)     RAII guard making t's device current
 //   Dev::stream()          the stream to launch on
-//   Dev::num_sms()         multiprocessors of the current device (sizes the split-K of wgrad)
+//   Dev::num_sms()         multiprocessors of the current device (sizes the split-K of wgrad
+//                          and the grids of the pool and crop kernels)
 //   Dev::check_launch(e)   throws if a launch returned an error
 // registration.cpp instantiates it for CUDA and registers the ops.
 #pragma once
@@ -65,6 +66,7 @@ struct CudaGlue {
     a.nhwc_vec = nhwc(skip) && nhwc(up) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
                  (Cu * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.up) &&
                  aligned16(a.out);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(crop_concat_cuda_launch(a, Dev::stream()));
     return out;
   }
@@ -87,6 +89,7 @@ struct CudaGlue {
     a.geom.top = (skip_h - H) / 2; a.geom.left = (skip_w - W) / 2;
     a.nhwc_vec = nhwc(grad) && nhwc(gs) && (skip_channels * a.elem_size) % 16 == 0 &&
                  (grad.size(1) * a.elem_size) % 16 == 0 && aligned16(a.up) && aligned16(a.out);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(crop_concat_backward_cuda_launch(a, Dev::stream()));
     return gs;
   }
@@ -112,6 +115,7 @@ struct CudaGlue {
       a.geom.cs = Cs; a.geom.h = H; a.geom.w = W; a.geom.top = top; a.geom.left = left;
       a.nhwc_vec = nhwc(skip) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
                    (out.size(1) * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.out);
+      a.num_sms = Dev::num_sms();
       Dev::check_launch(crop_into_cuda_launch(a, Dev::stream()));
     }
     static void check_device(const at::Tensor& t, const char* name) {
@@ -226,6 +230,7 @@ struct CudaGlue {
     a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
     a.dtype = dtype_of(x.scalar_type());
     a.vec = pool_vec(x) && pool_vec(y);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(max_pool2x2_cuda(a, Dev::stream()));
     return y;
   }
@@ -250,6 +255,7 @@ struct CudaGlue {
     a.dtype = dtype_of(x.scalar_type());
     a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec_rows(*base_));
     a.base_pixel = has_base ? base_->stride(3) : x.size(1);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(max_pool2x2_backward_cuda(a, Dev::stream()));
     return gx;
   }

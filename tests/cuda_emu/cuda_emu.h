@@ -27,7 +27,8 @@
 //      stream, SM count, launch check; csrc/cuda/registration.cpp instantiates it for CUDA,
 //      ext.cpp here for CPU tensors.
 // Everything else is CUDA's own vocabulary (threadIdx, __syncthreads, atomicAdd, nvcuda::wmma in
-// include/mma.h), defined below for the host compiler.
+// include/mma.h), defined below for the host compiler, and the two runtime calls of the launchers
+// (cudaGetLastError, the occupancy query of the pool and crop kernels), which ext.cpp defines.
 //
 // The first include of every emulator translation unit (kernels_*.cpp, ext.cpp).
 #pragma once

@@ -6,8 +6,15 @@
 
 #include "../../csrc/cuda/glue.h"
 
-// The kernels' only runtime call: launch errors are raised by the emulator itself.
+// The kernels' runtime calls. Launch errors are raised by the emulator itself.
 extern "C" cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
+// The pool and crop kernels size their grids to one wave: as on a GPU for a kernel of at most 32
+// registers, 2048 threads per SM (configure's num_sms sets the SM count).
+extern "C" cudaError_t CUDARTAPI cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+    int* num_blocks, const void*, int block_size, size_t, unsigned int) {
+  *num_blocks = 2048 / block_size;
+  return cudaSuccess;
+}
 
 std::vector<float> run_selftest(const std::string& name);  // selftest.cpp
 
