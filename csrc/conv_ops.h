@@ -1,6 +1,6 @@
-// The convolution ops, written once for both devices: argument checks (TORCH_CHECK naming the
-// argument), output allocation in the input's memory format, weight re-layout, the GemmArgs of
-// each implicit GEMM, and the weight-gradient finish. `Engine` runs a GEMM on its device:
+// The convolution ops, written once for both devices: argument checks (common.h), output
+// allocation in the input's memory format, weight re-layout, the GemmArgs of each implicit GEMM,
+// and the weight-gradient finish. `Engine` runs a GEMM on its device:
 //   Engine::acc_type()                      workspace dtype (double on CPU, float on CUDA)
 //   Engine::check_device(t, name)           TORCH_CHECK that t lives on the engine's device
 //   Engine::run(kind, args, dtype, ws, wsb) runs one implicit GEMM (ws / wsb may be undefined)
@@ -14,7 +14,7 @@
 #include <tuple>
 
 #include "common.h"
-#include "igemm_problems.h"
+#include "igemm_base.h"
 
 namespace unet_fast {
 
@@ -61,23 +61,8 @@ inline void set_out(GemmArgs& a, const at::Tensor& o) {
   for (int d = 0; d < 4; ++d) a.os[d] = o.stride(d);
 }
 inline void set_gemm(GemmArgs& a, int64_t M, int64_t N, int64_t K) {
-  constexpr int64_t kMax = (int64_t(1) << 31) - 1024;
-  TORCH_CHECK(M < kMax && N < kMax && K < kMax, "the problem is too large for 32-bit GEMM indices (M=",
-              M, ", N=", N, ", K=", K, "); split the batch");
+  check_gemm_size(M, N, K);
   a.M = (int)M; a.N = (int)N; a.K = (int)K;
-}
-
-inline void check_float_dtype(const at::Tensor& t, const char* name) {
-  const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble, name,
-              " must be float32, float16, bfloat16 or float64, got ", s);
-}
-
-inline void check_bias(const c10::optional<at::Tensor>& bias, int64_t channels, const at::Tensor& x) {
-  if (!bias.has_value() || !bias->defined()) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == channels, "bias must have shape (", channels,
-              ",) to match the weight's output channels, got ", bias->sizes());
-  check_same(x, "x", *bias, "bias");
 }
 
 inline const void* bias_ptr(const c10::optional<at::Tensor>& bias, at::Tensor& keep) {
@@ -86,41 +71,16 @@ inline const void* bias_ptr(const c10::optional<at::Tensor>& bias, at::Tensor& k
   return keep.data_ptr();
 }
 
-inline void check_conv3x3(const at::Tensor& x, const at::Tensor& weight,
-                          const c10::optional<at::Tensor>& bias, int64_t padding) {
-  check_4d(x, "x");
-  check_4d(weight, "weight");
-  check_float_dtype(x, "x");
-  check_same(x, "x", weight, "weight");
-  TORCH_CHECK(weight.size(2) == 3 && weight.size(3) == 3 && weight.size(1) == x.size(1),
-              "weight must have shape (C_out, ", x.size(1), ", 3, 3) for x with ", x.size(1),
-              " channels, got ", weight.sizes());
-  TORCH_CHECK(padding == 0 || padding == 1, "padding must be 0 (valid) or 1 (same), got ", padding);
-  TORCH_CHECK(x.size(2) + 2 * padding >= 3 && x.size(3) + 2 * padding >= 3, "x is ", x.size(2), "x",
-              x.size(3), "; a 3x3 convolution with padding ", padding, " needs at least ",
-              3 - 2 * padding, "x", 3 - 2 * padding);
-  check_bias(bias, weight.size(0), x);
-}
-
-inline void check_grad(const at::Tensor& grad, c10::IntArrayRef expected, const at::Tensor& x) {
-  check_4d(grad, "grad");
-  TORCH_CHECK(grad.sizes() == expected, "grad must have shape ", expected, ", got ", grad.sizes());
-  check_same(x, "x", grad, "grad");
-}
-
 template <class Engine>
 struct ConvOps {
   // ------------------------------------------------------------------------- conv3x3 + ReLU
   static std::tuple<at::Tensor, at::Tensor> conv3x3_fprop(const at::Tensor& x_, const at::Tensor& weight,
                                                           const c10::optional<at::Tensor>& bias,
                                                           int64_t padding, bool pool) {
-    check_conv3x3(x_, weight, bias, padding);
+    check_conv3x3(x_, weight, bias, padding, pool);
     Engine::check_device(x_, "x");
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = weight.size(0), oh = h - 2 + 2 * padding, ow = w - 2 + 2 * padding;
-    if (pool)
-      TORCH_CHECK(oh >= 2 && ow >= 2, "the conv output is ", oh, "x", ow,
-                  "; 2x2 max-pooling needs at least 2x2");
     const auto fmt = format_of(x_);
     at::Tensor x = nhwc_ish(x_);
     at::Tensor y = at::empty({nb, co, oh, ow}, x.options(), fmt);
@@ -166,11 +126,7 @@ struct ConvOps {
     Engine::check_device(x_, "x");
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = weight.size(0), oh = h - 2 + 2 * padding, ow = w - 2 + 2 * padding;
-    check_grad(grad_, {nb, co, oh, ow}, x_);
-    check_4d(y_, "y");
-    TORCH_CHECK(y_.sizes() == grad_.sizes(), "y must have grad's shape ", grad_.sizes(), ", got ",
-                y_.sizes());
-    check_same(x_, "x", y_, "y");
+    check_conv3x3_grads(grad_, y_, x_, {nb, co, oh, ow});
     at::Tensor g = nhwc_ish(grad_), y = nhwc_ish(y_), x = nhwc_ish(x_);
     at::Tensor dx, dw, db;
     if (mask[0]) {
@@ -207,24 +163,11 @@ struct ConvOps {
   }
 
   // ------------------------------------------------- 1x1 conv and 2x2 stride-2 transposed conv
-  // weight: (C_out, C_in, 1, 1) for G = 1, (C_in, C_out, 2, 2) for G = 2. `out` (optional) is a
+  // weight: (C_out, C_in, 1, 1) for G = 1, (C_in, C_out, 2, 2) for G = 2. `out` is a
   // preallocated (N, C_out, G*H, G*W) view to write into (the concat's upper slice).
-  static void check_pointwise(const at::Tensor& x, const at::Tensor& weight,
-                              const c10::optional<at::Tensor>& bias, int G) {
-    check_4d(x, "x");
-    check_4d(weight, "weight");
-    check_float_dtype(x, "x");
-    check_same(x, "x", weight, "weight");
-    if (G == 1) {
-      TORCH_CHECK(weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == x.size(1),
-                  "weight must have shape (C_out, ", x.size(1), ", 1, 1) for x with ", x.size(1),
-                  " channels, got ", weight.sizes());
-    } else {
-      TORCH_CHECK(weight.size(2) == 2 && weight.size(3) == 2 && weight.size(0) == x.size(1),
-                  "weight must have shape (", x.size(1), ", C_out, 2, 2) for x with ", x.size(1),
-                  " channels, got ", weight.sizes());
-    }
-    check_bias(bias, G == 1 ? weight.size(0) : weight.size(1), x);
+  static void check_pointwise_args(const at::Tensor& x, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& bias, int G) {
+    check_pointwise(x, weight, bias, G);
     Engine::check_device(x, "x");
   }
 
@@ -250,7 +193,7 @@ struct ConvOps {
 
   static at::Tensor pointwise_fprop(const at::Tensor& x, const at::Tensor& weight,
                                     const c10::optional<at::Tensor>& bias, int G) {
-    check_pointwise(x, weight, bias, G);
+    check_pointwise_args(x, weight, bias, G);
     const int64_t co = G == 1 ? weight.size(0) : weight.size(1);
     at::Tensor out = at::empty({x.size(0), co, G * x.size(2), G * x.size(3)}, x.options(), format_of(x));
     pointwise_fprop_into(x, weight, bias, G, out);
@@ -271,14 +214,10 @@ struct ConvOps {
   // is copied into the lower channels, the transposed conv writes the upper ones in place.
   static at::Tensor up_concat(const at::Tensor& skip, const at::Tensor& x, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias) {
-    check_pointwise(x, weight, bias, 2);
-    check_4d(skip, "skip");
-    check_same(x, "x", skip, "skip");
+    check_pointwise_args(x, weight, bias, 2);
     const int64_t nb = x.size(0), co = weight.size(1), h = 2 * x.size(2), w = 2 * x.size(3);
+    check_up_concat(skip, x, h, w);
     const int64_t cs = skip.size(1);
-    TORCH_CHECK(skip.size(0) == nb, "skip has batch ", skip.size(0), " but x has batch ", nb);
-    TORCH_CHECK(skip.size(2) >= h && skip.size(3) >= w, "skip (", skip.size(2), "x", skip.size(3),
-                ") must be at least as large as the upsampled x (", h, "x", w, ")");
     at::Tensor out = at::empty({nb, cs + co, h, w}, x.options(), format_of(x));
     const int64_t top = (skip.size(2) - h) / 2, left = (skip.size(3) - w) / 2;
     Engine::crop_into(skip, out, top, left);  // out[:, :cs] = skip[:, :, top:top+h, left:left+w]
@@ -290,7 +229,7 @@ struct ConvOps {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_backward(
       const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& weight, int G,
       std::array<bool, 3> mask) {
-    check_pointwise(x_, weight, c10::nullopt, G);
+    check_pointwise_args(x_, weight, c10::nullopt, G);
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = G == 1 ? weight.size(0) : weight.size(1);
     check_grad(grad_, {nb, co, G * h, G * w}, x_);

@@ -4,7 +4,7 @@ float64 gradcheck, alignment edge cases, the model, torch.library registration a
 argument checks.
 
 On the CPU these run the C++ CPU kernels (csrc/cpu), which share the CUDA kernels' implicit-GEMM
-problem descriptions (csrc/igemm_problems.h): index arithmetic, 16-byte run loaders, epilogues. Our
+problem descriptions (csrc/igemm_*.h): index arithmetic, 16-byte run loaders, epilogues. Our
 CPU kernels accumulate in double, so in float32 their only error is the final rounding. The CUDA
 kernels themselves run here on the CPU emulator (test_cuda_emulated.py); the GPU parity tests at
 the end are skipped without a GPU (they run in the GPU suite).

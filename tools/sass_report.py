@@ -72,6 +72,12 @@ def find_cuobjdump() -> str | None:
 
 
 def find_extension() -> str | None:
+    """The extension built in this checkout (build_ext --inplace, an editable install), else the
+    importable unet_fast._C. In that order: run from a second worktree, the import finds the
+    checkout the venv's editable install points at, whose build is not the one to report."""
+    hits = glob.glob(os.path.join(ROOT, "unet_fast", "_C*.so"))
+    if hits:
+        return hits[0]
     try:
         import importlib.util
         spec = importlib.util.find_spec("unet_fast._C")
@@ -79,8 +85,7 @@ def find_extension() -> str | None:
             return spec.origin
     except ImportError:
         pass
-    hits = glob.glob(os.path.join(ROOT, "unet_fast", "_C*.so"))
-    return hits[0] if hits else None
+    return None
 
 
 def _run(cmd) -> str:
@@ -220,7 +225,8 @@ def _mma_counts(k: Kernel):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--so", help="the extension's shared library (default: the installed unet_fast._C)")
+    ap.add_argument("--so", help="the extension's shared library (default: the one built in this checkout, "
+                                 "else the importable unet_fast._C)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "cuda_kernels.md"))
     ap.add_argument("--check", action="store_true", help="only check, do not write the report")
     args = ap.parse_args(argv)

@@ -1,5 +1,5 @@
 // conv3x3_relu, conv3x3_relu_pool and _conv3x3_relu_backward on the CPU: the implicit GEMMs of
-// igemm_problems.h on the C++ engine (igemm_cpu.h); argument checks and layouts in conv_ops.h.
+// igemm_conv3x3.h on the C++ engine (igemm_cpu.h); argument checks and layouts in conv_ops.h.
 #include <torch/library.h>
 
 #include "igemm_cpu.h"

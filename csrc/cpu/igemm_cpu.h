@@ -1,7 +1,7 @@
-// The CPU engine of the implicit GEMMs in igemm_problems.h: the same problems, loaders and
-// epilogue as the CUDA engine, tiled the same way (64x64 output tiles), accumulating in double.
-// Tiles run in parallel with at::parallel_for. It is the C++ layer's test bed, not a fast CPU
-// convolution.
+// The CPU engine of the implicit GEMMs of igemm_base.h: the same problems (igemm_conv3x3.h,
+// igemm_pointwise.h), loaders and epilogue as the CUDA engine, tiled the same way (64x64 output
+// tiles), accumulating in double. Tiles run in parallel with at::parallel_for. It is the C++
+// layer's test bed, not a fast CPU convolution.
 #pragma once
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -12,7 +12,8 @@
 #include <vector>
 
 #include "../conv_ops.h"
-#include "../igemm_problems.h"
+#include "../igemm_conv3x3.h"
+#include "../igemm_pointwise.h"
 
 namespace unet_fast {
 
@@ -44,6 +45,12 @@ struct Num<c10::BFloat16> {
   static double to(c10::BFloat16 v) { return static_cast<float>(v); }
   static c10::BFloat16 from(double v) { return c10::BFloat16(static_cast<float>(v)); }
 };
+
+// Tiles are plain arrays here: a 16-byte word is copied at once.
+template <class T>
+inline void copy_run_tile(T* dst, const T* src) {
+  copy_run(dst, src);
+}
 
 // ws: the weight-gradient workspace (kAtomic problems), ws_bias: per-row sums of A (kBiasFromA),
 // both double and zeroed by the caller; ws_bias may be null.
@@ -115,7 +122,7 @@ void igemm_cpu(const P& p, double* ws = nullptr, double* ws_bias = nullptr) {
 struct CpuEngine {
   static at::ScalarType acc_type() { return at::kDouble; }
   static void check_device(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor here, got one on ", t.device());
+    check_device_type(t, name, at::kCPU, "a CPU tensor here");
   }
   // out[:, :C_skip] = skip cropped at (top, left) to out's H x W (the lower slice of a concat).
   static void crop_into(const at::Tensor& skip, at::Tensor& out, int64_t top, int64_t left) {

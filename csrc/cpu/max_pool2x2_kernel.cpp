@@ -31,9 +31,7 @@ inline int window_argmax(const T* x, int64_t sh, int64_t sw) {
 }
 
 at::Tensor max_pool2x2_cpu(const at::Tensor& x) {
-  check_4d(x, "x");
-  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "x is ", x.size(2), "x", x.size(3),
-              "; 2x2 max-pooling needs at least 2x2");
+  check_max_pool2x2(x);
   const int64_t N = x.size(0), C = x.size(1), PH = x.size(2) / 2, PW = x.size(3) / 2;
   at::Tensor y = at::empty({N, C, PH, PW}, x.options(), format_of(x));
   const auto xs = x.strides();
@@ -57,22 +55,11 @@ at::Tensor max_pool2x2_cpu(const at::Tensor& x) {
 
 at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                     const c10::optional<at::Tensor>& base_) {
-  check_4d(x, "x");
-  check_4d(grad, "grad");
-  check_same(x, "x", grad, "grad");
+  check_max_pool2x2_backward(grad, x, base_);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t PH = H / 2, PW = W / 2;
-  TORCH_CHECK(grad.size(0) == N && grad.size(1) == C && grad.size(2) == PH && grad.size(3) == PW,
-              "grad must have shape (", N, ", ", C, ", ", PH, ", ", PW, ") for x of shape ",
-              x.sizes(), ", got ", grad.sizes());
   const bool has_base = base_.has_value() && base_->defined();
-  at::Tensor base;
-  if (has_base) {
-    base = *base_;
-    check_same(x, "x", base, "grad_skip");
-    TORCH_CHECK(base.sizes() == x.sizes(), "grad_skip must have x's shape ", x.sizes(), ", got ",
-                base.sizes());
-  }
+  const at::Tensor base = has_base ? *base_ : at::Tensor();
   at::Tensor gx = at::empty(x.sizes(), x.options(), format_of(x));
   const auto xs = x.strides();
   const auto gs = grad.strides();

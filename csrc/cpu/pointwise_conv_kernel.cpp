@@ -1,5 +1,5 @@
 // conv1x1, conv_transpose2x2, up_concat and their backward ops on the CPU: per-pixel GEMMs
-// (igemm_problems.h) on the C++ engine (igemm_cpu.h); argument checks and layouts in conv_ops.h.
+// (igemm_pointwise.h) on the C++ engine (igemm_cpu.h); argument checks and layouts in conv_ops.h.
 #include <torch/library.h>
 
 #include "igemm_cpu.h"

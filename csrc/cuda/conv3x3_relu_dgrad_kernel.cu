@@ -1,4 +1,5 @@
 // Input gradient of conv3x3 + ReLU, the ReLU mask applied while the gradient is loaded.
+#include "../igemm_conv3x3.h"
 #include "igemm.cuh"
 
 namespace unet_fast {

@@ -1,4 +1,5 @@
 // Weight and bias gradients of conv3x3 + ReLU in one kernel (split over the pixels).
+#include "../igemm_conv3x3.h"
 #include "igemm.cuh"
 
 namespace unet_fast {

@@ -3,12 +3,13 @@
 // one, behind launch.h.
 //
 // Written once for a device policy `Dev`, so the same glue drives the GPU and the CPU emulator of
-// the CUDA execution model (tests/cuda_emu), whose tests thereby run this code and these kernels
-// without a GPU:
+// the CUDA execution model (tests/cuda_emu; one of its three hooks in production code, listed in
+// tests/cuda_emu/cuda_emu.h), whose tests thereby run this code and these kernels without a GPU:
 //   Dev::check(t, name)    TORCH_CHECK that t lives on the device (naming the argument)
 //   Dev::Guard(device)     RAII guard making t's device current
 //   Dev::stream()          the stream to launch on
-//   Dev::num_sms()         multiprocessors of the current device (sizes the split-K of wgrad)
+//   Dev::num_sms()         multiprocessors of the current device (sizes the split-K of wgrad
+//                          and the grids of the pool and crop kernels)
 //   Dev::check_launch(e)   throws if a launch returned an error
 // registration.cpp instantiates it for CUDA and registers the ops.
 #pragma once
@@ -41,15 +42,8 @@ struct CudaGlue {
   }
 
   static DType dtype_of(at::ScalarType s) {
-    switch (s) {
-      case at::kFloat: return DType::kFloat;
-      case at::kHalf: return DType::kHalf;
-      case at::kBFloat16: return DType::kBFloat16;
-      default:
-        TORCH_CHECK(false, "unet_fast's CUDA kernels support float32, float16 and bfloat16, got ", s,
-                    " (float64 runs on the CPU kernels only)");
-    }
-    return DType::kFloat;
+    check_cuda_dtype(s);
+    return s == at::kHalf ? DType::kHalf : s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat;
   }
 
   // ---------------------------------------------------------------------------- crop-concat
@@ -72,6 +66,7 @@ struct CudaGlue {
     a.nhwc_vec = nhwc(skip) && nhwc(up) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
                  (Cu * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.up) &&
                  aligned16(a.out);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(crop_concat_cuda_launch(a, Dev::stream()));
     return out;
   }
@@ -94,6 +89,7 @@ struct CudaGlue {
     a.geom.top = (skip_h - H) / 2; a.geom.left = (skip_w - W) / 2;
     a.nhwc_vec = nhwc(grad) && nhwc(gs) && (skip_channels * a.elem_size) % 16 == 0 &&
                  (grad.size(1) * a.elem_size) % 16 == 0 && aligned16(a.up) && aligned16(a.out);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(crop_concat_backward_cuda_launch(a, Dev::stream()));
     return gs;
   }
@@ -119,6 +115,7 @@ struct CudaGlue {
       a.geom.cs = Cs; a.geom.h = H; a.geom.w = W; a.geom.top = top; a.geom.left = left;
       a.nhwc_vec = nhwc(skip) && nhwc(out) && (Cs * a.elem_size) % 16 == 0 &&
                    (out.size(1) * a.elem_size) % 16 == 0 && aligned16(a.skip) && aligned16(a.out);
+      a.num_sms = Dev::num_sms();
       Dev::check_launch(crop_into_cuda_launch(a, Dev::stream()));
     }
     static void check_device(const at::Tensor& t, const char* name) {
@@ -222,10 +219,8 @@ struct CudaGlue {
   }
 
   static at::Tensor max_pool2x2(const at::Tensor& x) {
-    check_4d(x, "x");
+    check_max_pool2x2(x);
     Dev::check(x, "x");
-    TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "x is ", x.size(2), "x", x.size(3),
-                "; 2x2 max-pooling needs at least 2x2");
     typename Dev::Guard guard(x.device());
     at::Tensor y = at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options(), format_of(x));
     PoolArgs a{};
@@ -235,27 +230,17 @@ struct CudaGlue {
     a.n = (int)x.size(0); a.c = (int)x.size(1); a.h = (int)x.size(2); a.w = (int)x.size(3);
     a.dtype = dtype_of(x.scalar_type());
     a.vec = pool_vec(x) && pool_vec(y);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(max_pool2x2_cuda(a, Dev::stream()));
     return y;
   }
 
   static at::Tensor max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x,
                                          const c10::optional<at::Tensor>& base_) {
-    check_4d(x, "x");
-    check_4d(grad, "grad");
+    check_max_pool2x2_backward(grad, x, base_);
     Dev::check(x, "x");
-    check_same(x, "x", grad, "grad");
-    TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == x.size(2) / 2 &&
-                    grad.size(3) == x.size(3) / 2,
-                "grad must have shape (", x.size(0), ", ", x.size(1), ", ", x.size(2) / 2, ", ",
-                x.size(3) / 2, ") for x of shape ", x.sizes(), ", got ", grad.sizes());
     typename Dev::Guard guard(x.device());
     const bool has_base = base_.has_value() && base_->defined();
-    if (has_base) {
-      check_same(x, "x", *base_, "grad_skip");
-      TORCH_CHECK(base_->sizes() == x.sizes(), "grad_skip must have x's shape ", x.sizes(), ", got ",
-                  base_->sizes());
-    }
     at::Tensor gx = at::empty(x.sizes(), x.options(), format_of(x));
     PoolArgs a{};
     a.x = x.data_ptr();
@@ -270,6 +255,7 @@ struct CudaGlue {
     a.dtype = dtype_of(x.scalar_type());
     a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec_rows(*base_));
     a.base_pixel = has_base ? base_->stride(3) : x.size(1);
+    a.num_sms = Dev::num_sms();
     Dev::check_launch(max_pool2x2_backward_cuda(a, Dev::stream()));
     return gx;
   }

@@ -1,4 +1,5 @@
-// The CUDA engine of the implicit GEMMs in igemm_problems.h (no torch headers).
+// The CUDA engine of the implicit GEMMs of igemm_base.h (no torch headers); the problems come
+// from the family headers (igemm_conv3x3.h, igemm_pointwise.h) that each kernel unit includes.
 //
 // One CTA computes a 64x64 tile of C with 4 warps (2x2, 32x32 each); K advances in steps of 32.
 // Each step gathers the A and B tiles into shared memory through the problem's 16-byte run
@@ -19,7 +20,7 @@
 
 #include <type_traits>
 
-#include "../igemm_problems.h"
+#include "../igemm_base.h"
 #include "launch.h"
 
 namespace unet_fast {
@@ -46,7 +47,35 @@ struct Num<__nv_bfloat16> {
   static UF_HD __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
 };
 
+// ------------------------------------------------------------------------- the cp.async seam
+// The engine's asynchronous tile copies: copy_run_tile (declared in igemm_base.h; the problems'
+// loaders call it for each 16-byte word bound for a shared-memory tile), commit and wait. On the
+// GPU cp.async (sm_80+). Under the CPU emulator of tests/cuda_emu (UF_CUDA_EMULATOR; one of its
+// three hooks in production code, listed in tests/cuda_emu/cuda_emu.h) a copy's bytes land only
+// at the wait that covers it, so a tile read before its wait is caught.
+template <class T>
+UF_HD void copy_run_tile(T* dst, const T* src) {
+#if defined(UF_CUDA_EMULATOR)
+  ::uf_emu::cp_async16(dst, src);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+#else
+  copy_run(dst, src);  // (host pass; the kernels trap below sm_80)
+#endif
+}
+
 namespace igemm {
+
+#if defined(UF_CUDA_EMULATOR)
+__device__ __forceinline__ void cp_async_commit() { ::uf_emu::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { ::uf_emu::cp_async_wait(N); }
+#else
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+#endif
 
 constexpr int kThreads = 128, BM = 64, BN = 64, BK = 32;
 
@@ -195,16 +224,6 @@ struct SimtMath {
       for (int j = 0; j < 8; ++j) Cs[(tr * 4 + i) * S::C_LD + tc + 8 * j] = acc[i][j];
   }
 };
-
-#if defined(UF_CUDA_EMULATOR)  // tests/cuda_emu
-__device__ __forceinline__ void cp_async_commit() { ::uf_emu::cp_async_commit(); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { ::uf_emu::cp_async_wait(N); }
-#else
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-#endif
 
 // Problems whose K-contiguous A loader comes in two halves (a_row / a_k / load_a_at).
 template <class P, class = void>
@@ -373,11 +392,6 @@ cudaError_t launch(const P& p, float* ws, float* ws_bias, int num_sms, cudaStrea
   UF_LAUNCH((igemm_kernel<P, TC>), grid, kThreads, stream, p, k_split, ws, ws_bias);
   return cudaGetLastError();
 }
-
-template <class T>
-using FpropPlain = Conv3x3Fprop<T, false>;
-template <class T>
-using FpropPool = Conv3x3Fprop<T, true>;
 
 // dtype x math dispatch of one problem template.
 template <template <class> class Prob>

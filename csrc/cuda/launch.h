@@ -4,11 +4,12 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
-#include "../igemm_problems.h"
+#include "../igemm_base.h"
 
 // Kernel launch, written once so the CPU emulator of the CUDA execution model (tests/cuda_emu,
 // which defines UF_CUDA_EMULATOR) can run the same kernels: there it runs every CTA's threads as
-// fibers on the calling thread. (Dynamic shared memory is not used, so it is always 0.)
+// fibers on the calling thread. (Dynamic shared memory is not used, so it is always 0.) One of the
+// emulator's three hooks in production code, listed in tests/cuda_emu/cuda_emu.h.
 #if defined(UF_CUDA_EMULATOR)
 #define UF_LAUNCH(kernel, grid, block, stream, ...) \
   ::uf_emu::launch(kernel, dim3(grid), dim3(block), __VA_ARGS__)
@@ -26,20 +27,6 @@ struct Geometry4 {
   int64_t numel;
   int64_t o[4], s[4], u[4];  // strides: destination, skip, up (or grad)
   int64_t cs, h, w, top, left;
-  // Static indices only (a dynamically indexed array would live in local memory).
-  __host__ __device__ inline void unravel(int64_t i, int64_t* idx) const {
-#pragma unroll
-    for (int k = 3; k >= 0; --k) {
-      const int d = order[k];
-      const int64_t sz = d == 0 ? size[0] : d == 1 ? size[1] : d == 2 ? size[2] : size[3];
-      const int64_t q = i % sz;
-      i /= sz;
-      if (d == 0) idx[0] = q;
-      else if (d == 1) idx[1] = q;
-      else if (d == 2) idx[2] = q;
-      else idx[3] = q;
-    }
-  }
 };
 
 struct CropConcatArgs {
@@ -49,6 +36,7 @@ struct CropConcatArgs {
   int64_t elem_size, n, cs, cu, hs, ws;
   bool nhwc_vec;     // all NHWC-contiguous, channel runs 16-byte multiples, 16-byte aligned
   Geometry4 geom;
+  int num_sms;       // multiprocessors: the grid is at most one wave (grid_walk.cuh)
 };
 
 // ------------------------------------------------------------------ implicit-GEMM convolutions
@@ -85,6 +73,7 @@ struct PoolArgs {
   bool vec;  // all NHWC-contiguous, C a multiple of 16 bytes, 16-byte aligned; except `base`,
              // which may be a channel slice of a wider NHWC buffer (the concat's gradient):
   int64_t base_pixel = 0;  // then its pixel stride in elements (a multiple of 16 bytes)
+  int num_sms = 132;       // multiprocessors: the grid is at most one wave (grid_walk.cuh)
 };
 cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream);
 cudaError_t max_pool2x2_backward_cuda(const PoolArgs& a, cudaStream_t stream);

@@ -1,8 +1,9 @@
 // 2x2 stride-2 max-pool on CUDA, forward and backward (no torch headers).
 //
-// Fast path: NHWC-contiguous tensors whose channel runs are 16-byte multiples: one thread per
+// Fast path: NHWC-contiguous tensors whose channel runs are 16-byte multiples: one item per
 // (window, 16-byte run of channels), reading the window's four runs as uint4 words. Otherwise a
-// strided kernel, one thread per window and channel. The backward recomputes each window's argmax
+// strided kernel, one item per window and channel. Threads walk their items grid-stride without
+// dividing (grid_walk.cuh). The backward recomputes each window's argmax
 // from x (first maximum, a NaN wins: max_pool2d's rule), routes grad there and adds the gradient
 // x already has (the skip's gradient from the decoder) in the same pass; it visits the partial
 // windows of an odd last row/column too, so every element of grad_x is written once.
@@ -10,6 +11,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "grid_walk.cuh"
 #include "launch.h"
 
 namespace unet_fast {
@@ -43,30 +45,23 @@ __device__ __forceinline__ T select4(int k, T v0, T v1, T v2, T v3) {
   return k == 0 ? v0 : k == 1 ? v1 : k == 2 ? v2 : v3;
 }
 
-inline int grid_for(int64_t n, int threads = 256) {
-  int64_t blocks = (n + threads - 1) / threads;
-  return (int)(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
-}
-
 template <class T>
 union Run {
   uint4 u;
   T e[16 / sizeof(T)];
 };
 
+// The walks (grid_walk.cuh): digits x0 = the 16-byte word of the pixel's channels (vector paths)
+// or the channel (strided paths: channel fastest, coalesced for channels_last and still correct
+// for NCHW), x1 = the window's column, x2 = its row, x3 = the image.
+
 template <class T>
-__global__ void pool_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y, int n, int h, int w, int c) {
+__global__ void pool_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y, int h, int w, int64_t total,
+                              GridWalk walk) {
   constexpr int V = 16 / sizeof(T);
-  const int cv = c / V, ph_n = h / 2, pw_n = w / 2;
-  const int64_t total = (int64_t)n * ph_n * pw_n * cv;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    const int v = (int)(i % cv);
-    const int64_t q = i / cv;
-    const int pw = (int)(q % pw_n);
-    const int64_t t = q / pw_n;
-    const int ph = (int)(t % ph_n), b = (int)(t / ph_n);
-    const uint4* base = reinterpret_cast<const uint4*>(x + (((int64_t)b * h + 2 * ph) * w + 2 * pw) * c) + v;
+  const int cv = walk.r0;
+  for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
+    const uint4* base = reinterpret_cast<const uint4*>(x) + ((p.x3 * h + 2 * p.x2) * w + 2 * p.x1) * cv + p.x0;
     Run<T> r[4], o;
     r[0].u = base[0];
     r[1].u = base[cv];
@@ -77,24 +72,20 @@ __global__ void pool_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y, int n,
       const int k = argmax4(to_f(r[0].e[e]), to_f(r[1].e[e]), to_f(r[2].e[e]), to_f(r[3].e[e]));
       o.e[e] = select4(k, r[0].e[e], r[1].e[e], r[2].e[e], r[3].e[e]);
     }
-    reinterpret_cast<uint4*>(y)[i] = o.u;
+    reinterpret_cast<uint4*>(y)[p.i] = o.u;  // the pooled map is dense NHWC: word p.i
   }
 }
 
 // base: bv words per pixel (cv when dense; more when it is a channel slice of the concat's grad).
+// The walk covers the partial windows of an odd last row/column too.
 template <class T>
 __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
-                              T* __restrict__ gx, int n, int h, int w, int c, int64_t bv) {
+                              T* __restrict__ gx, int h, int w, int64_t bv, int64_t total, GridWalk walk) {
   constexpr int V = 16 / sizeof(T);
-  const int cv = c / V, ph_n = h / 2, pw_n = w / 2, hh = (h + 1) / 2, ww = (w + 1) / 2;
-  const int64_t total = (int64_t)n * hh * ww * cv;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    const int v = (int)(i % cv);
-    const int64_t q = i / cv;
-    const int pw = (int)(q % ww);
-    const int64_t t = q / ww;
-    const int ph = (int)(t % hh), b = (int)(t / hh);
+  const int cv = walk.r0, ph_n = h / 2, pw_n = w / 2;
+  for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
+    const int v = p.x0, pw = p.x1, ph = p.x2;
+    const int64_t b = p.x3;
     const bool full = ph < ph_n && pw < pw_n;
     Run<T> xr[4], gr, br[4], o[4];
     int64_t off[4];
@@ -103,12 +94,12 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
     for (int k = 0; k < 4; ++k) {
       const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
       in[k] = hi < h && wi < w;
-      const int64_t pix = ((int64_t)b * h + hi) * w + wi;
+      const int64_t pix = (b * h + hi) * w + wi;
       off[k] = pix * cv + v;
       if (full) xr[k].u = reinterpret_cast<const uint4*>(x)[off[k]];
       if (base != nullptr && in[k]) br[k].u = reinterpret_cast<const uint4*>(base)[pix * bv + v];
     }
-    if (full) gr.u = reinterpret_cast<const uint4*>(g)[(((int64_t)b * ph_n + ph) * pw_n + pw) * cv + v];
+    if (full) gr.u = reinterpret_cast<const uint4*>(g)[((b * ph_n + ph) * pw_n + pw) * cv + v];
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       const int am = full ? argmax4(to_f(xr[0].e[e]), to_f(xr[1].e[e]), to_f(xr[2].e[e]), to_f(xr[3].e[e])) : -1;
@@ -126,21 +117,15 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
   }
 }
 
-// Strided kernels: one thread per (n, c, window), any strides.
+// Strided kernels: one item per (n, c, window), any strides.
 template <class T>
-__global__ void pool_fwd_strided(const T* __restrict__ x, T* __restrict__ y, PoolArgs a) {
-  const int ph_n = a.h / 2, pw_n = a.w / 2;
-  const int64_t total = (int64_t)a.n * a.c * ph_n * pw_n;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    // channel fastest: coalesced for channels_last, still correct for NCHW
-    const int c = (int)(i % a.c);
-    const int64_t q = i / a.c;
-    const int pw = (int)(q % pw_n);
-    const int64_t t = q / pw_n;
-    const int ph = (int)(t % ph_n), b = (int)(t / ph_n);
-    const T* p = x + b * a.xs[0] + c * a.xs[1] + 2 * ph * a.xs[2] + 2 * pw * a.xs[3];
-    const T v0 = p[0], v1 = p[a.xs[3]], v2 = p[a.xs[2]], v3 = p[a.xs[2] + a.xs[3]];
+__global__ void pool_fwd_strided(const T* __restrict__ x, T* __restrict__ y, PoolArgs a, int64_t total,
+                                 GridWalk walk) {
+  for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
+    const int c = p.x0, pw = p.x1, ph = p.x2;
+    const int64_t b = p.x3;
+    const T* q = x + b * a.xs[0] + c * a.xs[1] + 2 * ph * a.xs[2] + 2 * pw * a.xs[3];
+    const T v0 = q[0], v1 = q[a.xs[3]], v2 = q[a.xs[2]], v3 = q[a.xs[2] + a.xs[3]];
     const int k = argmax4(to_f(v0), to_f(v1), to_f(v2), to_f(v3));
     y[b * a.ys[0] + c * a.ys[1] + ph * a.ys[2] + pw * a.ys[3]] = select4(k, v0, v1, v2, v3);
   }
@@ -148,22 +133,17 @@ __global__ void pool_fwd_strided(const T* __restrict__ x, T* __restrict__ y, Poo
 
 template <class T>
 __global__ void pool_bwd_strided(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
-                                 T* __restrict__ gx, PoolArgs a) {
-  const int ph_n = a.h / 2, pw_n = a.w / 2, hh = (a.h + 1) / 2, ww = (a.w + 1) / 2;
-  const int64_t total = (int64_t)a.n * a.c * hh * ww;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    const int c = (int)(i % a.c);
-    const int64_t q = i / a.c;
-    const int pw = (int)(q % ww);
-    const int64_t t = q / ww;
-    const int ph = (int)(t % hh), b = (int)(t / hh);
+                                 T* __restrict__ gx, PoolArgs a, int64_t total, GridWalk walk) {
+  const int ph_n = a.h / 2, pw_n = a.w / 2;
+  for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
+    const int c = p.x0, pw = p.x1, ph = p.x2;
+    const int64_t b = p.x3;
     const bool full = ph < ph_n && pw < pw_n;
     int am = -1;
     float gv = 0.f;
     if (full) {
-      const T* p = x + b * a.xs[0] + c * a.xs[1] + 2 * ph * a.xs[2] + 2 * pw * a.xs[3];
-      am = argmax4(to_f(p[0]), to_f(p[a.xs[3]]), to_f(p[a.xs[2]]), to_f(p[a.xs[2] + a.xs[3]]));
+      const T* q = x + b * a.xs[0] + c * a.xs[1] + 2 * ph * a.xs[2] + 2 * pw * a.xs[3];
+      am = argmax4(to_f(q[0]), to_f(q[a.xs[3]]), to_f(q[a.xs[2]]), to_f(q[a.xs[2] + a.xs[3]]));
       gv = to_f(g[b * a.gs[0] + c * a.gs[1] + ph * a.gs[2] + pw * a.gs[3]]);
     }
 #pragma unroll
@@ -177,17 +157,22 @@ __global__ void pool_bwd_strided(const T* __restrict__ x, const T* __restrict__ 
   }
 }
 
+// A walk over the windows (rows x cols) of `per_window` items each: its launch.
+template <auto Kernel, class... A>
+void launch_walk(const PoolArgs& a, int per_window, int rows, int cols, cudaStream_t st, A... args) {
+  const int64_t total = (int64_t)a.n * rows * cols * per_window;
+  const int blocks = walk_blocks<Kernel>(total, a.num_sms);
+  UF_LAUNCH(Kernel, blocks, kWalkThreads, st, args..., total, GridWalk::make(per_window, cols, rows, blocks));
+}
+
 template <class T>
 cudaError_t fwd(const PoolArgs& a, cudaStream_t st) {
   const T* x = static_cast<const T*>(a.x);
   T* y = static_cast<T*>(a.y);
-  if (a.vec) {
-    const int64_t total = (int64_t)a.n * (a.h / 2) * (a.w / 2) * (a.c / (16 / sizeof(T)));
-    UF_LAUNCH((pool_fwd_nhwc<T>), grid_for(total), 256, st, x, y, a.n, a.h, a.w, a.c);
-  } else {
-    const int64_t total = (int64_t)a.n * a.c * (a.h / 2) * (a.w / 2);
-    UF_LAUNCH((pool_fwd_strided<T>), grid_for(total), 256, st, x, y, a);
-  }
+  if (a.vec)
+    launch_walk<pool_fwd_nhwc<T>>(a, a.c / (16 / sizeof(T)), a.h / 2, a.w / 2, st, x, y, a.h, a.w);
+  else
+    launch_walk<pool_fwd_strided<T>>(a, a.c, a.h / 2, a.w / 2, st, x, y, a);
   return cudaGetLastError();
 }
 
@@ -197,13 +182,12 @@ cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
   const T* g = static_cast<const T*>(a.g);
   const T* b = static_cast<const T*>(a.base);
   T* gx = static_cast<T*>(a.y);
-  const int64_t windows = (int64_t)a.n * ((a.h + 1) / 2) * ((a.w + 1) / 2);
-  if (a.vec) {
-    UF_LAUNCH((pool_bwd_nhwc<T>), grid_for(windows * (a.c / (16 / sizeof(T)))), 256, st, x, g, b, gx,
-              a.n, a.h, a.w, a.c, (int64_t)(a.base_pixel / (16 / sizeof(T))));
-  } else {
-    UF_LAUNCH((pool_bwd_strided<T>), grid_for(windows * a.c), 256, st, x, g, b, gx, a);
-  }
+  const int hh = (a.h + 1) / 2, ww = (a.w + 1) / 2;  // windows, partial ones included
+  if (a.vec)
+    launch_walk<pool_bwd_nhwc<T>>(a, a.c / (16 / sizeof(T)), hh, ww, st, x, g, b, gx, a.h, a.w,
+                (int64_t)(a.base_pixel / (16 / sizeof(T))));
+  else
+    launch_walk<pool_bwd_strided<T>>(a, a.c, hh, ww, st, x, g, b, gx, a);
   return cudaGetLastError();
 }
 

@@ -1,4 +1,5 @@
 // Weight and bias gradients of the 1x1 conv and the 2x2 transposed conv in one kernel.
+#include "../igemm_pointwise.h"
 #include "igemm.cuh"
 
 namespace unet_fast {

@@ -13,7 +13,7 @@ namespace {
 
 struct CudaDevice {
   static void check(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+    check_device_type(t, name, at::kCUDA, "a CUDA tensor");
   }
   using Guard = c10::cuda::CUDAGuard;
   static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }

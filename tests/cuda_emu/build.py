@@ -36,7 +36,7 @@ def load(verbose: bool = False, asan: bool = False):
     if inc is None:
         raise RuntimeError("the CUDA emulator needs the CUDA toolkit headers (set CUDA_HOME)")
     # Strict aliasing stays on: GCC then reorders accesses that pun one type through another,
-    # which is how the emulator found such a pun in copy_run (csrc/igemm_problems.h).
+    # which is how the emulator found such a pun in copy_run (csrc/igemm_base.h).
     sanitize = "-fsanitize=address,alignment" if asan else "-fsanitize=alignment"
     flags = ["-O1" if asan else "-O2", "-std=c++20", sanitize, "-fno-sanitize-recover=alignment",
              "-fno-omit-frame-pointer", "-Wno-attributes"]

@@ -17,6 +17,19 @@
 // so a read of a shared-memory element that no thread of the CTA wrote goes unnoticed unless the
 // stale value breaks the result; out-of-bounds accesses are the ASan build's job (asan_check.py).
 //
+// The kernels and their glue compile unchanged; production code has exactly three hooks for the
+// emulator (each marked there with a pointer back to this list):
+//   1. UF_LAUNCH (csrc/cuda/launch.h): every kernel launch; with UF_CUDA_EMULATOR it calls
+//      uf_emu::launch instead of <<<grid, block, 0, stream>>>.
+//   2. The cp.async seam (csrc/cuda/igemm.cuh: copy_run_tile, cp_async_commit, cp_async_wait):
+//      with UF_CUDA_EMULATOR the uf_emu::cp_async* below instead of the PTX.
+//   3. The Dev policy of the torch glue (csrc/cuda/glue.h, CudaGlue<Dev>): device check, guard,
+//      stream, SM count, launch check; csrc/cuda/registration.cpp instantiates it for CUDA,
+//      ext.cpp here for CPU tensors.
+// Everything else is CUDA's own vocabulary (threadIdx, __syncthreads, atomicAdd, nvcuda::wmma in
+// include/mma.h), defined below for the host compiler, and the two runtime calls of the launchers
+// (cudaGetLastError, the occupancy query of the pool and crop kernels), which ext.cpp defines.
+//
 // The first include of every emulator translation unit (kernels_*.cpp, ext.cpp).
 #pragma once
 #include <cuda_bf16.h>

@@ -6,8 +6,15 @@
 
 #include "../../csrc/cuda/glue.h"
 
-// The kernels' only runtime call: launch errors are raised by the emulator itself.
+// The kernels' runtime calls. Launch errors are raised by the emulator itself.
 extern "C" cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
+// The pool and crop kernels size their grids to one wave: as on a GPU for a kernel of at most 32
+// registers, 2048 threads per SM (configure's num_sms sets the SM count).
+extern "C" cudaError_t CUDARTAPI cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+    int* num_blocks, const void*, int block_size, size_t, unsigned int) {
+  *num_blocks = 2048 / block_size;
+  return cudaSuccess;
+}
 
 std::vector<float> run_selftest(const std::string& name);  // selftest.cpp
 
@@ -17,8 +24,7 @@ int g_num_sms = 132;  // an H100 SXM
 
 struct EmuDevice {
   static void check(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CUDA emulator, got one on ",
-                t.device());
+    unet_fast::check_device_type(t, name, at::kCPU, "a CPU tensor for the CUDA emulator");
   }
   struct Guard {
     explicit Guard(c10::Device) {}
