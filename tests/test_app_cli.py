@@ -320,3 +320,22 @@ def test_a_full_disk_is_one_message(tmp_path, monkeypatch, capsys):
     assert f"intact: {out / 'last.pt'} (epoch 1)" in err and f"--resume {out}" in err
     assert checkpoint.load(out / "last.pt")["epoch"] == 1
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_run_lock_holds_across_processes_and_dies_with_its_holder(tmp_path, capsys):
+    """A second writer in another process is refused; a holder killed with SIGKILL leaves the
+    folder free (the operating system drops the lock), so a killed run can be resumed."""
+    code = ("import sys, time; from unet_fast.app.rundir import RunLock; "
+            "l = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r")], env=_env(),
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        assert cli.main(["train", "--out", str(tmp_path / "r"), *TINY, "--epochs", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another unet-fast train (pid {p.pid} " in err
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    from unet_fast.app import rundir
+    rundir.RunLock(tmp_path / "r").release()          # free again

@@ -318,7 +318,8 @@ def test_a_run_without_best_pt_names_only_what_exists(tmp_path):
     train.train(tiny(tmp_path, "m", epochs=2, out=None, resume=str(tmp_path / "m")),
                 log=logs.append)
     assert any("best.pt is missing; the next validated epoch writes it" in l for l in logs)
-    assert all(p.is_file() for p in _named_checkpoints(logs)) and (tmp_path / "m" / "best.pt").is_file()
+    assert all(p.is_file() for p in _named_checkpoints(logs))
+    assert (tmp_path / "m" / "best.pt").is_file()
 
 
 def test_a_diverging_run_stops_without_saving_nan_weights(tmp_path):
@@ -372,8 +373,8 @@ def test_resuming_from_best_does_not_overwrite_a_newer_last(tmp_path):
     train.train(tiny(tmp_path, "b", epochs=2, out=None, resume=str(tmp_path / "b")), log=_quiet)
     with pytest.raises(ConfigError, match=r"resuming from .*older\.pt \(epoch 1\) would overwrite "
                                           r".*last\.pt, which is at epoch 2"):
-        train.train(tiny(tmp_path, "b", epochs=3, out=None, resume=str(tmp_path / "b" / "older.pt")),
-                    log=_quiet)
+        train.train(tiny(tmp_path, "b", epochs=3, out=None,
+                         resume=str(tmp_path / "b" / "older.pt")), log=_quiet)
     assert checkpoint.load(tmp_path / "b" / "last.pt")["epoch"] == 2
     # into another folder it is a branch of the run, and allowed
     train.train(tiny(tmp_path, "branch", epochs=2, resume=str(tmp_path / "b" / "older.pt")),
@@ -428,8 +429,9 @@ def test_fine_tune_from_a_checkpoint_on_other_data(tmp_path):
         if not k.startswith("head."):
             torch.testing.assert_close(ft["model"][k], v, rtol=0, atol=1e-9)
     assert ft["model"]["head.weight"].shape[0] == 3
-    with pytest.raises(CheckpointError, match=r"(?s)its network is another one:\n  base_channels: "
-                                              r"checkpoint has 4, this run has 8.*--base-channels 4"):
+    with pytest.raises(CheckpointError, match=r"(?s)its network is another one:\n  "
+                                              r"base_channels: checkpoint has 4, this run has 8"
+                                              r".*--base-channels 4"):
         train.train(tiny(tmp_path, "ft2", base_channels=8,
                          init_from=str(tmp_path / "base" / "last.pt")), log=_quiet)
     with pytest.raises(ConfigError, match="pass one of them"):

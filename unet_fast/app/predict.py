@@ -111,7 +111,7 @@ def predict_logits(model, image, tile: Optional[int] = None, batch: int = 4, ove
                 computed[y0:y0 + hh, x0:x0 + ww] = True
     finally:
         model.train(was_training)
-    if not bool(computed.all()):   # an invariant of the tiling: never hand out what was not computed
+    if not bool(computed.all()):   # the tiling's invariant: nothing uncomputed is handed out
         raise RuntimeError(f"overlap-tile prediction left {int((~computed).sum())} of {h * w} "
                            f"pixels uncomputed (tile {tile}, batch {batch}); please report this")
     return result

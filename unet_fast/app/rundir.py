@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -41,12 +42,17 @@ class RunLock:
 
     def __init__(self, folder):
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"--out {self.folder} is a file, not a folder; pass a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / LOCK_NAME
         self._f = open(self.path, "a+")
         try:
             _lock(self._f)
-        except OSError:
+        except OSError as e:
+            if e.errno not in _HELD:   # a file system without locks (ENOLCK): go on unlocked
+                self.locked = False
+                return
             self._f.seek(0)
             holder = self._f.read().strip() or "another process"
             self._f.close()
@@ -54,6 +60,7 @@ class RunLock:
                 f"{self.folder} is in use by another unet-fast train ({holder}); two runs must not "
                 "write one folder. Wait for it to finish (or stop it), or pass another --out."
             ) from None
+        self.locked = True
         self._f.seek(0)
         self._f.truncate()
         self._f.write(f"pid {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else '?'}"
@@ -61,9 +68,10 @@ class RunLock:
         self._f.flush()
 
     def release(self) -> None:
-        if self._f is not None and not self._f.closed:
+        if not self._f.closed:
             try:
-                _unlock(self._f)
+                if self.locked:
+                    _unlock(self._f)
             finally:
                 self._f.close()
 
@@ -72,6 +80,10 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# errno of a lock that another process holds (flock: EWOULDBLOCK; msvcrt: EACCES or EDEADLK)
+_HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLK", errno.EAGAIN)}
 
 
 def _lock(f) -> None:
