@@ -473,3 +473,16 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
                                           r"pip install tensorboard"):
         train.train(tiny(tmp_path, "tbx", tensorboard=True), log=_quiet)
     assert not (tmp_path / "tbx").exists()
+
+
+def test_replaced_files_keep_the_usual_permissions(tmp_path):
+    """Files written through a temporary file get the mode a plain open() gives (umask), not
+    mkstemp's owner-only 0600."""
+    mask = os.umask(0o022)
+    try:
+        checkpoint.atomic_write(tmp_path / "m.json", lambda f: f.write("{}"), mode="w")
+        checkpoint.save_atomic({"a": 1}, tmp_path / "c.pt")
+    finally:
+        os.umask(mask)
+    for f in ("m.json", "c.pt"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o644, f

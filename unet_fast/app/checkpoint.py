@@ -40,6 +40,7 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
+            os.chmod(tmp, _file_mode())      # mkstemp's 0600 -> what open() would have given
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
@@ -59,6 +60,13 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
     except OSError:
         pass
     return path
+
+
+def _file_mode() -> int:
+    """0666 less the process's umask: the mode a plain open() gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save_atomic(obj, path) -> Path:
