@@ -635,10 +635,13 @@ def _diverged_message(run: _Run, epoch: int, step: int, value: float, lr: float,
                       skipped: int) -> str:
     cfg = run.cfg
     streak = f" ({skipped} steps in a row under fp16 loss scaling)" if skipped > 1 else ""
+    last = run.out / "last.pt"
+    again = (f"Start again with a lower --lr, or fine-tune the last good weights with one: "
+             f"--init-from {last} --lr {cfg.lr / 10:g} --out NEW" if last.exists() else
+             f"Start again with a lower --lr (say {cfg.lr / 10:g})")
     return (f"the training loss is {value} at epoch {epoch + 1}, step {step}{streak}: training "
             f"diverged (learning rate {lr:g}; --lr {cfg.lr:g}). Nothing of this epoch was saved; "
-            f"{_intact(run)}. Start again with a lower --lr, or fine-tune the last good weights "
-            f"with one: --init-from {run.out / 'last.pt'} --lr {cfg.lr / 10:g} --out NEW")
+            f"{_intact(run)}. {again}")
 
 
 def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, train_time: float,
