@@ -180,3 +180,39 @@ def test_color_mask_rejected(tmp_path):
     _write(root / "masks", "im0.png", np.zeros((24, 20, 3), np.uint8))
     with pytest.raises(DataError, match=r"mask .*im0\.png has mode RGB"):
         data.load_folder(root)
+
+
+def test_int32_tiff_is_not_scaled_to_black(tmp_path):
+    """A 32-bit integer TIFF (PIL mode "I") of 12-bit data was divided by 2**31 - 1: all ~0. It is
+    read on the smallest full scale that holds it (here 16-bit), as its uint16 twin is."""
+    root = _dataset(tmp_path)
+    data12 = (np.arange(24 * 20).reshape(24, 20) * 8).astype(np.int32)      # 0 .. 3832
+    Image.fromarray(data12).save(root / "imgs" / "w.tif")
+    assert Image.open(root / "imgs" / "w.tif").mode == "I"
+    _write(root / "masks", "w.png", np.ones((24, 20), np.uint8))
+    _write(root / "imgs", "w16.tif", data12.astype(np.uint16))
+    _write(root / "masks", "w16.png", np.ones((24, 20), np.uint8))
+    by_name = {s.name: s for s in data.load_folder(root)}
+    assert by_name["w"].image.max() == pytest.approx(3832 / 65535)
+    np.testing.assert_array_equal(by_name["w"].image, by_name["w16"].image)
+    small = np.full((4, 4), 200, np.int32)                                 # fits 8 bits
+    assert data._to_float_image(small, 1, "x").max() == pytest.approx(200 / 255)
+
+
+def test_rgba_image_channels_and_hint(tmp_path):
+    """RGBA lost its alpha even for a 4-channel model, whose error then said "pass
+    --in-channels 3"; the hint lists what the image can be read as."""
+    rgba = np.random.default_rng(0).integers(0, 255, (8, 6, 4), dtype=np.uint8)
+    assert data._to_float_image(rgba, 4, "a.png").shape == (4, 8, 6)
+    np.testing.assert_array_equal(data._to_float_image(rgba, 4, "a.png")[3],
+                                  rgba[..., 3].astype(np.float32) / np.float32(255))
+    assert data._to_float_image(rgba, 3, "a.png").shape == (3, 8, 6)
+    assert data._to_float_image(rgba, 1, "a.png").shape == (1, 8, 6)
+    with pytest.raises(DataError, match=r"a\.png has 4 channels \(RGBA\) but the model has "
+                                        r"in_channels=2; it can be read with --in-channels 1, 3 "
+                                        r"or 4"):
+        data._to_float_image(rgba, 2, "a.png")
+    la = rgba[..., :2]
+    assert data._to_float_image(la, 1, "b.png").shape == (1, 8, 6)       # gray + alpha -> gray
+    with pytest.raises(DataError, match=r"2 channels \(gray \+ alpha\).*--in-channels 1, 2 or 3"):
+        data._to_float_image(la, 4, "b.png")

@@ -80,3 +80,33 @@ def test_metrics_against_counts():
     assert m["pixel_error"] == pytest.approx(2 / 8)
     m3 = losses.metrics_from_confusion(losses.confusion(pred, target, 3))
     assert m3["dice"] == pytest.approx((0.75 + 1.0) / 2)   # absent class 2 counts as perfect
+
+
+def test_class_weights():
+    """--class-weights: each pixel's cross-entropy times its true class's weight (mean over
+    pixels), and each class's Dice in a weighted mean over classes."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 4, 5, generator=g)
+    target = torch.randint(0, 3, (2, 4, 5), generator=g)
+    weight = torch.rand(2, 4, 5, generator=g)
+    cw = [0.5, 2.0, 0.0]
+    per_pixel = torch.tensor(cw)[target]
+    assert float(losses.make_loss("ce", cw)(logits, target)) == pytest.approx(
+        _direct_ce(logits, target, per_pixel), rel=1e-5)
+    assert float(losses.make_loss("weighted-ce", cw)(logits, target, weight)) == pytest.approx(
+        _direct_ce(logits, target, per_pixel * weight), rel=1e-5)
+    p = torch.softmax(logits.double(), 1)
+    per_sample = []
+    for b in range(2):
+        d = [(2 * (p[b, c] * (target[b] == c)).sum() + 1) / (p[b, c].sum() + (target[b] == c).sum()
+                                                             + 1) for c in range(3)]
+        per_sample.append(sum(w * x for w, x in zip(cw, d)) / sum(cw))
+    assert float(losses.make_loss("dice", cw)(logits, target)) == pytest.approx(
+        float(1 - sum(per_sample) / 2), rel=1e-5)
+    # equal weights change nothing; the DDP rule (mean of per-sample terms) still holds
+    for name in losses.LOSSES:
+        assert float(losses.make_loss(name, [1, 1, 1])(logits, target, weight)) == pytest.approx(
+            float(losses.make_loss(name)(logits, target, weight)), rel=1e-6)
+        f = losses.make_loss(name, cw)
+        halves = (f(logits[:1], target[:1], weight[:1]) + f(logits[1:], target[1:], weight[1:])) / 2
+        assert float(f(logits, target, weight)) == pytest.approx(float(halves), rel=1e-6)

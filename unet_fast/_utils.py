@@ -65,6 +65,9 @@ def check_config(in_channels, num_classes, base_channels, depth, padding) -> Non
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     sizes.check_padding(padding)
+    # a network whose weights cannot fit is refused before they are allocated (sizes.py says why)
+    sizes.check_network_fits(in_channels, num_classes, base_channels, depth,
+                             torch.get_default_dtype().itemsize)
 
 
 def check_model_input(model, x) -> None:

@@ -148,30 +148,56 @@ def _read(path: Path, what: str) -> np.ndarray:
     return arr
 
 
+# Full scales of integer images. 8- and 16-bit images are scaled by their type's (255, 65535);
+# wider integers (PIL's 32-bit mode "I", which TIFFs of 16-bit data often become) carry no full
+# scale of their own, so they are scaled by the first of these that holds their values: an int32
+# TIFF of 0..4095 is read as 16-bit data, not divided by 2**31 - 1 into near black.
+_WIDE_INT_SCALES = (255.0, 65535.0, 2.0**32 - 1)
+# What an image with C channels can be read as, by in_channels: gray -> RGB by repetition,
+# RGB -> gray by luminance, and an alpha channel (LA, RGBA) dropped unless the model takes it.
+_CHANNEL_NAMES = {1: "gray", 2: "gray + alpha", 3: "RGB", 4: "RGBA"}
+
+
+def _readable_channels(c: int) -> list[int]:
+    return {1: [1, 3], 2: [1, 2, 3], 3: [1, 3], 4: [1, 3, 4]}.get(c, [c])
+
+
 def _to_float_image(arr: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.float32)
     elif np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        if arr.dtype.itemsize <= 2:
+            scale = float(np.iinfo(arr.dtype).max)
+        else:
+            peak = float(np.abs(arr).max()) if arr.size else 0.0
+            scale = next((s for s in _WIDE_INT_SCALES if peak <= s), peak)
+        arr = arr.astype(np.float32) / scale
     else:
         arr = arr.astype(np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim == 3:
         arr = np.moveaxis(arr, -1, 0)
-        if arr.shape[0] == 4:      # drop alpha
-            arr = arr[:3]
     else:
         raise DataError(f"image {path} has shape {arr.shape}; expected (H, W) or (H, W, C)")
     c = arr.shape[0]
     if c == in_channels:
         return np.ascontiguousarray(arr)
+    if c in (2, 4) and in_channels in _readable_channels(c):   # drop alpha
+        arr = arr[:c - 1]
+        c -= 1
+        if c == in_channels:
+            return np.ascontiguousarray(arr)
     if in_channels == 1 and c == 3:
         return (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None].astype(np.float32)
     if in_channels == 3 and c == 1:
         return np.repeat(arr, 3, axis=0)
-    raise DataError(f"image {path} has {c} channels but the model has in_channels={in_channels}; "
-                    f"pass --in-channels {c}")
+    c0 = arr.shape[0]
+    ok = _readable_channels(c0)
+    what = f" ({_CHANNEL_NAMES[c0]})" if c0 in _CHANNEL_NAMES else ""
+    choices = ", ".join(map(str, ok[:-1])) + (" or " if len(ok) > 1 else "") + str(ok[-1])
+    raise DataError(f"image {path} has {c0} channels{what} but the model has "
+                    f"in_channels={in_channels}; it can be read with --in-channels {choices}")
 
 
 def _index_files(folder: Path, exts, what: str, root: Path) -> dict:

@@ -77,3 +77,12 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     digests = [None] * dist.get_world_size()
     dist.all_gather_object(digests, params_digest(model))
     return len(set(digests)) == 1
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (the object itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -8,6 +8,7 @@ prediction of the whole (mirror-extended) image whenever that is possible. "same
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Optional
 
@@ -41,13 +42,32 @@ def _axis_plan(n: int, tile: int, out: int, depth: int, padding: str, overlap: i
     return before, after, s, c, k, tile
 
 
+def _check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def covering_tile(h: int, w: int, depth: int, padding: str) -> int:
+    """The smallest legal tile whose output covers an (h, w) image in one piece: a larger tile only
+    adds mirrored border to compute ("same" mode shrinks per axis in `_axis_plan`)."""
+    n = max(h, w)
+    if padding == "valid":
+        s = sizes.min_input_size(depth, padding)
+        n += s - sizes.output_size(s, depth, padding)[0]
+    return max(sizes.nearest_legal_sizes(n, depth, padding))
+
+
 @torch.no_grad()
 def predict_logits(model, image, tile: Optional[int] = None, batch: int = 4, overlap: int = 32,
                    amp: str = "off", channels_last: bool = False) -> torch.Tensor:
     """Class logits (num_classes, H, W) float32 of a (C, H, W) image of any size, by tiles of the
     legal input size `tile` (default: the image itself, mirrored in "valid" mode, when that is
-    legal, else the nearest legal size above min(H, W, 572))."""
+    legal, else the nearest legal size above min(H, W, 572)); a tile larger than the image needs
+    is lowered to the one that covers it. Every output pixel is computed (checked)."""
     depth, padding = model.depth, model.padding
+    batch = _check_count(batch, "batch", 1)
+    overlap = _check_count(overlap, "overlap", 0)
     p = next(model.parameters())
     device = p.device
     x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
@@ -57,15 +77,20 @@ def predict_logits(model, image, tile: Optional[int] = None, batch: int = 4, ove
         raise ValueError(f"image must be (C={model.in_channels}, H, W), got {tuple(x.shape)}")
     x = x.float()
     c_in, h, w = x.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"image is empty ({h}x{w})")
     if tile is None:
         tile = _default_tile(h, w, depth, padding)
+    check_tile(tile, depth, padding, "tile")
+    tile = min(tile, covering_tile(h, w, depth, padding))
     out = check_tile(tile, depth, padding, "tile")
     ph = _axis_plan(h, tile, out, depth, padding, overlap)
     pw = _axis_plan(w, tile, out, depth, padding, overlap)
     rows = torch.from_numpy(mirror_indices(h, ph[0], ph[1]))
     cols = torch.from_numpy(mirror_indices(w, pw[0], pw[1]))
     padded = x[:, rows[:, None], cols[None]]
-    result = torch.empty((model.num_classes, h, w), dtype=torch.float32)
+    result = torch.full((model.num_classes, h, w), float("nan"), dtype=torch.float32)
+    computed = torch.zeros((h, w), dtype=torch.bool)
     coords = [(i, j) for i in range(ph[4]) for j in range(pw[4])]
     was_training = model.training
     model.eval()
@@ -83,8 +108,12 @@ def predict_logits(model, image, tile: Optional[int] = None, batch: int = 4, ove
                 y0, x0 = i * ph[2], j * pw[2]
                 hh, ww = min(ph[2], h - y0), min(pw[2], w - x0)
                 result[:, y0:y0 + hh, x0:x0 + ww] = y[:, ph[3]:ph[3] + hh, pw[3]:pw[3] + ww]
+                computed[y0:y0 + hh, x0:x0 + ww] = True
     finally:
         model.train(was_training)
+    if not bool(computed.all()):   # the tiling's invariant: nothing uncomputed is handed out
+        raise RuntimeError(f"overlap-tile prediction left {int((~computed).sum())} of {h * w} "
+                           f"pixels uncomputed (tile {tile}, batch {batch}); please report this")
     return result
 
 
@@ -136,8 +165,6 @@ def predict_files(model, paths, out_dir, tile=None, batch=4, overlap=32, amp="of
     from .data import DataError, _read, _to_float_image
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     files = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -149,13 +176,44 @@ def predict_files(model, paths, out_dir, tile=None, batch=4, overlap=32, amp="of
             raise DataError(f"input {p} does not exist; pass image files or folders of images")
     if not files:
         raise DataError(f"no images found in {', '.join(map(str, paths))} (PNG, TIFF, JPEG, BMP)")
+    names = output_names(files)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
     for f in files:
         img = _to_float_image(_read(f, "image"), model.in_channels, f)
         logits = predict_logits(model, img, tile, batch, overlap, amp, channels_last)
         mask = logits.argmax(0).numpy().astype(np.uint8)
-        mp, op = out_dir / f"{f.stem}_mask.png", out_dir / f"{f.stem}_overlay.png"
+        mp, op = out_dir / f"{names[f]}_mask.png", out_dir / f"{names[f]}_overlay.png"
         Image.fromarray(mask).save(mp)
         Image.fromarray(overlay(img, mask)).save(op)
         written += [mp, op]
         log(f"{f} -> {mp}, {op}")
     return written
+
+
+def output_names(files) -> dict:
+    """The output name of each input file: its stem (`a.png` -> `a_mask.png`); inputs that share
+    a stem (`a.png`, `a.tif`) keep their suffix in it (`a_png_mask.png`, `a_tif_mask.png`), so no
+    output overwrites another. Two inputs of the same file name (from two folders) are a
+    DataError, raised before anything is written; a file given twice is predicted once."""
+    from .data import DataError
+
+    once: dict = {}
+    for f in files:
+        once.setdefault(f.resolve(), f)
+    files[:] = list(once.values())
+    by_stem: dict = {}
+    for f in files:
+        by_stem.setdefault(f.stem, []).append(f)
+    names = {}
+    for stem, group in by_stem.items():
+        for f in group:
+            names[f] = stem if len(group) == 1 else f"{stem}_{f.suffix.lstrip('.').lower()}"
+    seen: dict = {}
+    for f, n in names.items():
+        if n in seen:
+            raise DataError(f"{seen[n]} and {f} have the same file name: their masks would "
+                            "overwrite each other; predict them into separate --out folders, or "
+                            "rename one")
+        seen[n] = f
+    return names

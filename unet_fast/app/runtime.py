@@ -7,6 +7,10 @@ step from here too.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
+import numbers
+import re
 from typing import Optional
 
 import torch
@@ -19,9 +23,49 @@ class ConfigError(ValueError):
     """A bad option; the message names it and the fix."""
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on (a full disk, a diverged loss); the message says what happened,
+    which of the run's files are intact and what to do."""
+
+
+# errno values of a full disk or quota: the run stops with one message, never a traceback
+DISK_FULL = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EDQUOT", "EFBIG"))
+                      if e is not None)
+
+
+def check_number(value, flag: str, *, integer: bool = False, minimum=None, maximum=None,
+                 above=None, below=None):
+    """`value` of option `flag` as an int (integer=True) or a finite float, within the bounds
+    (minimum/maximum inclusive, above/below exclusive); ConfigError naming the flag otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{flag} must be a number, got {value!r}")
+    if integer:
+        if not isinstance(value, numbers.Integral):
+            if not (math.isfinite(value) and float(value).is_integer()):
+                raise ConfigError(f"{flag} must be an integer, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+    for bound, ok, words in ((minimum, lambda b: value >= b, "at least"),
+                             (maximum, lambda b: value <= b, "at most"),
+                             (above, lambda b: value > b, "greater than"),
+                             (below, lambda b: value < b, "less than")):
+        if bound is not None and not ok(bound):
+            raise ConfigError(f"{flag} must be {words} {bound:g}, got {value:g}")
+    return value
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda)(:\d+)?$")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`--device` (auto, cpu, cuda, cuda:N) as a torch.device; a bare "cuda" under torchrun is
     the process's own GPU (its local rank)."""
+    m = _DEVICE.match(str(name))
+    if m is None or (m.group(1) == "auto" and m.group(2)):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
@@ -31,6 +75,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                               "(or auto)")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                              f"GPU(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
