@@ -29,6 +29,8 @@ def fake_backend(monkeypatch, tmp_path):
         if state["mode"] == "slow":
             import time
             time.sleep(0.01)
+        if state["mode"] == "backward-error":
+            return _FailingBackward.apply(x)
         return F.max_pool2d(x, 2, 2)
 
     _dispatch.ensure_backends()  # (loading them later would register over the fakes below)
@@ -41,6 +43,7 @@ def fake_backend(monkeypatch, tmp_path):
     _autotune.reset_memory()
     _dispatch._failed.clear()
     _dispatch._warned.clear()
+    _dispatch._proven.clear()
     yield state
     for op, v in saved_impls.items():
         _dispatch._impls[op].clear()
@@ -48,6 +51,19 @@ def fake_backend(monkeypatch, tmp_path):
     _autotune.reset_memory()
     _dispatch._failed.clear()
     _dispatch._warned.clear()
+    _dispatch._proven.clear()
+
+
+class _FailingBackward(torch.autograd.Function):
+    """A max-pool whose forward is right and whose backward kernel cannot run."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return F.max_pool2d(x, 2, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("CUDA error: injected backward launch failure")
 
 
 def _cache_choices(tmp_dir):
@@ -82,16 +98,89 @@ def test_auto_measures_once_and_remembers_on_disk(fake_backend, tmp_path):
     assert _dispatch.last_used("max_pool2x2") == "triton"
 
 
-def test_corrupt_cache_is_ignored_and_rebuilt(fake_backend, tmp_path):
+@pytest.mark.parametrize("content", [b"{not json", b"[" * 200_000 + b"]" * 200_000,
+                                     b'{"choices": {"a": "' + bytes([0xff, 0xfe]) + b'"}}',
+                                     b'{"choices": [1, 2]}', b"null"],
+                         ids=["bad-json", "deeply-nested", "bad-utf8", "wrong-structure", "null"])
+def test_corrupt_cache_is_ignored_and_rebuilt(fake_backend, tmp_path, content):
     x = torch.randn(2, 3, 8, 8)
     path = _autotune.cache_path(x.device)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("{not json")
+    with open(path, "wb") as f:
+        f.write(content)
     with pytest.warns(RuntimeWarning, match="corrupt autotune cache"):
         y = uf.ops.max_pool2x2(x)
     assert torch.equal(y, F.max_pool2d(x, 2, 2))
     assert len(_cache_choices(tmp_path)["choices"]) == 1
+
+
+_WRITER = """
+import sys, torch
+from unet_fast import _autotune
+path, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    _autotune.remember(path, f"{who}-{i}", "torch", torch.device("cpu"))
+"""
+
+
+def test_concurrent_processes_lose_no_choice(tmp_path):
+    """Processes measuring at once (several training runs, DDP ranks) share the file: each new
+    choice is merged with what the others wrote, none is lost."""
+    path = str(tmp_path / "autotune-test.json")
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, path, f"p{k}", "40"])
+             for k in range(4)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    with open(path) as f:
+        choices = json.load(f)["choices"]
+    assert set(choices) == {f"p{k}-{i}" for k in range(4) for i in range(40)}
+
+
+def test_a_choice_measured_without_gradients_is_measured_again_for_training(fake_backend):
+    """Under no_grad a measurement times no backward: a training call measures anew (forward and
+    backward), and both choices are kept apart on disk."""
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        uf.ops.max_pool2x2(x)
+    calls = fake_backend["calls"]
+    uf.ops.max_pool2x2(x)
+    assert fake_backend["calls"] > calls
+    keys = sorted(_cache_choices(_autotune.cache_dir())["choices"])
+    assert len(keys) == 2 and {k.split("|")[1] for k in keys} == {"infer", "train"}
+
+
+def test_backward_failure_while_measuring_is_a_fallback(fake_backend):
+    fake_backend["mode"] = "backward-error"
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="injected backward"):
+        y = uf.ops.max_pool2x2(x)
+    assert _dispatch.last_used("max_pool2x2") == "torch"
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    (ref,) = torch.autograd.grad(F.max_pool2d(x, 2, 2).sum(), x)
+    assert torch.equal(gx, ref)
+
+
+def test_backward_failure_of_a_remembered_choice_is_a_fallback(fake_backend, monkeypatch):
+    """A choice read back from the cache was measured by another process: before its backward
+    is part of this process's training step it is tried once, and a failure falls back."""
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    _dispatch.register_impl("max_pool2x2", "torch", lambda t: (__import__("time").sleep(0.01),
+                                                               F.max_pool2d(t, 2, 2))[1])
+    uf.ops.max_pool2x2(x)  # measured (forward and backward): ours wins and is remembered
+    assert _dispatch.last_used("max_pool2x2") == "triton"
+    # a new process: the choice comes from the file, its kernels have not run here
+    _autotune.reset_memory()
+    _dispatch._proven.clear()
+    fake_backend["mode"] = "backward-error"
+    with pytest.warns(RuntimeWarning, match="injected backward"):
+        y = uf.ops.max_pool2x2(x)
+    assert _dispatch.last_used("max_pool2x2") == "torch"
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    (ref,) = torch.autograd.grad(F.max_pool2d(x, 2, 2).sum(), x)
+    assert torch.equal(gx, ref)
+    # inference needs no backward: the failure of training's does not exclude ours there
+    with torch.no_grad():
+        uf.ops.max_pool2x2(x)
+    assert _dispatch.last_used("max_pool2x2") == "triton"
 
 
 @pytest.mark.parametrize("mode", ["compile-error", "launch-error"])

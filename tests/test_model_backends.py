@@ -46,6 +46,39 @@ def test_unet_autocast_within_twice_torch_error(backend, dtype, padding):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("op", ["conv3x3_relu", "conv3x3_relu_pool"])
+@pytest.mark.parametrize("relu_input", [False, True])
+def test_nonfinite_weight_gives_pytorchs_nan_pattern(backend, padding, op, relu_input):
+    """A NaN or Inf in the weight: NaN and Inf land where PyTorch's own convolution puts them on
+    the same device, in the output and in every gradient (on the CPU an implicit-GEMM dgrad would
+    add 0 * NaN at the border from taps that do not reach it)."""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, device=DEVICE)
+    w = torch.randn(5, 4, 3, 3, device=DEVICE)
+    w[1, 2, 0, 0] = float("nan")
+    w[3, 0, 2, 1] = float("inf")
+    b = torch.randn(5, device=DEVICE)
+
+    def run(bk):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        xin = torch.relu(leaves[0]) if relu_input else leaves[0]
+        outs = getattr(uf.ops, op)(xin, leaves[1], leaves[2], padding, backend=bk,
+                                   _relu_input=relu_input)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), device=DEVICE).view_as(o)).nan_to_num(
+            nan=0.0, posinf=0.0, neginf=0.0).sum() for o in outs)
+        return outs + torch.autograd.grad(loss, leaves)
+
+    names = (["out", "pooled"] if op.endswith("pool") else ["out"]) + ["dx", "dw", "db"]
+    for name, ours, ref in zip(names, run(backend), run("torch")):
+        assert torch.equal(ours.isnan(), ref.isnan()), (name, (ours.isnan() != ref.isnan()).sum())
+        assert torch.equal(ours.isinf(), ref.isinf()), (name, (ours.isinf() != ref.isinf()).sum())
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_nan_propagates_like_pytorch(backend):
     """A NaN stays a NaN through ReLU and max-pooling (fused or not), in the same places as with
     PyTorch's ops, and the pool's gradient goes where max_pool2d sends it."""

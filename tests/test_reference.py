@@ -126,3 +126,45 @@ def test_fast_model_under_autocast_equals_reference():
     y_ref.float().sum().backward()
     for p, q in zip(fast.parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+def test_crop_to_output_on_the_paper_size():
+    m = uf.reference.UNet()
+    target = torch.arange(572 * 572).reshape(1, 572, 572)
+    cropped = m.crop_to_output(target)
+    assert cropped.shape == (1, 388, 388)
+    assert torch.equal(cropped, target[:, 92:480, 92:480])
+    # any leading dimensions, any dtype, non-square legal sizes; a view
+    w = torch.rand(2, 3, 556, 572)
+    assert m.crop_to_output(w).shape == (2, 3, 372, 388)
+    assert m.crop_to_output(w).data_ptr() == w[..., 92:464, 92:480].data_ptr()
+    assert torch.equal(uf.reference.UNet(padding="same").crop_to_output(w[..., :512, :512]),
+                       w[..., :512, :512])
+    with pytest.raises(ValueError, match="not legal.*nearest legal sizes"):
+        m.crop_to_output(torch.zeros(1, 570, 572))
+    with pytest.raises(ValueError, match="last two dimensions"):
+        m.crop_to_output(torch.zeros(5))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_crop_to_output_is_centered_where_the_output_is(depth):
+    """The output covers the center of the input: with mirror-symmetric weights, mirroring the
+    input mirrors the output exactly, so the output's pixels sit symmetrically inside the input,
+    which is what crop_to_output cuts out (equal margins, never off by one)."""
+    torch.manual_seed(0)
+    m = uf.reference.UNet(1, 1, base_channels=2, depth=depth).double()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                w = mod.weight
+                w.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+    for size in m.legal_input_sizes(70) + m.legal_input_sizes(150):
+        x = torch.rand(1, 1, size, size + 2**depth, dtype=torch.float64)
+        y = m(x)
+        for dims in ((-1,), (-2,)):
+            torch.testing.assert_close(m(x.flip(dims)), y.flip(dims), rtol=1e-12, atol=1e-12)
+        coords = torch.arange(x.shape[-1], dtype=torch.float64).expand(x.shape[-2], -1)
+        c = m.crop_to_output(coords)
+        assert c.shape == y.shape[-2:]
+        # mirrored coordinates land on mirrored coordinates: the crop is centered
+        torch.testing.assert_close(c.flip(-1), (x.shape[-1] - 1) - c)

@@ -3,11 +3,14 @@ the fastest, and remember it on disk.
 
 The cache file lives under the user's cache directory (UNET_FAST_CACHE_DIR, else
 $XDG_CACHE_HOME/unet_fast, else ~/.cache/unet_fast) and its name carries a hash of everything a
-timing depends on: GPU name, torch / Triton / CUDA / unet_fast versions. It is written atomically
-(temporary file, then rename); a corrupt file is ignored, reported once and rebuilt.
+timing depends on: GPU name, torch / Triton / CUDA / unet_fast versions. Processes share it:
+a new choice is merged into what is on disk under a file lock (so concurrent runs lose none), then
+written atomically (temporary file, then rename); a file that cannot be read as a cache, for any
+reason, is ignored, reported once and rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -60,24 +63,55 @@ def cache_path(device: torch.device) -> str:
     return os.path.join(cache_dir(), f"autotune-{_ident_hash(str(device))}.json")
 
 
+def _read(path: str) -> dict:
+    """The choices on disk ({} when there is no file). Any file that is not a cache (bad JSON,
+    another structure, nesting deep enough to exhaust the parser's recursion, bad bytes) is
+    reported once and treated as empty: the next save replaces it."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            raw = json.loads(f.read().decode("utf-8"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("choices"), dict):
+            raise ValueError("not an autotune cache")
+        return {k: v for k, v in raw["choices"].items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, ValueError, RecursionError, MemoryError) as e:  # UnicodeError is a ValueError
+        if path not in _warned_corrupt:
+            _warned_corrupt.add(path)
+            warnings.warn(f"unet_fast: ignoring the corrupt autotune cache {path} "
+                          f"({type(e).__name__}: {str(e)[:200]}); it will be rebuilt",
+                          RuntimeWarning, stacklevel=4)
+        return {}
+
+
+_warned_corrupt: set = set()
+
+
 def _load(path: str) -> dict:
     global _memory, _path_loaded
     if _memory is not None and _path_loaded == path:
         return _memory
-    data: dict = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                raw = json.load(f)
-            if not isinstance(raw, dict) or not isinstance(raw.get("choices"), dict):
-                raise ValueError("not an autotune cache")
-            data = {k: v for k, v in raw["choices"].items() if isinstance(v, str)}
-        except (OSError, ValueError) as e:
-            warnings.warn(f"unet_fast: ignoring the corrupt autotune cache {path} ({e}); "
-                          "it will be rebuilt", RuntimeWarning, stacklevel=3)
-            data = {}
-    _memory, _path_loaded = data, path
-    return data
+    _memory, _path_loaded = _read(path), path
+    return _memory
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An exclusive lock on `path`.lock between processes (flock; released if a process dies).
+    Where locking is impossible (no fcntl, a read-only directory) it degrades to no lock: the write
+    is still atomic, only a concurrent update may be lost."""
+    try:
+        import fcntl
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _save(path: str, data: dict, device: torch.device) -> None:
@@ -98,10 +132,16 @@ def reset_memory() -> None:
     """Forget the in-memory copy (tests; a changed cache directory)."""
     global _memory, _path_loaded
     _memory, _path_loaded = None, None
+    _warned_corrupt.clear()
 
 
 def key_of(op: str, args: tuple) -> str:
-    parts = [op]
+    """What a choice depends on: the op, whether it will be differentiated (a choice measured
+    under no_grad timed no backward, so it says nothing about training), and per argument its
+    shape, dtype, layout and requires_grad (else its value)."""
+    grad = torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    parts = [op, "train" if grad else "infer"]
     for a in args:
         if isinstance(a, torch.Tensor):
             fmt = "cl" if (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)
@@ -112,10 +152,12 @@ def key_of(op: str, args: tuple) -> str:
     return "|".join(parts)
 
 
-def _time(fn, args, device: torch.device) -> float:
+def _step(fn, args):
+    """A callable running `fn` once on detached copies of `args` as a training step would: the
+    forward, and when gradients are needed the backward too. Its graph is its own, never part of
+    the caller's."""
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-    # Detached copies: the measurement's graph is its own, never part of the caller's.
     args = tuple(a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
                  for a in args)
 
@@ -129,6 +171,17 @@ def _time(fn, args, device: torch.device) -> float:
                 torch.autograd.grad(loss, [a for a in args
                                            if isinstance(a, torch.Tensor) and a.requires_grad])
 
+    return once
+
+
+def validate(fn, args) -> None:
+    """Run `fn`'s forward and backward once on copies of `args`: raises what a kernel of either
+    pass raises, before a real training step depends on it."""
+    _step(fn, args)()
+
+
+def _time(fn, args, device: torch.device) -> float:
+    once = _step(fn, args)
     for _ in range(WARMUP):
         once()
     times = []
@@ -156,9 +209,11 @@ def lookup(op: str, args: tuple):
 
 
 def choose(op: str, candidates: list, args: tuple, run_candidate) -> tuple:
-    """(fastest, failures): the fastest of `candidates` (backend names) on `args`, measured once
-    and remembered, and the [(name, exception)] of candidates that raised while being measured
-    (left out; the caller reports them). `run_candidate(name)` returns that backend's callable."""
+    """(fastest, failures, measured): the fastest of `candidates` (backend names) on `args`,
+    measured once and remembered; the [(name, exception)] of candidates that raised while being
+    measured (left out; the caller reports them); the names that ran (forward and, when gradients
+    are needed, backward) without failing in this call ([] when the choice came from the cache).
+    `run_candidate(name)` returns that backend's callable."""
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     path = cache_path(device)
     key = key_of(op, args)
@@ -166,7 +221,7 @@ def choose(op: str, candidates: list, args: tuple, run_candidate) -> tuple:
         data = _load(path)
         hit = data.get(key)
     if hit in candidates:
-        return hit, []
+        return hit, [], []
     timings, failures = {}, []
     for name in candidates:
         try:
@@ -175,8 +230,19 @@ def choose(op: str, candidates: list, args: tuple, run_candidate) -> tuple:
             timings[name] = float("inf")
             failures.append((name, e))
     best = min(timings, key=timings.get)
-    with _lock:
-        data = _load(path)
-        data[key] = best
+    remember(path, key, best, device)
+    return best, failures, [n for n in candidates if timings[n] != float("inf")]
+
+
+def remember(path: str, key: str, choice: str, device: torch.device) -> None:
+    """Add one choice: merged into the file's current contents under the file lock (other
+    processes' choices made since this one loaded the file are kept), then into memory."""
+    global _memory, _path_loaded
+    with _lock, _file_lock(path):
+        mine = dict(_load(path))
+        data = _read(path)
+        for k, v in mine.items():
+            data.setdefault(k, v)
+        data[key] = choice
         _save(path, data, device)
-    return best, failures
+        _memory, _path_loaded = data, path

@@ -203,6 +203,9 @@ def why_not(op: str, backend: str, args: tuple) -> Optional[str]:
 
 # (op, backend, key) combinations whose kernel failed under "auto": never tried again.
 _failed: set = set()
+# (op, backend, key) combinations whose kernels (forward and, for a training key, backward) have
+# run in this process: "auto" trusts a training step to them without trying them first.
+_proven: set = set()
 _warned: set = set()
 
 
@@ -218,6 +221,13 @@ def _mark_failed(op: str, backend: str, key: str, err: BaseException) -> None:
 def _is_compiling() -> bool:
     try:
         return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def _is_exporting() -> bool:
+    try:
+        return torch.compiler.is_exporting()
     except AttributeError:  # pragma: no cover
         return False
 
@@ -241,9 +251,11 @@ def auto_candidates(op: str, args: tuple) -> list:
         cands.append("torch")  # the reference can always run a validated input
     if len(cands) > 1 and _measuring_allowed(device):
         from . import _autotune
-        best, failures = _autotune.choose(op, cands, args, lambda name: _impls[op][name].fn)
+        best, failures, ran = _autotune.choose(op, cands, args, lambda name: _impls[op][name].fn)
+        key = _autotune.key_of(op, args)
         for fname, err in failures:
-            _mark_failed(op, fname, _autotune.key_of(op, args), err)
+            _mark_failed(op, fname, key, err)
+        _proven.update((op, name, key) for name in ran)
         cands.remove(best)
         cands.insert(0, best)
     elif _is_compiling() and len(cands) > 1:
@@ -269,11 +281,29 @@ def _not_kernel_failures() -> tuple:
 _NOT_KERNEL_FAILURES = _not_kernel_failures()
 
 
+def _prove(op: str, cand: str, args: tuple) -> None:
+    """Before a kernel's backward is part of a training step, run its forward and backward once
+    on copies of the input (once per op, backend and input key in a process; choices measured in
+    this process are proven already): a backward kernel that cannot run then fails here, where
+    "auto" can fall back, instead of inside loss.backward()."""
+    from . import _autotune
+    key = _autotune.key_of(op, args)
+    if (op, cand, key) in _proven:
+        return
+    _autotune.validate(_impls[op][cand].fn, args)
+    _proven.add((op, cand, key))
+
+
 def run(op: str, args: tuple, backend: Optional[str] = None):
     """Run `op` on validated `args`. Under "auto" a kernel that fails (compile error, launch
-    failure, missing resources) is reported once, never used again for that input, and the next
-    candidate runs; under an explicit backend the failure is a BackendUnavailable."""
+    failure, missing resources), in the forward or, tried first (`_prove`), in the backward, is
+    reported once, never used again for that input, and the next candidate runs; under an
+    explicit backend the failure is a BackendUnavailable."""
     ensure_backends()
+    if _is_exporting():
+        # An exported graph (torch.export, ONNX) is for other runtimes, which know standard ops
+        # only: whatever backend was asked for, it records the reference ops.
+        return _impls[op]["torch"].fn(*args)
     decomposition = _decompositions.get(op)
     if decomposition is not None and decomposition[0](*args):
         return decomposition[1](*args, backend=backend)
@@ -299,6 +329,8 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
     cands = auto_candidates(op, args)
     for i, cand in enumerate(cands):
         try:
+            if cand != "torch" and needs_grad(args) and not _is_compiling():
+                _prove(op, cand, args)
             out = _impls[op][cand].fn(*args)
         except _NOT_KERNEL_FAILURES:
             raise

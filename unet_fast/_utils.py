@@ -112,3 +112,15 @@ def relu_input(x: torch.Tensor, flag: bool) -> torch.Tensor:
     """The `relu_input` contract for a backend whose kernels do not mask dx themselves: x whose
     gradient leaves the op already multiplied by (x > 0) (a no-op when `flag` is False)."""
     return _ReluInputGrad.apply(x) if flag else x
+
+
+
+def nonfinite_weight_on_cpu(weight: torch.Tensor) -> bool:
+    """Whether a 3x3 convolution must run PyTorch's own ops to give PyTorch's NaN/Inf pattern:
+    its weight holds a NaN or Inf, on the CPU. An implicit GEMM reads what lies outside the image
+    (padding, or the gradient beyond the output) as zeros, so a border pixel gets 0 * w = NaN from
+    taps that do not reach it, where PyTorch's CPU convolution adds only the taps that do.
+    Checking costs a host sync, free on the CPU; on a GPU the pattern is cuDNN's, an implicit
+    GEMM too (checked by the GPU tests). Not checked while torch.compile traces."""
+    return (weight.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(weight).all()))

@@ -45,11 +45,6 @@ class UNet(reference.UNet):
         self._register_load_state_dict_pre_hook(_strip_wrapper_prefixes)
         _dispatch.ensure_backends()
 
-    def legal_input_sizes(self, size: int):
-        """The legal input sizes nearest to `size` on one axis."""
-        from . import sizes
-        return sizes.nearest_legal_sizes(size, self.depth, self.padding)
-
     def backend_report(self) -> dict:
         """{layer name: backend that ran it} for the last eager forward (a compiled graph's
         choices were made when it was traced)."""

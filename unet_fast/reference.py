@@ -52,6 +52,22 @@ class UNet(nn.Module):
     def output_size(self, size):
         return sizes.output_size(size, self.depth, self.padding)
 
+    def legal_input_sizes(self, size: int):
+        """The legal input sizes nearest to `size` on one axis."""
+        return sizes.nearest_legal_sizes(size, self.depth, self.padding)
+
+    def crop_to_output(self, t: torch.Tensor) -> torch.Tensor:
+        """`t`, a map of the input's size (..., H, W): a target, a weight map, the image itself,
+        cropped around its center to the pixels this network's output predicts for an input of
+        that size (572x572 -> the 388x388 center for the paper's network; unchanged for
+        padding="same"). Use it to compare the output with anything made at the input's size:
+        `loss(model(x), model.crop_to_output(target))`. A view; ValueError for an illegal size."""
+        if not isinstance(t, torch.Tensor) or t.dim() < 2:
+            raise ValueError("crop_to_output takes a tensor whose last two dimensions are "
+                             f"(height, width), got {type(t).__name__}"
+                             + (f" of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else ""))
+        return center_crop(t, self.output_size(tuple(t.shape[-2:])))
+
     def forward(self, x):
         check_model_input(self, x)
         skips = []

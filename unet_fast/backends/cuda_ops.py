@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
-from .._utils import relu_input, skip_grad
+from .._utils import nonfinite_weight_on_cpu, relu_input, skip_grad
+from . import torch_backend
 
 _ops = torch.ops.unet_fast
 
@@ -220,10 +221,14 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
 # relu_input (unet_fast/_dispatch.py OPS): the C++ kernels do not mask dx by a ReLU input yet, so
 # it is applied around them; grad_masked is ignored (their backward masks again: idempotent).
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
+    if nonfinite_weight_on_cpu(weight):  # PyTorch's NaN pattern at the border (see there)
+        return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input_)
     return _ops.conv3x3_relu(relu_input(x, relu_input_), weight, bias, padding)
 
 
 def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False):
+    if nonfinite_weight_on_cpu(weight):
+        return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_)
     return tuple(_ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding))
 
 

@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from ..._utils import nonfinite_weight_on_cpu
+from .. import torch_backend
 from . import utils
 from .igemm import igemm_fwd, igemm_wgrad
 from .max_pool import _relu_pool_backward
@@ -183,8 +185,12 @@ conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
 
 
 def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):
+    if nonfinite_weight_on_cpu(weight):  # PyTorch's NaN pattern at the border (see there)
+        return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input)
     return conv3x3_relu(x, weight, bias, int(padding), bool(relu_input), bool(grad_masked))
 
 
 def impl_pool(x, weight, bias, padding, relu_input=False):
+    if nonfinite_weight_on_cpu(weight):
+        return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input)
     return conv3x3_relu_pool(x, weight, bias, int(padding), bool(relu_input))
