@@ -88,7 +88,8 @@ def extensions(env=None):
     print(f"  extension      : {plan.why}")
     print(f"  torch          : {torch_version} (CUDA {torch_cuda})")
     print(f"  CUDA_HOME      : {plan.cuda_home if plan.cuda else '-'}")
-    print(f"  arch list      : {os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPU)') if plan.cuda else '-'}")
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(visible GPU)") if plan.cuda else "-"
+    print(f"  arch list      : {arch}")
     print(f"  MAX_JOBS       : {os.environ.get('MAX_JOBS', '(all cores)')}")
     print(f"  sources        : {len(rel)}")
     sys.stdout.flush()
@@ -147,10 +148,12 @@ def main():
                                              os.environ.get("TORCH_CUDA_ARCH_LIST") if plan_.cuda else None,
                                              seconds=time.time() - t0)
                     full = self.get_ext_fullpath(ext.name)
-                    places = {os.path.join(self.build_lib, self.get_ext_filename(ext.name)), full}
+                    places = {os.path.abspath(os.path.join(self.build_lib,
+                                                           self.get_ext_filename(ext.name))),
+                              os.path.abspath(full)}
                     if self.inplace or getattr(self, "editable_mode", False):
                         pkg = self.get_finalized_command("build_py").get_package_dir("unet_fast")
-                        places.add(os.path.join(pkg, os.path.basename(full)))
+                        places.add(os.path.abspath(os.path.join(pkg, os.path.basename(full))))
                     written = [_build.write_record(lib, rec) for lib in sorted(places)
                                if os.path.isfile(lib)]
                     _say(f"built {ext.name} in {time.time() - t0:.0f} s: {plan_.why} "

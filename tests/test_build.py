@@ -59,7 +59,7 @@ def test_default_install_builds_nothing_and_the_switch_builds():
 
 def test_build_system_does_not_pull_torch():
     """pip's build isolation installs [build-system] requires: no torch there, ever."""
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         requires = tomllib.load(f)["build-system"]["requires"]
     assert not [r for r in requires if r.split("=")[0].split(">")[0].strip().lower() == "torch"]
@@ -383,7 +383,3 @@ def test_a_failed_first_use_build_is_the_reason(fresh_backend, monkeypatch):
     monkeypatch.delenv("UNET_FAST_JIT", raising=False)
     with pytest.raises(uf.BackendUnavailable, match="nvcc fell over"):
         uf.ops.crop_concat(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 2, 2), backend="cuda")
-
-
-def test_tests_never_start_a_build():
-    assert os.environ.get("UNET_FAST_JIT") == "0"   # tests/conftest.py

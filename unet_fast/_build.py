@@ -179,15 +179,16 @@ def install_plan(env=None, torch_version: Optional[str] = None, torch_cuda: Opti
     return p
 
 
-def extension_args(csrc: str, cuda: bool, env=None) -> dict:
+def extension_args(csrc: str, cuda: bool, env=None, includes: bool = True) -> dict:
     """Sources, include folders and compiler flags of _C: the one list setup.py and the
-    first-use build both use."""
+    first-use build both use. includes=False leaves out the folders outside csrc/ (which
+    take imports to find, and do not enter the cache key)."""
     env = os.environ if env is None else env
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp"))) + \
         sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     cxx = ["-O3"]  # the C++ standard is torch's choice (C++20 from torch 2.13 on)
     nvcc = []
-    includes = [csrc]
+    include_dirs = [csrc]
     if cuda:
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp"))) + \
             sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
@@ -195,8 +196,9 @@ def extension_args(csrc: str, cuda: bool, env=None) -> dict:
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         if flag("UNET_FAST_PTXAS_VERBOSE", env):  # registers / shared memory / spills per kernel
             nvcc.append("-Xptxas=-v")
-        includes += extra_cuda_includes()
-    return {"sources": sources, "include_dirs": includes, "cxx": cxx, "nvcc": nvcc}
+        if includes:
+            include_dirs += extra_cuda_includes()
+    return {"sources": sources, "include_dirs": include_dirs, "cxx": cxx, "nvcc": nvcc}
 
 
 def arch_list(env=None, gpu_visible: bool = False) -> Optional[str]:
@@ -362,7 +364,8 @@ def _step_name(cmd: str) -> str:
     if m:
         src = m.group(1).strip("'\"")
         parts = src.replace(os.sep, "/").split("/")
-        return "compiling " + "/".join(parts[-2:] if len(parts) > 1 and parts[-2] in ("cpu", "cuda") else parts[-1:])
+        keep = 2 if len(parts) > 1 and parts[-2] in ("cpu", "cuda") else 1
+        return "compiling " + "/".join(parts[-keep:])
     m = re.search(r"\s-o\s+(\S+\.so)\b", cmd)
     if m:
         return "linking " + os.path.basename(m.group(1))
@@ -405,7 +408,8 @@ def build(force_cuda: bool = False, root: Optional[str] = None, built_by: str = 
             env["TORCH_CUDA_ARCH_LIST"] = arch
     jobs = env.get("MAX_JOBS") or str(os.cpu_count() or 1)
     env["MAX_JOBS"] = jobs
-    echo(f"unet_fast: building the extension unet_fast._C for {describe_torch(torch.__version__, torch.version.cuda)}: "
+    echo(f"unet_fast: building the extension unet_fast._C for "
+         f"{describe_torch(torch.__version__, torch.version.cuda)}: "
          f"{plan.why}; {len(args['sources'])} sources, {jobs} parallel jobs (MAX_JOBS)"
          + (f", GPU targets {arch}" if arch else (", GPU targets: the visible GPUs" if cuda else "")) + ".")
     echo(f"unet_fast: this takes {DURATION[cuda]}, once: the result is kept in {folder} and later "
@@ -463,8 +467,8 @@ def _child(folder: str, kind: str, built_by: str, why: str) -> int:
         print(f"unet_fast: error: the library has{'' if has_cuda else ' no'} CUDA kernels")
         return 1
     lib = os.path.join(folder, "_C.so")
-    rec = make_record(why, cuda, built_by, args, csrc, os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda else None,
-                      seconds=time.time() - t0)
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda else None
+    rec = make_record(why, cuda, built_by, args, csrc, arch, seconds=time.time() - t0)
     write_record(lib, rec)
     return 0
 
@@ -480,7 +484,7 @@ def find_cached(root: Optional[str] = None, env=None) -> list:
     src = sources_hash(csrc)
     found = []
     for cuda in (True, False):
-        args = extension_args(csrc, cuda, env)
+        args = extension_args(csrc, cuda, env, includes=False)
         key = cache_key(torch.__version__, torch.version.cuda, cuda, src, args,
                         env.get("TORCH_CUDA_ARCH_LIST") if cuda else None)
         lib = os.path.join(root or cache_root(env), key, "_C.so")

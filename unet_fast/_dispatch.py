@@ -15,7 +15,9 @@ and records which backend ran each named layer (`report_layers` + `layer`), whic
 `UNet.backend_report()` returns.
 
 The backends themselves (Triton, the compiled extension) are imported on first use, so importing
-`unet_fast` or its reference model loads neither.
+`unet_fast` or its reference model loads neither. A backend asked for by name gets one call of its
+`on_use` hook first (the cuda backend builds a missing extension there); "auto" on a CUDA device
+calls it with explicit=False, which may warn but never builds.
 """
 from __future__ import annotations
 

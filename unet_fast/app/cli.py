@@ -511,15 +511,15 @@ def _extension_lines(ext: dict) -> list:
         if rec.get("cuda_kernels") and rec.get("arch_list"):
             lines.append(f"  GPU targets: {rec['arch_list']}")
         if rec.get("why") and not rec.get("cuda_kernels"):
-            lines.append(f"  built without CUDA kernels: {rec['why']}")
+            lines.append(f"  built without CUDA kernels: {rec['why'].split('no CUDA kernels: ', 1)[-1]}")
     else:
         lines = ["extension unet_fast._C: not loaded"]
     for r in ext["rejected"]:
         lines.append(f"  not loaded: {r['path']}: {r['why']}")
     for f in ext["failed"]:
         lines.append(f"  failed to load: {f['path']}: {f['error']}")
-    if ext["problem"] and (ext["loaded"] or ext["rejected"] or ext["failed"]):
-        lines.append(f"  problem: {ext['problem']}")
+    if ext["fix"]:
+        lines.append(f"  fix: {ext['fix']}")
     lines.append(f"  first-use build cache: {ext['cache']}"
                  + ("" if ext["first_use_build"] else " (first-use builds off)"))
     return lines
@@ -545,9 +545,9 @@ def _cmd_build_ext(args) -> int:
     if not args.force:
         for lib, rec in _build.find_cached():
             if rec.get("cuda_kernels") or not want_cuda:
+                kernels = "CUDA + C++ CPU" if rec.get("cuda_kernels") else "C++ CPU only"
                 print(f"unet_fast._C for {_build.describe_torch(rec['torch'], rec['torch_cuda'])} "
-                      f"is already built: {lib} ({'CUDA + C++ CPU' if rec.get('cuda_kernels') else 'C++ CPU only'} "
-                      "kernels); --force builds it again")
+                      f"is already built: {lib} ({kernels} kernels); --force builds it again")
                 return 0
     try:
         lib, rec = _build.build(force_cuda=args.cuda, built_by="unet-fast build-ext", clean=args.force)

@@ -221,6 +221,8 @@ def extension_info() -> dict:
         "first_use_build": _jit_on(),
         "problem": (_LOAD_ERROR if not loaded else
                     (_cpu_only_reason() if kernels == "C++ CPU only" else None)),
+        "fix": (_build.fix_text(False, _would_build_cuda(), _jit_on()) if not loaded else
+                (_build.fix_text(True, True, None) if kernels == "C++ CPU only" else None)),
     }
 
 
