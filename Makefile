@@ -7,12 +7,16 @@ CUDA_HOME ?= $(shell for d in "$$CUDA_HOME" /usr/local/cuda; do [ -x "$$d/bin/nv
 export CUDA_HOME
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export MAX_JOBS
+# `make build` compiles the extension at install time (a plain `pip install .` does not; README,
+# "Installing"). UNET_FAST_BUILD_EXT=0 installs the pure-Python package instead.
+UNET_FAST_BUILD_EXT ?= 1
+export UNET_FAST_BUILD_EXT
 
 .PHONY: setup build train test bench gpu-suite clean
 
 # Reinstall (and rebuild the extension) only when its sources, the build script or the package's
 # metadata (pyproject.toml: the `unet-fast` entry point) change.
-BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+BUILD_INPUTS := setup.py pyproject.toml unet_fast/_build.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
 setup: build
 
@@ -21,14 +25,16 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Builds unet_fast._C in place (CUDA + C++ kernels when a toolkit is found, else C++ only).
+# Builds unet_fast._C in place against the venv's torch (UNET_FAST_BUILD_EXT=1: CUDA + C++ kernels
+# when a toolkit is found, else C++ only, said below), then shows what was built.
 build: $(VENV)/.built
 
 $(VENV)/.built: $(VENV)/.deps $(BUILD_INPUTS)
-	@echo "building unet_fast._C (log: build.log) ..."
+	@echo "building unet_fast._C (UNET_FAST_BUILD_EXT=$(UNET_FAST_BUILD_EXT); log: build.log) ..."
 	@$(PY) -m pip install --no-build-isolation --no-deps -v -e . > build.log 2>&1 || { tail -60 build.log; exit 1; }
 	@grep -A6 "unet_fast build configuration" build.log | sed 's/^ *//' || true
-	$(PY) -c "import unet_fast as uf; print('backends:', uf.backends.available())"
+	@grep -E "^unet_fast: (built|WARNING|no extension)" build.log || true
+	@$(PY) -m unet_fast info | sed -n '/^backends:/,$$p'
 	touch $@
 
 # The main job: default training run on the built-in data.
@@ -46,4 +52,4 @@ gpu-suite:
 	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash benchmarks/gpu_suite.sh $(ARGS)
 
 clean:
-	rm -rf build unet_fast/_C*.so *.egg-info $(VENV)/.built
+	rm -rf build unet_fast/_C*.so unet_fast/_C*.build.json *.egg-info $(VENV)/.built

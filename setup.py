@@ -1,145 +1,173 @@
-"""Builds the extension unet_fast._C from csrc/.
+"""Installs unet_fast; builds the extension unet_fast._C from csrc/ only when asked.
 
-- CUDA extension (CPU + CUDA kernels) when a CUDA toolkit and a CUDA build of torch are present,
-  or when UNET_FAST_FORCE_CUDA=1 (then a failure to build it is an error).
-- C++-only extension (CPU kernels) when only a compiler is present.
-- No extension, with a warning, when UNET_FAST_SKIP_EXTENSION=1 or nothing can build it: the
-  pure-Python package still works (backend="cuda" then says how to build).
+- Default (`pip install .`): no extension is compiled, the pure-Python package installs in seconds
+  (the Triton backend and the reference ops need nothing compiled). The extension is then built
+  against the installed torch on first use of backend="cuda" or by `unet-fast build-ext`
+  (unet_fast/_build.py), from the sources this wheel ships (unet_fast/csrc).
+- UNET_FAST_BUILD_EXT=1: build _C now (`pip install --no-build-isolation ...`, so that it is built
+  against the installed torch): CUDA + C++ kernels when a CUDA toolkit and a CUDA build of torch
+  are present, else the C++ CPU kernels only (said plainly, and recorded).
+- UNET_FAST_FORCE_CUDA=1: build _C with its CUDA kernels; anything less is an error (implies
+  UNET_FAST_BUILD_EXT=1). UNET_FAST_REQUIRE_EXTENSION=1: a failed build is an error.
+- UNET_FAST_SKIP_EXTENSION=1: no extension, whatever else is set.
+Sources, flags and decisions come from unet_fast/_build.py, which the first-use build uses too.
+A built extension gets a record next to it (`_C.<tag>.build.json`: the torch it was built
+against, CUDA kernels or not and why), and the wheel's metadata then pins that torch.
 Respects MAX_JOBS and TORCH_CUDA_ARCH_LIST (default "8.0;9.0" when no GPU is visible).
 """
-import glob
+import importlib.util
 import os
 import shutil
 import sys
-import warnings
+import time
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+REQUIREMENTS = ["torch>=2.11", "numpy", "scipy", "pillow", "tqdm", "matplotlib"]
 
 
-def _flag(name):
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _load_build_module():
+    """unet_fast/_build.py by path: the package itself is not importable while it is built."""
+    spec = importlib.util.spec_from_file_location("unet_fast_build_config",
+                                                  os.path.join(ROOT, "unet_fast", "_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def _cuda_home():
-    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if cand and os.path.exists(os.path.join(cand, "bin", "nvcc")):
-            return cand
-    nvcc = shutil.which("nvcc")
-    if nvcc:  # a real toolkit's nvcc sits in <root>/bin next to <root>/lib64/libcudart.so
-        root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-        if glob.glob(os.path.join(root, "lib*", "libcudart.so*")):
-            return root
-    return None
+_build = _load_build_module()
 
 
-def _extra_cuda_includes():
-    """Headers the CUDA build needs beyond the toolkit: the cuSPARSE/cuBLAS headers that ship in
-    torch's nvidia-* wheels (some toolkits lack them), and CUTLASS if its wheel is installed."""
-    inc = []
-    try:
-        import nvidia
-        for base in nvidia.__path__:
-            inc += sorted(glob.glob(os.path.join(base, "cu*", "include")))
-    except ImportError:
-        pass
-    try:
-        import cutlass_library
-        src = os.path.join(os.path.dirname(cutlass_library.__file__), "source")
-        inc += [p for p in (os.path.join(src, "include"), os.path.join(src, "tools", "util", "include"))
-                if os.path.isdir(p)]
-    except ImportError:
-        pass
-    return inc
+def _say(msg):
+    """To stderr, which pip shows with -v (and on failure) and a direct setup.py call always."""
+    print(f"unet_fast: {msg}", file=sys.stderr, flush=True)
 
 
-def extensions():
-    if _flag("UNET_FAST_SKIP_EXTENSION"):
-        print("unet_fast: UNET_FAST_SKIP_EXTENSION=1, building no extension (pure Python)")
-        return [], None
+def _torch_info():
     try:
         import torch
-        from torch.utils import cpp_extension
+        return torch, torch.__version__, torch.version.cuda
     except ImportError:
-        warnings.warn("unet_fast: torch is not importable at build time; building no extension. "
-                      "Install torch first and use `pip install --no-build-isolation`.")
-        return [], None
+        return None, None, None
 
-    force_cuda = _flag("UNET_FAST_FORCE_CUDA")
-    cuda_home = _cuda_home()
-    torch_has_cuda = torch.version.cuda is not None
-    use_cuda = force_cuda or (cuda_home is not None and torch_has_cuda)
-    if force_cuda and (cuda_home is None or not torch_has_cuda):
-        raise RuntimeError(
-            "UNET_FAST_FORCE_CUDA=1 but "
-            + ("no CUDA toolkit was found (set CUDA_HOME to the folder with bin/nvcc)"
-               if cuda_home is None else f"torch {torch.__version__} is a CPU-only build; install a CUDA build"))
 
-    cpp_sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3"]  # the C++ standard is torch's choice (C++20 from torch 2.13 on)
-    if use_cuda:
-        os.environ["CUDA_HOME"] = cuda_home  # torch's own guess from PATH can be a wrapper script
-        cpp_extension.CUDA_HOME = cuda_home
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            gpu = torch.cuda.is_available()
-            if not gpu:
-                os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-        sources = cpp_sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
-        includes = [os.path.join(ROOT, "csrc")] + _extra_cuda_includes()
-        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-        if _flag("UNET_FAST_PTXAS_VERBOSE"):  # registers / shared memory / spills per kernel
-            nvcc_flags.append("-Xptxas=-v")
+def extensions(env=None):
+    """([Extension], cpp_extension module or None, Plan): what this install builds, from
+    _build.install_plan and _build.extension_args."""
+    env = os.environ if env is None else env
+    torch, torch_version, torch_cuda = _torch_info()
+    toolkit = _build.cuda_home(env) if torch is not None else None
+    plan = _build.install_plan(env, torch_version, torch_cuda, toolkit)
+    if plan.error:
+        raise RuntimeError(f"unet_fast: {plan.error}")
+    if not plan.build:
+        _say(plan.why)
+        return [], None, plan
+    from torch.utils import cpp_extension
+
+    csrc = os.path.join(ROOT, "csrc")
+    args = _build.extension_args(csrc, plan.cuda, env)
+    rel = [os.path.relpath(s, ROOT) for s in args["sources"]]
+    if plan.cuda:
+        os.environ["CUDA_HOME"] = plan.cuda_home  # torch's own guess from PATH can be a wrapper script
+        cpp_extension.CUDA_HOME = plan.cuda_home
+        arch = _build.arch_list(env, gpu_visible=torch.cuda.is_available())
+        if arch:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch
         ext = cpp_extension.CUDAExtension(
-            "unet_fast._C", sources, include_dirs=includes, py_limited_api=False,
-            extra_compile_args={"cxx": cxx_flags + ["-DUNET_FAST_WITH_CUDA"], "nvcc": nvcc_flags})
-        kind = ("CUDA + C++ CPU kernels (hand-written implicit GEMMs on nvcuda::wmma: HMMA for "
-                "fp16/bf16/TF32; CUTLASS not needed)")
+            _build.EXT_NAME, rel, include_dirs=args["include_dirs"], py_limited_api=False,
+            extra_compile_args={"cxx": args["cxx"], "nvcc": args["nvcc"]})
     else:
-        ext = cpp_extension.CppExtension("unet_fast._C", cpp_sources,
-                                         include_dirs=[os.path.join(ROOT, "csrc")],
-                                         extra_compile_args={"cxx": cxx_flags})
-        kind = "C++ CPU kernels only" + ("" if torch_has_cuda else " (torch is a CPU-only build)") + \
-               ("" if cuda_home else " (no CUDA toolkit found)")
+        ext = cpp_extension.CppExtension(_build.EXT_NAME, rel, include_dirs=args["include_dirs"],
+                                         extra_compile_args={"cxx": args["cxx"]})
+    ext._unet_fast = (plan, args)
+    _put_ninja_on_path()
     print("unet_fast build configuration:")
-    print(f"  extension      : {kind}")
-    print(f"  torch          : {torch.__version__} (CUDA {torch.version.cuda})")
-    print(f"  CUDA_HOME      : {cuda_home if use_cuda else '-'}")
-    print(f"  arch list      : {os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPU)') if use_cuda else '-'}")
+    print(f"  extension      : {plan.why}")
+    print(f"  torch          : {torch_version} (CUDA {torch_cuda})")
+    print(f"  CUDA_HOME      : {plan.cuda_home if plan.cuda else '-'}")
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(visible GPU)") if plan.cuda else "-"
+    print(f"  arch list      : {arch}")
     print(f"  MAX_JOBS       : {os.environ.get('MAX_JOBS', '(all cores)')}")
-    print(f"  sources        : {len(ext.sources)}")
-    return [ext], cpp_extension
+    print(f"  sources        : {len(rel)}")
+    sys.stdout.flush()
+    _say(f"building the extension unet_fast._C: {plan.why}")
+    return [ext], cpp_extension, plan
+
+
+def _put_ninja_on_path():
+    env = dict(os.environ)
+    if _build.put_ninja_on_path(env):
+        os.environ["PATH"] = env["PATH"]
+
+
+class BuildPyWithSources(build_py):
+    """Ships csrc/ inside the package (unet_fast/csrc) so that an installed wheel can build the
+    extension on first use; an editable install reads csrc/ where it is."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        dest = os.path.join(self.build_lib, "unet_fast", "csrc")
+        src = os.path.join(ROOT, "csrc")
+        for path in _build.source_files(src):
+            target = os.path.join(dest, os.path.relpath(path, src))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            self.copy_file(path, target, preserve_mode=False)
 
 
 def main():
-    exts, cpp_extension = extensions()
-    cmdclass = {}
+    exts, cpp_extension, plan = extensions()
+    cmdclass = {"build_py": BuildPyWithSources}
+    pin = None
     if exts:
-        base = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None
-                                                         or _has_ninja_module())
-        strict = _flag("UNET_FAST_FORCE_CUDA") or _flag("UNET_FAST_REQUIRE_EXTENSION")
+        base = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+        strict = _build.flag(_build.ENV_FORCE_CUDA) or _build.flag("UNET_FAST_REQUIRE_EXTENSION")
 
         class BuildExt(base):
+            """Builds _C, then writes its record next to every copy it leaves (build folder and,
+            in place or editable, the package folder)."""
+
             def run(self):
+                t0 = time.time()
                 try:
                     super().run()
                 except Exception as e:  # noqa: BLE001
                     if strict:
                         raise
-                    warnings.warn(f"unet_fast: building the extension failed ({e}); installing the "
-                                  "pure-Python package. backend='cuda' will say how to build it.")
+                    _say(f"WARNING: building the extension failed ({e}); installing the "
+                         "pure-Python package. backend='cuda' will say how to build it.")
+                    return
+                for ext in self.extensions:
+                    plan_, args = ext._unet_fast
+                    rec = _build.make_record(plan_.why, plan_.cuda, "install", args,
+                                             os.path.join(ROOT, "csrc"),
+                                             os.environ.get("TORCH_CUDA_ARCH_LIST") if plan_.cuda else None,
+                                             seconds=time.time() - t0)
+                    full = self.get_ext_fullpath(ext.name)
+                    places = {os.path.abspath(os.path.join(self.build_lib,
+                                                           self.get_ext_filename(ext.name))),
+                              os.path.abspath(full)}
+                    if self.inplace or getattr(self, "editable_mode", False):
+                        pkg = self.get_finalized_command("build_py").get_package_dir("unet_fast")
+                        places.add(os.path.abspath(os.path.join(pkg, os.path.basename(full))))
+                    written = [_build.write_record(lib, rec) for lib in sorted(places)
+                               if os.path.isfile(lib)]
+                    _say(f"built {ext.name} in {time.time() - t0:.0f} s: {plan_.why} "
+                         f"(record: {', '.join(written) or 'none: no library found'})")
 
         cmdclass["build_ext"] = BuildExt
-    setup(ext_modules=exts, cmdclass=cmdclass)
+        try:
+            from importlib.metadata import version
+            pin = version("torch")
+        except Exception:  # noqa: BLE001
+            pin = None
+    setup(ext_modules=exts, cmdclass=cmdclass,
+          install_requires=_build.requirements(REQUIREMENTS, pin))
 
 
-def _has_ninja_module():
-    try:
-        import ninja  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-if __name__ == "__main__" or "setuptools" in sys.modules:
+if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@
 #                           [--dry-run] [--simulate]
 #
 # Stages (each logged, timed and recorded in stages.tsv):
-#   1. build      MAX_JOBS=<cores> UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
+#   1. build      MAX_JOBS=<cores> UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
 #   2. tests      pytest tests/ on the GPU (the parity tests in fp32/fp16/bf16; requires_cuda ones run)
 #   3. sanitizer  a small training step per backend (triton, cuda) under compute-sanitizer memcheck
 #   4. bench      pytest benchmarks/ --benchmark-json (ceilings, whole models, every layer shape),
@@ -235,7 +235,7 @@ fi
 if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest of the ${BUDGET} s budget minus ${SUMMARY_RESERVE} s"; fi
 cat <<EOF
 plan:
-  1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
+  1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
   2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $CPU_LADDER $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
@@ -294,12 +294,12 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"; }
 # 1. build
 if [ $SKIP_BUILD = 1 ]; then record build skipped 0 "--skip-build"
 else
-  run_stage build 0 env MAX_JOBS="$JOBS" UNET_FAST_FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+  run_stage build 0 env MAX_JOBS="$JOBS" UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
   if [ $stage_rc -eq 0 ]; then record build ok $STAGE_S "pip install -e . (MAX_JOBS=$JOBS)"
   else
     t_pip=$STAGE_S
     # pip refused (read-only site-packages, old pip, ...): build the extension in place instead
-    run_stage build-inplace 0 env MAX_JOBS="$JOBS" UNET_FAST_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace
+    run_stage build-inplace 0 env MAX_JOBS="$JOBS" UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace
     if [ $stage_rc -eq 0 ]; then record build ok $((t_pip + STAGE_S)) "pip failed; setup.py build_ext --inplace (MAX_JOBS=$JOBS)"
     else record build FAILED $((t_pip + STAGE_S)) "pip and setup.py build_ext both failed (see log.txt)"; FAILED+=(build); fi
   fi

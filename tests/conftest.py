@@ -2,7 +2,7 @@
 
 Without a GPU, Triton kernels run under the Triton interpreter on CPU tensors. The interpreter must
 be switched on before any module that defines @triton.jit kernels is imported, so it is set here,
-first. Ahead-of-time compilation checks need a process without it and run in a subprocess.
+first. First-use builds of the extension are switched off (UNET_FAST_JIT=0). Ahead-of-time compilation checks need a process without it and run in a subprocess.
 """
 import os
 
@@ -10,6 +10,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# An explicit backend="cuda" builds a missing extension on first use (minutes): never in the tests,
+# whose explicit requests expect BackendUnavailable when the extension is not built.
+os.environ.setdefault("UNET_FAST_JIT", "0")
 
 import pytest  # noqa: E402
 

@@ -26,8 +26,9 @@ def test_extension_is_loaded_when_required():
     assert hasattr(torch.ops.unet_fast, "crop_concat")
 
 
-def test_package_imports_without_extension():
-    """The pure-Python package works when _C is absent: cuda says how to build it."""
+def test_package_imports_without_extension(tmp_path):
+    """The pure-Python package works when _C is absent: cuda says how to build it (and, with
+    first-use builds off, an explicit request raises instead of building)."""
     code = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
@@ -36,14 +37,15 @@ def test_package_imports_without_extension():
         "sys.meta_path.insert(0, Block())\n"
         "import torch, unet_fast as uf\n"
         "r = uf.backends.available()['cuda']\n"
-        "assert r and 'pip install' in r, r\n"
+        "assert r and 'pip install' in r and 'unet-fast build-ext' in r, r\n"
         "try:\n"
         "    uf.ops.crop_concat(torch.randn(1,1,4,4), torch.randn(1,1,2,2), backend='cuda')\n"
         "except uf.BackendUnavailable as e: print('OK', e)\n"
         "m = uf.UNet(1, 2, base_channels=2, depth=2)\n"
         "print(m(torch.randn(1, 1, 44, 44)).shape)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "TRITON_INTERPRET": "1"})
+                         env={**os.environ, "TRITON_INTERPRET": "1", "UNET_FAST_JIT": "0",
+                              "UNET_FAST_EXT_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout and "torch.Size([1, 2, 4, 4])" in out.stdout
 

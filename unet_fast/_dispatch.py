@@ -15,7 +15,9 @@ and records which backend ran each named layer (`report_layers` + `layer`), whic
 `UNet.backend_report()` returns.
 
 The backends themselves (Triton, the compiled extension) are imported on first use, so importing
-`unet_fast` or its reference model loads neither.
+`unet_fast` or its reference model loads neither. A backend asked for by name gets one call of its
+`on_use` hook first (the cuda backend builds a missing extension there); "auto" on a CUDA device
+calls it with explicit=False, which may warn but never builds.
 """
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ class _Impl:
 _impls: dict[str, dict[str, _Impl]] = {op: {} for op in OPS}
 _decompositions: dict[str, Callable] = {}
 _backend_reason: dict[str, Callable[[], Optional[str]]] = {"torch": lambda: None}
+_backend_on_use: dict[str, Callable[[bool], None]] = {}
+_used: set = set()
 _local = threading.local()
 _loaded = False
 
@@ -75,11 +79,25 @@ def ensure_backends() -> None:
         importlib.import_module(__package__ + ".backends")  # each backend registers itself
 
 
-def register_backend(name: str, reason: Callable[[], Optional[str]]) -> None:
-    """Declare a backend; `reason()` gives None when it is usable at all, else why not."""
+def register_backend(name: str, reason: Callable[[], Optional[str]],
+                     on_use: Optional[Callable[[bool], None]] = None) -> None:
+    """Declare a backend; `reason()` gives None when it is usable at all, else why not (a pure
+    query: `available()` calls it). `on_use(explicit)` runs once per process before the backend's
+    first use: with explicit=True when a call asks for it by name (the cuda backend then builds a
+    missing extension), with explicit=False when "auto" first considers it on a CUDA device (the
+    cuda backend then warns once about a build that does not fit)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     _backend_reason[name] = reason
+    if on_use is not None:
+        _backend_on_use[name] = on_use
+
+
+def _use(name: str, explicit: bool) -> None:
+    if (name, explicit) in _used or name not in _backend_on_use or _is_compiling():
+        return
+    _used.add((name, explicit))
+    _backend_on_use[name](explicit)
 
 
 def register_impl(op: str, backend: str, fn: Callable, supports: Callable | None = None,
@@ -245,8 +263,11 @@ def auto_candidates(op: str, args: tuple) -> list:
     ensure_backends()
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     key = key_of(op, args) if _failed else None
-    cands = [c for c in auto_order(device)
-             if why_not(op, c, args) is None and (op, c, key) not in _failed]
+    order = auto_order(device)
+    if device.type == "cuda":
+        for c in order:
+            _use(c, False)
+    cands = [c for c in order if why_not(op, c, args) is None and (op, c, key) not in _failed]
     if "torch" not in cands:
         cands.append("torch")  # the reference can always run a validated input
     if len(cands) > 1 and _measuring_allowed(device):
@@ -309,6 +330,7 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
         return decomposition[1](*args, backend=backend)
     name = requested_backend(backend)
     if name != "auto":
+        _use(name, True)  # the cuda backend builds a missing extension here, once
         reason = why_not(op, name, args)
         if reason is not None:
             raise BackendUnavailable(

@@ -1,4 +1,5 @@
-"""The command line: `unet-fast train | predict | bench | info` (also `python -m unet_fast`)."""
+"""The command line: `unet-fast train | predict | bench | info | build-ext` (also
+`python -m unet_fast`)."""
 from __future__ import annotations
 
 import argparse
@@ -453,6 +454,7 @@ def collect_info() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "backends": available(),
         "extension_path": cuda_backend.extension_path(),
+        "extension": cuda_backend.extension_info(),
         "env": {k: os.environ[k] for k in ("UNET_FAST_BACKEND", "TRITON_INTERPRET",
                                            "CUDA_VISIBLE_DEVICES") if k in os.environ},
     }
@@ -479,10 +481,16 @@ def _cmd_info(args) -> int:
     else:
         print(f"GPU: none visible (CPU with {info['cpu_threads']} threads; 'auto' runs the "
               "reference ops)")
+    ext = info["extension"]
     print("backends:")
     for name, why in info["backends"].items():
-        print(f"  {name:<7} {'available' if why is None else 'unavailable: ' + why}")
-    print(f"extension unet_fast._C: {info['extension_path'] or 'not loaded'}")
+        if why is None and name == "cuda" and ext["kernels"] == "C++ CPU only":
+            state = "available for CPU tensors only (the extension has no CUDA kernels; see below)"
+        else:
+            state = "available" if why is None else "unavailable: " + why
+        print(f"  {name:<7} {state}")
+    for line in _extension_lines(ext):
+        print(line)
     for k, v in info["env"].items():
         print(f"env {k}={v}")
     if "legal_sizes" in info:
@@ -491,14 +499,73 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _extension_lines(ext: dict) -> list:
+    """The extension's part of `info`: where it is, which kernels, which torch it was built
+    against, what was passed over and why, what fixes a problem."""
+    if ext["loaded"]:
+        lines = [f"extension unet_fast._C: {ext['path']} ({ext['origin']})",
+                 f"  kernels: {ext['kernels']}",
+                 f"  built against: {ext['built_against']}"
+                 + (" = the running torch" if ext["build_record"] else "")]
+        rec = ext["build_record"] or {}
+        if rec.get("cuda_kernels") and rec.get("arch_list"):
+            lines.append(f"  GPU targets: {rec['arch_list']}")
+        if rec.get("why") and not rec.get("cuda_kernels"):
+            lines.append(f"  built without CUDA kernels: {rec['why'].split('no CUDA kernels: ', 1)[-1]}")
+    else:
+        lines = ["extension unet_fast._C: not loaded"]
+    for r in ext["rejected"]:
+        lines.append(f"  not loaded: {r['path']}: {r['why']}")
+    for f in ext["failed"]:
+        lines.append(f"  failed to load: {f['path']}: {f['error']}")
+    if ext["fix"]:
+        lines.append(f"  fix: {ext['fix']}")
+    lines.append(f"  first-use build cache: {ext['cache']}"
+                 + ("" if ext["first_use_build"] else " (first-use builds off)"))
+    return lines
+
+
+# ----------------------------------------------------------------------------- build-ext
+def _build_ext_parser(sub):
+    p = sub.add_parser("build-ext", help="build the extension unet_fast._C for the installed torch "
+                                         "(into the cache; the next run loads it)",
+                       formatter_class=_HELP)
+    p.add_argument("--cuda", action="store_true",
+                   help="require the CUDA kernels (as UNET_FAST_FORCE_CUDA=1): an error without "
+                        "a CUDA toolkit or a CUDA build of torch")
+    p.add_argument("--force", action="store_true",
+                   help="build again even when the cache holds a build for this torch and sources")
+    return p
+
+
+def _cmd_build_ext(args) -> int:
+    from .. import _build
+    want_cuda = (args.cuda or _build.flag(_build.ENV_FORCE_CUDA)
+                 or (torch.version.cuda is not None and _build.cuda_home() is not None))
+    if not args.force:
+        for lib, rec in _build.find_cached():
+            if rec.get("cuda_kernels") or not want_cuda:
+                kernels = "CUDA + C++ CPU" if rec.get("cuda_kernels") else "C++ CPU only"
+                print(f"unet_fast._C for {_build.describe_torch(rec['torch'], rec['torch_cuda'])} "
+                      f"is already built: {lib} ({kernels} kernels); --force builds it again")
+                return 0
+    try:
+        lib, rec = _build.build(force_cuda=args.cuda, built_by="unet-fast build-ext", clean=args.force)
+    except _build.BuildError as e:
+        print(f"unet-fast build-ext: error: {e}", file=sys.stderr)
+        return 1
+    print(f"built {lib}: {rec['why']}; a new process loads it (`unet-fast info` shows it)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unet-fast", description="U-Net (Ronneberger et al., 2015) on fused Triton/CUDA "
-                                      "kernels: train, predict, bench, info.")
+                                      "kernels: train, predict, bench, info, build-ext.")
     p.add_argument("--version", action="version", version=f"unet_fast {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,predict,bench,info}")
-    for fn in (_train_parser, _predict_parser, _bench_parser, _info_parser):
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,bench,info,build-ext}")
+    for fn in (_train_parser, _predict_parser, _bench_parser, _info_parser, _build_ext_parser):
         fn(sub)
     return p
 
@@ -512,7 +579,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "train":
         args.explicit = _explicit_options(build_parser(), argv)
     cmd = {"train": _cmd_train, "predict": _cmd_predict, "bench": _cmd_bench,
-           "info": _cmd_info}[args.command]
+           "info": _cmd_info, "build-ext": _cmd_build_ext}[args.command]
     try:
         return cmd(args)
     except (DataError, CheckpointError, ConfigError, BackendUnavailable) as e:
