@@ -6,6 +6,12 @@
 - No extension, with a warning, when UNET_FAST_SKIP_EXTENSION=1 or nothing can build it: the
   pure-Python package still works (backend="cuda" then says how to build).
 Respects MAX_JOBS and TORCH_CUDA_ARCH_LIST (default "8.0;9.0" when no GPU is visible).
+
+CUTLASS sm_90a convolutions (csrc/cutlass_sm90/*.cu): compiled when the CUDA extension is built,
+CUTLASS is found (CUTLASS_HOME, else the nvidia-cutlass wheel) and the arch list has 9.0; each
+unit on its own nvcc command for sm_90a only (no torch headers, about 3.5 GB of memory each, so
+parallel jobs are limited by memory as well as MAX_JOBS), then linked into _C.
+UNET_FAST_SKIP_CUTLASS=1 leaves them out; UNET_FAST_REQUIRE_CUTLASS=1 makes their absence an error.
 """
 import glob
 import os
@@ -36,7 +42,7 @@ def _cuda_home():
 
 def _extra_cuda_includes():
     """Headers the CUDA build needs beyond the toolkit: the cuSPARSE/cuBLAS headers that ship in
-    torch's nvidia-* wheels (some toolkits lack them), and CUTLASS if its wheel is installed."""
+    torch's nvidia-* wheels (some toolkits lack them)."""
     inc = []
     try:
         import nvidia
@@ -44,14 +50,115 @@ def _extra_cuda_includes():
             inc += sorted(glob.glob(os.path.join(base, "cu*", "include")))
     except ImportError:
         pass
+    return inc
+
+
+def _cutlass():
+    """(include folders, where from) of CUTLASS 3.x/4.x headers: $CUTLASS_HOME (a CUTLASS checkout
+    or install), else the nvidia-cutlass wheel; ([], why not) when neither is there."""
+    home = os.environ.get("CUTLASS_HOME")
+    if home:
+        inc = [p for p in (os.path.join(home, "include"), os.path.join(home, "tools", "util", "include"))
+               if os.path.isdir(p)]
+        if os.path.isfile(os.path.join(home, "include", "cutlass", "cutlass.h")):
+            return inc, f"CUTLASS_HOME={home}"
+        return [], f"CUTLASS_HOME={home} has no include/cutlass/cutlass.h"
     try:
         import cutlass_library
-        src = os.path.join(os.path.dirname(cutlass_library.__file__), "source")
-        inc += [p for p in (os.path.join(src, "include"), os.path.join(src, "tools", "util", "include"))
-                if os.path.isdir(p)]
     except ImportError:
+        return [], "neither CUTLASS_HOME nor the nvidia-cutlass package (pip install nvidia-cutlass)"
+    src = os.path.join(os.path.dirname(cutlass_library.__file__), "source")
+    inc = [p for p in (os.path.join(src, "include"), os.path.join(src, "tools", "util", "include"))
+           if os.path.isdir(p)]
+    if not os.path.isfile(os.path.join(src, "include", "cutlass", "cutlass.h")):
+        return [], f"the nvidia-cutlass package at {src} has no C++ headers"
+    try:
+        from importlib.metadata import version
+        ver = version("nvidia-cutlass")
+    except Exception:  # noqa: BLE001
+        ver = "?"
+    return inc, f"nvidia-cutlass {ver} ({src})"
+
+
+def _arch_list_has_sm90() -> bool:
+    """Whether the CUDA targets include compute capability 9.0 (TORCH_CUDA_ARCH_LIST, else the
+    visible GPUs, as torch decides)."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if archs:
+        return any(a.strip().split("+")[0].rstrip("a") in ("9.0", "90")
+                   for a in archs.replace(",", ";").replace(" ", ";").split(";") if a.strip())
+    try:
+        import torch
+        return any(torch.cuda.get_device_capability(i) == (9, 0) for i in range(torch.cuda.device_count()))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+CUTLASS_SOURCES = sorted(glob.glob(os.path.join("csrc", "cutlass_sm90", "*.cu")))
+CUTLASS_DEPS = sorted(glob.glob(os.path.join("csrc", "cutlass_sm90", "*.h"))
+                      + glob.glob(os.path.join("csrc", "cutlass_sm90", "*.cuh")))
+CUTLASS_MEM_PER_JOB = 4 * 1024**3  # measured: about 3.5 GB peak per unit (nvcc + cicc + ptxas)
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
         pass
-    return inc
+    return None
+
+
+def _compile_cutlass(cuda_home, includes, build_dir):
+    """nvcc each unit of CUTLASS_SOURCES to an object for sm_90a only, at most min(MAX_JOBS,
+    available memory / 4 GB) at a time; objects newer than their sources are kept. Returns the
+    object paths; raises on a failed compile (with its log)."""
+    import subprocess
+    import time
+    os.makedirs(build_dir, exist_ok=True)
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    flags = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-gencode=arch=compute_90a,code=sm_90a",
+             "-Xcompiler=-fPIC", "-I" + os.path.join(ROOT, "csrc", "cutlass_sm90")]
+    flags += ["-I" + p for p in includes]
+    if _flag("UNET_FAST_PTXAS_VERBOSE"):
+        flags.append("-Xptxas=-v")
+    newest_dep = max([os.path.getmtime(p) for p in CUTLASS_DEPS] + [os.path.getmtime(__file__)])
+    objects, todo = [], []
+    for src in CUTLASS_SOURCES:
+        obj = os.path.join(build_dir, os.path.splitext(os.path.basename(src))[0] + ".o")
+        objects.append(obj)
+        if not (os.path.exists(obj) and os.path.getmtime(obj) > max(newest_dep, os.path.getmtime(src))):
+            todo.append((src, obj))
+    jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+    mem = _mem_available()
+    if mem is not None:
+        jobs = min(jobs, max(1, mem // CUTLASS_MEM_PER_JOB))
+    print(f"unet_fast: compiling {len(todo)} of {len(CUTLASS_SOURCES)} CUTLASS units for sm_90a, "
+          f"{jobs} at a time")
+    running = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            src, obj = todo.pop(0)
+            log = obj + ".log"
+            cmd = [nvcc] + flags + ["-c", src, "-o", obj + ".tmp"]
+            running.append((src, obj, log, time.time(), subprocess.Popen(
+                cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)))
+        time.sleep(1)
+        for item in list(running):
+            src, obj, log, t0, proc = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                for _, _, _, _, other in running:
+                    other.kill()
+                with open(log) as f:
+                    raise RuntimeError(f"nvcc failed on {src} (log {log}):\n{f.read()[-6000:]}")
+            os.replace(obj + ".tmp", obj)
+            print(f"unet_fast:   {src}: {time.time() - t0:.0f} s")
+    return objects
 
 
 def extensions():
@@ -90,11 +197,31 @@ def extensions():
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         if _flag("UNET_FAST_PTXAS_VERBOSE"):  # registers / shared memory / spills per kernel
             nvcc_flags.append("-Xptxas=-v")
+        cutlass_inc, cutlass_from = _cutlass()
+        if _flag("UNET_FAST_SKIP_CUTLASS"):
+            cutlass_why = "UNET_FAST_SKIP_CUTLASS=1"
+        elif not cutlass_inc:
+            cutlass_why = cutlass_from
+        elif not _arch_list_has_sm90():
+            cutlass_why = f"the arch list ({os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPUs')}) has no 9.0"
+        else:
+            cutlass_why = None
+        cxx_defs = ["-DUNET_FAST_WITH_CUDA"]
+        if cutlass_why is None:
+            cxx_defs.append("-DUNET_FAST_WITH_CUTLASS_SM90")
+            cutlass_state = f"sm_90a convolutions, headers from {cutlass_from}"
+        else:
+            if _flag("UNET_FAST_REQUIRE_CUTLASS"):
+                raise RuntimeError(f"UNET_FAST_REQUIRE_CUTLASS=1 but the CUTLASS units cannot be built: {cutlass_why}")
+            warnings.warn(f"unet_fast: building without the CUTLASS sm_90a convolutions ({cutlass_why}); "
+                          "backend='cuda' runs the hand-written kernels on every GPU")
+            cutlass_state = f"not built ({cutlass_why})"
         ext = cpp_extension.CUDAExtension(
             "unet_fast._C", sources, include_dirs=includes, py_limited_api=False,
-            extra_compile_args={"cxx": cxx_flags + ["-DUNET_FAST_WITH_CUDA"], "nvcc": nvcc_flags})
+            extra_compile_args={"cxx": cxx_flags + cxx_defs, "nvcc": nvcc_flags})
+        ext.cutlass = (cuda_home, cutlass_inc) if cutlass_why is None else None
         kind = ("CUDA + C++ CPU kernels (hand-written implicit GEMMs on nvcuda::wmma: HMMA for "
-                "fp16/bf16/TF32; CUTLASS not needed)")
+                "fp16/bf16/TF32" + ("; CUTLASS sm_90a for bf16 3x3 convolutions)" if cutlass_why is None else ")"))
     else:
         ext = cpp_extension.CppExtension("unet_fast._C", cpp_sources,
                                          include_dirs=[os.path.join(ROOT, "csrc")],
@@ -106,6 +233,7 @@ def extensions():
     print(f"  torch          : {torch.__version__} (CUDA {torch.version.cuda})")
     print(f"  CUDA_HOME      : {cuda_home if use_cuda else '-'}")
     print(f"  arch list      : {os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPU)') if use_cuda else '-'}")
+    print(f"  CUTLASS        : {cutlass_state if use_cuda else '-'}")
     print(f"  MAX_JOBS       : {os.environ.get('MAX_JOBS', '(all cores)')}")
     print(f"  sources        : {len(ext.sources)}")
     return [ext], cpp_extension
@@ -122,6 +250,12 @@ def main():
         class BuildExt(base):
             def run(self):
                 try:
+                    for ext in self.extensions:  # CUTLASS units first: their own nvcc flags
+                        if getattr(ext, "cutlass", None):
+                            cuda_home, inc = ext.cutlass
+                            objs = _compile_cutlass(cuda_home, inc, os.path.join(self.build_temp, "cutlass_sm90"))
+                            ext.extra_objects = [o for o in ext.extra_objects if o not in objs] + objs
+                            ext.depends = [d for d in ext.depends if d not in objs] + objs  # relink
                     super().run()
                 except Exception as e:  # noqa: BLE001
                     if strict:

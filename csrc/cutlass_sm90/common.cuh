@@ -3,6 +3,14 @@
 // translation to CUTLASS's ConvProblemShape, messages and the launch bookkeeping.
 // Included only by csrc/cutlass_sm90/*.cu (CUTLASS headers, no torch).
 #pragma once
+// Device code without assert(): an assert's call to __assertfail inside the consumer warp group's
+// wgmma region makes ptxas serialize every wgmma (C7510 "wgmma pipeline crossing function
+// boundary"). Host asserts stay: CUTLASS's host code asserts where it cannot return an error
+// (a TMA descriptor the driver refuses), and an abort is better than launching with it. This
+// header comes first in every unit, before anything includes <assert.h>.
+#if defined(__CUDA_ARCH__) && !defined(NDEBUG)
+#define NDEBUG
+#endif
 #include <cuda_runtime_api.h>
 
 #include <cstdarg>

@@ -52,13 +52,34 @@ struct ReluGradMask<cutlass::Array<T, N>> {
   }
 };
 
-// The mask as an (n*h*w, c) matrix with one pixel stride.
+// The mask as an (n*h*w, c) matrix with one pixel stride, loaded by TMA like a C operand.
 using MaskStride = Stride<int64_t, _1, _0>;
-using MaskLoad = fusion::Sm90AuxLoad<
+using AuxLoad = fusion::Sm90AuxLoad<
     kLoadStages, EpilogueTile, Element, MaskStride,
     decltype(epi_detail::sm90_get_epilogue_smem_swizzle_layout_atom<MaskStride, Element, EpilogueTile>()),
     decltype(epi_detail::sm90_get_smem_load_op_for_source<MaskStride, Element, EpilogueTile>()),
     8, /*EnableNullptr=*/true>;
+
+// Sm90AuxLoad builds its TMA descriptor from the problem shape the epilogue is given, which for a
+// dgrad is the convolution's: M = (w, h, n) and a batch mode L = the traversal strides (v, u).
+// The mask is addressed as a flat (pixels, channels, 1) matrix, as the kernel's own epilogue
+// coordinates are: flatten both before building the descriptor. A null mask (no masking) gets a
+// placeholder address for the descriptor it never uses.
+struct MaskLoad : AuxLoad {
+  using AuxLoad::AuxLoad;
+  template <class ProblemShape>
+  static constexpr typename AuxLoad::Params to_underlying_arguments(ProblemShape const& problem_shape,
+                                                                    typename AuxLoad::Arguments const& args,
+                                                                    void* workspace) {
+    auto [M, N, K, L] = append<4>(problem_shape, 1);
+    const auto flat = make_shape(int(size(M)), int(N), K, int(cute::product(L)));
+    typename AuxLoad::Arguments a = args;
+    if (a.ptr_aux == nullptr) a.ptr_aux = reinterpret_cast<Element const*>(uintptr_t(1) << 12);
+    typename AuxLoad::Params params = AuxLoad::to_underlying_arguments(flat, a, workspace);
+    params.use_default = args.ptr_aux == nullptr;
+    return params;
+  }
+};
 using MaskedGrad = fusion::Sm90EVT<fusion::Sm90Compute<ReluGradMask, Element, float, kRound>,
                                    fusion::Sm90AccFetch, MaskLoad>;
 
@@ -68,7 +89,7 @@ using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
     void, cutlass::layout::TensorNHWC, 8,     // no C operand
     Element, cutlass::layout::TensorNHWC, 8,  // dx
     cutlass::epilogue::TmaWarpSpecialized, MaskedGrad>::CollectiveOp;
-static_assert(Epilogue::StagesC == kLoadStages, "the mask load must use the epilogue's load stages");
+static_assert(Epilogue::DispatchPolicy::StagesC == kLoadStages, "the mask load must use the epilogue's load stages");
 
 using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kDgrad,

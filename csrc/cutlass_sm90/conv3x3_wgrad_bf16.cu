@@ -107,8 +107,9 @@ struct SplitKWgrad : Base {
 
     const int k_tiles = int(size<3>(gA_mkl));
     const int split = int(blockIdx.z), splits = int(gridDim.z);
-    const int k_begin = int(int64_t(k_tiles) * split / splits);
-    const int k_count = int(int64_t(k_tiles) * (split + 1) / splits) - k_begin;
+    // (32-bit: k_tiles * splits < 2^31, checked on the host)
+    const int k_begin = k_tiles * split / splits;
+    const int k_count = k_tiles * (split + 1) / splits - k_begin;
 
     if (producer_group) {
       if (load_warp) {
@@ -140,6 +141,10 @@ struct SplitKWgrad : Base {
   }
 };
 
+// At most this many splits (the device computes k_tiles * splits in 32 bits; k_tiles < 2^19 by
+// check_shape's int32 limit on n*p*q*k).
+constexpr int kMaxSplits = 64;
+
 int64_t k_tiles_of(const Conv3x3Shape& s) {
   return (int64_t(s.n) * s.p() * s.q() + 63) / 64;
 }
@@ -153,9 +158,10 @@ int check(WgradArgs& a, bool launch, char* why, int len) {
     return detail::fail(why, len, kUnsupported, "grad must be a dense NHWC tensor (CUTLASS's sm90 wgrad)");
   if ((launch && a.partial == nullptr) || !detail::aligned16(a.partial))
     return detail::fail(why, len, kUnsupported, "the partial sums need a 16-byte aligned fp32 buffer");
-  if (a.splits < 1 || a.splits > k_tiles_of(s) || a.splits > 65535)
+  const int64_t most = k_tiles_of(s) < kMaxSplits ? k_tiles_of(s) : kMaxSplits;
+  if (a.splits < 1 || a.splits > most)
     return detail::fail(why, len, kUnsupported, "splits must be in [1, %lld] (K tiles of 64 pixels), got %d",
-                        static_cast<long long>(k_tiles_of(s) < 65535 ? k_tiles_of(s) : 65535), a.splits);
+                        static_cast<long long>(most), a.splits);
   return kOk;
 }
 
@@ -201,7 +207,7 @@ int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
   const int64_t m_tiles = (s.k + 127) / 128;
   const int64_t n_tiles = ((9 * int64_t(s.c) + 63) / 64 + 1) / 2 * 2;  // rounded to the cluster
   const int64_t want = (2 * int64_t(num_sms > 0 ? num_sms : 132) + m_tiles * n_tiles - 1) / (m_tiles * n_tiles);
-  int64_t splits = want < 64 ? want : 64;
+  int64_t splits = want < kMaxSplits ? want : kMaxSplits;
   const int64_t most = k_tiles_of(s) / 8;  // at least 8 K steps per split: the pipeline fills
   if (splits > most) splits = most;
   return splits < 1 ? 1 : int(splits);
