@@ -124,12 +124,19 @@ def _compile_cutlass(cuda_home, includes, build_dir):
     flags += ["-I" + p for p in includes]
     if _flag("UNET_FAST_PTXAS_VERBOSE"):
         flags.append("-Xptxas=-v")
-    newest_dep = max([os.path.getmtime(p) for p in CUTLASS_DEPS] + [os.path.getmtime(__file__)])
+    newest_dep = max([os.path.getmtime(p) for p in CUTLASS_DEPS] + [0.0])
     objects, todo = [], []
     for src in CUTLASS_SOURCES:
         obj = os.path.join(build_dir, os.path.splitext(os.path.basename(src))[0] + ".o")
         objects.append(obj)
-        if not (os.path.exists(obj) and os.path.getmtime(obj) > max(newest_dep, os.path.getmtime(src))):
+        cmd = " ".join([nvcc] + flags + ["-c", src])
+        try:
+            with open(obj + ".cmd") as f:
+                same_cmd = f.read() == cmd
+        except OSError:
+            same_cmd = False
+        if not (same_cmd and os.path.exists(obj)
+                and os.path.getmtime(obj) > max(newest_dep, os.path.getmtime(src))):
             todo.append((src, obj))
     jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
     mem = _mem_available()
@@ -157,6 +164,8 @@ def _compile_cutlass(cuda_home, includes, build_dir):
                 with open(log) as f:
                     raise RuntimeError(f"nvcc failed on {src} (log {log}):\n{f.read()[-6000:]}")
             os.replace(obj + ".tmp", obj)
+            with open(obj + ".cmd", "w") as f:  # rebuilt when the flags change
+                f.write(" ".join([nvcc] + flags + ["-c", src]))
             print(f"unet_fast:   {src}: {time.time() - t0:.0f} s")
     return objects
 
@@ -245,23 +254,35 @@ def main():
     if exts:
         base = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None
                                                          or _has_ninja_module())
-        strict = _flag("UNET_FAST_FORCE_CUDA") or _flag("UNET_FAST_REQUIRE_EXTENSION")
+        strict = (_flag("UNET_FAST_FORCE_CUDA") or _flag("UNET_FAST_REQUIRE_EXTENSION")
+                  or _flag("UNET_FAST_REQUIRE_CUTLASS"))
 
         class BuildExt(base):
             def run(self):
                 try:
                     for ext in self.extensions:  # CUTLASS units first: their own nvcc flags
                         if getattr(ext, "cutlass", None):
-                            cuda_home, inc = ext.cutlass
-                            objs = _compile_cutlass(cuda_home, inc, os.path.join(self.build_temp, "cutlass_sm90"))
-                            ext.extra_objects = [o for o in ext.extra_objects if o not in objs] + objs
-                            ext.depends = [d for d in ext.depends if d not in objs] + objs  # relink
+                            self._cutlass_objects(ext)
                     super().run()
                 except Exception as e:  # noqa: BLE001
                     if strict:
                         raise
                     warnings.warn(f"unet_fast: building the extension failed ({e}); installing the "
                                   "pure-Python package. backend='cuda' will say how to build it.")
+
+            def _cutlass_objects(self, ext):
+                cuda_home, inc = ext.cutlass
+                try:
+                    objs = _compile_cutlass(cuda_home, inc, os.path.join(self.build_temp, "cutlass_sm90"))
+                except Exception as e:  # noqa: BLE001
+                    if _flag("UNET_FAST_REQUIRE_CUTLASS"):
+                        raise
+                    warnings.warn(f"unet_fast: the CUTLASS sm_90a units failed to build ({e}); building "
+                                  "the extension without them")
+                    ext.extra_compile_args["cxx"].remove("-DUNET_FAST_WITH_CUTLASS_SM90")
+                    return
+                ext.extra_objects = [o for o in ext.extra_objects if o not in objs] + objs
+                ext.depends = [d for d in ext.depends if d not in objs] + objs  # relink when they change
 
         cmdclass["build_ext"] = BuildExt
     setup(ext_modules=exts, cmdclass=cmdclass)
