@@ -94,3 +94,17 @@ def test_cutlass_kernels_use_wgmma_and_tma():
            f"stack {k.stack} B, local {k.local} B, {k.local_ops} STL/LDL"
            for k in cut if k.hgmma == 0 or k.wgmma_serialized or k.utmaldg == 0 or k.spills]
     assert not bad, "\n".join(bad)
+
+
+def test_the_check_catches_serialized_wgmma_and_missing_tma():
+    """What the CUTLASS check looks for, on made-up kernels (no build needed): every HGMMA its own
+    batch (ptxas's C7510 fallback), or no TMA load."""
+    tool = _tool()
+    name = "_ZN7cutlass13device_kernelIN9unet_fast4sm90XEEEvNT_6ParamsE"
+    ok = tool.Kernel("sm_90a", name, name="ok", hgmma=16, hgmma_batches=2, utmaldg=2)
+    serial = tool.Kernel("sm_90a", name, name="serial", hgmma=16, hgmma_batches=16, utmaldg=2)
+    no_tma = tool.Kernel("sm_90a", name, name="no_tma", hgmma=16, hgmma_batches=2)
+    found = tool.problems([ok, serial, no_tma])
+    assert not any(" ok:" in p for p in found), found
+    assert any("serial" in p and "serialized" in p for p in found), found
+    assert any("no_tma" in p and "UTMALDG" in p for p in found), found

@@ -176,7 +176,7 @@ def analyse(so: str, cuobjdump: str) -> list[Kernel]:
             continue
         if cur is None or "/*" not in line:
             continue
-        m = re.search(r"\b(HGMMA|HMMA)(\.[A-Z0-9.]+)?", line)
+        m = re.search(r"\b(HGMMA|HMMA)(\.[A-Z0-9x.]+)?", line)
         if m:
             if m.group(1) == "HGMMA":
                 cur.hgmma += 1
