@@ -114,3 +114,78 @@ def test_configs_name_the_instantiations():
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
     assert [c.split()[0] for c in configs] == list(PASSES)
     assert all("tile" in c and "stages" in c for c in configs), configs
+
+
+# ---------------------------------------------------------------- on an sm_90 GPU (the GPU suite)
+def _sm90():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+requires_sm90 = pytest.mark.skipif(not _sm90(), reason="needs an sm_90 GPU (runs in benchmarks/gpu_suite.sh)")
+
+
+def _within_bf16_tolerance(what, ours, ref64, own):
+    """docs/design.md: at most twice PyTorch's own bf16 error plus 1e-3 of the reference's scale."""
+    ref64 = ref64.detach()
+    scale = ref64.abs().max().item()
+    bound = 2 * (own.detach().double() - ref64).abs().max().item() + 1e-3 * scale
+    err = (ours.double() - ref64).abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.4g} > {bound:.4g} (scale {scale:.4g})"
+
+
+@requires_sm90
+@pytest.mark.parametrize("n,h,w,c,k,pad", [(1, 9, 7, 64, 64, 0), (3, 17, 23, 128, 64, 1),
+                                           (2, 33, 30, 64, 192, 0), (2, 20, 20, 192, 128, 1)])
+@pytest.mark.parametrize("relu_input,grad_masked", [(False, False), (True, True)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gpu_parity_forward_and_backward(n, h, w, c, k, pad, relu_input, grad_masked, channels_last):
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(n, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    wt = (torch.randn(k, c, 3, 3, device="cuda") * (9 * c) ** -0.5).to(torch.bfloat16)
+    b = (torch.randn(k, device="cuda") * 0.1).to(torch.bfloat16)
+    y = torch.ops.unet_fast._conv3x3_relu_sm90(x, wt, b, pad, relu_input, grad_masked)
+    assert y.is_contiguous(memory_format=fmt)
+    own_y = cutlass_sm90.reference("fprop", x, wt, b, None, None, pad, torch.bfloat16)[0]
+    _within_bf16_tolerance("y", y, cutlass_sm90.reference("fprop", x, wt, b, None, None, pad,
+                                                          torch.float64)[0], own_y)
+    gy = torch.randn_like(y)
+    g_in = gy * (y > 0) if grad_masked else gy
+    dx, dw, db = torch.ops.unet_fast._conv3x3_relu_sm90_backward(
+        g_in, y, x, wt, pad, [True, True, True], relu_input, grad_masked)
+    ref = {t: cutlass_sm90.reference("dgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, torch.bfloat16)}
+    i = 0 if relu_input else 1
+    _within_bf16_tolerance("dx", dx, ref[torch.float64][i], ref[torch.bfloat16][i])
+    ref = {t: cutlass_sm90.reference("wgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, torch.bfloat16)}
+    _within_bf16_tolerance("dweight", dw, ref[torch.float64][0], ref[torch.bfloat16][0])
+    _within_bf16_tolerance("dbias", db, ref[torch.float64][1], ref[torch.bfloat16][1])
+
+
+@requires_sm90
+def test_gpu_first_run_check_passes_and_the_backend_uses_the_units():
+    from unet_fast import _dispatch
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    cutlass_sm90.reset()
+    assert cutlass_sm90.verdict(cutlass_sm90.UNITS, torch.device("cuda")) is None
+    x = torch.randn(2, 64, 30, 30, device="cuda", dtype=torch.bfloat16,
+                    requires_grad=True).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(64, 128, 3).cuda().to(torch.bfloat16)
+    assert cutlass_sm90.wanted(x, conv.weight, 0)
+    y = uf.ops.conv3x3_relu(x, conv.weight, conv.bias, 0, backend="cuda")
+    assert _dispatch.last_used("conv3x3_relu") == "cuda"
+    y.float().square().sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None
+
+
+@requires_sm90
+def test_gpu_wgrad_is_deterministic():
+    _check_op()
+    x = torch.randn(4, 64, 66, 66, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    wt = (torch.randn(64, 64, 3, 3, device="cuda") * 0.04).to(torch.bfloat16)
+    y = torch.ops.unet_fast._conv3x3_relu_sm90(x, wt, None, 0, False, False)
+    gy = torch.randn_like(y)
+    runs = [torch.ops.unet_fast._conv3x3_relu_sm90_backward(gy, y, x, wt, 0, [False, True, True], False,
+                                                            False)[1] for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
