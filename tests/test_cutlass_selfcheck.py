@@ -59,6 +59,15 @@ def test_one_wrong_element_fails_with_the_numbers(unit, which):
     assert "off by up to" in why and "allowed" in why and "PyTorch's own bf16 error" in why
 
 
+def test_the_check_is_not_fooled_by_autocast():
+    """The first use usually comes inside the model's autocast region: the reference must still
+    be float64 (else a unit off by bf16 rounding-sized errors would pass against a bf16 reference
+    that errs the same way, or a correct one fail)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cutlass_sm90.check_unit("wgrad", CPU, correct("wgrad")) is None
+        assert cutlass_sm90.check_unit("wgrad", CPU, off_by("wgrad", 0.05)) is not None
+
+
 def test_rounding_within_bf16_tolerance_passes():
     """An error of the size of bf16's own rounding is not a failure (the tolerance follows the
     dtype: twice PyTorch's own error plus 1e-3 of the scale)."""

@@ -159,6 +159,13 @@ def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = Non
     """Run `unit` on SELF_CHECK_SHAPES on `device`: None if within bf16's tolerance of the float64
     reference, else a sentence with the numbers."""
     runner = runner or _runners[unit]
+    # (the first use is often inside the model's autocast region, which would turn the float64
+    # reference into bf16)
+    with torch.autocast(device_type=device.type, enabled=False):
+        return _check_unit(unit, device, runner)
+
+
+def _check_unit(unit, device, runner):
     for i, shape in enumerate(SELF_CHECK_SHAPES):
         args = _inputs(shape, device, seed=1234 + i)
         with torch.no_grad():
