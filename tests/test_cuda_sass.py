@@ -1,6 +1,7 @@
 """Static check of the built extension's SASS (no GPU needed): tensor-core instructions (HMMA, or
-HGMMA) in every tensor-core convolution kernel for sm_80 and sm_90, and no kernel using local
-memory (spills). The same check regenerates docs/cuda_kernels.md: `python tools/sass_report.py`.
+HGMMA) in every tensor-core convolution kernel for sm_80 and sm_90, wgmma (HGMMA, pipelined) and
+TMA loads (UTMALDG) in every CUTLASS sm_90a kernel, and no kernel using local memory (spills). The
+same check regenerates docs/cuda_kernels.md: `python tools/sass_report.py`.
 """
 import importlib.util
 import os
@@ -69,3 +70,41 @@ def test_conv_kernels_copy_tiles_with_cp_async():
     assert conv
     missing = [f"{k.arch} {k.name}" for k in conv if k.ldgsts == 0]
     assert not missing, f"convolution kernels without LDGSTS: {missing}"
+
+
+# The units of csrc/cutlass_sm90, one kernel each.
+CUTLASS_KERNELS = ("fprop", "dgrad", "wgrad split-K")
+
+
+def test_cutlass_kernels_use_wgmma_and_tma():
+    """Every CUTLASS kernel issues wgmma (HGMMA) in batches, not one at a time, loads its tiles
+    with TMA (UTMALDG) and uses no local memory; the three units are all there, for sm_90a."""
+    _, kernels = _kernels()
+    cut = [k for k in kernels if k.is_cutlass]
+    if not cut:
+        if os.environ.get("UNET_FAST_REQUIRE_CUTLASS"):
+            pytest.fail("UNET_FAST_REQUIRE_CUTLASS=1 but the extension has no CUTLASS kernels")
+        pytest.skip("the extension was built without the CUTLASS sm_90a units (see setup.py's output)")
+    names = sorted(k.name for k in cut)
+    for unit in CUTLASS_KERNELS:
+        assert sum(f"conv3x3 {unit} bf16" in n for n in names) == 1, (unit, names)
+    assert len(cut) == len(CUTLASS_KERNELS), names
+    assert {k.arch for k in cut} == {"sm_90a"}, [(k.name, k.arch) for k in cut]
+    bad = [f"{k.name}: HGMMA {k.hgmma} ({k.hgmma_batches} batches), UTMALDG {k.utmaldg}, "
+           f"stack {k.stack} B, local {k.local} B, {k.local_ops} STL/LDL"
+           for k in cut if k.hgmma == 0 or k.wgmma_serialized or k.utmaldg == 0 or k.spills]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_check_catches_serialized_wgmma_and_missing_tma():
+    """What the CUTLASS check looks for, on made-up kernels (no build needed): every HGMMA its own
+    batch (ptxas's C7510 fallback), or no TMA load."""
+    tool = _tool()
+    name = "_ZN7cutlass13device_kernelIN9unet_fast4sm90XEEEvNT_6ParamsE"
+    ok = tool.Kernel("sm_90a", name, name="ok", hgmma=16, hgmma_batches=2, utmaldg=2)
+    serial = tool.Kernel("sm_90a", name, name="serial", hgmma=16, hgmma_batches=16, utmaldg=2)
+    no_tma = tool.Kernel("sm_90a", name, name="no_tma", hgmma=16, hgmma_batches=2)
+    found = tool.problems([ok, serial, no_tma])
+    assert not any(" ok:" in p for p in found), found
+    assert any("serial" in p and "serialized" in p for p in found), found
+    assert any("no_tma" in p and "UTMALDG" in p for p in found), found

@@ -11,7 +11,9 @@ loads/stores (STL/LDL: spills) and tensor-core instructions (HMMA / HGMMA).
 
 The check fails when an architecture of the default build (sm_80, sm_90) is missing, when a
 tensor-core convolution kernel (igemm_kernel<..., true>) has no HMMA/HGMMA, when a convolution
-kernel has no LDGSTS (cp.async tile copies), or when any kernel uses local memory (stack frame, spills, STL/LDL). tests/test_cuda_sass.py runs it.
+kernel has no LDGSTS (cp.async tile copies), when a CUTLASS sm_90a kernel (csrc/cutlass_sm90) has
+no HGMMA (wgmma) or no UTMALDG (TMA loads), or when any kernel uses local memory (stack frame,
+spills, STL/LDL). tests/test_cuda_sass.py runs it.
 """
 from __future__ import annotations
 
@@ -41,7 +43,11 @@ class Kernel:
     hgmma: int = 0
     local_ops: int = 0
     ldgsts: int = 0  # cp.async global->shared copies (sm_80+)
+    utmaldg: int = 0  # TMA tensor loads (sm_90)
+    utmastg: int = 0  # TMA tensor stores (sm_90)
+    hgmma_batches: int = 0  # HGMMA closing a wgmma batch (gsb0): one per HGMMA = serialized
     mma_kinds: set = field(default_factory=set)
+    tma_kinds: set = field(default_factory=set)
 
     @property
     def is_conv(self) -> bool:
@@ -51,6 +57,17 @@ class Kernel:
     def tensor_cores(self) -> bool:
         """The tensor-core instantiation of the implicit-GEMM engine (template flag TC = true)."""
         return self.is_conv and bool(re.search(r"ELb1EEEv", self.mangled))
+
+    @property
+    def is_cutlass(self) -> bool:
+        """A CUTLASS kernel of csrc/cutlass_sm90 (cutlass::device_kernel<...>)."""
+        return "cutlass13device_kernel" in self.mangled
+
+    @property
+    def wgmma_serialized(self) -> bool:
+        """Every HGMMA its own batch, waited for before the next: what ptxas emits when it cannot
+        pipeline wgmma (warning C7510, e.g. a call such as an assert's inside the region)."""
+        return self.hgmma > 2 and self.hgmma_batches == self.hgmma
 
     @property
     def spills(self) -> bool:
@@ -101,6 +118,21 @@ def demangle(names) -> dict:
     return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
 
 
+# conv::Operator of a CUTLASS 3.x conv kernel, as it appears in the mangled ConvProblemShape.
+_CUTLASS_PASS = {"0": "fprop", "1": "dgrad", "2": "wgrad"}
+
+
+def _short_cutlass(mangled: str, name: str) -> str:
+    """cutlass::device_kernel<...> names run to thousands of characters: the pass, the MMA tile
+    and the epilogue's fusion say which unit it is."""
+    m = re.search(r"ConvProblemShapeILNS\w*?8OperatorE(\d)", mangled)
+    conv = _CUTLASS_PASS.get(m.group(1), "?") if m else ("wgrad" if "SplitKWgrad" in name else "?")
+    if "SplitKWgrad" in name:
+        conv += " split-K"
+    mma = re.search(r"MMA_(\d+x\d+x\d+)_F32BF16BF16", mangled)
+    return f"cutlass sm90 conv3x3 {conv} bf16" + (f" (wgmma {mma.group(1)})" if mma else "")
+
+
 def _short(name: str) -> str:
     name = name.replace("unet_fast::", "").replace("(anonymous namespace)::", "").replace("igemm::", "")
     name = re.sub(r"\(.*\)$", "", name)  # drop the parameter list
@@ -144,10 +176,11 @@ def analyse(so: str, cuobjdump: str) -> list[Kernel]:
             continue
         if cur is None or "/*" not in line:
             continue
-        m = re.search(r"\b(HGMMA|HMMA)(\.[A-Z0-9.]+)?", line)
+        m = re.search(r"\b(HGMMA|HMMA)(\.[A-Z0-9x.]+)?", line)
         if m:
             if m.group(1) == "HGMMA":
                 cur.hgmma += 1
+                cur.hgmma_batches += "gsb0" in line
             else:
                 cur.hmma += 1
             cur.mma_kinds.add(m.group(0))
@@ -155,10 +188,20 @@ def analyse(so: str, cuobjdump: str) -> list[Kernel]:
             cur.local_ops += 1
         if re.search(r"\bLDGSTS\b", line):
             cur.ldgsts += 1
+        m = re.search(r"\b(UTMALDG|UTMASTG)(\.[A-Z0-9.]+)?", line)
+        if m:
+            if m.group(1) == "UTMALDG":
+                cur.utmaldg += 1
+            else:
+                cur.utmastg += 1
+            cur.tma_kinds.add(m.group(0))
     names = demangle({k.mangled for k in kernels.values()})
     for k in kernels.values():
-        k.name = _short(names.get(k.mangled, k.mangled))
-    return sorted(kernels.values(), key=lambda k: (not k.is_conv, k.name, k.arch))
+        full = names.get(k.mangled, k.mangled)
+        k.name = _short_cutlass(k.mangled, full) if k.is_cutlass else _short(full)
+        if k.is_cutlass and "(wgmma" not in k.name and k.mma_kinds:
+            k.name += f" ({', '.join(sorted(k.mma_kinds))})"
+    return sorted(kernels.values(), key=lambda k: (not k.is_conv, not k.is_cutlass, k.name, k.arch))
 
 
 def problems(kernels: list[Kernel]) -> list[str]:
@@ -174,6 +217,12 @@ def problems(kernels: list[Kernel]) -> list[str]:
             out.append(f"{k.arch} {k.name}: no HMMA/HGMMA instructions")
         if k.is_conv and k.ldgsts == 0:
             out.append(f"{k.arch} {k.name}: no LDGSTS (cp.async) in the tile loads")
+        if k.is_cutlass and k.hgmma == 0:
+            out.append(f"{k.arch} {k.name}: no HGMMA (wgmma) instructions")
+        if k.is_cutlass and k.utmaldg == 0:
+            out.append(f"{k.arch} {k.name}: no UTMALDG (TMA loads)")
+        if k.wgmma_serialized:
+            out.append(f"{k.arch} {k.name}: every wgmma waited for before the next (serialized)")
         if k.spills:
             out.append(f"{k.arch} {k.name}: uses local memory (stack {k.stack} B, local {k.local} B, "
                        f"{k.local_ops} STL/LDL)")
@@ -200,17 +249,21 @@ def markdown(kernels: list[Kernel], so: str) -> str:
         "HMMA.1684.F32.TF32 = TF32 m16n8k4; the `fp32 FMA` kernels are the exact float32 path used "
         "when TF32 is disallowed).",
         "- LDGSTS: cp.async instructions (global -> shared tile copies of the double-buffered mainloop).",
+        "- TMA: UTMALDG/UTMASTG instructions of the CUTLASS sm_90a kernels (csrc/cutlass_sm90; their "
+        "smem column is the static part only: the pipeline's stages are dynamic shared memory).",
         "",
-        "| kernel | arch | regs | smem | local (B / STL+LDL) | LDGSTS | MMA instructions |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| kernel | arch | regs | smem | local (B / STL+LDL) | LDGSTS | TMA | MMA instructions |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for k in kernels:
         mma = ", ".join(f"{kind} x{n}" for kind, n in _mma_counts(k)) or "-"
+        tma = ", ".join(sorted(k.tma_kinds)) or "-"
         lines.append(f"| `{k.name}` | {k.arch} | {k.regs} | {k.shared} | {k.stack + k.local} / {k.local_ops} "
-                     f"| {k.ldgsts if k.is_conv else '-'} | {mma} |")
+                     f"| {k.ldgsts if k.is_conv else '-'} | {tma} | {mma} |")
     found = problems(kernels)
     lines += ["", "Check: " + ("passed (HMMA in every tensor-core convolution kernel on sm_80 and sm_90, "
-                               "LDGSTS in every convolution kernel, no kernel uses local memory)." if not found else "FAILED"), ""]
+                               "LDGSTS in every convolution kernel, HGMMA and UTMALDG in every CUTLASS "
+                               "kernel, no kernel uses local memory)." if not found else "FAILED"), ""]
     lines += [f"- {p}" for p in found]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -251,8 +304,10 @@ def main(argv=None) -> int:
     for p in found:
         print("PROBLEM:", p, file=sys.stderr)
     conv = [k for k in kernels if k.tensor_cores]
+    cut = [k for k in kernels if k.is_cutlass]
     print(f"{len(kernels)} kernels; {len(conv)} tensor-core conv kernels, "
-          f"{sum(1 for k in conv if k.hmma + k.hgmma)} with HMMA/HGMMA; "
+          f"{sum(1 for k in conv if k.hmma + k.hgmma)} with HMMA/HGMMA; {len(cut)} CUTLASS sm_90a kernels, "
+          f"{sum(1 for k in cut if k.hgmma and k.utmaldg)} with HGMMA and UTMALDG; "
           f"{sum(1 for k in kernels if k.spills)} using local memory")
     return 1 if found else 0
 

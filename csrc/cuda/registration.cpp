@@ -7,6 +7,9 @@
 #include <torch/library.h>
 
 #include "glue.h"
+#if defined(UNET_FAST_WITH_CUTLASS_SM90)
+#include "cutlass_sm90_glue.h"
+#endif
 
 namespace unet_fast {
 namespace {
@@ -44,5 +47,25 @@ TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("conv1x1", &G::conv1x1);
   m.impl("_conv1x1_backward", &G::conv1x1_backward);
 }
+
+#if defined(UNET_FAST_WITH_CUTLASS_SM90)
+// The CUTLASS sm_90a path (csrc/cutlass_sm90): its own ops, chosen by unet_fast/backends/cuda_ops.py.
+TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
+  // relu_input / grad_masked: the model's ReLU-gradient flags (unet_fast/_dispatch.py), unused by
+  // the forward but kept with it for the autograd formula (cuda_ops.py).
+  m.def("_conv3x3_relu_sm90(Tensor x, Tensor weight, Tensor? bias, int padding, bool relu_input, "
+        "bool grad_masked) -> Tensor");
+  m.def("_conv3x3_relu_sm90_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int padding, "
+        "bool[3] output_mask, bool relu_input, bool grad_masked) -> (Tensor, Tensor, Tensor)");
+  // Host-side checks of the units (CUTLASS's can_implement included): no tensors, no GPU.
+  m.def("_cutlass_sm90_check(str pass_, int[] shape) -> str", &cutlass_glue::cutlass_sm90_check);
+  m.def("_cutlass_sm90_configs() -> str[]", &cutlass_glue::cutlass_sm90_configs);
+}
+
+TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
+  m.impl("_conv3x3_relu_sm90", &cutlass_glue::conv3x3_relu_sm90);
+  m.impl("_conv3x3_relu_sm90_backward", &cutlass_glue::conv3x3_relu_sm90_backward);
+}
+#endif
 
 }  // namespace unet_fast

@@ -28,6 +28,7 @@ import torch
 
 from .. import _build
 from .._dispatch import needs_grad, register_backend, register_impl
+from . import cutlass_sm90
 
 _NAME = "unet_fast._C"
 _LOAD_ERROR: Optional[str] = None  # what available()["cuda"] says: None when a library is loaded
@@ -256,13 +257,27 @@ def _supports(op: str):
                                            for a in args):
             return ("its CUDA kernels run float32, float16 and bfloat16 (float64 only on the CPU "
                     "kernels); convert with .float()")
+        if op in _CUTLASS_OPS and _cutlass_wanted(args):
+            # bf16 on Hopper: the CUTLASS units, once they passed their first-run check there
+            return cutlass_sm90.why_not(args[0], args[1], args[3], needs_grad(args))
         return None
     return supports
 
 
-def _atomic_wgrad(args) -> bool:
-    """The CUDA kernels' weight gradients sum split-K partials with fp32 atomics."""
-    return args[0].is_cuda and needs_grad(args)
+# The ops the CUTLASS sm_90a units can run (arguments (x, weight, bias, padding, ...)).
+_CUTLASS_OPS = ("conv3x3_relu", "conv3x3_relu_pool")
+
+
+def _cutlass_wanted(args) -> bool:
+    return cutlass_sm90.wanted(args[0], args[1], args[3])
+
+
+def _atomic_wgrad(op: str):
+    """The hand-written CUDA kernels' weight gradients sum split-K partials with fp32 atomics (the
+    CUTLASS path's in a fixed order)."""
+    def nondeterministic(args) -> bool:
+        return args[0].is_cuda and needs_grad(args) and not (op in _CUTLASS_OPS and _cutlass_wanted(args))
+    return nondeterministic
 
 
 def _register_impls() -> None:
@@ -274,7 +289,7 @@ def _register_impls() -> None:
 
     for _op, _fn in cuda_ops.IMPLS.items():
         register_impl(_op, "cuda", _fn, _supports(_op),
-                      nondeterministic=_atomic_wgrad if _op in cuda_ops.ATOMIC_WGRAD else None)
+                      nondeterministic=_atomic_wgrad(_op) if _op in cuda_ops.ATOMIC_WGRAD else None)
         for _dev in ("cpu", "cuda"):
             has_kernel(_op, _dev)
 

@@ -9,7 +9,7 @@ import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
 from .._utils import nonfinite_weight_on_cpu, relu_input, skip_grad
-from . import torch_backend
+from . import cutlass_sm90, torch_backend
 
 _ops = torch.ops.unet_fast
 
@@ -115,6 +115,38 @@ torch.library.register_autograd("unet_fast::conv3x3_relu_pool", _conv3x3_relu_po
                                 setup_context=_conv3x3_setup)
 
 
+# ---------------------------------------------------------------- conv3x3 + ReLU on CUTLASS sm_90a
+# (csrc/cutlass_sm90; unet_fast/backends/cutlass_sm90.py says when). The flags ride along with
+# the forward for the backward: relu_input -> dx masked by (x > 0) in the dgrad epilogue;
+# grad_masked -> the incoming gradient is already dy * (y > 0).
+if cutlass_sm90.built():
+    @torch.library.register_fake("unet_fast::_conv3x3_relu_sm90")
+    def _conv3x3_relu_sm90_fake(x, weight, bias, padding, relu_input_, grad_masked):
+        return _conv3x3_relu_fake(x, weight, bias, padding)
+
+    @torch.library.register_fake("unet_fast::_conv3x3_relu_sm90_backward")
+    def _conv3x3_relu_sm90_backward_fake(grad, y, x, weight, padding, output_mask, relu_input_,
+                                         grad_masked):
+        return _grads_fake(x, weight, weight.shape[0], output_mask)
+
+    def _conv3x3_sm90_setup(ctx, inputs, output):
+        x, weight, bias, padding, relu_input_, grad_masked = inputs
+        ctx.save_for_backward(x, weight, output)
+        ctx.padding, ctx.relu_input, ctx.grad_masked = padding, relu_input_, grad_masked
+        ctx.has_bias = bias is not None
+
+    def _conv3x3_relu_sm90_backward(ctx, grad_y):
+        x, weight, y = ctx.saved_tensors
+        mask = _mask(ctx)
+        dx, dw, db = _ops._conv3x3_relu_sm90_backward(grad_y, y, x, weight, ctx.padding, mask,
+                                                      ctx.relu_input, ctx.grad_masked)
+        return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None,
+                None, None, None)
+
+    torch.library.register_autograd("unet_fast::_conv3x3_relu_sm90", _conv3x3_relu_sm90_backward,
+                                    setup_context=_conv3x3_sm90_setup)
+
+
 # ---------------------------------------------------------------- max-pool 2x2
 @torch.library.register_fake("unet_fast::max_pool2x2")
 def _max_pool2x2_fake(x):
@@ -218,17 +250,24 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
 
 
 # ---------------------------------------------------------------- the impls of the cuda backend
-# relu_input (unet_fast/_dispatch.py OPS): the C++ kernels do not mask dx by a ReLU input yet, so
-# it is applied around them; grad_masked is ignored (their backward masks again: idempotent).
+# relu_input (unet_fast/_dispatch.py OPS): the hand-written C++ kernels do not mask dx by a ReLU
+# input yet, so it is applied around them; grad_masked is ignored (their backward masks again:
+# idempotent). The CUTLASS sm_90a path honours both in its kernels.
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
     if nonfinite_weight_on_cpu(weight):  # PyTorch's NaN pattern at the border (see there)
         return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input_)
+    if cutlass_sm90.wanted(x, weight, padding):  # (its first-run check passed: see `supports`)
+        return _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, grad_masked)
     return _ops.conv3x3_relu(relu_input(x, relu_input_), weight, bias, padding)
 
 
 def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False):
     if nonfinite_weight_on_cpu(weight):
         return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_)
+    if cutlass_sm90.wanted(x, weight, padding):
+        # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more
+        y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, False)
+        return y, _ops.max_pool2x2(y)
     return tuple(_ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding))
 
 
@@ -254,5 +293,6 @@ IMPLS = {
     "conv1x1": conv1x1,
 }
 # Ops whose CUDA backward reduces the weight gradient with fp32 atomics (split-K): not
-# deterministic when gradients are computed (the dispatch layer's `nondeterministic`).
+# deterministic when gradients are computed (the dispatch layer's `nondeterministic`). The CUTLASS
+# path of the 3x3 convolutions sums its split-K partials in a fixed order: deterministic.
 ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat", "conv1x1"}

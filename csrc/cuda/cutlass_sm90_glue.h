@@ -1,0 +1,198 @@
+// Torch glue of the CUTLASS sm_90a convolutions (csrc/cutlass_sm90, plain C++ interface): argument
+// checks, NHWC views, output allocation, the weight in KRSC, the split-K workspace and the ReLU
+// masks. Included by registration.cpp only when the units are built (UNET_FAST_WITH_CUTLASS_SM90).
+//
+// Ops (unet_fast/backends/cuda_ops.py decides when they run: bf16 on an sm_90 device, channel
+// counts the units take, and only after the instantiation passed its first-run check):
+//   _conv3x3_relu_sm90(x, weight, bias, padding, relu_input, grad_masked) -> y   = conv3x3_relu
+//       (the flags only travel to the backward, through the autograd formula)
+//   _conv3x3_relu_sm90_backward(grad, y, x, weight, padding, output_mask, relu_input, grad_masked)
+//       grad_masked: grad is already dy * (y > 0) (else one threshold_backward pass forms it);
+//       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
+//   _cutlass_sm90_check(pass, [n, h, w, c, k, pad]) -> ""  or why not  (host code only, no GPU)
+//   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad]                   (what each unit was built as)
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../common.h"
+#include "../cutlass_sm90/conv3x3_sm90.h"
+
+namespace unet_fast {
+namespace cutlass_glue {
+
+inline sm90::Nhwc nhwc(const at::Tensor& t) {
+  sm90::Nhwc v;
+  v.ptr = t.data_ptr();
+  v.sn = t.stride(0);
+  v.sh = t.stride(2);
+  v.sw = t.stride(3);
+  return v;
+}
+
+// Channel stride 1 and 16-byte pixel strides (a channels_last tensor or a channel slice of one
+// whose pixel stride is a multiple of 8): read in place; anything else is made dense NHWC.
+inline at::Tensor nhwc_view(const at::Tensor& t) {
+  const bool ok = (t.size(1) == 1 || t.stride(1) == 1) && t.stride(0) % 8 == 0 && t.stride(2) % 8 == 0 &&
+                  t.stride(3) % 8 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  return ok ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline sm90::Conv3x3Shape shape_of(const at::Tensor& x, const at::Tensor& w, int64_t padding) {
+  sm90::Conv3x3Shape s;
+  s.n = static_cast<int>(x.size(0));
+  s.c = static_cast<int>(x.size(1));
+  s.h = static_cast<int>(x.size(2));
+  s.w = static_cast<int>(x.size(3));
+  s.k = static_cast<int>(w.size(0));
+  s.pad = static_cast<int>(padding);
+  return s;
+}
+
+inline void check_status(int status, const char* why, const char* what) {
+  TORCH_CHECK(status == sm90::kOk, "unet_fast CUTLASS sm_90a ", what, ": ", why);
+}
+
+inline void check_bf16_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.scalar_type() == at::kBFloat16, name,
+              " must be a bfloat16 CUDA tensor for the CUTLASS sm_90a kernels, got ", t.scalar_type(),
+              " on ", t.device());
+}
+
+inline int num_sms() {
+  int dev = 0, n = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
+}
+
+// Output in x's memory format (the ops' contract); the kernels write NHWC.
+inline at::Tensor in_format_of(const at::Tensor& out_nhwc, const at::Tensor& like) {
+  return format_of(like) == at::MemoryFormat::ChannelsLast ? out_nhwc
+                                                           : out_nhwc.contiguous(at::MemoryFormat::Contiguous);
+}
+
+inline at::Tensor conv3x3_relu_sm90(const at::Tensor& x_, const at::Tensor& weight,
+                                    const c10::optional<at::Tensor>& bias, int64_t padding,
+                                    bool /*relu_input*/, bool /*grad_masked*/) {
+  check_conv3x3(x_, weight, bias, padding);
+  check_bf16_cuda(x_, "x");
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = nhwc_view(x_);
+  const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // (k, 3, 3, c)
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const sm90::Conv3x3Shape s = shape_of(x, weight, padding);
+  at::Tensor y = at::empty({s.n, s.k, s.p(), s.q()}, x.options(), at::MemoryFormat::ChannelsLast);
+  sm90::FpropArgs a;
+  a.s = s;
+  a.x = nhwc(x);
+  a.w = wk.data_ptr();
+  a.bias = b.defined() ? b.data_ptr() : nullptr;
+  a.y = nhwc(y);
+  char why[512];
+  check_status(sm90::conv3x3_fprop_bf16_run(a, c10::cuda::getCurrentCUDAStream(), why, sizeof why), why,
+               "fprop");
+  return in_format_of(y, x_);
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward(
+    const at::Tensor& grad_, const at::Tensor& y_, const at::Tensor& x_, const at::Tensor& weight,
+    int64_t padding, std::array<bool, 3> mask, bool relu_input, bool grad_masked) {
+  check_conv3x3(x_, weight, c10::nullopt, padding);
+  check_bf16_cuda(x_, "x");
+  const int64_t oh = x_.size(2) - 2 + 2 * padding, ow = x_.size(3) - 2 + 2 * padding;
+  check_conv3x3_grads(grad_, y_, x_, {x_.size(0), weight.size(0), oh, ow});
+  c10::cuda::CUDAGuard guard(x_.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  // g = dy * (y > 0), dense NHWC (CUTLASS's wgrad takes packed tensors only)
+  at::Tensor g = grad_masked ? grad_ : at::threshold_backward(grad_, y_, 0);
+  g = g.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = nhwc_view(x_);
+  const sm90::Conv3x3Shape s = shape_of(x, weight, padding);
+  char why[512];
+  at::Tensor dx, dw, db;
+  if (mask[0]) {
+    const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // the forward's (k, 3, 3, c)
+    dx = at::empty({s.n, s.c, s.h, s.w}, x.options(), at::MemoryFormat::ChannelsLast);
+    at::Tensor m = relu_input ? x : at::Tensor();
+    if (m.defined() && !(m.stride(2) == m.size(3) * m.stride(3) && m.stride(0) == m.size(2) * m.stride(2)))
+      m = m.contiguous(at::MemoryFormat::ChannelsLast);  // the mask load wants one pixel stride
+    sm90::DgradArgs a;
+    a.s = s;
+    a.g = nhwc(g);
+    a.w = wk.data_ptr();
+    if (m.defined()) a.mask = nhwc(m);
+    a.dx = nhwc(dx);
+    check_status(sm90::conv3x3_dgrad_bf16_run(a, stream, why, sizeof why), why, "dgrad");
+    dx = in_format_of(dx, x_);
+  } else {
+    dx = at::empty({0}, x_.options());
+  }
+  if (mask[1]) {
+    const int splits = sm90::conv3x3_wgrad_bf16_splits(s, num_sms());
+    at::Tensor partial = at::empty({splits, s.k, 3, 3, s.c}, x.options().dtype(at::kFloat));
+    sm90::WgradArgs a;
+    a.s = s;
+    a.g = nhwc(g);
+    a.x = nhwc(x);
+    a.partial = partial.data_ptr<float>();
+    a.splits = splits;
+    check_status(sm90::conv3x3_wgrad_bf16_run(a, stream, why, sizeof why), why, "wgrad");
+    // the splits in a fixed order (deterministic), then (k, 3, 3, c) -> (k, c, 3, 3) in bf16
+    dw = partial.sum(0).permute({0, 3, 1, 2}).to(x.scalar_type(), false, false, at::MemoryFormat::Contiguous);
+  } else {
+    dw = at::empty({0}, x_.options());
+  }
+  // the bias gradient: one fp32 reduction of g over the pixels
+  db = mask[2] ? g.sum({0, 2, 3}, false, at::kFloat).to(x.scalar_type()) : at::empty({0}, x_.options());
+  return {dx, dw, db};
+}
+
+inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t> shape) {
+  TORCH_CHECK(shape.size() == 6, "shape must be [n, h, w, c, k, pad], got ", shape.size(), " values");
+  for (int64_t v : shape)
+    TORCH_CHECK(v >= 0 && v <= (int64_t(1) << 30), "shape values must be in [0, 2^30], got ", v);
+  sm90::Conv3x3Shape s;
+  s.n = int(shape[0]); s.h = int(shape[1]); s.w = int(shape[2]);
+  s.c = int(shape[3]); s.k = int(shape[4]); s.pad = int(shape[5]);
+  auto dense = [](int n, int h, int w, int c) {
+    sm90::Nhwc t;
+    t.sw = c; t.sh = int64_t(w) * c; t.sn = int64_t(h) * w * c;
+    (void)n;
+    return t;
+  };
+  char why[512];
+  int r;
+  if (pass == "fprop") {
+    sm90::FpropArgs a;
+    a.s = s; a.x = dense(s.n, s.h, s.w, s.c); a.y = dense(s.n, s.p(), s.q(), s.k);
+    r = sm90::conv3x3_fprop_bf16_check(a, why, sizeof why);
+  } else if (pass == "dgrad") {
+    sm90::DgradArgs a;
+    a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.dx = dense(s.n, s.h, s.w, s.c);
+    a.mask = dense(s.n, s.h, s.w, s.c);
+    r = sm90::conv3x3_dgrad_bf16_check(a, why, sizeof why);
+  } else if (pass == "wgrad") {
+    sm90::WgradArgs a;
+    a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.x = dense(s.n, s.h, s.w, s.c);
+    a.splits = sm90::conv3x3_wgrad_bf16_splits(s, 132);
+    r = sm90::conv3x3_wgrad_bf16_check(a, why, sizeof why);
+  } else {
+    TORCH_CHECK(false, "pass must be 'fprop', 'dgrad' or 'wgrad', got '", std::string(pass), "'");
+  }
+  return r == sm90::kOk ? std::string() : std::string(why);
+}
+
+inline std::vector<std::string> cutlass_sm90_configs() {
+  return {sm90::conv3x3_fprop_bf16_config(), sm90::conv3x3_dgrad_bf16_config(),
+          sm90::conv3x3_wgrad_bf16_config()};
+}
+
+}  // namespace cutlass_glue
+}  // namespace unet_fast

@@ -1,0 +1,96 @@
+// Plain C++ interface of the CUTLASS sm_90a convolutions (csrc/cutlass_sm90/*.cu): raw pointers,
+// sizes, element strides and a stream in; a status and a message out. No CUTLASS and no torch
+// headers here, so the torch glue includes it cheaply and the heavy templates stay in their own
+// translation units (one instantiation each), compiled only for sm_90a.
+//
+// Every pass is bf16 NHWC with fp32 accumulation, a 3x3 window, stride 1 and padding 0 or 1:
+//   fprop  y  = relu(conv(x, w) + bias)                          (bias and ReLU in the epilogue)
+//   dgrad  dx = conv_transpose(g, w) * (mask > 0)                 (mask: the layer input, a ReLU
+//                                                                 output; none: plain dx)
+//   wgrad  partial[s] = sum over the pixels of split s of g^T x  (fp32, summed by the caller)
+// g is the output gradient already multiplied by the layer's own ReLU mask (design.md: the mask
+// is applied once, where the gradient is formed; no mainloop masks).
+//
+// *_check runs only host code (our argument rules, then CUTLASS's can_implement): it needs no GPU
+// and no valid pointers beyond their alignment. *_run checks the same, builds the TMA descriptors
+// (CUDA driver) and launches on `stream`.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace unet_fast {
+namespace sm90 {
+
+// A 3x3 convolution: input (n, h, w, c), c -> k channels, padding 0 or 1, stride 1. The output
+// is (n, p, q, k) with p = h + 2 pad - 2, q = w + 2 pad - 2.
+struct Conv3x3Shape {
+  int n = 0, h = 0, w = 0, c = 0, k = 0, pad = 0;
+  int p() const { return h + 2 * pad - 2; }
+  int q() const { return w + 2 * pad - 2; }
+};
+
+// An NHWC bf16 tensor: channel stride 1, element strides of the pixel dimensions.
+struct Nhwc {
+  const void* ptr = nullptr;
+  int64_t sn = 0, sh = 0, sw = 0;
+};
+
+enum Status : int {
+  kOk = 0,
+  kUnsupported = 1,   // the problem or its tensors are outside what the kernel takes (message says why)
+  kCutlassError = 2,  // CUTLASS refused or failed at initialize/run
+  kCudaError = 3,     // a CUDA call failed (message has cudaGetErrorString)
+};
+
+// Messages are written into `why` (at most `why_len` bytes, NUL-terminated) when it is non-null.
+
+// --------------------------------------------------------------------------- fprop + bias + ReLU
+struct FpropArgs {
+  Conv3x3Shape s;
+  Nhwc x;                      // (n, h, w, c)
+  const void* w = nullptr;     // (k, 3, 3, c) dense (KRSC)
+  const void* bias = nullptr;  // (k,) or null (no bias)
+  Nhwc y;                      // (n, p, q, k), written
+};
+int conv3x3_fprop_bf16_check(const FpropArgs& a, char* why, int why_len);
+int conv3x3_fprop_bf16_run(const FpropArgs& a, cudaStream_t stream, char* why, int why_len);
+
+// --------------------------------------------------------------------------- dgrad x ReLU mask
+struct DgradArgs {
+  Conv3x3Shape s;
+  Nhwc g;                   // (n, p, q, k): the output gradient (already masked by this layer's ReLU)
+  const void* w = nullptr;  // (k, 3, 3, c) dense (KRSC), the forward weight
+  Nhwc mask;                // (n, h, w, c) with one pixel stride (sh = w sw, sn = h sh), or ptr null
+  Nhwc dx;                  // (n, h, w, c), written
+};
+int conv3x3_dgrad_bf16_check(const DgradArgs& a, char* why, int why_len);
+int conv3x3_dgrad_bf16_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
+
+// --------------------------------------------------------------------------- wgrad (split-K)
+// The pixel sum is split over `splits` slices of the grid (one launch); slice s writes
+// partial[s] = (k, 3, 3, c) in fp32, dense. The caller sums the slices in a fixed order (so the
+// result does not depend on scheduling) and converts/permutes to its weight layout. The bias
+// gradient is not computed here (the caller reduces g over the pixels: one read of g).
+struct WgradArgs {
+  Conv3x3Shape s;
+  Nhwc g;                  // (n, p, q, k), dense NHWC (CUTLASS's wgrad takes packed tensors only)
+  Nhwc x;                  // (n, h, w, c), the forward input
+  float* partial = nullptr;  // splits x (k, 3, 3, c) floats, 16-byte aligned
+  int splits = 1;
+};
+// A split count that fills `num_sms` multiprocessors about twice, with at least 8 K-tiles of 64
+// pixels per split and at most 64 splits.
+int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms);
+int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int why_len);
+int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
+
+// What each unit was built as: tile shapes, cluster, stages, threads, shared memory (host-only
+// constants, for reports and tests).
+const char* conv3x3_fprop_bf16_config();
+const char* conv3x3_dgrad_bf16_config();
+const char* conv3x3_wgrad_bf16_config();
+
+}  // namespace sm90
+}  // namespace unet_fast

@@ -1,0 +1,191 @@
+"""The CUTLASS sm_90a convolutions (csrc/cutlass_sm90) without a GPU: their host code, CUTLASS's
+can_implement included, accepts every 3x3 convolution of the paper U-Net (572x572, "valid") and of
+the "same" U-Net (512x512), batch 1 to 16, in all three passes, except the first layer (1 input
+channel), which stays on the hand-written kernels; and it refuses, with a reason, what the units do
+not take. Called through the extension's `_cutlass_sm90_check` op (host code only).
+
+The kernels themselves run only on an sm_90 GPU: tests/test_cuda_sass.py checks their machine code,
+the first-run self-check and the GPU suite their numbers.
+"""
+import os
+
+import pytest
+import torch
+
+import unet_fast as uf
+
+PASSES = ("fprop", "dgrad", "wgrad")
+
+
+def _check_op():
+    if uf.backends.available()["cuda"] is not None:
+        pytest.skip(f"the extension is not built: {uf.backends.available()['cuda']}")
+    try:
+        return torch.ops.unet_fast._cutlass_sm90_check
+    except (AttributeError, RuntimeError):
+        if os.environ.get("UNET_FAST_REQUIRE_CUTLASS"):
+            pytest.fail("UNET_FAST_REQUIRE_CUTLASS=1 but the extension was built without the CUTLASS units")
+        pytest.skip("the extension was built without the CUTLASS sm_90a units (see setup.py's output)")
+
+
+def unet_conv3x3_problems(padding: str, size: int):
+    """(c_in, c_out, h, w, pad) of every 3x3 convolution of the U-Net (depth 4, 64 base channels)
+    on a size x size image, from the reference model itself (shapes only: the meta device)."""
+    found = []
+    model = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=64, depth=4,
+                              padding=padding).to("meta")
+
+    def record(mod, inputs, _):
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3):
+            x = inputs[0]
+            found.append((x.shape[1], mod.out_channels, x.shape[2], x.shape[3], mod.padding[0]))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        model(torch.empty(1, 1, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+NETWORKS = (("valid", 572), ("same", 512))
+
+
+def test_the_networks_have_the_expected_convolutions():
+    for padding, size in NETWORKS:
+        probs = unet_conv3x3_problems(padding, size)
+        assert len(probs) == 18, probs  # depth 4: 2 per level, 9 levels
+        assert probs[0][0] == 1 and all(c % 64 == 0 for c, *_ in probs[1:])
+
+
+@pytest.mark.parametrize("padding,size", NETWORKS)
+@pytest.mark.parametrize("conv_pass", PASSES)
+def test_can_implement_every_unet_convolution(conv_pass, padding, size):
+    check = _check_op()
+    refused = []
+    for c, k, h, w, pad in unet_conv3x3_problems(padding, size)[1:]:
+        for n in range(1, 17):
+            why = check(conv_pass, [n, h, w, c, k, pad])
+            if why:
+                refused.append(f"n={n} {c}->{k} {h}x{w} pad {pad}: {why}")
+    assert not refused, "\n".join(refused)
+
+
+@pytest.mark.parametrize("conv_pass", PASSES)
+def test_the_first_layer_is_refused_with_a_reason(conv_pass):
+    """1 input channel: not a multiple of the 64-channel K step; the hand-written kernels run it."""
+    check = _check_op()
+    c, k, h, w, pad = unet_conv3x3_problems("valid", 572)[0]
+    why = check(conv_pass, [8, h, w, c, k, pad])
+    assert "multiples of 64" in why, why
+
+
+@pytest.mark.parametrize("conv_pass", PASSES)
+@pytest.mark.parametrize("shape,expected", [
+    ([2, 16, 16, 64, 96, 1], "multiples of 64"),     # 96 output channels
+    ([2, 16, 16, 64, 64, 2], "padding must be 0 or 1"),
+    ([2, 2, 16, 64, 64, 0], "no 3x3 output"),         # 2 rows, no padding
+    ([0, 16, 16, 64, 64, 1], "positive"),
+    ([64, 1024, 1024, 1024, 64, 1], "32-bit"),      # 2^36 input elements
+])
+def test_refusals_say_why(conv_pass, shape, expected):
+    why = _check_op()(conv_pass, shape)
+    assert expected in why, why
+
+
+def test_small_problems_of_the_first_run_check_are_accepted():
+    """The first-run check (unet_fast/backends/cutlass_sm90.py) runs each unit on a small problem
+    with both paddings: those must be problems the units take."""
+    from unet_fast.backends import cutlass_sm90
+    check = _check_op()
+    for conv_pass in PASSES:
+        for shape in cutlass_sm90.SELF_CHECK_SHAPES:
+            assert check(conv_pass, list(shape)) == "", (conv_pass, shape)
+
+
+def test_bad_pass_name_is_an_error():
+    with pytest.raises(RuntimeError, match="fprop"):
+        _check_op()("forward", [1, 8, 8, 64, 64, 1])
+
+
+def test_configs_name_the_instantiations():
+    _check_op()
+    configs = torch.ops.unet_fast._cutlass_sm90_configs()
+    assert [c.split()[0] for c in configs] == list(PASSES)
+    assert all("tile" in c and "stages" in c for c in configs), configs
+
+
+# ---------------------------------------------------------------- on an sm_90 GPU (the GPU suite)
+def _sm90():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+requires_sm90 = pytest.mark.skipif(not _sm90(), reason="needs an sm_90 GPU (runs in benchmarks/gpu_suite.sh)")
+
+
+def _within_bf16_tolerance(what, ours, ref64, own):
+    """docs/design.md: at most twice PyTorch's own bf16 error plus 1e-3 of the reference's scale."""
+    ref64 = ref64.detach()
+    scale = ref64.abs().max().item()
+    bound = 2 * (own.detach().double() - ref64).abs().max().item() + 1e-3 * scale
+    err = (ours.double() - ref64).abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.4g} > {bound:.4g} (scale {scale:.4g})"
+
+
+@requires_sm90
+@pytest.mark.parametrize("n,h,w,c,k,pad", [(1, 9, 7, 64, 64, 0), (3, 17, 23, 128, 64, 1),
+                                           (2, 33, 30, 64, 192, 0), (2, 20, 20, 192, 128, 1)])
+@pytest.mark.parametrize("relu_input,grad_masked", [(False, False), (True, True)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gpu_parity_forward_and_backward(n, h, w, c, k, pad, relu_input, grad_masked, channels_last):
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(n, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    wt = (torch.randn(k, c, 3, 3, device="cuda") * (9 * c) ** -0.5).to(torch.bfloat16)
+    b = (torch.randn(k, device="cuda") * 0.1).to(torch.bfloat16)
+    y = torch.ops.unet_fast._conv3x3_relu_sm90(x, wt, b, pad, relu_input, grad_masked)
+    assert y.is_contiguous(memory_format=fmt)
+    own_y = cutlass_sm90.reference("fprop", x, wt, b, None, None, pad, torch.bfloat16)[0]
+    _within_bf16_tolerance("y", y, cutlass_sm90.reference("fprop", x, wt, b, None, None, pad,
+                                                          torch.float64)[0], own_y)
+    gy = torch.randn_like(y)
+    g_in = gy * (y > 0) if grad_masked else gy
+    dx, dw, db = torch.ops.unet_fast._conv3x3_relu_sm90_backward(
+        g_in, y, x, wt, pad, [True, True, True], relu_input, grad_masked)
+    ref = {t: cutlass_sm90.reference("dgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, torch.bfloat16)}
+    i = 0 if relu_input else 1
+    _within_bf16_tolerance("dx", dx, ref[torch.float64][i], ref[torch.bfloat16][i])
+    ref = {t: cutlass_sm90.reference("wgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, torch.bfloat16)}
+    _within_bf16_tolerance("dweight", dw, ref[torch.float64][0], ref[torch.bfloat16][0])
+    _within_bf16_tolerance("dbias", db, ref[torch.float64][1], ref[torch.bfloat16][1])
+
+
+@requires_sm90
+def test_gpu_first_run_check_passes_and_the_backend_uses_the_units():
+    from unet_fast import _dispatch
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    cutlass_sm90.reset()
+    assert cutlass_sm90.verdict(cutlass_sm90.UNITS, torch.device("cuda")) is None
+    x = torch.randn(2, 64, 30, 30, device="cuda", dtype=torch.bfloat16,
+                    requires_grad=True).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(64, 128, 3).cuda().to(torch.bfloat16)
+    assert cutlass_sm90.wanted(x, conv.weight, 0)
+    y = uf.ops.conv3x3_relu(x, conv.weight, conv.bias, 0, backend="cuda")
+    assert _dispatch.last_used("conv3x3_relu") == "cuda"
+    y.float().square().sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None
+
+
+@requires_sm90
+def test_gpu_wgrad_is_deterministic():
+    _check_op()
+    x = torch.randn(4, 64, 66, 66, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    wt = (torch.randn(64, 64, 3, 3, device="cuda") * 0.04).to(torch.bfloat16)
+    y = torch.ops.unet_fast._conv3x3_relu_sm90(x, wt, None, 0, False, False)
+    gy = torch.randn_like(y)
+    runs = [torch.ops.unet_fast._conv3x3_relu_sm90_backward(gy, y, x, wt, 0, [False, True, True], False,
+                                                            False)[1] for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])

@@ -1,0 +1,190 @@
+"""The first-run check of the CUTLASS sm_90a units (unet_fast/backends/cutlass_sm90.py), on the CPU
+by fault injection: the check's own machinery (inputs, float64 reference, bf16 tolerance, verdict,
+warning, dispatch) runs on CPU tensors with stand-in units, correct ones and broken ones.
+
+On an sm_90 GPU the same check runs the real kernels the first time each unit would run.
+"""
+import warnings
+
+import pytest
+import torch
+
+import unet_fast as uf
+from unet_fast import _dispatch
+from unet_fast.backends import cutlass_sm90
+
+CPU = torch.device("cpu")
+
+
+def correct(unit):
+    """A stand-in unit computing exactly what the real one must: PyTorch in bf16."""
+    def run(x, w, b, gy, y, pad):
+        return tuple(t.detach() for t in cutlass_sm90.reference(unit, x, w, b, gy, y, pad, torch.bfloat16))
+    return run
+
+
+def off_by(unit, amount, which=0):
+    """A broken unit: output `which` has one element off by `amount` times the output's scale."""
+    def run(*args):
+        outs = list(correct(unit)(*args))
+        o = outs[which].clone()
+        flat = o.view(-1) if o.is_contiguous() else o.reshape(-1)
+        flat[flat.numel() // 3] += amount * o.abs().max()
+        outs[which] = flat.view_as(o) if o.is_contiguous() else flat.reshape(o.shape)
+        return tuple(outs)
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    cutlass_sm90.reset()
+    saved = dict(cutlass_sm90._runners)
+    yield
+    cutlass_sm90._runners.clear()
+    cutlass_sm90._runners.update(saved)
+    cutlass_sm90.reset()
+
+
+@pytest.mark.parametrize("unit", cutlass_sm90.UNITS)
+def test_a_correct_unit_passes(unit):
+    assert cutlass_sm90.check_unit(unit, CPU, correct(unit)) is None
+
+
+@pytest.mark.parametrize("unit,which", [("fprop", 0), ("dgrad", 0), ("dgrad", 1), ("wgrad", 0),
+                                        ("wgrad", 1)])
+def test_one_wrong_element_fails_with_the_numbers(unit, which):
+    why = cutlass_sm90.check_unit(unit, CPU, off_by(unit, 0.05, which))
+    assert why is not None and "first-run check" in why, why
+    assert cutlass_sm90.OUTPUT_NAMES[unit][which] in why
+    assert "off by up to" in why and "allowed" in why and "PyTorch's own bf16 error" in why
+
+
+def test_the_check_is_not_fooled_by_autocast():
+    """The first use usually comes inside the model's autocast region: the reference must still
+    be float64 (else a unit off by bf16 rounding-sized errors would pass against a bf16 reference
+    that errs the same way, or a correct one fail)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cutlass_sm90.check_unit("wgrad", CPU, correct("wgrad")) is None
+        assert cutlass_sm90.check_unit("wgrad", CPU, off_by("wgrad", 0.05)) is not None
+
+
+def test_rounding_within_bf16_tolerance_passes():
+    """An error of the size of bf16's own rounding is not a failure (the tolerance follows the
+    dtype: twice PyTorch's own error plus 1e-3 of the scale)."""
+    assert cutlass_sm90.check_unit("fprop", CPU, off_by("fprop", 2e-4)) is None
+
+
+def test_a_dgrad_that_forgets_the_mask_fails():
+    def unmasked(*args):
+        _, plain = correct("dgrad")(*args)
+        return plain, plain
+    why = cutlass_sm90.check_unit("dgrad", CPU, unmasked)
+    assert why is not None and "dx * (x > 0)" in why, why
+
+
+def test_a_wgrad_with_one_split_lost_fails():
+    """The failure mode of a wrong split-K partition: part of the pixel sum missing."""
+    def partial(*args):
+        dw, db = correct("wgrad")(*args)
+        return dw * 0.9, db
+    assert "dweight" in cutlass_sm90.check_unit("wgrad", CPU, partial)
+
+
+def test_nan_output_fails():
+    def nan(*args):
+        (y,) = correct("fprop")(*args)
+        return (torch.full_like(y, float("nan")),)
+    assert "off by up to inf" in cutlass_sm90.check_unit("fprop", CPU, nan)
+
+
+def test_a_unit_that_raises_or_answers_wrongly_shaped_fails():
+    def boom(*args):
+        raise RuntimeError("CUTLASS initialize failed")
+    assert "failed to run" in cutlass_sm90.check_unit("fprop", CPU, boom)
+
+    def fp32(*args):
+        return tuple(t.float() for t in correct("fprop")(*args))
+    assert "expected bfloat16" in cutlass_sm90.check_unit("fprop", CPU, fp32)
+
+
+def test_verdicts_are_kept_and_a_failure_warns_once():
+    cutlass_sm90._runners["fprop"] = correct("fprop")
+    cutlass_sm90._runners["wgrad"] = off_by("wgrad", 0.5)
+    calls = []
+    dgrad = correct("dgrad")
+    cutlass_sm90._runners["dgrad"] = lambda *a: calls.append(1) or dgrad(*a)
+    assert cutlass_sm90.verdict(("fprop",), CPU) is None
+    with pytest.warns(RuntimeWarning, match="wgrad kernel failed its first-run check"):
+        why = cutlass_sm90.verdict(cutlass_sm90.UNITS, CPU)
+    assert "wgrad" in why
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert cutlass_sm90.verdict(cutlass_sm90.UNITS, CPU) == why
+    assert len(calls) == len(cutlass_sm90.SELF_CHECK_SHAPES)  # checked once per device
+
+
+def _extension_on_cpu():
+    if uf.backends.available()["cuda"] is not None:
+        pytest.skip(f"the extension is not built: {uf.backends.available()['cuda']}")
+
+
+def _args():
+    x = torch.randn(2, 64, 9, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(64, 64, 3, 3) * 0.04).to(torch.bfloat16)
+    b = torch.randn(64, dtype=torch.bfloat16)
+    return x, w, b
+
+
+@pytest.fixture
+def cutlass_wanted_on_cpu(monkeypatch):
+    """Pretend the CPU is an sm_90 device with the CUTLASS units, so that the cuda backend's
+    dispatch consults their first-run check for bf16 CPU tensors."""
+    _extension_on_cpu()
+    monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: x.dtype == torch.bfloat16)
+
+
+def test_explicit_cuda_raises_with_the_numbers(cutlass_wanted_on_cpu):
+    cutlass_sm90._runners["fprop"] = off_by("fprop", 0.5)
+    x, w, b = _args()
+    with pytest.warns(RuntimeWarning), pytest.raises(uf.BackendUnavailable) as e:
+        uf.ops.conv3x3_relu(x, w, b, 1, backend="cuda")
+    msg = str(e.value)
+    assert "backend='cuda' cannot run conv3x3_relu" in msg and "fprop" in msg
+    assert "off by up to" in msg and "allowed" in msg
+
+
+def test_auto_falls_back_after_one_warning(cutlass_wanted_on_cpu, monkeypatch):
+    cutlass_sm90._runners["fprop"] = off_by("fprop", 0.5)
+    monkeypatch.setattr(_dispatch, "auto_order", lambda device: ("cuda", "torch"))
+    x, w, b = _args()
+    ref = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
+    with pytest.warns(RuntimeWarning, match="first-run check"):
+        out = uf.ops.conv3x3_relu(x, w, b, 1, backend="auto")
+    assert _dispatch.last_used("conv3x3_relu") == "torch"
+    torch.testing.assert_close(out, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uf.ops.conv3x3_relu(x, w, b, 1, backend="auto")
+    assert _dispatch.last_used("conv3x3_relu") == "torch"
+
+
+def test_the_backward_units_are_checked_when_gradients_are_wanted(cutlass_wanted_on_cpu):
+    """A forward without gradients needs only fprop; with gradients dgrad and wgrad must pass too."""
+    cutlass_sm90._runners["fprop"] = correct("fprop")
+    cutlass_sm90._runners["dgrad"] = correct("dgrad")
+    cutlass_sm90._runners["wgrad"] = off_by("wgrad", 0.5, which=1)
+    x, w, b = _args()
+    assert _dispatch.why_not("conv3x3_relu", "cuda", (x, w, b, 1, False, False)) is None
+    w.requires_grad_()
+    with pytest.warns(RuntimeWarning):
+        why = _dispatch.why_not("conv3x3_relu", "cuda", (x, w, b, 1, False, False))
+    assert "wgrad" in why and "dbias" in why
+
+
+def test_not_checked_while_compiling_means_not_used(cutlass_wanted_on_cpu, monkeypatch):
+    """torch.compile traces with fake tensors, where no kernel can run: a unit not yet checked in
+    eager is not put into a compiled graph."""
+    monkeypatch.setattr(cutlass_sm90, "_is_compiling", lambda: True)
+    x, w, b = _args()
+    why = _dispatch.why_not("conv3x3_relu", "cuda", (x, w, b, 1, False, False))
+    assert "not passed their first-run check" in why

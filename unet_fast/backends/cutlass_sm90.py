@@ -1,0 +1,249 @@
+"""The CUTLASS sm_90a path of the `cuda` backend: when it runs, and its first-run check.
+
+The extension's ops `_conv3x3_relu_sm90` and `_conv3x3_relu_sm90_backward`
+(csrc/cuda/cutlass_sm90_glue.h) run bf16 3x3 convolutions on Hopper with CUTLASS kernels
+(csrc/cutlass_sm90: TMA + wgmma, our epilogues as visitor trees). `conv3x3_relu` and
+`conv3x3_relu_pool` of the cuda backend take that path when
+
+- the extension was built with the CUTLASS units (`built()`),
+- the tensors are bf16 on a device of compute capability 9.0,
+- the channel counts are multiples of 64 and the padding 0 or 1 (what the units take:
+  `eligible`; the U-Net's first layer, with one input channel, is not),
+- every unit the call will run passed its first-run check on that device.
+
+First-run check: the first time a unit (fprop, dgrad, wgrad) would run on a device, it runs on
+the small problems of SELF_CHECK_SHAPES (both paddings, tiles crossed in every GEMM dimension)
+and is compared with the reference convolution computed in float64 on the same bf16 values, at
+bf16's tolerance (docs/design.md: at most twice PyTorch's own bf16 error plus 1e-3 of the
+reference's scale). A unit that fails is unusable on that device for the rest of the process: a
+warning says so once, `backend="auto"` falls back to the other implementations, and an explicit
+`backend="cuda"` raises BackendUnavailable with the numbers. Code that has never run on a GPU
+cannot silently give wrong numbers.
+
+The checking logic runs on any device: tests inject faulty units (`_runners`) on the CPU.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+UNITS = ("fprop", "dgrad", "wgrad")
+CHANNEL_MULTIPLE = 64  # the units' K step and wgrad N tile: 64 channels of one tap
+# (n, h, w, c, k, pad): n*p*q crosses the 128-pixel M tile, k is one full and one half N tile,
+# c gives 9 and 18 K steps; both paddings.
+SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (1, 12, 10, 128, 64, 1))
+
+_lock = threading.Lock()
+_verdicts: dict = {}   # (unit, device) -> None (passed) or the failure sentence
+_warned: set = set()
+
+
+# ---------------------------------------------------------------- what can run where
+def _ops():
+    return torch.ops.unet_fast
+
+
+_built: list = []
+
+
+def built() -> bool:
+    """Whether the extension carries the CUTLASS units (setup.py builds them when CUTLASS and
+    arch 9.0 are there)."""
+    if not _built:
+        from . import cuda_backend
+        found = False
+        if cuda_backend.extension_path() is not None:
+            try:
+                found = torch._C._dispatch_has_kernel_for_dispatch_key(
+                    "unet_fast::_conv3x3_relu_sm90", "CUDA")
+            except RuntimeError:  # "operator ... does not exist": built without them
+                found = False
+        _built.append(found)
+    return _built[0]
+
+
+_capability: dict = {}
+
+
+def _is_sm90(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cap = _capability.get(index)
+    if cap is None:
+        cap = _capability[index] = torch.cuda.get_device_capability(index)
+    return cap == (9, 0)
+
+
+def eligible(x: torch.Tensor, weight: torch.Tensor, padding: int) -> Optional[str]:
+    """None if the units take this convolution (shapes and dtype), else why not."""
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+        return f"the CUTLASS units are bf16 only (got {x.dtype})"
+    c, k = x.shape[1], weight.shape[0]
+    if c % CHANNEL_MULTIPLE or k % CHANNEL_MULTIPLE:
+        return f"channels must be multiples of {CHANNEL_MULTIPLE} (got {c} -> {k})"
+    if padding not in (0, 1):
+        return f"padding must be 0 or 1 (got {padding})"
+    return None
+
+
+def wanted(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """Whether a conv3x3_relu call of the cuda backend goes to the CUTLASS units (before their
+    first-run check)."""
+    return _is_sm90(x.device) and built() and eligible(x, weight, padding) is None
+
+
+# ---------------------------------------------------------------- the first-run check
+def _device_key(device: torch.device) -> str:
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def _run_fprop(x, w, b, gy, y, pad):
+    return (_ops()._conv3x3_relu_sm90(x, w, b, pad, False, False),)
+
+
+def _run_dgrad(x, w, b, gy, y, pad):
+    masked = _ops()._conv3x3_relu_sm90_backward(gy, y, x, w, pad, [True, False, False], True, False)[0]
+    plain = _ops()._conv3x3_relu_sm90_backward(gy, y, x, w, pad, [True, False, False], False, False)[0]
+    return masked, plain
+
+
+def _run_wgrad(x, w, b, gy, y, pad):
+    _, dw, db = _ops()._conv3x3_relu_sm90_backward(gy, y, x, w, pad, [False, True, True], False, False)
+    return dw, db
+
+
+# unit -> fn(x, w, b, grad_y, y, padding) -> its outputs (the tests replace them)
+_runners: dict[str, Callable] = {"fprop": _run_fprop, "dgrad": _run_dgrad, "wgrad": _run_wgrad}
+OUTPUT_NAMES = {"fprop": ("y",), "dgrad": ("dx * (x > 0)", "dx"), "wgrad": ("dweight", "dbias")}
+
+
+def reference(unit: str, x, w, b, gy, y, pad, dtype):
+    """What `unit` computes, by PyTorch in `dtype` on the given values. The ReLU masks come from
+    the given y and x (bf16 values), so the reference and the unit mask the same elements."""
+    x_, w_, b_ = (t.to(dtype).requires_grad_() for t in (x, w, b))
+    with torch.enable_grad():
+        z = F.conv2d(x_, w_, b_, padding=pad)
+        if unit == "fprop":
+            return (F.relu(z),)
+        g = (gy * (y > 0)).to(dtype)
+        dx, dw, db = torch.autograd.grad(z, (x_, w_, b_), g)
+    if unit == "dgrad":
+        return dx * (x > 0).to(dtype), dx
+    return dw, db
+
+
+def _inputs(shape, device, seed):
+    n, h, w, c, k, pad = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*size, scale=1.0):
+        t = torch.randn(*size, generator=gen, device=device) * scale
+        return t.to(torch.bfloat16)
+
+    x = randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    wt = randn(k, c, 3, 3, scale=(9 * c) ** -0.5)
+    b = randn(k, scale=0.1)
+    y = reference("fprop", x, wt, b, None, None, pad, torch.bfloat16)[0].detach()
+    gy = randn(*y.shape).contiguous(memory_format=torch.channels_last)
+    return x, wt, b, gy, y.contiguous(memory_format=torch.channels_last), pad
+
+
+def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = None) -> Optional[str]:
+    """Run `unit` on SELF_CHECK_SHAPES on `device`: None if within bf16's tolerance of the float64
+    reference, else a sentence with the numbers."""
+    runner = runner or _runners[unit]
+    # (the first use is often inside the model's autocast region, which would turn the float64
+    # reference into bf16)
+    with torch.autocast(device_type=device.type, enabled=False):
+        return _check_unit(unit, device, runner)
+
+
+def _check_unit(unit, device, runner):
+    for i, shape in enumerate(SELF_CHECK_SHAPES):
+        args = _inputs(shape, device, seed=1234 + i)
+        with torch.no_grad():
+            try:
+                got = runner(*args)
+            except Exception as e:  # noqa: BLE001  (a launch or configuration failure)
+                return f"the CUTLASS {unit} kernel failed to run on {device} ({type(e).__name__}: {e})"
+        ref = reference(unit, *args, torch.float64)
+        own = reference(unit, *args, torch.bfloat16)
+        for name, o, r, p in zip(OUTPUT_NAMES[unit], got, ref, own):
+            if o.shape != r.shape or o.dtype != torch.bfloat16:
+                return (f"the CUTLASS {unit} kernel's {name} is {o.dtype} {tuple(o.shape)}, "
+                        f"expected bfloat16 {tuple(r.shape)}")
+            r = r.detach()
+            scale = r.abs().max().item()
+            own_err = (p.detach().double() - r).abs().max().item()
+            err_t = (o.double() - r).abs()
+            err = err_t.max().item() if err_t.isfinite().all() else float("inf")
+            bound = 2 * own_err + 1e-3 * scale
+            if not err <= bound:
+                n, h, w, c, k, pad = shape
+                return (f"the CUTLASS {unit} kernel failed its first-run check on {device}: {name} "
+                        f"of a {n}x{c}x{h}x{w} -> {k} channel, padding {pad} problem is off by up "
+                        f"to {err:.4g}, allowed {bound:.4g} (PyTorch's own bf16 error {own_err:.4g}, "
+                        f"reference scale {scale:.4g})")
+    return None
+
+
+def verdict(units, device: torch.device) -> Optional[str]:
+    """None if every unit in `units` passed its first-run check on `device` (running it the first
+    time), else the first failure. A failure warns once per unit and device."""
+    key_dev = _device_key(device)
+    for unit in units:
+        key = (unit, key_dev)
+        if key not in _verdicts:
+            with _lock:
+                if key not in _verdicts:
+                    _verdicts[key] = check_unit(unit, torch.device(key_dev))
+        why = _verdicts[key]
+        if why is not None:
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(f"unet_fast: {why}; the unit is not used on this device "
+                              "(backend='auto' falls back to the other implementations)",
+                              RuntimeWarning, stacklevel=3)
+            return why
+    return None
+
+
+def units_for(needs_grad: bool) -> tuple:
+    return UNITS if needs_grad else ("fprop",)
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def why_not(x: torch.Tensor, weight: torch.Tensor, padding: int, needs_grad: bool) -> Optional[str]:
+    """For a call the cuda backend would give to the CUTLASS units: None if it may, else why not
+    (a failed first-run check, with its numbers). While torch.compile traces, units not yet
+    checked in eager count as failed (no kernel runs on fake tensors), so a compiled graph never
+    contains an unchecked unit."""
+    units = units_for(needs_grad)
+    if _is_compiling():
+        key_dev = _device_key(x.device)
+        missing = [u for u in units if (u, key_dev) not in _verdicts]
+        if missing:
+            return (f"the CUTLASS units {missing} have not passed their first-run check on "
+                    f"{key_dev} yet (it runs in eager mode, not while torch.compile traces)")
+        return next((_verdicts[(u, key_dev)] for u in units if _verdicts[(u, key_dev)]), None)
+    return verdict(units, x.device)
+
+
+def reset() -> None:
+    """Forget every verdict and warning (tests)."""
+    with _lock:
+        _verdicts.clear()
+        _warned.clear()
