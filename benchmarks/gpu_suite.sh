@@ -183,6 +183,24 @@ else
   check "nvcc" missing "not found: the extension builds without CUDA kernels (backend cuda unavailable on GPU)"
 fi
 
+# CUTLASS headers for the sm_90a units (csrc/cutlass_sm90): CUTLASS_HOME, the nvidia-cutlass
+# package, or its wheel carried in .whl/ (the GPU machines have no network and no nvidia-cutlass:
+# here `python3 -m pip download --no-deps -d .whl nvidia-cutlass==4.2.0.0`, then carry .whl); the
+# build stage unpacks a carried wheel and points CUTLASS_HOME at its headers.
+CUTLASS_WHEEL="$(ls "$REPO"/.whl/nvidia_cutlass-*.whl 2>/dev/null | head -1)"
+if [ -n "${CUTLASS_HOME:-}" ]; then
+  if [ -f "$CUTLASS_HOME/include/cutlass/cutlass.h" ]; then check "CUTLASS" ok "CUTLASS_HOME=$CUTLASS_HOME"
+  else check "CUTLASS" fatal "CUTLASS_HOME=$CUTLASS_HOME has no include/cutlass/cutlass.h"; fi
+elif "$PY" -c "import cutlass_library" >/dev/null 2>&1; then
+  check "CUTLASS" ok "nvidia-cutlass $("$PY" -c 'import importlib.metadata as m; print(m.version("nvidia-cutlass"))' 2>/dev/null)"
+elif [ -n "$CUTLASS_WHEEL" ]; then
+  if "$PY" -m zipfile -l "$CUTLASS_WHEEL" 2>/dev/null | grep "cutlass_library/source/include/cutlass/cutlass.h" >/dev/null; then
+    check "CUTLASS" ok "$CUTLASS_WHEEL (unpacked by the build stage)"
+  else check "CUTLASS" fatal "$CUTLASS_WHEEL is not a readable nvidia-cutlass wheel with C++ headers"; fi
+else
+  check "CUTLASS" missing "none: the CUTLASS sm_90a units are not built, backend='cuda' runs the hand-written kernels (bring .whl/nvidia_cutlass-4.2.0.0-py3-none-any.whl)"
+fi
+
 find_sanitizer() {
   local c nv
   for c in "${COMPUTE_SANITIZER:-}" "$(command -v compute-sanitizer 2>/dev/null)" \
@@ -294,6 +312,12 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"; }
 # 1. build
 if [ $SKIP_BUILD = 1 ]; then record build skipped 0 "--skip-build"
 else
+  if [ -z "${CUTLASS_HOME:-}" ] && [ -n "$CUTLASS_WHEEL" ] && ! "$PY" -c "import cutlass_library" >/dev/null 2>&1; then
+    CUT_DIR="${TMPDIR:-/tmp}/unet_fast_cutlass"
+    rm -rf "$CUT_DIR" && "$PY" -m zipfile -e "$CUTLASS_WHEEL" "$CUT_DIR" >> "$LOG" 2>&1 \
+      && export CUTLASS_HOME="$CUT_DIR/cutlass_library/source" \
+      && echo "CUTLASS: headers unpacked from $CUTLASS_WHEEL into $CUTLASS_HOME" | tee -a "$LOG"
+  fi
   run_stage build 0 env MAX_JOBS="$JOBS" UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
   if [ $stage_rc -eq 0 ]; then record build ok $STAGE_S "pip install -e . (MAX_JOBS=$JOBS)"
   else

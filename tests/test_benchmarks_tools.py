@@ -105,6 +105,11 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     assert not out.exists(), "a dry run writes nothing"
     if not torch.cuda.is_available():
         assert "CUDA GPU               MISSING" in text
+    # the CUTLASS headers the sm_90a units need (pinned in requirements-dev.txt here; carried as a
+    # wheel in .whl/ to the GPU machines, which the build stage unpacks)
+    import importlib.util
+    if importlib.util.find_spec("cutlass_library") is not None and not os.environ.get("CUTLASS_HOME"):
+        assert "CUTLASS                ok       nvidia-cutlass 4.2.0.0" in text, text
 
 
 @pytest.mark.parametrize("args, message", [
