@@ -252,6 +252,9 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     patch(utils, "num_sms", lambda device: machine.sms)
     patch(utils, "smem_limit", lambda device: machine.smem_per_sm - machine.smem_reserved_per_cta)
     _dispatch.ensure_backends()
+    # the CPU-only check for non-finite weights (PyTorch's NaN pattern) never runs on a GPU
+    from unet_fast.backends.triton_backend import conv3x3_relu as _conv3x3_module
+    patch(_conv3x3_module, "nonfinite_weight_on_cpu", lambda weight: False)
     saved_reason = _dispatch._backend_reason["triton"]
     _dispatch._backend_reason["triton"] = lambda: None
     saved_supports = {op: impls["triton"].supports for op, impls in _dispatch._impls.items()

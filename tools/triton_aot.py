@@ -287,9 +287,10 @@ _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def jobs(subset: bool):
-    """Every (variant, dtype, config, arch, spec). With `subset`, one config per variant, spec
-    and dtype, and only the first dtype -- plus fp32 for the `runtime` spec where a 16-bit dtype
-    comes first (fp32 tiles are twice the bytes: the likeliest to spill)."""
+    """Every (variant, dtype, config, arch, spec). With `subset`, the specializations real
+    launches get (`runtime`, `runtime NCHW`; `base` only in the full run), one config per
+    variant, spec and dtype, and only the first dtype -- plus fp32 for the `runtime` spec where a
+    16-bit dtype comes first (fp32 tiles are twice the bytes: the likeliest to spill)."""
     import torch
     out = []
     for path, label, consts, is_gemm, dtypes, specs, rt in _variants():
@@ -299,7 +300,8 @@ def jobs(subset: bool):
             tdt = getattr(torch, _TORCH_DTYPE[dtype])
             cfgs = [i for i, c in enumerate(configs) if not is_gemm or utils.config_for_dtype(c, tdt)]
             for spec in specs:
-                if subset and dtype != dtypes[0] and not (spec == "runtime" and dtype == "fp32"):
+                if subset and (spec == "base" or (dtype != dtypes[0]
+                                                   and not (spec == "runtime" and dtype == "fp32"))):
                     continue
                 for ci in (cfgs[:1] if subset else cfgs):
                     for arch in ARCHS:
