@@ -148,15 +148,20 @@ def test_a_choice_measured_without_gradients_is_measured_again_for_training(fake
     assert len(keys) == 2 and {k.split("|")[1] for k in keys} == {"infer", "train"}
 
 
+def _assert_fell_back_to_the_reference(y, x):
+    """The pool ran on the reference, and its gradient is max_pool2d's."""
+    assert _dispatch.last_used("max_pool2x2") == "torch"
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    (ref,) = torch.autograd.grad(F.max_pool2d(x, 2, 2).sum(), x)
+    assert torch.equal(gx, ref)
+
+
 def test_backward_failure_while_measuring_is_a_fallback(fake_backend):
     fake_backend["mode"] = "backward-error"
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     with pytest.warns(RuntimeWarning, match="injected backward"):
         y = uf.ops.max_pool2x2(x)
-    assert _dispatch.last_used("max_pool2x2") == "torch"
-    (gx,) = torch.autograd.grad(y.sum(), x)
-    (ref,) = torch.autograd.grad(F.max_pool2d(x, 2, 2).sum(), x)
-    assert torch.equal(gx, ref)
+    _assert_fell_back_to_the_reference(y, x)
 
 
 def test_backward_failure_of_a_remembered_choice_is_a_fallback(fake_backend, monkeypatch):
@@ -173,10 +178,7 @@ def test_backward_failure_of_a_remembered_choice_is_a_fallback(fake_backend, mon
     fake_backend["mode"] = "backward-error"
     with pytest.warns(RuntimeWarning, match="injected backward"):
         y = uf.ops.max_pool2x2(x)
-    assert _dispatch.last_used("max_pool2x2") == "torch"
-    (gx,) = torch.autograd.grad(y.sum(), x)
-    (ref,) = torch.autograd.grad(F.max_pool2d(x, 2, 2).sum(), x)
-    assert torch.equal(gx, ref)
+    _assert_fell_back_to_the_reference(y, x)
     # inference needs no backward: the failure of training's does not exclude ours there
     with torch.no_grad():
         uf.ops.max_pool2x2(x)
