@@ -374,6 +374,56 @@ def test_supports_refuses_32bit_index_overflow():
     assert triton_backend.supports(torch.empty(1, 1, 1, 1).expand(16, 64, 572, 572)) is None
 
 
+# ---------------------------------------------------------------- the weight gradient's K order
+@pytest.mark.parametrize("qb", [1, 4, 16, 64])
+@pytest.mark.parametrize("op,n,ci,co,h,w,padding,layout", [
+    # 30-row grids, 3 images: K-tiles of 16 and 4 rows start mid-image and run into the next;
+    # x has 2 more rows than the grid (valid) or the layout gaps images (NCHW), so the jump from
+    # one image to the next is not one more row
+    ("conv3x3", 3, 64, 16, 32, 7, 0, "channels_last"),   # one tap per tile, 16-byte copies
+    ("conv3x3", 3, 64, 8, 30, 6, 1, "nchw"),             # padding: rows/columns out of bounds
+    ("conv3x3", 3, 5, 7, 32, 9, 0, "nchw"),              # FLAT columns (taps per column)
+    ("conv3x3", 3, 40, 8, 30, 6, 1, "channels_last"),    # FLAT, tiles span taps of 8-vectors
+    ("conv_transpose", 3, 16, 8, 30, 5, 0, "nchw"),      # A shifted: (2p + i, 2q + j)
+    ("conv1x1", 3, 8, 3, 30, 6, 0, "nchw_strided"),
+])
+def test_wgrad_k_order(monkeypatch, qb, op, n, ci, co, h, w, padding, layout):
+    """The wgrad kernel's pixel sum over K-tiles of qb columns by BLOCK_K // qb rows: every band
+    width (one column per band: tiles span images; wider than the grid: one padded band), bands
+    that pad the last columns, tiles that run from one image into the next, and pixel splits that
+    start mid-band (many SMs: many splits), against float64."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(t_utils, "band_width", lambda pw, configs: qb)
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 512)
+    x = make((n, ci, h, w), layout)
+    x64 = x.double()
+    if op == "conv3x3":
+        g = make((n, co, h + 2 * padding - 2, w + 2 * padding - 2), layout)
+        r, db = igemm.igemm_wgrad(g, x, grid_hw=tuple(g.shape[-2:]), ks=3, stride=1,
+                                  pad=padding, shift_a=False, dbias=True)
+        ref = torch.nn.grad.conv2d_weight(x64, (co, ci, 3, 3), g.double(), padding=padding)
+        ours = r.view(co, 3, 3, ci).permute(0, 3, 1, 2)
+    elif op == "conv_transpose":
+        g = make((n, co, 2 * h, 2 * w), layout)
+        r, db = igemm.igemm_wgrad(g, x, grid_hw=(h, w), ks=2, stride=2, pad=0, shift_a=True,
+                                  dbias=True)
+        # y[n, co, 2p + i, 2q + j] = sum_ci x[n, ci, p, q] W[ci, co, i, j]
+        ref = torch.einsum("ncpiqj,nkpq->kcij", g.double().view(n, co, h, 2, w, 2), x64)
+        ours = r.view(2, 2, co, ci).permute(3, 2, 0, 1)
+    else:
+        g = make((n, co, h, w), layout)
+        r, db = igemm.igemm_wgrad(g, x, grid_hw=(h, w), ks=1, stride=1, pad=0, shift_a=False,
+                                  dbias=True)
+        ref = torch.einsum("nkpq,ncpq->kc", g.double(), x64)
+        ours = r
+    assert_float32_close(f"{op} weight gradient, qb={qb}", ours, ref)
+    if op == "conv_transpose":  # db: the row sums of A = (tap, co) rows
+        assert_float32_close("bias gradient", db.view(2, 2, co).sum((0, 1)),
+                             g.double().sum((0, 2, 3)))
+    else:
+        assert_float32_close("bias gradient", db, g.double().sum((0, 2, 3)))
+
+
 def _gemm_args(dtype, m, n, ca=64, **extra):
     return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, CA=ca, **extra)
 
@@ -404,14 +454,20 @@ def test_autotune_pruning(monkeypatch):
     assert len(one) >= 1
     wgrad16 = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32)
     wg = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9, CB=1, CHUNK=4096,
-                                                P_TOT=8 * 570 * 570),
+                                                K_TOT=8 * 570 * 570),
                             KS=3, SHIFT_A=False, FLAT_B=True)  # first layer: 9 columns
     assert wg and all(c.kwargs["BLOCK_N"] == 16 for c in wg)
     # a 64-channel layer: every column tile lies in one tap
     wg64 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 576, CB=64, CHUNK=4096,
-                                                  P_TOT=8 * 570 * 570),
+                                                  K_TOT=8 * 570 * 570),
                               KS=3, SHIFT_A=False, FLAT_B=False)
     assert wg64 and all(64 % c.kwargs["BLOCK_N"] == 0 for c in wg64)
+    # ... unless its columns take a shift each (FLAT, what the launcher picks for channels fewer
+    # than the widest tile): then tiles span taps, 256 columns wide
+    wg64f = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 576, CB=64, CHUNK=4096,
+                                                   K_TOT=8 * 570 * 570),
+                               KS=3, SHIFT_A=False, FLAT_B=True)
+    assert any(c.kwargs["BLOCK_N"] == 256 for c in wg64f), wg64f
     for c in all16:  # every config fits an A100's shared memory by the (upper) estimate
         assert t_utils._smem_estimate(
             c, 4 if t_utils.config_for_dtype(c, torch.float32) else 2) <= 166912

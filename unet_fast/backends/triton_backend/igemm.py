@@ -30,8 +30,9 @@ All tensors are addressed through explicit (n, h, w, c) element strides, so NCHW
 and strided views (a channel slice of a concat buffer) are read and written in place. Accumulation
 is fp32. Pixel offsets are 64-bit (a batch of 572x572x64 activations already needs 29 bits).
 Mainloops keep their per-iteration work small (see tools/kernel_model.py): taps and channel
-chunks advance as scalars, per-row addresses are computed once per tile, and the wgrad's pixel
-coordinates advance incrementally instead of being divided out every iteration.
+chunks advance as scalars, per-row addresses are computed once per tile, and the wgrad walks its
+pixels in K-tiles of one fixed shape, so each pixel's offset within a K-tile is computed once and
+only scalars advance (`_wgrad_loop`).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A"
 # nothing from it, and the key-only arguments (buckets, LAYOUT) are not read by the kernels at all.
 # Channel counts and strides stay specialized (16-byte vector loads need them).
 _FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT"]
-_WGRAD_NO_SPEC = ["AH", "AW", "BH", "BW", "NB", "PH", "PW", "P_TOT", "K_BUCKET", "LAYOUT"]
+_WGRAD_NO_SPEC = ["AH", "AW", "BH", "BW", "NB", "PH", "PW", "QB", "RPAD", "K_TOT", "K_BUCKET",
+                  "LAYOUT"]
 
 
 @triton.jit
@@ -216,85 +218,97 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _pixels(offs, PH, PW):
-    """(n, ph, pw) of flat pixel indices: once per tile, then advanced by _advance."""
-    pw = offs % PW
-    t = offs // PW
-    return t // PH, t % PH, pw
-
-
-@triton.jit
-def _advance(n, ph, pw, DQ, DP, DN, PH, PW):
-    """(n, ph, pw) of the pixel BLOCK_K further on, BLOCK_K = DN*PH*PW + DP*PW + DQ with DP < PH
-    and DQ < PW: each digit carries at most once (no division in the loop)."""
-    pw = pw + DQ
-    c = pw >= PW
-    pw = tl.where(c, pw - PW, pw)
-    ph = ph + DP + c.to(tl.int32)
-    c = ph >= PH
-    ph = tl.where(c, ph - PH, ph)
-    n = n + DN + c.to(tl.int32)
-    return n, ph, pw
-
-
-@triton.jit
 def _wgrad_loop(
-    a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW,
-    b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW,
-    a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
-    PH, PW,
+    a_ptr, a_sn, a_sh, a_sw, AH, AW,
+    b_ptr, b_sn, b_sh, b_sw, BH, BW,
+    a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, v_lo, v_hi,
+    NB, PH, PW, QB, RPAD,
     STRIDE: tl.constexpr, SHIFT_A: tl.constexpr, BOUNDS_A: tl.constexpr,
     BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, INT64: tl.constexpr, DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """The pixel loop of one wgrad tile: acc (BLOCK_M, BLOCK_N) and, with DBIAS, the row sums of
-    A (in column 0 of a (BLOCK_M, 16) product with ones)."""
-    offs_k = k_lo + tl.arange(0, BLOCK_K)
-    n, ph, pw = _pixels(offs_k, PH, PW)
-    DN = BLOCK_K // (PH * PW)   # BLOCK_K pixels as digits of the (n, ph, pw) counter
-    DP = (BLOCK_K % (PH * PW)) // PW
-    DQ = BLOCK_K % PW
+    A (in column 0 of a (BLOCK_M, 16) product with ones).
+
+    The pixels are taken in K-tiles of one shape: QB columns (a band of the pixel grid's columns)
+    by BLOCK_K // QB consecutive rows of the batch's NB*PH rows (a tile may run from one image into
+    the next), bands one after the other, each band's rows padded to RPAD. So a pixel's place in
+    the tile (row dr, column dc) is fixed: its offset within the tile is computed once, and per
+    K-tile only scalars advance, while each pixel picks one of two precomputed offsets (whether
+    its row ran into the next image). Pixels past the grid's last row or column are masked."""
+    R = BLOCK_K // QB
+    j = tl.arange(0, BLOCK_K)
+    dr = j // QB
+    dc = j % QB
+    qn = dr // PH                   # images the tile's rows span before this pixel's (0 unless PH < R)
+    rh = dr % PH
+    RQ = R // PH
+    RR = R % PH
+    ROWS = NB * PH
+    # the first K-tile's band, row, and that row's (image, row in image)
+    band = v_lo // (RPAD * QB)
+    row0 = (v_lo % (RPAD * QB)) // QB
+    n0 = row0 // PH
+    ph0 = row0 % PH
+    if INT64:
+        qn = qn.to(tl.int64)
+    # the shifted operand reads pixel (S*ph + dh, S*pw + dw), the other (ph, pw)
+    if SHIFT_A:
+        SA = STRIDE
+        SB = 1
+    else:
+        SA = 1
+        SB = STRIDE
+    # each operand's pixel offsets within the tile, without and with the run into the next image
+    a_in = (qn * a_sn + rh * (SA * a_sh) + dc * (SA * a_sw))[:, None] + a_col
+    b_in = (qn * b_sn + rh * (SB * b_sh) + dc * (SB * b_sw))[:, None] + b_col
+    a_wrap = a_in + (a_sn - PH * (SA * a_sh))
+    b_wrap = b_in + (b_sn - PH * (SB * b_sh))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
     ones = tl.full((BLOCK_K, 16), 1.0, tl.float32).to(a_ptr.dtype.element_ty)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        k_ok = offs_k < k_hi
+    for v0 in range(v_lo, v_hi, BLOCK_K):
         if INT64:
-            n64 = n.to(tl.int64)
+            n64 = n0.to(tl.int64)
         else:  # every offset of both tensors fits 31 bits: half the address arithmetic
-            n64 = n
-        # the shifted operand reads pixel (S*ph + dh, S*pw + dw), the other (ph, pw)
-        if SHIFT_A:
-            ah = ph * STRIDE
-            aw = pw * STRIDE
-            bh = ph
-            bw = pw
-        else:
-            ah = ph
-            aw = pw
-            bh = ph * STRIDE
-            bw = pw * STRIDE
-        a_pix = n64 * a_sn + ah * a_sh + aw * a_sw
-        b_pix = n64 * b_sn + bh * b_sh + bw * b_sw
-        a_ok = k_ok[:, None] & m_ok[None, :]
-        b_ok = k_ok[:, None] & n_ok[None, :]
+            n64 = n0
+        pw0 = band * QB
+        a_base = a_ptr + (n64 * a_sn + ph0 * (SA * a_sh) + pw0 * (SA * a_sw))
+        b_base = b_ptr + (n64 * b_sn + ph0 * (SB * b_sh) + pw0 * (SB * b_sw))
+        wrap = rh >= PH - ph0                                  # this pixel's row is in image n0+1+qn
+        pix_ok = (dr < ROWS - row0) & (dc < PW - pw0)          # inside the grid
+        wrap2 = wrap[:, None]
+        a_ok = pix_ok[:, None] & m_ok[None, :]
+        b_ok = pix_ok[:, None] & n_ok[None, :]
+        if BOUNDS_A or BOUNDS_B:
+            ph = ph0 + rh - tl.where(wrap, PH, 0)
+            pw = pw0 + dc
         if BOUNDS_A:
-            ih = ah[:, None] + a_dh
-            iw = aw[:, None] + a_dw
+            ih = (ph * SA)[:, None] + a_dh
+            iw = (pw * SA)[:, None] + a_dw
             a_ok = a_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
         if BOUNDS_B:
-            ih = bh[:, None] + b_dh
-            iw = bw[:, None] + b_dw
+            ih = (ph * SB)[:, None] + b_dh
+            iw = (pw * SB)[:, None] + b_dw
             b_ok = b_ok & (ih >= 0) & (ih < BH) & (iw >= 0) & (iw < BW)
-        a = tl.load(a_ptr + (a_pix[:, None] + a_col), mask=a_ok, other=0.0)   # (BK, BM)
-        b = tl.load(b_ptr + (b_pix[:, None] + b_col), mask=b_ok, other=0.0)   # (BK, BN)
+        a = tl.load(a_base + tl.where(wrap2, a_wrap, a_in), mask=a_ok, other=0.0)   # (BK, BM)
+        b = tl.load(b_base + tl.where(wrap2, b_wrap, b_in), mask=b_ok, other=0.0)   # (BK, BN)
         at = tl.trans(a)
         acc = _dot(acc, at, b, DOT_F32, PRECISION)
         if DBIAS:
             db = _dot(db, at, ones, DOT_F32, PRECISION)
-        offs_k += BLOCK_K
-        n, ph, pw = _advance(n, ph, pw, DQ, DP, DN, PH, PW)
+        # the next K-tile: R rows on, or the next band's first row
+        row0 += R
+        ph0 += RR
+        carry = ph0 >= PH
+        ph0 = tl.where(carry, ph0 - PH, ph0)
+        n0 = n0 + RQ + carry.to(tl.int32)
+        next_band = row0 >= RPAD
+        band = tl.where(next_band, band + 1, band)
+        row0 = tl.where(next_band, 0, row0)
+        n0 = tl.where(next_band, 0, n0)
+        ph0 = tl.where(next_band, 0, ph0)
     return acc, db
 
 
@@ -306,7 +320,7 @@ def igemm_wgrad_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # rows: A's channels (per tap if SHIFT_A)
     b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW, CB,          # columns: B's channels (per tap if not)
     r_ptr, db_ptr,                                      # fp32 partials (SPLIT, M, N), (SPLIT, M)
-    NB, PH, PW, P_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # (key only: last 2)
+    NB, PH, PW, QB, RPAD, K_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # (key only: last 2)
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SHIFT_A: tl.constexpr,
     FLAT_A: tl.constexpr, FLAT_B: tl.constexpr, DBIAS: tl.constexpr, INT64: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
@@ -323,7 +337,9 @@ def igemm_wgrad_kernel(
     n_ok = offs_n < N_GEMM
     # Each operand's column offsets within a pixel, once per tile. The shifted operand's columns
     # are (tap, channel): in one tap per tile (a scalar shift, channels contiguous: 16-byte
-    # copies) unless its channels are fewer than the tile (FLAT: a shift per column).
+    # copies), or a shift per column (FLAT) when its channels do not fill the widest tile; then
+    # a tile spans taps, still in 16-byte copies where the channels are a multiple of 8 (Triton
+    # sees that from the specialized channel count).
     if SHIFT_A:
         if FLAT_A:
             tap = offs_m // CA
@@ -360,23 +376,24 @@ def igemm_wgrad_kernel(
         a_dh = 0
         a_dw = 0
 
+    # this split's K-tiles (_wgrad_loop: K runs over bands of QB columns, RPAD rows each)
     k_lo = split * CHUNK
-    k_hi = tl.minimum(k_lo + CHUNK, P_TOT)
+    k_hi = tl.minimum(k_lo + CHUNK, K_TOT)
     # the bias gradient (row sums of A) from the tiles of the first column only
     if DBIAS and pid_n == 0:
-        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW,
-                              b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW,
+        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
+                              b_ptr, b_sn, b_sh, b_sw, BH, BW,
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
-                              PH, PW, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
+                              NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
                               (not SHIFT_A) and PAD > 0, True, INT64, DOT_F32, PRECISION,
                               BLOCK_M, BLOCK_N, BLOCK_K)
         dbm = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, db, 0.0), axis=1)
         tl.store(db_ptr + split * M_GEMM + offs_m, dbm, mask=m_ok)
     else:
-        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW,
-                              b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW,
+        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
+                              b_ptr, b_sn, b_sh, b_sw, BH, BW,
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
-                              PH, PW, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
+                              NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
                               (not SHIFT_A) and PAD > 0, False, INT64, DOT_F32, PRECISION,
                               BLOCK_M, BLOCK_N, BLOCK_K)
     base = split.to(tl.int64) * M_GEMM * N_GEMM
@@ -438,22 +455,29 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     taps = ks * ks
     m_gemm, n_gemm = (taps * ca, cb) if shift_a else (ca, taps * cb)
     configs = utils.wgrad_configs()
-    # One tap per tile unless no tile size divides the shifted channels (the first layer's one
-    # or three): then every tile spans taps (FLAT). Otherwise the autotuner keeps only the tile
-    # sizes that divide them (utils.prune_gemm).
-    flat_a = shift_a and taps > 1 and not any(ca % c.kwargs["BLOCK_M"] == 0 for c in configs)
-    flat_b = (not shift_a and taps > 1
-              and not any(cb % c.kwargs["BLOCK_N"] == 0 for c in configs))
-    # Split the pixel sum until the grid has ~2 waves of the largest tiles even when the
-    # channels are few (the first layers have 64x576 weight matrices and hundreds of thousands of
-    # pixels); smaller tiles then have more waves, never fewer.
+    # One tap per tile while the shifted channels fill the widest tiles; fewer channels (the
+    # 64-channel layers; the first layer's one or three) take a shift per column (FLAT), so a
+    # tile spans taps and the 64-channel layers get tiles as wide as the others. Otherwise the
+    # autotuner keeps only the tile sizes that divide them (utils.prune_gemm).
+    def flat(c_shift, block):
+        widest = max(cfg.kwargs[block] for cfg in configs)
+        return taps > 1 and (c_shift < widest or c_shift % widest != 0)
+    flat_a = shift_a and flat(ca, "BLOCK_M")
+    flat_b = not shift_a and flat(cb, "BLOCK_N")
+    # Split the pixel sum so that the largest tiles fill the GPU even when the channels are few
+    # (the first layers have 64x576 weight matrices and hundreds of thousands of pixels); smaller
+    # tiles then have more waves, never fewer.
     big = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
     tiles = triton.cdiv(m_gemm, big["BLOCK_M"]) * triton.cdiv(n_gemm, big["BLOCK_N"])
     align = max(c.kwargs["BLOCK_K"] for c in configs)
-    split = max(1, min(triton.cdiv(2 * utils.num_sms(a.device), tiles),
-                       triton.cdiv(p_tot, 8 * align)))
-    chunk = triton.cdiv(triton.cdiv(p_tot, split), align) * align
-    split = triton.cdiv(p_tot, chunk)
+    # The K order of _wgrad_loop: bands of qb columns, each band's nb*ph rows padded to whole
+    # K-tiles of the largest BLOCK_K (so every K-tile of every config lies in one band).
+    qb = utils.band_width(pw, configs)
+    rpad = triton.cdiv(nb * ph, align // qb) * (align // qb)
+    k_tot = triton.cdiv(pw, qb) * rpad * qb
+    split = utils.wgrad_split(tiles, triton.cdiv(k_tot, align), utils.num_sms(a.device))
+    chunk = triton.cdiv(triton.cdiv(k_tot, split), align) * align
+    split = triton.cdiv(k_tot, chunk)
     r = torch.empty((split, m_gemm, n_gemm), device=a.device, dtype=torch.float32)
     db = torch.empty((split, m_gemm if dbias else 1), device=a.device, dtype=torch.float32)
 
@@ -465,7 +489,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             a, *utils.nhwc_strides(a), ah, aw, ca,
             b, *utils.nhwc_strides(b), bh, bw, cb,
             r, db,
-            nb, ph, pw, p_tot, chunk, m_gemm, n_gemm,
+            nb, ph, pw, qb, rpad, k_tot, chunk, m_gemm, n_gemm,
             utils.m_bucket(p_tot), utils.layout_key(a, b),
             KS=ks, STRIDE=stride, PAD=pad, SHIFT_A=shift_a, FLAT_A=flat_a, FLAT_B=flat_b,
             DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),

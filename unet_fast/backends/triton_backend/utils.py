@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 
 import torch
@@ -85,16 +86,17 @@ IGEMM_CONFIGS_32 = [
     _cfg(128, 64, 16, 3, 4),
 ]
 # Weight gradients: M = the rows' channels (per tap for the transposed conv), N = the columns'
-# (per tap for the 3x3), K = pixels (split over the grid's y). Square tiles, so both operands'
-# rows are the same pixels in the same threads (one pixel counter for both); K-tiles of 128 for
-# 64x64 tiles, whose per-pixel address work would otherwise outweigh their tensor-core work.
-# 16-wide columns: the first layer's nine (tap, channel) columns.
+# (per tap for the 3x3), K = pixels (split over the grid's y). K-tiles of 128 for 64x64 tiles,
+# whose per-pixel address work would otherwise outweigh their tensor-core work; 64x256 for the
+# layers with 64 output channels (a tile then spans taps: igemm_wgrad's FLAT). 16-wide columns:
+# the first layer's nine (tap, channel) columns.
 WGRAD_CONFIGS_16 = [
     _cfg(128, 256, 64, 3, 8),
     _cfg(256, 128, 64, 3, 8),
     _cfg(128, 128, 64, 3, 8),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
+    _cfg(64, 256, 64, 3, 8),   # 64 output channels: two warp groups side by side
     _cfg(64, 64, 128, 3, 4),
     _cfg(64, 64, 64, 4, 4),
     _cfg(64, 16, 64, 4, 4),
@@ -153,6 +155,28 @@ def config_for_dtype(config, dtype: torch.dtype) -> bool:
 
 def elemwise_configs():
     return _INTERPRET_ELEMWISE if INTERPRET else ELEMWISE_CONFIGS
+
+
+def band_width(pw: int, configs) -> int:
+    """Columns per band of the wgrad's K-tiles (igemm._wgrad_loop): a divisor of every config's
+    BLOCK_K, the one that pads the grid's `pw` columns least (the widest of equals: a K-tile then
+    spans fewer rows). Rows never pad: a K-tile may run from one image into the next."""
+    g = 0
+    for c in configs:
+        g = math.gcd(g, c.kwargs["BLOCK_K"])
+    widths = [q for q in range(1, g + 1) if g % q == 0]
+    return min(widths, key=lambda q: (cdiv(pw, q) * q, -q))
+
+
+def wgrad_split(tiles: int, k_steps: int, sms: int, max_split: int = 1 << 30) -> int:
+    """Slices of a weight gradient's pixel sum (K) for `tiles` output tiles of `k_steps` K-steps:
+    at most about two waves of CTAs (and `max_split`) and at least 8 K-steps a slice, and of those
+    the count whose busiest SM runs the fewest steps (a slice costs about one more step to fill):
+    288 CTAs on 132 SMs would be three rounds, the third nearly empty, where 216 take two. The
+    CUTLASS wgrad (conv3x3_wgrad_bf16_splits) has the same rule."""
+    most = max(1, min(cdiv(2 * sms, tiles), max_split, k_steps // 8))
+    return min(range(1, most + 1),
+               key=lambda s: (cdiv(tiles * s, sms) * (cdiv(k_steps, s) + 1), s))
 
 
 def k_align() -> int:
@@ -249,8 +273,8 @@ def prune_gemm(configs, named_args, **kwargs):
     - those of the operands' dtype list (16-bit: K-tiles of 64; fp32: 32), K-tiles of 16 only for
       the first layer's few (tap, channel) pairs and 16-wide weight-gradient columns only for its
       few columns;
-    - for the weight gradient, only tiles that keep one tap per tile (unless the channels are
-      too few for any: FLAT);
+    - for the weight gradient, only tiles that keep one tap per tile (unless the launch takes a
+      shift per column, FLAT: channels fewer than the widest tile);
     - that fit the device's shared memory (Triton would skip the others at run time, but only
       after compiling them);
     - no tile much wider than the GEMM's N or taller than its M (a 2-class head does not need
@@ -279,7 +303,7 @@ def prune_gemm(configs, named_args, **kwargs):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in configs if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0]
         k = int(named_args["CHUNK"])
-        split = cdiv(int(named_args["P_TOT"]), k)
+        split = cdiv(int(named_args["K_TOT"]), k)
     else:
         k = kwargs.get("KS", 1) ** 2 * int(named_args["CA"])
         split = 1
