@@ -359,12 +359,13 @@ def read_table(path):
     return rows
 
 
-def write_table(rows, path):
+def write_table(rows, path, only=None):
     """One table for every Triton version it was run with: this run's rows replace the rows of
-    the same version, the other versions' rows are kept."""
+    the same version (of kernel `only`, if given), the other versions' rows are kept."""
     import triton
     mine = triton.__version__
-    kept = [r for r in read_table(path) if r.get("triton") and r["triton"] != mine]
+    kept = [r for r in read_table(path) if r.get("triton")
+            and (r["triton"] != mine or (only is not None and r["kernel"] != only))]
     fresh = [dict(r, status="ok" if _passed(r) else (r.get("problems") or r["error"]))
              for r in rows]
     order = {spec: i for i, spec in enumerate(SPECS)}
@@ -430,12 +431,19 @@ def main(argv=None):
                     help="markdown table to write (default: docs/triton_kernels.md for a full "
                          "run, nothing for --subset)")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--kernel", default=None,
+                    help="compile only this kernel's rows (e.g. igemm_wgrad_kernel, after a change "
+                         "to it); the table keeps every other kernel's rows")
     args = ap.parse_args(argv)
     out = args.out
     if out is None and not args.subset:
         out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                            "triton_kernels.md")
     todo = jobs(args.subset)
+    if args.kernel:
+        todo = [j for j in todo if j[0].split(".")[-1] == args.kernel]
+        if not todo:
+            ap.error(f"no kernel named {args.kernel!r}")
     t0 = time.time()
     rows = []
     if args.jobs > 1:
@@ -450,7 +458,7 @@ def main(argv=None):
               f"{r['config']}: regs={r['regs']} spill={r['spill']} smem={r['smem']} "
               f"mma={r['mma']} {r.get('problems') or r['error']} ({r['seconds']:.1f}s)")
     if out:
-        write_table(rows, out)
+        write_table(rows, out, only=args.kernel)
         print(f"wrote {out}")
     for line in summary(rows):
         print(line)
