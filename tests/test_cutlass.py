@@ -30,23 +30,9 @@ def _check_op():
 
 def unet_conv3x3_problems(padding: str, size: int):
     """(c_in, c_out, h, w, pad) of every 3x3 convolution of the U-Net (depth 4, 64 base channels)
-    on a size x size image, from the reference model itself (shapes only: the meta device)."""
-    found = []
-    model = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=64, depth=4,
-                              padding=padding).to("meta")
-
-    def record(mod, inputs, _):
-        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3):
-            x = inputs[0]
-            found.append((x.shape[1], mod.out_channels, x.shape[2], x.shape[3], mod.padding[0]))
-
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        model(torch.empty(1, 1, size, size, device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    return found
+    on a size x size image, from the reference model itself (the helper tools/kernel_model.py
+    uses too)."""
+    return [p[1:] for p in uf.reference.conv3x3_problems(1, padding, size)]
 
 
 NETWORKS = (("valid", 572), ("same", 512))
@@ -114,6 +100,34 @@ def test_configs_name_the_instantiations():
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
     assert [c.split()[0] for c in configs] == list(PASSES)
     assert all("tile" in c and "stages" in c for c in configs), configs
+
+
+def test_wgrad_split_is_the_triton_rule():
+    """The wgrad unit's split-K count (C++ host code) follows the Triton backend's rule
+    (utils.wgrad_split, at most 64 slices) on its own tiles (128 output channels x 64 of 9c,
+    rounded to the 1x2 cluster; 64 pixels per K step): every convolution of both networks, batch
+    1-16, on H100/H200 and smaller GPUs. Its split must also keep the deterministic order: the
+    count depends on the shape and the SM count only."""
+    _check_op()
+    from unet_fast.backends.triton_backend import utils as triton_utils
+    splits = torch.ops.unet_fast._cutlass_sm90_wgrad_splits
+    differ, seen = [], set()
+    for padding, size in NETWORKS:
+        for c, k, h, w, pad in unet_conv3x3_problems(padding, size)[1:]:
+            for n in range(1, 17):
+                p, q = h + 2 * pad - 2, w + 2 * pad - 2
+                tiles = -(-k // 128) * (-(-(-(-9 * c // 64)) // 2) * 2)
+                k_steps = -(-n * p * q // 64)
+                for sms in (132, 114, 78):
+                    want = triton_utils.wgrad_split(tiles, k_steps, sms, max_split=64)
+                    got = splits([n, h, w, c, k, pad], sms)
+                    seen.add(got)
+                    if got != want:
+                        differ.append(f"n={n} {c}->{k} {h}x{w} pad {pad} sms {sms}: {got} != {want}")
+    assert not differ, "\n".join(differ[:20])
+    assert len(seen) > 5, seen  # the rule is exercised, not 1 everywhere
+    with pytest.raises(RuntimeError, match="sms must be"):
+        splits([1, 8, 8, 64, 64, 1], 0)
 
 
 # ---------------------------------------------------------------- on an sm_90 GPU (the GPU suite)

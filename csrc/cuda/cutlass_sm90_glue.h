@@ -11,6 +11,7 @@
 //       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
 //   _cutlass_sm90_check(pass, [n, h, w, c, k, pad]) -> ""  or why not  (host code only, no GPU)
 //   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad]                   (what each unit was built as)
+//   _cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], sms) -> int       (the wgrad's split-K count)
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -187,6 +188,19 @@ inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t
     TORCH_CHECK(false, "pass must be 'fprop', 'dgrad' or 'wgrad', got '", std::string(pass), "'");
   }
   return r == sm90::kOk ? std::string() : std::string(why);
+}
+
+// The wgrad unit's split-K count for a shape on `sms` multiprocessors (host code only): what the
+// kernel model predicts with and what a test compares with the Triton backend's rule.
+inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms) {
+  TORCH_CHECK(shape.size() == 6, "shape must be [n, h, w, c, k, pad], got ", shape.size(), " values");
+  for (int64_t v : shape)
+    TORCH_CHECK(v >= 0 && v <= (int64_t(1) << 30), "shape values must be in [0, 2^30], got ", v);
+  TORCH_CHECK(sms > 0 && sms <= 4096, "sms must be in [1, 4096], got ", sms);
+  sm90::Conv3x3Shape s;
+  s.n = int(shape[0]); s.h = int(shape[1]); s.w = int(shape[2]);
+  s.c = int(shape[3]); s.k = int(shape[4]); s.pad = int(shape[5]);
+  return sm90::conv3x3_wgrad_bf16_splits(s, int(sms));
 }
 
 inline std::vector<std::string> cutlass_sm90_configs() {

@@ -204,13 +204,27 @@ int launch(const typename Base::Arguments& args, int splits, cudaStream_t stream
 }  // namespace
 
 int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
+  // At most about two waves of CTAs (and kMaxSplits, and 8 K steps a slice: the pipeline fills),
+  // and of those the count whose busiest SM runs the fewest K steps (a slice costs about one more
+  // to fill): two waves rounded up would leave a third, nearly empty one. The Triton backend's
+  // utils.wgrad_split has the same rule.
+  const int64_t sms = num_sms > 0 ? num_sms : 132;
   const int64_t m_tiles = (s.k + 127) / 128;
   const int64_t n_tiles = ((9 * int64_t(s.c) + 63) / 64 + 1) / 2 * 2;  // rounded to the cluster
-  const int64_t want = (2 * int64_t(num_sms > 0 ? num_sms : 132) + m_tiles * n_tiles - 1) / (m_tiles * n_tiles);
-  int64_t splits = want < kMaxSplits ? want : kMaxSplits;
-  const int64_t most = k_tiles_of(s) / 8;  // at least 8 K steps per split: the pipeline fills
-  if (splits > most) splits = most;
-  return splits < 1 ? 1 : int(splits);
+  const int64_t tiles = m_tiles * n_tiles;
+  const int64_t k_tiles = k_tiles_of(s);
+  int64_t most = (2 * sms + tiles - 1) / tiles;
+  if (most > kMaxSplits) most = kMaxSplits;
+  if (most > k_tiles / 8) most = k_tiles / 8;
+  int64_t best = 1, best_cost = -1;
+  for (int64_t sp = 1; sp <= most; ++sp) {
+    const int64_t cost = (tiles * sp + sms - 1) / sms * ((k_tiles + sp - 1) / sp + 1);
+    if (best_cost < 0 || cost < best_cost) {
+      best = sp;
+      best_cost = cost;
+    }
+  }
+  return int(best);
 }
 
 int conv3x3_wgrad_bf16_check(const WgradArgs& args, char* why, int len) {
