@@ -1,7 +1,8 @@
 """tools/kernel_model.py, the static performance model of the compiled kernels: its SASS reader on
 a hand-written listing, and the whole tool on one real kernel (recorded from a training step of
 the paper U-Net, compiled for sm_90, read twice: the mainloop is found and its counts are stable).
-The tool compiles real kernels, so it runs in a subprocess without TRITON_INTERPRET."""
+The tool compiles real kernels, so it runs in a subprocess without TRITON_INTERPRET. Its CUDA
+extension part on the built unet_fast._C: the CUTLASS units' loops and the per-layer table."""
 from __future__ import annotations
 
 import json
@@ -47,6 +48,14 @@ def test_sass_reader_finds_the_mainloop_and_counts_it():
     assert ml["l1_bypass"]
 
 
+def test_sass_reader_resolves_branch_targets_by_address():
+    """cuobjdump -sass (the extension's listing) prints `BRA 0x20`, not a label."""
+    import kernel_model as km
+    by_addr = SASS.replace(".L_x_0:\n", "").replace(".L_x_1:\n", "")
+    by_addr = by_addr.replace("`(.L_x_0)", "0x20").replace("`(.L_x_1)", "0xb0")
+    assert km.analyze_sass(by_addr) == km.analyze_sass(SASS)
+
+
 def test_model_of_one_kernel_is_stable():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "kernel_model.py"), "--check"],
@@ -65,3 +74,51 @@ def test_model_of_one_kernel_is_stable():
     layers = {tuple(x) for x in out["layers"]}
     assert ("down.0.0", "fwd") in layers and ("down.0.0", "bwd") in layers
     assert ("head", "fwd") in layers and ("up.3.up", "bwd") in layers
+
+
+# ---------------------------------------------------------------- the CUDA extension (unet_fast._C)
+@pytest.fixture(scope="module")
+def extension():
+    """The extension's part of the model, read once (cuobjdump over the library takes seconds)."""
+    import kernel_model as km
+    ext = km.read_extension()
+    if ext["status"].startswith("built without"):
+        if os.environ.get("UNET_FAST_REQUIRE_CUTLASS"):
+            pytest.fail("UNET_FAST_REQUIRE_CUTLASS=1 but the extension has no CUTLASS units")
+        pytest.skip("the extension was built without the CUTLASS sm_90a units")
+    if ext["status"] != "read":
+        pytest.skip(f"the CUDA extension cannot be read: {ext['status']}")
+    ext["rows"] = [r for cfg in km.MODELS.values() for r in km.extension_rows(ext, cfg)]
+    return km, ext
+
+
+def test_extension_cutlass_mainloops(extension):
+    _, ext = extension
+    units = {u["pass_"]: u for u in ext["units"]}
+    assert sorted(units) == ["dgrad", "fprop", "wgrad"], [u["name"] for u in ext["units"]]
+    for name, u in units.items():
+        assert u["consumer_instructions_per_iter"] and u["hgmma_per_iter"] > 0, (name, u)
+        assert u["consumer_classes"]["tensor"] == u["hgmma_per_iter"], (name, u)
+        assert u["producer_classes"]["async copy"] >= 2, (name, u)  # A and B tiles by TMA
+        assert "tensor" not in u["producer_classes"], (name, u)
+        assert u["tile_fma_matches"], (name, u)  # one K step's HGMMAs cover the config's tile
+        assert 0 < u["issue_cycles"] <= u["tensor_cycles"], (name, u)
+
+
+def test_extension_covers_every_unit_convolution(extension):
+    """Every 3x3 convolution of both networks in all three passes, but the first layer (1 or 3
+    input channels), which the units refuse and the hand-written kernels run."""
+    km, ext = extension
+    from unet_fast.reference import conv3x3_problems
+    for cfg in km.MODELS.values():
+        probs = conv3x3_problems(cfg.in_channels, cfg.padding, cfg.size)
+        rows = [r for r in ext["rows"] if r["model"] == cfg.name]
+        got = {(r["layer"], r["pass_"]) for r in rows}
+        assert got == {(probs[0].name, "all")} | {
+            (p.name, conv_pass) for p in probs[1:] for conv_pass in ("fprop", "dgrad", "wgrad")}
+        assert "refused" in rows[0]["config"] and "multiples of 64" in rows[0]["config"]
+        for r in rows[1:]:
+            assert 0 < r["predicted_fraction_of_peak"] <= 1, r
+            assert r["bound"] in ("tensor", "issue", "L2", "DRAM"), r
+    json.dumps(km._extension_json(ext))  # what --extension prints and the report's JSON holds
+

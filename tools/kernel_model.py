@@ -30,6 +30,12 @@ machines (bf16 matmul 790 TFLOP/s, copy 4.3 TB/s) are labelled so, the rest are 
 
     python tools/kernel_model.py                     # both models -> docs/kernel_model.md + .json
     python tools/kernel_model.py --models valid572:1 --no-write    # quick look, batch 1
+    python tools/kernel_model.py --extension         # the CUDA extension's part only: JSON
+
+The CUDA extension (`backend="cuda"`, section 7): when unet_fast._C is built, its kernels are read
+from the library's own SASS (cuobjdump): the CUTLASS sm_90a units' consumer (wgmma) and producer
+(TMA) loops per K step, with per-layer predictions for the 3x3 convolutions they run, and the
+hand-written kernels' mainloop counts.
 
 This is an instrument for finding issue-bound loops, synchronous gathers and spills before a GPU
 sees them. Every figure it prints is a model; the GPU suite measures.
@@ -436,17 +442,30 @@ def _bytes_of(op: str) -> int:
     return 4
 
 
+def _loops(instrs, labels) -> list:
+    """(first, last) instruction index of every backward branch's loop. nvdisasm names targets by
+    label (`(.L_x_3)`), cuobjdump -sass by address (`BRA 0x1180`): both are resolved."""
+    at = {addr: i for i, (addr, _, _) in enumerate(instrs)}
+    loops = []
+    for i, (_, op, body) in enumerate(instrs):
+        if op.startswith("BRA"):
+            m = re.search(r"(\.L_x_\d+)", body)
+            if m:
+                j = labels.get(m.group(1))
+            else:
+                m = re.findall(r"\b0x([0-9a-f]+)\b", body)
+                j = at.get(int(m[-1], 16)) if m else None
+            if j is not None and j <= i:
+                loops.append((j, i))
+    return loops
+
+
 def analyze_sass(text: str) -> dict:
     """Loops of the kernel, the mainloop (innermost loop holding tensor-core instructions), and
     per-warp counts per iteration. Counts are static: a branch inside the loop counts both ways
     (an upper bound; Triton's mainloops are straight-line)."""
     instrs, labels = parse_sass(text)
-    loops = []
-    for i, (_, op, body) in enumerate(instrs):
-        if op.startswith("BRA"):
-            m = re.search(r"(\.L_x_\d+)", body)
-            if m and m.group(1) in labels and labels[m.group(1)] <= i:
-                loops.append((labels[m.group(1)], i))
+    loops = _loops(instrs, labels)
     mma_loops = [(lo, hi) for lo, hi in loops
                  if any(instrs[j][1].startswith(("HGMMA", "HMMA")) for j in range(lo, hi + 1))]
     out = dict(total=len(instrs), loops=len(loops), mainloop=None)
@@ -477,7 +496,8 @@ def _count(body) -> dict:
             mma.append(("wgmma", int(m.group(1)) * int(m.group(2)) * int(m.group(3)), m.group(4)))
         elif op.startswith("HMMA"):
             m = re.match(r"HMMA\.(\d+)(\d)(\d+)\.\w+\.?(\w*)", op)
-            shape = {"16816": 16 * 8 * 16, "1688": 16 * 8 * 8, "16832": 16 * 8 * 32}
+            shape = {"16816": 16 * 8 * 16, "1688": 16 * 8 * 8, "16832": 16 * 8 * 32,
+                     "1684": 16 * 8 * 4}
             key = op.split(".")[1]
             mma.append(("mma.sync", shape.get(key, 2048), (op.split(".")[-1] if "." in op else "")))
     ld = sum(_bytes_of(op) for _, op, _ in body if op.startswith(("LDGSTS", "LDG")))
@@ -540,9 +560,10 @@ def _igemm_fwd_work(l, c):
 def _igemm_wgrad_work(l, c):
     a = _arg(l, "a_ptr")
     elt = a[4]
-    m, n, p_tot, chunk = _arg(l, "M_GEMM"), _arg(l, "N_GEMM"), _arg(l, "P_TOT"), _arg(l, "CHUNK")
+    m, n, k_tot, chunk = _arg(l, "M_GEMM"), _arg(l, "N_GEMM"), _arg(l, "K_TOT"), _arg(l, "CHUNK")
+    p_tot = _arg(l, "NB") * _arg(l, "PH") * _arg(l, "PW")  # useful pixels; K_TOT pads bands
     bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
-    split = math.ceil(p_tot / chunk)
+    split = math.ceil(k_tot / chunk)
     tile_bytes = (bm * bk + bk * bn) * elt + (bk * bn * elt if c.get("MASK_B") else 0)
     dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
     if c.get("MASK_B"):
@@ -732,7 +753,8 @@ def _fmt_ms(s):
     return f"{s * 1e3:.3f}"
 
 
-def write_report(results: list, path_md: str, path_json: str, m: Machine = H200) -> None:
+def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
+                 ext: dict | None = None) -> None:
     import triton
     lines = [
         "# Kernel model: model, not measurement",
@@ -806,6 +828,8 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200)
             lines.append("\nCompile failures (left out of the prediction):")
             lines += [f"- {k} {c}: {e}" for k, c, e in res["failures"]]
         lines.append("")
+    ext = ext if ext is not None else dict(status="not read")
+    lines += extension_markdown(ext, m)
     with open(path_md, "w") as f:
         f.write("\n".join(lines))
     out = []
@@ -825,7 +849,332 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200)
                                 for d in out],
                        summary={res["config"]["name"]: dict(summarize(res, m),
                                                            first_step=res["first_step"])
-                                for res in results}), f, indent=1)
+                                for res in results},
+                       extension=_extension_json(ext)), f, indent=1)
+
+
+# ============================================================================ 7. the CUDA extension
+# backend="cuda" runs the extension unet_fast._C. On sm_90 its CUTLASS sm_90a units take every bf16
+# 3x3 convolution the units accept (all but the first layer: docs/cutlass_sm90.md); the
+# hand-written wmma kernels run the rest, and everything on sm_80. The SASS is the built library's
+# (cuobjdump, through tools/sass_report.py); tiles, clusters, stages, threads and shared memory
+# are the units' own config strings, and what they accept their own check (host code, no GPU).
+
+_UNIT_CONFIG = re.compile(r"(\w+) bf16: tile (\d+)x(\d+)x(\d+), cluster (\d+)x(\d+)x(\d+), "
+                          r"(\d+) stages, (\d+) threads, (\d+) B shared memory")
+_UNIT_PASSES = ("fprop", "dgrad", "wgrad")
+
+
+def _sass_report():
+    try:
+        import sass_report  # tools/ is on the path when this file runs as a script, and in tests
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import sass_report
+    return sass_report
+
+
+def _shortest_loop(instrs, loops, want):
+    """The shortest loop whose opcodes satisfy `want`, as its instructions. Shortest rather than
+    innermost by containment: a barrier wait's retry block, placed after EXIT, branches back into
+    the loop and so makes a longer "loop" that overlaps it without containing it."""
+    found = [(hi - lo, lo, hi) for lo, hi in loops
+             if want([op for _, op, _ in instrs[lo:hi + 1]])]
+    if not found:
+        return None
+    _, lo, hi = min(found)
+    return instrs[lo:hi + 1]
+
+
+def _igemm_warps() -> int:
+    """Warps per CTA of the hand-written implicit GEMM (kThreads in csrc/cuda/igemm.cuh)."""
+    try:
+        with open(os.path.join(ROOT, "csrc", "cuda", "igemm.cuh")) as f:
+            return int(re.search(r"kThreads = (\d+)", f.read()).group(1)) // 32
+    except (OSError, AttributeError):
+        return 4
+
+
+def _unit_counts(k, configs: dict, m: Machine) -> dict:
+    """One CUTLASS unit: its consumer loop (the wgmma one) and producer loop (the TMA loads) per
+    K step, and the cycles per K step on one SM."""
+    instrs, labels = parse_sass("\n".join(k.sass))
+    loops = _loops(instrs, labels)
+    cons = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("HGMMA") for o in ops))
+    prod = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("UTMALDG") for o in ops)
+                          and not any(o.startswith("HGMMA") for o in ops))
+    pass_ = re.search(r"conv3x3 (\w+)", k.name).group(1)
+    cfg = configs.get(pass_)
+    c, p = (_count(cons) if cons else {}), (_count(prod) if prod else {})
+    u = dict(name=k.name, pass_=pass_, arch=k.arch, regs=k.regs, instructions=len(instrs),
+             config=cfg["text"] if cfg else None,
+             consumer_instructions_per_iter=c.get("instructions"),
+             consumer_classes=c.get("classes"), hgmma_per_iter=len(c.get("mma", [])),
+             producer_instructions_per_iter=p.get("instructions"),
+             producer_classes=p.get("classes"))
+    if cfg is None or cons is None:
+        return u  # incomplete: the report and the test say so
+    bm, bn, bk = cfg["tile"]
+    cm, cn, _ = cfg["cluster"]
+    # KernelImplicitTmaWarpSpecializedSm90: one producer warp group (one elected warp issues the
+    # TMA loads), the other warp groups consume; a warp group's 4 warps sit on the 4 sub-partitions
+    wgs = cfg["threads"] // 128 - 1
+    fma = sum(n for kind, n, _ in c["mma"] if kind == "wgmma") * wgs
+    # TMA multicast: the A tile is shared along the cluster's N extent, the B tile along its M
+    # extent (fprop/dgrad 2x1x1: the weight tile; wgrad 1x2x1: the gradient tile)
+    l2_bytes = 2 * (bm * bk // cn + bn * bk // cm)  # bf16
+    u.update(tile=cfg["tile"], cluster=cfg["cluster"], stages=cfg["stages"],
+             threads=cfg["threads"], smem=cfg["smem"], consumer_warpgroups=wgs,
+             tile_fma_matches=fma == bm * bn * bk, tensor_cycles=fma / m.fma_per_clk,
+             # conservative: the producer warp shares a sub-partition with a consumer warp
+             issue_cycles=c["instructions"] * wgs + p.get("instructions", 0),
+             l2_bytes=l2_bytes, l2_cycles=round(l2_bytes / m.l2_bytes_per_clk_sm, 1),
+             outside=len(instrs) - len(cons) - (len(prod) if prod else 0))
+    return u
+
+
+def _hand_counts(k, warps: int, m: Machine) -> dict:
+    """One hand-written tensor-core kernel: its mainloop per warp and iteration (a BK = 32 step)."""
+    ml = analyze_sass("\n".join(k.sass))["mainloop"]
+    row = dict(name=k.name, arch=k.arch, regs=k.regs, mma_kinds=sorted(k.mma_kinds), warps=warps,
+               instructions_per_iter=None, tensor_cycles_per_iter=None, issue_cycles_per_iter=None)
+    if ml:
+        # mma.sync: 1024 dense 16-bit FMA per SM and cycle on an A100, assumed the same on Hopper
+        # (Machine.mma_sync_fma_per_clk); tf32 at half
+        tensor = sum(n * warps / (m.mma_sync_fma_per_clk / (2 if "TF32" in dt.upper() else 1))
+                     for _, n, dt in ml["mma"])
+        row.update(instructions_per_iter=ml["instructions"], tensor_cycles_per_iter=round(tensor),
+                   issue_cycles_per_iter=ml["instructions"] * math.ceil(warps / 4),
+                   classes=ml["classes"])
+    return row
+
+
+def read_extension(m: Machine = H200) -> dict:
+    """The built extension's kernels, or {"status": why not}: per CUTLASS unit its config and
+    loop counts, per hand-written tensor-core kernel and arch its mainloop counts."""
+    import torch
+
+    import unet_fast as uf
+    from unet_fast.backends import cuda_backend
+    so = cuda_backend.extension_path()
+    if so is None:
+        return dict(status=f"not built: {uf.backends.available()['cuda']}")
+    sr = _sass_report()
+    tool = sr.find_cuobjdump()
+    if tool is None:
+        return dict(status="cuobjdump not found (it ships in Triton's wheel)", so=so)
+    try:
+        texts = list(torch.ops.unet_fast._cutlass_sm90_configs())
+    except (AttributeError, RuntimeError):
+        texts = []  # built without the units
+    configs = {}
+    for t in texts:
+        g = _UNIT_CONFIG.match(t)
+        if g:
+            v = [int(x) for x in g.groups()[1:]]
+            configs[g.group(1)] = dict(text=t, tile=tuple(v[0:3]), cluster=tuple(v[3:6]),
+                                       stages=v[6], threads=v[7], smem=v[8])
+    kernels = sr.analyse(so, tool, keep_sass=True)
+    warps = _igemm_warps()
+    units = [_unit_counts(k, configs, m) for k in kernels if k.is_cutlass]
+    hand = [_hand_counts(k, warps, m) for k in kernels if k.tensor_cores]
+    status = "read" if units else "built without the CUTLASS sm_90a units"
+    so = os.path.relpath(so, ROOT) if so.startswith(ROOT + os.sep) else so
+    return dict(status=status, so=so, configs=texts, units=units, hand_written=hand, rows=[])
+
+
+def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
+    """The model's figures for one unit on one convolution (see the module docstring; one CTA per
+    SM: the pipeline's shared memory)."""
+    import torch
+    n, (name, c, k, h, w, pad) = cfg.batch, prob
+    p, q = h + 2 * pad - 2, w + 2 * pad - 2
+    M, N, K = {"fprop": (n * p * q, k, 9 * c), "dgrad": (n * h * w, c, 9 * k),
+               "wgrad": (k, 9 * c, n * p * q)}[u["pass_"]]
+    (bm, bn, bk), (cm, cn, _) = u["tile"], u["cluster"]
+    m_tiles = -(-math.ceil(M / bm) // cm) * cm  # the grid is whole clusters
+    n_tiles = -(-math.ceil(N / bn) // cn) * cn
+    steps = math.ceil(K / bk)
+    # the wgrad's split-K count from the unit's own host code (conv3x3_wgrad_bf16_splits)
+    splits = (int(torch.ops.unet_fast._cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], m.sms))
+              if u["pass_"] == "wgrad" else 1)
+    steps = math.ceil(steps / splits)  # the busiest slice
+    ctas = m_tiles * n_tiles * splits
+    waves = math.ceil(ctas / m.sms)
+    tensor, issue, l2 = u["tensor_cycles"], u["issue_cycles"], u["l2_cycles"]
+    per_step = max(tensor, issue, l2)
+    bound = "tensor" if per_step == tensor else "issue" if per_step == issue else "L2"
+    per_cta = steps * per_step + u["outside"] + m.fill_latency_clk
+    compute_s = waves * per_cta / m.clock
+    # unique bytes: bf16 activations and weights; the dgrad's ReLU mask is its input x except
+    # where the model passes relu_input=False (the up blocks' first conv: a concat; model.py);
+    # the wgrad writes fp32 partial sums per slice
+    x, y, wt = n * h * w * c, n * p * q * k, 9 * c * k
+    masked = not name.endswith("conv.0")
+    dram = {"fprop": 2 * (x + wt + y), "dgrad": 2 * (y + wt + x * (2 if masked else 1)),
+            "wgrad": 2 * (x + y) + 4 * splits * wt}[u["pass_"]]
+    dram_s = dram / m.dram_bw
+    t = max(compute_s, dram_s)
+    if dram_s > compute_s:
+        bound = "DRAM"
+    flops = 2 * M * N * K
+    return dict(model=cfg.name, name=u["name"], pass_=u["pass_"], layer=name,
+                config=f"{bm}x{bn}x{bk} c{cm}x{cn}" + (f" split {splits}" if splits > 1 else ""),
+                gemm=[M, N, K], ctas=ctas, waves=waves, k_steps=steps,
+                instructions_per_iter=u["consumer_instructions_per_iter"],
+                producer_instructions_per_iter=u["producer_instructions_per_iter"],
+                tensor_cycles_per_iter=round(tensor), issue_cycles_per_iter=issue,
+                l2_cycles_per_iter=l2, flops=flops, dram_bytes=dram, kernel_s=t,
+                time_s=t + m.launch_gap_s, predicted_fraction_of_peak=flops / m.peak_flops / t,
+                bound=bound)
+
+
+def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
+    """Per 3x3 convolution of `cfg` and pass: the unit's prediction, or the refusal (the units'
+    own check) of a layer that stays on the hand-written kernels."""
+    import torch
+
+    from unet_fast.reference import conv3x3_problems
+    units = {u["pass_"]: u for u in ext["units"] if "tensor_cycles" in u}
+    check = torch.ops.unet_fast._cutlass_sm90_check
+    rows = []
+    for prob in conv3x3_problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels,
+                                 cfg.depth):
+        refused = {p: check(p, [cfg.batch, prob.h, prob.w, prob.c_in, prob.c_out, prob.pad])
+                   or ("" if p in units else "no unit read") for p in _UNIT_PASSES}
+        if all(refused.values()):
+            rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_="all",
+                             layer=prob.name, config="refused: " + refused["fprop"],
+                             instructions_per_iter=None, tensor_cycles_per_iter=None,
+                             issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
+                             bound="-"))
+            continue
+        rows += [_unit_row(units[p], prob, cfg, m) for p in _UNIT_PASSES if not refused[p]]
+    return rows
+
+
+def extension_model(cfgs: list, m: Machine = H200) -> dict:
+    ext = read_extension(m)
+    if ext.get("units"):
+        ext["rows"] = [r for cfg in cfgs for r in extension_rows(ext, cfg, m)]
+    return ext
+
+
+def _extension_json(ext: dict) -> dict:
+    """The JSON's "extension" entry (the key "pass" as in the Triton part's)."""
+    def ren(d):
+        return {("pass" if k == "pass_" else k): v for k, v in d.items()}
+    return dict(ext, units=[ren(u) for u in ext.get("units", [])],
+                rows=[ren(r) for r in ext.get("rows", [])])
+
+
+def extension_markdown(ext: dict, m: Machine = H200) -> list:
+    lines = ["## CUDA extension (`_C`): CUTLASS sm_90a units", ""]
+    if ext.get("status") == "read":
+        lines += _units_markdown(ext, m)
+    else:
+        lines += [f"Not modelled: the extension is {ext.get('status')}.", ""]
+    return lines + _hand_markdown(ext)
+
+
+def _units_markdown(ext: dict, m: Machine) -> list:
+    lines = [
+        f"Read from `{ext['so']}` (`cuobjdump -sass`, through tools/sass_report.py).",
+        "`backend=\"cuda\"` on sm_90 runs these units for every bf16 3x3 convolution they accept;",
+        "tile, cluster, stages, threads and shared memory are the units' own config strings",
+        "(`_cutlass_sm90_configs`), what they accept their own check (`_cutlass_sm90_check`). Per K",
+        "step (one 64-wide K slice of the GEMM) on one SM:",
+        "",
+        "- consumer loop: the shortest loop holding HGMMA (instructions per warp); producer loop:",
+        "  the shortest loop with UTMALDG and no HGMMA (the one warp issuing the TMA loads);",
+        "- tensor cycles: the consumer loop's HGMMA FMAs x consumer warp groups / 2048; issue cycles:",
+        "  consumer instructions x consumer warps per sub-partition + producer instructions (as if",
+        "  the producer warp shared a sub-partition with a consumer warp: conservative);",
+        "- L2 bytes: the A tile / the cluster's N extent + the B tile / its M extent (TMA multicast),",
+        f"  at {m.l2_bytes_per_clk_sm:.1f} B per SM and cycle (the assumption above).",
+        "",
+        "| kernel | arch | regs | smem (B) | config | consumer instr/iter | producer instr/iter "
+        "| issue cyc | tensor cyc | L2 B / cyc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for u in ext["units"]:
+        if "tensor_cycles" not in u:
+            lines.append(f"| {u['name']} | {u['arch']} | {u['regs']} | - | {u['config'] or 'no config'} "
+                         f"| {u['consumer_instructions_per_iter'] or 'not found'} | - | - | - | - |")
+            continue
+        cfg = (f"{'x'.join(map(str, u['tile']))}, cluster {'x'.join(map(str, u['cluster']))}, "
+               f"{u['stages']} stages, {u['threads']} threads")
+        lines.append(
+            f"| {u['name']} | {u['arch']} | {u['regs']} | {u['smem']} | {cfg} | "
+            f"{u['consumer_instructions_per_iter']} | {u['producer_instructions_per_iter'] or '-'} | "
+            f"{u['issue_cycles']} | {u['tensor_cycles']:.0f} | {u['l2_bytes']} / {u['l2_cycles']} |")
+    lines += [
+        "",
+        "Per layer and pass: GEMM fprop M=n*p*q, N=k, K=9c; dgrad M=n*h*w, N=c, K=9k; wgrad M=k, N=9c,",
+        "K=n*p*q split over S slices as `conv3x3_wgrad_bf16_splits` picks them. CTAs: the tiles, in",
+        "whole clusters (assumed to fill all SMs), one per SM, in waves; a CTA takes K steps x",
+        "max(tensor, issue, L2) + the code outside both loops issued once (conservative: both roles'",
+        f"code, the wait retries) + {m.fill_latency_clk} cycles of fill; never faster than its unique DRAM",
+        "bytes; % peak: the GEMM's FLOPs at the peak over that time (a 64-channel N fills half a",
+        "128-wide tile). The bias gradient, the split-K sum and the pool the path adds are other kernels",
+        "(not here).",
+        "",
+    ]
+    for model in dict.fromkeys(r["model"] for r in ext["rows"]):
+        rows = [r for r in ext["rows"] if r["model"] == model]
+        done = [r for r in rows if r["pass_"] != "all"]
+        by_pass = collections.defaultdict(float)
+        for r in done:
+            by_pass[r["pass_"]] += r["time_s"]
+        flops = sum(r["flops"] for r in done)
+        total = sum(by_pass.values())
+        lines += [f"### {model}: CUTLASS units, per layer and pass", "",
+                  f"- {len(done)} unit launches, predicted {_fmt_ms(total)} ms (+gaps): "
+                  + ", ".join(f"{p} {_fmt_ms(by_pass[p])}" for p in _UNIT_PASSES)
+                  + f"; their FLOPs at the peak {_fmt_ms(flops / m.peak_flops)} ms "
+                  f"({100 * flops / m.peak_flops / total:.0f}%).", "",
+                  "| layer | pass | GEMM M x N x K | config | CTAs | waves | K steps/CTA | bound "
+                  "| % peak | ms (+gap) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["pass_"] == "all":
+                lines.append(f"| {r['layer']} | all | - | {r['name']}: {r['config']} | - | - | - "
+                             "| - | - | - |")
+                continue
+            lines.append(
+                f"| {r['layer']} | {r['pass_']} | {' x '.join(map(str, r['gemm']))} | {r['config']} "
+                f"| {r['ctas']} | {r['waves']} | {r['k_steps']} | {r['bound']} | "
+                f"{100 * r['predicted_fraction_of_peak']:.0f} | {_fmt_ms(r['time_s'])} |")
+        lines.append("")
+    return lines
+
+
+def _hand_markdown(ext: dict) -> list:
+    lines, by_kernel = [], {}
+    for h in ext.get("hand_written", []):
+        by_kernel.setdefault(h["name"], []).append(h)
+    if by_kernel:
+        lines += [
+            "### Hand-written tensor-core kernels: mainloop per warp and iteration",
+            "",
+            f"The sm_80 path (on sm_90: fp16, fp32, the first layer and the GEMM-shaped ops). "
+            f"{ext['hand_written'][0]['warps']} warps",
+            "per CTA, an iteration is a 64x64x32 step; tensor cycles at 1024 FMA per SM and cycle for",
+            "mma.sync (an A100's rate; assumed on Hopper), tf32 at half; issue cycles: instructions x",
+            "warps per sub-partition. Static counts: both ways of every branch in the loop (the cp.async",
+            "path and the fallback loads), an upper bound. No per-layer prediction.",
+            "",
+            "| kernel | arch | regs | instr/iter | MMA | tensor cyc/iter | issue cyc/iter |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, hs in by_kernel.items():
+            def col(key):
+                return " / ".join(str(h[key] if h[key] is not None else "-") for h in hs)
+            lines.append(f"| {name} | {col('arch')} | {col('regs')} | {col('instructions_per_iter')} "
+                         f"| {', '.join(sorted({k for h in hs for k in h['mma_kinds']}))} | "
+                         f"{col('tensor_cycles_per_iter')} | {col('issue_cycles_per_iter')} |")
+        lines.append("")
+    return lines
 
 
 def check_one(kernel: str = "igemm_wgrad_kernel", layer: str = "down.1.2") -> dict:
@@ -863,18 +1212,24 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
     ap.add_argument("--check", action="store_true",
                     help="compile and read one kernel twice, print JSON (the tool's own test)")
+    ap.add_argument("--extension", action="store_true",
+                    help="only the CUDA extension's part (no Triton compiles): print its JSON")
     args = ap.parse_args(argv)
     if args.check:
         print(json.dumps(check_one()))
         return 0
-    results = []
+    cfgs = []
     for spec in args.models.split(","):
         name, _, batch = spec.partition(":")
         if name not in MODELS:
             ap.error(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
         cfg = MODELS[name]
-        if batch:
-            cfg = dataclasses.replace(cfg, batch=int(batch))
+        cfgs.append(dataclasses.replace(cfg, batch=int(batch)) if batch else cfg)
+    if args.extension:
+        print(json.dumps(_extension_json(extension_model(cfgs)), indent=1))
+        return 0
+    results = []
+    for cfg in cfgs:
         res = model_step(cfg, args.jobs)
         s = summarize(res)
         print(f"{cfg.name} b{cfg.batch}: predicted {_fmt_ms(s['predicted_s'])} ms per step "
@@ -883,8 +1238,10 @@ def main(argv=None) -> int:
         for k, v in sorted(s["by_pass"].items(), key=lambda kv: -kv[1]):
             print(f"    {k:28s} {_fmt_ms(v)} ms")
         results.append(res)
+    ext = extension_model(cfgs)
+    print(f"CUDA extension: {ext['status']}, {len(ext.get('rows', []))} CUTLASS rows")
     if not args.no_write:
-        write_report(results, args.out, os.path.splitext(args.out)[0] + ".json")
+        write_report(results, args.out, os.path.splitext(args.out)[0] + ".json", ext=ext)
         print(f"wrote {args.out}")
     return 0
 

@@ -48,6 +48,7 @@ class Kernel:
     hgmma_batches: int = 0  # HGMMA closing a wgmma batch (gsb0): one per HGMMA = serialized
     mma_kinds: set = field(default_factory=set)
     tma_kinds: set = field(default_factory=set)
+    sass: list = field(default_factory=list, repr=False)  # the listing's lines, if asked for
 
     @property
     def is_conv(self) -> bool:
@@ -146,7 +147,9 @@ def _short(name: str) -> str:
     return name
 
 
-def analyse(so: str, cuobjdump: str) -> list[Kernel]:
+def analyse(so: str, cuobjdump: str, keep_sass: bool = False) -> list[Kernel]:
+    """The kernels of `so`; with keep_sass, each keeps its SASS lines (for tools/kernel_model.py,
+    which counts their loops: one cuobjdump run for both)."""
     kernels: dict[tuple, Kernel] = {}
     arch = None
     cur = None
@@ -173,9 +176,12 @@ def analyse(so: str, cuobjdump: str) -> list[Kernel]:
         m = re.match(r"\s*Function : (\S+)", line)
         if m:
             cur = kernels.setdefault((arch, m.group(1)), Kernel(arch, m.group(1)))
+            cur.sass = []  # a kernel in two cubins: one copy of its listing
             continue
         if cur is None or "/*" not in line:
             continue
+        if keep_sass:
+            cur.sass.append(line)
         m = re.search(r"\b(HGMMA|HMMA)(\.[A-Z0-9x.]+)?", line)
         if m:
             if m.group(1) == "HGMMA":

@@ -5,6 +5,8 @@ It is the oracle the fast model is tested against and has the same state_dict ke
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -80,3 +82,36 @@ class UNet(nn.Module):
             x = block(x, skip)
         return self.head(x)
 
+
+class Conv3x3Problem(NamedTuple):
+    name: str   # the module's name in the model ("down.1.0", "up.0.conv.2"): the dispatch layer
+    c_in: int
+    c_out: int
+    h: int      # the input's height and width
+    w: int
+    pad: int
+
+
+def conv3x3_problems(in_channels: int = 1, padding: str = "valid", size: int = 572,
+                     base_channels: int = 64, depth: int = 4) -> list[Conv3x3Problem]:
+    """Every 3x3 convolution of the U-Net on a size x size image, in forward order, from the model
+    itself (shapes only: the meta device). For the CUTLASS units' tests and
+    tools/kernel_model.py."""
+    model = UNet(in_channels, 2, base_channels, depth, padding).to("meta")
+    names = {mod: name for name, mod in model.named_modules()}
+    found = []
+
+    def record(mod, inputs, _):
+        if isinstance(mod, nn.Conv2d) and mod.kernel_size == (3, 3):
+            x = inputs[0]
+            found.append(Conv3x3Problem(names[mod], x.shape[1], mod.out_channels, x.shape[2],
+                                        x.shape[3], mod.padding[0]))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, in_channels, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
