@@ -374,6 +374,83 @@ def test_supports_refuses_32bit_index_overflow():
     assert triton_backend.supports(torch.empty(1, 1, 1, 1).expand(16, 64, 572, 572)) is None
 
 
+# ---------------------------------------------------------------- one-K-tile GEMMs (first layer, head)
+class _LaunchSpy:
+    """Stands in for an autotuned kernel: records each launch's name, then launches it."""
+
+    def __init__(self, kernel, name, seen):
+        self.kernel, self.name, self.seen = kernel, name, seen
+
+    def __getitem__(self, grid):
+        self.seen.append(self.name)
+        return self.kernel[grid]
+
+
+def _spy_launches(monkeypatch):
+    from unet_fast.backends.triton_backend import igemm
+    seen = []
+    for name in ("igemm_fwd_kernel", "igemm_onek_kernel"):
+        monkeypatch.setattr(igemm, name, _LaunchSpy(getattr(igemm, name), name, seen))
+    return seen
+
+
+@pytest.mark.parametrize("path", ["onek", "igemm"])
+@pytest.mark.parametrize("op,n,ci,co,h,w,padding,layout", [
+    ("conv3x3_relu", 3, 1, 5, 13, 11, 0, "nchw"),          # the paper's first layer: K = 9
+    ("conv3x3_relu", 3, 3, 17, 12, 10, 1, "channels_last"),  # same-padded RGB: K = 27, bounds
+                                                           # (dgrad: K = 153, the general loop)
+    ("conv3x3_relu", 2, 7, 3, 9, 8, 1, "nchw_strided"),    # K = 63, the largest; dgrad K = 27
+    ("conv1x1", 3, 64, 2, 11, 9, 0, "channels_last"),      # the head: K = 64, N = 2; dgrad K = 2
+    ("conv1x1", 2, 6, 3, 5, 7, 0, "channel_slice"),
+])
+def test_one_k_tile_path(monkeypatch, path, op, n, ci, co, h, w, padding, layout):
+    """Convolutions whose whole K and N fit one tile (utils.use_onek) run the persistent
+    igemm_onek_kernel, forward and dgrad, each CTA walking several pixel tiles; with that path
+    off the same shapes run igemm_fwd_kernel's FLAT_K loop. Both against float64."""
+    if path == "igemm":
+        monkeypatch.setattr(t_utils, "ONEK_MAX_K", 0)
+    seen = _spy_launches(monkeypatch)
+    x = make((n, ci, h, w), layout)
+    ks = 3 if op == "conv3x3_relu" else 1
+    wt = make((co, ci, ks, ks), scale=0.3)
+    args = [x, wt, make((co,))] + ([padding] if op == "conv3x3_relu" else [])
+    check_triton(op, args)
+    def kernel(k, n_cols):
+        on = path == "onek" and t_utils.use_onek(k, n_cols, h * w)
+        return "igemm_onek_kernel" if on else "igemm_fwd_kernel"
+    assert seen == [kernel(ks * ks * ci, co), kernel(ks * ks * co, ci)], seen  # fwd, dgrad
+
+
+def test_one_k_tile_path_in_the_unet(monkeypatch):
+    """In the U-Net the first layer, the head and the head's dgrad (masked by the last ReLU) take
+    the one-K-tile path and nothing else does; the network still matches float64."""
+    from unet_fast.backends.triton_backend import igemm
+    seen = []
+    real = igemm._igemm_onek
+
+    def spy(a, w, out, **kw):
+        seen.append((a.shape[1], w[4], kw["ks"], kw["relu_in"] is not None))
+        return real(a, w, out, **kw)
+
+    monkeypatch.setattr(igemm, "_igemm_onek", spy)
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=8, depth=2, padding="valid",
+                    backend="triton").to(DEVICE)
+    ref = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=8, depth=2,
+                            padding="valid").to(DEVICE).double()
+    ref.load_state_dict(model.state_dict())
+    x = make((2, 1, 52, 44))  # a 12x4 output: tiles span its two images
+    out = model(x)
+    g = make(tuple(out.shape))
+    out.backward(g)
+    ref_out = ref(x.double())
+    ref_out.backward(g.double())
+    assert_float32_close("output", out, ref_out)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert_float32_close(name, p.grad, q.grad)
+    # (C_in or C_out read, N, KS, masked by a ReLU): first layer fwd, head fwd, head dgrad
+    assert sorted(seen) == sorted([(1, 8, 3, False), (8, 2, 1, False), (2, 8, 1, True)]), seen
+
+
 # ---------------------------------------------------------------- the weight gradient's K order
 @pytest.mark.parametrize("qb", [1, 4, 16, 64])
 @pytest.mark.parametrize("op,n,ci,co,h,w,padding,layout", [

@@ -528,7 +528,7 @@ def work(launch: Launch, cfg_index: int) -> dict:
     (A and B tiles), the fewest bytes it must move through DRAM, and its pass name. One entry per
     kernel of the Triton backend: this table is where the model knows what each kernel does."""
     kw, warps, stages, grid = launch.configs[cfg_index]
-    c = dict(launch.constexprs, **kw)
+    c = dict(launch.constexprs, **kw, _grid=grid)
     name = launch.kernel.split(".")[-1]
     return _WORK[name](launch, c)
 
@@ -555,6 +555,25 @@ def _igemm_fwd_work(l, c):
         what = "fwd"
     return dict(flops=2 * m_rows * n_gemm * k_tot, iters=iters, tile_bytes=tile_bytes, dram=dram,
                 pass_=what, mma=True)
+
+
+def _igemm_onek_work(l, c):
+    """The persistent one-K-tile GEMM: each CTA loads the weight once and walks its pixel tiles;
+    an iteration is one pixel tile (its A tile from L2), the trip count the busiest CTA's tiles."""
+    a = _arg(l, "a_ptr")
+    elt = a[4]
+    ks, ca = c["KS"], _arg(l, "CA")
+    n_gemm, m_gemm = _arg(l, "N_GEMM"), _arg(l, "M_GEMM")
+    k_tot = ks * ks * ca
+    bm, bk = c["BLOCK_M"], c["BLOCK_K"]
+    ctas = c["_grid"][0]
+    iters = math.ceil(math.ceil(m_gemm / bm) / ctas)
+    dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
+    if c.get("RELU_IN"):
+        dram += _tbytes(_arg(l, "x_ptr"))
+    what = "dgrad" if c.get("SIGN", 1) == -1 or not c.get("HAS_BIAS", True) else "fwd"
+    return dict(flops=2 * m_gemm * n_gemm * k_tot, iters=iters, tile_bytes=bm * bk * elt,
+                dram=dram, pass_=what, mma=True)
 
 
 def _igemm_wgrad_work(l, c):
@@ -592,6 +611,7 @@ def _crop_copy_work(l, c):
 _WORK = {
     "igemm_fwd_kernel": _igemm_fwd_work,
     "igemm_wgrad_kernel": _igemm_wgrad_work,
+    "igemm_onek_kernel": _igemm_onek_work,
     "_max_pool2x2_forward_kernel": _pool_fwd_work,
     "_max_pool2x2_backward_kernel": _pool_bwd_work,
     "_crop_copy_kernel": _crop_copy_work,

@@ -36,7 +36,7 @@ interpreter replaces the kernels); it removes it from its own environment before
 CI's Triton (3.8) has rows in the committed table, which tests/test_triton_aot.py checks; rows of
 the GPU machines' 3.6 are added on demand: a venv with triton==3.6.0 (pip install --no-deps) and
 two .pth files naming this project's .venv site-packages and the project root. 2072 compiles of
-3.6.0 took 601 s on 2 cores (--jobs 2, cold cache).
+3.6.0 took 601 s on 2 cores (--jobs 2, cold cache); igemm_onek_kernel's 132 (--kernel) took 31 s.
 
 A full run compiles about two thousand kernels: about 10 minutes on 2 cores the first time (more
 on a loaded machine), seconds once Triton's cache (~/.triton/cache) holds them.
@@ -137,6 +137,23 @@ def _variants():
         out.append(("igemm.igemm_fwd_kernel", label, c, True, d, specs, rt))
     out += [("igemm.igemm_wgrad_kernel", label, c, True, d, specs, rt)
             for label, c, d, specs, rt in wgrad]
+    # the persistent one-K-tile GEMM: BLOCK_N and BLOCK_K are the launcher's (N and K rounded up)
+    ok = dict(PAD=0, SIGN=1, BOUNDS=False, HAS_BIAS=True, RELU=True, RELU_IN=False,
+              DOT_F32=False)
+    onek = [
+        ("first layer fwd (C_in = 1, valid: K = 9)", dict(ok, KS=3, BLOCK_N=64, BLOCK_K=16),
+         ALL_DTYPES, _ALL, first),
+        ("first layer fwd (C_in = 3, same: K = 27)",
+         dict(ok, KS=3, PAD=1, BOUNDS=True, BLOCK_N=64, BLOCK_K=32), ALL_DTYPES, _BASE,
+         dict(odd=("CA", "a_sh", "a_sw", "w_st", "w_sj"))),
+        ("head fwd (K = 64 channels, N = 2 classes)",
+         dict(ok, KS=1, RELU=False, BLOCK_N=16, BLOCK_K=64), ALL_DTYPES, _ALL, head_out),
+        ("head dgrad (K = 2 classes, masked by the last ReLU)",
+         dict(ok, KS=1, RELU=False, HAS_BIAS=False, RELU_IN=True, BLOCK_N=64, BLOCK_K=16),
+         ALL_DTYPES, _ALL, head_dgrad),
+    ]
+    out += [("igemm.igemm_onek_kernel", label, c, True, d, specs, rt)
+            for label, c, d, specs, rt in onek]
     out += [
         ("max_pool._max_pool2x2_forward_kernel", "max_pool2x2 fwd", {}, False, ("bf16",), _ALL,
          {}),

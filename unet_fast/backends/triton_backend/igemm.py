@@ -1,4 +1,5 @@
-"""The two implicit-GEMM kernels every convolution of the Triton backend is made of.
+"""The implicit-GEMM kernels every convolution of the Triton backend is made of: two general ones
+and, for the memory-bound convolutions whose whole K fits one tile, a persistent third.
 
 `igemm_fwd_kernel` computes, for each pixel (n, p, q) of an output grid and each GEMM column j,
 
@@ -25,6 +26,11 @@ split per tap: R[co, (tap, ci)] for a convolution (A = the masked output gradien
 R[(tap, co), ci] for the transposed convolution (A = dy at (2p+i, 2q+j), B = x). The bias gradient
 is the row sums of A, computed on the tensor cores (A times a column of ones) by the tiles of the
 first column. The pixel sum is split over the grid's y into fp32 partials (deterministic).
+
+`igemm_onek_kernel` is igemm_fwd_kernel's loop for K = taps x channels <= 64 and N <= 64 (the
+first layer's 9 or 27 (tap, channel) columns; the 1x1 head, 64 -> classes, and its dgrad): one
+tile holds the whole K, so each CTA loads the weight once and walks pixel tiles, the next tile's
+loads overlapping this one's store (igemm_fwd chooses it, utils.use_onek).
 
 All tensors are addressed through explicit (n, h, w, c) element strides, so NCHW, channels_last
 and strided views (a channel slice of a concat buffer) are read and written in place. Accumulation
@@ -210,6 +216,114 @@ def igemm_fwd_kernel(
         prow = nq.to(tl.int64) * q_sn + ph2 * q_sh + pw2 * q_sw
         tl.store(pool_ptr + (prow[:, None] + offs_n[None, :] * q_sc),
                  pooled.to(pool_ptr.dtype.element_ty), mask=w_ok[:, None] & n_ok[None, :])
+
+
+# Persistent, whole-K-in-one-tile variant for the convolutions whose K (taps x channels) fits one
+# tile and whose N is narrow: the first layer (K = 9 or 27), the 1x1 head (K = 64, N = classes)
+# and the head's dgrad (K = classes). They are memory-bound; launched as igemm_fwd_kernel they
+# are thousands of one-iteration tiles, each paying its pipeline fill. Here each CTA loads the
+# weight once and walks its share of the pixel tiles, so the next tile's loads overlap this one's
+# dot and store (the loop is what Triton pipelines).
+_ONEK_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "PAD", "SIGN", "RELU", "RELU_IN",
+             "HAS_BIAS", "BLOCK_N", "BLOCK_K", "PRECISION"]
+_ONEK_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT"]
+
+
+@triton.autotune(configs=utils.onek_configs(), key=_ONEK_KEY,
+                 prune_configs_by={"early_config_prune": utils.prune_onek},
+                 **utils.autotune_options())
+@triton.jit(do_not_specialize=_ONEK_NO_SPEC)
+def igemm_onek_kernel(
+    a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,
+    w_ptr, w_st, w_sc, w_sj,
+    bias_ptr,
+    out_ptr, o_sn, o_sh, o_sw, o_sc,
+    x_ptr, x_sn, x_sh, x_sw, x_sc,                      # RELU_IN: the input whose ReLU masks out
+    NB, OH, OW, M_GEMM, N_GEMM, M_BUCKET, LAYOUT,       # M_BUCKET, LAYOUT: autotune key only
+    KS: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr, BOUNDS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, RELU_IN: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out = epilogue(A_gathered @ W) as igemm_fwd_kernel (stride 1, no pool, no scatter) with the
+    whole K = KS*KS*CA <= BLOCK_K and N_GEMM <= BLOCK_N in one tile, and images of at least
+    BLOCK_M pixels (so a tile's rows run into at most the next image).
+
+    Tiles are BLOCK_M consecutive pixels. A pixel's column and row within its tile are divided out
+    once per CTA; per tile only the tile's first pixel is divided out (scalars), and each pixel
+    adds two carries: its column ran past the row's end, its row past the image's."""
+    # once per CTA: the K columns' (tap, channel) offsets, the weight tile, the bias
+    offs_k = tl.arange(0, BLOCK_K)
+    if KS == 1:
+        k_ok = offs_k < CA
+        a_col = offs_k * a_sc
+        w_off = offs_k * w_sc
+        dh = 0
+        dw = 0
+    else:
+        k_ok = offs_k < KS * KS * CA
+        tap = offs_k // CA
+        dh = SIGN * (tap // KS - PAD)
+        dw = SIGN * (tap % KS - PAD)
+        a_col = dh * a_sh + dw * a_sw + (offs_k % CA) * a_sc
+        w_off = tap * w_st + (offs_k % CA) * w_sc
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N_GEMM
+    b = tl.load(w_ptr + w_off[:, None] + offs_n[None, :] * w_sj,
+                mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    # pixel j of a tile: jr rows and jq columns after the tile's first pixel, before carries
+    j = tl.arange(0, BLOCK_M)
+    jr = j // OW
+    jq = j % OW
+    a_j = jr * a_sh + jq * a_sw
+    o_j = jr * o_sh + jq * o_sw
+    if RELU_IN:
+        x_j = jr * x_sh + jq * x_sw
+    num_tiles = tl.cdiv(M_GEMM, BLOCK_M)
+    for t in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        m0 = t * BLOCK_M
+        q0 = m0 % OW
+        r0 = m0 // OW
+        p0 = r0 % OH
+        n0 = (r0 // OH).to(tl.int64)
+        cq = jq >= OW - q0                       # column carry: the pixel is on the next row
+        rr = jr + cq.to(tl.int32)
+        cn = rr >= OH - p0                       # row carry: the pixel is in the next image
+        # (the carries multiply, not select: Triton keeps the strides' divisibility through a
+        # product, so the loads stay 16-byte vectors)
+        ci = cq.to(tl.int32)
+        ni = cn.to(tl.int32)
+        m_ok = j < M_GEMM - m0
+        ok = m_ok[:, None] & k_ok[None, :]
+        if BOUNDS:
+            p = p0 + rr - tl.where(cn, OH, 0)
+            q = q0 + jq - tl.where(cq, OW, 0)
+            # one unsigned compare per side: a negative coordinate wraps past the limit
+            ih = (p[:, None] + dh[None, :]).to(tl.uint32)
+            iw = (q[:, None] + dw[None, :]).to(tl.uint32)
+            ok = ok & (ih < AH) & (iw < AW)
+        a_pix = (a_j + ci * (a_sh - OW * a_sw) + ni * (a_sn - OH * a_sh))
+        a_base = a_ptr + (n0 * a_sn + p0 * a_sh + q0 * a_sw)
+        a = tl.load(a_base + (a_pix[:, None] + a_col[None, :]), mask=ok, other=0.0)
+        acc = _dot(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), a, b, DOT_F32, PRECISION)
+        if HAS_BIAS:
+            acc = acc + bias[None, :]
+        if RELU:
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        o_ok = m_ok[:, None] & n_ok[None, :]
+        if RELU_IN:  # dx * (x > 0) as threshold_backward (a NaN x passes the gradient)
+            x_pix = (x_j + ci * (x_sh - OW * x_sw)
+                     + ni * (x_sn - OH * x_sh))
+            x_base = x_ptr + (n0 * x_sn + p0 * x_sh + q0 * x_sw)
+            xin = tl.load(x_base + (x_pix[:, None] + offs_n[None, :] * x_sc), mask=o_ok,
+                          other=1.0)
+            acc = tl.where(xin <= 0, 0.0, acc)
+        o_pix = (o_j + ci * (o_sh - OW * o_sw) + ni * (o_sn - OH * o_sh))
+        o_base = out_ptr + (n0 * o_sn + p0 * o_sh + q0 * o_sw)
+        tl.store(o_base + (o_pix[:, None] + offs_n[None, :] * o_sc),
+                 acc.to(out_ptr.dtype.element_ty), mask=o_ok)
 
 
 @triton.jit
@@ -411,6 +525,10 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     nb, ca, ah, aw = a.shape
     oh, ow = grid_hw
     w_t, w_st, w_sc, w_sj, n_gemm = w
+    if (stride == 1 and pool is None and up_channels == 0
+            and utils.use_onek(ks * ks * ca, n_gemm, oh * ow)):
+        return _igemm_onek(a, w, out, grid_hw=grid_hw, ks=ks, pad=pad, sign=sign, bias=bias,
+                           relu=relu, relu_in=relu_in)
     if pool is not None:
         m_gemm = nb * ((oh + 1) // 2) * ((ow + 1) // 2) * 4
     else:
@@ -439,6 +557,36 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None,
             UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
+        )
+
+
+def _igemm_onek(a, w, out, *, grid_hw, ks, pad, sign, bias, relu, relu_in):
+    """igemm_fwd for a K and N that fit one tile (utils.use_onek): the persistent
+    `igemm_onek_kernel`, at most utils.persistent_ctas CTAs."""
+    nb, ca, ah, aw = a.shape
+    oh, ow = grid_hw
+    w_t, w_st, w_sc, w_sj, n_gemm = w
+    m_gemm = nb * oh * ow
+    xi = relu_in if relu_in is not None else out
+    bounds = not (pad == 0 and sign == 1 and oh - 1 + ks <= ah and ow - 1 + ks <= aw)
+    ctas = utils.persistent_ctas(a.device)
+
+    def grid(meta):
+        return (min(triton.cdiv(m_gemm, meta["BLOCK_M"]), ctas),)
+
+    with utils.on_device(a):
+        igemm_onek_kernel[grid](
+            a, *utils.nhwc_strides(a), ah, aw, ca,
+            w_t, w_st, w_sc, w_sj,
+            bias.contiguous() if bias is not None else w_t,
+            out, *utils.nhwc_strides(out),
+            xi, *utils.nhwc_strides(xi),
+            nb, oh, ow, m_gemm, n_gemm, utils.m_bucket(m_gemm), utils.layout_key(a, out, xi),
+            KS=ks, PAD=pad, SIGN=sign, BOUNDS=bounds, HAS_BIAS=bias is not None, RELU=relu,
+            RELU_IN=relu_in is not None, DOT_F32=utils.dot_in_fp32(a.dtype),
+            PRECISION=utils.dot_precision(a.dtype),
+            BLOCK_N=max(16, triton.next_power_of_2(n_gemm)),
+            BLOCK_K=max(16, triton.next_power_of_2(ks * ks * ca)),
         )
 
 

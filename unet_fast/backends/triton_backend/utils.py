@@ -121,6 +121,24 @@ _FP32_KEYS = {_config_key(c) for c in IGEMM_CONFIGS_32 + WGRAD_CONFIGS_32}
 _INTERPRET_IGEMM = [_cfg(64, 32, 32, 1, 4)]
 _INTERPRET_WGRAD = [_cfg(32, 32, 64, 1, 4)]
 
+# The persistent one-K-tile GEMM (igemm_onek_kernel: the first layer, the 1x1 head and its dgrad):
+# only the pixel tile varies; BLOCK_N and BLOCK_K are the GEMM's N and K rounded up (the launcher
+# sets them). Memory-bound, so a few pixel tiles per CTA in flight matter more than tile shape.
+ONEK_CONFIGS = [
+    triton.Config({"BLOCK_M": 128}, num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 256}, num_stages=3, num_warps=8),
+]
+_INTERPRET_ONEK = [triton.Config({"BLOCK_M": 32}, num_stages=1, num_warps=4)]
+# The largest K and N that path takes (K = taps x channels; a 3x3 layer with up to 7 channels).
+ONEK_MAX_K = 64
+ONEK_MAX_N = 64
+# CTAs per SM of a persistent launch (each walks tiles cta, cta + grid, ...): each keeps
+# num_stages - 1 tiles' loads in flight, two CTAs per SM are enough bytes in flight for DRAM, and
+# every config fits two per SM except the 8-warp fp32 ones (then two equal rounds). Under the
+# interpreter a grid of 3 CTAs, so the tests' small problems still give a CTA several tiles.
+PERSISTENT_CTAS_PER_SM = 2
+_INTERPRET_PERSISTENT_CTAS = 3
+
 # Elementwise kernels (pool, crop-copy): (pixels x channels) tiles, channels innermost.
 ELEMWISE_CONFIGS = [
     triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4),
@@ -148,9 +166,29 @@ def wgrad_configs():
     return _INTERPRET_WGRAD if INTERPRET else _unique(WGRAD_CONFIGS_16 + WGRAD_CONFIGS_32)
 
 
+def onek_configs():
+    return _INTERPRET_ONEK if INTERPRET else ONEK_CONFIGS
+
+
+def use_onek(k: int, n: int, pixels: int) -> bool:
+    """Whether a convolution with this K (taps x channels), N and output pixels per image runs as
+    igemm_onek_kernel (whose pixel tiles may span two images, not three)."""
+    return (k <= ONEK_MAX_K and n <= ONEK_MAX_N
+            and pixels >= max(c.kwargs["BLOCK_M"] for c in onek_configs()))
+
+
+def persistent_ctas(device: torch.device) -> int:
+    """The grid of a persistent launch (before capping it at the number of tiles)."""
+    return _INTERPRET_PERSISTENT_CTAS if INTERPRET else num_sms(device) * PERSISTENT_CTAS_PER_SM
+
+
 def config_for_dtype(config, dtype: torch.dtype) -> bool:
-    """Whether a GEMM config belongs to the list for this operand dtype."""
-    return _config_key(config) in (_FP32_KEYS if dtype == torch.float32 else _FP16_KEYS)
+    """Whether a GEMM config belongs to the list for this operand dtype (a config of neither
+    list, e.g. igemm_onek_kernel's, serves every dtype)."""
+    key = _config_key(config)
+    if key not in _FP16_KEYS and key not in _FP32_KEYS:
+        return True
+    return key in (_FP32_KEYS if dtype == torch.float32 else _FP16_KEYS)
 
 
 def elemwise_configs():
@@ -327,6 +365,24 @@ def prune_gemm(configs, named_args, **kwargs):
     keep = keep[:AUTOTUNE_TOP_K]
     if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
         keep = keep[:1]  # parity runs: one compile per kernel variant instead of one per config
+    return keep
+
+
+def prune_onek(configs, named_args, **kwargs):
+    """igemm_onek_kernel's configs worth timing: those whose pipeline fits the device's shared
+    memory, no taller than the GEMM's M needs (never an empty list)."""
+    a = named_args["a_ptr"]
+    elt = a.element_size()
+    m = int(named_args["M_GEMM"])
+    bk, bn = kwargs["BLOCK_K"], kwargs["BLOCK_N"]
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
+    smem = smem_limit(a.device)
+    if smem is not None:
+        keep = [c for c in keep
+                if c.num_stages * c.kwargs["BLOCK_M"] * bk * elt + bk * bn * elt <= smem]
+    keep = keep or list(configs)[:1]
+    if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
+        keep = keep[:1]
     return keep
 
 
