@@ -501,6 +501,41 @@ def test_wgrad_k_order(monkeypatch, qb, op, n, ci, co, h, w, padding, layout):
         assert_float32_close("bias gradient", db, g.double().sum((0, 2, 3)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [1, 5])
+def test_split_sum(dtype, split):
+    """The wgrad's split-K partials summed and cast in one pass: float32 as the float64 sum,
+    bf16 within half a bf16 unit of it (rounded to nearest; under the interpreter torch casts,
+    see split_sum)."""
+    from unet_fast.backends.triton_backend import igemm
+    r = make((split, 7, 33))
+    out = igemm.split_sum(r, dtype)
+    assert out.dtype == dtype and out.shape == (7, 33)
+    ref = r.double().sum(0)
+    if dtype == torch.float32:
+        assert_float32_close("split sum", out, ref)
+    else:
+        assert_within("split sum (bf16)", out.double(), ref, ref.abs() * 2.0**-8 * (1 + 1e-5))
+
+
+def test_weight_gradient_split_over_pixels(monkeypatch):
+    """With many SMs the weight gradient's pixel sum is split (4 slices here): the public op's
+    weight and bias gradients, summed and cast by split_sum, against float64."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 512)
+    splits = []
+    real = igemm.split_sum
+
+    def spy(r, dtype):
+        splits.append(r.shape[0])
+        return real(r, dtype)
+
+    monkeypatch.setattr(igemm, "split_sum", spy)
+    check_triton("conv3x3_relu", [make((2, 4, 34, 34), "channels_last"),
+                                  make((6, 4, 3, 3), scale=0.3), make((6,)), 0])
+    assert splits and max(splits) > 1, splits
+
+
 def _gemm_args(dtype, m, n, ca=64, **extra):
     return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, CA=ca, **extra)
 

@@ -162,6 +162,8 @@ def _variants():
         ("max_pool._max_pool2x2_backward_kernel", "conv+pool bwd (skip grad + ReLU mask)",
          dict(ADD_DY=True, RELU_MASK=True), False, ("bf16",), _ALL, {}),
         ("crop_concat._crop_copy_kernel", "crop copy / pad", {}, False, ("bf16",), _ALL, {}),
+        ("igemm._split_sum_kernel", "wgrad split-K sum + cast", {}, False, ALL_DTYPES, _BASE,
+         {}),
     ]
     return out
 

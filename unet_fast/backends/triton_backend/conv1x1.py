@@ -44,8 +44,8 @@ def conv1x1_dgrad(dy, weight, x_relu=None):
 def conv1x1_wgrad(x, dy):
     ci, co = x.shape[1], dy.shape[1]
     r, db = igemm_wgrad(dy, x, grid_hw=tuple(dy.shape[-2:]), ks=1, stride=1, pad=0,
-                        shift_a=False, dbias=True)  # R[co, ci]
-    return r.view(co, ci, 1, 1).to(x.dtype), db.to(x.dtype)
+                        shift_a=False, dbias=True, out_dtype=x.dtype)  # R[co, ci]
+    return r.view(co, ci, 1, 1), db
 
 
 @torch.library.custom_op("unet_fast_triton::conv1x1", mutates_args=())

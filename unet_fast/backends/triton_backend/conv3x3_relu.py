@@ -83,10 +83,9 @@ def conv3x3_dgrad(g, weight, padding, x_relu=None):
 def conv3x3_wgrad(x, g, padding):
     ci, co = x.shape[1], g.shape[1]
     r, db = igemm_wgrad(g, x, grid_hw=tuple(g.shape[-2:]), ks=3, stride=1, pad=padding,
-                        shift_a=False, dbias=True)
+                        shift_a=False, dbias=True, out_dtype=x.dtype)
     # R[co, (kh, kw, ci)] is the weight gradient in channels_last order: a view, no copy
-    dw = r.view(co, 3, 3, ci).permute(0, 3, 1, 2).to(x.dtype)
-    return dw, db.to(x.dtype)
+    return r.view(co, 3, 3, ci).permute(0, 3, 1, 2), db
 
 
 def mask_grad(dy, y):

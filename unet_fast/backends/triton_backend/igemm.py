@@ -591,9 +591,10 @@ def _igemm_onek(a, w, out, *, grid_hw, ks, pad, sign, bias, relu, relu_in):
 
 
 def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: int, pad: int,
-                shift_a: bool, dbias: bool):
-    """Launch `igemm_wgrad_kernel`; returns (R, db) in fp32. The pixel grid (`grid_hw`) is the
-    unshifted operand's; the shifted one (b, or a with `shift_a`) is read at
+                shift_a: bool, dbias: bool, out_dtype=None, db_dtype=None):
+    """Launch `igemm_wgrad_kernel`; returns (R, db), the split's fp32 partials summed and cast
+    in one pass each (`split_sum`) to `out_dtype` (default fp32; db to `db_dtype` if given).
+    The pixel grid (`grid_hw`) is the unshifted operand's; the shifted one (b, or a with `shift_a`) is read at
     (stride*p + kh - pad, stride*q + kw - pad). R is (KS*KS*CA, CB) with `shift_a`, else
     (CA, KS*KS*CB); db the row sums of A (length M), or None."""
     nb, ca, ah, aw = a.shape
@@ -642,8 +643,37 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             KS=ks, STRIDE=stride, PAD=pad, SHIFT_A=shift_a, FLAT_A=flat_a, FLAT_B=flat_b,
             DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )
-    r = r[0] if split == 1 else r.sum(0)
-    if not dbias:
-        return r, None
-    return r, (db[0] if split == 1 else db.sum(0))
+    out_dtype = out_dtype or torch.float32
+    return (split_sum(r, out_dtype),
+            split_sum(db, db_dtype or out_dtype) if dbias else None)
+
+
+# The split-K partials' sum and the cast to the weight's dtype in one pass (in place of a float32
+# sum, then a cast, each a kernel: half the bytes and launches), in a fixed order: deterministic.
+@triton.autotune(configs=[triton.Config({"BLOCK": 1024}, num_warps=4)], key=["SPLIT"])
+@triton.jit(do_not_specialize=["SPLIT"])
+def _split_sum_kernel(r_ptr, out_ptr, SPLIT, NUMEL, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < NUMEL
+    ptrs = r_ptr + offs
+    acc = tl.load(ptrs, mask=ok, other=0.0)
+    for _ in range(1, SPLIT):
+        ptrs += NUMEL          # (64-bit pointers: SPLIT * NUMEL may pass 2**31)
+        acc += tl.load(ptrs, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def split_sum(r: torch.Tensor, dtype) -> torch.Tensor:
+    """r (SPLIT, *shape) float32 -> r.sum(0) in `dtype`."""
+    if r.shape[0] == 1 and dtype == r.dtype:
+        return r[0]
+    # (the interpreter's casts to 16 bits truncate where a GPU's round to nearest: there the
+    # kernel sums in fp32 and torch casts)
+    cast_here = not (utils.INTERPRET and dtype != torch.float32)
+    out = torch.empty(r.shape[1:], device=r.device, dtype=dtype if cast_here else r.dtype)
+    numel = out.numel()
+    with utils.on_device(r):
+        _split_sum_kernel[lambda meta: (triton.cdiv(numel, meta["BLOCK"]),)](
+            r, out, r.shape[0], numel)
+    return out if cast_here else out.to(dtype)
 
