@@ -98,8 +98,24 @@ def test_bad_pass_name_is_an_error():
 def test_configs_name_the_instantiations():
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert [c.split()[0] for c in configs] == list(PASSES)
+    assert [c.split()[0] for c in configs] == list(PASSES) + ["fprop", "dgrad"]
     assert all("tile" in c and "stages" in c for c in configs), configs
+    assert "tile 256x64x64" in configs[3] and "tile 256x64x64" in configs[4], configs
+
+
+@pytest.mark.parametrize("conv_pass,narrow", [("fprop", "k"), ("dgrad", "c")])
+def test_64_channel_gemms_run_the_narrow_tile(conv_pass, narrow):
+    """A pass whose GEMM N is 64 channels (fprop: k, dgrad: c) runs the 256x64 instantiation,
+    every other the 128x128 one; both accept the problem."""
+    check = _check_op()
+    configs = torch.ops.unet_fast._cutlass_sm90_configs()
+    wide, thin = configs[PASSES.index(conv_pass)], configs[3 + PASSES.index(conv_pass)]
+    for c, k in ((64, 64), (64, 128), (128, 64), (128, 256)):
+        shape = [2, 30, 28, c, k, 1]
+        n = {"c": c, "k": k}[narrow]
+        got = torch.ops.unet_fast._cutlass_sm90_config_for(conv_pass, shape)
+        assert got == (thin if n == 64 else wide), (shape, got)
+        assert check(conv_pass, shape) == "", shape
 
 
 def test_wgrad_split_is_the_triton_rule():

@@ -936,7 +936,13 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     prod = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("UTMALDG") for o in ops)
                           and not any(o.startswith("HGMMA") for o in ops))
     pass_ = re.search(r"conv3x3 (\w+)", k.name).group(1)
-    cfg = configs.get(pass_)
+    # a pass built with two tiles (fprop, dgrad: 128x128 and 256x64): the one whose N the
+    # kernel's wgmma shape has
+    cands = configs.get(pass_, [])
+    mma_n = re.search(r"wgmma \d+x(\d+)x\d+", k.name)
+    if len(cands) > 1 and mma_n:
+        cands = [c for c in cands if c["tile"][1] == int(mma_n.group(1))]
+    cfg = cands[0] if len(cands) == 1 else None
     c, p = (_count(cons) if cons else {}), (_count(prod) if prod else {})
     u = dict(name=k.name, pass_=pass_, arch=k.arch, regs=k.regs, instructions=len(instrs),
              config=cfg["text"] if cfg else None,
@@ -999,13 +1005,14 @@ def read_extension(m: Machine = H200) -> dict:
         texts = list(torch.ops.unet_fast._cutlass_sm90_configs())
     except (AttributeError, RuntimeError):
         texts = []  # built without the units
-    configs = {}
+    configs = {}   # pass -> its instantiations' configs
     for t in texts:
         g = _UNIT_CONFIG.match(t)
         if g:
             v = [int(x) for x in g.groups()[1:]]
-            configs[g.group(1)] = dict(text=t, tile=tuple(v[0:3]), cluster=tuple(v[3:6]),
-                                       stages=v[6], threads=v[7], smem=v[8])
+            configs.setdefault(g.group(1), []).append(
+                dict(text=t, tile=tuple(v[0:3]), cluster=tuple(v[3:6]), stages=v[6],
+                     threads=v[7], smem=v[8]))
     kernels = sr.analyse(so, tool, keep_sass=True)
     warps = _igemm_warps()
     units = [_unit_counts(k, configs, m) for k in kernels if k.is_cutlass]
@@ -1067,13 +1074,15 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
     import torch
 
     from unet_fast.reference import conv3x3_problems
-    units = {u["pass_"]: u for u in ext["units"] if "tensor_cycles" in u}
+    units = {u["config"]: u for u in ext["units"] if "tensor_cycles" in u}
     check = torch.ops.unet_fast._cutlass_sm90_check
+    config_for = torch.ops.unet_fast._cutlass_sm90_config_for  # the instantiation that runs it
     rows = []
     for prob in conv3x3_problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels,
                                  cfg.depth):
-        refused = {p: check(p, [cfg.batch, prob.h, prob.w, prob.c_in, prob.c_out, prob.pad])
-                   or ("" if p in units else "no unit read") for p in _UNIT_PASSES}
+        shape = [cfg.batch, prob.h, prob.w, prob.c_in, prob.c_out, prob.pad]
+        refused = {p: check(p, shape) or ("" if config_for(p, shape) in units else "no unit read")
+                   for p in _UNIT_PASSES}
         if all(refused.values()):
             rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_="all",
                              layer=prob.name, config="refused: " + refused["fprop"],
@@ -1081,7 +1090,8 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
                              issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
                              bound="-"))
             continue
-        rows += [_unit_row(units[p], prob, cfg, m) for p in _UNIT_PASSES if not refused[p]]
+        rows += [_unit_row(units[config_for(p, shape)], prob, cfg, m) for p in _UNIT_PASSES
+                 if not refused[p]]
     return rows
 
 
@@ -1147,9 +1157,9 @@ def _units_markdown(ext: dict, m: Machine) -> list:
         "whole clusters (assumed to fill all SMs), one per SM, in waves; a CTA takes K steps x",
         "max(tensor, issue, L2) + the code outside both loops issued once (conservative: both roles'",
         f"code, the wait retries) + {m.fill_latency_clk} cycles of fill; never faster than its unique DRAM",
-        "bytes; % peak: the GEMM's FLOPs at the peak over that time (a 64-channel N fills half a",
-        "128-wide tile). The bias gradient, the split-K sum and the pool the path adds are other kernels",
-        "(not here).",
+        "bytes; % peak: the GEMM's FLOPs at the peak over that time. fprop and dgrad run the",
+        "instantiation `_cutlass_sm90_config_for` names (256x64 tiles for a 64-channel N). The bias",
+        "gradient, the split-K sum and the pool the path adds are other kernels (not here).",
         "",
     ]
     for model in dict.fromkeys(r["model"] for r in ext["rows"]):

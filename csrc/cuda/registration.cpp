@@ -60,6 +60,7 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
   // Host-side checks of the units (CUTLASS's can_implement included): no tensors, no GPU.
   m.def("_cutlass_sm90_check(str pass_, int[] shape) -> str", &cutlass_glue::cutlass_sm90_check);
   m.def("_cutlass_sm90_configs() -> str[]", &cutlass_glue::cutlass_sm90_configs);
+  m.def("_cutlass_sm90_config_for(str pass_, int[] shape) -> str", &cutlass_glue::cutlass_sm90_config_for);
   m.def("_cutlass_sm90_wgrad_splits(int[] shape, int sms) -> int", &cutlass_glue::cutlass_sm90_wgrad_splits);
 }
 

@@ -143,6 +143,42 @@ int run_adapter(const typename Op::Arguments& args, cudaStream_t stream, const c
   return ok(why, len);
 }
 
+// A unit built as a class template on its tile (fprop, dgrad): with members check(args, launch,
+// why, len), arguments(args), the names kName and kEpilogue and the types Conv, Kernel, Mainloop,
+// TileShape, ClusterShape. Host-only check: our rules, then CUTLASS's can_implement.
+template <class Unit, class Args>
+int check_unit(const Args& args, char* why, int len) {
+  const char* what = Unit::kName;
+  Args a = args;
+  if (int r = Unit::check(a, false, why, len)) return r;
+  if (Unit::Conv::can_implement(Unit::arguments(a)) != cutlass::Status::kSuccess)
+    return fail(why, len, kUnsupported, "%s: CUTLASS's can_implement rejected the problem", what);
+  return ok(why, len);
+}
+
+template <class Unit, class Args>
+int run_unit(const Args& args, cudaStream_t stream, char* why, int len) {
+  const char* what = Unit::kName;
+  Args a = args;
+  if (int r = Unit::check(a, true, why, len)) return r;
+  return run_adapter<typename Unit::Conv>(Unit::arguments(a), stream, what, why, len);
+}
+
+// "<name> bf16: tile MxNxK, cluster ..., <epilogue>": what an instantiation was built as.
+template <class Unit>
+const char* config() {
+  using cute::size;
+  static char text[256];
+  snprintf(text, sizeof text,
+           "%s bf16: tile %dx%dx%d, cluster %dx%dx%d, %d stages, %d threads, %d B shared memory, %s",
+           Unit::kName, int(size<0>(typename Unit::TileShape{})), int(size<1>(typename Unit::TileShape{})),
+           int(size<2>(typename Unit::TileShape{})), int(size<0>(typename Unit::ClusterShape{})),
+           int(size<1>(typename Unit::ClusterShape{})), int(size<2>(typename Unit::ClusterShape{})),
+           int(Unit::Mainloop::DispatchPolicy::Stages), int(Unit::Kernel::MaxThreadsPerBlock),
+           int(Unit::Kernel::SharedStorageSize), Unit::kEpilogue);
+  return text;
+}
+
 }  // namespace detail
 }  // namespace sm90
 }  // namespace unet_fast

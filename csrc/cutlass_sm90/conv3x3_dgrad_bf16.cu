@@ -1,166 +1,27 @@
-// Input gradient of a 3x3 convolution, bf16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM dgrad
-// mainloop (TMA im2col loads of the output gradient g, TMA loads of the KRSC weight read
-// channel-major, wgmma, warp-specialized) with our epilogue as a visitor tree:
-//   dx = acc * (mask > 0)
-// where mask is this layer's input x when x is the previous layer's ReLU output: the gradient the
-// previous layer needs comes out already masked (design.md: the ReLU mask once, where the gradient
-// is formed), read by a TMA aux load. A null mask reads as 1 (plain dx).
-// GEMM: M = n*h*w input pixels, N = c input channels, K = 9*k (64 output channels per step).
-#include "common.cuh"  // first: CUTLASS's base headers before the collectives
-
-#include "cute/tensor.hpp"
-#include "cutlass/conv/collective/collective_builder.hpp"
-#include "cutlass/conv/device/conv_universal_adapter.hpp"
-#include "cutlass/conv/dispatch_policy.hpp"
-#include "cutlass/conv/kernel/conv_universal.hpp"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp"
+// The dgrad unit with 128x128 tiles (conv3x3_dgrad_bf16.cuh), and the pass's entry points: a
+// problem with 64 input channels (the GEMM's N) runs the 256x64 instantiation
+// (conv3x3_dgrad_bf16_n64.cu), whose tiles it fills.
+#include "conv3x3_dgrad_bf16.cuh"
 
 namespace unet_fast {
 namespace sm90 {
-namespace {
 
-using namespace cute;
-namespace fusion = cutlass::epilogue::fusion;
-namespace epi_detail = cutlass::epilogue::collective::detail;
-using Element = cutlass::bfloat16_t;
-constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+static bool narrow(const Conv3x3Shape& s) { return s.c == 64; }
 
-// As the forward: 128x128 tiles, 64-channel K steps, 2x1 cluster (weight tiles multicast).
-using TileShape = Shape<_128, _128, Shape<_64>>;
-using ClusterShape = Shape<_2, _1, _1>;
-// The epilogue works on 64x32 subtiles (what the builder picks for this tile on its own; fixed
-// here because the mask load is declared with it).
-using EpilogueTile = Shape<_64, _32>;
-// Epilogue load stages: the builder gives min(subtiles, 4) = 4 to a 128x128 tile without a C
-// operand; the mask load must cycle through the same number of buffers (checked below).
-constexpr int kLoadStages = 4;
-
-// threshold_backward's rule: the gradient is kept where mask > 0 or mask is NaN, else zero.
-template <class T>
-struct ReluGradMask {
-  CUTLASS_HOST_DEVICE T operator()(T const& g, T const& mask) const { return mask <= T(0) ? T(0) : g; }
-};
-template <class T, int N>
-struct ReluGradMask<cutlass::Array<T, N>> {
-  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& g,
-                                                       cutlass::Array<T, N> const& mask) const {
-    cutlass::Array<T, N> out;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) out[i] = mask[i] <= T(0) ? T(0) : g[i];
-    return out;
-  }
-};
-
-// The mask as an (n*h*w, c) matrix with one pixel stride, loaded by TMA like a C operand.
-using MaskStride = Stride<int64_t, _1, _0>;
-using AuxLoad = fusion::Sm90AuxLoad<
-    kLoadStages, EpilogueTile, Element, MaskStride,
-    decltype(epi_detail::sm90_get_epilogue_smem_swizzle_layout_atom<MaskStride, Element, EpilogueTile>()),
-    decltype(epi_detail::sm90_get_smem_load_op_for_source<MaskStride, Element, EpilogueTile>()),
-    8, /*EnableNullptr=*/true>;
-
-// Sm90AuxLoad builds its TMA descriptor from the problem shape the epilogue is given, which for a
-// dgrad is the convolution's: M = (w, h, n) and a batch mode L = the traversal strides (v, u).
-// The mask is addressed as a flat (pixels, channels, 1) matrix, as the kernel's own epilogue
-// coordinates are: flatten both before building the descriptor. A null mask (no masking) gets a
-// placeholder address for the descriptor it never uses.
-struct MaskLoad : AuxLoad {
-  using AuxLoad::AuxLoad;
-  template <class ProblemShape>
-  static constexpr typename AuxLoad::Params to_underlying_arguments(ProblemShape const& problem_shape,
-                                                                    typename AuxLoad::Arguments const& args,
-                                                                    void* workspace) {
-    auto [M, N, K, L] = append<4>(problem_shape, 1);
-    const auto flat = make_shape(int(size(M)), int(N), K, int(cute::product(L)));
-    typename AuxLoad::Arguments a = args;
-    if (a.ptr_aux == nullptr) a.ptr_aux = reinterpret_cast<Element const*>(uintptr_t(1) << 12);
-    typename AuxLoad::Params params = AuxLoad::to_underlying_arguments(flat, a, workspace);
-    params.use_default = args.ptr_aux == nullptr;
-    return params;
-  }
-};
-using MaskedGrad = fusion::Sm90EVT<fusion::Sm90Compute<ReluGradMask, Element, float, kRound>,
-                                   fusion::Sm90AccFetch, MaskLoad>;
-
-using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape, EpilogueTile,
-    float, float,
-    void, cutlass::layout::TensorNHWC, 8,     // no C operand
-    Element, cutlass::layout::TensorNHWC, 8,  // dx
-    cutlass::epilogue::TmaWarpSpecialized, MaskedGrad>::CollectiveOp;
-static_assert(Epilogue::DispatchPolicy::StagesC == kLoadStages, "the mask load must use the epilogue's load stages");
-
-using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kDgrad,
-    Element, cutlass::layout::TensorNHWC, 8, Element, cutlass::layout::TensorNHWC, 8, float,
-    TileShape, ClusterShape,
-    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
-
-using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kDgrad, 2>;
-using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
-using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
-
-int check(DgradArgs& a, bool launch, char* why, int len) {
-  const Conv3x3Shape& s = a.s;
-  if (int r = detail::check_shape(s, why, len)) return r;
-  if (int r = detail::check_nhwc(a.g, "grad", s.n, s.p(), s.q(), s.k, launch, why, len)) return r;
-  if (int r = detail::check_nhwc(a.dx, "grad_x", s.n, s.h, s.w, s.c, launch, why, len)) return r;
-  if (a.mask.ptr != nullptr || !launch) {
-    if (int r = detail::check_nhwc(a.mask, "mask", s.n, s.h, s.w, s.c, false, why, len)) return r;
-    if (!detail::uniform_pixels(a.mask, s.h, s.w))
-      return detail::fail(why, len, kUnsupported,
-                          "the mask must have one pixel stride (a dense NHWC tensor or a channel slice of one)");
-  }
-  if ((launch && a.w == nullptr) || !detail::aligned16(a.w))
-    return detail::fail(why, len, kUnsupported, "the weight must be a 16-byte aligned (k, 3, 3, c) buffer");
-  return kOk;
+int conv3x3_dgrad_bf16_check(const DgradArgs& a, char* why, int len) {
+  if (narrow(a.s)) return conv3x3_dgrad_bf16_n64_check(a, why, len);
+  return detail::check_unit<DgradUnit<128, 128>>(a, why, len);
 }
 
-typename Conv::Arguments arguments(const DgradArgs& a) {
-  const auto ps = detail::problem<cutlass::conv::Operator::kDgrad>(a.s, a.dx, a.g);
-  using StrideD = typename Kernel::StrideD;  // ((w, h, n), c, batch)
-  StrideD dD{};
-  get<0>(dD) = make_stride(a.dx.sw, a.dx.sh, a.dx.sn);
-  MaskStride dMask{};
-  get<0>(dMask) = a.mask.sw;
-  typename Epilogue::FusionCallbacks::Arguments fusion_args{
-      {},                                                                     // acc
-      {static_cast<const Element*>(a.mask.ptr), Element(1.0f), dMask},        // mask (null: 1)
-      {}};                                                                    // acc * (mask > 0)
-  return typename Conv::Arguments{
-      ps,
-      {static_cast<const Element*>(a.g.ptr), static_cast<const Element*>(a.w)},
-      {fusion_args, nullptr, {}, static_cast<Element*>(const_cast<void*>(a.dx.ptr)), dD}};
+int conv3x3_dgrad_bf16_run(const DgradArgs& a, cudaStream_t stream, char* why, int len) {
+  if (narrow(a.s)) return conv3x3_dgrad_bf16_n64_run(a, stream, why, len);
+  return detail::run_unit<DgradUnit<128, 128>>(a, stream, why, len);
 }
 
-}  // namespace
+const char* conv3x3_dgrad_bf16_config() { return detail::config<DgradUnit<128, 128>>(); }
 
-int conv3x3_dgrad_bf16_check(const DgradArgs& args, char* why, int len) {
-  DgradArgs a = args;
-  if (int r = check(a, false, why, len)) return r;
-  if (Conv::can_implement(arguments(a)) != cutlass::Status::kSuccess)
-    return detail::fail(why, len, kUnsupported, "dgrad: CUTLASS's can_implement rejected the problem");
-  return detail::ok(why, len);
-}
-
-int conv3x3_dgrad_bf16_run(const DgradArgs& args, cudaStream_t stream, char* why, int len) {
-  DgradArgs a = args;
-  if (int r = check(a, true, why, len)) return r;
-  return detail::run_adapter<Conv>(arguments(a), stream, "dgrad", why, len);
-}
-
-const char* conv3x3_dgrad_bf16_config() {
-  static char text[256];
-  snprintf(text, sizeof text,
-           "dgrad bf16: tile %dx%dx%d, cluster %dx%dx%d, %d stages, %d threads, %d B shared memory, "
-           "epilogue acc * (mask > 0) with a TMA aux load, TMA store",
-           int(size<0>(TileShape{})), int(size<1>(TileShape{})), int(size<2>(TileShape{})),
-           int(size<0>(ClusterShape{})), int(size<1>(ClusterShape{})), int(size<2>(ClusterShape{})),
-           int(Mainloop::DispatchPolicy::Stages), int(Kernel::MaxThreadsPerBlock),
-           int(Kernel::SharedStorageSize));
-  return text;
+const char* conv3x3_dgrad_bf16_config_for(const Conv3x3Shape& s) {
+  return narrow(s) ? conv3x3_dgrad_bf16_n64_config() : conv3x3_dgrad_bf16_config();
 }
 
 }  // namespace sm90

@@ -87,10 +87,24 @@ int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms);
 int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int why_len);
 int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
 
-// What each unit was built as: tile shapes, cluster, stages, threads, shared memory (host-only
-// constants, for reports and tests).
+// --------------------------------------------------------------------------- 64-wide GEMM N
+// fprop and dgrad are built twice: 128x128 tiles, and 256x64 tiles for the layers whose GEMM N
+// is 64 channels (fprop k = 64, dgrad c = 64: the U-Net's first and last levels), which a
+// 128-wide tile would compute half empty. conv3x3_{fprop,dgrad}_bf16_check/run choose; these run
+// the 256x64 instantiation directly (the tests and the first-run check reach it through them).
+int conv3x3_fprop_bf16_n64_check(const FpropArgs& a, char* why, int why_len);
+int conv3x3_fprop_bf16_n64_run(const FpropArgs& a, cudaStream_t stream, char* why, int why_len);
+int conv3x3_dgrad_bf16_n64_check(const DgradArgs& a, char* why, int why_len);
+int conv3x3_dgrad_bf16_n64_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
+
+// What each instantiation was built as: tile shapes, cluster, stages, threads, shared memory
+// (host-only constants, for reports and tests); *_config_for: the one a problem runs.
 const char* conv3x3_fprop_bf16_config();
+const char* conv3x3_fprop_bf16_n64_config();
+const char* conv3x3_fprop_bf16_config_for(const Conv3x3Shape& s);
 const char* conv3x3_dgrad_bf16_config();
+const char* conv3x3_dgrad_bf16_n64_config();
+const char* conv3x3_dgrad_bf16_config_for(const Conv3x3Shape& s);
 const char* conv3x3_wgrad_bf16_config();
 
 }  // namespace sm90

@@ -1,0 +1,92 @@
+// 3x3 convolution + bias + ReLU, bf16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM mainloop
+// (TMA im2col loads of x, TMA loads of the KRSC weight, wgmma from shared memory, warp-specialized)
+// with our epilogue as a visitor tree: y = relu(acc + bias[k]), stored by TMA.
+// GEMM: M = n*p*q output pixels, N = k output channels, K = 9*c (tap-major, 64 channels per step).
+// The unit as a template on its output tile, instantiated once per translation unit:
+// conv3x3_fprop_bf16.cu (128x128) and conv3x3_fprop_bf16_n64.cu (256x64, for k = 64).
+#pragma once
+#include "common.cuh"  // first: CUTLASS's base headers before the collectives
+
+#include "cute/tensor.hpp"
+#include "cutlass/conv/collective/collective_builder.hpp"
+#include "cutlass/conv/device/conv_universal_adapter.hpp"
+#include "cutlass/conv/dispatch_policy.hpp"
+#include "cutlass/conv/kernel/conv_universal.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp"
+#include "cutlass/epilogue/thread/activation.h"
+
+namespace unet_fast {
+namespace sm90 {
+namespace {
+
+using namespace cute;
+namespace fusion = cutlass::epilogue::fusion;
+using Element = cutlass::bfloat16_t;
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+template <int kTileM, int kTileN>
+struct FpropUnit {
+static constexpr const char* kName = "fprop";
+static constexpr const char* kEpilogue = "epilogue relu(acc + bias) TMA store";
+// kTileM x kTileN output tiles, 64-channel K steps (one tap per step); a 2x1 cluster shares each
+// weight tile between the two CTAs of neighbouring pixel tiles (TMA multicast: half the weight
+// traffic).
+using TileShape = Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>;
+using ClusterShape = Shape<_2, _1, _1>;
+
+// relu(acc + bias[n]); a null bias reads as zeros. NaN propagates through the ReLU like torch's.
+using Bias = fusion::Sm90RowBroadcast<0, TileShape, Element, float, Stride<_0, _1, _0>>;
+using BiasAdd = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
+                                fusion::Sm90AccFetch, Bias>;
+using BiasRelu = fusion::Sm90EVT<
+    fusion::Sm90Compute<cutlass::epilogue::thread::ReLu, Element, float, kRound>, BiasAdd>;
+
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+    void, cutlass::layout::TensorNHWC, 8,     // no C operand
+    Element, cutlass::layout::TensorNHWC, 8,  // y
+    cutlass::epilogue::TmaWarpSpecialized, BiasRelu>::CollectiveOp;
+
+using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+    Element, cutlass::layout::TensorNHWC, 8, Element, cutlass::layout::TensorNHWC, 8, float,
+    TileShape, ClusterShape,
+    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+
+using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
+using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
+using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+
+static int check(FpropArgs& a, bool launch, char* why, int len) {
+  const Conv3x3Shape& s = a.s;
+  if (int r = detail::check_shape(s, why, len)) return r;
+  if (int r = detail::check_nhwc(a.x, "x", s.n, s.h, s.w, s.c, launch, why, len)) return r;
+  if (int r = detail::check_nhwc(a.y, "y", s.n, s.p(), s.q(), s.k, launch, why, len)) return r;
+  if ((launch && a.w == nullptr) || !detail::aligned16(a.w))
+    return detail::fail(why, len, kUnsupported, "the weight must be a 16-byte aligned (k, 3, 3, c) buffer");
+  if (!detail::aligned16(a.bias)) return detail::fail(why, len, kUnsupported, "bias is not 16-byte aligned");
+  return kOk;
+}
+
+static typename Conv::Arguments arguments(const FpropArgs& a) {
+  const auto ps = detail::problem<cutlass::conv::Operator::kFprop>(a.s, a.x, a.y);
+  using StrideD = typename Kernel::StrideD;  // ((q, p, n), k, batch)
+  StrideD dD{};
+  get<0>(dD) = make_stride(a.y.sw, a.y.sh, a.y.sn);
+  typename Epilogue::FusionCallbacks::Arguments fusion_args{
+      {{}, {static_cast<const Element*>(a.bias), Element(0), {}}, {}},  // acc + bias
+      {}};                                                                // relu
+  return typename Conv::Arguments{
+      ps,
+      {static_cast<const Element*>(a.x.ptr), static_cast<const Element*>(a.w)},
+      {fusion_args, nullptr, {}, static_cast<Element*>(const_cast<void*>(a.y.ptr)), dD}};
+}
+
+};  // struct FpropUnit
+
+}  // namespace
+}  // namespace sm90
+}  // namespace unet_fast
