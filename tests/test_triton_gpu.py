@@ -25,6 +25,9 @@ GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial size
                              make((64,)), 0],
     "conv3x3_relu_first": lambda: [make((2, 1, 45, 39), "nchw"), make((64, 1, 3, 3), scale=0.3),
                                    make((64,)), 1],
+    # the "same" U-Net's RGB first layer: K = 27 (tap, channel) columns in one tile
+    "conv3x3_relu_first_rgb": lambda: [make((2, 3, 40, 36), "channels_last"),
+                                       make((64, 3, 3, 3), scale=0.3), make((64,)), 1],
     "conv3x3_relu_pool": lambda: [make((2, 128, 23, 27), "channels_last"),
                                   make((128, 128, 3, 3), scale=0.03), make((128,)), 1],
     "max_pool2x2": lambda: [make((2, 64, 37, 42), "channels_last")],
@@ -38,7 +41,7 @@ GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial size
 
 
 def _op_name(case):
-    return case.replace("_first", "")
+    return case.split("_first")[0]
 
 
 def check_triton(case, args, **kw):
