@@ -563,6 +563,12 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
 def _igemm_onek(a, w, out, *, grid_hw, ks, pad, sign, bias, relu, relu_in):
     """igemm_fwd for a K and N that fit one tile (utils.use_onek): the persistent
     `igemm_onek_kernel`, at most utils.persistent_ctas CTAs."""
+    if pad > 0 and sign == 1:
+        # A padded forward over a few input channels (the "same" U-Net's RGB first layer): the
+        # input is small next to the output, so zero-padding it once (one small copy) beats
+        # masking every gathered element of every tile; the window then never leaves it.
+        a = torch.nn.functional.pad(a, (pad, pad, pad, pad))
+        pad = 0
     nb, ca, ah, aw = a.shape
     oh, ow = grid_hw
     w_t, w_st, w_sc, w_sj, n_gemm = w
