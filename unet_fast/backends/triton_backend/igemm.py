@@ -229,6 +229,17 @@ _ONEK_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "PAD", "SIGN", "RELU", 
 _ONEK_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT"]
 
 
+@triton.jit
+def _tile_pixels(ptr, sn, sh, sw, jr, jq, ci, ni, n0, p0, q0, OH, OW):
+    """A one-K-tile GEMM's pixel tile in one tensor, as (pointer to the tile's first pixel (n0, p0,
+    q0), each pixel's offset from it: jr rows and jq columns plus its two carries, ci past the
+    row's end, ni past the image's). The caller adds its column offsets to the offsets before the
+    pointer (fewer 64-bit adds). The carries multiply, not select: Triton keeps the strides'
+    divisibility through a product, so the loads and stores stay 16-byte vectors."""
+    base = ptr + (n0 * sn + p0 * sh + q0 * sw)
+    return base, jr * sh + jq * sw + ci * (sh - OW * sw) + ni * (sn - OH * sh)
+
+
 @triton.autotune(configs=utils.onek_configs(), key=_ONEK_KEY,
                  prune_configs_by={"early_config_prune": utils.prune_onek},
                  **utils.autotune_options())
@@ -277,10 +288,6 @@ def igemm_onek_kernel(
     j = tl.arange(0, BLOCK_M)
     jr = j // OW
     jq = j % OW
-    a_j = jr * a_sh + jq * a_sw
-    o_j = jr * o_sh + jq * o_sw
-    if RELU_IN:
-        x_j = jr * x_sh + jq * x_sw
     num_tiles = tl.cdiv(M_GEMM, BLOCK_M)
     for t in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
         m0 = t * BLOCK_M
@@ -291,8 +298,6 @@ def igemm_onek_kernel(
         cq = jq >= OW - q0                       # column carry: the pixel is on the next row
         rr = jr + cq.to(tl.int32)
         cn = rr >= OH - p0                       # row carry: the pixel is in the next image
-        # (the carries multiply, not select: Triton keeps the strides' divisibility through a
-        # product, so the loads stay 16-byte vectors)
         ci = cq.to(tl.int32)
         ni = cn.to(tl.int32)
         m_ok = j < M_GEMM - m0
@@ -304,8 +309,7 @@ def igemm_onek_kernel(
             ih = (p[:, None] + dh[None, :]).to(tl.uint32)
             iw = (q[:, None] + dw[None, :]).to(tl.uint32)
             ok = ok & (ih < AH) & (iw < AW)
-        a_pix = (a_j + ci * (a_sh - OW * a_sw) + ni * (a_sn - OH * a_sh))
-        a_base = a_ptr + (n0 * a_sn + p0 * a_sh + q0 * a_sw)
+        a_base, a_pix = _tile_pixels(a_ptr, a_sn, a_sh, a_sw, jr, jq, ci, ni, n0, p0, q0, OH, OW)
         a = tl.load(a_base + (a_pix[:, None] + a_col[None, :]), mask=ok, other=0.0)
         acc = _dot(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), a, b, DOT_F32, PRECISION)
         if HAS_BIAS:
@@ -314,14 +318,13 @@ def igemm_onek_kernel(
             acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
         o_ok = m_ok[:, None] & n_ok[None, :]
         if RELU_IN:  # dx * (x > 0) as threshold_backward (a NaN x passes the gradient)
-            x_pix = (x_j + ci * (x_sh - OW * x_sw)
-                     + ni * (x_sn - OH * x_sh))
-            x_base = x_ptr + (n0 * x_sn + p0 * x_sh + q0 * x_sw)
+            x_base, x_pix = _tile_pixels(x_ptr, x_sn, x_sh, x_sw, jr, jq, ci, ni, n0, p0, q0,
+                                         OH, OW)
             xin = tl.load(x_base + (x_pix[:, None] + offs_n[None, :] * x_sc), mask=o_ok,
                           other=1.0)
             acc = tl.where(xin <= 0, 0.0, acc)
-        o_pix = (o_j + ci * (o_sh - OW * o_sw) + ni * (o_sn - OH * o_sh))
-        o_base = out_ptr + (n0 * o_sn + p0 * o_sh + q0 * o_sw)
+        o_base, o_pix = _tile_pixels(out_ptr, o_sn, o_sh, o_sw, jr, jq, ci, ni, n0, p0, q0, OH,
+                                     OW)
         tl.store(o_base + (o_pix[:, None] + offs_n[None, :] * o_sc),
                  acc.to(out_ptr.dtype.element_ty), mask=o_ok)
 
