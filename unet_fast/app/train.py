@@ -347,7 +347,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if info.is_main:
                 _end_epoch(run, epoch, train_loss, t0, train_time, say)
             dist_mod.barrier()
-        return _finish(run, say, t_start)
+        summary = _finish(run, say, t_start)
+        # every rank leaves together: a rank tearing gloo down while rank 0 still writes its
+        # files aborted once in CI ("terminate called without an active exception")
+        dist_mod.barrier()
+        return summary
     except OSError as e:
         if e.errno in DISK_FULL:
             raise RunError(_disk_full_message(e, run)) from None
@@ -361,6 +365,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if lock is not None:
             lock.release()
         torch.set_num_threads(threads)
+        if run is not None:
+            run.net = None          # the DDP wrapper (and its reducer) goes before its group
         dist_mod.shutdown()
 
 
