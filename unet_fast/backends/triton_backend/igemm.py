@@ -346,7 +346,8 @@ def _wgrad_loop(
     BLOCK_K: tl.constexpr,
 ):
     """The pixel loop of one wgrad tile: acc (BLOCK_M, BLOCK_N) and, with DBIAS, the row sums of
-    A (in column 0 of a (BLOCK_M, 16) product with ones).
+    A (in column 0 of a (BLOCK_M, 16) product with ones). m_ok / n_ok: the loads' row and column
+    masks, (1, BLOCK) or True.
 
     The pixels are taken in K-tiles of one shape: QB columns (a band of the pixel grid's columns)
     by BLOCK_K // QB consecutive rows of the batch's NB*PH rows (a tile may run from one image into
@@ -396,19 +397,20 @@ def _wgrad_loop(
         wrap = rh >= PH - ph0                                  # this pixel's row is in image n0+1+qn
         pix_ok = (dr < ROWS - row0) & (dc < PW - pw0)          # inside the grid
         wrap2 = wrap[:, None]
-        a_ok = pix_ok[:, None] & m_ok[None, :]
-        b_ok = pix_ok[:, None] & n_ok[None, :]
+        a_ok = pix_ok[:, None] & m_ok
+        b_ok = pix_ok[:, None] & n_ok
         if BOUNDS_A or BOUNDS_B:
-            ph = ph0 + rh - tl.where(wrap, PH, 0)
+            ph = ph0 + rh - PH * wrap.to(tl.int32)
             pw = pw0 + dc
+        # 0 <= i < n as one unsigned compare (a negative i wraps to a huge one)
         if BOUNDS_A:
-            ih = (ph * SA)[:, None] + a_dh
-            iw = (pw * SA)[:, None] + a_dw
-            a_ok = a_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
+            ih = ((ph * SA)[:, None] + a_dh).to(tl.uint32, bitcast=True)
+            iw = ((pw * SA)[:, None] + a_dw).to(tl.uint32, bitcast=True)
+            a_ok = a_ok & (ih < AH) & (iw < AW)
         if BOUNDS_B:
-            ih = (ph * SB)[:, None] + b_dh
-            iw = (pw * SB)[:, None] + b_dw
-            b_ok = b_ok & (ih >= 0) & (ih < BH) & (iw >= 0) & (iw < BW)
+            ih = ((ph * SB)[:, None] + b_dh).to(tl.uint32, bitcast=True)
+            iw = ((pw * SB)[:, None] + b_dw).to(tl.uint32, bitcast=True)
+            b_ok = b_ok & (ih < BH) & (iw < BW)
         a = tl.load(a_base + tl.where(wrap2, a_wrap, a_in), mask=a_ok, other=0.0)   # (BK, BM)
         b = tl.load(b_base + tl.where(wrap2, b_wrap, b_in), mask=b_ok, other=0.0)   # (BK, BN)
         at = tl.trans(a)
@@ -457,9 +459,15 @@ def igemm_wgrad_kernel(
     # copies), or a shift per column (FLAT) when its channels do not fill the widest tile; then
     # a tile spans taps, still in 16-byte copies where the channels are a multiple of 8 (Triton
     # sees that from the specialized channel count).
+    # The loop's row and column masks ((1, BLOCK) or a constant True): a FLAT operand's rows or
+    # columns past the GEMM read the last tap's pixels instead (valid addresses, results never
+    # stored), so its loads carry no such mask (a select per 16-byte copy less).
+    m_ld = m_ok[None, :]
+    n_ld = n_ok[None, :]
     if SHIFT_A:
         if FLAT_A:
-            tap = offs_m // CA
+            tap = tl.minimum(offs_m // CA, KS * KS - 1)
+            m_ld = True
             a_dh = (tap // KS - PAD)[None, :]
             a_dw = (tap % KS - PAD)[None, :]
             ca = offs_m % CA
@@ -477,7 +485,8 @@ def igemm_wgrad_kernel(
         b_dw = 0
     else:
         if FLAT_B:
-            tap = offs_n // CB
+            tap = tl.minimum(offs_n // CB, KS * KS - 1)
+            n_ld = True
             b_dh = (tap // KS - PAD)[None, :]
             b_dw = (tap % KS - PAD)[None, :]
             cb = offs_n % CB
@@ -500,7 +509,7 @@ def igemm_wgrad_kernel(
     if DBIAS and pid_n == 0:
         acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
                               b_ptr, b_sn, b_sh, b_sw, BH, BW,
-                              a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
+                              a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
                               (not SHIFT_A) and PAD > 0, True, INT64, DOT_F32, PRECISION,
                               BLOCK_M, BLOCK_N, BLOCK_K)
@@ -509,7 +518,7 @@ def igemm_wgrad_kernel(
     else:
         acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
                               b_ptr, b_sn, b_sh, b_sw, BH, BW,
-                              a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, k_lo, k_hi,
+                              a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
                               (not SHIFT_A) and PAD > 0, False, INT64, DOT_F32, PRECISION,
                               BLOCK_M, BLOCK_N, BLOCK_K)
