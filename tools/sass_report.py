@@ -127,8 +127,9 @@ def _short_cutlass(mangled: str, name: str) -> str:
     """cutlass::device_kernel<...> names run to thousands of characters: the pass, the MMA tile
     and the epilogue's fusion say which unit it is."""
     m = re.search(r"ConvProblemShapeILNS\w*?8OperatorE(\d)", mangled)
-    conv = _CUTLASS_PASS.get(m.group(1), "?") if m else ("wgrad" if "SplitKWgrad" in name else "?")
-    if "SplitKWgrad" in name:
+    split_k = "WgradUnit" in name  # our split-K device entry (conv3x3_wgrad_bf16.cuh)
+    conv = _CUTLASS_PASS.get(m.group(1), "?") if m else ("wgrad" if split_k else "?")
+    if split_k:
         conv += " split-K"
     mma = re.search(r"MMA_(\d+x\d+x\d+)_F32BF16BF16", mangled)
     return f"cutlass sm90 conv3x3 {conv} bf16" + (f" (wgmma {mma.group(1)})" if mma else "")

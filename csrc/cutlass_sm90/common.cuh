@@ -47,7 +47,8 @@ inline int ok(char* why, int len) {
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Channel multiple of every tile here: the K-tile (64 channels of one filter tap) and the N-tile
-// of wgrad (64 channels of one tap) never straddle two taps, and no tile is partly out of range
+// of wgrad (64 channels of one tap; 128 in the instantiation that runs only where c is a multiple
+// of 128) never straddle two taps, and no tile is partly out of range
 // along the channels. The U-Net's channel counts (64..1024) all are; its first layer (1 channel)
 // stays on the hand-written kernels.
 constexpr int kChannelMultiple = 64;

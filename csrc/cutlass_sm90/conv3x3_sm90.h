@@ -80,8 +80,8 @@ struct WgradArgs {
   float* partial = nullptr;  // splits x (k, 3, 3, c) floats, 16-byte aligned
   int splits = 1;
 };
-// The split-K count: at most about two waves on `num_sms` multiprocessors, at least 8 K-tiles of
-// 64 pixels per split, at most 64 splits, and of those the one whose busiest SM runs the fewest
+// The split-K count: at most about two waves (of the tiles the shape runs with) on `num_sms`
+// multiprocessors, at least 8 K-tiles of 64 pixels per split, at most 64 splits, and of those the one whose busiest SM runs the fewest
 // K steps (the rule of the Triton backend's utils.wgrad_split; a test compares the two).
 int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms);
 int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int why_len);
@@ -97,6 +97,11 @@ int conv3x3_fprop_bf16_n64_run(const FpropArgs& a, cudaStream_t stream, char* wh
 int conv3x3_dgrad_bf16_n64_check(const DgradArgs& a, char* why, int why_len);
 int conv3x3_dgrad_bf16_n64_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
 
+// wgrad is built twice: 128x64 tiles, and 128x128 tiles for the layers whose input channels c are
+// a multiple of 128 (an N tile holds channels of one tap); conv3x3_wgrad_bf16_check/run choose.
+int conv3x3_wgrad_bf16_n128_check(const WgradArgs& a, char* why, int why_len);
+int conv3x3_wgrad_bf16_n128_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
+
 // What each instantiation was built as: tile shapes, cluster, stages, threads, shared memory
 // (host-only constants, for reports and tests); *_config_for: the one a problem runs.
 const char* conv3x3_fprop_bf16_config();
@@ -106,6 +111,8 @@ const char* conv3x3_dgrad_bf16_config();
 const char* conv3x3_dgrad_bf16_n64_config();
 const char* conv3x3_dgrad_bf16_config_for(const Conv3x3Shape& s);
 const char* conv3x3_wgrad_bf16_config();
+const char* conv3x3_wgrad_bf16_n128_config();
+const char* conv3x3_wgrad_bf16_config_for(const Conv3x3Shape& s);
 
 }  // namespace sm90
 }  // namespace unet_fast

@@ -1,220 +1,28 @@
-// Weight gradient of a 3x3 convolution, bf16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM wgrad
-// mainloop (TMA loads of the output gradient g, TMA im2col loads of x, wgmma, warp-specialized)
-// under a kernel of ours that splits the pixel sum over the grid's z dimension.
-// GEMM: M = k output channels, N = 9*c (tap-major, 64 channels of one tap per tile),
-// K = n*p*q output pixels. Without a split the grid is M/128 x N/64 tiles (5 CTAs for the
-// U-Net's 64-channel layers against 132 SMs), so every slice s of the pixels writes its own fp32
-// partial[s]; the caller adds them in a fixed order (deterministic, no atomics).
-// CUTLASS 4.2's sm90 conv kernels are non-persistent and have no split-K of their own.
-#include "common.cuh"  // first: CUTLASS's base headers before the collectives
-
-#include "cute/tensor.hpp"
-#include "cutlass/cluster_launch.hpp"
-#include "cutlass/conv/collective/collective_builder.hpp"
-#include "cutlass/conv/dispatch_policy.hpp"
-#include "cutlass/conv/kernel/conv_universal.hpp"
-#include "cutlass/device_kernel.h"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/pipeline/pipeline.hpp"
+// The wgrad unit with 128x64 tiles (conv3x3_wgrad_bf16.cuh), and the pass's entry points: a
+// problem whose input channels are a multiple of 128 runs the 128x128 instantiation
+// (conv3x3_wgrad_bf16_n128.cu): the same g tile feeds twice the FMAs, so its K step needs
+// 24 KB from L2 for 512 tensor cycles where the 128x64 tile needs 16 KB for 256.
+#include "conv3x3_wgrad_bf16.cuh"
 
 namespace unet_fast {
 namespace sm90 {
-namespace {
 
-using namespace cute;
-using Element = cutlass::bfloat16_t;
-
-// 128 output channels x 64 channels of one tap per tile, 64 pixels per K step (the tile shapes of
-// CUTLASS's own sm90 wgrad tests: an N tile must not straddle two taps). A 1x2 cluster multicasts
-// each g tile to the two CTAs of neighbouring N tiles (half the g traffic).
-using TileShape = Shape<_128, Shape<_64>, Shape<_64>>;
-using ClusterShape = Shape<_1, _2, _1>;
-
-// partial[s] as the GEMM's (M, N, L) = (k, (c, s, r), split) in a dense (split, k, 3, 3, c) buffer.
-using StridePartial = Stride<int64_t, Stride<_1, int64_t, int64_t>, int64_t>;
-
-// Register-direct epilogue (what CUTLASS's sm90 wgrad uses): D = acc in fp32, no C operand.
-using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-    void, StridePartial, 4, float, StridePartial, 4,
-    cutlass::epilogue::NoSmemWarpSpecialized>::CollectiveOp;
-
-using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kWgrad,
-    Element, cutlass::layout::TensorNHWC, 8, Element, cutlass::layout::TensorNHWC, 8, float,
-    TileShape, ClusterShape,
-    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
-
-using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kWgrad, 2>;
-// CUTLASS's kernel: its arguments, parameters (TMA descriptors), shared storage, host checks and
-// grid; we replace only its device entry.
-using Base = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
-
-static_assert(cute::is_same_v<typename Epilogue::LoadPipeline, cutlass::PipelineTransactionAsync<0>>,
-              "the split kernel runs no epilogue loads: the epilogue must be register-direct");
-
-// The device entry of Base with the K tiles of split blockIdx.z only: tiles
-// [k_tiles * z / splits, k_tiles * (z + 1) / splits), never empty when splits <= k_tiles (the
-// mainloop leaves the accumulators unset for an empty range), written to partial[z].
-struct SplitKWgrad : Base {
-  CUTLASS_DEVICE void operator()(typename Base::Params const& params, char* smem_buf) {
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    __trap();  // wgmma and TMA need sm_90a; this unit is built for nothing else
-#else
-    using MainloopPipeline = typename Mainloop::MainloopPipeline;
-    auto& shared = *reinterpret_cast<typename Base::SharedStorage*>(smem_buf);
-
-    const int thread_idx = int(threadIdx.x);
-    const int warp_idx = cutlass::canonical_warp_idx_sync();
-    const int thread_in_group = thread_idx % cutlass::NumThreadsPerWarpGroup;
-    const bool producer_group = cutlass::canonical_warp_group_idx() == 0;
-    const bool load_warp = producer_group && warp_idx % cutlass::NumWarpsPerWarpGroup == 0;
-
-    if (warp_idx == 0 && cute::elect_one_sync()) Mainloop::prefetch_tma_descriptors(params.mainloop);
-
-    // One TMA producer warp, one consumer warp group (the mainloop's contract).
-    typename MainloopPipeline::Params pipe_params;
-    if (load_warp) pipe_params.role = MainloopPipeline::ThreadCategory::Producer;
-    if (!producer_group) pipe_params.role = MainloopPipeline::ThreadCategory::Consumer;
-    pipe_params.is_leader = thread_in_group == 0;
-    pipe_params.num_consumers = cutlass::NumThreadsPerWarpGroup;
-    pipe_params.transaction_bytes = params.mainloop.tma_transaction_bytes;
-    MainloopPipeline pipeline(shared.pipelines.mainloop, pipe_params, ClusterShape{});
-    // The register-direct epilogue's pipelines have no stages; they exist for its interface.
-    typename Epilogue::LoadPipeline epi_load_pipeline(shared.pipelines.epi_load,
-                                                      typename Epilogue::LoadPipeline::Params{});
-    typename Epilogue::StorePipeline epi_store_pipeline{};
-
-    // The pipeline's barriers must be initialized in every CTA of the cluster before any TMA
-    // (multicast) arrives on them.
-    if constexpr (size(ClusterShape{}) > 1) {
-      cute::cluster_arrive_relaxed();
-      cute::cluster_wait();
-    } else {
-      __syncthreads();
-    }
-
-    auto problem_mnkl = append<4>(params.problem_shape, Int<1>{});
-    Mainloop mainloop;
-    auto load_inputs = mainloop.load_init(problem_mnkl, params.mainloop);
-    Tensor gA_mkl = get<0>(load_inputs);  // (BLK_M, BLK_K, m, k)
-    Tensor gB_nkl = get<1>(load_inputs);  // (BLK_N, BLK_K, n, k)
-    auto m_coord = idx2crd(int(blockIdx.x), shape<2>(gA_mkl));
-    auto n_coord = idx2crd(int(blockIdx.y), shape<2>(gB_nkl));
-    auto blk_coord = make_coord(m_coord, n_coord, _, Int<0>{});
-
-    const int k_tiles = int(size<3>(gA_mkl));
-    const int split = int(blockIdx.z), splits = int(gridDim.z);
-    // (32-bit: k_tiles * splits < 2^31, checked on the host)
-    const int k_begin = k_tiles * split / splits;
-    const int k_count = k_tiles * (split + 1) / splits - k_begin;
-
-    if (producer_group) {
-      if (load_warp) {
-        auto k_iter = cute::make_coord_iterator(idx2crd(k_begin, shape<3>(gA_mkl)), shape<3>(gA_mkl));
-        auto state = cutlass::make_producer_start_state<MainloopPipeline>();
-        mainloop.load(params.mainloop, pipeline, state, load_inputs, blk_coord, k_iter, k_count,
-                      cutlass::canonical_lane_idx(), cute::block_rank_in_cluster(),
-                      shared.tensors.mainloop);
-        state.advance(k_count);
-        mainloop.load_tail(pipeline, state);  // no CTA of the cluster leaves with TMA in flight
-      }
-    } else {
-      typename Base::TiledMma tiled_mma;
-      Tensor accum = partition_fragment_C(tiled_mma, take<0, 2>(typename Base::TileShape{}));
-      typename Mainloop::PipelineState state;
-      mainloop.mma(pipeline, state, accum, k_count, thread_in_group, shared.tensors.mainloop,
-                   params.mainloop);
-      mainloop.mma_tail(pipeline, state, k_count);
-
-      // partial[split]: the epilogue's batch mode L is the split.
-      Epilogue epilogue(params.epilogue, shared.tensors.epilogue);
-      auto problem_split = make_shape(get<0>(problem_mnkl), get<1>(problem_mnkl), get<2>(problem_mnkl), splits);
-      epilogue.store(epi_load_pipeline, typename Epilogue::LoadPipelineState{}, epi_store_pipeline,
-                     typename Epilogue::StorePipelineState{}, problem_split, typename Base::TileShape{},
-                     make_coord(m_coord, n_coord, _, split), accum, tiled_mma, thread_in_group,
-                     shared.tensors.epilogue);
-    }
-#endif
-  }
-};
-
-// At most this many splits (the device computes k_tiles * splits in 32 bits; k_tiles < 2^19 by
-// check_shape's int32 limit on n*p*q*k).
-constexpr int kMaxSplits = 64;
-
-int64_t k_tiles_of(const Conv3x3Shape& s) {
-  return (int64_t(s.n) * s.p() * s.q() + 63) / 64;
-}
-
-int check(WgradArgs& a, bool launch, char* why, int len) {
-  const Conv3x3Shape& s = a.s;
-  if (int r = detail::check_shape(s, why, len)) return r;
-  if (int r = detail::check_nhwc(a.g, "grad", s.n, s.p(), s.q(), s.k, launch, why, len)) return r;
-  if (int r = detail::check_nhwc(a.x, "x", s.n, s.h, s.w, s.c, launch, why, len)) return r;
-  if (!detail::packed(a.g, s.p(), s.q(), s.k))
-    return detail::fail(why, len, kUnsupported, "grad must be a dense NHWC tensor (CUTLASS's sm90 wgrad)");
-  if ((launch && a.partial == nullptr) || !detail::aligned16(a.partial))
-    return detail::fail(why, len, kUnsupported, "the partial sums need a 16-byte aligned fp32 buffer");
-  const int64_t most = k_tiles_of(s) < kMaxSplits ? k_tiles_of(s) : kMaxSplits;
-  if (a.splits < 1 || a.splits > most)
-    return detail::fail(why, len, kUnsupported, "splits must be in [1, %lld] (K tiles of 64 pixels), got %d",
-                        static_cast<long long>(most), a.splits);
-  return kOk;
-}
-
-typename Base::Arguments arguments(const WgradArgs& a) {
-  const auto ps = detail::problem<cutlass::conv::Operator::kWgrad>(a.s, a.x, a.g);
-  const int64_t c = a.s.c;
-  StridePartial dD{};
-  get<0>(dD) = 9 * c;
-  get<1, 1>(dD) = c;
-  get<1, 2>(dD) = 3 * c;
-  get<2>(dD) = int64_t(a.s.k) * 9 * c;
-  typename Epilogue::Arguments epi{};
-  epi.ptr_D = a.partial;
-  epi.dD = dD;
-  return typename Base::Arguments{
-      ps, {static_cast<const Element*>(a.g.ptr), static_cast<const Element*>(a.x.ptr)}, epi};
-}
-
-int launch(const typename Base::Arguments& args, int splits, cudaStream_t stream, char* why, int len) {
-  typename Base::Params params = Base::to_underlying_arguments(args, nullptr);
-  dim3 grid = Base::get_grid_shape(params);
-  grid.z = static_cast<unsigned>(splits);
-  const dim3 block = Base::get_block_shape();
-  const dim3 cluster(size<0>(ClusterShape{}), size<1>(ClusterShape{}), size<2>(ClusterShape{}));
-  const int smem = Base::SharedStorageSize;
-  const void* kernel = reinterpret_cast<const void*>(&cutlass::device_kernel<SplitKWgrad>);
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess)
-    return detail::fail(why, len, kCudaError, "wgrad: cudaFuncSetAttribute: %s", cudaGetErrorString(e));
-  void* kernel_params[] = {&params};
-  const cutlass::Status st =
-      cutlass::ClusterLauncher::launch(grid, cluster, block, smem, stream, kernel, kernel_params);
-  e = cudaGetLastError();
-  if (st != cutlass::Status::kSuccess || e != cudaSuccess)
-    return detail::fail(why, len, kCudaError, "wgrad: the launch failed (%s; %s)",
-                        cutlassGetStatusString(st), cudaGetErrorString(e));
-  return detail::ok(why, len);
-}
-
-}  // namespace
+static bool wide(const Conv3x3Shape& s) { return s.c % 128 == 0; }
 
 int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
-  // At most about two waves of CTAs (and kMaxSplits, and 8 K steps a slice: the pipeline fills),
-  // and of those the count whose busiest SM runs the fewest K steps (a slice costs about one more
-  // to fill): two waves rounded up would leave a third, nearly empty one. The Triton backend's
-  // utils.wgrad_split has the same rule.
+  // At most about two waves of CTAs (and kWgradMaxSplits, and 8 K steps a slice: the pipeline
+  // fills), and of those the count whose busiest SM runs the fewest K steps (a slice costs about
+  // one more to fill): two waves rounded up would leave a third, nearly empty one. The Triton
+  // backend's utils.wgrad_split has the same rule. Tiles: 128 output channels x (128 or 64)
+  // channels of one tap, rounded to the 1x2 cluster.
   const int64_t sms = num_sms > 0 ? num_sms : 132;
+  const int64_t tile_n = wide(s) ? 128 : 64;
   const int64_t m_tiles = (s.k + 127) / 128;
-  const int64_t n_tiles = ((9 * int64_t(s.c) + 63) / 64 + 1) / 2 * 2;  // rounded to the cluster
+  const int64_t n_tiles = ((9 * int64_t(s.c) + tile_n - 1) / tile_n + 1) / 2 * 2;
   const int64_t tiles = m_tiles * n_tiles;
-  const int64_t k_tiles = k_tiles_of(s);
+  const int64_t k_tiles = wgrad_k_tiles(s);
   int64_t most = (2 * sms + tiles - 1) / tiles;
-  if (most > kMaxSplits) most = kMaxSplits;
+  if (most > kWgradMaxSplits) most = kWgradMaxSplits;
   if (most > k_tiles / 8) most = k_tiles / 8;
   int64_t best = 1, best_cost = -1;
   for (int64_t sp = 1; sp <= most; ++sp) {
@@ -227,33 +35,20 @@ int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
   return int(best);
 }
 
-int conv3x3_wgrad_bf16_check(const WgradArgs& args, char* why, int len) {
-  WgradArgs a = args;
-  if (int r = check(a, false, why, len)) return r;
-  if (Base::can_implement(arguments(a)) != true)
-    return detail::fail(why, len, kUnsupported, "wgrad: CUTLASS's can_implement rejected the problem");
-  return detail::ok(why, len);
+int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int len) {
+  if (wide(a.s)) return conv3x3_wgrad_bf16_n128_check(a, why, len);
+  return WgradUnit<128, 64>::check_host(a, why, len);
 }
 
-int conv3x3_wgrad_bf16_run(const WgradArgs& args, cudaStream_t stream, char* why, int len) {
-  WgradArgs a = args;
-  if (int r = check(a, true, why, len)) return r;
-  const auto cargs = arguments(a);
-  if (!Base::can_implement(cargs))
-    return detail::fail(why, len, kUnsupported, "wgrad: CUTLASS's can_implement rejected the problem");
-  return launch(cargs, a.splits, stream, why, len);
+int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int len) {
+  if (wide(a.s)) return conv3x3_wgrad_bf16_n128_run(a, stream, why, len);
+  return WgradUnit<128, 64>::run(a, stream, why, len);
 }
 
-const char* conv3x3_wgrad_bf16_config() {
-  static char text[256];
-  snprintf(text, sizeof text,
-           "wgrad bf16: tile %dx%dx%d, cluster %dx%dx%d, %d stages, %d threads, %d B shared memory, "
-           "split-K over grid z into fp32 partial sums, register-direct epilogue",
-           int(size<0>(TileShape{})), int(size<1>(TileShape{})), int(size<2>(TileShape{})),
-           int(size<0>(ClusterShape{})), int(size<1>(ClusterShape{})), int(size<2>(ClusterShape{})),
-           int(Mainloop::DispatchPolicy::Stages), int(Base::MaxThreadsPerBlock),
-           int(Base::SharedStorageSize));
-  return text;
+const char* conv3x3_wgrad_bf16_config() { return detail::config<WgradUnit<128, 64>>(); }
+
+const char* conv3x3_wgrad_bf16_config_for(const Conv3x3Shape& s) {
+  return wide(s) ? conv3x3_wgrad_bf16_n128_config() : conv3x3_wgrad_bf16_config();
 }
 
 }  // namespace sm90
