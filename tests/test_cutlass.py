@@ -90,6 +90,19 @@ def test_small_problems_of_the_first_run_check_are_accepted():
             assert check(conv_pass, list(shape)) == "", (conv_pass, shape)
 
 
+def test_the_first_run_check_runs_every_instantiation():
+    """SELF_CHECK_SHAPES reach each pass's every tile: an instantiation the first-run check never
+    ran would go unchecked onto a GPU."""
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    configs = torch.ops.unet_fast._cutlass_sm90_configs()
+    for conv_pass in PASSES:
+        built = {c for c in configs if c.split()[0] == conv_pass}
+        ran = {torch.ops.unet_fast._cutlass_sm90_config_for(conv_pass, list(shape))
+               for shape in cutlass_sm90.SELF_CHECK_SHAPES}
+        assert ran == built, (conv_pass, built - ran)
+
+
 def test_bad_pass_name_is_an_error():
     with pytest.raises(RuntimeError, match="fprop"):
         _check_op()("forward", [1, 8, 8, 64, 64, 1])
@@ -98,10 +111,11 @@ def test_bad_pass_name_is_an_error():
 def test_configs_name_the_instantiations():
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert [c.split()[0] for c in configs] == list(PASSES) + ["fprop", "dgrad", "wgrad"]
+    assert [c.split()[0] for c in configs] == list(PASSES) + ["fprop", "dgrad", "wgrad", "wgrad"]
     assert all("tile" in c and "stages" in c for c in configs), configs
     assert "tile 256x64x64" in configs[3] and "tile 256x64x64" in configs[4], configs
     assert "tile 128x64x64" in configs[2] and "tile 128x128x64" in configs[5], configs
+    assert "tile 64x64x64" in configs[6], configs
 
 
 @pytest.mark.parametrize("conv_pass,narrow", [("fprop", "k"), ("dgrad", "c")])
@@ -119,24 +133,26 @@ def test_64_channel_gemms_run_the_narrow_tile(conv_pass, narrow):
         assert check(conv_pass, shape) == "", shape
 
 
-def test_wgrad_runs_the_wide_tile_where_the_channels_allow():
-    """The wgrad's N tile holds channels of one filter tap: input channels c that are a multiple
-    of 128 run the 128x128 instantiation, c = 64 (or an odd multiple of 64) the 128x64 one; both
-    accept the problem, and the 128x128 one refuses a c it would straddle taps with."""
+def test_wgrad_runs_the_tile_its_channels_fill():
+    """The wgrad's GEMM is k x 9c: 64 output channels run the 64x64 instantiation (a 128-row tile
+    would be half empty); otherwise input channels c that are a multiple of 128 run the 128x128
+    one (an N tile holds channels of one filter tap), the rest the 128x64 one. Each accepts its
+    problems."""
     check = _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    narrow, wide = configs[2], configs[5]
-    for c, k in ((64, 64), (64, 128), (128, 64), (192, 128), (256, 512), (1024, 512)):
+    narrow, wide, short = configs[2], configs[5], configs[6]
+    for c, k in ((64, 64), (128, 64), (64, 128), (128, 128), (192, 128), (256, 512), (1024, 512)):
         shape = [2, 30, 28, c, k, 1]
         got = torch.ops.unet_fast._cutlass_sm90_config_for("wgrad", shape)
-        assert got == (wide if c % 128 == 0 else narrow), (shape, got)
+        assert got == (short if k == 64 else wide if c % 128 == 0 else narrow), (shape, got)
         assert check("wgrad", shape) == "", shape
 
 
 def test_wgrad_split_is_the_triton_rule():
     """The wgrad unit's split-K count (C++ host code) follows the Triton backend's rule
-    (utils.wgrad_split, at most 64 slices) on its own tiles (128 output channels x 128 of 9c
-    where c is a multiple of 128, else x 64; rounded to the 1x2 cluster; 64 pixels per K step): every convolution of both networks, batch
+    (utils.wgrad_split, at most 64 slices) on the tiles of the instantiation that runs (64x64 for
+    k = 64, else 128 output channels x 128 of 9c where c is a multiple of 128, else x 64; N tiles
+    rounded to the 1x2 cluster; 64 pixels per K step): every convolution of both networks, batch
     1-16, on H100/H200 and smaller GPUs. Its split must also keep the deterministic order: the
     count depends on the shape and the SM count only."""
     _check_op()
@@ -147,8 +163,9 @@ def test_wgrad_split_is_the_triton_rule():
         for c, k, h, w, pad in unet_conv3x3_problems(padding, size)[1:]:
             for n in range(1, 17):
                 p, q = h + 2 * pad - 2, w + 2 * pad - 2
-                tile_n = 128 if c % 128 == 0 else 64
-                tiles = -(-k // 128) * (-(-(-(-9 * c // tile_n)) // 2) * 2)
+                tile_m = 64 if k == 64 else 128
+                tile_n = 128 if c % 128 == 0 and k != 64 else 64
+                tiles = -(-k // tile_m) * (-(-(-(-9 * c // tile_n)) // 2) * 2)
                 k_steps = -(-n * p * q // 64)
                 for sms in (132, 114, 78):
                     want = triton_utils.wgrad_split(tiles, k_steps, sms, max_split=64)

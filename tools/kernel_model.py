@@ -940,7 +940,10 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     # the one whose N the kernel's wgmma shape has
     cands = configs.get(pass_, [])
     mma_n = re.search(r"(?:wgmma |HGMMA\.)\d+x(\d+)x\d+", k.name)
-    if len(cands) > 1 and mma_n:
+    tile = re.search(r" tile (\d+)x(\d+)", k.name)  # the wgrad's names carry their tile
+    if len(cands) > 1 and tile:
+        cands = [c for c in cands if c["tile"][:2] == (int(tile.group(1)), int(tile.group(2)))]
+    elif len(cands) > 1 and mma_n:
         cands = [c for c in cands if c["tile"][1] == int(mma_n.group(1))]
     cfg = cands[0] if len(cands) == 1 else None
     c, p = (_count(cons) if cons else {}), (_count(prod) if prod else {})

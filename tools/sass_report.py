@@ -129,10 +129,13 @@ def _short_cutlass(mangled: str, name: str) -> str:
     m = re.search(r"ConvProblemShapeILNS\w*?8OperatorE(\d)", mangled)
     split_k = "WgradUnit" in name  # our split-K device entry (conv3x3_wgrad_bf16.cuh)
     conv = _CUTLASS_PASS.get(m.group(1), "?") if m else ("wgrad" if split_k else "?")
+    tile = ""
     if split_k:
         conv += " split-K"
+        t = re.search(r"WgradUnitILi(\d+)ELi(\d+)EE", mangled)  # WgradUnit<M, N>
+        tile = f" tile {t.group(1)}x{t.group(2)}" if t else ""
     mma = re.search(r"MMA_(\d+x\d+x\d+)_F32BF16BF16", mangled)
-    return f"cutlass sm90 conv3x3 {conv} bf16" + (f" (wgmma {mma.group(1)})" if mma else "")
+    return f"cutlass sm90 conv3x3 {conv} bf16{tile}" + (f" (wgmma {mma.group(1)})" if mma else "")
 
 
 def _short(name: str) -> str:

@@ -10,7 +10,8 @@
 //       grad_masked: grad is already dy * (y > 0) (else one threshold_backward pass forms it);
 //       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
 //   _cutlass_sm90_check(pass, [n, h, w, c, k, pad]) -> ""  or why not  (host code only, no GPU)
-//   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad, fprop 256x64, dgrad 256x64, wgrad 128x128]
+//   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad, fprop 256x64, dgrad 256x64, wgrad 128x128,
+//                                    wgrad 64x64]
 //                                                   (what each instantiation was built as)
 //   _cutlass_sm90_config_for(pass, [n, h, w, c, k, pad]) -> the config of the one that runs it
 //   _cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], sms) -> int       (the wgrad's split-K count)
@@ -208,7 +209,8 @@ inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms
 inline std::vector<std::string> cutlass_sm90_configs() {
   return {sm90::conv3x3_fprop_bf16_config(), sm90::conv3x3_dgrad_bf16_config(),
           sm90::conv3x3_wgrad_bf16_config(), sm90::conv3x3_fprop_bf16_n64_config(),
-          sm90::conv3x3_dgrad_bf16_n64_config(), sm90::conv3x3_wgrad_bf16_n128_config()};
+          sm90::conv3x3_dgrad_bf16_n64_config(), sm90::conv3x3_wgrad_bf16_n128_config(),
+          sm90::conv3x3_wgrad_bf16_m64_config()};
 }
 
 // The config of the instantiation a pass runs for a shape (host code only): for the kernel model.

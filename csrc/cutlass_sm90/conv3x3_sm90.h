@@ -97,8 +97,11 @@ int conv3x3_fprop_bf16_n64_run(const FpropArgs& a, cudaStream_t stream, char* wh
 int conv3x3_dgrad_bf16_n64_check(const DgradArgs& a, char* why, int why_len);
 int conv3x3_dgrad_bf16_n64_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
 
-// wgrad is built twice: 128x64 tiles, and 128x128 tiles for the layers whose input channels c are
-// a multiple of 128 (an N tile holds channels of one tap); conv3x3_wgrad_bf16_check/run choose.
+// wgrad is built three times: 128x64 tiles; 64x64 for the layers with 64 output channels k (the
+// GEMM's M); 128x128 for the others whose input channels c are a multiple of 128 (an N tile holds
+// channels of one tap); conv3x3_wgrad_bf16_check/run choose.
+int conv3x3_wgrad_bf16_m64_check(const WgradArgs& a, char* why, int why_len);
+int conv3x3_wgrad_bf16_m64_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
 int conv3x3_wgrad_bf16_n128_check(const WgradArgs& a, char* why, int why_len);
 int conv3x3_wgrad_bf16_n128_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
 
@@ -111,6 +114,7 @@ const char* conv3x3_dgrad_bf16_config();
 const char* conv3x3_dgrad_bf16_n64_config();
 const char* conv3x3_dgrad_bf16_config_for(const Conv3x3Shape& s);
 const char* conv3x3_wgrad_bf16_config();
+const char* conv3x3_wgrad_bf16_m64_config();
 const char* conv3x3_wgrad_bf16_n128_config();
 const char* conv3x3_wgrad_bf16_config_for(const Conv3x3Shape& s);
 

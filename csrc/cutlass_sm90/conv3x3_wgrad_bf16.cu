@@ -1,23 +1,26 @@
 // The wgrad unit with 128x64 tiles (conv3x3_wgrad_bf16.cuh), and the pass's entry points: a
-// problem whose input channels are a multiple of 128 runs the 128x128 instantiation
-// (conv3x3_wgrad_bf16_n128.cu): the same g tile feeds twice the FMAs, so its K step needs
-// 24 KB from L2 for 512 tensor cycles where the 128x64 tile needs 16 KB for 256.
+// problem with 64 output channels runs the 64x64 instantiation (conv3x3_wgrad_bf16_m64.cu), whose
+// rows it fills, where a 128-row tile would compute half empty; one whose input channels are a
+// multiple of 128 runs the 128x128 instantiation (conv3x3_wgrad_bf16_n128.cu): the same g tile
+// feeds twice the FMAs, so its K step needs 24 KB from L2 for 512 tensor cycles where the 128x64
+// tile needs 16 KB for 256.
 #include "conv3x3_wgrad_bf16.cuh"
 
 namespace unet_fast {
 namespace sm90 {
 
-static bool wide(const Conv3x3Shape& s) { return s.c % 128 == 0; }
+static bool short_m(const Conv3x3Shape& s) { return s.k == 64; }
+static bool wide(const Conv3x3Shape& s) { return !short_m(s) && s.c % 128 == 0; }
 
 int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
   // At most about two waves of CTAs (and kWgradMaxSplits, and 8 K steps a slice: the pipeline
   // fills), and of those the count whose busiest SM runs the fewest K steps (a slice costs about
   // one more to fill): two waves rounded up would leave a third, nearly empty one. The Triton
-  // backend's utils.wgrad_split has the same rule. Tiles: 128 output channels x (128 or 64)
-  // channels of one tap, rounded to the 1x2 cluster.
+  // backend's utils.wgrad_split has the same rule. Tiles: those of the instantiation that runs
+  // (64x64, 128x128 or 128x64), the N tiles rounded to the 1x2 cluster.
   const int64_t sms = num_sms > 0 ? num_sms : 132;
-  const int64_t tile_n = wide(s) ? 128 : 64;
-  const int64_t m_tiles = (s.k + 127) / 128;
+  const int64_t tile_m = short_m(s) ? 64 : 128, tile_n = wide(s) ? 128 : 64;
+  const int64_t m_tiles = (s.k + tile_m - 1) / tile_m;
   const int64_t n_tiles = ((9 * int64_t(s.c) + tile_n - 1) / tile_n + 1) / 2 * 2;
   const int64_t tiles = m_tiles * n_tiles;
   const int64_t k_tiles = wgrad_k_tiles(s);
@@ -36,11 +39,13 @@ int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
 }
 
 int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int len) {
+  if (short_m(a.s)) return conv3x3_wgrad_bf16_m64_check(a, why, len);
   if (wide(a.s)) return conv3x3_wgrad_bf16_n128_check(a, why, len);
   return WgradUnit<128, 64>::check_host(a, why, len);
 }
 
 int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int len) {
+  if (short_m(a.s)) return conv3x3_wgrad_bf16_m64_run(a, stream, why, len);
   if (wide(a.s)) return conv3x3_wgrad_bf16_n128_run(a, stream, why, len);
   return WgradUnit<128, 64>::run(a, stream, why, len);
 }
@@ -48,6 +53,7 @@ int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, i
 const char* conv3x3_wgrad_bf16_config() { return detail::config<WgradUnit<128, 64>>(); }
 
 const char* conv3x3_wgrad_bf16_config_for(const Conv3x3Shape& s) {
+  if (short_m(s)) return conv3x3_wgrad_bf16_m64_config();
   return wide(s) ? conv3x3_wgrad_bf16_n128_config() : conv3x3_wgrad_bf16_config();
 }
 

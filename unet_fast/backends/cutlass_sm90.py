@@ -13,9 +13,9 @@ The extension's ops `_conv3x3_relu_sm90` and `_conv3x3_relu_sm90_backward`
 
 First-run check: the first time a unit (fprop, dgrad, wgrad) would run on a device, it runs on
 the small problems of SELF_CHECK_SHAPES (both paddings, tiles crossed in every GEMM dimension;
-64 and 128 channels on each side, so every pass's two instantiations run: fprop's and dgrad's
-128x128 and 256x64 tiles (for a 64-channel GEMM N), wgrad's 128x64 and 128x128 (c a multiple of
-128))
+64 and 128 channels on each side, so every instantiation of every pass runs: fprop's and dgrad's
+128x128 and 256x64 tiles (for a 64-channel GEMM N), wgrad's 128x64, 64x64 (k = 64) and 128x128
+(c a multiple of 128))
 and is compared with the reference convolution computed in float64 on the same bf16 values, at
 bf16's tolerance (docs/design.md: at most twice PyTorch's own bf16 error plus 1e-3 of the
 reference's scale). A unit that fails is unusable on that device for the rest of the process: a
@@ -39,8 +39,9 @@ CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channe
 # (n, h, w, c, k, pad): the pixels cross the M tile (128 rows; 256 for the 256x64 instantiations
 # that k = 64 (fprop) and c = 64 (dgrad) take, 128x128 for k and c = 128), k is one full and one
 # half 128-wide N tile, c gives 9 and 18 K steps; both paddings. The wgrad's 128x64
-# instantiation runs the first (c = 64), its 128x128 one (c a multiple of 128) the second.
-SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1))
+# instantiation runs the first (c = 64), its 64x64 one (k = 64) the second, its 128x128 one
+# (c a multiple of 128, k not 64) the third.
+SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1), (2, 12, 10, 128, 128, 0))
 
 _lock = threading.Lock()
 _verdicts: dict = {}   # (unit, device) -> None (passed) or the failure sentence
