@@ -569,6 +569,10 @@ def test_autotune_pruning(monkeypatch):
                                                 K_TOT=8 * 570 * 570),
                             KS=3, SHIFT_A=False, FLAT_B=True)  # first layer: 9 columns
     assert wg and all(c.kwargs["BLOCK_N"] == 16 for c in wg)
+    rgb = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 27, CB=3, CHUNK=4096,
+                                                 K_TOT=16 * 512 * 512),
+                             KS=3, SHIFT_A=False, FLAT_B=True)  # RGB: 27 columns in one tile
+    assert rgb and all(c.kwargs["BLOCK_N"] == 32 for c in rgb)
     # a 64-channel layer: every column tile lies in one tap
     wg64 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 576, CB=64, CHUNK=4096,
                                                   K_TOT=8 * 570 * 570),

@@ -99,6 +99,7 @@ WGRAD_CONFIGS_16 = [
     _cfg(64, 256, 64, 3, 8),   # 64 output channels: two warp groups side by side
     _cfg(64, 64, 128, 3, 4),
     _cfg(64, 64, 64, 4, 4),
+    _cfg(64, 32, 64, 4, 4),    # the RGB first layer's 27 (tap, channel) columns in one tile
     _cfg(64, 16, 64, 4, 4),
 ]
 WGRAD_CONFIGS_32 = [
@@ -106,6 +107,7 @@ WGRAD_CONFIGS_32 = [
     _cfg(128, 64, 32, 3, 4),
     _cfg(64, 128, 32, 3, 4),
     _cfg(64, 64, 32, 3, 4),
+    _cfg(64, 32, 32, 3, 4),
     _cfg(64, 16, 32, 3, 4),
 ]
 
@@ -309,8 +311,8 @@ def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int) -
 def prune_gemm(configs, named_args, **kwargs):
     """The autotune configs worth timing for one GEMM (both implicit-GEMM kernels):
     - those of the operands' dtype list (16-bit: K-tiles of 64; fp32: 32), K-tiles of 16 only for
-      the first layer's few (tap, channel) pairs and 16-wide weight-gradient columns only for its
-      few columns;
+      the first layer's few (tap, channel) pairs, and weight-gradient column tiles 16 or 32 wide
+      only for its few columns (the narrowest that holds them all: one tile);
     - for the weight gradient, only tiles that keep one tap per tile (unless the launch takes a
       shift per column, FLAT: channels fewer than the widest tile);
     - that fit the device's shared memory (Triton would skip the others at run time, but only
@@ -330,8 +332,11 @@ def prune_gemm(configs, named_args, **kwargs):
     m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
     keep = [c for c in configs if config_for_dtype(c, dtype)] or list(configs)
     if wgrad:
-        narrow = n <= 32  # the first layer's (tap, channel) columns
-        keep = [c for c in keep if (c.kwargs["BLOCK_N"] == 16) == narrow] or keep
+        # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
+        # narrow tile, so its output gradient (the wide operand) is read once
+        narrow = 16 if n <= 16 else 32 if n <= 32 else 0
+        keep = [c for c in keep if (c.kwargs["BLOCK_N"] if c.kwargs["BLOCK_N"] <= 32 else 0)
+                == narrow] or keep
         if kwargs.get("KS", 1) > 1:
             # a tile of the tap-split operand must lie in one tap unless FLAT
             if kwargs.get("SHIFT_A") and not kwargs.get("FLAT_A"):
