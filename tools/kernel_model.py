@@ -936,11 +936,11 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     prod = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("UTMALDG") for o in ops)
                           and not any(o.startswith("HGMMA") for o in ops))
     pass_ = re.search(r"conv3x3 (\w+)", k.name).group(1)
-    # a pass built with two tiles (fprop, dgrad: 128x128 and 256x64; wgrad: 128x64 and 128x128):
-    # the one whose N the kernel's wgmma shape has
+    # a pass built with several tiles: the wgrad's names carry their tile (two of its three share
+    # a wgmma shape); fprop's and dgrad's two (128x128, 256x64) differ in their wgmma's N
     cands = configs.get(pass_, [])
-    mma_n = re.search(r"(?:wgmma |HGMMA\.)\d+x(\d+)x\d+", k.name)
-    tile = re.search(r" tile (\d+)x(\d+)", k.name)  # the wgrad's names carry their tile
+    mma_n = re.search(r"wgmma \d+x(\d+)x\d+", k.name)
+    tile = re.search(r" tile (\d+)x(\d+)", k.name)
     if len(cands) > 1 and tile:
         cands = [c for c in cands if c["tile"][:2] == (int(tile.group(1)), int(tile.group(2)))]
     elif len(cands) > 1 and mma_n:

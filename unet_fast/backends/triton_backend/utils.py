@@ -334,9 +334,9 @@ def prune_gemm(configs, named_args, **kwargs):
     if wgrad:
         # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
         # narrow tile, so its output gradient (the wide operand) is read once
-        narrow = 16 if n <= 16 else 32 if n <= 32 else 0
-        keep = [c for c in keep if (c.kwargs["BLOCK_N"] if c.kwargs["BLOCK_N"] <= 32 else 0)
-                == narrow] or keep
+        narrow = 16 if n <= 16 else 32 if n <= 32 else None
+        keep = [c for c in keep if (c.kwargs["BLOCK_N"] == narrow if narrow
+                                    else c.kwargs["BLOCK_N"] > 32)] or keep
         if kwargs.get("KS", 1) > 1:
             # a tile of the tap-split operand must lie in one tap unless FLAT
             if kwargs.get("SHIFT_A") and not kwargs.get("FLAT_A"):
