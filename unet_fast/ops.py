@@ -65,16 +65,44 @@ def _check_bias(bias, channels: int):
                          f"channels, got {tuple(bias.shape)}")
 
 
+class _CastWeight(torch.autograd.Function):
+    """weight.to(dtype, memory_format=fmt) whose gradient comes back in the weight's own layout.
+    A plain .to() hands back the gradient in the cast's layout (channels_last), and
+    AccumulateGrad then copies it once more into the parameter's (NCHW) strides: one extra kernel
+    and fp32 read + write per weight and step. Here the cast back is that re-layout, in one copy."""
+
+    @staticmethod
+    def forward(ctx, weight, dtype, fmt):
+        ctx.dtype = weight.dtype
+        dense = weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last)
+        ctx.stride = weight.stride() if dense else None
+        return weight.to(dtype, memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.stride is None:
+            return grad.to(ctx.dtype), None, None
+        out = grad.new_empty_strided(grad.shape, ctx.stride, dtype=ctx.dtype)
+        return out.copy_(grad), None, None
+
+
+def _cast_weight(t, dt, fmt):
+    if t.requires_grad and torch.is_grad_enabled() and t.dtype != dt:
+        return _CastWeight.apply(t, dt, fmt)
+    return t.to(dt, memory_format=fmt)
+
+
 def _autocast(x, *params):
     """Cast to the autocast dtype where PyTorch's convolutions would (they are lower-precision
     ops under autocast); the torch backend gets the same inputs, so all backends agree. A weight
     cast for a channels_last input is written channels_last by the same copy: the order the
-    kernels read it in, so they need no re-layout of their own."""
+    kernels read it in, so they need no re-layout of their own (and its gradient is cast back
+    into the parameter's own layout, `_CastWeight`)."""
     if _autocast_on(x):
         dt = torch.get_autocast_dtype(x.device.type)
         fmt = torch.channels_last if is_channels_last(x) else torch.preserve_format
         return (x.to(dt),) + tuple(
-            (t.to(dt, memory_format=fmt) if t.dim() == 4 else t.to(dt))
+            (_cast_weight(t, dt, fmt) if t.dim() == 4 else t.to(dt))
             if t is not None and t.is_floating_point() else t for t in params)
     return (x,) + params
 
