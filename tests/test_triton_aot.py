@@ -127,3 +127,62 @@ def test_committed_table_covers_runtime_specializations():
         for spec in ("base", "runtime"):
             for arch in ("sm_90", "sm_80"):
                 assert (kernel, variant, spec, "fp32", arch) in have, (variant, spec, arch)
+
+
+# One real launch of an autotuned kernel (the pool's forward) in a process without the
+# interpreter, on a stand-in driver for an sm_90 GPU: every launch runs as a warmup (compile, no
+# launch) and the autotuner's timing is replaced by a stub that records what it had to compile.
+_FIRST_LAUNCH = r"""
+import json, sys, threading
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+class StandIn:
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+
+driver.set_active(StandIn())
+from unet_fast.backends.triton_backend import max_pool
+tuner = max_pool._max_pool2x2_forward_kernel
+fn = tuner.fn
+fn.device_caches[0]
+compiled_on, timed = [], []
+compile_ = fn.compile
+def compile_recorded(*a, **k):
+    compiled_on.append(threading.current_thread().name)
+    return compile_(*a, **k)
+fn.compile = compile_recorded
+run_ = fn.run
+fn.run = lambda *a, warmup, **k: run_(*a, warmup=True, **k)
+def bench(*args, config, **meta):
+    before = len(compiled_on)
+    fn.run(*args, **dict(meta, **config.all_kwargs()))
+    timed.append(len(compiled_on) - before)
+    return [float(len(timed))]
+tuner._bench = bench
+x = torch.randn(2, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+max_pool.max_pool2x2_forward(x)
+print(json.dumps(dict(timed=timed, compiled_on=compiled_on)))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_new_shapes_configs_compile_in_parallel_before_timing(threads):
+    """utils.autotune: the configs a new shape will time are compiled first, side by side on the
+    compile threads (UNET_FAST_COMPILE_THREADS; 1: each compiles when it is first timed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["UNET_FAST_COMPILE_THREADS"] = str(threads)
+    res = subprocess.run([sys.executable, "-c", _FIRST_LAUNCH], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    import json
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    timed, compiled_on = out["timed"], out["compiled_on"]
+    assert len(timed) >= 2 and len(compiled_on) == len(timed)   # one compile per config
+    if threads == 1:
+        assert timed == [1] * len(timed) and set(compiled_on) == {"MainThread"}
+    else:
+        assert timed == [0] * len(timed)   # the timing runs found every config compiled
+        assert all(t.startswith("unet_fast-compile") for t in compiled_on)

@@ -760,12 +760,22 @@ def model_step(cfg: ModelConfig, jobs: int, machine: Machine = H200, arch: int =
     for l in triton_launches:
         tunings.setdefault((l.kernel, l.tune_key), len(l.configs))
     # (a shape with one config left is not timed: Triton launches it directly)
+    # compiles one after another on the first step's path: a new shape's configs compile side by
+    # side on COMPILE_THREADS threads before they are timed (utils.autotune), a lone config alone
+    seen, rounds = set(), 0
+    for l in triton_launches:
+        new = [k for k in (compile_key(l, i) for i in range(len(l.configs))) if k not in seen]
+        seen.update(new)
+        rounds += -(-len(new) // COMPILE_THREADS) if len(l.configs) > 1 else len(new)
     first = dict(compiles=len(keys), autotune_keys=sum(1 for n in tunings.values() if n > 1),
-                 autotune_runs=sum(n for n in tunings.values() if n > 1))
+                 autotune_runs=sum(n for n in tunings.values() if n > 1),
+                 compile_rounds=rounds, compile_threads=COMPILE_THREADS)
     return dict(config=dataclasses.asdict(cfg), rows=rows, failures=failures, first_step=first)
 
 
 _BINARIES: dict = {}
+# the GPU machines' 16 cores give the default, utils.compile_threads(): up to 8
+COMPILE_THREADS = 8
 
 
 def summarize(result: dict, m: Machine = H200) -> dict:
@@ -832,7 +842,9 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
             f"{_fmt_ms(s['roofline_s'])} ms (ratio {s['predicted_s'] / s['roofline_s']:.2f}); "
             f"all FLOPs at the peak {_fmt_ms(s['ideal_s'])} ms ({s['flops'] / 1e12:.2f} TFLOP).",
             f"- First step: {fs['compiles']} Triton compiles, {fs['autotune_keys']} autotuned "
-            f"shapes, {fs['autotune_runs']} autotune timing runs.",
+            f"shapes, {fs['autotune_runs']} autotune timing runs; with {fs['compile_threads']} "
+            f"compile threads (UNET_FAST_COMPILE_THREADS) the compiles take "
+            f"{fs['compile_rounds']} rounds one after another (each shape's configs together).",
             "- Time by pass (ms): " + ", ".join(f"{k} {_fmt_ms(v)}" for k, v in
                                                sorted(s["by_pass"].items(), key=lambda kv: -kv[1])),
             "",

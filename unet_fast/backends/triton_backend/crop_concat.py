@@ -19,8 +19,7 @@ from . import utils
 
 # Autotune keys: channels, the pixel count's power-of-two bucket and the memory layout (which of
 # source and destination have channel stride 1); the last two are read by no kernel.
-@triton.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"],
-                 **utils.autotune_options())
+@utils.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"])
 @triton.jit(do_not_specialize=["SH", "SW", "DH", "DW", "NB", "OFF_H", "OFF_W", "P_BUCKET",
                                "LAYOUT"])
 def _crop_copy_kernel(

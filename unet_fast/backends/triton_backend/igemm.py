@@ -72,9 +72,8 @@ def _dot(acc, a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
-@triton.autotune(configs=utils.igemm_configs(), key=_FWD_KEY,
-                 prune_configs_by={"early_config_prune": utils.prune_gemm},
-                 **utils.autotune_options())
+@utils.autotune(configs=utils.igemm_configs(), key=_FWD_KEY,
+                 prune_configs_by={"early_config_prune": utils.prune_gemm})
 @triton.jit(do_not_specialize=_FWD_NO_SPEC)
 def igemm_fwd_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # gathered operand (N, AH, AW, CA)
@@ -240,9 +239,8 @@ def _tile_pixels(ptr, sn, sh, sw, jr, jq, ci, ni, n0, p0, q0, OH, OW):
     return base, jr * sh + jq * sw + ci * (sh - OW * sw) + ni * (sn - OH * sh)
 
 
-@triton.autotune(configs=utils.onek_configs(), key=_ONEK_KEY,
-                 prune_configs_by={"early_config_prune": utils.prune_onek},
-                 **utils.autotune_options())
+@utils.autotune(configs=utils.onek_configs(), key=_ONEK_KEY,
+                 prune_configs_by={"early_config_prune": utils.prune_onek})
 @triton.jit(do_not_specialize=_ONEK_NO_SPEC)
 def igemm_onek_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,
@@ -431,9 +429,8 @@ def _wgrad_loop(
     return acc, db
 
 
-@triton.autotune(configs=utils.wgrad_configs(), key=_WGRAD_KEY,
-                 prune_configs_by={"early_config_prune": utils.prune_gemm},
-                 **utils.autotune_options())
+@utils.autotune(configs=utils.wgrad_configs(), key=_WGRAD_KEY,
+                 prune_configs_by={"early_config_prune": utils.prune_gemm})
 @triton.jit(do_not_specialize=_WGRAD_NO_SPEC)
 def igemm_wgrad_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # rows: A's channels (per tap if SHIFT_A)

@@ -20,8 +20,7 @@ from . import utils
 # Autotune keys: channels, the pixel count's power-of-two bucket (P_BUCKET) and the memory layout
 # (LAYOUT, utils.layout_key): a 28x28 map and a 572x572 one, or NCHW and NHWC data, want different
 # tiles. Both are read by no kernel (do_not_specialize: no extra compilations).
-@triton.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"],
-                 **utils.autotune_options())
+@utils.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"])
 @triton.jit(do_not_specialize=["NB", "PH", "PW", "P_BUCKET", "LAYOUT"])
 def _max_pool2x2_forward_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc,
@@ -51,9 +50,8 @@ def _max_pool2x2_forward_kernel(
     tl.store(y_ptr + out, m, mask=ok)
 
 
-@triton.autotune(configs=utils.elemwise_configs(),
-                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK"],
-                 **utils.autotune_options())
+@utils.autotune(configs=utils.elemwise_configs(),
+                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK"])
 @triton.jit(do_not_specialize=["NB", "H", "W", "P_BUCKET", "LAYOUT"])
 def _max_pool2x2_backward_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc,          # the pooled map's source (x, or the conv's y)

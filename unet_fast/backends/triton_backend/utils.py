@@ -248,6 +248,70 @@ def autotune_options() -> dict:
     return opts
 
 
+def autotune(**kwargs):
+    """`triton.autotune(**kwargs, **autotune_options())`, whose first timing of a new shape
+    compiles the configs it will time in parallel first (`_compile_ahead`)."""
+    def decorate(fn):
+        tuner = triton.autotune(**kwargs, **autotune_options())(fn)
+        prune = tuner.prune_configs
+        # (an instance attribute: Autotuner.run calls self.prune_configs once per new key, with
+        # the launch's positional arguments in self.nargs; the same in Triton 3.6 and 3.8)
+        tuner.prune_configs = functools.partial(_prune_and_compile, tuner, prune)
+        return tuner
+    return decorate
+
+
+def compile_threads() -> int:
+    """Threads that compile one shape's autotune configs side by side: UNET_FAST_COMPILE_THREADS,
+    default the CPU count up to 8; 1 turns it off (each config then compiles when first timed)."""
+    env = os.environ.get("UNET_FAST_COMPILE_THREADS", "")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"UNET_FAST_COMPILE_THREADS must be a whole number of threads, got "
+                             f"{env!r}; unset it for the default (the CPU count up to 8)") from None
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_pool(threads: int):
+    import concurrent.futures
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="unet_fast-compile")
+
+
+def _prune_and_compile(tuner, prune, kwargs):
+    configs = prune(kwargs)
+    if len(configs) > 1:
+        _compile_ahead(tuner, configs, kwargs)
+    return configs
+
+
+def _compile_ahead(tuner, configs, kwargs) -> None:
+    """Compile every config of a new autotune key at once on a thread pool (Triton's own
+    AsyncCompileMode: compiling releases the GIL, and ptxas is a process of its own), so the
+    timing loop that follows finds them all in the kernel cache. A config that fails to compile
+    here is left to that loop, which compiles it again and handles the error as it always has."""
+    from triton.runtime.jit import JITFunction
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:  # pragma: no cover - a Triton without it compiles in the timing loop
+        return
+    threads = min(compile_threads(), len(configs))
+    if threads < 2 or INTERPRET or not isinstance(tuner.fn, JITFunction):
+        return
+    args = list(tuner.nargs.values())   # the launch's positional arguments, in order
+    try:
+        with AsyncCompileMode(_compile_pool(threads), ignore_errors=True):
+            for config in configs:
+                # the timing run's own keyword arguments (Autotuner._bench), less the launch's
+                meta = {k: v for k, v in dict(kwargs, **config.all_kwargs()).items()
+                        if k not in ("grid", "warmup")}
+                tuner.fn.warmup(*args, grid=None, **meta)
+    except Exception:  # noqa: BLE001 - never worse than compiling in the timing loop
+        pass
+
+
 @functools.lru_cache(maxsize=None)
 def _device_limits(index: int):
     """(SM count, opt-in shared memory per block in bytes) of CUDA device `index`."""
