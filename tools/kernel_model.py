@@ -165,7 +165,7 @@ class _Recorder:
                 desc[p.name] = ("int" if isinstance(v, int) else type(v).__name__, v, spec)
         if isinstance(k, Autotuner):
             k.nargs = named
-            configs = k.prune_configs(kwargs)
+            configs = getattr(k, "prune_only", k.prune_configs)(kwargs)   # (never compiles)
             key = tuple(named[n] for n in k.keys if n in named) + tuple(
                 str(v.dtype) for v in named.values() if hasattr(v, "dtype"))
         else:

@@ -257,6 +257,7 @@ def autotune(**kwargs):
         # (an instance attribute: Autotuner.run calls self.prune_configs once per new key, with
         # the launch's positional arguments in self.nargs; the same in Triton 3.6 and 3.8)
         tuner.prune_configs = functools.partial(_prune_and_compile, tuner, prune)
+        tuner.prune_only = prune   # (for tools that read the pruning without compiling)
         return tuner
     return decorate
 
