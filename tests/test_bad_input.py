@@ -79,3 +79,11 @@ def test_float_padding_and_mixed_dtype_up_concat():
     out = uf.ops.up_concat(skip, x, w)
     assert out.dtype == torch.float64  # promoted like torch.cat, never lowered
     assert torch.equal(out, uf.ops.crop_concat(skip, uf.ops.conv_transpose2x2(x, w)))
+
+
+@pytest.mark.parametrize("bad", [(0, 4), (7, 4), (3,), (3.0, 4), "3x4"])
+def test_conv3x3_relu_pool_bad_skip_crop(bad):
+    """The model's skip crop must fit the conv output (here 6x6)."""
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"_skip_hw must be None or \(H, W\) ints"):
+        uf.ops.conv3x3_relu_pool(x, w, None, 0, _skip_hw=bad)

@@ -6,7 +6,8 @@ import torch
 
 import unet_fast as uf
 
-from parity import AVAILABLE, DEVICE, F32_RTOL, assert_lowp_within, assert_within, scale_of
+from parity import (AVAILABLE, DEVICE, F32_RTOL, assert_float32_close, assert_lowp_within,
+                    assert_within, kernels, scale_of)
 
 DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
 
@@ -209,3 +210,43 @@ def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_f
     assert copies <= plain_copies
     if backend == "triton" and params_format == torch.contiguous_format:
         assert copies < plain_copies
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("use", ["both", "skip", "pooled"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_conv3x3_relu_pool_with_the_skip_cropped(backend, use, layout):
+    """The model's encoder step of the valid U-Net: conv3x3_relu_pool(_skip_hw=(h, w)) returns
+    y's center crop in place of y (the Triton backend stores it from the conv's epilogue, and its
+    pool backward reads the crop's gradient at the crop's offset). Odd offsets, a crop that drops
+    rows the pool reads, and each output's gradient alone (the other unused)."""
+    if backend != "torch" and AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 15, 13, device=DEVICE).relu().contiguous(memory_format=layout)
+    w, b = 0.3 * torch.randn(6, 5, 3, 3, device=DEVICE), torch.randn(6, device=DEVICE)
+    crop = (8, 5)                                     # of the 13x11 output: offsets (2, 3)
+    gs, gp = torch.randn(2, 6, *crop, device=DEVICE), torch.randn(2, 6, 6, 5, device=DEVICE)
+
+    def grads(fn, ts):
+        skip, pooled = fn(*ts)
+        loss = (0 if use == "pooled" else (skip * gs.to(skip.dtype)).sum()) + (
+            0 if use == "skip" else (pooled * gp.to(pooled.dtype)).sum())
+        return (skip, pooled), torch.autograd.grad(loss, ts)
+
+    ours_in = [t.detach().requires_grad_() for t in (x, w, b)]
+    with kernels(backend):
+        (skip, pooled), g = grads(lambda *t: uf.ops.conv3x3_relu_pool(
+            *t, 0, backend=backend, _relu_input=True, _skip_hw=crop), ours_in)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w, b)]
+
+    def reference(x_, w_, b_):
+        y = torch.relu(torch.nn.functional.conv2d(torch.relu(x_), w_, b_))
+        return y[..., 2:10, 3:8], torch.nn.functional.max_pool2d(y, 2, 2)
+
+    (rskip, rpooled), rg = grads(reference, ref_in)
+    assert skip.shape == rskip.shape and pooled.shape == rpooled.shape
+    assert_float32_close("cropped skip", skip, rskip)
+    assert_float32_close("pooled", pooled, rpooled)
+    for name, a, r in zip(("dx", "dw", "db"), g, rg):
+        assert_float32_close(f"{name} through {use}", a, r)

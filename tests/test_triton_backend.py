@@ -250,6 +250,10 @@ OPCHECK_CASES = {
     "conv3x3_relu_pool": lambda: (t_conv3x3.conv3x3_relu_pool,
                                   (_x((2, 3, 7, 6), "channels_last"), _x((4, 3, 3, 3)), None, 0,
                                    False)),
+    # the valid U-Net's encoder step: the skip cropped (3x4 of the 7x6 output) by the epilogue
+    "conv3x3_relu_pool_crop": lambda: (t_conv3x3.conv3x3_relu_pool_crop,
+                                       (_x((2, 3, 9, 8), "channels_last"), _x((4, 3, 3, 3)),
+                                        _x((4,)), 0, True, 3, 4)),
     "max_pool2x2": lambda: (t_pool.max_pool2x2, (_x((2, 3, 7, 6)),)),
     "crop_concat": lambda: (t_crop.crop_concat, (_x((2, 2, 9, 8)), _x((2, 3, 7, 6)))),
     "conv_transpose2x2": lambda: (t_convt.conv_transpose2x2, (_x((2, 3, 4, 3)), _x((3, 2, 2, 2)),
@@ -274,6 +278,8 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, make((4, 3, 3, 3)), x, 0))
     torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad, (x, dy, 0))
     torch.library.opcheck(t_pool._relu_pool_backward, (y, make((2, 4, 2, 2)), y))
+    # the gradient of y's center crop only (the valid U-Net's skip), read at the crop's offset
+    torch.library.opcheck(t_pool._relu_pool_backward, (make((2, 4, 3, 2)), make((2, 4, 2, 2)), y))
     torch.library.opcheck(t_pool._max_pool2x2_backward, (make((2, 4, 2, 2)), y))
     torch.library.opcheck(t_crop._crop_pad, (dy, 7, 9))
     torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2)), None))
@@ -509,13 +515,18 @@ def test_split_sum(dtype, split):
     see split_sum)."""
     from unet_fast.backends.triton_backend import igemm
     r = make((split, 7, 33))
-    out = igemm.split_sum(r, dtype)
-    assert out.dtype == dtype and out.shape == (7, 33)
-    ref = r.double().sum(0)
-    if dtype == torch.float32:
-        assert_float32_close("split sum", out, ref)
-    else:
-        assert_within("split sum (bf16)", out.double(), ref, ref.abs() * 2.0**-8 * (1 + 1e-5))
+    db = make((4 * split, 1500))   # the bias's partials (e.g. a transposed conv's 4 taps each)
+    for got in (igemm.split_sum(r, dtype), igemm.split_sum(r, dtype, db, torch.float32)):
+        out = got[0] if isinstance(got, tuple) else got
+        assert out.dtype == dtype and out.shape == (7, 33)
+        ref = r.double().sum(0)
+        if dtype == torch.float32:
+            assert_float32_close("split sum", out, ref)
+        else:
+            assert_within("split sum (bf16)", out.double(), ref, ref.abs() * 2.0**-8 * (1 + 1e-5))
+    # the bias's sum from the same launch (its blocks after the weight's: 2 of 1024 here)
+    assert got[1].dtype == torch.float32 and got[1].shape == (1500,)
+    assert_float32_close("bias split sum", got[1], db.double().sum(0))
 
 
 def test_weight_gradient_split_over_pixels(monkeypatch):
@@ -526,9 +537,9 @@ def test_weight_gradient_split_over_pixels(monkeypatch):
     splits = []
     real = igemm.split_sum
 
-    def spy(r, dtype):
+    def spy(r, dtype, *db):
         splits.append(r.shape[0])
-        return real(r, dtype)
+        return real(r, dtype, *db)
 
     monkeypatch.setattr(igemm, "split_sum", spy)
     check_triton("conv3x3_relu", [make((2, 4, 34, 34), "channels_last"),

@@ -546,12 +546,14 @@ def _igemm_fwd_work(l, c):
     k_tot = ks * ks * ca
     bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
     iters = math.ceil(k_tot / bk)
-    tile_bytes = (bm * bk + bk * bn) * elt + (bm * bk * elt if c.get("MASK_A") else 0)
+    tile_bytes = (bm * bk + bk * bn) * elt
     dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
     if c.get("POOL"):
         dram += _tbytes(_arg(l, "pool_ptr"))
-    if c.get("MASK_A"):
-        dram += _tbytes(_arg(l, "mk_ptr"))
+    if c.get("SKIP"):   # the cropped skip, a second store
+        dram += _tbytes(_arg(l, "skip_ptr"))
+    if c.get("RELU_IN"):   # the input whose ReLU masks the output, read once
+        dram += _tbytes(_arg(l, "x_ptr"))
     if c.get("UPSCATTER"):
         what = "fwd"
     elif c.get("SIGN", 1) == -1 or (ks == 2 and c.get("STRIDE") == 2) or not c.get("HAS_BIAS", True):
@@ -615,7 +617,10 @@ def _crop_copy_work(l, c):
 
 def _split_sum_work(l, c):
     r, out = _arg(l, "r_ptr"), _arg(l, "out_ptr")
-    return dict(flops=0, dram=_tbytes(r) + _tbytes(out), pass_="wgrad split sum", mma=False)
+    dram = _tbytes(r) + _tbytes(out)
+    if _arg(l, "db_ptr") != r:   # the bias gradient's sum too (split_sum passes r when none)
+        dram += _tbytes(_arg(l, "db_ptr")) + _tbytes(_arg(l, "dbo_ptr"))
+    return dict(flops=0, dram=dram, pass_="wgrad split sum", mma=False)
 
 
 _WORK = {

@@ -72,7 +72,7 @@ def _variants():
     multiple of 16 (every other specializable one is). Imported lazily so that worker processes
     import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
-                UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False)
+                SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False)
     conv = dict(base, KS=3)
     dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
     # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
@@ -96,6 +96,8 @@ def _variants():
         ("conv3x3_relu_pool fwd", dict(conv, POOL=True), ALL_DTYPES, _ALL, w_fwd),
         ("conv3x3_relu_pool fwd, valid (PAD=0)", dict(conv, POOL=True, PAD=0, BOUNDS=False),
          ("bf16",), _BASE, w_fwd),
+        ("conv3x3_relu_pool fwd, valid, skip cropped (SKIP)",
+         dict(conv, POOL=True, SKIP=True, PAD=0, BOUNDS=False), ALL_DTYPES, _BASE, w_fwd),
         ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",),
          _BASE, first),
         ("conv3x3 dgrad", dgrad, ALL_DTYPES, _ALL, w_dgrad),
@@ -161,9 +163,12 @@ def _variants():
         ("max_pool._max_pool2x2_forward_kernel", "max_pool2x2 fwd", {}, False, ("bf16",), _ALL,
          {}),
         ("max_pool._max_pool2x2_backward_kernel", "max_pool2x2 bwd",
-         dict(ADD_DY=False, RELU_MASK=False), False, ("bf16",), _ALL, {}),
+         dict(ADD_DY=False, RELU_MASK=False, DY_CROP=False), False, ("bf16",), _ALL, {}),
         ("max_pool._max_pool2x2_backward_kernel", "conv+pool bwd (skip grad + ReLU mask)",
-         dict(ADD_DY=True, RELU_MASK=True), False, ("bf16",), _ALL, {}),
+         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=False), False, ("bf16",), _ALL, {}),
+        ("max_pool._max_pool2x2_backward_kernel",
+         "conv+pool bwd, skip grad of the crop (DY_CROP)",
+         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=True), False, ("bf16",), _ALL, {}),
         ("crop_concat._crop_copy_kernel", "crop copy / pad", {}, False, ("bf16",), _ALL, {}),
         ("igemm._split_sum_kernel", "wgrad split-K sum + cast", {}, False, ALL_DTYPES, _BASE,
          {}),

@@ -37,7 +37,8 @@ OPS = (
     "crop_concat",         # (skip, up) -> cat([crop(skip), up], 1)
     "conv_transpose2x2",   # (x, weight, bias, relu_input) -> y
     "conv1x1",             # (x, weight, bias, relu_input) -> y
-    "conv3x3_relu_pool",   # (x, weight, bias, padding, relu_input) -> (y, max_pool2x2(y))
+    "conv3x3_relu_pool",   # (x, weight, bias, padding, relu_input, skip_h, skip_w)
+                           #   -> (y or its center crop (skip_h, skip_w), max_pool2x2(y))
     "up_concat",           # (skip, x, weight, bias, relu_input) -> crop_concat(skip, conv_transpose2x2(x, ...))
 )
 # The two flags are the model's internal ReLU-gradient contract (docs/design.md, "Backward"):
@@ -45,7 +46,8 @@ OPS = (
 # grad_masked=True: every consumer of y was called with relu_input=True, so the gradient arriving
 # at y is already masked and the op need not mask it again. Every backend honours relu_input
 # (masking is idempotent, so mixing backends layer by layer stays exact); grad_masked only lets a
-# backend skip work.
+# backend skip work. skip_h, skip_w (0: none) are the size the decoder will crop the skip to: a
+# backend may store that crop itself, so the skip's gradient needs no zero-padded full-size map.
 
 
 class BackendUnavailable(RuntimeError):

@@ -59,8 +59,9 @@ class UNet(reference.UNet):
             x = x.to(memory_format=inner)  # (restrides even a 1-channel input)
         with _dispatch.report_layers(self._report):
             skips = []
+            crops = self._skip_crops(x.shape[-2:])  # what of each skip its decoder reads
             for i, level in enumerate(self.down):                   # contracting path
-                skip, x = self._step(self._encode, f"down.{i}", level, x)
+                skip, x = self._step(self._encode, f"down.{i}", level, x, skip_hw=crops[i])
                 skips.append(skip)
             x = self._step(self._bottleneck, "bottleneck", self.bottleneck, x)
             for i, (level, skip) in enumerate(zip(self.up, reversed(skips))):  # expanding path
@@ -70,13 +71,15 @@ class UNet(reference.UNet):
             x, caller_format)
 
     # ------------------------------------------------------------------ the steps
-    def _encode(self, name, level, x):
-        """conv3x3+ReLU, conv3x3+ReLU whose epilogue also writes the pooled map: (skip, pooled).
-        (The skip's gradient reaches the second conv's pool backward, which masks it.)"""
+    def _encode(self, name, level, x, skip_hw):
+        """conv3x3+ReLU, conv3x3+ReLU whose epilogue also writes the pooled map: (skip, pooled),
+        the skip cropped to `skip_hw` already. (The skip's gradient reaches the second conv's
+        pool backward, which masks it.)"""
         x = self._conv(f"{name}.0", level[0], x, relu_input=name != "down.0", grad_masked=True)
         with _dispatch.layer(f"{name}.2"):
             return ops.conv3x3_relu_pool(x, level[2].weight, level[2].bias, self._pad,
-                                         backend=self._backend, _relu_input=True)
+                                         backend=self._backend, _relu_input=True,
+                                         _skip_hw=skip_hw)
 
     def _bottleneck(self, name, block, x):
         x = self._conv(f"{name}.0", block[0], x, relu_input=True, grad_masked=True)
@@ -100,12 +103,30 @@ class UNet(reference.UNet):
             return ops.conv3x3_relu(x, conv.weight, conv.bias, self._pad, backend=self._backend,
                                     _relu_input=relu_input, _grad_masked=grad_masked)
 
-    def _step(self, fn, *args):
+    def _step(self, fn, *args, **static):
         """One level; with checkpointing, its activations are recomputed in the backward."""
         if self.checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(functools.partial(fn, *args[:2]), *args[2:],
-                                                     use_reentrant=False)
-        return fn(*args)
+            return torch.utils.checkpoint.checkpoint(functools.partial(fn, *args[:2], **static),
+                                                     *args[2:], use_reentrant=False)
+        return fn(*args, **static)
+
+    def _skip_crops(self, hw):
+        """Per level, the (H, W) its decoder center-crops the skip to (the whole skip in "same"
+        mode with even sizes), traced from the input size as the figure's arithmetic goes."""
+        shrink = 0 if self.padding == "same" else 4   # two unpadded 3x3 convs per step
+        axes = []
+        for s in hw:
+            skips = []
+            for _ in self.down:
+                skips.append(s - shrink)
+                s = (s - shrink) // 2
+            s -= shrink                                   # the bottleneck
+            ups = []
+            for _ in self.up:
+                ups.append(2 * s)
+                s = 2 * s - shrink
+            axes.append([min(a, b) for a, b in zip(skips, reversed(ups))])
+        return [tuple(int(v) for v in hw_) for hw_ in zip(*axes)]
 
     @property
     def _backend(self):

@@ -166,16 +166,31 @@ def conv3x3_relu(x, weight, bias=None, padding: int = 0, *, backend: Optional[st
 
 
 def conv3x3_relu_pool(x, weight, bias=None, padding: int = 0, *, backend: Optional[str] = None,
-                      _relu_input: bool = False):
+                      _relu_input: bool = False, _skip_hw=None):
     """(y, max_pool2x2(y)) with y = conv3x3_relu(x, ...): the encoder's second conv, whose fused
-    kernels write the pooled output from the same epilogue."""
+    kernels write the pooled output from the same epilogue. `_skip_hw` (the model's): return y's
+    center crop of that (H, W) in place of y, the part of the skip its decoder reads."""
     _check_conv3x3(x, weight, bias, padding)
     h, w = x.shape[-2:]
     oh, ow = h - 2 + 2 * padding, w - 2 + 2 * padding
     if oh < 2 or ow < 2:
         raise ValueError(f"the conv output is {oh}x{ow}; 2x2 max-pooling needs at least 2x2")
+    skip_h, skip_w = _check_skip_hw(_skip_hw, oh, ow)
     x, weight, bias = _autocast(x, weight, bias)
-    return _dispatch.run("conv3x3_relu_pool", (x, weight, bias, padding, bool(_relu_input)), backend)
+    return _dispatch.run("conv3x3_relu_pool", (x, weight, bias, padding, bool(_relu_input),
+                                               skip_h, skip_w), backend)
+
+
+def _check_skip_hw(skip_hw, oh: int, ow: int):
+    """(skip_h, skip_w) for the dispatch: (0, 0) when the skip is y whole."""
+    if skip_hw is None:
+        return 0, 0
+    ok = (isinstance(skip_hw, (tuple, list)) and len(skip_hw) == 2
+          and all(type(v) is int for v in skip_hw))
+    if not ok or not (1 <= skip_hw[0] <= oh and 1 <= skip_hw[1] <= ow):
+        raise ValueError(f"_skip_hw must be None or (H, W) ints with 1 <= H <= {oh} and "
+                         f"1 <= W <= {ow} (the conv output's size), got {skip_hw!r}")
+    return (0, 0) if tuple(skip_hw) == (oh, ow) else (skip_hw[0], skip_hw[1])
 
 
 def max_pool2x2(x, *, backend: Optional[str] = None):

@@ -261,14 +261,18 @@ def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False)
     return _ops.conv3x3_relu(relu_input(x, relu_input_), weight, bias, padding)
 
 
-def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False):
+def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, skip_w=0):
+    # (a cropped skip is a view of y here: its gradient reaches y zero-padded, as autograd pads
+    # any view's; the Triton backend stores the crop from its epilogue instead)
     if nonfinite_weight_on_cpu(weight):
-        return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_)
+        return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_, skip_h,
+                                               skip_w)
     if cutlass_sm90.wanted(x, weight, padding):
         # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more
         y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, False)
-        return y, _ops.max_pool2x2(y)
-    return tuple(_ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding))
+        return torch_backend._skip(y, skip_h, skip_w), _ops.max_pool2x2(y)
+    y, pooled = _ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding)
+    return torch_backend._skip(y, skip_h, skip_w), pooled
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):

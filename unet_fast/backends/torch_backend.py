@@ -19,9 +19,14 @@ def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False)
     return F.relu(F.conv2d(relu_input(x, relu_input_), weight, bias, padding=padding))
 
 
-def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False):
+def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, skip_w=0):
     y = conv3x3_relu(x, weight, bias, padding, relu_input_)
-    return y, F.max_pool2d(y, 2, 2)
+    return _skip(y, skip_h, skip_w), F.max_pool2d(y, 2, 2)
+
+
+def _skip(y, skip_h, skip_w):
+    """conv3x3_relu_pool's skip: y, or its center crop (skip_h, skip_w) when given (a view)."""
+    return center_crop(y, (skip_h, skip_w)) if skip_h else y
 
 
 def max_pool2x2(x):

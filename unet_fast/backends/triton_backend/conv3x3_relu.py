@@ -58,14 +58,19 @@ def _weight_dgrad(weight):
 
 
 # ---------------------------------------------------------------- host launchers
-def conv3x3_relu_forward(x, weight, bias, padding, pool: bool = False):
+def conv3x3_relu_forward(x, weight, bias, padding, pool: bool = False, skip_hw=None):
+    """y, or (y, pooled) with `pool`, or (crop, pooled, y) with `skip_hw`: y's center crop of
+    that size stored from the same epilogue."""
     nb, _, h, w = x.shape
     co = weight.shape[0]
     oh, ow = _out_hw(h, w, padding)
     y = utils.empty_like_format((nb, co, oh, ow), x)
     pooled = utils.empty_like_format((nb, co, oh // 2, ow // 2), x) if pool else None
+    skip = utils.empty_like_format((nb, co) + tuple(skip_hw), x) if skip_hw else None
     igemm_fwd(x, _weight_fwd(weight), y, grid_hw=(oh, ow), ks=3, stride=1, pad=padding, sign=1,
-              bias=bias, relu=True, pool=pooled)
+              bias=bias, relu=True, pool=pooled, skip=skip)
+    if skip is not None:
+        return skip, pooled, y
     return (y, pooled) if pool else y
 
 
@@ -120,6 +125,25 @@ def _(x, weight, bias, padding, relu_input):
             utils.empty_like_format((nb, co, oh // 2, ow // 2), x))
 
 
+@torch.library.custom_op("unet_fast_triton::conv3x3_relu_pool_crop", mutates_args=())
+def conv3x3_relu_pool_crop(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           padding: int, relu_input: bool, skip_h: int,
+                           skip_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(center crop of y to (skip_h, skip_w), max_pool2x2(y), y): the valid U-Net's encoder
+    step, whose skip is only ever read cropped. y itself is returned for the backward only (not
+    differentiable), so the skip's gradient reaches the pool backward at the crop's size."""
+    return conv3x3_relu_forward(x, weight, bias, padding, pool=True, skip_hw=(skip_h, skip_w))
+
+
+@conv3x3_relu_pool_crop.register_fake
+def _(x, weight, bias, padding, relu_input, skip_h, skip_w):
+    oh, ow = _out_hw(x.shape[2], x.shape[3], padding)
+    nb, co = x.shape[0], weight.shape[0]
+    return (utils.empty_like_format((nb, co, skip_h, skip_w), x),
+            utils.empty_like_format((nb, co, oh // 2, ow // 2), x),
+            utils.empty_like_format((nb, co, oh, ow), x))
+
+
 @torch.library.custom_op("unet_fast_triton::_conv3x3_relu_dgrad", mutates_args=())
 def _conv3x3_relu_dgrad(g: torch.Tensor, weight: torch.Tensor, x_relu: Optional[torch.Tensor],
                         padding: int) -> torch.Tensor:
@@ -150,10 +174,14 @@ def _(x, g, padding):
 def _setup(ctx, inputs, output):
     x, weight, bias, padding, relu_input = inputs[:5]
     y = output[0] if isinstance(output, (tuple, list)) else output
+    if isinstance(output, (tuple, list)) and len(output) == 3:   # conv3x3_relu_pool_crop
+        y = output[2]
+        ctx.mark_non_differentiable(y)
+        ctx.set_materialize_grads(False)   # (an unused skip or pooled map: no zero-filled grad)
     ctx.save_for_backward(x, weight, y)
     ctx.padding = padding
     ctx.relu_input = relu_input
-    ctx.grad_masked = len(inputs) > 5 and inputs[5]
+    ctx.grad_masked = len(inputs) == 6 and inputs[5]
     ctx.has_bias = bias is not None
 
 
@@ -179,8 +207,19 @@ def _backward_pool(ctx, dy, dpool):
     return _grads(ctx, g, x, weight)
 
 
+def _backward_pool_crop(ctx, dskip, dpool, _dy):
+    if dskip is None and dpool is None:
+        return (None,) * 7
+    x, weight, y = ctx.saved_tensors
+    # the skip's gradient has the crop's size: the pool backward reads it at the crop's offset
+    # (zero around it), so no zero-padded full-size map is ever made
+    g = _relu_pool_backward(dskip, dpool, y)
+    return _grads(ctx, g, x, weight) + (None, None)
+
+
 conv3x3_relu.register_autograd(_backward, setup_context=_setup)
 conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
+conv3x3_relu_pool_crop.register_autograd(_backward_pool_crop, setup_context=_setup)
 
 
 def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):
@@ -189,7 +228,13 @@ def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):
     return conv3x3_relu(x, weight, bias, int(padding), bool(relu_input), bool(grad_masked))
 
 
-def impl_pool(x, weight, bias, padding, relu_input=False):
+def impl_pool(x, weight, bias, padding, relu_input=False, skip_h=0, skip_w=0):
     if nonfinite_weight_on_cpu(weight):
-        return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input)
+        return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input, skip_h,
+                                               skip_w)
+    oh, ow = _out_hw(x.shape[2], x.shape[3], int(padding))
+    if skip_h and (skip_h, skip_w) != (oh, ow):
+        skip, pooled, _ = conv3x3_relu_pool_crop(x, weight, bias, int(padding), bool(relu_input),
+                                                 int(skip_h), int(skip_w))
+        return skip, pooled
     return conv3x3_relu_pool(x, weight, bias, int(padding), bool(relu_input))

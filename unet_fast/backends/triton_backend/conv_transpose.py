@@ -70,12 +70,12 @@ def conv_transpose2x2_dgrad(dy, weight, x_relu=None):
 def conv_transpose2x2_wgrad(x, dy):
     ci, co = x.shape[1], dy.shape[1]
     # R[(i, j, co), ci]: rows gathered from dy at (2p+i, 2q+j), columns c_in from x at (p, q)
-    # R in the weight's dtype before its re-layout (half the bytes to move); db in fp32 until
-    # its four taps are summed
+    # R in the weight's dtype before its re-layout (half the bytes to move); db's four taps are
+    # summed in fp32 by the split sum itself (db_groups)
     r, db = igemm_wgrad(dy, x, grid_hw=tuple(x.shape[-2:]), ks=2, stride=2, pad=0,
-                        shift_a=True, dbias=True, out_dtype=x.dtype, db_dtype=torch.float32)
+                        shift_a=True, dbias=True, out_dtype=x.dtype, db_groups=4)
     dw = r.view(2, 2, co, ci).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-    return dw, db.view(4, co).sum(0).to(x.dtype)
+    return dw, db
 
 
 # ---------------------------------------------------------------- torch operators

@@ -3,8 +3,9 @@
 One strided copy kernel does all the moving: dst[n, h, w, c] = src[n, h + oh, w + ow, c] where that
 pixel exists, else 0. The forward runs it twice into one freshly allocated buffer (the cropped skip
 into the lower channel slice, `up` into the upper one); the backward of the upper part is a view,
-and of the skip a view too when nothing was cropped, else one copy that zero-pads the cropped
-gradient back to the skip's size. Tiles are (pixels x channels), channels innermost.
+and of the skip a view too when nothing was cropped (the model hands it skips its encoder already
+cropped: conv3x3_relu.conv3x3_relu_pool_crop), else one copy that zero-pads the cropped gradient
+back to the skip's size. Tiles are (pixels x channels), channels innermost.
 """
 from __future__ import annotations
 

@@ -42,6 +42,8 @@ only scalars advance (`_wgrad_loop`).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -51,7 +53,7 @@ from . import utils
 # Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
-_FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL",
+_FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
             "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
               "FLAT_B", "DBIAS", "INT64", "PRECISION"]
@@ -59,7 +61,8 @@ _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A"
 # binary per config for each new combination: sizes that only bound masks or index pixels gain
 # nothing from it, and the key-only arguments (buckets, LAYOUT) are not read by the kernels at all.
 # Channel counts and strides stay specialized (16-byte vector loads need them).
-_FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT"]
+_FWD_NO_SPEC = ["AH", "AW", "NB", "OH", "OW", "M_GEMM", "M_BUCKET", "LAYOUT", "SKH", "SKW",
+                "SK_T", "SK_L"]
 _WGRAD_NO_SPEC = ["AH", "AW", "BH", "BW", "NB", "PH", "PW", "QB", "RPAD", "K_TOT", "K_BUCKET",
                   "LAYOUT"]
 
@@ -81,10 +84,12 @@ def igemm_fwd_kernel(
     bias_ptr,
     out_ptr, o_sn, o_sh, o_sw, o_sc,
     pool_ptr, q_sn, q_sh, q_sw, q_sc,
+    skip_ptr, k_sn, k_sh, k_sw, k_sc, SKH, SKW, SK_T, SK_L,  # SKIP: out's (SKH, SKW) crop at (SK_T, SK_L)
     x_ptr, x_sn, x_sh, x_sw, x_sc,                      # RELU_IN: the input whose ReLU masks out
     NB, OH, OW, M_GEMM, N_GEMM, CO_UP, M_BUCKET, LAYOUT,  # M_BUCKET, LAYOUT: autotune key only
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
+    SKIP: tl.constexpr,
     UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -202,6 +207,14 @@ def igemm_fwd_kernel(
         col = offs_n * o_sc
     tl.store(out_ptr + (row[:, None] + col[None, :]), acc.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
+    if SKIP:
+        # the valid U-Net's skip: the center crop of y its decoder concatenates, from the same
+        # registers (its gradient then has the crop's size: no zero-padded full-size map)
+        sp = p - SK_T
+        sq = q - SK_L
+        s_ok = m_ok & (sp >= 0) & (sp < SKH) & (sq >= 0) & (sq < SKW)
+        tl.store(skip_ptr + ((n64 * k_sn + sp * k_sh + sq * k_sw)[:, None] + offs_n[None, :] * k_sc),
+                 acc.to(skip_ptr.dtype.element_ty), mask=s_ok[:, None] & n_ok[None, :])
     if POOL:
         # max commutes with the (monotonic) rounding to the storage dtype: pooled == pool(y)
         # one reduction whose max lets a NaN in the window win, as in F.max_pool2d
@@ -527,10 +540,11 @@ def igemm_wgrad_kernel(
 # ---------------------------------------------------------------- host launchers
 def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int, stride: int,
               pad: int, sign: int, bias=None, relu=False, relu_in=None, pool=None,
-              up_channels: int = 0) -> None:
+              skip=None, up_channels: int = 0) -> None:
     """Launch `igemm_fwd_kernel`. Tensors are logical NCHW (any strides); `grid_hw` is the pixel
     grid of the GEMM's rows; `w` = (tensor, tap stride, channel stride, column stride, N) reads
-    the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it."""
+    the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it;
+    `skip`: a tensor that also gets out's center crop of its size (with `pool`)."""
     nb, ca, ah, aw = a.shape
     oh, ow = grid_hw
     w_t, w_st, w_sc, w_sj, n_gemm = w
@@ -543,6 +557,8 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     else:
         m_gemm = nb * oh * ow
     po = pool if pool is not None else out
+    sk = skip if skip is not None else out
+    sk_t, sk_l = (oh - sk.shape[2]) // 2, (ow - sk.shape[3]) // 2
     xi = relu_in if relu_in is not None else out
     flat_k = ca % utils.k_align() != 0
     # the window can leave the input unless every shifted pixel is inside by construction
@@ -559,11 +575,12 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             bias.contiguous() if bias is not None else w_t,  # (read as bias[co]: a view too)
             out, *utils.nhwc_strides(out),
             po, *utils.nhwc_strides(po),
+            sk, *utils.nhwc_strides(sk), sk.shape[2], sk.shape[3], sk_t, sk_l,
             xi, *utils.nhwc_strides(xi),
             nb, oh, ow, m_gemm, n_gemm, max(up_channels, 1), utils.m_bucket(m_gemm),
-            utils.layout_key(a, out, po, xi),
+            utils.layout_key(a, out, po, sk, xi),
             KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
-            HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None,
+            HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
             UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )
@@ -606,9 +623,10 @@ def _igemm_onek(a, w, out, *, grid_hw, ks, pad, sign, bias, relu, relu_in):
 
 
 def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: int, pad: int,
-                shift_a: bool, dbias: bool, out_dtype=None, db_dtype=None):
+                shift_a: bool, dbias: bool, out_dtype=None, db_dtype=None, db_groups: int = 1):
     """Launch `igemm_wgrad_kernel`; returns (R, db), the split's fp32 partials summed and cast
-    in one pass each (`split_sum`) to `out_dtype` (default fp32; db to `db_dtype` if given).
+    in one launch (`split_sum`) to `out_dtype` (default fp32; db to `db_dtype` if given; with
+    `db_groups`, db's rows summed in that many consecutive groups too: a transposed conv's taps).
     The pixel grid (`grid_hw`) is the unshifted operand's; the shifted one (b, or a with `shift_a`) is read at
     (stride*p + kh - pad, stride*q + kw - pad). R is (KS*KS*CA, CB) with `shift_a`, else
     (CA, KS*KS*CB); db the row sums of A (length M), or None."""
@@ -659,36 +677,67 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )
     out_dtype = out_dtype or torch.float32
-    return (split_sum(r, out_dtype),
-            split_sum(db, db_dtype or out_dtype) if dbias else None)
+    if not dbias:
+        return split_sum(r, out_dtype), None
+    return split_sum(r, out_dtype, db.view(split * db_groups, m_gemm // db_groups),
+                     db_dtype or out_dtype)
+
+
+_SPLIT_SUM_BLOCK = 1024   # _split_sum_kernel's one config (the grid's split needs it on the host)
 
 
 # The split-K partials' sum and the cast to the weight's dtype in one pass (in place of a float32
 # sum, then a cast, each a kernel: half the bytes and launches), in a fixed order: deterministic.
-@triton.autotune(configs=[triton.Config({"BLOCK": 1024}, num_warps=4)], key=["SPLIT"])
-@triton.jit(do_not_specialize=["SPLIT"])
-def _split_sum_kernel(r_ptr, out_ptr, SPLIT, NUMEL, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+# The weight's and the bias's sums share one launch: the first R_BLOCKS programs sum R, the rest db.
+@triton.autotune(configs=[triton.Config({"BLOCK": _SPLIT_SUM_BLOCK}, num_warps=4)],
+                 key=["SPLIT", "DB_SPLIT"])
+@triton.jit(do_not_specialize=["SPLIT", "DB_SPLIT", "R_BLOCKS"])
+def _split_sum_kernel(r_ptr, out_ptr, SPLIT, NUMEL, db_ptr, dbo_ptr, DB_SPLIT, DB_NUMEL, R_BLOCKS,
+                      BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    if pid < R_BLOCKS:
+        _sum_rows(r_ptr, out_ptr, pid, SPLIT, NUMEL, BLOCK)
+    else:
+        _sum_rows(db_ptr, dbo_ptr, pid - R_BLOCKS, DB_SPLIT, DB_NUMEL, BLOCK)
+
+
+@triton.jit
+def _sum_rows(src_ptr, dst_ptr, blk, ROWS, NUMEL, BLOCK: tl.constexpr):
+    """dst[i] = sum over the ROWS rows of src (ROWS x NUMEL) of column i, for one BLOCK of i."""
+    offs = blk * BLOCK + tl.arange(0, BLOCK)
     ok = offs < NUMEL
-    ptrs = r_ptr + offs
+    ptrs = src_ptr + offs
     acc = tl.load(ptrs, mask=ok, other=0.0)
-    for _ in range(1, SPLIT):
-        ptrs += NUMEL          # (64-bit pointers: SPLIT * NUMEL may pass 2**31)
+    for _ in range(1, ROWS):
+        ptrs += NUMEL          # (64-bit pointers: ROWS * NUMEL may pass 2**31)
         acc += tl.load(ptrs, mask=ok, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=ok)
 
 
-def split_sum(r: torch.Tensor, dtype) -> torch.Tensor:
-    """r (SPLIT, *shape) float32 -> r.sum(0) in `dtype`."""
-    if r.shape[0] == 1 and dtype == r.dtype:
+def split_sum(r: torch.Tensor, dtype, db: Optional[torch.Tensor] = None, db_dtype=None):
+    """r (SPLIT, *shape) float32 -> r.sum(0) in `dtype`; with `db` (ROWS, n) float32 also
+    db.sum(0) in `db_dtype` from the same launch: then the pair."""
+    if db is None and r.shape[0] == 1 and dtype == r.dtype:
         return r[0]
     # (the interpreter's casts to 16 bits truncate where a GPU's round to nearest: there the
     # kernel sums in fp32 and torch casts)
-    cast_here = not (utils.INTERPRET and dtype != torch.float32)
-    out = torch.empty(r.shape[1:], device=r.device, dtype=dtype if cast_here else r.dtype)
-    numel = out.numel()
+    def empty(shape, dt):
+        cast_here = not (utils.INTERPRET and dt != torch.float32)
+        return torch.empty(shape, device=r.device, dtype=dt if cast_here else torch.float32)
+
+    out = empty(r.shape[1:], dtype)
+    dbo = empty(db.shape[1:], db_dtype) if db is not None else out
+    numel, db_numel = out.numel(), (dbo.numel() if db is not None else 0)
+
+    def grid(meta):
+        return (triton.cdiv(numel, meta["BLOCK"]) + triton.cdiv(db_numel, meta["BLOCK"]),)
+
     with utils.on_device(r):
-        _split_sum_kernel[lambda meta: (triton.cdiv(numel, meta["BLOCK"]),)](
-            r, out, r.shape[0], numel)
-    return out if cast_here else out.to(dtype)
+        _split_sum_kernel[grid](r, out, r.shape[0], numel,
+                                db if db is not None else r, dbo,
+                                db.shape[0] if db is not None else 1, max(db_numel, 1),
+                                triton.cdiv(numel, _SPLIT_SUM_BLOCK))
+    out = out.to(dtype)
+    return out if db is None else (out, dbo.to(db_dtype))
+
 

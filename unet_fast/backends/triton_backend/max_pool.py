@@ -51,15 +51,17 @@ def _max_pool2x2_forward_kernel(
 
 
 @utils.autotune(configs=utils.elemwise_configs(),
-                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK"])
-@triton.jit(do_not_specialize=["NB", "H", "W", "P_BUCKET", "LAYOUT"])
+                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK", "DY_CROP"])
+@triton.jit(do_not_specialize=["NB", "H", "W", "DYH", "DYW", "DY_T", "DY_L", "P_BUCKET",
+                               "LAYOUT"])
 def _max_pool2x2_backward_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc,          # the pooled map's source (x, or the conv's y)
     dp_ptr, dp_sn, dp_sh, dp_sw, dp_sc,     # gradient of the pooled map
-    dy_ptr, dy_sn, dy_sh, dy_sw, dy_sc,     # gradient of the source itself (ADD_DY)
+    dy_ptr, dy_sn, dy_sh, dy_sw, dy_sc,     # gradient of the source itself (ADD_DY), or of
+    DYH, DYW, DY_T, DY_L,                   # its (DYH, DYW) crop at (DY_T, DY_L) (DY_CROP)
     g_ptr, g_sn, g_sh, g_sw, g_sc,          # result, the source's shape
     NB, H, W, C, P_BUCKET, LAYOUT,          # P_BUCKET, LAYOUT: autotune key only
-    ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr,
+    ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr, DY_CROP: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # One program row per 2x2 window of the ceil-divided grid, so odd trailing rows and columns
@@ -108,11 +110,23 @@ def _max_pool2x2_backward_kernel(
     g10 = tl.where(s10 & fmask, d, zero)
     g11 = tl.where(s11 & fmask, d, zero)
     if ADD_DY:
-        db = (n * dy_sn + h0 * dy_sh + w0 * dy_sw)[:, None] + offs_c[None, :] * dy_sc
-        g00 += tl.load(dy_ptr + db, mask=ok00, other=0.0).to(tl.float32)
-        g01 += tl.load(dy_ptr + db + dy_sw, mask=ok01, other=0.0).to(tl.float32)
-        g10 += tl.load(dy_ptr + db + dy_sh, mask=ok10, other=0.0).to(tl.float32)
-        g11 += tl.load(dy_ptr + db + dy_sh + dy_sw, mask=ok11, other=0.0).to(tl.float32)
+        dh = h0 - DY_T
+        dw = w0 - DY_L
+        dk00, dk01, dk10, dk11 = ok00, ok01, ok10, ok11
+        if DY_CROP:  # (the valid U-Net's skip: its gradient exists on the crop only, else 0)
+            r0 = (dh >= 0) & (dh < DYH)
+            r1 = (dh + 1 >= 0) & (dh + 1 < DYH)
+            c0 = (dw >= 0) & (dw < DYW)
+            c1 = (dw + 1 >= 0) & (dw + 1 < DYW)
+            dk00 = dk00 & (r0 & c0)[:, None]
+            dk01 = dk01 & (r0 & c1)[:, None]
+            dk10 = dk10 & (r1 & c0)[:, None]
+            dk11 = dk11 & (r1 & c1)[:, None]
+        db = (n * dy_sn + dh * dy_sh + dw * dy_sw)[:, None] + offs_c[None, :] * dy_sc
+        g00 += tl.load(dy_ptr + db, mask=dk00, other=0.0).to(tl.float32)
+        g01 += tl.load(dy_ptr + db + dy_sw, mask=dk01, other=0.0).to(tl.float32)
+        g10 += tl.load(dy_ptr + db + dy_sh, mask=dk10, other=0.0).to(tl.float32)
+        g11 += tl.load(dy_ptr + db + dy_sh + dy_sw, mask=dk11, other=0.0).to(tl.float32)
     if RELU_MASK:  # as threshold_backward: zero where y <= 0, a NaN y passes the gradient
         g00 = tl.where(v00 <= 0, zero, g00)
         g01 = tl.where(v01 <= 0, zero, g01)
@@ -144,21 +158,25 @@ def max_pool2x2_forward(x: torch.Tensor) -> torch.Tensor:
 def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
                          dy: Optional[torch.Tensor] = None, relu_mask: bool = False,
                          like: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Gradient w.r.t. the pooled map's source: route(dpool) (+ dy) (* (src > 0))."""
+    """Gradient w.r.t. the pooled map's source: route(dpool) (+ dy) (* (src > 0)). A `dy`
+    smaller than src is the gradient of src's center crop of that size (0 elsewhere)."""
     nb, c, h, w = src.shape
     g = utils.empty_like_format(src.shape, like if like is not None else src)
     if dpool is None:
         dpool = torch.zeros((nb, c, h // 2, w // 2), dtype=src.dtype, device=src.device)
     dyt = dy if dy is not None else g
+    dyh, dyw = dyt.shape[-2:]
+    dy_crop = (dyh, dyw) != (h, w)
     pix = nb * ((h + 1) // 2) * ((w + 1) // 2)
     grid = lambda meta: (triton.cdiv(pix, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
     with utils.on_device(src):
         _max_pool2x2_backward_kernel[grid](
             src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
-            dyt, *utils.nhwc_strides(dyt), g, *utils.nhwc_strides(g),
+            dyt, *utils.nhwc_strides(dyt), dyh, dyw, (h - dyh) // 2, (w - dyw) // 2,
+            g, *utils.nhwc_strides(g),
             nb, h, w, c, utils.m_bucket(pix), utils.layout_key(src, dpool, dyt, g),
-            ADD_DY=dy is not None, RELU_MASK=relu_mask)
+            ADD_DY=dy is not None, RELU_MASK=relu_mask, DY_CROP=dy_crop)
     return g
 
 
@@ -201,7 +219,8 @@ max_pool2x2.register_autograd(_backward, setup_context=_setup)
 def _relu_pool_backward(dy: Optional[torch.Tensor], dpool: Optional[torch.Tensor],
                         y: torch.Tensor) -> torch.Tensor:
     """(dy + route(dpool)) * (y > 0) for y = relu(conv(...)) and pooled = max_pool2x2(y), in one
-    pass: the gradient the fused conv+ReLU+pool hands to its dgrad and wgrad."""
+    pass: the gradient the fused conv+ReLU+pool hands to its dgrad and wgrad. A dy smaller than
+    y is the gradient of y's center crop (the valid U-Net's skip), read in place."""
     return max_pool2x2_backward(y, dpool, dy, relu_mask=True)
 
 
