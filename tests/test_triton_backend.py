@@ -640,9 +640,9 @@ def test_autotune_keys_separate_layouts_and_sizes(monkeypatch):
             make((1, 8, 3, 3), layout))
         uf.ops.crop_concat(make((1, 8, 8, 8), layout), make((1, 8, 6, 6), layout),
                            backend="triton")
-    # forward and dgrad share the fwd kernel but differ in SIGN: two keys per layout (four
-    # tensors: input, output, pooled, ReLU input); wgrad reads two tensors
-    assert layout_values(kernels["fwd"]) == [0, 0, 15, 15], list(kernels["fwd"].cache)
+    # forward and dgrad share the fwd kernel but differ in SIGN: two keys per layout (five
+    # tensors: input, output, pooled, cropped skip, ReLU input); wgrad reads two tensors
+    assert layout_values(kernels["fwd"]) == [0, 0, 31, 31], list(kernels["fwd"].cache)
     assert layout_values(kernels["wgrad"]) == [0, 3], list(kernels["wgrad"].cache)
     assert layout_values(kernels["pool"]) == [0, 3], list(kernels["pool"].cache)
     assert layout_values(kernels["pool_bwd"]) == [0, 15], list(kernels["pool_bwd"].cache)
