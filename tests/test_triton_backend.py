@@ -690,3 +690,26 @@ def test_bias_that_is_not_contiguous(op, kind):
     else:
         args = [make((2, 3, 19, 17), "channels_last"), x, make((4, co, 2, 2), scale=0.3), b]
     check_triton(op, args)
+
+
+def test_valid_unet_backward_makes_no_padded_skip_gradient(monkeypatch):
+    """The valid U-Net's skips are cropped by the encoder's epilogue, so the decoder's backward
+    hands back a crop-sized gradient and no zero-padded full-size copy (_crop_pad) runs; the
+    public up_concat with a larger skip still pads (the spy sees it)."""
+    calls = []
+    real = t_crop._crop_pad
+
+    def spy(grad, height, width):
+        calls.append((tuple(grad.shape), height, width))
+        return real(grad, height, width)
+
+    monkeypatch.setattr(t_crop, "_crop_pad", spy)
+    torch.manual_seed(0)
+    model = uf.UNet(1, 2, base_channels=4, depth=2, padding="valid", backend="triton")
+    model(make((1, 1, 44, 44))).square().sum().backward()
+    assert calls == []
+    assert all(p.grad is not None for p in model.parameters())
+    skip, x = make((1, 4, 9, 8)).requires_grad_(), make((1, 3, 3, 3)).requires_grad_()
+    out = uf.ops.up_concat(skip, x, make((3, 4, 2, 2)), None, backend="triton")
+    out.sum().backward()
+    assert calls == [((1, 4, 6, 6), 9, 8)]
