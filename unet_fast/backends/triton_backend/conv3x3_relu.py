@@ -174,14 +174,10 @@ def _(x, g, padding):
 def _setup(ctx, inputs, output):
     x, weight, bias, padding, relu_input = inputs[:5]
     y = output[0] if isinstance(output, (tuple, list)) else output
-    if isinstance(output, (tuple, list)) and len(output) == 3:   # conv3x3_relu_pool_crop
-        y = output[2]
-        ctx.mark_non_differentiable(y)
-        ctx.set_materialize_grads(False)   # (an unused skip or pooled map: no zero-filled grad)
     ctx.save_for_backward(x, weight, y)
     ctx.padding = padding
     ctx.relu_input = relu_input
-    ctx.grad_masked = len(inputs) == 6 and inputs[5]
+    ctx.grad_masked = len(inputs) > 5 and inputs[5]
     ctx.has_bias = bias is not None
 
 
@@ -207,6 +203,13 @@ def _backward_pool(ctx, dy, dpool):
     return _grads(ctx, g, x, weight)
 
 
+def _setup_crop(ctx, inputs, output):
+    """conv3x3_relu_pool_crop's: y (its third output) is saved, not differentiated."""
+    _setup(ctx, inputs[:5], output[2])
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)   # (an unused skip or pooled map: no zero-filled grad)
+
+
 def _backward_pool_crop(ctx, dskip, dpool, _dy):
     if dskip is None and dpool is None:
         return (None,) * 7
@@ -219,7 +222,7 @@ def _backward_pool_crop(ctx, dskip, dpool, _dy):
 
 conv3x3_relu.register_autograd(_backward, setup_context=_setup)
 conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
-conv3x3_relu_pool_crop.register_autograd(_backward_pool_crop, setup_context=_setup)
+conv3x3_relu_pool_crop.register_autograd(_backward_pool_crop, setup_context=_setup_crop)
 
 
 def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):

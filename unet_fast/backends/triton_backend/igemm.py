@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from . import utils
+from .crop_concat import crop_offsets
 
 # Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
@@ -558,7 +559,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
         m_gemm = nb * oh * ow
     po = pool if pool is not None else out
     sk = skip if skip is not None else out
-    sk_t, sk_l = (oh - sk.shape[2]) // 2, (ow - sk.shape[3]) // 2
+    sk_t, sk_l = crop_offsets((oh, ow), sk.shape[-2:])
     xi = relu_in if relu_in is not None else out
     flat_k = ca % utils.k_align() != 0
     # the window can leave the input unless every shifted pixel is inside by construction

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from . import utils
+from .crop_concat import crop_offsets
 
 
 # Autotune keys: channels, the pixel count's power-of-two bucket (P_BUCKET) and the memory layout
@@ -173,7 +174,7 @@ def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
     with utils.on_device(src):
         _max_pool2x2_backward_kernel[grid](
             src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
-            dyt, *utils.nhwc_strides(dyt), dyh, dyw, (h - dyh) // 2, (w - dyw) // 2,
+            dyt, *utils.nhwc_strides(dyt), dyh, dyw, *crop_offsets((h, w), (dyh, dyw)),
             g, *utils.nhwc_strides(g),
             nb, h, w, c, utils.m_bucket(pix), utils.layout_key(src, dpool, dyt, g),
             ADD_DY=dy is not None, RELU_MASK=relu_mask, DY_CROP=dy_crop)
