@@ -56,6 +56,35 @@ def test_sass_reader_resolves_branch_targets_by_address():
     assert km.analyze_sass(by_addr) == km.analyze_sass(SASS)
 
 
+def test_co_resident_tiles_overlap_one_epilogue_with_another_mainloop(monkeypatch):
+    """A tile alone on its SM runs mainloop, epilogue and pipeline fill one after the other; with
+    two CTAs an SM, one's epilogue and fill run during the other's mainloop, so a tile costs half
+    its serial time, but never less than its demand on the SM's busiest resource."""
+    import kernel_model as km
+    m = km.H200
+    iters, tensor_fma = 10, 64 * 64 * 64      # one warpgroup's 64x64x64 per iteration: 128 cycles
+    monkeypatch.setattr(km, "work", lambda launch, i: dict(
+        flops=2 * tensor_fma * iters * m.sms, iters=iters, tile_bytes=0, dram=0, pass_="fwd",
+        mma=True))
+    launch = km.Launch("igemm.igemm_fwd_kernel", "fwd", "x", {}, {},
+                       [({"BLOCK_M": 64}, 4, 3, (m.sms, 1, 1), None)])
+
+    def tile_cycles(smem, loop_instructions, outside):
+        binary = dict(regs=64, smem=smem, spill=0, analysis=dict(
+            mainloop=dict(mma=[("wgmma", tensor_fma, "BF16")], instructions=loop_instructions,
+                          classes={}, sync_global_loads=0, l1_bypass=True),
+            outside=outside, total=loop_instructions + outside))
+        row = km.predict(launch, 0, binary, m)
+        return row["occupancy"], round((row["kernel_s"]) * m.clock)
+
+    # alone (shared memory for one CTA): 10 x 128 tensor cycles + 1000 outside + the fill
+    assert tile_cycles(200_000, 50, 1000) == (1, 10 * 128 + 1000 + m.fill_latency_clk)
+    # two an SM: half of that
+    assert tile_cycles(100_000, 50, 1000) == (2, (10 * 128 + 1000 + m.fill_latency_clk) // 2)
+    # ... but a tile still issues its mainloop and epilogue: 10 x 120 + 2000 issue cycles
+    assert tile_cycles(100_000, 120, 2000) == (2, 10 * 120 + 2000)
+
+
 def test_model_of_one_kernel_is_stable():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "kernel_model.py"), "--check"],

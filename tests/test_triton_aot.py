@@ -94,6 +94,16 @@ def test_committed_table_is_clean():
         assert keys[v] == keys[_ci_version()], v
 
 
+def test_committed_table_caps_registers_where_a_config_says():
+    """A config with maxnreg (two CTAs an SM) is compiled with it: its rows stay within that many
+    registers (the fused pool's epilogue takes 183 without), none spilling (the table's check)."""
+    rows = [r for r in _table_rows() if "maxnreg=" in r["config"]]
+    assert any(r["variant"].startswith("conv3x3_relu_pool") for r in rows), "no capped config"
+    for r in rows:
+        cap = int(r["config"].split("maxnreg=")[1].split(",")[0])
+        assert int(r["regs"]) <= cap, r
+
+
 def test_committed_table_covers_runtime_specializations():
     """Rows for the code that actually runs: the runtime specialization (NHWC) of every kernel,
     NCHW for the convolution's forward, fused pool, dgrad and wgrad in every dtype, and fp32 for
@@ -123,7 +133,9 @@ def test_committed_table_covers_runtime_specializations():
                             (fwd, "conv1x1 fwd"),
                             ("igemm_wgrad_kernel", "conv1x1 wgrad + dbias"),
                             (fwd, "conv3x3_relu_pool fwd"),
-                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias")):
+                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias"),
+                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias, 64/128 input "
+                             "channels: three taps a tile (SUB_N=3)")):
         for spec in ("base", "runtime"):
             for arch in ("sm_90", "sm_80"):
                 assert (kernel, variant, spec, "fp32", arch) in have, (variant, spec, arch)

@@ -463,8 +463,10 @@ def test_one_k_tile_path_in_the_unet(monkeypatch):
     # 30-row grids, 3 images: K-tiles of 16 and 4 rows start mid-image and run into the next;
     # x has 2 more rows than the grid (valid) or the layout gaps images (NCHW), so the jump from
     # one image to the next is not one more row
-    ("conv3x3", 3, 64, 16, 32, 7, 0, "channels_last"),   # one tap per tile, 16-byte copies
+    ("conv3x3", 3, 64, 16, 32, 7, 0, "channels_last"),   # three taps' sub-tiles (SUB_N = 3)
     ("conv3x3", 3, 64, 8, 30, 6, 1, "nchw"),             # padding: rows/columns out of bounds
+    ("conv3x3", 2, 128, 8, 30, 5, 1, "channels_last"),   # SUB_N = 3, sub-tiles of part of a tap
+    ("conv3x3", 3, 32, 8, 30, 6, 1, "channels_last"),    # one tap per tile, 16-byte copies
     ("conv3x3", 3, 5, 7, 32, 9, 0, "nchw"),              # FLAT columns (taps per column)
     ("conv3x3", 3, 40, 8, 30, 6, 1, "channels_last"),    # FLAT, tiles span taps of 8-vectors
     ("conv_transpose", 3, 16, 8, 30, 5, 0, "nchw"),      # A shifted: (2p + i, 2q + j)
@@ -589,8 +591,19 @@ def test_autotune_pruning(monkeypatch):
                                                   K_TOT=8 * 570 * 570),
                               KS=3, SHIFT_A=False, FLAT_B=False)
     assert wg64 and all(64 % c.kwargs["BLOCK_N"] == 0 for c in wg64)
-    # ... unless its columns take a shift each (FLAT, what the launcher picks for channels fewer
-    # than the widest tile): then tiles span taps, 256 columns wide
+    # ... and in tiles of three taps (SUB_N = 3, what the launcher picks for 64 or 128 channels),
+    # those whose three sub-tiles' accumulators fit the registers, whose sub-tiles are 64 or 128
+    # wide, whose shared memory (three B tiles a stage) fits a Hopper GPU
+    for cb in (64, 128):
+        wg3 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb,
+                                                     CHUNK=4096, K_TOT=8 * 570 * 570),
+                                 KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
+        assert wg3 and all(t_utils.sub_tile_fits(c, 3) and cb % c.kwargs["BLOCK_N"] == 0
+                           and c.kwargs["BLOCK_N"] >= 64
+                           and t_utils._smem_estimate(c, 2, 3) <= 232448 for c in wg3), wg3
+        assert not all(t_utils.sub_tile_fits(c, 3) for c in wgrad16)   # (the rule bites)
+    # ... or with a shift per column (FLAT, what the launcher picks for channels that are not a
+    # multiple of 64 and fewer than the widest tile): then tiles span taps, 256 columns wide
     wg64f = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 576, CB=64, CHUNK=4096,
                                                    K_TOT=8 * 570 * 570),
                                KS=3, SHIFT_A=False, FLAT_B=True)
@@ -598,6 +611,32 @@ def test_autotune_pruning(monkeypatch):
     for c in all16:  # every config fits an A100's shared memory by the (upper) estimate
         assert t_utils._smem_estimate(
             c, 4 if t_utils.config_for_dtype(c, torch.float32) else 2) <= 166912
+
+
+@pytest.mark.parametrize("cb,flat,sub_n", [(1, True, 1), (3, True, 1), (40, True, 1),
+                                           (64, False, 3), (128, False, 3), (256, False, 1),
+                                           (320, False, 3), (512, False, 1)])
+def test_wgrad_tiles_of_three_taps_where_one_taps_channels_leave_tiles_empty(
+        monkeypatch, cb, flat, sub_n):
+    """The 3x3 wgrad's columns are (tap, channel): channels that are a multiple of 64 but not of
+    the widest tile (256) run in tiles of three taps' sub-tiles (SUB_N = 3: 9*C columns fill whole
+    tiles; 576 columns in 256-wide ones would pad to 768); fewer or odd channels take a shift per
+    column (FLAT); a multiple of 256, one tap per tile. The grid counts three sub-tiles a tile."""
+    from unet_fast.backends.triton_backend import igemm
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                meta = dict(kw, BLOCK_M=32, BLOCK_N=32, BLOCK_K=64)
+                seen.append((kw["FLAT_B"], kw["SUB_N"], grid(meta)[0]))
+            return launch
+
+    monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
+    x = make((1, cb, 6, 5), "channels_last")
+    g = make((1, 8, 4, 3), "channels_last")
+    igemm.igemm_wgrad(g, x, grid_hw=(4, 3), ks=3, stride=1, pad=0, shift_a=False, dbias=True)
+    assert seen == [(flat, sub_n, -(-9 * cb // (32 * sub_n)))], seen
 
 
 def test_autotune_keys_are_dimensions():

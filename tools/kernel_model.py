@@ -18,10 +18,12 @@ launch's grid, a ceiling is predicted for every launch:
     per CTA iteration:  tensor cycles = MMA work / (2048 bf16 FMA per SM and cycle)
                         issue cycles  = instructions per warp x warps per SM sub-partition
                         L2 cycles     = bytes the iteration loads / L2 bytes per SM and cycle
-    per launch:         waves x iterations x max(the three) + per-tile overhead (the code outside
-                        the mainloop, issued once per tile, and one pipeline fill latency),
-                        no faster than its unique DRAM bytes at the measured copy bandwidth,
-                        plus an inter-kernel gap.
+    per tile:           iterations x max(the three) + the code outside the mainloop (issued
+                        once) + one pipeline fill latency; with k CTAs per SM (occupancy) they
+                        overlap: that / k, but at least the tile's total on the busiest resource
+    per launch:         the busiest SM's tiles (ceil(CTAs / SMs)) x the tile's time, no faster
+                        than its unique DRAM bytes at the measured copy bandwidth, plus an
+                        inter-kernel gap.
 
 Memory-bound kernels (no mainloop) are bounded by their bytes at the DRAM bandwidth and by their
 instruction issue; aten kernels are taken at their DRAM roofline (an optimistic guess: they are
@@ -125,7 +127,7 @@ class Launch:
     layer: str
     args: dict                   # name -> ("tensor", dtype, shape, strides, elt, spec) | ("int", v, spec)
     constexprs: dict
-    configs: list = dataclasses.field(default_factory=list)  # [(kwargs, warps, stages, grid)]
+    configs: list = dataclasses.field(default_factory=list)  # [(kwargs, warps, stages, grid, maxnreg)]
     tune_key: tuple = ()
     bytes: int = 0               # aten: bytes read + written
 
@@ -176,7 +178,8 @@ class _Recorder:
             g = grid(meta) if callable(grid) else grid
             g = tuple(int(x) for x in g) + (1,) * (3 - len(g))
             rows.append(((dict(c.kwargs) if c else {}), c.num_warps if c else kwargs.get("num_warps", 4),
-                         c.num_stages if c else kwargs.get("num_stages", 3), g))
+                         c.num_stages if c else kwargs.get("num_stages", 3), g,
+                         c.maxnreg if c else None))
         self.state.launches.append(Launch(self.path, self.state.phase, self.state.layer or "?",
                                           desc, dict(kwargs), rows, key))
 
@@ -336,11 +339,11 @@ def _tool(name):
 
 
 def compile_key(launch: Launch, cfg_index: int) -> tuple:
-    kw, warps, stages, _ = launch.configs[cfg_index]
+    kw, warps, stages, _, maxnreg = launch.configs[cfg_index]
     sig = tuple((n, a[1] if a[0] == "tensor" else a[2][0], a[5] if a[0] == "tensor" else
                  (a[2][1] if a[2][0] != "constexpr" else a[1])) for n, a in launch.args.items())
     return (launch.kernel, tuple(sorted(launch.constexprs.items())), tuple(sorted(kw.items())),
-            warps, stages, sig)
+            warps, stages, sig, maxnreg)
 
 
 def _compile_job(job):
@@ -350,7 +353,7 @@ def _compile_job(job):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.autotuner import Autotuner
-    path, constexprs, cfg_kw, warps, stages, sig = key
+    path, constexprs, cfg_kw, warps, stages, sig, maxnreg = key
     kernel = _KERNELS[path]
     fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
     consts = dict(constexprs)
@@ -373,7 +376,8 @@ def _compile_job(job):
     try:
         k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
                            target=GPUTarget("cuda", arch, 32),
-                           options={"num_warps": warps, "num_stages": stages})
+                           options=dict({"num_warps": warps, "num_stages": stages},
+                                        **({"maxnreg": maxnreg} if maxnreg else {})))
     except Exception as e:  # noqa: BLE001
         return dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1:]}",
                     seconds=time.time() - t0)
@@ -532,7 +536,7 @@ def work(launch: Launch, cfg_index: int) -> dict:
     """The launch's useful FLOPs, its mainloop trip count per CTA, the bytes one iteration loads
     (A and B tiles), the fewest bytes it must move through DRAM, and its pass name. One entry per
     kernel of the Triton backend: this table is where the model knows what each kernel does."""
-    kw, warps, stages, grid = launch.configs[cfg_index]
+    kw, _, _, grid, _ = launch.configs[cfg_index]
     c = dict(launch.constexprs, **kw, _grid=grid)
     name = launch.kernel.split(".")[-1]
     return _WORK[name](launch, c)
@@ -590,7 +594,8 @@ def _igemm_wgrad_work(l, c):
     p_tot = _arg(l, "NB") * _arg(l, "PH") * _arg(l, "PW")  # useful pixels; K_TOT pads bands
     bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
     split = math.ceil(k_tot / chunk)
-    tile_bytes = (bm * bk + bk * bn) * elt + (bk * bn * elt if c.get("MASK_B") else 0)
+    sub = c.get("SUB_N", 1)   # column sub-tiles sharing the A tile: each loads its own B tile
+    tile_bytes = (bm * bk + sub * bk * bn) * elt + (bk * bn * elt if c.get("MASK_B") else 0)
     dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
     if c.get("MASK_B"):
         dram += _tbytes(_arg(l, "mb_ptr"))
@@ -645,7 +650,7 @@ def _occupancy(m: Machine, warps: int, regs: int, smem: int) -> int:
 
 def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> dict:
     """The model's figures for one launch with one config (see the module docstring)."""
-    kw, warps, stages, grid = launch.configs[cfg_index]
+    kw, warps, stages, grid, maxnreg = launch.configs[cfg_index]
     w = work(launch, cfg_index)
     ctas = grid[0] * grid[1] * grid[2]
     occ = _occupancy(m, warps, binary["regs"], binary["smem"])
@@ -653,7 +658,7 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
     sass = binary["analysis"]
     issue_per_sub = math.ceil(warps / 4)
     row = dict(kernel=launch.kernel.split(".")[-1], pass_=w["pass_"], layer=launch.layer,
-               phase=launch.phase, config=_cfg_text(kw, warps, stages), ctas=ctas, occupancy=occ,
+               phase=launch.phase, config=_cfg_text(kw, warps, stages, maxnreg), ctas=ctas, occupancy=occ,
                regs=binary["regs"], spill=binary["spill"], smem=binary["smem"], flops=w["flops"],
                dram_bytes=w["dram"])
     dram_s = w["dram"] / m.dram_bw
@@ -671,11 +676,17 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         l2 = w["tile_bytes"] / m.l2_bytes_per_clk_sm
         per_iter = max(tensor, issue, l2)
         bound = ("tensor" if per_iter == tensor else "issue" if per_iter == issue else "L2")
-        # The busiest SM runs ceil(CTAs / SMs) tiles; co-resident tiles share its tensor cores,
-        # issue slots and L2 bandwidth, and hide each other's pipeline fill (occupancy).
+        # The busiest SM runs ceil(CTAs / SMs) tiles. Alone on an SM (occupancy 1) a tile runs
+        # its mainloop, then its epilogue (the code outside the loop), then fills the next
+        # pipeline, one after the other. With `occ` tiles co-resident, one's epilogue and fill
+        # run while another's mainloop runs: a tile then costs its serial time over the tiles in
+        # flight, but never less than its demand on the SM's busiest resource (tensor cores,
+        # issue slots, L2 bandwidth), which the co-resident tiles share.
         per_sm = math.ceil(ctas / m.sms)
-        per_cta = (w["iters"] * per_iter + sass["outside"] * issue_per_sub
-                   + m.fill_latency_clk / occ)
+        outside = sass["outside"] * issue_per_sub
+        serial = w["iters"] * per_iter + outside + m.fill_latency_clk
+        per_cta = max(serial / occ, w["iters"] * tensor, w["iters"] * issue + outside,
+                      w["iters"] * l2)
         waves = math.ceil(ctas / (m.sms * occ))
         compute_s = per_sm * per_cta / clk
         t = max(compute_s, dram_s)
@@ -704,10 +715,10 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
     return row
 
 
-def _cfg_text(kw, warps, stages):
+def _cfg_text(kw, warps, stages, maxnreg=None):
     s = "x".join(str(kw[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kw)
     s = s or ",".join(f"{k}={v}" for k, v in kw.items())
-    return f"{s} w{warps} s{stages}"
+    return f"{s} w{warps} s{stages}" + (f" r{maxnreg}" if maxnreg else "")
 
 
 def predict_aten(launch: Launch, m: Machine = H200) -> dict:
@@ -819,15 +830,20 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         f"  cores' 4096 FLOP per SM and cycle give that peak ({m.clock / 1e9:.3f} GHz).",
         f"- L2 -> SM bandwidth {m.l2_bw / 1e12:.0f} TB/s ({m.l2_bytes_per_clk_sm:.1f} B per SM and cycle): an "
         "assumption, not measured here; every tile load of a mainloop is counted as L2 traffic",
-        "  (Triton's cp.async bypasses L1).",
+        "  (Triton 3.6 and 3.8 emit 16-byte cp.async.cg, L1 bypassed, whatever the load's cache modifier: LDGSTS.E.BYPASS.128 in",
+        "  the SASS, so the nine taps' overlapping input tiles are each fetched from L2; CUTLASS's",
+        "  sm80 convolutions cache the activation in L1 instead, cp.async.ca).",
         "- Tensor cycles per iteration: the iteration's HGMMA work at 2048 bf16 FMA per SM and cycle",
         "  (tf32 at half); issue cycles: the loop's instructions per warp times the warps per SM",
         "  sub-partition (one instruction per cycle each); a mainloop whose issue cycles exceed its",
         "  tensor cycles is issue-bound and cannot reach the tensor peak.",
-        f"- Per tile: the code outside the mainloop issued once, plus {m.fill_latency_clk} cycles to fill",
-        f"  the pipeline; {m.launch_gap_s * 1e6:.0f} us between dependent kernels; waves of CTAs at the occupancy",
-        "  the compiled registers and shared memory allow; never faster than the launch's unique bytes",
-        "  at the DRAM bandwidth.",
+        f"- Per tile: the mainloop, the code outside it issued once, and {m.fill_latency_clk} cycles to fill",
+        "  the pipeline, one after the other; where the compiled registers and shared memory let k >= 2",
+        "  CTAs share an SM, one's epilogue and fill overlap another's mainloop: a tile costs that serial",
+        "  time / k, but no less than its demand on the SM's busiest resource (tensor cycles, issue cycles",
+        "  with the epilogue's, L2 cycles), which co-resident tiles share. The busiest SM runs",
+        f"  ceil(CTAs / SMs) tiles; {m.launch_gap_s * 1e6:.0f} us between dependent kernels; never faster than",
+        "  the launch's unique bytes at the DRAM bandwidth.",
         "- Memory-bound kernels: their bytes at the DRAM bandwidth, or their instruction issue if that",
         "  is longer. PyTorch (aten) kernels the step launches are taken at their DRAM roofline.",
         "- For every launch, each config the autotuner would time is compiled and the model keeps the",

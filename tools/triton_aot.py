@@ -117,11 +117,15 @@ def _variants():
         ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False, BOUNDS=False,
                                          HAS_BIAS=False, RELU_IN=True), ALL_DTYPES, _ALL, w_fwd),
     ]
-    wg = dict(KS=3, STRIDE=1, PAD=1, SHIFT_A=False, FLAT_A=False, FLAT_B=False, DBIAS=True,
-              INT64=False, DOT_F32=False)
+    wg = dict(KS=3, STRIDE=1, PAD=1, SHIFT_A=False, FLAT_A=False, FLAT_B=False, SUB_N=1,
+              DBIAS=True, INT64=False, DOT_F32=False)
     wgrad = [
         ("conv3x3 wgrad + dbias", wg, ALL_DTYPES, _ALL, {}),
         ("conv3x3 wgrad + dbias, valid (PAD=0)", dict(wg, PAD=0), ("bf16",), _BASE, {}),
+        ("conv3x3 wgrad + dbias, 64/128 input channels: three taps a tile (SUB_N=3)",
+         dict(wg, SUB_N=3), ALL_DTYPES, _ALL, {}),
+        ("conv3x3 wgrad + dbias, SUB_N=3, valid (PAD=0)", dict(wg, SUB_N=3, PAD=0), ("bf16",),
+         _BASE, {}),
         ("conv3x3 wgrad + dbias, first layer (C_in = 1)", dict(wg, PAD=0, FLAT_B=True),
          ("bf16", "fp32"), ("runtime",), dict(one=("CB", "b_sw"), odd=("b_sh",))),
         ("conv3x3 wgrad + dbias, TF32 off (IEEE fp32)", dict(wg, PRECISION="ieee"), ("fp32",),
@@ -225,6 +229,14 @@ def _int_spec(name, spec, rt, nospec):
     return "div16"
 
 
+def _options(cfg) -> dict:
+    """The compile options a config gives Triton's launcher (maxnreg only where it is set)."""
+    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if cfg.maxnreg:
+        opts["maxnreg"] = cfg.maxnreg
+    return opts
+
+
 def compile_one(job):
     """Compile one (variant, config, dtype, arch, spec); returns a result row (dict)."""
     path, label, consts, is_gemm, dtype, cfg_index, arch, spec, rt = job
@@ -258,6 +270,8 @@ def compile_one(job):
                     attrs[(i,)] = [["tt.divisibility", 16]]
     cfg_text = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
     cfg_text += f", warps={cfg.num_warps}, stages={cfg.num_stages}"
+    if cfg.maxnreg:
+        cfg_text += f", maxnreg={cfg.maxnreg}"
     row = dict(triton=triton.__version__, kernel=fn.__name__, variant=label, spec=spec,
                dtype=dtype, arch=f"sm_{arch}",
                config=cfg_text, ok=False, error="", regs="", spill="", smem="", mma="",
@@ -266,7 +280,7 @@ def compile_one(job):
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                           options=_options(cfg))
     except Exception as e:  # a GPU-only compile error is what this tool exists to catch
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         row["seconds"] = time.time() - t0
@@ -327,12 +341,18 @@ def jobs(subset: bool):
         for dtype in dtypes:
             tdt = getattr(torch, _TORCH_DTYPE[dtype])
             cfgs = [i for i, c in enumerate(configs) if not is_gemm or utils.config_for_dtype(c, tdt)]
+            # the configs the autotuner keeps for column sub-tiles (utils.prune_gemm), per target
+            sub = consts.get("SUB_N", 1)
+            cfgs = [i for i in cfgs if utils.sub_tile_fits(configs[i], sub)]
             for spec in specs:
                 if subset and (spec == "base" or (dtype != dtypes[0]
                                                    and not (spec == "runtime" and dtype == "fp32"))):
                     continue
                 for ci in (cfgs[:1] if subset else cfgs):
                     for arch in ARCHS:
+                        if sub > 1 and utils._smem_estimate(
+                                configs[ci], tdt.itemsize, sub) > SMEM_LIMIT[arch]:
+                            continue
                         out.append((path, label, consts, is_gemm, dtype, ci, arch, spec, rt))
     return out
 

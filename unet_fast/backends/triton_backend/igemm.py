@@ -57,7 +57,7 @@ from .crop_concat import crop_offsets
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
             "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
-              "FLAT_B", "DBIAS", "INT64", "PRECISION"]
+              "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION"]
 # Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
 # binary per config for each new combination: sizes that only bound masks or index pixels gain
 # nothing from it, and the key-only arguments (buckets, LAYOUT) are not read by the kernels at all.
@@ -351,15 +351,19 @@ def _wgrad_loop(
     a_ptr, a_sn, a_sh, a_sw, AH, AW,
     b_ptr, b_sn, b_sh, b_sw, BH, BW,
     a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, v_lo, v_hi,
+    b_d1, b_dh1, b_dw1, n_ok1, b_d2, b_dh2, b_dw2, n_ok2,
     NB, PH, PW, QB, RPAD,
     STRIDE: tl.constexpr, SHIFT_A: tl.constexpr, BOUNDS_A: tl.constexpr,
-    BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, INT64: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, SUB_N: tl.constexpr, INT64: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The pixel loop of one wgrad tile: acc (BLOCK_M, BLOCK_N) and, with DBIAS, the row sums of
     A (in column 0 of a (BLOCK_M, 16) product with ones). m_ok / n_ok: the loads' row and column
-    masks, (1, BLOCK) or True.
+    masks, (1, BLOCK) or True. With SUB_N == 3 the tile has two more column sub-tiles (acc1,
+    acc2) whose B columns lie b_d1 / b_d2 elements on (a scalar: another tap of the same
+    channels), at shifts (b_dh1, b_dw1) / (b_dh2, b_dw2), masked by n_ok1 / n_ok2; they share
+    the A tile, so a K step loads A once for three taps.
 
     The pixels are taken in K-tiles of one shape: QB columns (a band of the pixel grid's columns)
     by BLOCK_K // QB consecutive rows of the batch's NB*PH rows (a tile may run from one image into
@@ -396,6 +400,8 @@ def _wgrad_loop(
     a_wrap = a_in + (a_sn - PH * (SA * a_sh))
     b_wrap = b_in + (b_sn - PH * (SB * b_sh))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
     ones = tl.full((BLOCK_K, 16), 1.0, tl.float32).to(a_ptr.dtype.element_ty)
     for v0 in range(v_lo, v_hi, BLOCK_K):
@@ -419,14 +425,30 @@ def _wgrad_loop(
             ih = ((ph * SA)[:, None] + a_dh).to(tl.uint32, bitcast=True)
             iw = ((pw * SA)[:, None] + a_dw).to(tl.uint32, bitcast=True)
             a_ok = a_ok & (ih < AH) & (iw < AW)
+        if SUB_N == 3:
+            b_ok1 = pix_ok[:, None] & n_ok1
+            b_ok2 = pix_ok[:, None] & n_ok2
         if BOUNDS_B:
             ih = ((ph * SB)[:, None] + b_dh).to(tl.uint32, bitcast=True)
             iw = ((pw * SB)[:, None] + b_dw).to(tl.uint32, bitcast=True)
             b_ok = b_ok & (ih < BH) & (iw < BW)
+            if SUB_N == 3:
+                ih = ((ph * SB)[:, None] + b_dh1).to(tl.uint32, bitcast=True)
+                iw = ((pw * SB)[:, None] + b_dw1).to(tl.uint32, bitcast=True)
+                b_ok1 = b_ok1 & (ih < BH) & (iw < BW)
+                ih = ((ph * SB)[:, None] + b_dh2).to(tl.uint32, bitcast=True)
+                iw = ((pw * SB)[:, None] + b_dw2).to(tl.uint32, bitcast=True)
+                b_ok2 = b_ok2 & (ih < BH) & (iw < BW)
         a = tl.load(a_base + tl.where(wrap2, a_wrap, a_in), mask=a_ok, other=0.0)   # (BK, BM)
-        b = tl.load(b_base + tl.where(wrap2, b_wrap, b_in), mask=b_ok, other=0.0)   # (BK, BN)
+        b_off = tl.where(wrap2, b_wrap, b_in)
+        b = tl.load(b_base + b_off, mask=b_ok, other=0.0)   # (BK, BN)
         at = tl.trans(a)
         acc = _dot(acc, at, b, DOT_F32, PRECISION)
+        if SUB_N == 3:
+            b1 = tl.load(b_base + b_d1 + b_off, mask=b_ok1, other=0.0)
+            acc1 = _dot(acc1, at, b1, DOT_F32, PRECISION)
+            b2 = tl.load(b_base + b_d2 + b_off, mask=b_ok2, other=0.0)
+            acc2 = _dot(acc2, at, b2, DOT_F32, PRECISION)
         if DBIAS:
             db = _dot(db, at, ones, DOT_F32, PRECISION)
         # the next K-tile: R rows on, or the next band's first row
@@ -440,7 +462,22 @@ def _wgrad_loop(
         row0 = tl.where(next_band, 0, row0)
         n0 = tl.where(next_band, 0, n0)
         ph0 = tl.where(next_band, 0, ph0)
-    return acc, db
+    return acc, acc1, acc2, db
+
+
+@triton.jit
+def _sub_tile(n0, n_first, CB, KS: tl.constexpr, PAD: tl.constexpr, b_sh, b_sw, b_sc, N_GEMM,
+              BLOCK_N: tl.constexpr):
+    """A column sub-tile starting at column n0 of B's (tap, channel) columns: its tap's shift
+    (dh, dw), its B offset from the sub-tile at n_first (a scalar), its column mask (1, BN)."""
+    tap = n0 // CB
+    tap0 = n_first // CB
+    dh = tap // KS - PAD
+    dw = tap % KS - PAD
+    # (the channel step is a multiple of the sub-tile: Triton keeps the 16-byte copies)
+    d = ((dh - (tap0 // KS - PAD)) * b_sh + (dw - (tap0 % KS - PAD)) * b_sw
+         + tl.multiple_of(n0 % CB - n_first % CB, BLOCK_N) * b_sc)
+    return dh, dw, d, ((n0 + tl.arange(0, BLOCK_N)) < N_GEMM)[None, :]
 
 
 @utils.autotune(configs=utils.wgrad_configs(), key=_WGRAD_KEY,
@@ -452,17 +489,20 @@ def igemm_wgrad_kernel(
     r_ptr, db_ptr,                                      # fp32 partials (SPLIT, M, N), (SPLIT, M)
     NB, PH, PW, QB, RPAD, K_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # (key only: last 2)
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SHIFT_A: tl.constexpr,
-    FLAT_A: tl.constexpr, FLAT_B: tl.constexpr, DBIAS: tl.constexpr, INT64: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    FLAT_A: tl.constexpr, FLAT_B: tl.constexpr, SUB_N: tl.constexpr, DBIAS: tl.constexpr,
+    INT64: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # SUB_N: column sub-tiles of BLOCK_N per tile (1, or 3 with B shifted and one tap per
+    # sub-tile: the 64- and 128-channel layers' 9*C columns in tiles of three taps, no padding)
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    num_n = tl.cdiv(N_GEMM, BLOCK_N)
+    num_n = tl.cdiv(N_GEMM, SUB_N * BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
+    n_lo = pid_n * (SUB_N * BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = n_lo + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M_GEMM
     n_ok = offs_n < N_GEMM
     # Each operand's column offsets within a pixel, once per tile. The shifted operand's columns
@@ -502,40 +542,54 @@ def igemm_wgrad_kernel(
             b_dw = (tap % KS - PAD)[None, :]
             cb = offs_n % CB
         else:
-            tap = (pid_n * BLOCK_N) // CB
+            tap = n_lo // CB
             b_dh = tap // KS - PAD
             b_dw = tap % KS - PAD
-            cb = tl.multiple_of((pid_n * BLOCK_N) % CB, BLOCK_N) + tl.arange(0, BLOCK_N)
+            cb = tl.multiple_of(n_lo % CB, BLOCK_N) + tl.arange(0, BLOCK_N)
         b_col = (b_dh * b_sh + b_dw * b_sw + cb * b_sc)
         if not FLAT_B:
             b_col = b_col[None, :]
         a_col = (offs_m * a_sc)[None, :]
         a_dh = 0
         a_dw = 0
+    # the other sub-tiles (SUB_N == 3): their tap's shift, and their offset from the first's
+    if SUB_N == 3:
+        b_dh1, b_dw1, b_d1, n_ld1 = _sub_tile(n_lo + BLOCK_N, n_lo, CB, KS, PAD, b_sh, b_sw,
+                                              b_sc, N_GEMM, BLOCK_N)
+        b_dh2, b_dw2, b_d2, n_ld2 = _sub_tile(n_lo + 2 * BLOCK_N, n_lo, CB, KS, PAD, b_sh, b_sw,
+                                              b_sc, N_GEMM, BLOCK_N)
+    else:
+        b_dh1, b_dw1, b_d1, n_ld1 = 0, 0, 0, True
+        b_dh2, b_dw2, b_d2, n_ld2 = 0, 0, 0, True
 
     # this split's K-tiles (_wgrad_loop: K runs over bands of QB columns, RPAD rows each)
     k_lo = split * CHUNK
     k_hi = tl.minimum(k_lo + CHUNK, K_TOT)
     # the bias gradient (row sums of A) from the tiles of the first column only
     if DBIAS and pid_n == 0:
-        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
+        acc, acc1, acc2, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
                               b_ptr, b_sn, b_sh, b_sw, BH, BW,
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
+                              b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
-                              (not SHIFT_A) and PAD > 0, True, INT64, DOT_F32, PRECISION,
+                              (not SHIFT_A) and PAD > 0, True, SUB_N, INT64, DOT_F32, PRECISION,
                               BLOCK_M, BLOCK_N, BLOCK_K)
         dbm = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, db, 0.0), axis=1)
         tl.store(db_ptr + split * M_GEMM + offs_m, dbm, mask=m_ok)
     else:
-        acc, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
+        acc, acc1, acc2, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
                               b_ptr, b_sn, b_sh, b_sw, BH, BW,
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
+                              b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
-                              (not SHIFT_A) and PAD > 0, False, INT64, DOT_F32, PRECISION,
+                              (not SHIFT_A) and PAD > 0, False, SUB_N, INT64, DOT_F32, PRECISION,
                               BLOCK_M, BLOCK_N, BLOCK_K)
     base = split.to(tl.int64) * M_GEMM * N_GEMM
-    tl.store(r_ptr + base + offs_m[:, None] * N_GEMM + offs_n[None, :], acc,
-             mask=m_ok[:, None] & n_ok[None, :])
+    r_tile = r_ptr + base + offs_m[:, None] * N_GEMM + offs_n[None, :]
+    tl.store(r_tile, acc, mask=m_ok[:, None] & n_ok[None, :])
+    if SUB_N == 3:
+        tl.store(r_tile + BLOCK_N, acc1, mask=m_ok[:, None] & n_ld1)
+        tl.store(r_tile + 2 * BLOCK_N, acc2, mask=m_ok[:, None] & n_ld2)
 
 
 # ---------------------------------------------------------------- host launchers
@@ -647,11 +701,24 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
         return taps > 1 and (c_shift < widest or c_shift % widest != 0)
     flat_a = shift_a and flat(ca, "BLOCK_M")
     flat_b = not shift_a and flat(cb, "BLOCK_N")
+    # ... except a 3x3 conv's channels that are a multiple of 64 but not of the widest tile (the
+    # 64- and 128-channel layers): tiles of three column sub-tiles (SUB_N), one tap's channels
+    # each, that share one A tile; 9*C columns fill whole tiles, where 256-wide tiles pad 576
+    # columns to 768. (Decided from the channels alone: the interpreter runs it too.)
+    sub_n = 1
+    if not shift_a and taps == 9 and cb % 64 == 0 and cb % 256 != 0:
+        flat_b, sub_n = False, 3
     # Split the pixel sum so that the largest tiles fill the GPU even when the channels are few
     # (the first layers have 64x576 weight matrices and hundreds of thousands of pixels); smaller
     # tiles then have more waves, never fewer.
-    big = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
-    tiles = triton.cdiv(m_gemm, big["BLOCK_M"]) * triton.cdiv(n_gemm, big["BLOCK_N"])
+    if sub_n == 1:
+        big = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
+    else:  # the widest sub-tiles that hold one tap's channels (utils.prune_gemm keeps those)
+        subs = [c for c in configs if utils.sub_tile_fits(c, sub_n)
+                and cb % c.kwargs["BLOCK_N"] == 0]
+        big = max([c for c in subs if c.kwargs["BLOCK_N"] > 32] or subs,
+                  key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"])).kwargs
+    tiles = triton.cdiv(m_gemm, big["BLOCK_M"]) * triton.cdiv(n_gemm, sub_n * big["BLOCK_N"])
     align = max(c.kwargs["BLOCK_K"] for c in configs)
     # The K order of _wgrad_loop: bands of qb columns, each band's nb*ph rows padded to whole
     # K-tiles of the largest BLOCK_K (so every K-tile of every config lies in one band).
@@ -665,7 +732,8 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     db = torch.empty((split, m_gemm if dbias else 1), device=a.device, dtype=torch.float32)
 
     def grid(meta):
-        return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]), split)
+        return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, sub_n * meta["BLOCK_N"]),
+                split)
 
     with utils.on_device(a):
         igemm_wgrad_kernel[grid](
@@ -675,7 +743,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             nb, ph, pw, qb, rpad, k_tot, chunk, m_gemm, n_gemm,
             utils.m_bucket(p_tot), utils.layout_key(a, b),
             KS=ks, STRIDE=stride, PAD=pad, SHIFT_A=shift_a, FLAT_A=flat_a, FLAT_B=flat_b,
-            DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
+            SUB_N=sub_n, DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
         )
     out_dtype = out_dtype or torch.float32
     if not dbias:

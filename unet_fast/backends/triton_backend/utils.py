@@ -52,9 +52,9 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 # ---------------------------------------------------------------- autotune configurations
-def _cfg(bm, bn, bk, stages, warps):
+def _cfg(bm, bn, bk, stages, warps, maxnreg=None):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-                         num_stages=stages, num_warps=warps)
+                         num_stages=stages, num_warps=warps, maxnreg=maxnreg)
 
 
 # Implicit-GEMM convolutions (forward, dgrad, 1x1, transposed): M = output pixels, N = output
@@ -70,6 +70,9 @@ IGEMM_CONFIGS_16 = [
     _cfg(128, 128, 64, 3, 8),
     _cfg(128, 128, 32, 4, 8),
     _cfg(256, 64, 64, 4, 8),
+    # 64 output channels, two CTAs an SM: one's epilogue runs while the other's mainloop does
+    # (128 registers a thread: the pool epilogue's 183 would allow one; it does not spill)
+    _cfg(256, 64, 32, 4, 8, maxnreg=128),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(128, 32, 64, 4, 4),
@@ -97,6 +100,8 @@ WGRAD_CONFIGS_16 = [
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(64, 256, 64, 3, 8),   # 64 output channels: two warp groups side by side
+    _cfg(128, 64, 64, 3, 8),   # three taps' sub-tiles (SUB_N = 3) of 64 input channels
+    _cfg(64, 128, 64, 3, 8),   # ... of 128 input channels, 64 output channels
     _cfg(64, 64, 128, 3, 4),
     _cfg(64, 64, 64, 4, 4),
     _cfg(64, 32, 64, 4, 4),    # the RGB first layer's 27 (tap, channel) columns in one tile
@@ -113,7 +118,7 @@ WGRAD_CONFIGS_32 = [
 
 
 def _config_key(c):
-    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages, c.maxnreg
 
 
 _FP16_KEYS = {_config_key(c) for c in IGEMM_CONFIGS_16 + WGRAD_CONFIGS_16}
@@ -344,12 +349,20 @@ def smem_limit(device: torch.device):
     return None
 
 
-def _smem_estimate(c, elt: int) -> int:
+def _smem_estimate(c, elt: int, sub_n: int = 1) -> int:
     """Rough upper bound of a GEMM config's shared memory: every pipeline stage holds an A tile
-    and a B tile (the AOT table in docs/triton_kernels.md has the compiler's exact figures, all
-    below this)."""
+    and `sub_n` B tiles (the AOT table in docs/triton_kernels.md has the compiler's exact figures,
+    all below this)."""
     bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-    return c.num_stages * (bm * bk + bk * bn) * elt
+    return c.num_stages * (bm * bk + sub_n * bk * bn) * elt
+
+
+def sub_tile_fits(c, sub_n: int) -> bool:
+    """Whether a wgrad config may run with `sub_n` column sub-tiles (igemm_wgrad_kernel SUB_N):
+    the accumulators of all of them at most 96 fp32 registers a thread (more spill)."""
+    if sub_n == 1:
+        return True
+    return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n <= 96 * 32 * c.num_warps
 
 
 # Figures of the run-time cost estimate that ranks configs (H100/H200; tools/kernel_model.py is the
@@ -362,14 +375,17 @@ _FILL_CLK = 800
 AUTOTUNE_TOP_K = 3
 
 
-def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int) -> float:
-    """Cycles of the busiest SM for a GEMM (m x n x k per split, `split` splits) with config c:
-    each tile iteration takes its tensor-core time or its L2 traffic, whichever is longer."""
-    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
+                    sub_n: int = 1) -> float:
+    """Cycles of the busiest SM for a GEMM (m x n x k per split, `split` splits) with config c
+    (tiles of `sub_n` column sub-tiles): each tile iteration takes its tensor-core time or its L2
+    traffic, whichever is longer."""
+    bm, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]
+    bn = c.kwargs["BLOCK_N"] * sub_n
     tiles = cdiv(m, bm) * cdiv(n, bn) * split
     per_iter = max(bm * bn * bk / _FMA_PER_CLK.get(elt, 1024),
                    (bm * bk + bk * bn) * elt / _L2_BYTES_PER_CLK)
-    occ = max(1, min(2, 232448 // max(_smem_estimate(c, elt), 1)))
+    occ = max(1, min(2, 232448 // max(_smem_estimate(c, elt, sub_n), 1)))
     return cdiv(tiles, sms) * (cdiv(k, bk) * per_iter + _FILL_CLK / occ)
 
 
@@ -394,6 +410,7 @@ def prune_gemm(configs, named_args, **kwargs):
     a = named_args["a_ptr"]
     dtype, elt = a.dtype, a.element_size()
     wgrad = "CHUNK" in named_args
+    sub_n = kwargs.get("SUB_N", 1)
     m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
     keep = [c for c in configs if config_for_dtype(c, dtype)] or list(configs)
     if wgrad:
@@ -410,6 +427,9 @@ def prune_gemm(configs, named_args, **kwargs):
             if not kwargs.get("SHIFT_A") and not kwargs.get("FLAT_B"):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in configs if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0]
+        # tiles of three taps' sub-tiles: those whose accumulators fit the registers
+        keep = [c for c in keep if sub_tile_fits(c, sub_n)] or \
+            [c for c in configs if sub_tile_fits(c, sub_n)]
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
@@ -420,8 +440,8 @@ def prune_gemm(configs, named_args, **kwargs):
                 or (small_k and k > 16)] or keep
     smem = smem_limit(a.device)
     if smem is not None:
-        fits = [c for c in keep if _smem_estimate(c, elt) <= smem]
-        keep = fits or sorted(keep, key=lambda c: _smem_estimate(c, elt))[:1]
+        fits = [c for c in keep if _smem_estimate(c, elt, sub_n) <= smem]
+        keep = fits or sorted(keep, key=lambda c: _smem_estimate(c, elt, sub_n))[:1]
     small = [c for c in keep
              if c.kwargs["BLOCK_N"] <= max(16 if wgrad else 32, triton.next_power_of_2(n))
              and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
@@ -431,7 +451,7 @@ def prune_gemm(configs, named_args, **kwargs):
         want = min(num_sms(a.device), max(tiles.values())) / 2
         keep = [c for c in keep if tiles[id(c)] >= want]
     sms = num_sms(a.device)
-    keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms))
+    keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms, sub_n))
     keep = keep[:AUTOTUNE_TOP_K]
     if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
         keep = keep[:1]  # parity runs: one compile per kernel variant instead of one per config
