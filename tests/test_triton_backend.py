@@ -593,13 +593,13 @@ def test_autotune_pruning(monkeypatch):
     assert wg64 and all(64 % c.kwargs["BLOCK_N"] == 0 for c in wg64)
     # ... and in tiles of three taps (SUB_N = 3, what the launcher picks for 64 or 128 channels),
     # those whose three sub-tiles' accumulators fit the registers, whose sub-tiles are 64 or 128
-    # wide, whose shared memory (three B tiles a stage) fits a Hopper GPU
+    # wide with K steps of 64, whose shared memory (three B tiles a stage) fits a Hopper GPU
     for cb in (64, 128):
         wg3 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb,
                                                      CHUNK=4096, K_TOT=8 * 570 * 570),
                                  KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
         assert wg3 and all(t_utils.sub_tile_fits(c, 3) and cb % c.kwargs["BLOCK_N"] == 0
-                           and c.kwargs["BLOCK_N"] >= 64
+                           and c.kwargs["BLOCK_N"] >= 64 and c.kwargs["BLOCK_K"] >= 64
                            and t_utils._smem_estimate(c, 2, 3) <= 232448 for c in wg3), wg3
         assert not all(t_utils.sub_tile_fits(c, 3) for c in wgrad16)   # (the rule bites)
     # ... or with a shift per column (FLAT, what the launcher picks for channels that are not a

@@ -71,8 +71,9 @@ IGEMM_CONFIGS_16 = [
     _cfg(128, 128, 32, 4, 8),
     _cfg(256, 64, 64, 4, 8),
     # 64 output channels, two CTAs an SM: one's epilogue runs while the other's mainloop does
-    # (128 registers a thread: the pool epilogue's 183 would allow one; it does not spill)
-    _cfg(256, 64, 32, 4, 8, maxnreg=128),
+    # (128 registers a thread, where the pool epilogue takes 186: no spill; two stages in 80 KiB.
+    # K steps of 64: of 32, the padded dgrad's loop issues more cycles than its tensor work)
+    _cfg(256, 64, 64, 2, 8, maxnreg=128),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(128, 32, 64, 4, 4),
@@ -427,9 +428,13 @@ def prune_gemm(configs, named_args, **kwargs):
             if not kwargs.get("SHIFT_A") and not kwargs.get("FLAT_B"):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in configs if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0]
-        # tiles of three taps' sub-tiles: those whose accumulators fit the registers
+        # tiles of three taps' sub-tiles: those whose accumulators fit the registers, and for
+        # 16-bit operands K steps of 64 (of 32, three sub-tiles' loads and masks issue more
+        # cycles than the step's tensor work)
         keep = [c for c in keep if sub_tile_fits(c, sub_n)] or \
             [c for c in configs if sub_tile_fits(c, sub_n)]
+        if sub_n > 1 and elt == 2:
+            keep = [c for c in keep if c.kwargs["BLOCK_K"] >= 64] or keep
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
