@@ -29,18 +29,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET")
-
-
-@pytest.fixture(autouse=True)
-def _keep_the_interpreter():
-    """The tools a test imports in-process (tools/kernel_model.py, tools/triton_aot.py) drop
-    TRITON_INTERPRET for the real compiles they make: put it back after the test, or a Triton
-    module imported later (gluon, on first use) sees the interpreter half switched off."""
-    yield
-    if _INTERPRET is not None:
-        os.environ["TRITON_INTERPRET"] = _INTERPRET
-
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():

@@ -598,10 +598,10 @@ def test_autotune_pruning(monkeypatch):
         wg3 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb,
                                                      CHUNK=4096, K_TOT=8 * 570 * 570),
                                  KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
-        assert wg3 and all(t_utils.sub_tile_fits(c, 3) and cb % c.kwargs["BLOCK_N"] == 0
+        assert wg3 and all(t_utils.sub_tile_fits(c, 3, 2) and cb % c.kwargs["BLOCK_N"] == 0
                            and c.kwargs["BLOCK_N"] >= 64 and c.kwargs["BLOCK_K"] >= 64
                            and t_utils._smem_estimate(c, 2, 3) <= 232448 for c in wg3), wg3
-        assert not all(t_utils.sub_tile_fits(c, 3) for c in wgrad16)   # (the rule bites)
+        assert not all(t_utils.sub_tile_fits(c, 3, 2) for c in wgrad16)   # (the rule bites)
     # ... or with a shift per column (FLAT, what the launcher picks for channels that are not a
     # multiple of 64 and fewer than the widest tile): then tiles span taps, 256 columns wide
     wg64f = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 576, CB=64, CHUNK=4096,

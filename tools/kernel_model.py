@@ -59,7 +59,10 @@ import sys
 import tempfile
 import time
 
-os.environ.pop("TRITON_INTERPRET", None)  # real kernels: they are compiled, never run
+# Real kernels: they are compiled, never run. Only when run as the tool (its worker processes
+# inherit the environment): a test that imports this module keeps its interpreter.
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

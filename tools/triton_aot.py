@@ -52,7 +52,8 @@ import sys
 import tempfile
 import time
 
-os.environ.pop("TRITON_INTERPRET", None)
+if __name__ == "__main__":   # (worker processes inherit it; an importing test keeps its own)
+    os.environ.pop("TRITON_INTERPRET", None)
 
 ARCHS = (90, 80)
 SMEM_LIMIT = {90: 232448, 80: 166912}   # opt-in shared memory per block, bytes
@@ -341,7 +342,8 @@ def jobs(subset: bool):
         for dtype in dtypes:
             tdt = getattr(torch, _TORCH_DTYPE[dtype])
             cfgs = [i for i, c in enumerate(configs) if not is_gemm or utils.config_for_dtype(c, tdt)]
-            # the configs the autotuner keeps for column sub-tiles (utils.prune_gemm), per target
+            # the configs whose column sub-tiles fit the registers (utils.sub_tile_fits; prune_gemm
+            # also drops 16-bit K steps of 32 there, so this compiles a few more), per target
             sub = consts.get("SUB_N", 1)
             cfgs = [i for i in cfgs if utils.sub_tile_fits(configs[i], sub)]
             for spec in specs:

@@ -714,7 +714,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     if sub_n == 1:
         big = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
     else:  # the widest sub-tiles that hold one tap's channels (utils.prune_gemm keeps those)
-        subs = [c for c in configs if utils.sub_tile_fits(c, sub_n)
+        subs = [c for c in configs if utils.sub_tile_fits(c, sub_n, a.element_size())
                 and cb % c.kwargs["BLOCK_N"] == 0]
         big = max([c for c in subs if c.kwargs["BLOCK_N"] > 32] or subs,
                   key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"])).kwargs

@@ -358,12 +358,15 @@ def _smem_estimate(c, elt: int, sub_n: int = 1) -> int:
     return c.num_stages * (bm * bk + sub_n * bk * bn) * elt
 
 
-def sub_tile_fits(c, sub_n: int) -> bool:
-    """Whether a wgrad config may run with `sub_n` column sub-tiles (igemm_wgrad_kernel SUB_N):
-    the accumulators of all of them at most 96 fp32 registers a thread (more spill)."""
+def sub_tile_fits(c, sub_n: int, elt: int | None = None) -> bool:
+    """Whether a wgrad config may run with `sub_n` column sub-tiles (igemm_wgrad_kernel SUB_N) on
+    operands of `elt` bytes: the accumulators of all of them at most 96 fp32 registers a thread
+    (more spill), and for 16-bit operands K steps of 64 (of 32, three sub-tiles' loads and masks
+    issue more cycles than the step's tensor work). Without `elt`, the register rule alone."""
     if sub_n == 1:
         return True
-    return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n <= 96 * 32 * c.num_warps
+    return (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n <= 96 * 32 * c.num_warps
+            and (elt != 2 or c.kwargs["BLOCK_K"] >= 64))
 
 
 # Figures of the run-time cost estimate that ranks configs (H100/H200; tools/kernel_model.py is the
@@ -428,13 +431,9 @@ def prune_gemm(configs, named_args, **kwargs):
             if not kwargs.get("SHIFT_A") and not kwargs.get("FLAT_B"):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in configs if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0]
-        # tiles of three taps' sub-tiles: those whose accumulators fit the registers, and for
-        # 16-bit operands K steps of 64 (of 32, three sub-tiles' loads and masks issue more
-        # cycles than the step's tensor work)
-        keep = [c for c in keep if sub_tile_fits(c, sub_n)] or \
-            [c for c in configs if sub_tile_fits(c, sub_n)]
-        if sub_n > 1 and elt == 2:
-            keep = [c for c in keep if c.kwargs["BLOCK_K"] >= 64] or keep
+        # tiles of three taps' sub-tiles: the configs that can run them
+        keep = [c for c in keep if sub_tile_fits(c, sub_n, elt)] or \
+            [c for c in configs if sub_tile_fits(c, sub_n, elt)]
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
