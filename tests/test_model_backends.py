@@ -159,7 +159,7 @@ def test_activation_checkpointing_gives_the_same_gradients(backend):
     plain = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend).to(DEVICE)
     ckpt = uf.UNet(1, 2, base_channels=4, depth=2, backend=backend, checkpointing=True).to(DEVICE)
     ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 1, 44, 44, device=DEVICE)
+    x = torch.randn(1, 1, 44, 44, device=DEVICE)  # batch 1: the interpreter's time is per image
     for m in (plain, ckpt):
         m(x).square().sum().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
@@ -188,7 +188,7 @@ def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_f
         torch.manual_seed(0)
         m = uf.UNet(3, 2, base_channels=8, depth=2, padding="valid", backend=backend)
         m = m.to(DEVICE, memory_format=params_format)
-        x = torch.randn(2, 3, 44, 44, device=DEVICE)
+        x = torch.randn(1, 3, 44, 44, device=DEVICE)  # batch 1: the interpreter's time is per image
         if plain_cast:
             monkeypatch.setattr(uf.ops, "_cast_weight",
                                 lambda t, dt, fmt: t.to(dt, memory_format=fmt))
