@@ -549,6 +549,28 @@ def test_weight_gradient_split_over_pixels(monkeypatch):
     assert splits and max(splits) > 1, splits
 
 
+def test_wgrad_split_weighs_rounds_against_partial_bytes():
+    """utils.wgrad_split on 132 SMs, K steps of 64 pixels: the busiest SM's rounds x (steps a
+    slice + 1) against what each further slice's fp32 partials cost at the DRAM bandwidth (one
+    slice of 144 tiles: 144 x 4 x 200 / (64 x 132) = 13.6 K steps)."""
+    split = t_utils.wgrad_split
+
+    def steps(s, tiles, k):  # the busiest SM's K steps
+        return -(-tiles * s // 132) * (-(-k // s) + 1)
+    # 144 tiles, 366 steps (up.0.conv.0 of the paper U-Net at batch 8): two slices left a third
+    # round nearly empty (552 steps); six take seven rounds of a sixth of K (434 steps)
+    assert split(144, 366, 132) == 6 and steps(6, 144, 366) == 434 and steps(2, 144, 366) == 552
+    # a short K: a second slice would save 7 steps and cost 13.6 in partials
+    assert split(144, 16, 132) == 1 and steps(1, 144, 16) - steps(2, 144, 16) == 7
+    # 288 tiles, 98 steps: three rounds unsplit (297 steps), two slices five (250 + 13.6 x 2)
+    assert split(288, 98, 132) == 2
+    # few tiles and a long K: about one wave (3 x 44 = 132 CTAs); a full GPU is not split
+    assert split(3, 5000, 132) == 44 and split(1, 40000, 132) == 132
+    assert split(264, 1000, 132) == 1
+    # at least 8 steps a slice, at most max_split slices
+    assert split(1, 40, 132) == 5 and split(1, 40000, 132, max_split=64) == 64
+
+
 def _gemm_args(dtype, m, n, ca=64, **extra):
     return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, CA=ca, **extra)
 

@@ -1096,6 +1096,9 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
     if dram_s > compute_s:
         bound = "DRAM"
     flops = 2 * M * N * K
+    # the caller sums a split wgrad's fp32 slices (partial.sum(0), an aten kernel after the unit):
+    # its bytes at the DRAM roofline and one more launch gap, counted in this row
+    sum_s = (4 * (splits + 1) * wt / m.dram_bw + m.launch_gap_s) if splits > 1 else 0.0
     return dict(model=cfg.name, name=u["name"], pass_=u["pass_"], layer=name,
                 config=f"{bm}x{bn}x{bk} c{cm}x{cn}" + (f" split {splits}" if splits > 1 else ""),
                 gemm=[M, N, K], ctas=ctas, waves=waves, k_steps=steps,
@@ -1103,7 +1106,8 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
                 producer_instructions_per_iter=u["producer_instructions_per_iter"],
                 tensor_cycles_per_iter=round(tensor), issue_cycles_per_iter=issue,
                 l2_cycles_per_iter=l2, flops=flops, dram_bytes=dram, kernel_s=t,
-                time_s=t + m.launch_gap_s, predicted_fraction_of_peak=flops / m.peak_flops / t,
+                time_s=t + m.launch_gap_s + sum_s,
+                predicted_fraction_of_peak=flops / m.peak_flops / t,
                 bound=bound)
 
 

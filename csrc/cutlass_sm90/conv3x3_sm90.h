@@ -80,9 +80,10 @@ struct WgradArgs {
   float* partial = nullptr;  // splits x (k, 3, 3, c) floats, 16-byte aligned
   int splits = 1;
 };
-// The split-K count: at most about two waves (of the tiles the shape runs with) on `num_sms`
-// multiprocessors, at least 8 K-tiles of 64 pixels per split, at most 64 splits, and of those the one whose busiest SM runs the fewest
-// K steps (the rule of the Triton backend's utils.wgrad_split; a test compares the two).
+// The split-K count: at most about eight waves (of the tiles the shape runs with) on `num_sms`
+// multiprocessors, at least 8 K-tiles of 64 pixels per split, at most 64 splits, and of those the
+// one of least cost: the busiest SM's K steps plus each further split's fp32 partials at the DRAM
+// bandwidth (the rule of the Triton backend's utils.wgrad_split; a test compares the two).
 int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms);
 int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int why_len);
 int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);

@@ -13,23 +13,27 @@ static bool short_m(const Conv3x3Shape& s) { return s.k == 64; }
 static bool wide(const Conv3x3Shape& s) { return !short_m(s) && s.c % 128 == 0; }
 
 int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
-  // At most about two waves of CTAs (and kWgradMaxSplits, and 8 K steps a slice: the pipeline
-  // fills), and of those the count whose busiest SM runs the fewest K steps (a slice costs about
-  // one more to fill): two waves rounded up would leave a third, nearly empty one. The Triton
-  // backend's utils.wgrad_split has the same rule. Tiles: those of the instantiation that runs
-  // (64x64, 128x128 or 128x64), the N tiles rounded to the 1x2 cluster.
+  // At most about eight waves of CTAs (and kWgradMaxSplits, and 8 K steps a slice: the pipeline
+  // fills), and of those the count of least cost in K steps of the busiest SM: rounds x (steps a
+  // slice + 1 to fill), plus each further slice's fp32 partials written and read back (8 bytes a
+  // weight element) at the DRAM bandwidth, at kFlopPerDramByte. Units of 1/(64 x sms) step, all
+  // integers: the Triton backend's utils.wgrad_split computes the same. Tiles: those of the
+  // instantiation that runs (64x64, 128x128 or 128x64), the N tiles rounded to the 1x2 cluster.
+  constexpr int64_t kFlopPerDramByte = 200;  // H200 790 TFLOP/s / 4.3 TB/s, H100 989 / 3.35
+  constexpr int64_t kStepPixels = 64;
   const int64_t sms = num_sms > 0 ? num_sms : 132;
   const int64_t tile_m = short_m(s) ? 64 : 128, tile_n = wide(s) ? 128 : 64;
   const int64_t m_tiles = (s.k + tile_m - 1) / tile_m;
   const int64_t n_tiles = ((9 * int64_t(s.c) + tile_n - 1) / tile_n + 1) / 2 * 2;
   const int64_t tiles = m_tiles * n_tiles;
   const int64_t k_tiles = wgrad_k_tiles(s);
-  int64_t most = (2 * sms + tiles - 1) / tiles;
+  int64_t most = (8 * sms + tiles - 1) / tiles;
   if (most > kWgradMaxSplits) most = kWgradMaxSplits;
   if (most > k_tiles / 8) most = k_tiles / 8;
   int64_t best = 1, best_cost = -1;
   for (int64_t sp = 1; sp <= most; ++sp) {
-    const int64_t cost = (tiles * sp + sms - 1) / sms * ((k_tiles + sp - 1) / sp + 1);
+    const int64_t rounds = (tiles * sp + sms - 1) / sms * ((k_tiles + sp - 1) / sp + 1);
+    const int64_t cost = rounds * kStepPixels * sms + (sp - 1) * tiles * 4 * kFlopPerDramByte;
     if (best_cost < 0 || cost < best_cost) {
       best = sp;
       best_cost = cost;

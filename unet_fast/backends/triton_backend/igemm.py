@@ -725,7 +725,8 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     qb = utils.band_width(pw, configs)
     rpad = triton.cdiv(nb * ph, align // qb) * (align // qb)
     k_tot = triton.cdiv(pw, qb) * rpad * qb
-    split = utils.wgrad_split(tiles, triton.cdiv(k_tot, align), utils.num_sms(a.device))
+    split = utils.wgrad_split(tiles, triton.cdiv(k_tot, align), utils.num_sms(a.device),
+                             step_pixels=align)
     chunk = triton.cdiv(triton.cdiv(k_tot, split), align) * align
     split = triton.cdiv(k_tot, chunk)
     r = torch.empty((split, m_gemm, n_gemm), device=a.device, dtype=torch.float32)

@@ -214,15 +214,32 @@ def band_width(pw: int, configs) -> int:
     return min(widths, key=lambda q: (cdiv(pw, q) * q, -q))
 
 
-def wgrad_split(tiles: int, k_steps: int, sms: int, max_split: int = 1 << 30) -> int:
-    """Slices of a weight gradient's pixel sum (K) for `tiles` output tiles of `k_steps` K-steps:
-    at most about two waves of CTAs (and `max_split`) and at least 8 K-steps a slice, and of those
-    the count whose busiest SM runs the fewest steps (a slice costs about one more step to fill):
-    288 CTAs on 132 SMs would be three rounds, the third nearly empty, where 216 take two. The
-    CUTLASS wgrad (conv3x3_wgrad_bf16_splits) has the same rule."""
-    most = max(1, min(cdiv(2 * sms, tiles), max_split, k_steps // 8))
-    return min(range(1, most + 1),
-               key=lambda s: (cdiv(tiles * s, sms) * (cdiv(k_steps, s) + 1), s))
+# FLOP per byte of DRAM of the GPUs this package targets (bf16 peak / bandwidth: H200 790/4.3,
+# H100 SXM 989/3.35), rounded: what one more slice of a weight gradient's fp32 partials costs
+# against its tiles' tensor work (wgrad_split).
+FLOP_PER_DRAM_BYTE = 200
+
+
+@functools.lru_cache(maxsize=4096)
+def wgrad_split(tiles: int, k_steps: int, sms: int, max_split: int = 1 << 30,
+                step_pixels: int = 64) -> int:
+    """Slices of a weight gradient's pixel sum (K) for `tiles` output tiles of `k_steps` K-steps
+    of `step_pixels` pixels: at most about eight waves of CTAs (and `max_split`) and at least 8
+    K-steps a slice, and of those the count of least cost, in K-steps of the busiest SM:
+    rounds x (steps a slice + 1 to fill the pipeline), plus what each slice after the first adds
+    in fp32 partials written and read back by the split sum (8 bytes per weight element) at the
+    DRAM bandwidth. So 144 tiles on 132 SMs take 5 slices (six rounds of a fifth of K: 1.2 K)
+    where two (three rounds of half of K: 1.5 K) left the third round nearly empty, and a layer
+    of few tiles takes about one wave. Integer arithmetic (units of 1/(step_pixels x sms) step):
+    the CUTLASS wgrad (conv3x3_wgrad_bf16_splits) computes the same."""
+    most = max(1, min(cdiv(8 * sms, tiles), max_split, k_steps // 8))
+
+    def cost(s):
+        rounds = cdiv(tiles * s, sms) * (cdiv(k_steps, s) + 1)
+        # one slice's partials: tiles x BM x BN x 8 bytes; one K-step of a tile on one SM:
+        # 2 x BM x BN x step_pixels FLOP at 1/sms of the peak
+        return rounds * step_pixels * sms + (s - 1) * tiles * 4 * FLOP_PER_DRAM_BYTE
+    return min(range(1, most + 1), key=lambda s: (cost(s), s))
 
 
 def k_align() -> int:
