@@ -24,13 +24,19 @@ TOOL = os.path.join(ROOT, "tools", "triton_aot.py")
 TABLE = os.path.join(ROOT, "docs", "triton_kernels.md")
 
 
-def test_aot_compiles_every_kernel_for_sm90_and_sm80():
+@pytest.fixture(scope="module")
+def subset():
+    """tools/triton_aot.py --subset, run once for this module: (its result lines, its output)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, TOOL, "--subset", "--jobs", "2"], capture_output=True,
                          text=True, env=env, timeout=900, cwd=ROOT)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("ok", "FAIL"))]
+    return [ln for ln in res.stdout.splitlines() if ln.startswith(("ok", "FAIL"))], out
+
+
+def test_aot_compiles_every_kernel_for_sm90_and_sm80(subset):
+    lines, out = subset
     assert lines and not any(ln.startswith("FAIL") for ln in lines), out[-6000:]
     # tensor cores for the 16-bit GEMMs; IEEE fp32 (TF32 off) variants run on the FMA units
     half = [ln for ln in lines if "igemm" in ln and (" bf16 " in ln or " fp16 " in ln)]
@@ -38,8 +44,6 @@ def test_aot_compiles_every_kernel_for_sm90_and_sm80():
     gemm_80 = [ln for ln in half if "sm_80" in ln]
     assert gemm_90 and all("mma=wgmma" in ln for ln in gemm_90), "\n".join(gemm_90)
     assert gemm_80 and all("mma=mma" in ln for ln in gemm_80), "\n".join(gemm_80)
-    for ln in lines:
-        assert "spill=0" in ln, f"register spills: {ln}"
     # the specializations Triton gives real launches compile too: NHWC with the U-Net's
     # divisibilities, and NCHW (channel stride not 1) for the convolution's forward and dgrad
     for spec in ("<runtime>", "<runtime NCHW>"):
@@ -54,6 +58,19 @@ def test_aot_compiles_every_kernel_for_sm90_and_sm80():
                     "[conv_transpose2x2 wgrad + dbias]", "[conv1x1 fwd]", "[conv1x1 wgrad + dbias]",
                     "[conv3x3_relu_pool fwd]"):
         assert any(variant in ln and "<runtime>" in ln and " fp32 " in ln for ln in lines), variant
+
+
+# Known defect (2026-12-03): until then the tool read spills from cuobjdump's LOCAL alone, but ptxas
+# puts spilled registers in the stack frame (STACK; `ptxas -v`: "4952 bytes stack frame, 11818
+# bytes spill stores" for the sm_80 bf16 NCHW 128x256 forward). Read right, many of the subset's
+# compiles spill: the NCHW (`runtime NCHW`) and IEEE-fp32 variants, the 128x256 tiles on sm_80,
+# the 1x1 GEMMs. Strict: this fails as soon as they compile without spills (then drop the mark).
+@pytest.mark.xfail(strict=True, reason="ptxas spills (stack frame) in the AOT subset: issue #11, "
+                   "note of 2026-12-03; the committed docs/triton_kernels.md predates the readout")
+def test_aot_subset_compiles_without_spills(subset):
+    lines, _ = subset
+    spills = [ln for ln in lines if "spill=0 " not in ln]
+    assert not spills, f"{len(spills)} of {len(lines)} compiles spill:\n" + "\n".join(spills[:20])
 
 
 def _table_rows():

@@ -392,9 +392,12 @@ def _compile_job(job):
         res = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name],
                              capture_output=True, text=True, timeout=60).stdout
     reg = re.search(r"REG:(\d+)", res)
-    local = re.search(r"LOCAL:(\d+)", res)
+    # spills: local memory plus the stack frame, where ptxas puts spilled registers (a Triton
+    # kernel makes no calls); tools/triton_aot.py reads them the same way
+    spill = sum(int(m_.group(1)) for m_ in (re.search(r"LOCAL:(\d+)", res),
+                                             re.search(r"STACK:(\d+)", res)) if m_)
     return dict(sass=sass, regs=int(reg.group(1)) if reg else 0,
-                spill=int(local.group(1)) if local else 0, smem=int(k.metadata.shared),
+                spill=spill, smem=int(k.metadata.shared),
                 seconds=time.time() - t0, error="")
 
 

@@ -6,7 +6,8 @@ each dtype, each target (sm_90 Hopper, sm_80 Ampere) and each specialization of 
 arguments (below) this runs `triton.compile` with an explicit `GPUTarget`, then reads
 - the PTX: the GEMM kernels in bf16/fp16 must use the tensor cores -- `wgmma.mma_async` on sm_90,
   `mma.sync` on sm_80 -- or the run fails;
-- the cubin (cuobjdump from Triton's wheel): registers, local memory (spills) per thread;
+- the cubin (cuobjdump from Triton's wheel): registers, and spills per thread (local memory plus
+  the stack frame, where ptxas puts spilled registers);
 - the metadata: shared memory per block, which must fit the target (227 KiB on sm_90, 163 KiB on
   sm_80; a config over that is reported, and autotuning skips it there at run time).
 
@@ -322,8 +323,14 @@ def _resource_usage(cubin: bytes):
         except (OSError, subprocess.SubprocessError):
             return "?", "?"
     reg = re.search(r"REG:(\d+)", out)
+    # ptxas spills to the stack frame (STACK) as well as to LOCAL: a Triton kernel makes no calls,
+    # so any stack frame is spilled registers (ptxas -v: "N bytes stack frame, M bytes spill
+    # stores"); LOCAL alone read 0 for kernels that spill 11 KB a thread
     local = re.search(r"LOCAL:(\d+)", out)
-    return (int(reg.group(1)) if reg else "?"), (int(local.group(1)) if local else "?")
+    stack = re.search(r"STACK:(\d+)", out)
+    if not (local and stack):
+        return (int(reg.group(1)) if reg else "?"), "?"
+    return (int(reg.group(1)) if reg else "?"), int(local.group(1)) + int(stack.group(1))
 
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -431,7 +438,7 @@ def write_table(rows, path, only=None):
         "backend launches, with every autotune config, compiled for sm_90 (H100/H200) and sm_80 (A100).",
         "`mma`: the tensor-core instruction found in the PTX (`wgmma` = Hopper warpgroup MMA,",
         "`mma` = Ampere mma.sync, `-` = none, expected for the memory-bound kernels).",
-        "`regs`: registers per thread; `spill`: local memory bytes per thread (0 = no spills);",
+        "`regs`: registers per thread; `spill`: local memory + stack frame bytes per thread (0 = no spills);",
         "`smem`: shared memory bytes per block. Channel strides are specialized to 1 (NHWC data)",
         "except in the `runtime NCHW` rows.",
         "fp32 GEMMs follow `torch.backends.cudnn.allow_tf32`: TF32 tensor cores when allowed (rows",
