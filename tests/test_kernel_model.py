@@ -155,3 +155,16 @@ def test_extension_covers_every_unit_convolution(extension):
             assert r["bound"] in ("tensor", "issue", "L2", "DRAM"), r
     json.dumps(km._extension_json(ext))  # what --extension prints and the report's JSON holds
 
+
+def test_resource_usage_counts_stack_frame_spills():
+    """Spills are read as LOCAL plus STACK (tools/sass_report.resource_usage, used by
+    tools/triton_aot.py and this model): the cuobjdump line of a Triton sm_80 kernel that
+    ptxas -v reports with "4952 bytes stack frame, 11818 bytes spill stores" and LOCAL:0."""
+    import sass_report
+    spilling = ("Resource usage:\n Common:\n  GLOBAL:0\n Function igemm_fwd_kernel:\n  REG:32 "
+                "STACK:4952 SHARED:0 LOCAL:0 CONSTANT[0]:560 TEXTURE:0 SURFACE:0 SAMPLER:0\n")
+    assert sass_report.resource_usage(spilling) == (32, 4952)
+    clean = spilling.replace("REG:32 STACK:4952", "REG:201 STACK:0")
+    assert sass_report.resource_usage(clean) == (201, 0)
+    assert sass_report.resource_usage("no such line") == (None, None)
+

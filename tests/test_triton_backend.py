@@ -531,6 +531,24 @@ def test_split_sum(dtype, split):
     assert_float32_close("bias split sum", got[1], db.double().sum(0))
 
 
+def test_64_bit_offsets_path(monkeypatch):
+    """Offsets are int32 unless a tensor spans 2**31 elements (utils.needs_int64: half the
+    registers for the rows' addresses; the 256x64 r128 configs spilled with int64). The int64 path,
+    forced here for every launch, gives the same numbers: forward (pool, crop skip, channel
+    slices) and backward (dgrad with the ReLU input mask, wgrad), against float64."""
+    calls = []
+
+    def always(*tensors):
+        calls.append(len(tensors))
+        return True
+    monkeypatch.setattr(t_utils, "needs_int64", always)
+    x, wt, b = make((2, 8, 13, 11), "channels_last"), make((6, 8, 3, 3), scale=0.3), make((6,))
+    y, pooled = check_triton("conv3x3_relu_pool", [x, wt, b, 0]).outs
+    assert_within("pooled == max_pool2d(y) exactly", pooled, F.max_pool2d(y, 2, 2), 0)
+    check_triton("conv3x3_relu", [make((2, 8, 9, 10), "channel_slice"), wt, b, 1])
+    assert calls, "the launchers did not ask whether offsets need 64 bits"
+
+
 def test_weight_gradient_split_over_pixels(monkeypatch):
     """With many SMs the weight gradient's pixel sum is split (4 slices here): the public op's
     weight and bias gradients, summed and cast by split_sum, against float64."""

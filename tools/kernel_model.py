@@ -391,13 +391,8 @@ def _compile_job(job):
                               timeout=120).stdout
         res = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name],
                              capture_output=True, text=True, timeout=60).stdout
-    reg = re.search(r"REG:(\d+)", res)
-    # spills: local memory plus the stack frame, where ptxas puts spilled registers (a Triton
-    # kernel makes no calls); tools/triton_aot.py reads them the same way
-    spill = sum(int(m_.group(1)) for m_ in (re.search(r"LOCAL:(\d+)", res),
-                                             re.search(r"STACK:(\d+)", res)) if m_)
-    return dict(sass=sass, regs=int(reg.group(1)) if reg else 0,
-                spill=spill, smem=int(k.metadata.shared),
+    regs, spill = _sass_report().resource_usage(res)
+    return dict(sass=sass, regs=regs or 0, spill=spill or 0, smem=int(k.metadata.shared),
                 seconds=time.time() - t0, error="")
 
 
@@ -895,6 +890,11 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
             lines.append(f"\n{len(small)} small aten kernels (each under 20 us, "
                          f"{_fmt_ms(sum(r['time_s'] for r in small))} ms together) are left out "
                          "of the table.")
+        spilling = [r for r in res["rows"] if r.get("spill")]
+        lines.append(f"\nRegister spills (cuobjdump: local memory + stack frame bytes a thread) in "
+                     f"the kernels above: " + ("none." if not spilling else "; ".join(
+                         f"{r['layer']} {r['pass_']} {r['config']}: {r['spill']} B"
+                         for r in spilling) + "."))
         if res["failures"]:
             lines.append("\nCompile failures (left out of the prediction):")
             lines += [f"- {k} {c}: {e}" for k, c, e in res["failures"]]
@@ -913,7 +913,8 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
                             issue_cycles_per_iter=r["issue_cycles_per_iter"],
                             predicted_fraction_of_peak=r["predicted_fraction_of_peak"],
                             bound=r["bound"], predicted_ms=r["time_s"] * 1e3,
-                            roofline_ms=r["roofline_s"] * 1e3))
+                            roofline_ms=r["roofline_s"] * 1e3,
+                            spill_bytes_per_thread=r.get("spill")))
     with open(path_json, "w") as f:
         json.dump(dict(note="model, not measurement", machine=dataclasses.asdict(m),
                        kernels=[{("pass" if k == "pass_" else k): v for k, v in d.items()}

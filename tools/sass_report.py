@@ -30,6 +30,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_ARCHS = ("sm_80", "sm_90")
 
 
+
+def resource_usage(text: str):
+    """(registers, spill bytes a thread) of a one-kernel cubin from `cuobjdump --dump-resource-usage`
+    text; None where it says nothing. Spills are LOCAL plus STACK: ptxas puts spilled registers in
+    the stack frame (`ptxas -v`: "4952 bytes stack frame, 11818 bytes spill stores" where LOCAL
+    read 0), and a Triton kernel makes no calls, so its stack frame is spills."""
+    reg = re.search(r"REG:(\d+)", text)
+    local = re.search(r"LOCAL:(\d+)", text)
+    stack = re.search(r"STACK:(\d+)", text)
+    return (int(reg.group(1)) if reg else None,
+            int(local.group(1)) + int(stack.group(1)) if local and stack else None)
+
 @dataclass
 class Kernel:
     arch: str

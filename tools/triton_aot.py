@@ -74,7 +74,8 @@ def _variants():
     multiple of 16 (every other specializable one is). Imported lazily so that worker processes
     import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
-                SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False)
+                SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False,
+                INT64=False)
     conv = dict(base, KS=3)
     dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
     # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
@@ -100,6 +101,11 @@ def _variants():
          ("bf16",), _BASE, w_fwd),
         ("conv3x3_relu_pool fwd, valid, skip cropped (SKIP)",
          dict(conv, POOL=True, SKIP=True, PAD=0, BOUNDS=False), ALL_DTYPES, _BASE, w_fwd),
+        ("conv3x3_relu_pool fwd, valid, skip cropped, 64-bit offsets",
+         dict(conv, POOL=True, SKIP=True, PAD=0, BOUNDS=False, INT64=True), ("bf16",),
+         ("runtime",), w_fwd),
+        ("conv3x3 dgrad, ReLU input, 64-bit offsets", dict(dgrad, RELU_IN=True, INT64=True),
+         ("bf16",), ("runtime",), w_dgrad),
         ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",),
          _BASE, first),
         ("conv3x3 dgrad", dgrad, ALL_DTYPES, _ALL, w_dgrad),
@@ -322,15 +328,16 @@ def _resource_usage(cubin: bytes):
                                  text=True, timeout=60).stdout
         except (OSError, subprocess.SubprocessError):
             return "?", "?"
-    reg = re.search(r"REG:(\d+)", out)
-    # ptxas spills to the stack frame (STACK) as well as to LOCAL: a Triton kernel makes no calls,
-    # so any stack frame is spilled registers (ptxas -v: "N bytes stack frame, M bytes spill
-    # stores"); LOCAL alone read 0 for kernels that spill 11 KB a thread
-    local = re.search(r"LOCAL:(\d+)", out)
-    stack = re.search(r"STACK:(\d+)", out)
-    if not (local and stack):
-        return (int(reg.group(1)) if reg else "?"), "?"
-    return (int(reg.group(1)) if reg else "?"), int(local.group(1)) + int(stack.group(1))
+    regs, spill = _sass_report().resource_usage(out)
+    return ("?" if regs is None else regs), ("?" if spill is None else spill)
+
+
+def _sass_report():
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import sass_report
+    return sass_report
 
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

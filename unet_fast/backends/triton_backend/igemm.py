@@ -76,6 +76,43 @@ def _dot(acc, a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
+@triton.jit
+def _offset_int(n, INT64: tl.constexpr):
+    """n as the type element offsets are computed in: int64 where a tensor spans 2**31 elements
+    or more (utils.needs_int64), else int32 (half the registers for each row's address)."""
+    if INT64:
+        r = n.to(tl.int64)
+    else:
+        r = n
+    return r
+
+
+@triton.jit
+def _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL: tl.constexpr):
+    """The output pixel (n, p, q) of each GEMM row, and whether it exists. With POOL the rows
+    enumerate 2x2 windows, four consecutive rows per window, so a tile holds whole windows and
+    the pooled output is a max over groups of four rows."""
+    if POOL:
+        PHC = (OH + 1) // 2
+        PWC = (OW + 1) // 2
+        win = offs_m // 4
+        sub = offs_m % 4
+        pw = win % PWC
+        t = win // PWC
+        ph = t % PHC
+        n = t // PHC
+        p = 2 * ph + sub // 2
+        q = 2 * pw + sub % 2
+        m_ok = (n < NB) & (p < OH) & (q < OW)
+    else:
+        q = offs_m % OW
+        t = offs_m // OW
+        p = t % OH
+        n = t // OH
+        m_ok = offs_m < M_GEMM
+    return n, p, q, m_ok
+
+
 @utils.autotune(configs=utils.igemm_configs(), key=_FWD_KEY,
                  prune_configs_by={"early_config_prune": utils.prune_gemm})
 @triton.jit(do_not_specialize=_FWD_NO_SPEC)
@@ -92,7 +129,7 @@ def igemm_fwd_kernel(
     BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     SKIP: tl.constexpr,
     UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -105,25 +142,8 @@ def igemm_fwd_kernel(
 
     PHC = (OH + 1) // 2
     PWC = (OW + 1) // 2
-    if POOL:
-        # Rows enumerate 2x2 windows, four consecutive rows per window, so the tile holds whole
-        # windows and the pooled output is a max over groups of four rows.
-        win = offs_m // 4
-        sub = offs_m % 4
-        pw = win % PWC
-        t = win // PWC
-        ph = t % PHC
-        n = t // PHC
-        p = 2 * ph + sub // 2
-        q = 2 * pw + sub % 2
-        m_ok = (n < NB) & (p < OH) & (q < OW)
-    else:
-        q = offs_m % OW
-        t = offs_m // OW
-        p = t % OH
-        n = t // OH
-        m_ok = offs_m < M_GEMM
-    n64 = n.to(tl.int64)
+    n, p, q, m_ok = _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL)
+    n64 = _offset_int(n, INT64)
     ih0 = p * STRIDE
     iw0 = q * STRIDE
     a_row = n64 * a_sn + ih0 * a_sh + iw0 * a_sw        # each row's pixel, once per tile
@@ -226,7 +246,7 @@ def igemm_fwd_kernel(
         ph2 = t2 % PHC
         nq = t2 // PHC
         w_ok = (nq < NB) & (ph2 < OH // 2) & (pw2 < OW // 2)
-        prow = nq.to(tl.int64) * q_sn + ph2 * q_sh + pw2 * q_sw
+        prow = _offset_int(nq, INT64) * q_sn + ph2 * q_sh + pw2 * q_sw
         tl.store(pool_ptr + (prow[:, None] + offs_n[None, :] * q_sc),
                  pooled.to(pool_ptr.dtype.element_ty), mask=w_ok[:, None] & n_ok[None, :])
 
@@ -638,6 +658,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
             UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
+            INT64=utils.needs_int64(a, w_t, out, po, sk, xi),
         )
 
 
