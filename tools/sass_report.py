@@ -30,7 +30,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_ARCHS = ("sm_80", "sm_90")
 
 
-
 def resource_usage(text: str):
     """(registers, spill bytes a thread) of a one-kernel cubin from `cuobjdump --dump-resource-usage`
     text; None where it says nothing. Spills are LOCAL plus STACK: ptxas puts spilled registers in
@@ -41,6 +40,7 @@ def resource_usage(text: str):
     stack = re.search(r"STACK:(\d+)", text)
     return (int(reg.group(1)) if reg else None,
             int(local.group(1)) + int(stack.group(1)) if local and stack else None)
+
 
 @dataclass
 class Kernel:

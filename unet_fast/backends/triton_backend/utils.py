@@ -228,17 +228,17 @@ def wgrad_split(tiles: int, k_steps: int, sms: int, max_split: int = 1 << 30,
     K-steps a slice, and of those the count of least cost, in K-steps of the busiest SM:
     rounds x (steps a slice + 1 to fill the pipeline), plus what each slice after the first adds
     in fp32 partials written and read back by the split sum (8 bytes per weight element) at the
-    DRAM bandwidth. So 144 tiles on 132 SMs take 5 slices (six rounds of a fifth of K: 1.2 K)
-    where two (three rounds of half of K: 1.5 K) left the third round nearly empty, and a layer
-    of few tiles takes about one wave. Integer arithmetic (units of 1/(step_pixels x sms) step):
+    DRAM bandwidth. So 144 tiles of 366 K-steps on 132 SMs take 6 slices (seven rounds of a
+    sixth of K: 1.17 K) where two (three rounds of half of K: 1.5 K) left the third round nearly
+    empty, and a layer of few tiles takes about one wave. Integer arithmetic (units of 1/(step_pixels x sms) step):
     the CUTLASS wgrad (conv3x3_wgrad_bf16_splits) computes the same."""
     most = max(1, min(cdiv(8 * sms, tiles), max_split, k_steps // 8))
 
     def cost(s):
-        rounds = cdiv(tiles * s, sms) * (cdiv(k_steps, s) + 1)
+        busiest = cdiv(tiles * s, sms) * (cdiv(k_steps, s) + 1)  # the busiest SM's K-steps
         # one slice's partials: tiles x BM x BN x 8 bytes; one K-step of a tile on one SM:
         # 2 x BM x BN x step_pixels FLOP at 1/sms of the peak
-        return rounds * step_pixels * sms + (s - 1) * tiles * 4 * FLOP_PER_DRAM_BYTE
+        return busiest * step_pixels * sms + (s - 1) * tiles * 4 * FLOP_PER_DRAM_BYTE
     return min(range(1, most + 1), key=lambda s: (cost(s), s))
 
 
