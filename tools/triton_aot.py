@@ -53,6 +53,8 @@ import sys
 import tempfile
 import time
 
+import sass_report  # tools/: this script's directory, first on sys.path when it runs
+
 if __name__ == "__main__":   # (worker processes inherit it; an importing test keeps its own)
     os.environ.pop("TRITON_INTERPRET", None)
 
@@ -328,16 +330,8 @@ def _resource_usage(cubin: bytes):
                                  text=True, timeout=60).stdout
         except (OSError, subprocess.SubprocessError):
             return "?", "?"
-    regs, spill = _sass_report().resource_usage(out)
+    regs, spill = sass_report.resource_usage(out)
     return ("?" if regs is None else regs), ("?" if spill is None else spill)
-
-
-def _sass_report():
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import sass_report
-    return sass_report
 
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
