@@ -60,24 +60,15 @@ def test_aot_compiles_every_kernel_for_sm90_and_sm80(subset):
         assert any(variant in ln and "<runtime>" in ln and " fp32 " in ln for ln in lines), variant
 
 
-# Known defect (2026-12-03): until then the tool read spills from cuobjdump's LOCAL alone, but ptxas
-# puts spilled registers in the stack frame (STACK; `ptxas -v`: "4952 bytes stack frame, 11818
-# bytes spill stores" for the sm_80 bf16 NCHW 128x256 forward). Read right, many of the subset's
-# compiles spill: the NCHW (`runtime NCHW`) and IEEE-fp32 variants, the 128x256 tiles on sm_80,
-# the 1x1 GEMMs. Strict: this fails as soon as they compile without spills (then drop the mark).
-class Spills(AssertionError):
-    """Compiles that spill (the known defect; any other failure is not expected)."""
-
-
-@pytest.mark.xfail(strict=True, raises=Spills,
-                   reason="ptxas spills (stack frame) in the AOT subset: issue #11, note of "
-                   "2026-12-03")
 def test_aot_subset_compiles_without_spills(subset):
+    """No compile of the subset spills registers (cuobjdump's local memory plus stack frame: ptxas
+    puts spilled registers in the stack frame). Each launch is offered only the configs that fit
+    the registers there (utils.launch_configs), so the subset's first config per variant, spec,
+    dtype and target is one the autotuner may run."""
     lines, out = subset
     assert lines and not any(ln.startswith("FAIL") for ln in lines), out[-6000:]
     spills = [ln for ln in lines if "spill=0 " not in ln]
-    if spills:
-        raise Spills(f"{len(spills)} of {len(lines)} compiles spill:\n" + "\n".join(spills[:20]))
+    assert not spills, f"{len(spills)} of {len(lines)} compiles spill:\n" + "\n".join(spills[:20])
 
 
 def _table_rows():
@@ -120,33 +111,64 @@ def test_committed_table_is_clean():
 
 def test_committed_table_caps_registers_where_a_config_says():
     """A config with maxnreg (two CTAs an SM) is compiled with it: its rows stay within that many
-    registers (the fused pool's epilogue takes 183 without), none spilling (the table's check)."""
+    registers. The fused pool's epilogue spills under the cap (24-40 B), so no pool launch is
+    offered it (utils.fits_registers): no such row."""
     rows = [r for r in _table_rows() if "maxnreg=" in r["config"]]
-    assert any(r["variant"].startswith("conv3x3_relu_pool") for r in rows), "no capped config"
+    assert any(r["variant"].startswith("conv3x3_relu fwd") for r in rows), "no capped config"
+    assert not any(r["variant"].startswith("conv3x3_relu_pool") for r in rows)
     for r in rows:
         cap = int(r["config"].split("maxnreg=")[1].split(",")[0])
         assert int(r["regs"]) <= cap, r
 
 
-@pytest.mark.xfail(strict=True, raises=Spills,
-                   reason="ptxas spills (stack frame) in the committed table's igemm_fwd_kernel "
-                   "rows: issue #11, note of 2026-12-03")
 def test_committed_table_has_no_spills():
-    """No committed row spills. The igemm_fwd_kernel rows were regenerated with the fixed readout
-    (LOCAL + STACK); the other kernels' rows still predate it (their spill column reads LOCAL
-    alone: the table's top says so) until the table is regenerated whole."""
+    """No committed row spills (every version's)."""
     rows = _table_rows()
     spills = [r for r in rows if r["spill"] != "0"]
-    if spills:
-        raise Spills(f"{len(spills)} of {len(rows)} rows spill:\n"
-                     + "\n".join(str(r) for r in spills[:20]))
+    assert not spills, (f"{len(spills)} of {len(rows)} rows spill:\n"
+                        + "\n".join(str(r) for r in spills[:20]))
+
+
+# The compiles tools/triton_aot.py would run now (the configs each launch may run), listed in a
+# process without the interpreter (under it the kernels carry the interpreter's one config).
+_JOBS = r"""
+import json, sys
+sys.path.insert(0, "tools")
+import triton_aot
+rows = []
+for path, label, consts, is_gemm, dtype, ci, arch, spec, rt in triton_aot.jobs(False):
+    cfg = triton_aot._kernel(path).configs[ci]
+    text = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+    text += f", warps={cfg.num_warps}, stages={cfg.num_stages}"
+    if cfg.maxnreg:
+        text += f", maxnreg={cfg.maxnreg}"
+    rows.append([path.split(".")[-1], label, spec, dtype, text, f"sm_{arch}"])
+print(json.dumps(rows))
+"""
+
+
+def test_committed_table_is_current():
+    """The committed rows of CI's Triton are exactly the compiles the tool runs today: every
+    config a launch may run (utils.launch_configs), no stale row (regenerate the table after a
+    change of configs or rules: `python tools/triton_aot.py`, and the GPU machines' 3.6 rows)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _JOBS], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    import json
+    want = {tuple(r) for r in json.loads(res.stdout.strip().splitlines()[-1])}
+    have = {(r["kernel"], r["variant"], r["spec"], r["dtype"], r["config"], r["arch"])
+            for r in _table_rows() if r["triton"] == _ci_version()}
+    assert want == have, (sorted(want - have)[:10], sorted(have - want)[:10])
 
 
 def test_committed_table_covers_runtime_specializations():
     """Rows for the code that actually runs: the runtime specialization (NHWC) of every kernel,
     NCHW for the convolution's forward, fused pool, dgrad and wgrad in every dtype, and fp32 for
-    the transposed conv, the 1x1 conv and the fused pool -- all compiled, none spilling, every
-    autotune config of the dtype's list for both targets."""
+    the transposed conv, the 1x1 conv and the fused pool -- all compiled, none spilling, for both
+    targets. NHWC launches run the dtype's list (the narrow tiles only where channels are not a
+    multiple of 16), NCHW ones the narrow list: every row of a 16-bit NCHW forward is a narrow
+    config, and the NHWC forward offers more than those."""
     rows = [r for r in _table_rows() if r["triton"] == _ci_version()]
     have = {(r["kernel"], r["variant"], r["spec"], r["dtype"], r["arch"]) for r in rows}
     configs = {}
@@ -162,21 +184,24 @@ def test_committed_table_covers_runtime_specializations():
             for dtype in ("bf16", "fp16", "fp32"):
                 for arch in ("sm_90", "sm_80"):
                     assert (fwd, variant, spec, dtype, arch) in have, (variant, spec, dtype, arch)
-                    # as many configs as the base rows of the same dtype
-                    assert configs[(variant, spec, dtype, arch)] == \
-                        configs[(variant, "base", dtype, arch)], (variant, spec, dtype, arch)
+        for arch in ("sm_90", "sm_80"):
+            nchw, nhwc = (configs[(variant, s, "bf16", arch)] for s in ("runtime NCHW", "runtime"))
+            assert nchw and all(c.startswith("BLOCK_M=64,") for c in nchw), nchw
+            assert len(nhwc) > len(nchw) and any("BLOCK_K=64" in c for c in nhwc), nhwc
     for kernel, variant in ((fwd, "conv_transpose2x2 fwd (into concat slice)"),
                             (fwd, "conv_transpose2x2 dgrad"),
                             ("igemm_wgrad_kernel", "conv_transpose2x2 wgrad + dbias"),
                             (fwd, "conv1x1 fwd"),
                             ("igemm_wgrad_kernel", "conv1x1 wgrad + dbias"),
                             (fwd, "conv3x3_relu_pool fwd"),
-                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias"),
-                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias, 64/128 input "
-                             "channels: three taps a tile (SUB_N=3)")):
+                            ("igemm_wgrad_kernel", "conv3x3 wgrad + dbias")):
         for spec in ("base", "runtime"):
             for arch in ("sm_90", "sm_80"):
                 assert (kernel, variant, spec, "fp32", arch) in have, (variant, spec, arch)
+    # three taps a tile: NHWC on sm_90 only (utils.use_sub_tiles)
+    sub = "conv3x3 wgrad + dbias, 64/128 input channels: three taps a tile (SUB_N=3)"
+    assert ("igemm_wgrad_kernel", sub, "runtime", "fp32", "sm_90") in have
+    assert not any(v == sub and (a == "sm_80" or s != "runtime") for _, v, s, _, a in have)
 
 
 # One real launch of an autotuned kernel (the pool's forward) in a process without the

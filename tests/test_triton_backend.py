@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.skipif(uf.backends.available()["triton"] is not None,
 
 
 def check_triton(op, args, **kw):
-    return check(op, args, backend="triton", grad_layout="nchw", **kw)
+    kw.setdefault("grad_layout", "nchw")
+    return check(op, args, backend="triton", **kw)
 
 
 # ---------------------------------------------------------------- conv3x3 + ReLU
@@ -411,8 +412,9 @@ def _spy_launches(monkeypatch):
 ])
 def test_one_k_tile_path(monkeypatch, path, op, n, ci, co, h, w, padding, layout):
     """Convolutions whose whole K and N fit one tile (utils.use_onek) run the persistent
-    igemm_onek_kernel, forward and dgrad, each CTA walking several pixel tiles; with that path
-    off the same shapes run igemm_fwd_kernel's FLAT_K loop. Both against float64."""
+    igemm_onek_kernel, forward and dgrad, each CTA walking several pixel tiles, on NHWC data; on
+    NCHW data (where every onek tile spills registers) and with that path off the same shapes
+    run igemm_fwd_kernel's FLAT_K loop. Both against float64."""
     if path == "igemm":
         monkeypatch.setattr(t_utils, "ONEK_MAX_K", 0)
     seen = _spy_launches(monkeypatch)
@@ -420,9 +422,11 @@ def test_one_k_tile_path(monkeypatch, path, op, n, ci, co, h, w, padding, layout
     ks = 3 if op == "conv3x3_relu" else 1
     wt = make((co, ci, ks, ks), scale=0.3)
     args = [x, wt, make((co,))] + ([padding] if op == "conv3x3_relu" else [])
-    check_triton(op, args)
+    nhwc = layout in ("channels_last", "channel_slice")
+    check_triton(op, args, grad_layout="channels_last" if nhwc else "nchw")
+
     def kernel(k, n_cols):
-        on = path == "onek" and t_utils.use_onek(k, n_cols, h * w)
+        on = path == "onek" and nhwc and t_utils.use_onek(k, n_cols, h * w)
         return "igemm_onek_kernel" if on else "igemm_fwd_kernel"
     assert seen == [kernel(ks * ks * ci, co), kernel(ks * ks * co, ci)], seen  # fwd, dgrad
 
@@ -593,11 +597,118 @@ def _gemm_args(dtype, m, n, ca=64, **extra):
     return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, CA=ca, **extra)
 
 
+def _all_fwd_configs():
+    return t_utils._unique(t_utils.IGEMM_CONFIGS_16 + t_utils.IGEMM_CONFIGS_32
+                           + t_utils.IGEMM_CONFIGS_IEEE + t_utils.IGEMM_CONFIGS_NARROW)
+
+
+def test_launches_get_only_configs_that_fit_the_registers(monkeypatch):
+    """prune_gemm offers each kind of launch only configs that compile without spills there (the
+    rules of utils.launch_configs; tests/test_triton_aot.py compiles what they admit and reads
+    the spills): NCHW data or channels not a multiple of 16 the narrow list, IEEE fp32 its own;
+    on sm_80, with 64-bit offsets and for the fp16 ReLU-masked dgrad at most 64 accumulators a
+    thread and no register cap; the pool epilogue no cap."""
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
+    monkeypatch.setattr(t_utils, "AUTOTUNE_TOP_K", 100)   # every config the rules admit
+    cfgs = _all_fwd_configs()
+    key = t_utils._config_key
+    keys = lambda lst: {key(c) for c in lst}   # noqa: E731
+    m = 8 * 570 * 570
+
+    def pick(dtype=torch.bfloat16, n=128, ca=128, **kw):
+        extra = {k: kw.pop(k) for k in list(kw) if k.islower()}
+        return t_utils.prune_gemm(cfgs, _gemm_args(dtype, m, n, ca, **extra), KS=3, **kw)
+    nhwc = pick(a_sc=1, o_sc=1)
+    assert any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128 for c in nhwc)
+    assert any(c.maxnreg for c in pick(n=64, a_sc=1, o_sc=1))
+    for narrow in (pick(a_sc=570 * 570, o_sc=568 * 568), pick(ca=24), pick(n=40),
+                   pick(torch.float32, a_sc=570 * 570)):
+        assert narrow and keys(narrow) <= keys(t_utils.IGEMM_CONFIGS_NARROW), narrow
+    ieee = pick(torch.float32, PRECISION="ieee")
+    assert ieee and keys(ieee) <= keys(t_utils.IGEMM_CONFIGS_IEEE)
+    assert keys(pick(torch.float32, PRECISION="tf32")) <= keys(t_utils.IGEMM_CONFIGS_32)
+
+    def acc(c):
+        return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] // (32 * c.num_warps)
+    for few in (pick(INT64=True), pick(torch.float16, RELU_IN=True), pick(n=64, INT64=True)):
+        assert few and all(acc(c) <= 64 and not c.maxnreg for c in few), few
+    assert any(acc(c) > 64 for c in pick(RELU_IN=True))       # (bf16's is not limited)
+    for pool in (pick(POOL=True), pick(n=64, POOL=True), pick(n=512, POOL=True, SKIP=True)):
+        assert pool and not any(c.maxnreg for c in pool), pool
+    assert any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128
+               for c in pick(n=512, POOL=True))
+    monkeypatch.setattr(t_utils, "device_arch", lambda device: 80)
+    for sm80 in (pick(), pick(n=64), pick(n=512)):
+        assert sm80 and all(acc(c) <= 64 and not c.maxnreg for c in sm80), sm80
+
+
+def test_weight_gradients_and_memory_bound_kernels_get_configs_that_fit_the_registers(
+        monkeypatch):
+    """The weight gradient's counterparts (utils.wgrad_fits_registers, its narrow and IEEE lists,
+    utils.use_sub_tiles), the pool/crop kernels' NCHW tiles and the one-K-tile kernel's fp32
+    config: what tools/triton_aot.py compiles without spills."""
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
+    monkeypatch.setattr(t_utils, "AUTOTUNE_TOP_K", 100)
+    cfgs = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32
+                           + t_utils.WGRAD_CONFIGS_NARROW_16 + t_utils.WGRAD_CONFIGS_IEEE)
+    key = t_utils._config_key
+    keys = lambda lst: {key(c) for c in lst}   # noqa: E731
+
+    def pick(dtype=torch.bfloat16, ca=256, cb=256, sub_n=1, **kw):
+        extra = {k: kw.pop(k) for k in list(kw) if k.islower()}
+        args = _gemm_args(dtype, ca, 9 * cb, ca, CB=cb, CHUNK=4096, K_TOT=8 * 570 * 570, **extra)
+        # (FLAT_B as the launcher sets it: channels that do not fill the widest tile)
+        return t_utils.prune_gemm(cfgs, args, KS=3, SHIFT_A=False,
+                                  FLAT_B=sub_n == 1 and cb % 256 != 0, SUB_N=sub_n, **kw)
+    assert any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 128 * 256 for c in pick())
+    for narrow in (pick(a_sc=570 * 570, b_sc=572 * 572), pick(ca=24), pick(cb=40)):
+        assert narrow and keys(narrow) <= keys(t_utils.WGRAD_CONFIGS_NARROW_16), narrow
+    assert keys(pick(torch.float32, cb=40)) <= keys(t_utils.WGRAD_CONFIGS_NARROW)
+    assert keys(pick(torch.float32, PRECISION="ieee")) == keys(t_utils.WGRAD_CONFIGS_IEEE)
+
+    def acc(c, sub_n=1):
+        return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n // (32 * c.num_warps)
+    assert all(acc(c) <= 64 for c in pick(INT64=True))
+    assert all(acc(c) <= 32 for c in pick(torch.float32) if c.num_warps == 4)
+    fp16_sub = pick(torch.float16, cb=64, sub_n=3)
+    assert fp16_sub and all(c.kwargs["BLOCK_M"] == 128 for c in fp16_sub), fp16_sub
+    assert any(c.kwargs["BLOCK_M"] == 64 for c in pick(cb=64, sub_n=3))   # (bf16's are not)
+    assert t_utils.use_sub_tiles(torch.bfloat16, "tf32", 90, False)
+    assert not t_utils.use_sub_tiles(torch.bfloat16, "tf32", 80, False)
+    assert not t_utils.use_sub_tiles(torch.bfloat16, "tf32", 90, True)
+    with monkeypatch.context() as m:   # (the interpreter's "ieee" is not the FMA units')
+        m.setattr(t_utils, "INTERPRET", False)
+        assert not t_utils.use_sub_tiles(torch.float32, "ieee", 90, False)
+    monkeypatch.setattr(t_utils, "device_arch", lambda device: 80)
+    for sm80 in (pick(), pick(cb=64), pick(ca=24)):
+        assert sm80 and all((c.num_warps == 8 and c.kwargs["BLOCK_N"] <= 128)
+                            or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32
+                            for c in sm80), sm80
+    # the pool and crop kernels: 1024-element tiles on NCHW data (channel stride not 1)
+    elem = t_utils._unique(t_utils.ELEMWISE_CONFIGS + t_utils.ELEMWISE_CONFIGS_NCHW)
+    nchw = t_utils.prune_elemwise(elem, dict(C=64, s_sc=570 * 570, d_sc=568 * 568))
+    assert keys(nchw) == keys(t_utils.ELEMWISE_CONFIGS_NCHW)
+    assert keys(t_utils.prune_elemwise(elem, dict(C=64, s_sc=1, d_sc=1))) == \
+        keys(t_utils.ELEMWISE_CONFIGS)
+    assert keys(t_utils.prune_elemwise(elem, dict(C=1, s_sc=570 * 570, d_sc=1))) == \
+        keys(t_utils.ELEMWISE_CONFIGS)    # (one channel: its stride is never used)
+    # the one-K-tile kernel: fp32 tiles with 8 warps; never on NCHW data
+    onek = t_utils.ONEK_CONFIGS_16 + t_utils.ONEK_CONFIGS_32
+    assert keys(t_utils.onek_launch_configs(onek, torch.float32)) == \
+        keys(t_utils.ONEK_CONFIGS_32)
+    assert keys(t_utils.onek_launch_configs(onek, torch.bfloat16)) == \
+        keys(t_utils.ONEK_CONFIGS_16)
+    x = torch.empty(2, 64, 300, 300)
+    assert not t_utils.use_onek(64, 2, 300 * 300, x)
+    assert t_utils.use_onek(64, 2, 300 * 300, x.contiguous(memory_format=torch.channels_last))
+    assert t_utils.use_onek(9, 64, 300 * 300, torch.empty(2, 1, 300, 300))
+
+
 def test_autotune_pruning(monkeypatch):
     """Small layers do not time huge tiles; the dtype picks its list; K-tiles of 16 only for the
     first layer; at most AUTOTUNE_TOP_K configs, the best estimate first; never an empty list."""
     monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
-    all16 = t_utils._unique(t_utils.IGEMM_CONFIGS_16 + t_utils.IGEMM_CONFIGS_32)
+    all16 = _all_fwd_configs()
     key = t_utils._config_key
     top = t_utils.AUTOTUNE_TOP_K
     head = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 388 * 388, 2), KS=1)
@@ -617,7 +728,8 @@ def test_autotune_pruning(monkeypatch):
     assert f32 and all(t_utils.config_for_dtype(c, torch.float32) for c in f32)
     one = t_utils.prune_gemm(all16, _gemm_args(torch.float16, 1, 1, 1), KS=1)
     assert len(one) >= 1
-    wgrad16 = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32)
+    wgrad16 = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32
+                              + t_utils.WGRAD_CONFIGS_NARROW_16 + t_utils.WGRAD_CONFIGS_IEEE)
     wg = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9, CB=1, CHUNK=4096,
                                                 K_TOT=8 * 570 * 570),
                             KS=3, SHIFT_A=False, FLAT_B=True)  # first layer: 9 columns
@@ -674,9 +786,14 @@ def test_wgrad_tiles_of_three_taps_where_one_taps_channels_leave_tiles_empty(
 
     monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
     x = make((1, cb, 6, 5), "channels_last")
-    g = make((1, 8, 4, 3), "channels_last")
+    g = make((1, 16, 4, 3), "channels_last")   # (16 rows: 16-byte vectors, so not narrow)
     igemm.igemm_wgrad(g, x, grid_hw=(4, 3), ks=3, stride=1, pad=0, shift_a=False, dbias=True)
     assert seen == [(flat, sub_n, -(-9 * cb // (32 * sub_n)))], seen
+    # NCHW data gathers element by element: one tap a tile there (utils.use_sub_tiles)
+    seen.clear()
+    igemm.igemm_wgrad(g.contiguous(), x.contiguous(), grid_hw=(4, 3), ks=3, stride=1, pad=0,
+                      shift_a=False, dbias=True)
+    assert seen[0][1] == 1, seen
 
 
 def test_autotune_keys_are_dimensions():

@@ -158,7 +158,7 @@ def _variants():
               DOT_F32=False)
     onek = [
         ("first layer fwd (C_in = 1, valid: K = 9)", dict(ok, KS=3, BLOCK_N=64, BLOCK_K=16),
-         ALL_DTYPES, _ALL, first),
+         ALL_DTYPES, _BASE, first),
         ("first layer fwd (C_in = 3, same: input pre-padded, K = 27)",
          dict(ok, KS=3, BLOCK_N=64, BLOCK_K=32), ALL_DTYPES, _BASE,
          dict(odd=("CA", "a_sh", "a_sw", "w_st", "w_sj"))),
@@ -166,11 +166,11 @@ def _variants():
          dict(ok, KS=3, PAD=1, SIGN=-1, BOUNDS=True, HAS_BIAS=False, RELU=False, BLOCK_N=64,
               BLOCK_K=32), ("bf16", "fp32"), _BASE, {}),
         ("head fwd (K = 64 channels, N = 2 classes)",
-         dict(ok, KS=1, RELU=False, BLOCK_N=16, BLOCK_K=64), ALL_DTYPES, _ALL, head_out),
+         dict(ok, KS=1, RELU=False, BLOCK_N=16, BLOCK_K=64), ALL_DTYPES, _BASE, head_out),
         ("head dgrad (K = 2 classes, masked by the last ReLU)",
          dict(ok, KS=1, RELU=False, HAS_BIAS=False, RELU_IN=True, BLOCK_N=64, BLOCK_K=16),
-         ALL_DTYPES, _ALL, head_dgrad),
-    ]
+         ALL_DTYPES, _BASE, head_dgrad),
+    ]   # (no NCHW rows: NCHW data takes igemm_fwd_kernel's narrow configs, utils.use_onek)
     out += [("igemm.igemm_onek_kernel", label, c, True, d, specs, rt)
             for label, c, d, specs, rt in onek]
     out += [
@@ -337,32 +337,61 @@ def _resource_usage(cubin: bytes):
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+def _narrow(path, spec, rt) -> bool:
+    """Whether launches of this variant and spec gather their operands element by element
+    (utils.gathers_elementwise): NCHW data, or a channel count that is not a multiple of 16 --
+    `base` leaves channel counts plain, and in `runtime` the default U-Net's first layer (one
+    input channel) and 2-class head have such counts."""
+    if spec != "runtime":
+        return True
+    counts = ("CA", "CB") if "wgrad" in path else ("CA", "N_GEMM")
+    return any(n in rt.get("one", ()) + tuple(rt.get("odd", ())) for n in counts)
+
+
 def jobs(subset: bool):
-    """Every (variant, dtype, config, arch, spec). With `subset`, the specializations real
-    launches get (`runtime`, `runtime NCHW`; `base` only in the full run), one config per
-    variant, spec and dtype, and only the first dtype -- plus fp32 for the `runtime` spec where a
-    16-bit dtype comes first (fp32 tiles are twice the bytes: the likeliest to spill)."""
+    """Every (variant, dtype, config, arch, spec): for a GEMM, the configs the autotuner may run
+    for such a launch (utils.launch_configs: the launch's config list, less those that would not
+    fit the registers). With `subset`, the specializations real launches get (`runtime`,
+    `runtime NCHW`; `base` only in the full run), one config per variant, spec, dtype and arch,
+    and only the first dtype -- plus fp32 for the `runtime` spec where a 16-bit dtype comes first
+    (fp32 tiles are twice the bytes: the likeliest to spill)."""
     import torch
     out = []
     for path, label, consts, is_gemm, dtypes, specs, rt in _variants():
         configs = _kernel(path).configs
         utils = sys.modules[_PKG + ".utils"]
+        wgrad = "wgrad" in path
+        sub = consts.get("SUB_N", 1)
         for dtype in dtypes:
             tdt = getattr(torch, _TORCH_DTYPE[dtype])
-            cfgs = [i for i, c in enumerate(configs) if not is_gemm or utils.config_for_dtype(c, tdt)]
-            # the configs whose column sub-tiles fit the registers (utils.sub_tile_fits; prune_gemm
-            # also drops 16-bit K steps of 32 there, so this compiles a few more), per target
-            sub = consts.get("SUB_N", 1)
-            cfgs = [i for i in cfgs if utils.sub_tile_fits(configs[i], sub)]
+            precision = consts.get("PRECISION", _precision(dtype))
             for spec in specs:
                 if subset and (spec == "base" or (dtype != dtypes[0]
                                                    and not (spec == "runtime" and dtype == "fp32"))):
                     continue
-                for ci in (cfgs[:1] if subset else cfgs):
-                    for arch in ARCHS:
-                        if sub > 1 and utils._smem_estimate(
-                                configs[ci], tdt.itemsize, sub) > SMEM_LIMIT[arch]:
-                            continue
+                for arch in ARCHS:
+                    narrow = _narrow(path, spec, rt)
+                    if sub > 1 and not utils.use_sub_tiles(tdt, precision, arch, narrow):
+                        continue   # (the launcher takes one tap a tile there)
+                    if is_gemm and "onek" not in path:
+                        mine = utils.launch_configs(
+                            configs, dtype=tdt, precision=precision, arch=arch,
+                            narrow=narrow, wgrad=wgrad,
+                            pool=consts.get("POOL", False), int64=consts.get("INT64", False),
+                            relu_in=consts.get("RELU_IN", False), sub_n=sub)
+                        cfgs = [configs.index(c) for c in mine]
+                    elif "onek" in path:
+                        cfgs = [configs.index(c) for c in utils.onek_launch_configs(configs, tdt)]
+                    elif "BLOCK_P" in configs[0].kwargs:   # the pool and crop kernels
+                        cfgs = [configs.index(c) for c in utils.elemwise_launch_configs(
+                            configs, spec == "runtime NCHW")]
+                    else:
+                        cfgs = list(range(len(configs)))
+                    # (a three-B-tile config over the target's shared memory: the autotuner
+                    # skips it there, prune_gemm's estimate too)
+                    cfgs = [i for i in cfgs if sub == 1 or utils._smem_estimate(
+                        configs[i], tdt.itemsize, sub) <= SMEM_LIMIT[arch]]
+                    for ci in (cfgs[:1] if subset else cfgs):
                         out.append((path, label, consts, is_gemm, dtype, ci, arch, spec, rt))
     return out
 
@@ -436,7 +465,8 @@ def write_table(rows, path, only=None):
         "Generated by `python tools/triton_aot.py` (no GPU needed), once per Triton version (CI's",
         "always; others, such as the GPU machines' 3.6, on demand: a run keeps the other versions'",
         "rows): every kernel variant the triton",
-        "backend launches, with every autotune config, compiled for sm_90 (H100/H200) and sm_80 (A100).",
+        "backend launches, with every autotune config it may run there (below), compiled for",
+        "sm_90 (H100/H200) and sm_80 (A100).",
         "`mma`: the tensor-core instruction found in the PTX (`wgmma` = Hopper warpgroup MMA,",
         "`mma` = Ampere mma.sync, `-` = none, expected for the memory-bound kernels).",
         "`regs`: registers per thread; `spill`: local memory + stack frame bytes per thread (0 = no spills);",
@@ -458,11 +488,18 @@ def write_table(rows, path, only=None):
         "strides are in general not multiples of 16. Each variant's runtime exceptions are listed",
         "in `_variants()` of tools/triton_aot.py.",
         "",
-        "At run time the autotuner times only the configs `utils.prune_gemm` keeps for a shape: the",
-        "dtype's list, those whose shared-memory estimate (an upper bound of the `smem` column) fits",
+        "Which configs a launch may run (`utils.launch_configs`, the rows below): its list -- by",
+        "dtype (16-bit, TF32, IEEE fp32) and, where operands are gathered element by element",
+        "(NCHW data, channel counts not a multiple of 16: the `base` and `runtime NCHW` rows, the",
+        "first layer and the 2-class head), the small `narrow` tiles --, less the configs that",
+        "spill registers on that target for that kind of launch (`utils.fits_registers`,",
+        "`utils.wgrad_fits_registers`: the rules this table shows). The pool and crop kernels take",
+        "1024-element tiles on NCHW data; NCHW launches never take `igemm_onek_kernel`.",
+        "At run time the autotuner then times only the configs `utils.prune_gemm` keeps for a",
+        "shape: those whose shared-memory estimate (an upper bound of the `smem` column) fits",
         "the device, no tile much wider than N or taller than M, and (forward/dgrad) none whose grid",
-        "is less than half a wave when smaller tiles would fill the GPU. Each config is timed for",
-        "5 + 20 ms instead of Triton's 25 + 100 ms.",
+        "is less than half a wave when smaller tiles would fill the GPU; of those the best three by",
+        "its cost estimate, each timed for 5 + 20 ms instead of Triton's 25 + 100 ms.",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),

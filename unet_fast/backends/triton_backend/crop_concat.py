@@ -20,7 +20,8 @@ from . import utils
 
 # Autotune keys: channels, the pixel count's power-of-two bucket and the memory layout (which of
 # source and destination have channel stride 1); the last two are read by no kernel.
-@utils.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"])
+@utils.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"],
+                 prune_configs_by={"early_config_prune": utils.prune_elemwise})
 @triton.jit(do_not_specialize=["SH", "SW", "DH", "DW", "NB", "OFF_H", "OFF_W", "P_BUCKET",
                                "LAYOUT"])
 def _crop_copy_kernel(

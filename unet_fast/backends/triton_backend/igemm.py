@@ -218,6 +218,21 @@ def igemm_fwd_kernel(
                                + offs_n[None, :] * x_sc),
                       mask=m_ok[:, None] & n_ok[None, :], other=1.0)
         acc = tl.where(xin <= 0, 0.0, acc)
+    if POOL:
+        # max commutes with the (monotonic) rounding to the storage dtype: pooled == pool(y)
+        # one reduction whose max lets a NaN in the window win, as in F.max_pool2d. (First: with
+        # the stores of y after it, Triton 3.6 compiles the 128x256 and 256x128 tiles without
+        # the 16-64 B of spills it had with this last.)
+        pooled = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _max_nan)
+        offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
+        pw2 = offs_w % PWC
+        t2 = offs_w // PWC
+        ph2 = t2 % PHC
+        nq = t2 // PHC
+        w_ok = (nq < NB) & (ph2 < OH // 2) & (pw2 < OW // 2)
+        prow = _offset_int(nq, INT64) * q_sn + ph2 * q_sh + pw2 * q_sw
+        tl.store(pool_ptr + (prow[:, None] + offs_n[None, :] * q_sc),
+                 pooled.to(pool_ptr.dtype.element_ty), mask=w_ok[:, None] & n_ok[None, :])
     if UPSCATTER:
         i = offs_n // (2 * CO_UP)
         j = (offs_n // CO_UP) % 2
@@ -236,19 +251,6 @@ def igemm_fwd_kernel(
         s_ok = m_ok & (sp >= 0) & (sp < SKH) & (sq >= 0) & (sq < SKW)
         tl.store(skip_ptr + ((n64 * k_sn + sp * k_sh + sq * k_sw)[:, None] + offs_n[None, :] * k_sc),
                  acc.to(skip_ptr.dtype.element_ty), mask=s_ok[:, None] & n_ok[None, :])
-    if POOL:
-        # max commutes with the (monotonic) rounding to the storage dtype: pooled == pool(y)
-        # one reduction whose max lets a NaN in the window win, as in F.max_pool2d
-        pooled = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _max_nan)
-        offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
-        pw2 = offs_w % PWC
-        t2 = offs_w // PWC
-        ph2 = t2 % PHC
-        nq = t2 // PHC
-        w_ok = (nq < NB) & (ph2 < OH // 2) & (pw2 < OW // 2)
-        prow = _offset_int(nq, INT64) * q_sn + ph2 * q_sh + pw2 * q_sw
-        tl.store(pool_ptr + (prow[:, None] + offs_n[None, :] * q_sc),
-                 pooled.to(pool_ptr.dtype.element_ty), mask=w_ok[:, None] & n_ok[None, :])
 
 
 # Persistent, whole-K-in-one-tile variant for the convolutions whose K (taps x channels) fits one
@@ -624,7 +626,8 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     oh, ow = grid_hw
     w_t, w_st, w_sc, w_sj, n_gemm = w
     if (stride == 1 and pool is None and up_channels == 0
-            and utils.use_onek(ks * ks * ca, n_gemm, oh * ow)):
+            and utils.use_onek(ks * ks * ca, n_gemm, oh * ow, a, out,
+                               *(() if relu_in is None else (relu_in,)))):
         return _igemm_onek(a, w, out, grid_hw=grid_hw, ks=ks, pad=pad, sign=sign, bias=bias,
                            relu=relu, relu_in=relu_in)
     if pool is not None:
@@ -726,17 +729,28 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     # 64- and 128-channel layers): tiles of three column sub-tiles (SUB_N), one tap's channels
     # each, that share one A tile; 9*C columns fill whole tiles, where 256-wide tiles pad 576
     # columns to 768. (Decided from the channels alone: the interpreter runs it too.)
-    sub_n = 1
-    if not shift_a and taps == 9 and cb % 64 == 0 and cb % 256 != 0:
-        flat_b, sub_n = False, 3
+    # The configs this launch may run (utils.launch_configs: its list, those that fit the
+    # registers), as utils.prune_gemm will find them.
+    int64 = utils.needs_int64(a, b)
+    kind = dict(dtype=a.dtype, precision=utils.dot_precision(a.dtype),
+                arch=utils.device_arch(a.device), wgrad=True, int64=int64,
+                narrow=utils.gathers_elementwise(
+                    dict(a_sc=a.stride(1), b_sc=b.stride(1), CA=ca, CB=cb), wgrad=True))
+    sub_n, subs = 1, []
+    if (not shift_a and taps == 9 and cb % 64 == 0 and cb % 256 != 0
+            and utils.use_sub_tiles(kind["dtype"], kind["precision"], kind["arch"],
+                                    kind["narrow"])):
+        subs = [c for c in utils.launch_configs(configs, sub_n=3, **kind)
+                if utils.sub_tile_fits(c, 3, a.element_size()) and cb % c.kwargs["BLOCK_N"] == 0]
+        if subs:
+            flat_b, sub_n = False, 3
     # Split the pixel sum so that the largest tiles fill the GPU even when the channels are few
     # (the first layers have 64x576 weight matrices and hundreds of thousands of pixels); smaller
     # tiles then have more waves, never fewer.
     if sub_n == 1:
-        big = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
+        mine = utils.launch_configs(configs, **kind) or configs
+        big = max(mine, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
     else:  # the widest sub-tiles that hold one tap's channels (utils.prune_gemm keeps those)
-        subs = [c for c in configs if utils.sub_tile_fits(c, sub_n, a.element_size())
-                and cb % c.kwargs["BLOCK_N"] == 0]
         big = max([c for c in subs if c.kwargs["BLOCK_N"] > 32] or subs,
                   key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"])).kwargs
     tiles = triton.cdiv(m_gemm, big["BLOCK_M"]) * triton.cdiv(n_gemm, sub_n * big["BLOCK_N"])
@@ -765,7 +779,8 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             nb, ph, pw, qb, rpad, k_tot, chunk, m_gemm, n_gemm,
             utils.m_bucket(p_tot), utils.layout_key(a, b),
             KS=ks, STRIDE=stride, PAD=pad, SHIFT_A=shift_a, FLAT_A=flat_a, FLAT_B=flat_b,
-            SUB_N=sub_n, DBIAS=dbias, INT64=utils.needs_int64(a, b), DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
+            SUB_N=sub_n, DBIAS=dbias, INT64=int64, DOT_F32=utils.dot_in_fp32(a.dtype),
+            PRECISION=kind["precision"],
         )
     out_dtype = out_dtype or torch.float32
     if not dbias:

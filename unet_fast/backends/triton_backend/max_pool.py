@@ -21,7 +21,8 @@ from .crop_concat import crop_offsets
 # Autotune keys: channels, the pixel count's power-of-two bucket (P_BUCKET) and the memory layout
 # (LAYOUT, utils.layout_key): a 28x28 map and a 572x572 one, or NCHW and NHWC data, want different
 # tiles. Both are read by no kernel (do_not_specialize: no extra compilations).
-@utils.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"])
+@utils.autotune(configs=utils.elemwise_configs(), key=["C", "P_BUCKET", "LAYOUT"],
+                 prune_configs_by={"early_config_prune": utils.prune_elemwise})
 @triton.jit(do_not_specialize=["NB", "PH", "PW", "P_BUCKET", "LAYOUT"])
 def _max_pool2x2_forward_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc,
@@ -52,7 +53,8 @@ def _max_pool2x2_forward_kernel(
 
 
 @utils.autotune(configs=utils.elemwise_configs(),
-                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK", "DY_CROP"])
+                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK", "DY_CROP"],
+                 prune_configs_by={"early_config_prune": utils.prune_elemwise})
 @triton.jit(do_not_specialize=["NB", "H", "W", "DYH", "DYW", "DY_T", "DY_L", "P_BUCKET",
                                "LAYOUT"])
 def _max_pool2x2_backward_kernel(

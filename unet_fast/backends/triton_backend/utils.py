@@ -61,9 +61,10 @@ def _cfg(bm, bn, bk, stages, warps, maxnreg=None):
 # channels, K = taps * input channels. Tiles sized for Hopper's wgmma (M 64 per warpgroup). On
 # Hopper a 128x128 tile needs more L2 bandwidth per tensor-core cycle than the L2 delivers, so the
 # large layers get 128x256 / 256x128 tiles (the static model, tools/kernel_model.py, shows which
-# binds); every config fits Ampere's 163 KiB of shared memory too. K-tiles of 16 serve only the
-# first layer (9 or 27 taps x channels). fp32 operands (TF32 or IEEE) take twice the bytes per
-# tile, so they get their own list with K-tiles of 32.
+# binds); every config fits Ampere's 163 KiB of shared memory too. fp32 operands (TF32) take
+# twice the bytes per tile, so they get their own list with K-tiles of 32. (The first layer's
+# few (tap, channel) pairs -- K = 9 or 27 -- have too few channels for 16-byte vectors: the
+# narrow list below serves them, with K-tiles of 16, where igemm_onek_kernel does not.)
 IGEMM_CONFIGS_16 = [
     _cfg(128, 256, 64, 3, 8),
     _cfg(256, 128, 64, 3, 8),
@@ -71,15 +72,14 @@ IGEMM_CONFIGS_16 = [
     _cfg(128, 128, 32, 4, 8),
     _cfg(256, 64, 64, 4, 8),
     # 64 output channels, two CTAs an SM: one's epilogue runs while the other's mainloop does
-    # (128 registers a thread, where the pool epilogue takes 186: no spill; two stages in 80 KiB.
-    # K steps of 64: of 32, the padded dgrad's loop issues more cycles than its tensor work)
+    # (128 registers a thread, two stages in 80 KiB; not with the pool epilogue, which spills
+    # 16-32 B under the cap: fits_registers. K steps of 64: of 32, the padded dgrad's loop
+    # issues more cycles than its tensor work)
     _cfg(256, 64, 64, 2, 8, maxnreg=128),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(128, 32, 64, 4, 4),
     _cfg(64, 64, 32, 3, 4),
-    _cfg(128, 64, 16, 3, 4),
-    _cfg(128, 32, 16, 3, 4),
 ]
 IGEMM_CONFIGS_32 = [
     _cfg(128, 128, 32, 3, 8),
@@ -87,7 +87,25 @@ IGEMM_CONFIGS_32 = [
     _cfg(64, 128, 32, 3, 4),
     _cfg(128, 32, 32, 4, 4),
     _cfg(64, 64, 32, 3, 4),
-    _cfg(128, 64, 16, 3, 4),
+]
+# fp32 with TF32 off: tl.dot runs on the FMA units, whose operand tiles are held in registers.
+# K-tiles of 16 and at most 32 accumulators a thread compile without spills on sm_90 and sm_80
+# (the TF32 list's tiles spill 0.3-6 KB a thread there: tools/triton_aot.py).
+IGEMM_CONFIGS_IEEE = [
+    _cfg(128, 64, 16, 3, 8),
+    _cfg(64, 128, 16, 3, 8),
+    _cfg(64, 64, 16, 3, 8),
+    _cfg(64, 64, 16, 3, 4),
+]
+# Launches that gather their operands element by element -- NCHW data (a channel stride is not 1)
+# or a channel count that is not a multiple of 16 (no 16-byte vectors) -- hold a 64-bit address
+# per element in registers: the tiles of the lists above spill there (up to 6 KB a thread);
+# these do not, in any dtype (TF32 included), on sm_90 and sm_80. K-tiles of 16 for the first
+# layer's K = 9 or 27.
+IGEMM_CONFIGS_NARROW = [
+    _cfg(64, 64, 32, 3, 8),
+    _cfg(64, 32, 32, 3, 4),
+    _cfg(64, 32, 16, 3, 4),
 ]
 # Weight gradients: M = the rows' channels (per tap for the transposed conv), N = the columns'
 # (per tap for the 3x3), K = pixels (split over the grid's y). K-tiles of 128 for 64x64 tiles,
@@ -122,19 +140,59 @@ def _config_key(c):
     return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages, c.maxnreg
 
 
-_FP16_KEYS = {_config_key(c) for c in IGEMM_CONFIGS_16 + WGRAD_CONFIGS_16}
-_FP32_KEYS = {_config_key(c) for c in IGEMM_CONFIGS_32 + WGRAD_CONFIGS_32}
+def gemm_list(dtype: torch.dtype, *, precision: str = "tf32", narrow: bool = False,
+              wgrad: bool = False):
+    """The config list a GEMM launch draws from: its operands' dtype (16-bit, fp32 with TF32, or
+    IEEE fp32 on the FMA units), and for the forward/dgrad kernel whether its operands are
+    gathered element by element (`narrow`: NCHW data, or channels not a multiple of 16)."""
+    if dtype == torch.float32 and precision == "ieee":
+        return WGRAD_CONFIGS_IEEE if wgrad else IGEMM_CONFIGS_IEEE
+    if wgrad:
+        if narrow:
+            return WGRAD_CONFIGS_NARROW if dtype == torch.float32 else WGRAD_CONFIGS_NARROW_16
+        return WGRAD_CONFIGS_32 if dtype == torch.float32 else WGRAD_CONFIGS_16
+    if narrow:
+        return IGEMM_CONFIGS_NARROW
+    return IGEMM_CONFIGS_32 if dtype == torch.float32 else IGEMM_CONFIGS_16
+
+
 # Under the interpreter one small config each: autotuning would run every config, and small
 # tiles make the odd-shape tests cross tile and K-chunk boundaries.
 _INTERPRET_IGEMM = [_cfg(64, 32, 32, 1, 4)]
 _INTERPRET_WGRAD = [_cfg(32, 32, 64, 1, 4)]
+# The weight gradient's counterparts of the narrow and IEEE lists above (K-tiles of 32 or more:
+# every config's BLOCK_K must divide the largest, 128, and be a multiple of the band width,
+# band_width). 16 columns: the first layer's 9. (With Triton 3.6's ptxas, 64x64 tiles of fp32
+# spill 8-24 B on sm_80.) IEEE fp32: ptxas (3.6's or 3.8's) spills 4-16 B in every pipelined
+# FMA tile tried (64x16 to 64x32, 2-4 stages, 4 or 8 warps), at register counts it picks itself
+# (72-128 of 255); unpipelined, it does not.
+WGRAD_CONFIGS_NARROW = [
+    _cfg(64, 32, 32, 3, 4),
+    _cfg(64, 16, 32, 3, 8),
+]
+# ... and for 16-bit operands on sm_90 64x64 with K steps of 64 too (fp32's spill 8-144 B; on
+# sm_80 wgrad_fits_registers drops it): the 2-class head's weight gradient (2 rows) runs 2.7x
+# the time in 64x32 tiles (tools/kernel_model.py).
+WGRAD_CONFIGS_NARROW_16 = [_cfg(64, 64, 64, 4, 4)] + WGRAD_CONFIGS_NARROW
+WGRAD_CONFIGS_IEEE = [
+    _cfg(64, 16, 32, 1, 4),
+]
+_GEMM_KEYS = {_config_key(c) for c in IGEMM_CONFIGS_16 + IGEMM_CONFIGS_32 + IGEMM_CONFIGS_IEEE
+              + IGEMM_CONFIGS_NARROW + WGRAD_CONFIGS_16 + WGRAD_CONFIGS_32
+              + WGRAD_CONFIGS_NARROW_16 + WGRAD_CONFIGS_IEEE}
 
 # The persistent one-K-tile GEMM (igemm_onek_kernel: the first layer, the 1x1 head and its dgrad):
 # only the pixel tile varies; BLOCK_N and BLOCK_K are the GEMM's N and K rounded up (the launcher
 # sets them). Memory-bound, so a few pixel tiles per CTA in flight matter more than tile shape.
-ONEK_CONFIGS = [
+# fp32 tiles (twice the bytes) spill 8-216 B a thread at 128 rows per 4 warps: 8 warps there.
+# NCHW data takes the forward kernel's narrow configs instead (igemm_fwd): every onek tile
+# spills there (its one K-tile's addresses, one per element).
+ONEK_CONFIGS_16 = [
     triton.Config({"BLOCK_M": 128}, num_stages=3, num_warps=4),
     triton.Config({"BLOCK_M": 256}, num_stages=3, num_warps=8),
+]
+ONEK_CONFIGS_32 = [
+    triton.Config({"BLOCK_M": 128}, num_stages=3, num_warps=8),
 ]
 _INTERPRET_ONEK = [triton.Config({"BLOCK_M": 32}, num_stages=1, num_warps=4)]
 # The largest K and N that path takes (K = taps x channels; a 3x3 layer with up to 7 channels).
@@ -154,6 +212,12 @@ ELEMWISE_CONFIGS = [
     triton.Config({"BLOCK_P": 128, "BLOCK_C": 16}, num_warps=4),
     triton.Config({"BLOCK_P": 16, "BLOCK_C": 128}, num_warps=4),
 ]
+# NCHW data (pixels contiguous, channels strided): an address per element, so 1024-element
+# tiles, pixels innermost (the pool backward's 2048-element tiles spill 24-88 B a thread there on
+# sm_80, and with Triton 3.6 a 32x32 one 8 B).
+ELEMWISE_CONFIGS_NCHW = [
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
+]
 _INTERPRET_ELEMWISE = [triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4)]
 
 
@@ -167,22 +231,35 @@ def _unique(configs):
 
 
 def igemm_configs():
-    return _INTERPRET_IGEMM if INTERPRET else _unique(IGEMM_CONFIGS_16 + IGEMM_CONFIGS_32)
+    return _INTERPRET_IGEMM if INTERPRET else _unique(
+        IGEMM_CONFIGS_16 + IGEMM_CONFIGS_32 + IGEMM_CONFIGS_IEEE + IGEMM_CONFIGS_NARROW)
 
 
 def wgrad_configs():
-    return _INTERPRET_WGRAD if INTERPRET else _unique(WGRAD_CONFIGS_16 + WGRAD_CONFIGS_32)
+    return _INTERPRET_WGRAD if INTERPRET else _unique(
+        WGRAD_CONFIGS_16 + WGRAD_CONFIGS_32 + WGRAD_CONFIGS_NARROW_16 + WGRAD_CONFIGS_IEEE)
 
 
 def onek_configs():
-    return _INTERPRET_ONEK if INTERPRET else ONEK_CONFIGS
+    return _INTERPRET_ONEK if INTERPRET else ONEK_CONFIGS_16 + ONEK_CONFIGS_32
 
 
-def use_onek(k: int, n: int, pixels: int) -> bool:
+def onek_launch_configs(configs, dtype: torch.dtype):
+    """igemm_onek_kernel's configs for operands of this dtype (a config of neither list, the
+    interpreter's, serves every dtype)."""
+    mine = ONEK_CONFIGS_32 if dtype == torch.float32 else ONEK_CONFIGS_16
+    other = ONEK_CONFIGS_16 if dtype == torch.float32 else ONEK_CONFIGS_32
+    keys, others = {_config_key(c) for c in mine}, {_config_key(c) for c in other}
+    return [c for c in configs if _config_key(c) in keys or _config_key(c) not in others]
+
+
+def use_onek(k: int, n: int, pixels: int, *tensors: torch.Tensor) -> bool:
     """Whether a convolution with this K (taps x channels), N and output pixels per image runs as
-    igemm_onek_kernel (whose pixel tiles may span two images, not three)."""
+    igemm_onek_kernel (whose pixel tiles may span two images, not three): not on NCHW `tensors`
+    (a channel stride other than 1 where there is more than one channel)."""
     return (k <= ONEK_MAX_K and n <= ONEK_MAX_N
-            and pixels >= max(c.kwargs["BLOCK_M"] for c in onek_configs()))
+            and pixels >= max(c.kwargs["BLOCK_M"] for c in onek_configs())
+            and all(t.shape[1] == 1 or t.stride(1) == 1 for t in tensors))
 
 
 def persistent_ctas(device: torch.device) -> int:
@@ -190,17 +267,36 @@ def persistent_ctas(device: torch.device) -> int:
     return _INTERPRET_PERSISTENT_CTAS if INTERPRET else num_sms(device) * PERSISTENT_CTAS_PER_SM
 
 
-def config_for_dtype(config, dtype: torch.dtype) -> bool:
-    """Whether a GEMM config belongs to the list for this operand dtype (a config of neither
-    list, e.g. igemm_onek_kernel's, serves every dtype)."""
+def config_for_dtype(config, dtype: torch.dtype, *, precision: str = "tf32",
+                     narrow: bool = False, wgrad: bool = False) -> bool:
+    """Whether a GEMM config belongs to the list for this launch (gemm_list); a config of no
+    list, e.g. igemm_onek_kernel's, serves every launch."""
     key = _config_key(config)
-    if key not in _FP16_KEYS and key not in _FP32_KEYS:
+    if key not in _GEMM_KEYS:
         return True
-    return key in (_FP32_KEYS if dtype == torch.float32 else _FP16_KEYS)
+    return key in {_config_key(c) for c in gemm_list(dtype, precision=precision, narrow=narrow,
+                                                     wgrad=wgrad)}
 
 
 def elemwise_configs():
-    return _INTERPRET_ELEMWISE if INTERPRET else ELEMWISE_CONFIGS
+    return _INTERPRET_ELEMWISE if INTERPRET else _unique(ELEMWISE_CONFIGS + ELEMWISE_CONFIGS_NCHW)
+
+
+def elemwise_launch_configs(configs, nchw: bool):
+    """The element-wise kernels' configs for NHWC or NCHW data (a config of neither list, the
+    interpreter's, serves both)."""
+    mine = ELEMWISE_CONFIGS_NCHW if nchw else ELEMWISE_CONFIGS
+    known = {_config_key(c) for c in ELEMWISE_CONFIGS + ELEMWISE_CONFIGS_NCHW}
+    keys = {_config_key(c) for c in mine}
+    return [c for c in configs if _config_key(c) in keys or _config_key(c) not in known]
+
+
+def prune_elemwise(configs, named_args, **kwargs):
+    """The pool and crop kernels' configs for the launch's layout: NCHW when a tensor's channel
+    stride (an argument named *_sc) is not 1 and there is more than one channel."""
+    nchw = int(named_args["C"]) > 1 and any(
+        int(v) != 1 for k, v in named_args.items() if k.endswith("_sc"))
+    return elemwise_launch_configs(configs, nchw) or list(configs)
 
 
 def band_width(pw: int, configs) -> int:
@@ -410,6 +506,106 @@ def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
     return cdiv(tiles, sms) * (cdiv(k, bk) * per_iter + _FILL_CLK / occ)
 
 
+def device_arch(device: torch.device) -> int:
+    """The device's compute capability as 10 x major + minor (90: Hopper, 80: A100); off CUDA
+    (the interpreter, tools that prune for a modelled GPU) 90."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(_cuda_index(device))
+        return 10 * major + minor
+    return 90
+
+
+_CHANNEL_STRIDES = ("a_sc", "b_sc", "o_sc", "q_sc", "k_sc", "x_sc")
+
+
+def gathers_elementwise(named_args, wgrad: bool) -> bool:
+    """Whether a GEMM launch gathers its operands element by element (no 16-byte vectors): a
+    tensor with a channel stride other than 1 (NCHW data), or a channel count (the GEMM's K and,
+    for the forward, N) that is not a multiple of 16."""
+    if any(int(named_args[k]) != 1 for k in _CHANNEL_STRIDES if k in named_args):
+        return True
+    counts = ("CA", "CB") if wgrad else ("CA", "N_GEMM")
+    return any(int(named_args[k]) % 16 for k in counts if k in named_args)
+
+
+def fits_registers(c, *, arch: int, pool: bool = False, int64: bool = False,
+                   fp16_relu_in: bool = False) -> bool:
+    """Whether a forward/dgrad config from the 16-bit or TF32 list compiles without register
+    spills for such a launch (what tools/triton_aot.py reads off every compile, cuobjdump's local
+    memory and stack frame, with Triton 3.6 and 3.8):
+    - on sm_80 (mma.sync holds its operand fragments in registers too), with 64-bit offsets,
+      and for the fp16 dgrad with a ReLU mask: at most 64 fp32 accumulators a thread and no
+      register cap (the 128x256, 256x128 and capped 256x64 tiles spill 8 B to 5 KB there);
+    - with the pool epilogue: no register cap (the capped 256x64 tile spills 16-32 B)."""
+    bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    acc = bm * bn // (32 * c.num_warps)
+    if (arch < 90 or int64 or fp16_relu_in) and (acc > 64 or c.maxnreg):
+        return False
+    return not (pool and c.maxnreg)
+
+
+def wgrad_fits_registers(c, *, arch: int, dtype: torch.dtype, int64: bool = False,
+                         sub_n: int = 1) -> bool:
+    """The weight gradient's counterpart of fits_registers, for configs of the 16-bit and TF32
+    lists on NHWC data (the AOT table, Triton 3.6 and 3.8):
+    - on sm_80 (mma.sync holds the transposed A fragments in registers): 8 warps and at most
+      128x128, or tiles of at most 64x32 (the 4-warp 64-128 wide and the 256-wide tiles spill
+      16 B to 5 KB); and no sub-tiles (use_sub_tiles);
+    - with 64-bit offsets: at most 64 accumulators a thread (128x256, 256x128 spill 72-160 B);
+    - fp32 (TF32) with 4 warps: at most 32 accumulators a thread (16-24 B with Triton 3.6);
+    - three sub-tiles: fp16 only the 128-row tiles, fp32 only tiles of at most 32 columns (the
+      others spill 8 B with Triton 3.8; bf16's do not)."""
+    bm, bn, w = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps
+    acc = bm * bn * sub_n // (32 * w)
+    if arch < 90:
+        return sub_n == 1 and ((w == 8 and bn <= 128 and bm * bn <= 128 * 128)
+                               or bm * bn <= 64 * 32)
+    if int64 and acc > 64:
+        return False
+    if sub_n > 1:
+        if dtype == torch.float16:
+            return bm >= 128
+        if dtype == torch.float32:
+            return bn <= 32
+        return True
+    return not (dtype == torch.float32 and w == 4 and acc > 32)
+
+
+def use_sub_tiles(dtype: torch.dtype, precision: str, arch: int, narrow: bool) -> bool:
+    """Whether a weight gradient may take tiles of three column sub-tiles (SUB_N = 3): on NHWC
+    data with 16-byte vectors on sm_90 and later (on sm_80 such tiles spill), not IEEE fp32 (its
+    FMA tiles are too small to share an A tile three ways; the interpreter's "ieee" is not that,
+    and its tests run the sub-tiles in every dtype)."""
+    ieee = dtype == torch.float32 and precision == "ieee" and not INTERPRET
+    return arch >= 90 and not narrow and not ieee
+
+
+def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, narrow: bool,
+                   wgrad: bool, pool: bool = False, int64: bool = False,
+                   relu_in: bool = False, sub_n: int = 1):
+    """The configs a GEMM launch of this kind may run, before its shape is looked at: those of
+    its list (gemm_list) that fit the registers (fits_registers; for the weight gradient,
+    sub_tile_fits). prune_gemm starts from these; tools/triton_aot.py compiles exactly these for
+    every kernel variant, so its table covers every config the autotuner can pick."""
+    keep = [c for c in configs if config_for_dtype(c, dtype, precision=precision, narrow=narrow,
+                                                   wgrad=wgrad)]
+    if dtype == torch.float32 and precision == "ieee":
+        return keep   # (small tiles, every one spill-free)
+    if narrow:
+        return [c for c in keep if not wgrad or arch >= 90 or wgrad_fits_registers(
+            c, arch=arch, dtype=dtype)]
+
+    def fits(c):
+        if _config_key(c) not in _GEMM_KEYS:
+            return True   # the interpreter's one config
+        if wgrad:
+            return sub_tile_fits(c, sub_n) and wgrad_fits_registers(
+                c, arch=arch, dtype=dtype, int64=int64, sub_n=sub_n)
+        return fits_registers(c, arch=arch, pool=pool, int64=int64,
+                              fp16_relu_in=relu_in and dtype == torch.float16)
+    return [c for c in keep if fits(c)]
+
+
 def prune_gemm(configs, named_args, **kwargs):
     """The autotune configs worth timing for one GEMM (both implicit-GEMM kernels):
     - those of the operands' dtype list (16-bit: K-tiles of 64; fp32: 32), K-tiles of 16 only for
@@ -433,7 +629,11 @@ def prune_gemm(configs, named_args, **kwargs):
     wgrad = "CHUNK" in named_args
     sub_n = kwargs.get("SUB_N", 1)
     m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
-    keep = [c for c in configs if config_for_dtype(c, dtype)] or list(configs)
+    keep = launch_configs(
+        configs, dtype=dtype, precision=kwargs.get("PRECISION", "tf32"),
+        arch=device_arch(a.device), narrow=gathers_elementwise(named_args, wgrad), wgrad=wgrad,
+        pool=kwargs.get("POOL", False), int64=kwargs.get("INT64", False),
+        relu_in=kwargs.get("RELU_IN", False), sub_n=sub_n) or list(configs)
     if wgrad:
         # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
         # narrow tile, so its output gradient (the wide operand) is read once
@@ -486,6 +686,7 @@ def prune_onek(configs, named_args, **kwargs):
     elt = a.element_size()
     m = int(named_args["M_GEMM"])
     bk, bn = kwargs["BLOCK_K"], kwargs["BLOCK_N"]
+    configs = onek_launch_configs(configs, a.dtype) or list(configs)
     keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
     smem = smem_limit(a.device)
     if smem is not None:
