@@ -170,10 +170,15 @@ WGRAD_CONFIGS_NARROW = [
     _cfg(64, 32, 32, 3, 4),
     _cfg(64, 16, 32, 3, 8),
 ]
-# ... and for 16-bit operands on sm_90 64x64 with K steps of 64 too (fp32's spill 8-144 B; on
-# sm_80 wgrad_fits_registers drops it): the 2-class head's weight gradient (2 rows) runs 2.7x
-# the time in 64x32 tiles (tools/kernel_model.py).
-WGRAD_CONFIGS_NARROW_16 = [_cfg(64, 64, 64, 4, 4)] + WGRAD_CONFIGS_NARROW
+# ... and for 16-bit operands K steps of 64 too (fp32's spill 8-144 B): on sm_90 64x64 (on sm_80
+# wgrad_fits_registers drops it), without which the 2-class head's weight gradient (2 rows)
+# runs 2.7x the time in 64x32 tiles, and the first layer's 16 or 32 columns (9 or 27) with 8
+# warps, a third faster than with K steps of 32 (tools/kernel_model.py).
+WGRAD_CONFIGS_NARROW_16 = [
+    _cfg(64, 64, 64, 4, 4),
+    _cfg(64, 32, 64, 3, 8),
+    _cfg(64, 16, 64, 3, 8),
+] + WGRAD_CONFIGS_NARROW
 WGRAD_CONFIGS_IEEE = [
     _cfg(64, 16, 32, 1, 4),
 ]
