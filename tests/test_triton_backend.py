@@ -704,6 +704,37 @@ def test_weight_gradients_and_memory_bound_kernels_get_configs_that_fit_the_regi
     assert t_utils.use_onek(9, 64, 300 * 300, torch.empty(2, 1, 300, 300))
 
 
+# The configs that only narrow, IEEE-fp32 or first-layer launches run (their tile shapes the
+# interpreter's one config never takes), each through the interpreter: forward, dgrad and
+# wgrad of a 3x3 conv against float64, with the launchers' K tiling computed from the GPU's lists
+# as on a GPU (k_align, band_width). Forward/dgrad and wgrad configs are paired.
+_NARROW_PAIRS = list(zip(
+    t_utils.IGEMM_CONFIGS_NARROW + t_utils.IGEMM_CONFIGS_IEEE,
+    (t_utils.WGRAD_CONFIGS_NARROW_16 + t_utils.WGRAD_CONFIGS_IEEE) * 2))
+
+
+@pytest.mark.parametrize("fwd_cfg,wgrad_cfg", _NARROW_PAIRS,
+                         ids=[f"{f.kwargs['BLOCK_M']}x{f.kwargs['BLOCK_N']}x{f.kwargs['BLOCK_K']}-"
+                              f"{w.kwargs['BLOCK_M']}x{w.kwargs['BLOCK_N']}x{w.kwargs['BLOCK_K']}"
+                              for f, w in _NARROW_PAIRS])
+def test_narrow_and_ieee_configs_compute_the_convolution(monkeypatch, fwd_cfg, wgrad_cfg):
+    from unet_fast.backends.triton_backend import igemm
+    gpu_fwd = t_utils._unique(t_utils.IGEMM_CONFIGS_16 + t_utils.IGEMM_CONFIGS_32
+                              + t_utils.IGEMM_CONFIGS_IEEE + t_utils.IGEMM_CONFIGS_NARROW)
+    gpu_wgrad = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32
+                                + t_utils.WGRAD_CONFIGS_NARROW_16 + t_utils.WGRAD_CONFIGS_IEEE)
+    monkeypatch.setattr(t_utils, "igemm_configs", lambda: gpu_fwd)
+    monkeypatch.setattr(t_utils, "wgrad_configs", lambda: gpu_wgrad)
+    for kern, cfg in ((igemm.igemm_fwd_kernel, fwd_cfg), (igemm.igemm_wgrad_kernel, wgrad_cfg)):
+        monkeypatch.setattr(kern, "configs", [cfg])
+        monkeypatch.setattr(kern, "cache", {})   # (no tuning of another test's config)
+    # NCHW, 24 and 20 channels (not multiples of 16: the narrow path), odd sizes
+    x = make((1, 24, 11, 9), "nchw")
+    check_triton("conv3x3_relu", [x, make((20, 24, 3, 3), scale=0.2), make((20,)), 1])
+    assert igemm.igemm_fwd_kernel.best_config is fwd_cfg
+    assert igemm.igemm_wgrad_kernel.best_config is wgrad_cfg
+
+
 def test_autotune_pruning(monkeypatch):
     """Small layers do not time huge tiles; the dtype picks its list; K-tiles of 16 only for the
     first layer; at most AUTOTUNE_TOP_K configs, the best estimate first; never an empty list."""
