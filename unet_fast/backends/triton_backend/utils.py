@@ -515,9 +515,14 @@ def device_arch(device: torch.device) -> int:
     """The device's compute capability as 10 x major + minor (90: Hopper, 80: A100); off CUDA
     (the interpreter, tools that prune for a modelled GPU) 90."""
     if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(_cuda_index(device))
-        return 10 * major + minor
+        return _capability(_cuda_index(device))
     return 90
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)   # (once per device: every wgrad
+    return 10 * major + minor                                # launch asks)
 
 
 _CHANNEL_STRIDES = ("a_sc", "b_sc", "o_sc", "q_sc", "k_sc", "x_sc")
