@@ -607,7 +607,8 @@ def test_launches_get_only_configs_that_fit_the_registers(monkeypatch):
     rules of utils.launch_configs; tests/test_triton_aot.py compiles what they admit and reads
     the spills): NCHW data or channels not a multiple of 16 the narrow list, IEEE fp32 its own;
     on sm_80, with 64-bit offsets and for the fp16 ReLU-masked dgrad at most 64 accumulators a
-    thread and no register cap; the pool epilogue no cap."""
+    thread and no register cap; the pool epilogue no cap (but with the cropped skip and K
+    steps of 32)."""
     monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
     monkeypatch.setattr(t_utils, "AUTOTUNE_TOP_K", 100)   # every config the rules admit
     cfgs = _all_fwd_configs()
@@ -633,8 +634,12 @@ def test_launches_get_only_configs_that_fit_the_registers(monkeypatch):
     for few in (pick(INT64=True), pick(torch.float16, RELU_IN=True), pick(n=64, INT64=True)):
         assert few and all(acc(c) <= 64 and not c.maxnreg for c in few), few
     assert any(acc(c) > 64 for c in pick(RELU_IN=True))       # (bf16's is not limited)
-    for pool in (pick(POOL=True), pick(n=64, POOL=True), pick(n=512, POOL=True, SKIP=True)):
+    for pool in (pick(POOL=True), pick(n=64, POOL=True), pick(n=512, POOL=True)):
         assert pool and not any(c.maxnreg for c in pool), pool
+    # ... except with the cropped skip and K steps of 32
+    skip = pick(n=64, POOL=True, SKIP=True)
+    assert all(c.kwargs["BLOCK_K"] == 32 for c in skip if c.maxnreg)
+    assert any(c.maxnreg for c in skip), skip
     assert any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128
                for c in pick(n=512, POOL=True))
     monkeypatch.setattr(t_utils, "device_arch", lambda device: 80)

@@ -377,7 +377,8 @@ def jobs(subset: bool):
                         mine = utils.launch_configs(
                             configs, dtype=tdt, precision=precision, arch=arch,
                             narrow=narrow, wgrad=wgrad,
-                            pool=consts.get("POOL", False), int64=consts.get("INT64", False),
+                            pool=consts.get("POOL", False), skip=consts.get("SKIP", False),
+                            int64=consts.get("INT64", False),
                             relu_in=consts.get("RELU_IN", False), sub_n=sub)
                         cfgs = [configs.index(c) for c in mine]
                     elif "onek" in path:

@@ -76,6 +76,9 @@ IGEMM_CONFIGS_16 = [
     # 16-32 B under the cap: fits_registers. K steps of 64: of 32, the padded dgrad's loop
     # issues more cycles than its tensor work)
     _cfg(256, 64, 64, 2, 8, maxnreg=128),
+    # ... and with K steps of 32 for the valid U-Net's pool + skip epilogue, which spills under
+    # the cap with steps of 64 (fewer cp.async addresses a thread; fits_registers)
+    _cfg(256, 64, 32, 3, 8, maxnreg=128),
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 128, 64, 4, 4),
     _cfg(128, 32, 64, 4, 4),
@@ -538,20 +541,22 @@ def gathers_elementwise(named_args, wgrad: bool) -> bool:
     return any(int(named_args[k]) % 16 for k in counts if k in named_args)
 
 
-def fits_registers(c, *, arch: int, pool: bool = False, int64: bool = False,
-                   fp16_relu_in: bool = False) -> bool:
+def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
+                   int64: bool = False, fp16_relu_in: bool = False) -> bool:
     """Whether a forward/dgrad config from the 16-bit or TF32 list compiles without register
     spills for such a launch (what tools/triton_aot.py reads off every compile, cuobjdump's local
     memory and stack frame, with Triton 3.6 and 3.8):
     - on sm_80 (mma.sync holds its operand fragments in registers too), with 64-bit offsets,
       and for the fp16 dgrad with a ReLU mask: at most 64 fp32 accumulators a thread and no
       register cap (the 128x256, 256x128 and capped 256x64 tiles spill 8 B to 5 KB there);
-    - with the pool epilogue: no register cap (the capped 256x64 tile spills 16-32 B)."""
+    - with the pool epilogue: no register cap (the capped 256x64 tile spills 16-32 B), except
+      with the cropped skip (SKIP, the valid U-Net's encoder) and K steps of 32, which spills
+      nothing; without SKIP that one spills 8-24 B on sm_90."""
     bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
     acc = bm * bn // (32 * c.num_warps)
     if (arch < 90 or int64 or fp16_relu_in) and (acc > 64 or c.maxnreg):
         return False
-    return not (pool and c.maxnreg)
+    return not (pool and c.maxnreg and not (skip and c.kwargs["BLOCK_K"] == 32))
 
 
 def wgrad_fits_registers(c, *, arch: int, dtype: torch.dtype, int64: bool = False,
@@ -591,7 +596,7 @@ def use_sub_tiles(dtype: torch.dtype, precision: str, arch: int, narrow: bool) -
 
 
 def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, narrow: bool,
-                   wgrad: bool, pool: bool = False, int64: bool = False,
+                   wgrad: bool, pool: bool = False, skip: bool = False, int64: bool = False,
                    relu_in: bool = False, sub_n: int = 1):
     """The configs a GEMM launch of this kind may run, before its shape is looked at: those of
     its list (gemm_list) that fit the registers (fits_registers; for the weight gradient,
@@ -611,7 +616,7 @@ def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, na
         if wgrad:
             return sub_tile_fits(c, sub_n) and wgrad_fits_registers(
                 c, arch=arch, dtype=dtype, int64=int64, sub_n=sub_n)
-        return fits_registers(c, arch=arch, pool=pool, int64=int64,
+        return fits_registers(c, arch=arch, pool=pool, skip=skip, int64=int64,
                               fp16_relu_in=relu_in and dtype == torch.float16)
     return [c for c in keep if fits(c)]
 
@@ -642,8 +647,9 @@ def prune_gemm(configs, named_args, **kwargs):
     keep = launch_configs(
         configs, dtype=dtype, precision=kwargs.get("PRECISION", "tf32"),
         arch=device_arch(a.device), narrow=gathers_elementwise(named_args, wgrad), wgrad=wgrad,
-        pool=kwargs.get("POOL", False), int64=kwargs.get("INT64", False),
-        relu_in=kwargs.get("RELU_IN", False), sub_n=sub_n) or list(configs)
+        pool=kwargs.get("POOL", False), skip=kwargs.get("SKIP", False),
+        int64=kwargs.get("INT64", False), relu_in=kwargs.get("RELU_IN", False),
+        sub_n=sub_n) or list(configs)
     if wgrad:
         # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
         # narrow tile, so its output gradient (the wide operand) is read once
