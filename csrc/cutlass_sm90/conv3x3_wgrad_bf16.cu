@@ -32,8 +32,9 @@ int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
   if (most > k_tiles / 8) most = k_tiles / 8;
   int64_t best = 1, best_cost = -1;
   for (int64_t sp = 1; sp <= most; ++sp) {
-    const int64_t rounds = (tiles * sp + sms - 1) / sms * ((k_tiles + sp - 1) / sp + 1);
-    const int64_t cost = rounds * kStepPixels * sms + (sp - 1) * tiles * 4 * kFlopPerDramByte;
+    // the busiest SM's K steps
+    const int64_t busiest = (tiles * sp + sms - 1) / sms * ((k_tiles + sp - 1) / sp + 1);
+    const int64_t cost = busiest * kStepPixels * sms + (sp - 1) * tiles * 4 * kFlopPerDramByte;
     if (best_cost < 0 || cost < best_cost) {
       best = sp;
       best_cost = cost;
