@@ -369,8 +369,8 @@ def jobs(subset: bool):
                 if subset and (spec == "base" or (dtype != dtypes[0]
                                                    and not (spec == "runtime" and dtype == "fp32"))):
                     continue
+                narrow = _narrow(path, spec, rt)
                 for arch in ARCHS:
-                    narrow = _narrow(path, spec, rt)
                     if sub > 1 and not utils.use_sub_tiles(tdt, precision, arch, narrow):
                         continue   # (the launcher takes one tap a tile there)
                     if is_gemm and "onek" not in path:

@@ -143,12 +143,26 @@ def _config_key(c):
     return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages, c.maxnreg
 
 
+def _of_list(configs, mine, lists):
+    """The `configs` that are in list `mine`, and any that is in none of `lists` (the
+    interpreter's one config, which serves every launch)."""
+    keys = {_config_key(c) for c in mine}
+    known = {_config_key(c) for lst in lists for c in lst}
+    return [c for c in configs if _config_key(c) in keys or _config_key(c) not in known]
+
+
+def is_ieee(dtype: torch.dtype, precision: str) -> bool:
+    """fp32 with TF32 off: tl.dot on the FMA units (on the GPU; the interpreter always says
+    "ieee")."""
+    return dtype == torch.float32 and precision == "ieee"
+
+
 def gemm_list(dtype: torch.dtype, *, precision: str = "tf32", narrow: bool = False,
               wgrad: bool = False):
     """The config list a GEMM launch draws from: its operands' dtype (16-bit, fp32 with TF32, or
     IEEE fp32 on the FMA units), and for the forward/dgrad kernel whether its operands are
     gathered element by element (`narrow`: NCHW data, or channels not a multiple of 16)."""
-    if dtype == torch.float32 and precision == "ieee":
+    if is_ieee(dtype, precision):
         return WGRAD_CONFIGS_IEEE if wgrad else IGEMM_CONFIGS_IEEE
     if wgrad:
         if narrow:
@@ -185,9 +199,8 @@ WGRAD_CONFIGS_NARROW_16 = [
 WGRAD_CONFIGS_IEEE = [
     _cfg(64, 16, 32, 1, 4),
 ]
-_GEMM_KEYS = {_config_key(c) for c in IGEMM_CONFIGS_16 + IGEMM_CONFIGS_32 + IGEMM_CONFIGS_IEEE
-              + IGEMM_CONFIGS_NARROW + WGRAD_CONFIGS_16 + WGRAD_CONFIGS_32
-              + WGRAD_CONFIGS_NARROW_16 + WGRAD_CONFIGS_IEEE}
+_GEMM_LISTS = (IGEMM_CONFIGS_16, IGEMM_CONFIGS_32, IGEMM_CONFIGS_IEEE, IGEMM_CONFIGS_NARROW,
+               WGRAD_CONFIGS_16, WGRAD_CONFIGS_32, WGRAD_CONFIGS_NARROW_16, WGRAD_CONFIGS_IEEE)
 
 # The persistent one-K-tile GEMM (igemm_onek_kernel: the first layer, the 1x1 head and its dgrad):
 # only the pixel tile varies; BLOCK_N and BLOCK_K are the GEMM's N and K rounded up (the launcher
@@ -256,9 +269,7 @@ def onek_launch_configs(configs, dtype: torch.dtype):
     """igemm_onek_kernel's configs for operands of this dtype (a config of neither list, the
     interpreter's, serves every dtype)."""
     mine = ONEK_CONFIGS_32 if dtype == torch.float32 else ONEK_CONFIGS_16
-    other = ONEK_CONFIGS_16 if dtype == torch.float32 else ONEK_CONFIGS_32
-    keys, others = {_config_key(c) for c in mine}, {_config_key(c) for c in other}
-    return [c for c in configs if _config_key(c) in keys or _config_key(c) not in others]
+    return _of_list(configs, mine, (ONEK_CONFIGS_16, ONEK_CONFIGS_32))
 
 
 def use_onek(k: int, n: int, pixels: int, *tensors: torch.Tensor) -> bool:
@@ -279,11 +290,8 @@ def config_for_dtype(config, dtype: torch.dtype, *, precision: str = "tf32",
                      narrow: bool = False, wgrad: bool = False) -> bool:
     """Whether a GEMM config belongs to the list for this launch (gemm_list); a config of no
     list, e.g. igemm_onek_kernel's, serves every launch."""
-    key = _config_key(config)
-    if key not in _GEMM_KEYS:
-        return True
-    return key in {_config_key(c) for c in gemm_list(dtype, precision=precision, narrow=narrow,
-                                                     wgrad=wgrad)}
+    return bool(_of_list([config], gemm_list(dtype, precision=precision, narrow=narrow,
+                                             wgrad=wgrad), _GEMM_LISTS))
 
 
 def elemwise_configs():
@@ -293,10 +301,8 @@ def elemwise_configs():
 def elemwise_launch_configs(configs, nchw: bool):
     """The element-wise kernels' configs for NHWC or NCHW data (a config of neither list, the
     interpreter's, serves both)."""
-    mine = ELEMWISE_CONFIGS_NCHW if nchw else ELEMWISE_CONFIGS
-    known = {_config_key(c) for c in ELEMWISE_CONFIGS + ELEMWISE_CONFIGS_NCHW}
-    keys = {_config_key(c) for c in mine}
-    return [c for c in configs if _config_key(c) in keys or _config_key(c) not in known]
+    return _of_list(configs, ELEMWISE_CONFIGS_NCHW if nchw else ELEMWISE_CONFIGS,
+                    (ELEMWISE_CONFIGS, ELEMWISE_CONFIGS_NCHW))
 
 
 def prune_elemwise(configs, named_args, **kwargs):
@@ -591,8 +597,7 @@ def use_sub_tiles(dtype: torch.dtype, precision: str, arch: int, narrow: bool) -
     data with 16-byte vectors on sm_90 and later (on sm_80 such tiles spill), not IEEE fp32 (its
     FMA tiles are too small to share an A tile three ways; the interpreter's "ieee" is not that,
     and its tests run the sub-tiles in every dtype)."""
-    ieee = dtype == torch.float32 and precision == "ieee" and not INTERPRET
-    return arch >= 90 and not narrow and not ieee
+    return arch >= 90 and not narrow and not (is_ieee(dtype, precision) and not INTERPRET)
 
 
 def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, narrow: bool,
@@ -600,25 +605,33 @@ def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, na
                    relu_in: bool = False, sub_n: int = 1):
     """The configs a GEMM launch of this kind may run, before its shape is looked at: those of
     its list (gemm_list) that fit the registers (fits_registers; for the weight gradient,
-    sub_tile_fits). prune_gemm starts from these; tools/triton_aot.py compiles exactly these for
-    every kernel variant, so its table covers every config the autotuner can pick."""
-    keep = [c for c in configs if config_for_dtype(c, dtype, precision=precision, narrow=narrow,
-                                                   wgrad=wgrad)]
-    if dtype == torch.float32 and precision == "ieee":
-        return keep   # (small tiles, every one spill-free)
-    if narrow:
-        return [c for c in keep if not wgrad or arch >= 90 or wgrad_fits_registers(
-            c, arch=arch, dtype=dtype)]
+    sub_tile_fits and wgrad_fits_registers). prune_gemm starts from these; tools/triton_aot.py
+    compiles exactly these for every kernel variant, so its table covers every config the
+    autotuner can pick. Cached: the weight gradient's launcher asks on every launch."""
+    return list(_launch_configs(tuple(configs), dtype, precision, arch, narrow, wgrad, pool,
+                                skip, int64, relu_in, sub_n))
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, int64, relu_in,
+                    sub_n):
+    keep = _of_list(configs, gemm_list(dtype, precision=precision, narrow=narrow, wgrad=wgrad),
+                    _GEMM_LISTS)
+    known = {_config_key(c) for lst in _GEMM_LISTS for c in lst}
 
     def fits(c):
-        if _config_key(c) not in _GEMM_KEYS:
-            return True   # the interpreter's one config
+        if _config_key(c) not in known or is_ieee(dtype, precision):
+            return True   # the interpreter's one config; IEEE's small tiles (all spill-free)
         if wgrad:
+            if narrow:   # (the narrow tiles: only sm_80 drops one)
+                return arch >= 90 or wgrad_fits_registers(c, arch=arch, dtype=dtype)
             return sub_tile_fits(c, sub_n) and wgrad_fits_registers(
                 c, arch=arch, dtype=dtype, int64=int64, sub_n=sub_n)
+        if narrow:
+            return True  # (every narrow tile spill-free)
         return fits_registers(c, arch=arch, pool=pool, skip=skip, int64=int64,
                               fp16_relu_in=relu_in and dtype == torch.float16)
-    return [c for c in keep if fits(c)]
+    return tuple(c for c in keep if fits(c))
 
 
 def prune_gemm(configs, named_args, **kwargs):
@@ -644,7 +657,8 @@ def prune_gemm(configs, named_args, **kwargs):
     wgrad = "CHUNK" in named_args
     sub_n = kwargs.get("SUB_N", 1)
     m, n = int(named_args["M_GEMM"]), int(named_args["N_GEMM"])
-    keep = launch_configs(
+    # (every fallback below stays within these: the register rules are not relaxed by a shape)
+    keep = admitted = launch_configs(
         configs, dtype=dtype, precision=kwargs.get("PRECISION", "tf32"),
         arch=device_arch(a.device), narrow=gathers_elementwise(named_args, wgrad), wgrad=wgrad,
         pool=kwargs.get("POOL", False), skip=kwargs.get("SKIP", False),
@@ -660,13 +674,15 @@ def prune_gemm(configs, named_args, **kwargs):
             # a tile of the tap-split operand must lie in one tap unless FLAT
             if kwargs.get("SHIFT_A") and not kwargs.get("FLAT_A"):
                 keep = [c for c in keep if int(named_args["CA"]) % c.kwargs["BLOCK_M"] == 0] or \
-                    [c for c in configs if int(named_args["CA"]) % c.kwargs["BLOCK_M"] == 0]
+                    [c for c in admitted if int(named_args["CA"]) % c.kwargs["BLOCK_M"] == 0] \
+                    or keep
             if not kwargs.get("SHIFT_A") and not kwargs.get("FLAT_B"):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
-                    [c for c in configs if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0]
+                    [c for c in admitted if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] \
+                    or keep
         # tiles of three taps' sub-tiles: the configs that can run them
         keep = [c for c in keep if sub_tile_fits(c, sub_n, elt)] or \
-            [c for c in configs if sub_tile_fits(c, sub_n, elt)]
+            [c for c in admitted if sub_tile_fits(c, sub_n, elt)] or keep
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
