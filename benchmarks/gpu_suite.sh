@@ -2,9 +2,9 @@
 # The GPU suite of unet_fast: one command on a GPU machine, from a fresh checkout, no network.
 #
 #   benchmarks/gpu_suite.sh [--quick|--full|--level L] [--out DIR] [--budget SECONDS] [--jobs N]
-#                           [--skip-build] [--skip-tests] [--skip-sanitizer] [--skip-bench]
+#                           [--skip-build] [--skip-tests] [--skip-sanitizer] [--skip-bench] [--skip-model]
 #                           [--python PY] [--bench-args "ARGS"] [--tests-args "ARGS"]
-#                           [--tests-timeout S] [--sanitizer-timeout S]
+#                           [--tests-timeout S] [--sanitizer-timeout S] [--model-timeout S]
 #                           [--dry-run] [--simulate]
 #
 # Stages (each logged, timed and recorded in stages.tsv):
@@ -13,9 +13,13 @@
 #   3. sanitizer  a small training step per backend (triton, cuda) under compute-sanitizer memcheck
 #   4. bench      pytest benchmarks/ --benchmark-json (ceilings, whole models, every layer shape),
 #                 in priority order within the time budget
-#   5. summary    benchmarks/summarize.py: summary.md, per_layer.png
+#   5. model      tools/measure_kernels.py: the kernel model's predictions (docs/kernel_model.json)
+#                 next to a measurement of every Triton launch of the same training step, and the
+#                 L2 bandwidth the model assumes (model_vs_measured.md/.json); its time is kept
+#                 out of the bench stage's budget
+#   6. summary    benchmarks/summarize.py: summary.md, per_layer.png
 # Results: ONE folder, $OUT when set, else benchmarks/results/<YYYY-MM-DD>_<gpu>/ (or --out):
-#   summary.md  results.json  per_layer.png  log.txt  stages.tsv
+#   summary.md  results.json  per_layer.png  log.txt  stages.tsv  model_vs_measured.{md,json}
 # Exit status: 0 when every stage passed; 1 when the tests (parity) failed or did not finish, the
 # build failed, the sanitizer found errors, or benchmarks failed; 2 for bad arguments or a
 # machine that cannot run the suite. The summary is written in every case.
@@ -34,12 +38,13 @@ DRY=0
 OUTDIR=""
 BUDGET=570
 JOBS="$(nproc 2>/dev/null || echo 4)"
-SKIP_BUILD=0; SKIP_TESTS=0; SKIP_SAN=0; SKIP_BENCH=0
+SKIP_BUILD=0; SKIP_TESTS=0; SKIP_SAN=0; SKIP_BENCH=0; SKIP_MODEL=0
 SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0
 PY="${PYTHON:-python3}"
 TESTS_TIMEOUT=240
 SAN_TIMEOUT=200
 SUMMARY_RESERVE=40
+MODEL_TIMEOUT=150   # both model configs' warm-up (compiles cached by the bench stage) and profile
 
 usage() {
   awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
@@ -69,11 +74,13 @@ while [ $# -gt 0 ]; do
     --tests-args=*) TESTS_ARGS="${1#*=}" ;;
     --tests-timeout) need "--tests-timeout needs seconds" $# "${2:-}"; TESTS_TIMEOUT="$2"; TT_SET=1; shift ;;
     --sanitizer-timeout) need "--sanitizer-timeout needs seconds" $# "${2:-}"; SAN_TIMEOUT="$2"; ST_SET=1; shift ;;
+    --model-timeout) need "--model-timeout needs seconds" $# "${2:-}"; MODEL_TIMEOUT="$2"; shift ;;
     --simulate) SIMULATE=1 ;;
     --skip-build) SKIP_BUILD=1 ;;
     --skip-tests) SKIP_TESTS=1 ;;
     --skip-sanitizer) SKIP_SAN=1 ;;
     --skip-bench) SKIP_BENCH=1 ;;
+    --skip-model) SKIP_MODEL=1 ;;
     -h|--help) usage; exit 0 ;;
     *) die_usage "unknown argument: $1" ;;
   esac
@@ -86,6 +93,7 @@ if [ "$BUDGET" -ne 0 ] && [ "$BUDGET" -lt 120 ]; then die_usage "--budget must b
 is_uint "$JOBS" && [ "$JOBS" -ge 1 ] || die_usage "--jobs must be a positive number, got '$JOBS'"
 is_uint "$TESTS_TIMEOUT" && [ "$TESTS_TIMEOUT" -ge 30 ] || die_usage "--tests-timeout must be >= 30 s"
 is_uint "$SAN_TIMEOUT" && [ "$SAN_TIMEOUT" -ge 30 ] || die_usage "--sanitizer-timeout must be >= 30 s"
+is_uint "$MODEL_TIMEOUT" && [ "$MODEL_TIMEOUT" -ge 30 ] || die_usage "--model-timeout must be >= 30 s"
 if [ "$LEVEL" = quick ]; then [ $TT_SET = 1 ] || TESTS_TIMEOUT=200; [ $ST_SET = 1 ] || SAN_TIMEOUT=150; fi
 if [ -n "$OUTDIR" ]; then
   [ -e "$OUTDIR" ] && [ ! -d "$OUTDIR" ] && die_usage "--out $OUTDIR exists and is not a folder"
@@ -110,6 +118,10 @@ check() {  # check LABEL STATUS DETAIL ; STATUS: ok | missing | fatal
 # ------------------------------------------------------------------ preflight
 say "unet_fast GPU suite: level=$LEVEL budget=${BUDGET}s jobs=$JOBS repo=$REPO$([ $DRY = 1 ] && echo ' (dry run)')$([ $SIMULATE = 1 ] && echo ' (SIMULATED on the CPU)')"
 SIM_FLAG=""; [ $SIMULATE = 1 ] && SIM_FLAG="--bench-simulate"
+# the model stage measures real kernels: not in a simulated run
+MODEL_WHY=""; [ $SKIP_MODEL = 1 ] && MODEL_WHY="--skip-model"
+[ -z "$MODEL_WHY" ] && [ $SIMULATE = 1 ] && MODEL_WHY="--simulate (it needs a GPU)"
+MODEL_RESERVE=0; [ -z "$MODEL_WHY" ] && MODEL_RESERVE=$MODEL_TIMEOUT
 # The rungs of the no-GPU ladder that a GPU makes moot: the CPU emulator of the CUDA kernels and the
 # ahead-of-time Triton compiles (minutes of the ten); the GPU runs the real kernels instead.
 CPU_LADDER="--ignore=tests/test_cuda_emulated.py --ignore=tests/test_triton_aot.py"
@@ -120,7 +132,8 @@ eval "TESTS_ARR=($TESTS_ARGS)" 2>/dev/null || die_usage "--tests-args: cannot pa
 [ -n "$SIM_FLAG" ] && BENCH_ARR=("$SIM_FLAG" ${BENCH_ARR[@]+"${BENCH_ARR[@]}"})
 say "checks:"
 for f in setup.py unet_fast/__init__.py tests benchmarks/conftest.py benchmarks/harness.py \
-         benchmarks/summarize.py benchmarks/compare.py benchmarks/sanitize_step.py; do
+         benchmarks/summarize.py benchmarks/compare.py benchmarks/sanitize_step.py \
+         tools/measure_kernels.py tools/kernel_model.py docs/kernel_model.json; do
   if [ -e "$f" ]; then check "$f" ok ""; else check "$f" fatal "not found in $REPO"; fi
 done
 
@@ -250,15 +263,16 @@ else
   if [ -w "$p" ]; then check "results folder" ok "$RES"; else check "results folder" fatal "$p is not writable"; fi
 fi
 
-if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest of the ${BUDGET} s budget minus ${SUMMARY_RESERVE} s"; fi
+if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest of the ${BUDGET} s budget minus $((SUMMARY_RESERVE + MODEL_RESERVE)) s"; fi
 cat <<EOF
 plan:
   1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
   2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $CPU_LADDER $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
-  5. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
-  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv}
+  5. model      $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "$PY tools/measure_kernels.py --out $RES  (timeout ${MODEL_TIMEOUT} s)")
+  6. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
+  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv,model_vs_measured.md}
 EOF
 
 if [ $DRY = 1 ]; then
@@ -269,10 +283,11 @@ if [ $DRY = 1 ]; then
               --bench-level="$LEVEL" ${BENCH_ARR[@]+"${BENCH_ARR[@]}"} 2>&1)
   echo "$plan_out" | grep -E '^(benchmark plan|  tier|  total)'
   n=$(echo "$plan_out" | grep -Ec 'test_bench_(ceilings|layers|models)\.py::')
-  say "pytest benchmarks/ --bench-plan collects $n GPU benchmark cases (2 ceilings included)"
+  say "pytest benchmarks/ --bench-plan collects $n GPU benchmark cases (3 ceilings included)"
   [ "$n" -gt 0 ] || { echo "$plan_out" | tail -20 >&2; echo "dry run: pytest collected no benchmarks" >&2; exit 2; }
   "$PY" benchmarks/summarize.py --help >/dev/null && "$PY" benchmarks/compare.py --help >/dev/null \
-    && "$PY" benchmarks/sanitize_step.py --help >/dev/null || { echo "dry run: a script does not start" >&2; exit 2; }
+    && "$PY" benchmarks/sanitize_step.py --help >/dev/null && "$PY" tools/measure_kernels.py --help >/dev/null \
+    || { echo "dry run: a script does not start" >&2; exit 2; }
   say "dry run: arguments, paths and scripts are fine ($WARNINGS warning(s) above); nothing was run or written"
   exit 0
 fi
@@ -370,7 +385,7 @@ if [ $SKIP_BENCH = 1 ]; then record bench skipped 0 "--skip-bench"
 else
   if [ $BUDGET -eq 0 ]; then bb=0; lim=0
   else
-    l=$(left); bb=$(( l - SUMMARY_RESERVE - 20 )); [ $bb -lt 60 ] && bb=60
+    l=$(left); bb=$(( l - SUMMARY_RESERVE - MODEL_RESERVE - 20 )); [ $bb -lt 60 ] && bb=60
     lim=$(( bb + 20 ))
   fi
   run_stage bench "$lim" "$PY" -m pytest benchmarks/ -q -rs -p no:cacheprovider --bench-suite=gpu \
@@ -390,7 +405,20 @@ else
   esac
 fi
 
-# 5. summary (always)
+# 5. the kernel model next to the measurement (after the bench stage: its compiles are cached)
+if [ -n "$MODEL_WHY" ]; then record model skipped 0 "$MODEL_WHY"
+else
+  lim=$MODEL_TIMEOUT; l=$(left); [ $l -lt $((lim + SUMMARY_RESERVE)) ] && lim=$(( l > 60 + SUMMARY_RESERVE ? l - SUMMARY_RESERVE : 60 ))
+  run_stage model "$lim" "$PY" tools/measure_kernels.py --out "$RES"
+  per=$(grep -E '^(MODEL |L2 )' "$STAGE_OUT" | sed 's/^MODEL //' | paste -sd';' -)
+  case $stage_rc in
+    0) record model ok $STAGE_S "$per" ;;
+    124|137) record model TIMEOUT $STAGE_S "killed at ${lim} s, what was measured is kept: ${per:-nothing}"; FAILED+=(model) ;;
+    *) record model FAILED $STAGE_S "exit $stage_rc: ${per:-see log.txt}"; FAILED+=(model) ;;
+  esac
+fi
+
+# 6. summary (always)
 GPU_LABEL="${GPU//_/ }"; [ "$GPU" = none ] && GPU_LABEL="no GPU"
 title="unet_fast benchmarks: $(date +%Y-%m-%d), $GPU_LABEL, level $LEVEL$([ $SIMULATE = 1 ] && echo ', SIMULATED on the CPU (numbers mean nothing)')"
 if [ -f "$RES/results.json" ]; then

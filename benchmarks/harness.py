@@ -825,5 +825,5 @@ def plan_table(cases) -> list[str]:
         total += s
         lines.append(f"  tier {tier:2d}  {kind:5s} {cfg:12s} {mode:12s} {prov:11s} {n:5d} cases  est {s:7.0f} s"
                      f"  (cumulative {total:6.0f} s)")
-    lines.append(f"  total: {sum(n for n, _ in by.values())} cases, est {total:.0f} s (+ 2 ceilings)")
+    lines.append(f"  total: {sum(n for n, _ in by.values())} cases, est {total:.0f} s (+ 3 ceilings)")
     return lines

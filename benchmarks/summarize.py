@@ -310,8 +310,11 @@ def machine_lines(meta):
         bw, tf = ceil.get("copy_gbps") or 0, ceil.get("matmul_tflops") or 0
         bw_s = f"{bw / 1e3:.2f} TB/s" if bw >= 1000 else f"{bw:.1f} GB/s"
         tf_s = f"{tf:.0f} TFLOP/s" if tf >= 10 else f"{tf:.3g} TFLOP/s"
+        l2 = ceil.get("l2_gbps")
+        l2_s = f", L2 -> SM read **{l2 / 1e3:.2f} TB/s** (the kernel model assumes 10)" if l2 else ""
         lines.append(f"- ceilings measured in this run ({ceil.get('device', '?')}): copy **{bw_s}** (bytes read + "
-                     f"written), {ceil.get('matmul_dtype', 'bf16')} matmul {ceil.get('matmul_n', '')}^3 **{tf_s}**")
+                     f"written), {ceil.get('matmul_dtype', 'bf16')} matmul {ceil.get('matmul_n', '')}^3 **{tf_s}**"
+                     f"{l2_s}")
     return lines
 
 

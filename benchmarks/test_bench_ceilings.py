@@ -1,6 +1,10 @@
 """The machine's own ceilings, measured first in every run: a device-to-device copy (bytes read +
-written) and an 8192^3 bf16 matmul on random data. Every other figure is also reported as a
-fraction of these."""
+written), an 8192^3 bf16 matmul on random data, and the L2 -> SM read bandwidth (the one machine
+figure tools/kernel_model.py assumes rather than measures). Every other figure is also reported as a
+fraction of the first two."""
+import os
+import sys
+
 import pytest
 import torch
 
@@ -50,3 +54,24 @@ def test_ceiling_bf16_matmul(benchmark):
     harness.finish(benchmark, dict(kind="ceiling", name="matmul", op=f"matmul {n}^3", provider="torch",
                                    device=device, dtype="bf16" if device == "cuda" else "fp32",
                                    tflops=tflops, flops=2 * n**3, **t.as_dict()))
+
+
+def test_ceiling_l2_bandwidth(benchmark):
+    device = _device_or_skip()
+    if device != "cuda":
+        pytest.skip("the L2 probe is a Triton kernel: on the CPU only the interpreter runs it "
+                    "(tests/test_measure_kernels.py), and its time would mean nothing")
+    benchmark.group = "ceilings"
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "tools"))
+    import measure_kernels
+    run, info = measure_kernels.l2_probe(device)
+    quick = Settings.level == "quick"
+    t = harness.time_step(benchmark, lambda i: run(), 1, device, warmup=3,
+                          target_s=0.3 if quick else 0.6, min_rounds=10, max_rounds=30 if quick else 60)
+    gbps = info["bytes_per_launch"] / (t.median_ms / 1e3) / 1e9
+    harness.CEILINGS.update(l2_gbps=gbps, device=device)
+    harness.finish(benchmark, dict(kind="ceiling", name="l2", op="L2 read", provider="triton",
+                                   device=device, dtype="fp32", gbps=gbps,
+                                   bytes=info["bytes_per_launch"], buffer_bytes=info["buffer_bytes"],
+                                   l2_cache_bytes=info["l2_cache_bytes"], **t.as_dict()))

@@ -95,10 +95,11 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     r = background.result("dry")
     assert r.returncode == 0, r.stdout + r.stderr
     text = r.stdout
-    for stage in ("1. build", "2. tests", "3. sanitizer", "4. bench", "5. summary"):
+    for stage in ("1. build", "2. tests", "3. sanitizer", "4. bench", "5. model", "6. summary"):
         assert stage in text
     assert "pip install --no-build-isolation --no-deps" in text and "MAX_JOBS=" in text
     assert "--benchmark-json=" + str(out) + "/results.json" in text
+    assert "tools/measure_kernels.py --out " + str(out) in text      # the model next to the GPU
     assert "tier  1  model valid572-b8  train bf16" in text          # the plan, in run order
     assert "GPU benchmark cases" in text and "collects 0 " not in text
     assert "dry run: arguments, paths and scripts are fine" in text
@@ -120,6 +121,7 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     (["--jobs", "0"], "--jobs must be a positive number"),
     (["--out"], "--out needs a folder"),
     (["--out", "--quick"], "--out needs a folder"),
+    (["--model-timeout", "5"], "--model-timeout must be >= 30 s"),
 ])
 def test_gpu_suite_rejects_bad_arguments(args, message):
     r = _suite("--dry-run", *args, timeout=30)
@@ -299,6 +301,7 @@ def test_gpu_suite_simulated_end_to_end(background):
     assert sorted(os.listdir(res)) == ["log.txt", "per_layer.png", "results.json", "stages.tsv", "summary.md"]
     stages = (res / "stages.tsv").read_text()
     assert "\nbench\tok\t" in stages and "\ntests\tskipped\t" in stages
+    assert "\nmodel\tskipped\t0\t--simulate (it needs a GPU)" in stages
     data = json.loads((res / "results.json").read_text())
     recs = [b["extra_info"] for b in data["benchmarks"]]
     kinds = {x["kind"] for x in recs}
@@ -322,4 +325,4 @@ def test_gpu_suite_simulated_end_to_end(background):
 def test_pytest_benchmarks_without_gpu_skips_saying_why(background):
     r = background.result("nogpu")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "4 skipped" in r.stdout and "needs a CUDA GPU" in r.stdout
+    assert "5 skipped" in r.stdout and "needs a CUDA GPU" in r.stdout

@@ -151,40 +151,52 @@ class _Recorder:
         return functools.partial(self._launch, grid)
 
     def _launch(self, grid, *args, **kwargs):
-        from triton._C.libtriton import native_specialize_impl
-        from triton.backends.nvidia.compiler import CUDABackend
         from triton.runtime.autotuner import Autotuner
         k = self.kernel
-        fn = k.fn if isinstance(k, Autotuner) else k
-        named = dict(zip(fn.arg_names, args))
-        nospec = {p.name for p in fn.params if p.do_not_specialize}
-        desc = {}
-        for p in fn.params:
-            if p.name not in named:
-                continue
-            v = named[p.name]
-            spec = native_specialize_impl(CUDABackend, v, False, p.name not in nospec, True)
-            if hasattr(v, "data_ptr"):
-                desc[p.name] = _tensor_desc(v, spec)
-            else:
-                desc[p.name] = ("int" if isinstance(v, int) else type(v).__name__, v, spec)
         if isinstance(k, Autotuner):
-            k.nargs = named
+            k.nargs = dict(zip(k.fn.arg_names, args))
             configs = getattr(k, "prune_only", k.prune_configs)(kwargs)   # (never compiles)
-            key = tuple(named[n] for n in k.keys if n in named) + tuple(
-                str(v.dtype) for v in named.values() if hasattr(v, "dtype"))
         else:
-            configs, key = [None], ()
-        rows = []
-        for c in configs:
-            meta = dict(named, **kwargs, **(c.kwargs if c else {}))
-            g = grid(meta) if callable(grid) else grid
-            g = tuple(int(x) for x in g) + (1,) * (3 - len(g))
-            rows.append(((dict(c.kwargs) if c else {}), c.num_warps if c else kwargs.get("num_warps", 4),
-                         c.num_stages if c else kwargs.get("num_stages", 3), g,
-                         c.maxnreg if c else None))
-        self.state.launches.append(Launch(self.path, self.state.phase, self.state.layer or "?",
-                                          desc, dict(kwargs), rows, key))
+            configs = [None]
+        self.state.launches.append(describe_launch(self.path, k, self.state, grid, args, kwargs,
+                                                   configs))
+
+
+def describe_launch(path, kernel, state, grid, args, kwargs, configs) -> "Launch":
+    """A Launch of `kernel` (autotuned or not) with these arguments and candidate configs (None:
+    a plain kernel), in the layer and phase `state` is in."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.autotuner import Autotuner
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    named = dict(zip(fn.arg_names, args))
+    # (the interpreter's kernels have no params: their specialization is never compiled)
+    params = getattr(fn, "params", None)
+    nospec = {p.name for p in params if p.do_not_specialize} if params is not None else set()
+    desc = {}
+    for name in ([p.name for p in params] if params is not None else fn.arg_names):
+        if name not in named:
+            continue
+        v = named[name]
+        spec = native_specialize_impl(CUDABackend, v, False, name not in nospec, True)
+        if hasattr(v, "data_ptr"):
+            desc[name] = _tensor_desc(v, spec)
+        else:
+            desc[name] = ("int" if isinstance(v, int) else type(v).__name__, v, spec)
+    if isinstance(kernel, Autotuner):
+        key = tuple(named[n] for n in kernel.keys if n in named) + tuple(
+            str(v.dtype) for v in named.values() if hasattr(v, "dtype"))
+    else:
+        key = ()
+    rows = []
+    for c in configs:
+        meta = dict(named, **kwargs, **(c.kwargs if c else {}))
+        g = grid(meta) if callable(grid) else grid
+        g = tuple(int(x) for x in g) + (1,) * (3 - len(g))
+        rows.append(((dict(c.kwargs) if c else {}), c.num_warps if c else kwargs.get("num_warps", 4),
+                     c.num_stages if c else kwargs.get("num_stages", 3), g,
+                     c.maxnreg if c else None))
+    return Launch(path, state.phase, state.layer or "?", desc, dict(kwargs), rows, key)
 
 
 class _State:
@@ -248,13 +260,8 @@ def _aten_recorder(state):
 def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     """The launches of one bf16-autocast training step of `cfg` on the Triton backend."""
     import torch
-    import triton
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
-
     import unet_fast as uf
     from unet_fast import _dispatch
-    from unet_fast.backends import triton_backend
     from unet_fast.backends.triton_backend import utils
 
     state = _State()
@@ -278,6 +285,49 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
                       if "triton" in impls}
     for op in saved_supports:
         _dispatch._impls[op]["triton"].supports = None
+    try:
+        torch.manual_seed(0)
+        model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
+                        cfg.padding, backend="triton")
+        x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size)
+        with labelled_launches(state, _Recorder), _aten_recorder(state):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                state.phase, state.layer = "fwd", "input"
+                out = model(x)
+            state.phase, state.layer = "bwd", "loss"
+            out.float().sum().backward()
+    finally:
+        for obj, name, val in reversed(patches):
+            setattr(obj, name, val)
+        _dispatch._backend_reason["triton"] = saved_reason
+        for op, s in saved_supports.items():
+            _dispatch._impls[op]["triton"].supports = s
+    _KERNELS.update(state.kernels)
+    return state.launches
+
+
+@contextlib.contextmanager
+def labelled_launches(state: "_State", wrapper):
+    """Within: every Triton kernel of the backend is replaced by `wrapper(path, kernel, state)`
+    (_Recorder records its launches instead of running them; tools/measure_kernels.py's runs them
+    and records the config that ran), and `state.layer` / `state.phase` name the layer whose
+    forward or backward is running: the dispatch layer's names in the forward; in the backward, a
+    hook on the autograd node of each op's output names the layer whose backward runs next. (The
+    caller sets state.phase to "bwd" before calling backward.)"""
+    import torch
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    from unet_fast import _dispatch
+    from unet_fast.backends import triton_backend
+
+    patches = []
+
+    def patch(obj, name, value):
+        patches.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    _dispatch.ensure_backends()
     for mod_name in list(sys.modules):
         if not mod_name.startswith(triton_backend.__name__ + "."):
             continue
@@ -286,10 +336,7 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
             if isinstance(val, (Autotuner, JITFunction)) and attr.endswith("_kernel"):
                 path = f"{mod_name.rsplit('.', 1)[1]}.{attr}"
                 state.kernels[path] = val
-                patch(mod, attr, _Recorder(path, val, state))
-
-    # layer attribution: the dispatch layer's names in the forward; in the backward, a hook on
-    # the autograd node of each op's output names the layer whose backward runs next
+                patch(mod, attr, wrapper(path, val, state))
     orig_run = _dispatch.run
 
     def run(op, args, backend=None):
@@ -306,24 +353,10 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
 
     patch(_dispatch, "run", run)
     try:
-        torch.manual_seed(0)
-        model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
-                        cfg.padding, backend="triton")
-        x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size)
-        with _aten_recorder(state):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                state.phase, state.layer = "fwd", "input"
-                out = model(x)
-            state.phase, state.layer = "bwd", "loss"
-            out.float().sum().backward()
+        yield state
     finally:
         for obj, name, val in reversed(patches):
             setattr(obj, name, val)
-        _dispatch._backend_reason["triton"] = saved_reason
-        for op, s in saved_supports.items():
-            _dispatch._impls[op]["triton"].supports = s
-    _KERNELS.update(state.kernels)
-    return state.launches
 
 
 _KERNELS: dict = {}   # kernel path -> the real (autotuned) kernel object, filled by record_step
@@ -913,14 +946,16 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
                             issue_cycles_per_iter=r["issue_cycles_per_iter"],
                             predicted_fraction_of_peak=r["predicted_fraction_of_peak"],
                             bound=r["bound"], predicted_ms=r["time_s"] * 1e3,
-                            roofline_ms=r["roofline_s"] * 1e3,
+                            kernel_ms=r["kernel_s"] * 1e3, roofline_ms=r["roofline_s"] * 1e3,
                             spill_bytes_per_thread=r.get("spill")))
     with open(path_json, "w") as f:
-        json.dump(dict(note="model, not measurement", machine=dataclasses.asdict(m),
+        json.dump(dict(note="model, not measurement", triton=triton.__version__,
+                       machine=dataclasses.asdict(m),
                        kernels=[{("pass" if k == "pass_" else k): v for k, v in d.items()}
                                 for d in out],
                        summary={res["config"]["name"]: dict(summarize(res, m),
-                                                           first_step=res["first_step"])
+                                                           first_step=res["first_step"],
+                                                           config=res["config"])
                                 for res in results},
                        extension=_extension_json(ext)), f, indent=1)
 

@@ -1,0 +1,119 @@
+"""tools/measure_kernels.py, the kernel model against a GPU, checked without one: the L2 probe
+under the Triton interpreter (it reads the blocks it says and counts their bytes), the pairing of
+launches with device kernels and the join with the model's rows on made-up traces, and, on a real
+(interpreted) step of a small U-Net, that the launches as the GPU run labels them are exactly the
+launches the model records for the same step (the join's premise)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import measure_kernels as mk  # noqa: E402
+
+
+def test_l2_probe_reads_the_blocks_it_counts():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the probe under the Triton interpreter")
+    n_blocks, programs, iters = 3, 5, 4
+    src = torch.randn(n_blocks * mk.L2_BLOCK, generator=torch.Generator().manual_seed(0))
+    out = torch.empty(programs)
+    nbytes = mk.l2_probe_launch(src, out, iters)
+    assert nbytes == programs * iters * mk.L2_BLOCK * 4
+    blocks = src.double().view(n_blocks, mk.L2_BLOCK).sum(1)
+    want = torch.stack([sum(blocks[(p + i * programs) % n_blocks] for i in range(iters))
+                        for p in range(programs)])
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="multiple of"):
+        mk.l2_probe_launch(torch.empty(mk.L2_BLOCK + 1), out, 1)
+
+
+def _l(kernel, layer="l", pass_="fwd"):
+    return dict(kernel=kernel, layer=layer, phase="fwd", pass_=pass_, config="c")
+
+
+def test_launches_pair_with_device_kernels_by_name_and_order():
+    launches = [_l("igemm_fwd_kernel", "a"), _l("igemm_wgrad_kernel", "a", "wgrad"),
+                _l("igemm_fwd_kernel", "b")]
+    kernels = [("igemm_fwd_kernel", 0.0, 100.0), ("elementwise_kernel<...>", 1.0, 7.0),
+               ("igemm_wgrad_kernel_0d1d", 2.0, 50.0), ("igemm_fwd_kernel", 3.0, 30.0)]
+    out, other, mismatches = mk.pair(launches, kernels)
+    assert [o["measured_ms"] for o in out] == [0.1, 0.05, 0.03]
+    assert other == [("elementwise_kernel<...>", 0.007)] and not mismatches
+    # counts that differ pair nothing of that kernel, and say so
+    out, _, mismatches = mk.pair(launches, kernels[:3])
+    assert [o["measured_ms"] for o in out] == [None, 0.05, None]
+    assert mismatches == {"igemm_fwd_kernel": (2, 1)}
+
+
+def test_join_takes_the_model_row_of_the_same_layer_pass_kernel_and_occurrence():
+    rows = [dict(layer="a", **{"pass": "fwd"}, name="k", config="x", bound="L2", predicted_ms=1.002,
+                 kernel_ms=1.0),
+            dict(layer="a", **{"pass": "fwd"}, name="k", config="y", bound="tensor", predicted_ms=2.002,
+                 kernel_ms=2.0),
+            dict(layer="a", **{"pass": "dgrad"}, name="k", config="z", bound="L2", predicted_ms=4.002,
+                 kernel_ms=4.0)]
+    measured = [dict(_l("k", "a", "fwd"), measured_ms=1.5, config="x"),
+                dict(_l("k", "a", "dgrad"), measured_ms=2.0, config="q"),
+                dict(_l("k", "a", "fwd"), measured_ms=None, config="y"),
+                dict(_l("k", "b", "fwd"), measured_ms=1.0, config="x")]
+    j = mk.join(measured, rows, gap_ms=0.002)
+    assert [r["predicted_ms"] for r in j] == [1.0, 4.0, 2.0, None]
+    assert [r["ratio"] for r in j] == [1.5, 0.5, None, None]
+    assert [r["same_config"] for r in j] == [True, False, True, None]
+    s = mk.summarize(j, [("aten", 0.25)], rows, 0.002)
+    assert (s["paired"], s["within_20pct"], s["within_2x"], s["same_config"]) == (2, 0, 2, 1)
+    assert s["ratio_median"] == 1.0 and s["other_measured_ms"] == 0.25
+    text = mk.report([dict(config=dict(name="toy", size=8, batch=1, padding="same"), rows=j,
+                           other=[("aten", 0.25)],
+                           summary=dict(s, step_ms=3.0, predicted_step_ms=2.0, mismatches={}))],
+                     dict(l2_bytes_per_s=7e12, buffer_bytes=2**24, l2_cache_bytes=2**26,
+                          programs=2112), dict(gpu="test"))
+    assert "7.00 TB/s" in text and "| a | dgrad | k | z | q | 4.000 | 2.000 | 0.50 | L2 |" in text
+
+
+@pytest.mark.parametrize("padding,size", [("valid", 44), ("same", 16)])
+def test_a_run_labels_its_launches_as_the_model_records_them(monkeypatch, padding, size):
+    """The same step run (interpreted, CPU) with the GPU run's labelling, and recorded by the
+    model: the same Triton launches, in the same order, with the same (layer, pass) labels."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton backend under the interpreter")
+    import kernel_model as km
+    from unet_fast.backends.triton_backend import utils
+    cfg = km.ModelConfig("toy", 1, 2, size, padding, 1, base_channels=4, depth=2)
+    recorded = [dict(kernel=l.kernel.split(".")[-1], layer=l.layer, phase=l.phase,
+                     pass_=km.work(l, 0)["pass_"])
+                for l in km.record_step(cfg) if not l.kernel.startswith("aten.")]
+    monkeypatch.setattr(utils, "num_sms", lambda device: km.H200.sms)   # the model's split counts
+    state = km._State()
+    state.recording = True
+    with km.labelled_launches(state, mk._Runner):
+        mk.make_step(cfg, "cpu")(state)
+    ran = [{k: v for k, v in r.items() if k != "config"} for r in mk.labelled(state.launches)]
+    assert ran == recorded
+    assert {r["pass_"] for r in ran} >= {"fwd", "dgrad", "wgrad"}
+    assert all(r["layer"] not in ("?", "input", "loss") for r in ran)
+
+
+def test_device_kernels_are_the_profilers_device_events_in_start_order():
+    from torch.autograd import DeviceType
+
+    class Ev:
+        def __init__(self, name, dev, start, end):
+            self.name, self.device_type = name, dev
+            self.time_range = type("R", (), dict(start=start, end=end))()
+
+    class Prof:
+        def events(self):
+            return [Ev("b", DeviceType.CUDA, 5.0, 7.5), Ev("aten::add", DeviceType.CPU, 0.0, 9.0),
+                    Ev("a", DeviceType.CUDA, 1.0, 2.0)]
+
+    assert mk.device_kernels(Prof()) == [("a", 1.0, 1.0), ("b", 5.0, 2.5)]

@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""The kernel model against a GPU: how far off each prediction is.
+
+`tools/kernel_model.py` predicts, without a GPU, every kernel one bf16-autocast training step of
+the paper U-Net (and of the "same" U-Net) launches on `backend="triton"`; its predictions are
+committed in docs/kernel_model.json. This tool runs that same step on a GPU and puts a measurement
+next to every prediction:
+
+- the step (the model config the JSON names: size, batch, channels, padding) runs a few times
+  first, so every shape is autotuned and compiled;
+- then one step runs under torch.profiler, with every Triton launch of the backend labelled the
+  way the model labels it (layer, pass, kernel) and with the config the autotuner ran; each
+  launch is paired with its device kernel (CUPTI's duration) by kernel name and order (one
+  stream: launch order is execution order);
+- each measured launch is joined with the model's row for the same (layer, pass, kernel, n-th
+  such launch): predicted and measured milliseconds side by side, and whether the autotuner ran
+  the config the model picked;
+- the L2 -> SM read bandwidth, the model's one unmeasured machine figure (it assumes 10 TB/s), is
+  measured too (`measure_l2_bandwidth`).
+
+    python tools/measure_kernels.py --out DIR     # -> DIR/model_vs_measured.md and .json
+
+The GPU suite (benchmarks/gpu_suite.sh) runs it after the benchmarks. Without a CUDA GPU it says so
+and exits with status 2. The pairing, joining and report are tested on the CPU
+(tests/test_measure_kernels.py), the L2 probe under the Triton interpreter.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (ROOT, os.path.join(ROOT, "tools")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import kernel_model as km  # noqa: E402
+
+MODEL_JSON = os.path.join(ROOT, "docs", "kernel_model.json")
+
+
+# ============================================================================ the L2 probe
+@triton.jit
+def l2_read_kernel(src, out, n_blocks, iters, BLOCK: tl.constexpr):
+    """Program p reads blocks (p + i * programs) mod n_blocks of src, i < iters, through the L2 only
+    (.cg: L1 bypassed, as the convolutions' cp.async.cg operand loads are), and writes their sum to
+    out[p] (so no load is dead). With src a fraction of the L2's size, warmed, every read is an
+    L2 hit: bytes read / time is the L2 -> SM bandwidth."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for i in range(iters):
+        blk = (pid + i * nprog) % n_blocks
+        acc += tl.load(src + blk * BLOCK + offs, cache_modifier=".cg")
+    tl.store(out + pid, tl.sum(acc, axis=0))
+
+
+L2_BLOCK = 2048        # fp32 per program and iteration: 16 a thread (4 warps), four 16-byte loads
+L2_WARPS = 4
+
+
+def l2_probe_launch(src, out, iters: int):
+    """One launch of the probe over `src` (fp32, a multiple of L2_BLOCK elements) with one program
+    per element of `out`: returns the bytes it reads."""
+    n_blocks = src.numel() // L2_BLOCK
+    if n_blocks * L2_BLOCK != src.numel():
+        raise ValueError(f"src must hold a multiple of {L2_BLOCK} elements, got {src.numel()}")
+    l2_read_kernel[(out.numel(),)](src, out, n_blocks, iters, BLOCK=L2_BLOCK, num_warps=L2_WARPS)
+    return out.numel() * iters * L2_BLOCK * src.element_size()
+
+
+def l2_probe(device="cuda"):
+    """(run, info): run() launches the probe once over a buffer of a quarter of the L2 (both
+    halves of a split L2 serve it), 16 programs of 128 threads per SM (the most that fit: enough
+    loads in flight), about 2 GB a launch; info: its bytes per launch and sizes. Run once here
+    (compile, and the buffer into the L2)."""
+    import torch
+    props = torch.cuda.get_device_properties(device)
+    l2 = int(getattr(props, "L2_cache_size", 0) or 50 * 2**20)
+    n = max(L2_BLOCK, (l2 // 4) // 4 // L2_BLOCK * L2_BLOCK)
+    src = torch.randn(n, device=device)
+    programs = props.multi_processor_count * 16
+    out = torch.empty(programs, device=device)
+    iters = max(1, (2 << 30) // (programs * L2_BLOCK * 4))
+    nbytes = l2_probe_launch(src, out, iters)
+
+    def run():
+        l2_probe_launch(src, out, iters)
+    return run, dict(bytes_per_launch=nbytes, buffer_bytes=n * 4, l2_cache_bytes=l2,
+                     programs=programs)
+
+
+def measure_l2_bandwidth(device="cuda", reps: int = 20) -> dict:
+    """The L2 -> SM read bandwidth in bytes per second (l2_probe; median of `reps` launches timed
+    with CUDA events)."""
+    run, info = l2_probe(device)
+    t = statistics.median(event_ms(run, reps)) / 1e3
+    return dict(info, l2_bytes_per_s=info["bytes_per_launch"] / t, median_s=t)
+
+
+def event_ms(fn, reps: int) -> list:
+    """fn()'s device time in ms, `reps` times, each between two CUDA events (synchronized)."""
+    import torch
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
+# ============================================================================ running the step
+class _Runner:
+    """Stands in for a Triton kernel of the backend: runs it, and while `state.recording` records
+    the launch (kernel_model.describe_launch) with the one config that ran (an autotuned kernel's
+    best_config, set by the launch)."""
+
+    def __init__(self, path, kernel, state):
+        self.path, self.kernel, self.state = path, kernel, state
+
+    def __getitem__(self, grid):
+        return functools.partial(self._launch, grid)
+
+    def _launch(self, grid, *args, **kwargs):
+        from triton.runtime.autotuner import Autotuner
+        ret = self.kernel[grid](*args, **kwargs)
+        if getattr(self.state, "recording", False):
+            cfg = self.kernel.best_config if isinstance(self.kernel, Autotuner) else None
+            self.state.launches.append(km.describe_launch(self.path, self.kernel, self.state,
+                                                          grid, args, kwargs, [cfg]))
+        return ret
+
+
+def make_step(cfg: km.ModelConfig, device):
+    """The model's step (kernel_model.record_step's): UNet(backend="triton") from seed 0, a random
+    input, forward under bf16 autocast, backward of the output's sum; gradients set to None first,
+    so no step accumulates into the last one's. step(state) names the phases for the recorder."""
+    import torch
+    import unet_fast as uf
+    torch.manual_seed(0)
+    model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth, cfg.padding,
+                    backend="triton").to(device)
+    x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size, device=device)
+    dev_type = torch.device(device).type
+
+    def step(state=None):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(dev_type, dtype=torch.bfloat16):
+            if state is not None:
+                state.phase, state.layer = "fwd", "input"
+            out = model(x)
+        if state is not None:
+            state.phase, state.layer = "bwd", "loss"
+        out.float().sum().backward()
+    return step
+
+
+def labelled(launches) -> list:
+    """Each recorded launch as the model names it: dict(kernel, layer, phase, pass, config)."""
+    out = []
+    for l in launches:
+        w = km.work(l, 0)
+        kw, warps, stages, _, maxnreg = l.configs[0]
+        out.append(dict(kernel=l.kernel.split(".")[-1], layer=l.layer, phase=l.phase,
+                        pass_=w["pass_"], config=km._cfg_text(kw, warps, stages, maxnreg)))
+    return out
+
+
+def device_kernels(prof) -> list:
+    """(name, start_us, duration_us) of every device kernel a torch.profiler run saw, in start
+    order (memcpy and memset activities included: they are device work of the step too)."""
+    from torch.autograd import DeviceType
+    evs = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sorted(((e.name, e.time_range.start, e.time_range.end - e.time_range.start)
+                   for e in evs), key=lambda k: k[1])
+
+
+def _owner(name: str, ours) -> str | None:
+    """Which of our kernel names a device kernel's name is (Triton names a kernel by its
+    function; a suffix some versions add is allowed), else None."""
+    if name in ours:
+        return name
+    best = [o for o in ours if name.startswith(o + "_")]
+    return max(best, key=len) if best else None
+
+
+def pair(launches: list, kernels: list) -> tuple:
+    """Each labelled launch with its device kernel's duration (ms), by kernel name and order.
+    A kernel name whose launch and device counts differ is not paired at all (its launches get
+    measured_ms None and the name is reported): a wrong pairing would be worse than none.
+    Returns (launches with measured_ms, the other device kernels' [(name, ms)], mismatches)."""
+    ours = {l["kernel"] for l in launches}
+    dev = collections.defaultdict(list)
+    other = []
+    for name, _, dur in kernels:
+        o = _owner(name, ours)
+        if o is None:
+            other.append((name, dur / 1e3))
+        else:
+            dev[o].append(dur / 1e3)
+    host = collections.defaultdict(list)
+    for l in launches:
+        host[l["kernel"]].append(l)
+    mismatches = {}
+    out = [dict(l, measured_ms=None) for l in launches]
+    by_id = {id(l): o for l, o in zip(launches, out)}
+    for name, ls in host.items():
+        if len(ls) != len(dev.get(name, [])):
+            mismatches[name] = (len(ls), len(dev.get(name, [])))
+            continue
+        for l, ms in zip(ls, dev[name]):
+            by_id[id(l)]["measured_ms"] = ms
+    return out, other, mismatches
+
+
+def join(measured: list, model_rows: list, gap_ms: float) -> list:
+    """Each measured launch with the model's row for the same (layer, pass, kernel) and
+    occurrence: the model's kernel time (its predicted_ms less the inter-launch gap it adds), its
+    config and bound. Launches the model has no row for keep predicted_ms None."""
+    rows = collections.defaultdict(list)
+    for r in model_rows:
+        rows[(r["layer"], r["pass"], r["name"])].append(r)
+    seen = collections.Counter()
+    out = []
+    for m in measured:
+        key = (m["layer"], m["pass_"], m["kernel"])
+        i = seen[key]
+        seen[key] += 1
+        r = rows[key][i] if i < len(rows.get(key, ())) else None
+        pred = None if r is None else r.get("kernel_ms", r["predicted_ms"] - gap_ms)
+        ratio = (m["measured_ms"] / pred if r is not None and m["measured_ms"] is not None
+                 and pred > 0 else None)
+        out.append(dict(m, predicted_ms=pred, model_config=None if r is None else r["config"],
+                        bound=None if r is None else r["bound"], ratio=ratio,
+                        same_config=None if r is None else r["config"] == m["config"]))
+    return out
+
+
+def summarize(joined: list, other: list, model_rows: list, gap_ms: float) -> dict:
+    """The comparison in a few figures: sums over the paired launches, the spread of
+    measured / predicted, the aten and other kernels' totals against the model's aten rows."""
+    paired = [j for j in joined if j["ratio"] is not None]
+    ratios = sorted(j["ratio"] for j in paired)
+    aten_pred = sum(r["predicted_ms"] - gap_ms for r in model_rows if r["name"].startswith("aten."))
+    return dict(
+        launches=len(joined), paired=len(paired),
+        measured_ms=sum(j["measured_ms"] for j in paired),
+        predicted_ms=sum(j["predicted_ms"] for j in paired),
+        ratio_median=statistics.median(ratios) if ratios else None,
+        ratio_min=ratios[0] if ratios else None, ratio_max=ratios[-1] if ratios else None,
+        within_20pct=sum(1 for r in ratios if 1 / 1.2 <= r <= 1.2),
+        within_2x=sum(1 for r in ratios if 0.5 <= r <= 2.0),
+        same_config=sum(1 for j in paired if j["same_config"]),
+        other_kernels=len(other), other_measured_ms=sum(ms for _, ms in other),
+        aten_predicted_ms=aten_pred)
+
+
+def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="cuda",
+                  warmup: int = 3, timed: int = 5, log=print) -> dict:
+    """Run `cfg`'s step on `device`: warm-up, the step timed with CUDA events (median of
+    `timed`), one profiled step with every Triton launch labelled; paired and joined with
+    `model_rows` (this config's rows of docs/kernel_model.json)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    state = km._State()
+    state.recording = False
+    with km.labelled_launches(state, _Runner):
+        step = make_step(cfg, device)
+        t0 = time.time()
+        for _ in range(warmup):
+            step(state)
+        torch.cuda.synchronize()
+        log(f"[{cfg.name} b{cfg.batch}] {warmup} warm-up steps (autotuning, compiles) in "
+            f"{time.time() - t0:.0f} s")
+        times = event_ms(lambda: step(state), timed)
+        state.launches.clear()
+        state.recording = True
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step(state)
+            torch.cuda.synchronize()
+        state.recording = False
+    measured, other, mismatches = pair(labelled(state.launches), device_kernels(prof))
+    joined = join(measured, model_rows, gap_ms)
+    s = summarize(joined, other, model_rows, gap_ms)
+    predicted_step = sum(r["predicted_ms"] for r in model_rows)
+    s.update(step_ms=statistics.median(times), step_ms_all=times, predicted_step_ms=predicted_step,
+             mismatches={k: list(v) for k, v in mismatches.items()})
+    log(f"[{cfg.name} b{cfg.batch}] step {s['step_ms']:.3f} ms measured, {predicted_step:.3f} "
+        f"ms predicted; {s['paired']} of {s['launches']} Triton launches paired")
+    return dict(config=dataclasses.asdict(cfg), rows=joined, other=other, summary=s)
+
+
+# ============================================================================ the report
+def _f(v, fmt="{:.3f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def report(results: list, l2: dict | None, meta: dict) -> str:
+    lines = [
+        "# Kernel model vs measurement",
+        "",
+        f"GPU: {meta.get('gpu', '?')}; torch {meta.get('torch', '?')}, Triton "
+        f"{meta.get('triton', '?')}; {meta.get('date', '')}. Model: {meta.get('model_json')} "
+        f"(predictions of a static model, compiled with Triton {meta.get('model_triton', '?')}).",
+        "Measured: one bf16-autocast training step per model config on backend=\"triton\" after "
+        "warm-up steps; each Triton launch's device time from torch.profiler (CUPTI), paired with "
+        "its launch by kernel name and order; the step from CUDA events (median). Predicted: the "
+        "model's kernel time (its per-launch figure less the 2 us gap it adds between launches). "
+        "ratio = measured / predicted.",
+        "",
+    ]
+    if l2:
+        lines += [f"- L2 -> SM read bandwidth, measured: **{l2['l2_bytes_per_s'] / 1e12:.2f} TB/s** "
+                  f"(the model assumes {meta.get('model_l2_bw', 10e12) / 1e12:.1f}; probe over "
+                  f"{l2['buffer_bytes'] / 2**20:.0f} MiB of a {l2['l2_cache_bytes'] / 2**20:.0f} MiB "
+                  f"L2, {l2['programs']} programs)", ""]
+    for res in results:
+        c, s = res["config"], res["summary"]
+        lines += [f"## {c['name']}: {c['size']}x{c['size']}, batch {c['batch']}, padding {c['padding']}",
+                  "",
+                  f"- Step: measured **{s['step_ms']:.3f} ms**, predicted {s['predicted_step_ms']:.3f} ms "
+                  f"(ratio {s['step_ms'] / s['predicted_step_ms']:.2f}).",
+                  f"- Triton launches paired with a device kernel: {s['paired']} of {s['launches']}; "
+                  f"their measured sum {s['measured_ms']:.3f} ms, predicted {s['predicted_ms']:.3f} ms.",
+                  f"- measured / predicted per launch: median {_f(s['ratio_median'], '{:.2f}')}, "
+                  f"range {_f(s['ratio_min'], '{:.2f}')} to {_f(s['ratio_max'], '{:.2f}')}; within 20%: "
+                  f"{s['within_20pct']}, within 2x: {s['within_2x']} of {s['paired']}.",
+                  f"- The autotuner ran the model's pick in {s['same_config']} of {s['paired']} launches.",
+                  f"- Other device kernels (aten, copies): {s['other_kernels']}, {s['other_measured_ms']:.3f} ms "
+                  f"measured; the model's aten rows: {s['aten_predicted_ms']:.3f} ms.",
+                  ]
+        if s["mismatches"]:
+            lines.append("- Not paired (launches vs device kernels differ): " + ", ".join(
+                f"{k} ({a} vs {b})" for k, (a, b) in s["mismatches"].items()))
+        lines += ["", "| layer | pass | kernel | model config | ran config | predicted ms | measured ms "
+                  "| ratio | model bound |", "|---|---|---|---|---|---|---|---|---|"]
+        for j in res["rows"]:
+            ran = j["config"] if not j["same_config"] else "same"
+            lines.append(f"| {j['layer']} | {j['pass_']} | {j['kernel']} | {j['model_config'] or '-'} "
+                         f"| {ran} | {_f(j['predicted_ms'])} | {_f(j['measured_ms'])} "
+                         f"| {_f(j['ratio'], '{:.2f}')} | {j['bound'] or '-'} |")
+        top = collections.Counter()
+        for name, ms in res["other"]:
+            top[name[:80]] += ms
+        if top:
+            lines += ["", "Other device kernels, by total time:", ""]
+            lines += [f"- {ms:.3f} ms: `{name}`" for name, ms in top.most_common(12)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_model(path: str) -> dict:
+    with open(path) as f:
+        d = json.load(f)
+    if "config" not in next(iter(d["summary"].values()), {}):
+        raise SystemExit(f"{path} has no model configs (summary.<name>.config): regenerate it with "
+                         "python tools/kernel_model.py")
+    return d
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-json", default=MODEL_JSON,
+                    help="the model's predictions (default: the committed docs/kernel_model.json)")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated model names of the JSON (default: all of them)")
+    ap.add_argument("--out", required=True, help="folder for model_vs_measured.md and .json")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-l2", action="store_true", help="skip the L2 bandwidth probe")
+    args = ap.parse_args(argv)
+    import torch
+    if not torch.cuda.is_available():
+        print("measure_kernels.py: needs a CUDA GPU (torch.cuda.is_available() is False); the "
+              "model alone runs anywhere: python tools/kernel_model.py", file=sys.stderr)
+        return 2
+    model = load_model(args.model_json)
+    names = args.models.split(",") if args.models else list(model["summary"])
+    unknown = [n for n in names if n not in model["summary"]]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; {args.model_json} has {list(model['summary'])}")
+    gap_ms = model["machine"]["launch_gap_s"] * 1e3
+    os.makedirs(args.out, exist_ok=True)
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                date=time.strftime("%Y-%m-%d %H:%M"), model_json=os.path.relpath(args.model_json, ROOT),
+                model_triton=model.get("triton", "?"), model_l2_bw=model["machine"]["l2_bw"])
+    l2 = None
+    if not args.no_l2:
+        l2 = measure_l2_bandwidth()
+        print(f"L2 -> SM read bandwidth: {l2['l2_bytes_per_s'] / 1e12:.2f} TB/s measured "
+              f"(the model assumes {model['machine']['l2_bw'] / 1e12:.1f})")
+    results = []
+    for name in names:
+        cfg = km.ModelConfig(**model["summary"][name]["config"])
+        rows = [r for r in model["kernels"] if r["model"] == name]
+        results.append(measure_model(cfg, rows, gap_ms, warmup=args.warmup))
+        s = results[-1]["summary"]
+        # one line the GPU suite puts in its stage table
+        print(f"MODEL {name}: step {s['step_ms']:.2f} ms measured vs {s['predicted_step_ms']:.2f} "
+              f"predicted; per launch measured/predicted median {_f(s['ratio_median'], '{:.2f}')}")
+        # written after each config: a stage cut by its time limit keeps what was measured
+        with open(os.path.join(args.out, "model_vs_measured.md"), "w") as f:
+            f.write(report(results, l2, meta))
+        with open(os.path.join(args.out, "model_vs_measured.json"), "w") as f:
+            json.dump(dict(meta=meta, l2=l2, results=results), f, indent=1)
+    print(f"wrote {os.path.join(args.out, 'model_vs_measured.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
