@@ -250,3 +250,35 @@ def test_conv3x3_relu_pool_with_the_skip_cropped(backend, use, layout):
     assert_float32_close("pooled", pooled, rpooled)
     for name, a, r in zip(("dx", "dw", "db"), g, rg):
         assert_float32_close(f"{name} through {use}", a, r)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_each_skip_is_freed_once_its_decoder_level_has_read_it(backend, monkeypatch):
+    """The skips are the largest tensors alive between the encoder and the decoder: each is freed
+    (nothing refers to it) as soon as its up-step has copied it into the concat buffer, not when
+    the forward returns. (The valid U-Net's cropped skips are tensors of their own on our
+    kernels: freeing them is memory back.)"""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    import weakref
+    from unet_fast import ops
+    alive, seen = [], []
+    encode, up_concat = ops.conv3x3_relu_pool, ops.up_concat
+
+    def pool_spy(*args, **kwargs):
+        skip, pooled = encode(*args, **kwargs)
+        alive.append(weakref.ref(skip))
+        return skip, pooled
+
+    def up_spy(skip, *args, **kwargs):
+        # every skip of a deeper level than this one's is gone already
+        seen.append(sum(r() is not None for r in alive))
+        return up_concat(skip, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "conv3x3_relu_pool", pool_spy)
+    monkeypatch.setattr(ops, "up_concat", up_spy)
+    torch.manual_seed(0)
+    model = uf.UNet(1, 2, base_channels=4, depth=3, backend=backend).to(DEVICE)
+    model(torch.randn(1, 1, 92, 92, device=DEVICE)).sum().backward()
+    assert seen == [3, 2, 1]       # (the one passed to this up-step, and the shallower ones)
+    assert all(r() is None for r in alive)

@@ -63,9 +63,11 @@ class UNet(reference.UNet):
             for i, level in enumerate(self.down):                   # contracting path
                 skip, x = self._step(self._encode, f"down.{i}", level, x, skip_hw=crops[i])
                 skips.append(skip)
+            del skip  # (each skip is freed once its up-step has copied it into the concat: the
+            #            list gives them up one by one, and no name here keeps the deepest)
             x = self._step(self._bottleneck, "bottleneck", self.bottleneck, x)
-            for i, (level, skip) in enumerate(zip(self.up, reversed(skips))):  # expanding path
-                x = self._step(self._decode, f"up.{i}", level, x, skip)
+            for i, level in enumerate(self.up):                     # expanding path
+                x = self._step(self._decode, f"up.{i}", level, x, skips.pop())
             x = self._head("head", self.head, x)
         return x if x.is_contiguous(memory_format=caller_format) else _InCallersFormat.apply(
             x, caller_format)
