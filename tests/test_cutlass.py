@@ -1,7 +1,8 @@
 """The CUTLASS sm_90a convolutions (csrc/cutlass_sm90) without a GPU: their host code, CUTLASS's
 can_implement included, accepts every 3x3 convolution of the paper U-Net (572x572, "valid") and of
-the "same" U-Net (512x512), batch 1 to 16, in all three passes, except the first layer (1 input
-channel), which stays on the hand-written kernels; and it refuses, with a reason, what the units do
+the "same" U-Net (512x512), batch 1 to 16, in all three passes and both dtypes (bf16, fp16: one
+set of instantiations each), except the first layer (1 input channel), which stays on the
+hand-written kernels; and it refuses, with a reason, what the units do
 not take. Called through the extension's `_cutlass_sm90_check` op (host code only).
 
 The kernels themselves run only on an sm_90 GPU: tests/test_cuda_sass.py checks their machine code,
@@ -15,6 +16,8 @@ import torch
 import unet_fast as uf
 
 PASSES = ("fprop", "dgrad", "wgrad")
+DTYPES = ("bf16", "f16")   # the units' element types, as the host ops name them
+SHAPES_PER_DTYPE = 7       # instantiations per dtype: fprop, dgrad 2 tiles each; wgrad 3
 
 
 def _check_op():
@@ -45,14 +48,15 @@ def test_the_networks_have_the_expected_convolutions():
         assert probs[0][0] == 1 and all(c % 64 == 0 for c, *_ in probs[1:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding,size", NETWORKS)
 @pytest.mark.parametrize("conv_pass", PASSES)
-def test_can_implement_every_unet_convolution(conv_pass, padding, size):
+def test_can_implement_every_unet_convolution(conv_pass, padding, size, dtype):
     check = _check_op()
     refused = []
     for c, k, h, w, pad in unet_conv3x3_problems(padding, size)[1:]:
         for n in range(1, 17):
-            why = check(conv_pass, [n, h, w, c, k, pad])
+            why = check(conv_pass, [n, h, w, c, k, pad], dtype)
             if why:
                 refused.append(f"n={n} {c}->{k} {h}x{w} pad {pad}: {why}")
     assert not refused, "\n".join(refused)
@@ -82,23 +86,25 @@ def test_refusals_say_why(conv_pass, shape, expected):
 
 def test_small_problems_of_the_first_run_check_are_accepted():
     """The first-run check (unet_fast/backends/cutlass_sm90.py) runs each unit on a small problem
-    with both paddings: those must be problems the units take."""
+    with both paddings: those must be problems the units take, in both dtypes."""
     from unet_fast.backends import cutlass_sm90
     check = _check_op()
     for conv_pass in PASSES:
         for shape in cutlass_sm90.SELF_CHECK_SHAPES:
-            assert check(conv_pass, list(shape)) == "", (conv_pass, shape)
+            for dtype in DTYPES:
+                assert check(conv_pass, list(shape), dtype) == "", (conv_pass, shape, dtype)
 
 
-def test_the_first_run_check_runs_every_instantiation():
-    """SELF_CHECK_SHAPES reach each pass's every tile: an instantiation the first-run check never
-    ran would go unchecked onto a GPU."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_first_run_check_runs_every_instantiation(dtype):
+    """SELF_CHECK_SHAPES reach each pass's every tile, in each dtype: an instantiation the
+    first-run check never ran would go unchecked onto a GPU."""
     from unet_fast.backends import cutlass_sm90
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
     for conv_pass in PASSES:
-        built = {c for c in configs if c.split()[0] == conv_pass}
-        ran = {torch.ops.unet_fast._cutlass_sm90_config_for(conv_pass, list(shape))
+        built = {c for c in configs if c.split()[:2] == [conv_pass, dtype + ":"]}
+        ran = {torch.ops.unet_fast._cutlass_sm90_config_for(conv_pass, list(shape), dtype)
                for shape in cutlass_sm90.SELF_CHECK_SHAPES}
         assert ran == built, (conv_pass, built - ran)
 
@@ -106,16 +112,25 @@ def test_the_first_run_check_runs_every_instantiation():
 def test_bad_pass_name_is_an_error():
     with pytest.raises(RuntimeError, match="fprop"):
         _check_op()("forward", [1, 8, 8, 64, 64, 1])
+    with pytest.raises(RuntimeError, match="'bf16' or 'f16'"):
+        _check_op()("fprop", [1, 8, 8, 64, 64, 1], "fp32")
 
 
 def test_configs_name_the_instantiations():
+    """Seven instantiations per dtype, bf16's then fp16's, in the same order: the same tiles."""
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert [c.split()[0] for c in configs] == list(PASSES) + ["fprop", "dgrad", "wgrad", "wgrad"]
-    assert all("tile" in c and "stages" in c for c in configs), configs
-    assert "tile 256x64x64" in configs[3] and "tile 256x64x64" in configs[4], configs
-    assert "tile 128x64x64" in configs[2] and "tile 128x128x64" in configs[5], configs
-    assert "tile 64x64x64" in configs[6], configs
+    assert len(configs) == SHAPES_PER_DTYPE * len(DTYPES), configs
+    for d, dtype in enumerate(DTYPES):
+        mine = configs[d * SHAPES_PER_DTYPE:(d + 1) * SHAPES_PER_DTYPE]
+        assert [c.split()[0] for c in mine] == list(PASSES) + ["fprop", "dgrad", "wgrad", "wgrad"]
+        assert all(c.split()[1] == dtype + ":" for c in mine), mine
+        assert all("tile" in c and "stages" in c for c in mine), mine
+        assert "tile 256x64x64" in mine[3] and "tile 256x64x64" in mine[4], mine
+        assert "tile 128x64x64" in mine[2] and "tile 128x128x64" in mine[5], mine
+        assert "tile 64x64x64" in mine[6], mine
+        assert [c.split(":", 1)[1] for c in mine] == [
+            c.split(":", 1)[1] for c in configs[:SHAPES_PER_DTYPE]], "fp16 tiles differ from bf16's"
 
 
 @pytest.mark.parametrize("conv_pass,narrow", [("fprop", "k"), ("dgrad", "c")])
@@ -187,8 +202,9 @@ def _sm90():
 requires_sm90 = pytest.mark.skipif(not _sm90(), reason="needs an sm_90 GPU (runs in benchmarks/gpu_suite.sh)")
 
 
-def _within_bf16_tolerance(what, ours, ref64, own):
-    """docs/design.md: at most twice PyTorch's own bf16 error plus 1e-3 of the reference's scale."""
+def _within_tolerance(what, ours, ref64, own):
+    """docs/design.md: at most twice PyTorch's own error in the dtype (bf16, fp16) plus 1e-3 of the
+    reference's scale."""
     ref64 = ref64.detach()
     scale = ref64.abs().max().item()
     bound = 2 * (own.detach().double() - ref64).abs().max().item() + 1e-3 * scale
@@ -201,28 +217,31 @@ def _within_bf16_tolerance(what, ours, ref64, own):
                                            (2, 33, 30, 64, 192, 0), (2, 20, 20, 192, 128, 1)])
 @pytest.mark.parametrize("relu_input,grad_masked", [(False, False), (True, True)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_gpu_parity_forward_and_backward(n, h, w, c, k, pad, relu_input, grad_masked, channels_last):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_parity_forward_and_backward(n, h, w, c, k, pad, relu_input, grad_masked, channels_last,
+                                         dtype):
     from unet_fast.backends import cutlass_sm90
     _check_op()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(n, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
-    wt = (torch.randn(k, c, 3, 3, device="cuda") * (9 * c) ** -0.5).to(torch.bfloat16)
-    b = (torch.randn(k, device="cuda") * 0.1).to(torch.bfloat16)
+    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+    wt = (torch.randn(k, c, 3, 3, device="cuda") * (9 * c) ** -0.5).to(dtype)
+    b = (torch.randn(k, device="cuda") * 0.1).to(dtype)
     y = torch.ops.unet_fast._conv3x3_relu_sm90(x, wt, b, pad, relu_input, grad_masked)
     assert y.is_contiguous(memory_format=fmt)
-    own_y = cutlass_sm90.reference("fprop", x, wt, b, None, None, pad, torch.bfloat16)[0]
-    _within_bf16_tolerance("y", y, cutlass_sm90.reference("fprop", x, wt, b, None, None, pad,
+    own_y = cutlass_sm90.reference("fprop", x, wt, b, None, None, pad, dtype)[0]
+    _within_tolerance("y", y, cutlass_sm90.reference("fprop", x, wt, b, None, None, pad,
                                                           torch.float64)[0], own_y)
     gy = torch.randn_like(y)
     g_in = gy * (y > 0) if grad_masked else gy
     dx, dw, db = torch.ops.unet_fast._conv3x3_relu_sm90_backward(
         g_in, y, x, wt, pad, [True, True, True], relu_input, grad_masked)
-    ref = {t: cutlass_sm90.reference("dgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, torch.bfloat16)}
+    ref = {t: cutlass_sm90.reference("dgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, dtype)}
     i = 0 if relu_input else 1
-    _within_bf16_tolerance("dx", dx, ref[torch.float64][i], ref[torch.bfloat16][i])
-    ref = {t: cutlass_sm90.reference("wgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, torch.bfloat16)}
-    _within_bf16_tolerance("dweight", dw, ref[torch.float64][0], ref[torch.bfloat16][0])
-    _within_bf16_tolerance("dbias", db, ref[torch.float64][1], ref[torch.bfloat16][1])
+    _within_tolerance("dx", dx, ref[torch.float64][i], ref[dtype][i])
+    ref = {t: cutlass_sm90.reference("wgrad", x, wt, b, gy, y, pad, t) for t in (torch.float64, dtype)}
+    _within_tolerance("dweight", dw, ref[torch.float64][0], ref[dtype][0])
+    _within_tolerance("dbias", db, ref[torch.float64][1], ref[dtype][1])
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == dtype
 
 
 @requires_sm90
@@ -232,6 +251,7 @@ def test_gpu_first_run_check_passes_and_the_backend_uses_the_units():
     _check_op()
     cutlass_sm90.reset()
     assert cutlass_sm90.verdict(cutlass_sm90.UNITS, torch.device("cuda")) is None
+    assert cutlass_sm90.verdict(cutlass_sm90.UNITS, torch.device("cuda"), torch.float16) is None
     x = torch.randn(2, 64, 30, 30, device="cuda", dtype=torch.bfloat16,
                     requires_grad=True).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(64, 128, 3).cuda().to(torch.bfloat16)

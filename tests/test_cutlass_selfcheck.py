@@ -17,9 +17,9 @@ CPU = torch.device("cpu")
 
 
 def correct(unit):
-    """A stand-in unit computing exactly what the real one must: PyTorch in bf16."""
+    """A stand-in unit computing exactly what the real one must: PyTorch in the inputs' dtype."""
     def run(x, w, b, gy, y, pad):
-        return tuple(t.detach() for t in cutlass_sm90.reference(unit, x, w, b, gy, y, pad, torch.bfloat16))
+        return tuple(t.detach() for t in cutlass_sm90.reference(unit, x, w, b, gy, y, pad, x.dtype))
     return run
 
 
@@ -48,6 +48,29 @@ def _fresh():
 @pytest.mark.parametrize("unit", cutlass_sm90.UNITS)
 def test_a_correct_unit_passes(unit):
     assert cutlass_sm90.check_unit(unit, CPU, correct(unit)) is None
+
+
+@pytest.mark.parametrize("unit", cutlass_sm90.UNITS)
+def test_the_fp16_instantiations_are_checked_in_fp16(unit):
+    """fp16 has its own instantiations and its own verdicts, at fp16's tolerance: a unit right
+    in fp16 passes; one that computes in bf16 (8 bits of mantissa less) fails with the numbers."""
+    assert cutlass_sm90.check_unit(unit, CPU, correct(unit), dtype=torch.float16) is None
+
+    def in_bf16(x, w, b, gy, y, pad):
+        outs = cutlass_sm90.reference(unit, *(t if t is None else t.to(torch.bfloat16)
+                                              for t in (x, w, b, gy, y)), pad, torch.bfloat16)
+        return tuple(t.detach().to(torch.float16) for t in outs)
+    why = cutlass_sm90.check_unit(unit, CPU, in_bf16, dtype=torch.float16)
+    assert why is not None and "in fp16" in why and "PyTorch's own fp16 error" in why, why
+
+
+def test_verdicts_are_kept_per_dtype():
+    cutlass_sm90._runners["fprop"] = correct("fprop")
+    assert cutlass_sm90.verdict(("fprop",), CPU, torch.bfloat16) is None
+    cutlass_sm90._runners["fprop"] = off_by("fprop", 0.5)
+    assert cutlass_sm90.verdict(("fprop",), CPU, torch.bfloat16) is None   # kept
+    with pytest.warns(RuntimeWarning, match="in fp16"):
+        assert "fprop" in cutlass_sm90.verdict(("fprop",), CPU, torch.float16)
 
 
 @pytest.mark.parametrize("unit,which", [("fprop", 0), ("dgrad", 0), ("dgrad", 1), ("wgrad", 0),
@@ -188,3 +211,16 @@ def test_not_checked_while_compiling_means_not_used(cutlass_wanted_on_cpu, monke
     x, w, b = _args()
     why = _dispatch.why_not("conv3x3_relu", "cuda", (x, w, b, 1, False, False))
     assert "not passed their first-run check" in why
+
+
+def test_the_units_take_bf16_and_fp16():
+    """bf16 and fp16 each have their instantiations; fp32 and mixed dtypes stay on the other
+    kernels, with the reason."""
+    w = torch.empty(64, 64, 3, 3)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.empty(1, 64, 8, 8, dtype=dtype)
+        assert cutlass_sm90.eligible(x, w.to(dtype), 1) is None
+    why = cutlass_sm90.eligible(torch.empty(1, 64, 8, 8), w, 1)
+    assert "bf16 or fp16" in why and "float32" in why
+    assert "bf16 or fp16" in cutlass_sm90.eligible(torch.empty(1, 64, 8, 8, dtype=torch.float16),
+                                                   w.to(torch.bfloat16), 1)

@@ -123,12 +123,13 @@ def extension():
 
 def test_extension_cutlass_mainloops(extension):
     _, ext = extension
-    # fprop and dgrad in two tiles each: 128x128 and 256x64 (a 64-channel N); wgrad in three:
-    # 128x64, 128x128 (c a multiple of 128), 64x64 (k = 64)
-    assert sorted(u["pass_"] for u in ext["units"]) == ["dgrad", "dgrad", "fprop", "fprop",
-                                                         "wgrad", "wgrad", "wgrad"], [u["name"] for u in ext["units"]]
+    # per element type (bf16, fp16): fprop and dgrad in two tiles each, 128x128 and 256x64 (a
+    # 64-channel N); wgrad in three: 128x64, 128x128 (c a multiple of 128), 64x64 (k = 64)
+    for elem in ("bf16", "f16"):
+        assert sorted(u["pass_"] for u in ext["units"] if u["elem"] == elem) == [
+            "dgrad", "dgrad", "fprop", "fprop", "wgrad", "wgrad", "wgrad"], [u["name"] for u in ext["units"]]
     units = {u["name"]: u for u in ext["units"]}
-    assert len(units) == 7 and len({u["config"] for u in ext["units"]}) == 7, units.keys()
+    assert len(units) == 14 and len({u["config"] for u in ext["units"]}) == 14, units.keys()
     for name, u in units.items():
         assert u["consumer_instructions_per_iter"] and u["hgmma_per_iter"] > 0, (name, u)
         assert u["consumer_classes"]["tensor"] == u["hgmma_per_iter"], (name, u)

@@ -534,9 +534,11 @@ def _count(body) -> dict:
     classes = collections.Counter(_class_of(op) for _, op, _ in body)
     mma = []
     for _, op, text in body:
-        m = re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)\.\w+\.(\w+)", op)
+        # HGMMA.64x128x16.F32.BF16 (.TF32, .E4M3, ...); fp16 operands carry no suffix
+        m = re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)\.\w+?(?:\.(\w+))?(?:\s|$)", op + " ")
         if m:
-            mma.append(("wgmma", int(m.group(1)) * int(m.group(2)) * int(m.group(3)), m.group(4)))
+            mma.append(("wgmma", int(m.group(1)) * int(m.group(2)) * int(m.group(3)),
+                        m.group(4) or "F16"))
         elif op.startswith("HMMA"):
             m = re.match(r"HMMA\.(\d+)(\d)(\d+)\.\w+\.?(\w*)", op)
             shape = {"16816": 16 * 8 * 16, "1688": 16 * 8 * 8, "16832": 16 * 8 * 32,
@@ -967,7 +969,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
 # (cuobjdump, through tools/sass_report.py); tiles, clusters, stages, threads and shared memory
 # are the units' own config strings, and what they accept their own check (host code, no GPU).
 
-_UNIT_CONFIG = re.compile(r"(\w+) bf16: tile (\d+)x(\d+)x(\d+), cluster (\d+)x(\d+)x(\d+), "
+_UNIT_CONFIG = re.compile(r"(\w+) (bf16|f16): tile (\d+)x(\d+)x(\d+), cluster (\d+)x(\d+)x(\d+), "
                           r"(\d+) stages, (\d+) threads, (\d+) B shared memory")
 _UNIT_PASSES = ("fprop", "dgrad", "wgrad")
 
@@ -1011,9 +1013,11 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     prod = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("UTMALDG") for o in ops)
                           and not any(o.startswith("HGMMA") for o in ops))
     pass_ = re.search(r"conv3x3 (\w+)", k.name).group(1)
+    elem = re.search(r"\b(bf16|f16)\b", k.name)
+    elem = elem.group(1) if elem else "?"
     # a pass built with several tiles: the wgrad's names carry their tile (two of its three share
     # a wgmma shape); fprop's and dgrad's two (128x128, 256x64) differ in their wgmma's N
-    cands = configs.get(pass_, [])
+    cands = configs.get((pass_, elem), [])
     mma_n = re.search(r"wgmma \d+x(\d+)x\d+", k.name)
     tile = re.search(r" tile (\d+)x(\d+)", k.name)
     if len(cands) > 1 and tile:
@@ -1022,7 +1026,7 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
         cands = [c for c in cands if c["tile"][1] == int(mma_n.group(1))]
     cfg = cands[0] if len(cands) == 1 else None
     c, p = (_count(cons) if cons else {}), (_count(prod) if prod else {})
-    u = dict(name=k.name, pass_=pass_, arch=k.arch, regs=k.regs, instructions=len(instrs),
+    u = dict(name=k.name, pass_=pass_, elem=elem, arch=k.arch, regs=k.regs, instructions=len(instrs),
              config=cfg["text"] if cfg else None,
              consumer_instructions_per_iter=c.get("instructions"),
              consumer_classes=c.get("classes"), hgmma_per_iter=len(c.get("mma", [])),
@@ -1038,7 +1042,7 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     fma = sum(n for kind, n, _ in c["mma"] if kind == "wgmma") * wgs
     # TMA multicast: the A tile is shared along the cluster's N extent, the B tile along its M
     # extent (fprop/dgrad 2x1x1: the weight tile; wgrad 1x2x1: the gradient tile)
-    l2_bytes = 2 * (bm * bk // cn + bn * bk // cm)  # bf16
+    l2_bytes = 2 * (bm * bk // cn + bn * bk // cm)  # 16-bit elements
     u.update(tile=cfg["tile"], cluster=cfg["cluster"], stages=cfg["stages"],
              threads=cfg["threads"], smem=cfg["smem"], consumer_warpgroups=wgs,
              tile_fma_matches=fma == bm * bn * bk, tensor_cycles=fma / m.fma_per_clk,
@@ -1083,12 +1087,12 @@ def read_extension(m: Machine = H200) -> dict:
         texts = list(torch.ops.unet_fast._cutlass_sm90_configs())
     except (AttributeError, RuntimeError):
         texts = []  # built without the units
-    configs = {}   # pass -> its instantiations' configs
+    configs = {}   # (pass, element type) -> its instantiations' configs
     for t in texts:
         g = _UNIT_CONFIG.match(t)
         if g:
-            v = [int(x) for x in g.groups()[1:]]
-            configs.setdefault(g.group(1), []).append(
+            v = [int(x) for x in g.groups()[2:]]
+            configs.setdefault((g.group(1), g.group(2)), []).append(
                 dict(text=t, tile=tuple(v[0:3]), cluster=tuple(v[3:6]), stages=v[6],
                      threads=v[7], smem=v[8]))
     kernels = sr.analyse(so, tool, keep_sass=True)
@@ -1112,7 +1116,7 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
     m_tiles = -(-math.ceil(M / bm) // cm) * cm  # the grid is whole clusters
     n_tiles = -(-math.ceil(N / bn) // cn) * cn
     steps = math.ceil(K / bk)
-    # the wgrad's split-K count from the unit's own host code (conv3x3_wgrad_bf16_splits)
+    # the wgrad's split-K count from the unit's own host code (conv3x3_wgrad_splits)
     splits = (int(torch.ops.unet_fast._cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], m.sms))
               if u["pass_"] == "wgrad" else 1)
     steps = math.ceil(steps / splits)  # the busiest slice
@@ -1204,8 +1208,9 @@ def extension_markdown(ext: dict, m: Machine = H200) -> list:
 def _units_markdown(ext: dict, m: Machine) -> list:
     lines = [
         f"Read from `{ext['so']}` (`cuobjdump -sass`, through tools/sass_report.py).",
-        "`backend=\"cuda\"` on sm_90 runs these units for every bf16 3x3 convolution they accept;",
-        "tile, cluster, stages, threads and shared memory are the units' own config strings",
+        "`backend=\"cuda\"` on sm_90 runs these units for every bf16 and fp16 3x3 convolution they",
+        "accept (one set of instantiations per element type; the per-layer tables below are the",
+        "bf16 step's); tile, cluster, stages, threads and shared memory are the units' own config strings",
         "(`_cutlass_sm90_configs`), what they accept their own check (`_cutlass_sm90_check`). Per K",
         "step (one 64-wide K slice of the GEMM) on one SM:",
         "",
@@ -1235,7 +1240,7 @@ def _units_markdown(ext: dict, m: Machine) -> list:
     lines += [
         "",
         "Per layer and pass: GEMM fprop M=n*p*q, N=k, K=9c; dgrad M=n*h*w, N=c, K=9k; wgrad M=k, N=9c,",
-        "K=n*p*q split over S slices as `conv3x3_wgrad_bf16_splits` picks them. CTAs: the tiles, in",
+        "K=n*p*q split over S slices as `conv3x3_wgrad_splits` picks them. CTAs: the tiles, in",
         "whole clusters (assumed to fill all SMs), one per SM, in waves; a CTA takes K steps x",
         "max(tensor, issue, L2) + the code outside both loops issued once (conservative: both roles'",
         f"code, the wait retries) + {m.fill_latency_clk} cycles of fill; never faster than its unique DRAM",

@@ -139,15 +139,23 @@ def _short_cutlass(mangled: str, name: str) -> str:
     """cutlass::device_kernel<...> names run to thousands of characters: the pass, the MMA tile
     and the epilogue's fusion say which unit it is."""
     m = re.search(r"ConvProblemShapeILNS\w*?8OperatorE(\d)", mangled)
-    split_k = "WgradUnit" in name  # our split-K device entry (conv3x3_wgrad_bf16.cuh)
+    split_k = "WgradUnit" in name  # our split-K device entry (conv3x3_wgrad.cuh)
     conv = _CUTLASS_PASS.get(m.group(1), "?") if m else ("wgrad" if split_k else "?")
     tile = ""
     if split_k:
         conv += " split-K"
-        t = re.search(r"WgradUnitILi(\d+)ELi(\d+)EE", mangled)  # WgradUnit<M, N>
-        tile = f" tile {t.group(1)}x{t.group(2)}" if t else ""
-    mma = re.search(r"MMA_(\d+x\d+x\d+)_F32BF16BF16", mangled)
-    return f"cutlass sm90 conv3x3 {conv} bf16{tile}" + (f" (wgmma {mma.group(1)})" if mma else "")
+        # WgradUnit<Element, M, N>: cutlass::bfloat16_t or cutlass::half_t (a back-reference
+        # into the name, S_), the tile
+        t = re.search(r"WgradUnitIN\w*?(\d+)(bfloat16|half)_tELi(\d+)ELi(\d+)EE", mangled)
+        tile = f" tile {t.group(3)}x{t.group(4)}" if t else ""
+    # the wgmma atom names the element type: SM90_64x128x16_F32BF16BF16 or ..._F32F16F16 (the
+    # wgrad's name holds no atom: its unit's element type)
+    mma = re.search(r"MMA_(\d+x\d+x\d+)_F32(BF16|F16)\2", mangled)
+    if mma:
+        elem = {"BF16": "bf16", "F16": "f16"}[mma.group(2)]
+    else:
+        elem = {"bfloat16": "bf16", "half": "f16"}.get(t.group(2) if split_k and t else "", "?")
+    return f"cutlass sm90 conv3x3 {conv} {elem}{tile}" + (f" (wgmma {mma.group(1)})" if mma else "")
 
 
 def _short(name: str) -> str:

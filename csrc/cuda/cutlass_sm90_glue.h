@@ -2,18 +2,20 @@
 // checks, NHWC views, output allocation, the weight in KRSC, the split-K workspace and the ReLU
 // masks. Included by registration.cpp only when the units are built (UNET_FAST_WITH_CUTLASS_SM90).
 //
-// Ops (unet_fast/backends/cuda_ops.py decides when they run: bf16 on an sm_90 device, channel
-// counts the units take, and only after the instantiation passed its first-run check):
+// Ops (unet_fast/backends/cuda_ops.py decides when they run: bf16 or fp16 on an sm_90 device,
+// channel counts the units take, and only after the instantiation passed its first-run check):
 //   _conv3x3_relu_sm90(x, weight, bias, padding, relu_input, grad_masked) -> y   = conv3x3_relu
 //       (the flags only travel to the backward, through the autograd formula)
 //   _conv3x3_relu_sm90_backward(grad, y, x, weight, padding, output_mask, relu_input, grad_masked)
 //       grad_masked: grad is already dy * (y > 0) (else one threshold_backward pass forms it);
 //       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
-//   _cutlass_sm90_check(pass, [n, h, w, c, k, pad]) -> ""  or why not  (host code only, no GPU)
+//   _cutlass_sm90_check(pass, [n, h, w, c, k, pad], dtype="bf16"|"f16") -> ""  or why not
+//                                                   (host code only, no GPU)
 //   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad, fprop 256x64, dgrad 256x64, wgrad 128x128,
-//                                    wgrad 64x64]
+//                               wgrad 64x64] in bf16, then the same seven in fp16
 //                                                   (what each instantiation was built as)
-//   _cutlass_sm90_config_for(pass, [n, h, w, c, k, pad]) -> the config of the one that runs it
+//   _cutlass_sm90_config_for(pass, [n, h, w, c, k, pad], dtype) -> the config of the one that
+//                                                   runs it
 //   _cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], sms) -> int       (the wgrad's split-K count)
 #pragma once
 #include <ATen/ATen.h>
@@ -63,10 +65,18 @@ inline void check_status(int status, const char* why, const char* what) {
   TORCH_CHECK(status == sm90::kOk, "unet_fast CUTLASS sm_90a ", what, ": ", why);
 }
 
-inline void check_bf16_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.scalar_type() == at::kBFloat16, name,
-              " must be a bfloat16 CUDA tensor for the CUTLASS sm_90a kernels, got ", t.scalar_type(),
-              " on ", t.device());
+// The units' element type of a bf16 or fp16 CUDA tensor.
+inline sm90::Elem elem_of(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf), name,
+              " must be a bfloat16 or float16 CUDA tensor for the CUTLASS sm_90a kernels, got ",
+              t.scalar_type(), " on ", t.device());
+  return t.scalar_type() == at::kHalf ? sm90::Elem::kF16 : sm90::Elem::kBf16;
+}
+
+inline sm90::Elem elem_named(c10::string_view dtype) {
+  TORCH_CHECK(dtype == "bf16" || dtype == "f16", "dtype must be 'bf16' or 'f16', got '",
+              std::string(dtype), "'");
+  return dtype == "f16" ? sm90::Elem::kF16 : sm90::Elem::kBf16;
 }
 
 inline int num_sms() {
@@ -86,7 +96,7 @@ inline at::Tensor conv3x3_relu_sm90(const at::Tensor& x_, const at::Tensor& weig
                                     const c10::optional<at::Tensor>& bias, int64_t padding,
                                     bool /*relu_input*/, bool /*grad_masked*/) {
   check_conv3x3(x_, weight, bias, padding);
-  check_bf16_cuda(x_, "x");
+  const sm90::Elem elem = elem_of(x_, "x");
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = nhwc_view(x_);
   const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // (k, 3, 3, c)
@@ -94,13 +104,14 @@ inline at::Tensor conv3x3_relu_sm90(const at::Tensor& x_, const at::Tensor& weig
   const sm90::Conv3x3Shape s = shape_of(x, weight, padding);
   at::Tensor y = at::empty({s.n, s.k, s.p(), s.q()}, x.options(), at::MemoryFormat::ChannelsLast);
   sm90::FpropArgs a;
+  a.elem = elem;
   a.s = s;
   a.x = nhwc(x);
   a.w = wk.data_ptr();
   a.bias = b.defined() ? b.data_ptr() : nullptr;
   a.y = nhwc(y);
   char why[512];
-  check_status(sm90::conv3x3_fprop_bf16_run(a, c10::cuda::getCurrentCUDAStream(), why, sizeof why), why,
+  check_status(sm90::conv3x3_fprop_run(a, c10::cuda::getCurrentCUDAStream(), why, sizeof why), why,
                "fprop");
   return in_format_of(y, x_);
 }
@@ -109,7 +120,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
     const at::Tensor& grad_, const at::Tensor& y_, const at::Tensor& x_, const at::Tensor& weight,
     int64_t padding, std::array<bool, 3> mask, bool relu_input, bool grad_masked) {
   check_conv3x3(x_, weight, c10::nullopt, padding);
-  check_bf16_cuda(x_, "x");
+  const sm90::Elem elem = elem_of(x_, "x");
   const int64_t oh = x_.size(2) - 2 + 2 * padding, ow = x_.size(3) - 2 + 2 * padding;
   check_conv3x3_grads(grad_, y_, x_, {x_.size(0), weight.size(0), oh, ow});
   c10::cuda::CUDAGuard guard(x_.device());
@@ -128,27 +139,29 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
     if (m.defined() && !(m.stride(2) == m.size(3) * m.stride(3) && m.stride(0) == m.size(2) * m.stride(2)))
       m = m.contiguous(at::MemoryFormat::ChannelsLast);  // the mask load wants one pixel stride
     sm90::DgradArgs a;
+    a.elem = elem;
     a.s = s;
     a.g = nhwc(g);
     a.w = wk.data_ptr();
     if (m.defined()) a.mask = nhwc(m);
     a.dx = nhwc(dx);
-    check_status(sm90::conv3x3_dgrad_bf16_run(a, stream, why, sizeof why), why, "dgrad");
+    check_status(sm90::conv3x3_dgrad_run(a, stream, why, sizeof why), why, "dgrad");
     dx = in_format_of(dx, x_);
   } else {
     dx = at::empty({0}, x_.options());
   }
   if (mask[1]) {
-    const int splits = sm90::conv3x3_wgrad_bf16_splits(s, num_sms());
+    const int splits = sm90::conv3x3_wgrad_splits(s, num_sms());
     at::Tensor partial = at::empty({splits, s.k, 3, 3, s.c}, x.options().dtype(at::kFloat));
     sm90::WgradArgs a;
+    a.elem = elem;
     a.s = s;
     a.g = nhwc(g);
     a.x = nhwc(x);
     a.partial = partial.data_ptr<float>();
     a.splits = splits;
-    check_status(sm90::conv3x3_wgrad_bf16_run(a, stream, why, sizeof why), why, "wgrad");
-    // the splits in a fixed order (deterministic), then (k, 3, 3, c) -> (k, c, 3, 3) in bf16
+    check_status(sm90::conv3x3_wgrad_run(a, stream, why, sizeof why), why, "wgrad");
+    // the splits in a fixed order (deterministic), then (k, 3, 3, c) -> (k, c, 3, 3) in x's dtype
     dw = partial.sum(0).permute({0, 3, 1, 2}).to(x.scalar_type(), false, false, at::MemoryFormat::Contiguous);
   } else {
     dw = at::empty({0}, x_.options());
@@ -158,7 +171,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
   return {dx, dw, db};
 }
 
-inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t> shape) {
+inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t> shape,
+                                      c10::string_view dtype) {
+  const sm90::Elem elem = elem_named(dtype);
   TORCH_CHECK(shape.size() == 6, "shape must be [n, h, w, c, k, pad], got ", shape.size(), " values");
   for (int64_t v : shape)
     TORCH_CHECK(v >= 0 && v <= (int64_t(1) << 30), "shape values must be in [0, 2^30], got ", v);
@@ -175,18 +190,18 @@ inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t
   int r;
   if (pass == "fprop") {
     sm90::FpropArgs a;
-    a.s = s; a.x = dense(s.n, s.h, s.w, s.c); a.y = dense(s.n, s.p(), s.q(), s.k);
-    r = sm90::conv3x3_fprop_bf16_check(a, why, sizeof why);
+    a.elem = elem; a.s = s; a.x = dense(s.n, s.h, s.w, s.c); a.y = dense(s.n, s.p(), s.q(), s.k);
+    r = sm90::conv3x3_fprop_check(a, why, sizeof why);
   } else if (pass == "dgrad") {
     sm90::DgradArgs a;
-    a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.dx = dense(s.n, s.h, s.w, s.c);
+    a.elem = elem; a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.dx = dense(s.n, s.h, s.w, s.c);
     a.mask = dense(s.n, s.h, s.w, s.c);
-    r = sm90::conv3x3_dgrad_bf16_check(a, why, sizeof why);
+    r = sm90::conv3x3_dgrad_check(a, why, sizeof why);
   } else if (pass == "wgrad") {
     sm90::WgradArgs a;
-    a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.x = dense(s.n, s.h, s.w, s.c);
-    a.splits = sm90::conv3x3_wgrad_bf16_splits(s, 132);
-    r = sm90::conv3x3_wgrad_bf16_check(a, why, sizeof why);
+    a.elem = elem; a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.x = dense(s.n, s.h, s.w, s.c);
+    a.splits = sm90::conv3x3_wgrad_splits(s, 132);
+    r = sm90::conv3x3_wgrad_check(a, why, sizeof why);
   } else {
     TORCH_CHECK(false, "pass must be 'fprop', 'dgrad' or 'wgrad', got '", std::string(pass), "'");
   }
@@ -203,25 +218,31 @@ inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms
   sm90::Conv3x3Shape s;
   s.n = int(shape[0]); s.h = int(shape[1]); s.w = int(shape[2]);
   s.c = int(shape[3]); s.k = int(shape[4]); s.pad = int(shape[5]);
-  return sm90::conv3x3_wgrad_bf16_splits(s, int(sms));
+  return sm90::conv3x3_wgrad_splits(s, int(sms));
 }
 
 inline std::vector<std::string> cutlass_sm90_configs() {
   return {sm90::conv3x3_fprop_bf16_config(), sm90::conv3x3_dgrad_bf16_config(),
           sm90::conv3x3_wgrad_bf16_config(), sm90::conv3x3_fprop_bf16_n64_config(),
           sm90::conv3x3_dgrad_bf16_n64_config(), sm90::conv3x3_wgrad_bf16_n128_config(),
-          sm90::conv3x3_wgrad_bf16_m64_config()};
+          sm90::conv3x3_wgrad_bf16_m64_config(),
+          sm90::conv3x3_fprop_f16_config(), sm90::conv3x3_dgrad_f16_config(),
+          sm90::conv3x3_wgrad_f16_config(), sm90::conv3x3_fprop_f16_n64_config(),
+          sm90::conv3x3_dgrad_f16_n64_config(), sm90::conv3x3_wgrad_f16_n128_config(),
+          sm90::conv3x3_wgrad_f16_m64_config()};
 }
 
 // The config of the instantiation a pass runs for a shape (host code only): for the kernel model.
-inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<int64_t> shape) {
+inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<int64_t> shape,
+                                           c10::string_view dtype) {
+  const sm90::Elem elem = elem_named(dtype);
   TORCH_CHECK(shape.size() == 6, "shape must be [n, h, w, c, k, pad], got ", shape.size(), " values");
   sm90::Conv3x3Shape s;
   s.n = int(shape[0]); s.h = int(shape[1]); s.w = int(shape[2]);
   s.c = int(shape[3]); s.k = int(shape[4]); s.pad = int(shape[5]);
-  if (pass == "fprop") return sm90::conv3x3_fprop_bf16_config_for(s);
-  if (pass == "dgrad") return sm90::conv3x3_dgrad_bf16_config_for(s);
-  if (pass == "wgrad") return sm90::conv3x3_wgrad_bf16_config_for(s);
+  if (pass == "fprop") return sm90::conv3x3_fprop_config_for(s, elem);
+  if (pass == "dgrad") return sm90::conv3x3_dgrad_config_for(s, elem);
+  if (pass == "wgrad") return sm90::conv3x3_wgrad_config_for(s, elem);
   TORCH_CHECK(false, "pass must be 'fprop', 'dgrad' or 'wgrad', got '", std::string(pass), "'");
 }
 

@@ -58,9 +58,10 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
   m.def("_conv3x3_relu_sm90_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int padding, "
         "bool[3] output_mask, bool relu_input, bool grad_masked) -> (Tensor, Tensor, Tensor)");
   // Host-side checks of the units (CUTLASS's can_implement included): no tensors, no GPU.
-  m.def("_cutlass_sm90_check(str pass_, int[] shape) -> str", &cutlass_glue::cutlass_sm90_check);
+  m.def("_cutlass_sm90_check(str pass_, int[] shape, str dtype=\"bf16\") -> str", &cutlass_glue::cutlass_sm90_check);
   m.def("_cutlass_sm90_configs() -> str[]", &cutlass_glue::cutlass_sm90_configs);
-  m.def("_cutlass_sm90_config_for(str pass_, int[] shape) -> str", &cutlass_glue::cutlass_sm90_config_for);
+  m.def("_cutlass_sm90_config_for(str pass_, int[] shape, str dtype=\"bf16\") -> str",
+        &cutlass_glue::cutlass_sm90_config_for);
   m.def("_cutlass_sm90_wgrad_splits(int[] shape, int sms) -> int", &cutlass_glue::cutlass_sm90_wgrad_splits);
 }
 

@@ -165,14 +165,19 @@ int run_unit(const Args& args, cudaStream_t stream, char* why, int len) {
   return run_adapter<typename Unit::Conv>(Unit::arguments(a), stream, what, why, len);
 }
 
-// "<name> bf16: tile MxNxK, cluster ..., <epilogue>": what an instantiation was built as.
+// The element types the units are built for, by the names the configs and the Python side use.
+template <class E> struct ElemName;
+template <> struct ElemName<cutlass::bfloat16_t> { static constexpr const char* value = "bf16"; };
+template <> struct ElemName<cutlass::half_t> { static constexpr const char* value = "f16"; };
+
+// "<name> <bf16|f16>: tile MxNxK, cluster ..., <epilogue>": what an instantiation was built as.
 template <class Unit>
 const char* config() {
   using cute::size;
   static char text[256];
   snprintf(text, sizeof text,
-           "%s bf16: tile %dx%dx%d, cluster %dx%dx%d, %d stages, %d threads, %d B shared memory, %s",
-           Unit::kName, int(size<0>(typename Unit::TileShape{})), int(size<1>(typename Unit::TileShape{})),
+           "%s %s: tile %dx%dx%d, cluster %dx%dx%d, %d stages, %d threads, %d B shared memory, %s",
+           Unit::kName, ElemName<typename Unit::Element>::value, int(size<0>(typename Unit::TileShape{})), int(size<1>(typename Unit::TileShape{})),
            int(size<2>(typename Unit::TileShape{})), int(size<0>(typename Unit::ClusterShape{})),
            int(size<1>(typename Unit::ClusterShape{})), int(size<2>(typename Unit::ClusterShape{})),
            int(Unit::Mainloop::DispatchPolicy::Stages), int(Unit::Kernel::MaxThreadsPerBlock),
@@ -183,3 +188,15 @@ const char* config() {
 }  // namespace detail
 }  // namespace sm90
 }  // namespace unet_fast
+
+// The three functions of one instantiation (declared by UNET_FAST_SM90_UNIT in conv3x3_sm90.h):
+// its host check, its launch and its config, from the unit's check_host / run. (The unit's type
+// is the variadic tail: its template arguments have commas.)
+#define UNET_FAST_SM90_DEFINE_UNIT(pass, Args, tag, ...)                                          \
+  int conv3x3_##pass##_##tag##_check(const Args& a, char* why, int len) {                        \
+    return __VA_ARGS__::check_host(a, why, len);                                                  \
+  }                                                                                               \
+  int conv3x3_##pass##_##tag##_run(const Args& a, cudaStream_t stream, char* why, int len) {     \
+    return __VA_ARGS__::run(a, stream, why, len);                                                 \
+  }                                                                                               \
+  const char* conv3x3_##pass##_##tag##_config() { return detail::config<__VA_ARGS__>(); }

@@ -1,19 +1,11 @@
-// The dgrad unit with 256x64 tiles (conv3x3_dgrad_bf16.cuh), for the layers with 64 input
-// channels; conv3x3_dgrad_bf16_check/run choose it. Its own translation unit: built in parallel.
-#include "conv3x3_dgrad_bf16.cuh"
+// The dgrad unit (bf16, 256x64 tiles; conv3x3_dgrad.cuh), for the layers with 64 input channels (the GEMM's N);
+// conv3x3_dgrad_check/run choose it. Its own translation unit: built in parallel.
+#include "conv3x3_dgrad.cuh"
 
 namespace unet_fast {
 namespace sm90 {
 
-int conv3x3_dgrad_bf16_n64_check(const DgradArgs& a, char* why, int len) {
-  return detail::check_unit<DgradUnit<256, 64>>(a, why, len);
-}
-
-int conv3x3_dgrad_bf16_n64_run(const DgradArgs& a, cudaStream_t stream, char* why, int len) {
-  return detail::run_unit<DgradUnit<256, 64>>(a, stream, why, len);
-}
-
-const char* conv3x3_dgrad_bf16_n64_config() { return detail::config<DgradUnit<256, 64>>(); }
+UNET_FAST_SM90_DEFINE_UNIT(dgrad, DgradArgs, bf16_n64, DgradUnit<cutlass::bfloat16_t, 256, 64>)
 
 }  // namespace sm90
 }  // namespace unet_fast

@@ -1,26 +1,32 @@
-// The fprop unit with 128x128 tiles (conv3x3_fprop_bf16.cuh), and the pass's entry points: a
-// problem with 64 output channels runs the 256x64 instantiation (conv3x3_fprop_bf16_n64.cu), whose
-// tiles it fills, where a 128-wide one would compute half-empty tiles.
-#include "conv3x3_fprop_bf16.cuh"
+// The fprop unit with bf16 128x128 tiles (conv3x3_fprop.cuh), and the pass's entry points: the
+// problem's element type picks the bf16 or the fp16 instantiations, and a problem with 64 output
+// channels runs the 256x64 ones (conv3x3_fprop_*_n64.cu), whose tiles it fills, where a 128-wide
+// one would compute half-empty tiles.
+#include "conv3x3_fprop.cuh"
 
 namespace unet_fast {
 namespace sm90 {
 
+UNET_FAST_SM90_DEFINE_UNIT(fprop, FpropArgs, bf16, FpropUnit<cutlass::bfloat16_t, 128, 128>)
+
 static bool narrow(const Conv3x3Shape& s) { return s.k == 64; }
 
-int conv3x3_fprop_bf16_check(const FpropArgs& a, char* why, int len) {
-  if (narrow(a.s)) return conv3x3_fprop_bf16_n64_check(a, why, len);
-  return detail::check_unit<FpropUnit<128, 128>>(a, why, len);
+int conv3x3_fprop_check(const FpropArgs& a, char* why, int len) {
+  if (a.elem == Elem::kF16)
+    return narrow(a.s) ? conv3x3_fprop_f16_n64_check(a, why, len) : conv3x3_fprop_f16_check(a, why, len);
+  return narrow(a.s) ? conv3x3_fprop_bf16_n64_check(a, why, len) : conv3x3_fprop_bf16_check(a, why, len);
 }
 
-int conv3x3_fprop_bf16_run(const FpropArgs& a, cudaStream_t stream, char* why, int len) {
-  if (narrow(a.s)) return conv3x3_fprop_bf16_n64_run(a, stream, why, len);
-  return detail::run_unit<FpropUnit<128, 128>>(a, stream, why, len);
+int conv3x3_fprop_run(const FpropArgs& a, cudaStream_t stream, char* why, int len) {
+  if (a.elem == Elem::kF16)
+    return narrow(a.s) ? conv3x3_fprop_f16_n64_run(a, stream, why, len)
+                       : conv3x3_fprop_f16_run(a, stream, why, len);
+  return narrow(a.s) ? conv3x3_fprop_bf16_n64_run(a, stream, why, len)
+                     : conv3x3_fprop_bf16_run(a, stream, why, len);
 }
 
-const char* conv3x3_fprop_bf16_config() { return detail::config<FpropUnit<128, 128>>(); }
-
-const char* conv3x3_fprop_bf16_config_for(const Conv3x3Shape& s) {
+const char* conv3x3_fprop_config_for(const Conv3x3Shape& s, Elem elem) {
+  if (elem == Elem::kF16) return narrow(s) ? conv3x3_fprop_f16_n64_config() : conv3x3_fprop_f16_config();
   return narrow(s) ? conv3x3_fprop_bf16_n64_config() : conv3x3_fprop_bf16_config();
 }
 

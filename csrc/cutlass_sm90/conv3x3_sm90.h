@@ -3,7 +3,8 @@
 // headers here, so the torch glue includes it cheaply and the heavy templates stay in their own
 // translation units (one instantiation each), compiled only for sm_90a.
 //
-// Every pass is bf16 NHWC with fp32 accumulation, a 3x3 window, stride 1 and padding 0 or 1:
+// Every pass is bf16 or fp16 NHWC (the args' `elem`) with fp32 accumulation, a 3x3 window,
+// stride 1 and padding 0 or 1:
 //   fprop  y  = relu(conv(x, w) + bias)                          (bias and ReLU in the epilogue)
 //   dgrad  dx = conv_transpose(g, w) * (mask > 0)                 (mask: the layer input, a ReLU
 //                                                                 output; none: plain dx)
@@ -31,7 +32,10 @@ struct Conv3x3Shape {
   int q() const { return w + 2 * pad - 2; }
 };
 
-// An NHWC bf16 tensor: channel stride 1, element strides of the pixel dimensions.
+// The element type of a problem's tensors (all of them but wgrad's fp32 partial sums).
+enum class Elem : int { kBf16 = 0, kF16 = 1 };
+
+// An NHWC bf16/fp16 tensor: channel stride 1, element strides of the pixel dimensions.
 struct Nhwc {
   const void* ptr = nullptr;
   int64_t sn = 0, sh = 0, sw = 0;
@@ -48,25 +52,27 @@ enum Status : int {
 
 // --------------------------------------------------------------------------- fprop + bias + ReLU
 struct FpropArgs {
+  Elem elem = Elem::kBf16;
   Conv3x3Shape s;
   Nhwc x;                      // (n, h, w, c)
   const void* w = nullptr;     // (k, 3, 3, c) dense (KRSC)
   const void* bias = nullptr;  // (k,) or null (no bias)
   Nhwc y;                      // (n, p, q, k), written
 };
-int conv3x3_fprop_bf16_check(const FpropArgs& a, char* why, int why_len);
-int conv3x3_fprop_bf16_run(const FpropArgs& a, cudaStream_t stream, char* why, int why_len);
+int conv3x3_fprop_check(const FpropArgs& a, char* why, int why_len);
+int conv3x3_fprop_run(const FpropArgs& a, cudaStream_t stream, char* why, int why_len);
 
 // --------------------------------------------------------------------------- dgrad x ReLU mask
 struct DgradArgs {
+  Elem elem = Elem::kBf16;
   Conv3x3Shape s;
   Nhwc g;                   // (n, p, q, k): the output gradient (already masked by this layer's ReLU)
   const void* w = nullptr;  // (k, 3, 3, c) dense (KRSC), the forward weight
   Nhwc mask;                // (n, h, w, c) with one pixel stride (sh = w sw, sn = h sh), or ptr null
   Nhwc dx;                  // (n, h, w, c), written
 };
-int conv3x3_dgrad_bf16_check(const DgradArgs& a, char* why, int why_len);
-int conv3x3_dgrad_bf16_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
+int conv3x3_dgrad_check(const DgradArgs& a, char* why, int why_len);
+int conv3x3_dgrad_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
 
 // --------------------------------------------------------------------------- wgrad (split-K)
 // The pixel sum is split over `splits` slices of the grid (one launch); slice s writes
@@ -74,6 +80,7 @@ int conv3x3_dgrad_bf16_run(const DgradArgs& a, cudaStream_t stream, char* why, i
 // result does not depend on scheduling) and converts/permutes to its weight layout. The bias
 // gradient is not computed here (the caller reduces g over the pixels: one read of g).
 struct WgradArgs {
+  Elem elem = Elem::kBf16;
   Conv3x3Shape s;
   Nhwc g;                  // (n, p, q, k), dense NHWC (CUTLASS's wgrad takes packed tensors only)
   Nhwc x;                  // (n, h, w, c), the forward input
@@ -84,40 +91,45 @@ struct WgradArgs {
 // multiprocessors, at least 8 K-tiles of 64 pixels per split, at most 64 splits, and of those the
 // one of least cost: the busiest SM's K steps plus each further split's fp32 partials at the DRAM
 // bandwidth (the rule of the Triton backend's utils.wgrad_split; a test compares the two).
-int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms);
-int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int why_len);
-int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
+int conv3x3_wgrad_splits(const Conv3x3Shape& s, int num_sms);
+int conv3x3_wgrad_check(const WgradArgs& a, char* why, int why_len);
+int conv3x3_wgrad_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
 
-// --------------------------------------------------------------------------- 64-wide GEMM N
-// fprop and dgrad are built twice: 128x128 tiles, and 256x64 tiles for the layers whose GEMM N
-// is 64 channels (fprop k = 64, dgrad c = 64: the U-Net's first and last levels), which a
-// 128-wide tile would compute half empty. conv3x3_{fprop,dgrad}_bf16_check/run choose; these run
-// the 256x64 instantiation directly (the tests and the first-run check reach it through them).
-int conv3x3_fprop_bf16_n64_check(const FpropArgs& a, char* why, int why_len);
-int conv3x3_fprop_bf16_n64_run(const FpropArgs& a, cudaStream_t stream, char* why, int why_len);
-int conv3x3_dgrad_bf16_n64_check(const DgradArgs& a, char* why, int why_len);
-int conv3x3_dgrad_bf16_n64_run(const DgradArgs& a, cudaStream_t stream, char* why, int why_len);
+// --------------------------------------------------------------------------- the instantiations
+// conv3x3_{fprop,dgrad,wgrad}_check/run choose the instantiation of the problem's element type
+// and shape; each is a translation unit of its own (built in parallel), with three functions:
+// host check, launch, and what it was built as (tile shapes, cluster, stages, threads, shared
+// memory: host-only constants, for reports and tests).
+#define UNET_FAST_SM90_UNIT(pass, Args, tag)                                                   \
+  int conv3x3_##pass##_##tag##_check(const Args& a, char* why, int why_len);                 \
+  int conv3x3_##pass##_##tag##_run(const Args& a, cudaStream_t stream, char* why, int why_len); \
+  const char* conv3x3_##pass##_##tag##_config();
+// fprop and dgrad: 128x128 tiles, and 256x64 tiles (n64) for the layers whose GEMM N is 64
+// channels (fprop k = 64, dgrad c = 64: the U-Net's first and last levels), which a 128-wide tile
+// would compute half empty.
+UNET_FAST_SM90_UNIT(fprop, FpropArgs, bf16)
+UNET_FAST_SM90_UNIT(fprop, FpropArgs, bf16_n64)
+UNET_FAST_SM90_UNIT(fprop, FpropArgs, f16)
+UNET_FAST_SM90_UNIT(fprop, FpropArgs, f16_n64)
+UNET_FAST_SM90_UNIT(dgrad, DgradArgs, bf16)
+UNET_FAST_SM90_UNIT(dgrad, DgradArgs, bf16_n64)
+UNET_FAST_SM90_UNIT(dgrad, DgradArgs, f16)
+UNET_FAST_SM90_UNIT(dgrad, DgradArgs, f16_n64)
+// wgrad: 128x64 tiles; 64x64 (m64) for the layers with 64 output channels k (the GEMM's M);
+// 128x128 (n128) for the others whose input channels c are a multiple of 128 (an N tile holds
+// channels of one tap).
+UNET_FAST_SM90_UNIT(wgrad, WgradArgs, bf16)
+UNET_FAST_SM90_UNIT(wgrad, WgradArgs, bf16_m64)
+UNET_FAST_SM90_UNIT(wgrad, WgradArgs, bf16_n128)
+UNET_FAST_SM90_UNIT(wgrad, WgradArgs, f16)
+UNET_FAST_SM90_UNIT(wgrad, WgradArgs, f16_m64)
+UNET_FAST_SM90_UNIT(wgrad, WgradArgs, f16_n128)
+#undef UNET_FAST_SM90_UNIT
 
-// wgrad is built three times: 128x64 tiles; 64x64 for the layers with 64 output channels k (the
-// GEMM's M); 128x128 for the others whose input channels c are a multiple of 128 (an N tile holds
-// channels of one tap); conv3x3_wgrad_bf16_check/run choose.
-int conv3x3_wgrad_bf16_m64_check(const WgradArgs& a, char* why, int why_len);
-int conv3x3_wgrad_bf16_m64_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
-int conv3x3_wgrad_bf16_n128_check(const WgradArgs& a, char* why, int why_len);
-int conv3x3_wgrad_bf16_n128_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
-
-// What each instantiation was built as: tile shapes, cluster, stages, threads, shared memory
-// (host-only constants, for reports and tests); *_config_for: the one a problem runs.
-const char* conv3x3_fprop_bf16_config();
-const char* conv3x3_fprop_bf16_n64_config();
-const char* conv3x3_fprop_bf16_config_for(const Conv3x3Shape& s);
-const char* conv3x3_dgrad_bf16_config();
-const char* conv3x3_dgrad_bf16_n64_config();
-const char* conv3x3_dgrad_bf16_config_for(const Conv3x3Shape& s);
-const char* conv3x3_wgrad_bf16_config();
-const char* conv3x3_wgrad_bf16_m64_config();
-const char* conv3x3_wgrad_bf16_n128_config();
-const char* conv3x3_wgrad_bf16_config_for(const Conv3x3Shape& s);
+// The config of the instantiation a pass runs for a shape and element type.
+const char* conv3x3_fprop_config_for(const Conv3x3Shape& s, Elem elem);
+const char* conv3x3_dgrad_config_for(const Conv3x3Shape& s, Elem elem);
+const char* conv3x3_wgrad_config_for(const Conv3x3Shape& s, Elem elem);
 
 }  // namespace sm90
 }  // namespace unet_fast

@@ -1,18 +1,20 @@
-// The wgrad unit with 128x64 tiles (conv3x3_wgrad_bf16.cuh), and the pass's entry points: a
-// problem with 64 output channels runs the 64x64 instantiation (conv3x3_wgrad_bf16_m64.cu), whose
-// rows it fills, where a 128-row tile would compute half empty; one whose input channels are a
-// multiple of 128 runs the 128x128 instantiation (conv3x3_wgrad_bf16_n128.cu): the same g tile
-// feeds twice the FMAs, so its K step needs 24 KB from L2 for 512 tensor cycles where the 128x64
-// tile needs 16 KB for 256.
-#include "conv3x3_wgrad_bf16.cuh"
+// The wgrad unit with bf16 128x64 tiles (conv3x3_wgrad.cuh), and the pass's entry points: the
+// problem's element type picks the bf16 or the fp16 instantiations; a problem with 64 output
+// channels runs the 64x64 one (conv3x3_wgrad_*_m64.cu), whose rows it fills, where a 128-row tile
+// would compute half empty; one whose input channels are a multiple of 128 runs the 128x128 one
+// (conv3x3_wgrad_*_n128.cu): the same g tile feeds twice the FMAs, so its K step needs 24 KB from
+// L2 for 512 tensor cycles where the 128x64 tile needs 16 KB for 256.
+#include "conv3x3_wgrad.cuh"
 
 namespace unet_fast {
 namespace sm90 {
 
+UNET_FAST_SM90_DEFINE_UNIT(wgrad, WgradArgs, bf16, WgradUnit<cutlass::bfloat16_t, 128, 64>)
+
 static bool short_m(const Conv3x3Shape& s) { return s.k == 64; }
 static bool wide(const Conv3x3Shape& s) { return !short_m(s) && s.c % 128 == 0; }
 
-int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
+int conv3x3_wgrad_splits(const Conv3x3Shape& s, int num_sms) {
   // At most about eight waves of CTAs (and kWgradMaxSplits, and 8 K steps a slice: the pipeline
   // fills), and of those the count of least cost in K steps of the busiest SM: rounds x (steps a
   // slice + 1 to fill), plus each further slice's fp32 partials written and read back (8 bytes a
@@ -43,23 +45,27 @@ int conv3x3_wgrad_bf16_splits(const Conv3x3Shape& s, int num_sms) {
   return int(best);
 }
 
-int conv3x3_wgrad_bf16_check(const WgradArgs& a, char* why, int len) {
-  if (short_m(a.s)) return conv3x3_wgrad_bf16_m64_check(a, why, len);
-  if (wide(a.s)) return conv3x3_wgrad_bf16_n128_check(a, why, len);
-  return WgradUnit<128, 64>::check_host(a, why, len);
+int conv3x3_wgrad_check(const WgradArgs& a, char* why, int len) {
+  const bool f16 = a.elem == Elem::kF16;
+  if (short_m(a.s)) return f16 ? conv3x3_wgrad_f16_m64_check(a, why, len) : conv3x3_wgrad_bf16_m64_check(a, why, len);
+  if (wide(a.s)) return f16 ? conv3x3_wgrad_f16_n128_check(a, why, len) : conv3x3_wgrad_bf16_n128_check(a, why, len);
+  return f16 ? conv3x3_wgrad_f16_check(a, why, len) : conv3x3_wgrad_bf16_check(a, why, len);
 }
 
-int conv3x3_wgrad_bf16_run(const WgradArgs& a, cudaStream_t stream, char* why, int len) {
-  if (short_m(a.s)) return conv3x3_wgrad_bf16_m64_run(a, stream, why, len);
-  if (wide(a.s)) return conv3x3_wgrad_bf16_n128_run(a, stream, why, len);
-  return WgradUnit<128, 64>::run(a, stream, why, len);
+int conv3x3_wgrad_run(const WgradArgs& a, cudaStream_t stream, char* why, int len) {
+  const bool f16 = a.elem == Elem::kF16;
+  if (short_m(a.s))
+    return f16 ? conv3x3_wgrad_f16_m64_run(a, stream, why, len) : conv3x3_wgrad_bf16_m64_run(a, stream, why, len);
+  if (wide(a.s))
+    return f16 ? conv3x3_wgrad_f16_n128_run(a, stream, why, len) : conv3x3_wgrad_bf16_n128_run(a, stream, why, len);
+  return f16 ? conv3x3_wgrad_f16_run(a, stream, why, len) : conv3x3_wgrad_bf16_run(a, stream, why, len);
 }
 
-const char* conv3x3_wgrad_bf16_config() { return detail::config<WgradUnit<128, 64>>(); }
-
-const char* conv3x3_wgrad_bf16_config_for(const Conv3x3Shape& s) {
-  if (short_m(s)) return conv3x3_wgrad_bf16_m64_config();
-  return wide(s) ? conv3x3_wgrad_bf16_n128_config() : conv3x3_wgrad_bf16_config();
+const char* conv3x3_wgrad_config_for(const Conv3x3Shape& s, Elem elem) {
+  const bool f16 = elem == Elem::kF16;
+  if (short_m(s)) return f16 ? conv3x3_wgrad_f16_m64_config() : conv3x3_wgrad_bf16_m64_config();
+  if (wide(s)) return f16 ? conv3x3_wgrad_f16_n128_config() : conv3x3_wgrad_bf16_n128_config();
+  return f16 ? conv3x3_wgrad_f16_config() : conv3x3_wgrad_bf16_config();
 }
 
 }  // namespace sm90

@@ -258,7 +258,7 @@ def _supports(op: str):
             return ("its CUDA kernels run float32, float16 and bfloat16 (float64 only on the CPU "
                     "kernels); convert with .float()")
         if op in _CUTLASS_OPS and _cutlass_wanted(args):
-            # bf16 on Hopper: the CUTLASS units, once they passed their first-run check there
+            # bf16 or fp16 on Hopper: the CUTLASS units, once they passed their first-run check there
             return cutlass_sm90.why_not(args[0], args[1], args[3], needs_grad(args))
         return None
     return supports

@@ -1,24 +1,25 @@
 """The CUTLASS sm_90a path of the `cuda` backend: when it runs, and its first-run check.
 
 The extension's ops `_conv3x3_relu_sm90` and `_conv3x3_relu_sm90_backward`
-(csrc/cuda/cutlass_sm90_glue.h) run bf16 3x3 convolutions on Hopper with CUTLASS kernels
+(csrc/cuda/cutlass_sm90_glue.h) run bf16 and fp16 3x3 convolutions on Hopper with CUTLASS kernels
 (csrc/cutlass_sm90: TMA + wgmma, our epilogues as visitor trees). `conv3x3_relu` and
 `conv3x3_relu_pool` of the cuda backend take that path when
 
 - the extension was built with the CUTLASS units (`built()`),
-- the tensors are bf16 on a device of compute capability 9.0,
+- the tensors are bf16 or fp16 (one instantiation set each) on a device of compute capability 9.0,
 - the channel counts are multiples of 64 and the padding 0 or 1 (what the units take:
   `eligible`; the U-Net's first layer, with one input channel, is not),
 - every unit the call will run passed its first-run check on that device.
 
-First-run check: the first time a unit (fprop, dgrad, wgrad) would run on a device, it runs on
+First-run check: the first time a unit (fprop, dgrad, wgrad) would run in a dtype on a device,
+it runs on
 the small problems of SELF_CHECK_SHAPES (both paddings, tiles crossed in every GEMM dimension;
 64 and 128 channels on each side, so every instantiation of every pass runs: fprop's and dgrad's
 128x128 and 256x64 tiles (for a 64-channel GEMM N), wgrad's 128x64, 64x64 (k = 64) and 128x128
 (c a multiple of 128))
-and is compared with the reference convolution computed in float64 on the same bf16 values, at
-bf16's tolerance (docs/design.md: at most twice PyTorch's own bf16 error plus 1e-3 of the
-reference's scale). A unit that fails is unusable on that device for the rest of the process: a
+and is compared with the reference convolution computed in float64 on the same bf16 (fp16)
+values, at that dtype's tolerance (docs/design.md: at most twice PyTorch's own error in the dtype
+plus 1e-3 of the reference's scale). A unit that fails is unusable on that device for the rest of the process: a
 warning says so once, `backend="auto"` falls back to the other implementations, and an explicit
 `backend="cuda"` raises BackendUnavailable with the numbers. Code that has never run on a GPU
 cannot silently give wrong numbers.
@@ -44,7 +45,8 @@ CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channe
 SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1), (2, 12, 10, 128, 128, 0))
 
 _lock = threading.Lock()
-_verdicts: dict = {}   # (unit, device) -> None (passed) or the failure sentence
+_verdicts: dict = {}   # (unit, dtype, device) -> None (passed) or the failure sentence
+DTYPES = (torch.bfloat16, torch.float16)   # one set of instantiations each
 _warned: set = set()
 
 
@@ -87,8 +89,8 @@ def _is_sm90(device: torch.device) -> bool:
 
 def eligible(x: torch.Tensor, weight: torch.Tensor, padding: int) -> Optional[str]:
     """None if the units take this convolution (shapes and dtype), else why not."""
-    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
-        return f"the CUTLASS units are bf16 only (got {x.dtype})"
+    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+        return f"the CUTLASS units run bf16 or fp16 (got {x.dtype} and a {weight.dtype} weight)"
     c, k = x.shape[1], weight.shape[0]
     if c % CHANNEL_MULTIPLE or k % CHANNEL_MULTIPLE:
         return f"channels must be multiples of {CHANNEL_MULTIPLE} (got {c} -> {k})"
@@ -132,7 +134,8 @@ OUTPUT_NAMES = {"fprop": ("y",), "dgrad": ("dx * (x > 0)", "dx"), "wgrad": ("dwe
 
 def reference(unit: str, x, w, b, gy, y, pad, dtype):
     """What `unit` computes, by PyTorch in `dtype` on the given values. The ReLU masks come from
-    the given y and x (bf16 values), so the reference and the unit mask the same elements."""
+    the given y and x (bf16 or fp16 values), so the reference and the unit mask the same
+    elements."""
     x_, w_, b_ = (t.to(dtype).requires_grad_() for t in (x, w, b))
     with torch.enable_grad():
         z = F.conv2d(x_, w_, b_, padding=pad)
@@ -145,46 +148,48 @@ def reference(unit: str, x, w, b, gy, y, pad, dtype):
     return dw, db
 
 
-def _inputs(shape, device, seed):
+def _inputs(shape, device, seed, dtype=torch.bfloat16):
     n, h, w, c, k, pad = shape
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*size, scale=1.0):
         t = torch.randn(*size, generator=gen, device=device) * scale
-        return t.to(torch.bfloat16)
+        return t.to(dtype)
 
     x = randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
     wt = randn(k, c, 3, 3, scale=(9 * c) ** -0.5)
     b = randn(k, scale=0.1)
-    y = reference("fprop", x, wt, b, None, None, pad, torch.bfloat16)[0].detach()
+    y = reference("fprop", x, wt, b, None, None, pad, dtype)[0].detach()
     gy = randn(*y.shape).contiguous(memory_format=torch.channels_last)
     return x, wt, b, gy, y.contiguous(memory_format=torch.channels_last), pad
 
 
-def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = None) -> Optional[str]:
-    """Run `unit` on SELF_CHECK_SHAPES on `device`: None if within bf16's tolerance of the float64
-    reference, else a sentence with the numbers."""
+def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = None,
+               dtype: torch.dtype = torch.bfloat16) -> Optional[str]:
+    """Run `unit` on SELF_CHECK_SHAPES in `dtype` on `device`: None if within that dtype's
+    tolerance of the float64 reference, else a sentence with the numbers."""
     runner = runner or _runners[unit]
     # (the first use is often inside the model's autocast region, which would turn the float64
     # reference into bf16)
     with torch.autocast(device_type=device.type, enabled=False):
-        return _check_unit(unit, device, runner)
+        return _check_unit(unit, device, runner, dtype)
 
 
-def _check_unit(unit, device, runner):
+def _check_unit(unit, device, runner, dtype):
+    name_of = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     for i, shape in enumerate(SELF_CHECK_SHAPES):
-        args = _inputs(shape, device, seed=1234 + i)
+        args = _inputs(shape, device, seed=1234 + i, dtype=dtype)
         with torch.no_grad():
             try:
                 got = runner(*args)
             except Exception as e:  # noqa: BLE001  (a launch or configuration failure)
                 return f"the CUTLASS {unit} kernel failed to run on {device} ({type(e).__name__}: {e})"
         ref = reference(unit, *args, torch.float64)
-        own = reference(unit, *args, torch.bfloat16)
+        own = reference(unit, *args, dtype)
         for name, o, r, p in zip(OUTPUT_NAMES[unit], got, ref, own):
-            if o.shape != r.shape or o.dtype != torch.bfloat16:
+            if o.shape != r.shape or o.dtype != dtype:
                 return (f"the CUTLASS {unit} kernel's {name} is {o.dtype} {tuple(o.shape)}, "
-                        f"expected bfloat16 {tuple(r.shape)}")
+                        f"expected {str(dtype).replace('torch.', '')} {tuple(r.shape)}")
             r = r.detach()
             scale = r.abs().max().item()
             own_err = (p.detach().double() - r).abs().max().item()
@@ -193,23 +198,23 @@ def _check_unit(unit, device, runner):
             bound = 2 * own_err + 1e-3 * scale
             if not err <= bound:
                 n, h, w, c, k, pad = shape
-                return (f"the CUTLASS {unit} kernel failed its first-run check on {device}: {name} "
-                        f"of a {n}x{c}x{h}x{w} -> {k} channel, padding {pad} problem is off by up "
-                        f"to {err:.4g}, allowed {bound:.4g} (PyTorch's own bf16 error {own_err:.4g}, "
-                        f"reference scale {scale:.4g})")
+                return (f"the CUTLASS {unit} kernel failed its first-run check in {name_of} on "
+                        f"{device}: {name} of a {n}x{c}x{h}x{w} -> {k} channel, padding {pad} "
+                        f"problem is off by up to {err:.4g}, allowed {bound:.4g} (PyTorch's own "
+                        f"{name_of} error {own_err:.4g}, reference scale {scale:.4g})")
     return None
 
 
-def verdict(units, device: torch.device) -> Optional[str]:
-    """None if every unit in `units` passed its first-run check on `device` (running it the first
-    time), else the first failure. A failure warns once per unit and device."""
+def verdict(units, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Optional[str]:
+    """None if every unit in `units` passed its first-run check in `dtype` on `device` (running
+    it the first time), else the first failure. A failure warns once per unit, dtype and device."""
     key_dev = _device_key(device)
     for unit in units:
-        key = (unit, key_dev)
+        key = (unit, dtype, key_dev)
         if key not in _verdicts:
             with _lock:
                 if key not in _verdicts:
-                    _verdicts[key] = check_unit(unit, torch.device(key_dev))
+                    _verdicts[key] = check_unit(unit, torch.device(key_dev), dtype=dtype)
         why = _verdicts[key]
         if why is not None:
             if key not in _warned:
@@ -240,12 +245,14 @@ def why_not(x: torch.Tensor, weight: torch.Tensor, padding: int, needs_grad: boo
     units = units_for(needs_grad)
     if _is_compiling():
         key_dev = _device_key(x.device)
-        missing = [u for u in units if (u, key_dev) not in _verdicts]
+        keys = [(u, x.dtype, key_dev) for u in units]
+        missing = [k[0] for k in keys if k not in _verdicts]
         if missing:
-            return (f"the CUTLASS units {missing} have not passed their first-run check on "
-                    f"{key_dev} yet (it runs in eager mode, not while torch.compile traces)")
-        return next((_verdicts[(u, key_dev)] for u in units if _verdicts[(u, key_dev)]), None)
-    return verdict(units, x.device)
+            return (f"the CUTLASS units {missing} have not passed their first-run check in "
+                    f"{x.dtype} on {key_dev} yet (it runs in eager mode, not while torch.compile "
+                    "traces)")
+        return next((_verdicts[k] for k in keys if _verdicts[k]), None)
+    return verdict(units, x.device, x.dtype)
 
 
 def reset() -> None:

@@ -341,7 +341,7 @@ def wgrad_split(tiles: int, k_steps: int, sms: int, max_split: int = 1 << 30,
     DRAM bandwidth. So 144 tiles of 366 K-steps on 132 SMs take 6 slices (seven rounds of a
     sixth of K: 1.17 K) where two (three rounds of half of K: 1.5 K) left the third round nearly
     empty, and a layer of few tiles takes about one wave. Integer arithmetic (units of 1/(step_pixels x sms) step):
-    the CUTLASS wgrad (conv3x3_wgrad_bf16_splits) computes the same."""
+    the CUTLASS wgrad (conv3x3_wgrad_splits) computes the same."""
     most = max(1, min(cdiv(8 * sms, tiles), max_split, k_steps // 8))
 
     def cost(s):

@@ -1,9 +1,10 @@
-// 3x3 convolution + bias + ReLU, bf16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM mainloop
+// 3x3 convolution + bias + ReLU, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM mainloop
 // (TMA im2col loads of x, TMA loads of the KRSC weight, wgmma from shared memory, warp-specialized)
 // with our epilogue as a visitor tree: y = relu(acc + bias[k]), stored by TMA.
 // GEMM: M = n*p*q output pixels, N = k output channels, K = 9*c (tap-major, 64 channels per step).
-// The unit as a template on its output tile, instantiated once per translation unit:
-// conv3x3_fprop_bf16.cu (128x128) and conv3x3_fprop_bf16_n64.cu (256x64, for k = 64).
+// The unit as a template on its element type and output tile, instantiated once per translation
+// unit: conv3x3_fprop_{bf16,f16}.cu (128x128) and conv3x3_fprop_{bf16,f16}_n64.cu (256x64, for
+// k = 64).
 #pragma once
 #include "common.cuh"  // first: CUTLASS's base headers before the collectives
 
@@ -22,11 +23,11 @@ namespace {
 
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
-using Element = cutlass::bfloat16_t;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
-template <int kTileM, int kTileN>
+template <class Element_, int kTileM, int kTileN>
 struct FpropUnit {
+using Element = Element_;
 static constexpr const char* kName = "fprop";
 static constexpr const char* kEpilogue = "epilogue relu(acc + bias) TMA store";
 // kTileM x kTileN output tiles, 64-channel K steps (one tap per step); a 2x1 cluster shares each
@@ -83,6 +84,13 @@ static typename Conv::Arguments arguments(const FpropArgs& a) {
       ps,
       {static_cast<const Element*>(a.x.ptr), static_cast<const Element*>(a.w)},
       {fusion_args, nullptr, {}, static_cast<Element*>(const_cast<void*>(a.y.ptr)), dD}};
+}
+
+static int check_host(const FpropArgs& a, char* why, int len) {
+  return detail::check_unit<FpropUnit>(a, why, len);
+}
+static int run(const FpropArgs& a, cudaStream_t stream, char* why, int len) {
+  return detail::run_unit<FpropUnit>(a, stream, why, len);
 }
 
 };  // struct FpropUnit

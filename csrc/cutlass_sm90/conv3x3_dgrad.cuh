@@ -1,4 +1,4 @@
-// Input gradient of a 3x3 convolution, bf16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM dgrad
+// Input gradient of a 3x3 convolution, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM dgrad
 // mainloop (TMA im2col loads of the output gradient g, TMA loads of the KRSC weight read
 // channel-major, wgmma, warp-specialized) with our epilogue as a visitor tree:
 //   dx = acc * (mask > 0)
@@ -6,8 +6,9 @@
 // previous layer needs comes out already masked (design.md: the ReLU mask once, where the gradient
 // is formed), read by a TMA aux load. A null mask reads as 1 (plain dx).
 // GEMM: M = n*h*w input pixels, N = c input channels, K = 9*k (64 output channels per step).
-// The unit as a template on its output tile, instantiated once per translation unit:
-// conv3x3_dgrad_bf16.cu (128x128) and conv3x3_dgrad_bf16_n64.cu (256x64, for c = 64).
+// The unit as a template on its element type and output tile, instantiated once per translation
+// unit: conv3x3_dgrad_{bf16,f16}.cu (128x128) and conv3x3_dgrad_{bf16,f16}_n64.cu (256x64, for
+// c = 64).
 #pragma once
 #include "common.cuh"  // first: CUTLASS's base headers before the collectives
 
@@ -26,7 +27,6 @@ namespace {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 namespace epi_detail = cutlass::epilogue::collective::detail;
-using Element = cutlass::bfloat16_t;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
 // The epilogue works on 64x32 subtiles (what the builder picks for this tile on its own; fixed
@@ -53,6 +53,10 @@ struct ReluGradMask<cutlass::Array<T, N>> {
   }
 };
 
+template <class Element_, int kTileM, int kTileN>
+struct DgradUnit {
+using Element = Element_;
+static constexpr const char* kName = "dgrad";
 // The mask as an (n*h*w, c) matrix with one pixel stride, loaded by TMA like a C operand.
 using MaskStride = Stride<int64_t, _1, _0>;
 using AuxLoad = fusion::Sm90AuxLoad<
@@ -84,9 +88,6 @@ struct MaskLoad : AuxLoad {
 using MaskedGrad = fusion::Sm90EVT<fusion::Sm90Compute<ReluGradMask, Element, float, kRound>,
                                    fusion::Sm90AccFetch, MaskLoad>;
 
-template <int kTileM, int kTileN>
-struct DgradUnit {
-static constexpr const char* kName = "dgrad";
 static constexpr const char* kEpilogue = "epilogue acc * (mask > 0) with a TMA aux load, TMA store";
 // As the forward: kTileM x kTileN tiles, 64-channel K steps, 2x1 cluster (weight tiles multicast).
 using TileShape = Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>;
@@ -142,6 +143,13 @@ static typename Conv::Arguments arguments(const DgradArgs& a) {
       ps,
       {static_cast<const Element*>(a.g.ptr), static_cast<const Element*>(a.w)},
       {fusion_args, nullptr, {}, static_cast<Element*>(const_cast<void*>(a.dx.ptr)), dD}};
+}
+
+static int check_host(const DgradArgs& a, char* why, int len) {
+  return detail::check_unit<DgradUnit>(a, why, len);
+}
+static int run(const DgradArgs& a, cudaStream_t stream, char* why, int len) {
+  return detail::run_unit<DgradUnit>(a, stream, why, len);
 }
 
 };  // struct DgradUnit

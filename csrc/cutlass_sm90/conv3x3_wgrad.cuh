@@ -1,4 +1,4 @@
-// Weight gradient of a 3x3 convolution, bf16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM wgrad
+// Weight gradient of a 3x3 convolution, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM wgrad
 // mainloop (TMA loads of the output gradient g, TMA im2col loads of x, wgmma, warp-specialized)
 // under a kernel of ours that splits the pixel sum over the grid's z dimension.
 // GEMM: M = k output channels, N = 9*c (tap-major; an N tile is channels of one tap), K = n*p*q
@@ -6,8 +6,9 @@
 // 64-channel layers against 132 SMs), so every slice s of the pixels writes its own fp32
 // partial[s]; the caller adds them in a fixed order (deterministic, no atomics).
 // CUTLASS 4.2's sm90 conv kernels are non-persistent and have no split-K of their own.
-// The unit as a template on its tile, instantiated once per translation unit:
-// conv3x3_wgrad_bf16.cu (128x64) and conv3x3_wgrad_bf16_n128.cu (128x128, for c % 128 == 0).
+// The unit as a template on its element type and tile, instantiated once per translation unit:
+// conv3x3_wgrad_{bf16,f16}.cu (128x64), conv3x3_wgrad_{bf16,f16}_n128.cu (128x128, for
+// c % 128 == 0) and conv3x3_wgrad_{bf16,f16}_m64.cu (64x64, for k = 64).
 #pragma once
 #include "common.cuh"  // first: CUTLASS's base headers before the collectives
 
@@ -35,12 +36,12 @@ inline int64_t wgrad_k_tiles(const Conv3x3Shape& s) {
   return (int64_t(s.n) * s.p() * s.q() + 63) / 64;
 }
 
-template <int kTileM, int kTileN>
+template <class Element_, int kTileM, int kTileN>
 struct WgradUnit {
+using Element = Element_;
 static constexpr const char* kName = "wgrad";
 static constexpr const char* kEpilogue =
     "split-K over grid z into fp32 partial sums, register-direct epilogue";
-using Element = cutlass::bfloat16_t;
 
 // kTileM output channels x kTileN channels of one tap per tile, 64 pixels per K step (an N tile
 // must not straddle two taps: the channel count is a multiple of kTileN). A 1x2 cluster
