@@ -1,6 +1,6 @@
-// Input gradient of a 3x3 convolution, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM dgrad
-// mainloop (TMA im2col loads of the output gradient g, TMA loads of the KRSC weight read
-// channel-major, wgmma, warp-specialized) with our epilogue as a visitor tree:
+// Input gradient of a 3x3 convolution, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90
+// implicit-GEMM dgrad mainloop (TMA im2col loads of the output gradient g, TMA loads of the KRSC
+// weight read channel-major, wgmma, warp-specialized) with our epilogue as a visitor tree:
 //   dx = acc * (mask > 0)
 // where mask is this layer's input x when x is the previous layer's ReLU output: the gradient the
 // previous layer needs comes out already masked (design.md: the ReLU mask once, where the gradient

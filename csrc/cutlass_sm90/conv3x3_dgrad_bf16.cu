@@ -12,8 +12,10 @@ static bool narrow(const Conv3x3Shape& s) { return s.c == 64; }
 
 int conv3x3_dgrad_check(const DgradArgs& a, char* why, int len) {
   if (a.elem == Elem::kF16)
-    return narrow(a.s) ? conv3x3_dgrad_f16_n64_check(a, why, len) : conv3x3_dgrad_f16_check(a, why, len);
-  return narrow(a.s) ? conv3x3_dgrad_bf16_n64_check(a, why, len) : conv3x3_dgrad_bf16_check(a, why, len);
+    return narrow(a.s) ? conv3x3_dgrad_f16_n64_check(a, why, len)
+                       : conv3x3_dgrad_f16_check(a, why, len);
+  return narrow(a.s) ? conv3x3_dgrad_bf16_n64_check(a, why, len)
+                     : conv3x3_dgrad_bf16_check(a, why, len);
 }
 
 int conv3x3_dgrad_run(const DgradArgs& a, cudaStream_t stream, char* why, int len) {
@@ -25,7 +27,8 @@ int conv3x3_dgrad_run(const DgradArgs& a, cudaStream_t stream, char* why, int le
 }
 
 const char* conv3x3_dgrad_config_for(const Conv3x3Shape& s, Elem elem) {
-  if (elem == Elem::kF16) return narrow(s) ? conv3x3_dgrad_f16_n64_config() : conv3x3_dgrad_f16_config();
+  if (elem == Elem::kF16)
+    return narrow(s) ? conv3x3_dgrad_f16_n64_config() : conv3x3_dgrad_f16_config();
   return narrow(s) ? conv3x3_dgrad_bf16_n64_config() : conv3x3_dgrad_bf16_config();
 }
 

@@ -1,5 +1,5 @@
-// The dgrad unit (f16, 128x128 tiles; conv3x3_dgrad.cuh);
-// conv3x3_dgrad_check/run choose it. Its own translation unit: built in parallel.
+// The dgrad unit (f16, 128x128 tiles; conv3x3_dgrad.cuh); conv3x3_dgrad_check/run choose it. Its
+// own translation unit: built in parallel.
 #include "conv3x3_dgrad.cuh"
 
 namespace unet_fast {

@@ -1,5 +1,5 @@
-// The dgrad unit (f16, 256x64 tiles; conv3x3_dgrad.cuh), for the layers with 64 input channels (the GEMM's N);
-// conv3x3_dgrad_check/run choose it. Its own translation unit: built in parallel.
+// The dgrad unit (f16, 256x64 tiles; conv3x3_dgrad.cuh), for the layers with 64 input channels (the
+// GEMM's N); conv3x3_dgrad_check/run choose it. Its own translation unit: built in parallel.
 #include "conv3x3_dgrad.cuh"
 
 namespace unet_fast {

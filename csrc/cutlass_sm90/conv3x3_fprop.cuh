@@ -1,6 +1,6 @@
-// 3x3 convolution + bias + ReLU, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM mainloop
-// (TMA im2col loads of x, TMA loads of the KRSC weight, wgmma from shared memory, warp-specialized)
-// with our epilogue as a visitor tree: y = relu(acc + bias[k]), stored by TMA.
+// 3x3 convolution + bias + ReLU, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM
+// mainloop (TMA im2col loads of x, TMA loads of the KRSC weight, wgmma from shared memory,
+// warp-specialized) with our epilogue as a visitor tree: y = relu(acc + bias[k]), stored by TMA.
 // GEMM: M = n*p*q output pixels, N = k output channels, K = 9*c (tap-major, 64 channels per step).
 // The unit as a template on its element type and output tile, instantiated once per translation
 // unit: conv3x3_fprop_{bf16,f16}.cu (128x128) and conv3x3_fprop_{bf16,f16}_n64.cu (256x64, for

@@ -13,8 +13,10 @@ static bool narrow(const Conv3x3Shape& s) { return s.k == 64; }
 
 int conv3x3_fprop_check(const FpropArgs& a, char* why, int len) {
   if (a.elem == Elem::kF16)
-    return narrow(a.s) ? conv3x3_fprop_f16_n64_check(a, why, len) : conv3x3_fprop_f16_check(a, why, len);
-  return narrow(a.s) ? conv3x3_fprop_bf16_n64_check(a, why, len) : conv3x3_fprop_bf16_check(a, why, len);
+    return narrow(a.s) ? conv3x3_fprop_f16_n64_check(a, why, len)
+                       : conv3x3_fprop_f16_check(a, why, len);
+  return narrow(a.s) ? conv3x3_fprop_bf16_n64_check(a, why, len)
+                     : conv3x3_fprop_bf16_check(a, why, len);
 }
 
 int conv3x3_fprop_run(const FpropArgs& a, cudaStream_t stream, char* why, int len) {
@@ -26,7 +28,8 @@ int conv3x3_fprop_run(const FpropArgs& a, cudaStream_t stream, char* why, int le
 }
 
 const char* conv3x3_fprop_config_for(const Conv3x3Shape& s, Elem elem) {
-  if (elem == Elem::kF16) return narrow(s) ? conv3x3_fprop_f16_n64_config() : conv3x3_fprop_f16_config();
+  if (elem == Elem::kF16)
+    return narrow(s) ? conv3x3_fprop_f16_n64_config() : conv3x3_fprop_f16_config();
   return narrow(s) ? conv3x3_fprop_bf16_n64_config() : conv3x3_fprop_bf16_config();
 }
 

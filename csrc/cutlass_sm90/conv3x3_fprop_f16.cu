@@ -1,5 +1,5 @@
-// The fprop unit (f16, 128x128 tiles; conv3x3_fprop.cuh);
-// conv3x3_fprop_check/run choose it. Its own translation unit: built in parallel.
+// The fprop unit (f16, 128x128 tiles; conv3x3_fprop.cuh); conv3x3_fprop_check/run choose it. Its
+// own translation unit: built in parallel.
 #include "conv3x3_fprop.cuh"
 
 namespace unet_fast {

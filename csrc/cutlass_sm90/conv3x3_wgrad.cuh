@@ -1,6 +1,6 @@
-// Weight gradient of a 3x3 convolution, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90 implicit-GEMM wgrad
-// mainloop (TMA loads of the output gradient g, TMA im2col loads of x, wgmma, warp-specialized)
-// under a kernel of ours that splits the pixel sum over the grid's z dimension.
+// Weight gradient of a 3x3 convolution, bf16 or fp16 NHWC, on Hopper: CUTLASS's sm90
+// implicit-GEMM wgrad mainloop (TMA loads of the output gradient g, TMA im2col loads of x, wgmma,
+// warp-specialized) under a kernel of ours that splits the pixel sum over the grid's z dimension.
 // GEMM: M = k output channels, N = 9*c (tap-major; an N tile is channels of one tap), K = n*p*q
 // output pixels. Without a split the grid is M/128 x N/64 tiles (10 CTAs for the U-Net's
 // 64-channel layers against 132 SMs), so every slice s of the pixels writes its own fp32

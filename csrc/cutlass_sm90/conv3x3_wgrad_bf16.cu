@@ -47,17 +47,21 @@ int conv3x3_wgrad_splits(const Conv3x3Shape& s, int num_sms) {
 
 int conv3x3_wgrad_check(const WgradArgs& a, char* why, int len) {
   const bool f16 = a.elem == Elem::kF16;
-  if (short_m(a.s)) return f16 ? conv3x3_wgrad_f16_m64_check(a, why, len) : conv3x3_wgrad_bf16_m64_check(a, why, len);
-  if (wide(a.s)) return f16 ? conv3x3_wgrad_f16_n128_check(a, why, len) : conv3x3_wgrad_bf16_n128_check(a, why, len);
+  if (short_m(a.s))
+    return f16 ? conv3x3_wgrad_f16_m64_check(a, why, len) : conv3x3_wgrad_bf16_m64_check(a, why, len);
+  if (wide(a.s))
+    return f16 ? conv3x3_wgrad_f16_n128_check(a, why, len) : conv3x3_wgrad_bf16_n128_check(a, why, len);
   return f16 ? conv3x3_wgrad_f16_check(a, why, len) : conv3x3_wgrad_bf16_check(a, why, len);
 }
 
 int conv3x3_wgrad_run(const WgradArgs& a, cudaStream_t stream, char* why, int len) {
   const bool f16 = a.elem == Elem::kF16;
   if (short_m(a.s))
-    return f16 ? conv3x3_wgrad_f16_m64_run(a, stream, why, len) : conv3x3_wgrad_bf16_m64_run(a, stream, why, len);
+    return f16 ? conv3x3_wgrad_f16_m64_run(a, stream, why, len)
+               : conv3x3_wgrad_bf16_m64_run(a, stream, why, len);
   if (wide(a.s))
-    return f16 ? conv3x3_wgrad_f16_n128_run(a, stream, why, len) : conv3x3_wgrad_bf16_n128_run(a, stream, why, len);
+    return f16 ? conv3x3_wgrad_f16_n128_run(a, stream, why, len)
+               : conv3x3_wgrad_bf16_n128_run(a, stream, why, len);
   return f16 ? conv3x3_wgrad_f16_run(a, stream, why, len) : conv3x3_wgrad_bf16_run(a, stream, why, len);
 }
 

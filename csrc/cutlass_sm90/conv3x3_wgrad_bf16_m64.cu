@@ -1,5 +1,5 @@
-// The wgrad unit (bf16, 64x64 tiles; conv3x3_wgrad.cuh), for the layers with 64 output channels (the GEMM's M);
-// conv3x3_wgrad_check/run choose it. Its own translation unit: built in parallel.
+// The wgrad unit (bf16, 64x64 tiles; conv3x3_wgrad.cuh), for the layers with 64 output channels
+// (the GEMM's M); conv3x3_wgrad_check/run choose it. Its own translation unit: built in parallel.
 #include "conv3x3_wgrad.cuh"
 
 namespace unet_fast {

@@ -1,5 +1,6 @@
-// The wgrad unit (bf16, 128x128 tiles; conv3x3_wgrad.cuh), for the layers whose input channels are a multiple of 128;
-// conv3x3_wgrad_check/run choose it. Its own translation unit: built in parallel.
+// The wgrad unit (bf16, 128x128 tiles; conv3x3_wgrad.cuh), for the layers whose input channels are
+// a multiple of 128; conv3x3_wgrad_check/run choose it. Its own translation unit: built in
+// parallel.
 #include "conv3x3_wgrad.cuh"
 
 namespace unet_fast {

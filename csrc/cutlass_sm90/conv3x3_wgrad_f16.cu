@@ -1,5 +1,5 @@
-// The wgrad unit (f16, 128x64 tiles; conv3x3_wgrad.cuh);
-// conv3x3_wgrad_check/run choose it. Its own translation unit: built in parallel.
+// The wgrad unit (f16, 128x64 tiles; conv3x3_wgrad.cuh); conv3x3_wgrad_check/run choose it. Its own
+// translation unit: built in parallel.
 #include "conv3x3_wgrad.cuh"
 
 namespace unet_fast {
