@@ -117,3 +117,41 @@ def test_device_kernels_are_the_profilers_device_events_in_start_order():
                     Ev("a", DeviceType.CUDA, 1.0, 2.0)]
 
     assert mk.device_kernels(Prof()) == [("a", 1.0, 1.0), ("b", 5.0, 2.5)]
+
+
+def test_the_measurement_runs_end_to_end_with_made_up_kernel_times(monkeypatch):
+    """measure_model as the GPU suite runs it (warm-up, timed steps, the profiled step, pairing,
+    join, report, JSON), on the CPU under the interpreter, with the device kernels made up from
+    the launches (20 us each) and the model's rows from record_step (10 us each): every Triton
+    launch pairs with its row, at ratio 2, on the config the model picked."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton backend under the interpreter")
+    import json
+
+    import kernel_model as km
+    from unet_fast.backends.triton_backend import utils
+    cfg = km.ModelConfig("toy", 1, 2, 44, "valid", 1, base_channels=4, depth=2)
+    rows = []
+    for l in km.record_step(cfg):
+        name = l.kernel.split(".")[-1] if not l.kernel.startswith("aten.") else l.kernel
+        triton = not l.kernel.startswith("aten.")
+        kw, warps, stages, _, maxnreg = l.configs[0] if triton else ({}, 0, 0, 0, None)
+        rows.append(dict(model="toy", name=name, layer=l.layer, config=(
+            km._cfg_text(kw, warps, stages, maxnreg) if triton else "-"),
+            bound="L2", predicted_ms=0.012, kernel_ms=0.010,
+            **{"pass": km.work(l, 0)["pass_"] if triton else "aten " + l.kernel[5:]}))
+    monkeypatch.setattr(utils, "num_sms", lambda device: km.H200.sms)
+
+    def kernels(prof, launches):
+        return [(l["kernel"], float(i), 20.0) for i, l in enumerate(launches)] + [
+            ("void at::native::elementwise_kernel<...>", 1e6, 5.0)]
+    res = mk.measure_model(cfg, rows, 0.002, device="cpu", warmup=1, timed=2, log=lambda *a: None,
+                           kernels_fn=kernels)
+    s = res["summary"]
+    assert s["paired"] == s["launches"] == sum(r["name"] in km._WORK for r in rows) > 20
+    assert {round(j["ratio"], 6) for j in res["rows"]} == {2.0}
+    assert s["same_config"] == s["paired"] and not s["mismatches"]
+    assert s["other_kernels"] == 1 and len(s["step_ms_all"]) == 2
+    text = mk.report([res], None, dict(gpu="made up"))
+    assert "| down.0.2 | fwd | igemm_fwd_kernel |" in text and "Step: measured" in text
+    json.dumps(dict(results=[res]))   # what main writes

@@ -109,10 +109,17 @@ def measure_l2_bandwidth(device="cuda", reps: int = 20) -> dict:
     return dict(info, l2_bytes_per_s=info["bytes_per_launch"] / t, median_s=t)
 
 
-def event_ms(fn, reps: int) -> list:
-    """fn()'s device time in ms, `reps` times, each between two CUDA events (synchronized)."""
+def event_ms(fn, reps: int, device="cuda") -> list:
+    """fn()'s device time in ms, `reps` times, each between two CUDA events (synchronized); off
+    CUDA (the tool's CPU test) the wall time."""
     import torch
     times = []
+    if torch.device(device).type != "cuda":
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -270,12 +277,18 @@ def summarize(joined: list, other: list, model_rows: list, gap_ms: float) -> dic
 
 
 def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="cuda",
-                  warmup: int = 3, timed: int = 5, log=print) -> dict:
+                  warmup: int = 3, timed: int = 5, log=print, kernels_fn=None) -> dict:
     """Run `cfg`'s step on `device`: warm-up, the step timed with CUDA events (median of
     `timed`), one profiled step with every Triton launch labelled; paired and joined with
-    `model_rows` (this config's rows of docs/kernel_model.json)."""
+    `model_rows` (this config's rows of docs/kernel_model.json). `kernels_fn(prof, launches)`
+    gives the device kernels (default: the profiler's; the CPU test makes them up)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+    cuda = torch.device(device).type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
     state = km._State()
     state.recording = False
     with km.labelled_launches(state, _Runner):
@@ -283,17 +296,20 @@ def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="
         t0 = time.time()
         for _ in range(warmup):
             step(state)
-        torch.cuda.synchronize()
+        sync()
         log(f"[{cfg.name} b{cfg.batch}] {warmup} warm-up steps (autotuning, compiles) in "
             f"{time.time() - t0:.0f} s")
-        times = event_ms(lambda: step(state), timed)
+        times = event_ms(lambda: step(state), timed, device)
         state.launches.clear()
         state.recording = True
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
             step(state)
-            torch.cuda.synchronize()
+            sync()
         state.recording = False
-    measured, other, mismatches = pair(labelled(state.launches), device_kernels(prof))
+    launches = labelled(state.launches)
+    kernels = (kernels_fn or (lambda p, _: device_kernels(p)))(prof, launches)
+    measured, other, mismatches = pair(launches, kernels)
     joined = join(measured, model_rows, gap_ms)
     s = summarize(joined, other, model_rows, gap_ms)
     predicted_step = sum(r["predicted_ms"] for r in model_rows)
