@@ -14,9 +14,9 @@
 #   4. bench      pytest benchmarks/ --benchmark-json (ceilings, whole models, every layer shape),
 #                 in priority order within the time budget
 #   5. model      tools/measure_kernels.py: the kernel model's predictions (docs/kernel_model.json)
-#                 next to a measurement of every Triton launch of the same training step, and the
-#                 L2 bandwidth the model assumes (model_vs_measured.md/.json); its time is kept
-#                 out of the bench stage's budget
+#                 next to a measurement of every Triton launch of the same training step, then of
+#                 every CUTLASS unit launch on backend="cuda", and the L2 bandwidth the model
+#                 assumes (model_vs_measured.md/.json); its time is kept out of the bench budget
 #   6. summary    benchmarks/summarize.py: summary.md, per_layer.png
 # Results: ONE folder, $OUT when set, else benchmarks/results/<YYYY-MM-DD>_<gpu>/ (or --out):
 #   summary.md  results.json  per_layer.png  log.txt  stages.tsv  model_vs_measured.{md,json}
@@ -44,7 +44,8 @@ PY="${PYTHON:-python3}"
 TESTS_TIMEOUT=240
 SAN_TIMEOUT=200
 SUMMARY_RESERVE=40
-MODEL_TIMEOUT=150   # both model configs' warm-up (compiles cached by the bench stage) and profile
+MODEL_TIMEOUT=180   # both model configs' warm-up (compiles cached by the bench stage) and profile,
+                    # on the triton backend, then on the cuda one (the CUTLASS units)
 
 usage() {
   awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"

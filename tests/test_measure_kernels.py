@@ -155,3 +155,32 @@ def test_the_measurement_runs_end_to_end_with_made_up_kernel_times(monkeypatch):
     text = mk.report([res], None, dict(gpu="made up"))
     assert "| down.0.2 | fwd | igemm_fwd_kernel |" in text and "Step: measured" in text
     json.dumps(dict(results=[res]))   # what main writes
+
+
+def test_cutlass_launches_take_their_layer_and_pass_from_the_op_that_launched_them():
+    """backend="cuda": the forward op's unit is fprop; the backward op's are dgrad then wgrad
+    (WgradUnit by name, else by order); aten kernels the ops launch are left out; the sequences of
+    recorded calls and profiled ops must agree."""
+    F, B = mk._SM90_OPS
+    calls = [("down.0.2", F), ("down.1.0", F), ("down.1.0", B), ("down.0.2", B)]
+    wg = "void cutlass::device_kernel<unet_fast::sm90::WgradUnit<cutlass::bfloat16_t, 64, 64>::Kernel>"
+    conv = "void cutlass::device_kernel<cutlass::conv::kernel::ConvUniversal<...>>"
+    op_kernels = [(F, [(conv, 0.3)]), (F, [(conv, 0.2)]),
+                  (B, [("at::native::threshold", 0.01), (conv, 0.25), (wg, 0.4)]),
+                  (B, [(conv, 0.35), (conv + " split", 0.5)])]
+    got = mk.cutlass_passes(calls, op_kernels)
+    assert [(g["layer"], g["pass_"], g["measured_ms"]) for g in got] == [
+        ("down.0.2", "fprop", 0.3), ("down.1.0", "fprop", 0.2), ("down.1.0", "dgrad", 0.25),
+        ("down.1.0", "wgrad", 0.4), ("down.0.2", "dgrad", 0.35), ("down.0.2", "wgrad", 0.5)]
+    with pytest.raises(ValueError, match="differ"):
+        mk.cutlass_passes(calls[:3], op_kernels)
+    ext = [dict(layer="down.0.2", **{"pass": "fprop"}, config="256x64x64 c2x1", bound="L2",
+                kernel_s=0.15e-3)]
+    j = mk.join_cutlass(got, ext)
+    assert j[0]["ratio"] == pytest.approx(2.0) and all(r["ratio"] is None for r in j[1:])
+    res = dict(config=dict(name="valid572"), rows=j, summary=dict(
+        step_ms=14.0, launches=6, paired=1, measured_ms=0.3, predicted_ms=0.15, ratio_median=2.0))
+    text = mk.report([], None, dict(gpu="test"), [res, dict(config=dict(name="same512"),
+                                                            error="RuntimeError: boom")])
+    assert "| down.0.2 | fprop | 256x64x64 c2x1 | 0.150 | 0.300 | 2.00 | L2 |" in text
+    assert "Not measured: RuntimeError: boom" in text

@@ -16,7 +16,10 @@ next to every prediction:
   such launch): predicted and measured milliseconds side by side, and whether the autotuner ran
   the config the model picked;
 - the L2 -> SM read bandwidth, the model's one unmeasured machine figure (it assumes 10 TB/s), is
-  measured too (`measure_l2_bandwidth`).
+  measured too (`measure_l2_bandwidth`);
+- then the same step on backend="cuda": each CUTLASS sm_90a unit launch (fprop, dgrad, wgrad)
+  with its device time, by layer and pass, next to the model's extension rows (the units' SASS
+  read from the built `_C`), where the JSON has them (`measure_cutlass`; `--no-cutlass` skips).
 
     python tools/measure_kernels.py --out DIR     # -> DIR/model_vs_measured.md and .json
 
@@ -152,15 +155,15 @@ class _Runner:
         return ret
 
 
-def make_step(cfg: km.ModelConfig, device):
-    """The model's step (kernel_model.record_step's): UNet(backend="triton") from seed 0, a random
+def make_step(cfg: km.ModelConfig, device, backend: str = "triton"):
+    """The model's step (kernel_model.record_step's): UNet(backend=...) from seed 0, a random
     input, forward under bf16 autocast, backward of the output's sum; gradients set to None first,
     so no step accumulates into the last one's. step(state) names the phases for the recorder."""
     import torch
     import unet_fast as uf
     torch.manual_seed(0)
     model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth, cfg.padding,
-                    backend="triton").to(device)
+                    backend=backend).to(device)
     x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size, device=device)
     dev_type = torch.device(device).type
 
@@ -320,12 +323,105 @@ def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="
     return dict(config=dataclasses.asdict(cfg), rows=joined, other=other, summary=s)
 
 
+# ============================================================================ the CUTLASS units
+# backend="cuda" runs every bf16 3x3 convolution but the first layer's on the CUTLASS sm_90a units
+# (docs/cutlass_sm90.md): one op for the forward (fprop), one for the backward (dgrad, then wgrad),
+# each launching its units from C++, where no Python wrapper sees them. The profiler links each
+# device kernel to the op that launched it; a wrapper around the two ops records which layer
+# each call belongs to, in call order (which is the profiler's op order).
+_SM90_OPS = ("_conv3x3_relu_sm90", "_conv3x3_relu_sm90_backward")
+
+
+def cutlass_passes(calls: list, op_kernels: list) -> list:
+    """Each CUTLASS launch with its layer and pass: `calls` are the recorded (layer, op) of the
+    ops in call order, `op_kernels` the profiler's (op, [(kernel name, ms), ...]) in the same
+    order. The forward op's kernel is fprop; the backward op's are dgrad then wgrad (the glue's
+    order), told apart by name where the name says (our wgrad's device entry is WgradUnit). A
+    mismatch of the two sequences raises: no guessed pairing."""
+    if [op for _, op in calls] != [op for op, _ in op_kernels]:
+        raise ValueError(f"the recorded calls ({len(calls)}) and the profiler's ops "
+                         f"({len(op_kernels)}) differ")
+    out = []
+    for (layer, op), (_, kernels) in zip(calls, op_kernels):
+        units = [(n, ms) for n, ms in kernels if "cutlass" in n]
+        if op == _SM90_OPS[0]:
+            names = ["fprop"] * len(units)
+        else:
+            wgrad = [i for i, (n, _) in enumerate(units) if "WgradUnit" in n]
+            names = ["wgrad" if (i in wgrad if wgrad else i == len(units) - 1) else "dgrad"
+                     for i in range(len(units))]
+        out += [dict(layer=layer, pass_=p, kernel=n, measured_ms=ms)
+                for p, (n, ms) in zip(names, units)]
+    return out
+
+
+def join_cutlass(measured: list, ext_rows: list) -> list:
+    """Each measured unit launch with the model's extension row of its (layer, pass)."""
+    rows = {(r["layer"], r["pass"]): r for r in ext_rows}
+    out = []
+    for m in measured:
+        r = rows.get((m["layer"], m["pass_"]))
+        pred = None if r is None else r["kernel_s"] * 1e3
+        out.append(dict(m, predicted_ms=pred, model_config=None if r is None else r["config"],
+                        bound=None if r is None else r["bound"],
+                        ratio=m["measured_ms"] / pred if pred else None))
+    return out
+
+
+def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: int = 2,
+                    log=print) -> dict:
+    """backend="cuda" on `cfg`'s step: every CUTLASS unit launch of one profiled step with its
+    device time, by layer and pass, next to the model's extension rows for that config."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    ns = torch.ops.unet_fast
+    state = km._State()
+    calls = []
+    saved = {name: getattr(ns, name) for name in _SM90_OPS}
+
+    def wrap(name):
+        def call(*args, **kwargs):
+            calls.append((state.layer, name))
+            return saved[name](*args, **kwargs)
+        return call
+    try:
+        for name in _SM90_OPS:
+            setattr(ns, name, wrap(name))
+        with km.labelled_launches(state, _Runner):
+            step = make_step(cfg, device, backend="cuda")
+            for _ in range(warmup):   # (and the units' first-run checks)
+                step(state)
+            torch.cuda.synchronize()
+            times = event_ms(lambda: step(state), 3, device)
+            calls.clear()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step(state)
+                torch.cuda.synchronize()
+    finally:
+        for name, op in saved.items():
+            setattr(ns, name, op)
+    names = {"unet_fast::" + n: n for n in _SM90_OPS}
+    op_kernels = [(names[e.name], [(k.name, k.duration / 1e3) for k in e.kernels])
+                  for e in sorted(prof.events(), key=lambda e: e.time_range.start)
+                  if e.name in names]
+    rows = join_cutlass(cutlass_passes(calls, op_kernels), ext_rows)
+    paired = [r for r in rows if r["ratio"] is not None]
+    ratios = sorted(r["ratio"] for r in paired)
+    s = dict(step_ms=statistics.median(times), launches=len(rows), paired=len(paired),
+             measured_ms=sum(r["measured_ms"] for r in paired),
+             predicted_ms=sum(r["predicted_ms"] for r in paired),
+             ratio_median=statistics.median(ratios) if ratios else None)
+    log(f"[{cfg.name} b{cfg.batch}] cuda backend: step {s['step_ms']:.3f} ms; {len(rows)} CUTLASS "
+        f"unit launches, {len(paired)} with a model row")
+    return dict(config=dataclasses.asdict(cfg), rows=rows, summary=s)
+
+
 # ============================================================================ the report
 def _f(v, fmt="{:.3f}"):
     return "-" if v is None else fmt.format(v)
 
 
-def report(results: list, l2: dict | None, meta: dict) -> str:
+def report(results: list, l2: dict | None, meta: dict, cutlass: list = ()) -> str:
     lines = [
         "# Kernel model vs measurement",
         "",
@@ -376,6 +472,23 @@ def report(results: list, l2: dict | None, meta: dict) -> str:
             lines += ["", "Other device kernels, by total time:", ""]
             lines += [f"- {ms:.3f} ms: `{name}`" for name, ms in top.most_common(12)]
         lines.append("")
+    for res in cutlass:
+        c, s = res["config"], res.get("summary")
+        lines += [f"## {c['name']}: CUTLASS sm_90a units (backend=\"cuda\"), per layer and pass", ""]
+        if res.get("error"):
+            lines += [f"Not measured: {res['error']}", ""]
+            continue
+        lines += [f"- Step on backend=\"cuda\": {s['step_ms']:.3f} ms (CUDA events, median of 3).",
+                  f"- Unit launches: {s['launches']}, with a model row {s['paired']}; measured "
+                  f"{s['measured_ms']:.3f} ms, predicted {s['predicted_ms']:.3f} ms; measured / "
+                  f"predicted median {_f(s['ratio_median'], '{:.2f}')}.", "",
+                  "| layer | pass | model config | predicted ms | measured ms | ratio | model bound |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            lines.append(f"| {r['layer']} | {r['pass_']} | {r['model_config'] or '-'} | "
+                         f"{_f(r['predicted_ms'])} | {_f(r['measured_ms'])} | "
+                         f"{_f(r['ratio'], '{:.2f}')} | {r['bound'] or '-'} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -397,6 +510,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="folder for model_vs_measured.md and .json")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-l2", action="store_true", help="skip the L2 bandwidth probe")
+    ap.add_argument("--no-cutlass", action="store_true",
+                    help="skip the CUTLASS units' measurement (backend=\"cuda\")")
     args = ap.parse_args(argv)
     import torch
     if not torch.cuda.is_available():
@@ -418,7 +533,7 @@ def main(argv=None) -> int:
         l2 = measure_l2_bandwidth()
         print(f"L2 -> SM read bandwidth: {l2['l2_bytes_per_s'] / 1e12:.2f} TB/s measured "
               f"(the model assumes {model['machine']['l2_bw'] / 1e12:.1f})")
-    results = []
+    results, cutlass = [], []
     for name in names:
         cfg = km.ModelConfig(**model["summary"][name]["config"])
         rows = [r for r in model["kernels"] if r["model"] == name]
@@ -427,13 +542,28 @@ def main(argv=None) -> int:
         # one line the GPU suite puts in its stage table
         print(f"MODEL {name}: step {s['step_ms']:.2f} ms measured vs {s['predicted_step_ms']:.2f} "
               f"predicted; per launch measured/predicted median {_f(s['ratio_median'], '{:.2f}')}")
-        # written after each config: a stage cut by its time limit keeps what was measured
-        with open(os.path.join(args.out, "model_vs_measured.md"), "w") as f:
-            f.write(report(results, l2, meta))
-        with open(os.path.join(args.out, "model_vs_measured.json"), "w") as f:
-            json.dump(dict(meta=meta, l2=l2, results=results), f, indent=1)
+        _write(args.out, results, l2, meta, cutlass)
+    # the CUTLASS units next to their model: after the Triton part, which a failure here keeps
+    ext_rows = (model.get("extension") or {}).get("rows") or []
+    for name in ([] if args.no_cutlass or not ext_rows else names):
+        cfg = km.ModelConfig(**model["summary"][name]["config"])
+        try:
+            cutlass.append(measure_cutlass(cfg, [r for r in ext_rows if r["model"] == name]))
+        except Exception as e:  # noqa: BLE001 - said in the report, not lost
+            cutlass.append(dict(config=dataclasses.asdict(cfg), error=f"{type(e).__name__}: {e}"))
+            print(f"CUTLASS {name}: not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        _write(args.out, results, l2, meta, cutlass)
     print(f"wrote {os.path.join(args.out, 'model_vs_measured.md')}")
     return 0
+
+
+def _write(out, results, l2, meta, cutlass):
+    """The report and its JSON as they stand (written after each measurement: a stage cut by its
+    time limit keeps what was measured)."""
+    with open(os.path.join(out, "model_vs_measured.md"), "w") as f:
+        f.write(report(results, l2, meta, cutlass))
+    with open(os.path.join(out, "model_vs_measured.json"), "w") as f:
+        json.dump(dict(meta=meta, l2=l2, results=results, cutlass=cutlass), f, indent=1)
 
 
 if __name__ == "__main__":
