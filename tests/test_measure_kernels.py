@@ -184,3 +184,29 @@ def test_cutlass_launches_take_their_layer_and_pass_from_the_op_that_launched_th
                                                             error="RuntimeError: boom")])
     assert "| down.0.2 | fprop | 256x64x64 c2x1 | 0.150 | 0.300 | 2.00 | L2 |" in text
     assert "Not measured: RuntimeError: boom" in text
+
+
+def test_a_cutlass_op_recorded_twice_counts_once_with_its_subtrees_kernels():
+    """An op with an autograd formula appears twice in the profile, one event inside the other:
+    the outermost counts, with the kernels of the events under it."""
+    F, B = mk._SM90_OPS
+
+    class K:
+        def __init__(self, name, us):
+            self.name, self.duration = name, us
+
+    class E:
+        def __init__(self, name, start, kernels=(), children=()):
+            self.name, self.kernels, self.cpu_children = name, list(kernels), list(children)
+            self.time_range = type("R", (), dict(start=start))()
+            self.cpu_parent = None
+            for c in children:
+                c.cpu_parent = self
+
+    inner = E("unet_fast::" + F, 1.0, [K("cutlass fprop", 300.0)])
+    outer = E("unet_fast::" + F, 0.5, children=[inner])
+    thr = E("aten::threshold_backward", 6.0, [K("threshold", 10.0)])
+    bwd = E("unet_fast::" + B, 5.0, [K("cutlass dgrad", 250.0), K("cutlass WgradUnit", 400.0)], [thr])
+    got = mk.op_kernels_of([bwd, inner, outer, thr])
+    assert got == [(F, [("cutlass fprop", 0.3)]),
+                   (B, [("cutlass dgrad", 0.25), ("cutlass WgradUnit", 0.4), ("threshold", 0.01)])]

@@ -355,6 +355,29 @@ def cutlass_passes(calls: list, op_kernels: list) -> list:
     return out
 
 
+def op_kernels_of(events) -> list:
+    """(op, [(kernel name, ms), ...]) of each call of the two CUTLASS ops, in start order, from
+    the profiler's events: an op with an autograd formula is recorded twice, one event inside the
+    other (the autograd layer and the kernel below it), so only the outermost counts, with the
+    device kernels linked to it or to any event under it."""
+    names = {"unet_fast::" + n: n for n in _SM90_OPS}
+
+    def outermost(e):
+        p = e.cpu_parent
+        while p is not None:
+            if p.name == e.name:
+                return False
+            p = p.cpu_parent
+        return True
+
+    def kernels(e):
+        return [(k.name, k.duration / 1e3) for k in e.kernels] + [
+            k for c in e.cpu_children for k in kernels(c)]
+    return [(names[e.name], kernels(e))
+            for e in sorted(events, key=lambda e: e.time_range.start)
+            if e.name in names and outermost(e)]
+
+
 def join_cutlass(measured: list, ext_rows: list) -> list:
     """Each measured unit launch with the model's extension row of its (layer, pass)."""
     rows = {(r["layer"], r["pass"]): r for r in ext_rows}
@@ -400,11 +423,7 @@ def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: 
     finally:
         for name, op in saved.items():
             setattr(ns, name, op)
-    names = {"unet_fast::" + n: n for n in _SM90_OPS}
-    op_kernels = [(names[e.name], [(k.name, k.duration / 1e3) for k in e.kernels])
-                  for e in sorted(prof.events(), key=lambda e: e.time_range.start)
-                  if e.name in names]
-    rows = join_cutlass(cutlass_passes(calls, op_kernels), ext_rows)
+    rows = join_cutlass(cutlass_passes(calls, op_kernels_of(prof.events())), ext_rows)
     paired = [r for r in rows if r["ratio"] is not None]
     ratios = sorted(r["ratio"] for r in paired)
     s = dict(step_ms=statistics.median(times), launches=len(rows), paired=len(paired),
