@@ -17,7 +17,7 @@ import unet_fast as uf
 
 PASSES = ("fprop", "dgrad", "wgrad")
 DTYPES = ("bf16", "f16")   # the units' element types, as the host ops name them
-SHAPES_PER_DTYPE = 7       # instantiations per dtype: fprop, dgrad 2 tiles each; wgrad 3
+UNITS_PER_DTYPE = 7        # instantiations per dtype: fprop, dgrad 2 tiles each; wgrad 3
 
 
 def _check_op():
@@ -120,9 +120,9 @@ def test_configs_name_the_instantiations():
     """Seven instantiations per dtype, bf16's then fp16's, in the same order: the same tiles."""
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert len(configs) == SHAPES_PER_DTYPE * len(DTYPES), configs
+    assert len(configs) == UNITS_PER_DTYPE * len(DTYPES), configs
     for d, dtype in enumerate(DTYPES):
-        mine = configs[d * SHAPES_PER_DTYPE:(d + 1) * SHAPES_PER_DTYPE]
+        mine = configs[d * UNITS_PER_DTYPE:(d + 1) * UNITS_PER_DTYPE]
         assert [c.split()[0] for c in mine] == list(PASSES) + ["fprop", "dgrad", "wgrad", "wgrad"]
         assert all(c.split()[1] == dtype + ":" for c in mine), mine
         assert all("tile" in c and "stages" in c for c in mine), mine
@@ -130,7 +130,7 @@ def test_configs_name_the_instantiations():
         assert "tile 128x64x64" in mine[2] and "tile 128x128x64" in mine[5], mine
         assert "tile 64x64x64" in mine[6], mine
         assert [c.split(":", 1)[1] for c in mine] == [
-            c.split(":", 1)[1] for c in configs[:SHAPES_PER_DTYPE]], "fp16 tiles differ from bf16's"
+            c.split(":", 1)[1] for c in configs[:UNITS_PER_DTYPE]], "fp16 tiles differ from bf16's"
 
 
 @pytest.mark.parametrize("conv_pass,narrow", [("fprop", "k"), ("dgrad", "c")])

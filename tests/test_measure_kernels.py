@@ -96,7 +96,7 @@ def test_a_run_labels_its_launches_as_the_model_records_them(monkeypatch, paddin
     state = km._State()
     state.recording = True
     with km.labelled_launches(state, mk._Runner):
-        mk.make_step(cfg, "cpu")(state)
+        km.make_step(cfg, "cpu")(state)
     ran = [{k: v for k, v in r.items() if k != "config"} for r in mk.labelled(state.launches)]
     assert ran == recorded
     assert {r["pass_"] for r in ran} >= {"fwd", "dgrad", "wgrad"}

@@ -597,6 +597,11 @@ def _gemm_args(dtype, m, n, ca=64, **extra):
     return dict(a_ptr=torch.empty(1, dtype=dtype), M_GEMM=m, N_GEMM=n, CA=ca, **extra)
 
 
+def _in_fp32_list(c):
+    """Whether a config is one of the TF32 list's (the fp32 GEMMs with TF32 allowed)."""
+    return t_utils._config_key(c) in {t_utils._config_key(x) for x in t_utils.IGEMM_CONFIGS_32}
+
+
 def _all_fwd_configs():
     return t_utils._unique(t_utils.IGEMM_CONFIGS_16 + t_utils.IGEMM_CONFIGS_32
                            + t_utils.IGEMM_CONFIGS_IEEE + t_utils.IGEMM_CONFIGS_NARROW)
@@ -761,7 +766,7 @@ def test_autotune_pruning(monkeypatch):
                                KS=3, FLAT_K=True)  # K = 9: K-tiles of 16
     assert first and all(c.kwargs["BLOCK_K"] == 16 for c in first)
     f32 = t_utils.prune_gemm(all16, _gemm_args(torch.float32, 8 * 570 * 570, 512), KS=3)
-    assert f32 and all(t_utils.config_for_dtype(c, torch.float32) for c in f32)
+    assert f32 and all(_in_fp32_list(c) for c in f32)
     one = t_utils.prune_gemm(all16, _gemm_args(torch.float16, 1, 1, 1), KS=1)
     assert len(one) >= 1
     wgrad16 = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32
@@ -798,7 +803,7 @@ def test_autotune_pruning(monkeypatch):
     assert any(c.kwargs["BLOCK_N"] == 256 for c in wg64f), wg64f
     for c in all16:  # every config fits an A100's shared memory by the (upper) estimate
         assert t_utils._smem_estimate(
-            c, 4 if t_utils.config_for_dtype(c, torch.float32) else 2) <= 166912
+            c, 4 if _in_fp32_list(c) else 2) <= 166912
 
 
 @pytest.mark.parametrize("cb,flat,sub_n", [(1, True, 1), (3, True, 1), (40, True, 1),

@@ -259,8 +259,6 @@ def _aten_recorder(state):
 
 def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     """The launches of one bf16-autocast training step of `cfg` on the Triton backend."""
-    import torch
-    import unet_fast as uf
     from unet_fast import _dispatch
     from unet_fast.backends.triton_backend import utils
 
@@ -286,16 +284,9 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     for op in saved_supports:
         _dispatch._impls[op]["triton"].supports = None
     try:
-        torch.manual_seed(0)
-        model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
-                        cfg.padding, backend="triton")
-        x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size)
+        step = make_step(cfg, "cpu")
         with labelled_launches(state, _Recorder), _aten_recorder(state):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                state.phase, state.layer = "fwd", "input"
-                out = model(x)
-            state.phase, state.layer = "bwd", "loss"
-            out.float().sum().backward()
+            step(state)
     finally:
         for obj, name, val in reversed(patches):
             setattr(obj, name, val)
@@ -304,6 +295,32 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
             _dispatch._impls[op]["triton"].supports = s
     _KERNELS.update(state.kernels)
     return state.launches
+
+
+def make_step(cfg: ModelConfig, device, backend: str = "triton"):
+    """The modelled training step, as a function: UNet(backend=...) from seed 0, a random input,
+    forward under bf16 autocast, backward of the output's sum (gradients set to None first, so
+    no step accumulates into the last one's). step(state) names the phases for the recorder.
+    record_step records it on the CPU; tools/measure_kernels.py runs it on a GPU."""
+    import torch
+
+    import unet_fast as uf
+    torch.manual_seed(0)
+    model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth, cfg.padding,
+                    backend=backend).to(device)
+    x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size, device=device)
+    dev_type = torch.device(device).type
+
+    def step(state=None):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(dev_type, dtype=torch.bfloat16):
+            if state is not None:
+                state.phase, state.layer = "fwd", "input"
+            out = model(x)
+        if state is not None:
+            state.phase, state.layer = "bwd", "loss"
+        out.float().sum().backward()
+    return step
 
 
 @contextlib.contextmanager

@@ -155,30 +155,6 @@ class _Runner:
         return ret
 
 
-def make_step(cfg: km.ModelConfig, device, backend: str = "triton"):
-    """The model's step (kernel_model.record_step's): UNet(backend=...) from seed 0, a random
-    input, forward under bf16 autocast, backward of the output's sum; gradients set to None first,
-    so no step accumulates into the last one's. step(state) names the phases for the recorder."""
-    import torch
-    import unet_fast as uf
-    torch.manual_seed(0)
-    model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth, cfg.padding,
-                    backend=backend).to(device)
-    x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size, device=device)
-    dev_type = torch.device(device).type
-
-    def step(state=None):
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(dev_type, dtype=torch.bfloat16):
-            if state is not None:
-                state.phase, state.layer = "fwd", "input"
-            out = model(x)
-        if state is not None:
-            state.phase, state.layer = "bwd", "loss"
-        out.float().sum().backward()
-    return step
-
-
 def labelled(launches) -> list:
     """Each recorded launch as the model names it: dict(kernel, layer, phase, pass, config)."""
     out = []
@@ -260,12 +236,11 @@ def join(measured: list, model_rows: list, gap_ms: float) -> list:
     return out
 
 
-def summarize(joined: list, other: list, model_rows: list, gap_ms: float) -> dict:
-    """The comparison in a few figures: sums over the paired launches, the spread of
-    measured / predicted, the aten and other kernels' totals against the model's aten rows."""
+def _spread(joined: list) -> dict:
+    """Sums over the launches with both a measurement and a prediction, and the spread of
+    measured / predicted (the Triton and the CUTLASS comparisons alike)."""
     paired = [j for j in joined if j["ratio"] is not None]
     ratios = sorted(j["ratio"] for j in paired)
-    aten_pred = sum(r["predicted_ms"] - gap_ms for r in model_rows if r["name"].startswith("aten."))
     return dict(
         launches=len(joined), paired=len(paired),
         measured_ms=sum(j["measured_ms"] for j in paired),
@@ -273,8 +248,16 @@ def summarize(joined: list, other: list, model_rows: list, gap_ms: float) -> dic
         ratio_median=statistics.median(ratios) if ratios else None,
         ratio_min=ratios[0] if ratios else None, ratio_max=ratios[-1] if ratios else None,
         within_20pct=sum(1 for r in ratios if 1 / 1.2 <= r <= 1.2),
-        within_2x=sum(1 for r in ratios if 0.5 <= r <= 2.0),
-        same_config=sum(1 for j in paired if j["same_config"]),
+        within_2x=sum(1 for r in ratios if 0.5 <= r <= 2.0))
+
+
+def summarize(joined: list, other: list, model_rows: list, gap_ms: float) -> dict:
+    """The comparison in a few figures: _spread, how often the autotuner ran the model's pick,
+    the aten and other kernels' totals against the model's aten rows."""
+    aten_pred = sum(r["predicted_ms"] - gap_ms for r in model_rows if r["name"].startswith("aten."))
+    return dict(
+        _spread(joined),
+        same_config=sum(1 for j in joined if j["ratio"] is not None and j["same_config"]),
         other_kernels=len(other), other_measured_ms=sum(ms for _, ms in other),
         aten_predicted_ms=aten_pred)
 
@@ -295,7 +278,7 @@ def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="
     state = km._State()
     state.recording = False
     with km.labelled_launches(state, _Runner):
-        step = make_step(cfg, device)
+        step = km.make_step(cfg, device)
         t0 = time.time()
         for _ in range(warmup):
             step(state)
@@ -411,7 +394,7 @@ def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: 
         for name in _SM90_OPS:
             setattr(ns, name, wrap(name))
         with km.labelled_launches(state, _Runner):
-            step = make_step(cfg, device, backend="cuda")
+            step = km.make_step(cfg, device, backend="cuda")
             for _ in range(warmup):   # (and the units' first-run checks)
                 step(state)
             torch.cuda.synchronize()
@@ -424,14 +407,9 @@ def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: 
         for name, op in saved.items():
             setattr(ns, name, op)
     rows = join_cutlass(cutlass_passes(calls, op_kernels_of(prof.events())), ext_rows)
-    paired = [r for r in rows if r["ratio"] is not None]
-    ratios = sorted(r["ratio"] for r in paired)
-    s = dict(step_ms=statistics.median(times), launches=len(rows), paired=len(paired),
-             measured_ms=sum(r["measured_ms"] for r in paired),
-             predicted_ms=sum(r["predicted_ms"] for r in paired),
-             ratio_median=statistics.median(ratios) if ratios else None)
-    log(f"[{cfg.name} b{cfg.batch}] cuda backend: step {s['step_ms']:.3f} ms; {len(rows)} CUTLASS "
-        f"unit launches, {len(paired)} with a model row")
+    s = dict(_spread(rows), step_ms=statistics.median(times))
+    log(f"[{cfg.name} b{cfg.batch}] cuda backend: step {s['step_ms']:.3f} ms; {s['launches']} "
+        f"CUTLASS unit launches, {s['paired']} with a model row")
     return dict(config=dataclasses.asdict(cfg), rows=rows, summary=s)
 
 

@@ -286,14 +286,6 @@ def persistent_ctas(device: torch.device) -> int:
     return _INTERPRET_PERSISTENT_CTAS if INTERPRET else num_sms(device) * PERSISTENT_CTAS_PER_SM
 
 
-def config_for_dtype(config, dtype: torch.dtype, *, precision: str = "tf32",
-                     narrow: bool = False, wgrad: bool = False) -> bool:
-    """Whether a GEMM config belongs to the list for this launch (gemm_list); a config of no
-    list, e.g. igemm_onek_kernel's, serves every launch."""
-    return bool(_of_list([config], gemm_list(dtype, precision=precision, narrow=narrow,
-                                             wgrad=wgrad), _GEMM_LISTS))
-
-
 def elemwise_configs():
     return _INTERPRET_ELEMWISE if INTERPRET else _unique(ELEMWISE_CONFIGS + ELEMWISE_CONFIGS_NCHW)
 
