@@ -123,6 +123,19 @@ def test_committed_table_caps_registers_where_a_config_says():
         assert int(r["regs"]) <= cap, r
 
 
+def test_committed_table_l1_gather_configs_leave_the_l1_alone():
+    """The configs that gather A through the L1 (A_L1) compile to at most 48 KiB of shared
+    memory in every version: above that Triton's launcher asks the driver for the largest shared
+    carve-out and the L1 cannot hold a tile's window (utils.l1_left); and they are offered only
+    to 3x3 windows (utils.launch_configs: nothing to reuse in the 1x1 and 2x2 GEMMs)."""
+    rows = [r for r in _table_rows() if "A_L1=True" in r["config"]]
+    assert rows, "no A_L1 rows"
+    big = [r for r in rows if int(r["smem"]) > 48 * 1024]
+    assert not big, big[:5]
+    assert not [r for r in rows if r["variant"].startswith(("conv1x1", "conv_transpose"))
+                or "C_in not a multiple" in r["variant"]]
+
+
 def test_committed_table_has_no_spills():
     """No committed row spills (every version's)."""
     rows = _table_rows()

@@ -745,6 +745,73 @@ def test_narrow_and_ieee_configs_compute_the_convolution(monkeypatch, fwd_cfg, w
     assert igemm.igemm_wgrad_kernel.best_config is wgrad_cfg
 
 
+# The configs that gather A through the L1 (A_L1: 8-byte copies, a channel chunk's nine taps one
+# after another), each through the interpreter: forward and dgrad (the same kernel) of a 3x3 conv
+# over two channel chunks and several pixel tiles that wrap rows, padded (the per-tile mask of the
+# taps inside the input) and valid, with and without the pool epilogue, against float64.
+_L1_CONFIGS = [c for c in t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
+
+
+@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[
+    f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
+    for c in _L1_CONFIGS])
+@pytest.mark.parametrize("op,padding,dtype", [("conv3x3_relu", 1, torch.bfloat16),
+                                              ("conv3x3_relu_pool", 0, torch.float32)])
+def test_l1_gather_configs_compute_the_convolution(monkeypatch, cfg, op, padding, dtype):
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    ci = 2 * cfg.kwargs["BLOCK_K"]          # two channel chunks
+    x = make((2, ci, 14, 13), "channels_last")   # 2 x 12 x 11 .. 2 x 14 x 13 output pixels
+    args = [x, make((24, ci, 3, 3), scale=0.1), make((24,)), padding]
+    check_triton(op, args, dtype=dtype)
+    assert igemm.igemm_fwd_kernel.best_config is cfg
+
+
+def test_l1_gather_only_where_taps_share_pixels(monkeypatch):
+    """A_L1 configs are offered to 3x3 windows whose K-tiles lie in one tap (not to the 1x1 or
+    2x2 GEMMs, nor the first layer's flattened K); prune_gemm ranks them by the L2 bytes they
+    still need (l1_reuse): first for a 64-channel layer, where the plain tiles are L2-bound."""
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
+    cfgs = _all_fwd_configs()
+    kind = dict(dtype=torch.bfloat16, precision="ieee", arch=90, narrow=False, wgrad=False)
+    assert any(c.kwargs.get("A_L1") for c in t_utils.launch_configs(cfgs, ks=3, **kind))
+    for ks, flat in ((1, False), (2, False), (3, True)):
+        assert not any(c.kwargs.get("A_L1")
+                       for c in t_utils.launch_configs(cfgs, ks=ks, flat_k=flat, **kind))
+    assert not any(c.kwargs.get("A_L1") for c in t_utils.launch_configs(
+        cfgs, **dict(kind, dtype=torch.float32, precision="tf32"), ks=3))
+    m, ow = 8 * 568 * 568, 568
+    best = t_utils.prune_gemm(cfgs, _gemm_args(torch.bfloat16, m, 64, OW=ow), KS=3)
+    assert best[0].kwargs.get("A_L1"), best
+    head = t_utils.prune_gemm(cfgs, _gemm_args(torch.bfloat16, m, 64, OW=ow), KS=1)
+    assert not any(c.kwargs.get("A_L1") for c in head)
+
+
+def test_l1_reuse_fraction():
+    """The share of an A_L1 tile's bytes the L2 still serves: the distinct pixels of the tile's
+    3x3 window over nine taps' worth, or all of them where the window does not fit the L1."""
+    big = 1 << 30
+    # 256 pixels along one row (or two pieces of rows): 3 rows x (256 + 4 + 2) pixels of 9 x 256
+    assert t_utils.l1_reuse(256, 32, 2, 568, 3, False, big) == pytest.approx(3 * 262 / (9 * 256))
+    # the pool's order: 2 rows x 128 columns, so 4 rows x (128 + 4 + 2)
+    assert t_utils.l1_reuse(256, 32, 2, 568, 3, True, big) == pytest.approx(4 * 134 / (9 * 256))
+    # a tile over several short rows: every row it may touch, whole, with the halo
+    assert t_utils.l1_reuse(256, 64, 2, 28, 3, False, big) == pytest.approx(
+        (11 + 2) * 30 / (9 * 256))
+    assert t_utils.l1_reuse(128, 64, 2, 568, 1, False, big) == 1.0   # 1x1: nothing shared
+    # the rows read again (the kernel row's taps, and the next one's prefetch) must fit
+    live = 2 * 262 * 32 * 2
+    assert t_utils.l1_reuse(256, 32, 2, 568, 3, False, live) < 1.0
+    assert t_utils.l1_reuse(256, 32, 2, 568, 3, False, live - 1) == 1.0
+    # the L1 beside the shared memory: 256 KiB less the smallest carve-out holding the CTAs',
+    # up to 48 KiB a CTA; above, Triton asks for the largest carve-out
+    assert t_utils.l1_left(40 * 1024, 2) == (256 - 100) * 1024
+    assert t_utils.l1_left(36 * 1024, 4) == (256 - 164) * 1024
+    assert t_utils.l1_left(0, 1) == (256 - 8) * 1024
+    assert t_utils.l1_left(48 * 1024 + 1, 1) == 8 * 1024
+
+
 def test_autotune_pruning(monkeypatch):
     """Small layers do not time huge tiles; the dtype picks its list; K-tiles of 16 only for the
     first layer; at most AUTOTUNE_TOP_K configs, the best estimate first; never an empty list."""
@@ -759,7 +826,7 @@ def test_autotune_pruning(monkeypatch):
     big = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 570 * 570, 64), KS=3)
     assert 0 < len(big) <= top
     assert all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_K"] != 16 for c in big)
-    est = [t_utils.estimate_cycles(c, 8 * 570 * 570, 64, 576, 1, 2, 132) for c in big]
+    est = [t_utils.estimate_cycles(c, 8 * 570 * 570, 64, 576, 1, 2, 132, ks=3) for c in big]
     assert est == sorted(est)
     assert {key(c) for c in big} <= {key(c) for c in t_utils.IGEMM_CONFIGS_16}
     first = t_utils.prune_gemm(all16, _gemm_args(torch.bfloat16, 8 * 570 * 570, 64, 1),

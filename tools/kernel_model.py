@@ -18,6 +18,7 @@ launch's grid, a ceiling is predicted for every launch:
     per CTA iteration:  tensor cycles = MMA work / (2048 bf16 FMA per SM and cycle)
                         issue cycles  = instructions per warp x warps per SM sub-partition
                         L2 cycles     = bytes the iteration loads / L2 bytes per SM and cycle
+                                        (less what the L1 serves, for A_L1 configs)
     per tile:           iterations x max(the three) + the code outside the mainloop (issued
                         once) + one pipeline fill latency; with k CTAs per SM (occupancy) they
                         overlap: that / k, but at least the tile's total on the busiest resource
@@ -383,6 +384,11 @@ _KERNELS: dict = {}   # kernel path -> the real (autotuned) kernel object, fille
 _TRITON_BIN = None
 
 
+def _utils():
+    from unet_fast.backends.triton_backend import utils
+    return utils
+
+
 def _tool(name):
     global _TRITON_BIN
     if _TRITON_BIN is None:
@@ -411,6 +417,9 @@ def _compile_job(job):
     fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
     consts = dict(constexprs)
     consts.update(dict(cfg_kw))
+    for p in fn.params:   # a constexpr with a default (igemm's A_L1) that the config leaves out
+        if p.is_constexpr and p.has_default and p.name not in consts:
+            consts[p.name] = p.default
     signature, attrs = {}, {}
     sig = dict((n, (ty, sp)) for n, ty, sp in sig)
     for i, name in enumerate(fn.arg_names):
@@ -604,6 +613,10 @@ def _igemm_fwd_work(l, c):
     bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
     iters = math.ceil(k_tot / bk)
     tile_bytes = (bm * bk + bk * bn) * elt
+    # A through the L1 (A_L1): what of A's tile the L2 still serves depends on the L1 the
+    # compiled shared memory leaves (predict: l1_reuse)
+    l1 = (dict(bm=bm, bk=bk, elt=elt, ow=_arg(l, "OW"), ks=ks, pool=bool(c.get("POOL")),
+               a_bytes=bm * bk * elt) if c.get("A_L1") else None)
     dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
     if c.get("POOL"):
         dram += _tbytes(_arg(l, "pool_ptr"))
@@ -618,7 +631,7 @@ def _igemm_fwd_work(l, c):
     else:
         what = "fwd"
     return dict(flops=2 * m_rows * n_gemm * k_tot, iters=iters, tile_bytes=tile_bytes, dram=dram,
-                pass_=what, mma=True)
+                pass_=what, mma=True, l1=l1)
 
 
 def _igemm_onek_work(l, c):
@@ -726,7 +739,15 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
                 fma += n * warps * (m.fma_per_clk / m.mma_sync_fma_per_clk)
         tensor = fma / m.fma_per_clk
         issue = ml["instructions"] * issue_per_sub
-        l2 = w["tile_bytes"] / m.l2_bytes_per_clk_sm
+        tile_bytes = w["tile_bytes"]
+        if w.get("l1") and not ml["l1_bypass"]:
+            # the gathered A cached in the L1 (its copies are LDGSTS without .BYPASS): the L2
+            # serves each distinct pixel of a chunk's window once, if it fits the L1 left
+            g = w["l1"]
+            share = _utils().l1_reuse(g["bm"], g["bk"], g["elt"], g["ow"], g["ks"], g["pool"],
+                                      _utils().l1_left(binary["smem"], occ) // occ)
+            tile_bytes -= g["a_bytes"] * (1 - share)
+        l2 = tile_bytes / m.l2_bytes_per_clk_sm
         per_iter = max(tensor, issue, l2)
         bound = ("tensor" if per_iter == tensor else "issue" if per_iter == issue else "L2")
         # The busiest SM runs ceil(CTAs / SMs) tiles. Alone on an SM (occupancy 1) a tile runs
@@ -771,7 +792,8 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
 def _cfg_text(kw, warps, stages, maxnreg=None):
     s = "x".join(str(kw[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kw)
     s = s or ",".join(f"{k}={v}" for k, v in kw.items())
-    return f"{s} w{warps} s{stages}" + (f" r{maxnreg}" if maxnreg else "")
+    return (f"{s} w{warps} s{stages}" + (f" r{maxnreg}" if maxnreg else "")
+            + (" L1" if kw.get("A_L1") else ""))
 
 
 def predict_aten(launch: Launch, m: Machine = H200) -> dict:
@@ -884,8 +906,16 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         f"- L2 -> SM bandwidth {m.l2_bw / 1e12:.0f} TB/s ({m.l2_bytes_per_clk_sm:.1f} B per SM and cycle): an "
         "assumption, not measured here; every tile load of a mainloop is counted as L2 traffic",
         "  (Triton 3.6 and 3.8 emit 16-byte cp.async.cg, L1 bypassed, whatever the load's cache modifier: LDGSTS.E.BYPASS.128 in",
-        "  the SASS, so the nine taps' overlapping input tiles are each fetched from L2; CUTLASS's",
-        "  sm80 convolutions cache the activation in L1 instead, cp.async.ca).",
+        "  the SASS, so the nine taps' overlapping input tiles are each fetched from L2), except",
+        "  in the configs marked L1 (A_L1): their A gather is 8-byte cp.async.ca (LDGSTS.E.64, no",
+        "  BYPASS, read off the SASS) and takes a channel chunk's nine taps one after another, so",
+        "  the L2 serves each distinct pixel of the tile's 3x3 window once and the taps of a kernel",
+        "  row that read it again hit the L1 (utils.l1_reuse: about a third of A's bytes, a fifth",
+        "  under the pool's 2x2 order) -- if the rows read again fit the L1 the shared memory leaves.",
+        "  ASSUMPTIONS, to be measured: the L1 keeps those rows (LRU-like); a kernel of at most 48",
+        "  KiB of shared memory (Triton sets no carve-out then) gets the smallest carve-out holding",
+        "  its resident CTAs, 256 KiB less that is L1; above 48 KiB Triton asks for the largest",
+        "  carve-out and the model counts no reuse (utils.l1_left).",
         "- Tensor cycles per iteration: the iteration's HGMMA work at 2048 bf16 FMA per SM and cycle",
         "  (tf32 at half); issue cycles: the loop's instructions per warp times the warps per SM",
         "  sub-partition (one instruction per cycle each); a mainloop whose issue cycles exceed its",

@@ -262,6 +262,9 @@ def compile_one(job):
     if "PRECISION" in fn.arg_names and "PRECISION" not in constexprs:
         constexprs["PRECISION"] = _precision(dtype)   # tf32 for fp32 unless the variant says
     nospec = {p.name for p in fn.params if p.do_not_specialize}
+    for p in fn.params:   # a constexpr with a default (igemm's A_L1) that the config leaves out
+        if p.is_constexpr and p.has_default and p.name not in constexprs:
+            constexprs[p.name] = p.default
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -379,7 +382,9 @@ def jobs(subset: bool):
                             narrow=narrow, wgrad=wgrad,
                             pool=consts.get("POOL", False), skip=consts.get("SKIP", False),
                             int64=consts.get("INT64", False),
-                            relu_in=consts.get("RELU_IN", False), sub_n=sub)
+                            relu_in=consts.get("RELU_IN", False), sub_n=sub,
+                            ks=consts.get("KS", 1), flat_k=consts.get("FLAT_K", False),
+                            bounds=consts.get("BOUNDS", True))
                         cfgs = [configs.index(c) for c in mine]
                     elif "onek" in path:
                         cfgs = [configs.index(c) for c in utils.onek_launch_configs(configs, tdt)]

@@ -32,6 +32,11 @@ first layer's 9 or 27 (tap, channel) columns; the 1x1 head, 64 -> classes, and i
 tile holds the whole K, so each CTA loads the weight once and walks pixel tiles, the next tile's
 loads overlapping this one's store (igemm_fwd chooses it, utils.use_onek).
 
+For the 3x3 windows a config may gather A through the L1 (A_L1, utils.IGEMM_CONFIGS_16): 8-byte
+copies (cp.async caches those in the L1; Triton sends 16-byte ones past it) and a channel chunk's
+nine taps one after another, so the three taps of a kernel row, which read the same input pixels
+one column apart, mostly hit the L1 instead of asking the L2 again (utils.l1_reuse).
+
 All tensors are addressed through explicit (n, h, w, c) element strides, so NCHW, channels_last
 and strided views (a channel slice of a concat buffer) are read and written in place. Accumulation
 is fp32. Pixel offsets are 64-bit (a batch of 572x572x64 activations already needs 29 bits).
@@ -131,6 +136,7 @@ def igemm_fwd_kernel(
     UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    A_L1: tl.constexpr = False,   # a config's choice: A through the L1 (below)
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N_GEMM, BLOCK_N)
@@ -173,8 +179,29 @@ def igemm_fwd_kernel(
     else:
         # CA % BLOCK_K == 0: every K-tile lies in one tap. The tap (kh, kw) and the channel
         # chunk c0 advance as scalars; a row's address is its pixel's plus the tap's shift.
+        # A_L1: the A gather in 8-byte copies, which cp.async caches in the L1 (Triton copies
+        # 16 bytes with .cg, past the L1), and a chunk's taps one after another: the taps of a
+        # kernel row read the same input pixels one column apart, so all but the first of them
+        # come from the L1, not the L2 (utils.l1_reuse has the fraction that still does).
         offs_c = tl.arange(0, BLOCK_K)
         b_cols = offs_n[None, :] * w_sj
+        if BOUNDS and A_L1:
+            # which taps of each row's window lie inside the input, a bit per tap, once per
+            # tile from the rows and the columns inside: in the loop a shift and a test per row
+            # instead of four bounds compares, the issue slots A_L1's extra copies need (the
+            # plain tiles keep the compares, with which ptxas fits the capped 256x64 tile in
+            # its registers)
+            rows_in = tl.zeros((BLOCK_M,), dtype=tl.int32)
+            cols_in = tl.zeros((BLOCK_M,), dtype=tl.int32)
+            for t in tl.static_range(KS):
+                ih = ih0 + SIGN * (t - PAD)
+                iw = iw0 + SIGN * (t - PAD)
+                rows_in = rows_in | (((ih >= 0) & (ih < AH)).to(tl.int32) << (t * KS))
+                cols_in = cols_in | (((iw >= 0) & (iw < AW)).to(tl.int32) << t)
+            taps_in = tl.zeros((BLOCK_M,), dtype=tl.int32)
+            for t in tl.static_range(KS):
+                taps_in = taps_in | (((rows_in >> (t * KS)) & 1) * (cols_in << (t * KS)))
+            taps_in = tl.where(m_ok, taps_in, 0)
         kh = 0
         kw = 0
         c0 = 0
@@ -182,7 +209,11 @@ def igemm_fwd_kernel(
             dh = SIGN * (kh - PAD)
             dw = SIGN * (kw - PAD)
             ca = c0 + offs_c
-            if BOUNDS:
+            if A_L1:
+                ca = tl.max_contiguous(ca, 64 // a_ptr.dtype.element_ty.primitive_bitwidth)
+            if BOUNDS and A_L1:
+                ok = ((taps_in >> (kh * KS + kw)) & 1) != 0
+            elif BOUNDS:
                 ih = ih0 + dh
                 iw = iw0 + dw
                 ok = m_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
@@ -193,13 +224,22 @@ def igemm_fwd_kernel(
             b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
                         mask=n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
-            c0 += BLOCK_K
-            if c0 == CA:
-                c0 = 0
+            if A_L1:   # taps inner
                 kw += 1
                 if kw == KS:
                     kw = 0
                     kh += 1
+                    if kh == KS:
+                        kh = 0
+                        c0 += BLOCK_K
+            else:      # channel chunks inner
+                c0 += BLOCK_K
+                if c0 == CA:
+                    c0 = 0
+                    kw += 1
+                    if kw == KS:
+                        kw = 0
+                        kh += 1
 
     # ---- epilogue: bias, ReLU, the input's ReLU mask, store (plain or 2x2 scatter), pooled store
     if UPSCATTER:

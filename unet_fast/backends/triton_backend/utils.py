@@ -52,9 +52,11 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 # ---------------------------------------------------------------- autotune configurations
-def _cfg(bm, bn, bk, stages, warps, maxnreg=None):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-                         num_stages=stages, num_warps=warps, maxnreg=maxnreg)
+def _cfg(bm, bn, bk, stages, warps, maxnreg=None, a_l1=False):
+    kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+    if a_l1:   # (igemm_fwd_kernel's A_L1; configs without it take the kernel's default, off)
+        kw["A_L1"] = True
+    return triton.Config(kw, num_stages=stages, num_warps=warps, maxnreg=maxnreg)
 
 
 # Implicit-GEMM convolutions (forward, dgrad, 1x1, transposed): M = output pixels, N = output
@@ -83,6 +85,17 @@ IGEMM_CONFIGS_16 = [
     _cfg(64, 128, 64, 4, 4),
     _cfg(128, 32, 64, 4, 4),
     _cfg(64, 64, 32, 3, 4),
+    # The 3x3 layers of 64 and 128 channels: a 64- or 128-wide tile needs more bytes of its
+    # gathered A per tensor-core cycle than the L2 gives. With A_L1 the gather goes through the
+    # L1 (8-byte cp.async.ca; a chunk's nine taps in a row), where the taps of a kernel row find
+    # the pixels the first of them fetched: about a third (a fifth under the pool's 2x2 order)
+    # of A's bytes still come from the L2 (l1_reuse). At most 48 KiB of shared memory: above
+    # that Triton's launcher asks the driver for the largest shared carve-out, which leaves the
+    # L1 too small to hold a tile's window (l1_left).
+    _cfg(128, 64, 32, 3, 4, a_l1=True),
+    _cfg(128, 64, 64, 2, 4, a_l1=True),
+    _cfg(128, 128, 32, 3, 8, a_l1=True),
+    _cfg(256, 64, 32, 2, 8, maxnreg=128, a_l1=True),
 ]
 IGEMM_CONFIGS_32 = [
     _cfg(128, 128, 32, 3, 8),
@@ -496,19 +509,63 @@ _FMA_PER_CLK = {2: 2048, 4: 1024}
 _L2_BYTES_PER_CLK = 52
 _FILL_CLK = 800
 AUTOTUNE_TOP_K = 3
+# Hopper's L1 and shared memory share 256 KiB an SM; the shared part is one of these carve-outs
+# (KiB). A kernel of more than 48 KiB of shared memory gets the largest: Triton's launcher asks
+# for it (3.6: cuFuncSetCacheConfig PREFER_SHARED; 3.8, where the driver allows: oversized
+# shared memory, an 8 KiB L1). Below that no preference is set, and the driver takes (an
+# ASSUMPTION, to be measured) the smallest carve-out that holds the resident CTAs' shared memory
+# (1 KiB of it reserved a CTA).
+L1_SMEM_KIB = 256
+SMEM_CARVEOUTS_KIB = (0, 8, 16, 32, 64, 100, 132, 164, 196, 228)
+SMEM_NO_CARVEOUT_REQUEST = 48 * 1024
+L1_UNDER_LARGEST_CARVEOUT = 8 * 1024
+
+
+def l1_left(smem_per_cta: int, ctas: int) -> int:
+    """Bytes of L1 an SM keeps beside `ctas` resident CTAs of `smem_per_cta` shared memory."""
+    if smem_per_cta > SMEM_NO_CARVEOUT_REQUEST:
+        return L1_UNDER_LARGEST_CARVEOUT
+    need = ctas * (smem_per_cta + 1024)
+    carve = next((k for k in SMEM_CARVEOUTS_KIB if k * 1024 >= need), SMEM_CARVEOUTS_KIB[-1])
+    return (L1_SMEM_KIB - carve) * 1024
+
+
+def l1_reuse(bm: int, bk: int, elt: int, ow: int, ks: int, pool: bool, l1_bytes: int) -> float:
+    """The fraction of an A_L1 tile's gathered bytes (igemm_fwd_kernel) that still come from the
+    L2: a chunk's ks x ks taps read the distinct input pixels of the tile's window once each, the
+    rest hit the L1 -- if the window's rows that are read again (all but the last kernel row's
+    new one) fit the `l1_bytes` the tile has; else every byte (1.0). Upper bounds on the window:
+    the tile's bm output pixels run along rows of `ow` (with `pool`, 2x2 windows along pairs of
+    rows) and may wrap to the next row(s)."""
+    if ks == 1:
+        return 1.0
+    rows, cols = (2, bm // 2) if pool else (1, bm)
+    if cols > ow:   # several rows: as many as the tile covers, plus one where it starts mid-row
+        rows, cols = rows * (cdiv(cols, ow) + 1), ow
+    else:           # one strip, or two pieces of rows (each with its own halo)
+        cols += 2 * (ks - 1)
+    pixels = (rows + ks - 1) * (cols + ks - 1)
+    if min(rows + 1, rows + ks - 1) * (cols + ks - 1) * bk * elt > l1_bytes:
+        return 1.0
+    return min(1.0, pixels / (ks * ks * bm))
 
 
 def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
-                    sub_n: int = 1) -> float:
+                    sub_n: int = 1, ow: int = 0, ks: int = 1, pool: bool = False) -> float:
     """Cycles of the busiest SM for a GEMM (m x n x k per split, `split` splits) with config c
     (tiles of `sub_n` column sub-tiles): each tile iteration takes its tensor-core time or its L2
-    traffic, whichever is longer."""
+    traffic, whichever is longer (an A_L1 config's A tile: the share l1_reuse leaves the L2,
+    for a ks x ks window over output rows of `ow` pixels)."""
     bm, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]
     bn = c.kwargs["BLOCK_N"] * sub_n
     tiles = cdiv(m, bm) * cdiv(n, bn) * split
-    per_iter = max(bm * bn * bk / _FMA_PER_CLK.get(elt, 1024),
-                   (bm * bk + bk * bn) * elt / _L2_BYTES_PER_CLK)
     occ = max(1, min(2, 232448 // max(_smem_estimate(c, elt, sub_n), 1)))
+    a_share = 1.0
+    if c.kwargs.get("A_L1"):
+        a_share = l1_reuse(bm, bk, elt, ow or m, ks, pool,
+                           l1_left(_smem_estimate(c, elt, sub_n), occ) // occ)
+    per_iter = max(bm * bn * bk / _FMA_PER_CLK.get(elt, 1024),
+                   (bm * bk * a_share + bk * bn) * elt / _L2_BYTES_PER_CLK)
     return cdiv(tiles, sms) * (cdiv(k, bk) * per_iter + _FILL_CLK / occ)
 
 
@@ -540,7 +597,8 @@ def gathers_elementwise(named_args, wgrad: bool) -> bool:
 
 
 def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
-                   int64: bool = False, fp16_relu_in: bool = False) -> bool:
+                   int64: bool = False, fp16_relu_in: bool = False, relu_in: bool = False,
+                   bounds: bool = True) -> bool:
     """Whether a forward/dgrad config from the 16-bit or TF32 list compiles without register
     spills for such a launch (what tools/triton_aot.py reads off every compile, cuobjdump's local
     memory and stack frame, with Triton 3.6 and 3.8):
@@ -549,10 +607,14 @@ def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
       register cap (the 128x256, 256x128 and capped 256x64 tiles spill 8 B to 5 KB there);
     - with the pool epilogue: no register cap (the capped 256x64 tile spills 16-32 B), except
       with the cropped skip (SKIP, the valid U-Net's encoder) and K steps of 32, which spills
-      nothing; without SKIP that one spills 8-24 B on sm_90."""
+      nothing; without SKIP that one spills 8-24 B on sm_90;
+    - A_L1 (twice the copies) under the register cap: only the valid forward without the pool
+      (with the pool and SKIP, the window's bounds or the dgrad's ReLU mask, 8-24 B)."""
     bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
     acc = bm * bn // (32 * c.num_warps)
     if (arch < 90 or int64 or fp16_relu_in) and (acc > 64 or c.maxnreg):
+        return False
+    if c.kwargs.get("A_L1") and c.maxnreg and (pool or bounds or relu_in):
         return False
     return not (pool and c.maxnreg and not (skip and c.kwargs["BLOCK_K"] == 32))
 
@@ -594,21 +656,26 @@ def use_sub_tiles(dtype: torch.dtype, precision: str, arch: int, narrow: bool) -
 
 def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, narrow: bool,
                    wgrad: bool, pool: bool = False, skip: bool = False, int64: bool = False,
-                   relu_in: bool = False, sub_n: int = 1):
+                   relu_in: bool = False, sub_n: int = 1, ks: int = 1, flat_k: bool = False,
+                   bounds: bool = True):
     """The configs a GEMM launch of this kind may run, before its shape is looked at: those of
     its list (gemm_list) that fit the registers (fits_registers; for the weight gradient,
-    sub_tile_fits and wgrad_fits_registers). prune_gemm starts from these; tools/triton_aot.py
-    compiles exactly these for every kernel variant, so its table covers every config the
-    autotuner can pick. Cached: the weight gradient's launcher asks on every launch."""
+    sub_tile_fits and wgrad_fits_registers), and those that gather A through the L1 (A_L1) only
+    for a 3x3 window whose K-tiles lie in one tap (`ks`, `flat_k`: nothing to reuse otherwise).
+    prune_gemm starts from these; tools/triton_aot.py compiles exactly these for every kernel
+    variant, so its table covers every config the autotuner can pick. Cached: the weight
+    gradient's launcher asks on every launch."""
     return list(_launch_configs(tuple(configs), dtype, precision, arch, narrow, wgrad, pool,
-                                skip, int64, relu_in, sub_n))
+                                skip, int64, relu_in, sub_n, ks == 3 and not flat_k, bounds))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, int64, relu_in,
-                    sub_n):
+                    sub_n, taps_reuse, bounds):
     keep = _of_list(configs, gemm_list(dtype, precision=precision, narrow=narrow, wgrad=wgrad),
                     _GEMM_LISTS)
+    if not taps_reuse:
+        keep = [c for c in keep if not c.kwargs.get("A_L1")]
     known = {_config_key(c) for lst in _GEMM_LISTS for c in lst}
 
     def fits(c):
@@ -622,7 +689,8 @@ def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, 
         if narrow:
             return True  # (every narrow tile spill-free)
         return fits_registers(c, arch=arch, pool=pool, skip=skip, int64=int64,
-                              fp16_relu_in=relu_in and dtype == torch.float16)
+                              fp16_relu_in=relu_in and dtype == torch.float16,
+                              relu_in=relu_in, bounds=bounds)
     return tuple(c for c in keep if fits(c))
 
 
@@ -655,7 +723,8 @@ def prune_gemm(configs, named_args, **kwargs):
         arch=device_arch(a.device), narrow=gathers_elementwise(named_args, wgrad), wgrad=wgrad,
         pool=kwargs.get("POOL", False), skip=kwargs.get("SKIP", False),
         int64=kwargs.get("INT64", False), relu_in=kwargs.get("RELU_IN", False),
-        sub_n=sub_n) or list(configs)
+        sub_n=sub_n, ks=kwargs.get("KS", 1), flat_k=kwargs.get("FLAT_K", False),
+        bounds=kwargs.get("BOUNDS", True)) or list(configs)
     if wgrad:
         # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
         # narrow tile, so its output gradient (the wide operand) is read once
@@ -696,7 +765,9 @@ def prune_gemm(configs, named_args, **kwargs):
         want = min(num_sms(a.device), max(tiles.values())) / 2
         keep = [c for c in keep if tiles[id(c)] >= want]
     sms = num_sms(a.device)
-    keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms, sub_n))
+    geo = {} if wgrad else dict(ow=int(named_args.get("OW", 0)), ks=kwargs.get("KS", 1),
+                                pool=kwargs.get("POOL", False))
+    keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms, sub_n, **geo))
     keep = keep[:AUTOTUNE_TOP_K]
     if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
         keep = keep[:1]  # parity runs: one compile per kernel variant instead of one per config
