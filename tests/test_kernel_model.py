@@ -85,6 +85,38 @@ def test_co_resident_tiles_overlap_one_epilogue_with_another_mainloop(monkeypatc
     assert tile_cycles(100_000, 120, 2000) == (2, 10 * 120 + 2000)
 
 
+def test_l1_gathered_tiles_ask_the_l2_for_less(monkeypatch):
+    """An A_L1 tile whose SASS caches its gather in the L1 (LDGSTS without .BYPASS) loads the
+    share utils.l1_reuse gives of its A tile from the L2; not where its copies bypass the L1, nor
+    where its shared memory (over 48 KiB: Triton asks for the largest carve-out) leaves too
+    little L1."""
+    import kernel_model as km
+    from unet_fast.backends.triton_backend import utils
+    m = km.H200
+    a_bytes, b_bytes = 128 * 32 * 2, 32 * 64 * 2
+    geo = dict(bm=128, bk=32, elt=2, ow=568, ks=3, pool=False, a_bytes=a_bytes)
+    monkeypatch.setattr(km, "work", lambda launch, i: dict(
+        flops=1, iters=18, tile_bytes=a_bytes + b_bytes, dram=0, pass_="fwd", mma=True, l1=geo))
+    launch = km.Launch("igemm.igemm_fwd_kernel", "fwd", "x", {}, {},
+                       [({"BLOCK_M": 128, "A_L1": True}, 4, 3, (m.sms, 1, 1), None)])
+
+    def l2_cycles(smem, bypass):
+        binary = dict(regs=128, smem=smem, spill=0, analysis=dict(
+            mainloop=dict(mma=[("wgmma", 128 * 64 * 32, "BF16")], instructions=100,
+                          classes={}, sync_global_loads=0, l1_bypass=bypass),
+            outside=500, total=600))
+        return km.predict(launch, 0, binary, m)["l2_cycles_per_iter"]
+
+    full = round((a_bytes + b_bytes) / m.l2_bytes_per_clk_sm, 1)
+    occ = km._occupancy(m, 4, 128, 36 * 1024)
+    share = utils.l1_reuse(128, 32, 2, 568, 3, False, utils.l1_left(36 * 1024, occ) // occ)
+    assert share < 0.4
+    assert l2_cycles(36 * 1024, False) == round(
+        (a_bytes * share + b_bytes) / m.l2_bytes_per_clk_sm, 1)
+    assert l2_cycles(36 * 1024, True) == full
+    assert l2_cycles(64 * 1024, False) == full
+
+
 def test_model_of_one_kernel_is_stable():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "kernel_model.py"), "--check"],

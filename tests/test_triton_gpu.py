@@ -65,6 +65,33 @@ def test_half_precision_gpu(case, dtype):
     check_triton(case, GPU_CASES[case](), dtype=dtype)
 
 
+_L1_CONFIGS = []
+try:
+    from unet_fast.backends.triton_backend import utils as _t_utils
+    _L1_CONFIGS = [c for c in _t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
+except ImportError:   # (no triton: every test here is skipped anyway)
+    pass
+
+
+@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[
+    f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
+    for c in _L1_CONFIGS])
+@pytest.mark.parametrize("op,padding", [("conv3x3_relu", 1), ("conv3x3_relu", 0),
+                                        ("conv3x3_relu_pool", 1)])
+def test_l1_gather_configs_gpu(monkeypatch, cfg, op, padding):
+    """Each config that gathers A through the L1 (8-byte cp.async.ca, taps inner), compiled and
+    run on the GPU whatever the autotuner would pick: forward and dgrad of a 64-channel layer
+    whose rows are wider than a tile (and of a narrower one), in bf16."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    for shape in ((2, 64, 20, 301), (2, 64, 38, 42)):
+        args = [make(shape, "channels_last"), make((64, 64, 3, 3), scale=0.05), make((64,)),
+                padding]
+        check(op, args, backend="triton", grad_layout="nchw", dtype=torch.bfloat16)
+        assert igemm.igemm_fwd_kernel.best_config is cfg
+
+
 def test_pool_epilogue_exact_gpu():
     x = make((2, 64, 30, 34), "channels_last", dtype=torch.bfloat16)
     w = make((64, 64, 3, 3), scale=0.05, dtype=torch.bfloat16)
