@@ -77,7 +77,7 @@ def _variants():
     import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
                 SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False,
-                INT64=False)
+                INT64=False, WIDE=False)
     conv = dict(base, KS=3)
     dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
     # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
@@ -116,6 +116,18 @@ def _variants():
         ("conv3x3 dgrad, valid (PAD=0)", dict(dgrad, PAD=0), ("bf16",), _BASE, w_dgrad),
         ("conv3x3 dgrad, TF32 off (IEEE fp32)", dict(dgrad, PRECISION="ieee"), ("fp32",), _ALL,
          w_dgrad),
+        # the high-resolution layers' rows hold a whole tile (WIDE: no divisions per row)
+        ("conv3x3_relu fwd, wide rows (WIDE)", dict(conv, WIDE=True), ALL_DTYPES, ("runtime",),
+         w_fwd),
+        ("conv3x3_relu fwd, valid, wide rows", dict(conv, PAD=0, BOUNDS=False, WIDE=True),
+         ("bf16",), ("runtime",), w_fwd),
+        ("conv3x3_relu_pool fwd, wide rows", dict(conv, POOL=True, WIDE=True), ALL_DTYPES,
+         ("runtime",), w_fwd),
+        ("conv3x3_relu_pool fwd, valid, skip cropped, wide rows",
+         dict(conv, POOL=True, SKIP=True, PAD=0, BOUNDS=False, WIDE=True), ALL_DTYPES,
+         ("runtime",), w_fwd),
+        ("conv3x3 dgrad, ReLU input, wide rows", dict(dgrad, RELU_IN=True, WIDE=True),
+         ALL_DTYPES, ("runtime",), w_dgrad),
         ("conv1x1 fwd", dict(base, KS=1, PAD=0, RELU=False, BOUNDS=False), ALL_DTYPES, _BASE,
          head_out),
         ("conv1x1 dgrad (2-class head: C_in not a multiple of 64)",

@@ -60,6 +60,7 @@ from .crop_concat import crop_offsets
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
+            "WIDE",
             "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
               "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION"]
@@ -118,6 +119,47 @@ def _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL: tl.constexpr):
     return n, p, q, m_ok
 
 
+@triton.jit
+def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.constexpr,
+                     BLOCK_M: tl.constexpr):
+    """_out_pixels of a tile's rows m0 .. m0 + BLOCK_M - 1. WIDE (the launcher's promise: the
+    grid's rows, with POOL its rows of 2x2 windows, are at least as long as a tile) lets a tile
+    run into the next row at most once: then only its first row's index is divided (scalars) and
+    each row adds a carry to the next row and one to the next image, a few adds and compares
+    instead of four divisions by the grid's sizes."""
+    i = tl.arange(0, BLOCK_M)
+    if WIDE:
+        if POOL:
+            W = (OW + 1) // 2
+            H = (OH + 1) // 2
+            j = i // 4
+            g0 = m0 // 4
+        else:
+            W = OW
+            H = OH
+            j = i
+            g0 = m0
+        cc = g0 % W + j
+        r0 = g0 // W
+        wrap = cc >= W
+        c = cc - tl.where(wrap, W, 0)
+        hh = r0 % H + wrap.to(tl.int32)
+        wrap_n = hh >= H
+        h = hh - tl.where(wrap_n, H, 0)
+        n = r0 // H + wrap_n.to(tl.int32)
+        if POOL:
+            p = 2 * h + (i % 4) // 2
+            q = 2 * c + i % 2
+            m_ok = (n < NB) & (p < OH) & (q < OW)
+        else:
+            p = h
+            q = c
+            m_ok = (m0 + i) < M_GEMM
+    else:
+        n, p, q, m_ok = _out_pixels(m0 + i, NB, OH, OW, M_GEMM, POOL)
+    return n, p, q, m_ok
+
+
 @utils.autotune(configs=utils.igemm_configs(), key=_FWD_KEY,
                  prune_configs_by={"early_config_prune": utils.prune_gemm})
 @triton.jit(do_not_specialize=_FWD_NO_SPEC)
@@ -133,7 +175,7 @@ def igemm_fwd_kernel(
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     SKIP: tl.constexpr,
-    UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr,
+    UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr, WIDE: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     A_L1: tl.constexpr = False,   # a config's choice: A through the L1 (below)
@@ -142,13 +184,12 @@ def igemm_fwd_kernel(
     num_n = tl.cdiv(N_GEMM, BLOCK_N)
     pid_m = pid // num_n   # column tiles of one row tile run side by side: A is read once from L2
     pid_n = pid % num_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N_GEMM
 
     PHC = (OH + 1) // 2
     PWC = (OW + 1) // 2
-    n, p, q, m_ok = _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL)
+    n, p, q, m_ok = _tile_out_pixels(pid_m * BLOCK_M, NB, OH, OW, M_GEMM, POOL, WIDE, BLOCK_M)
     n64 = _offset_int(n, INT64)
     ih0 = p * STRIDE
     iw0 = q * STRIDE
@@ -401,6 +442,10 @@ def igemm_onek_kernel(
                                      OW)
         tl.store(o_base + (o_pix[:, None] + offs_n[None, :] * o_sc),
                  acc.to(out_ptr.dtype.element_ty), mask=o_ok)
+
+
+# The autotuner itself, for its configs (tests and tools wrap the module's name in spies).
+_FWD_TUNER = igemm_fwd_kernel
 
 
 @triton.jit
@@ -682,6 +727,9 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     # the window can leave the input unless every shifted pixel is inside by construction
     bounds = not (pad == 0 and sign == 1 and (oh - 1) * stride + ks <= ah
                   and (ow - 1) * stride + ks <= aw)
+    # every config's tile runs into the next row of the grid at most once (_tile_out_pixels)
+    tallest = max(c.kwargs["BLOCK_M"] for c in _FWD_TUNER.configs)
+    wide = ((ow + 1) // 2 >= tallest // 4) if pool is not None else ow >= tallest
 
     def grid(meta):
         return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]),)
@@ -699,7 +747,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             utils.layout_key(a, out, po, sk, xi),
             KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
-            UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k,
+            UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k, WIDE=wide,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
             INT64=utils.needs_int64(a, w_t, out, po, sk, xi),
         )
