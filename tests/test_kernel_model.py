@@ -94,7 +94,7 @@ def test_l1_gathered_tiles_ask_the_l2_for_less(monkeypatch):
     from unet_fast.backends.triton_backend import utils
     m = km.H200
     a_bytes, b_bytes = 128 * 32 * 2, 32 * 64 * 2
-    geo = dict(bm=128, bk=32, elt=2, ow=568, ks=3, pool=False, a_bytes=a_bytes)
+    geo = dict(kind="window", bm=128, bk=32, elt=2, ow=568, ks=3, pool=False, bytes=a_bytes)
     monkeypatch.setattr(km, "work", lambda launch, i: dict(
         flops=1, iters=18, tile_bytes=a_bytes + b_bytes, dram=0, pass_="fwd", mma=True, l1=geo))
     launch = km.Launch("igemm.igemm_fwd_kernel", "fwd", "x", {}, {},

@@ -792,6 +792,47 @@ def test_l1_gather_only_where_taps_share_pixels(monkeypatch):
     assert best[0].kwargs.get("A_L1"), best
     head = t_utils.prune_gemm(cfgs, _gemm_args(torch.bfloat16, m, 64, OW=ow), KS=1)
     assert not any(c.kwargs.get("A_L1") for c in head)
+    # B_L1 (weight gradients): only in tiles of three taps' sub-tiles, each one tap's channels
+    wg = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32)
+    wkind = dict(kind, wgrad=True)
+    assert any(c.kwargs.get("B_L1") for c in t_utils.launch_configs(wg, sub_n=3, **wkind))
+    assert not any(c.kwargs.get("B_L1") for c in t_utils.launch_configs(wg, sub_n=1, **wkind))
+    for cb, want in ((64, True), (128, False)):
+        got = t_utils.prune_gemm(wg, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb, CHUNK=4096,
+                                                K_TOT=8 * 568 * 568, QB=8),
+                                 KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
+        assert any(c.kwargs.get("B_L1") for c in got) == want, (cb, got)
+
+
+_B_L1_CONFIGS = [c for c in t_utils.WGRAD_CONFIGS_16 if c.kwargs.get("B_L1")]
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_l1_wgrad_config_computes_the_weight_gradient(monkeypatch, padding):
+    """The weight-gradient config that reads B through the L1 (B_L1) in three taps' sub-tiles
+    (SUB_N = 3: 64 input channels, a tap each), through the interpreter against float64."""
+    from unet_fast.backends.triton_backend import igemm
+    cfg = _B_L1_CONFIGS[0]
+    monkeypatch.setattr(t_utils, "wgrad_configs", lambda: [cfg])   # (the launcher's tiling)
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "cache", {})
+    subs = []
+    real = igemm.igemm_wgrad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                subs.append(kw["SUB_N"])
+                return real[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
+    x = make((2, 64, 9, 37), "channels_last")
+    # (bf16: the config is in the 16-bit list, which the launcher draws three-tap tiles from)
+    # (NHWC and channels in multiples of 16: the operands in 16-byte vectors, as on a GPU)
+    check_triton("conv3x3_relu", [x, make((32, 64, 3, 3), scale=0.1), make((32,)), padding],
+                 dtype=torch.bfloat16, grad_layout="channels_last")
+    assert 3 in subs
+    assert real.best_config is cfg
 
 
 def test_l1_reuse_fraction():
@@ -816,6 +857,11 @@ def test_l1_reuse_fraction():
     assert t_utils.l1_left(36 * 1024, 4) == (256 - 164) * 1024
     assert t_utils.l1_left(0, 1) == (256 - 8) * 1024
     assert t_utils.l1_left(48 * 1024 + 1, 1) == 8 * 1024
+    # B_L1: three sub-tiles of a K-tile's bands of qb columns, one column apart
+    assert t_utils.l1_shift_reuse(8, 32, 64, 2, 3, big) == pytest.approx(10 / 24)
+    assert t_utils.l1_shift_reuse(32, 32, 64, 2, 3, big) == pytest.approx(34 / 96)
+    assert t_utils.l1_shift_reuse(32, 32, 64, 2, 1, big) == 1.0
+    assert t_utils.l1_shift_reuse(32, 32, 64, 2, 3, 2 * 32 * 64 * 2 - 1) == 1.0
 
 
 def test_autotune_pruning(monkeypatch):
@@ -864,8 +910,11 @@ def test_autotune_pruning(monkeypatch):
         wg3 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb,
                                                      CHUNK=4096, K_TOT=8 * 570 * 570),
                                  KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
+        # (K steps of 32 only where B goes through the L1, B_L1, with one tap a sub-tile)
         assert wg3 and all(t_utils.sub_tile_fits(c, 3, 2) and cb % c.kwargs["BLOCK_N"] == 0
-                           and c.kwargs["BLOCK_N"] >= 64 and c.kwargs["BLOCK_K"] >= 64
+                           and c.kwargs["BLOCK_N"] >= 64
+                           and (c.kwargs["BLOCK_K"] >= 64
+                                or (c.kwargs.get("B_L1") and c.kwargs["BLOCK_N"] == cb))
                            and t_utils._smem_estimate(c, 2, 3) <= 232448 for c in wg3), wg3
         assert not all(t_utils.sub_tile_fits(c, 3, 2) for c in wgrad16)   # (the rule bites)
     # ... or with a shift per column (FLAT, what the launcher picks for channels that are not a

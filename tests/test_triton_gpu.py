@@ -92,6 +92,21 @@ def test_l1_gather_configs_gpu(monkeypatch, cfg, op, padding):
         assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+def test_l1_wgrad_config_gpu(monkeypatch, padding):
+    """The weight-gradient config that reads B through the L1 (B_L1: 8-byte cp.async.ca, three
+    taps' sub-tiles), compiled and run on the GPU whatever the autotuner would pick, in bf16."""
+    from unet_fast.backends.triton_backend import igemm, utils
+    cfg = next(c for c in utils.WGRAD_CONFIGS_16 if c.kwargs.get("B_L1"))
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "cache", {})
+    args = [make((2, 64, 20, 301), "channels_last"), make((64, 64, 3, 3), scale=0.05),
+            make((64,)), padding]
+    check("conv3x3_relu", args, backend="triton", grad_layout="channels_last",
+          dtype=torch.bfloat16)
+    assert igemm.igemm_wgrad_kernel.best_config is cfg
+
+
 def test_pool_epilogue_exact_gpu():
     x = make((2, 64, 30, 34), "channels_last", dtype=torch.bfloat16)
     w = make((64, 64, 3, 3), scale=0.05, dtype=torch.bfloat16)

@@ -615,8 +615,8 @@ def _igemm_fwd_work(l, c):
     tile_bytes = (bm * bk + bk * bn) * elt
     # A through the L1 (A_L1): what of A's tile the L2 still serves depends on the L1 the
     # compiled shared memory leaves (predict: l1_reuse)
-    l1 = (dict(bm=bm, bk=bk, elt=elt, ow=_arg(l, "OW"), ks=ks, pool=bool(c.get("POOL")),
-               a_bytes=bm * bk * elt) if c.get("A_L1") else None)
+    l1 = (dict(kind="window", bm=bm, bk=bk, elt=elt, ow=_arg(l, "OW"), ks=ks,
+               pool=bool(c.get("POOL")), bytes=bm * bk * elt) if c.get("A_L1") else None)
     dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
     if c.get("POOL"):
         dram += _tbytes(_arg(l, "pool_ptr"))
@@ -662,11 +662,15 @@ def _igemm_wgrad_work(l, c):
     split = math.ceil(k_tot / chunk)
     sub = c.get("SUB_N", 1)   # column sub-tiles sharing the A tile: each loads its own B tile
     tile_bytes = (bm * bk + sub * bk * bn) * elt + (bk * bn * elt if c.get("MASK_B") else 0)
+    # B through the L1 (B_L1): the sub-tiles' shifted pixels (predict: l1_shift_reuse)
+    l1 = (dict(kind="shift", qb=_arg(l, "QB"), bk=bk, bn=bn, elt=elt, sub=sub,
+               bytes=sub * bk * bn * elt)
+          if c.get("B_L1") and bn == _arg(l, "CB") and not c.get("SHIFT_A") else None)
     dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
     if c.get("MASK_B"):
         dram += _tbytes(_arg(l, "mb_ptr"))
     return dict(flops=2 * m * n * p_tot, iters=math.ceil(chunk / bk), tile_bytes=tile_bytes,
-                dram=dram, pass_="wgrad", mma=True)
+                dram=dram, pass_="wgrad", mma=True, l1=l1)
 
 
 def _pool_fwd_work(l, c):
@@ -741,12 +745,16 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         issue = ml["instructions"] * issue_per_sub
         tile_bytes = w["tile_bytes"]
         if w.get("l1") and not ml["l1_bypass"]:
-            # the gathered A cached in the L1 (its copies are LDGSTS without .BYPASS): the L2
-            # serves each distinct pixel of a chunk's window once, if it fits the L1 left
-            g = w["l1"]
-            share = _utils().l1_reuse(g["bm"], g["bk"], g["elt"], g["ow"], g["ks"], g["pool"],
-                                      _utils().l1_left(binary["smem"], occ) // occ)
-            tile_bytes -= g["a_bytes"] * (1 - share)
+            # an operand cached in the L1 (its copies are LDGSTS without .BYPASS): the L2 serves
+            # each distinct pixel once (A_L1: of a chunk's window; B_L1: of the sub-tiles' shifted
+            # bands), if the pixels read again fit the L1 the shared memory leaves
+            g, u = w["l1"], _utils()
+            left = u.l1_left(binary["smem"], occ) // occ
+            if g["kind"] == "window":
+                share = u.l1_reuse(g["bm"], g["bk"], g["elt"], g["ow"], g["ks"], g["pool"], left)
+            else:
+                share = u.l1_shift_reuse(g["qb"], g["bk"], g["bn"], g["elt"], g["sub"], left)
+            tile_bytes -= g["bytes"] * (1 - share)
         l2 = tile_bytes / m.l2_bytes_per_clk_sm
         per_iter = max(tensor, issue, l2)
         bound = ("tensor" if per_iter == tensor else "issue" if per_iter == issue else "L2")
@@ -793,7 +801,7 @@ def _cfg_text(kw, warps, stages, maxnreg=None):
     s = "x".join(str(kw[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kw)
     s = s or ",".join(f"{k}={v}" for k, v in kw.items())
     return (f"{s} w{warps} s{stages}" + (f" r{maxnreg}" if maxnreg else "")
-            + (" L1" if kw.get("A_L1") else ""))
+            + (" L1" if kw.get("A_L1") or kw.get("B_L1") else ""))
 
 
 def predict_aten(launch: Launch, m: Machine = H200) -> dict:
@@ -911,7 +919,10 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         "  BYPASS, read off the SASS) and takes a channel chunk's nine taps one after another, so",
         "  the L2 serves each distinct pixel of the tile's 3x3 window once and the taps of a kernel",
         "  row that read it again hit the L1 (utils.l1_reuse: about a third of A's bytes, a fifth",
-        "  under the pool's 2x2 order) -- if the rows read again fit the L1 the shared memory leaves.",
+        "  under the pool's 2x2 order) -- if the rows read again fit the L1 the shared memory leaves;",
+        "  likewise the wgrad's B_L1 configs, whose three sub-tiles (a kernel row's taps) read the",
+        "  same pixels a column apart (utils.l1_shift_reuse: (band + 2) / (3 x band) of B's bytes).",
+        "  The model has no latency term: a two-stage pipeline (B_L1) is judged as a deeper one.",
         "  ASSUMPTIONS, to be measured: the L1 keeps those rows (LRU-like) and merges requests for a",
         "  line still being fetched (the next tap's copies are issued before the first's arrive);",
         "  a kernel of at most 48",

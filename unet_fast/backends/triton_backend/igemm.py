@@ -599,6 +599,7 @@ def igemm_wgrad_kernel(
     FLAT_A: tl.constexpr, FLAT_B: tl.constexpr, SUB_N: tl.constexpr, DBIAS: tl.constexpr,
     INT64: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    B_L1: tl.constexpr = False,   # a config's choice: B through the L1 (below)
 ):
     # SUB_N: column sub-tiles of BLOCK_N per tile (1, or 3 with B shifted and one tap per
     # sub-tile: the 64- and 128-channel layers' 9*C columns in tiles of three taps, no padding)
@@ -656,6 +657,11 @@ def igemm_wgrad_kernel(
         b_col = (b_dh * b_sh + b_dw * b_sw + cb * b_sc)
         if not FLAT_B:
             b_col = b_col[None, :]
+            if B_L1:
+                # B in 8-byte copies, which cp.async caches in the L1: with three sub-tiles
+                # (SUB_N = 3, the taps of one kernel row) the second and third read the first's
+                # pixels one and two columns on (utils.l1_shift_reuse)
+                b_col = tl.max_contiguous(b_col, [1, 64 // b_ptr.dtype.element_ty.primitive_bitwidth])
         a_col = (offs_m * a_sc)[None, :]
         a_dh = 0
         a_dw = 0

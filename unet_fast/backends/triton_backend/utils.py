@@ -52,10 +52,12 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 # ---------------------------------------------------------------- autotune configurations
-def _cfg(bm, bn, bk, stages, warps, maxnreg=None, a_l1=False):
+def _cfg(bm, bn, bk, stages, warps, maxnreg=None, a_l1=False, b_l1=False):
     kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
     if a_l1:   # (igemm_fwd_kernel's A_L1; configs without it take the kernel's default, off)
         kw["A_L1"] = True
+    if b_l1:   # (igemm_wgrad_kernel's B_L1, likewise)
+        kw["B_L1"] = True
     return triton.Config(kw, num_stages=stages, num_warps=warps, maxnreg=maxnreg)
 
 
@@ -141,6 +143,10 @@ WGRAD_CONFIGS_16 = [
     _cfg(64, 64, 64, 4, 4),
     _cfg(64, 32, 64, 4, 4),    # the RGB first layer's 27 (tap, channel) columns in one tile
     _cfg(64, 16, 64, 4, 4),
+    # 64 input channels in three taps' sub-tiles with B through the L1 (B_L1: the taps of a
+    # kernel row read the same pixels a column apart, l1_shift_reuse); at most 48 KiB of shared
+    # memory (l1_left), so K steps of 32 and two stages
+    _cfg(64, 64, 32, 2, 4, b_l1=True),
 ]
 WGRAD_CONFIGS_32 = [
     _cfg(128, 128, 32, 3, 8),
@@ -498,7 +504,7 @@ def sub_tile_fits(c, sub_n: int, elt: int | None = None) -> bool:
     if sub_n == 1:
         return True
     return (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n <= 96 * 32 * c.num_warps
-            and (elt != 2 or c.kwargs["BLOCK_K"] >= 64))
+            and (elt != 2 or c.kwargs["BLOCK_K"] >= 64 or c.kwargs.get("B_L1", False)))
 
 
 # Figures of the run-time cost estimate that ranks configs (H100/H200; tools/kernel_model.py is the
@@ -550,8 +556,20 @@ def l1_reuse(bm: int, bk: int, elt: int, ow: int, ks: int, pool: bool, l1_bytes:
     return min(1.0, pixels / (ks * ks * bm))
 
 
+def l1_shift_reuse(qb: int, bk: int, bn: int, elt: int, sub_n: int, l1_bytes: int) -> float:
+    """The fraction of a B_L1 wgrad tile's B bytes (its `sub_n` sub-tiles, the taps of one kernel
+    row) that still come from the L2: the sub-tiles read a K-tile's pixels (bands of `qb`
+    columns) shifted one column apart, so together qb + sub_n - 1 distinct columns of the
+    sub_n * qb they load -- if a K-tile's B (and the next's, in flight) fits the `l1_bytes` the
+    tile has; else every byte (1.0)."""
+    if sub_n < 2 or 2 * bk * bn * elt > l1_bytes:
+        return 1.0
+    return min(1.0, (qb + sub_n - 1) / (sub_n * qb))
+
+
 def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
-                    sub_n: int = 1, ow: int = 0, ks: int = 1, pool: bool = False) -> float:
+                    sub_n: int = 1, ow: int = 0, ks: int = 1, pool: bool = False,
+                    qb: int = 0) -> float:
     """Cycles of the busiest SM for a GEMM (m x n x k per split, `split` splits) with config c
     (tiles of `sub_n` column sub-tiles): each tile iteration takes its tensor-core time or its L2
     traffic, whichever is longer (an A_L1 config's A tile: the share l1_reuse leaves the L2,
@@ -560,12 +578,15 @@ def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
     bn = c.kwargs["BLOCK_N"] * sub_n
     tiles = cdiv(m, bm) * cdiv(n, bn) * split
     occ = max(1, min(2, 232448 // max(_smem_estimate(c, elt, sub_n), 1)))
-    a_share = 1.0
+    a_share = b_share = 1.0
     if c.kwargs.get("A_L1"):
         a_share = l1_reuse(bm, bk, elt, ow or m, ks, pool,
                            l1_left(_smem_estimate(c, elt, sub_n), occ) // occ)
+    if c.kwargs.get("B_L1") and qb:
+        b_share = l1_shift_reuse(qb, bk, c.kwargs["BLOCK_N"], elt, sub_n,
+                                 l1_left(_smem_estimate(c, elt, sub_n), occ) // occ)
     per_iter = max(bm * bn * bk / _FMA_PER_CLK.get(elt, 1024),
-                   (bm * bk * a_share + bk * bn) * elt / _L2_BYTES_PER_CLK)
+                   (bm * bk * a_share + bk * bn * b_share) * elt / _L2_BYTES_PER_CLK)
     return cdiv(tiles, sms) * (cdiv(k, bk) * per_iter + _FILL_CLK / occ)
 
 
@@ -676,6 +697,8 @@ def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, 
                     _GEMM_LISTS)
     if not taps_reuse:
         keep = [c for c in keep if not c.kwargs.get("A_L1")]
+    if sub_n != 3:   # B_L1 reuses B across the three taps' sub-tiles
+        keep = [c for c in keep if not c.kwargs.get("B_L1")]
     known = {_config_key(c) for lst in _GEMM_LISTS for c in lst}
 
     def fits(c):
@@ -741,9 +764,12 @@ def prune_gemm(configs, named_args, **kwargs):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in admitted if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] \
                     or keep
-        # tiles of three taps' sub-tiles: the configs that can run them
+        # tiles of three taps' sub-tiles: the configs that can run them (B_L1's: sub-tiles of
+        # one tap each, whose pixels are the same a column apart)
         keep = [c for c in keep if sub_tile_fits(c, sub_n, elt)] or \
             [c for c in admitted if sub_tile_fits(c, sub_n, elt)] or keep
+        keep = [c for c in keep if not c.kwargs.get("B_L1")
+                or c.kwargs["BLOCK_N"] == int(named_args["CB"])] or keep
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
@@ -765,8 +791,9 @@ def prune_gemm(configs, named_args, **kwargs):
         want = min(num_sms(a.device), max(tiles.values())) / 2
         keep = [c for c in keep if tiles[id(c)] >= want]
     sms = num_sms(a.device)
-    geo = {} if wgrad else dict(ow=int(named_args.get("OW", 0)), ks=kwargs.get("KS", 1),
-                                pool=kwargs.get("POOL", False))
+    geo = (dict(qb=int(named_args.get("QB", 0))) if wgrad else
+           dict(ow=int(named_args.get("OW", 0)), ks=kwargs.get("KS", 1),
+                pool=kwargs.get("POOL", False)))
     keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms, sub_n, **geo))
     keep = keep[:AUTOTUNE_TOP_K]
     if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
