@@ -415,11 +415,7 @@ def _compile_job(job):
     path, constexprs, cfg_kw, warps, stages, sig, maxnreg = key
     kernel = _KERNELS[path]
     fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
-    consts = dict(constexprs)
-    consts.update(dict(cfg_kw))
-    for p in fn.params:   # a constexpr with a default (igemm's A_L1) that the config leaves out
-        if p.is_constexpr and p.has_default and p.name not in consts:
-            consts[p.name] = p.default
+    consts = _tools_module("triton_aot").with_defaults(fn, {**dict(constexprs), **dict(cfg_kw)})
     signature, attrs = {}, {}
     sig = dict((n, (ty, sp)) for n, ty, sp in sig)
     for i, name in enumerate(fn.arg_names):
@@ -1034,13 +1030,19 @@ _UNIT_CONFIG = re.compile(r"(\w+) (bf16|f16): tile (\d+)x(\d+)x(\d+), cluster (\
 _UNIT_PASSES = ("fprop", "dgrad", "wgrad")
 
 
-def _sass_report():
+def _tools_module(name):
+    """A sibling script of tools/ as a module (tools/ is on the path when this file runs as a
+    script, and in tests; otherwise it is put there)."""
+    import importlib
     try:
-        import sass_report  # tools/ is on the path when this file runs as a script, and in tests
+        return importlib.import_module(name)
     except ImportError:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import sass_report
-    return sass_report
+        return importlib.import_module(name)
+
+
+def _sass_report():
+    return _tools_module("sass_report")
 
 
 def _shortest_loop(instrs, loops, want):

@@ -259,6 +259,16 @@ def _options(cfg) -> dict:
     return opts
 
 
+def with_defaults(fn, constexprs: dict) -> dict:
+    """`constexprs` plus each constexpr parameter of `fn` that has a default and is not given
+    (igemm's A_L1 and B_L1: a config that leaves them out runs the default, off)."""
+    out = dict(constexprs)
+    for p in fn.params:
+        if p.is_constexpr and p.has_default and p.name not in out:
+            out[p.name] = p.default
+    return out
+
+
 def compile_one(job):
     """Compile one (variant, config, dtype, arch, spec); returns a result row (dict)."""
     path, label, consts, is_gemm, dtype, cfg_index, arch, spec, rt = job
@@ -274,9 +284,7 @@ def compile_one(job):
     if "PRECISION" in fn.arg_names and "PRECISION" not in constexprs:
         constexprs["PRECISION"] = _precision(dtype)   # tf32 for fp32 unless the variant says
     nospec = {p.name for p in fn.params if p.do_not_specialize}
-    for p in fn.params:   # a constexpr with a default (igemm's A_L1) that the config leaves out
-        if p.is_constexpr and p.has_default and p.name not in constexprs:
-            constexprs[p.name] = p.default
+    constexprs = with_defaults(fn, constexprs)
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:

@@ -551,7 +551,7 @@ def l1_reuse(bm: int, bk: int, elt: int, ow: int, ks: int, pool: bool, l1_bytes:
     else:           # one strip, or two pieces of rows (each with its own halo)
         cols += 2 * (ks - 1)
     pixels = (rows + ks - 1) * (cols + ks - 1)
-    if min(rows + 1, rows + ks - 1) * (cols + ks - 1) * bk * elt > l1_bytes:
+    if (rows + 1) * (cols + ks - 1) * bk * elt > l1_bytes:   # (ks >= 2 here)
         return 1.0
     return min(1.0, pixels / (ks * ks * bm))
 
