@@ -23,7 +23,10 @@ import unet_fast as uf
 triton_backend = pytest.importorskip("unet_fast.backends.triton_backend")
 from unet_fast.backends.triton_backend import (  # noqa: E402
     conv1x1 as t_conv1x1, conv3x3_relu as t_conv3x3, conv_transpose as t_convt,
-    crop_concat as t_crop, max_pool as t_pool, utils as t_utils)
+    crop_concat as t_crop, igemm as t_igemm, max_pool as t_pool, utils as t_utils)
+
+import triton  # noqa: E402  (importable: the backend above is)
+import triton.language as tl  # noqa: E402
 
 from parity import DEVICE, REFERENCE, assert_float32_close, assert_within, check, make, run  # noqa: E402
 
@@ -72,6 +75,40 @@ def test_conv3x3_relu_pool(n, ci, co, h, w, padding, layout):
     b = make((co,))
     y, pooled = check_triton("conv3x3_relu_pool", [x, wt, b, padding]).outs
     assert_within("pooled == max_pool2d(y) exactly", pooled, F.max_pool2d(y, 2, 2), 0)
+
+
+@triton.jit
+def _pool_order_kernel(acc_ptr, win_ptr, sub_ptr, out_ptr, BM: tl.constexpr, BN: tl.constexpr,
+                       SLABS: tl.constexpr):
+    i = tl.arange(0, BM)
+    win, sub = t_igemm._pool_rows(i, BM, SLABS)
+    tl.store(win_ptr + i, win)
+    tl.store(sub_ptr + i, sub)
+    acc = tl.load(acc_ptr + i[:, None] * BN + tl.arange(0, BN)[None, :])
+    tl.store(out_ptr + tl.arange(0, BM // 4)[:, None] * BN + tl.arange(0, BN)[None, :],
+             t_igemm._pool_max(acc, BM, BN, SLABS))
+
+
+@pytest.mark.parametrize("block_m,slabs", [(64, 1), (128, 1), (128, 2), (256, 2), (256, 4),
+                                           (8, 1)])
+def test_pool_row_order_holds_whole_windows(block_m, slabs):
+    """The fused pool's order of a tile's rows (igemm._pool_rows: windows whose four rows one
+    thread of the wgmma accumulators holds, for each count of the warps' row slabs) is a
+    bijection onto (window, place), and igemm._pool_max takes each window's max, a NaN in it
+    winning, in window order."""
+    bn = 16
+    acc = torch.randn(block_m, bn, generator=torch.Generator().manual_seed(block_m + slabs))
+    acc[5, 3] = float("nan")
+    win = torch.empty(block_m, dtype=torch.int32)
+    sub = torch.empty(block_m, dtype=torch.int32)
+    out = torch.empty(block_m // 4, bn)
+    _pool_order_kernel[(1,)](acc, win, sub, out, block_m, bn, slabs)
+    assert sorted((win * 4 + sub).tolist()) == list(range(block_m))
+    want = torch.full((block_m // 4, bn), float("-inf"))
+    for i in range(block_m):
+        want[win[i]] = torch.maximum(want[win[i]], acc[i])   # (NaN propagates)
+    assert torch.equal(out.isnan(), want.isnan()) and out.isnan().sum() == 1
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_conv3x3_relu_pool_gradient_of_one_output():
@@ -792,12 +829,13 @@ def test_l1_gather_only_where_taps_share_pixels(monkeypatch):
     assert best[0].kwargs.get("A_L1"), best
     head = t_utils.prune_gemm(cfgs, _gemm_args(torch.bfloat16, m, 64, OW=ow), KS=1)
     assert not any(c.kwargs.get("A_L1") for c in head)
-    # B_L1 (weight gradients): only in tiles of three taps' sub-tiles, each one tap's channels
+    # B_L1 (weight gradients): only in tiles of three taps' sub-tiles, each a slice of one tap's
+    # channels (CB a multiple of the slice)
     wg = t_utils._unique(t_utils.WGRAD_CONFIGS_16 + t_utils.WGRAD_CONFIGS_32)
     wkind = dict(kind, wgrad=True)
     assert any(c.kwargs.get("B_L1") for c in t_utils.launch_configs(wg, sub_n=3, **wkind))
     assert not any(c.kwargs.get("B_L1") for c in t_utils.launch_configs(wg, sub_n=1, **wkind))
-    for cb, want in ((64, True), (128, False)):
+    for cb, want in ((64, True), (128, True), (192, True), (96, False)):
         got = t_utils.prune_gemm(wg, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb, CHUNK=4096,
                                                 K_TOT=8 * 568 * 568, QB=8),
                                  KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
@@ -807,10 +845,11 @@ def test_l1_gather_only_where_taps_share_pixels(monkeypatch):
 _B_L1_CONFIGS = [c for c in t_utils.WGRAD_CONFIGS_16 if c.kwargs.get("B_L1")]
 
 
-@pytest.mark.parametrize("padding", [0, 1])
-def test_l1_wgrad_config_computes_the_weight_gradient(monkeypatch, padding):
+@pytest.mark.parametrize("padding,channels", [(0, 64), (1, 64), (1, 128)])
+def test_l1_wgrad_config_computes_the_weight_gradient(monkeypatch, padding, channels):
     """The weight-gradient config that reads B through the L1 (B_L1) in three taps' sub-tiles
-    (SUB_N = 3: 64 input channels, a tap each), through the interpreter against float64."""
+    (SUB_N = 3: a kernel row's taps, each the same 64 of the tap's 64 or 128 input channels),
+    through the interpreter against float64."""
     from unet_fast.backends.triton_backend import igemm
     cfg = _B_L1_CONFIGS[0]
     monkeypatch.setattr(t_utils, "wgrad_configs", lambda: [cfg])   # (the launcher's tiling)
@@ -826,10 +865,10 @@ def test_l1_wgrad_config_computes_the_weight_gradient(monkeypatch, padding):
                 return real[grid](*args, **kw)
             return launch
     monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
-    x = make((2, 64, 9, 37), "channels_last")
+    x = make((2, channels, 9, 37), "channels_last")
     # (bf16: the config is in the 16-bit list, which the launcher draws three-tap tiles from)
     # (NHWC and channels in multiples of 16: the operands in 16-byte vectors, as on a GPU)
-    check_triton("conv3x3_relu", [x, make((32, 64, 3, 3), scale=0.1), make((32,)), padding],
+    check_triton("conv3x3_relu", [x, make((32, channels, 3, 3), scale=0.1), make((32,)), padding],
                  dtype=torch.bfloat16, grad_layout="channels_last")
     assert 3 in subs
     assert real.best_config is cfg
@@ -910,11 +949,10 @@ def test_autotune_pruning(monkeypatch):
         wg3 = t_utils.prune_gemm(wgrad16, _gemm_args(torch.bfloat16, 64, 9 * cb, CB=cb,
                                                      CHUNK=4096, K_TOT=8 * 570 * 570),
                                  KS=3, SHIFT_A=False, FLAT_B=False, SUB_N=3)
-        # (K steps of 32 only where B goes through the L1, B_L1, with one tap a sub-tile)
+        # (K steps of 32 only where B goes through the L1, B_L1)
         assert wg3 and all(t_utils.sub_tile_fits(c, 3, 2) and cb % c.kwargs["BLOCK_N"] == 0
                            and c.kwargs["BLOCK_N"] >= 64
-                           and (c.kwargs["BLOCK_K"] >= 64
-                                or (c.kwargs.get("B_L1") and c.kwargs["BLOCK_N"] == cb))
+                           and (c.kwargs["BLOCK_K"] >= 64 or c.kwargs.get("B_L1"))
                            and t_utils._smem_estimate(c, 2, 3) <= 232448 for c in wg3), wg3
         assert not all(t_utils.sub_tile_fits(c, 3, 2) for c in wgrad16)   # (the rule bites)
     # ... or with a shift per column (FLAT, what the launcher picks for channels that are not a

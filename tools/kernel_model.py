@@ -661,7 +661,7 @@ def _igemm_wgrad_work(l, c):
     # B through the L1 (B_L1): the sub-tiles' shifted pixels (predict: l1_shift_reuse)
     l1 = (dict(kind="shift", qb=_arg(l, "QB"), bk=bk, bn=bn, elt=elt, sub=sub,
                bytes=sub * bk * bn * elt)
-          if c.get("B_L1") and bn == _arg(l, "CB") and not c.get("SHIFT_A") else None)
+          if c.get("B_L1") and _arg(l, "CB") % bn == 0 and not c.get("SHIFT_A") else None)
     dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
     if c.get("MASK_B"):
         dram += _tbytes(_arg(l, "mb_ptr"))

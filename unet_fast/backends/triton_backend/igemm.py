@@ -52,13 +52,19 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import num_warps as _num_warps
 
 from . import utils
 from .crop_concat import crop_offsets
 
+# (the interpreter has no num_warps builtin: the pool's row order then assumes 4 warps, an order
+# that is right for any layout, only not the fastest for every one)
+_COMPILED = tl.constexpr(not utils.INTERPRET)
+
 # Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
+
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
             "WIDE",
             "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
@@ -94,15 +100,59 @@ def _offset_int(n, INT64: tl.constexpr):
 
 
 @triton.jit
-def _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL: tl.constexpr):
-    """The output pixel (n, p, q) of each GEMM row, and whether it exists. With POOL the rows
-    enumerate 2x2 windows, four consecutive rows per window, so a tile holds whole windows and
-    the pooled output is a max over groups of four rows."""
+def _pool_rows(i, BLOCK_M: tl.constexpr, SLABS: tl.constexpr):
+    """With POOL: the 2x2 window (within the tile) and the place in it (0..3) of each of a
+    tile's rows i, for accumulators whose warps' 16-row slabs repeat SLABS times down the tile
+    (igemm_fwd_kernel's POOL_SLABS). A thread of a wgmma accumulator holds rows 8 apart in each
+    slab and the same rows of every repeat, so:
+    - SLABS even: a window's rows are 8 and BLOCK_M / 2 apart (i = BLOCK_M / 2 a + 16 b + 8 c
+      + d: window 8 b + d, place 2 a + c), all in one thread: the pool's max needs no shuffle;
+    - one slab, BLOCK_M a multiple of 16: rows 8 apart in one thread, the pair beside them in
+      the next lanes (i = 16 b + 8 c + 2 e + f: window 4 b + e, place 2 f + c): one shuffle;
+    - else four consecutive rows.
+    Correct for any layout (the max follows the same order: _pool_max), fastest for these."""
+    if SLABS % 2 == 0:
+        a = i // (BLOCK_M // 2)
+        r = i % (BLOCK_M // 2)
+        win = (r // 16) * 8 + r % 8
+        sub = 2 * a + (r // 8) % 2
+    elif BLOCK_M % 16 == 0:
+        win = (i // 16) * 4 + (i % 8) // 2
+        sub = 2 * (i % 2) + (i // 8) % 2
+    else:
+        win = i // 4
+        sub = i % 4
+    return win, sub
+
+
+@triton.jit
+def _pool_max(acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SLABS: tl.constexpr):
+    """The max of each 2x2 window's four rows of a tile (in _pool_rows' order), in window order;
+    a NaN in the window wins, as in F.max_pool2d."""
+    if SLABS % 2 == 0:
+        # rows (a, b, c, d) of i = BLOCK_M / 2 a + 16 b + 8 c + d: the max over a and c
+        t = tl.reshape(acc, (2, BLOCK_M // 32, 2, 8, BLOCK_N))
+        t = tl.reduce(tl.reduce(t, 2, _max_nan), 0, _max_nan)
+    elif BLOCK_M % 16 == 0:
+        # rows (b, c, e, f) of i = 16 b + 8 c + 2 e + f: the max over c and f
+        t = tl.reshape(acc, (BLOCK_M // 16, 2, 4, 2, BLOCK_N))
+        t = tl.reduce(tl.reduce(t, 3, _max_nan), 1, _max_nan)
+    else:
+        t = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _max_nan)
+    return tl.reshape(t, (BLOCK_M // 4, BLOCK_N))
+
+
+@triton.jit
+def _out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, BLOCK_M: tl.constexpr,
+                SLABS: tl.constexpr):
+    """The output pixel (n, p, q) of each GEMM row m0 .. m0 + BLOCK_M - 1, and whether it
+    exists. With POOL the rows enumerate 2x2 windows, four rows per window (_pool_rows), so a
+    tile holds whole windows and the pooled output is a max over each window's rows."""
     if POOL:
         PHC = (OH + 1) // 2
         PWC = (OW + 1) // 2
-        win = offs_m // 4
-        sub = offs_m % 4
+        j, sub = _pool_rows(tl.arange(0, BLOCK_M), BLOCK_M, SLABS)
+        win = m0 // 4 + j
         pw = win % PWC
         t = win // PWC
         ph = t % PHC
@@ -111,6 +161,7 @@ def _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL: tl.constexpr):
         q = 2 * pw + sub % 2
         m_ok = (n < NB) & (p < OH) & (q < OW)
     else:
+        offs_m = m0 + tl.arange(0, BLOCK_M)
         q = offs_m % OW
         t = offs_m // OW
         p = t % OH
@@ -121,7 +172,7 @@ def _out_pixels(offs_m, NB, OH, OW, M_GEMM, POOL: tl.constexpr):
 
 @triton.jit
 def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.constexpr,
-                     BLOCK_M: tl.constexpr):
+                     BLOCK_M: tl.constexpr, SLABS: tl.constexpr):
     """_out_pixels of a tile's rows m0 .. m0 + BLOCK_M - 1. WIDE (the launcher's promise: the
     grid's rows, with POOL its rows of 2x2 windows, are at least as long as a tile) lets a tile
     run into the next row at most once: then only its first row's index is divided (scalars) and
@@ -132,7 +183,7 @@ def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.conste
         if POOL:
             W = (OW + 1) // 2
             H = (OH + 1) // 2
-            j = i // 4
+            j, sub = _pool_rows(i, BLOCK_M, SLABS)
             g0 = m0 // 4
         else:
             W = OW
@@ -148,15 +199,15 @@ def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.conste
         h = hh - tl.where(wrap_n, H, 0)
         n = r0 // H + wrap_n.to(tl.int32)
         if POOL:
-            p = 2 * h + (i % 4) // 2
-            q = 2 * c + i % 2
+            p = 2 * h + sub // 2
+            q = 2 * c + sub % 2
             m_ok = (n < NB) & (p < OH) & (q < OW)
         else:
             p = h
             q = c
             m_ok = (m0 + i) < M_GEMM
     else:
-        n, p, q, m_ok = _out_pixels(m0 + i, NB, OH, OW, M_GEMM, POOL)
+        n, p, q, m_ok = _out_pixels(m0, NB, OH, OW, M_GEMM, POOL, BLOCK_M, SLABS)
     return n, p, q, m_ok
 
 
@@ -189,7 +240,16 @@ def igemm_fwd_kernel(
 
     PHC = (OH + 1) // 2
     PWC = (OW + 1) // 2
-    n, p, q, m_ok = _tile_out_pixels(pid_m * BLOCK_M, NB, OH, OW, M_GEMM, POOL, WIDE, BLOCK_M)
+    # the fused pool's row order (_pool_rows) follows the wgmma accumulators' rows: Triton puts
+    # 4 warps along M, doubling them (up to all of the CTA's) while the tile is taller than 16
+    # rows a warp (AccelerateMatmul's warpsPerTileV3); their 16-row slabs repeat POOL_SLABS times
+    if _COMPILED:
+        WARPS: tl.constexpr = _num_warps()
+    else:
+        WARPS: tl.constexpr = 4
+    POOL_SLABS: tl.constexpr = BLOCK_M // (16 * (8 if WARPS >= 8 and BLOCK_M > 64 else 4))
+    n, p, q, m_ok = _tile_out_pixels(pid_m * BLOCK_M, NB, OH, OW, M_GEMM, POOL, WIDE, BLOCK_M,
+                                     POOL_SLABS)
     n64 = _offset_int(n, INT64)
     ih0 = p * STRIDE
     iw0 = q * STRIDE
@@ -304,7 +364,7 @@ def igemm_fwd_kernel(
         # one reduction whose max lets a NaN in the window win, as in F.max_pool2d. (First: with
         # the stores of y after it, Triton 3.6 compiles the 128x256 and 256x128 tiles without
         # the 16-64 B of spills it had with this last.)
-        pooled = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _max_nan)
+        pooled = _pool_max(acc, BLOCK_M, BLOCK_N, POOL_SLABS)
         offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
         pw2 = offs_w % PWC
         t2 = offs_w // PWC
@@ -461,8 +521,8 @@ def _wgrad_loop(
     b_d1, b_dh1, b_dw1, n_ok1, b_d2, b_dh2, b_dw2, n_ok2,
     NB, PH, PW, QB, RPAD,
     STRIDE: tl.constexpr, SHIFT_A: tl.constexpr, BOUNDS_A: tl.constexpr,
-    BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, SUB_N: tl.constexpr, INT64: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, SUB_N: tl.constexpr, ROW_SUBS: tl.constexpr,
+    INT64: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The pixel loop of one wgrad tile: acc (BLOCK_M, BLOCK_N) and, with DBIAS, the row sums of
@@ -535,7 +595,14 @@ def _wgrad_loop(
         if SUB_N == 3:
             b_ok1 = pix_ok[:, None] & n_ok1
             b_ok2 = pix_ok[:, None] & n_ok2
-        if BOUNDS_B:
+        if BOUNDS_B and ROW_SUBS:
+            # the sub-tiles are one kernel row's taps: one row test, columns one and two on
+            row_in = ((ph * SB)[:, None] + b_dh).to(tl.uint32, bitcast=True) < BH
+            iw = (pw * SB)[:, None] + b_dw
+            b_ok = b_ok & row_in & (iw.to(tl.uint32, bitcast=True) < BW)
+            b_ok1 = b_ok1 & row_in & ((iw + 1).to(tl.uint32, bitcast=True) < BW)
+            b_ok2 = b_ok2 & row_in & ((iw + 2).to(tl.uint32, bitcast=True) < BW)
+        elif BOUNDS_B:
             ih = ((ph * SB)[:, None] + b_dh).to(tl.uint32, bitcast=True)
             iw = ((pw * SB)[:, None] + b_dw).to(tl.uint32, bitcast=True)
             b_ok = b_ok & (ih < BH) & (iw < BW)
@@ -608,7 +675,16 @@ def igemm_wgrad_kernel(
     num_n = tl.cdiv(N_GEMM, SUB_N * BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
-    n_lo = pid_n * (SUB_N * BLOCK_N)
+    # B_L1's tiles (ROW_SUBS) are one kernel row's three taps, each sub-tile the same BLOCK_N of
+    # the tap's CB channels (prune_gemm: CB a multiple of BLOCK_N): tile (row, channel slice),
+    # sub-tiles CB columns apart, reading the same pixels a column apart; 9 x CB columns are
+    # whole tiles, so no column masks, and one row test serves the three (_wgrad_loop)
+    ROW_SUBS: tl.constexpr = B_L1 and SUB_N == 3 and not SHIFT_A and not FLAT_B
+    if ROW_SUBS:
+        slices = CB // BLOCK_N
+        n_lo = (pid_n // slices) * (3 * CB) + (pid_n % slices) * BLOCK_N
+    else:
+        n_lo = pid_n * (SUB_N * BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = n_lo + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M_GEMM
@@ -666,7 +742,11 @@ def igemm_wgrad_kernel(
         a_dh = 0
         a_dw = 0
     # the other sub-tiles (SUB_N == 3): their tap's shift, and their offset from the first's
-    if SUB_N == 3:
+    if ROW_SUBS:
+        n_ld = True
+        b_dh1, b_dw1, b_d1, n_ld1 = b_dh, b_dw + 1, b_sw, True
+        b_dh2, b_dw2, b_d2, n_ld2 = b_dh, b_dw + 2, 2 * b_sw, True
+    elif SUB_N == 3:
         b_dh1, b_dw1, b_d1, n_ld1 = _sub_tile(n_lo + BLOCK_N, n_lo, CB, KS, PAD, b_sh, b_sw,
                                               b_sc, N_GEMM, BLOCK_N)
         b_dh2, b_dw2, b_d2, n_ld2 = _sub_tile(n_lo + 2 * BLOCK_N, n_lo, CB, KS, PAD, b_sh, b_sw,
@@ -685,8 +765,8 @@ def igemm_wgrad_kernel(
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
                               b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
-                              (not SHIFT_A) and PAD > 0, True, SUB_N, INT64, DOT_F32, PRECISION,
-                              BLOCK_M, BLOCK_N, BLOCK_K)
+                              (not SHIFT_A) and PAD > 0, True, SUB_N, ROW_SUBS, INT64, DOT_F32,
+                              PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         dbm = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, db, 0.0), axis=1)
         tl.store(db_ptr + split * M_GEMM + offs_m, dbm, mask=m_ok)
     else:
@@ -695,12 +775,15 @@ def igemm_wgrad_kernel(
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
                               b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
-                              (not SHIFT_A) and PAD > 0, False, SUB_N, INT64, DOT_F32, PRECISION,
-                              BLOCK_M, BLOCK_N, BLOCK_K)
+                              (not SHIFT_A) and PAD > 0, False, SUB_N, ROW_SUBS, INT64, DOT_F32,
+                              PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     base = split.to(tl.int64) * M_GEMM * N_GEMM
     r_tile = r_ptr + base + offs_m[:, None] * N_GEMM + offs_n[None, :]
     tl.store(r_tile, acc, mask=m_ok[:, None] & n_ok[None, :])
-    if SUB_N == 3:
+    if ROW_SUBS:
+        tl.store(r_tile + CB, acc1, mask=m_ok[:, None])
+        tl.store(r_tile + 2 * CB, acc2, mask=m_ok[:, None])
+    elif SUB_N == 3:
         tl.store(r_tile + BLOCK_N, acc1, mask=m_ok[:, None] & n_ld1)
         tl.store(r_tile + 2 * BLOCK_N, acc2, mask=m_ok[:, None] & n_ld2)
 

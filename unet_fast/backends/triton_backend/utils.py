@@ -764,12 +764,13 @@ def prune_gemm(configs, named_args, **kwargs):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in admitted if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] \
                     or keep
-        # tiles of three taps' sub-tiles: the configs that can run them (B_L1's: sub-tiles of
-        # one tap each, whose pixels are the same a column apart)
+        # tiles of three taps' sub-tiles: the configs that can run them (B_L1's: a kernel row's
+        # taps, each sub-tile the same slice of the tap's channels, whose pixels are the same a
+        # column apart: the slices must divide the channels)
         keep = [c for c in keep if sub_tile_fits(c, sub_n, elt)] or \
             [c for c in admitted if sub_tile_fits(c, sub_n, elt)] or keep
         keep = [c for c in keep if not c.kwargs.get("B_L1")
-                or c.kwargs["BLOCK_N"] == int(named_args["CB"])] or keep
+                or int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or keep
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
