@@ -611,6 +611,58 @@ def test_weight_gradient_split_over_pixels(monkeypatch):
     assert splits and max(splits) > 1, splits
 
 
+def test_weight_gradient_with_a_short_last_slice(monkeypatch):
+    """Slices of K longer than an even share and a short last one (utils.wgrad_chunk's choice
+    where the rounds of CTAs would leave SMs idle): the same gradients, against float64."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 512)
+    # the longest chunks that keep the slice count: the last slice as short as it gets
+    monkeypatch.setattr(t_utils, "wgrad_chunk",
+                        lambda tiles, k, sms, split, pairs: k if split == 1
+                        else (k - 1) // (split - 1))
+    seen = []
+    real = igemm.igemm_wgrad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                k_tot, chunk = args[23], args[24]      # (K_TOT, CHUNK)
+                seen.append((k_tot, chunk))
+                return real[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
+    check_triton("conv3x3_relu", [make((2, 4, 34, 34), "channels_last"),
+                                  make((6, 4, 3, 3), scale=0.3), make((6,)), 0])
+    # a launch split in slices whose last is shorter than the others
+    assert any(k_tot > chunk and k_tot % chunk and k_tot % chunk < chunk // 2
+               for k_tot, chunk in seen), seen
+
+
+def test_wgrad_chunk_fills_the_last_round():
+    """utils.wgrad_chunk: CTAs start in launch order on the SM that frees first
+    (utils.list_makespan), so slices longer than an even share and a short last one fill the
+    last round of CTAs that even slices leave part-empty; the slice count stays."""
+    chunk, span = t_utils.wgrad_chunk, t_utils.list_makespan
+    assert span(((3, 5), (1, 2)), 2) == 10 and span(((2, 5), (2, 2)), 2) == 7
+    # 144 tiles of 113 steps in 3 slices on 132 SMs (+1 step a CTA to fill its pipeline), a
+    # tile too large for two CTAs an SM: 45 + 45 + 23 steps, at most 140 on an SM, where equal
+    # thirds (38) take four rounds (156); and with twice the tiles (a smaller config) it gains too
+    assert chunk(144, 113, 132, 3, pairs=False) == 45
+    assert span(((288, 46), (144, 24)), 132) == 140 and span(((432, 39),), 132) == 156
+    assert span(((576, 46), (288, 24)), 132) < span(((864, 39),), 132)
+    # ... but where two CTAs may share an SM (twice the slots, each twice as long) the long
+    # slices would leave the last round's SMs waiting: equal slices
+    assert span(((288, 92), (144, 48)), 264) > span(((432, 78),), 264)
+    assert chunk(144, 113, 132, 3, pairs=True) == 38
+    # equal slices where they fill whole rounds, or where every CTA runs at once
+    assert chunk(132, 100, 132, 2) == 50
+    assert chunk(3, 5000, 132, 44) == 114 and chunk(10, 100, 132, 1) == 100
+    for tiles, k, s in ((144, 113, 3), (288, 98, 2), (144, 366, 6), (7, 1000, 40)):
+        for pairs in (False, True):
+            c = chunk(tiles, k, 132, s, pairs)
+            assert -(-k // c) == s and c >= -(-k // s), (tiles, k, s, c)
+
+
 def test_wgrad_split_weighs_rounds_against_partial_bytes():
     """utils.wgrad_split on 132 SMs, K steps of 64 pixels: the busiest SM's rounds x (steps a
     slice + 1) against what each further slice's fp32 partials cost at the DRAM bandwidth (one

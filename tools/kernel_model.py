@@ -22,7 +22,8 @@ launch's grid, a ceiling is predicted for every launch:
     per tile:           iterations x max(the three) + the code outside the mainloop (issued
                         once) + one pipeline fill latency; with k CTAs per SM (occupancy) they
                         overlap: that / k, but at least the tile's total on the busiest resource
-    per launch:         the busiest SM's tiles (ceil(CTAs / SMs)) x the tile's time, no faster
+    per launch:         the busiest SM's tiles (ceil(CTAs / SMs); a weight gradient's shorter
+                        last slice: CTAs to the SM that frees first) x the tile's time, no faster
                         than its unique DRAM bytes at the measured copy bandwidth, plus an
                         inter-kernel gap.
 
@@ -665,8 +666,10 @@ def _igemm_wgrad_work(l, c):
     dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
     if c.get("MASK_B"):
         dram += _tbytes(_arg(l, "mb_ptr"))
+    # (the last slice takes the rest of K: shorter where igemm_wgrad front-loads the slices)
     return dict(flops=2 * m * n * p_tot, iters=math.ceil(chunk / bk), tile_bytes=tile_bytes,
-                dram=dram, pass_="wgrad", mma=True, l1=l1)
+                dram=dram, pass_="wgrad", mma=True, l1=l1,
+                iters_last=math.ceil((k_tot - (split - 1) * chunk) / bk))
 
 
 def _pool_fwd_work(l, c):
@@ -754,19 +757,29 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         l2 = tile_bytes / m.l2_bytes_per_clk_sm
         per_iter = max(tensor, issue, l2)
         bound = ("tensor" if per_iter == tensor else "issue" if per_iter == issue else "L2")
-        # The busiest SM runs ceil(CTAs / SMs) tiles. Alone on an SM (occupancy 1) a tile runs
+        # Alone on an SM (occupancy 1) a tile runs
         # its mainloop, then its epilogue (the code outside the loop), then fills the next
         # pipeline, one after the other. With `occ` tiles co-resident, one's epilogue and fill
         # run while another's mainloop runs: a tile then costs its serial time over the tiles in
         # flight, but never less than its demand on the SM's busiest resource (tensor cores,
         # issue slots, L2 bandwidth), which the co-resident tiles share.
-        per_sm = math.ceil(ctas / m.sms)
         outside = sass["outside"] * issue_per_sub
-        serial = w["iters"] * per_iter + outside + m.fill_latency_clk
-        per_cta = max(serial / occ, w["iters"] * tensor, w["iters"] * issue + outside,
-                      w["iters"] * l2)
+
+        def cta_cycles(iters):
+            serial = iters * per_iter + outside + m.fill_latency_clk
+            return max(serial / occ, iters * tensor, iters * issue + outside, iters * l2)
+        per_cta = cta_cycles(w["iters"])
+        # A weight gradient's last slice of K (its grid's last row of CTAs, launched last) may
+        # be shorter: the CTAs go to whichever SM frees first (utils.list_makespan); otherwise
+        # the busiest SM runs ceil(CTAs / SMs) tiles.
+        last = w.get("iters_last")
+        if last is not None and grid[1] > 1 and last != w["iters"]:
+            busiest = _utils().list_makespan(((ctas - grid[0], per_cta),
+                                              (grid[0], cta_cycles(last))), m.sms)
+        else:
+            busiest = math.ceil(ctas / m.sms) * per_cta
         waves = math.ceil(ctas / (m.sms * occ))
-        compute_s = per_sm * per_cta / clk
+        compute_s = busiest / clk
         t = max(compute_s, dram_s)
         if dram_s > compute_s:
             bound = "DRAM"
@@ -934,7 +947,9 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         "  CTAs share an SM, one's epilogue and fill overlap another's mainloop: a tile costs that serial",
         "  time / k, but no less than its demand on the SM's busiest resource (tensor cycles, issue cycles",
         "  with the epilogue's, L2 cycles), which co-resident tiles share. The busiest SM runs",
-        f"  ceil(CTAs / SMs) tiles; {m.launch_gap_s * 1e6:.0f} us between dependent kernels; never faster than",
+        "  ceil(CTAs / SMs) tiles (where a weight gradient's last slice of K is shorter, its CTAs,",
+        "  launched last, go to the SM that frees first: utils.list_makespan);",
+        f"  {m.launch_gap_s * 1e6:.0f} us between dependent kernels; never faster than",
         "  the launch's unique bytes at the DRAM bandwidth.",
         "- Memory-bound kernels: their bytes at the DRAM bandwidth, or their instruction issue if that",
         "  is longer. PyTorch (aten) kernels the step launches are taken at their DRAM roofline.",

@@ -926,10 +926,11 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     # tiles then have more waves, never fewer.
     if sub_n == 1:
         mine = utils.launch_configs(configs, **kind) or configs
-        big = max(mine, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]).kwargs
+        big_cfg = max(mine, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
     else:  # the widest sub-tiles that hold one tap's channels (utils.prune_gemm keeps those)
-        big = max([c for c in subs if c.kwargs["BLOCK_N"] > 32] or subs,
-                  key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"])).kwargs
+        big_cfg = max([c for c in subs if c.kwargs["BLOCK_N"] > 32] or subs,
+                      key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"]))
+    big = big_cfg.kwargs
     tiles = triton.cdiv(m_gemm, big["BLOCK_M"]) * triton.cdiv(n_gemm, sub_n * big["BLOCK_N"])
     align = max(c.kwargs["BLOCK_K"] for c in configs)
     # The K order of _wgrad_loop: bands of qb columns, each band's nb*ph rows padded to whole
@@ -937,9 +938,13 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     qb = utils.band_width(pw, configs)
     rpad = triton.cdiv(nb * ph, align // qb) * (align // qb)
     k_tot = triton.cdiv(pw, qb) * rpad * qb
-    split = utils.wgrad_split(tiles, triton.cdiv(k_tot, align), utils.num_sms(a.device),
-                             step_pixels=align)
-    chunk = triton.cdiv(triton.cdiv(k_tot, split), align) * align
+    k_steps, sms = triton.cdiv(k_tot, align), utils.num_sms(a.device)
+    split = utils.wgrad_split(tiles, k_steps, sms, step_pixels=align)
+    # (slices of equal K-steps, or longer ones and a short last one where that fills the rounds;
+    # two CTAs of the largest tile an SM unless their shared memory rules it out)
+    pairs = 2 * (utils._smem_estimate(big_cfg, a.element_size(), sub_n) + 1024) \
+        <= utils.SMEM_PER_SM
+    chunk = utils.wgrad_chunk(tiles, k_steps, sms, split, pairs) * align
     split = triton.cdiv(k_tot, chunk)
     r = torch.empty((split, m_gemm, n_gemm), device=a.device, dtype=torch.float32)
     db = torch.empty((split, m_gemm if dbias else 1), device=a.device, dtype=torch.float32)

@@ -363,6 +363,56 @@ def wgrad_split(tiles: int, k_steps: int, sms: int, max_split: int = 1 << 30,
     return min(range(1, most + 1), key=lambda s: (cost(s), s))
 
 
+def list_makespan(groups, machines: int):
+    """When the last of `machines` finishes jobs started in order, each on the machine that frees
+    first (how the GPU hands CTAs to SMs): `groups` are (count, length) in launch order. The
+    machines' finishing times take few distinct values, so groups of identical jobs are placed
+    a batch at a time."""
+    free = {0: machines}                      # finishing time -> machines
+    for count, length in groups:
+        while count > 0:
+            t = min(free)
+            k = free.pop(t)
+            n = min(k, count)
+            count -= n
+            if k > n:
+                free[t] = k - n
+            free[t + length] = free.get(t + length, 0) + n
+    return max(free)
+
+
+@functools.lru_cache(maxsize=4096)
+def wgrad_chunk(tiles: int, k_steps: int, sms: int, split: int, pairs: bool = True) -> int:
+    """K-steps of each of a weight gradient's `split` slices (wgrad_split) but the last, which
+    takes the rest. The GPU starts the CTAs in launch order (every tile's first slice, then the
+    second, ...) on whichever SM frees first (list_makespan; each CTA also fills its pipeline,
+    a step), so where tiles x split CTAs leave the last round part-empty, longer slices and a
+    short last one fill it: 144 tiles of 113 steps in 3 slices on 132 SMs take 45 + 45 + 23
+    steps, the busiest SM 140 steps where three of 38 take four rounds, 156. The launcher
+    counts the tiles of its largest config before the autotuner has chosen one, so the chunk
+    must not lose against even slices for twice the tiles (a smaller tile) either, nor, unless
+    the largest tile's shared memory rules it out (`pairs`), with two CTAs an SM (twice the
+    slots, each CTA twice as long): of the chunks that lose in none of these, the one with the
+    least worst ratio to even slices (the shortest of equals: even slices where nothing gains).
+    At most 65 candidates."""
+    lo = cdiv(k_steps, split)
+    if split == 1:
+        return lo
+    hi = (k_steps - 1) // (split - 1)          # the last slice keeps at least one step
+    step = max(1, (hi - lo) // 64)
+    cases = [(tiles, sms, 1), (2 * tiles, sms, 1), (2 * tiles, 2 * sms, 2)]
+    if pairs:
+        cases.append((tiles, 2 * sms, 2))
+
+    def makespan(c, t, slots, stretch):
+        return list_makespan(((t * (split - 1), stretch * (c + 1)),
+                              (t, stretch * (k_steps - (split - 1) * c + 1))), slots)
+
+    def worst(c):
+        return max(makespan(c, *case) / makespan(lo, *case) for case in cases)
+    return min(range(lo, max(lo, hi) + 1, step), key=lambda c: (worst(c), c))
+
+
 def k_align() -> int:
     """Channel counts that are a multiple of this take the per-tap K path with every config."""
     return max(c.kwargs["BLOCK_K"] for c in igemm_configs())
@@ -486,6 +536,10 @@ def smem_limit(device: torch.device):
     if device.type == "cuda":
         return _device_limits(_cuda_index(device))[1]
     return None
+
+
+# Shared memory of an SM on Hopper (a CTA may take 227 KiB of it; 1 KiB a CTA is reserved)
+SMEM_PER_SM = 228 * 1024
 
 
 def _smem_estimate(c, elt: int, sub_n: int = 1) -> int:
