@@ -65,12 +65,38 @@ def test_half_precision_gpu(case, dtype):
     check_triton(case, GPU_CASES[case](), dtype=dtype)
 
 
-_L1_CONFIGS = []
+_L1_CONFIGS, _POOL_CONFIGS = [], []
 try:
     from unet_fast.backends.triton_backend import utils as _t_utils
     _L1_CONFIGS = [c for c in _t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
+    # every 16-bit config a padded 3x3 forward with the pool epilogue may run on Hopper
+    _POOL_CONFIGS = _t_utils.launch_configs(
+        _t_utils.IGEMM_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
+        narrow=False, wgrad=False, pool=True, ks=3)
 except ImportError:   # (no triton: every test here is skipped anyway)
     pass
+
+
+def _cfg_id(c):
+    return (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
+            f"w{c.num_warps}s{c.num_stages}" + ("L1" if c.kwargs.get("A_L1") else ""))
+
+
+@pytest.mark.parametrize("cfg", _POOL_CONFIGS, ids=[_cfg_id(c) for c in _POOL_CONFIGS])
+def test_pool_row_orders_gpu(monkeypatch, cfg):
+    """The fused pool's row order follows the compiled accumulators' rows (igemm._pool_rows,
+    from the config's warps): each config the pool epilogue may run, compiled and forced, gives
+    pooled == max_pool2d(y) exactly and the op's parity in bf16 (128 channels: every tile width
+    fits; rows of windows shorter and longer than a tile)."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    for shape in ((2, 128, 23, 27), (1, 128, 12, 530)):
+        args = [make(shape, "channels_last"), make((128, 128, 3, 3), scale=0.03), make((128,)), 1]
+        y, pooled = check("conv3x3_relu_pool", args, backend="triton", grad_layout="nchw",
+                          dtype=torch.bfloat16).outs
+        assert_within("pooled == max_pool2d(y) exactly", pooled, F.max_pool2d(y, 2, 2), 0)
+        assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
 @pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[
