@@ -739,6 +739,13 @@ def test_launches_get_only_configs_that_fit_the_registers(monkeypatch):
     assert any(c.maxnreg for c in skip), skip
     assert any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128
                for c in pick(n=512, POOL=True))
+    # the transposed conv's 2x2 scatter: no register cap (and on sm_80 no narrow tile, below)
+    scatter = t_utils.launch_configs(cfgs, dtype=torch.bfloat16, precision="ieee", arch=90,
+                                     narrow=False, wgrad=False, upscatter=True)
+    assert scatter and not any(c.maxnreg for c in scatter), scatter
+    assert not any(c.kwargs["BLOCK_N"] < 64 for c in t_utils.launch_configs(
+        cfgs, dtype=torch.bfloat16, precision="ieee", arch=80, narrow=False, wgrad=False,
+        upscatter=True))
     monkeypatch.setattr(t_utils, "device_arch", lambda device: 80)
     for sm80 in (pick(), pick(n=64), pick(n=512)):
         assert sm80 and all(acc(c) <= 64 and not c.maxnreg for c in sm80), sm80

@@ -20,8 +20,8 @@ binaries for different shapes and layouts:
   n/h/w strides divisible by 16, channel strides the constant 1 (NHWC), every other integer plain.
 - `runtime`: what the launcher gives Triton for the default U-Net (`UNet()`: 1 input channel,
   2 classes, 64..1024 channels, 572x572 valid input) on channels_last data: every specializable
-  integer divisible by 16 except where those shapes make it 1 (channel strides, CO_UP outside
-  the transposed conv, the first layer's single input channel) or not a multiple of 16 (the
+  integer divisible by 16 except where those shapes make it 1 (channel strides, the first
+  layer's single input channel) or not a multiple of 16 (the
   first layer's and the 2-class head's channel counts and strides). Each variant lists these.
 - `runtime NCHW`: the same on NCHW data: w strides 1, channel strides (H*W) and h strides (W,
   e.g. 570) not multiples of 16, n strides (C*H*W) are.
@@ -77,7 +77,7 @@ def _variants():
     import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
                 SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False,
-                INT64=False, WIDE=False)
+                INT64=False, WIDE=False, CO_UP=1)
     conv = dict(base, KS=3)
     dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
     # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
@@ -133,9 +133,10 @@ def _variants():
         ("conv1x1 dgrad (2-class head: C_in not a multiple of 64)",
          dict(base, KS=1, PAD=0, RELU=False, HAS_BIAS=False, FLAT_K=True, RELU_IN=True),
          ("bf16", "fp32"), _BASE, head_dgrad),
+        # (CO_UP, the output channels, is a constant: 128, up.2's; the others differ in shifts)
         ("conv_transpose2x2 fwd (into concat slice)",
-         dict(base, KS=1, PAD=0, RELU=False, BOUNDS=False, UPSCATTER=True), ALL_DTYPES, _ALL,
-         w_dgrad),
+         dict(base, KS=1, PAD=0, RELU=False, BOUNDS=False, UPSCATTER=True, CO_UP=128),
+         ALL_DTYPES, _ALL, w_dgrad),
         ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False, BOUNDS=False,
                                          HAS_BIAS=False, RELU_IN=True), ALL_DTYPES, _ALL, w_fwd),
     ]
@@ -160,8 +161,6 @@ def _variants():
     ]
     out = []
     for label, c, d, specs, rt in fwd:
-        if not c["UPSCATTER"]:  # CO_UP = max(up_channels, 1) = 1: Triton's constant 1
-            rt = dict(rt, one=tuple(rt.get("one", ())) + ("CO_UP",))
         out.append(("igemm.igemm_fwd_kernel", label, c, True, d, specs, rt))
     out += [("igemm.igemm_wgrad_kernel", label, c, True, d, specs, rt)
             for label, c, d, specs, rt in wgrad]
@@ -404,7 +403,8 @@ def jobs(subset: bool):
                             int64=consts.get("INT64", False),
                             relu_in=consts.get("RELU_IN", False), sub_n=sub,
                             ks=consts.get("KS", 1), flat_k=consts.get("FLAT_K", False),
-                            bounds=consts.get("BOUNDS", True))
+                            bounds=consts.get("BOUNDS", True),
+                            upscatter=consts.get("UPSCATTER", False))
                         cfgs = [configs.index(c) for c in mine]
                     elif "onek" in path:
                         cfgs = [configs.index(c) for c in utils.onek_launch_configs(configs, tdt)]
@@ -506,9 +506,9 @@ def write_table(rows, path, only=None):
         "divisible by 16, channel strides 1, other integers plain). `runtime`: what Triton's",
         "launcher specializes for the default `UNet()` (1 input channel, 2 classes, 64..1024",
         "channels, 572x572 valid) on channels_last data: every integer not in the kernel's",
-        "`do_not_specialize` is divisible by 16 (channel counts, GEMM widths, CO_UP, CHUNK, strides)",
-        "except where those shapes make it 1 or not a multiple of 16: CO_UP = 1 outside the",
-        "transposed conv; the first layer's one input channel (the `runtime` rows of `C_in not a",
+        "`do_not_specialize` is divisible by 16 (channel counts, GEMM widths, CHUNK, strides)",
+        "except where those shapes make it 1 or not a multiple of 16: the first layer's one",
+        "input channel (the `runtime` rows of `C_in not a",
         "multiple of 64` and of `first layer (C_in = 1)`); the 2-class head (the conv1x1 rows).",
         "`runtime NCHW`: the same on NCHW data, where w strides are 1 and channel (H*W) and h (W)",
         "strides are in general not multiples of 16. Each variant's runtime exceptions are listed",

@@ -222,7 +222,8 @@ def igemm_fwd_kernel(
     pool_ptr, q_sn, q_sh, q_sw, q_sc,
     skip_ptr, k_sn, k_sh, k_sw, k_sc, SKH, SKW, SK_T, SK_L,  # SKIP: out's (SKH, SKW) crop at (SK_T, SK_L)
     x_ptr, x_sn, x_sh, x_sw, x_sc,                      # RELU_IN: the input whose ReLU masks out
-    NB, OH, OW, M_GEMM, N_GEMM, CO_UP, M_BUCKET, LAYOUT,  # M_BUCKET, LAYOUT: autotune key only
+    NB, OH, OW, M_GEMM, N_GEMM, M_BUCKET, LAYOUT,       # M_BUCKET, LAYOUT: autotune key only
+    CO_UP: tl.constexpr,   # UPSCATTER: the output channels (a constant: the scatter's divisions)
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     SKIP: tl.constexpr,
@@ -832,9 +833,9 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             po, *utils.nhwc_strides(po),
             sk, *utils.nhwc_strides(sk), sk.shape[2], sk.shape[3], sk_t, sk_l,
             xi, *utils.nhwc_strides(xi),
-            nb, oh, ow, m_gemm, n_gemm, max(up_channels, 1), utils.m_bucket(m_gemm),
+            nb, oh, ow, m_gemm, n_gemm, utils.m_bucket(m_gemm),
             utils.layout_key(a, out, po, sk, xi),
-            KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
+            CO_UP=max(up_channels, 1), KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
             UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k, WIDE=wide,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),

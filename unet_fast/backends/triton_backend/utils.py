@@ -673,7 +673,7 @@ def gathers_elementwise(named_args, wgrad: bool) -> bool:
 
 def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
                    int64: bool = False, fp16_relu_in: bool = False, relu_in: bool = False,
-                   bounds: bool = True) -> bool:
+                   bounds: bool = True, upscatter: bool = False) -> bool:
     """Whether a forward/dgrad config from the 16-bit or TF32 list compiles without register
     spills for such a launch (what tools/triton_aot.py reads off every compile, cuobjdump's local
     memory and stack frame, with Triton 3.6 and 3.8):
@@ -684,10 +684,14 @@ def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
       with the cropped skip (SKIP, the valid U-Net's encoder) and K steps of 32, which spills
       nothing; without SKIP that one spills 8-24 B on sm_90;
     - A_L1 (twice the copies) under the register cap: only the valid forward without the pool
-      (with the pool and SKIP, the window's bounds or the dgrad's ReLU mask, 8-24 B)."""
+      (with the pool and SKIP, the window's bounds or the dgrad's ReLU mask, 8-24 B);
+    - the transposed conv's 2x2 scatter (UPSCATTER, its channel count a constant): no register
+      cap, and on sm_80 no tile under 64 columns (8 B each)."""
     bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
     acc = bm * bn // (32 * c.num_warps)
     if (arch < 90 or int64 or fp16_relu_in) and (acc > 64 or c.maxnreg):
+        return False
+    if upscatter and (c.maxnreg or (arch < 90 and bn < 64)):
         return False
     if c.kwargs.get("A_L1") and c.maxnreg and (pool or bounds or relu_in):
         return False
@@ -732,7 +736,7 @@ def use_sub_tiles(dtype: torch.dtype, precision: str, arch: int, narrow: bool) -
 def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, narrow: bool,
                    wgrad: bool, pool: bool = False, skip: bool = False, int64: bool = False,
                    relu_in: bool = False, sub_n: int = 1, ks: int = 1, flat_k: bool = False,
-                   bounds: bool = True):
+                   bounds: bool = True, upscatter: bool = False):
     """The configs a GEMM launch of this kind may run, before its shape is looked at: those of
     its list (gemm_list) that fit the registers (fits_registers; for the weight gradient,
     sub_tile_fits and wgrad_fits_registers), and those that gather A through the L1 (A_L1) only
@@ -741,12 +745,13 @@ def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, na
     variant, so its table covers every config the autotuner can pick. Cached: the weight
     gradient's launcher asks on every launch."""
     return list(_launch_configs(tuple(configs), dtype, precision, arch, narrow, wgrad, pool,
-                                skip, int64, relu_in, sub_n, ks == 3 and not flat_k, bounds))
+                                skip, int64, relu_in, sub_n, ks == 3 and not flat_k, bounds,
+                                upscatter))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, int64, relu_in,
-                    sub_n, taps_reuse, bounds):
+                    sub_n, taps_reuse, bounds, upscatter):
     keep = _of_list(configs, gemm_list(dtype, precision=precision, narrow=narrow, wgrad=wgrad),
                     _GEMM_LISTS)
     if not taps_reuse:
@@ -767,7 +772,7 @@ def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, 
             return True  # (every narrow tile spill-free)
         return fits_registers(c, arch=arch, pool=pool, skip=skip, int64=int64,
                               fp16_relu_in=relu_in and dtype == torch.float16,
-                              relu_in=relu_in, bounds=bounds)
+                              relu_in=relu_in, bounds=bounds, upscatter=upscatter)
     return tuple(c for c in keep if fits(c))
 
 
@@ -801,7 +806,8 @@ def prune_gemm(configs, named_args, **kwargs):
         pool=kwargs.get("POOL", False), skip=kwargs.get("SKIP", False),
         int64=kwargs.get("INT64", False), relu_in=kwargs.get("RELU_IN", False),
         sub_n=sub_n, ks=kwargs.get("KS", 1), flat_k=kwargs.get("FLAT_K", False),
-        bounds=kwargs.get("BOUNDS", True)) or list(configs)
+        bounds=kwargs.get("BOUNDS", True), upscatter=kwargs.get("UPSCATTER", False)) \
+        or list(configs)
     if wgrad:
         # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
         # narrow tile, so its output gradient (the wide operand) is read once
