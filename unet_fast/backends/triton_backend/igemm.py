@@ -64,7 +64,6 @@ _COMPILED = tl.constexpr(not utils.INTERPRET)
 # Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
-
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
             "WIDE",
             "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
