@@ -942,8 +942,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     split = utils.wgrad_split(tiles, k_steps, sms, step_pixels=align)
     # (slices of equal K-steps, or longer ones and a short last one where that fills the rounds;
     # two CTAs of the largest tile an SM unless their shared memory rules it out)
-    pairs = 2 * (utils._smem_estimate(big_cfg, a.element_size(), sub_n) + 1024) \
-        <= utils.SMEM_PER_SM
+    pairs = utils.smem_ctas(big_cfg, a.element_size(), sub_n) >= 2
     chunk = utils.wgrad_chunk(tiles, k_steps, sms, split, pairs) * align
     split = triton.cdiv(k_tot, chunk)
     r = torch.empty((split, m_gemm, n_gemm), device=a.device, dtype=torch.float32)

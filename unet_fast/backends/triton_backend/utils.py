@@ -550,6 +550,12 @@ def _smem_estimate(c, elt: int, sub_n: int = 1) -> int:
     return c.num_stages * (bm * bk + sub_n * bk * bn) * elt
 
 
+def smem_ctas(c, elt: int, sub_n: int = 1) -> int:
+    """CTAs of config c an SM's shared memory holds (_smem_estimate, 1 KiB reserved each), 1 or
+    2 (the registers of the large tiles allow no more; the cost estimate counts no more)."""
+    return max(1, min(2, SMEM_PER_SM // (_smem_estimate(c, elt, sub_n) + 1024)))
+
+
 def sub_tile_fits(c, sub_n: int, elt: int | None = None) -> bool:
     """Whether a wgrad config may run with `sub_n` column sub-tiles (igemm_wgrad_kernel SUB_N) on
     operands of `elt` bytes: the accumulators of all of them at most 96 fp32 registers a thread
@@ -631,7 +637,7 @@ def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
     bm, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]
     bn = c.kwargs["BLOCK_N"] * sub_n
     tiles = cdiv(m, bm) * cdiv(n, bn) * split
-    occ = max(1, min(2, 232448 // max(_smem_estimate(c, elt, sub_n), 1)))
+    occ = smem_ctas(c, elt, sub_n)
     a_share = b_share = 1.0
     if c.kwargs.get("A_L1"):
         a_share = l1_reuse(bm, bk, elt, ow or m, ks, pool,
@@ -824,13 +830,11 @@ def prune_gemm(configs, named_args, **kwargs):
                 keep = [c for c in keep if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or \
                     [c for c in admitted if int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] \
                     or keep
-        # tiles of three taps' sub-tiles: the configs that can run them (B_L1's: a kernel row's
-        # taps, each sub-tile the same slice of the tap's channels, whose pixels are the same a
-        # column apart: the slices must divide the channels)
+        # tiles of three taps' sub-tiles: the configs that can run them (B_L1's sub-tiles, a
+        # kernel row's taps of one slice of the tap's channels, need the slice to divide the
+        # channels: the filter above)
         keep = [c for c in keep if sub_tile_fits(c, sub_n, elt)] or \
             [c for c in admitted if sub_tile_fits(c, sub_n, elt)] or keep
-        keep = [c for c in keep if not c.kwargs.get("B_L1")
-                or int(named_args["CB"]) % c.kwargs["BLOCK_N"] == 0] or keep
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
