@@ -53,6 +53,9 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 MODEL_MODES = ("train", "infer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_BOUND_OPS = ("max_pool2x2", "crop_concat")
+# The model's fused ops: each does the work of unfused ones also listed, so sums over a step's
+# layers count the unfused ones only.
+FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu")
 LEVELS = ("quick", "default", "full")
 
 
@@ -120,7 +123,9 @@ def derive_layers(cfg: ModelConfig, batch: int) -> list[LayerSpec]:
     Runs the reference U-Net on the meta device with hooks: conv modules give conv3x3_relu /
     conv1x1 / conv_transpose2x2 (and, for each encoder level's second conv, the fused
     conv3x3_relu_pool); each pooling gives max_pool2x2; each decoder step gives crop_concat and
-    the fused up_concat (transposed conv written into the concat buffer)."""
+    the fused up_concat (transposed conv written into the concat buffer), and the fused
+    concat_conv3x3_relu (the first decoder conv reading the cropped skip and the up-sampled map in
+    place, as the model calls it: the skip already cropped)."""
     with torch.device("meta"):
         model = cfg.build_reference()
         x = torch.empty(batch, cfg.in_channels, cfg.size, cfg.size)
@@ -156,6 +161,11 @@ def derive_layers(cfg: ModelConfig, batch: int) -> list[LayerSpec]:
         ws = tuple(mod.up.weight.shape)
         raw.append(("up_concat", name + ".up+cat", (("skip", tuple(skip.shape)), ("x", tuple(xin.shape)),
                                                      ("weight", ws), ("bias", (ws[1],))), None, True))
+        cw = tuple(mod.conv[0].weight.shape)
+        cropped = tuple(skip.shape[:2]) + up_shape[2:]
+        raw.append(("concat_conv3x3_relu", name + ".cat+conv.0",
+                    (("skip", cropped), ("up", up_shape), ("weight", cw), ("bias", (cw[0],))),
+                    mod.conv[0].padding[0], True))
 
     for mod in model.modules():
         if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -208,6 +218,8 @@ def reference_fn(spec: LayerSpec) -> Callable:
         "conv_transpose2x2": lambda: (lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2)),
         "conv1x1": lambda: (lambda x, w, b: F.conv2d(x, w, b)),
         "up_concat": lambda: _ref_up_concat,
+        "concat_conv3x3_relu": lambda: (lambda s, u, w, b: _ref_conv3x3_relu(spec.padding)(
+            _ref_crop_concat(s, u), w, b)),
     }[spec.op]()
 
 

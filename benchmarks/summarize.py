@@ -21,6 +21,9 @@ import json
 import os
 import sys
 
+# the fused ops (harness.FUSED_OPS): sums over a step count the unfused ones they repeat
+FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu")
+
 PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt")
 LABELS = {"eager": "eager NCHW", "eager_cl": "eager CL", "compile": "compile",
           "compile_max": "compile max-autotune", "triton": "triton", "cuda": "cuda", "auto": "auto",
@@ -184,7 +187,7 @@ def layer_table(rows_by_key):
         comp = min([x for x in (t(row, "compile"), t(row, "compile_max")) if x] or [None]) if row else None
         frac = row[ours_p].get("frac_peak") if ours_p else None
         kind = "copy" if (row.get(ours_p or "", {}) or {}).get("bound") == "memory" else "bf16"
-        n_uses = len((uses or layer or "").split(",")) if op not in ("conv3x3_relu_pool", "up_concat") else 0
+        n_uses = len((uses or layer or "").split(",")) if op not in FUSED_OPS else 0
         for p in PROVIDERS:
             if p in row and n_uses:
                 total[p] += n_uses * row[p]["median_ms"]
@@ -193,7 +196,7 @@ def layer_table(rows_by_key):
             f"{ours_p}: {fmt_ratio(ratio(base_t, ours_t))}" if ours_p else "—",
             fmt_ratio(ratio(comp, ours_t)), fmt_ratio(ratio(base_t, t(row, "auto"))),
             f"{fmt_pct(frac)} {kind}" if frac else "—"])
-    n_layers = sum(1 for (l, op, s, u) in rows_by_key if op not in ("conv3x3_relu_pool", "up_concat"))
+    n_layers = sum(1 for (l, op, s, u) in rows_by_key if op not in FUSED_OPS)
     tot_row = ["Σ unfused ops × uses", "", ""] + [
         (fmt_ms(total[p]) + ("" if counted[p] == n_layers else f" ({counted[p]}/{n_layers})")) if counted[p] else "—"
         for p in PROVIDERS] + ["", "", "", ""]

@@ -16,7 +16,7 @@ from harness import CPU_MODEL, CPU_SAME, CPU_VALID, TOY_VALID
 
 pytestmark = pytest.mark.bench_tier(1)
 OPS = ("conv3x3_relu", "conv3x3_relu_pool", "max_pool2x2", "crop_concat", "conv_transpose2x2",
-       "up_concat", "conv1x1")
+       "up_concat", "concat_conv3x3_relu", "conv1x1")
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def _kernel_specs():
     specs = [(harness.config_id(CPU_VALID, 1), s) for s in harness.derive_layers(CPU_VALID, 1)]
     # "same": the crop is the identity; only the concat ops differ in kind
     specs += [(harness.config_id(CPU_SAME, 1), s) for s in harness.derive_layers(CPU_SAME, 1)
-              if s.op in ("crop_concat", "up_concat")]
+              if s.op in ("crop_concat", "up_concat", "concat_conv3x3_relu")]
     return specs
 
 

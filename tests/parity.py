@@ -140,7 +140,8 @@ def cast(t, dtype):
 def op_args(op, n, cin, cout, h, w, padding=0, layout="nchw", dtype=torch.float32, device=DEVICE):
     """The arguments of `op` for an input of (n, cin, h, w) and `cout` output channels, weights
     scaled to keep outputs near 1; the skip of crop_concat is (n, cout, h + 3, w + 2), that of
-    up_concat (n, cout + 1, 2h + 3, 2w + 2): odd crop offsets."""
+    up_concat (n, cout + 1, 2h + 3, 2w + 2), of concat_conv3x3_relu (n, cin, h + 3, w + 2): odd
+    crop offsets."""
     def t(*shape, scale=1.0, lay="nchw"):
         return make(shape, lay, dtype, device, scale)
 
@@ -158,6 +159,9 @@ def op_args(op, n, cin, cout, h, w, padding=0, layout="nchw", dtype=torch.float3
                 t(cout))
     if op == "conv1x1":
         return (x, t(cout, cin, 1, 1, scale=cin ** -0.5), t(cout))
+    if op == "concat_conv3x3_relu":   # skip (n, cin, h + 3, w + 2): odd crop offsets
+        return (t(n, cin, h + 3, w + 2, lay=layout), x,
+                t(cout, 2 * cin, 3, 3, scale=1 / (3 * (2 * cin) ** 0.5)), t(cout), padding)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -181,9 +185,11 @@ REFERENCE = {
     "up_concat": lambda s, x, w, b: torch.cat(
         [center_crop(s, 2 * x.shape[-2], 2 * x.shape[-1]), F.conv_transpose2d(x, w, b, stride=2)], 1),
     "conv1x1": lambda x, w, b: F.conv2d(x, w, b),
+    "concat_conv3x3_relu": lambda s, u, w, b, p: F.relu(F.conv2d(
+        torch.cat([center_crop(s, *u.shape[-2:]), u], 1), w, b, padding=p)),
 }
 EXACT_OPS = ("max_pool2x2", "crop_concat")  # they move values: no arithmetic, no rounding
-FORMAT_ARG = {"crop_concat": 1, "up_concat": 1}  # the argument whose memory format the output keeps
+FORMAT_ARG = {"crop_concat": 1, "up_concat": 1, "concat_conv3x3_relu": 1}  # the argument whose memory format the output keeps
 
 # ---------------------------------------------------------------- tolerances (docs/design.md, section 4)
 F32_RTOL = 1e-5   # float32 against float64, of the reference's scale

@@ -153,7 +153,10 @@ def test_layer_shapes_are_derived_from_the_model():
         uses[s.op] = uses.get(s.op, 0) + len(s.uses)
     # docs/design.md, section 1: 23 convolutions (18 3x3, 4 transposed 2x2, one 1x1), 4 pools, 4 concats
     assert uses == {"conv3x3_relu": 18, "conv3x3_relu_pool": 4, "max_pool2x2": 4, "crop_concat": 4,
-                    "up_concat": 4, "conv_transpose2x2": 4, "conv1x1": 1}
+                    "up_concat": 4, "concat_conv3x3_relu": 4, "conv_transpose2x2": 4, "conv1x1": 1}
+    fused = next(s for s in specs if s.op == "concat_conv3x3_relu" and s.layer == "up.3.cat+conv.0")
+    assert fused.shape("skip") == fused.shape("up") == (8, 64, 392, 392)
+    assert fused.shape("weight") == (64, 128, 3, 3) and fused.padding == 0
     first = specs[0]
     assert first.op == "conv3x3_relu" and first.shape("x") == (8, 1, 572, 572) and not first.input_grad
     cat = next(s for s in specs if s.op == "crop_concat" and s.layer == "up.3.cat")
@@ -164,7 +167,7 @@ def test_layer_shapes_are_derived_from_the_model():
     assert shared.uses == ("down.0.2", "up.3.conv.2") and shared.padding == 1
     # the unfused ops' FLOPs add up to the model's (both counted by torch.utils.flop_counter)
     toy = h.derive_layers(h.TOY_VALID, 2)
-    unfused = [s for s in toy if s.op not in ("conv3x3_relu_pool", "up_concat")]
+    unfused = [s for s in toy if s.op not in h.FUSED_OPS]
     for mode, mmode in (("fwd", "infer"), ("fwd+bwd", "train")):
         total = sum(len(s.uses) * h.layer_flops(s, mode) for s in unfused)
         assert total == h.model_flops(h.TOY_VALID, 2, mmode)

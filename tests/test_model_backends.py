@@ -254,31 +254,63 @@ def test_conv3x3_relu_pool_with_the_skip_cropped(backend, use, layout):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_each_skip_is_freed_once_its_decoder_level_has_read_it(backend, monkeypatch):
-    """The skips are the largest tensors alive between the encoder and the decoder: each is freed
-    (nothing refers to it) as soon as its up-step has copied it into the concat buffer, not when
-    the forward returns. (The valid U-Net's cropped skips are tensors of their own on our
-    kernels: freeing them is memory back.)"""
+    """The skips are the largest tensors alive between the encoder and the decoder: in inference
+    each is freed (nothing refers to it) as soon as its decoder level has read it, not when the
+    forward returns. (The valid U-Net's cropped skips are tensors of their own on our kernels:
+    freeing them is memory back.)"""
     if AVAILABLE[backend] is not None:
         pytest.skip(f"{backend}: {AVAILABLE[backend]}")
     import weakref
     from unet_fast import ops
     alive, seen = [], []
-    encode, up_concat = ops.conv3x3_relu_pool, ops.up_concat
+    encode, concat_conv = ops.conv3x3_relu_pool, ops.concat_conv3x3_relu
 
     def pool_spy(*args, **kwargs):
         skip, pooled = encode(*args, **kwargs)
         alive.append(weakref.ref(skip))
         return skip, pooled
 
-    def up_spy(skip, *args, **kwargs):
+    def concat_spy(skip, *args, **kwargs):
         # every skip of a deeper level than this one's is gone already
         seen.append(sum(r() is not None for r in alive))
-        return up_concat(skip, *args, **kwargs)
+        return concat_conv(skip, *args, **kwargs)
 
     monkeypatch.setattr(ops, "conv3x3_relu_pool", pool_spy)
-    monkeypatch.setattr(ops, "up_concat", up_spy)
+    monkeypatch.setattr(ops, "concat_conv3x3_relu", concat_spy)
     torch.manual_seed(0)
     model = uf.UNet(1, 2, base_channels=4, depth=3, backend=backend).to(DEVICE)
-    model(torch.randn(1, 1, 92, 92, device=DEVICE)).sum().backward()
-    assert seen == [3, 2, 1]       # (the one passed to this up-step, and the shallower ones)
+    with torch.no_grad():
+        model(torch.randn(1, 1, 92, 92, device=DEVICE))
+    assert seen == [3, 2, 1]       # (the one passed to this level, and the shallower ones)
     assert all(r() is None for r in alive)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_training_keeps_no_concat_buffer(padding, monkeypatch):
+    """With the Triton kernels the decoder's first conv reads the concat's halves in place: what
+    autograd keeps for its backward is the skip and the up-sampled map themselves, never a buffer
+    of both (a tensor with the concat's channels). Channels in whole K-tiles (64), as the U-Net's."""
+    if AVAILABLE["triton"] is not None:
+        pytest.skip(f"triton: {AVAILABLE['triton']}")
+    from unet_fast import ops
+    skips, ups, saved, cat_shape = [], [], [], []
+    concat_conv = ops.concat_conv3x3_relu
+
+    def concat_spy(skip, up, *args, **kwargs):
+        skips.append(skip.untyped_storage().data_ptr())
+        ups.append(up.untyped_storage().data_ptr())
+        cat_shape.append((up.shape[0], skip.shape[1] + up.shape[1]) + tuple(up.shape[2:]))
+        return concat_conv(skip, up, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "concat_conv3x3_relu", concat_spy)
+    torch.manual_seed(0)
+    model = uf.UNet(1, 2, base_channels=64, depth=1, padding=padding, backend="triton").to(DEVICE)
+    size = 20 if padding == "valid" else 8
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append((t.shape, t.untyped_storage().data_ptr())) or t, lambda t: t):
+        y = model(torch.randn(1, 1, size, size, device=DEVICE))
+    y.sum().backward()
+    kept = {p for _, p in saved}
+    assert len(skips) == 1 and skips[0] in kept and ups[0] in kept
+    assert not any(tuple(shape) == cat_shape[0] for shape, _ in saved), \
+        [shape for shape, _ in saved]

@@ -179,6 +179,83 @@ def test_up_concat(skip_hw, layout, bias):
     check_triton("up_concat", [skip, x, wt, b])
 
 
+# ---------------------------------------------------------------- the decoder's concat + conv3x3
+CONCAT_CASES = [  # (C per half, skip (H, W), layout, padding, bias); up is 9x10
+    (64, (9, 10), "channels_last", 0, True),    # the model's case: both halves read in place
+    (64, (9, 10), "nchw", 1, False),            # ... on NCHW strides
+    (64, (12, 11), "channels_last", 1, True),   # a skip still to crop: the concat materialized
+    (5, (9, 10), "channels_last", 1, True),     # halves not in whole K-tiles: materialized
+]
+
+
+def _count_copies(monkeypatch):
+    copies = []
+    real = t_crop.crop_copy
+    monkeypatch.setattr(t_crop, "crop_copy", lambda *a: copies.append(a[0].shape) or real(*a))
+    return copies
+
+
+@pytest.mark.parametrize("c,skip_hw,layout,padding,bias", CONCAT_CASES)
+def test_concat_conv3x3_relu(monkeypatch, c, skip_hw, layout, padding, bias):
+    """conv3x3_relu(crop_concat(skip, up)) against float64, forward and every gradient; where
+    skip and up are laid out alike in whole K-tiles (CAT), with no copy into a concat buffer."""
+    copies = _count_copies(monkeypatch)
+    up = make((2, c, 9, 10), layout)
+    skip = make((2, c) + skip_hw, layout)
+    wt = make((8, 2 * c, 3, 3), scale=1 / (3 * (2 * c) ** 0.5))
+    check_triton("concat_conv3x3_relu", [skip, up, wt, make((8,)) if bias else None, padding])
+    in_place = c % 64 == 0 and skip_hw == (9, 10)
+    assert (copies == []) == in_place, copies
+
+
+def test_concat_conv3x3_relu_nan_and_bf16():
+    """A NaN in either half reaches the outputs it touches as in PyTorch (whose cat + conv the
+    oracle is); bf16 within twice PyTorch's own error."""
+    up = make((2, 64, 6, 7), "channels_last")
+    skip = make((2, 64, 6, 7), "channels_last")
+    with torch.no_grad():
+        skip[0, 3, 2, 2] = float("nan")
+        up[1, 60, 4, 5] = float("nan")
+    wt = make((16, 128, 3, 3), scale=0.03)
+    out = uf.ops.concat_conv3x3_relu(skip, up, wt, None, 1, backend="triton")
+    ref = REFERENCE["concat_conv3x3_relu"](skip, up, wt, None, 1)
+    assert torch.equal(out.isnan(), ref.isnan())
+    check_triton("concat_conv3x3_relu", [make((2, 64, 6, 7), "channels_last"),
+                                         make((2, 64, 6, 7), "channels_last"), wt, make((16,)), 0],
+                 dtype=torch.bfloat16, grad_layout="channels_last")
+
+
+def test_concat_wgrad_b_l1(monkeypatch):
+    """The concat's weight gradient in B_L1's three-tap tiles (the decoder's 64-channel level:
+    a tile's slice of channels lies in one half, its base picked once per tile)."""
+    launches = _force_wgrad_config(monkeypatch, _B_L1_CONFIGS[0])
+    half = lambda: make((2, 64, 7, 37), "channels_last")  # noqa: E731
+    check_triton("concat_conv3x3_relu", [half(), half(), make((32, 128, 3, 3), scale=0.05),
+                                         make((32,)), 1],
+                 dtype=torch.bfloat16, grad_layout="channels_last")
+    assert (3, True) in [(kw["SUB_N"], kw["CAT"]) for kw in launches]
+
+
+def _force_wgrad_config(monkeypatch, cfg):
+    """Every weight gradient runs config `cfg` (the launcher's tiling too); returns the list
+    that each launch's constexpr keywords are appended to."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(t_utils, "wgrad_configs", lambda: [cfg])
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "cache", {})
+    launches = []
+    real = igemm.igemm_wgrad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append(kw)
+                return real[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
+    return launches
+
+
 @pytest.mark.parametrize("n,ci,co,h,w,layout,bias", [
     (3, 5, 2, 13, 11, "nchw", True),
     (3, 17, 3, 17, 23, "channels_last", True),
@@ -626,7 +703,8 @@ def test_weight_gradient_with_a_short_last_slice(monkeypatch):
     class Spy:
         def __getitem__(self, grid):
             def launch(*args, **kw):
-                k_tot, chunk = args[23], args[24]      # (K_TOT, CHUNK)
+                names = real.fn.arg_names
+                k_tot, chunk = args[names.index("K_TOT")], args[names.index("CHUNK")]
                 seen.append((k_tot, chunk))
                 return real[grid](*args, **kw)
             return launch
@@ -870,6 +948,21 @@ def test_l1_gather_configs_compute_the_convolution(monkeypatch, cfg, op, padding
         assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
+@pytest.mark.parametrize("cfg", _L1_CONFIGS[:2], ids=[
+    f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
+    for c in _L1_CONFIGS[:2]])
+def test_l1_gather_of_the_concat(monkeypatch, cfg):
+    """A_L1's taps-inner order picks the concat's half where the channel chunk changes (CAT):
+    the halves of 64 channels are two and one chunks of these configs."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    half = lambda: make((2, 64, 9, 11), "channels_last")  # noqa: E731
+    check_triton("concat_conv3x3_relu", [half(), half(), make((16, 128, 3, 3), scale=0.05),
+                                         make((16,)), 1])
+    assert igemm.igemm_fwd_kernel.best_config is cfg
+
+
 def test_l1_gather_only_where_taps_share_pixels(monkeypatch):
     """A_L1 configs are offered to 3x3 windows whose K-tiles lie in one tap (not to the 1x1 or
     2x2 GEMMs, nor the first layer's flattened K); prune_gemm ranks them by the L2 bytes they
@@ -911,25 +1004,14 @@ def test_l1_wgrad_config_computes_the_weight_gradient(monkeypatch, padding, chan
     through the interpreter against float64."""
     from unet_fast.backends.triton_backend import igemm
     cfg = _B_L1_CONFIGS[0]
-    monkeypatch.setattr(t_utils, "wgrad_configs", lambda: [cfg])   # (the launcher's tiling)
-    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "configs", [cfg])
-    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "cache", {})
-    subs = []
     real = igemm.igemm_wgrad_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                subs.append(kw["SUB_N"])
-                return real[grid](*args, **kw)
-            return launch
-    monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
+    launches = _force_wgrad_config(monkeypatch, cfg)
     x = make((2, channels, 9, 37), "channels_last")
     # (bf16: the config is in the 16-bit list, which the launcher draws three-tap tiles from)
     # (NHWC and channels in multiples of 16: the operands in 16-byte vectors, as on a GPU)
     check_triton("conv3x3_relu", [x, make((32, channels, 3, 3), scale=0.1), make((32,)), padding],
                  dtype=torch.bfloat16, grad_layout="channels_last")
-    assert 3 in subs
+    assert 3 in [kw["SUB_N"] for kw in launches]
     assert real.best_config is cfg
 
 

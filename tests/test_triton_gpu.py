@@ -37,11 +37,19 @@ GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial size
     "up_concat": lambda: [make((2, 128, 33, 29), "channels_last"), make((2, 256, 13, 11), "channels_last"),
                           make((256, 128, 2, 2), scale=0.05), make((128,))],
     "conv1x1": lambda: [make((2, 64, 37, 41), "channels_last"), make((2, 64, 1, 1), scale=0.1), make((2,))],
+    # the decoder's first conv: the concat's two halves read in place (CAT), 64 channels each
+    # (the three-tap B_L1 weight gradient) and 128 (one-tap tiles in one half)
+    "concat_conv3x3_relu": lambda: [make((2, 64, 34, 30), "channels_last"),
+                                    make((2, 64, 34, 30), "channels_last"),
+                                    make((64, 128, 3, 3), scale=0.03), make((64,)), 1],
+    "concat_conv3x3_relu_wide": lambda: [make((2, 128, 26, 22), "channels_last"),
+                                         make((2, 128, 26, 22), "channels_last"),
+                                         make((128, 256, 3, 3), scale=0.02), make((128,)), 0],
 }
 
 
 def _op_name(case):
-    return case.split("_first")[0]
+    return case.split("_first")[0].removesuffix("_wide")
 
 
 def check_triton(case, args, **kw):

@@ -615,6 +615,8 @@ def _igemm_fwd_work(l, c):
     l1 = (dict(kind="window", bm=bm, bk=bk, elt=elt, ow=_arg(l, "OW"), ks=ks,
                pool=bool(c.get("POOL")), bytes=bm * bk * elt) if c.get("A_L1") else None)
     dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
+    if c.get("CAT"):   # the concat's second half, read in place
+        dram += _tbytes(_arg(l, "a2_ptr"))
     if c.get("POOL"):
         dram += _tbytes(_arg(l, "pool_ptr"))
     if c.get("SKIP"):   # the cropped skip, a second store
@@ -664,6 +666,8 @@ def _igemm_wgrad_work(l, c):
                bytes=sub * bk * bn * elt)
           if c.get("B_L1") and _arg(l, "CB") % bn == 0 and not c.get("SHIFT_A") else None)
     dram = _tbytes(a) + _tbytes(_arg(l, "b_ptr")) + split * m * n * 4
+    if c.get("CAT"):   # the concat's second half, read in place
+        dram += _tbytes(_arg(l, "b2_ptr"))
     if c.get("MASK_B"):
         dram += _tbytes(_arg(l, "mb_ptr"))
     # (the last slice takes the rest of K: shorter where igemm_wgrad front-loads the slices)

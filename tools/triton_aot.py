@@ -77,7 +77,7 @@ def _variants():
     import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
                 SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False,
-                INT64=False, WIDE=False, CO_UP=1)
+                INT64=False, WIDE=False, CO_UP=1, CAT=False)
     conv = dict(base, KS=3)
     dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
     # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
@@ -110,6 +110,10 @@ def _variants():
          ("bf16",), ("runtime",), w_dgrad),
         ("conv3x3_relu fwd, C_in not a multiple of 64", dict(conv, FLAT_K=True), ("bf16",),
          _BASE, first),
+        # the decoder's first conv: the concat of skip and up-sampled map read in place
+        ("concat conv3x3_relu fwd (CAT)", dict(conv, CAT=True), ALL_DTYPES, _BASE, w_fwd),
+        ("concat conv3x3_relu fwd, valid (CAT, PAD=0)", dict(conv, CAT=True, PAD=0, BOUNDS=False),
+         ("bf16",), _BASE, w_fwd),
         ("conv3x3 dgrad", dgrad, ALL_DTYPES, _ALL, w_dgrad),
         ("conv3x3 dgrad, ReLU input (RELU_IN)", dict(dgrad, RELU_IN=True), ALL_DTYPES, _ALL,
          w_dgrad),
@@ -141,7 +145,7 @@ def _variants():
                                          HAS_BIAS=False, RELU_IN=True), ALL_DTYPES, _ALL, w_fwd),
     ]
     wg = dict(KS=3, STRIDE=1, PAD=1, SHIFT_A=False, FLAT_A=False, FLAT_B=False, SUB_N=1,
-              DBIAS=True, INT64=False, DOT_F32=False)
+              DBIAS=True, INT64=False, DOT_F32=False, CAT=False)
     wgrad = [
         ("conv3x3 wgrad + dbias", wg, ALL_DTYPES, _ALL, {}),
         ("conv3x3 wgrad + dbias, valid (PAD=0)", dict(wg, PAD=0), ("bf16",), _BASE, {}),
@@ -149,6 +153,9 @@ def _variants():
          dict(wg, SUB_N=3), ALL_DTYPES, _ALL, {}),
         ("conv3x3 wgrad + dbias, SUB_N=3, valid (PAD=0)", dict(wg, SUB_N=3, PAD=0), ("bf16",),
          _BASE, {}),
+        ("concat conv3x3 wgrad + dbias (CAT)", dict(wg, CAT=True), ALL_DTYPES, _BASE, {}),
+        ("concat conv3x3 wgrad + dbias, SUB_N=3 (CAT: B_L1 tiles only), valid",
+         dict(wg, CAT=True, SUB_N=3, PAD=0), ("bf16",), _BASE, {}),
         ("conv3x3 wgrad + dbias, first layer (C_in = 1)", dict(wg, PAD=0, FLAT_B=True),
          ("bf16", "fp32"), ("runtime",), dict(one=("CB", "b_sw"), odd=("b_sh",))),
         ("conv3x3 wgrad + dbias, TF32 off (IEEE fp32)", dict(wg, PRECISION="ieee"), ("fp32",),
@@ -405,6 +412,8 @@ def jobs(subset: bool):
                             ks=consts.get("KS", 1), flat_k=consts.get("FLAT_K", False),
                             bounds=consts.get("BOUNDS", True),
                             upscatter=consts.get("UPSCATTER", False))
+                        if consts.get("CAT"):   # (the concat: tiles in one of its halves)
+                            mine = [c for c in mine if utils.cat_fits(c, 1 << 20, sub)]
                         cfgs = [configs.index(c) for c in mine]
                     elif "onek" in path:
                         cfgs = [configs.index(c) for c in utils.onek_launch_configs(configs, tdt)]

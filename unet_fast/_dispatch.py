@@ -40,6 +40,8 @@ OPS = (
     "conv3x3_relu_pool",   # (x, weight, bias, padding, relu_input, skip_h, skip_w)
                            #   -> (y or its center crop (skip_h, skip_w), max_pool2x2(y))
     "up_concat",           # (skip, x, weight, bias, relu_input) -> crop_concat(skip, conv_transpose2x2(x, ...))
+    "concat_conv3x3_relu", # (skip, up, weight, bias, padding, grad_masked)
+                           #   -> conv3x3_relu(crop_concat(skip, up), weight, bias, padding, False, grad_masked)
 )
 # The two flags are the model's internal ReLU-gradient contract (docs/design.md, "Backward"):
 # relu_input=True: x is a ReLU output, and the op returns dx already multiplied by (x > 0);

@@ -5,8 +5,9 @@ ops of `unet_fast.ops`:
 - contracting path: per level, conv3x3+ReLU twice; the second also writes the 2x2 max-pooled map
   from its epilogue (`conv3x3_relu_pool`), and its full output is the skip;
 - bottleneck: conv3x3+ReLU twice;
-- expanding path: per level, the 2x2 up-convolution written straight into the concat buffer beside
-  the center-cropped skip (`up_concat`, no torch.cat), then conv3x3+ReLU twice;
+- expanding path: per level, the 2x2 up-convolution, then conv3x3+ReLU over the concat of the
+  center-cropped skip and the up-sampled map (`concat_conv3x3_relu`: the Triton kernels read the
+  two halves where they lie, no concat buffer), then conv3x3+ReLU;
 - head: the 1x1 convolution.
 
 Every op after the first layer reads a ReLU output, so the model uses the ops' internal
@@ -63,8 +64,8 @@ class UNet(reference.UNet):
             for i, level in enumerate(self.down):                   # contracting path
                 skip, x = self._step(self._encode, f"down.{i}", level, x, skip_hw=crops[i])
                 skips.append(skip)
-            del skip  # (each skip is freed once its up-step has copied it into the concat: the
-            #            list gives them up one by one, and no name here keeps the deepest)
+            del skip  # (no name here keeps the deepest skip alive: the list gives them up one
+            #            by one, each to its decoder step)
             x = self._step(self._bottleneck, "bottleneck", self.bottleneck, x)
             for i, level in enumerate(self.up):                     # expanding path
                 x = self._step(self._decode, f"up.{i}", level, x, skips.pop())
@@ -88,12 +89,15 @@ class UNet(reference.UNet):
         return self._conv(f"{name}.2", block[2], x, relu_input=True, grad_masked=True)
 
     def _decode(self, name, level, x, skip):
-        """up-conv 2x2 into the concat buffer beside the cropped skip, conv3x3+ReLU twice. (The
-        concat is not a ReLU output as a whole: the first conv leaves its gradient unmasked.)"""
+        """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), conv3x3+ReLU. (The concat is
+        not a ReLU output as a whole: the first conv leaves its gradient unmasked; the skip's
+        half is masked by the encoder's pool backward.)"""
         with _dispatch.layer(f"{name}.up"):
-            x = ops.up_concat(skip, x, level.up.weight, level.up.bias, backend=self._backend,
-                              _relu_input=True)
-        x = self._conv(f"{name}.conv.0", level.conv[0], x, relu_input=False, grad_masked=True)
+            up = ops.conv_transpose2x2(x, level.up.weight, level.up.bias, backend=self._backend,
+                                       _relu_input=True)
+        with _dispatch.layer(f"{name}.conv.0"):
+            x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
+                                        self._pad, backend=self._backend, _grad_masked=True)
         return self._conv(f"{name}.conv.2", level.conv[2], x, relu_input=True, grad_masked=True)
 
     def _head(self, name, conv, x):

@@ -19,7 +19,7 @@ from . import _dispatch
 from ._utils import is_channels_last
 
 __all__ = ["conv3x3_relu", "max_pool2x2", "crop_concat", "conv_transpose2x2", "conv1x1",
-           "conv3x3_relu_pool", "up_concat"]
+           "conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -254,6 +254,34 @@ def _up_concat_unfused(skip, x, weight, bias, relu_input, *, backend):
 # promotes like torch.cat (never silently lowering the skip's precision).
 _dispatch.register_decomposition("up_concat", _up_concat_unfused,
                                  when=lambda skip, x, *rest: skip.dtype != x.dtype)
+
+
+def concat_conv3x3_relu(skip, up, weight, bias=None, padding: int = 0, *,
+                        backend: Optional[str] = None, _grad_masked: bool = False):
+    """conv3x3_relu(crop_concat(skip, up), weight, bias, padding): the decoder's first conv,
+    whose Triton kernels read the concat's two halves in place (no concat buffer is written or
+    kept for the backward) when skip is already cropped to up's size and laid out like it."""
+    _check_tensor(skip, "skip")
+    _check_tensor(up, "up")
+    if skip.device != up.device:
+        raise ValueError(f"skip is on {skip.device} but up is on {up.device}; move them to one "
+                         "device")
+    _check_crop_shapes(skip.shape, up.shape)
+    _check_tensor(weight, "weight")
+    if weight.shape[2:] != (3, 3) or weight.shape[1] != skip.shape[1] + up.shape[1]:
+        raise ValueError(f"weight must have shape (C_out, {skip.shape[1] + up.shape[1]}, 3, 3) "
+                         f"for the concat of skip ({skip.shape[1]} channels) and up "
+                         f"({up.shape[1]}), got {tuple(weight.shape)}")
+    _check_bias(bias, weight.shape[0])
+    _check_padding(padding)
+    _check_same({"up": up, "skip": skip, "weight": weight, "bias": bias})
+    h, w = up.shape[-2:]
+    if padding == 0 and (h < 3 or w < 3):
+        raise ValueError(f"up is {h}x{w}; an unpadded 3x3 convolution needs at least 3x3")
+    up, weight, bias = _autocast(up, weight, bias)
+    skip = _autocast(skip)[0]
+    return _dispatch.run("concat_conv3x3_relu", (skip, up, weight, bias, padding,
+                                                 bool(_grad_masked)), backend)
 
 
 def conv1x1(x, weight, bias=None, *, backend: Optional[str] = None, _relu_input: bool = False):

@@ -246,7 +246,28 @@ def extension_path():
     return None if _LOAD_ERROR is not None else _EXT["path"]
 
 
+# Ops this backend runs as others of its own: (op, args) -> [(op, args)] of the parts.
+def _concat_parts(skip, up, weight, bias, padding, grad_masked=False):
+    # the concat's stand-in for the conv's checks: its shape, dtype and device, no memory
+    cat = up.new_empty(1).as_strided((up.shape[0], skip.shape[1] + up.shape[1]) + up.shape[2:],
+                                     (0, 0, 0, 0))
+    return [("crop_concat", (skip, up)), ("conv3x3_relu", (cat, weight, bias, padding, False,
+                                                           grad_masked))]
+
+
+_COMPOSITES = {"concat_conv3x3_relu": _concat_parts}
+
+
 def _supports(op: str):
+    if op in _COMPOSITES:
+        def composite(*args):
+            for part, part_args in _COMPOSITES[op](*args):
+                reason = _supports(part)(*part_args)
+                if reason is not None:
+                    return reason
+            return None
+        return composite
+
     def supports(*args):
         t = args[0]
         if not has_kernel(op, t.device.type):
@@ -276,6 +297,9 @@ def _atomic_wgrad(op: str):
     """The hand-written CUDA kernels' weight gradients sum split-K partials with fp32 atomics (the
     CUTLASS path's in a fixed order)."""
     def nondeterministic(args) -> bool:
+        if op in _COMPOSITES:
+            return any(_atomic_wgrad(part)(part_args) for part, part_args in _COMPOSITES[op](*args)
+                       if part in cuda_ops.ATOMIC_WGRAD and needs_grad(args))
         return args[0].is_cuda and needs_grad(args) and not (op in _CUTLASS_OPS and _cutlass_wanted(args))
     return nondeterministic
 
@@ -291,7 +315,8 @@ def _register_impls() -> None:
         register_impl(_op, "cuda", _fn, _supports(_op),
                       nondeterministic=_atomic_wgrad(_op) if _op in cuda_ops.ATOMIC_WGRAD else None)
         for _dev in ("cpu", "cuda"):
-            has_kernel(_op, _dev)
+            if _op not in _COMPOSITES:
+                has_kernel(_op, _dev)
 
 
 register_backend("cuda", lambda: _LOAD_ERROR, on_use=_on_use)

@@ -283,6 +283,12 @@ def up_concat(skip, x, weight, bias, relu_input_=False):
     return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias)
 
 
+def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
+    # (no kernel here reads the concat's two halves in place: it is materialized, one copy of
+    # each; the Triton backend's reads them where they lie)
+    return conv3x3_relu(_ops.crop_concat(skip, up), weight, bias, padding, False, grad_masked)
+
+
 def conv1x1(x, weight, bias, relu_input_=False):
     return _ops.conv1x1(relu_input(x, relu_input_), weight, bias)
 
@@ -294,9 +300,11 @@ IMPLS = {
     "crop_concat": _ops.crop_concat,
     "conv_transpose2x2": conv_transpose2x2,
     "up_concat": up_concat,
+    "concat_conv3x3_relu": concat_conv3x3_relu,
     "conv1x1": conv1x1,
 }
 # Ops whose CUDA backward reduces the weight gradient with fp32 atomics (split-K): not
 # deterministic when gradients are computed (the dispatch layer's `nondeterministic`). The CUTLASS
 # path of the 3x3 convolutions sums its split-K partials in a fixed order: deterministic.
-ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat", "conv1x1"}
+ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat",
+                "concat_conv3x3_relu", "conv1x1"}

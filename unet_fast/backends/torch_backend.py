@@ -45,10 +45,14 @@ def up_concat(skip, x, weight, bias, relu_input_=False):
     return crop_concat(skip, conv_transpose2x2(x, weight, bias, relu_input_))
 
 
+def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
+    return conv3x3_relu(crop_concat(skip, up), weight, bias, padding)
+
+
 def conv1x1(x, weight, bias, relu_input_=False):
     return F.conv2d(relu_input(x, relu_input_), weight, bias)
 
 
 for _op in ("conv3x3_relu", "conv3x3_relu_pool", "max_pool2x2", "crop_concat",
-            "conv_transpose2x2", "up_concat", "conv1x1"):
+            "conv_transpose2x2", "up_concat", "concat_conv3x3_relu", "conv1x1"):
     register_impl(_op, "torch", globals()[_op])

@@ -71,6 +71,7 @@ _IMPLS = {
     "crop_concat": crop_concat.impl,
     "conv_transpose2x2": conv_transpose.impl,
     "up_concat": conv_transpose.impl_up_concat,
+    "concat_conv3x3_relu": conv3x3_relu.impl_concat,
     "conv1x1": conv1x1.impl,
 }
 

@@ -27,7 +27,8 @@ import torch
 from ..._utils import nonfinite_weight_on_cpu
 from .. import torch_backend
 from . import utils
-from .igemm import igemm_fwd, igemm_wgrad
+from . import crop_concat as _crop_concat
+from .igemm import cat_ok, igemm_fwd, igemm_wgrad
 from .max_pool import _relu_pool_backward
 
 
@@ -74,6 +75,16 @@ def conv3x3_relu_forward(x, weight, bias, padding, pool: bool = False, skip_hw=N
     return (y, pooled) if pool else y
 
 
+def concat_conv3x3_relu_forward(skip, up, weight, bias, padding):
+    """y = relu(conv(cat([skip, up], 1))) with the concat read in place (cat_ok(skip, up))."""
+    nb, _, h, w = up.shape
+    oh, ow = _out_hw(h, w, padding)
+    y = utils.empty_like_format((nb, weight.shape[0], oh, ow), up)
+    igemm_fwd(skip, _weight_fwd(weight), y, grid_hw=(oh, ow), ks=3, stride=1, pad=padding,
+              sign=1, bias=bias, relu=True, a2=up)
+    return y
+
+
 def conv3x3_dgrad(g, weight, padding, x_relu=None):
     """dx from the masked output gradient g; times (x_relu > 0) when given."""
     nb, _, oh, ow = g.shape
@@ -85,10 +96,11 @@ def conv3x3_dgrad(g, weight, padding, x_relu=None):
     return dx
 
 
-def conv3x3_wgrad(x, g, padding):
-    ci, co = x.shape[1], g.shape[1]
+def conv3x3_wgrad(x, g, padding, x2=None):
+    """(dW, db); with `x2` the input is cat([x, x2], 1), read in place."""
+    ci, co = x.shape[1] + (0 if x2 is None else x2.shape[1]), g.shape[1]
     r, db = igemm_wgrad(g, x, grid_hw=tuple(g.shape[-2:]), ks=3, stride=1, pad=padding,
-                        shift_a=False, dbias=True, out_dtype=x.dtype)
+                        shift_a=False, dbias=True, out_dtype=x.dtype, b2=x2)
     # R[co, (kh, kw, ci)] is the weight gradient in channels_last order: a view, no copy
     return r.view(co, 3, 3, ci).permute(0, 3, 1, 2), db
 
@@ -170,6 +182,34 @@ def _(x, g, padding):
     return dw, x.new_empty((co,))
 
 
+@torch.library.custom_op("unet_fast_triton::concat_conv3x3_relu", mutates_args=())
+def concat_conv3x3_relu(skip: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
+                        bias: Optional[torch.Tensor], padding: int,
+                        grad_masked: bool) -> torch.Tensor:
+    """conv3x3_relu(cat([skip, up], 1)) for cat_ok(skip, up): the decoder's first conv, reading
+    the concat's halves where they lie (no concat buffer, written or saved)."""
+    return concat_conv3x3_relu_forward(skip, up, weight, bias, padding)
+
+
+@concat_conv3x3_relu.register_fake
+def _(skip, up, weight, bias, padding, grad_masked):
+    oh, ow = _out_hw(up.shape[2], up.shape[3], padding)
+    return utils.empty_like_format((up.shape[0], weight.shape[0], oh, ow), up)
+
+
+@torch.library.custom_op("unet_fast_triton::_concat_conv3x3_relu_wgrad", mutates_args=())
+def _concat_conv3x3_relu_wgrad(skip: torch.Tensor, up: torch.Tensor, g: torch.Tensor,
+                               padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv3x3_wgrad(skip, g, padding, up)
+
+
+@_concat_conv3x3_relu_wgrad.register_fake
+def _(skip, up, g, padding):
+    ci, co = skip.shape[1] + up.shape[1], g.shape[1]
+    dw = skip.new_empty((co, 3, 3, ci)).permute(0, 3, 1, 2)
+    return dw, skip.new_empty((co,))
+
+
 # ---------------------------------------------------------------- autograd
 def _setup(ctx, inputs, output):
     x, weight, bias, padding, relu_input = inputs[:5]
@@ -220,7 +260,32 @@ def _backward_pool_crop(ctx, dskip, dpool, _dy):
     return _grads(ctx, g, x, weight) + (None, None)
 
 
+def _setup_concat(ctx, inputs, output):
+    skip, up, weight, bias, padding, grad_masked = inputs
+    ctx.save_for_backward(skip, up, weight, output)
+    ctx.padding = padding
+    ctx.grad_masked = grad_masked
+    ctx.has_bias = bias is not None
+
+
+def _backward_concat(ctx, dy):
+    """dgrad into one buffer of the concat's channels, handed back as its two channel slices
+    (views: the skip's reaches the encoder's pool backward, up's the transposed conv's backward,
+    both of which read strided gradients); wgrad reads skip and up in place."""
+    skip, up, weight, y = ctx.saved_tensors
+    g = dy if ctx.grad_masked else mask_grad(dy, y)
+    dskip = dup = dw = db = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        dcat = _conv3x3_relu_dgrad(g, weight, None, ctx.padding)
+        cs = skip.shape[1]
+        dskip, dup = dcat[:, :cs], dcat[:, cs:]
+    if ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3]):
+        dw, db = _concat_conv3x3_relu_wgrad(skip, up, g, ctx.padding)
+    return dskip, dup, dw, (db if ctx.has_bias else None), None, None
+
+
 conv3x3_relu.register_autograd(_backward, setup_context=_setup)
+concat_conv3x3_relu.register_autograd(_backward_concat, setup_context=_setup_concat)
 conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
 conv3x3_relu_pool_crop.register_autograd(_backward_pool_crop, setup_context=_setup_crop)
 
@@ -241,3 +306,12 @@ def impl_pool(x, weight, bias, padding, relu_input=False, skip_h=0, skip_w=0):
                                                  int(skip_h), int(skip_w))
         return skip, pooled
     return conv3x3_relu_pool(x, weight, bias, int(padding), bool(relu_input))
+
+
+def impl_concat(skip, up, weight, bias, padding, grad_masked=False):
+    if nonfinite_weight_on_cpu(weight):
+        return torch_backend.concat_conv3x3_relu(skip, up, weight, bias, padding)
+    if cat_ok(skip, up):
+        return concat_conv3x3_relu(skip, up, weight, bias, int(padding), bool(grad_masked))
+    # a skip still to be cropped, or laid out unlike up: the concat materialized, then the conv
+    return impl(_crop_concat.impl(skip, up), weight, bias, padding, False, grad_masked)

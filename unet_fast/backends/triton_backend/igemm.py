@@ -65,10 +65,9 @@ _COMPILED = tl.constexpr(not utils.INTERPRET)
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
-            "WIDE",
-            "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
+            "WIDE", "CAT", "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
-              "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION"]
+              "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION", "CAT", "CB1"]
 # Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
 # binary per config for each new combination: sizes that only bound masks or index pixels gain
 # nothing from it, and the key-only arguments (buckets, LAYOUT) are not read by the kernels at all.
@@ -215,6 +214,7 @@ def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.conste
 @triton.jit(do_not_specialize=_FWD_NO_SPEC)
 def igemm_fwd_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # gathered operand (N, AH, AW, CA)
+    a2_ptr, CA1,                                        # CAT: channels CA1.. from a2 (a's strides)
     w_ptr, w_st, w_sc, w_sj,                            # W[tap, ca, j] at tap*w_st + ca*w_sc + j*w_sj
     bias_ptr,
     out_ptr, o_sn, o_sh, o_sw, o_sc,
@@ -225,7 +225,7 @@ def igemm_fwd_kernel(
     CO_UP: tl.constexpr,   # UPSCATTER: the output channels (a constant: the scatter's divisions)
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
-    SKIP: tl.constexpr,
+    SKIP: tl.constexpr, CAT: tl.constexpr,
     UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr, WIDE: tl.constexpr,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -259,6 +259,7 @@ def igemm_fwd_kernel(
     if FLAT_K:
         # K = (tap, channel) flattened: any channel count, a K-tile may span taps (the first
         # layer: one or three input channels, a single iteration).
+        tl.static_assert(not CAT, "CAT needs whole K-tiles of one tap and one tensor")
         K_TOT = KS * KS * CA
         for k0 in range(0, K_TOT, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -303,10 +304,21 @@ def igemm_fwd_kernel(
             for t in tl.static_range(KS):
                 taps_in = taps_in | (((rows_in >> (t * KS)) & 1) * (cols_in << (t * KS)))
             taps_in = tl.where(m_ok, taps_in, 0)
+        # CAT: A is the channel concat of two tensors of one shape and strides (the decoder's
+        # skip and up-sampled map, never copied into a buffer); a K-tile lies in one of them
+        # (CA1 % BLOCK_K == 0), so the concat costs a scalar select of its base per K-tile
+        # (three instructions; selecting only where A_L1's channel chunk changes compiled to
+        # more: the base, carried through the loop, then keeps the row addresses from being
+        # hoisted)
+        a2_base = a2_ptr - CA1 * a_sc
         kh = 0
         kw = 0
         c0 = 0
         for _ in range(0, KS * KS * (CA // BLOCK_K)):
+            if CAT:
+                a_src = tl.where(c0 >= CA1, a2_base, a_ptr)
+            else:
+                a_src = a_ptr
             dh = SIGN * (kh - PAD)
             dw = SIGN * (kw - PAD)
             ca = c0 + offs_c
@@ -320,7 +332,7 @@ def igemm_fwd_kernel(
                 ok = m_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
             else:  # the window never leaves the input (valid forward, 1x1, strided 2x2)
                 ok = m_ok
-            a = tl.load(a_ptr + ((a_row + (dh * a_sh + dw * a_sw))[:, None] + ca[None, :] * a_sc),
+            a = tl.load(a_src + ((a_row + (dh * a_sh + dw * a_sw))[:, None] + ca[None, :] * a_sc),
                         mask=ok[:, None], other=0.0)
             b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
                         mask=n_ok[None, :], other=0.0)
@@ -660,11 +672,12 @@ def _sub_tile(n0, n_first, CB, KS: tl.constexpr, PAD: tl.constexpr, b_sh, b_sw, 
 def igemm_wgrad_kernel(
     a_ptr, a_sn, a_sh, a_sw, a_sc, AH, AW, CA,          # rows: A's channels (per tap if SHIFT_A)
     b_ptr, b_sn, b_sh, b_sw, b_sc, BH, BW, CB,          # columns: B's channels (per tap if not)
+    b2_ptr, CB1,                                        # CAT: channels CB1.. from b2 (b's strides)
     r_ptr, db_ptr,                                      # fp32 partials (SPLIT, M, N), (SPLIT, M)
     NB, PH, PW, QB, RPAD, K_TOT, CHUNK, M_GEMM, N_GEMM, K_BUCKET, LAYOUT,  # (key only: last 2)
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SHIFT_A: tl.constexpr,
     FLAT_A: tl.constexpr, FLAT_B: tl.constexpr, SUB_N: tl.constexpr, DBIAS: tl.constexpr,
-    INT64: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    INT64: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, CAT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     B_L1: tl.constexpr = False,   # a config's choice: B through the L1 (below)
 ):
@@ -741,6 +754,13 @@ def igemm_wgrad_kernel(
         a_col = (offs_m * a_sc)[None, :]
         a_dh = 0
         a_dw = 0
+    # CAT: B is the channel concat of two tensors of one shape and strides; a tile's columns
+    # (all its sub-tiles' too: ROW_SUBS only) lie in one of them (prune_gemm: CB1 % BLOCK_N == 0),
+    # so the concat costs one select of B's base per tile
+    if CAT:
+        tl.static_assert(not SHIFT_A and not FLAT_B and (SUB_N == 1 or ROW_SUBS),
+                         "CAT needs a tile's columns in one tap and one tensor")
+        b_ptr = tl.where(n_lo % CB >= CB1, b2_ptr - CB1 * b_sc, b_ptr)
     # the other sub-tiles (SUB_N == 3): their tap's shift, and their offset from the first's
     if ROW_SUBS:
         n_ld = True
@@ -789,17 +809,37 @@ def igemm_wgrad_kernel(
 
 
 # ---------------------------------------------------------------- host launchers
+def cat_ok(a: torch.Tensor, a2: torch.Tensor) -> bool:
+    """Whether the kernels can read cat([a, a2], 1) in place (CAT): one shape and strides (the
+    same pixel offsets serve both) and channel counts in whole K-tiles of 64."""
+    return (a.shape == a2.shape and a.stride() == a2.stride() and a.dtype == a2.dtype
+            and a.device == a2.device and a.shape[1] % 64 == 0)
+
+
+def _cat_int64(a: torch.Tensor, channels: int) -> bool:
+    """needs_int64 for `a` read as if it had `channels` channels (CAT: the concat's offsets)."""
+    return utils.needs_int64(a) or (
+        (channels - 1) * abs(a.stride(1))
+        + sum((s - 1) * abs(st) for i, (s, st) in enumerate(zip(a.shape, a.stride())) if i != 1)
+        >= 2**31 - 1)
+
+
 def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int, stride: int,
               pad: int, sign: int, bias=None, relu=False, relu_in=None, pool=None,
-              skip=None, up_channels: int = 0) -> None:
+              skip=None, up_channels: int = 0, a2=None) -> None:
     """Launch `igemm_fwd_kernel`. Tensors are logical NCHW (any strides); `grid_hw` is the pixel
     grid of the GEMM's rows; `w` = (tensor, tap stride, channel stride, column stride, N) reads
     the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it;
-    `skip`: a tensor that also gets out's center crop of its size (with `pool`)."""
+    `skip`: a tensor that also gets out's center crop of its size (with `pool`); `a2`: A is
+    cat([a, a2], 1), read in place (`cat_ok(a, a2)` must hold)."""
     nb, ca, ah, aw = a.shape
+    ca1 = ca
+    if a2 is not None:
+        assert cat_ok(a, a2), "igemm_fwd: a2 must be shaped and strided like a"
+        ca = ca1 + a2.shape[1]
     oh, ow = grid_hw
     w_t, w_st, w_sc, w_sj, n_gemm = w
-    if (stride == 1 and pool is None and up_channels == 0
+    if (stride == 1 and pool is None and up_channels == 0 and a2 is None
             and utils.use_onek(ks * ks * ca, n_gemm, oh * ow, a, out,
                                *(() if relu_in is None else (relu_in,)))):
         return _igemm_onek(a, w, out, grid_hw=grid_hw, ks=ks, pad=pad, sign=sign, bias=bias,
@@ -826,6 +866,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     with utils.on_device(a):
         igemm_fwd_kernel[grid](
             a, *utils.nhwc_strides(a), ah, aw, ca,
+            a2 if a2 is not None else a, ca1,
             w_t, w_st, w_sc, w_sj,
             bias.contiguous() if bias is not None else w_t,  # (read as bias[co]: a view too)
             out, *utils.nhwc_strides(out),
@@ -836,9 +877,9 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             utils.layout_key(a, out, po, sk, xi),
             CO_UP=max(up_channels, 1), KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
-            UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k, WIDE=wide,
+            CAT=a2 is not None, UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k, WIDE=wide,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
-            INT64=utils.needs_int64(a, w_t, out, po, sk, xi),
+            INT64=utils.needs_int64(a, w_t, out, po, sk, xi) or _cat_int64(a, ca),
         )
 
 
@@ -879,15 +920,22 @@ def _igemm_onek(a, w, out, *, grid_hw, ks, pad, sign, bias, relu, relu_in):
 
 
 def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: int, pad: int,
-                shift_a: bool, dbias: bool, out_dtype=None, db_dtype=None, db_groups: int = 1):
+                shift_a: bool, dbias: bool, out_dtype=None, db_dtype=None, db_groups: int = 1,
+                b2=None):
     """Launch `igemm_wgrad_kernel`; returns (R, db), the split's fp32 partials summed and cast
     in one launch (`split_sum`) to `out_dtype` (default fp32; db to `db_dtype` if given; with
     `db_groups`, db's rows summed in that many consecutive groups too: a transposed conv's taps).
     The pixel grid (`grid_hw`) is the unshifted operand's; the shifted one (b, or a with `shift_a`) is read at
     (stride*p + kh - pad, stride*q + kw - pad). R is (KS*KS*CA, CB) with `shift_a`, else
-    (CA, KS*KS*CB); db the row sums of A (length M), or None."""
+    (CA, KS*KS*CB); db the row sums of A (length M), or None. `b2`: B is cat([b, b2], 1), read
+    in place (CAT; `cat_ok(b, b2)`, and not with `shift_a`)."""
     nb, ca, ah, aw = a.shape
     _, cb, bh, bw = b.shape
+    cb1 = cb
+    cat_cb1 = None   # (utils.cat_fits: the first half's channels, or None for no concat)
+    if b2 is not None:
+        assert cat_ok(b, b2) and not shift_a, "igemm_wgrad: b2 must be shaped and strided like b"
+        cb, cat_cb1 = cb1 + b2.shape[1], cb1
     ph, pw = grid_hw
     p_tot = nb * ph * pw
     taps = ks * ks
@@ -908,7 +956,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     # columns to 768. (Decided from the channels alone: the interpreter runs it too.)
     # The configs this launch may run (utils.launch_configs: its list, those that fit the
     # registers), as utils.prune_gemm will find them.
-    int64 = utils.needs_int64(a, b)
+    int64 = utils.needs_int64(a) or _cat_int64(b, cb)
     kind = dict(dtype=a.dtype, precision=utils.dot_precision(a.dtype),
                 arch=utils.device_arch(a.device), wgrad=True, int64=int64,
                 narrow=utils.gathers_elementwise(
@@ -918,7 +966,8 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
             and utils.use_sub_tiles(kind["dtype"], kind["precision"], kind["arch"],
                                     kind["narrow"])):
         subs = [c for c in utils.launch_configs(configs, sub_n=3, **kind)
-                if utils.sub_tile_fits(c, 3, a.element_size()) and cb % c.kwargs["BLOCK_N"] == 0]
+                if utils.sub_tile_fits(c, 3, a.element_size()) and cb % c.kwargs["BLOCK_N"] == 0
+                and utils.cat_fits(c, cat_cb1, 3)]
         if subs:
             flat_b, sub_n = False, 3
     # Split the pixel sum so that the largest tiles fill the GPU even when the channels are few
@@ -926,6 +975,7 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
     # tiles then have more waves, never fewer.
     if sub_n == 1:
         mine = utils.launch_configs(configs, **kind) or configs
+        mine = [c for c in mine if utils.cat_fits(c, cat_cb1, 1)] or mine
         big_cfg = max(mine, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
     else:  # the widest sub-tiles that hold one tap's channels (utils.prune_gemm keeps those)
         big_cfg = max([c for c in subs if c.kwargs["BLOCK_N"] > 32] or subs,
@@ -956,12 +1006,13 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
         igemm_wgrad_kernel[grid](
             a, *utils.nhwc_strides(a), ah, aw, ca,
             b, *utils.nhwc_strides(b), bh, bw, cb,
+            b2 if b2 is not None else b, cb1,
             r, db,
             nb, ph, pw, qb, rpad, k_tot, chunk, m_gemm, n_gemm,
             utils.m_bucket(p_tot), utils.layout_key(a, b),
             KS=ks, STRIDE=stride, PAD=pad, SHIFT_A=shift_a, FLAT_A=flat_a, FLAT_B=flat_b,
             SUB_N=sub_n, DBIAS=dbias, INT64=int64, DOT_F32=utils.dot_in_fp32(a.dtype),
-            PRECISION=kind["precision"],
+            PRECISION=kind["precision"], CAT=b2 is not None,
         )
     out_dtype = out_dtype or torch.float32
     if not dbias:

@@ -567,6 +567,15 @@ def sub_tile_fits(c, sub_n: int, elt: int | None = None) -> bool:
             and (elt != 2 or c.kwargs["BLOCK_K"] >= 64 or c.kwargs.get("B_L1", False)))
 
 
+def cat_fits(c, cb1, sub_n: int) -> bool:
+    """Whether a wgrad config can read B as the channel concat of two tensors (CAT) whose first
+    has `cb1` channels (None: no concat): a tile's columns must lie in one of them, so the
+    column tile divides cb1, and three sub-tiles only as B_L1's (one channel slice, three taps)."""
+    if cb1 is None:
+        return True
+    return cb1 % c.kwargs["BLOCK_N"] == 0 and (sub_n == 1 or c.kwargs.get("B_L1", False))
+
+
 # Figures of the run-time cost estimate that ranks configs (H100/H200; tools/kernel_model.py is the
 # static model it follows, which reads the compiled code): 16-bit tensor cores do 2048 FMA per SM
 # and cycle (TF32 half that), the L2 delivers about 52 bytes per SM and cycle (an assumption the
@@ -835,6 +844,12 @@ def prune_gemm(configs, named_args, **kwargs):
         # channels: the filter above)
         keep = [c for c in keep if sub_tile_fits(c, sub_n, elt)] or \
             [c for c in admitted if sub_tile_fits(c, sub_n, elt)] or keep
+        if kwargs.get("CAT", False):
+            # (no fallback: a tile across the two tensors would read the wrong one; the
+            # launcher chose SUB_N from configs that fit, igemm_wgrad)
+            cb1 = int(named_args["CB1"])
+            keep = [c for c in keep if cat_fits(c, cb1, sub_n)] or \
+                [c for c in configs if cat_fits(c, cb1, sub_n) and sub_tile_fits(c, sub_n, elt)]
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
