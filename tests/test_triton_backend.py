@@ -236,6 +236,19 @@ def test_concat_wgrad_b_l1(monkeypatch):
     assert (3, True) in [(kw["SUB_N"], kw["CAT"]) for kw in launches]
 
 
+@pytest.mark.parametrize("c,sub_n", [(64, 2), (256, 1)])
+def test_concat_wgrad_tiles(monkeypatch, c, sub_n):
+    """The concat's weight gradient: halves narrower than the widest tile in tiles of both
+    halves' same columns (PAIR, SUB_N = 2, the interpreter's tile standing for 128x(2x128));
+    wider ones in one-half tiles (SUB_N = 1), each against float64."""
+    monkeypatch.setattr(t_utils, "use_sub_tiles", lambda *a: True)
+    launches = _spy_wgrad(monkeypatch)
+    half = lambda: make((2, c, 5, 6), "channels_last")  # noqa: E731
+    check_triton("concat_conv3x3_relu", [half(), half(), make((8, 2 * c, 3, 3), scale=0.02),
+                                         make((8,)), 1])
+    assert [(kw["SUB_N"], kw["CAT"]) for kw in launches] == [(sub_n, True)]
+
+
 def _force_wgrad_config(monkeypatch, cfg):
     """Every weight gradient runs config `cfg` (the launcher's tiling too); returns the list
     that each launch's constexpr keywords are appended to."""
@@ -243,6 +256,12 @@ def _force_wgrad_config(monkeypatch, cfg):
     monkeypatch.setattr(t_utils, "wgrad_configs", lambda: [cfg])
     monkeypatch.setattr(igemm.igemm_wgrad_kernel, "configs", [cfg])
     monkeypatch.setattr(igemm.igemm_wgrad_kernel, "cache", {})
+    return _spy_wgrad(monkeypatch)
+
+
+def _spy_wgrad(monkeypatch):
+    """Records each weight-gradient launch's constexpr keywords (the returned list)."""
+    from unet_fast.backends.triton_backend import igemm
     launches = []
     real = igemm.igemm_wgrad_kernel
 

@@ -154,6 +154,8 @@ def _variants():
         ("conv3x3 wgrad + dbias, SUB_N=3, valid (PAD=0)", dict(wg, SUB_N=3, PAD=0), ("bf16",),
          _BASE, {}),
         ("concat conv3x3 wgrad + dbias (CAT)", dict(wg, CAT=True), ALL_DTYPES, _BASE, {}),
+        ("concat conv3x3 wgrad + dbias, the halves' same columns (CAT, SUB_N=2)",
+         dict(wg, CAT=True, SUB_N=2), ALL_DTYPES, _BASE, {}),
         ("concat conv3x3 wgrad + dbias, SUB_N=3 (CAT: B_L1 tiles only), valid",
          dict(wg, CAT=True, SUB_N=3, PAD=0), ("bf16",), _BASE, {}),
         ("conv3x3 wgrad + dbias, first layer (C_in = 1)", dict(wg, PAD=0, FLAT_B=True),

@@ -530,10 +530,11 @@ def _wgrad_loop(
     a_ptr, a_sn, a_sh, a_sw, AH, AW,
     b_ptr, b_sn, b_sh, b_sw, BH, BW,
     a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ok, n_ok, v_lo, v_hi,
-    b_d1, b_dh1, b_dw1, n_ok1, b_d2, b_dh2, b_dw2, n_ok2,
+    b_d1, b_dh1, b_dw1, n_ok1, b_d2, b_dh2, b_dw2, n_ok2, b2_ptr,
     NB, PH, PW, QB, RPAD,
     STRIDE: tl.constexpr, SHIFT_A: tl.constexpr, BOUNDS_A: tl.constexpr,
     BOUNDS_B: tl.constexpr, DBIAS: tl.constexpr, SUB_N: tl.constexpr, ROW_SUBS: tl.constexpr,
+    PAIR: tl.constexpr,
     INT64: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -542,7 +543,8 @@ def _wgrad_loop(
     masks, (1, BLOCK) or True. With SUB_N == 3 the tile has two more column sub-tiles (acc1,
     acc2) whose B columns lie b_d1 / b_d2 elements on (a scalar: another tap of the same
     channels), at shifts (b_dh1, b_dw1) / (b_dh2, b_dw2), masked by n_ok1 / n_ok2; they share
-    the A tile, so a K step loads A once for three taps.
+    the A tile, so a K step loads A once for three taps. With PAIR (SUB_N == 2) acc1 is the
+    same columns of the concat's second half, at the same offsets from b2_ptr.
 
     The pixels are taken in K-tiles of one shape: QB columns (a band of the pixel grid's columns)
     by BLOCK_K // QB consecutive rows of the batch's NB*PH rows (a tile may run from one image into
@@ -590,7 +592,8 @@ def _wgrad_loop(
             n64 = n0
         pw0 = band * QB
         a_base = a_ptr + (n64 * a_sn + ph0 * (SA * a_sh) + pw0 * (SA * a_sw))
-        b_base = b_ptr + (n64 * b_sn + ph0 * (SB * b_sh) + pw0 * (SB * b_sw))
+        b_pix = n64 * b_sn + ph0 * (SB * b_sh) + pw0 * (SB * b_sw)
+        b_base = b_ptr + b_pix
         wrap = rh >= PH - ph0                                  # this pixel's row is in image n0+1+qn
         pix_ok = (dr < ROWS - row0) & (dc < PW - pw0)          # inside the grid
         wrap2 = wrap[:, None]
@@ -630,6 +633,9 @@ def _wgrad_loop(
         b = tl.load(b_base + b_off, mask=b_ok, other=0.0)   # (BK, BN)
         at = tl.trans(a)
         acc = _dot(acc, at, b, DOT_F32, PRECISION)
+        if PAIR:   # the second half's sub-tile: the same pixels and channels there
+            b1 = tl.load(b2_ptr + b_pix + b_off, mask=b_ok, other=0.0)
+            acc1 = _dot(acc1, at, b1, DOT_F32, PRECISION)
         if SUB_N == 3:
             b1 = tl.load(b_base + b_d1 + b_off, mask=b_ok1, other=0.0)
             acc1 = _dot(acc1, at, b1, DOT_F32, PRECISION)
@@ -693,9 +699,16 @@ def igemm_wgrad_kernel(
     # sub-tiles CB columns apart, reading the same pixels a column apart; 9 x CB columns are
     # whole tiles, so no column masks, and one row test serves the three (_wgrad_loop)
     ROW_SUBS: tl.constexpr = B_L1 and SUB_N == 3 and not SHIFT_A and not FLAT_B
+    # PAIR (CAT, SUB_N == 2): a tile is one tap's BLOCK_N of the first half's channels and the
+    # same of the second's (CB1 columns on), sharing the A tile: the 256 columns of a 128x256
+    # tile where a half has fewer than 256 channels (the halves are alike: CB == 2 * CB1)
+    PAIR: tl.constexpr = CAT and SUB_N == 2
     if ROW_SUBS:
         slices = CB // BLOCK_N
         n_lo = (pid_n // slices) * (3 * CB) + (pid_n % slices) * BLOCK_N
+    elif PAIR:
+        slices = CB1 // BLOCK_N
+        n_lo = (pid_n // slices) * CB + (pid_n % slices) * BLOCK_N
     else:
         n_lo = pid_n * (SUB_N * BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -758,11 +771,16 @@ def igemm_wgrad_kernel(
     # (all its sub-tiles' too: ROW_SUBS only) lie in one of them (prune_gemm: CB1 % BLOCK_N == 0),
     # so the concat costs one select of B's base per tile
     if CAT:
-        tl.static_assert(not SHIFT_A and not FLAT_B and (SUB_N == 1 or ROW_SUBS),
+        tl.static_assert(not SHIFT_A and not FLAT_B and (SUB_N == 1 or ROW_SUBS or PAIR),
                          "CAT needs a tile's columns in one tap and one tensor")
-        b_ptr = tl.where(n_lo % CB >= CB1, b2_ptr - CB1 * b_sc, b_ptr)
+        if not PAIR:
+            b_ptr = tl.where(n_lo % CB >= CB1, b2_ptr - CB1 * b_sc, b_ptr)
     # the other sub-tiles (SUB_N == 3): their tap's shift, and their offset from the first's
-    if ROW_SUBS:
+    if PAIR:
+        n_ld = True
+        b_dh1, b_dw1, b_d1, n_ld1 = b_dh, b_dw, 0, True
+        b_dh2, b_dw2, b_d2, n_ld2 = 0, 0, 0, True
+    elif ROW_SUBS:
         n_ld = True
         b_dh1, b_dw1, b_d1, n_ld1 = b_dh, b_dw + 1, b_sw, True
         b_dh2, b_dw2, b_d2, n_ld2 = b_dh, b_dw + 2, 2 * b_sw, True
@@ -783,9 +801,10 @@ def igemm_wgrad_kernel(
         acc, acc1, acc2, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
                               b_ptr, b_sn, b_sh, b_sw, BH, BW,
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
-                              b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2,
+                              b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2, b2_ptr,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
-                              (not SHIFT_A) and PAD > 0, True, SUB_N, ROW_SUBS, INT64, DOT_F32,
+                              (not SHIFT_A) and PAD > 0, True, SUB_N, ROW_SUBS, PAIR, INT64,
+                              DOT_F32,
                               PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         dbm = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, db, 0.0), axis=1)
         tl.store(db_ptr + split * M_GEMM + offs_m, dbm, mask=m_ok)
@@ -793,9 +812,10 @@ def igemm_wgrad_kernel(
         acc, acc1, acc2, db = _wgrad_loop(a_ptr, a_sn, a_sh, a_sw, AH, AW,
                               b_ptr, b_sn, b_sh, b_sw, BH, BW,
                               a_col, b_col, a_dh, a_dw, b_dh, b_dw, m_ld, n_ld, k_lo, k_hi,
-                              b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2,
+                              b_d1, b_dh1, b_dw1, n_ld1, b_d2, b_dh2, b_dw2, n_ld2, b2_ptr,
                               NB, PH, PW, QB, RPAD, STRIDE, SHIFT_A, SHIFT_A and PAD > 0,
-                              (not SHIFT_A) and PAD > 0, False, SUB_N, ROW_SUBS, INT64, DOT_F32,
+                              (not SHIFT_A) and PAD > 0, False, SUB_N, ROW_SUBS, PAIR, INT64,
+                              DOT_F32,
                               PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     base = split.to(tl.int64) * M_GEMM * N_GEMM
     r_tile = r_ptr + base + offs_m[:, None] * N_GEMM + offs_n[None, :]
@@ -803,6 +823,8 @@ def igemm_wgrad_kernel(
     if ROW_SUBS:
         tl.store(r_tile + CB, acc1, mask=m_ok[:, None])
         tl.store(r_tile + 2 * CB, acc2, mask=m_ok[:, None])
+    elif PAIR:
+        tl.store(r_tile + CB1, acc1, mask=m_ok[:, None])
     elif SUB_N == 3:
         tl.store(r_tile + BLOCK_N, acc1, mask=m_ok[:, None] & n_ld1)
         tl.store(r_tile + 2 * BLOCK_N, acc2, mask=m_ok[:, None] & n_ld2)
@@ -970,6 +992,16 @@ def igemm_wgrad(a: torch.Tensor, b: torch.Tensor, *, grid_hw, ks: int, stride: i
                 and utils.cat_fits(c, cat_cb1, 3)]
         if subs:
             flat_b, sub_n = False, 3
+    # A concat whose halves have fewer channels than the widest tile (CAT: a tile's columns lie
+    # in one half): tiles of the two halves' same columns (PAIR), so the 128-channel halves still
+    # get 256 columns sharing one A tile
+    if (sub_n == 1 and cat_cb1 is not None and taps == 9 and cat_cb1 % 256 != 0
+            and utils.use_sub_tiles(kind["dtype"], kind["precision"], kind["arch"],
+                                    kind["narrow"])):
+        subs = [c for c in utils.launch_configs(configs, sub_n=2, **kind)
+                if utils.sub_tile_fits(c, 2, a.element_size()) and utils.cat_fits(c, cat_cb1, 2)]
+        if subs:
+            flat_b, sub_n = False, 2
     # Split the pixel sum so that the largest tiles fill the GPU even when the channels are few
     # (the first layers have 64x576 weight matrices and hundreds of thousands of pixels); smaller
     # tiles then have more waves, never fewer.

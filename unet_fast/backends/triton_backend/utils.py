@@ -559,21 +559,25 @@ def smem_ctas(c, elt: int, sub_n: int = 1) -> int:
 def sub_tile_fits(c, sub_n: int, elt: int | None = None) -> bool:
     """Whether a wgrad config may run with `sub_n` column sub-tiles (igemm_wgrad_kernel SUB_N) on
     operands of `elt` bytes: the accumulators of all of them at most 96 fp32 registers a thread
-    (more spill), and for 16-bit operands K steps of 64 (of 32, three sub-tiles' loads and masks
-    issue more cycles than the step's tensor work). Without `elt`, the register rule alone."""
+    for three (more spill), 128 for two with 8 warps (the concat's halves, PAIR: as many as one
+    128x256 tile's; with 4 warps 128x(2x64) spills 24 B, Triton 3.8), and for 16-bit operands
+    K steps of 64 (of 32, three sub-tiles' loads and masks issue more cycles than the step's
+    tensor work). Without `elt`, the register rule alone."""
     if sub_n == 1:
         return True
-    return (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n <= 96 * 32 * c.num_warps
+    regs = 128 if sub_n == 2 and c.num_warps == 8 else 96
+    return (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * sub_n <= regs * 32 * c.num_warps
             and (elt != 2 or c.kwargs["BLOCK_K"] >= 64 or c.kwargs.get("B_L1", False)))
 
 
 def cat_fits(c, cb1, sub_n: int) -> bool:
     """Whether a wgrad config can read B as the channel concat of two tensors (CAT) whose first
     has `cb1` channels (None: no concat): a tile's columns must lie in one of them, so the
-    column tile divides cb1, and three sub-tiles only as B_L1's (one channel slice, three taps)."""
+    column tile divides cb1; two sub-tiles are the halves' same columns (PAIR), three only
+    B_L1's (one channel slice, three taps)."""
     if cb1 is None:
         return True
-    return cb1 % c.kwargs["BLOCK_N"] == 0 and (sub_n == 1 or c.kwargs.get("B_L1", False))
+    return cb1 % c.kwargs["BLOCK_N"] == 0 and (sub_n <= 2 or c.kwargs.get("B_L1", False))
 
 
 # Figures of the run-time cost estimate that ranks configs (H100/H200; tools/kernel_model.py is the
