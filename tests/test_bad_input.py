@@ -87,3 +87,19 @@ def test_conv3x3_relu_pool_bad_skip_crop(bad):
     x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
     with pytest.raises(ValueError, match=r"_skip_hw must be None or \(H, W\) ints"):
         uf.ops.conv3x3_relu_pool(x, w, None, 0, _skip_hw=bad)
+
+
+def test_concat_conv3x3_relu_bad_input():
+    skip, up = torch.randn(1, 4, 10, 10), torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"weight must have shape \(C_out, 8, 3, 3\)"):
+        uf.ops.concat_conv3x3_relu(skip, up, torch.randn(5, 4, 3, 3))
+    with pytest.raises(ValueError, match="at least as large"):
+        uf.ops.concat_conv3x3_relu(torch.randn(1, 4, 6, 10), up, torch.randn(5, 8, 3, 3))
+    with pytest.raises(TypeError, match="skip is torch.float64 but up is torch.float32"):
+        uf.ops.concat_conv3x3_relu(skip.double(), up, torch.randn(5, 8, 3, 3))
+    with pytest.raises(ValueError, match="padding must be 0"):
+        uf.ops.concat_conv3x3_relu(skip, up, torch.randn(5, 8, 3, 3), None, 2)
+    # a valid call: the reference's numbers, the crop taken from the skip's center
+    w = torch.randn(5, 8, 3, 3)
+    ref = torch.relu(torch.nn.functional.conv2d(torch.cat([skip[..., 1:9, 1:9], up], 1), w))
+    torch.testing.assert_close(uf.ops.concat_conv3x3_relu(skip, up, w), ref)

@@ -305,20 +305,22 @@ def igemm_fwd_kernel(
                 taps_in = taps_in | (((rows_in >> (t * KS)) & 1) * (cols_in << (t * KS)))
             taps_in = tl.where(m_ok, taps_in, 0)
         # CAT: A is the channel concat of two tensors of one shape and strides (the decoder's
-        # skip and up-sampled map, never copied into a buffer); a K-tile lies in one of them
-        # (CA1 % BLOCK_K == 0), so the concat costs a scalar select of its base per K-tile
-        # (three instructions; selecting only where A_L1's channel chunk changes compiled to
-        # more: the base, carried through the loop, then keeps the row addresses from being
-        # hoisted)
-        a2_base = a2_ptr - CA1 * a_sc
+        # skip and up-sampled map, never copied into a buffer, CA1 channels each): a K-tile is
+        # BLOCK_K / 2 channels of each, at the same channel offset c0 (W's rows c0.. and
+        # CA1 + c0..). Each column's base pointer is fixed for the whole loop, so the concat
+        # costs nothing per K-tile (a select of the K-tile's base did: three instructions).
+        C_STEP: tl.constexpr = BLOCK_K // 2 if CAT else BLOCK_K
+        if CAT:
+            lo = offs_c < C_STEP
+            a_cols = tl.where(lo, a_ptr + offs_c * a_sc, a2_ptr + (offs_c - C_STEP) * a_sc)
+            w_k = tl.where(lo, offs_c, CA1 + offs_c - C_STEP)
+            c_end = CA1
+        else:
+            c_end = CA
         kh = 0
         kw = 0
         c0 = 0
         for _ in range(0, KS * KS * (CA // BLOCK_K)):
-            if CAT:
-                a_src = tl.where(c0 >= CA1, a2_base, a_ptr)
-            else:
-                a_src = a_ptr
             dh = SIGN * (kh - PAD)
             dw = SIGN * (kw - PAD)
             ca = c0 + offs_c
@@ -332,10 +334,18 @@ def igemm_fwd_kernel(
                 ok = m_ok & (ih >= 0) & (ih < AH) & (iw >= 0) & (iw < AW)
             else:  # the window never leaves the input (valid forward, 1x1, strided 2x2)
                 ok = m_ok
-            a = tl.load(a_src + ((a_row + (dh * a_sh + dw * a_sw))[:, None] + ca[None, :] * a_sc),
-                        mask=ok[:, None], other=0.0)
-            b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
-                        mask=n_ok[None, :], other=0.0)
+            if CAT:
+                a_at = a_cols[None, :] + (a_row + (dh * a_sh + dw * a_sw) + c0 * a_sc)[:, None]
+                if A_L1:
+                    a_at = tl.max_contiguous(a_at, [1, 64 // a_ptr.dtype.element_ty.primitive_bitwidth])
+                a = tl.load(a_at, mask=ok[:, None], other=0.0)
+                b = tl.load(w_ptr + ((kh * KS + kw) * w_st + (c0 + w_k) * w_sc)[:, None] + b_cols,
+                            mask=n_ok[None, :], other=0.0)
+            else:
+                a = tl.load(a_ptr + ((a_row + (dh * a_sh + dw * a_sw))[:, None] + ca[None, :] * a_sc),
+                            mask=ok[:, None], other=0.0)
+                b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
+                            mask=n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
             if A_L1:   # taps inner
                 kw += 1
@@ -344,10 +354,10 @@ def igemm_fwd_kernel(
                     kh += 1
                     if kh == KS:
                         kh = 0
-                        c0 += BLOCK_K
+                        c0 += C_STEP
             else:      # channel chunks inner
-                c0 += BLOCK_K
-                if c0 == CA:
+                c0 += C_STEP
+                if c0 == c_end:
                     c0 = 0
                     kw += 1
                     if kw == KS:
