@@ -73,10 +73,19 @@ def test_half_precision_gpu(case, dtype):
     check_triton(case, GPU_CASES[case](), dtype=dtype)
 
 
-_L1_CONFIGS, _POOL_CONFIGS = [], []
+_L1_CONFIGS, _POOL_CONFIGS, _CAT_CONFIGS, _PAIR_CONFIGS = [], [], [], []
 try:
     from unet_fast.backends.triton_backend import utils as _t_utils
     _L1_CONFIGS = [c for c in _t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
+    # every 16-bit config the decoder's concat forward (CAT) may run on Hopper, and the weight
+    # gradient's two-half tiles (PAIR) of 128-channel halves
+    _CAT_CONFIGS = _t_utils.launch_configs(
+        _t_utils.IGEMM_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
+        narrow=False, wgrad=False, ks=3)
+    _PAIR_CONFIGS = [c for c in _t_utils.launch_configs(
+        _t_utils.WGRAD_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
+        narrow=False, wgrad=True, sub_n=2)
+        if _t_utils.sub_tile_fits(c, 2, 2) and _t_utils.cat_fits(c, 128, 2)]
     # every 16-bit config a padded 3x3 forward with the pool epilogue may run on Hopper
     _POOL_CONFIGS = _t_utils.launch_configs(
         _t_utils.IGEMM_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
@@ -139,6 +148,46 @@ def test_l1_wgrad_config_gpu(monkeypatch, padding):
     check("conv3x3_relu", args, backend="triton", grad_layout="channels_last",
           dtype=torch.bfloat16)
     assert igemm.igemm_wgrad_kernel.best_config is cfg
+
+
+@pytest.mark.parametrize("cfg", _CAT_CONFIGS, ids=[_cfg_id(c) for c in _CAT_CONFIGS])
+def test_concat_forward_configs_gpu(monkeypatch, cfg):
+    """Each config the concat forward may run (K-tiles of half channels from each half),
+    compiled and forced: the op's parity in bf16, padded and valid, 64-channel halves."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    for padding, hw in ((1, (38, 42)), (0, (20, 301))):
+        args = [make((2, 64) + hw, "channels_last"), make((2, 64) + hw, "channels_last"),
+                make((64, 128, 3, 3), scale=0.03), make((64,)), padding]
+        check("concat_conv3x3_relu", args, backend="triton", grad_layout="nchw",
+              dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("cfg", _PAIR_CONFIGS, ids=[_cfg_id(c) for c in _PAIR_CONFIGS])
+def test_concat_pair_wgrad_configs_gpu(monkeypatch, cfg):
+    """Each config of the concat weight gradient's two-half tiles (PAIR, 128-channel halves),
+    compiled and forced, in bf16."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_wgrad_kernel, "cache", {})
+    launches = []
+    real = igemm.igemm_wgrad_kernel
+
+    class Spy:
+        configs = property(lambda self: real.configs)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append(kw["SUB_N"])
+                return real[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(igemm, "igemm_wgrad_kernel", Spy())
+    args = [make((2, 128, 26, 22), "channels_last"), make((2, 128, 26, 22), "channels_last"),
+            make((64, 256, 3, 3), scale=0.02), make((64,)), 1]
+    check("concat_conv3x3_relu", args, backend="triton", grad_layout="channels_last",
+          dtype=torch.bfloat16)
+    assert launches == [2] and real.best_config is cfg
 
 
 def test_pool_epilogue_exact_gpu():

@@ -731,7 +731,8 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
     sass = binary["analysis"]
     issue_per_sub = math.ceil(warps / 4)
     row = dict(kernel=launch.kernel.split(".")[-1], pass_=w["pass_"], layer=launch.layer,
-               phase=launch.phase, config=_cfg_text(kw, warps, stages, maxnreg), ctas=ctas, occupancy=occ,
+               phase=launch.phase, config=_cfg_text(kw, warps, stages, maxnreg)
+               + _sub_text(launch.constexprs), ctas=ctas, occupancy=occ,
                regs=binary["regs"], spill=binary["spill"], smem=binary["smem"], flops=w["flops"],
                dram_bytes=w["dram"])
     dram_s = w["dram"] / m.dram_bw
@@ -815,6 +816,13 @@ def _cfg_text(kw, warps, stages, maxnreg=None):
     s = s or ",".join(f"{k}={v}" for k, v in kw.items())
     return (f"{s} w{warps} s{stages}" + (f" r{maxnreg}" if maxnreg else "")
             + (" L1" if kw.get("A_L1") or kw.get("B_L1") else ""))
+
+
+def _sub_text(constexprs) -> str:
+    """A weight-gradient tile's column sub-tiles (SUB_N): " x3" three taps, " x2" the concat's
+    two halves (PAIR); nothing for one."""
+    n = constexprs.get("SUB_N", 1)
+    return f" x{n}" if n > 1 else ""
 
 
 def predict_aten(launch: Launch, m: Machine = H200) -> dict:
@@ -936,6 +944,8 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         "  likewise the wgrad's B_L1 configs, whose three sub-tiles (a kernel row's taps) read the",
         "  same pixels a column apart (utils.l1_shift_reuse: (band + 2) / (3 x band) of B's bytes).",
         "  The model has no latency term: a two-stage pipeline (B_L1) is judged as a deeper one.",
+        "  A weight gradient's config marked x3 is a tile of three column sub-tiles (a kernel row's",
+        "  taps) sharing the A tile, x2 the decoder concat's two halves' same columns (PAIR).",
         "  ASSUMPTIONS, to be measured: the L1 keeps those rows (LRU-like) and merges requests for a",
         "  line still being fetched (the next tap's copies are issued before the first's arrive);",
         "  a kernel of at most 48",
