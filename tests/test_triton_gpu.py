@@ -175,8 +175,6 @@ def test_concat_pair_wgrad_configs_gpu(monkeypatch, cfg):
     real = igemm.igemm_wgrad_kernel
 
     class Spy:
-        configs = property(lambda self: real.configs)
-
         def __getitem__(self, grid):
             def launch(*args, **kw):
                 launches.append(kw["SUB_N"])

@@ -786,11 +786,7 @@ def igemm_wgrad_kernel(
         if not PAIR:
             b_ptr = tl.where(n_lo % CB >= CB1, b2_ptr - CB1 * b_sc, b_ptr)
     # the other sub-tiles (SUB_N == 3): their tap's shift, and their offset from the first's
-    if PAIR:
-        n_ld = True
-        b_dh1, b_dw1, b_d1, n_ld1 = b_dh, b_dw, 0, True
-        b_dh2, b_dw2, b_d2, n_ld2 = 0, 0, 0, True
-    elif ROW_SUBS:
+    if ROW_SUBS:
         n_ld = True
         b_dh1, b_dw1, b_d1, n_ld1 = b_dh, b_dw + 1, b_sw, True
         b_dh2, b_dw2, b_d2, n_ld2 = b_dh, b_dw + 2, 2 * b_sw, True
@@ -799,9 +795,11 @@ def igemm_wgrad_kernel(
                                               b_sc, N_GEMM, BLOCK_N)
         b_dh2, b_dw2, b_d2, n_ld2 = _sub_tile(n_lo + 2 * BLOCK_N, n_lo, CB, KS, PAD, b_sh, b_sw,
                                               b_sc, N_GEMM, BLOCK_N)
-    else:
+    else:   # (PAIR's second sub-tile is the first's offsets from b2: _wgrad_loop)
         b_dh1, b_dw1, b_d1, n_ld1 = 0, 0, 0, True
         b_dh2, b_dw2, b_d2, n_ld2 = 0, 0, 0, True
+    if PAIR:   # 9 x CB columns are whole pair tiles: no column masks
+        n_ld = True
 
     # this split's K-tiles (_wgrad_loop: K runs over bands of QB columns, RPAD rows each)
     k_lo = split * CHUNK
@@ -848,12 +846,10 @@ def cat_ok(a: torch.Tensor, a2: torch.Tensor) -> bool:
             and a.device == a2.device and a.shape[1] % 64 == 0)
 
 
-def _cat_int64(a: torch.Tensor, channels: int) -> bool:
-    """needs_int64 for `a` read as if it had `channels` channels (CAT: the concat's offsets)."""
-    return utils.needs_int64(a) or (
-        (channels - 1) * abs(a.stride(1))
-        + sum((s - 1) * abs(st) for i, (s, st) in enumerate(zip(a.shape, a.stride())) if i != 1)
-        >= 2**31 - 1)
+def _cat_int64(b: torch.Tensor, channels: int) -> bool:
+    """needs_int64 for `b` read as if it had `channels` channels (CAT's weight-gradient tiles in
+    the second half address it from b2 less the first half's channels)."""
+    return utils.max_offset((b.shape[0], channels) + tuple(b.shape[2:]), b.stride()) >= 2**31 - 1
 
 
 def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int, stride: int,
@@ -909,9 +905,10 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             utils.layout_key(a, out, po, sk, xi),
             CO_UP=max(up_channels, 1), KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
-            CAT=a2 is not None, UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None, FLAT_K=flat_k, WIDE=wide,
+            CAT=a2 is not None, UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None,
+            FLAT_K=flat_k, WIDE=wide,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
-            INT64=utils.needs_int64(a, w_t, out, po, sk, xi) or _cat_int64(a, ca),
+            INT64=utils.needs_int64(a, w_t, out, po, sk, xi, *(() if a2 is None else (a2,))),
         )
 
 

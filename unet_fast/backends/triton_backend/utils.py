@@ -853,7 +853,7 @@ def prune_gemm(configs, named_args, **kwargs):
             # launcher chose SUB_N from configs that fit, igemm_wgrad)
             cb1 = int(named_args["CB1"])
             keep = [c for c in keep if cat_fits(c, cb1, sub_n)] or \
-                [c for c in configs if cat_fits(c, cb1, sub_n) and sub_tile_fits(c, sub_n, elt)]
+                [c for c in admitted if cat_fits(c, cb1, sub_n) and sub_tile_fits(c, sub_n, elt)]
         k = int(named_args["CHUNK"])
         split = cdiv(int(named_args["K_TOT"]), k)
     else:
@@ -921,11 +921,15 @@ def layout_key(*tensors: torch.Tensor) -> int:
     return sum(1 << i for i, t in enumerate(tensors) if t.stride(1) == 1)
 
 
+def max_offset(shape, stride) -> int:
+    """How many elements past its base pointer the last element of such a view lies."""
+    return sum((s - 1) * abs(st) for s, st in zip(shape, stride))
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether some element of these tensors lies 2**31 or more elements past its base pointer
     (then the kernels' offsets must be 64-bit)."""
-    return any(sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) >= 2**31 - 1
-               for t in tensors)
+    return any(max_offset(t.shape, t.stride()) >= 2**31 - 1 for t in tensors)
 
 
 def cdiv(a: int, b: int) -> int:
