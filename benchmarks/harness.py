@@ -55,7 +55,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_BOUND_OPS = ("max_pool2x2", "crop_concat")
 # The model's fused ops: each does the work of unfused ones also listed, so sums over a step's
 # layers count the unfused ones only.
-FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu")
+FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu", "conv3x3_relu_conv1x1")
 LEVELS = ("quick", "default", "full")
 
 
@@ -125,13 +125,15 @@ def derive_layers(cfg: ModelConfig, batch: int) -> list[LayerSpec]:
     conv3x3_relu_pool); each pooling gives max_pool2x2; each decoder step gives crop_concat and
     the fused up_concat (transposed conv written into the concat buffer), and the fused
     concat_conv3x3_relu (the first decoder conv reading the cropped skip and the up-sampled map in
-    place, as the model calls it: the skip already cropped)."""
+    place, as the model calls it: the skip already cropped); the head gives conv1x1 and the
+    fused conv3x3_relu_conv1x1 (the last 3x3 conv with the head in its epilogue)."""
     with torch.device("meta"):
         model = cfg.build_reference()
         x = torch.empty(batch, cfg.in_channels, cfg.size, cfg.size)
     names = {mod: n for n, mod in model.named_modules()}
     raw: list[tuple] = []
     pool_count = [0]
+    last_conv = []   # the latest 3x3 conv's (name, args, padding): the head's fused partner
 
     def conv_hook(mod, inputs):
         name = names[mod]
@@ -145,8 +147,12 @@ def derive_layers(cfg: ModelConfig, batch: int) -> list[LayerSpec]:
             raw.append(("conv3x3_relu", name, args, mod.padding[0], not first))
             if name.startswith("down.") and name.endswith(".2"):
                 raw.append(("conv3x3_relu_pool", name + "+pool", args, mod.padding[0], True))
+            last_conv[:] = [name, args, mod.padding[0]]
         else:
             raw.append(("conv1x1", name, (("x", xs), ("weight", ws), ("bias", bs)), None, True))
+            c_name, c_args, c_pad = last_conv
+            raw.append(("conv3x3_relu_conv1x1", f"{c_name}+{name}",
+                        c_args + (("head_weight", ws), ("head_bias", bs)), c_pad, True))
 
     def pool_hook(mod, inputs):
         raw.append(("max_pool2x2", f"down.{pool_count[0]}.pool", (("x", tuple(inputs[0].shape)),), None, True))
@@ -220,6 +226,8 @@ def reference_fn(spec: LayerSpec) -> Callable:
         "up_concat": lambda: _ref_up_concat,
         "concat_conv3x3_relu": lambda: (lambda s, u, w, b: _ref_conv3x3_relu(spec.padding)(
             _ref_crop_concat(s, u), w, b)),
+        "conv3x3_relu_conv1x1": lambda: (lambda x, w, b, hw, hb: F.conv2d(
+            _ref_conv3x3_relu(spec.padding)(x, w, b), hw, hb)),
     }[spec.op]()
 
 
@@ -237,11 +245,11 @@ def make_inputs(spec: LayerSpec, dtype, device, channels_last: bool, weights_cha
     out = []
     for name, shape in spec.shapes:
         t = torch.randn(shape, device=device, dtype=torch.float32, generator=generator)
-        if name == "weight":
+        if name in ("weight", "head_weight"):
             fan_in = shape[1] * shape[2] * shape[3] if spec.op != "up_concat" and spec.op != "conv_transpose2x2" \
                 else shape[0]
             t = t / math.sqrt(fan_in)
-        elif name == "bias":
+        elif name in ("bias", "head_bias"):
             t = t * 0.1
         t = t.to(dtype)
         if len(shape) == 4 and ((name == "weight" and weights_channels_last)

@@ -22,7 +22,7 @@ import os
 import sys
 
 # the fused ops (harness.FUSED_OPS): sums over a step count the unfused ones they repeat
-FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu")
+FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu", "conv3x3_relu_conv1x1")
 
 PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt")
 LABELS = {"eager": "eager NCHW", "eager_cl": "eager CL", "compile": "compile",

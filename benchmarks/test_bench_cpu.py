@@ -16,7 +16,7 @@ from harness import CPU_MODEL, CPU_SAME, CPU_VALID, TOY_VALID
 
 pytestmark = pytest.mark.bench_tier(1)
 OPS = ("conv3x3_relu", "conv3x3_relu_pool", "max_pool2x2", "crop_concat", "conv_transpose2x2",
-       "up_concat", "concat_conv3x3_relu", "conv1x1")
+       "up_concat", "concat_conv3x3_relu", "conv1x1", "conv3x3_relu_conv1x1")
 
 
 @pytest.fixture(autouse=True)

@@ -137,6 +137,9 @@ def cast(t, dtype):
     return out
 
 
+HEAD_CLASSES = 3
+
+
 def op_args(op, n, cin, cout, h, w, padding=0, layout="nchw", dtype=torch.float32, device=DEVICE):
     """The arguments of `op` for an input of (n, cin, h, w) and `cout` output channels, weights
     scaled to keep outputs near 1; the skip of crop_concat is (n, cout, h + 3, w + 2), that of
@@ -162,6 +165,9 @@ def op_args(op, n, cin, cout, h, w, padding=0, layout="nchw", dtype=torch.float3
     if op == "concat_conv3x3_relu":   # skip (n, cin, h + 3, w + 2): odd crop offsets
         return (t(n, cin, h + 3, w + 2, lay=layout), x,
                 t(cout, 2 * cin, 3, 3, scale=1 / (3 * (2 * cin) ** 0.5)), t(cout), padding)
+    if op == "conv3x3_relu_conv1x1":   # a head of HEAD_CLASSES classes
+        return (x, t(cout, cin, 3, 3, scale=1 / (3 * cin ** 0.5)), t(cout),
+                t(HEAD_CLASSES, cout, 1, 1, scale=cout ** -0.5), t(HEAD_CLASSES), padding)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -187,6 +193,8 @@ REFERENCE = {
     "conv1x1": lambda x, w, b: F.conv2d(x, w, b),
     "concat_conv3x3_relu": lambda s, u, w, b, p: F.relu(F.conv2d(
         torch.cat([center_crop(s, *u.shape[-2:]), u], 1), w, b, padding=p)),
+    "conv3x3_relu_conv1x1": lambda x, w, b, hw, hb, p: F.conv2d(
+        F.relu(F.conv2d(x, w, b, padding=p)), hw, hb),
 }
 EXACT_OPS = ("max_pool2x2", "crop_concat")  # they move values: no arithmetic, no rounding
 FORMAT_ARG = {"crop_concat": 1, "up_concat": 1, "concat_conv3x3_relu": 1}  # the argument whose memory format the output keeps

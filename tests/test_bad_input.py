@@ -103,3 +103,27 @@ def test_concat_conv3x3_relu_bad_input():
     w = torch.randn(5, 8, 3, 3)
     ref = torch.relu(torch.nn.functional.conv2d(torch.cat([skip[..., 1:9, 1:9], up], 1), w))
     torch.testing.assert_close(uf.ops.concat_conv3x3_relu(skip, up, w), ref)
+
+
+def test_conv3x3_relu_conv1x1_bad_input():
+    x, w, hw = torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(2, 6, 1, 1)
+    with pytest.raises(ValueError, match=r"head_weight must have shape \(classes, 6, 1, 1\)"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, None, torch.randn(2, 5, 1, 1))
+    with pytest.raises(ValueError, match=r"head_weight must have shape \(classes, 6, 1, 1\)"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, None, torch.randn(2, 6, 3, 3))
+    with pytest.raises(ValueError, match=r"head_bias must have shape \(2,\) to match the "
+                                         r"head_weight's output channels"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, None, hw, torch.randn(6))
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, torch.randn(2), hw)
+    with pytest.raises(TypeError, match="head_weight is torch.float64 but x is torch.float32"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, None, hw.double())
+    with pytest.raises(TypeError, match="head_weight must be a torch.Tensor"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, None, None)
+    with pytest.raises(ValueError, match="padding must be 0"):
+        uf.ops.conv3x3_relu_conv1x1(x, w, None, hw, None, 2)
+    # a valid call: the reference's numbers
+    hb = torch.randn(2)
+    ref = torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(x, w, padding=1)),
+                                     hw, hb)
+    torch.testing.assert_close(uf.ops.conv3x3_relu_conv1x1(x, w, None, hw, hb, 1), ref)

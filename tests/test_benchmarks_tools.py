@@ -153,7 +153,11 @@ def test_layer_shapes_are_derived_from_the_model():
         uses[s.op] = uses.get(s.op, 0) + len(s.uses)
     # docs/design.md, section 1: 23 convolutions (18 3x3, 4 transposed 2x2, one 1x1), 4 pools, 4 concats
     assert uses == {"conv3x3_relu": 18, "conv3x3_relu_pool": 4, "max_pool2x2": 4, "crop_concat": 4,
-                    "up_concat": 4, "concat_conv3x3_relu": 4, "conv_transpose2x2": 4, "conv1x1": 1}
+                    "up_concat": 4, "concat_conv3x3_relu": 4, "conv_transpose2x2": 4, "conv1x1": 1,
+                    "conv3x3_relu_conv1x1": 1}
+    head = next(s for s in specs if s.op == "conv3x3_relu_conv1x1")
+    assert head.layer == "up.3.conv.2+head" and head.shape("x") == (8, 64, 390, 390)
+    assert head.shape("head_weight") == (2, 64, 1, 1) and head.padding == 0
     fused = next(s for s in specs if s.op == "concat_conv3x3_relu" and s.layer == "up.3.cat+conv.0")
     assert fused.shape("skip") == fused.shape("up") == (8, 64, 392, 392)
     assert fused.shape("weight") == (64, 128, 3, 3) and fused.padding == 0

@@ -43,7 +43,8 @@ OPS_CASES = ([("conv3x3_relu",) + c for c in CONV_CASES] + [("conv3x3_relu_pool"
              + [("crop_concat", 3, 5, 3, 13, 11, 0), ("crop_concat", 2, 8, 16, 6, 8, 0)]
              + [(o, 3, 5, 3, 7, 6, 0) for o in ("conv_transpose2x2", "up_concat", "conv1x1")]
              + [(o, 2, 16, 8, 5, 4, 0) for o in ("conv_transpose2x2", "up_concat", "conv1x1")]
-             + [("conv1x1", 3, 4, 2, 13, 11, 0), ("up_concat", 1, 17, 1, 3, 5, 0)])
+             + [("conv1x1", 3, 4, 2, 13, 11, 0), ("up_concat", 1, 17, 1, 3, 5, 0)]
+             + [("conv3x3_relu_conv1x1", 2, 5, 8, 9, 10, p) for p in (0, 1)])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

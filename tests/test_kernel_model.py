@@ -134,7 +134,7 @@ def test_model_of_one_kernel_is_stable():
     # launches are attributed to the model's layers, forward and backward
     layers = {tuple(x) for x in out["layers"]}
     assert ("down.0.0", "fwd") in layers and ("down.0.0", "bwd") in layers
-    assert ("head", "fwd") in layers and ("up.3.up", "bwd") in layers
+    assert ("up.3.conv.2+head", "fwd") in layers and ("up.3.up", "bwd") in layers  # (fused)
 
 
 # ---------------------------------------------------------------- the CUDA extension (unet_fast._C)

@@ -28,7 +28,8 @@ from unet_fast.backends.triton_backend import (  # noqa: E402
 import triton  # noqa: E402  (importable: the backend above is)
 import triton.language as tl  # noqa: E402
 
-from parity import DEVICE, REFERENCE, assert_float32_close, assert_within, check, make, run  # noqa: E402
+from parity import (DEVICE, REFERENCE, assert_float32_close, assert_lowp_within,  # noqa: E402
+                    assert_within, check, make, run)
 
 pytestmark = [pytest.mark.skipif(uf.backends.available()["triton"] is not None,
                                  reason=f"triton backend unavailable: {uf.backends.available()['triton']}"),
@@ -312,6 +313,87 @@ def test_channels_last_weights_are_read_in_place(name, monkeypatch):
     assert wt.data_ptr() not in copied
 
 
+# ---------------------------------------------------------------- the last conv + the 1x1 head
+HEAD_CASES = [  # (C_in, C_out, classes, layout, padding, biases); x is 2 x C_in x 9 x 10
+    (8, 32, 3, "channels_last", 0, True),   # the head in the conv's epilogue (HEAD): C_out fits
+    (5, 17, 2, "nchw", 1, False),           # ... one column tile of the interpreter's (32)
+    (8, 32, 1, "nhwc_strided", 1, True),
+    (8, 33, 2, "channels_last", 1, True),   # wider than a tile: the conv, then the head
+]
+
+
+def _spy_fwd(monkeypatch):
+    """Records the keyword arguments of each conv3x3_relu-module igemm_fwd launch."""
+    calls = []
+    real = t_conv3x3.igemm_fwd
+    monkeypatch.setattr(t_conv3x3, "igemm_fwd", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("ci,co,k,layout,padding,bias", HEAD_CASES)
+def test_conv3x3_relu_conv1x1(monkeypatch, ci, co, k, layout, padding, bias):
+    """conv1x1(conv3x3_relu(x)) against float64, forward and every gradient (the conv's and the
+    head's); fused where the conv's channels fit one column tile, with y kept for the
+    backward."""
+    calls = _spy_fwd(monkeypatch)
+    x = make((2, ci, 9, 10), layout)
+    check_triton("conv3x3_relu_conv1x1",
+                 [x, make((co, ci, 3, 3), scale=1 / (3 * ci ** 0.5)), make((co,)) if bias else None,
+                  make((k, co, 1, 1), scale=co ** -0.5), make((k,)) if bias else None, padding])
+    fused = [kw for kw in calls if kw.get("head") is not None]
+    assert len(fused) == (1 if co <= 32 else 0), calls
+    assert all(kw["store_y"] for kw in fused)
+
+
+def test_conv3x3_relu_conv1x1_inference_writes_no_y(monkeypatch):
+    """Without gradients the fused kernel writes only the head's output (STORE_Y off), the same
+    values as with y kept."""
+    calls = _spy_fwd(monkeypatch)
+    args = [make((2, 8, 9, 10), "channels_last"), make((32, 8, 3, 3), scale=0.1), make((32,)),
+            make((2, 32, 1, 1), scale=0.2), make((2,))]
+    with torch.no_grad():
+        z = uf.ops.conv3x3_relu_conv1x1(*args, 1, backend="triton")
+    z_train = uf.ops.conv3x3_relu_conv1x1(*[a.requires_grad_() for a in args], 1,
+                                          backend="triton")
+    assert [kw["store_y"] for kw in calls] == [False, True]
+    assert torch.equal(z, z_train.detach())
+    assert_float32_close("z", z, REFERENCE["conv3x3_relu_conv1x1"](
+        *[a.detach().double() for a in args], 1))
+
+
+def test_conv3x3_relu_conv1x1_nan_and_half(monkeypatch):
+    """A NaN in x reaches every class of the pixels it touches, as in PyTorch; fp16 within twice
+    PyTorch's own error. bf16 against our unfused ops (the conv, then the head kernel), within
+    twice their error: the interpreter casts to bf16 by truncation (docs/design.md, section 5),
+    which a chain of two bf16 ops compounds past twice PyTorch's round-to-nearest error."""
+    x = make((2, 8, 7, 9), "channels_last")
+    with torch.no_grad():
+        x[1, 3, 4, 4] = float("nan")
+    args = [make((16, 8, 3, 3), scale=0.1), make((16,)), make((3, 16, 1, 1), scale=0.25),
+            make((3,))]
+    out = uf.ops.conv3x3_relu_conv1x1(x, *args, 1, backend="triton")
+    assert torch.equal(out.isnan(), REFERENCE["conv3x3_relu_conv1x1"](x, *args, 1).isnan())
+    x = make((2, 8, 7, 9), "channels_last")
+    check_triton("conv3x3_relu_conv1x1", [x] + args + [0], dtype=torch.float16,
+                 grad_layout="channels_last")
+    bf = [t.to(torch.bfloat16) for t in [x] + args]
+    dz = make((2, 3, 5, 7), "channels_last", dtype=torch.bfloat16)
+
+    def grads(fused):
+        with monkeypatch.context() as m:
+            if not fused:
+                m.setattr(t_utils, "head_fits", lambda *a: False)
+            return run(lambda *a: uf.ops.conv3x3_relu_conv1x1(*a, 0, backend="triton"), bf, [dz])
+    (fused,), fused_g = grads(True)
+    (unfused,), unfused_g = grads(False)
+    ref_args = [t.detach().double() for t in bf]
+    (ref,), ref_g = run(lambda *a: REFERENCE["conv3x3_relu_conv1x1"](*a, 0), ref_args,
+                        [dz.double()])
+    for what, a, b, r in zip(["z", "dx", "dw", "db", "dw_head", "db_head"],
+                             (fused,) + fused_g, (unfused,) + unfused_g, (ref,) + ref_g):
+        assert_lowp_within(f"bf16 {what}", a, b, r)
+
+
 # ---------------------------------------------------------------- half precision
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
@@ -328,7 +410,8 @@ def test_half_precision(dtype):
     ("valid", 2, 4, (44, 52), False),
     ("same", 3, 8, (16, 16), True),
 ])
-def test_unet_matches_reference(padding, depth, base, hw, channels_last):
+def test_unet_matches_reference(monkeypatch, padding, depth, base, hw, channels_last):
+    calls = _spy_fwd(monkeypatch)
     model = uf.UNet(in_channels=3, num_classes=2, base_channels=base, depth=depth,
                     padding=padding, backend="triton").to(DEVICE)
     ref = uf.reference.UNet(in_channels=3, num_classes=2, base_channels=base, depth=depth,
@@ -337,6 +420,10 @@ def test_unet_matches_reference(padding, depth, base, hw, channels_last):
     x = make((2, 3) + hw, "channels_last" if channels_last else "nchw")
     y = model(x)
     assert set(model.backend_report().values()) == {"triton"}
+    assert [kw["store_y"] for kw in calls if kw.get("head") is not None] == [True]  # (fused)
+    with torch.no_grad():   # inference: the head alone is written
+        assert torch.equal(model(x), y.detach())
+    assert [kw["store_y"] for kw in calls if kw.get("head") is not None] == [True, False]
     r = ref(x.double())
     assert_float32_close("UNet output", y, r)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -568,8 +655,9 @@ def test_one_k_tile_path(monkeypatch, path, op, n, ci, co, h, w, padding, layout
 
 
 def test_one_k_tile_path_in_the_unet(monkeypatch):
-    """In the U-Net the first layer, the head and the head's dgrad (masked by the last ReLU) take
-    the one-K-tile path and nothing else does; the network still matches float64."""
+    """In the U-Net the first layer and the head's dgrad (masked by the last ReLU) take the
+    one-K-tile path and nothing else does (the head's forward is the last conv's epilogue); the
+    network still matches float64."""
     from unet_fast.backends.triton_backend import igemm
     seen = []
     real = igemm._igemm_onek
@@ -593,8 +681,8 @@ def test_one_k_tile_path_in_the_unet(monkeypatch):
     assert_float32_close("output", out, ref_out)
     for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert_float32_close(name, p.grad, q.grad)
-    # (C_in or C_out read, N, KS, masked by a ReLU): first layer fwd, head fwd, head dgrad
-    assert sorted(seen) == sorted([(1, 8, 3, False), (8, 2, 1, False), (2, 8, 1, True)]), seen
+    # (C_in or C_out read, N, KS, masked by a ReLU): first layer fwd, head dgrad
+    assert sorted(seen) == sorted([(1, 8, 3, False), (2, 8, 1, True)]), seen
 
 
 # ---------------------------------------------------------------- the weight gradient's K order
@@ -836,6 +924,9 @@ def test_launches_get_only_configs_that_fit_the_registers(monkeypatch):
     assert any(c.maxnreg for c in skip), skip
     assert any(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128
                for c in pick(n=512, POOL=True))
+    # the fused head: one column tile as wide as the conv's channels, and no register cap
+    head = pick(n=64, HEAD=2, a_sc=1, o_sc=1)
+    assert head and all(c.kwargs["BLOCK_N"] == 64 and not c.maxnreg for c in head), head
     # the transposed conv's 2x2 scatter: no register cap (and on sm_80 no narrow tile, below)
     scatter = t_utils.launch_configs(cfgs, dtype=torch.bfloat16, precision="ieee", arch=90,
                                      narrow=False, wgrad=False, upscatter=True)

@@ -45,6 +45,10 @@ GPU_CASES = {  # name -> args builder (U-Net-like layer shapes, odd spatial size
     "concat_conv3x3_relu_wide": lambda: [make((2, 128, 26, 22), "channels_last"),
                                          make((2, 128, 26, 22), "channels_last"),
                                          make((128, 256, 3, 3), scale=0.02), make((128,)), 0],
+    # the last conv with the 2-class head in its epilogue (HEAD: one 64-wide column tile)
+    "conv3x3_relu_conv1x1": lambda: [make((2, 64, 37, 41), "channels_last"),
+                                     make((64, 64, 3, 3), scale=0.05), make((64,)),
+                                     make((2, 64, 1, 1), scale=0.1), make((2,)), 0],
 }
 
 
@@ -73,7 +77,7 @@ def test_half_precision_gpu(case, dtype):
     check_triton(case, GPU_CASES[case](), dtype=dtype)
 
 
-_L1_CONFIGS, _POOL_CONFIGS, _CAT_CONFIGS, _PAIR_CONFIGS = [], [], [], []
+_L1_CONFIGS, _POOL_CONFIGS, _CAT_CONFIGS, _PAIR_CONFIGS, _HEAD_CONFIGS = [], [], [], [], []
 try:
     from unet_fast.backends.triton_backend import utils as _t_utils
     _L1_CONFIGS = [c for c in _t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
@@ -86,6 +90,11 @@ try:
         _t_utils.WGRAD_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
         narrow=False, wgrad=True, sub_n=2)
         if _t_utils.sub_tile_fits(c, 2, 2) and _t_utils.cat_fits(c, 128, 2)]
+    # every 16-bit config the last conv with the fused head (64 channels: one column tile) may
+    # run on Hopper
+    _HEAD_CONFIGS = [c for c in _t_utils.launch_configs(
+        _t_utils.IGEMM_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
+        narrow=False, wgrad=False, ks=3, head=True) if c.kwargs["BLOCK_N"] == 64]
     # every 16-bit config a padded 3x3 forward with the pool epilogue may run on Hopper
     _POOL_CONFIGS = _t_utils.launch_configs(
         _t_utils.IGEMM_CONFIGS_16, dtype=torch.bfloat16, precision="ieee", arch=90,
@@ -162,6 +171,23 @@ def test_concat_forward_configs_gpu(monkeypatch, cfg):
                 make((64, 128, 3, 3), scale=0.03), make((64,)), padding]
         check("concat_conv3x3_relu", args, backend="triton", grad_layout="nchw",
               dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("cfg", _HEAD_CONFIGS, ids=[_cfg_id(c) for c in _HEAD_CONFIGS])
+def test_head_forward_configs_gpu(monkeypatch, cfg):
+    """Each config the last conv with the fused head may run, compiled and forced: the op's
+    parity in bf16 (padded and valid), and without gradients (y not stored) the same classes."""
+    from unet_fast.backends.triton_backend import igemm
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    for padding, hw in ((1, (38, 42)), (0, (20, 301))):
+        args = [make((2, 64) + hw, "channels_last"), make((64, 64, 3, 3), scale=0.05),
+                make((64,)), make((2, 64, 1, 1), scale=0.1), make((2,)), padding]
+        z = check("conv3x3_relu_conv1x1", args, backend="triton", grad_layout="nchw",
+                  dtype=torch.bfloat16).outs[0]
+        with torch.no_grad():
+            bf = [a.to(torch.bfloat16) if isinstance(a, torch.Tensor) else a for a in args]
+            assert torch.equal(uf.ops.conv3x3_relu_conv1x1(*bf, backend="triton"), z)
 
 
 @pytest.mark.parametrize("cfg", _PAIR_CONFIGS, ids=[_cfg_id(c) for c in _PAIR_CONFIGS])

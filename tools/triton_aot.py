@@ -77,7 +77,7 @@ def _variants():
     import triton without the interpreter."""
     base = dict(STRIDE=1, PAD=1, SIGN=1, BOUNDS=True, HAS_BIAS=True, RELU=True, POOL=False,
                 SKIP=False, UPSCATTER=False, RELU_IN=False, FLAT_K=False, DOT_F32=False,
-                INT64=False, WIDE=False, CO_UP=1, CAT=False)
+                INT64=False, WIDE=False, CO_UP=1, CAT=False, HEAD=0, STORE_Y=True)
     conv = dict(base, KS=3)
     dgrad = dict(conv, SIGN=-1, HAS_BIAS=False, RELU=False)
     # Weights are read through strides W[tap, ca, j] (w_st, w_sc, w_sj); the model keeps them
@@ -114,6 +114,12 @@ def _variants():
         ("concat conv3x3_relu fwd (CAT)", dict(conv, CAT=True), ALL_DTYPES, _BASE, w_fwd),
         ("concat conv3x3_relu fwd, valid (CAT, PAD=0)", dict(conv, CAT=True, PAD=0, BOUNDS=False),
          ("bf16",), _BASE, w_fwd),
+        # the last conv with the 2-class head in its epilogue (tiles as wide as its 64 channels)
+        ("conv3x3_relu + 1x1 head fwd (HEAD)", dict(conv, HEAD=2), ALL_DTYPES, _BASE, w_fwd),
+        ("conv3x3_relu + 1x1 head fwd, valid (HEAD, PAD=0)",
+         dict(conv, HEAD=2, PAD=0, BOUNDS=False), ("bf16",), _BASE, w_fwd),
+        ("conv3x3_relu + 1x1 head fwd, inference: y not stored (HEAD, STORE_Y off)",
+         dict(conv, HEAD=2, STORE_Y=False, PAD=0, BOUNDS=False), ("bf16",), _BASE, w_fwd),
         ("conv3x3 dgrad", dgrad, ALL_DTYPES, _ALL, w_dgrad),
         ("conv3x3 dgrad, ReLU input (RELU_IN)", dict(dgrad, RELU_IN=True), ALL_DTYPES, _ALL,
          w_dgrad),
@@ -413,9 +419,13 @@ def jobs(subset: bool):
                             relu_in=consts.get("RELU_IN", False), sub_n=sub,
                             ks=consts.get("KS", 1), flat_k=consts.get("FLAT_K", False),
                             bounds=consts.get("BOUNDS", True),
-                            upscatter=consts.get("UPSCATTER", False))
+                            upscatter=consts.get("UPSCATTER", False),
+                            head=consts.get("HEAD", 0) > 0)
                         if consts.get("CAT"):   # (the concat: tiles in one of its halves)
                             mine = [c for c in mine if utils.cat_fits(c, 1 << 20, sub)]
+                        if consts.get("HEAD"):  # (one column tile of the conv's 64 channels
+                            #                      or fewer: prune_gemm)
+                            mine = [c for c in mine if c.kwargs["BLOCK_N"] <= 64]
                         cfgs = [configs.index(c) for c in mine]
                     elif "onek" in path:
                         cfgs = [configs.index(c) for c in utils.onek_launch_configs(configs, tdt)]

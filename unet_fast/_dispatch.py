@@ -42,6 +42,9 @@ OPS = (
     "up_concat",           # (skip, x, weight, bias, relu_input) -> crop_concat(skip, conv_transpose2x2(x, ...))
     "concat_conv3x3_relu", # (skip, up, weight, bias, padding, grad_masked)
                            #   -> conv3x3_relu(crop_concat(skip, up), weight, bias, padding, False, grad_masked)
+    "conv3x3_relu_conv1x1",  # (x, weight, bias, head_weight, head_bias, padding, relu_input)
+                           #   -> conv1x1(conv3x3_relu(x, weight, bias, padding, relu_input),
+                           #              head_weight, head_bias, relu_input=True)
 )
 # The two flags are the model's internal ReLU-gradient contract (docs/design.md, "Backward"):
 # relu_input=True: x is a ReLU output, and the op returns dx already multiplied by (x > 0);
@@ -384,7 +387,8 @@ def record(op: str, name: str) -> None:
     report = getattr(_local, "report", None)
     layer_name = getattr(_local, "layer", None)
     if report is not None and layer_name is not None:
-        report[layer_name] = name
+        for part in layer_name.split("+"):   # (a fused op runs two layers: "a+b")
+            report[part] = name
 
 
 def last_used(op: str) -> Optional[str]:
@@ -412,10 +416,11 @@ class report_layers:
 
 class layer:
     """Names the layer the ops inside the block belong to (for `report_layers`, and for tools
-    that attribute kernels to layers, such as tools/kernel_model.py)."""
+    that attribute kernels to layers, such as tools/kernel_model.py); an op that fuses several
+    layers runs under all their names (`layer("up.3.conv.2", "head")`: "up.3.conv.2+head")."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, *names: str):
+        self.name = "+".join(names)
 
     def __enter__(self):
         if not _is_compiling():

@@ -8,7 +8,7 @@ ops of `unet_fast.ops`:
 - expanding path: per level, the 2x2 up-convolution, then conv3x3+ReLU over the concat of the
   center-cropped skip and the up-sampled map (`concat_conv3x3_relu`: the Triton kernels read the
   two halves where they lie, no concat buffer), then conv3x3+ReLU;
-- head: the 1x1 convolution.
+- head: the 1x1 convolution, computed in the last conv's epilogue (`conv3x3_relu_conv1x1`).
 
 Every op after the first layer reads a ReLU output, so the model uses the ops' internal
 ReLU-gradient contract (unet_fast/_dispatch.py, OPS): an op told `_relu_input` returns its input
@@ -67,9 +67,10 @@ class UNet(reference.UNet):
             del skip  # (no name here keeps the deepest skip alive: the list gives them up one
             #            by one, each to its decoder step)
             x = self._step(self._bottleneck, "bottleneck", self.bottleneck, x)
-            for i, level in enumerate(self.up):                     # expanding path
-                x = self._step(self._decode, f"up.{i}", level, x, skips.pop())
-            x = self._head("head", self.head, x)
+            for i, level in enumerate(self.up):                     # expanding path, its
+                last = i == len(self.up) - 1                        # last step ending in the head
+                x = self._step(self._decode, f"up.{i}", level, x, skips.pop(),
+                               head=self.head if last else None)
         return x if x.is_contiguous(memory_format=caller_format) else _InCallersFormat.apply(
             x, caller_format)
 
@@ -88,21 +89,23 @@ class UNet(reference.UNet):
         x = self._conv(f"{name}.0", block[0], x, relu_input=True, grad_masked=True)
         return self._conv(f"{name}.2", block[2], x, relu_input=True, grad_masked=True)
 
-    def _decode(self, name, level, x, skip):
-        """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), conv3x3+ReLU. (The concat is
-        not a ReLU output as a whole: the first conv leaves its gradient unmasked; the skip's
-        half is masked by the encoder's pool backward.)"""
+    def _decode(self, name, level, x, skip, head=None):
+        """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), conv3x3+ReLU (and the 1x1
+        `head` over it, when given: one op). (The concat is not a ReLU output as a whole: the
+        first conv leaves its gradient unmasked; the skip's half is masked by the encoder's pool
+        backward.)"""
         with _dispatch.layer(f"{name}.up"):
             up = ops.conv_transpose2x2(x, level.up.weight, level.up.bias, backend=self._backend,
                                        _relu_input=True)
         with _dispatch.layer(f"{name}.conv.0"):
             x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
                                         self._pad, backend=self._backend, _grad_masked=True)
+        if head is not None:
+            conv = level.conv[2]
+            with _dispatch.layer(f"{name}.conv.2", "head"):
+                return ops.conv3x3_relu_conv1x1(x, conv.weight, conv.bias, head.weight, head.bias,
+                                                self._pad, backend=self._backend, _relu_input=True)
         return self._conv(f"{name}.conv.2", level.conv[2], x, relu_input=True, grad_masked=True)
-
-    def _head(self, name, conv, x):
-        with _dispatch.layer(name):
-            return ops.conv1x1(x, conv.weight, conv.bias, backend=self._backend, _relu_input=True)
 
     def _conv(self, name, conv, x, relu_input, grad_masked):
         with _dispatch.layer(name):

@@ -19,7 +19,7 @@ from . import _dispatch
 from ._utils import is_channels_last
 
 __all__ = ["conv3x3_relu", "max_pool2x2", "crop_concat", "conv_transpose2x2", "conv1x1",
-           "conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu"]
+           "conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu", "conv3x3_relu_conv1x1"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -55,13 +55,13 @@ def _check_same(tensors: dict):
                             f"(e.g. {n}.to({n0}.dtype)) or run under torch.autocast")
 
 
-def _check_bias(bias, channels: int):
+def _check_bias(bias, channels: int, name: str = "bias", weight: str = "weight"):
     if bias is None:
         return
     if not isinstance(bias, torch.Tensor):
-        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(bias).__name__}")
     if bias.dim() != 1 or bias.shape[0] != channels:
-        raise ValueError(f"bias must have shape ({channels},) to match the weight's output "
+        raise ValueError(f"{name} must have shape ({channels},) to match the {weight}'s output "
                          f"channels, got {tuple(bias.shape)}")
 
 
@@ -282,6 +282,25 @@ def concat_conv3x3_relu(skip, up, weight, bias=None, padding: int = 0, *,
     skip = _autocast(skip)[0]
     return _dispatch.run("concat_conv3x3_relu", (skip, up, weight, bias, padding,
                                                  bool(_grad_masked)), backend)
+
+
+def conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias=None, padding: int = 0, *,
+                         backend: Optional[str] = None, _relu_input: bool = False):
+    """conv1x1(conv3x3_relu(x, weight, bias, padding), head_weight, head_bias): the U-Net's last
+    conv and its 1x1 head, whose Triton kernel computes the head in the conv's epilogue (the
+    conv's output is written only when a gradient needs it, and never read back)."""
+    _check_conv3x3(x, weight, bias, padding)
+    _check_tensor(head_weight, "head_weight")
+    if head_weight.shape[1:] != (weight.shape[0], 1, 1):
+        raise ValueError(f"head_weight must have shape (classes, {weight.shape[0]}, 1, 1) for the "
+                         f"conv's {weight.shape[0]} output channels, got "
+                         f"{tuple(head_weight.shape)}")
+    _check_bias(head_bias, head_weight.shape[0], "head_bias", "head_weight")
+    _check_same({"x": x, "weight": weight, "bias": bias, "head_weight": head_weight,
+                 "head_bias": head_bias})
+    x, weight, bias, head_weight, head_bias = _autocast(x, weight, bias, head_weight, head_bias)
+    return _dispatch.run("conv3x3_relu_conv1x1", (x, weight, bias, head_weight, head_bias,
+                                                  padding, bool(_relu_input)), backend)
 
 
 def conv1x1(x, weight, bias=None, *, backend: Optional[str] = None, _relu_input: bool = False):

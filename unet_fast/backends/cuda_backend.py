@@ -255,7 +255,15 @@ def _concat_parts(skip, up, weight, bias, padding, grad_masked=False):
                                                            grad_masked))]
 
 
-_COMPOSITES = {"concat_conv3x3_relu": _concat_parts}
+def _head_parts(x, weight, bias, head_weight, head_bias, padding, relu_input=False):
+    # the conv's output as the head's input for its checks (a view of x: no allocation)
+    oh, ow = x.shape[2] - 2 + 2 * padding, x.shape[3] - 2 + 2 * padding
+    y = x[:, :1, :oh, :ow].expand(x.shape[0], weight.shape[0], oh, ow)
+    return [("conv3x3_relu", (x, weight, bias, padding, relu_input, True)),
+            ("conv1x1", (y, head_weight, head_bias, True))]
+
+
+_COMPOSITES = {"concat_conv3x3_relu": _concat_parts, "conv3x3_relu_conv1x1": _head_parts}
 
 
 def _supports(op: str):

@@ -293,6 +293,14 @@ def conv1x1(x, weight, bias, relu_input_=False):
     return _ops.conv1x1(relu_input(x, relu_input_), weight, bias)
 
 
+def conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, padding, relu_input_=False):
+    # (the head is a kernel of its own here: y is written and read back; the Triton backend's
+    # conv computes it in its epilogue)
+    # (grad_masked: the head, told relu_input, returns y's gradient masked already)
+    y = conv3x3_relu(x, weight, bias, padding, relu_input_, True)
+    return conv1x1(y, head_weight, head_bias, True)
+
+
 IMPLS = {
     "conv3x3_relu": conv3x3_relu,
     "conv3x3_relu_pool": conv3x3_relu_pool,
@@ -302,9 +310,10 @@ IMPLS = {
     "up_concat": up_concat,
     "concat_conv3x3_relu": concat_conv3x3_relu,
     "conv1x1": conv1x1,
+    "conv3x3_relu_conv1x1": conv3x3_relu_conv1x1,
 }
 # Ops whose CUDA backward reduces the weight gradient with fp32 atomics (split-K): not
 # deterministic when gradients are computed (the dispatch layer's `nondeterministic`). The CUTLASS
 # path of the 3x3 convolutions sums its split-K partials in a fixed order: deterministic.
 ATOMIC_WGRAD = {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "up_concat",
-                "concat_conv3x3_relu", "conv1x1"}
+                "concat_conv3x3_relu", "conv1x1", "conv3x3_relu_conv1x1"}

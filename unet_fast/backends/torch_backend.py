@@ -53,6 +53,11 @@ def conv1x1(x, weight, bias, relu_input_=False):
     return F.conv2d(relu_input(x, relu_input_), weight, bias)
 
 
+def conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, padding, relu_input_=False):
+    return conv1x1(conv3x3_relu(x, weight, bias, padding, relu_input_), head_weight, head_bias)
+
+
 for _op in ("conv3x3_relu", "conv3x3_relu_pool", "max_pool2x2", "crop_concat",
-            "conv_transpose2x2", "up_concat", "concat_conv3x3_relu", "conv1x1"):
+            "conv_transpose2x2", "up_concat", "concat_conv3x3_relu", "conv1x1",
+            "conv3x3_relu_conv1x1"):
     register_impl(_op, "torch", globals()[_op])

@@ -73,6 +73,7 @@ _IMPLS = {
     "up_concat": conv_transpose.impl_up_concat,
     "concat_conv3x3_relu": conv3x3_relu.impl_concat,
     "conv1x1": conv1x1.impl,
+    "conv3x3_relu_conv1x1": conv3x3_relu.impl_head,
 }
 
 register_backend("triton", backend_reason)

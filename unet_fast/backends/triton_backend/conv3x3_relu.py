@@ -28,6 +28,7 @@ from ..._utils import nonfinite_weight_on_cpu
 from .. import torch_backend
 from . import utils
 from . import crop_concat as _crop_concat
+from . import conv1x1 as _conv1x1
 from .igemm import cat_ok, igemm_fwd, igemm_wgrad
 from .max_pool import _relu_pool_backward
 
@@ -83,6 +84,18 @@ def concat_conv3x3_relu_forward(skip, up, weight, bias, padding):
     igemm_fwd(skip, _weight_fwd(weight), y, grid_hw=(oh, ow), ks=3, stride=1, pad=padding,
               sign=1, bias=bias, relu=True, a2=up)
     return y
+
+
+def conv3x3_relu_head_forward(x, weight, bias, head_weight, head_bias, padding, keep_y):
+    """(z, y): z = the 1x1 head over y = relu(conv3x3(x)), from the conv's epilogue; y is
+    written only with `keep_y` (the backward's), else an empty tensor is returned for it."""
+    nb, _, h, w = x.shape
+    oh, ow = _out_hw(h, w, padding)
+    z = utils.empty_like_format((nb, head_weight.shape[0], oh, ow), x)
+    y = utils.empty_like_format((nb, weight.shape[0], oh, ow), x) if keep_y else z
+    igemm_fwd(x, _weight_fwd(weight), y, grid_hw=(oh, ow), ks=3, stride=1, pad=padding, sign=1,
+              bias=bias, relu=True, head=(head_weight, head_bias, z), store_y=keep_y)
+    return z, (y if keep_y else z.new_empty(0))
 
 
 def conv3x3_dgrad(g, weight, padding, x_relu=None):
@@ -210,6 +223,26 @@ def _(skip, up, g, padding):
     return dw, skip.new_empty((co,))
 
 
+@torch.library.custom_op("unet_fast_triton::conv3x3_relu_conv1x1", mutates_args=())
+def conv3x3_relu_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         head_weight: torch.Tensor, head_bias: Optional[torch.Tensor],
+                         padding: int, relu_input: bool,
+                         keep_y: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conv1x1(y, head_weight, head_bias), y) with y = conv3x3_relu(x, ...): the U-Net's last
+    conv and its head from one epilogue. y is returned for the backward only (not
+    differentiable), and only with keep_y (else empty: in inference it is never written)."""
+    return conv3x3_relu_head_forward(x, weight, bias, head_weight, head_bias, padding, keep_y)
+
+
+@conv3x3_relu_conv1x1.register_fake
+def _(x, weight, bias, head_weight, head_bias, padding, relu_input, keep_y):
+    oh, ow = _out_hw(x.shape[2], x.shape[3], padding)
+    nb = x.shape[0]
+    z = utils.empty_like_format((nb, head_weight.shape[0], oh, ow), x)
+    y = utils.empty_like_format((nb, weight.shape[0], oh, ow), x) if keep_y else x.new_empty(0)
+    return z, y
+
+
 # ---------------------------------------------------------------- autograd
 def _setup(ctx, inputs, output):
     x, weight, bias, padding, relu_input = inputs[:5]
@@ -284,7 +317,39 @@ def _backward_concat(ctx, dy):
     return dskip, dup, dw, (db if ctx.has_bias else None), None, None
 
 
+def _setup_head(ctx, inputs, output):
+    x, weight, bias, head_weight, head_bias, padding, relu_input, _keep_y = inputs
+    ctx.save_for_backward(x, weight, head_weight, output[1])
+    ctx.padding = padding
+    ctx.relu_input = relu_input
+    ctx.has_bias = bias is not None
+    ctx.has_head_bias = head_bias is not None
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _backward_head(ctx, dz, _dy):
+    """The head's dgrad gives the conv's output gradient already masked by (y > 0) (its ReLU
+    input mask), which the conv's dgrad and wgrad then read; the head's wgrad reads y."""
+    need = ctx.needs_input_grad
+    if dz is None:
+        return (None,) * 8
+    x, weight, head_weight, y = ctx.saved_tensors
+    if y.numel() == 0:
+        raise RuntimeError("conv3x3_relu_conv1x1: this forward ran without keeping y (no input "
+                           "required a gradient then), so it has no backward; run it with "
+                           "gradients enabled")
+    dx = dw = db = dhw = dhb = None
+    if need[3] or (ctx.has_head_bias and need[4]):
+        dhw, dhb = _conv1x1._conv1x1_wgrad(y, dz)
+    if need[0] or need[1] or (ctx.has_bias and need[2]):
+        g = _conv1x1._conv1x1_dgrad(dz, head_weight, y)   # (dz @ W_head) * (y > 0)
+        dx, dw, db = _grads(ctx, g, x, weight)[:3]
+    return dx, dw, db, dhw, (dhb if ctx.has_head_bias else None), None, None, None
+
+
 conv3x3_relu.register_autograd(_backward, setup_context=_setup)
+conv3x3_relu_conv1x1.register_autograd(_backward_head, setup_context=_setup_head)
 concat_conv3x3_relu.register_autograd(_backward_concat, setup_context=_setup_concat)
 conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
 conv3x3_relu_pool_crop.register_autograd(_backward_pool_crop, setup_context=_setup_crop)
@@ -315,3 +380,20 @@ def impl_concat(skip, up, weight, bias, padding, grad_masked=False):
         return concat_conv3x3_relu(skip, up, weight, bias, int(padding), bool(grad_masked))
     # a skip still to be cropped, or laid out unlike up: the concat materialized, then the conv
     return impl(_crop_concat.impl(skip, up), weight, bias, padding, False, grad_masked)
+
+
+def impl_head(x, weight, bias, head_weight, head_bias, padding, relu_input=False):
+    """conv1x1(conv3x3_relu(x, ...), head_weight, head_bias) with the head in the conv's
+    epilogue (utils.head_fits), y written only when a gradient will need it."""
+    if nonfinite_weight_on_cpu(weight):
+        return torch_backend.conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias,
+                                                  padding, relu_input)
+    if not utils.head_fits(weight.shape[0], head_weight.shape[0]):
+        # wider than one tile, or many classes: the conv, then the head (which masks the
+        # gradient it returns, so the conv need not)
+        y = impl(x, weight, bias, padding, relu_input, True)
+        return _conv1x1.impl(y, head_weight, head_bias, True)
+    keep_y = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, head_weight, head_bias))
+    return conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, int(padding),
+                                bool(relu_input), keep_y)[0]

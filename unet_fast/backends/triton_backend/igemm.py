@@ -65,7 +65,8 @@ _COMPILED = tl.constexpr(not utils.INTERPRET)
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
-            "WIDE", "CAT", "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "PRECISION"]
+            "WIDE", "CAT", "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "HEAD", "STORE_Y",
+            "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
               "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION", "CAT", "CB1"]
 # Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
@@ -221,12 +222,15 @@ def igemm_fwd_kernel(
     pool_ptr, q_sn, q_sh, q_sw, q_sc,
     skip_ptr, k_sn, k_sh, k_sw, k_sc, SKH, SKW, SK_T, SK_L,  # SKIP: out's (SKH, SKW) crop at (SK_T, SK_L)
     x_ptr, x_sn, x_sh, x_sw, x_sc,                      # RELU_IN: the input whose ReLU masks out
+    h_w_ptr, h_sk, h_sc, h_b_ptr,                       # HEAD: the 1x1 head's W[k, c] and bias[k]
+    z_ptr, z_sn, z_sh, z_sw, z_sc,                      # HEAD: its output (N, OH, OW, HEAD)
     NB, OH, OW, M_GEMM, N_GEMM, M_BUCKET, LAYOUT,       # M_BUCKET, LAYOUT: autotune key only
     CO_UP: tl.constexpr,   # UPSCATTER: the output channels (a constant: the scatter's divisions)
     KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr,
     BOUNDS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     SKIP: tl.constexpr, CAT: tl.constexpr,
     UPSCATTER: tl.constexpr, RELU_IN: tl.constexpr, FLAT_K: tl.constexpr, WIDE: tl.constexpr,
+    HEAD: tl.constexpr, STORE_Y: tl.constexpr,   # HEAD: the head's classes (0: no head)
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     A_L1: tl.constexpr = False,   # a config's choice: A through the L1 (below)
@@ -404,8 +408,32 @@ def igemm_fwd_kernel(
     else:
         row = n64 * o_sn + p * o_sh + q * o_sw
         col = offs_n * o_sc
-    tl.store(out_ptr + (row[:, None] + col[None, :]), acc.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    if STORE_Y:   # (not under HEAD without gradients: the head's output is all that is read)
+        tl.store(out_ptr + (row[:, None] + col[None, :]), acc.to(out_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+    if HEAD > 0:
+        # the 1x1 head from the same registers (the U-Net's last conv and its head): the tile
+        # holds every output channel of its pixels (one column tile, prune_gemm), so the
+        # classes are one more small GEMM, y (as stored: rounded to its dtype) times the head's
+        # weight padded to 16 classes, on the tensor cores as the unfused head's; y is never
+        # read back from memory. Each class is taken out of z as a row vector (a select and a
+        # sum), whose rows the pixel offsets of the tile already have: storing z's tile as
+        # such made Triton recompute the pixels in z's layout. (sm_90 SASS, 128x64 tile: the
+        # epilogue issues 177 instructions a warp more than without the head; row sums of
+        # y * W[k, :] on the FMA units issued 430 more, the 2-D store 594.)
+        tl.static_assert(not (POOL or SKIP or UPSCATTER or RELU_IN or CAT),
+                         "HEAD follows a plain conv3x3_relu")
+        cls = tl.arange(0, 16)
+        c_ok = cls < HEAD
+        w_h = tl.load(h_w_ptr + (cls[None, :] * h_sk + offs_n[:, None] * h_sc),
+                      mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+        z = _dot(tl.zeros((BLOCK_M, 16), dtype=tl.float32), acc.to(h_w_ptr.dtype.element_ty),
+                 w_h, DOT_F32, PRECISION)
+        z_row = n64 * z_sn + p * z_sh + q * z_sw
+        for k in tl.static_range(HEAD):
+            z_k = tl.sum(tl.where(cls[None, :] == k, z, 0.0), axis=1)
+            z_k += tl.load(h_b_ptr + k).to(tl.float32)
+            tl.store(z_ptr + (z_row + k * z_sc), z_k.to(z_ptr.dtype.element_ty), mask=m_ok)
     if SKIP:
         # the valid U-Net's skip: the center crop of y its decoder concatenates, from the same
         # registers (its gradient then has the crop's size: no zero-padded full-size map)
@@ -854,12 +882,14 @@ def _cat_int64(b: torch.Tensor, channels: int) -> bool:
 
 def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int, stride: int,
               pad: int, sign: int, bias=None, relu=False, relu_in=None, pool=None,
-              skip=None, up_channels: int = 0, a2=None) -> None:
+              skip=None, up_channels: int = 0, a2=None, head=None, store_y: bool = True) -> None:
     """Launch `igemm_fwd_kernel`. Tensors are logical NCHW (any strides); `grid_hw` is the pixel
     grid of the GEMM's rows; `w` = (tensor, tap stride, channel stride, column stride, N) reads
     the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it;
     `skip`: a tensor that also gets out's center crop of its size (with `pool`); `a2`: A is
-    cat([a, a2], 1), read in place (`cat_ok(a, a2)` must hold)."""
+    cat([a, a2], 1), read in place (`cat_ok(a, a2)` must hold); `head` = (weight (K, N, 1, 1),
+    bias or None, z): z also gets the 1x1 head over out (`utils.head_fits(N, K)` must hold),
+    and with `store_y=False` only z is written."""
     nb, ca, ah, aw = a.shape
     ca1 = ca
     if a2 is not None:
@@ -867,7 +897,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
         ca = ca1 + a2.shape[1]
     oh, ow = grid_hw
     w_t, w_st, w_sc, w_sj, n_gemm = w
-    if (stride == 1 and pool is None and up_channels == 0 and a2 is None
+    if (stride == 1 and pool is None and up_channels == 0 and a2 is None and head is None
             and utils.use_onek(ks * ks * ca, n_gemm, oh * ow, a, out,
                                *(() if relu_in is None else (relu_in,)))):
         return _igemm_onek(a, w, out, grid_hw=grid_hw, ks=ks, pad=pad, sign=sign, bias=bias,
@@ -880,6 +910,13 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     sk = skip if skip is not None else out
     sk_t, sk_l = crop_offsets((oh, ow), sk.shape[-2:])
     xi = relu_in if relu_in is not None else out
+    if head is not None:
+        h_w, h_b, z = head
+        assert utils.head_fits(n_gemm, h_w.shape[0]), "igemm_fwd: the head needs one column tile"
+        if h_b is None:
+            h_b = z.new_zeros(h_w.shape[0])
+    else:
+        h_w, h_b, z = w_t, w_t, out
     flat_k = ca % utils.k_align() != 0
     # the window can leave the input unless every shifted pixel is inside by construction
     bounds = not (pad == 0 and sign == 1 and (oh - 1) * stride + ks <= ah
@@ -901,14 +938,18 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             po, *utils.nhwc_strides(po),
             sk, *utils.nhwc_strides(sk), sk.shape[2], sk.shape[3], sk_t, sk_l,
             xi, *utils.nhwc_strides(xi),
+            h_w, h_w.stride(0), h_w.stride(1), h_b,
+            z, *utils.nhwc_strides(z),
             nb, oh, ow, m_gemm, n_gemm, utils.m_bucket(m_gemm),
-            utils.layout_key(a, out, po, sk, xi),
+            utils.layout_key(a, out, po, sk, xi, *(() if head is None else (z,))),
             CO_UP=max(up_channels, 1), KS=ks, STRIDE=stride, PAD=pad, SIGN=sign, BOUNDS=bounds,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
             CAT=a2 is not None, UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None,
-            FLAT_K=flat_k, WIDE=wide,
+            FLAT_K=flat_k, WIDE=wide, HEAD=0 if head is None else h_w.shape[0],
+            STORE_Y=store_y or head is None,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
-            INT64=utils.needs_int64(a, w_t, out, po, sk, xi, *(() if a2 is None else (a2,))),
+            INT64=utils.needs_int64(a, w_t, out, po, sk, xi, z,
+                                    *(() if a2 is None else (a2,))),
         )
 
 

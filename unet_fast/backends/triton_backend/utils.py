@@ -238,6 +238,13 @@ _INTERPRET_ONEK = [triton.Config({"BLOCK_M": 32}, num_stages=1, num_warps=4)]
 # The largest K and N that path takes (K = taps x channels; a 3x3 layer with up to 7 channels).
 ONEK_MAX_K = 64
 ONEK_MAX_N = 64
+# The 1x1 head fused into the last conv's epilogue (igemm_fwd_kernel's HEAD): a class is a row
+# sum over the tile's columns, so the tile must hold all of the conv's output channels -- at most
+# the narrowest of the config lists' widest tiles (64: the narrow NCHW list; the interpreter's
+# one config is 32 wide) -- and each class costs a multiply-add per accumulator in the epilogue:
+# up to 16 classes (more would outweigh the bytes saved; the unfused path takes them).
+HEAD_MAX_CLASSES = 16
+
 # CTAs per SM of a persistent launch (each walks tiles cta, cta + grid, ...): each keeps
 # num_stages - 1 tiles' loads in flight, two CTAs per SM are enough bytes in flight for DRAM, and
 # every config fits two per SM except the 8-warp fp32 ones (then two equal rounds). Under the
@@ -298,6 +305,15 @@ def use_onek(k: int, n: int, pixels: int, *tensors: torch.Tensor) -> bool:
     return (k <= ONEK_MAX_K and n <= ONEK_MAX_N
             and pixels >= max(c.kwargs["BLOCK_M"] for c in onek_configs())
             and all(t.shape[1] == 1 or t.stride(1) == 1 for t in tensors))
+
+
+def head_fits(channels: int, classes: int) -> bool:
+    """Whether igemm_fwd_kernel can fuse a 1x1 head of `classes` outputs over a conv of
+    `channels` output channels (HEAD): every config list has a tile that wide."""
+    lists = ([_INTERPRET_IGEMM] if INTERPRET else
+             [IGEMM_CONFIGS_16, IGEMM_CONFIGS_32, IGEMM_CONFIGS_IEEE, IGEMM_CONFIGS_NARROW])
+    widest = min(max(c.kwargs["BLOCK_N"] for c in cfgs) for cfgs in lists)
+    return 1 <= classes <= HEAD_MAX_CLASSES and channels <= widest
 
 
 def persistent_ctas(device: torch.device) -> int:
@@ -692,7 +708,7 @@ def gathers_elementwise(named_args, wgrad: bool) -> bool:
 
 def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
                    int64: bool = False, fp16_relu_in: bool = False, relu_in: bool = False,
-                   bounds: bool = True, upscatter: bool = False) -> bool:
+                   bounds: bool = True, upscatter: bool = False, head: bool = False) -> bool:
     """Whether a forward/dgrad config from the 16-bit or TF32 list compiles without register
     spills for such a launch (what tools/triton_aot.py reads off every compile, cuobjdump's local
     memory and stack frame, with Triton 3.6 and 3.8):
@@ -705,12 +721,16 @@ def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
     - A_L1 (twice the copies) under the register cap: only the valid forward without the pool
       (with the pool and SKIP, the window's bounds or the dgrad's ReLU mask, 8-24 B);
     - the transposed conv's 2x2 scatter (UPSCATTER, its channel count a constant): no register
-      cap, and on sm_80 no tile under 64 columns (8 B each)."""
+      cap, and on sm_80 no tile under 64 columns (8 B each);
+    - the fused 1x1 head (HEAD): no register cap (the capped 256x64 tiles spill 56-64 B in the
+      valid U-Net's last conv with Triton 3.8)."""
     bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
     acc = bm * bn // (32 * c.num_warps)
     if (arch < 90 or int64 or fp16_relu_in) and (acc > 64 or c.maxnreg):
         return False
     if upscatter and (c.maxnreg or (arch < 90 and bn < 64)):
+        return False
+    if head and c.maxnreg:
         return False
     if c.kwargs.get("A_L1") and c.maxnreg and (pool or bounds or relu_in):
         return False
@@ -755,7 +775,7 @@ def use_sub_tiles(dtype: torch.dtype, precision: str, arch: int, narrow: bool) -
 def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, narrow: bool,
                    wgrad: bool, pool: bool = False, skip: bool = False, int64: bool = False,
                    relu_in: bool = False, sub_n: int = 1, ks: int = 1, flat_k: bool = False,
-                   bounds: bool = True, upscatter: bool = False):
+                   bounds: bool = True, upscatter: bool = False, head: bool = False):
     """The configs a GEMM launch of this kind may run, before its shape is looked at: those of
     its list (gemm_list) that fit the registers (fits_registers; for the weight gradient,
     sub_tile_fits and wgrad_fits_registers), and those that gather A through the L1 (A_L1) only
@@ -765,12 +785,12 @@ def launch_configs(configs, *, dtype: torch.dtype, precision: str, arch: int, na
     gradient's launcher asks on every launch."""
     return list(_launch_configs(tuple(configs), dtype, precision, arch, narrow, wgrad, pool,
                                 skip, int64, relu_in, sub_n, ks == 3 and not flat_k, bounds,
-                                upscatter))
+                                upscatter, head))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, int64, relu_in,
-                    sub_n, taps_reuse, bounds, upscatter):
+                    sub_n, taps_reuse, bounds, upscatter, head):
     keep = _of_list(configs, gemm_list(dtype, precision=precision, narrow=narrow, wgrad=wgrad),
                     _GEMM_LISTS)
     if not taps_reuse:
@@ -791,7 +811,7 @@ def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, 
             return True  # (every narrow tile spill-free)
         return fits_registers(c, arch=arch, pool=pool, skip=skip, int64=int64,
                               fp16_relu_in=relu_in and dtype == torch.float16,
-                              relu_in=relu_in, bounds=bounds, upscatter=upscatter)
+                              relu_in=relu_in, bounds=bounds, upscatter=upscatter, head=head)
     return tuple(c for c in keep if fits(c))
 
 
@@ -825,7 +845,8 @@ def prune_gemm(configs, named_args, **kwargs):
         pool=kwargs.get("POOL", False), skip=kwargs.get("SKIP", False),
         int64=kwargs.get("INT64", False), relu_in=kwargs.get("RELU_IN", False),
         sub_n=sub_n, ks=kwargs.get("KS", 1), flat_k=kwargs.get("FLAT_K", False),
-        bounds=kwargs.get("BOUNDS", True), upscatter=kwargs.get("UPSCATTER", False)) \
+        bounds=kwargs.get("BOUNDS", True), upscatter=kwargs.get("UPSCATTER", False),
+        head=kwargs.get("HEAD", 0) > 0) \
         or list(configs)
     if wgrad:
         # the first layer's (tap, channel) columns: 9 (one input channel) or 27 (RGB) in one
@@ -870,6 +891,11 @@ def prune_gemm(configs, named_args, **kwargs):
              if c.kwargs["BLOCK_N"] <= max(16 if wgrad else 32, triton.next_power_of_2(n))
              and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
     keep = small or keep[-1:]
+    if kwargs.get("HEAD", 0):
+        # the fused head sums a pixel's classes over all of the conv's channels: one column
+        # tile (the launcher checked head_fits, so every list has one)
+        keep = [c for c in keep if c.kwargs["BLOCK_N"] >= n] or \
+            [c for c in admitted if c.kwargs["BLOCK_N"] >= n]
     if not wgrad:  # forward / dgrad: grid = row tiles x column tiles
         tiles = {id(c): cdiv(m, c.kwargs["BLOCK_M"]) * cdiv(n, c.kwargs["BLOCK_N"]) for c in keep}
         want = min(num_sms(a.device), max(tiles.values())) / 2
