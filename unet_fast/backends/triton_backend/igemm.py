@@ -297,16 +297,18 @@ def igemm_fwd_kernel(
             # instead of four bounds compares, the issue slots A_L1's extra copies need (the
             # plain tiles keep the compares, with which ptxas fits the capped 256x64 tile in
             # its registers)
+            # (a bound pair is one unsigned compare: a negative index wraps past AH; tap
+            # (kh, kw) is bit kh * KS + kw: the rows' bits spread over their KS-bit groups by
+            # a multiply, the columns' repeated in each group by another, then an and)
             rows_in = tl.zeros((BLOCK_M,), dtype=tl.int32)
             cols_in = tl.zeros((BLOCK_M,), dtype=tl.int32)
             for t in tl.static_range(KS):
-                ih = ih0 + SIGN * (t - PAD)
-                iw = iw0 + SIGN * (t - PAD)
-                rows_in = rows_in | (((ih >= 0) & (ih < AH)).to(tl.int32) << (t * KS))
-                cols_in = cols_in | (((iw >= 0) & (iw < AW)).to(tl.int32) << t)
-            taps_in = tl.zeros((BLOCK_M,), dtype=tl.int32)
-            for t in tl.static_range(KS):
-                taps_in = taps_in | (((rows_in >> (t * KS)) & 1) * (cols_in << (t * KS)))
+                ih = (ih0 + SIGN * (t - PAD)).to(tl.uint32, bitcast=True)
+                iw = (iw0 + SIGN * (t - PAD)).to(tl.uint32, bitcast=True)
+                rows_in = rows_in | ((ih < AH.to(tl.uint32)).to(tl.int32) << (t * KS))
+                cols_in = cols_in | ((iw < AW.to(tl.uint32)).to(tl.int32) << t)
+            REPEAT: tl.constexpr = ((1 << (KS * KS)) - 1) // ((1 << KS) - 1)   # 1001001b
+            taps_in = (rows_in * ((1 << KS) - 1)) & (cols_in * REPEAT)
             taps_in = tl.where(m_ok, taps_in, 0)
         # CAT: A is the channel concat of two tensors of one shape and strides (the decoder's
         # skip and up-sampled map, never copied into a buffer, CA1 channels each): a K-tile is
