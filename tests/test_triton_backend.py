@@ -486,6 +486,19 @@ OPCHECK_CASES = {
                                               None, True)),
     "conv1x1": lambda: (t_conv1x1.conv1x1, (_x((2, 3, 5, 4), "channels_last"), _x((5, 3, 1, 1)),
                                             _x((5,)), True)),
+    # the decoder's first conv over the concat read in place (64-channel halves: CAT)
+    "concat_conv3x3_relu": lambda: (t_conv3x3.concat_conv3x3_relu,
+                                    (_x((1, 64, 5, 4), "channels_last"),
+                                     _x((1, 64, 5, 4), "channels_last"),
+                                     (0.02 * make((4, 128, 3, 3))).requires_grad_(), _x((4,)), 1,
+                                     False)),
+    # the last conv with the head in its epilogue, y kept for the backward, and without y
+    "conv3x3_relu_conv1x1": lambda: (t_conv3x3.conv3x3_relu_conv1x1,
+                                     (_x((2, 3, 7, 6), "channels_last"), _x((8, 3, 3, 3)),
+                                      _x((8,)), _x((2, 8, 1, 1)), _x((2,)), 1, True, True)),
+    "conv3x3_relu_conv1x1[no y]": lambda: (t_conv3x3.conv3x3_relu_conv1x1,
+                                           (make((2, 3, 7, 6)), make((8, 3, 3, 3)), None,
+                                            make((2, 8, 1, 1)), None, 0, False, False)),
 }
 
 
@@ -519,14 +532,16 @@ def test_compile_fullgraph():
     """The ops trace into one graph (no breaks) forward and backward and give eager's result."""
     torch._dynamo.reset()
 
-    def block(x, w1, b1, w2, b2, wt, bt, wh):
+    def block(x, w1, b1, w2, b2, wt, bt, wh, w3, wh3):
         skip, p = uf.ops.conv3x3_relu_pool(x, w1, b1, 1, backend="triton")
         u = uf.ops.conv3x3_relu(p, w2, b2, 1, backend="triton")
         c = uf.ops.up_concat(skip, u, wt, bt, backend="triton")
-        return uf.ops.conv1x1(uf.ops.max_pool2x2(c, backend="triton"), wh, None, backend="triton")
+        h = uf.ops.conv1x1(uf.ops.max_pool2x2(c, backend="triton"), wh, None, backend="triton")
+        return uf.ops.conv3x3_relu_conv1x1(h, w3, None, wh3, None, 1, backend="triton")
 
     args = [make((2, 3, 8, 6)), make((4, 3, 3, 3)), make((4,)), make((5, 4, 3, 3)), make((5,)),
-            make((5, 4, 2, 2)), make((4,)), make((2, 8, 1, 1))]
+            make((5, 4, 2, 2)), make((4,)), make((2, 8, 1, 1)), make((6, 2, 3, 3)),
+            make((3, 6, 1, 1))]
     gout = []
     eager, eager_g = run(block, args, lambda outs: gout.extend(torch.randn_like(o) for o in outs) or gout)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
