@@ -135,6 +135,9 @@ def test_model_of_one_kernel_is_stable():
     layers = {tuple(x) for x in out["layers"]}
     assert ("down.0.0", "fwd") in layers and ("down.0.0", "bwd") in layers
     assert ("up.3.conv.2+head", "fwd") in layers and ("up.3.up", "bwd") in layers  # (fused)
+    # ... whose backward kernels are each layer's own: the head's 1x1, the conv's 3x3
+    assert ("head", "bwd") in layers and ("up.3.conv.2", "bwd") in layers
+    assert ("up.3.conv.2+head", "bwd") not in layers
 
 
 # ---------------------------------------------------------------- the CUDA extension (unet_fast._C)

@@ -198,7 +198,23 @@ def describe_launch(path, kernel, state, grid, args, kwargs, configs) -> "Launch
         rows.append(((dict(c.kwargs) if c else {}), c.num_warps if c else kwargs.get("num_warps", 4),
                      c.num_stages if c else kwargs.get("num_stages", 3), g,
                      c.maxnreg if c else None))
-    return Launch(path, state.phase, state.layer or "?", desc, dict(kwargs), rows, key)
+    return Launch(path, state.phase, _layer_of(state, kwargs), desc, dict(kwargs), rows, key)
+
+
+def _layer_of(state, kwargs) -> str:
+    """The layer a launch belongs to. A fused op runs several layers ("up.3.conv.2+head": the
+    last conv and the 1x1 head); its forward is one kernel, but its backward runs each layer's
+    own kernels, named here by their window: a 1x1 one (KS = 1) is the last layer's, a 3x3 one
+    the first's, and a kernel without a window (the weight gradient's split sum) follows the
+    launch before it."""
+    layer = state.layer or "?"
+    parts = layer.split("+")
+    if len(parts) < 2 or state.phase != "bwd":
+        return layer
+    ks = kwargs.get("KS")
+    if ks is not None:
+        state.part = parts[-1] if ks == 1 else parts[0]
+    return getattr(state, "part", None) if getattr(state, "part", None) in parts else layer
 
 
 class _State:
@@ -206,6 +222,7 @@ class _State:
         self.launches: list[Launch] = []
         self.phase = "fwd"
         self.layer = None
+        self.part = None             # the layer of a fused op's last backward kernel (_layer_of)
         self.kernels = {}            # path -> the real kernel object
 
 
@@ -969,6 +986,9 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         "  is longer. PyTorch (aten) kernels the step launches are taken at their DRAM roofline.",
         "- For every launch, each config the autotuner would time is compiled and the model keeps the",
         "  best (an autotuner that measures well picks the same or better).",
+        "- A fused op's forward kernel is one row under its layers' joined names (up.3.conv.2+head:",
+        "  the last conv with the 1x1 head in its epilogue); its backward runs each layer's own",
+        "  kernels, listed under each layer's name.",
         "",
     ]
     for res in results:
