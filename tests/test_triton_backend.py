@@ -899,6 +899,19 @@ def _all_fwd_configs():
                            + t_utils.IGEMM_CONFIGS_IEEE + t_utils.IGEMM_CONFIGS_NARROW)
 
 
+def test_head_fuses_where_a_tile_holds_the_conv(monkeypatch):
+    """The head goes into the conv's epilogue when one column tile holds the conv's channels
+    (64 on a GPU) and at most 16 classes, and not in fp32 with TF32 off on a GPU (the FMA dot's
+    operands in registers spill: tools/triton_aot.py)."""
+    monkeypatch.setattr(t_utils, "INTERPRET", False)
+    for tf32 in (True, False):
+        monkeypatch.setattr(t_utils, "conv_allows_tf32", lambda tf32=tf32: tf32)
+        assert t_utils.head_fits(64, 2, torch.bfloat16) and t_utils.head_fits(64, 16, torch.float16)
+        assert t_utils.head_fits(64, 2, torch.float32) == tf32
+        assert not t_utils.head_fits(128, 2, torch.bfloat16)
+        assert not t_utils.head_fits(64, 17, torch.bfloat16)
+
+
 def test_launches_get_only_configs_that_fit_the_registers(monkeypatch):
     """prune_gemm offers each kind of launch only configs that compile without spills there (the
     rules of utils.launch_configs; tests/test_triton_aot.py compiles what they admit and reads

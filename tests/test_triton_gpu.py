@@ -65,7 +65,8 @@ def test_float32_gpu(case):
     check_triton(case, GPU_CASES[case]())
 
 
-@pytest.mark.parametrize("case", ["conv3x3_relu", "conv_transpose2x2", "conv1x1"])
+@pytest.mark.parametrize("case", ["conv3x3_relu", "conv_transpose2x2", "conv1x1",
+                                  "conv3x3_relu_conv1x1"])
 def test_float32_tf32_gpu(case):
     """With TF32 allowed (cuDNN's default) the GEMMs use it: about 3e-4 relative."""
     check_triton(case, GPU_CASES[case](), tf32=True)

@@ -388,9 +388,9 @@ def impl_head(x, weight, bias, head_weight, head_bias, padding, relu_input=False
     if nonfinite_weight_on_cpu(weight):
         return torch_backend.conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias,
                                                   padding, relu_input)
-    if not utils.head_fits(weight.shape[0], head_weight.shape[0]):
-        # wider than one tile, or many classes: the conv, then the head (which masks the
-        # gradient it returns, so the conv need not)
+    if not utils.head_fits(weight.shape[0], head_weight.shape[0], x.dtype):
+        # wider than one tile, many classes, or fp32 with TF32 off: the conv, then the head
+        # (which masks the gradient it returns, so the conv need not)
         y = impl(x, weight, bias, padding, relu_input, True)
         return _conv1x1.impl(y, head_weight, head_bias, True)
     keep_y = torch.is_grad_enabled() and any(

@@ -890,7 +890,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it;
     `skip`: a tensor that also gets out's center crop of its size (with `pool`); `a2`: A is
     cat([a, a2], 1), read in place (`cat_ok(a, a2)` must hold); `head` = (weight (K, N, 1, 1),
-    bias or None, z): z also gets the 1x1 head over out (`utils.head_fits(N, K)` must hold),
+    bias or None, z): z also gets the 1x1 head over out (`utils.head_fits(N, K, dtype)`),
     and with `store_y=False` only z is written."""
     nb, ca, ah, aw = a.shape
     ca1 = ca
@@ -914,7 +914,8 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     xi = relu_in if relu_in is not None else out
     if head is not None:
         h_w, h_b, z = head
-        assert utils.head_fits(n_gemm, h_w.shape[0]), "igemm_fwd: the head needs one column tile"
+        assert utils.head_fits(n_gemm, h_w.shape[0], a.dtype), \
+            "igemm_fwd: the head needs one column tile (not IEEE fp32)"
         if h_b is None:
             h_b = z.new_zeros(h_w.shape[0])
     else:

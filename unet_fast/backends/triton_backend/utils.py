@@ -307,11 +307,16 @@ def use_onek(k: int, n: int, pixels: int, *tensors: torch.Tensor) -> bool:
             and all(t.shape[1] == 1 or t.stride(1) == 1 for t in tensors))
 
 
-def head_fits(channels: int, classes: int) -> bool:
+def head_fits(channels: int, classes: int, dtype: torch.dtype) -> bool:
     """Whether igemm_fwd_kernel can fuse a 1x1 head of `classes` outputs over a conv of
-    `channels` output channels (HEAD): every config list has a tile that wide."""
+    `channels` output channels (HEAD) in this dtype: every config list has a tile that wide, and
+    not fp32 with TF32 off on a GPU (the head's tl.dot then runs on the FMA units with both
+    operands in registers: every IEEE tile spilled 96-168 B a thread, Triton 3.6 and 3.8; the
+    interpreter's "ieee" is not that, and its tests run the fused head in fp32)."""
+    if is_ieee(dtype, dot_precision(dtype)) and not INTERPRET:
+        return False
     lists = ([_INTERPRET_IGEMM] if INTERPRET else
-             [IGEMM_CONFIGS_16, IGEMM_CONFIGS_32, IGEMM_CONFIGS_IEEE, IGEMM_CONFIGS_NARROW])
+             [IGEMM_CONFIGS_16, IGEMM_CONFIGS_32, IGEMM_CONFIGS_NARROW])
     widest = min(max(c.kwargs["BLOCK_N"] for c in cfgs) for cfgs in lists)
     return 1 <= classes <= HEAD_MAX_CLASSES and channels <= widest
 
