@@ -170,6 +170,21 @@ def _out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, BLOCK_M: tl.constexp
 
 
 @triton.jit
+def _wide_rows(g0, j, W, H):
+    """(n, h, c) of the cells g0 + j of an (N, H, W) grid, j < W: the first cell's divided once
+    (scalars), each one after it by a carry into the next row and one into the next image."""
+    cc = g0 % W + j
+    r0 = g0 // W
+    wrap = cc >= W
+    c = cc - tl.where(wrap, W, 0)
+    hh = r0 % H + wrap.to(tl.int32)
+    wrap_n = hh >= H
+    h = hh - tl.where(wrap_n, H, 0)
+    n = r0 // H + wrap_n.to(tl.int32)
+    return n, h, c
+
+
+@triton.jit
 def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.constexpr,
                      BLOCK_M: tl.constexpr, SLABS: tl.constexpr):
     """_out_pixels of a tile's rows m0 .. m0 + BLOCK_M - 1. WIDE (the launcher's promise: the
@@ -189,14 +204,7 @@ def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.conste
             H = OH
             j = i
             g0 = m0
-        cc = g0 % W + j
-        r0 = g0 // W
-        wrap = cc >= W
-        c = cc - tl.where(wrap, W, 0)
-        hh = r0 % H + wrap.to(tl.int32)
-        wrap_n = hh >= H
-        h = hh - tl.where(wrap_n, H, 0)
-        n = r0 // H + wrap_n.to(tl.int32)
+        n, h, c = _wide_rows(g0, j, W, H)
         if POOL:
             p = 2 * h + sub // 2
             q = 2 * c + sub % 2
@@ -393,11 +401,15 @@ def igemm_fwd_kernel(
         # the stores of y after it, Triton 3.6 compiles the 128x256 and 256x128 tiles without
         # the 16-64 B of spills it had with this last.)
         pooled = _pool_max(acc, BLOCK_M, BLOCK_N, POOL_SLABS)
-        offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
-        pw2 = offs_w % PWC
-        t2 = offs_w // PWC
-        ph2 = t2 % PHC
-        nq = t2 // PHC
+        if WIDE:   # (the tile's windows span at most two rows of windows: carries)
+            nq, ph2, pw2 = _wide_rows(pid_m * (BLOCK_M // 4), tl.arange(0, BLOCK_M // 4), PWC,
+                                      PHC)
+        else:
+            offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
+            pw2 = offs_w % PWC
+            t2 = offs_w // PWC
+            ph2 = t2 % PHC
+            nq = t2 // PHC
         w_ok = (nq < NB) & (ph2 < OH // 2) & (pw2 < OW // 2)
         prow = _offset_int(nq, INT64) * q_sn + ph2 * q_sh + pw2 * q_sw
         tl.store(pool_ptr + (prow[:, None] + offs_n[None, :] * q_sc),
