@@ -214,7 +214,7 @@ def _layer_of(state, kwargs) -> str:
     ks = kwargs.get("KS")
     if ks is not None:
         state.part = parts[-1] if ks == 1 else parts[0]
-    return getattr(state, "part", None) if getattr(state, "part", None) in parts else layer
+    return state.part if state.part in parts else layer
 
 
 class _State:

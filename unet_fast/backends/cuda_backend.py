@@ -257,8 +257,8 @@ def _concat_parts(skip, up, weight, bias, padding, grad_masked=False):
 
 def _head_parts(x, weight, bias, head_weight, head_bias, padding, relu_input=False):
     # the conv's output as the head's input for its checks (a view of x: no allocation)
-    oh, ow = x.shape[2] - 2 + 2 * padding, x.shape[3] - 2 + 2 * padding
-    y = x[:, :1, :oh, :ow].expand(x.shape[0], weight.shape[0], oh, ow)
+    shape = cuda_ops._conv3x3_out(x, weight, padding)
+    y = x[:, :1, :shape[2], :shape[3]].expand(shape)
     return [("conv3x3_relu", (x, weight, bias, padding, relu_input, True)),
             ("conv1x1", (y, head_weight, head_bias, True))]
 

@@ -60,6 +60,7 @@ from .crop_concat import crop_offsets
 # (the interpreter has no num_warps builtin: the pool's row order then assumes 4 warps, an order
 # that is right for any layout, only not the fastest for every one)
 _COMPILED = tl.constexpr(not utils.INTERPRET)
+_HEAD_N = tl.constexpr(utils.HEAD_MAX_CLASSES)   # the fused head's classes, padded (HEAD)
 
 # Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
@@ -429,7 +430,7 @@ def igemm_fwd_kernel(
         # the 1x1 head from the same registers (the U-Net's last conv and its head): the tile
         # holds every output channel of its pixels (one column tile, prune_gemm), so the
         # classes are one more small GEMM, y (as stored: rounded to its dtype) times the head's
-        # weight padded to 16 classes, on the tensor cores as the unfused head's; y is never
+        # weight padded to _HEAD_N classes, on the tensor cores as the unfused head's; y is never
         # read back from memory. Each class is taken out of z as a row vector (a select and a
         # sum), whose rows the pixel offsets of the tile already have: storing z's tile as
         # such made Triton recompute the pixels in z's layout. (sm_90 SASS, 128x64 tile: the
@@ -437,12 +438,12 @@ def igemm_fwd_kernel(
         # y * W[k, :] on the FMA units issued 430 more, the 2-D store 594.)
         tl.static_assert(not (POOL or SKIP or UPSCATTER or RELU_IN or CAT),
                          "HEAD follows a plain conv3x3_relu")
-        cls = tl.arange(0, 16)
+        cls = tl.arange(0, _HEAD_N)
         c_ok = cls < HEAD
         w_h = tl.load(h_w_ptr + (cls[None, :] * h_sk + offs_n[:, None] * h_sc),
                       mask=n_ok[:, None] & c_ok[None, :], other=0.0)
-        z = _dot(tl.zeros((BLOCK_M, 16), dtype=tl.float32), acc.to(h_w_ptr.dtype.element_ty),
-                 w_h, DOT_F32, PRECISION)
+        z = _dot(tl.zeros((BLOCK_M, _HEAD_N), dtype=tl.float32),
+                 acc.to(h_w_ptr.dtype.element_ty), w_h, DOT_F32, PRECISION)
         z_row = n64 * z_sn + p * z_sh + q * z_sw
         for k in tl.static_range(HEAD):
             z_k = tl.sum(tl.where(cls[None, :] == k, z, 0.0), axis=1)

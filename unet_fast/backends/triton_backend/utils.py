@@ -238,11 +238,11 @@ _INTERPRET_ONEK = [triton.Config({"BLOCK_M": 32}, num_stages=1, num_warps=4)]
 # The largest K and N that path takes (K = taps x channels; a 3x3 layer with up to 7 channels).
 ONEK_MAX_K = 64
 ONEK_MAX_N = 64
-# The 1x1 head fused into the last conv's epilogue (igemm_fwd_kernel's HEAD): a class is a row
-# sum over the tile's columns, so the tile must hold all of the conv's output channels -- at most
-# the narrowest of the config lists' widest tiles (64: the narrow NCHW list; the interpreter's
-# one config is 32 wide) -- and each class costs a multiply-add per accumulator in the epilogue:
-# up to 16 classes (more would outweigh the bytes saved; the unfused path takes them).
+# The 1x1 head fused into the last conv's epilogue (igemm_fwd_kernel's HEAD): the classes are a
+# small GEMM over the tile's columns, so the tile must hold all of the conv's output channels --
+# at most the narrowest of the config lists' widest tiles (64: the narrow NCHW list; the
+# interpreter's one config is 32 wide, head_fits) -- and the head's weight is padded to this many
+# classes, the GEMM's N (more classes take the unfused path).
 HEAD_MAX_CLASSES = 16
 
 # CTAs per SM of a persistent launch (each walks tiles cta, cta + grid, ...): each keeps
