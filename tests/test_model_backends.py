@@ -6,8 +6,8 @@ import torch
 
 import unet_fast as uf
 
-from parity import (AVAILABLE, DEVICE, F32_RTOL, assert_float32_close, assert_lowp_within,
-                    assert_within, kernels, scale_of)
+from parity import (AVAILABLE, DEVICE, F32_RTOL, assert_float32_close, assert_lowp_rms_within,
+                    assert_lowp_within, assert_within, kernels, scale_of)
 
 DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
 
@@ -210,6 +210,56 @@ def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_f
     assert copies <= plain_copies
     if backend == "triton" and params_format == torch.contiguous_format:
         assert copies < plain_copies
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+def test_autocast_bias_reaches_the_kernels_in_its_own_dtype(backend):
+    """Under autocast a bias stays fp32 (ops._autocast): the Triton kernels add it to their fp32
+    accumulators and store its gradient in fp32, so no bias is cast, forward or backward (two
+    launches a layer fewer); the torch and cuda backends cast it as PyTorch's autocast would
+    (the torch backend keeps PyTorch's numbers bit for bit: test_reference). Every parameter's
+    gradient arrives in fp32, within twice PyTorch's bf16 error (rms) of the float64 reference."""
+    if backend != "torch" and AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class BiasCasts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if (func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten._to_copy)
+                    and any(isinstance(a, torch.Tensor) and a.dim() == 1 for a in args)):
+                BiasCasts.n += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    ref = uf.reference.UNet(3, 2, base_channels=8, depth=2, padding="valid")
+    fast = uf.UNet(3, 2, base_channels=8, depth=2, padding="valid", backend=backend)
+    fast.load_state_dict(ref.state_dict())
+    ref64 = uf.reference.UNet(3, 2, base_channels=8, depth=2, padding="valid").double()
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 44, 44)  # batch 1: the interpreter's time is per image
+    y64 = ref64(x.double())
+    g = torch.randn_like(y64)
+    y64.backward(g)
+
+    def run(model):
+        m = model.to(DEVICE)
+        BiasCasts.n = 0
+        with BiasCasts():
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                y = m(x.to(DEVICE))
+            y.float().backward(g.float().to(DEVICE))
+        return {n: p.grad for n, p in m.named_parameters()}, BiasCasts.n
+
+    lowp, lowp_casts = run(ref)
+    ours, casts = run(fast)
+    assert lowp_casts == 2 * sum(1 for n, _ in ref.named_parameters() if n.endswith("bias"))
+    assert casts == (0 if backend == "triton" else lowp_casts)
+    for name, p in ref64.named_parameters():
+        assert ours[name].dtype == torch.float32, name
+        assert_lowp_rms_within(f"gradient of {name}", ours[name].double().cpu(),
+                               lowp[name].double().cpu(), p.grad)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])

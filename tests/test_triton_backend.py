@@ -41,6 +41,29 @@ def check_triton(op, args, **kw):
     return check(op, args, backend="triton", **kw)
 
 
+@triton.jit
+def _bf16_cast_kernel(x_ptr, y_ptr, z_ptr, N: tl.constexpr):
+    o = tl.arange(0, N)
+    v = tl.load(x_ptr + o)
+    tl.store(y_ptr + o, v)                                           # a store into bf16
+    tl.store(z_ptr + o, v.to(tl.bfloat16, fp_downcast_rounding="rtz"))
+
+
+@pytest.mark.skipif(not t_utils.INTERPRET, reason="the interpreter's conversions (on a GPU: cvt)")
+def test_interpreter_rounds_bf16_as_a_gpu():
+    """conftest makes the interpreter's fp32 -> bf16 conversion round to nearest even, as a GPU
+    and PyTorch do (the interpreter truncates); round-toward-zero stays a truncation."""
+    x = torch.randn(4096, dtype=torch.float64).mul(torch.logspace(-30, 30, 4096,
+                                                                   dtype=torch.float64)).float()
+    x[:4] = torch.tensor([float("inf"), -float("inf"), 3.3895314e38, -1.0019531])  # carries
+    y, z = torch.empty(4096, dtype=torch.bfloat16), torch.empty(4096, dtype=torch.bfloat16)
+    _bf16_cast_kernel[(1,)](x, y, z, 4096)
+    assert torch.equal(y.view(torch.int16), x.to(torch.bfloat16).view(torch.int16))
+    truncated = (x.view(torch.int32) >> 16).to(torch.int16)
+    assert torch.equal(z.view(torch.int16), truncated)
+    assert not torch.equal(truncated, x.to(torch.bfloat16).view(torch.int16))
+
+
 # ---------------------------------------------------------------- conv3x3 + ReLU
 CONV_CASES = [  # (N, C_in, C_out, H, W, padding, layout, bias)
     (3, 1, 5, 13, 11, 0, "nchw", True),
@@ -513,7 +536,10 @@ def test_opcheck_backward_ops():
     x = make((2, 3, 7, 6))
     torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, make((4, 3, 3, 3)), None, 0))
     torch.library.opcheck(t_conv3x3._conv3x3_relu_dgrad, (dy, make((4, 3, 3, 3)), x, 0))
-    torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad, (x, dy, 0))
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad, (x, dy, 0, torch.float32))
+    # under autocast: bf16 operands, the bias gradient in the bias's fp32
+    torch.library.opcheck(t_conv3x3._conv3x3_relu_wgrad,
+                          (x.bfloat16(), dy.bfloat16(), 0, torch.float32))
     torch.library.opcheck(t_pool._relu_pool_backward, (y, make((2, 4, 2, 2)), y))
     # the gradient of y's center crop only (the valid U-Net's skip), read at the crop's offset
     torch.library.opcheck(t_pool._relu_pool_backward, (make((2, 4, 3, 2)), make((2, 4, 2, 2)), y))
@@ -522,10 +548,13 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2)), None))
     torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2)),
                                                              make((2, 3, 2, 2))))
-    torch.library.opcheck(t_convt._conv_transpose2x2_wgrad, (make((2, 3, 2, 2)), make((2, 4, 4, 4))))
+    torch.library.opcheck(t_convt._conv_transpose2x2_wgrad, (make((2, 3, 2, 2)), make((2, 4, 4, 4)),
+                                                             torch.float32))
     torch.library.opcheck(t_conv1x1._conv1x1_dgrad, (dy, make((4, 3, 1, 1)), None))
     torch.library.opcheck(t_conv1x1._conv1x1_dgrad, (dy, make((4, 3, 1, 1)), make((2, 3, 5, 4))))
-    torch.library.opcheck(t_conv1x1._conv1x1_wgrad, (make((2, 3, 5, 4)), dy))
+    torch.library.opcheck(t_conv1x1._conv1x1_wgrad, (make((2, 3, 5, 4)), dy, torch.float32))
+    torch.library.opcheck(t_conv1x1._conv1x1_wgrad, (make((2, 3, 5, 4)).bfloat16(), dy.bfloat16(),
+                                                     torch.float32))
 
 
 def test_compile_fullgraph():

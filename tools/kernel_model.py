@@ -186,8 +186,12 @@ def describe_launch(path, kernel, state, grid, args, kwargs, configs) -> "Launch
         else:
             desc[name] = ("int" if isinstance(v, int) else type(v).__name__, v, spec)
     if isinstance(kernel, Autotuner):
-        key = tuple(named[n] for n in kernel.keys if n in named) + tuple(
-            str(v.dtype) for v in named.values() if hasattr(v, "dtype"))
+        # Autotuner.run's key: the key's names among the launch's arguments, the constexpr
+        # keywords included (a dgrad and a forward of one shape are two keys), then the tensors'
+        # dtypes
+        every = dict(named, **kwargs)
+        key = tuple(every[n] for n in kernel.keys if n in every) + tuple(
+            str(v.dtype) for v in every.values() if hasattr(v, "dtype"))
     else:
         key = ()
     rows = []

@@ -1,7 +1,8 @@
 """The dispatch layer: the one place that chooses which implementation runs an op.
 
 Each backend registers implementations with `register_impl(op, backend, fn, supports=...)`.
-`fn` receives already-validated arguments (same device and dtype, autocast already applied) with
+`fn` receives already-validated arguments (same device and dtype, autocast already applied: under
+autocast a bias stays in its own dtype, which `_utils.bias_as` casts for kernels that need one) with
 the op's signature minus `backend`, and must be autograd-aware itself. `supports(*args)` returns
 None when `fn` can run those arguments, else a sentence saying why not.
 

@@ -114,6 +114,12 @@ def relu_input(x: torch.Tensor, flag: bool) -> torch.Tensor:
     return _ReluInputGrad.apply(x) if flag else x
 
 
+def bias_as(bias, x: torch.Tensor):
+    """`bias` in x's dtype, for kernels that take one dtype: under autocast an fp32 bias reaches
+    the backends as it is (ops._autocast), and this differentiable cast is the one PyTorch's
+    autocast would have made."""
+    return bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
+
 
 def nonfinite_weight_on_cpu(weight: torch.Tensor) -> bool:
     """Whether a 3x3 convolution must run PyTorch's own ops to give PyTorch's NaN/Inf pattern:

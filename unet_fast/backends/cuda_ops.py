@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
-from .._utils import nonfinite_weight_on_cpu, relu_input, skip_grad
+from .._utils import bias_as, nonfinite_weight_on_cpu, relu_input, skip_grad
 from . import cutlass_sm90, torch_backend
 
 _ops = torch.ops.unet_fast
@@ -253,7 +253,10 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
 # relu_input (unet_fast/_dispatch.py OPS): the hand-written C++ kernels do not mask dx by a ReLU
 # input yet, so it is applied around them; grad_masked is ignored (their backward masks again:
 # idempotent). The CUTLASS sm_90a path honours both in its kernels.
+# bias_as: the C++ and CUTLASS kernels take the bias in x's dtype; under autocast it arrives in its
+# own (ops._autocast), and is cast here as PyTorch's autocast would have.
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
+    bias = bias_as(bias, x)
     if nonfinite_weight_on_cpu(weight):  # PyTorch's NaN pattern at the border (see there)
         return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input_)
     if cutlass_sm90.wanted(x, weight, padding):  # (its first-run check passed: see `supports`)
@@ -264,6 +267,7 @@ def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False)
 def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, skip_w=0):
     # (a cropped skip is a view of y here: its gradient reaches y zero-padded, as autograd pads
     # any view's; the Triton backend stores the crop from its epilogue instead)
+    bias = bias_as(bias, x)
     if nonfinite_weight_on_cpu(weight):
         return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_, skip_h,
                                                skip_w)
@@ -276,11 +280,11 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):
-    return _ops.conv_transpose2x2(relu_input(x, relu_input_), weight, bias)
+    return _ops.conv_transpose2x2(relu_input(x, relu_input_), weight, bias_as(bias, x))
 
 
 def up_concat(skip, x, weight, bias, relu_input_=False):
-    return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias)
+    return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias_as(bias, x))
 
 
 def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
@@ -290,7 +294,7 @@ def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
 
 
 def conv1x1(x, weight, bias, relu_input_=False):
-    return _ops.conv1x1(relu_input(x, relu_input_), weight, bias)
+    return _ops.conv1x1(relu_input(x, relu_input_), weight, bias_as(bias, x))
 
 
 def conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, padding, relu_input_=False):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .._dispatch import register_impl
-from .._utils import center_crop, memory_format_of, relu_input
+from .._utils import bias_as, center_crop, memory_format_of, relu_input
 
 
 def _keep_format(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -13,10 +13,12 @@ def _keep_format(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=memory_format_of(like))
 
 
+# bias_as: under autocast a bias arrives in its own dtype (ops._autocast); cast here as PyTorch's
+# autocast would have, so this backend's numbers stay PyTorch's own.
 # relu_input: the ReLU-gradient contract of the model's fused path (unet_fast/_dispatch.py OPS);
 # grad_masked only lets a backend skip work, and PyTorch's ReLU masks regardless (idempotent).
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
-    return F.relu(F.conv2d(relu_input(x, relu_input_), weight, bias, padding=padding))
+    return F.relu(F.conv2d(relu_input(x, relu_input_), weight, bias_as(bias, x), padding=padding))
 
 
 def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, skip_w=0):
@@ -38,7 +40,7 @@ def crop_concat(skip, up):
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):
-    return F.conv_transpose2d(relu_input(x, relu_input_), weight, bias, stride=2)
+    return F.conv_transpose2d(relu_input(x, relu_input_), weight, bias_as(bias, x), stride=2)
 
 
 def up_concat(skip, x, weight, bias, relu_input_=False):
@@ -50,7 +52,7 @@ def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
 
 
 def conv1x1(x, weight, bias, relu_input_=False):
-    return F.conv2d(relu_input(x, relu_input_), weight, bias)
+    return F.conv2d(relu_input(x, relu_input_), weight, bias_as(bias, x))
 
 
 def conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, padding, relu_input_=False):

@@ -41,10 +41,11 @@ def conv1x1_dgrad(dy, weight, x_relu=None):
     return dx
 
 
-def conv1x1_wgrad(x, dy):
+def conv1x1_wgrad(x, dy, db_dtype=None):
     ci, co = x.shape[1], dy.shape[1]
     r, db = igemm_wgrad(dy, x, grid_hw=tuple(dy.shape[-2:]), ks=1, stride=1, pad=0,
-                        shift_a=False, dbias=True, out_dtype=x.dtype)  # R[co, ci]
+                        shift_a=False, dbias=True, out_dtype=x.dtype,
+                        db_dtype=db_dtype)  # R[co, ci]
     return r.view(co, ci, 1, 1), db
 
 
@@ -71,19 +72,22 @@ def _(dy, weight, x_relu):
 
 
 @torch.library.custom_op("unet_fast_triton::_conv1x1_wgrad", mutates_args=())
-def _conv1x1_wgrad(x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return conv1x1_wgrad(x, dy)
+def _conv1x1_wgrad(x: torch.Tensor, dy: torch.Tensor,
+                   db_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv1x1_wgrad(x, dy, db_dtype)
 
 
 @_conv1x1_wgrad.register_fake
-def _(x, dy):
-    return x.new_empty((dy.shape[1], x.shape[1], 1, 1)), x.new_empty((dy.shape[1],))
+def _(x, dy, db_dtype):
+    return (x.new_empty((dy.shape[1], x.shape[1], 1, 1)),
+            x.new_empty((dy.shape[1],), dtype=db_dtype))
 
 
 def _setup(ctx, inputs, output):
     x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
+    ctx.db_dtype = bias.dtype if bias is not None else x.dtype   # (fp32 under autocast)
     ctx.relu_input = relu_input
 
 
@@ -93,7 +97,7 @@ def _backward(ctx, dy):
     if ctx.needs_input_grad[0]:
         dx = _conv1x1_dgrad(dy, weight, x if ctx.relu_input else None)
     if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        dw, db = _conv1x1_wgrad(x, dy)
+        dw, db = _conv1x1_wgrad(x, dy, ctx.db_dtype)
     return dx, dw, (db if ctx.has_bias else None), None
 
 

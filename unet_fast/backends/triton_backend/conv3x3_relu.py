@@ -109,11 +109,12 @@ def conv3x3_dgrad(g, weight, padding, x_relu=None):
     return dx
 
 
-def conv3x3_wgrad(x, g, padding, x2=None):
-    """(dW, db); with `x2` the input is cat([x, x2], 1), read in place."""
+def conv3x3_wgrad(x, g, padding, x2=None, db_dtype=None):
+    """(dW, db), db in `db_dtype` (the bias's: fp32 under autocast) or x's; with `x2` the input
+    is cat([x, x2], 1), read in place."""
     ci, co = x.shape[1] + (0 if x2 is None else x2.shape[1]), g.shape[1]
     r, db = igemm_wgrad(g, x, grid_hw=tuple(g.shape[-2:]), ks=3, stride=1, pad=padding,
-                        shift_a=False, dbias=True, out_dtype=x.dtype, b2=x2)
+                        shift_a=False, dbias=True, out_dtype=x.dtype, db_dtype=db_dtype, b2=x2)
     # R[co, (kh, kw, ci)] is the weight gradient in channels_last order: a view, no copy
     return r.view(co, 3, 3, ci).permute(0, 3, 1, 2), db
 
@@ -183,16 +184,16 @@ def _(g, weight, x_relu, padding):
 
 
 @torch.library.custom_op("unet_fast_triton::_conv3x3_relu_wgrad", mutates_args=())
-def _conv3x3_relu_wgrad(x: torch.Tensor, g: torch.Tensor,
-                        padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return conv3x3_wgrad(x, g, padding)
+def _conv3x3_relu_wgrad(x: torch.Tensor, g: torch.Tensor, padding: int,
+                        db_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv3x3_wgrad(x, g, padding, db_dtype=db_dtype)
 
 
 @_conv3x3_relu_wgrad.register_fake
-def _(x, g, padding):
+def _(x, g, padding, db_dtype):
     ci, co = x.shape[1], g.shape[1]
     dw = x.new_empty((co, 3, 3, ci)).permute(0, 3, 1, 2)
-    return dw, x.new_empty((co,))
+    return dw, x.new_empty((co,), dtype=db_dtype)
 
 
 @torch.library.custom_op("unet_fast_triton::concat_conv3x3_relu", mutates_args=())
@@ -212,15 +213,16 @@ def _(skip, up, weight, bias, padding, grad_masked):
 
 @torch.library.custom_op("unet_fast_triton::_concat_conv3x3_relu_wgrad", mutates_args=())
 def _concat_conv3x3_relu_wgrad(skip: torch.Tensor, up: torch.Tensor, g: torch.Tensor,
-                               padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return conv3x3_wgrad(skip, g, padding, up)
+                               padding: int, db_dtype: torch.dtype
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv3x3_wgrad(skip, g, padding, up, db_dtype)
 
 
 @_concat_conv3x3_relu_wgrad.register_fake
-def _(skip, up, g, padding):
+def _(skip, up, g, padding, db_dtype):
     ci, co = skip.shape[1] + up.shape[1], g.shape[1]
     dw = skip.new_empty((co, 3, 3, ci)).permute(0, 3, 1, 2)
-    return dw, skip.new_empty((co,))
+    return dw, skip.new_empty((co,), dtype=db_dtype)
 
 
 @torch.library.custom_op("unet_fast_triton::conv3x3_relu_conv1x1", mutates_args=())
@@ -244,6 +246,12 @@ def _(x, weight, bias, head_weight, head_bias, padding, relu_input, keep_y):
 
 
 # ---------------------------------------------------------------- autograd
+def _db_dtype(bias, x):
+    """The bias gradient's dtype: the bias's own (fp32 under autocast, ops._autocast: the wgrad
+    kernels sum it in fp32 and store it so, with no cast after), else x's."""
+    return bias.dtype if bias is not None else x.dtype
+
+
 def _setup(ctx, inputs, output):
     x, weight, bias, padding, relu_input = inputs[:5]
     y = output[0] if isinstance(output, (tuple, list)) else output
@@ -252,6 +260,7 @@ def _setup(ctx, inputs, output):
     ctx.relu_input = relu_input
     ctx.grad_masked = len(inputs) > 5 and inputs[5]
     ctx.has_bias = bias is not None
+    ctx.db_dtype = _db_dtype(bias, x)
 
 
 def _grads(ctx, g, x, weight):
@@ -260,7 +269,7 @@ def _grads(ctx, g, x, weight):
     if ctx.needs_input_grad[0]:
         dx = _conv3x3_relu_dgrad(g, weight, x if ctx.relu_input else None, ctx.padding)
     if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        dw, db = _conv3x3_relu_wgrad(x, g, ctx.padding)
+        dw, db = _conv3x3_relu_wgrad(x, g, ctx.padding, ctx.db_dtype)
     return dx, dw, (db if ctx.has_bias else None), None, None
 
 
@@ -299,6 +308,7 @@ def _setup_concat(ctx, inputs, output):
     ctx.padding = padding
     ctx.grad_masked = grad_masked
     ctx.has_bias = bias is not None
+    ctx.db_dtype = _db_dtype(bias, up)
 
 
 def _backward_concat(ctx, dy):
@@ -313,7 +323,7 @@ def _backward_concat(ctx, dy):
         cs = skip.shape[1]
         dskip, dup = dcat[:, :cs], dcat[:, cs:]
     if ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3]):
-        dw, db = _concat_conv3x3_relu_wgrad(skip, up, g, ctx.padding)
+        dw, db = _concat_conv3x3_relu_wgrad(skip, up, g, ctx.padding, ctx.db_dtype)
     return dskip, dup, dw, (db if ctx.has_bias else None), None, None
 
 
@@ -324,6 +334,8 @@ def _setup_head(ctx, inputs, output):
     ctx.relu_input = relu_input
     ctx.has_bias = bias is not None
     ctx.has_head_bias = head_bias is not None
+    ctx.db_dtype = _db_dtype(bias, x)
+    ctx.head_db_dtype = _db_dtype(head_bias, x)
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
 
@@ -341,7 +353,7 @@ def _backward_head(ctx, dz, _dy):
                            "gradients enabled")
     dx = dw = db = dhw = dhb = None
     if need[3] or (ctx.has_head_bias and need[4]):
-        dhw, dhb = _conv1x1._conv1x1_wgrad(y, dz)
+        dhw, dhb = _conv1x1._conv1x1_wgrad(y, dz, ctx.head_db_dtype)
     if need[0] or need[1] or (ctx.has_bias and need[2]):
         g = _conv1x1._conv1x1_dgrad(dz, head_weight, y)   # (dz @ W_head) * (y > 0)
         dx, dw, db = _grads(ctx, g, x, weight)[:3]

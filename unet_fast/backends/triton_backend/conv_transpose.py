@@ -67,13 +67,14 @@ def conv_transpose2x2_dgrad(dy, weight, x_relu=None):
     return dx
 
 
-def conv_transpose2x2_wgrad(x, dy):
+def conv_transpose2x2_wgrad(x, dy, db_dtype=None):
     ci, co = x.shape[1], dy.shape[1]
     # R[(i, j, co), ci]: rows gathered from dy at (2p+i, 2q+j), columns c_in from x at (p, q)
     # R in the weight's dtype before its re-layout (half the bytes to move); db's four taps are
     # summed in fp32 by the split sum itself (db_groups)
     r, db = igemm_wgrad(dy, x, grid_hw=tuple(x.shape[-2:]), ks=2, stride=2, pad=0,
-                        shift_a=True, dbias=True, out_dtype=x.dtype, db_groups=4)
+                        shift_a=True, dbias=True, out_dtype=x.dtype, db_dtype=db_dtype,
+                        db_groups=4)
     dw = r.view(2, 2, co, ci).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     return dw, db
 
@@ -125,14 +126,15 @@ def _(dy, weight, x_relu):
 
 
 @torch.library.custom_op("unet_fast_triton::_conv_transpose2x2_wgrad", mutates_args=())
-def _conv_transpose2x2_wgrad(x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return conv_transpose2x2_wgrad(x, dy)
+def _conv_transpose2x2_wgrad(x: torch.Tensor, dy: torch.Tensor,
+                             db_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return conv_transpose2x2_wgrad(x, dy, db_dtype)
 
 
 @_conv_transpose2x2_wgrad.register_fake
-def _(x, dy):
+def _(x, dy, db_dtype):
     return (x.new_empty((x.shape[1], dy.shape[1], 2, 2)).contiguous(
-        memory_format=torch.channels_last), x.new_empty((dy.shape[1],)))
+        memory_format=torch.channels_last), x.new_empty((dy.shape[1],), dtype=db_dtype))
 
 
 # ---------------------------------------------------------------- autograd
@@ -142,7 +144,7 @@ def _grads(ctx, dy, x, weight, first):
     if ctx.needs_input_grad[first]:
         dx = _conv_transpose2x2_dgrad(dy, weight, x if ctx.relu_input else None)
     if ctx.needs_input_grad[first + 1] or (ctx.has_bias and ctx.needs_input_grad[first + 2]):
-        dw, db = _conv_transpose2x2_wgrad(x, dy)
+        dw, db = _conv_transpose2x2_wgrad(x, dy, ctx.db_dtype)
     return dx, dw, (db if ctx.has_bias else None)
 
 
@@ -150,6 +152,7 @@ def _setup(ctx, inputs, output):
     x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
+    ctx.db_dtype = bias.dtype if bias is not None else x.dtype   # (fp32 under autocast)
     ctx.relu_input = relu_input
 
 
@@ -162,6 +165,7 @@ def _setup_up(ctx, inputs, output):
     skip, x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
+    ctx.db_dtype = bias.dtype if bias is not None else x.dtype
     ctx.relu_input = relu_input
     ctx.skip_channels = skip.shape[1]
     ctx.skip_hw = tuple(skip.shape[-2:])
