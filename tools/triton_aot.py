@@ -67,6 +67,9 @@ SPECS = ("base", "runtime", "runtime NCHW")  # see the module docstring
 _BASE = ("base", "runtime")
 _ALL = SPECS
 ALL_DTYPES = ("bf16", "fp16", "fp32")
+# fp32 whatever the operands' dtype: the weight gradient's partial sums (r, db), and the bias and
+# its gradient (under autocast a bias stays fp32: ops._autocast), as a training step launches them
+_FP32_PTRS = ("r_ptr", "db_ptr", "bias_ptr", "h_b_ptr", "dbo_ptr")
 
 
 def _variants():
@@ -305,7 +308,7 @@ def compile_one(job):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in ("r_ptr", "db_ptr") else "*" + _TT[dtype]
+            signature[name] = "*fp32" if name in _FP32_PTRS else "*" + _TT[dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             how = _int_spec(name, spec, rt, nospec)
@@ -519,7 +522,8 @@ def write_table(rows, path, only=None):
         "`mma` = Ampere mma.sync, `-` = none, expected for the memory-bound kernels).",
         "`regs`: registers per thread; `spill`: local memory + stack frame bytes per thread (0 = no spills);",
         "`smem`: shared memory bytes per block. Channel strides are specialized to 1 (NHWC data)",
-        "except in the `runtime NCHW` rows.",
+        "except in the `runtime NCHW` rows. `dtype` is the operands'; a bias and its gradient",
+        "are fp32 in every row (as under autocast, which keeps a bias fp32: ops._autocast).",
         "fp32 GEMMs follow `torch.backends.cudnn.allow_tf32`: TF32 tensor cores when allowed (rows",
         "without a label), FMA units for the `TF32 off (IEEE fp32)` rows.",
         "",

@@ -6,8 +6,8 @@ and, for the memory-bound convolutions whose whole K fits one tile, a persistent
     out[n, p, q, j] = epilogue( sum_{tap, ca} A[n, S*p + dh(tap), S*q + dw(tap), ca] * W[tap, ca, j] )
 
 with taps (kh, kw) of a KS x KS window, dh = SIGN * (kh - PAD). That one loop is
-- the 3x3 convolution (S=1, SIGN=+1, PAD=padding; epilogue bias + ReLU, optionally the 2x2 max-pool
-  of the tile written from the same registers),
+- the 3x3 convolution (S=1, SIGN=+1, PAD=padding; the accumulators start from the bias, the
+  epilogue applies ReLU, optionally the 2x2 max-pool of the tile written from the same registers),
 - its input gradient, dgrad (A = the already ReLU-masked output gradient, SIGN=-1: the flipped
   window; the epilogue can mask dx by the layer input's own ReLU, RELU_IN),
 - the 1x1 convolution and its dgrad (KS=1),
@@ -268,7 +268,17 @@ def igemm_fwd_kernel(
     iw0 = q * STRIDE
     a_row = n64 * a_sn + ih0 * a_sh + iw0 * a_sw        # each row's pixel, once per tile
 
+    if UPSCATTER:
+        co = offs_n % CO_UP
+    else:
+        co = offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if HAS_BIAS:
+        # the bias (fp32 under autocast, ops._autocast) starts the accumulators: its registers
+        # are free again before the mainloop. Added in the epilogue, its fp32 values were live
+        # beside the pooled and skip stores' (sm_90, Triton 3.8, the valid U-Net's 128x128x32 L1
+        # pool tile: 134 registers, one CTA an SM; 126 this way)
+        acc += tl.load(bias_ptr + co, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if FLAT_K:
         # K = (tap, channel) flattened: any channel count, a K-tile may span taps (the first
         # layer: one or three input channels, a single iteration).
@@ -379,14 +389,7 @@ def igemm_fwd_kernel(
                         kw = 0
                         kh += 1
 
-    # ---- epilogue: bias, ReLU, the input's ReLU mask, store (plain or 2x2 scatter), pooled store
-    if UPSCATTER:
-        co = offs_n % CO_UP
-    else:
-        co = offs_n
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + co, mask=n_ok, other=0.0).to(tl.float32)
-        acc = acc + bias[None, :]
+    # ---- epilogue: ReLU, the input's ReLU mask, store (plain or 2x2 scatter), pooled store
     if RELU:
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN (F.relu)
     if RELU_IN:

@@ -728,10 +728,19 @@ def fits_registers(c, *, arch: int, pool: bool = False, skip: bool = False,
     - the transposed conv's 2x2 scatter (UPSCATTER, its channel count a constant): no register
       cap, and on sm_80 no tile under 64 columns (8 B each);
     - the fused 1x1 head (HEAD): no register cap (the capped 256x64 tiles spill 56-64 B in the
-      valid U-Net's last conv with Triton 3.8)."""
+      valid U-Net's last conv with Triton 3.8);
+    since the accumulators start from the fp32 bias (igemm_fwd_kernel), with Triton 3.6:
+    - the pool epilogue with the cropped skip: no tile wider than 128 columns (128x256 spills
+      8 B on sm_90);
+    - on sm_80: not the 4-warp 128x32 tile with K steps of 64 in 4 stages (8 B)."""
     bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
     acc = bm * bn // (32 * c.num_warps)
     if (arch < 90 or int64 or fp16_relu_in) and (acc > 64 or c.maxnreg):
+        return False
+    if pool and skip and bn > 128:
+        return False
+    if (arch < 90 and (bm, bn, c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+            == (128, 32, 64, 4, 4)):
         return False
     if upscatter and (c.maxnreg or (arch < 90 and bn < 64)):
         return False
