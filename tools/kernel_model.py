@@ -157,7 +157,12 @@ class _Recorder:
         k = self.kernel
         if isinstance(k, Autotuner):
             k.nargs = dict(zip(k.fn.arg_names, args))
-            configs = getattr(k, "prune_only", k.prune_configs)(kwargs)   # (never compiles)
+            try:
+                configs = getattr(k, "prune_only", k.prune_configs)(kwargs)   # (never compiles)
+            finally:
+                # as Autotuner.run does: a reference kept here would make autograd copy a
+                # gradient this launch wrote (the bias's) where it takes it over in a real step
+                k.nargs = None
         else:
             configs = [None]
         self.state.launches.append(describe_launch(self.path, k, self.state, grid, args, kwargs,

@@ -87,7 +87,7 @@ def _setup(ctx, inputs, output):
     x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
-    ctx.db_dtype = bias.dtype if bias is not None else x.dtype   # (fp32 under autocast)
+    ctx.db_dtype = utils.bias_grad_dtype(bias, x)
     ctx.relu_input = relu_input
 
 

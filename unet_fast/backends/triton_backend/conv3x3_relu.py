@@ -246,12 +246,6 @@ def _(x, weight, bias, head_weight, head_bias, padding, relu_input, keep_y):
 
 
 # ---------------------------------------------------------------- autograd
-def _db_dtype(bias, x):
-    """The bias gradient's dtype: the bias's own (fp32 under autocast, ops._autocast: the wgrad
-    kernels sum it in fp32 and store it so, with no cast after), else x's."""
-    return bias.dtype if bias is not None else x.dtype
-
-
 def _setup(ctx, inputs, output):
     x, weight, bias, padding, relu_input = inputs[:5]
     y = output[0] if isinstance(output, (tuple, list)) else output
@@ -260,7 +254,7 @@ def _setup(ctx, inputs, output):
     ctx.relu_input = relu_input
     ctx.grad_masked = len(inputs) > 5 and inputs[5]
     ctx.has_bias = bias is not None
-    ctx.db_dtype = _db_dtype(bias, x)
+    ctx.db_dtype = utils.bias_grad_dtype(bias, x)
 
 
 def _grads(ctx, g, x, weight):
@@ -308,7 +302,7 @@ def _setup_concat(ctx, inputs, output):
     ctx.padding = padding
     ctx.grad_masked = grad_masked
     ctx.has_bias = bias is not None
-    ctx.db_dtype = _db_dtype(bias, up)
+    ctx.db_dtype = utils.bias_grad_dtype(bias, up)
 
 
 def _backward_concat(ctx, dy):
@@ -334,8 +328,8 @@ def _setup_head(ctx, inputs, output):
     ctx.relu_input = relu_input
     ctx.has_bias = bias is not None
     ctx.has_head_bias = head_bias is not None
-    ctx.db_dtype = _db_dtype(bias, x)
-    ctx.head_db_dtype = _db_dtype(head_bias, x)
+    ctx.db_dtype = utils.bias_grad_dtype(bias, x)
+    ctx.head_db_dtype = utils.bias_grad_dtype(head_bias, x)
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
 

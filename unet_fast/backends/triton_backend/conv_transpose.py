@@ -152,7 +152,7 @@ def _setup(ctx, inputs, output):
     x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
-    ctx.db_dtype = bias.dtype if bias is not None else x.dtype   # (fp32 under autocast)
+    ctx.db_dtype = utils.bias_grad_dtype(bias, x)
     ctx.relu_input = relu_input
 
 
@@ -165,7 +165,7 @@ def _setup_up(ctx, inputs, output):
     skip, x, weight, bias, relu_input = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
-    ctx.db_dtype = bias.dtype if bias is not None else x.dtype
+    ctx.db_dtype = utils.bias_grad_dtype(bias, x)
     ctx.relu_input = relu_input
     ctx.skip_channels = skip.shape[1]
     ctx.skip_hw = tuple(skip.shape[-2:])

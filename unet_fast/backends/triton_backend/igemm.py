@@ -933,7 +933,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
         assert utils.head_fits(n_gemm, h_w.shape[0], a.dtype), \
             "igemm_fwd: the head needs one column tile (not IEEE fp32)"
         if h_b is None:
-            h_b = z.new_zeros(h_w.shape[0])
+            h_b = z.new_zeros(h_w.shape[0], dtype=torch.float32)   # (a bias's dtype under autocast)
     else:
         h_w, h_b, z = w_t, w_t, out
     flat_k = ca % utils.k_align() != 0

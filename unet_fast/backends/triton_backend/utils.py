@@ -31,6 +31,12 @@ def empty_like_format(shape, like: torch.Tensor, dtype=None):
                        memory_format=memory_format_of(like))
 
 
+def bias_grad_dtype(bias, x: torch.Tensor) -> torch.dtype:
+    """The bias gradient's dtype: the bias's own (fp32 under autocast, ops._autocast: the weight
+    gradient kernels sum it in fp32 and store it so, with no cast after), else x's."""
+    return bias.dtype if bias is not None else x.dtype
+
+
 def nhwc_strides(t: torch.Tensor):
     """Element strides of a logical (N, C, H, W) tensor in the (n, h, w, c) order the kernels use."""
     s = t.stride()
