@@ -262,6 +262,25 @@ def test_autocast_bias_reaches_the_kernels_in_its_own_dtype(backend):
                                lowp[name].double().cpu(), p.grad)
 
 
+@pytest.mark.parametrize("bias_dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_autocast_keeps_only_an_fp32_bias(bias_dtype, monkeypatch):
+    """ops._autocast leaves an fp32 bias fp32 for the backends; a bias of any other dtype reaches
+    them in the autocast dtype, as PyTorch's autocast casts it."""
+    seen = []
+    run = uf._dispatch.run
+
+    def spy(op, args, backend=None):
+        seen.append(args[2].dtype)
+        return run(op, args, backend)
+    monkeypatch.setattr(uf._dispatch, "run", spy)
+    x = torch.randn(1, 3, 8, 8)
+    w, b = torch.randn(4, 3, 3, 3), torch.randn(4, dtype=bias_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = uf.ops.conv3x3_relu(x, w, b, 1, backend="torch")
+    assert y.dtype == torch.bfloat16
+    assert seen == [torch.float32 if bias_dtype == torch.float32 else torch.bfloat16]
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 @pytest.mark.parametrize("use", ["both", "skip", "pooled"])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)

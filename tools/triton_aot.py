@@ -67,9 +67,12 @@ SPECS = ("base", "runtime", "runtime NCHW")  # see the module docstring
 _BASE = ("base", "runtime")
 _ALL = SPECS
 ALL_DTYPES = ("bf16", "fp16", "fp32")
-# fp32 whatever the operands' dtype: the weight gradient's partial sums (r, db), and the bias and
-# its gradient (under autocast a bias stays fp32: ops._autocast), as a training step launches them
-_FP32_PTRS = ("r_ptr", "db_ptr", "bias_ptr", "h_b_ptr", "dbo_ptr")
+# fp32 whatever the operands' dtype: the weight gradient's partial sums (r, db); and in the
+# `runtime` specs, the default U-Net's autocast step, the bias and its gradient (autocast keeps an
+# fp32 bias fp32: ops._autocast), where `base` keeps them in the operands' dtype (a model whose
+# parameters are in that dtype)
+_FP32_PTRS = ("r_ptr", "db_ptr")
+_BIAS_PTRS = ("bias_ptr", "h_b_ptr", "dbo_ptr")
 
 
 def _variants():
@@ -308,7 +311,8 @@ def compile_one(job):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in _FP32_PTRS else "*" + _TT[dtype]
+            fp32 = name in _FP32_PTRS or (name in _BIAS_PTRS and spec != "base")
+            signature[name] = "*fp32" if fp32 else "*" + _TT[dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             how = _int_spec(name, spec, rt, nospec)
@@ -523,7 +527,8 @@ def write_table(rows, path, only=None):
         "`regs`: registers per thread; `spill`: local memory + stack frame bytes per thread (0 = no spills);",
         "`smem`: shared memory bytes per block. Channel strides are specialized to 1 (NHWC data)",
         "except in the `runtime NCHW` rows. `dtype` is the operands'; a bias and its gradient",
-        "are fp32 in every row (as under autocast, which keeps a bias fp32: ops._autocast).",
+        "are fp32 in the `runtime` rows (as under autocast, which keeps an fp32 bias fp32:",
+        "ops._autocast) and in the operands' dtype in the `base` rows.",
         "fp32 GEMMs follow `torch.backends.cudnn.allow_tf32`: TF32 tensor cores when allowed (rows",
         "without a label), FMA units for the `TF32 off (IEEE fp32)` rows.",
         "",

@@ -2,8 +2,8 @@
 
 Each backend registers implementations with `register_impl(op, backend, fn, supports=...)`.
 `fn` receives already-validated arguments (same device and dtype, autocast already applied: under
-autocast a bias stays in its own dtype, which `_utils.bias_as` casts for kernels that need one) with
-the op's signature minus `backend`, and must be autograd-aware itself. `supports(*args)` returns
+autocast an fp32 bias stays fp32, which `_utils.bias_as` casts for kernels of one dtype) with the
+op's signature minus `backend`, and must be autograd-aware itself. `supports(*args)` returns
 None when `fn` can run those arguments, else a sentence saying why not.
 
 Choosing: an explicit backend (argument, then `use_backend`, then UNET_FAST_BACKEND) must run the

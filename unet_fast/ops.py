@@ -92,19 +92,24 @@ def _cast_weight(t, dt, fmt):
     return t.to(dt, memory_format=fmt)
 
 
+def _fp32_bias(t) -> bool:
+    return t.dim() == 1 and t.dtype == torch.float32
+
+
 def _autocast(x, *params):
     """Cast to the autocast dtype where PyTorch's convolutions would (they are lower-precision
     ops under autocast). A weight cast for a channels_last input is written channels_last by the
     same copy: the order the kernels read it in, so they need no re-layout of their own (and its
-    gradient is cast back into the parameter's own layout, `_CastWeight`). A bias (1-D) is left
-    in its own dtype: each backend adds it to fp32 accumulators, so a kernel reads it as it is
-    and returns its gradient in that dtype (no cast launched either way); a backend whose kernels
-    take one dtype casts it itself (`bias_as`), as PyTorch's autocast would have."""
+    gradient is cast back into the parameter's own layout, `_CastWeight`). An fp32 bias is left
+    fp32: each backend adds it to fp32 accumulators, so a kernel reads it as it is and returns
+    its gradient in fp32 (no cast launched either way); a backend whose kernels take one dtype
+    casts it itself (`_utils.bias_as`), as PyTorch's autocast would have. (A bias of another
+    dtype is cast as before.)"""
     if _autocast_on(x):
         dt = torch.get_autocast_dtype(x.device.type)
         fmt = torch.channels_last if is_channels_last(x) else torch.preserve_format
         return (x.to(dt),) + tuple(
-            (_cast_weight(t, dt, fmt) if t.dim() == 4 else t if t.dim() == 1 else t.to(dt))
+            (_cast_weight(t, dt, fmt) if t.dim() == 4 else t if _fp32_bias(t) else t.to(dt))
             if t is not None and t.is_floating_point() else t for t in params)
     return (x,) + params
 
