@@ -37,7 +37,7 @@ def _interpreter_rounds_bf16_to_nearest() -> None:
 
     def convert_float(input, input_dtype, output_dtype, rounding_mode):
         if input_dtype == tl.float32 and output_dtype == tl.bfloat16 and rounding_mode != rtz:
-            f32 = torch.from_numpy(np.array(input, dtype=np.float32).view(np.float32))
+            f32 = torch.from_numpy(np.array(input, dtype=np.float32))
             return f32.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
         return convert(input, input_dtype, output_dtype, rounding_mode)
 

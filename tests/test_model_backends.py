@@ -3,6 +3,7 @@ error against a float64 reference at most twice PyTorch's own error in the same 
 (parity.assert_lowp_within); NaN propagation and the layouts the backward kernels get."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import unet_fast as uf
 
@@ -10,6 +11,21 @@ from parity import (AVAILABLE, DEVICE, F32_RTOL, assert_float32_close, assert_lo
                     assert_lowp_within, assert_within, kernels, scale_of)
 
 DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
+
+
+class CastCounter(TorchDispatchMode):
+    """Counts the aten copies and casts (copy_, _to_copy) run under it whose arguments `only`
+    accepts (all by default)."""
+
+    def __init__(self, only=lambda args: True):
+        super().__init__()
+        self.only, self.n = only, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if (func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten._to_copy)
+                and self.only(args)):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -174,16 +190,6 @@ def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_f
     AccumulateGrad keeps them without a re-layout copy. Same values as a plain .to() cast."""
     if backend != "torch" and AVAILABLE[backend] is not None:
         pytest.skip(f"{backend}: {AVAILABLE[backend]}")
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Copies(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten._to_copy):
-                Copies.n += 1
-            return func(*args, **(kwargs or {}))
-
     def grads(plain_cast: bool):
         torch.manual_seed(0)
         m = uf.UNet(3, 2, base_channels=8, depth=2, padding="valid", backend=backend)
@@ -194,11 +200,11 @@ def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_f
                                 lambda t, dt, fmt: t.to(dt, memory_format=fmt))
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             y = m(x)
-        Copies.n = 0
-        with Copies():
+        copies = CastCounter()
+        with copies:
             y.float().square().sum().backward()
         monkeypatch.undo()
-        return {n: p for n, p in m.named_parameters()}, Copies.n
+        return {n: p for n, p in m.named_parameters()}, copies.n
 
     ours, copies = grads(False)
     plain, plain_copies = grads(True)
@@ -221,17 +227,6 @@ def test_autocast_bias_reaches_the_kernels_in_its_own_dtype(backend):
     gradient arrives in fp32, within twice PyTorch's bf16 error (rms) of the float64 reference."""
     if backend != "torch" and AVAILABLE[backend] is not None:
         pytest.skip(f"{backend}: {AVAILABLE[backend]}")
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class BiasCasts(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if (func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten._to_copy)
-                    and any(isinstance(a, torch.Tensor) and a.dim() == 1 for a in args)):
-                BiasCasts.n += 1
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(0)
     ref = uf.reference.UNet(3, 2, base_channels=8, depth=2, padding="valid")
     fast = uf.UNet(3, 2, base_channels=8, depth=2, padding="valid", backend=backend)
@@ -245,12 +240,13 @@ def test_autocast_bias_reaches_the_kernels_in_its_own_dtype(backend):
 
     def run(model):
         m = model.to(DEVICE)
-        BiasCasts.n = 0
-        with BiasCasts():
+        bias_casts = CastCounter(
+            only=lambda args: any(isinstance(a, torch.Tensor) and a.dim() == 1 for a in args))
+        with bias_casts:
             with torch.autocast(DEVICE, dtype=torch.bfloat16):
                 y = m(x.to(DEVICE))
             y.float().backward(g.float().to(DEVICE))
-        return {n: p.grad for n, p in m.named_parameters()}, BiasCasts.n
+        return {n: p.grad for n, p in m.named_parameters()}, bias_casts.n
 
     lowp, lowp_casts = run(ref)
     ours, casts = run(fast)

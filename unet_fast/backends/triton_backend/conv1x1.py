@@ -41,7 +41,7 @@ def conv1x1_dgrad(dy, weight, x_relu=None):
     return dx
 
 
-def conv1x1_wgrad(x, dy, db_dtype=None):
+def conv1x1_wgrad(x, dy, db_dtype):
     ci, co = x.shape[1], dy.shape[1]
     r, db = igemm_wgrad(dy, x, grid_hw=tuple(dy.shape[-2:]), ks=1, stride=1, pad=0,
                         shift_a=False, dbias=True, out_dtype=x.dtype,

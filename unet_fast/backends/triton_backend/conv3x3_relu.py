@@ -109,9 +109,9 @@ def conv3x3_dgrad(g, weight, padding, x_relu=None):
     return dx
 
 
-def conv3x3_wgrad(x, g, padding, x2=None, db_dtype=None):
-    """(dW, db), db in `db_dtype` (the bias's: fp32 under autocast) or x's; with `x2` the input
-    is cat([x, x2], 1), read in place."""
+def conv3x3_wgrad(x, g, padding, x2=None, *, db_dtype):
+    """(dW, db), db in `db_dtype` (utils.bias_grad_dtype); with `x2` the input is cat([x, x2], 1),
+    read in place."""
     ci, co = x.shape[1] + (0 if x2 is None else x2.shape[1]), g.shape[1]
     r, db = igemm_wgrad(g, x, grid_hw=tuple(g.shape[-2:]), ks=3, stride=1, pad=padding,
                         shift_a=False, dbias=True, out_dtype=x.dtype, db_dtype=db_dtype, b2=x2)
@@ -215,7 +215,7 @@ def _(skip, up, weight, bias, padding, grad_masked):
 def _concat_conv3x3_relu_wgrad(skip: torch.Tensor, up: torch.Tensor, g: torch.Tensor,
                                padding: int, db_dtype: torch.dtype
                                ) -> tuple[torch.Tensor, torch.Tensor]:
-    return conv3x3_wgrad(skip, g, padding, up, db_dtype)
+    return conv3x3_wgrad(skip, g, padding, up, db_dtype=db_dtype)
 
 
 @_concat_conv3x3_relu_wgrad.register_fake

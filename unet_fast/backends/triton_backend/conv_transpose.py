@@ -67,7 +67,7 @@ def conv_transpose2x2_dgrad(dy, weight, x_relu=None):
     return dx
 
 
-def conv_transpose2x2_wgrad(x, dy, db_dtype=None):
+def conv_transpose2x2_wgrad(x, dy, db_dtype):
     ci, co = x.shape[1], dy.shape[1]
     # R[(i, j, co), ci]: rows gathered from dy at (2p+i, 2q+j), columns c_in from x at (p, q)
     # R in the weight's dtype before its re-layout (half the bytes to move); db's four taps are
