@@ -59,6 +59,25 @@ def test_registering_a_backend_is_enough(monkeypatch):
         _dispatch._impls["max_pool2x2"].update(saved)
 
 
+def test_fused_follows_the_request_and_the_registration(monkeypatch):
+    """`fused(op, backend)` is False only where the backend asked for (argument, use_backend, the
+    environment) registered that op as a composite of its unfused kernels; "auto" times whole
+    ops and counts as fused."""
+    from unet_fast import _dispatch
+    _dispatch.ensure_backends()
+    op = "concat_conv3x3_relu"
+    monkeypatch.setitem(_dispatch._impls[op], "triton", _dispatch._Impl(None, None, None, True))
+    monkeypatch.setitem(_dispatch._impls[op], "cuda", _dispatch._Impl(None, None, None, False))
+    assert _dispatch.fused(op) and _dispatch.fused(op, "auto") and _dispatch.fused(op, "torch")
+    assert _dispatch.fused(op, "cuda") and not _dispatch.fused(op, "triton")
+    with uf.use_backend("triton"):
+        assert not _dispatch.fused(op) and _dispatch.fused(op, "torch")
+    monkeypatch.setenv("UNET_FAST_BACKEND", "triton")
+    assert not _dispatch.fused(op)
+    monkeypatch.delitem(_dispatch._impls[op], "triton")
+    assert _dispatch.fused(op)   # (no implementation: the call itself will say so)
+
+
 def test_auto_never_raises_for_a_broken_backend(monkeypatch):
     from unet_fast import _dispatch
     monkeypatch.setitem(_dispatch._backend_reason, "cuda", lambda: 1 / 0)

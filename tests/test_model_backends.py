@@ -379,3 +379,47 @@ def test_training_keeps_no_concat_buffer(padding, monkeypatch):
     assert len(skips) == 1 and skips[0] in kept and ups[0] in kept
     assert not any(tuple(shape) == cat_shape[0] for shape, _ in saved), \
         [shape for shape, _ in saved]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+def test_decoder_concat_is_never_copied_twice(backend, monkeypatch):
+    """The decoder's first conv over cat([cropped skip, up]): a backend that reads the two halves
+    in place gets them as two tensors (conv_transpose2x2, then concat_conv3x3_relu); the cuda
+    backend, whose concat_conv3x3_relu would copy both halves into a buffer, gets the up-conv
+    written straight into that buffer (up_concat) and a plain conv3x3_relu over it, so only the
+    skip is copied. Both formulations give the same numbers (bit for bit here: the cuda backend's
+    up_concat runs its transposed-conv kernel into the buffer's channel slice)."""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    from unet_fast import _dispatch, ops
+    calls = []
+    for op in ("conv_transpose2x2", "concat_conv3x3_relu", "up_concat"):
+        def spy(*args, _fn=getattr(ops, op), _op=op, **kwargs):
+            calls.append(_op)
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(ops, op, spy)
+    torch.manual_seed(0)
+    model = uf.UNet(3, 2, base_channels=8, depth=2, backend=backend).to(DEVICE)
+    x = torch.randn(2, 3, 44, 44, device=DEVICE)
+
+    def step():
+        calls.clear()
+        xi = x.clone().requires_grad_()
+        y = model(xi)
+        grads = torch.autograd.grad(y.square().sum(), [xi] + list(model.parameters()))
+        return y.detach(), grads, list(calls), model.backend_report()
+
+    y, grads, ran, report = step()
+    composite = backend == "cuda"
+    assert _dispatch.fused("concat_conv3x3_relu", backend) is not composite
+    assert ran == (["up_concat"] * 2 if composite
+                   else ["conv_transpose2x2", "concat_conv3x3_relu"] * 2), ran
+    assert {report[f"up.{i}.{part}"] for i in range(2) for part in ("up", "conv.0")} == {backend}
+    # the other formulation, forced: the same outputs and gradients
+    monkeypatch.setattr(_dispatch, "fused", lambda op, b=None: composite)
+    y2, grads2, ran2, _ = step()
+    assert ran2 == (["conv_transpose2x2", "concat_conv3x3_relu"] * 2 if composite
+                    else ["up_concat"] * 2), ran2
+    assert torch.equal(y, y2)
+    for a, b in zip(grads, grads2):
+        assert torch.equal(a, b)

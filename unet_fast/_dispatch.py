@@ -9,7 +9,9 @@ None when `fn` can run those arguments, else a sentence saying why not.
 Choosing: an explicit backend (argument, then `use_backend`, then UNET_FAST_BACKEND) must run the
 input or `BackendUnavailable` is raised; "auto" takes the first candidate of `auto_order()` that
 can run it and never raises for a missing backend. A fused op whose arguments no one kernel takes
-(`up_concat` with a skip of another dtype) runs as its registered decomposition.
+(`up_concat` with a skip of another dtype) runs as its registered decomposition. A backend that
+runs a fused op as its own unfused kernels says so (`composite`), and `fused` tells a model
+which formulation of a step moves fewer bytes on the backend asked for.
 
 Besides choosing, this layer decides the memory layout a network runs in (`inner_memory_format`)
 and records which backend ran each named layer (`report_layers` + `layer`), which is what
@@ -61,12 +63,13 @@ class BackendUnavailable(RuntimeError):
 
 
 class _Impl:
-    __slots__ = ("fn", "supports", "nondeterministic")
+    __slots__ = ("fn", "supports", "nondeterministic", "composite")
 
-    def __init__(self, fn, supports, nondeterministic):
+    def __init__(self, fn, supports, nondeterministic, composite):
         self.fn = fn
         self.supports = supports
         self.nondeterministic = nondeterministic
+        self.composite = composite
 
 
 _impls: dict[str, dict[str, _Impl]] = {op: {} for op in OPS}
@@ -109,16 +112,31 @@ def _use(name: str, explicit: bool) -> None:
 
 
 def register_impl(op: str, backend: str, fn: Callable, supports: Callable | None = None,
-                  nondeterministic: Callable | None = None) -> None:
+                  nondeterministic: Callable | None = None, composite: bool = False) -> None:
     """`nondeterministic(args)` says when an implementation's results can vary run to run on
     these arguments (e.g. fp32 atomics in a split-K weight gradient, when gradients will be
     computed: `needs_grad(args)`). Under torch.use_deterministic_algorithms(True) "auto" then
-    skips it and an explicit request raises, as PyTorch does."""
+    skips it and an explicit request raises, as PyTorch does. `composite`: `fn` runs a fused op
+    as the backend's unfused kernels, through the intermediate the fusion exists to avoid (the
+    cuda backend's concat_conv3x3_relu copies both halves into a concat buffer); see `fused`."""
     if op not in _impls:
         raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    _impls[op][backend] = _Impl(fn, supports, nondeterministic)
+    _impls[op][backend] = _Impl(fn, supports, nondeterministic, composite)
+
+
+def fused(op: str, backend: Optional[str] = None) -> bool:
+    """Whether a fused `op` called with this backend request runs as one kernel (False: the
+    explicitly requested backend runs it as a composite of its unfused kernels, so a model may
+    prefer another formulation of the same step). "auto" counts as fused: it times each
+    candidate on the whole op, a composite's copies included."""
+    name = requested_backend(backend)
+    if name == "auto":
+        return True
+    ensure_backends()
+    impl = _impls[op].get(name)
+    return impl is None or not impl.composite
 
 
 def register_decomposition(op: str, fn: Callable, when: Callable) -> None:

@@ -7,7 +7,9 @@ ops of `unet_fast.ops`:
 - bottleneck: conv3x3+ReLU twice;
 - expanding path: per level, the 2x2 up-convolution, then conv3x3+ReLU over the concat of the
   center-cropped skip and the up-sampled map (`concat_conv3x3_relu`: the Triton kernels read the
-  two halves where they lie, no concat buffer), then conv3x3+ReLU;
+  two halves where they lie, no concat buffer; for a backend that would copy both into a buffer,
+  `_dispatch.fused`, the up-convolution writes into that buffer itself, `up_concat`), then
+  conv3x3+ReLU;
 - head: the 1x1 convolution, computed in the last conv's epilogue (`conv3x3_relu_conv1x1`).
 
 Every op after the first layer reads a ReLU output, so the model uses the ops' internal
@@ -93,13 +95,22 @@ class UNet(reference.UNet):
         """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), conv3x3+ReLU (and the 1x1
         `head` over it, when given: one op). (The concat is not a ReLU output as a whole: the
         first conv leaves its gradient unmasked; the skip's half is masked by the encoder's pool
-        backward.)"""
-        with _dispatch.layer(f"{name}.up"):
-            up = ops.conv_transpose2x2(x, level.up.weight, level.up.bias, backend=self._backend,
-                                       _relu_input=True)
-        with _dispatch.layer(f"{name}.conv.0"):
-            x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
-                                        self._pad, backend=self._backend, _grad_masked=True)
+        backward.) The two formulations below give the same numbers."""
+        if _dispatch.fused("concat_conv3x3_relu", self._backend):
+            with _dispatch.layer(f"{name}.up"):
+                up = ops.conv_transpose2x2(x, level.up.weight, level.up.bias,
+                                           backend=self._backend, _relu_input=True)
+            with _dispatch.layer(f"{name}.conv.0"):
+                x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
+                                            self._pad, backend=self._backend, _grad_masked=True)
+        else:
+            # (a backend whose concat_conv3x3_relu would copy both halves into a concat buffer:
+            # the up-conv writes straight into one, beside the cropped skip, and the conv reads it)
+            with _dispatch.layer(f"{name}.up"):
+                cat = ops.up_concat(skip, x, level.up.weight, level.up.bias,
+                                    backend=self._backend, _relu_input=True)
+            x = self._conv(f"{name}.conv.0", level.conv[0], cat, relu_input=False,
+                           grad_masked=True)
         if head is not None:
             conv = level.conv[2]
             with _dispatch.layer(f"{name}.conv.2", "head"):

@@ -321,7 +321,8 @@ def _register_impls() -> None:
 
     for _op, _fn in cuda_ops.IMPLS.items():
         register_impl(_op, "cuda", _fn, _supports(_op),
-                      nondeterministic=_atomic_wgrad(_op) if _op in cuda_ops.ATOMIC_WGRAD else None)
+                      nondeterministic=_atomic_wgrad(_op) if _op in cuda_ops.ATOMIC_WGRAD else None,
+                      composite=_op in _COMPOSITES)
         for _dev in ("cpu", "cuda"):
             if _op not in _COMPOSITES:
                 has_kernel(_op, _dev)
