@@ -115,6 +115,12 @@ def test_l1_gathered_tiles_ask_the_l2_for_less(monkeypatch):
         (a_bytes * share + b_bytes) / m.l2_bytes_per_clk_sm, 1)
     assert l2_cycles(36 * 1024, True) == full
     assert l2_cycles(64 * 1024, False) == full
+    # a 2-D patch (TILE_W): its whole window, about half the row tile's share
+    geo["tile_w"] = 16
+    patch = utils.l1_reuse(128, 32, 2, 568, 3, False, utils.l1_left(36 * 1024, occ) // occ, 16)
+    assert patch < share / 2 + 0.01
+    assert l2_cycles(36 * 1024, False) == round(
+        (a_bytes * patch + b_bytes) / m.l2_bytes_per_clk_sm, 1)
 
 
 def test_model_of_one_kernel_is_stable():

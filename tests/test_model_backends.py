@@ -317,7 +317,7 @@ def test_conv3x3_relu_pool_with_the_skip_cropped(backend, use, layout):
         assert_float32_close(f"{name} through {use}", a, r)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 def test_each_skip_is_freed_once_its_decoder_level_has_read_it(backend, monkeypatch):
     """The skips are the largest tensors alive between the encoder and the decoder: in inference
     each is freed (nothing refers to it) as soon as its decoder level has read it, not when the
@@ -328,20 +328,23 @@ def test_each_skip_is_freed_once_its_decoder_level_has_read_it(backend, monkeypa
     import weakref
     from unet_fast import ops
     alive, seen = [], []
-    encode, concat_conv = ops.conv3x3_relu_pool, ops.concat_conv3x3_relu
+    encode = ops.conv3x3_relu_pool
 
     def pool_spy(*args, **kwargs):
         skip, pooled = encode(*args, **kwargs)
         alive.append(weakref.ref(skip))
         return skip, pooled
 
-    def concat_spy(skip, *args, **kwargs):
-        # every skip of a deeper level than this one's is gone already
-        seen.append(sum(r() is not None for r in alive))
-        return concat_conv(skip, *args, **kwargs)
+    def reads_skip(fn):   # (the decoder op that reads the skip: the concat conv, or up_concat)
+        def spy(skip, *args, **kwargs):
+            # every skip of a deeper level than this one's is gone already
+            seen.append(sum(r() is not None for r in alive))
+            return fn(skip, *args, **kwargs)
+        return spy
 
     monkeypatch.setattr(ops, "conv3x3_relu_pool", pool_spy)
-    monkeypatch.setattr(ops, "concat_conv3x3_relu", concat_spy)
+    for op in ("concat_conv3x3_relu", "up_concat"):
+        monkeypatch.setattr(ops, op, reads_skip(getattr(ops, op)))
     torch.manual_seed(0)
     model = uf.UNet(1, 2, base_channels=4, depth=3, backend=backend).to(DEVICE)
     with torch.no_grad():

@@ -1096,13 +1096,17 @@ def test_narrow_and_ieee_configs_compute_the_convolution(monkeypatch, fwd_cfg, w
 # The configs that gather A through the L1 (A_L1: 8-byte copies, a channel chunk's nine taps one
 # after another), each through the interpreter: forward and dgrad (the same kernel) of a 3x3 conv
 # over two channel chunks and several pixel tiles that wrap rows, padded (the per-tile mask of the
-# taps inside the input) and valid, with and without the pool epilogue, against float64.
+# taps inside the input) and valid, with and without the pool epilogue, against float64. (Those
+# with TILE_W tile the grid in 2-D patches, partial at the edges; the pool ignores TILE_W.)
 _L1_CONFIGS = [c for c in t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
 
 
-@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[
-    f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
-    for c in _L1_CONFIGS])
+def _cfg_id(c):
+    return (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
+            + (f"w{c.kwargs['TILE_W']}" if c.kwargs.get("TILE_W") else ""))
+
+
+@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[_cfg_id(c) for c in _L1_CONFIGS])
 @pytest.mark.parametrize("op,padding", [("conv3x3_relu", 1), ("conv3x3_relu_pool", 0)])
 def test_l1_gather_configs_compute_the_convolution(monkeypatch, cfg, op, padding):
     from unet_fast.backends.triton_backend import igemm
@@ -1120,12 +1124,47 @@ def test_l1_gather_configs_compute_the_convolution(monkeypatch, cfg, op, padding
         assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
-@pytest.mark.parametrize("cfg", _L1_CONFIGS[:2], ids=[
-    f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
-    for c in _L1_CONFIGS[:2]])
+@pytest.mark.parametrize("padding,hw", [("same", (12, 20)), ("valid", (20, 36))])
+def test_patch_tiles_run_the_whole_network(monkeypatch, padding, hw):
+    """Every forward and dgrad launch of a U-Net forced onto a 2-D patch config (TILE_W, 8 x 16
+    pixels: partial patches at the right and bottom, two images): the head in the last conv's
+    epilogue (HEAD), the dgrads masked by their input's ReLU (RELU_IN), the first layer's
+    flattened K; the pool layers run their rows of 2x2 windows as before. Output and every
+    parameter gradient against float64. (The concat read in place, CAT, needs 64-channel
+    halves, too wide for the interpreter's fused head: test_l1_gather_of_the_concat.)"""
+    from unet_fast.backends.triton_backend import igemm
+    cfg = next(c for c in _L1_CONFIGS if c.kwargs.get("TILE_W") and c.kwargs["BLOCK_M"] == 128)
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
+    monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
+    calls = _spy_fwd(monkeypatch)
+    torch.manual_seed(0)
+    model = uf.UNet(in_channels=3, num_classes=2, base_channels=32, depth=1, padding=padding,
+                    backend="triton").to(DEVICE)
+    ref = uf.reference.UNet(in_channels=3, num_classes=2, base_channels=32, depth=1,
+                            padding=padding).to(DEVICE).double()
+    ref.load_state_dict(model.state_dict())
+    x = make((2, 3) + hw, "channels_last")
+    y = model(x)
+    r = ref(x.double())
+    assert_float32_close("UNet output", y, r)
+    g = torch.randn_like(r)
+    y.backward(g.float())
+    r.backward(g)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert_float32_close(f"gradient of {name}", p.grad, q.grad)
+    assert igemm.igemm_fwd_kernel.best_config is cfg
+    kinds = {k for kw in calls for k in ("head", "relu_in") if kw.get(k) is not None}
+    assert kinds == {"head", "relu_in"}, kinds
+
+
+_CAT_CONFIGS = _L1_CONFIGS[:2] + [c for c in _L1_CONFIGS if c.kwargs.get("TILE_W")][:1]
+
+
+@pytest.mark.parametrize("cfg", _CAT_CONFIGS, ids=[_cfg_id(c) for c in _CAT_CONFIGS])
 def test_l1_gather_of_the_concat(monkeypatch, cfg):
     """A_L1's taps-inner order picks the concat's half where the channel chunk changes (CAT):
-    the halves of 64 channels are two and one chunks of these configs."""
+    the halves of 64 channels are two and one chunks of these configs (the last, in 8 x 16
+    patches: TILE_W)."""
     from unet_fast.backends.triton_backend import igemm
     monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
     monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
@@ -1199,6 +1238,13 @@ def test_l1_reuse_fraction():
     assert t_utils.l1_reuse(256, 64, 2, 28, 3, False, big) == pytest.approx(
         (11 + 2) * 30 / (9 * 256))
     assert t_utils.l1_reuse(128, 64, 2, 568, 1, False, big) == 1.0   # 1x1: nothing shared
+    # TILE_W: an 8 x 16 patch reads its (8 + 2) x (16 + 2) window once, if the whole window fits
+    # (a grid narrower than the patch: its columns); the pool ignores TILE_W
+    assert t_utils.l1_reuse(128, 32, 2, 568, 3, False, big, 16) == pytest.approx(180 / 1152)
+    assert t_utils.l1_reuse(128, 32, 2, 9, 3, False, big, 16) == pytest.approx(10 * 11 / 1152)
+    assert t_utils.l1_reuse(128, 32, 2, 568, 3, False, 180 * 64 - 1, 16) == 1.0
+    assert t_utils.l1_reuse(256, 32, 2, 568, 3, True, big, 16) == \
+        t_utils.l1_reuse(256, 32, 2, 568, 3, True, big)
     # the rows read again (the kernel row's taps, and the next one's prefetch) must fit
     live = 2 * 262 * 32 * 2
     assert t_utils.l1_reuse(256, 32, 2, 568, 3, False, live) < 1.0
@@ -1214,6 +1260,31 @@ def test_l1_reuse_fraction():
     assert t_utils.l1_shift_reuse(32, 32, 64, 2, 3, big) == pytest.approx(34 / 96)
     assert t_utils.l1_shift_reuse(32, 32, 64, 2, 1, big) == 1.0
     assert t_utils.l1_shift_reuse(32, 32, 64, 2, 3, 2 * 32 * 64 * 2 - 1) == 1.0
+
+
+def test_patch_tiles_where_they_cut_the_l2_bytes(monkeypatch):
+    """TILE_W configs (2-D pixel patches) count their tiles per image (utils.m_tiles: partial
+    patches at the right and bottom edges); they are offered to the 3x3 windows without the
+    pool, and ranked first for a 64-channel layer, whose row tiles are L2-bound."""
+    monkeypatch.setattr(t_utils, "num_sms", lambda device: 132)
+    kw = {"BLOCK_M": 128, "BLOCK_N": 64, "TILE_W": 16}
+    assert t_utils.m_tiles(kw, 2 * 14 * 13, 14, 13, False) == 2 * 2 * 1
+    assert t_utils.m_tiles(kw, 8 * 568 * 568, 568, 568, False) == 8 * 71 * 36
+    assert t_utils.m_tiles(kw, 4 * 100, 10, 10, True) == 4           # the pool: runs of rows
+    assert t_utils.m_tiles({"BLOCK_M": 128}, 1000, 10, 100, False) == 8
+    cfgs = _all_fwd_configs()
+    kind = dict(dtype=torch.bfloat16, precision="ieee", arch=90, narrow=False, wgrad=False, ks=3)
+    assert any(c.kwargs.get("TILE_W") for c in t_utils.launch_configs(cfgs, **kind))
+    assert not any(c.kwargs.get("TILE_W") for c in t_utils.launch_configs(cfgs, pool=True,
+                                                                           **kind))
+    assert not any(c.kwargs.get("TILE_W") for c in t_utils.launch_configs(
+        cfgs, **dict(kind, ks=1)))
+    m = 8 * 568 * 568
+    best = t_utils.prune_gemm(cfgs, _gemm_args(torch.bfloat16, m, 64, OH=568, OW=568), KS=3)
+    assert best[0].kwargs.get("TILE_W"), best
+    pooled = t_utils.prune_gemm(cfgs, _gemm_args(torch.bfloat16, m, 64, OH=568, OW=568), KS=3,
+                                POOL=True)
+    assert not any(c.kwargs.get("TILE_W") for c in pooled)
 
 
 def test_autotune_pruning(monkeypatch):

@@ -639,7 +639,8 @@ def _igemm_fwd_work(l, c):
     # A through the L1 (A_L1): what of A's tile the L2 still serves depends on the L1 the
     # compiled shared memory leaves (predict: l1_reuse)
     l1 = (dict(kind="window", bm=bm, bk=bk, elt=elt, ow=_arg(l, "OW"), ks=ks,
-               pool=bool(c.get("POOL")), bytes=bm * bk * elt) if c.get("A_L1") else None)
+               pool=bool(c.get("POOL")), bytes=bm * bk * elt, tile_w=c.get("TILE_W", 0))
+          if c.get("A_L1") else None)
     dram = _tbytes(a) + k_tot * n_gemm * elt + _tbytes(_arg(l, "out_ptr"))
     if c.get("CAT"):   # the concat's second half, read in place
         dram += _tbytes(_arg(l, "a2_ptr"))
@@ -781,7 +782,8 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
             g, u = w["l1"], _utils()
             left = u.l1_left(binary["smem"], occ) // occ
             if g["kind"] == "window":
-                share = u.l1_reuse(g["bm"], g["bk"], g["elt"], g["ow"], g["ks"], g["pool"], left)
+                share = u.l1_reuse(g["bm"], g["bk"], g["elt"], g["ow"], g["ks"], g["pool"], left,
+                                   g.get("tile_w", 0))
             else:
                 share = u.l1_shift_reuse(g["qb"], g["bk"], g["bn"], g["elt"], g["sub"], left)
             tile_bytes -= g["bytes"] * (1 - share)
@@ -841,7 +843,8 @@ def _cfg_text(kw, warps, stages, maxnreg=None):
     s = "x".join(str(kw[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kw)
     s = s or ",".join(f"{k}={v}" for k, v in kw.items())
     return (f"{s} w{warps} s{stages}" + (f" r{maxnreg}" if maxnreg else "")
-            + (" L1" if kw.get("A_L1") or kw.get("B_L1") else ""))
+            + (" L1" if kw.get("A_L1") or kw.get("B_L1") else "")
+            + (f" {kw['BLOCK_M'] // kw['TILE_W']}x{kw['TILE_W']}" if kw.get("TILE_W") else ""))
 
 
 def _sub_text(constexprs) -> str:
@@ -966,7 +969,9 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
         "  BYPASS, read off the SASS) and takes a channel chunk's nine taps one after another, so",
         "  the L2 serves each distinct pixel of the tile's 3x3 window once and the taps of a kernel",
         "  row that read it again hit the L1 (utils.l1_reuse: about a third of A's bytes, a fifth",
-        "  under the pool's 2x2 order) -- if the rows read again fit the L1 the shared memory leaves;",
+        "  under the pool's 2x2 order; a config marked 8x16 gathers 2-D patches of the output grid",
+        "  (TILE_W), whose whole (8 + 2) x (16 + 2) window its taps read again: about a sixth) -- if",
+        "  the pixels read again fit the L1 the shared memory leaves;",
         "  likewise the wgrad's B_L1 configs, whose three sub-tiles (a kernel row's taps) read the",
         "  same pixels a column apart (utils.l1_shift_reuse: (band + 2) / (3 x band) of B's bytes).",
         "  The model has no latency term: a two-stage pipeline (B_L1) is judged as a deeper one.",

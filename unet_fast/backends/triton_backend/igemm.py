@@ -219,6 +219,25 @@ def _tile_out_pixels(m0, NB, OH, OW, M_GEMM, POOL: tl.constexpr, WIDE: tl.conste
     return n, p, q, m_ok
 
 
+@triton.jit
+def _patch_out_pixels(pid_m, OH, OW, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr):
+    """TILE_W: the output pixels of row tile pid_m as a (BLOCK_M / TILE_W) x TILE_W patch of one
+    image's grid (patches row-major, images one after another; utils.m_tiles counts them) and
+    whether each exists. A 3x3 window's taps then read (TILE_H + 2) x (TILE_W + 2) distinct
+    input pixels a channel chunk, where a run of BLOCK_M along a row reads three rows of
+    BLOCK_M + 2: with A_L1 about half of A's bytes from the L2 (utils.l1_reuse). The image is
+    a scalar (one per tile); only the patch's origin is divided, a row's place in it is a
+    shift and a mask (powers of two)."""
+    TILE_H: tl.constexpr = BLOCK_M // TILE_W
+    tiles_w = tl.cdiv(OW, TILE_W)
+    tiles_h = tl.cdiv(OH, TILE_H)
+    t = pid_m // tiles_w
+    i = tl.arange(0, BLOCK_M)
+    p = (t % tiles_h) * TILE_H + i // TILE_W
+    q = (pid_m % tiles_w) * TILE_W + i % TILE_W
+    return t // tiles_h, p, q, (p < OH) & (q < OW)
+
+
 @utils.autotune(configs=utils.igemm_configs(), key=_FWD_KEY,
                  prune_configs_by={"early_config_prune": utils.prune_gemm})
 @triton.jit(do_not_specialize=_FWD_NO_SPEC)
@@ -243,6 +262,7 @@ def igemm_fwd_kernel(
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     A_L1: tl.constexpr = False,   # a config's choice: A through the L1 (below)
+    TILE_W: tl.constexpr = 0,     # a config's choice: 2-D pixel tiles (_patch_out_pixels)
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N_GEMM, BLOCK_N)
@@ -261,8 +281,11 @@ def igemm_fwd_kernel(
     else:
         WARPS: tl.constexpr = 4
     POOL_SLABS: tl.constexpr = BLOCK_M // (16 * (8 if WARPS >= 8 and BLOCK_M > 64 else 4))
-    n, p, q, m_ok = _tile_out_pixels(pid_m * BLOCK_M, NB, OH, OW, M_GEMM, POOL, WIDE, BLOCK_M,
-                                     POOL_SLABS)
+    if TILE_W > 0 and not POOL:   # (the pool's rows run in 2x2 windows: TILE_W ignored)
+        n, p, q, m_ok = _patch_out_pixels(pid_m, OH, OW, BLOCK_M, TILE_W)
+    else:
+        n, p, q, m_ok = _tile_out_pixels(pid_m * BLOCK_M, NB, OH, OW, M_GEMM, POOL, WIDE,
+                                         BLOCK_M, POOL_SLABS)
     n64 = _offset_int(n, INT64)
     ih0 = p * STRIDE
     iw0 = q * STRIDE
@@ -945,7 +968,8 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     wide = ((ow + 1) // 2 >= tallest // 4) if pool is not None else ow >= tallest
 
     def grid(meta):
-        return (triton.cdiv(m_gemm, meta["BLOCK_M"]) * triton.cdiv(n_gemm, meta["BLOCK_N"]),)
+        return (utils.m_tiles(meta, m_gemm, oh, ow, pool is not None)
+                * triton.cdiv(n_gemm, meta["BLOCK_N"]),)
 
     with utils.on_device(a):
         igemm_fwd_kernel[grid](

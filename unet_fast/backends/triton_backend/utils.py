@@ -58,10 +58,12 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 # ---------------------------------------------------------------- autotune configurations
-def _cfg(bm, bn, bk, stages, warps, maxnreg=None, a_l1=False, b_l1=False):
+def _cfg(bm, bn, bk, stages, warps, maxnreg=None, a_l1=False, b_l1=False, tile_w=0):
     kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
     if a_l1:   # (igemm_fwd_kernel's A_L1; configs without it take the kernel's default, off)
         kw["A_L1"] = True
+    if tile_w:  # (igemm_fwd_kernel's TILE_W: 2-D pixel tiles; default 0, runs along rows)
+        kw["TILE_W"] = tile_w
     if b_l1:   # (igemm_wgrad_kernel's B_L1, likewise)
         kw["B_L1"] = True
     return triton.Config(kw, num_stages=stages, num_warps=warps, maxnreg=maxnreg)
@@ -104,6 +106,12 @@ IGEMM_CONFIGS_16 = [
     _cfg(128, 64, 64, 2, 4, a_l1=True),
     _cfg(128, 128, 32, 3, 8, a_l1=True),
     _cfg(256, 64, 32, 2, 8, maxnreg=128, a_l1=True),
+    # ... and as 2-D patches of the output grid (TILE_W: 8 x 16 and 16 x 16 pixels) for the
+    # 64-channel layers, still L2-bound along rows: a chunk's nine taps then read (8 + 2) x
+    # (16 + 2) distinct pixels per 128 instead of three rows of 130, about half of A's L2 bytes
+    # (l1_reuse; not with the pool epilogue, whose rows run in 2x2 windows)
+    _cfg(128, 64, 32, 3, 4, a_l1=True, tile_w=16),
+    _cfg(256, 64, 32, 2, 8, maxnreg=128, a_l1=True, tile_w=16),
 ]
 IGEMM_CONFIGS_32 = [
     _cfg(128, 128, 32, 3, 8),
@@ -636,15 +644,32 @@ def l1_left(smem_per_cta: int, ctas: int) -> int:
     return (L1_SMEM_KIB - carve) * 1024
 
 
-def l1_reuse(bm: int, bk: int, elt: int, ow: int, ks: int, pool: bool, l1_bytes: int) -> float:
+def m_tiles(kw: dict, m: int, oh: int, ow: int, pool: bool) -> int:
+    """igemm_fwd_kernel's row tiles for a config's kwargs `kw` and a GEMM of m rows over an
+    (images x oh x ow) grid: BLOCK_M-row runs, or with TILE_W (not with the pool) each image's
+    (BLOCK_M / TILE_W) x TILE_W patches."""
+    tw = kw.get("TILE_W", 0)
+    if tw and not pool and oh and ow:
+        return m // (oh * ow) * cdiv(oh, kw["BLOCK_M"] // tw) * cdiv(ow, tw)
+    return cdiv(m, kw["BLOCK_M"])
+
+
+def l1_reuse(bm: int, bk: int, elt: int, ow: int, ks: int, pool: bool, l1_bytes: int,
+             tile_w: int = 0) -> float:
     """The fraction of an A_L1 tile's gathered bytes (igemm_fwd_kernel) that still come from the
     L2: a chunk's ks x ks taps read the distinct input pixels of the tile's window once each, the
     rest hit the L1 -- if the window's rows that are read again (all but the last kernel row's
     new one) fit the `l1_bytes` the tile has; else every byte (1.0). Upper bounds on the window:
     the tile's bm output pixels run along rows of `ow` (with `pool`, 2x2 windows along pairs of
-    rows) and may wrap to the next row(s)."""
+    rows) and may wrap to the next row(s); with `tile_w` (TILE_W, not with `pool`) they are a
+    (bm / tile_w) x tile_w patch, whose whole window is read again by the chunk's taps."""
     if ks == 1:
         return 1.0
+    if tile_w and not pool:
+        window = (bm // tile_w + ks - 1) * (min(tile_w, ow) + ks - 1)
+        if window * bk * elt > l1_bytes:
+            return 1.0
+        return min(1.0, window / (ks * ks * bm))
     rows, cols = (2, bm // 2) if pool else (1, bm)
     if cols > ow:   # several rows: as many as the tile covers, plus one where it starts mid-row
         rows, cols = rows * (cdiv(cols, ow) + 1), ow
@@ -669,19 +694,20 @@ def l1_shift_reuse(qb: int, bk: int, bn: int, elt: int, sub_n: int, l1_bytes: in
 
 def estimate_cycles(c, m: int, n: int, k: int, split: int, elt: int, sms: int,
                     sub_n: int = 1, ow: int = 0, ks: int = 1, pool: bool = False,
-                    qb: int = 0) -> float:
+                    qb: int = 0, oh: int = 0) -> float:
     """Cycles of the busiest SM for a GEMM (m x n x k per split, `split` splits) with config c
     (tiles of `sub_n` column sub-tiles): each tile iteration takes its tensor-core time or its L2
     traffic, whichever is longer (an A_L1 config's A tile: the share l1_reuse leaves the L2,
-    for a ks x ks window over output rows of `ow` pixels)."""
+    for a ks x ks window over an output grid of rows of `ow` pixels, `oh` rows an image)."""
     bm, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]
     bn = c.kwargs["BLOCK_N"] * sub_n
-    tiles = cdiv(m, bm) * cdiv(n, bn) * split
+    tiles = m_tiles(c.kwargs, m, oh, ow, pool) * cdiv(n, bn) * split
     occ = smem_ctas(c, elt, sub_n)
     a_share = b_share = 1.0
     if c.kwargs.get("A_L1"):
         a_share = l1_reuse(bm, bk, elt, ow or m, ks, pool,
-                           l1_left(_smem_estimate(c, elt, sub_n), occ) // occ)
+                           l1_left(_smem_estimate(c, elt, sub_n), occ) // occ,
+                           c.kwargs.get("TILE_W", 0))
     if c.kwargs.get("B_L1") and qb:
         b_share = l1_shift_reuse(qb, bk, c.kwargs["BLOCK_N"], elt, sub_n,
                                  l1_left(_smem_estimate(c, elt, sub_n), occ) // occ)
@@ -815,6 +841,8 @@ def _launch_configs(configs, dtype, precision, arch, narrow, wgrad, pool, skip, 
                     _GEMM_LISTS)
     if not taps_reuse:
         keep = [c for c in keep if not c.kwargs.get("A_L1")]
+    if pool:   # (the pool's rows run in 2x2 windows: the kernel ignores TILE_W there)
+        keep = [c for c in keep if not c.kwargs.get("TILE_W")]
     if sub_n != 3:   # B_L1 reuses B across the three taps' sub-tiles
         keep = [c for c in keep if not c.kwargs.get("B_L1")]
     known = {_config_key(c) for lst in _GEMM_LISTS for c in lst}
@@ -916,14 +944,16 @@ def prune_gemm(configs, named_args, **kwargs):
         # tile (the launcher checked head_fits, so every list has one)
         keep = [c for c in keep if c.kwargs["BLOCK_N"] >= n] or \
             [c for c in admitted if c.kwargs["BLOCK_N"] >= n]
+    pool = kwargs.get("POOL", False)
+    oh, ow = int(named_args.get("OH", 0)), int(named_args.get("OW", 0))
     if not wgrad:  # forward / dgrad: grid = row tiles x column tiles
-        tiles = {id(c): cdiv(m, c.kwargs["BLOCK_M"]) * cdiv(n, c.kwargs["BLOCK_N"]) for c in keep}
+        tiles = {id(c): m_tiles(c.kwargs, m, oh, ow, pool) * cdiv(n, c.kwargs["BLOCK_N"])
+                 for c in keep}
         want = min(num_sms(a.device), max(tiles.values())) / 2
         keep = [c for c in keep if tiles[id(c)] >= want]
     sms = num_sms(a.device)
     geo = (dict(qb=int(named_args.get("QB", 0))) if wgrad else
-           dict(ow=int(named_args.get("OW", 0)), ks=kwargs.get("KS", 1),
-                pool=kwargs.get("POOL", False)))
+           dict(ow=ow, oh=oh, ks=kwargs.get("KS", 1), pool=pool))
     keep = sorted(keep, key=lambda c: estimate_cycles(c, m, n, k, split, elt, sms, sub_n, **geo))
     keep = keep[:AUTOTUNE_TOP_K]
     if os.environ.get("UNET_FAST_TRITON_AUTOTUNE", "1") == "0":
