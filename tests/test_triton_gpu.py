@@ -106,7 +106,8 @@ except ImportError:   # (no triton: every test here is skipped anyway)
 
 def _cfg_id(c):
     return (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
-            f"w{c.num_warps}s{c.num_stages}" + ("L1" if c.kwargs.get("A_L1") else ""))
+            f"w{c.num_warps}s{c.num_stages}" + ("L1" if c.kwargs.get("A_L1") else "")
+            + (f"p{c.kwargs['TILE_W']}" if c.kwargs.get("TILE_W") else ""))
 
 
 @pytest.mark.parametrize("cfg", _POOL_CONFIGS, ids=[_cfg_id(c) for c in _POOL_CONFIGS])
@@ -126,9 +127,7 @@ def test_pool_row_orders_gpu(monkeypatch, cfg):
         assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
-@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[
-    f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
-    for c in _L1_CONFIGS])
+@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[_cfg_id(c) for c in _L1_CONFIGS])
 @pytest.mark.parametrize("op,padding", [("conv3x3_relu", 1), ("conv3x3_relu", 0),
                                         ("conv3x3_relu_pool", 1)])
 def test_l1_gather_configs_gpu(monkeypatch, cfg, op, padding):
