@@ -147,6 +147,85 @@ def test_pool_epilogue_tiles_and_tails():
     torch.testing.assert_close(uf.ops.max_pool2x2(xn, backend="cuda"), F.max_pool2d(xn, 2, 2), equal_nan=True)
 
 
+class _AddCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten adds on tensors of `numel` elements run under it (autograd's sum of a
+    tensor's two gradients)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.n = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_) and \
+                args[0].numel() == self.numel:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("crop", [None, (7, 5)])
+@pytest.mark.parametrize("use", ["both", "skip", "pooled"])
+def test_cutlass_path_pools_with_the_skip_gradient_in_one_pass(crop, use, monkeypatch):
+    """conv3x3_relu_pool on the CUTLASS path (its fprop has no pool node): (skip, pooled) of y
+    from cuda_ops._SkipAndPool, whose backward is the pool backward kernel with the skip's
+    gradient (zero-padded by one kernel when cropped) added in the same pass: no autograd sum of
+    y's two gradients. The path is reached with the CUTLASS unit stood in for by the CPU conv
+    (cutlass_sm90.wanted forced); float64 against autograd's own composition."""
+    from unet_fast.backends import cuda_ops, cutlass_sm90
+
+    class Units:   # torch.ops.unet_fast, with the CPU conv standing in for the CUTLASS unit
+        def __getattr__(self, name):
+            return getattr(_ops, name)
+
+        @staticmethod
+        def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
+            return _ops.conv3x3_relu(x, w, b, padding)
+
+    monkeypatch.setattr(cuda_ops, "_ops", Units())
+    monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 13, 11, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = (0.3 * torch.randn(6, 4, 3, 3, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    sh, sw = crop or (0, 0)
+
+    def loss(skip, pooled, gs, gp):
+        return ((skip * gs).sum() if use != "pooled" else 0) + \
+            ((pooled * gp).sum() if use != "skip" else 0)
+
+    skip, pooled = cuda_ops.conv3x3_relu_pool(x, w, b, 0, False, sh, sw)
+    y_numel = 2 * 6 * 11 * 9
+    assert skip.shape[-2:] == (crop or (11, 9)) and pooled.shape[-2:] == (5, 4)
+    gs, gp = torch.randn_like(skip), torch.randn_like(pooled)
+    with _AddCounter(y_numel) as adds:
+        ours = torch.autograd.grad(loss(skip, pooled, gs, gp), (x, w, b))
+    assert adds.n == 0
+    y = torch.relu(F.conv2d(x, w, b))
+    ref_skip = center_crop(y, *crop) if crop else y
+    torch.testing.assert_close(skip, ref_skip, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pooled, F.max_pool2d(y, 2, 2), rtol=1e-12, atol=1e-12)
+    ref = torch.autograd.grad(loss(ref_skip, F.max_pool2d(y, 2, 2), gs, gp), (x, w, b))
+    for name, a, r in zip(("dx", "dw", "db"), ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("crop", [(0, 0), (7, 5)])
+def test_cutlass_path_skip_and_pool_compiles_fullgraph(crop):
+    """torch.compile(fullgraph=True) traces cuda_ops._SkipAndPool (its skip is a view of its
+    input, or the input itself) and gives eager's gradient."""
+    from unet_fast.backends import cuda_ops
+    y = torch.randn(2, 6, 11, 9, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+
+    def f(t):
+        skip, pooled = cuda_ops._SkipAndPool.apply(t, *crop)
+        return skip.square().sum() + 3 * pooled.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(torch.autograd.grad(compiled(y), y)[0],
+                               torch.autograd.grad(f(y), y)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_wgrad_with_frozen_weight_and_bias_only():
     x = torch.randn(2, 3, 8, 7, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)

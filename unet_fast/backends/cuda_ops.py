@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
-from .._utils import bias_as, nonfinite_weight_on_cpu, relu_input, skip_grad
+from .._utils import bias_as, center_crop, nonfinite_weight_on_cpu, relu_input, skip_grad
 from . import cutlass_sm90, torch_backend
 
 _ops = torch.ops.unet_fast
@@ -147,6 +147,32 @@ if cutlass_sm90.built():
                                     setup_context=_conv3x3_sm90_setup)
 
 
+# ---------------------------------------------------------------- the skip and the pool of y
+class _SkipAndPool(torch.autograd.Function):
+    """(skip, max_pool2x2(y)) of a conv's output y, the skip being y or its center crop of
+    (skip_h, skip_w) (a view), for the CUTLASS fprop, which has no pool node. Its backward is
+    the pool backward kernel with the skip's gradient added in the same pass (as the fused
+    conv3x3_relu_pool's backward does): left to autograd, y's two gradients would be summed by
+    a pass of their own (3 x y's bytes). (A cropped skip's gradient is zero-padded to y's size
+    first, as autograd pads a view's.)"""
+
+    @staticmethod
+    def forward(ctx, y, skip_h, skip_w):
+        ctx.save_for_backward(y)
+        return torch_backend._skip(y, skip_h, skip_w), _ops.max_pool2x2(y)
+
+    @staticmethod
+    def backward(ctx, grad_skip, grad_pooled):
+        (y,) = ctx.saved_tensors
+        if grad_skip is not None and grad_skip.shape != y.shape:
+            full = torch.zeros_like(y)
+            center_crop(full, grad_skip.shape[-2:]).copy_(grad_skip)
+            grad_skip = full
+        if grad_pooled is not None:
+            grad_skip = _ops._max_pool2x2_backward(grad_pooled, y, grad_skip)
+        return grad_skip, None, None
+
+
 # ---------------------------------------------------------------- max-pool 2x2
 @torch.library.register_fake("unet_fast::max_pool2x2")
 def _max_pool2x2_fake(x):
@@ -274,7 +300,7 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
     if cutlass_sm90.wanted(x, weight, padding):
         # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more
         y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, False)
-        return torch_backend._skip(y, skip_h, skip_w), _ops.max_pool2x2(y)
+        return _SkipAndPool.apply(y, skip_h, skip_w)
     y, pooled = _ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding)
     return torch_backend._skip(y, skip_h, skip_w), pooled
 
