@@ -106,11 +106,12 @@ IGEMM_CONFIGS_16 = [
     _cfg(128, 64, 64, 2, 4, a_l1=True),
     _cfg(128, 128, 32, 3, 8, a_l1=True),
     _cfg(256, 64, 32, 2, 8, maxnreg=128, a_l1=True),
-    # ... and as 2-D patches of the output grid (TILE_W: 8 x 16 and 16 x 16 pixels) for the
+    # ... and as 2-D patches of the output grid (TILE_W: 8 x 16 or 16 x 16 pixels) for the
     # 64-channel layers, still L2-bound along rows: a chunk's nine taps then read (8 + 2) x
     # (16 + 2) distinct pixels per 128 instead of three rows of 130: about half the L2 bytes
     # of A (l1_reuse; not with the pool epilogue, whose rows run in 2x2 windows)
     _cfg(128, 64, 32, 3, 4, a_l1=True, tile_w=16),
+    _cfg(128, 64, 64, 2, 4, a_l1=True, tile_w=16),
     _cfg(256, 64, 32, 2, 8, maxnreg=128, a_l1=True, tile_w=16),
 ]
 IGEMM_CONFIGS_32 = [
