@@ -390,15 +390,18 @@ def test_decoder_concat_is_never_copied_twice(backend, monkeypatch):
     in place gets them as two tensors (conv_transpose2x2, then concat_conv3x3_relu); the cuda
     backend, whose concat_conv3x3_relu would copy both halves into a buffer, gets the up-conv
     written straight into that buffer (up_concat) and a plain conv3x3_relu over it, so only the
-    skip is copied. Both formulations give the same numbers (bit for bit here: the cuda backend's
-    up_concat runs its transposed-conv kernel into the buffer's channel slice)."""
+    skip is copied; that skip comes whole from the encoder (up_concat crops it). Both
+    formulations give the same numbers (bit for bit here: the cuda backend's up_concat runs its
+    transposed-conv kernel into the buffer's channel slice)."""
     if AVAILABLE[backend] is not None:
         pytest.skip(f"{backend}: {AVAILABLE[backend]}")
     from unet_fast import _dispatch, ops
-    calls = []
+    calls, skips = [], []
     for op in ("conv_transpose2x2", "concat_conv3x3_relu", "up_concat"):
         def spy(*args, _fn=getattr(ops, op), _op=op, **kwargs):
             calls.append(_op)
+            if _op == "up_concat":   # (skip, x, ...): the skip's size against the up-sampled map's
+                skips.append((tuple(args[0].shape[-2:]), tuple(2 * s for s in args[1].shape[-2:])))
             return _fn(*args, **kwargs)
         monkeypatch.setattr(ops, op, spy)
     torch.manual_seed(0)
@@ -417,6 +420,9 @@ def test_decoder_concat_is_never_copied_twice(backend, monkeypatch):
     assert _dispatch.fused("concat_conv3x3_relu", backend) is not composite
     assert ran == (["up_concat"] * 2 if composite
                    else ["conv_transpose2x2", "concat_conv3x3_relu"] * 2), ran
+    # up_concat gets each skip whole (valid mode: larger than the up-sampled map) and crops it
+    # itself, so its backward pads the skip's gradient in its own kernel
+    assert all(s[0] > u[0] and s[1] > u[1] for s, u in skips), skips
     assert {report[f"up.{i}.{part}"] for i in range(2) for part in ("up", "conv.0")} == {backend}
     # the other formulation, forced: the same outputs and gradients
     monkeypatch.setattr(_dispatch, "fused", lambda op, b=None: composite)

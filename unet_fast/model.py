@@ -63,6 +63,10 @@ class UNet(reference.UNet):
         with _dispatch.report_layers(self._report):
             skips = []
             crops = self._skip_crops(x.shape[-2:])  # what of each skip its decoder reads
+            if not _dispatch.fused("concat_conv3x3_relu", self._backend):
+                # (the decoder's up_concat crops each whole skip itself, and its backward pads
+                # the skip's gradient back to full size in the same kernel: _decode)
+                crops = [None] * len(crops)
             for i, level in enumerate(self.down):                   # contracting path
                 skip, x = self._step(self._encode, f"down.{i}", level, x, skip_hw=crops[i])
                 skips.append(skip)
@@ -79,8 +83,8 @@ class UNet(reference.UNet):
     # ------------------------------------------------------------------ the steps
     def _encode(self, name, level, x, skip_hw):
         """conv3x3+ReLU, conv3x3+ReLU whose epilogue also writes the pooled map: (skip, pooled),
-        the skip cropped to `skip_hw` already. (The skip's gradient reaches the second conv's
-        pool backward, which masks it.)"""
+        the skip cropped to `skip_hw` already (None: the whole map). (The skip's gradient
+        reaches the second conv's pool backward, which masks it.)"""
         x = self._conv(f"{name}.0", level[0], x, relu_input=name != "down.0", grad_masked=True)
         with _dispatch.layer(f"{name}.2"):
             return ops.conv3x3_relu_pool(x, level[2].weight, level[2].bias, self._pad,
@@ -105,7 +109,9 @@ class UNet(reference.UNet):
                                             self._pad, backend=self._backend, _grad_masked=True)
         else:
             # (a backend whose concat_conv3x3_relu would copy both halves into a concat buffer:
-            # the up-conv writes straight into one, beside the cropped skip, and the conv reads it)
+            # the up-conv writes straight into one, beside the skip it crops, and the conv
+            # reads it; the skip came whole from the encoder, so its gradient is padded to the
+            # whole map by up_concat's backward, not by a crop view's zeros and copy)
             with _dispatch.layer(f"{name}.up"):
                 cat = ops.up_concat(skip, x, level.up.weight, level.up.bias,
                                     backend=self._backend, _relu_input=True)
