@@ -436,3 +436,26 @@ def assert_lowp_rms_within(what, ours, torch_lowp, ref, eps=LOWP_EPS):
     bound = LOWP_FACTOR * terr + eps * scale_of(ref)
     assert err <= bound, (f"{what}: rms error {err:.3g} > {bound:.3g} (PyTorch's own {terr:.3g}, "
                           f"eps {eps:g})")
+
+
+# ---------------------------------------------------------------- what ran
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten calls of `ops` (overload packets, e.g. torch.ops.aten.copy_) run under it
+    whose arguments `only` accepts (all by default): the copies, casts or adds a path must not
+    launch."""
+
+    def __init__(self, ops, only=lambda args: True):
+        super().__init__()
+        self.ops, self.only, self.n = tuple(ops), only, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in self.ops and self.only(args):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def config_id(c) -> str:
+    """A Triton config as a test id: tile, warps, stages, L1 gather (A_L1), 2-D patch (TILE_W)."""
+    return (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
+            f"w{c.num_warps}s{c.num_stages}" + ("L1" if c.kwargs.get("A_L1") else "")
+            + (f"p{c.kwargs['TILE_W']}" if c.kwargs.get("TILE_W") else ""))

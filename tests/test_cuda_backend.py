@@ -19,8 +19,8 @@ import unet_fast as uf
 from unet_fast.backends import cuda_backend
 
 from conftest import requires_cuda
-from parity import (LAYOUTS, REFERENCE, allow_tf32, assert_float32_close, assert_lowp_within, center_crop,
-                    check, make, op_args, to_layout)
+from parity import (LAYOUTS, REFERENCE, OpCounter, allow_tf32, assert_float32_close,
+                    assert_lowp_within, center_crop, check, make, op_args, to_layout)
 
 pytestmark = pytest.mark.skipif(uf.backends.available()["cuda"] is not None,
                                 reason=f"cuda backend unavailable: {uf.backends.available()['cuda']}")
@@ -147,21 +147,6 @@ def test_pool_epilogue_tiles_and_tails():
     torch.testing.assert_close(uf.ops.max_pool2x2(xn, backend="cuda"), F.max_pool2d(xn, 2, 2), equal_nan=True)
 
 
-class _AddCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the aten adds on tensors of `numel` elements run under it (autograd's sum of a
-    tensor's two gradients)."""
-
-    def __init__(self, numel):
-        super().__init__()
-        self.numel, self.n = numel, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_) and \
-                args[0].numel() == self.numel:
-            self.n += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("crop", [None, (7, 5)])
 @pytest.mark.parametrize("use", ["both", "skip", "pooled"])
 def test_cutlass_path_pools_with_the_skip_gradient_in_one_pass(crop, use, monkeypatch):
@@ -197,7 +182,8 @@ def test_cutlass_path_pools_with_the_skip_gradient_in_one_pass(crop, use, monkey
     y_numel = 2 * 6 * 11 * 9
     assert skip.shape[-2:] == (crop or (11, 9)) and pooled.shape[-2:] == (5, 4)
     gs, gp = torch.randn_like(skip), torch.randn_like(pooled)
-    with _AddCounter(y_numel) as adds:
+    with OpCounter((torch.ops.aten.add, torch.ops.aten.add_),
+                   only=lambda args: args[0].numel() == y_numel) as adds:
         ours = torch.autograd.grad(loss(skip, pooled, gs, gp), (x, w, b))
     assert adds.n == 0
     y = torch.relu(F.conv2d(x, w, b))

@@ -3,29 +3,14 @@ error against a float64 reference at most twice PyTorch's own error in the same 
 (parity.assert_lowp_within); NaN propagation and the layouts the backward kernels get."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import unet_fast as uf
 
-from parity import (AVAILABLE, DEVICE, F32_RTOL, assert_float32_close, assert_lowp_rms_within,
-                    assert_lowp_within, assert_within, kernels, scale_of)
+from parity import (AVAILABLE, DEVICE, F32_RTOL, OpCounter, assert_float32_close,
+                    assert_lowp_rms_within, assert_lowp_within, assert_within, kernels, scale_of)
 
 DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
-
-
-class CastCounter(TorchDispatchMode):
-    """Counts the aten copies and casts (copy_, _to_copy) run under it whose arguments `only`
-    accepts (all by default)."""
-
-    def __init__(self, only=lambda args: True):
-        super().__init__()
-        self.only, self.n = only, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if (func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten._to_copy)
-                and self.only(args)):
-            self.n += 1
-        return func(*args, **(kwargs or {}))
+CASTS = (torch.ops.aten.copy_, torch.ops.aten._to_copy)   # (the copies and casts counted)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -200,7 +185,7 @@ def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_f
                                 lambda t, dt, fmt: t.to(dt, memory_format=fmt))
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             y = m(x)
-        copies = CastCounter()
+        copies = OpCounter(CASTS)
         with copies:
             y.float().square().sum().backward()
         monkeypatch.undo()
@@ -240,8 +225,8 @@ def test_autocast_bias_reaches_the_kernels_in_its_own_dtype(backend):
 
     def run(model):
         m = model.to(DEVICE)
-        bias_casts = CastCounter(
-            only=lambda args: any(isinstance(a, torch.Tensor) and a.dim() == 1 for a in args))
+        bias_casts = OpCounter(
+            CASTS, only=lambda args: any(isinstance(a, torch.Tensor) and a.dim() == 1 for a in args))
         with bias_casts:
             with torch.autocast(DEVICE, dtype=torch.bfloat16):
                 y = m(x.to(DEVICE))

@@ -29,7 +29,7 @@ import triton  # noqa: E402  (importable: the backend above is)
 import triton.language as tl  # noqa: E402
 
 from parity import (DEVICE, REFERENCE, assert_float32_close, assert_lowp_within,  # noqa: E402
-                    assert_within, check, make, run)
+                    assert_within, check, config_id, make, run)
 
 pytestmark = [pytest.mark.skipif(uf.backends.available()["triton"] is not None,
                                  reason=f"triton backend unavailable: {uf.backends.available()['triton']}"),
@@ -1101,12 +1101,7 @@ def test_narrow_and_ieee_configs_compute_the_convolution(monkeypatch, fwd_cfg, w
 _L1_CONFIGS = [c for c in t_utils.IGEMM_CONFIGS_16 if c.kwargs.get("A_L1")]
 
 
-def _cfg_id(c):
-    return (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}s{c.num_stages}"
-            + (f"w{c.kwargs['TILE_W']}" if c.kwargs.get("TILE_W") else ""))
-
-
-@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[_cfg_id(c) for c in _L1_CONFIGS])
+@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[config_id(c) for c in _L1_CONFIGS])
 @pytest.mark.parametrize("op,padding", [("conv3x3_relu", 1), ("conv3x3_relu_pool", 0)])
 def test_l1_gather_configs_compute_the_convolution(monkeypatch, cfg, op, padding):
     from unet_fast.backends.triton_backend import igemm
@@ -1160,7 +1155,7 @@ def test_patch_tiles_run_the_whole_network(monkeypatch, padding, hw):
 _CAT_CONFIGS = _L1_CONFIGS[:2] + [c for c in _L1_CONFIGS if c.kwargs.get("TILE_W")][:1]
 
 
-@pytest.mark.parametrize("cfg", _CAT_CONFIGS, ids=[_cfg_id(c) for c in _CAT_CONFIGS])
+@pytest.mark.parametrize("cfg", _CAT_CONFIGS, ids=[config_id(c) for c in _CAT_CONFIGS])
 def test_l1_gather_of_the_concat(monkeypatch, cfg):
     """A_L1's taps-inner order picks the concat's half where the channel chunk changes (CAT):
     the halves of 64 channels are two and one chunks of these configs (the last, in 8 x 16

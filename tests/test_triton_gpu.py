@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import unet_fast as uf
 
 from conftest import requires_cuda
-from parity import assert_lowp_within, assert_within, check, make
+from parity import assert_lowp_within, assert_within, check, config_id, make
 
 pytestmark = [requires_cuda, pytest.mark.usefixtures("no_tf32")]
 
@@ -104,13 +104,7 @@ except ImportError:   # (no triton: every test here is skipped anyway)
     pass
 
 
-def _cfg_id(c):
-    return (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
-            f"w{c.num_warps}s{c.num_stages}" + ("L1" if c.kwargs.get("A_L1") else "")
-            + (f"p{c.kwargs['TILE_W']}" if c.kwargs.get("TILE_W") else ""))
-
-
-@pytest.mark.parametrize("cfg", _POOL_CONFIGS, ids=[_cfg_id(c) for c in _POOL_CONFIGS])
+@pytest.mark.parametrize("cfg", _POOL_CONFIGS, ids=[config_id(c) for c in _POOL_CONFIGS])
 def test_pool_row_orders_gpu(monkeypatch, cfg):
     """The fused pool's row order follows the compiled accumulators' rows (igemm._pool_rows,
     from the config's warps): each config the pool epilogue may run, compiled and forced, gives
@@ -127,7 +121,7 @@ def test_pool_row_orders_gpu(monkeypatch, cfg):
         assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
-@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[_cfg_id(c) for c in _L1_CONFIGS])
+@pytest.mark.parametrize("cfg", _L1_CONFIGS, ids=[config_id(c) for c in _L1_CONFIGS])
 @pytest.mark.parametrize("op,padding", [("conv3x3_relu", 1), ("conv3x3_relu", 0),
                                         ("conv3x3_relu_pool", 1)])
 def test_l1_gather_configs_gpu(monkeypatch, cfg, op, padding):
@@ -159,7 +153,7 @@ def test_l1_wgrad_config_gpu(monkeypatch, padding):
     assert igemm.igemm_wgrad_kernel.best_config is cfg
 
 
-@pytest.mark.parametrize("cfg", _CAT_CONFIGS, ids=[_cfg_id(c) for c in _CAT_CONFIGS])
+@pytest.mark.parametrize("cfg", _CAT_CONFIGS, ids=[config_id(c) for c in _CAT_CONFIGS])
 def test_concat_forward_configs_gpu(monkeypatch, cfg):
     """Each config the concat forward may run (K-tiles of half channels from each half),
     compiled and forced: the op's parity in bf16, padded and valid, 64-channel halves."""
@@ -173,7 +167,7 @@ def test_concat_forward_configs_gpu(monkeypatch, cfg):
               dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize("cfg", _HEAD_CONFIGS, ids=[_cfg_id(c) for c in _HEAD_CONFIGS])
+@pytest.mark.parametrize("cfg", _HEAD_CONFIGS, ids=[config_id(c) for c in _HEAD_CONFIGS])
 def test_head_forward_configs_gpu(monkeypatch, cfg):
     """Each config the last conv with the fused head may run, compiled and forced: the op's
     parity in bf16 (padded and valid), and without gradients (y not stored) the same classes."""
@@ -190,7 +184,7 @@ def test_head_forward_configs_gpu(monkeypatch, cfg):
             assert torch.equal(uf.ops.conv3x3_relu_conv1x1(*bf, backend="triton"), z)
 
 
-@pytest.mark.parametrize("cfg", _PAIR_CONFIGS, ids=[_cfg_id(c) for c in _PAIR_CONFIGS])
+@pytest.mark.parametrize("cfg", _PAIR_CONFIGS, ids=[config_id(c) for c in _PAIR_CONFIGS])
 def test_concat_pair_wgrad_configs_gpu(monkeypatch, cfg):
     """Each config of the concat weight gradient's two-half tiles (PAIR, 128-channel halves),
     compiled and forced, in bf16."""

@@ -62,11 +62,10 @@ class UNet(reference.UNet):
             x = x.to(memory_format=inner)  # (restrides even a 1-channel input)
         with _dispatch.report_layers(self._report):
             skips = []
-            crops = self._skip_crops(x.shape[-2:])  # what of each skip its decoder reads
-            if not _dispatch.fused("concat_conv3x3_relu", self._backend):
-                # (the decoder's up_concat crops each whole skip itself, and its backward pads
-                # the skip's gradient back to full size in the same kernel: _decode)
-                crops = [None] * len(crops)
+            # the decoder's concat read in place (fused), or written by its up-conv (_decode)
+            fused = _dispatch.fused("concat_conv3x3_relu", self._backend)
+            # what of each skip its decoder reads (up_concat crops the whole skip itself)
+            crops = self._skip_crops(x.shape[-2:]) if fused else [None] * len(self.down)
             for i, level in enumerate(self.down):                   # contracting path
                 skip, x = self._step(self._encode, f"down.{i}", level, x, skip_hw=crops[i])
                 skips.append(skip)
@@ -76,7 +75,7 @@ class UNet(reference.UNet):
             for i, level in enumerate(self.up):                     # expanding path, its
                 last = i == len(self.up) - 1                        # last step ending in the head
                 x = self._step(self._decode, f"up.{i}", level, x, skips.pop(),
-                               head=self.head if last else None)
+                               head=self.head if last else None, fused=fused)
         return x if x.is_contiguous(memory_format=caller_format) else _InCallersFormat.apply(
             x, caller_format)
 
@@ -95,12 +94,13 @@ class UNet(reference.UNet):
         x = self._conv(f"{name}.0", block[0], x, relu_input=True, grad_masked=True)
         return self._conv(f"{name}.2", block[2], x, relu_input=True, grad_masked=True)
 
-    def _decode(self, name, level, x, skip, head=None):
+    def _decode(self, name, level, x, skip, head=None, fused=True):
         """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), conv3x3+ReLU (and the 1x1
         `head` over it, when given: one op). (The concat is not a ReLU output as a whole: the
         first conv leaves its gradient unmasked; the skip's half is masked by the encoder's pool
-        backward.) The two formulations below give the same numbers."""
-        if _dispatch.fused("concat_conv3x3_relu", self._backend):
+        backward.) `fused`: the backend reads the concat's halves in place (_dispatch.fused);
+        else the up-conv writes into a concat buffer. The two give the same numbers."""
+        if fused:
             with _dispatch.layer(f"{name}.up"):
                 up = ops.conv_transpose2x2(x, level.up.weight, level.up.bias,
                                            backend=self._backend, _relu_input=True)
@@ -108,10 +108,9 @@ class UNet(reference.UNet):
                 x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
                                             self._pad, backend=self._backend, _grad_masked=True)
         else:
-            # (a backend whose concat_conv3x3_relu would copy both halves into a concat buffer:
-            # the up-conv writes straight into one, beside the skip it crops, and the conv
-            # reads it; the skip came whole from the encoder, so its gradient is padded to the
-            # whole map by up_concat's backward, not by a crop view's zeros and copy)
+            # (the up-conv writes straight into the buffer, beside the skip it crops, and the
+            # conv reads it; the skip came whole from the encoder, so its gradient is padded to
+            # the whole map by up_concat's backward, not by a crop view's zeros and copy)
             with _dispatch.layer(f"{name}.up"):
                 cat = ops.up_concat(skip, x, level.up.weight, level.up.bias,
                                     backend=self._backend, _relu_input=True)

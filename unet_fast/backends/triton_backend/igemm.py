@@ -226,9 +226,8 @@ def _patch_out_pixels(pid_m, OH, OW, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr
     whether each exists. A 3x3 window's taps then read (TILE_H + 2) x (TILE_W + 2) distinct
     input pixels a channel chunk, where a run of BLOCK_M along a row reads three rows of
     BLOCK_M + 2: with A_L1 the L2 serves about half the bytes it serves a row tile
-    (utils.l1_reuse). The image is
-    a scalar (one per tile); only the patch's origin is divided, a row's place in it is a
-    shift and a mask (powers of two)."""
+    (utils.l1_reuse). The image is a scalar (one per tile); only the patch's origin is
+    divided, a row's place in it is a shift and a mask (powers of two)."""
     TILE_H: tl.constexpr = BLOCK_M // TILE_W
     tiles_w = tl.cdiv(OW, TILE_W)
     tiles_h = tl.cdiv(OH, TILE_H)
