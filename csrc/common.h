@@ -137,7 +137,8 @@ inline void check_max_pool2x2(const at::Tensor& x) {
               "; 2x2 max-pooling needs at least 2x2");
 }
 
-// base: the gradient x already has (grad_skip), optional.
+// base: the gradient x already has (grad_skip), optional: of x's shape, or smaller in H and W,
+// the gradient of x's center crop of that size (offset (x - crop) / 2, rounded down), 0 elsewhere.
 inline void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x,
                                        const c10::optional<at::Tensor>& base) {
   check_4d(x, "x");
@@ -149,8 +150,12 @@ inline void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor&
               x.size(3) / 2, ") for x of shape ", x.sizes(), ", got ", grad.sizes());
   if (base.has_value() && base->defined()) {
     check_same(x, "x", *base, "grad_skip");
-    TORCH_CHECK(base->sizes() == x.sizes(), "grad_skip must have x's shape ", x.sizes(), ", got ",
-                base->sizes());
+    TORCH_CHECK(base->dim() == 4 && base->size(0) == x.size(0) && base->size(1) == x.size(1) &&
+                    base->size(2) >= 1 && base->size(2) <= x.size(2) && base->size(3) >= 1 &&
+                    base->size(3) <= x.size(3),
+                "grad_skip must have x's shape ", x.sizes(),
+                " or be the gradient of its center crop (x's batch and channels, 1 <= H <= ",
+                x.size(2), ", 1 <= W <= ", x.size(3), "), got ", base->sizes());
   }
 }
 

@@ -26,7 +26,8 @@ TORCH_LIBRARY(unet_fast, m) {
   // max_pool2d(x, 2, 2) (floor: an odd last row/column is dropped).
   m.def("max_pool2x2(Tensor x) -> Tensor");
   // Gradient of x: grad routed to each window's argmax (recomputed from x) plus grad_skip, the
-  // gradient x already has from elsewhere (the decoder's use of the skip), in one pass.
+  // gradient x already has from elsewhere (the decoder's use of the skip; smaller than x, the
+  // gradient of x's center crop, added where the crop lies), in one pass.
   m.def("_max_pool2x2_backward(Tensor grad, Tensor x, Tensor? grad_skip) -> Tensor");
   // conv_transpose2d(x, weight, bias, stride=2) with a (C_in, C_out, 2, 2) weight.
   m.def("conv_transpose2x2(Tensor x, Tensor weight, Tensor? bias) -> Tensor");

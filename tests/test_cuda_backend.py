@@ -147,26 +147,51 @@ def test_pool_epilogue_tiles_and_tails():
     torch.testing.assert_close(uf.ops.max_pool2x2(xn, backend="cuda"), F.max_pool2d(xn, 2, 2), equal_nan=True)
 
 
+class _YSized(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten calls (views aside) that make a tensor of `numel` elements: the sums and
+    zero-padded copies of y's size a backward must not make."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.calls = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.namespace == "aten" and isinstance(out, torch.Tensor) \
+                and out.numel() == self.numel and not func._schema.is_mutable \
+                and not any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr()
+                            == out.untyped_storage().data_ptr() for a in args):
+            self.calls.append(func.name())
+        elif func.namespace == "aten" and func._schema.is_mutable and isinstance(args[0], torch.Tensor) \
+                and args[0].numel() == self.numel:
+            self.calls.append(func.name())
+        return out
+
+
+class _CutlassUnits:   # torch.ops.unet_fast, with the CPU conv standing in for the CUTLASS unit
+    def __getattr__(self, name):
+        return getattr(_ops, name)
+
+    @staticmethod
+    def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
+        return _ops.conv3x3_relu(x, w, b, padding)
+
+
+@pytest.mark.parametrize("path", ["cutlass", "hand"])
 @pytest.mark.parametrize("crop", [None, (7, 5)])
 @pytest.mark.parametrize("use", ["both", "skip", "pooled"])
-def test_cutlass_path_pools_with_the_skip_gradient_in_one_pass(crop, use, monkeypatch):
-    """conv3x3_relu_pool on the CUTLASS path (its fprop has no pool node): (skip, pooled) of y
-    from cuda_ops._SkipAndPool, whose backward is the pool backward kernel with the skip's
-    gradient (zero-padded by one kernel when cropped) added in the same pass: no autograd sum of
-    y's two gradients. The path is reached with the CUTLASS unit stood in for by the CPU conv
-    (cutlass_sm90.wanted forced); float64 against autograd's own composition."""
+def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monkeypatch):
+    """conv3x3_relu_pool's backward on both paths of the cuda backend: (skip, pooled) of y -- the
+    CUTLASS fprop's y through cuda_ops._SkipAndPool (the fprop has no pool node), or the
+    hand-written fused kernel's through cuda_ops._ConvSkipAndPool -- whose backward is the pool
+    backward kernel with the skip's gradient added in the same pass, a cropped skip's where the
+    crop lies: neither an autograd sum of y's two gradients nor a zero-padded copy of the crop's,
+    whichever outputs are used. The CUTLASS path is reached with its unit stood in for by the CPU conv (cutlass_sm90.wanted
+    forced); float64 against autograd's own composition."""
     from unet_fast.backends import cuda_ops, cutlass_sm90
-
-    class Units:   # torch.ops.unet_fast, with the CPU conv standing in for the CUTLASS unit
-        def __getattr__(self, name):
-            return getattr(_ops, name)
-
-        @staticmethod
-        def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
-            return _ops.conv3x3_relu(x, w, b, padding)
-
-    monkeypatch.setattr(cuda_ops, "_ops", Units())
-    monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
+    if path == "cutlass":
+        monkeypatch.setattr(cuda_ops, "_ops", _CutlassUnits())
+        monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
     torch.manual_seed(0)
     x = torch.randn(2, 4, 13, 11, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
@@ -174,42 +199,68 @@ def test_cutlass_path_pools_with_the_skip_gradient_in_one_pass(crop, use, monkey
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     sh, sw = crop or (0, 0)
 
-    def loss(skip, pooled, gs, gp):
-        return ((skip * gs).sum() if use != "pooled" else 0) + \
-            ((pooled * gp).sum() if use != "skip" else 0)
+    def grads(skip, pooled, gs, gp):   # (the outputs' gradients handed over as they are)
+        used = [(skip, gs)] * (use != "pooled") + [(pooled, gp)] * (use != "skip")
+        return torch.autograd.grad([o for o, _ in used], (x, w, b), [g for _, g in used])
 
     skip, pooled = cuda_ops.conv3x3_relu_pool(x, w, b, 0, False, sh, sw)
-    y_numel = 2 * 6 * 11 * 9
     assert skip.shape[-2:] == (crop or (11, 9)) and pooled.shape[-2:] == (5, 4)
     gs, gp = torch.randn_like(skip), torch.randn_like(pooled)
-    with OpCounter((torch.ops.aten.add, torch.ops.aten.add_),
-                   only=lambda args: args[0].numel() == y_numel) as adds:
-        ours = torch.autograd.grad(loss(skip, pooled, gs, gp), (x, w, b))
-    assert adds.n == 0
+    with _YSized(2 * 6 * 11 * 9) as made:
+        ours = grads(skip, pooled, gs, gp)
+    assert made.calls == [], made.calls
     y = torch.relu(F.conv2d(x, w, b))
     ref_skip = center_crop(y, *crop) if crop else y
     torch.testing.assert_close(skip, ref_skip, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(pooled, F.max_pool2d(y, 2, 2), rtol=1e-12, atol=1e-12)
-    ref = torch.autograd.grad(loss(ref_skip, F.max_pool2d(y, 2, 2), gs, gp), (x, w, b))
+    ref = grads(ref_skip, F.max_pool2d(y, 2, 2), gs, gp)
     for name, a, r in zip(("dx", "dw", "db"), ours, ref):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("path", ["cutlass", "hand"])
 @pytest.mark.parametrize("crop", [(0, 0), (7, 5)])
-def test_cutlass_path_skip_and_pool_compiles_fullgraph(crop):
-    """torch.compile(fullgraph=True) traces cuda_ops._SkipAndPool (its skip is a view of its
-    input, or the input itself) and gives eager's gradient."""
+def test_conv_pool_skip_and_pool_compile_fullgraph(path, crop):
+    """torch.compile(fullgraph=True) traces cuda_ops._SkipAndPool and _ConvSkipAndPool (their
+    skip is a view of y, or y itself) and gives eager's gradients."""
     from unet_fast.backends import cuda_ops
-    y = torch.randn(2, 6, 11, 9, dtype=torch.float64).contiguous(
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 13, 11, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
+    w = (0.3 * torch.randn(6, 4, 3, 3, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    inputs = (x,) if path == "cutlass" else (x, w, b)
 
-    def f(t):
-        skip, pooled = cuda_ops._SkipAndPool.apply(t, *crop)
+    def f(*t):
+        if path == "cutlass":
+            skip, pooled = cuda_ops._SkipAndPool.apply(t[0], *crop)
+        else:
+            skip, pooled = cuda_ops._ConvSkipAndPool.apply(*t, 0, *crop)
         return skip.square().sum() + 3 * pooled.sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(torch.autograd.grad(compiled(y), y)[0],
-                               torch.autograd.grad(f(y), y)[0], rtol=1e-12, atol=1e-12)
+    for a, r in zip(torch.autograd.grad(compiled(*inputs), inputs),
+                    torch.autograd.grad(f(*inputs), inputs)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("crop", [(9, 10), (5, 7), (8, 1), (1, 10)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_pool_backward_adds_a_cropped_skip_gradient(layout, crop, dtype):
+    """_max_pool2x2_backward(grad, x, grad_skip) with grad_skip the gradient of x's center crop
+    (the valid U-Net's skip): the C++ CPU kernel adds it where the crop lies (odd offsets, odd
+    last row and column of x included) and routes grad to each window's argmax, one pass; the
+    result rounds once, like the reference's sum."""
+    torch.manual_seed(0)
+    x = to_layout(torch.randn(2, 5, 9, 10, dtype=torch.float64).to(dtype), layout)
+    g = to_layout(torch.randn(2, 5, 4, 5, dtype=torch.float64).to(dtype), layout)
+    base = to_layout(torch.randn(2, 5, *crop, dtype=torch.float64).to(dtype), layout)
+    ours = _ops._max_pool2x2_backward(g, x, base)
+    xr = x.double().requires_grad_()
+    (ref,) = torch.autograd.grad(F.max_pool2d(xr, 2), xr, g.double())
+    center_crop(ref, *crop).add_(base.double())
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=0, atol=0)
 
 
 def test_wgrad_with_frozen_weight_and_bias_only():
@@ -419,8 +470,10 @@ def test_torch_check_messages_name_the_argument():
         _ops.up_concat(torch.randn(2, 4, 8, 8), x, torch.randn(3, 2, 2, 2), None)
     with pytest.raises(RuntimeError, match="x is 1x5; 2x2 max-pooling"):
         _ops.max_pool2x2(torch.randn(1, 2, 1, 5))
-    with pytest.raises(RuntimeError, match="grad_skip must have x's shape"):
-        _ops._max_pool2x2_backward(torch.randn(2, 3, 4, 4), x, torch.randn(2, 3, 7, 8))
+    for bad in ((2, 3, 9, 8), (2, 4, 8, 8), (1, 3, 8, 8)):   # larger than x; other C or N
+        with pytest.raises(RuntimeError, match="grad_skip must have x's shape .* or be the "
+                                               "gradient of its center crop"):
+            _ops._max_pool2x2_backward(torch.randn(2, 3, 4, 4), x, torch.randn(*bad))
 
 
 

@@ -3,7 +3,8 @@ keys, by construction) with a forward that reads like the paper's figure and run
 ops of `unet_fast.ops`:
 
 - contracting path: per level, conv3x3+ReLU twice; the second also writes the 2x2 max-pooled map
-  from its epilogue (`conv3x3_relu_pool`), and its full output is the skip;
+  from its epilogue (`conv3x3_relu_pool`), and its output, center-cropped to what the decoder
+  reads, is the skip;
 - bottleneck: conv3x3+ReLU twice;
 - expanding path: per level, the 2x2 up-convolution, then conv3x3+ReLU over the concat of the
   center-cropped skip and the up-sampled map (`concat_conv3x3_relu`: the Triton kernels read the
@@ -64,8 +65,9 @@ class UNet(reference.UNet):
             skips = []
             # the decoder's concat read in place (fused), or written by its up-conv (_decode)
             fused = _dispatch.fused("concat_conv3x3_relu", self._backend)
-            # what of each skip its decoder reads (up_concat crops the whole skip itself)
-            crops = self._skip_crops(x.shape[-2:]) if fused else [None] * len(self.down)
+            # what of each skip its decoder reads: the encoder hands over just that (its pool
+            # backward adds the crop's gradient where the crop lies, with no zero-padded copy)
+            crops = self._skip_crops(x.shape[-2:])
             for i, level in enumerate(self.down):                   # contracting path
                 skip, x = self._step(self._encode, f"down.{i}", level, x, skip_hw=crops[i])
                 skips.append(skip)
@@ -108,9 +110,8 @@ class UNet(reference.UNet):
                 x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
                                             self._pad, backend=self._backend, _grad_masked=True)
         else:
-            # (the up-conv writes straight into the buffer, beside the skip it crops, and the
-            # conv reads it; the skip came whole from the encoder, so its gradient is padded to
-            # the whole map by up_concat's backward, not by a crop view's zeros and copy)
+            # (the up-conv writes straight into the buffer, beside the skip, and the conv reads
+            # it; the skip's gradient is the buffer's gradient's lower channel slice, a view)
             with _dispatch.layer(f"{name}.up"):
                 cat = ops.up_concat(skip, x, level.up.weight, level.up.bias,
                                     backend=self._backend, _relu_input=True)

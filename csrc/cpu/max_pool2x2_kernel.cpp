@@ -1,7 +1,8 @@
 // max_pool2x2 and _max_pool2x2_backward on the CPU: plain loops over (n, c, pooled row) with
 // at::parallel_for; any strides. The backward recomputes each window's argmax from x (first
 // maximum in row-major order, a NaN wins, as in max_pool2d) and adds the optional base gradient
-// (the skip's gradient from the decoder) in the same pass.
+// (the skip's gradient from the decoder, or its center crop's, added where the crop lies) in the
+// same pass.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -65,6 +66,9 @@ at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
   const auto gs = grad.strides();
   const auto os = gx.strides();
   const auto bs = has_base ? base.strides() : x.strides();
+  // the base may be the gradient of x's center crop (check_max_pool2x2_backward)
+  const int64_t BH = has_base ? base.size(2) : H, BW = has_base ? base.size(3) : W;
+  const int64_t top = (H - BH) / 2, left = (W - BW) / 2;
   const int64_t HH = (H + 1) / 2, WW = (W + 1) / 2;  // windows, partial ones included
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2x2_backward_cpu", [&] {
     using T = scalar_t;
@@ -85,7 +89,9 @@ at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
           for (int i = 0; i < 4; ++i) {
             const int64_t h = 2 * wh + (i >> 1), w = 2 * ww + (i & 1);
             if (h >= H || w >= W) continue;
-            A v = bp ? static_cast<A>(bp[n * bs[0] + c * bs[1] + h * bs[2] + w * bs[3]]) : A(0);
+            const int64_t bh = h - top, bw = w - left;
+            const bool in_base = bp && bh >= 0 && bh < BH && bw >= 0 && bw < BW;
+            A v = in_base ? static_cast<A>(bp[n * bs[0] + c * bs[1] + bh * bs[2] + bw * bs[3]]) : A(0);
             if (i == arg) v += g;
             op[n * os[0] + c * os[1] + h * os[2] + w * os[3]] = static_cast<T>(v);
           }

@@ -255,6 +255,10 @@ struct CudaGlue {
     a.dtype = dtype_of(x.scalar_type());
     a.vec = pool_vec(x) && pool_vec(gx) && pool_vec(grad) && (!has_base || pool_vec_rows(*base_));
     a.base_pixel = has_base ? base_->stride(3) : x.size(1);
+    a.base_h = has_base ? (int)base_->size(2) : a.h;
+    a.base_w = has_base ? (int)base_->size(3) : a.w;
+    a.base_top = (a.h - a.base_h) / 2;
+    a.base_left = (a.w - a.base_w) / 2;
     a.num_sms = Dev::num_sms();
     Dev::check_launch(max_pool2x2_backward_cuda(a, Dev::stream()));
     return gx;

@@ -5,8 +5,10 @@
 // strided kernel, one item per window and channel. Threads walk their items grid-stride without
 // dividing (grid_walk.cuh). The backward recomputes each window's argmax
 // from x (first maximum, a NaN wins: max_pool2d's rule), routes grad there and adds the gradient
-// x already has (the skip's gradient from the decoder) in the same pass; it visits the partial
-// windows of an odd last row/column too, so every element of grad_x is written once.
+// x already has (the skip's gradient from the decoder) in the same pass -- in the valid U-Net the
+// gradient of x's center crop, read as it is and added where the crop lies, so no zero-padded
+// copy of x's size is made; it visits the partial windows of an odd last row/column too, so
+// every element of grad_x is written once.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -76,11 +78,23 @@ __global__ void pool_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y, int h,
   }
 }
 
-// base: bv words per pixel (cv when dense; more when it is a channel slice of the concat's grad).
+// base: bv words per pixel (cv when dense; more when it is a channel slice of the concat's grad),
+// crop.h x crop.w pixels at (crop.top, crop.left) of x (all of x when it is not a crop).
 // The walk covers the partial windows of an odd last row/column too.
+struct BaseCrop {
+  int h, w, top, left;
+  // pixel (hi, wi) of x in the base: (bi, bj), if it lies there
+  __device__ __forceinline__ bool holds(int hi, int wi, int& bi, int& bj) const {
+    bi = hi - top;
+    bj = wi - left;
+    return (unsigned)bi < (unsigned)h && (unsigned)bj < (unsigned)w;
+  }
+};
+
 template <class T>
 __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
-                              T* __restrict__ gx, int h, int w, int64_t bv, int64_t total, GridWalk walk) {
+                              T* __restrict__ gx, int h, int w, int64_t bv, BaseCrop crop, int64_t total,
+                              GridWalk walk) {
   constexpr int V = 16 / sizeof(T);
   const int cv = walk.r0, ph_n = h / 2, pw_n = w / 2;
   for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
@@ -89,15 +103,16 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
     const bool full = ph < ph_n && pw < pw_n;
     Run<T> xr[4], gr, br[4], o[4];
     int64_t off[4];
-    bool in[4];
+    bool in[4], inb[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
       in[k] = hi < h && wi < w;
-      const int64_t pix = (b * h + hi) * w + wi;
-      off[k] = pix * cv + v;
+      off[k] = ((b * h + hi) * w + wi) * cv + v;
       if (full) xr[k].u = reinterpret_cast<const uint4*>(x)[off[k]];
-      if (base != nullptr && in[k]) br[k].u = reinterpret_cast<const uint4*>(base)[pix * bv + v];
+      int bi, bj;
+      inb[k] = base != nullptr && crop.holds(hi, wi, bi, bj);
+      if (inb[k]) br[k].u = reinterpret_cast<const uint4*>(base)[((b * crop.h + bi) * crop.w + bj) * bv + v];
     }
     if (full) gr.u = reinterpret_cast<const uint4*>(g)[((b * ph_n + ph) * pw_n + pw) * cv + v];
 #pragma unroll
@@ -106,7 +121,7 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
       const float gv = full ? to_f(gr.e[e]) : 0.f;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        float s = base != nullptr && in[k] ? to_f(br[k].e[e]) : 0.f;
+        float s = inb[k] ? to_f(br[k].e[e]) : 0.f;
         if (k == am) s += gv;
         o[k].e[e] = from_f<T>(s);
       }
@@ -135,6 +150,7 @@ template <class T>
 __global__ void pool_bwd_strided(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
                                  T* __restrict__ gx, PoolArgs a, int64_t total, GridWalk walk) {
   const int ph_n = a.h / 2, pw_n = a.w / 2;
+  const BaseCrop crop{a.base_h, a.base_w, a.base_top, a.base_left};
   for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
     const int c = p.x0, pw = p.x1, ph = p.x2;
     const int64_t b = p.x3;
@@ -150,7 +166,10 @@ __global__ void pool_bwd_strided(const T* __restrict__ x, const T* __restrict__ 
     for (int k = 0; k < 4; ++k) {
       const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
       if (hi >= a.h || wi >= a.w) continue;
-      float s = base != nullptr ? to_f(base[b * a.bs[0] + c * a.bs[1] + hi * a.bs[2] + wi * a.bs[3]]) : 0.f;
+      int bi, bj;
+      float s = base != nullptr && crop.holds(hi, wi, bi, bj)
+                    ? to_f(base[b * a.bs[0] + c * a.bs[1] + bi * a.bs[2] + bj * a.bs[3]])
+                    : 0.f;
       if (k == am) s += gv;
       gx[b * a.ys[0] + c * a.ys[1] + hi * a.ys[2] + wi * a.ys[3]] = from_f<T>(s);
     }
@@ -185,7 +204,8 @@ cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
   const int hh = (a.h + 1) / 2, ww = (a.w + 1) / 2;  // windows, partial ones included
   if (a.vec)
     launch_walk<pool_bwd_nhwc<T>>(a, a.c / (16 / sizeof(T)), hh, ww, st, x, g, b, gx, a.h, a.w,
-                (int64_t)(a.base_pixel / (16 / sizeof(T))));
+                (int64_t)(a.base_pixel / (16 / sizeof(T))),
+                BaseCrop{a.base_h, a.base_w, a.base_top, a.base_left});
   else
     launch_walk<pool_bwd_strided<T>>(a, a.c, hh, ww, st, x, g, b, gx, a);
   return cudaGetLastError();

@@ -148,29 +148,55 @@ if cutlass_sm90.built():
 
 
 # ---------------------------------------------------------------- the skip and the pool of y
+def _skip_and_pool_grad(y, grad_skip, grad_pooled):
+    """y's gradient from its skip's (y or its center crop, the crop's gradient read in place) and
+    its pooled map's: the pool backward kernel sums both in one pass; no zero-padded copy of a
+    cropped skip's gradient is made (the kernel adds it where the crop lies)."""
+    if grad_pooled is None:  # (an unused output's gradient is None: set_materialize_grads)
+        n, c, h, w = y.shape
+        grad_pooled = y.new_zeros((n, c, h // 2, w // 2)).contiguous(
+            memory_format=_like_format(y))
+    return _ops._max_pool2x2_backward(grad_pooled, y, grad_skip)
+
+
 class _SkipAndPool(torch.autograd.Function):
     """(skip, max_pool2x2(y)) of a conv's output y, the skip being y or its center crop of
     (skip_h, skip_w) (a view), for the CUTLASS fprop, which has no pool node. Its backward is
     the pool backward kernel with the skip's gradient added in the same pass (as the fused
     conv3x3_relu_pool's backward does): left to autograd, y's two gradients would be summed by
-    a pass of their own (3 x y's bytes). (A cropped skip's gradient is zero-padded to y's size
-    first, as autograd pads a view's.)"""
+    a pass of their own (3 x y's bytes), and a cropped skip's gradient zero-padded to y's size
+    first (as autograd pads a view's)."""
 
     @staticmethod
     def forward(ctx, y, skip_h, skip_w):
         ctx.save_for_backward(y)
+        ctx.set_materialize_grads(False)  # (an unused skip of y's size: no zeros of its size)
         return torch_backend._skip(y, skip_h, skip_w), _ops.max_pool2x2(y)
 
     @staticmethod
     def backward(ctx, grad_skip, grad_pooled):
         (y,) = ctx.saved_tensors
-        if grad_skip is not None and grad_skip.shape != y.shape:
-            full = torch.zeros_like(y)
-            center_crop(full, grad_skip.shape[-2:]).copy_(grad_skip)
-            grad_skip = full
-        if grad_pooled is not None:
-            grad_skip = _ops._max_pool2x2_backward(grad_pooled, y, grad_skip)
-        return grad_skip, None, None
+        return _skip_and_pool_grad(y, grad_skip, grad_pooled), None, None
+
+
+class _ConvSkipAndPool(torch.autograd.Function):
+    """The hand-written conv3x3_relu_pool with its skip cropped inside the autograd node, so the
+    crop's gradient reaches the pool backward kernel as it is (the op's own autograd would get
+    it through a view's backward: a zero fill of y's size and a copy of the crop into it)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, skip_h, skip_w):
+        y, pooled = _ops.conv3x3_relu_pool(x, weight, bias, padding)
+        ctx.save_for_backward(x, weight, y)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        ctx.set_materialize_grads(False)
+        return torch_backend._skip(y, skip_h, skip_w), pooled
+
+    @staticmethod
+    def backward(ctx, grad_skip, grad_pooled):
+        x, weight, y = ctx.saved_tensors
+        grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled)
+        return _conv3x3_grads(ctx, grad_y, (x, weight, y)) + (None, None)
 
 
 # ---------------------------------------------------------------- max-pool 2x2
@@ -291,8 +317,8 @@ def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False)
 
 
 def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, skip_w=0):
-    # (a cropped skip is a view of y here: its gradient reaches y zero-padded, as autograd pads
-    # any view's; the Triton backend stores the crop from its epilogue instead)
+    # (a cropped skip is a view of y here, whose gradient the pool backward kernel adds where the
+    # crop lies; the Triton backend stores the crop from its epilogue instead)
     bias = bias_as(bias, x)
     if nonfinite_weight_on_cpu(weight):
         return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_, skip_h,
@@ -301,8 +327,8 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
         # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more
         y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, False)
         return _SkipAndPool.apply(y, skip_h, skip_w)
-    y, pooled = _ops.conv3x3_relu_pool(relu_input(x, relu_input_), weight, bias, padding)
-    return torch_backend._skip(y, skip_h, skip_w), pooled
+    return _ConvSkipAndPool.apply(relu_input(x, relu_input_), weight, bias, padding, skip_h,
+                                  skip_w)
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):
