@@ -244,25 +244,6 @@ def test_conv_pool_skip_and_pool_compile_fullgraph(path, crop):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("crop", [(9, 10), (5, 7), (8, 1), (1, 10)])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_pool_backward_adds_a_cropped_skip_gradient(layout, crop, dtype):
-    """_max_pool2x2_backward(grad, x, grad_skip) with grad_skip the gradient of x's center crop
-    (the valid U-Net's skip): the C++ CPU kernel adds it where the crop lies (odd offsets, odd
-    last row and column of x included) and routes grad to each window's argmax, one pass; the
-    result rounds once, like the reference's sum."""
-    torch.manual_seed(0)
-    x = to_layout(torch.randn(2, 5, 9, 10, dtype=torch.float64).to(dtype), layout)
-    g = to_layout(torch.randn(2, 5, 4, 5, dtype=torch.float64).to(dtype), layout)
-    base = to_layout(torch.randn(2, 5, *crop, dtype=torch.float64).to(dtype), layout)
-    ours = _ops._max_pool2x2_backward(g, x, base)
-    xr = x.double().requires_grad_()
-    (ref,) = torch.autograd.grad(F.max_pool2d(xr, 2), xr, g.double())
-    center_crop(ref, *crop).add_(base.double())
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=0, atol=0)
-
-
 def test_wgrad_with_frozen_weight_and_bias_only():
     x = torch.randn(2, 3, 8, 7, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -276,6 +257,27 @@ def test_wgrad_with_frozen_weight_and_bias_only():
 # The GPU kernels read 16-byte words only where the address really is 16-byte aligned; on the CPU
 # these run the same decisions (vectorized or element-wise loaders) and must give the same values.
 _DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("crop", [(9, 10), (5, 7), (8, 1), (1, 10)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("device", _DEVICES)
+def test_pool_backward_adds_a_cropped_skip_gradient(device, layout, crop, dtype):
+    """_max_pool2x2_backward(grad, x, grad_skip) with grad_skip the gradient of x's center crop
+    (the valid U-Net's skip): the C++ CPU kernel (and on a GPU the CUDA kernels: 16-byte vectors
+    in channels_last, strided otherwise) adds it where the crop lies (odd offsets, odd
+    last row and column of x included) and routes grad to each window's argmax, one pass; the
+    result rounds once, like the reference's sum."""
+    torch.manual_seed(0)
+    c = 8   # (16 bytes of bf16: the CUDA vector path in channels_last)
+    x, g, base = (to_layout(torch.randn(2, c, *hw, dtype=torch.float64).to(device, dtype), layout)
+                  for hw in ((9, 10), (4, 5), crop))
+    ours = _ops._max_pool2x2_backward(g, x, base)
+    xr = x.double().requires_grad_()
+    (ref,) = torch.autograd.grad(F.max_pool2d(xr, 2), xr, g.double())
+    center_crop(ref, *crop).add_(base.double())
+    torch.testing.assert_close(ours.cpu(), ref.to(dtype).cpu(), rtol=0, atol=0)
 
 
 def _flat_view(t, offset, order):
