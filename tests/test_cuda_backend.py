@@ -218,6 +218,49 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("relu_input", [False, True])
+@pytest.mark.parametrize("with_skip", [False, True], ids=["conv_transpose2x2", "up_concat"])
+def test_cutlass_path_up_conv_takes_its_dx_from_the_unit(with_skip, relu_input, monkeypatch):
+    """conv_transpose2x2 / up_concat on the CUTLASS path (cuda_ops._UpConvSm90): dx from the
+    up-conv's dgrad unit (masked by (x > 0) there when relu_input, read from the concat
+    gradient's upper channels in place), the weight and bias gradients and the skip's from the
+    hand-written kernels and views. The unit stood in for by float64 PyTorch on the CPU
+    (cutlass_sm90.wanted_up forced); gradients against autograd's."""
+    from unet_fast.backends import cuda_ops, cutlass_sm90
+    calls = []
+
+    class Units(_CutlassUnits):
+        @staticmethod
+        def _conv_transpose2x2_dgrad_sm90(g, x, w, relu_input_):
+            calls.append((tuple(g.shape), g.is_contiguous(memory_format=torch.channels_last)))
+            xr = x.detach().requires_grad_()
+            with torch.enable_grad():
+                (dx,) = torch.autograd.grad(F.conv_transpose2d(xr, w, stride=2), xr, g)
+            return dx * (x > 0) if relu_input_ else dx
+
+    monkeypatch.setattr(cuda_ops, "_ops", Units())
+    monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w: True)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 4, 2, 2, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(2, 3, 12, 13, dtype=torch.float64, requires_grad=True)
+    inputs = (skip, x, w, b) if with_skip else (x, w, b)
+    out = (cuda_ops.up_concat(skip, x, w, b, relu_input) if with_skip
+           else cuda_ops.conv_transpose2x2(x, w, b, relu_input))
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, inputs, g)
+    assert calls == [((2, 4, 10, 12), not with_skip)]   # (a channel slice of the concat's: not dense)
+    xm = torch.relu(x) + (x.detach() - torch.relu(x).detach()) if relu_input else x
+    ref_up = F.conv_transpose2d(xm, w, b, stride=2)
+    ref = torch.cat([center_crop(skip, 10, 12), ref_up], 1) if with_skip else ref_up
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(ours, torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("path", ["cutlass", "hand"])
 @pytest.mark.parametrize("crop", [(0, 0), (7, 5)])
 def test_conv_pool_skip_and_pool_compile_fullgraph(path, crop):

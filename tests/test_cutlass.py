@@ -109,6 +109,45 @@ def test_the_first_run_check_runs_every_instantiation(dtype):
         assert ran == built, (conv_pass, built - ran)
 
 
+def unet_up_problems(padding: str, size: int):
+    """(c, k, h, w) of the input x (n, c, h, w) -> k channels of every 2x2 transposed convolution
+    of the U-Net, from the reference model (as unet_conv3x3_problems)."""
+    return [(p.c_in, p.c_out, p.h, p.w) for p in uf.reference.up_problems(1, padding, size)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding,size", NETWORKS)
+def test_can_implement_every_unet_up_convolution_dgrad(padding, size, dtype):
+    """The up-conv's dgrad unit (a strided 2x2 forward convolution of the output gradient) takes
+    every transposed convolution of both U-Nets, batch 1 to 16."""
+    check = _check_op()
+    probs = unet_up_problems(padding, size)
+    assert len(probs) == 4 and all(k * 2 == c for c, k, _, _ in probs), probs
+    refused = [f"n={n} {c}->{k} {h}x{w}: {why}" for c, k, h, w in probs for n in range(1, 17)
+               if (why := check("up_dgrad", [n, h, w, c, k, 0], dtype))]
+    assert not refused, "\n".join(refused)
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ([2, 16, 16, 128, 96, 0], "multiples of 64"),
+    ([0, 16, 16, 128, 64, 0], "positive"),
+    ([64, 1024, 1024, 1024, 512, 0], "32-bit"),
+])
+def test_up_dgrad_refusals_say_why(shape, expected):
+    why = _check_op()("up_dgrad", shape)
+    assert expected in why, why
+
+
+def test_up_dgrad_first_run_problems_are_accepted_and_name_the_unit():
+    from unet_fast.backends import cutlass_sm90
+    check = _check_op()
+    for n, h, w, c, k in cutlass_sm90.UP_SELF_CHECK_SHAPES:
+        for dtype in DTYPES:
+            assert check("up_dgrad", [n, h, w, c, k, 0], dtype) == "", (n, h, w, c, k, dtype)
+            cfg = torch.ops.unet_fast._cutlass_sm90_config_for("up_dgrad", [n, h, w, c, k, 0], dtype)
+            assert cfg.startswith(f"up_dgrad {dtype}: tile 128x128x64"), cfg
+
+
 def test_bad_pass_name_is_an_error():
     with pytest.raises(RuntimeError, match="fprop"):
         _check_op()("forward", [1, 8, 8, 64, 64, 1])
@@ -117,10 +156,15 @@ def test_bad_pass_name_is_an_error():
 
 
 def test_configs_name_the_instantiations():
-    """Seven instantiations per dtype, bf16's then fp16's, in the same order: the same tiles."""
+    """Seven 3x3 instantiations per dtype, bf16's then fp16's, in the same order: the same tiles;
+    then the up-conv's dgrad, bf16 and fp16."""
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert len(configs) == UNITS_PER_DTYPE * len(DTYPES), configs
+    assert len(configs) == (UNITS_PER_DTYPE + 1) * len(DTYPES), configs
+    up = configs[UNITS_PER_DTYPE * len(DTYPES):]
+    assert [c.split(":")[0] for c in up] == ["up_dgrad bf16", "up_dgrad f16"], up
+    assert all("tile 128x128x64" in c and "mask" in c for c in up), up
+    configs = configs[:UNITS_PER_DTYPE * len(DTYPES)]
     for d, dtype in enumerate(DTYPES):
         mine = configs[d * UNITS_PER_DTYPE:(d + 1) * UNITS_PER_DTYPE]
         assert [c.split()[0] for c in mine] == list(PASSES) + ["fprop", "dgrad", "wgrad", "wgrad"]
@@ -272,3 +316,54 @@ def test_gpu_wgrad_is_deterministic():
     runs = [torch.ops.unet_fast._conv3x3_relu_sm90_backward(gy, y, x, wt, 0, [False, True, True], False,
                                                             False)[1] for _ in range(3)]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+@requires_sm90
+@pytest.mark.parametrize("n,h,w,c,k", [(1, 7, 9, 128, 64), (2, 13, 11, 256, 128), (3, 28, 28, 128, 64)])
+@pytest.mark.parametrize("relu_input", [False, True])
+@pytest.mark.parametrize("grad_layout", ["channels_last", "concat_slice", "nchw"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_parity_up_conv_dgrad(n, h, w, c, k, relu_input, grad_layout, dtype):
+    """The up-conv's dgrad unit against the float64 transposed convolution's input gradient:
+    masked or not, with the output gradient dense, as the concat gradient's channel slice (read
+    in place), or NCHW (made NHWC first); and through the cuda backend's up_concat."""
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    wt = (torch.randn(c, k, 2, 2, device="cuda") * (4 * k) ** -0.5).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    cat = torch.randn(n, 2 * k, 2 * h, 2 * w, device="cuda", dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    gy = {"channels_last": cat[:, k:].contiguous(memory_format=torch.channels_last),
+          "concat_slice": cat[:, k:], "nchw": cat[:, k:].contiguous()}[grad_layout]
+    dx = torch.ops.unet_fast._conv_transpose2x2_dgrad_sm90(gy, x, wt, relu_input)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    i = 0 if relu_input else 1
+    _within_tolerance("dx", dx, cutlass_sm90.reference_up(x, wt, gy, torch.float64)[i],
+                      cutlass_sm90.reference_up(x, wt, gy, dtype)[i])
+
+
+@requires_sm90
+def test_gpu_up_dgrad_first_run_check_passes_and_up_concat_uses_it():
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    cutlass_sm90.reset()
+    for dtype in (torch.bfloat16, torch.float16):
+        assert cutlass_sm90.verdict(("up_dgrad",), torch.device("cuda"), dtype) is None
+    x = torch.randn(2, 128, 14, 14, device="cuda", dtype=torch.bfloat16).relu().contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    up = torch.nn.ConvTranspose2d(128, 64, 2, stride=2).cuda().to(torch.bfloat16).to(
+        memory_format=torch.channels_last)
+    skip = torch.randn(2, 64, 30, 30, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    assert cutlass_sm90.wanted_up(x, up.weight)
+    out = uf.ops.up_concat(skip, x, up.weight, up.bias, backend="cuda")
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (skip, x, up.weight, up.bias), g)
+
+    def torch_grads(dtype):
+        xr, wr, br, sr = (t.detach().to(dtype).requires_grad_() for t in (x, up.weight, up.bias, skip))
+        out = torch.cat([sr[:, :, 1:29, 1:29], torch.nn.functional.conv_transpose2d(xr, wr, br, 2)], 1)
+        return torch.autograd.grad(out, (sr, xr, wr, br), g.to(dtype))
+    for name, a, r, own in zip(("dskip", "dx", "dweight", "dbias"), ours, torch_grads(torch.float64),
+                               torch_grads(torch.bfloat16)):
+        _within_tolerance(name, a, r, own)

@@ -18,6 +18,11 @@ CPU = torch.device("cpu")
 
 def correct(unit):
     """A stand-in unit computing exactly what the real one must: PyTorch in the inputs' dtype."""
+    if unit == "up_dgrad":
+        def run_up(x, w, gy):
+            return tuple(t.detach() for t in cutlass_sm90.reference_up(x, w, gy, x.dtype))
+        return run_up
+
     def run(x, w, b, gy, y, pad):
         return tuple(t.detach() for t in cutlass_sm90.reference(unit, x, w, b, gy, y, pad, x.dtype))
     return run
@@ -146,6 +151,38 @@ def test_verdicts_are_kept_and_a_failure_warns_once():
     assert len(calls) == len(cutlass_sm90.SELF_CHECK_SHAPES)  # checked once per device
 
 
+# ---------------------------------------------------------------- the up-conv's dgrad unit
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_the_up_dgrad_unit_is_checked_like_the_others(dtype):
+    """up_dgrad (the transposed convolution's dx as a strided 2x2 forward convolution, masked by
+    the up-conv's input): a correct stand-in passes in both dtypes; one element off in either
+    output, a forgotten mask or the filter's taps read transposed (i <-> j: a wrong KRSC layout)
+    fail with the numbers and the problem named."""
+    check = cutlass_sm90.check_unit
+    assert check("up_dgrad", CPU, correct("up_dgrad"), dtype=dtype) is None
+    for which in (0, 1):
+        why = check("up_dgrad", CPU, off_by("up_dgrad", 0.05, which), dtype=dtype)
+        assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_dgrad"][which] in why, why
+        assert "transposed convolution" in why and "off by up to" in why, why
+
+    def unmasked(x, w, gy):
+        _, plain = correct("up_dgrad")(x, w, gy)
+        return plain, plain
+    assert "dx * (x > 0)" in check("up_dgrad", CPU, unmasked, dtype=dtype)
+
+    def taps_transposed(x, w, gy):
+        return correct("up_dgrad")(x, w.transpose(2, 3), gy)
+    assert "off by up to" in check("up_dgrad", CPU, taps_transposed, dtype=dtype)
+
+
+def test_the_up_dgrad_problems_cross_the_tiles():
+    """UP_SELF_CHECK_SHAPES: more pixels than one 128-row M tile, one and two 128-wide N tiles
+    (c), 64 and 128 output channels (4 and 8 K steps)."""
+    shapes = cutlass_sm90.UP_SELF_CHECK_SHAPES
+    assert all(n * h * w > 128 for n, h, w, c, k in shapes)
+    assert {c // 128 for *_, c, k in shapes} == {1, 2} and {k for *_, k in shapes} == {64, 128}
+
+
 def _extension_on_cpu():
     if uf.backends.available()["cuda"] is not None:
         pytest.skip(f"the extension is not built: {uf.backends.available()['cuda']}")
@@ -202,6 +239,37 @@ def test_the_backward_units_are_checked_when_gradients_are_wanted(cutlass_wanted
     with pytest.warns(RuntimeWarning):
         why = _dispatch.why_not("conv3x3_relu", "cuda", (x, w, b, 1, False, False))
     assert "wgrad" in why and "dbias" in why
+
+
+@pytest.fixture
+def cutlass_up_wanted_on_cpu(monkeypatch):
+    """As cutlass_wanted_on_cpu, for the up-conv's dgrad unit."""
+    _extension_on_cpu()
+    monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w: x.dtype == torch.bfloat16)
+
+
+def _up_args():
+    x = torch.randn(2, 128, 5, 6, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(128, 64, 2, 2) * 0.05).to(torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    return x, w, torch.randn(64, dtype=torch.bfloat16)
+
+
+def test_the_up_dgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wanted_on_cpu):
+    """conv_transpose2x2 and up_concat of the cuda backend: no check without gradients (the
+    forward is not the unit's); with them a failed unit makes backend='cuda' raise with the
+    numbers, and 'auto' warn once and fall back."""
+    cutlass_sm90._runners["up_dgrad"] = off_by("up_dgrad", 0.5)
+    x, w, b = _up_args()
+    skip = torch.randn(2, 64, 10, 12, dtype=torch.bfloat16)
+    assert _dispatch.why_not("conv_transpose2x2", "cuda", (x, w, b, True)) is None
+    x.requires_grad_()
+    with pytest.warns(RuntimeWarning, match="up_dgrad kernel failed its first-run check"):
+        why = _dispatch.why_not("conv_transpose2x2", "cuda", (x, w, b, True))
+    assert "transposed convolution" in why and "off by up to" in why
+    assert _dispatch.why_not("up_concat", "cuda", (skip, x, w, b, True)) == why
+    with pytest.raises(uf.BackendUnavailable, match="up_dgrad"):
+        uf.ops.conv_transpose2x2(x, w, b, backend="cuda")
 
 
 def test_not_checked_while_compiling_means_not_used(cutlass_wanted_on_cpu, monkeypatch):

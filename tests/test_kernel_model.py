@@ -165,12 +165,14 @@ def extension():
 def test_extension_cutlass_mainloops(extension):
     _, ext = extension
     # per element type (bf16, fp16): fprop and dgrad in two tiles each, 128x128 and 256x64 (a
-    # 64-channel N); wgrad in three: 128x64, 128x128 (c a multiple of 128), 64x64 (k = 64)
+    # 64-channel N); wgrad in three: 128x64, 128x128 (c a multiple of 128), 64x64 (k = 64); the
+    # up-conv's dgrad in one
     for elem in ("bf16", "f16"):
         assert sorted(u["pass_"] for u in ext["units"] if u["elem"] == elem) == [
-            "dgrad", "dgrad", "fprop", "fprop", "wgrad", "wgrad", "wgrad"], [u["name"] for u in ext["units"]]
+            "dgrad", "dgrad", "fprop", "fprop", "up_dgrad", "wgrad", "wgrad", "wgrad"], [
+            u["name"] for u in ext["units"]]
     units = {u["name"]: u for u in ext["units"]}
-    assert len(units) == 14 and len({u["config"] for u in ext["units"]}) == 14, units.keys()
+    assert len(units) == 16 and len({u["config"] for u in ext["units"]}) == 16, units.keys()
     for name, u in units.items():
         assert u["consumer_instructions_per_iter"] and u["hgmma_per_iter"] > 0, (name, u)
         assert u["consumer_classes"]["tensor"] == u["hgmma_per_iter"], (name, u)
@@ -182,15 +184,18 @@ def test_extension_cutlass_mainloops(extension):
 
 def test_extension_covers_every_unit_convolution(extension):
     """Every 3x3 convolution of both networks in all three passes, but the first layer (1 or 3
-    input channels), which the units refuse and the hand-written kernels run."""
+    input channels), which the units refuse and the hand-written kernels run; and every
+    transposed convolution's input gradient."""
     km, ext = extension
-    from unet_fast.reference import conv3x3_problems
+    from unet_fast.reference import conv3x3_problems, up_problems
     for cfg in km.MODELS.values():
         probs = conv3x3_problems(cfg.in_channels, cfg.padding, cfg.size)
+        ups = up_problems(cfg.in_channels, cfg.padding, cfg.size)
         rows = [r for r in ext["rows"] if r["model"] == cfg.name]
         got = {(r["layer"], r["pass_"]) for r in rows}
-        assert got == {(probs[0].name, "all")} | {
-            (p.name, conv_pass) for p in probs[1:] for conv_pass in ("fprop", "dgrad", "wgrad")}
+        assert len(ups) == 4 and got == {(probs[0].name, "all")} | {
+            (p.name, conv_pass) for p in probs[1:] for conv_pass in ("fprop", "dgrad", "wgrad")} | {
+            (p.name, "up_dgrad") for p in ups}
         assert "refused" in rows[0]["config"] and "multiples of 64" in rows[0]["config"]
         for r in rows[1:]:
             assert 0 < r["predicted_fraction_of_peak"] <= 1, r

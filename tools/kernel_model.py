@@ -1137,7 +1137,8 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     cons = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("HGMMA") for o in ops))
     prod = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("UTMALDG") for o in ops)
                           and not any(o.startswith("HGMMA") for o in ops))
-    pass_ = re.search(r"conv3x3 (\w+)", k.name).group(1)
+    op = re.search(r"(conv3x3|up2x2) (\w+)", k.name)
+    pass_ = "up_dgrad" if op.group(1) == "up2x2" else op.group(2)
     elem = re.search(r"\b(bf16|f16)\b", k.name)
     elem = elem.group(1) if elem else "?"
     # a pass built with several tiles: the wgrad's names carry their tile (two of its three share
@@ -1231,12 +1232,13 @@ def read_extension(m: Machine = H200) -> dict:
 
 def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
     """The model's figures for one unit on one convolution (see the module docstring; one CTA per
-    SM: the pipeline's shared memory)."""
+    SM: the pipeline's shared memory). The up-conv's dgrad: prob is its (name, c, k, h, w, 0),
+    x (n, h, w, c) -> k, the GEMM M = n*h*w, N = c, K = 4k."""
     import torch
     n, (name, c, k, h, w, pad) = cfg.batch, prob
     p, q = h + 2 * pad - 2, w + 2 * pad - 2
     M, N, K = {"fprop": (n * p * q, k, 9 * c), "dgrad": (n * h * w, c, 9 * k),
-               "wgrad": (k, 9 * c, n * p * q)}[u["pass_"]]
+               "wgrad": (k, 9 * c, n * p * q), "up_dgrad": (n * h * w, c, 4 * k)}[u["pass_"]]
     (bm, bn, bk), (cm, cn, _) = u["tile"], u["cluster"]
     m_tiles = -(-math.ceil(M / bm) // cm) * cm  # the grid is whole clusters
     n_tiles = -(-math.ceil(N / bn) // cn) * cn
@@ -1258,7 +1260,9 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
     x, y, wt = n * h * w * c, n * p * q * k, 9 * c * k
     masked = not name.endswith("conv.0")
     dram = {"fprop": 2 * (x + wt + y), "dgrad": 2 * (y + wt + x * (2 if masked else 1)),
-            "wgrad": 2 * (x + y) + 4 * splits * wt}[u["pass_"]]
+            "wgrad": 2 * (x + y) + 4 * splits * wt,
+            # g (n, 2h, 2w, k), the weight, the mask x (the up-conv's input: a ReLU output), dx
+            "up_dgrad": 2 * (4 * n * h * w * k + 4 * c * k + 2 * x)}[u["pass_"]]
     dram_s = dram / m.dram_bw
     t = max(compute_s, dram_s)
     if dram_s > compute_s:
@@ -1303,7 +1307,28 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
             continue
         rows += [_unit_row(units[config_for(p, shape)], prob, cfg, m) for p in _UNIT_PASSES
                  if not refused[p]]
+    # the decoder's transposed convolutions: their input gradient (the up-conv's dgrad unit)
+    for prob in up_problems(cfg):
+        shape = [cfg.batch, prob[3], prob[4], prob[1], prob[2], 0]
+        why = check("up_dgrad", shape) or (
+            "" if config_for("up_dgrad", shape) in units else "no unit read")
+        if why:
+            rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_="up_dgrad",
+                             layer=prob[0], config="refused: " + why,
+                             instructions_per_iter=None, tensor_cycles_per_iter=None,
+                             issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
+                             bound="-"))
+        else:
+            rows.append(_unit_row(units[config_for("up_dgrad", shape)], prob, cfg, m))
     return rows
+
+
+def up_problems(cfg: ModelConfig) -> list:
+    """(name, c, k, h, w, 0) of every 2x2 transposed convolution of `cfg`: input x (n, c, h, w)
+    -> k channels (unet_fast.reference.up_problems)."""
+    from unet_fast.reference import up_problems as problems
+    return [(p.name, p.c_in, p.c_out, p.h, p.w, 0)
+            for p in problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels, cfg.depth)]
 
 
 def extension_model(cfgs: list, m: Machine = H200) -> dict:
@@ -1334,7 +1359,8 @@ def _units_markdown(ext: dict, m: Machine) -> list:
     lines = [
         f"Read from `{ext['so']}` (`cuobjdump -sass`, through tools/sass_report.py).",
         "`backend=\"cuda\"` on sm_90 runs these units for every bf16 and fp16 3x3 convolution they",
-        "accept (one set of instantiations per element type; the per-layer tables below are the",
+        "accept, and for the transposed convolutions' input gradient (up_dgrad)",
+        "(one set of instantiations per element type; the per-layer tables below are the",
         "bf16 step's); tile, cluster, stages, threads and shared memory are the units' own config strings",
         "(`_cutlass_sm90_configs`), what they accept their own check (`_cutlass_sm90_check`). Per K",
         "step (one 64-wide K slice of the GEMM) on one SM:",
@@ -1365,7 +1391,9 @@ def _units_markdown(ext: dict, m: Machine) -> list:
     lines += [
         "",
         "Per layer and pass: GEMM fprop M=n*p*q, N=k, K=9c; dgrad M=n*h*w, N=c, K=9k; wgrad M=k, N=9c,",
-        "K=n*p*q split over S slices as `conv3x3_wgrad_splits` picks them. CTAs: the tiles, in",
+        "K=n*p*q split over S slices as `conv3x3_wgrad_splits` picks them; up_dgrad (the 2x2",
+        "transposed convolution x (n, h, w, c) -> k's input gradient, a strided 2x2 fprop of its",
+        "output gradient) M=n*h*w, N=c, K=4k. CTAs: the tiles, in",
         "whole clusters (assumed to fill all SMs), one per SM, in waves; a CTA takes K steps x",
         "max(tensor, issue, L2) + the code outside both loops issued once (conservative: both roles'",
         f"code, the wait retries) + {m.fill_latency_clk} cycles of fill; never faster than its unique DRAM",
@@ -1376,7 +1404,7 @@ def _units_markdown(ext: dict, m: Machine) -> list:
     ]
     for model in dict.fromkeys(r["model"] for r in ext["rows"]):
         rows = [r for r in ext["rows"] if r["model"] == model]
-        done = [r for r in rows if r["pass_"] != "all"]
+        done = [r for r in rows if "flops" in r]   # (not the refused: the hand-written kernels)
         by_pass = collections.defaultdict(float)
         for r in done:
             by_pass[r["pass_"]] += r["time_s"]
@@ -1384,16 +1412,17 @@ def _units_markdown(ext: dict, m: Machine) -> list:
         total = sum(by_pass.values())
         lines += [f"### {model}: CUTLASS units, per layer and pass", "",
                   f"- {len(done)} unit launches, predicted {_fmt_ms(total)} ms (+gaps): "
-                  + ", ".join(f"{p} {_fmt_ms(by_pass[p])}" for p in _UNIT_PASSES)
+                  + ", ".join(f"{p} {_fmt_ms(by_pass[p])}" for p in _UNIT_PASSES + ("up_dgrad",)
+                              if p in by_pass)
                   + f"; their FLOPs at the peak {_fmt_ms(flops / m.peak_flops)} ms "
                   f"({100 * flops / m.peak_flops / total:.0f}%).", "",
                   "| layer | pass | GEMM M x N x K | config | CTAs | waves | K steps/CTA | bound "
                   "| % peak | ms (+gap) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            if r["pass_"] == "all":
-                lines.append(f"| {r['layer']} | all | - | {r['name']}: {r['config']} | - | - | - "
-                             "| - | - | - |")
+            if "flops" not in r:
+                lines.append(f"| {r['layer']} | {r['pass_']} | - | {r['name']}: {r['config']} | - "
+                             "| - | - | - | - | - |")
                 continue
             lines.append(
                 f"| {r['layer']} | {r['pass_']} | {' x '.join(map(str, r['gemm']))} | {r['config']} "

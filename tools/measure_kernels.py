@@ -313,6 +313,9 @@ def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="
 # device kernel to the op that launched it; a wrapper around the two ops records which layer
 # each call belongs to, in call order (which is the profiler's op order).
 _SM90_OPS = ("_conv3x3_relu_sm90", "_conv3x3_relu_sm90_backward")
+# ... and the up-conv's input gradient (conv_transpose2x2 / up_concat's backward on that path)
+_SM90_UP_OP = "_conv_transpose2x2_dgrad_sm90"
+_SM90_ALL = _SM90_OPS + (_SM90_UP_OP,)
 
 
 def cutlass_passes(calls: list, op_kernels: list) -> list:
@@ -329,6 +332,8 @@ def cutlass_passes(calls: list, op_kernels: list) -> list:
         units = [(n, ms) for n, ms in kernels if "cutlass" in n]
         if op == _SM90_OPS[0]:
             names = ["fprop"] * len(units)
+        elif op == _SM90_UP_OP:
+            names = ["up_dgrad"] * len(units)
         else:
             wgrad = [i for i, (n, _) in enumerate(units) if "WgradUnit" in n]
             names = ["wgrad" if (i in wgrad if wgrad else i == len(units) - 1) else "dgrad"
@@ -339,11 +344,11 @@ def cutlass_passes(calls: list, op_kernels: list) -> list:
 
 
 def op_kernels_of(events) -> list:
-    """(op, [(kernel name, ms), ...]) of each call of the two CUTLASS ops, in start order, from
+    """(op, [(kernel name, ms), ...]) of each call of the CUTLASS ops, in start order, from
     the profiler's events: an op with an autograd formula is recorded twice, one event inside the
     other (the autograd layer and the kernel below it), so only the outermost counts, with the
     device kernels linked to it or to any event under it."""
-    names = {"unet_fast::" + n: n for n in _SM90_OPS}
+    names = {"unet_fast::" + n: n for n in _SM90_ALL}
 
     def outermost(e):
         p = e.cpu_parent
@@ -383,7 +388,7 @@ def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: 
     ns = torch.ops.unet_fast
     state = km._State()
     calls = []
-    saved = {name: getattr(ns, name) for name in _SM90_OPS}
+    saved = {name: getattr(ns, name) for name in _SM90_ALL if hasattr(ns, name)}
 
     def wrap(name):
         def call(*args, **kwargs):
@@ -391,7 +396,7 @@ def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: 
             return saved[name](*args, **kwargs)
         return call
     try:
-        for name in _SM90_OPS:
+        for name in saved:
             setattr(ns, name, wrap(name))
         with km.labelled_launches(state, _Runner):
             step = km.make_step(cfg, device, backend="cuda")

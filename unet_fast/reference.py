@@ -97,12 +97,25 @@ def conv3x3_problems(in_channels: int = 1, padding: str = "valid", size: int = 5
     """Every 3x3 convolution of the U-Net on a size x size image, in forward order, from the model
     itself (shapes only: the meta device). For the CUTLASS units' tests and
     tools/kernel_model.py."""
+    return _problems(lambda mod: isinstance(mod, nn.Conv2d) and mod.kernel_size == (3, 3),
+                     in_channels, padding, size, base_channels, depth)
+
+
+def up_problems(in_channels: int = 1, padding: str = "valid", size: int = 572,
+                base_channels: int = 64, depth: int = 4) -> list[Conv3x3Problem]:
+    """Every 2x2 transposed convolution of the U-Net likewise (its input's channels and size;
+    pad 0)."""
+    return _problems(lambda mod: isinstance(mod, nn.ConvTranspose2d), in_channels, padding, size,
+                     base_channels, depth)
+
+
+def _problems(want, in_channels, padding, size, base_channels, depth):
     model = UNet(in_channels, 2, base_channels, depth, padding).to("meta")
     names = {mod: name for name, mod in model.named_modules()}
     found = []
 
     def record(mod, inputs, _):
-        if isinstance(mod, nn.Conv2d) and mod.kernel_size == (3, 3):
+        if want(mod):
             x = inputs[0]
             found.append(Conv3x3Problem(names[mod], x.shape[1], mod.out_channels, x.shape[2],
                                         x.shape[3], mod.padding[0]))

@@ -9,10 +9,14 @@
 //   _conv3x3_relu_sm90_backward(grad, y, x, weight, padding, output_mask, relu_input, grad_masked)
 //       grad_masked: grad is already dy * (y > 0) (else one threshold_backward pass forms it);
 //       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
+//   _conv_transpose2x2_dgrad_sm90(grad, x, weight, relu_input) -> dx    = conv_transpose2x2's dx
+//       (x, the up-conv's input: its shape and memory format, and with relu_input the mask)
 //   _cutlass_sm90_check(pass, [n, h, w, c, k, pad], dtype="bf16"|"f16") -> ""  or why not
-//                                                   (host code only, no GPU)
+//                                                   (host code only, no GPU; pass "up_dgrad":
+//                                                   the up-conv x (n, h, w, c) -> k, pad 0)
 //   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad, fprop 256x64, dgrad 256x64, wgrad 128x128,
-//                               wgrad 64x64] in bf16, then the same seven in fp16
+//                               wgrad 64x64] in bf16, then the same seven in fp16, then the
+//                               up-conv's dgrad in bf16 and fp16
 //                                                   (what each instantiation was built as)
 //   _cutlass_sm90_config_for(pass, [n, h, w, c, k, pad], dtype) -> the config of the one that
 //                                                   runs it
@@ -171,6 +175,36 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
   return {dx, dw, db};
 }
 
+inline at::Tensor conv_transpose2x2_dgrad_sm90(const at::Tensor& grad_, const at::Tensor& x_,
+                                               const at::Tensor& weight, bool relu_input) {
+  check_pointwise(x_, weight, c10::nullopt, 2);
+  const sm90::Elem elem = elem_of(x_, "x");
+  check_grad(grad_, {x_.size(0), weight.size(1), 2 * x_.size(2), 2 * x_.size(3)}, x_);
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor g = nhwc_view(grad_);  // (also the concat gradient's channel slice, in place)
+  const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // (c, 2, 2, k): KRSC
+  at::Tensor m = relu_input ? x_ : at::Tensor();
+  if (m.defined() && !(m.stride(1) == 1 && m.stride(2) == m.size(3) * m.stride(3) &&
+                       m.stride(0) == m.size(2) * m.stride(2) && m.stride(3) % 8 == 0))
+    m = m.contiguous(at::MemoryFormat::ChannelsLast);  // the mask load wants one pixel stride
+  sm90::UpDgradArgs a;
+  a.elem = elem;
+  a.n = static_cast<int>(x_.size(0));
+  a.c = static_cast<int>(x_.size(1));
+  a.h = static_cast<int>(x_.size(2));
+  a.w = static_cast<int>(x_.size(3));
+  a.k = static_cast<int>(weight.size(1));
+  at::Tensor dx = at::empty({a.n, a.c, a.h, a.w}, x_.options(), at::MemoryFormat::ChannelsLast);
+  a.g = nhwc(g);
+  a.weight = wk.data_ptr();
+  if (m.defined()) a.mask = nhwc(m);
+  a.dx = nhwc(dx);
+  char why[512];
+  check_status(sm90::up2x2_dgrad_run(a, c10::cuda::getCurrentCUDAStream(), why, sizeof why), why,
+               "up-conv dgrad");
+  return in_format_of(dx, x_);
+}
+
 inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t> shape,
                                       c10::string_view dtype) {
   const sm90::Elem elem = elem_named(dtype);
@@ -202,8 +236,14 @@ inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t
     a.elem = elem; a.s = s; a.g = dense(s.n, s.p(), s.q(), s.k); a.x = dense(s.n, s.h, s.w, s.c);
     a.splits = sm90::conv3x3_wgrad_splits(s, 132);
     r = sm90::conv3x3_wgrad_check(a, why, sizeof why);
+  } else if (pass == "up_dgrad") {
+    sm90::UpDgradArgs a;
+    a.elem = elem; a.n = s.n; a.h = s.h; a.w = s.w; a.c = s.c; a.k = s.k;
+    a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.dx = dense(s.n, s.h, s.w, s.c);
+    a.mask = dense(s.n, s.h, s.w, s.c);
+    r = sm90::up2x2_dgrad_check(a, why, sizeof why);
   } else {
-    TORCH_CHECK(false, "pass must be 'fprop', 'dgrad' or 'wgrad', got '", std::string(pass), "'");
+    TORCH_CHECK(false, "pass must be 'fprop', 'dgrad', 'wgrad' or 'up_dgrad', got '", std::string(pass), "'");
   }
   return r == sm90::kOk ? std::string() : std::string(why);
 }
@@ -229,7 +269,8 @@ inline std::vector<std::string> cutlass_sm90_configs() {
           sm90::conv3x3_fprop_f16_config(), sm90::conv3x3_dgrad_f16_config(),
           sm90::conv3x3_wgrad_f16_config(), sm90::conv3x3_fprop_f16_n64_config(),
           sm90::conv3x3_dgrad_f16_n64_config(), sm90::conv3x3_wgrad_f16_n128_config(),
-          sm90::conv3x3_wgrad_f16_m64_config()};
+          sm90::conv3x3_wgrad_f16_m64_config(),
+          sm90::up2x2_dgrad_bf16_config(), sm90::up2x2_dgrad_f16_config()};
 }
 
 // The config of the instantiation a pass runs for a shape (host code only): for the kernel model.
@@ -243,7 +284,9 @@ inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<in
   if (pass == "fprop") return sm90::conv3x3_fprop_config_for(s, elem);
   if (pass == "dgrad") return sm90::conv3x3_dgrad_config_for(s, elem);
   if (pass == "wgrad") return sm90::conv3x3_wgrad_config_for(s, elem);
-  TORCH_CHECK(false, "pass must be 'fprop', 'dgrad' or 'wgrad', got '", std::string(pass), "'");
+  if (pass == "up_dgrad")
+    return elem == sm90::Elem::kF16 ? sm90::up2x2_dgrad_f16_config() : sm90::up2x2_dgrad_bf16_config();
+  TORCH_CHECK(false, "pass must be 'fprop', 'dgrad', 'wgrad' or 'up_dgrad', got '", std::string(pass), "'");
 }
 
 }  // namespace cutlass_glue

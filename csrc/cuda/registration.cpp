@@ -57,6 +57,8 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
         "bool grad_masked) -> Tensor");
   m.def("_conv3x3_relu_sm90_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int padding, "
         "bool[3] output_mask, bool relu_input, bool grad_masked) -> (Tensor, Tensor, Tensor)");
+  // The decoder's up-conv dx (conv_transpose2x2, up_concat), times (x > 0) with relu_input.
+  m.def("_conv_transpose2x2_dgrad_sm90(Tensor grad, Tensor x, Tensor weight, bool relu_input) -> Tensor");
   // Host-side checks of the units (CUTLASS's can_implement included): no tensors, no GPU.
   m.def("_cutlass_sm90_check(str pass_, int[] shape, str dtype=\"bf16\") -> str", &cutlass_glue::cutlass_sm90_check);
   m.def("_cutlass_sm90_configs() -> str[]", &cutlass_glue::cutlass_sm90_configs);
@@ -68,6 +70,7 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
 TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("_conv3x3_relu_sm90", &cutlass_glue::conv3x3_relu_sm90);
   m.impl("_conv3x3_relu_sm90_backward", &cutlass_glue::conv3x3_relu_sm90_backward);
+  m.impl("_conv_transpose2x2_dgrad_sm90", &cutlass_glue::conv_transpose2x2_dgrad_sm90);
 }
 #endif
 

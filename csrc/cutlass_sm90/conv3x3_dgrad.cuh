@@ -53,10 +53,11 @@ struct ReluGradMask<cutlass::Array<T, N>> {
   }
 };
 
-template <class Element_, int kTileM, int kTileN>
-struct DgradUnit {
-using Element = Element_;
-static constexpr const char* kName = "dgrad";
+// The epilogue of an input gradient, dx = acc * (mask > 0), as a visitor tree over the
+// accumulator and a TMA aux load of the mask (shared by the 3x3 dgrad and the up-conv's dgrad,
+// up2x2_dgrad.cuh).
+template <class Element>
+struct MaskEpilogue {
 // The mask as an (n*h*w, c) matrix with one pixel stride, loaded by TMA like a C operand.
 using MaskStride = Stride<int64_t, _1, _0>;
 using AuxLoad = fusion::Sm90AuxLoad<
@@ -66,7 +67,8 @@ using AuxLoad = fusion::Sm90AuxLoad<
     8, /*EnableNullptr=*/true>;
 
 // Sm90AuxLoad builds its TMA descriptor from the problem shape the epilogue is given, which for a
-// dgrad is the convolution's: M = (w, h, n) and a batch mode L = the traversal strides (v, u).
+// dgrad is the convolution's: M = (w, h, n) and a batch mode L = the traversal strides (v, u)
+// (for the up-conv's dgrad, an fprop: M = (q, p, n), no batch).
 // The mask is addressed as a flat (pixels, channels, 1) matrix, as the kernel's own epilogue
 // coordinates are: flatten both before building the descriptor. A null mask (no masking) gets a
 // placeholder address for the descriptor it never uses.
@@ -87,6 +89,22 @@ struct MaskLoad : AuxLoad {
 };
 using MaskedGrad = fusion::Sm90EVT<fusion::Sm90Compute<ReluGradMask, Element, float, kRound>,
                                    fusion::Sm90AccFetch, MaskLoad>;
+
+// The fusion arguments: the mask (null: 1) with its pixel stride.
+static typename MaskedGrad::Arguments arguments(const Nhwc& mask) {
+  MaskStride dMask{};
+  get<0>(dMask) = mask.sw;
+  return {{},                                                            // acc
+          {static_cast<const Element*>(mask.ptr), Element(1.0f), dMask},  // mask (null: 1)
+          {}};                                                           // acc * (mask > 0)
+}
+};
+
+template <class Element_, int kTileM, int kTileN>
+struct DgradUnit {
+using Element = Element_;
+static constexpr const char* kName = "dgrad";
+using MaskedGrad = typename MaskEpilogue<Element>::MaskedGrad;
 
 static constexpr const char* kEpilogue = "epilogue acc * (mask > 0) with a TMA aux load, TMA store";
 // As the forward: kTileM x kTileN tiles, 64-channel K steps, 2x1 cluster (weight tiles multicast).
@@ -133,12 +151,7 @@ static typename Conv::Arguments arguments(const DgradArgs& a) {
   using StrideD = typename Kernel::StrideD;  // ((w, h, n), c, batch)
   StrideD dD{};
   get<0>(dD) = make_stride(a.dx.sw, a.dx.sh, a.dx.sn);
-  MaskStride dMask{};
-  get<0>(dMask) = a.mask.sw;
-  typename Epilogue::FusionCallbacks::Arguments fusion_args{
-      {},                                                                     // acc
-      {static_cast<const Element*>(a.mask.ptr), Element(1.0f), dMask},        // mask (null: 1)
-      {}};                                                                    // acc * (mask > 0)
+  typename Epilogue::FusionCallbacks::Arguments fusion_args = MaskEpilogue<Element>::arguments(a.mask);
   return typename Conv::Arguments{
       ps,
       {static_cast<const Element*>(a.g.ptr), static_cast<const Element*>(a.w)},

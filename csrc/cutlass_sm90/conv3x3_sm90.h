@@ -3,8 +3,8 @@
 // headers here, so the torch glue includes it cheaply and the heavy templates stay in their own
 // translation units (one instantiation each), compiled only for sm_90a.
 //
-// Every pass is bf16 or fp16 NHWC (the args' `elem`) with fp32 accumulation, a 3x3 window,
-// stride 1 and padding 0 or 1:
+// Every 3x3 pass is bf16 or fp16 NHWC (the args' `elem`) with fp32 accumulation, a 3x3 window,
+// stride 1 and padding 0 or 1 (and the up-conv's dgrad, below, a 2x2 window at stride 2):
 //   fprop  y  = relu(conv(x, w) + bias)                          (bias and ReLU in the epilogue)
 //   dgrad  dx = conv_transpose(g, w) * (mask > 0)                 (mask: the layer input, a ReLU
 //                                                                 output; none: plain dx)
@@ -94,6 +94,31 @@ struct WgradArgs {
 int conv3x3_wgrad_splits(const Conv3x3Shape& s, int num_sms);
 int conv3x3_wgrad_check(const WgradArgs& a, char* why, int why_len);
 int conv3x3_wgrad_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
+
+// --------------------------------------------------------------------------- the up-conv's dgrad
+// The input gradient of the decoder's 2x2 stride-2 transposed convolution x (n, h, w, c) ->
+// (n, 2h, 2w, k) (`conv_transpose2x2`, `up_concat`):
+//   dx = conv(g, w, 2x2 filter, stride 2) * (mask > 0)
+// a strided forward convolution of the output gradient g, with the weight's (c, k, 2, 2)
+// parameter in its channels_last order, (c, 2, 2, k), as the KRSC filter; the mask as the 3x3
+// dgrad's. (CUTLASS's sm90 strided dgrad is sm100-only; a strided fprop is not.)
+struct UpDgradArgs {
+  Elem elem = Elem::kBf16;
+  int n = 0, h = 0, w = 0, c = 0, k = 0;  // x's (n, h, w, c); k: the up-conv's output channels
+  Nhwc g;                        // (n, 2h, 2w, k): read in place, also a channel slice of the concat's
+  const void* weight = nullptr;  // (c, 2, 2, k) dense
+  Nhwc mask;                     // (n, h, w, c) with one pixel stride, or ptr null
+  Nhwc dx;                       // (n, h, w, c), written
+};
+int up2x2_dgrad_check(const UpDgradArgs& a, char* why, int why_len);
+int up2x2_dgrad_run(const UpDgradArgs& a, cudaStream_t stream, char* why, int why_len);
+// (one instantiation per element type, 128x128 tiles: N = c is 128 or more in the U-Net)
+int up2x2_dgrad_bf16_check(const UpDgradArgs& a, char* why, int why_len);
+int up2x2_dgrad_bf16_run(const UpDgradArgs& a, cudaStream_t stream, char* why, int why_len);
+const char* up2x2_dgrad_bf16_config();
+int up2x2_dgrad_f16_check(const UpDgradArgs& a, char* why, int why_len);
+int up2x2_dgrad_f16_run(const UpDgradArgs& a, cudaStream_t stream, char* why, int why_len);
+const char* up2x2_dgrad_f16_config();
 
 // --------------------------------------------------------------------------- the instantiations
 // conv3x3_{fprop,dgrad,wgrad}_check/run choose the instantiation of the problem's element type

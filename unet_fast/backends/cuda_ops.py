@@ -301,6 +301,44 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
                                 setup_context=_up_concat_setup)
 
 
+# ---------------------------------------------------------------- the up-conv's dx on CUTLASS sm_90a
+if cutlass_sm90.built_up():
+    @torch.library.register_fake("unet_fast::_conv_transpose2x2_dgrad_sm90")
+    def _conv_transpose2x2_dgrad_sm90_fake(grad, x, weight, relu_input_):
+        return x.new_empty(x.shape).contiguous(memory_format=_like_format(x))
+
+
+class _UpConvSm90(torch.autograd.Function):
+    """conv_transpose2x2(x, weight, bias), or up_concat with a skip, whose input gradient is the
+    CUTLASS unit's (`_conv_transpose2x2_dgrad_sm90`: masked by (x > 0) in its epilogue when
+    relu_input); the forward and the weight and bias gradients are the hand-written kernels'
+    (cutlass_sm90.wanted_up says when; the cuda backend's `supports` ran the unit's first-run
+    check)."""
+
+    @staticmethod
+    def forward(ctx, skip, x, weight, bias, relu_input_):
+        ctx.save_for_backward(x, weight)
+        ctx.relu_input, ctx.has_bias = relu_input_, bias is not None
+        ctx.skip_shape = None if skip is None else tuple(skip.shape)
+        if skip is None:
+            return _ops.conv_transpose2x2(x, weight, bias)
+        return _ops.up_concat(skip, x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        cs = 0 if ctx.skip_shape is None else ctx.skip_shape[1]
+        g = grad[:, cs:] if cs else grad   # (the upper channels of the concat's gradient: a view)
+        grad_skip = _skip_grad(grad, ctx.skip_shape) if cs and ctx.needs_input_grad[0] else None
+        dx = (_ops._conv_transpose2x2_dgrad_sm90(g, x, weight, ctx.relu_input)
+              if ctx.needs_input_grad[1] else None)
+        mask = [False, ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]]
+        dw = db = None
+        if any(mask):
+            _, dw, db = _ops._conv_transpose2x2_backward(g, x, weight, mask)
+        return grad_skip, dx, dw if mask[1] else None, db if mask[2] else None, None
+
+
 # ---------------------------------------------------------------- the impls of the cuda backend
 # relu_input (unet_fast/_dispatch.py OPS): the hand-written C++ kernels do not mask dx by a ReLU
 # input yet, so it is applied around them; grad_masked is ignored (their backward masks again:
@@ -332,10 +370,14 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):
+    if cutlass_sm90.wanted_up(x, weight):   # (its first-run check passed: see `supports`)
+        return _UpConvSm90.apply(None, x, weight, bias_as(bias, x), relu_input_)
     return _ops.conv_transpose2x2(relu_input(x, relu_input_), weight, bias_as(bias, x))
 
 
 def up_concat(skip, x, weight, bias, relu_input_=False):
+    if cutlass_sm90.wanted_up(x, weight):
+        return _UpConvSm90.apply(skip, x, weight, bias_as(bias, x), relu_input_)
     return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias_as(bias, x))
 
 

@@ -11,8 +11,13 @@ The extension's ops `_conv3x3_relu_sm90` and `_conv3x3_relu_sm90_backward`
   `eligible`; the U-Net's first layer, with one input channel, is not),
 - every unit the call will run passed its first-run check on that device.
 
-First-run check: the first time a unit (fprop, dgrad, wgrad) would run in a dtype on a device,
-it runs on
+The decoder's transposed convolutions (`conv_transpose2x2`, `up_concat`) take the unit of their
+input gradient, `up_dgrad` (`_conv_transpose2x2_dgrad_sm90`: a strided 2x2 forward convolution
+of the output gradient whose epilogue masks by the up-conv's ReLU input), on the same conditions
+(`wanted_up`, `why_not_up`); their forward and weight gradient stay the hand-written kernels'.
+
+First-run check: the first time a unit (fprop, dgrad, wgrad; up_dgrad on UP_SELF_CHECK_SHAPES)
+would run in a dtype on a device, it runs on
 the small problems of SELF_CHECK_SHAPES (both paddings, tiles crossed in every GEMM dimension;
 64 and 128 channels on each side, so every instantiation of every pass runs: fprop's and dgrad's
 128x128 and 256x64 tiles (for a 64-channel GEMM N), wgrad's 128x64, 64x64 (k = 64) and 128x128
@@ -35,7 +40,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-UNITS = ("fprop", "dgrad", "wgrad")
+UNITS = ("fprop", "dgrad", "wgrad")   # the 3x3 convolution's; "up_dgrad": the up-conv's dx
 CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channels of one tap
 # (n, h, w, c, k, pad): the pixels cross the M tile (128 rows; 256 for the 256x64 instantiations
 # that k = 64 (fprop) and c = 64 (dgrad) take, 128x128 for k and c = 128), k is one full and one
@@ -43,6 +48,9 @@ CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channe
 # instantiation runs the first (c = 64), its 64x64 one (k = 64) the second, its 128x128 one
 # (c a multiple of 128, k not 64) the third.
 SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1), (2, 12, 10, 128, 128, 0))
+# up_dgrad's (n, h, w, c, k) of the up-conv's input x: the pixels cross the 128-row M tile, c is
+# one and two 128-wide N tiles, k = 64 and 128 channels give 4 and 8 K steps (one tap's 64 a step)
+UP_SELF_CHECK_SHAPES = ((2, 9, 11, 128, 64), (2, 10, 9, 256, 128))
 
 _lock = threading.Lock()
 _verdicts: dict = {}   # (unit, dtype, device) -> None (passed) or the failure sentence
@@ -105,6 +113,40 @@ def wanted(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
     return _is_sm90(x.device) and built() and eligible(x, weight, padding) is None
 
 
+_built_up: list = []
+
+
+def built_up() -> bool:
+    """Whether the extension carries the up-conv's dgrad unit (an extension built before it
+    carries the 3x3 units only)."""
+    if not _built_up:
+        found = False
+        if built():
+            try:
+                found = torch._C._dispatch_has_kernel_for_dispatch_key(
+                    "unet_fast::_conv_transpose2x2_dgrad_sm90", "CUDA")
+            except RuntimeError:
+                found = False
+        _built_up.append(found)
+    return _built_up[0]
+
+
+def eligible_up(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+    """None if the up-conv's dgrad unit takes this transposed convolution, else why not."""
+    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+        return f"the CUTLASS units run bf16 or fp16 (got {x.dtype} and a {weight.dtype} weight)"
+    c, k = x.shape[1], weight.shape[1]
+    if c % CHANNEL_MULTIPLE or k % CHANNEL_MULTIPLE:
+        return f"channels must be multiples of {CHANNEL_MULTIPLE} (got {c} -> {k})"
+    return None
+
+
+def wanted_up(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a conv_transpose2x2 / up_concat call of the cuda backend takes the CUTLASS unit for
+    its input gradient (before its first-run check)."""
+    return _is_sm90(x.device) and built_up() and eligible_up(x, weight) is None
+
+
 # ---------------------------------------------------------------- the first-run check
 def _device_key(device: torch.device) -> str:
     if device.type == "cuda" and device.index is None:
@@ -127,15 +169,34 @@ def _run_wgrad(x, w, b, gy, y, pad):
     return dw, db
 
 
-# unit -> fn(x, w, b, grad_y, y, padding) -> its outputs (the tests replace them)
-_runners: dict[str, Callable] = {"fprop": _run_fprop, "dgrad": _run_dgrad, "wgrad": _run_wgrad}
-OUTPUT_NAMES = {"fprop": ("y",), "dgrad": ("dx * (x > 0)", "dx"), "wgrad": ("dweight", "dbias")}
+def _run_up_dgrad(x, w, gy):
+    return (_ops()._conv_transpose2x2_dgrad_sm90(gy, x, w, True),
+            _ops()._conv_transpose2x2_dgrad_sm90(gy, x, w, False))
 
 
-def reference(unit: str, x, w, b, gy, y, pad, dtype):
+# unit -> fn(*its inputs) -> its outputs (the tests replace them): the 3x3 units take
+# (x, w, b, grad_y, y, padding), up_dgrad (x, w, grad_y)
+_runners: dict[str, Callable] = {"fprop": _run_fprop, "dgrad": _run_dgrad, "wgrad": _run_wgrad,
+                                 "up_dgrad": _run_up_dgrad}
+OUTPUT_NAMES = {"fprop": ("y",), "dgrad": ("dx * (x > 0)", "dx"), "wgrad": ("dweight", "dbias"),
+                "up_dgrad": ("dx * (x > 0)", "dx")}
+
+
+def reference_up(x, w, gy, dtype):
+    """What up_dgrad computes, by PyTorch in `dtype`: the transposed convolution's input gradient,
+    masked by the given x's (x > 0) and plain."""
+    x_, w_ = (t.to(dtype).requires_grad_() for t in (x, w))
+    with torch.enable_grad():
+        (dx,) = torch.autograd.grad(F.conv_transpose2d(x_, w_, stride=2), x_, gy.to(dtype))
+    return dx * (x > 0).to(dtype), dx
+
+
+def reference(unit: str, x, w, b, gy=None, y=None, pad=None, dtype=None):
     """What `unit` computes, by PyTorch in `dtype` on the given values. The ReLU masks come from
     the given y and x (bf16 or fp16 values), so the reference and the unit mask the same
-    elements."""
+    elements. (up_dgrad: reference(unit, x, w, grad_y, dtype).)"""
+    if unit == "up_dgrad":   # (x, w, grad_y)
+        return reference_up(x, w, b, dtype)
     x_, w_, b_ = (t.to(dtype).requires_grad_() for t in (x, w, b))
     with torch.enable_grad():
         z = F.conv2d(x_, w_, b_, padding=pad)
@@ -164,6 +225,30 @@ def _inputs(shape, device, seed, dtype=torch.bfloat16):
     return x, wt, b, gy, y.contiguous(memory_format=torch.channels_last), pad
 
 
+def _up_inputs(shape, device, seed, dtype=torch.bfloat16):
+    n, h, w, c, k = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen, device=device) * scale).to(dtype).contiguous(
+            memory_format=torch.channels_last)
+
+    # x with negative values (the mask has work to do); the weight channels_last as the model's
+    return randn(n, c, h, w), randn(c, k, 2, 2, scale=(4 * k) ** -0.5), randn(n, k, 2 * h, 2 * w)
+
+
+def _shapes(unit: str):
+    return UP_SELF_CHECK_SHAPES if unit == "up_dgrad" else SELF_CHECK_SHAPES
+
+
+def _problem(unit: str, shape) -> str:
+    if unit == "up_dgrad":
+        n, h, w, c, k = shape
+        return f"a {n}x{c}x{h}x{w} -> {k} channel transposed convolution"
+    n, h, w, c, k, pad = shape
+    return f"a {n}x{c}x{h}x{w} -> {k} channel, padding {pad} problem"
+
+
 def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = None,
                dtype: torch.dtype = torch.bfloat16) -> Optional[str]:
     """Run `unit` on SELF_CHECK_SHAPES in `dtype` on `device`: None if within that dtype's
@@ -177,15 +262,16 @@ def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = Non
 
 def _check_unit(unit, device, runner, dtype):
     name_of = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-    for i, shape in enumerate(SELF_CHECK_SHAPES):
-        args = _inputs(shape, device, seed=1234 + i, dtype=dtype)
+    inputs = _up_inputs if unit == "up_dgrad" else _inputs
+    for i, shape in enumerate(_shapes(unit)):
+        args = inputs(shape, device, seed=1234 + i, dtype=dtype)
         with torch.no_grad():
             try:
                 got = runner(*args)
             except Exception as e:  # noqa: BLE001  (a launch or configuration failure)
                 return f"the CUTLASS {unit} kernel failed to run on {device} ({type(e).__name__}: {e})"
-        ref = reference(unit, *args, torch.float64)
-        own = reference(unit, *args, dtype)
+        ref = reference(unit, *args, dtype=torch.float64)
+        own = reference(unit, *args, dtype=dtype)
         for name, o, r, p in zip(OUTPUT_NAMES[unit], got, ref, own):
             if o.shape != r.shape or o.dtype != dtype:
                 return (f"the CUTLASS {unit} kernel's {name} is {o.dtype} {tuple(o.shape)}, "
@@ -197,11 +283,10 @@ def _check_unit(unit, device, runner, dtype):
             err = err_t.max().item() if err_t.isfinite().all() else float("inf")
             bound = 2 * own_err + 1e-3 * scale
             if not err <= bound:
-                n, h, w, c, k, pad = shape
                 return (f"the CUTLASS {unit} kernel failed its first-run check in {name_of} on "
-                        f"{device}: {name} of a {n}x{c}x{h}x{w} -> {k} channel, padding {pad} "
-                        f"problem is off by up to {err:.4g}, allowed {bound:.4g} (PyTorch's own "
-                        f"{name_of} error {own_err:.4g}, reference scale {scale:.4g})")
+                        f"{device}: {name} of {_problem(unit, shape)} is off by up to "
+                        f"{err:.4g}, allowed {bound:.4g} (PyTorch's own {name_of} error "
+                        f"{own_err:.4g}, reference scale {scale:.4g})")
     return None
 
 
@@ -242,7 +327,15 @@ def why_not(x: torch.Tensor, weight: torch.Tensor, padding: int, needs_grad: boo
     (a failed first-run check, with its numbers). While torch.compile traces, units not yet
     checked in eager count as failed (no kernel runs on fake tensors), so a compiled graph never
     contains an unchecked unit."""
-    units = units_for(needs_grad)
+    return _why_not(units_for(needs_grad), x)
+
+
+def why_not_up(x: torch.Tensor, needs_grad: bool) -> Optional[str]:
+    """why_not for the transposed convolution's CUTLASS unit, which only its backward runs."""
+    return _why_not(("up_dgrad",) if needs_grad else (), x)
+
+
+def _why_not(units, x: torch.Tensor) -> Optional[str]:
     if _is_compiling():
         key_dev = _device_key(x.device)
         keys = [(u, x.dtype, key_dev) for u in units]

@@ -1,0 +1,124 @@
+// Input gradient of the decoder's 2x2 stride-2 transposed convolution, bf16 or fp16 NHWC, on
+// Hopper: a strided 2x2 *forward* convolution of the output gradient g (CUTLASS's sm90 implicit-GEMM
+// fprop mainloop: TMA im2col loads of g at stride 2, TMA loads of the weight, wgmma,
+// warp-specialized) with the 3x3 dgrad's epilogue (conv3x3_dgrad.cuh, MaskEpilogue):
+//   dx[n, h, w, c] = sum over (i, j, k) of g[n, 2h + i, 2w + j, k] * W[c, k, i, j], times (mask > 0)
+// The weight's (c, k, 2, 2) parameter, channels_last in memory, is (c, 2, 2, k): the KRSC filter
+// of this convolution with c output and k input channels, read in place.
+// GEMM: M = n*h*w pixels of x, N = c, K = 4*k (one tap's 64 channels per step).
+// One instantiation per element type (up2x2_dgrad_{bf16,f16}.cu): 128x128 tiles (c >= 128 in the
+// U-Net), a 2x1 cluster multicasting each weight tile, as the 3x3 units.
+#pragma once
+#include "conv3x3_dgrad.cuh"  // (common.cuh first), MaskEpilogue, EpilogueTile, kLoadStages
+
+namespace unet_fast {
+namespace sm90 {
+namespace {
+
+template <class Element_>
+struct UpDgradUnit {
+using Element = Element_;
+static constexpr const char* kName = "up_dgrad";
+static constexpr const char* kEpilogue = "epilogue acc * (mask > 0) with a TMA aux load, TMA store";
+using TileShape = Shape<_128, _128, Shape<_64>>;
+using ClusterShape = Shape<_2, _1, _1>;
+using MaskedGrad = typename MaskEpilogue<Element>::MaskedGrad;
+
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape, EpilogueTile,
+    float, float,
+    void, cutlass::layout::TensorNHWC, 8,     // no C operand
+    Element, cutlass::layout::TensorNHWC, 8,  // dx
+    cutlass::epilogue::TmaWarpSpecialized, MaskedGrad>::CollectiveOp;
+static_assert(Epilogue::DispatchPolicy::StagesC == kLoadStages, "the mask load must use the epilogue's load stages");
+
+using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+    Element, cutlass::layout::TensorNHWC, 8, Element, cutlass::layout::TensorNHWC, 8, float,
+    TileShape, ClusterShape,
+    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+
+using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
+using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
+using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+
+static int check(UpDgradArgs& a, bool launch, char* why, int len) {
+  if (a.n <= 0 || a.h <= 0 || a.w <= 0 || a.c <= 0 || a.k <= 0)
+    return detail::fail(why, len, kUnsupported, "sizes must be positive (n=%d h=%d w=%d c=%d k=%d)", a.n,
+                        a.h, a.w, a.c, a.k);
+  if (a.c % detail::kChannelMultiple || a.k % detail::kChannelMultiple)
+    return detail::fail(why, len, kUnsupported,
+                        "input and output channels must be multiples of %d (got c=%d, k=%d)",
+                        detail::kChannelMultiple, a.c, a.k);
+  // GEMM extents and element offsets of dense tensors within int32 (CUTLASS's conv indexing)
+  const int64_t px = int64_t(a.n) * a.h * a.w;
+  if (4 * px * a.k > detail::kInt32Max || px * a.c > detail::kInt32Max)
+    return detail::fail(why, len, kUnsupported,
+                        "the problem is too large for 32-bit indices (n*2h*2w*k = %lld); split the batch",
+                        static_cast<long long>(4 * px * a.k));
+  if (int r = detail::check_nhwc(a.g, "grad", a.n, 2 * a.h, 2 * a.w, a.k, launch, why, len)) return r;
+  if (int r = detail::check_nhwc(a.dx, "grad_x", a.n, a.h, a.w, a.c, launch, why, len)) return r;
+  if (a.mask.ptr != nullptr || !launch) {
+    if (int r = detail::check_nhwc(a.mask, "mask", a.n, a.h, a.w, a.c, false, why, len)) return r;
+    if (!detail::uniform_pixels(a.mask, a.h, a.w))
+      return detail::fail(why, len, kUnsupported,
+                          "the mask must have one pixel stride (a dense NHWC tensor or a channel slice of one)");
+  }
+  if ((launch && a.weight == nullptr) || !detail::aligned16(a.weight))
+    return detail::fail(why, len, kUnsupported, "the weight must be a 16-byte aligned (c, 2, 2, k) buffer");
+  return kOk;
+}
+
+// The convolution: activation g (n, 2h, 2w, k), filter (c, 2, 2, k), output dx (n, h, w, c),
+// no padding, stride 2.
+static ProblemShape problem(const UpDgradArgs& a) {
+  typename ProblemShape::TensorExtent shape_act{}, shape_flt{};
+  typename ProblemShape::TensorStride stride_act{}, stride_flt{}, stride_out{};
+  shape_act[0] = a.n; shape_act[1] = 2 * a.h; shape_act[2] = 2 * a.w; shape_act[3] = a.k;
+  stride_act[0] = a.g.sn; stride_act[1] = a.g.sh; stride_act[2] = a.g.sw; stride_act[3] = 1;
+  shape_flt[0] = a.c; shape_flt[1] = 2; shape_flt[2] = 2; shape_flt[3] = a.k;
+  stride_flt[0] = 4 * int64_t(a.k); stride_flt[1] = 2 * int64_t(a.k); stride_flt[2] = a.k; stride_flt[3] = 1;
+  stride_out[0] = a.dx.sn; stride_out[1] = a.dx.sh; stride_out[2] = a.dx.sw; stride_out[3] = 1;
+  typename ProblemShape::ShapePadding pad{};
+  typename ProblemShape::TraversalStride stride{}, dilation{};
+  stride[0] = stride[1] = 2;
+  dilation[0] = dilation[1] = 1;
+  return ProblemShape(cutlass::conv::Mode::kCrossCorrelation, shape_act, stride_act, shape_flt, stride_flt,
+                      stride_out, pad, pad, stride, dilation, 1);
+}
+
+static typename Conv::Arguments arguments(const UpDgradArgs& a) {
+  using StrideD = typename Kernel::StrideD;  // ((w, h, n), c, batch)
+  StrideD dD{};
+  get<0>(dD) = make_stride(a.dx.sw, a.dx.sh, a.dx.sn);
+  typename Epilogue::FusionCallbacks::Arguments fusion_args = MaskEpilogue<Element>::arguments(a.mask);
+  return typename Conv::Arguments{
+      problem(a),
+      {static_cast<const Element*>(a.g.ptr), static_cast<const Element*>(a.weight)},
+      {fusion_args, nullptr, {}, static_cast<Element*>(const_cast<void*>(a.dx.ptr)), dD}};
+}
+
+static int check_host(const UpDgradArgs& a, char* why, int len) {
+  return detail::check_unit<UpDgradUnit>(a, why, len);
+}
+static int run(const UpDgradArgs& a, cudaStream_t stream, char* why, int len) {
+  return detail::run_unit<UpDgradUnit>(a, stream, why, len);
+}
+
+};  // struct UpDgradUnit
+
+}  // namespace
+}  // namespace sm90
+}  // namespace unet_fast
+
+// The three functions of one instantiation (declared in conv3x3_sm90.h), in namespace
+// unet_fast::sm90.
+#define UNET_FAST_SM90_DEFINE_UP_DGRAD(tag, Element)                                           \
+  int up2x2_dgrad_##tag##_check(const UpDgradArgs& a, char* why, int len) {                    \
+    return UpDgradUnit<Element>::check_host(a, why, len);                                      \
+  }                                                                                            \
+  int up2x2_dgrad_##tag##_run(const UpDgradArgs& a, cudaStream_t stream, char* why, int len) { \
+    return UpDgradUnit<Element>::run(a, stream, why, len);                                     \
+  }                                                                                            \
+  const char* up2x2_dgrad_##tag##_config() { return detail::config<UpDgradUnit<Element>>(); }
