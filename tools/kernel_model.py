@@ -1288,7 +1288,7 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
     own check) of a layer that stays on the hand-written kernels."""
     import torch
 
-    from unet_fast.reference import conv3x3_problems
+    from unet_fast.reference import conv3x3_problems, up_problems
     units = {u["config"]: u for u in ext["units"] if "tensor_cycles" in u}
     check = torch.ops.unet_fast._cutlass_sm90_check
     config_for = torch.ops.unet_fast._cutlass_sm90_config_for  # the instantiation that runs it
@@ -1307,28 +1307,21 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
             continue
         rows += [_unit_row(units[config_for(p, shape)], prob, cfg, m) for p in _UNIT_PASSES
                  if not refused[p]]
-    # the decoder's transposed convolutions: their input gradient (the up-conv's dgrad unit)
-    for prob in up_problems(cfg):
-        shape = [cfg.batch, prob[3], prob[4], prob[1], prob[2], 0]
+    # the decoder's transposed convolutions: their input gradient (the up-conv's dgrad unit);
+    # a problem is (name, c_in, c_out, h, w, pad 0) of the up-conv's input, as _unit_row reads it
+    for prob in up_problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels, cfg.depth):
+        shape = [cfg.batch, prob.h, prob.w, prob.c_in, prob.c_out, 0]
         why = check("up_dgrad", shape) or (
             "" if config_for("up_dgrad", shape) in units else "no unit read")
         if why:
             rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_="up_dgrad",
-                             layer=prob[0], config="refused: " + why,
+                             layer=prob.name, config="refused: " + why,
                              instructions_per_iter=None, tensor_cycles_per_iter=None,
                              issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
                              bound="-"))
         else:
             rows.append(_unit_row(units[config_for("up_dgrad", shape)], prob, cfg, m))
     return rows
-
-
-def up_problems(cfg: ModelConfig) -> list:
-    """(name, c, k, h, w, 0) of every 2x2 transposed convolution of `cfg`: input x (n, c, h, w)
-    -> k channels (unet_fast.reference.up_problems)."""
-    from unet_fast.reference import up_problems as problems
-    return [(p.name, p.c_in, p.c_out, p.h, p.w, 0)
-            for p in problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels, cfg.depth)]
 
 
 def extension_model(cfgs: list, m: Machine = H200) -> dict:

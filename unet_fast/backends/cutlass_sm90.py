@@ -33,6 +33,7 @@ The checking logic runs on any device: tests inject faulty units (`_runners`) on
 """
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from typing import Callable, Optional
@@ -63,23 +64,26 @@ def _ops():
     return torch.ops.unet_fast
 
 
-_built: list = []
+_has_op: dict = {}   # op name -> whether the loaded extension has its CUDA kernel
+
+
+def _has_cuda_op(name: str) -> bool:
+    if name not in _has_op:
+        from . import cuda_backend
+        found = False
+        if cuda_backend.extension_path() is not None:
+            try:
+                found = torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{name}", "CUDA")
+            except RuntimeError:  # "operator ... does not exist": built without it
+                found = False
+        _has_op[name] = found
+    return _has_op[name]
 
 
 def built() -> bool:
     """Whether the extension carries the CUTLASS units (setup.py builds them when CUTLASS and
     arch 9.0 are there)."""
-    if not _built:
-        from . import cuda_backend
-        found = False
-        if cuda_backend.extension_path() is not None:
-            try:
-                found = torch._C._dispatch_has_kernel_for_dispatch_key(
-                    "unet_fast::_conv3x3_relu_sm90", "CUDA")
-            except RuntimeError:  # "operator ... does not exist": built without them
-                found = False
-        _built.append(found)
-    return _built[0]
+    return _has_cuda_op("_conv3x3_relu_sm90")
 
 
 _capability: dict = {}
@@ -95,16 +99,23 @@ def _is_sm90(device: torch.device) -> bool:
     return cap == (9, 0)
 
 
-def eligible(x: torch.Tensor, weight: torch.Tensor, padding: int) -> Optional[str]:
-    """None if the units take this convolution (shapes and dtype), else why not."""
+def _dtype_and_channels(x: torch.Tensor, weight: torch.Tensor, k: int) -> Optional[str]:
+    """Every unit's rule: bf16 or fp16 operands, x's channels and the k output channels
+    multiples of the 64-channel K step."""
     if x.dtype not in DTYPES or weight.dtype != x.dtype:
         return f"the CUTLASS units run bf16 or fp16 (got {x.dtype} and a {weight.dtype} weight)"
-    c, k = x.shape[1], weight.shape[0]
+    c = x.shape[1]
     if c % CHANNEL_MULTIPLE or k % CHANNEL_MULTIPLE:
         return f"channels must be multiples of {CHANNEL_MULTIPLE} (got {c} -> {k})"
-    if padding not in (0, 1):
-        return f"padding must be 0 or 1 (got {padding})"
     return None
+
+
+def eligible(x: torch.Tensor, weight: torch.Tensor, padding: int) -> Optional[str]:
+    """None if the units take this convolution (shapes and dtype), else why not."""
+    why = _dtype_and_channels(x, weight, weight.shape[0])
+    if why is None and padding not in (0, 1):
+        return f"padding must be 0 or 1 (got {padding})"
+    return why
 
 
 def wanted(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
@@ -113,32 +124,15 @@ def wanted(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
     return _is_sm90(x.device) and built() and eligible(x, weight, padding) is None
 
 
-_built_up: list = []
-
-
 def built_up() -> bool:
     """Whether the extension carries the up-conv's dgrad unit (an extension built before it
     carries the 3x3 units only)."""
-    if not _built_up:
-        found = False
-        if built():
-            try:
-                found = torch._C._dispatch_has_kernel_for_dispatch_key(
-                    "unet_fast::_conv_transpose2x2_dgrad_sm90", "CUDA")
-            except RuntimeError:
-                found = False
-        _built_up.append(found)
-    return _built_up[0]
+    return _has_cuda_op("_conv_transpose2x2_dgrad_sm90")
 
 
 def eligible_up(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
     """None if the up-conv's dgrad unit takes this transposed convolution, else why not."""
-    if x.dtype not in DTYPES or weight.dtype != x.dtype:
-        return f"the CUTLASS units run bf16 or fp16 (got {x.dtype} and a {weight.dtype} weight)"
-    c, k = x.shape[1], weight.shape[1]
-    if c % CHANNEL_MULTIPLE or k % CHANNEL_MULTIPLE:
-        return f"channels must be multiples of {CHANNEL_MULTIPLE} (got {c} -> {k})"
-    return None
+    return _dtype_and_channels(x, weight, weight.shape[1])
 
 
 def wanted_up(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -191,12 +185,10 @@ def reference_up(x, w, gy, dtype):
     return dx * (x > 0).to(dtype), dx
 
 
-def reference(unit: str, x, w, b, gy=None, y=None, pad=None, dtype=None):
+def reference(unit: str, x, w, b, gy, y, pad, dtype):
     """What `unit` computes, by PyTorch in `dtype` on the given values. The ReLU masks come from
     the given y and x (bf16 or fp16 values), so the reference and the unit mask the same
-    elements. (up_dgrad: reference(unit, x, w, grad_y, dtype).)"""
-    if unit == "up_dgrad":   # (x, w, grad_y)
-        return reference_up(x, w, b, dtype)
+    elements. (up_dgrad: reference_up.)"""
     x_, w_, b_ = (t.to(dtype).requires_grad_() for t in (x, w, b))
     with torch.enable_grad():
         z = F.conv2d(x_, w_, b_, padding=pad)
@@ -237,16 +229,20 @@ def _up_inputs(shape, device, seed, dtype=torch.bfloat16):
     return randn(n, c, h, w), randn(c, k, 2, 2, scale=(4 * k) ** -0.5), randn(n, k, 2 * h, 2 * w)
 
 
-def _shapes(unit: str):
-    return UP_SELF_CHECK_SHAPES if unit == "up_dgrad" else SELF_CHECK_SHAPES
-
-
-def _problem(unit: str, shape) -> str:
-    if unit == "up_dgrad":
-        n, h, w, c, k = shape
-        return f"a {n}x{c}x{h}x{w} -> {k} channel transposed convolution"
+def _describe(shape) -> str:
     n, h, w, c, k, pad = shape
     return f"a {n}x{c}x{h}x{w} -> {k} channel, padding {pad} problem"
+
+
+def _describe_up(shape) -> str:
+    n, h, w, c, k = shape
+    return f"a {n}x{c}x{h}x{w} -> {k} channel transposed convolution"
+
+
+# unit -> (its problems, their inputs, its reference (*inputs, dtype), a problem's description)
+_CHECKS = {u: (SELF_CHECK_SHAPES, _inputs, functools.partial(reference, u), _describe)
+           for u in UNITS}
+_CHECKS["up_dgrad"] = (UP_SELF_CHECK_SHAPES, _up_inputs, reference_up, _describe_up)
 
 
 def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = None,
@@ -262,16 +258,16 @@ def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = Non
 
 def _check_unit(unit, device, runner, dtype):
     name_of = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-    inputs = _up_inputs if unit == "up_dgrad" else _inputs
-    for i, shape in enumerate(_shapes(unit)):
+    shapes, inputs, ref_of, describe = _CHECKS[unit]
+    for i, shape in enumerate(shapes):
         args = inputs(shape, device, seed=1234 + i, dtype=dtype)
         with torch.no_grad():
             try:
                 got = runner(*args)
             except Exception as e:  # noqa: BLE001  (a launch or configuration failure)
                 return f"the CUTLASS {unit} kernel failed to run on {device} ({type(e).__name__}: {e})"
-        ref = reference(unit, *args, dtype=torch.float64)
-        own = reference(unit, *args, dtype=dtype)
+        ref = ref_of(*args, torch.float64)
+        own = ref_of(*args, dtype)
         for name, o, r, p in zip(OUTPUT_NAMES[unit], got, ref, own):
             if o.shape != r.shape or o.dtype != dtype:
                 return (f"the CUTLASS {unit} kernel's {name} is {o.dtype} {tuple(o.shape)}, "
@@ -284,7 +280,7 @@ def _check_unit(unit, device, runner, dtype):
             bound = 2 * own_err + 1e-3 * scale
             if not err <= bound:
                 return (f"the CUTLASS {unit} kernel failed its first-run check in {name_of} on "
-                        f"{device}: {name} of {_problem(unit, shape)} is off by up to "
+                        f"{device}: {name} of {describe(shape)} is off by up to "
                         f"{err:.4g}, allowed {bound:.4g} (PyTorch's own {name_of} error "
                         f"{own_err:.4g}, reference scale {scale:.4g})")
     return None
