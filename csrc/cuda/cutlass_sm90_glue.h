@@ -54,6 +54,14 @@ inline at::Tensor nhwc_view(const at::Tensor& t) {
   return ok ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// A dgrad epilogue's ReLU mask: read in place with one pixel stride (a dense NHWC tensor or a
+// channel slice of one), else made dense NHWC.
+inline at::Tensor mask_view(const at::Tensor& x) {
+  const at::Tensor t = nhwc_view(x);
+  const bool one_stride = t.stride(2) == t.size(3) * t.stride(3) && t.stride(0) == t.size(2) * t.stride(2);
+  return one_stride ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 inline sm90::Conv3x3Shape shape_of(const at::Tensor& x, const at::Tensor& w, int64_t padding) {
   sm90::Conv3x3Shape s;
   s.n = static_cast<int>(x.size(0));
@@ -139,9 +147,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
   if (mask[0]) {
     const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // the forward's (k, 3, 3, c)
     dx = at::empty({s.n, s.c, s.h, s.w}, x.options(), at::MemoryFormat::ChannelsLast);
-    at::Tensor m = relu_input ? x : at::Tensor();
-    if (m.defined() && !(m.stride(2) == m.size(3) * m.stride(3) && m.stride(0) == m.size(2) * m.stride(2)))
-      m = m.contiguous(at::MemoryFormat::ChannelsLast);  // the mask load wants one pixel stride
+    const at::Tensor m = relu_input ? mask_view(x) : at::Tensor();
     sm90::DgradArgs a;
     a.elem = elem;
     a.s = s;
@@ -183,10 +189,7 @@ inline at::Tensor conv_transpose2x2_dgrad_sm90(const at::Tensor& grad_, const at
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor g = nhwc_view(grad_);  // (also the concat gradient's channel slice, in place)
   const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // (c, 2, 2, k): KRSC
-  at::Tensor m = relu_input ? x_ : at::Tensor();
-  if (m.defined() && !(m.stride(1) == 1 && m.stride(2) == m.size(3) * m.stride(3) &&
-                       m.stride(0) == m.size(2) * m.stride(2) && m.stride(3) % 8 == 0))
-    m = m.contiguous(at::MemoryFormat::ChannelsLast);  // the mask load wants one pixel stride
+  const at::Tensor m = relu_input ? mask_view(x_) : at::Tensor();
   sm90::UpDgradArgs a;
   a.elem = elem;
   a.n = static_cast<int>(x_.size(0));

@@ -100,16 +100,14 @@ static typename MaskedGrad::Arguments arguments(const Nhwc& mask) {
 }
 };
 
-template <class Element_, int kTileM, int kTileN>
-struct DgradUnit {
-using Element = Element_;
-static constexpr const char* kName = "dgrad";
-using MaskedGrad = typename MaskEpilogue<Element>::MaskedGrad;
-
-static constexpr const char* kEpilogue = "epilogue acc * (mask > 0) with a TMA aux load, TMA store";
-// As the forward: kTileM x kTileN tiles, 64-channel K steps, 2x1 cluster (weight tiles multicast).
-using TileShape = Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>;
+// The kernel of an input gradient with that epilogue on the mainloop of conv operator `Op`
+// (kDgrad: the 3x3 dgrad; kFprop: the up-conv's, a strided forward convolution, up2x2_dgrad.cuh):
+// 64-channel K steps, a 2x1 cluster (weight tiles multicast), dx stored by TMA.
+template <class Element, class TileShape_, cutlass::conv::Operator Op>
+struct MaskedGradKernel {
+using TileShape = TileShape_;
 using ClusterShape = Shape<_2, _1, _1>;
+using MaskedGrad = typename MaskEpilogue<Element>::MaskedGrad;
 
 using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape, EpilogueTile,
@@ -120,15 +118,31 @@ using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
 static_assert(Epilogue::DispatchPolicy::StagesC == kLoadStages, "the mask load must use the epilogue's load stages");
 
 using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kDgrad,
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Op,
     Element, cutlass::layout::TensorNHWC, 8, Element, cutlass::layout::TensorNHWC, 8, float,
     TileShape, ClusterShape,
     cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
     cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
 
-using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kDgrad, 2>;
+using ProblemShape = cutlass::conv::ConvProblemShape<Op, 2>;
 using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
 using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+};
+
+template <class Element_, int kTileM, int kTileN>
+struct DgradUnit {
+using Element = Element_;
+static constexpr const char* kName = "dgrad";
+static constexpr const char* kEpilogue = "epilogue acc * (mask > 0) with a TMA aux load, TMA store";
+// As the forward: kTileM x kTileN tiles, 64-channel K steps, 2x1 cluster (weight tiles multicast).
+using Types = MaskedGradKernel<Element, Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>,
+                               cutlass::conv::Operator::kDgrad>;
+using TileShape = typename Types::TileShape;
+using ClusterShape = typename Types::ClusterShape;
+using Epilogue = typename Types::Epilogue;
+using Mainloop = typename Types::Mainloop;
+using Kernel = typename Types::Kernel;
+using Conv = typename Types::Conv;
 
 static int check(DgradArgs& a, bool launch, char* why, int len) {
   const Conv3x3Shape& s = a.s;

@@ -1,7 +1,8 @@
 // Input gradient of the decoder's 2x2 stride-2 transposed convolution, bf16 or fp16 NHWC, on
 // Hopper: a strided 2x2 *forward* convolution of the output gradient g (CUTLASS's sm90 implicit-GEMM
 // fprop mainloop: TMA im2col loads of g at stride 2, TMA loads of the weight, wgmma,
-// warp-specialized) with the 3x3 dgrad's epilogue (conv3x3_dgrad.cuh, MaskEpilogue):
+// warp-specialized) with the 3x3 dgrad's epilogue and kernel recipe (conv3x3_dgrad.cuh,
+// MaskEpilogue, MaskedGradKernel):
 //   dx[n, h, w, c] = sum over (i, j, k) of g[n, 2h + i, 2w + j, k] * W[c, k, i, j], times (mask > 0)
 // The weight's (c, k, 2, 2) parameter, channels_last in memory, is (c, 2, 2, k): the KRSC filter
 // of this convolution with c output and k input channels, read in place.
@@ -20,28 +21,14 @@ struct UpDgradUnit {
 using Element = Element_;
 static constexpr const char* kName = "up_dgrad";
 static constexpr const char* kEpilogue = "epilogue acc * (mask > 0) with a TMA aux load, TMA store";
-using TileShape = Shape<_128, _128, Shape<_64>>;
-using ClusterShape = Shape<_2, _1, _1>;
-using MaskedGrad = typename MaskEpilogue<Element>::MaskedGrad;
-
-using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape, EpilogueTile,
-    float, float,
-    void, cutlass::layout::TensorNHWC, 8,     // no C operand
-    Element, cutlass::layout::TensorNHWC, 8,  // dx
-    cutlass::epilogue::TmaWarpSpecialized, MaskedGrad>::CollectiveOp;
-static_assert(Epilogue::DispatchPolicy::StagesC == kLoadStages, "the mask load must use the epilogue's load stages");
-
-using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
-    Element, cutlass::layout::TensorNHWC, 8, Element, cutlass::layout::TensorNHWC, 8, float,
-    TileShape, ClusterShape,
-    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
-
-using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
-using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
-using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+using Types = MaskedGradKernel<Element, Shape<_128, _128, Shape<_64>>, cutlass::conv::Operator::kFprop>;
+using TileShape = typename Types::TileShape;
+using ClusterShape = typename Types::ClusterShape;
+using Epilogue = typename Types::Epilogue;
+using Mainloop = typename Types::Mainloop;
+using ProblemShape = typename Types::ProblemShape;
+using Kernel = typename Types::Kernel;
+using Conv = typename Types::Conv;
 
 static int check(UpDgradArgs& a, bool launch, char* why, int len) {
   if (a.n <= 0 || a.h <= 0 || a.w <= 0 || a.c <= 0 || a.k <= 0)
