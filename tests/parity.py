@@ -262,14 +262,24 @@ def _tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def run(fn, args, grads_out):
-    """fn(*args) and the gradients of every tensor argument for output gradients `grads_out`
-    (a list, or a function of the outputs giving one)."""
-    args = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
+def _differentiated(args, wrt):
+    """The positions of the arguments whose gradients are taken: every tensor's, or those of
+    `wrt` (positions in args)."""
+    assert wrt is None or all(isinstance(args[i], torch.Tensor) for i in wrt), wrt
+    return [i for i, a in enumerate(args)
+            if isinstance(a, torch.Tensor) and (wrt is None or i in wrt)]
+
+
+def run(fn, args, grads_out, wrt=None):
+    """fn(*args) and the gradients of every tensor argument (or of those at the positions `wrt`)
+    for output gradients `grads_out` (a list, or a function of the outputs giving one)."""
+    diff = _differentiated(args, wrt)
+    args = [a.detach().requires_grad_(i in diff) if isinstance(a, torch.Tensor) else a
+            for i, a in enumerate(args)]
     outs = _tuple(fn(*args))
     if callable(grads_out):
         grads_out = grads_out(outs)
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    tensors = [args[i] for i in diff]
     grads = torch.autograd.grad(outs, tensors, [g.to(o.dtype) for g, o in zip(grads_out, outs)])
     return outs, grads
 
@@ -282,11 +292,11 @@ def round_tf32(t):
     return torch.where(finite, rounded, t.float()).view_as(t)
 
 
-def tf32_errors(op, args, grads_out, ref_outs, ref_grads):
+def tf32_errors(op, args, grads_out, ref_outs, ref_grads, wrt=None):
     """PyTorch-in-TF32's own error: the float64 result from TF32-rounded inputs (what a TF32
     tensor core multiplies) against the float64 reference, per output and per gradient."""
     rounded = [round_tf32(a).double() if isinstance(a, torch.Tensor) else a for a in args]
-    outs, grads = run(REFERENCE[op], rounded, [round_tf32(g).double() for g in grads_out])
+    outs, grads = run(REFERENCE[op], rounded, [round_tf32(g).double() for g in grads_out], wrt)
     return ([max_error(o, r) for o, r in zip(outs, ref_outs)],
             [max_error(g, r) for g, r in zip(grads, ref_grads)])
 
@@ -332,7 +342,8 @@ class Checked(NamedTuple):
     ref_args: list       # the arguments in float64
 
 
-def check(op, args, *, backend, dtype=None, tf32=False, context=None, grad_layout=None, exact=None):
+def check(op, args, *, backend, dtype=None, tf32=False, context=None, grad_layout=None, exact=None,
+          wrt=None):
     """uf.ops.<op>(*args, backend=backend), forward and the gradient of every tensor argument,
     against the float64 oracle with the tolerance of the dtype (module docstring).
 
@@ -342,6 +353,8 @@ def check(op, args, *, backend, dtype=None, tf32=False, context=None, grad_layou
     context: a function giving a context manager that our op runs in (default: `kernels(backend)`;
     the emulator's tests pass one with their thread order).
     grad_layout: the layout of the output gradients (default: each output's own format).
+    wrt: the positions of the arguments whose gradients are checked (default: every tensor's);
+    the others are constants, so their kernels do not run.
     Returns a Checked: our outputs and gradients, the oracle's, and the output gradients used."""
     if dtype is not None:
         args = [cast(a, dtype) for a in args]
@@ -355,18 +368,19 @@ def check(op, args, *, backend, dtype=None, tf32=False, context=None, grad_layou
         return grads64
 
     with allow_tf32(tf32), (context() if context is not None else kernels(backend)):
-        ours, ours_g = run(lambda *a: getattr(uf.ops, op)(*a, backend=op_backend(backend)), args, grads_out)
-    ref, ref_g = run(REFERENCE[op], ref_args, grads64)
+        ours, ours_g = run(lambda *a: getattr(uf.ops, op)(*a, backend=op_backend(backend)), args,
+                           grads_out, wrt)
+    ref, ref_g = run(REFERENCE[op], ref_args, grads64, wrt)
     lowp = [None] * len(ref), [None] * len(ref_g)
     if dtype in (torch.float16, torch.bfloat16) and not exact:
-        lowp = run(REFERENCE[op], args, grads64)
+        lowp = run(REFERENCE[op], args, grads64, wrt)
     tf32_err = [0.0] * len(ref), [0.0] * len(ref_g)
     if dtype == torch.float32 and tf32 and not exact:
-        tf32_err = tf32_errors(op, args, grads64, ref, ref_g)
+        tf32_err = tf32_errors(op, args, grads64, ref, ref_g, wrt)
 
     like = args[FORMAT_ARG.get(op, 0)]
     fmt = expected_format(like)
-    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
+    tensor_args = [args[i] for i in _differentiated(args, wrt)]
     for i, (o, r, t, e) in enumerate(zip(ours, ref, lowp[0], tf32_err[0])):
         what = f"{op} [{backend}, {dtype}] output {i}"
         assert o.dtype == dtype, f"{what}: dtype {o.dtype}"
