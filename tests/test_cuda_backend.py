@@ -220,11 +220,11 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
 
 @pytest.mark.parametrize("relu_input", [False, True])
 @pytest.mark.parametrize("with_skip", [False, True], ids=["conv_transpose2x2", "up_concat"])
-def test_cutlass_path_up_conv_takes_its_dx_from_the_unit(with_skip, relu_input, monkeypatch):
+def test_cutlass_path_up_conv_takes_its_gradients_from_the_units(with_skip, relu_input, monkeypatch):
     """conv_transpose2x2 / up_concat on the CUTLASS path (cuda_ops._UpConvSm90): dx from the
-    up-conv's dgrad unit (masked by (x > 0) there when relu_input, read from the concat
-    gradient's upper channels in place), the weight and bias gradients and the skip's from the
-    hand-written kernels and views. The unit stood in for by float64 PyTorch on the CPU
+    up-conv's dgrad unit (masked by (x > 0) there when relu_input), the weight and bias gradients
+    from its wgrad unit, both reading the concat gradient's upper channels in place; the skip's
+    gradient a view. The units stood in for by float64 PyTorch on the CPU
     (cutlass_sm90.wanted_up forced); gradients against autograd's."""
     from unet_fast.backends import cuda_ops, cutlass_sm90
     calls = []
@@ -232,11 +232,21 @@ def test_cutlass_path_up_conv_takes_its_dx_from_the_unit(with_skip, relu_input, 
     class Units(_CutlassUnits):
         @staticmethod
         def _conv_transpose2x2_dgrad_sm90(g, x, w, relu_input_):
-            calls.append((tuple(g.shape), g.is_contiguous(memory_format=torch.channels_last)))
+            calls.append(("dgrad", tuple(g.shape),
+                          g.is_contiguous(memory_format=torch.channels_last)))
             xr = x.detach().requires_grad_()
             with torch.enable_grad():
                 (dx,) = torch.autograd.grad(F.conv_transpose2d(xr, w, stride=2), xr, g)
             return dx * (x > 0) if relu_input_ else dx
+
+        @staticmethod
+        def _conv_transpose2x2_wgrad_sm90(g, x, w, output_mask):
+            calls.append(("wgrad", tuple(g.shape),
+                          g.is_contiguous(memory_format=torch.channels_last), list(output_mask)))
+            wr = w.detach().requires_grad_()
+            with torch.enable_grad():
+                (dw,) = torch.autograd.grad(F.conv_transpose2d(x, wr, stride=2), wr, g)
+            return dw, g.sum((0, 2, 3))
 
     monkeypatch.setattr(cuda_ops, "_ops", Units())
     monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w: True)
@@ -252,7 +262,8 @@ def test_cutlass_path_up_conv_takes_its_dx_from_the_unit(with_skip, relu_input, 
            else cuda_ops.conv_transpose2x2(x, w, b, relu_input))
     g = torch.randn_like(out)
     ours = torch.autograd.grad(out, inputs, g)
-    assert calls == [((2, 4, 10, 12), not with_skip)]   # (a channel slice of the concat's: not dense)
+    dense = not with_skip   # (a channel slice of the concat's is not)
+    assert calls == [("dgrad", (2, 4, 10, 12), dense), ("wgrad", (2, 4, 10, 12), dense, [True, True])]
     xm = torch.relu(x) + (x.detach() - torch.relu(x).detach()) if relu_input else x
     ref_up = F.conv_transpose2d(xm, w, b, stride=2)
     ref = torch.cat([center_crop(skip, 10, 12), ref_up], 1) if with_skip else ref_up

@@ -117,25 +117,66 @@ def unet_up_problems(padding: str, size: int):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding,size", NETWORKS)
-def test_can_implement_every_unet_up_convolution_dgrad(padding, size, dtype):
-    """The up-conv's dgrad unit (a strided 2x2 forward convolution of the output gradient) takes
-    every transposed convolution of both U-Nets, batch 1 to 16."""
+@pytest.mark.parametrize("unit", ["up_dgrad", "up_wgrad"])
+def test_can_implement_every_unet_up_convolution(unit, padding, size, dtype):
+    """The up-conv's units take every transposed convolution of both U-Nets, batch 1 to 16: the
+    dgrad (a strided 2x2 forward convolution of the output gradient) and the wgrad (that
+    convolution's wgrad on the 3x3 wgrad's kernels, with its split-K count)."""
     check = _check_op()
     probs = unet_up_problems(padding, size)
     assert len(probs) == 4 and all(k * 2 == c for c, k, _, _ in probs), probs
     refused = [f"n={n} {c}->{k} {h}x{w}: {why}" for c, k, h, w in probs for n in range(1, 17)
-               if (why := check("up_dgrad", [n, h, w, c, k, 0], dtype))]
+               if (why := check(unit, [n, h, w, c, k, 0], dtype))]
     assert not refused, "\n".join(refused)
 
 
-@pytest.mark.parametrize("shape,expected", [
-    ([2, 16, 16, 128, 96, 0], "multiples of 64"),
-    ([0, 16, 16, 128, 64, 0], "positive"),
-    ([64, 1024, 1024, 1024, 512, 0], "32-bit"),
+@pytest.mark.parametrize("unit,shape,expected", [
+    ("up_dgrad", [2, 16, 16, 128, 96, 0], "multiples of 64"),
+    ("up_dgrad", [0, 16, 16, 128, 64, 0], "positive"),
+    ("up_dgrad", [64, 1024, 1024, 1024, 512, 0], "32-bit"),
+    ("up_wgrad", [2, 16, 16, 128, 96, 0], "output channels k a multiple of 64"),
+    ("up_wgrad", [2, 16, 16, 96, 128, 0], "input channels c a multiple of 64"),
+    ("up_wgrad", [0, 16, 16, 128, 64, 0], "positive"),
+    ("up_wgrad", [64, 1024, 1024, 1024, 512, 0], "32-bit"),
 ])
-def test_up_dgrad_refusals_say_why(shape, expected):
-    why = _check_op()("up_dgrad", shape)
+def test_up_refusals_say_why(unit, shape, expected):
+    why = _check_op()(unit, shape)
     assert expected in why, why
+
+
+def test_up_wgrad_runs_on_the_wgrad_instantiations_with_a_split():
+    """up_wgrad (M = c, N = 4k: an N tile holds one tap's channels) runs the 3x3 wgrad's 128x128
+    kernel where k is a multiple of 128, else its 128x64 one; the first-run problems reach both,
+    and the first is split in two (so the check runs the split-K path). Every up-conv of both
+    networks, batch 1-16, is split by the Triton backend's rule (as the 3x3 wgrad's, below) on
+    the tiles that run: c / 128 x 4k / (128 or 64), N tiles rounded to the 1x2 cluster."""
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    config_for = torch.ops.unet_fast._cutlass_sm90_config_for
+    splits = torch.ops.unet_fast._cutlass_sm90_wgrad_splits
+    for dtype in DTYPES:
+        assert config_for("up_wgrad", [2, 8, 8, 256, 128, 0], dtype).startswith(
+            f"wgrad {dtype}: tile 128x128x64")
+        assert config_for("up_wgrad", [2, 8, 8, 128, 64, 0], dtype).startswith(
+            f"wgrad {dtype}: tile 128x64x64")
+    got = [splits([n, h, w, c, k, 0], 132, "up_wgrad")
+           for n, h, w, c, k in cutlass_sm90.UP_SELF_CHECK_SHAPES]
+    assert got == [2, 1], got
+    from unet_fast.backends.triton_backend import utils as triton_utils
+    differ, seen = [], set()
+    for padding, size in NETWORKS:
+        for c, k, h, w in unet_up_problems(padding, size):
+            tiles = -(-c // 128) * (-(-(4 * k // (128 if k % 128 == 0 else 64)) // 2) * 2)
+            for n in range(1, 17):
+                want = triton_utils.wgrad_split(tiles, -(-n * h * w // 64), 132, max_split=64)
+                got = splits([n, h, w, c, k, 0], 132, "up_wgrad")
+                seen.add(got)
+                if got != want:
+                    differ.append(f"n={n} {c}->{k} {h}x{w}: {got} != {want}")
+    assert not differ, "\n".join(differ[:20])
+    assert len(seen) > 3, seen   # (1, 4, 16, 32, 33: the rule is exercised)
+    with pytest.raises(RuntimeError, match="'wgrad' or 'up_wgrad'"):
+        splits([1, 8, 8, 64, 64, 0], 132, "up_dgrad")
 
 
 def test_up_dgrad_first_run_problems_are_accepted_and_name_the_unit():
@@ -318,6 +359,19 @@ def test_gpu_wgrad_is_deterministic():
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
+def _up_operands(n, h, w, c, k, dtype, grad_layout):
+    """An up-conv's x (NCHW), weight (channels_last, as the model's) and output gradient: dense,
+    the upper channel slice of a concat's (read in place), or NCHW."""
+    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype)
+    wt = (torch.randn(c, k, 2, 2, device="cuda") * (4 * k) ** -0.5).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    cat = torch.randn(n, 2 * k, 2 * h, 2 * w, device="cuda", dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    gy = {"channels_last": cat[:, k:].contiguous(memory_format=torch.channels_last),
+          "concat_slice": cat[:, k:], "nchw": cat[:, k:].contiguous()}[grad_layout]
+    return x, wt, gy
+
+
 @requires_sm90
 @pytest.mark.parametrize("n,h,w,c,k", [(1, 7, 9, 128, 64), (2, 13, 11, 256, 128), (3, 28, 28, 128, 64)])
 @pytest.mark.parametrize("relu_input", [False, True])
@@ -329,13 +383,8 @@ def test_gpu_parity_up_conv_dgrad(n, h, w, c, k, relu_input, grad_layout, dtype)
     in place), or NCHW (made NHWC first); and through the cuda backend's up_concat."""
     from unet_fast.backends import cutlass_sm90
     _check_op()
-    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
-    wt = (torch.randn(c, k, 2, 2, device="cuda") * (4 * k) ** -0.5).to(dtype).contiguous(
-        memory_format=torch.channels_last)
-    cat = torch.randn(n, 2 * k, 2 * h, 2 * w, device="cuda", dtype=dtype).contiguous(
-        memory_format=torch.channels_last)
-    gy = {"channels_last": cat[:, k:].contiguous(memory_format=torch.channels_last),
-          "concat_slice": cat[:, k:], "nchw": cat[:, k:].contiguous()}[grad_layout]
+    x, wt, gy = _up_operands(n, h, w, c, k, dtype, grad_layout)
+    x = x.contiguous(memory_format=torch.channels_last)
     dx = torch.ops.unet_fast._conv_transpose2x2_dgrad_sm90(gy, x, wt, relu_input)
     assert dx.dtype == dtype and dx.shape == x.shape
     i = 0 if relu_input else 1
@@ -344,12 +393,36 @@ def test_gpu_parity_up_conv_dgrad(n, h, w, c, k, relu_input, grad_layout, dtype)
 
 
 @requires_sm90
+@pytest.mark.parametrize("n,h,w,c,k", [(1, 7, 9, 128, 64), (2, 13, 11, 256, 128), (4, 40, 36, 128, 64),
+                                       (3, 28, 28, 256, 192)])
+@pytest.mark.parametrize("grad_layout", ["channels_last", "concat_slice", "nchw"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_parity_up_conv_wgrad(n, h, w, c, k, grad_layout, dtype):
+    """The up-conv's wgrad (the 3x3 wgrad's kernels on the strided 2x2 problem) against the float64
+    transposed convolution's weight and bias gradients: its 128x64 (k = 64, 192) and 128x128
+    (k = 128) instantiations, unsplit and split (5760 pixels of x: 90 K steps), the output
+    gradient dense, the concat's channel slice (read in place) or NCHW; x NCHW (made dense NHWC
+    for the unit); and bit-identical over repeated runs (a fixed split order)."""
+    from unet_fast.backends import cutlass_sm90
+    _check_op()
+    x, wt, gy = _up_operands(n, h, w, c, k, dtype, grad_layout)
+    dw, db = torch.ops.unet_fast._conv_transpose2x2_wgrad_sm90(gy, x, wt, [True, True])
+    assert dw.dtype == db.dtype == dtype and dw.shape == wt.shape and db.shape == (k,)
+    for name, ours, r, own in zip(("dweight", "dbias"), (dw, db),
+                                  cutlass_sm90.reference_up_wgrad(x, wt, gy, torch.float64),
+                                  cutlass_sm90.reference_up_wgrad(x, wt, gy, dtype)):
+        _within_tolerance(name, ours, r, own)
+    again = torch.ops.unet_fast._conv_transpose2x2_wgrad_sm90(gy, x, wt, [True, False])[0]
+    assert torch.equal(again, dw)
+
+
+@requires_sm90
 def test_gpu_up_dgrad_first_run_check_passes_and_up_concat_uses_it():
     from unet_fast.backends import cutlass_sm90
     _check_op()
     cutlass_sm90.reset()
     for dtype in (torch.bfloat16, torch.float16):
-        assert cutlass_sm90.verdict(("up_dgrad",), torch.device("cuda"), dtype) is None
+        assert cutlass_sm90.verdict(cutlass_sm90.UP_UNITS, torch.device("cuda"), dtype) is None
     x = torch.randn(2, 128, 14, 14, device="cuda", dtype=torch.bfloat16).relu().contiguous(
         memory_format=torch.channels_last).requires_grad_()
     up = torch.nn.ConvTranspose2d(128, 64, 2, stride=2).cuda().to(torch.bfloat16).to(

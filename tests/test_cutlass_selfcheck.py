@@ -18,9 +18,11 @@ CPU = torch.device("cpu")
 
 def correct(unit):
     """A stand-in unit computing exactly what the real one must: PyTorch in the inputs' dtype."""
-    if unit == "up_dgrad":
+    if unit in cutlass_sm90.UP_UNITS:
+        ref = cutlass_sm90.reference_up if unit == "up_dgrad" else cutlass_sm90.reference_up_wgrad
+
         def run_up(x, w, gy):
-            return tuple(t.detach() for t in cutlass_sm90.reference_up(x, w, gy, x.dtype))
+            return tuple(t.detach() for t in ref(x, w, gy, x.dtype))
         return run_up
 
     def run(x, w, b, gy, y, pad):
@@ -151,7 +153,7 @@ def test_verdicts_are_kept_and_a_failure_warns_once():
     assert len(calls) == len(cutlass_sm90.SELF_CHECK_SHAPES)  # checked once per device
 
 
-# ---------------------------------------------------------------- the up-conv's dgrad unit
+# ---------------------------------------------------------------- the up-conv's units
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_the_up_dgrad_unit_is_checked_like_the_others(dtype):
     """up_dgrad (the transposed convolution's dx as a strided 2x2 forward convolution, masked by
@@ -175,12 +177,38 @@ def test_the_up_dgrad_unit_is_checked_like_the_others(dtype):
     assert "off by up to" in check("up_dgrad", CPU, taps_transposed, dtype=dtype)
 
 
-def test_the_up_dgrad_problems_cross_the_tiles():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_the_up_wgrad_unit_is_checked_like_the_others(dtype):
+    """up_wgrad (the transposed convolution's weight and bias gradients, the wgrad of the strided
+    2x2 convolution): a correct stand-in passes in both dtypes; one element off in either output,
+    the taps read transposed (a wrong (c, 2, 2, k) layout) or one image's pixels left out of the
+    sum (a lost split-K slice) fail with the numbers and the problem named."""
+    check = cutlass_sm90.check_unit
+    assert check("up_wgrad", CPU, correct("up_wgrad"), dtype=dtype) is None
+    for which in (0, 1):
+        why = check("up_wgrad", CPU, off_by("up_wgrad", 0.05, which), dtype=dtype)
+        assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_wgrad"][which] in why, why
+        assert "transposed convolution" in why and "off by up to" in why, why
+
+    def taps_transposed(x, w, gy):
+        dw, db = correct("up_wgrad")(x, w, gy)
+        return dw.transpose(2, 3), db
+    assert "dweight" in check("up_wgrad", CPU, taps_transposed, dtype=dtype)
+
+    def one_image_lost(x, w, gy):
+        return correct("up_wgrad")(x[:1], w, gy[:1])
+    assert "off by up to" in check("up_wgrad", CPU, one_image_lost, dtype=dtype)
+
+
+def test_the_up_problems_cross_the_tiles():
     """UP_SELF_CHECK_SHAPES: more pixels than one 128-row M tile, one and two 128-wide N tiles
-    (c), 64 and 128 output channels (4 and 8 K steps)."""
+    (c), 64 and 128 output channels (4 and 8 K steps); for up_wgrad (M = c, N = 4k) both its
+    instantiations (k = 64: 128x64, k = 128: 128x128) and more than 16 K steps of 64 pixels in
+    one problem (a split; the extension's own count: test_cutlass.py)."""
     shapes = cutlass_sm90.UP_SELF_CHECK_SHAPES
     assert all(n * h * w > 128 for n, h, w, c, k in shapes)
     assert {c // 128 for *_, c, k in shapes} == {1, 2} and {k for *_, k in shapes} == {64, 128}
+    assert max(n * h * w for n, h, w, c, k in shapes) > 16 * 64
 
 
 def _extension_on_cpu():
@@ -243,7 +271,7 @@ def test_the_backward_units_are_checked_when_gradients_are_wanted(cutlass_wanted
 
 @pytest.fixture
 def cutlass_up_wanted_on_cpu(monkeypatch):
-    """As cutlass_wanted_on_cpu, for the up-conv's dgrad unit."""
+    """As cutlass_wanted_on_cpu, for the up-conv's units."""
     _extension_on_cpu()
     monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w: x.dtype == torch.bfloat16)
 
@@ -269,6 +297,20 @@ def test_the_up_dgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wante
     assert "transposed convolution" in why and "off by up to" in why
     assert _dispatch.why_not("up_concat", "cuda", (skip, x, w, b, True)) == why
     with pytest.raises(uf.BackendUnavailable, match="up_dgrad"):
+        uf.ops.conv_transpose2x2(x, w, b, backend="cuda")
+
+
+def test_the_up_wgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wanted_on_cpu):
+    """With a passing up_dgrad, a failing up_wgrad keeps the up-conv off the units in the same
+    way, named in the message."""
+    cutlass_sm90._runners["up_dgrad"] = correct("up_dgrad")
+    cutlass_sm90._runners["up_wgrad"] = off_by("up_wgrad", 0.5, which=1)
+    x, w, b = _up_args()
+    w.requires_grad_()
+    with pytest.warns(RuntimeWarning, match="up_wgrad kernel failed its first-run check"):
+        why = _dispatch.why_not("conv_transpose2x2", "cuda", (x, w, b, True))
+    assert "dbias" in why and "off by up to" in why
+    with pytest.raises(uf.BackendUnavailable, match="up_wgrad"):
         uf.ops.conv_transpose2x2(x, w, b, backend="cuda")
 
 

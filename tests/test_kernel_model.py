@@ -185,7 +185,8 @@ def test_extension_cutlass_mainloops(extension):
 def test_extension_covers_every_unit_convolution(extension):
     """Every 3x3 convolution of both networks in all three passes, but the first layer (1 or 3
     input channels), which the units refuse and the hand-written kernels run; and every
-    transposed convolution's input gradient."""
+    transposed convolution's input and weight gradients (the latter on a 3x3 wgrad unit, with
+    the up-conv's GEMM: M = c, N = 4k, K = n*h*w)."""
     km, ext = extension
     from unet_fast.reference import conv3x3_problems, up_problems
     for cfg in km.MODELS.values():
@@ -195,7 +196,11 @@ def test_extension_covers_every_unit_convolution(extension):
         got = {(r["layer"], r["pass_"]) for r in rows}
         assert len(ups) == 4 and got == {(probs[0].name, "all")} | {
             (p.name, conv_pass) for p in probs[1:] for conv_pass in ("fprop", "dgrad", "wgrad")} | {
-            (p.name, "up_dgrad") for p in ups}
+            (p.name, up_pass) for p in ups for up_pass in ("up_dgrad", "up_wgrad")}
+        for p in ups:
+            (r,) = [r for r in rows if r["layer"] == p.name and r["pass_"] == "up_wgrad"]
+            assert r["gemm"] == [p.c_in, 4 * p.c_out, cfg.batch * p.h * p.w], r
+            assert "conv3x3 wgrad split-K" in r["name"], r
         assert "refused" in rows[0]["config"] and "multiples of 64" in rows[0]["config"]
         for r in rows[1:]:
             assert 0 < r["predicted_fraction_of_peak"] <= 1, r

@@ -1091,6 +1091,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
 _UNIT_CONFIG = re.compile(r"(\w+) (bf16|f16): tile (\d+)x(\d+)x(\d+), cluster (\d+)x(\d+)x(\d+), "
                           r"(\d+) stages, (\d+) threads, (\d+) B shared memory")
 _UNIT_PASSES = ("fprop", "dgrad", "wgrad")
+_UP_PASSES = ("up_dgrad", "up_wgrad")   # the transposed convolutions' backward
 
 
 def _tools_module(name):
@@ -1230,22 +1231,27 @@ def read_extension(m: Machine = H200) -> dict:
     return dict(status=status, so=so, configs=texts, units=units, hand_written=hand, rows=[])
 
 
-def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
+def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine, pass_: str = None) -> dict:
     """The model's figures for one unit on one convolution (see the module docstring; one CTA per
-    SM: the pipeline's shared memory). The up-conv's dgrad: prob is its (name, c, k, h, w, 0),
-    x (n, h, w, c) -> k, the GEMM M = n*h*w, N = c, K = 4k."""
+    SM: the pipeline's shared memory). The up-conv's units: prob is its (name, c, k, h, w, 0),
+    x (n, h, w, c) -> k; the dgrad's GEMM M = n*h*w, N = c, K = 4k; the wgrad's (`pass_`
+    "up_wgrad": the 3x3 wgrad unit `u` on another problem) M = c, N = 4k, K = n*h*w."""
     import torch
+    pass_ = pass_ or u["pass_"]
     n, (name, c, k, h, w, pad) = cfg.batch, prob
     p, q = h + 2 * pad - 2, w + 2 * pad - 2
     M, N, K = {"fprop": (n * p * q, k, 9 * c), "dgrad": (n * h * w, c, 9 * k),
-               "wgrad": (k, 9 * c, n * p * q), "up_dgrad": (n * h * w, c, 4 * k)}[u["pass_"]]
+               "wgrad": (k, 9 * c, n * p * q), "up_dgrad": (n * h * w, c, 4 * k),
+               "up_wgrad": (c, 4 * k, n * h * w)}[pass_]
     (bm, bn, bk), (cm, cn, _) = u["tile"], u["cluster"]
     m_tiles = -(-math.ceil(M / bm) // cm) * cm  # the grid is whole clusters
     n_tiles = -(-math.ceil(N / bn) // cn) * cn
     steps = math.ceil(K / bk)
-    # the wgrad's split-K count from the unit's own host code (conv3x3_wgrad_splits)
-    splits = (int(torch.ops.unet_fast._cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], m.sms))
-              if u["pass_"] == "wgrad" else 1)
+    # the wgrad's split-K count from the unit's own host code (conv3x3_wgrad_splits,
+    # up2x2_wgrad_splits)
+    splits = (int(torch.ops.unet_fast._cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], m.sms,
+                                                                  pass_))
+              if pass_ in ("wgrad", "up_wgrad") else 1)
     steps = math.ceil(steps / splits)  # the busiest slice
     ctas = m_tiles * n_tiles * splits
     waves = math.ceil(ctas / m.sms)
@@ -1258,11 +1264,14 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
     # where the model passes relu_input=False (the up blocks' first conv: a concat; model.py);
     # the wgrad writes fp32 partial sums per slice
     x, y, wt = n * h * w * c, n * p * q * k, 9 * c * k
+    if pass_.startswith("up_"):   # g (n, 2h, 2w, k) and the (c, k, 2, 2) weight
+        y, wt = 4 * n * h * w * k, 4 * c * k
     masked = not name.endswith("conv.0")
     dram = {"fprop": 2 * (x + wt + y), "dgrad": 2 * (y + wt + x * (2 if masked else 1)),
             "wgrad": 2 * (x + y) + 4 * splits * wt,
-            # g (n, 2h, 2w, k), the weight, the mask x (the up-conv's input: a ReLU output), dx
-            "up_dgrad": 2 * (4 * n * h * w * k + 4 * c * k + 2 * x)}[u["pass_"]]
+            # g, the weight, the mask x (the up-conv's input: a ReLU output), dx
+            "up_dgrad": 2 * (y + wt + 2 * x),
+            "up_wgrad": 2 * (x + y) + 4 * splits * wt}[pass_]
     dram_s = dram / m.dram_bw
     t = max(compute_s, dram_s)
     if dram_s > compute_s:
@@ -1271,7 +1280,7 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine) -> dict:
     # the caller sums a split wgrad's fp32 slices (partial.sum(0), an aten kernel after the unit):
     # its bytes at the DRAM roofline and one more launch gap, counted in this row
     sum_s = (4 * (splits + 1) * wt / m.dram_bw + m.launch_gap_s) if splits > 1 else 0.0
-    return dict(model=cfg.name, name=u["name"], pass_=u["pass_"], layer=name,
+    return dict(model=cfg.name, name=u["name"], pass_=pass_, layer=name,
                 config=f"{bm}x{bn}x{bk} c{cm}x{cn}" + (f" split {splits}" if splits > 1 else ""),
                 gemm=[M, N, K], ctas=ctas, waves=waves, k_steps=steps,
                 instructions_per_iter=u["consumer_instructions_per_iter"],
@@ -1307,20 +1316,21 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
             continue
         rows += [_unit_row(units[config_for(p, shape)], prob, cfg, m) for p in _UNIT_PASSES
                  if not refused[p]]
-    # the decoder's transposed convolutions: their input gradient (the up-conv's dgrad unit);
-    # a problem is (name, c_in, c_out, h, w, pad 0) of the up-conv's input, as _unit_row reads it
+    # the decoder's transposed convolutions: their gradients (the up-conv's units; the wgrad's
+    # runs a 3x3 wgrad kernel); a problem is (name, c_in, c_out, h, w, pad 0) of the up-conv's
+    # input, as _unit_row reads it
     for prob in up_problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels, cfg.depth):
         shape = [cfg.batch, prob.h, prob.w, prob.c_in, prob.c_out, 0]
-        why = check("up_dgrad", shape) or (
-            "" if config_for("up_dgrad", shape) in units else "no unit read")
-        if why:
-            rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_="up_dgrad",
-                             layer=prob.name, config="refused: " + why,
-                             instructions_per_iter=None, tensor_cycles_per_iter=None,
-                             issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
-                             bound="-"))
-        else:
-            rows.append(_unit_row(units[config_for("up_dgrad", shape)], prob, cfg, m))
+        for p in _UP_PASSES:
+            why = check(p, shape) or ("" if config_for(p, shape) in units else "no unit read")
+            if why:
+                rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_=p,
+                                 layer=prob.name, config="refused: " + why,
+                                 instructions_per_iter=None, tensor_cycles_per_iter=None,
+                                 issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
+                                 bound="-"))
+            else:
+                rows.append(_unit_row(units[config_for(p, shape)], prob, cfg, m, pass_=p))
     return rows
 
 
@@ -1352,7 +1362,8 @@ def _units_markdown(ext: dict, m: Machine) -> list:
     lines = [
         f"Read from `{ext['so']}` (`cuobjdump -sass`, through tools/sass_report.py).",
         "`backend=\"cuda\"` on sm_90 runs these units for every bf16 and fp16 3x3 convolution they",
-        "accept, and for the transposed convolutions' input gradient (up_dgrad)",
+        "accept, and for the transposed convolutions' input and weight gradients (up_dgrad; up_wgrad,",
+        "which runs the 3x3 wgrad's kernels on the up-conv's problem)",
         "(one set of instantiations per element type; the per-layer tables below are the",
         "bf16 step's); tile, cluster, stages, threads and shared memory are the units' own config strings",
         "(`_cutlass_sm90_configs`), what they accept their own check (`_cutlass_sm90_check`). Per K",
@@ -1386,7 +1397,8 @@ def _units_markdown(ext: dict, m: Machine) -> list:
         "Per layer and pass: GEMM fprop M=n*p*q, N=k, K=9c; dgrad M=n*h*w, N=c, K=9k; wgrad M=k, N=9c,",
         "K=n*p*q split over S slices as `conv3x3_wgrad_splits` picks them; up_dgrad (the 2x2",
         "transposed convolution x (n, h, w, c) -> k's input gradient, a strided 2x2 fprop of its",
-        "output gradient) M=n*h*w, N=c, K=4k. CTAs: the tiles, in",
+        "output gradient) M=n*h*w, N=c, K=4k; up_wgrad (that convolution's wgrad) M=c, N=4k, K=n*h*w",
+        "split as `up2x2_wgrad_splits` picks it. CTAs: the tiles, in",
         "whole clusters (assumed to fill all SMs), one per SM, in waves; a CTA takes K steps x",
         "max(tensor, issue, L2) + the code outside both loops issued once (conservative: both roles'",
         f"code, the wait retries) + {m.fill_latency_clk} cycles of fill; never faster than its unique DRAM",
@@ -1405,7 +1417,7 @@ def _units_markdown(ext: dict, m: Machine) -> list:
         total = sum(by_pass.values())
         lines += [f"### {model}: CUTLASS units, per layer and pass", "",
                   f"- {len(done)} unit launches, predicted {_fmt_ms(total)} ms (+gaps): "
-                  + ", ".join(f"{p} {_fmt_ms(by_pass[p])}" for p in _UNIT_PASSES + ("up_dgrad",)
+                  + ", ".join(f"{p} {_fmt_ms(by_pass[p])}" for p in _UNIT_PASSES + _UP_PASSES
                               if p in by_pass)
                   + f"; their FLOPs at the peak {_fmt_ms(flops / m.peak_flops)} ms "
                   f"({100 * flops / m.peak_flops / total:.0f}%).", "",

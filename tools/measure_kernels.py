@@ -313,9 +313,11 @@ def measure_model(cfg: km.ModelConfig, model_rows: list, gap_ms: float, device="
 # device kernel to the op that launched it; a wrapper around the two ops records which layer
 # each call belongs to, in call order (which is the profiler's op order).
 _SM90_OPS = ("_conv3x3_relu_sm90", "_conv3x3_relu_sm90_backward")
-# ... and the up-conv's input gradient (conv_transpose2x2 / up_concat's backward on that path)
+# ... and the up-conv's input gradient and weight gradient (conv_transpose2x2 / up_concat's
+# backward on that path; the weight gradient's unit is the 3x3 wgrad's kernel)
 _SM90_UP_OP = "_conv_transpose2x2_dgrad_sm90"
-_SM90_ALL = _SM90_OPS + (_SM90_UP_OP,)
+_SM90_UP_WGRAD_OP = "_conv_transpose2x2_wgrad_sm90"
+_SM90_ALL = _SM90_OPS + (_SM90_UP_OP, _SM90_UP_WGRAD_OP)
 
 
 def cutlass_passes(calls: list, op_kernels: list) -> list:
@@ -334,6 +336,8 @@ def cutlass_passes(calls: list, op_kernels: list) -> list:
             names = ["fprop"] * len(units)
         elif op == _SM90_UP_OP:
             names = ["up_dgrad"] * len(units)
+        elif op == _SM90_UP_WGRAD_OP:
+            names = ["up_wgrad"] * len(units)
         else:
             wgrad = [i for i, (n, _) in enumerate(units) if "WgradUnit" in n]
             names = ["wgrad" if (i in wgrad if wgrad else i == len(units) - 1) else "dgrad"

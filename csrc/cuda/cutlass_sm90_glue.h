@@ -11,16 +11,20 @@
 //       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
 //   _conv_transpose2x2_dgrad_sm90(grad, x, weight, relu_input) -> dx    = conv_transpose2x2's dx
 //       (x, the up-conv's input: its shape and memory format, and with relu_input the mask)
+//   _conv_transpose2x2_wgrad_sm90(grad, x, weight, output_mask) -> (dweight, dbias)
+//       (output_mask: which of the two to compute; the other comes back empty)
 //   _cutlass_sm90_check(pass, [n, h, w, c, k, pad], dtype="bf16"|"f16") -> ""  or why not
-//                                                   (host code only, no GPU; pass "up_dgrad":
-//                                                   the up-conv x (n, h, w, c) -> k, pad 0)
+//                                                   (host code only, no GPU; pass "up_dgrad",
+//                                                   "up_wgrad": the up-conv x (n, h, w, c) -> k,
+//                                                   pad 0)
 //   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad, fprop 256x64, dgrad 256x64, wgrad 128x128,
 //                               wgrad 64x64] in bf16, then the same seven in fp16, then the
 //                               up-conv's dgrad in bf16 and fp16
 //                                                   (what each instantiation was built as)
 //   _cutlass_sm90_config_for(pass, [n, h, w, c, k, pad], dtype) -> the config of the one that
 //                                                   runs it
-//   _cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], sms) -> int       (the wgrad's split-K count)
+//   _cutlass_sm90_wgrad_splits([n, h, w, c, k, pad], sms, pass="wgrad"|"up_wgrad") -> int
+//                                                   (the wgrad's split-K count)
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -208,6 +212,51 @@ inline at::Tensor conv_transpose2x2_dgrad_sm90(const at::Tensor& grad_, const at
   return in_format_of(dx, x_);
 }
 
+// The up-conv's weight and bias gradients: dw from the wgrad unit (split-K, the slices summed in
+// a fixed order), (c, 2, 2, k) -> the parameter's (c, k, 2, 2), contiguous, as the hand-written
+// kernel gives it; db one fp32 reduction of g over the pixels. output_mask: [dweight, dbias].
+inline std::tuple<at::Tensor, at::Tensor> conv_transpose2x2_wgrad_sm90(const at::Tensor& grad_,
+                                                                       const at::Tensor& x_,
+                                                                       const at::Tensor& weight,
+                                                                       std::array<bool, 2> mask) {
+  check_pointwise(x_, weight, c10::nullopt, 2);
+  const sm90::Elem elem = elem_of(x_, "x");
+  check_grad(grad_, {x_.size(0), weight.size(1), 2 * x_.size(2), 2 * x_.size(3)}, x_);
+  c10::cuda::CUDAGuard guard(x_.device());
+  at::Tensor dw = at::empty({0}, x_.options()), db = at::empty({0}, x_.options());
+  if (mask[0]) {
+    // x is the GEMM's A operand, which CUTLASS's wgrad takes dense; g is read in place
+    const at::Tensor x = x_.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor g = nhwc_view(grad_);
+    sm90::UpWgradArgs a;
+    a.elem = elem;
+    a.n = static_cast<int>(x.size(0));
+    a.c = static_cast<int>(x.size(1));
+    a.h = static_cast<int>(x.size(2));
+    a.w = static_cast<int>(x.size(3));
+    a.k = static_cast<int>(weight.size(1));
+    a.splits = sm90::up2x2_wgrad_splits(a, num_sms());
+    at::Tensor partial = at::empty({a.splits, a.c, 2, 2, a.k}, x.options().dtype(at::kFloat));
+    a.g = nhwc(g);
+    a.x = nhwc(x);
+    a.partial = partial.data_ptr<float>();
+    char why[512];
+    check_status(sm90::up2x2_wgrad_run(a, c10::cuda::getCurrentCUDAStream(), why, sizeof why), why,
+                 "up-conv wgrad");
+    dw = partial.sum(0).permute({0, 3, 1, 2}).to(x.scalar_type(), false, false, at::MemoryFormat::Contiguous);
+  }
+  if (mask[1]) db = grad_.sum({0, 2, 3}, false, at::kFloat).to(x_.scalar_type());
+  return {dw, db};
+}
+
+constexpr const char* kPasses = "'fprop', 'dgrad', 'wgrad', 'up_dgrad', 'up_wgrad'";
+
+inline sm90::UpWgradArgs up_wgrad_args(const sm90::Conv3x3Shape& s, sm90::Elem elem) {
+  sm90::UpWgradArgs a;
+  a.elem = elem; a.n = s.n; a.h = s.h; a.w = s.w; a.c = s.c; a.k = s.k;
+  return a;
+}
+
 inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t> shape,
                                       c10::string_view dtype) {
   const sm90::Elem elem = elem_named(dtype);
@@ -245,15 +294,21 @@ inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t
     a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.dx = dense(s.n, s.h, s.w, s.c);
     a.mask = dense(s.n, s.h, s.w, s.c);
     r = sm90::up2x2_dgrad_check(a, why, sizeof why);
+  } else if (pass == "up_wgrad") {
+    sm90::UpWgradArgs a = up_wgrad_args(s, elem);
+    a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.x = dense(s.n, s.h, s.w, s.c);
+    a.splits = sm90::up2x2_wgrad_splits(a, 132);
+    r = sm90::up2x2_wgrad_check(a, why, sizeof why);
   } else {
-    TORCH_CHECK(false, "pass must be 'fprop', 'dgrad', 'wgrad' or 'up_dgrad', got '", std::string(pass), "'");
+    TORCH_CHECK(false, "pass must be one of ", kPasses, ", got '", std::string(pass), "'");
   }
   return r == sm90::kOk ? std::string() : std::string(why);
 }
 
 // The wgrad unit's split-K count for a shape on `sms` multiprocessors (host code only): what the
-// kernel model predicts with and what a test compares with the Triton backend's rule.
-inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms) {
+// kernel model predicts with and what a test compares with the Triton backend's rule. pass
+// "wgrad" (the 3x3 convolution's) or "up_wgrad" (the up-conv's, shape [n, h, w, c, k, 0]).
+inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms, c10::string_view pass) {
   TORCH_CHECK(shape.size() == 6, "shape must be [n, h, w, c, k, pad], got ", shape.size(), " values");
   for (int64_t v : shape)
     TORCH_CHECK(v >= 0 && v <= (int64_t(1) << 30), "shape values must be in [0, 2^30], got ", v);
@@ -261,6 +316,8 @@ inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms
   sm90::Conv3x3Shape s;
   s.n = int(shape[0]); s.h = int(shape[1]); s.w = int(shape[2]);
   s.c = int(shape[3]); s.k = int(shape[4]); s.pad = int(shape[5]);
+  if (pass == "up_wgrad") return sm90::up2x2_wgrad_splits(up_wgrad_args(s, sm90::Elem::kBf16), int(sms));
+  TORCH_CHECK(pass == "wgrad", "pass must be 'wgrad' or 'up_wgrad', got '", std::string(pass), "'");
   return sm90::conv3x3_wgrad_splits(s, int(sms));
 }
 
@@ -289,7 +346,8 @@ inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<in
   if (pass == "wgrad") return sm90::conv3x3_wgrad_config_for(s, elem);
   if (pass == "up_dgrad")
     return elem == sm90::Elem::kF16 ? sm90::up2x2_dgrad_f16_config() : sm90::up2x2_dgrad_bf16_config();
-  TORCH_CHECK(false, "pass must be 'fprop', 'dgrad', 'wgrad' or 'up_dgrad', got '", std::string(pass), "'");
+  if (pass == "up_wgrad") return sm90::up2x2_wgrad_config_for(up_wgrad_args(s, elem));
+  TORCH_CHECK(false, "pass must be one of ", kPasses, ", got '", std::string(pass), "'");
 }
 
 }  // namespace cutlass_glue

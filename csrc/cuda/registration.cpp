@@ -59,18 +59,23 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
         "bool[3] output_mask, bool relu_input, bool grad_masked) -> (Tensor, Tensor, Tensor)");
   // The decoder's up-conv dx (conv_transpose2x2, up_concat), times (x > 0) with relu_input.
   m.def("_conv_transpose2x2_dgrad_sm90(Tensor grad, Tensor x, Tensor weight, bool relu_input) -> Tensor");
+  // ... and its weight and bias gradients (output_mask: [weight, bias]).
+  m.def("_conv_transpose2x2_wgrad_sm90(Tensor grad, Tensor x, Tensor weight, bool[2] output_mask) "
+        "-> (Tensor, Tensor)");
   // Host-side checks of the units (CUTLASS's can_implement included): no tensors, no GPU.
   m.def("_cutlass_sm90_check(str pass_, int[] shape, str dtype=\"bf16\") -> str", &cutlass_glue::cutlass_sm90_check);
   m.def("_cutlass_sm90_configs() -> str[]", &cutlass_glue::cutlass_sm90_configs);
   m.def("_cutlass_sm90_config_for(str pass_, int[] shape, str dtype=\"bf16\") -> str",
         &cutlass_glue::cutlass_sm90_config_for);
-  m.def("_cutlass_sm90_wgrad_splits(int[] shape, int sms) -> int", &cutlass_glue::cutlass_sm90_wgrad_splits);
+  m.def("_cutlass_sm90_wgrad_splits(int[] shape, int sms, str pass_=\"wgrad\") -> int",
+        &cutlass_glue::cutlass_sm90_wgrad_splits);
 }
 
 TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("_conv3x3_relu_sm90", &cutlass_glue::conv3x3_relu_sm90);
   m.impl("_conv3x3_relu_sm90_backward", &cutlass_glue::conv3x3_relu_sm90_backward);
   m.impl("_conv_transpose2x2_dgrad_sm90", &cutlass_glue::conv_transpose2x2_dgrad_sm90);
+  m.impl("_conv_transpose2x2_wgrad_sm90", &cutlass_glue::conv_transpose2x2_wgrad_sm90);
 }
 #endif
 

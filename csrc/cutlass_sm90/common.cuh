@@ -126,6 +126,41 @@ cutlass::conv::ConvProblemShape<Op, 2> problem(const Conv3x3Shape& s, const Nhwc
             stride_xf, pad, pad, one, one, 1);
 }
 
+// The decoder's up-conv x (n, h, w, c) -> (n, 2h, 2w, k) as the strided 2x2 convolution whose
+// passes give its gradients: activation g (n, 2h, 2w, k), filter (c, 2, 2, k) dense (the weight's
+// channels_last order), output (n, h, w, c) (dgrad's dx / wgrad's x, strides `out`), no padding,
+// stride 2.
+inline int check_up_sizes(int n, int h, int w, int c, int k, char* why, int len) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || k <= 0)
+    return fail(why, len, kUnsupported, "sizes must be positive (n=%d h=%d w=%d c=%d k=%d)", n, h, w, c, k);
+  // GEMM extents and element offsets of dense tensors within int32 (CUTLASS's conv indexing)
+  const int64_t px = int64_t(n) * h * w;
+  if (4 * px * k > kInt32Max || px * c > kInt32Max)
+    return fail(why, len, kUnsupported,
+                "the problem is too large for 32-bit indices (n*2h*2w*k = %lld); split the batch",
+                static_cast<long long>(4 * px * k));
+  return kOk;
+}
+
+template <cutlass::conv::Operator Op>
+cutlass::conv::ConvProblemShape<Op, 2> up2x2_problem(int n, int h, int w, int c, int k, const Nhwc& g,
+                                                      const Nhwc& out) {
+  using PS = cutlass::conv::ConvProblemShape<Op, 2>;
+  typename PS::TensorExtent shape_act{}, shape_flt{};
+  typename PS::TensorStride stride_act{}, stride_flt{}, stride_out{};
+  shape_act[0] = n; shape_act[1] = 2 * h; shape_act[2] = 2 * w; shape_act[3] = k;
+  stride_act[0] = g.sn; stride_act[1] = g.sh; stride_act[2] = g.sw; stride_act[3] = 1;
+  shape_flt[0] = c; shape_flt[1] = 2; shape_flt[2] = 2; shape_flt[3] = k;
+  stride_flt[0] = 4 * int64_t(k); stride_flt[1] = 2 * int64_t(k); stride_flt[2] = k; stride_flt[3] = 1;
+  stride_out[0] = out.sn; stride_out[1] = out.sh; stride_out[2] = out.sw; stride_out[3] = 1;
+  typename PS::ShapePadding pad{};
+  typename PS::TraversalStride stride{}, dilation{};
+  stride[0] = stride[1] = 2;
+  dilation[0] = dilation[1] = 1;
+  return PS(cutlass::conv::Mode::kCrossCorrelation, shape_act, stride_act, shape_flt, stride_flt, stride_out,
+            pad, pad, stride, dilation, 1);
+}
+
 // Runs a ConvUniversalAdapter-style operator: can_implement, initialize (TMA descriptors), run.
 template <class Op>
 int run_adapter(const typename Op::Arguments& args, cudaStream_t stream, const char* what, char* why,

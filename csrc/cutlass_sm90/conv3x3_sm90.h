@@ -4,7 +4,7 @@
 // translation units (one instantiation each), compiled only for sm_90a.
 //
 // Every 3x3 pass is bf16 or fp16 NHWC (the args' `elem`) with fp32 accumulation, a 3x3 window,
-// stride 1 and padding 0 or 1 (and the up-conv's dgrad, below, a 2x2 window at stride 2):
+// stride 1 and padding 0 or 1 (and the up-conv's dgrad and wgrad, below, a 2x2 window at stride 2):
 //   fprop  y  = relu(conv(x, w) + bias)                          (bias and ReLU in the epilogue)
 //   dgrad  dx = conv_transpose(g, w) * (mask > 0)                 (mask: the layer input, a ReLU
 //                                                                 output; none: plain dx)
@@ -119,6 +119,35 @@ const char* up2x2_dgrad_bf16_config();
 int up2x2_dgrad_f16_check(const UpDgradArgs& a, char* why, int why_len);
 int up2x2_dgrad_f16_run(const UpDgradArgs& a, cudaStream_t stream, char* why, int why_len);
 const char* up2x2_dgrad_f16_config();
+
+// --------------------------------------------------------------------------- the up-conv's wgrad
+// The weight gradient of the same transposed convolution: the wgrad of that strided forward
+// convolution (activation g, output gradient x), run by the 3x3 wgrad's kernels and split-K:
+//   partial[s][c, i, j, k] = sum over the pixels (n, h, w) of slice s of x[n, h, w, c] * g[n, 2h + i, 2w + j, k]
+// (c, 2, 2, k) is the weight's channels_last order. The bias gradient is the caller's.
+// GEMM: M = c, N = 4*k (tap-major: an N tile is channels of one tap), K = n*h*w.
+struct UpWgradArgs {
+  Elem elem = Elem::kBf16;
+  int n = 0, h = 0, w = 0, c = 0, k = 0;  // as UpDgradArgs
+  Nhwc g;                    // (n, 2h, 2w, k): read in place (TMA im2col), also a concat channel slice
+  Nhwc x;                    // (n, h, w, c), dense NHWC (CUTLASS's wgrad takes this operand packed)
+  float* partial = nullptr;  // splits x (c, 2, 2, k) floats, 16-byte aligned
+  int splits = 1;
+};
+// The split-K count by conv3x3_wgrad_splits' rule, for the tiles this problem runs with.
+int up2x2_wgrad_splits(const UpWgradArgs& a, int num_sms);
+int up2x2_wgrad_check(const UpWgradArgs& a, char* why, int why_len);
+int up2x2_wgrad_run(const UpWgradArgs& a, cudaStream_t stream, char* why, int why_len);
+// the 3x3 wgrad instantiation it runs on: 128x128 tiles when k is a multiple of 128, else 128x64
+const char* up2x2_wgrad_config_for(const UpWgradArgs& a);
+#define UNET_FAST_SM90_UP_WGRAD(tag)                                                        \
+  int up2x2_wgrad_##tag##_check(const UpWgradArgs& a, char* why, int why_len);              \
+  int up2x2_wgrad_##tag##_run(const UpWgradArgs& a, cudaStream_t stream, char* why, int why_len);
+UNET_FAST_SM90_UP_WGRAD(bf16)
+UNET_FAST_SM90_UP_WGRAD(bf16_n128)
+UNET_FAST_SM90_UP_WGRAD(f16)
+UNET_FAST_SM90_UP_WGRAD(f16_n128)
+#undef UNET_FAST_SM90_UP_WGRAD
 
 // --------------------------------------------------------------------------- the instantiations
 // conv3x3_{fprop,dgrad,wgrad}_check/run choose the instantiation of the problem's element type

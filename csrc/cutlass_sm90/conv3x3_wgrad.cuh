@@ -6,6 +6,9 @@
 // 64-channel layers against 132 SMs), so every slice s of the pixels writes its own fp32
 // partial[s]; the caller adds them in a fixed order (deterministic, no atomics).
 // CUTLASS 4.2's sm90 conv kernels are non-persistent and have no split-K of their own.
+// The up-conv's weight gradient (UpWgradArgs) is the same GEMM shape, a wgrad of a 2x2 stride-2
+// convolution (activation g, output gradient x): the same kernels, another problem (check,
+// arguments and the split bound are overloaded on the argument type).
 // The unit as a template on its element type and tile, instantiated once per translation unit:
 // conv3x3_wgrad_{bf16,f16}.cu (128x64), conv3x3_wgrad_{bf16,f16}_n128.cu (128x128, for
 // c % 128 == 0) and conv3x3_wgrad_{bf16,f16}_m64.cu (64x64, for k = 64).
@@ -31,9 +34,38 @@ using namespace cute;
 // check_shape's int32 limit on n*p*q*k).
 constexpr int kWgradMaxSplits = 64;
 
-// K tiles of 64 output pixels.
+// K tiles of 64 output pixels (the up-conv's: of its input x's pixels).
 inline int64_t wgrad_k_tiles(const Conv3x3Shape& s) {
   return (int64_t(s.n) * s.p() * s.q() + 63) / 64;
+}
+inline int64_t wgrad_k_tiles(const UpWgradArgs& a) {
+  return (int64_t(a.n) * a.h * a.w + 63) / 64;
+}
+
+// The split-K count of a wgrad GEMM of m x n_cols outputs in tile_m x tile_n tiles over k_tiles K
+// steps (conv3x3_wgrad_splits gives the rule).
+inline int wgrad_split_count(int64_t m, int64_t n_cols, int64_t tile_m, int64_t tile_n, int64_t k_tiles,
+                             int num_sms) {
+  constexpr int64_t kFlopPerDramByte = 200;  // H200 790 TFLOP/s / 4.3 TB/s, H100 989 / 3.35
+  constexpr int64_t kStepPixels = 64;
+  const int64_t sms = num_sms > 0 ? num_sms : 132;
+  const int64_t m_tiles = (m + tile_m - 1) / tile_m;
+  const int64_t n_tiles = ((n_cols + tile_n - 1) / tile_n + 1) / 2 * 2;  // (whole 1x2 clusters)
+  const int64_t tiles = m_tiles * n_tiles;
+  int64_t most = (8 * sms + tiles - 1) / tiles;
+  if (most > kWgradMaxSplits) most = kWgradMaxSplits;
+  if (most > k_tiles / 8) most = k_tiles / 8;
+  int64_t best = 1, best_cost = -1;
+  for (int64_t sp = 1; sp <= most; ++sp) {
+    // the busiest SM's K steps
+    const int64_t busiest = (tiles * sp + sms - 1) / sms * ((k_tiles + sp - 1) / sp + 1);
+    const int64_t cost = busiest * kStepPixels * sms + (sp - 1) * tiles * 4 * kFlopPerDramByte;
+    if (best_cost < 0 || cost < best_cost) {
+      best = sp;
+      best_cost = cost;
+    }
+  }
+  return int(best);
 }
 
 template <class Element_, int kTileM, int kTileN>
@@ -170,13 +202,49 @@ static int check(WgradArgs& a, bool launch, char* why, int len) {
   if (int r = detail::check_nhwc(a.x, "x", s.n, s.h, s.w, s.c, launch, why, len)) return r;
   if (!detail::packed(a.g, s.p(), s.q(), s.k))
     return detail::fail(why, len, kUnsupported, "grad must be a dense NHWC tensor (CUTLASS's sm90 wgrad)");
-  if ((launch && a.partial == nullptr) || !detail::aligned16(a.partial))
+  return check_splits(a.splits, wgrad_k_tiles(s), a.partial, launch, why, len);
+}
+
+static int check_splits(int splits, int64_t k_tiles, float* partial, bool launch, char* why, int len) {
+  if ((launch && partial == nullptr) || !detail::aligned16(partial))
     return detail::fail(why, len, kUnsupported, "the partial sums need a 16-byte aligned fp32 buffer");
-  const int64_t most = wgrad_k_tiles(s) < kWgradMaxSplits ? wgrad_k_tiles(s) : kWgradMaxSplits;
-  if (a.splits < 1 || a.splits > most)
+  const int64_t most = k_tiles < kWgradMaxSplits ? k_tiles : kWgradMaxSplits;
+  if (splits < 1 || splits > most)
     return detail::fail(why, len, kUnsupported, "splits must be in [1, %lld] (K tiles of 64 pixels), got %d",
-                        static_cast<long long>(most), a.splits);
+                        static_cast<long long>(most), splits);
   return kOk;
+}
+
+static int check(UpWgradArgs& a, bool launch, char* why, int len) {
+  if (int r = detail::check_up_sizes(a.n, a.h, a.w, a.c, a.k, why, len)) return r;
+  if (a.c % detail::kChannelMultiple || a.k % kTileN)  // an N tile holds channels of one tap only
+    return detail::fail(why, len, kUnsupported,
+                        "the %dx%d up-conv wgrad tile needs input channels c a multiple of %d and "
+                        "output channels k a multiple of %d (got c=%d, k=%d)",
+                        kTileM, kTileN, detail::kChannelMultiple, kTileN, a.c, a.k);
+  if (int r = detail::check_nhwc(a.g, "grad", a.n, 2 * a.h, 2 * a.w, a.k, launch, why, len)) return r;
+  if (int r = detail::check_nhwc(a.x, "x", a.n, a.h, a.w, a.c, launch, why, len)) return r;
+  if (!detail::packed(a.x, a.h, a.w, a.c))
+    return detail::fail(why, len, kUnsupported, "x must be a dense NHWC tensor (CUTLASS's sm90 wgrad)");
+  return check_splits(a.splits, wgrad_k_tiles(a), a.partial, launch, why, len);
+}
+
+// The up-conv's strided 2x2 convolution (detail::up2x2_problem) as a wgrad problem: activation
+// g, output gradient x.
+static typename Base::Arguments arguments(const UpWgradArgs& a) {
+  const auto ps = detail::up2x2_problem<cutlass::conv::Operator::kWgrad>(a.n, a.h, a.w, a.c, a.k, a.g, a.x);
+  // partial[s] as (M, N, L) = (c, (k, j, i), split) in a dense (split, c, 2, 2, k) buffer
+  const int64_t k = a.k;
+  StridePartial dD{};
+  get<0>(dD) = 4 * k;
+  get<1, 1>(dD) = k;
+  get<1, 2>(dD) = 2 * k;
+  get<2>(dD) = int64_t(a.c) * 4 * k;
+  typename Epilogue::Arguments epi{};
+  epi.ptr_D = a.partial;
+  epi.dD = dD;
+  return typename Base::Arguments{
+      ps, {static_cast<const Element*>(a.x.ptr), static_cast<const Element*>(a.g.ptr)}, epi};
 }
 
 static typename Base::Arguments arguments(const WgradArgs& a) {
@@ -215,17 +283,19 @@ static int launch(const typename Base::Arguments& args, int splits, cudaStream_t
   return detail::ok(why, len);
 }
 
-// Host-only: our rules, then CUTLASS's can_implement.
-static int check_host(const WgradArgs& args, char* why, int len) {
-  WgradArgs a = args;
+// Host-only: our rules, then CUTLASS's can_implement (Args: WgradArgs or UpWgradArgs).
+template <class Args>
+static int check_host(const Args& args, char* why, int len) {
+  Args a = args;
   if (int r = check(a, false, why, len)) return r;
   if (Base::can_implement(arguments(a)) != true)
     return detail::fail(why, len, kUnsupported, "wgrad: CUTLASS's can_implement rejected the problem");
   return detail::ok(why, len);
 }
 
-static int run(const WgradArgs& args, cudaStream_t stream, char* why, int len) {
-  WgradArgs a = args;
+template <class Args>
+static int run(const Args& args, cudaStream_t stream, char* why, int len) {
+  Args a = args;
   if (int r = check(a, true, why, len)) return r;
   const auto cargs = arguments(a);
   if (!Base::can_implement(cargs))
@@ -238,3 +308,13 @@ static int run(const WgradArgs& args, cudaStream_t stream, char* why, int len) {
 }  // namespace
 }  // namespace sm90
 }  // namespace unet_fast
+
+// The up-conv wgrad's two functions of one instantiation (declared in conv3x3_sm90.h), in
+// namespace unet_fast::sm90: the 3x3 wgrad unit `Unit` on an UpWgradArgs problem.
+#define UNET_FAST_SM90_DEFINE_UP_WGRAD(tag, ...)                                                   \
+  int up2x2_wgrad_##tag##_check(const UpWgradArgs& a, char* why, int len) {                        \
+    return __VA_ARGS__::check_host(a, why, len);                                                   \
+  }                                                                                                \
+  int up2x2_wgrad_##tag##_run(const UpWgradArgs& a, cudaStream_t stream, char* why, int len) {     \
+    return __VA_ARGS__::run(a, stream, why, len);                                                  \
+  }

@@ -31,19 +31,11 @@ using Kernel = typename Types::Kernel;
 using Conv = typename Types::Conv;
 
 static int check(UpDgradArgs& a, bool launch, char* why, int len) {
-  if (a.n <= 0 || a.h <= 0 || a.w <= 0 || a.c <= 0 || a.k <= 0)
-    return detail::fail(why, len, kUnsupported, "sizes must be positive (n=%d h=%d w=%d c=%d k=%d)", a.n,
-                        a.h, a.w, a.c, a.k);
+  if (int r = detail::check_up_sizes(a.n, a.h, a.w, a.c, a.k, why, len)) return r;
   if (a.c % detail::kChannelMultiple || a.k % detail::kChannelMultiple)
     return detail::fail(why, len, kUnsupported,
                         "input and output channels must be multiples of %d (got c=%d, k=%d)",
                         detail::kChannelMultiple, a.c, a.k);
-  // GEMM extents and element offsets of dense tensors within int32 (CUTLASS's conv indexing)
-  const int64_t px = int64_t(a.n) * a.h * a.w;
-  if (4 * px * a.k > detail::kInt32Max || px * a.c > detail::kInt32Max)
-    return detail::fail(why, len, kUnsupported,
-                        "the problem is too large for 32-bit indices (n*2h*2w*k = %lld); split the batch",
-                        static_cast<long long>(4 * px * a.k));
   if (int r = detail::check_nhwc(a.g, "grad", a.n, 2 * a.h, 2 * a.w, a.k, launch, why, len)) return r;
   if (int r = detail::check_nhwc(a.dx, "grad_x", a.n, a.h, a.w, a.c, launch, why, len)) return r;
   if (a.mask.ptr != nullptr || !launch) {
@@ -57,31 +49,13 @@ static int check(UpDgradArgs& a, bool launch, char* why, int len) {
   return kOk;
 }
 
-// The convolution: activation g (n, 2h, 2w, k), filter (c, 2, 2, k), output dx (n, h, w, c),
-// no padding, stride 2.
-static ProblemShape problem(const UpDgradArgs& a) {
-  typename ProblemShape::TensorExtent shape_act{}, shape_flt{};
-  typename ProblemShape::TensorStride stride_act{}, stride_flt{}, stride_out{};
-  shape_act[0] = a.n; shape_act[1] = 2 * a.h; shape_act[2] = 2 * a.w; shape_act[3] = a.k;
-  stride_act[0] = a.g.sn; stride_act[1] = a.g.sh; stride_act[2] = a.g.sw; stride_act[3] = 1;
-  shape_flt[0] = a.c; shape_flt[1] = 2; shape_flt[2] = 2; shape_flt[3] = a.k;
-  stride_flt[0] = 4 * int64_t(a.k); stride_flt[1] = 2 * int64_t(a.k); stride_flt[2] = a.k; stride_flt[3] = 1;
-  stride_out[0] = a.dx.sn; stride_out[1] = a.dx.sh; stride_out[2] = a.dx.sw; stride_out[3] = 1;
-  typename ProblemShape::ShapePadding pad{};
-  typename ProblemShape::TraversalStride stride{}, dilation{};
-  stride[0] = stride[1] = 2;
-  dilation[0] = dilation[1] = 1;
-  return ProblemShape(cutlass::conv::Mode::kCrossCorrelation, shape_act, stride_act, shape_flt, stride_flt,
-                      stride_out, pad, pad, stride, dilation, 1);
-}
-
 static typename Conv::Arguments arguments(const UpDgradArgs& a) {
   using StrideD = typename Kernel::StrideD;  // ((w, h, n), c, batch)
   StrideD dD{};
   get<0>(dD) = make_stride(a.dx.sw, a.dx.sh, a.dx.sn);
   typename Epilogue::FusionCallbacks::Arguments fusion_args = MaskEpilogue<Element>::arguments(a.mask);
   return typename Conv::Arguments{
-      problem(a),
+      detail::up2x2_problem<cutlass::conv::Operator::kFprop>(a.n, a.h, a.w, a.c, a.k, a.g, a.dx),
       {static_cast<const Element*>(a.g.ptr), static_cast<const Element*>(a.weight)},
       {fusion_args, nullptr, {}, static_cast<Element*>(const_cast<void*>(a.dx.ptr)), dD}};
 }

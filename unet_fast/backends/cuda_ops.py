@@ -301,19 +301,24 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
                                 setup_context=_up_concat_setup)
 
 
-# ---------------------------------------------------------------- the up-conv's dx on CUTLASS sm_90a
+# ---------------------------------------------------------------- the up-conv's gradients on CUTLASS sm_90a
 if cutlass_sm90.built_up():
     @torch.library.register_fake("unet_fast::_conv_transpose2x2_dgrad_sm90")
     def _conv_transpose2x2_dgrad_sm90_fake(grad, x, weight, relu_input_):
         return x.new_empty(x.shape).contiguous(memory_format=_like_format(x))
 
+    @torch.library.register_fake("unet_fast::_conv_transpose2x2_wgrad_sm90")
+    def _conv_transpose2x2_wgrad_sm90_fake(grad, x, weight, output_mask):
+        dw = x.new_empty(weight.shape) if output_mask[0] else x.new_empty(0)
+        return dw, x.new_empty(weight.shape[1]) if output_mask[1] else x.new_empty(0)
+
 
 class _UpConvSm90(torch.autograd.Function):
-    """conv_transpose2x2(x, weight, bias), or up_concat with a skip, whose input gradient is the
-    CUTLASS unit's (`_conv_transpose2x2_dgrad_sm90`: masked by (x > 0) in its epilogue when
-    relu_input); the forward and the weight and bias gradients are the hand-written kernels'
-    (cutlass_sm90.wanted_up says when; the cuda backend's `supports` ran the unit's first-run
-    check)."""
+    """conv_transpose2x2(x, weight, bias), or up_concat with a skip, whose gradients are the
+    CUTLASS units': dx `_conv_transpose2x2_dgrad_sm90` (masked by (x > 0) in its epilogue when
+    relu_input), dweight and dbias `_conv_transpose2x2_wgrad_sm90`; the forward is the
+    hand-written kernel (cutlass_sm90.wanted_up says when; the cuda backend's `supports` ran the
+    units' first-run checks)."""
 
     @staticmethod
     def forward(ctx, skip, x, weight, bias, relu_input_):
@@ -332,11 +337,11 @@ class _UpConvSm90(torch.autograd.Function):
         grad_skip = _skip_grad(grad, ctx.skip_shape) if cs and ctx.needs_input_grad[0] else None
         dx = (_ops._conv_transpose2x2_dgrad_sm90(g, x, weight, ctx.relu_input)
               if ctx.needs_input_grad[1] else None)
-        mask = [False, ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]]
+        mask = [ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]]
         dw = db = None
         if any(mask):
-            _, dw, db = _ops._conv_transpose2x2_backward(g, x, weight, mask)
-        return grad_skip, dx, dw if mask[1] else None, db if mask[2] else None, None
+            dw, db = _ops._conv_transpose2x2_wgrad_sm90(g, x, weight, mask)
+        return grad_skip, dx, dw if mask[0] else None, db if mask[1] else None, None
 
 
 # ---------------------------------------------------------------- the impls of the cuda backend

@@ -11,13 +11,15 @@ The extension's ops `_conv3x3_relu_sm90` and `_conv3x3_relu_sm90_backward`
   `eligible`; the U-Net's first layer, with one input channel, is not),
 - every unit the call will run passed its first-run check on that device.
 
-The decoder's transposed convolutions (`conv_transpose2x2`, `up_concat`) take the unit of their
-input gradient, `up_dgrad` (`_conv_transpose2x2_dgrad_sm90`: a strided 2x2 forward convolution
-of the output gradient whose epilogue masks by the up-conv's ReLU input), on the same conditions
-(`wanted_up`, `why_not_up`); their forward and weight gradient stay the hand-written kernels'.
+The decoder's transposed convolutions (`conv_transpose2x2`, `up_concat`) take the units of their
+gradients on the same conditions (`wanted_up`, `why_not_up`): `up_dgrad`
+(`_conv_transpose2x2_dgrad_sm90`: a strided 2x2 forward convolution of the output gradient whose
+epilogue masks by the up-conv's ReLU input) and `up_wgrad` (`_conv_transpose2x2_wgrad_sm90`: that
+convolution's wgrad, on the 3x3 wgrad unit's kernels and split-K); their forward stays the
+hand-written kernel's.
 
-First-run check: the first time a unit (fprop, dgrad, wgrad; up_dgrad on UP_SELF_CHECK_SHAPES)
-would run in a dtype on a device, it runs on
+First-run check: the first time a unit (fprop, dgrad, wgrad; up_dgrad and up_wgrad on
+UP_SELF_CHECK_SHAPES) would run in a dtype on a device, it runs on
 the small problems of SELF_CHECK_SHAPES (both paddings, tiles crossed in every GEMM dimension;
 64 and 128 channels on each side, so every instantiation of every pass runs: fprop's and dgrad's
 128x128 and 256x64 tiles (for a 64-channel GEMM N), wgrad's 128x64, 64x64 (k = 64) and 128x128
@@ -41,7 +43,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-UNITS = ("fprop", "dgrad", "wgrad")   # the 3x3 convolution's; "up_dgrad": the up-conv's dx
+UNITS = ("fprop", "dgrad", "wgrad")   # the 3x3 convolution's
+UP_UNITS = ("up_dgrad", "up_wgrad")   # the up-conv's backward: dx; dweight and dbias
 CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channels of one tap
 # (n, h, w, c, k, pad): the pixels cross the M tile (128 rows; 256 for the 256x64 instantiations
 # that k = 64 (fprop) and c = 64 (dgrad) take, 128x128 for k and c = 128), k is one full and one
@@ -49,9 +52,12 @@ CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channe
 # instantiation runs the first (c = 64), its 64x64 one (k = 64) the second, its 128x128 one
 # (c a multiple of 128, k not 64) the third.
 SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1), (2, 12, 10, 128, 128, 0))
-# up_dgrad's (n, h, w, c, k) of the up-conv's input x: the pixels cross the 128-row M tile, c is
-# one and two 128-wide N tiles, k = 64 and 128 channels give 4 and 8 K steps (one tap's 64 a step)
-UP_SELF_CHECK_SHAPES = ((2, 9, 11, 128, 64), (2, 10, 9, 256, 128))
+# The up-conv units' (n, h, w, c, k) of the up-conv's input x. up_dgrad: the pixels cross the
+# 128-row M tile, c is one and two 128-wide N tiles, k = 64 and 128 channels give 4 and 8 K steps
+# (one tap's 64 a step). up_wgrad (M = c, N = 4k, K = the pixels): k = 64 runs the 128x64
+# instantiation, k = 128 the 128x128 one, c = 256 two M tiles, and the first problem's 1056
+# pixels (17 K steps) are split in two (up2x2_wgrad_splits), the others not.
+UP_SELF_CHECK_SHAPES = ((2, 24, 22, 128, 64), (2, 10, 9, 256, 128))
 
 _lock = threading.Lock()
 _verdicts: dict = {}   # (unit, dtype, device) -> None (passed) or the failure sentence
@@ -125,19 +131,20 @@ def wanted(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
 
 
 def built_up() -> bool:
-    """Whether the extension carries the up-conv's dgrad unit (an extension built before it
-    carries the 3x3 units only)."""
-    return _has_cuda_op("_conv_transpose2x2_dgrad_sm90")
+    """Whether the extension carries the up-conv's units (an extension built before them carries
+    the 3x3 units only, or the dgrad alone)."""
+    return (_has_cuda_op("_conv_transpose2x2_dgrad_sm90")
+            and _has_cuda_op("_conv_transpose2x2_wgrad_sm90"))
 
 
 def eligible_up(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
-    """None if the up-conv's dgrad unit takes this transposed convolution, else why not."""
+    """None if the up-conv's units take this transposed convolution, else why not."""
     return _dtype_and_channels(x, weight, weight.shape[1])
 
 
 def wanted_up(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a conv_transpose2x2 / up_concat call of the cuda backend takes the CUTLASS unit for
-    its input gradient (before its first-run check)."""
+    """Whether a conv_transpose2x2 / up_concat call of the cuda backend takes the CUTLASS units for
+    its gradients (before their first-run check)."""
     return _is_sm90(x.device) and built_up() and eligible_up(x, weight) is None
 
 
@@ -168,12 +175,16 @@ def _run_up_dgrad(x, w, gy):
             _ops()._conv_transpose2x2_dgrad_sm90(gy, x, w, False))
 
 
+def _run_up_wgrad(x, w, gy):
+    return _ops()._conv_transpose2x2_wgrad_sm90(gy, x, w, [True, True])
+
+
 # unit -> fn(*its inputs) -> its outputs (the tests replace them): the 3x3 units take
-# (x, w, b, grad_y, y, padding), up_dgrad (x, w, grad_y)
+# (x, w, b, grad_y, y, padding), the up-conv's (x, w, grad_y)
 _runners: dict[str, Callable] = {"fprop": _run_fprop, "dgrad": _run_dgrad, "wgrad": _run_wgrad,
-                                 "up_dgrad": _run_up_dgrad}
+                                 "up_dgrad": _run_up_dgrad, "up_wgrad": _run_up_wgrad}
 OUTPUT_NAMES = {"fprop": ("y",), "dgrad": ("dx * (x > 0)", "dx"), "wgrad": ("dweight", "dbias"),
-                "up_dgrad": ("dx * (x > 0)", "dx")}
+                "up_dgrad": ("dx * (x > 0)", "dx"), "up_wgrad": ("dweight", "dbias")}
 
 
 def reference_up(x, w, gy, dtype):
@@ -183,6 +194,15 @@ def reference_up(x, w, gy, dtype):
     with torch.enable_grad():
         (dx,) = torch.autograd.grad(F.conv_transpose2d(x_, w_, stride=2), x_, gy.to(dtype))
     return dx * (x > 0).to(dtype), dx
+
+
+def reference_up_wgrad(x, w, gy, dtype):
+    """What up_wgrad computes, by PyTorch in `dtype`: the transposed convolution's weight and
+    bias gradients."""
+    x_, w_ = x.to(dtype), w.to(dtype).requires_grad_()
+    b_ = torch.zeros(w.shape[1], dtype=dtype, device=w.device, requires_grad=True)
+    with torch.enable_grad():
+        return torch.autograd.grad(F.conv_transpose2d(x_, w_, b_, stride=2), (w_, b_), gy.to(dtype))
 
 
 def reference(unit: str, x, w, b, gy, y, pad, dtype):
@@ -243,6 +263,7 @@ def _describe_up(shape) -> str:
 _CHECKS = {u: (SELF_CHECK_SHAPES, _inputs, functools.partial(reference, u), _describe)
            for u in UNITS}
 _CHECKS["up_dgrad"] = (UP_SELF_CHECK_SHAPES, _up_inputs, reference_up, _describe_up)
+_CHECKS["up_wgrad"] = (UP_SELF_CHECK_SHAPES, _up_inputs, reference_up_wgrad, _describe_up)
 
 
 def check_unit(unit: str, device: torch.device, runner: Optional[Callable] = None,
@@ -327,8 +348,8 @@ def why_not(x: torch.Tensor, weight: torch.Tensor, padding: int, needs_grad: boo
 
 
 def why_not_up(x: torch.Tensor, needs_grad: bool) -> Optional[str]:
-    """why_not for the transposed convolution's CUTLASS unit, which only its backward runs."""
-    return _why_not(("up_dgrad",) if needs_grad else (), x)
+    """why_not for the transposed convolution's CUTLASS units, which only its backward runs."""
+    return _why_not(UP_UNITS if needs_grad else (), x)
 
 
 def _why_not(units, x: torch.Tensor) -> Optional[str]:
