@@ -220,16 +220,23 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
 
 @pytest.mark.parametrize("relu_input", [False, True])
 @pytest.mark.parametrize("with_skip", [False, True], ids=["conv_transpose2x2", "up_concat"])
-def test_cutlass_path_up_conv_takes_its_gradients_from_the_units(with_skip, relu_input, monkeypatch):
-    """conv_transpose2x2 / up_concat on the CUTLASS path (cuda_ops._UpConvSm90): dx from the
-    up-conv's dgrad unit (masked by (x > 0) there when relu_input), the weight and bias gradients
-    from its wgrad unit, both reading the concat gradient's upper channels in place; the skip's
-    gradient a view. The units stood in for by float64 PyTorch on the CPU
-    (cutlass_sm90.wanted_up forced); gradients against autograd's."""
+def test_cutlass_path_up_conv_runs_on_the_units(with_skip, relu_input, monkeypatch):
+    """conv_transpose2x2 / up_concat on the CUTLASS path (cuda_ops._UpConvSm90): the output from
+    the up-conv's forward unit (with the skip: the concat buffer), dx from its dgrad unit (masked
+    by (x > 0) there when relu_input), the weight and bias gradients from its wgrad unit, both
+    reading the concat gradient's upper channels in place; the skip's gradient a view. The units
+    stood in for by float64 PyTorch on the CPU (cutlass_sm90.wanted_up forced); output and
+    gradients against autograd's."""
     from unet_fast.backends import cuda_ops, cutlass_sm90
     calls = []
 
     class Units(_CutlassUnits):
+        @staticmethod
+        def _up_concat_sm90(skip, x, w, b):
+            calls.append(("fprop", None if skip is None else tuple(skip.shape)))
+            y = F.conv_transpose2d(x, w, b, stride=2)
+            return y if skip is None else torch.cat([center_crop(skip, *y.shape[-2:]), y], 1)
+
         @staticmethod
         def _conv_transpose2x2_dgrad_sm90(g, x, w, relu_input_):
             calls.append(("dgrad", tuple(g.shape),
@@ -263,7 +270,8 @@ def test_cutlass_path_up_conv_takes_its_gradients_from_the_units(with_skip, relu
     g = torch.randn_like(out)
     ours = torch.autograd.grad(out, inputs, g)
     dense = not with_skip   # (a channel slice of the concat's is not)
-    assert calls == [("dgrad", (2, 4, 10, 12), dense), ("wgrad", (2, 4, 10, 12), dense, [True, True])]
+    assert calls == [("fprop", (2, 3, 12, 13) if with_skip else None),
+                     ("dgrad", (2, 4, 10, 12), dense), ("wgrad", (2, 4, 10, 12), dense, [True, True])]
     xm = torch.relu(x) + (x.detach() - torch.relu(x).detach()) if relu_input else x
     ref_up = F.conv_transpose2d(xm, w, b, stride=2)
     ref = torch.cat([center_crop(skip, 10, 12), ref_up], 1) if with_skip else ref_up

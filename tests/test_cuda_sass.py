@@ -74,15 +74,16 @@ def test_conv_kernels_copy_tiles_with_cp_async():
 
 # The units of csrc/cutlass_sm90, one kernel each.
 # each unit and how many instantiations it has per element type (bf16 and fp16; fprop and dgrad:
-# 128x128 and 256x64 tiles; wgrad: 128x64, 128x128 and 64x64; the up-conv's dgrad: 128x128)
+# 128x128 and 256x64 tiles; wgrad: 128x64, 128x128 and 64x64; the up-conv's forward and dgrad:
+# 128x128; its wgrad is a 3x3 wgrad kernel)
 CUTLASS_KERNELS = {"conv3x3 fprop": 2, "conv3x3 dgrad": 2, "conv3x3 wgrad split-K": 3,
-                   "up2x2 dgrad": 1}
+                   "up2x2 fprop": 1, "up2x2 dgrad": 1}
 CUTLASS_ELEMS = ("bf16", "f16")
 
 
 def test_cutlass_kernels_use_wgmma_and_tma():
     """Every CUTLASS kernel issues wgmma (HGMMA) in batches, not one at a time, loads its tiles
-    with TMA (UTMALDG) and uses no local memory; the four units' eight instantiations are all
+    with TMA (UTMALDG) and uses no local memory; the five units' nine instantiations are all
     there in both element types, for sm_90a."""
     _, kernels = _kernels()
     cut = [k for k in kernels if k.is_cutlass]

@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import unet_fast as uf
 
@@ -117,11 +118,13 @@ def unet_up_problems(padding: str, size: int):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding,size", NETWORKS)
-@pytest.mark.parametrize("unit", ["up_dgrad", "up_wgrad"])
+@pytest.mark.parametrize("unit", ["up_fprop", "up_dgrad", "up_wgrad"])
 def test_can_implement_every_unet_up_convolution(unit, padding, size, dtype):
     """The up-conv's units take every transposed convolution of both U-Nets, batch 1 to 16: the
-    dgrad (a strided 2x2 forward convolution of the output gradient) and the wgrad (that
-    convolution's wgrad on the 3x3 wgrad's kernels, with its split-K count)."""
+    forward (per tap a 1x1 fprop stored into every other pixel of the concat's upper channels:
+    each tap's problem through can_implement), the dgrad (a strided 2x2 forward convolution of
+    the output gradient) and the wgrad (that convolution's wgrad on the 3x3 wgrad's kernels,
+    with its split-K count)."""
     check = _check_op()
     probs = unet_up_problems(padding, size)
     assert len(probs) == 4 and all(k * 2 == c for c, k, _, _ in probs), probs
@@ -138,6 +141,9 @@ def test_can_implement_every_unet_up_convolution(unit, padding, size, dtype):
     ("up_wgrad", [2, 16, 16, 96, 128, 0], "input channels c a multiple of 64"),
     ("up_wgrad", [0, 16, 16, 128, 64, 0], "positive"),
     ("up_wgrad", [64, 1024, 1024, 1024, 512, 0], "32-bit"),
+    ("up_fprop", [2, 16, 16, 128, 96, 0], "multiples of 64"),
+    ("up_fprop", [2, 0, 16, 128, 64, 0], "positive"),
+    ("up_fprop", [64, 1024, 1024, 1024, 512, 0], "32-bit"),
 ])
 def test_up_refusals_say_why(unit, shape, expected):
     why = _check_op()(unit, shape)
@@ -179,14 +185,15 @@ def test_up_wgrad_runs_on_the_wgrad_instantiations_with_a_split():
         splits([1, 8, 8, 64, 64, 0], 132, "up_dgrad")
 
 
-def test_up_dgrad_first_run_problems_are_accepted_and_name_the_unit():
+@pytest.mark.parametrize("unit", ["up_fprop", "up_dgrad"])
+def test_up_first_run_problems_are_accepted_and_name_the_unit(unit):
     from unet_fast.backends import cutlass_sm90
     check = _check_op()
     for n, h, w, c, k in cutlass_sm90.UP_SELF_CHECK_SHAPES:
         for dtype in DTYPES:
-            assert check("up_dgrad", [n, h, w, c, k, 0], dtype) == "", (n, h, w, c, k, dtype)
-            cfg = torch.ops.unet_fast._cutlass_sm90_config_for("up_dgrad", [n, h, w, c, k, 0], dtype)
-            assert cfg.startswith(f"up_dgrad {dtype}: tile 128x128x64"), cfg
+            assert check(unit, [n, h, w, c, k, 0], dtype) == "", (n, h, w, c, k, dtype)
+            cfg = torch.ops.unet_fast._cutlass_sm90_config_for(unit, [n, h, w, c, k, 0], dtype)
+            assert cfg.startswith(f"{unit} {dtype}: tile 128x128x64"), cfg
 
 
 def test_bad_pass_name_is_an_error():
@@ -198,13 +205,15 @@ def test_bad_pass_name_is_an_error():
 
 def test_configs_name_the_instantiations():
     """Seven 3x3 instantiations per dtype, bf16's then fp16's, in the same order: the same tiles;
-    then the up-conv's dgrad, bf16 and fp16."""
+    then the up-conv's dgrad, bf16 and fp16, and its forward."""
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert len(configs) == (UNITS_PER_DTYPE + 1) * len(DTYPES), configs
+    assert len(configs) == (UNITS_PER_DTYPE + 2) * len(DTYPES), configs
     up = configs[UNITS_PER_DTYPE * len(DTYPES):]
-    assert [c.split(":")[0] for c in up] == ["up_dgrad bf16", "up_dgrad f16"], up
-    assert all("tile 128x128x64" in c and "mask" in c for c in up), up
+    assert [c.split(":")[0] for c in up] == ["up_dgrad bf16", "up_dgrad f16", "up_fprop bf16",
+                                             "up_fprop f16"], up
+    assert all("tile 128x128x64" in c for c in up), up
+    assert all("mask" in c for c in up[:2]) and all("every other pixel" in c for c in up[2:]), up
     configs = configs[:UNITS_PER_DTYPE * len(DTYPES)]
     for d, dtype in enumerate(DTYPES):
         mine = configs[d * UNITS_PER_DTYPE:(d + 1) * UNITS_PER_DTYPE]
@@ -390,6 +399,39 @@ def test_gpu_parity_up_conv_dgrad(n, h, w, c, k, relu_input, grad_layout, dtype)
     i = 0 if relu_input else 1
     _within_tolerance("dx", dx, cutlass_sm90.reference_up(x, wt, gy, torch.float64)[i],
                       cutlass_sm90.reference_up(x, wt, gy, dtype)[i])
+
+
+@requires_sm90
+@pytest.mark.parametrize("n,h,w,c,k", [(1, 7, 9, 128, 64), (2, 13, 11, 256, 128), (3, 28, 28, 128, 192)])
+@pytest.mark.parametrize("skip", [None, "same", "crop"])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_parity_up_conv_fprop(n, h, w, c, k, skip, layout, bias, dtype):
+    """The up-conv's forward unit (four 1x1 launches into every other pixel) against the float64
+    transposed convolution: alone or as the upper channels of the concat buffer beside a skip
+    (the same size, or center-cropped from a larger one), x channels_last or NCHW (the output
+    in x's format), with and without bias."""
+    _check_op()
+    x, wt, _ = _up_operands(n, h, w, c, k, dtype, "nchw")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    b = torch.randn(k, device="cuda", dtype=dtype) if bias else None
+    extra = {None: 0, "same": 0, "crop": 6}[skip]
+    s = (None if skip is None else torch.randn(n, 32, 2 * h + extra, 2 * w + extra + 2, device="cuda",
+                                               dtype=dtype).contiguous(memory_format=torch.channels_last))
+    out = torch.ops.unet_fast._up_concat_sm90(s, x, wt, b)
+
+    def ref(dt):
+        y = F.conv_transpose2d(x.to(dt), wt.to(dt), None if b is None else b.to(dt), stride=2)
+        if s is None:
+            return y
+        top, left = extra // 2, (extra + 2) // 2
+        return torch.cat([s[:, :, top:top + 2 * h, left:left + 2 * w].to(dt), y], 1)
+    assert out.dtype == dtype and out.shape == ref(dtype).shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    _within_tolerance("y", out, ref(torch.float64), ref(dtype))
 
 
 @requires_sm90

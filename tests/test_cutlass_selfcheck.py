@@ -19,10 +19,11 @@ CPU = torch.device("cpu")
 def correct(unit):
     """A stand-in unit computing exactly what the real one must: PyTorch in the inputs' dtype."""
     if unit in cutlass_sm90.UP_UNITS:
-        ref = cutlass_sm90.reference_up if unit == "up_dgrad" else cutlass_sm90.reference_up_wgrad
+        ref = {"up_fprop": cutlass_sm90.reference_up_fprop, "up_dgrad": cutlass_sm90.reference_up,
+               "up_wgrad": cutlass_sm90.reference_up_wgrad}[unit]
 
-        def run_up(x, w, gy):
-            return tuple(t.detach() for t in ref(x, w, gy, x.dtype))
+        def run_up(x, w, b, gy):
+            return tuple(t.detach() for t in ref(x, w, b, gy, x.dtype))
         return run_up
 
     def run(x, w, b, gy, y, pad):
@@ -167,14 +168,41 @@ def test_the_up_dgrad_unit_is_checked_like_the_others(dtype):
         assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_dgrad"][which] in why, why
         assert "transposed convolution" in why and "off by up to" in why, why
 
-    def unmasked(x, w, gy):
-        _, plain = correct("up_dgrad")(x, w, gy)
+    def unmasked(x, w, b, gy):
+        _, plain = correct("up_dgrad")(x, w, b, gy)
         return plain, plain
     assert "dx * (x > 0)" in check("up_dgrad", CPU, unmasked, dtype=dtype)
 
-    def taps_transposed(x, w, gy):
-        return correct("up_dgrad")(x, w.transpose(2, 3), gy)
+    def taps_transposed(x, w, b, gy):
+        return correct("up_dgrad")(x, w.transpose(2, 3), b, gy)
     assert "off by up to" in check("up_dgrad", CPU, taps_transposed, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_the_up_fprop_unit_is_checked_like_the_others(dtype):
+    """up_fprop (the transposed convolution, per tap a 1x1 fprop stored into every other pixel,
+    alone and as a concat's upper channels): a correct stand-in passes in both dtypes; one
+    element off in either output, the bias left out, the taps stored transposed (i <-> j) or the
+    skip's channels overwritten fail with the numbers and the problem named."""
+    check = cutlass_sm90.check_unit
+    assert check("up_fprop", CPU, correct("up_fprop"), dtype=dtype) is None
+    for which in (0, 1):
+        why = check("up_fprop", CPU, off_by("up_fprop", 0.05, which), dtype=dtype)
+        assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_fprop"][which] in why, why
+        assert "transposed convolution" in why and "off by up to" in why, why
+
+    def no_bias(x, w, b, gy):
+        return correct("up_fprop")(x, w, torch.zeros_like(b), gy)
+    assert "off by up to" in check("up_fprop", CPU, no_bias, dtype=dtype)
+
+    def taps_transposed(x, w, b, gy):
+        return correct("up_fprop")(x, w.transpose(2, 3), b, gy)
+    assert "off by up to" in check("up_fprop", CPU, taps_transposed, dtype=dtype)
+
+    def skip_overwritten(x, w, b, gy):
+        y, cat = correct("up_fprop")(x, w, b, gy)
+        return y, torch.cat([y, y], 1)
+    assert "y beside a skip" in check("up_fprop", CPU, skip_overwritten, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -190,13 +218,13 @@ def test_the_up_wgrad_unit_is_checked_like_the_others(dtype):
         assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_wgrad"][which] in why, why
         assert "transposed convolution" in why and "off by up to" in why, why
 
-    def taps_transposed(x, w, gy):
-        dw, db = correct("up_wgrad")(x, w, gy)
+    def taps_transposed(x, w, b, gy):
+        dw, db = correct("up_wgrad")(x, w, b, gy)
         return dw.transpose(2, 3), db
     assert "dweight" in check("up_wgrad", CPU, taps_transposed, dtype=dtype)
 
-    def one_image_lost(x, w, gy):
-        return correct("up_wgrad")(x[:1], w, gy[:1])
+    def one_image_lost(x, w, b, gy):
+        return correct("up_wgrad")(x[:1], w, b, gy[:1])
     assert "off by up to" in check("up_wgrad", CPU, one_image_lost, dtype=dtype)
 
 
@@ -284,9 +312,10 @@ def _up_args():
 
 
 def test_the_up_dgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wanted_on_cpu):
-    """conv_transpose2x2 and up_concat of the cuda backend: no check without gradients (the
-    forward is not the unit's); with them a failed unit makes backend='cuda' raise with the
-    numbers, and 'auto' warn once and fall back."""
+    """conv_transpose2x2 and up_concat of the cuda backend: without gradients only the forward's
+    unit is checked; with them a failed dgrad unit makes backend='cuda' raise with the numbers,
+    and 'auto' warn once and fall back."""
+    cutlass_sm90._runners["up_fprop"] = correct("up_fprop")
     cutlass_sm90._runners["up_dgrad"] = off_by("up_dgrad", 0.5)
     x, w, b = _up_args()
     skip = torch.randn(2, 64, 10, 12, dtype=torch.bfloat16)
@@ -301,8 +330,9 @@ def test_the_up_dgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wante
 
 
 def test_the_up_wgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wanted_on_cpu):
-    """With a passing up_dgrad, a failing up_wgrad keeps the up-conv off the units in the same
-    way, named in the message."""
+    """With a passing up_fprop and up_dgrad, a failing up_wgrad keeps the up-conv off the units in
+    the same way, named in the message."""
+    cutlass_sm90._runners["up_fprop"] = correct("up_fprop")
     cutlass_sm90._runners["up_dgrad"] = correct("up_dgrad")
     cutlass_sm90._runners["up_wgrad"] = off_by("up_wgrad", 0.5, which=1)
     x, w, b = _up_args()
@@ -311,6 +341,20 @@ def test_the_up_wgrad_unit_is_checked_when_gradients_are_wanted(cutlass_up_wante
         why = _dispatch.why_not("conv_transpose2x2", "cuda", (x, w, b, True))
     assert "dbias" in why and "off by up to" in why
     with pytest.raises(uf.BackendUnavailable, match="up_wgrad"):
+        uf.ops.conv_transpose2x2(x, w, b, backend="cuda")
+
+
+def test_the_up_fprop_unit_is_checked_without_gradients(cutlass_up_wanted_on_cpu):
+    """The up-conv's forward is the unit's: a failed up_fprop keeps even an inference call off
+    the units (backend='cuda' raises with the numbers), and the backward units are not run."""
+    cutlass_sm90._runners["up_fprop"] = off_by("up_fprop", 0.5)
+    ran = []
+    cutlass_sm90._runners["up_dgrad"] = lambda *a: ran.append("up_dgrad") or correct("up_dgrad")(*a)
+    x, w, b = _up_args()
+    with pytest.warns(RuntimeWarning, match="up_fprop kernel failed its first-run check"):
+        why = _dispatch.why_not("conv_transpose2x2", "cuda", (x, w, b, True))
+    assert "off by up to" in why and not ran
+    with pytest.raises(uf.BackendUnavailable, match="up_fprop"):
         uf.ops.conv_transpose2x2(x, w, b, backend="cuda")
 
 

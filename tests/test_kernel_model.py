@@ -166,13 +166,13 @@ def test_extension_cutlass_mainloops(extension):
     _, ext = extension
     # per element type (bf16, fp16): fprop and dgrad in two tiles each, 128x128 and 256x64 (a
     # 64-channel N); wgrad in three: 128x64, 128x128 (c a multiple of 128), 64x64 (k = 64); the
-    # up-conv's dgrad in one
+    # up-conv's dgrad and forward in one each
     for elem in ("bf16", "f16"):
         assert sorted(u["pass_"] for u in ext["units"] if u["elem"] == elem) == [
-            "dgrad", "dgrad", "fprop", "fprop", "up_dgrad", "wgrad", "wgrad", "wgrad"], [
-            u["name"] for u in ext["units"]]
+            "dgrad", "dgrad", "fprop", "fprop", "up_dgrad", "up_fprop", "wgrad", "wgrad",
+            "wgrad"], [u["name"] for u in ext["units"]]
     units = {u["name"]: u for u in ext["units"]}
-    assert len(units) == 16 and len({u["config"] for u in ext["units"]}) == 16, units.keys()
+    assert len(units) == 18 and len({u["config"] for u in ext["units"]}) == 18, units.keys()
     for name, u in units.items():
         assert u["consumer_instructions_per_iter"] and u["hgmma_per_iter"] > 0, (name, u)
         assert u["consumer_classes"]["tensor"] == u["hgmma_per_iter"], (name, u)
@@ -185,7 +185,7 @@ def test_extension_cutlass_mainloops(extension):
 def test_extension_covers_every_unit_convolution(extension):
     """Every 3x3 convolution of both networks in all three passes, but the first layer (1 or 3
     input channels), which the units refuse and the hand-written kernels run; and every
-    transposed convolution's input and weight gradients (the latter on a 3x3 wgrad unit, with
+    transposed convolution, its input and weight gradients (the latter on a 3x3 wgrad unit, with
     the up-conv's GEMM: M = c, N = 4k, K = n*h*w)."""
     km, ext = extension
     from unet_fast.reference import conv3x3_problems, up_problems
@@ -196,7 +196,7 @@ def test_extension_covers_every_unit_convolution(extension):
         got = {(r["layer"], r["pass_"]) for r in rows}
         assert len(ups) == 4 and got == {(probs[0].name, "all")} | {
             (p.name, conv_pass) for p in probs[1:] for conv_pass in ("fprop", "dgrad", "wgrad")} | {
-            (p.name, up_pass) for p in ups for up_pass in ("up_dgrad", "up_wgrad")}
+            (p.name, up_pass) for p in ups for up_pass in ("up_fprop", "up_dgrad", "up_wgrad")}
         for p in ups:
             (r,) = [r for r in rows if r["layer"] == p.name and r["pass_"] == "up_wgrad"]
             assert r["gemm"] == [p.c_in, 4 * p.c_out, cfg.batch * p.h * p.w], r

@@ -174,11 +174,15 @@ def test_cutlass_launches_take_their_layer_and_pass_from_the_op_that_launched_th
         ("down.1.0", "wgrad", 0.4), ("down.0.2", "dgrad", 0.35), ("down.0.2", "wgrad", 0.5)]
     # the up-conv's dgrad op: its one unit launch is that layer's up_dgrad; its wgrad op's (a
     # WgradUnit kernel, then aten's split sum and bias reduction) up_wgrad
-    up = mk.cutlass_passes([("up.3.up", mk._SM90_UP_OP), ("up.3.up", mk._SM90_UP_WGRAD_OP)],
-                           [(mk._SM90_UP_OP, [(conv, 0.12)]),
+    # WgradUnit kernel, then aten's split sum and bias reduction) up_wgrad; the forward op's four
+    # launches (one a tap, after aten's copy of the skip) one up_fprop, their sum
+    up = mk.cutlass_passes([("up.3.up", mk._SM90_UP_FPROP_OP), ("up.3.up", mk._SM90_UP_OP),
+                            ("up.3.up", mk._SM90_UP_WGRAD_OP)],
+                           [(mk._SM90_UP_FPROP_OP, [("at::native::copy", 0.05)] + [(conv, 0.25)] * 4),
+                            (mk._SM90_UP_OP, [(conv, 0.12)]),
                             (mk._SM90_UP_WGRAD_OP, [(wg, 0.2), ("at::native::reduce", 0.01)])])
     assert [(g["layer"], g["pass_"], g["measured_ms"]) for g in up] == [
-        ("up.3.up", "up_dgrad", 0.12), ("up.3.up", "up_wgrad", 0.2)]
+        ("up.3.up", "up_fprop", 1.0), ("up.3.up", "up_dgrad", 0.12), ("up.3.up", "up_wgrad", 0.2)]
     with pytest.raises(ValueError, match="differ"):
         mk.cutlass_passes(calls[:3], op_kernels)
     ext = [dict(layer="down.0.2", **{"pass": "fprop"}, config="256x64x64 c2x1", bound="L2",

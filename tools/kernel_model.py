@@ -1091,7 +1091,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
 _UNIT_CONFIG = re.compile(r"(\w+) (bf16|f16): tile (\d+)x(\d+)x(\d+), cluster (\d+)x(\d+)x(\d+), "
                           r"(\d+) stages, (\d+) threads, (\d+) B shared memory")
 _UNIT_PASSES = ("fprop", "dgrad", "wgrad")
-_UP_PASSES = ("up_dgrad", "up_wgrad")   # the transposed convolutions' backward
+_UP_PASSES = ("up_fprop", "up_dgrad", "up_wgrad")   # the transposed convolutions' units
 
 
 def _tools_module(name):
@@ -1139,7 +1139,7 @@ def _unit_counts(k, configs: dict, m: Machine) -> dict:
     prod = _shortest_loop(instrs, loops, lambda ops: any(o.startswith("UTMALDG") for o in ops)
                           and not any(o.startswith("HGMMA") for o in ops))
     op = re.search(r"(conv3x3|up2x2) (\w+)", k.name)
-    pass_ = "up_dgrad" if op.group(1) == "up2x2" else op.group(2)
+    pass_ = f"up_{op.group(2)}" if op.group(1) == "up2x2" else op.group(2)
     elem = re.search(r"\b(bf16|f16)\b", k.name)
     elem = elem.group(1) if elem else "?"
     # a pass built with several tiles: the wgrad's names carry their tile (two of its three share
@@ -1234,15 +1234,17 @@ def read_extension(m: Machine = H200) -> dict:
 def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine, pass_: str = None) -> dict:
     """The model's figures for one unit on one convolution (see the module docstring; one CTA per
     SM: the pipeline's shared memory). The up-conv's units: prob is its (name, c, k, h, w, 0),
-    x (n, h, w, c) -> k; the dgrad's GEMM M = n*h*w, N = c, K = 4k; the wgrad's (`pass_`
-    "up_wgrad": the 3x3 wgrad unit `u` on another problem) M = c, N = 4k, K = n*h*w."""
+    x (n, h, w, c) -> k; the forward's GEMM per tap M = n*h*w, N = k, K = c (four launches, one
+    row); the dgrad's M = n*h*w, N = c, K = 4k; the wgrad's (`pass_` "up_wgrad": the 3x3 wgrad
+    unit `u` on another problem) M = c, N = 4k, K = n*h*w."""
     import torch
     pass_ = pass_ or u["pass_"]
     n, (name, c, k, h, w, pad) = cfg.batch, prob
     p, q = h + 2 * pad - 2, w + 2 * pad - 2
     M, N, K = {"fprop": (n * p * q, k, 9 * c), "dgrad": (n * h * w, c, 9 * k),
                "wgrad": (k, 9 * c, n * p * q), "up_dgrad": (n * h * w, c, 4 * k),
-               "up_wgrad": (c, 4 * k, n * h * w)}[pass_]
+               "up_wgrad": (c, 4 * k, n * h * w), "up_fprop": (n * h * w, k, c)}[pass_]
+    launches = 4 if pass_ == "up_fprop" else 1
     (bm, bn, bk), (cm, cn, _) = u["tile"], u["cluster"]
     m_tiles = -(-math.ceil(M / bm) // cm) * cm  # the grid is whole clusters
     n_tiles = -(-math.ceil(N / bn) // cn) * cn
@@ -1271,23 +1273,27 @@ def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine, pass_: str = None) ->
             "wgrad": 2 * (x + y) + 4 * splits * wt,
             # g, the weight, the mask x (the up-conv's input: a ReLU output), dx
             "up_dgrad": 2 * (y + wt + 2 * x),
-            "up_wgrad": 2 * (x + y) + 4 * splits * wt}[pass_]
+            "up_wgrad": 2 * (x + y) + 4 * splits * wt,
+            # one tap's launch: x, its quarter of the weight, a quarter of y
+            "up_fprop": 2 * (x + (wt + y) // 4)}[pass_]
     dram_s = dram / m.dram_bw
     t = max(compute_s, dram_s)
     if dram_s > compute_s:
         bound = "DRAM"
-    flops = 2 * M * N * K
+    # (up_fprop: the row is its four launches, one a tap, each of these figures)
+    flops, dram, t = launches * 2 * M * N * K, launches * dram, launches * t
     # the caller sums a split wgrad's fp32 slices (partial.sum(0), an aten kernel after the unit):
     # its bytes at the DRAM roofline and one more launch gap, counted in this row
     sum_s = (4 * (splits + 1) * wt / m.dram_bw + m.launch_gap_s) if splits > 1 else 0.0
     return dict(model=cfg.name, name=u["name"], pass_=pass_, layer=name,
-                config=f"{bm}x{bn}x{bk} c{cm}x{cn}" + (f" split {splits}" if splits > 1 else ""),
+                config=f"{bm}x{bn}x{bk} c{cm}x{cn}" + (f" split {splits}" if splits > 1 else "")
+                + (f" x{launches} launches" if launches > 1 else ""),
                 gemm=[M, N, K], ctas=ctas, waves=waves, k_steps=steps,
                 instructions_per_iter=u["consumer_instructions_per_iter"],
                 producer_instructions_per_iter=u["producer_instructions_per_iter"],
                 tensor_cycles_per_iter=round(tensor), issue_cycles_per_iter=issue,
                 l2_cycles_per_iter=l2, flops=flops, dram_bytes=dram, kernel_s=t,
-                time_s=t + m.launch_gap_s + sum_s,
+                time_s=t + launches * m.launch_gap_s + sum_s,
                 predicted_fraction_of_peak=flops / m.peak_flops / t,
                 bound=bound)
 
@@ -1362,8 +1368,8 @@ def _units_markdown(ext: dict, m: Machine) -> list:
     lines = [
         f"Read from `{ext['so']}` (`cuobjdump -sass`, through tools/sass_report.py).",
         "`backend=\"cuda\"` on sm_90 runs these units for every bf16 and fp16 3x3 convolution they",
-        "accept, and for the transposed convolutions' input and weight gradients (up_dgrad; up_wgrad,",
-        "which runs the 3x3 wgrad's kernels on the up-conv's problem)",
+        "accept, and for the transposed convolutions (up_fprop) and their input and weight gradients",
+        "(up_dgrad; up_wgrad, which runs the 3x3 wgrad's kernels on the up-conv's problem)",
         "(one set of instantiations per element type; the per-layer tables below are the",
         "bf16 step's); tile, cluster, stages, threads and shared memory are the units' own config strings",
         "(`_cutlass_sm90_configs`), what they accept their own check (`_cutlass_sm90_check`). Per K",
@@ -1398,7 +1404,9 @@ def _units_markdown(ext: dict, m: Machine) -> list:
         "K=n*p*q split over S slices as `conv3x3_wgrad_splits` picks them; up_dgrad (the 2x2",
         "transposed convolution x (n, h, w, c) -> k's input gradient, a strided 2x2 fprop of its",
         "output gradient) M=n*h*w, N=c, K=4k; up_wgrad (that convolution's wgrad) M=c, N=4k, K=n*h*w",
-        "split as `up2x2_wgrad_splits` picks it. CTAs: the tiles, in",
+        "split as `up2x2_wgrad_splits` picks it; up_fprop (the up-conv itself) four launches, one a",
+        "tap, of M=n*h*w, N=k, K=c (the GEMM column; the row's time and FLOPs are the four's). CTAs:",
+        "the tiles, in",
         "whole clusters (assumed to fill all SMs), one per SM, in waves; a CTA takes K steps x",
         "max(tensor, issue, L2) + the code outside both loops issued once (conservative: both roles'",
         f"code, the wait retries) + {m.fill_latency_clk} cycles of fill; never faster than its unique DRAM",

@@ -317,7 +317,9 @@ _SM90_OPS = ("_conv3x3_relu_sm90", "_conv3x3_relu_sm90_backward")
 # backward on that path; the weight gradient's unit is the 3x3 wgrad's kernel)
 _SM90_UP_OP = "_conv_transpose2x2_dgrad_sm90"
 _SM90_UP_WGRAD_OP = "_conv_transpose2x2_wgrad_sm90"
-_SM90_ALL = _SM90_OPS + (_SM90_UP_OP, _SM90_UP_WGRAD_OP)
+# ... and the up-conv itself (four launches, one a tap: one measurement, as the model's one row)
+_SM90_UP_FPROP_OP = "_up_concat_sm90"
+_SM90_ALL = _SM90_OPS + (_SM90_UP_OP, _SM90_UP_WGRAD_OP, _SM90_UP_FPROP_OP)
 
 
 def cutlass_passes(calls: list, op_kernels: list) -> list:
@@ -338,6 +340,9 @@ def cutlass_passes(calls: list, op_kernels: list) -> list:
             names = ["up_dgrad"] * len(units)
         elif op == _SM90_UP_WGRAD_OP:
             names = ["up_wgrad"] * len(units)
+        elif op == _SM90_UP_FPROP_OP:   # its taps' launches summed
+            units = [(units[0][0], sum(ms for _, ms in units))] if units else []
+            names = ["up_fprop"] * len(units)
         else:
             wgrad = [i for i, (n, _) in enumerate(units) if "WgradUnit" in n]
             names = ["wgrad" if (i in wgrad if wgrad else i == len(units) - 1) else "dgrad"

@@ -155,8 +155,13 @@ def _short_cutlass(mangled: str, name: str) -> str:
         elem = {"BF16": "bf16", "F16": "f16"}[mma.group(2)]
     else:
         elem = {"bfloat16": "bf16", "half": "f16"}.get(t.group(2) if split_k and t else "", "?")
-    # the up-conv's dgrad (up2x2_dgrad.cuh) is an fprop with the dgrad's mask epilogue
-    op = "up2x2 dgrad" if conv == "fprop" and "ReluGradMask" in name else f"conv3x3 {conv}"
+    # the up-conv's dgrad (up2x2_dgrad.cuh) is an fprop with the dgrad's mask epilogue, its
+    # forward (up2x2_fprop.cuh) an fprop whose epilogue has no ReLU
+    op = f"conv3x3 {conv}"
+    if conv == "fprop" and "ReluGradMask" in name:
+        op = "up2x2 dgrad"
+    elif conv == "fprop" and "ReLu" not in name:
+        op = "up2x2 fprop"
     return f"cutlass sm90 {op} {elem}{tile}" + (f" (wgmma {mma.group(1)})" if mma else "")
 
 

@@ -9,17 +9,19 @@
 //   _conv3x3_relu_sm90_backward(grad, y, x, weight, padding, output_mask, relu_input, grad_masked)
 //       grad_masked: grad is already dy * (y > 0) (else one threshold_backward pass forms it);
 //       relu_input: dx comes out multiplied by (x > 0) (the dgrad epilogue's mask load)
+//   _up_concat_sm90(skip?, x, weight, bias?) -> y                  = conv_transpose2x2 (no skip)
+//       or up_concat (the skip's center crop in the lower channels)
 //   _conv_transpose2x2_dgrad_sm90(grad, x, weight, relu_input) -> dx    = conv_transpose2x2's dx
 //       (x, the up-conv's input: its shape and memory format, and with relu_input the mask)
 //   _conv_transpose2x2_wgrad_sm90(grad, x, weight, output_mask) -> (dweight, dbias)
 //       (output_mask: which of the two to compute; the other comes back empty)
 //   _cutlass_sm90_check(pass, [n, h, w, c, k, pad], dtype="bf16"|"f16") -> ""  or why not
-//                                                   (host code only, no GPU; pass "up_dgrad",
-//                                                   "up_wgrad": the up-conv x (n, h, w, c) -> k,
-//                                                   pad 0)
+//                                                   (host code only, no GPU; pass "up_fprop",
+//                                                   "up_dgrad", "up_wgrad": the up-conv
+//                                                   x (n, h, w, c) -> k, pad 0)
 //   _cutlass_sm90_configs() -> [fprop, dgrad, wgrad, fprop 256x64, dgrad 256x64, wgrad 128x128,
 //                               wgrad 64x64] in bf16, then the same seven in fp16, then the
-//                               up-conv's dgrad in bf16 and fp16
+//                               up-conv's dgrad in bf16 and fp16, then its forward in both
 //                                                   (what each instantiation was built as)
 //   _cutlass_sm90_config_for(pass, [n, h, w, c, k, pad], dtype) -> the config of the one that
 //                                                   runs it
@@ -185,6 +187,42 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
   return {dx, dw, db};
 }
 
+// The up-conv x -> (n, k, 2h, 2w) by the up_fprop unit (four 1x1 launches into every other pixel),
+// or with a skip the concat buffer crop_concat(skip, up): the skip's center crop copied into the
+// lower channels, the unit writing the upper ones in place. Answers in x's memory format.
+inline at::Tensor up_concat_sm90(const c10::optional<at::Tensor>& skip, const at::Tensor& x_,
+                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_pointwise(x_, weight, bias, 2);
+  const sm90::Elem elem = elem_of(x_, "x");
+  const int64_t n = x_.size(0), k = weight.size(1), h = 2 * x_.size(2), w = 2 * x_.size(3);
+  if (skip) check_up_concat(*skip, x_, h, w);
+  c10::cuda::CUDAGuard guard(x_.device());
+  const int64_t cs = skip ? skip->size(1) : 0;
+  at::Tensor out = at::empty({n, cs + k, h, w}, x_.options(), at::MemoryFormat::ChannelsLast);
+  if (skip) {
+    const int64_t top = (skip->size(2) - h) / 2, left = (skip->size(3) - w) / 2;
+    out.narrow(1, 0, cs).copy_(skip->narrow(2, top, h).narrow(3, left, w));
+  }
+  const at::Tensor x = nhwc_view(x_);
+  const at::Tensor wk = weight.permute({2, 3, 1, 0}).contiguous();  // (2, 2, k, c): a KRSC filter per tap
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  sm90::UpFpropArgs a;
+  a.elem = elem;
+  a.n = static_cast<int>(n);
+  a.c = static_cast<int>(x_.size(1));
+  a.h = static_cast<int>(x_.size(2));
+  a.w = static_cast<int>(x_.size(3));
+  a.k = static_cast<int>(k);
+  a.x = nhwc(x);
+  a.weight = wk.data_ptr();
+  a.bias = b.defined() ? b.data_ptr() : nullptr;
+  a.y = nhwc(out.narrow(1, cs, k));
+  char why[512];
+  check_status(sm90::up2x2_fprop_run(a, c10::cuda::getCurrentCUDAStream(), why, sizeof why), why,
+               "up-conv forward");
+  return in_format_of(out, x_);
+}
+
 inline at::Tensor conv_transpose2x2_dgrad_sm90(const at::Tensor& grad_, const at::Tensor& x_,
                                                const at::Tensor& weight, bool relu_input) {
   check_pointwise(x_, weight, c10::nullopt, 2);
@@ -249,7 +287,7 @@ inline std::tuple<at::Tensor, at::Tensor> conv_transpose2x2_wgrad_sm90(const at:
   return {dw, db};
 }
 
-constexpr const char* kPasses = "'fprop', 'dgrad', 'wgrad', 'up_dgrad', 'up_wgrad'";
+constexpr const char* kPasses = "'fprop', 'dgrad', 'wgrad', 'up_fprop', 'up_dgrad', 'up_wgrad'";
 
 inline sm90::UpWgradArgs up_wgrad_args(const sm90::Conv3x3Shape& s, sm90::Elem elem) {
   sm90::UpWgradArgs a;
@@ -294,6 +332,13 @@ inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t
     a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.dx = dense(s.n, s.h, s.w, s.c);
     a.mask = dense(s.n, s.h, s.w, s.c);
     r = sm90::up2x2_dgrad_check(a, why, sizeof why);
+  } else if (pass == "up_fprop") {
+    sm90::UpFpropArgs a;
+    a.elem = elem; a.n = s.n; a.h = s.h; a.w = s.w; a.c = s.c; a.k = s.k;
+    a.x = dense(s.n, s.h, s.w, s.c);
+    // y: the upper channel slice of a concat with as many skip channels (the U-Net's decoder)
+    a.y = dense(s.n, 2 * s.h, 2 * s.w, 2 * s.k);
+    r = sm90::up2x2_fprop_check(a, why, sizeof why);
   } else if (pass == "up_wgrad") {
     sm90::UpWgradArgs a = up_wgrad_args(s, elem);
     a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.x = dense(s.n, s.h, s.w, s.c);
@@ -330,7 +375,8 @@ inline std::vector<std::string> cutlass_sm90_configs() {
           sm90::conv3x3_wgrad_f16_config(), sm90::conv3x3_fprop_f16_n64_config(),
           sm90::conv3x3_dgrad_f16_n64_config(), sm90::conv3x3_wgrad_f16_n128_config(),
           sm90::conv3x3_wgrad_f16_m64_config(),
-          sm90::up2x2_dgrad_bf16_config(), sm90::up2x2_dgrad_f16_config()};
+          sm90::up2x2_dgrad_bf16_config(), sm90::up2x2_dgrad_f16_config(),
+          sm90::up2x2_fprop_bf16_config(), sm90::up2x2_fprop_f16_config()};
 }
 
 // The config of the instantiation a pass runs for a shape (host code only): for the kernel model.
@@ -347,6 +393,8 @@ inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<in
   if (pass == "up_dgrad")
     return elem == sm90::Elem::kF16 ? sm90::up2x2_dgrad_f16_config() : sm90::up2x2_dgrad_bf16_config();
   if (pass == "up_wgrad") return sm90::up2x2_wgrad_config_for(up_wgrad_args(s, elem));
+  if (pass == "up_fprop")
+    return elem == sm90::Elem::kF16 ? sm90::up2x2_fprop_f16_config() : sm90::up2x2_fprop_bf16_config();
   TORCH_CHECK(false, "pass must be one of ", kPasses, ", got '", std::string(pass), "'");
 }
 

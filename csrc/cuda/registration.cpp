@@ -57,7 +57,9 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
         "bool grad_masked) -> Tensor");
   m.def("_conv3x3_relu_sm90_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int padding, "
         "bool[3] output_mask, bool relu_input, bool grad_masked) -> (Tensor, Tensor, Tensor)");
-  // The decoder's up-conv dx (conv_transpose2x2, up_concat), times (x > 0) with relu_input.
+  // The decoder's up-conv (conv_transpose2x2; with a skip, up_concat) ...
+  m.def("_up_concat_sm90(Tensor? skip, Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // ... its dx, times (x > 0) with relu_input,
   m.def("_conv_transpose2x2_dgrad_sm90(Tensor grad, Tensor x, Tensor weight, bool relu_input) -> Tensor");
   // ... and its weight and bias gradients (output_mask: [weight, bias]).
   m.def("_conv_transpose2x2_wgrad_sm90(Tensor grad, Tensor x, Tensor weight, bool[2] output_mask) "
@@ -74,6 +76,7 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
 TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("_conv3x3_relu_sm90", &cutlass_glue::conv3x3_relu_sm90);
   m.impl("_conv3x3_relu_sm90_backward", &cutlass_glue::conv3x3_relu_sm90_backward);
+  m.impl("_up_concat_sm90", &cutlass_glue::up_concat_sm90);
   m.impl("_conv_transpose2x2_dgrad_sm90", &cutlass_glue::conv_transpose2x2_dgrad_sm90);
   m.impl("_conv_transpose2x2_wgrad_sm90", &cutlass_glue::conv_transpose2x2_wgrad_sm90);
 }

@@ -224,14 +224,17 @@ const char* config() {
 }  // namespace sm90
 }  // namespace unet_fast
 
-// The three functions of one instantiation (declared by UNET_FAST_SM90_UNIT in conv3x3_sm90.h):
-// its host check, its launch and its config, from the unit's check_host / run. (The unit's type
-// is the variadic tail: its template arguments have commas.)
-#define UNET_FAST_SM90_DEFINE_UNIT(pass, Args, tag, ...)                                          \
-  int conv3x3_##pass##_##tag##_check(const Args& a, char* why, int len) {                        \
+// The three functions of one instantiation (declared in conv3x3_sm90.h): its host check, its
+// launch and its config, `name`_`tag`_check/_run/_config from the unit's check_host / run. (The
+// unit's type is the variadic tail: its template arguments have commas.)
+#define UNET_FAST_SM90_DEFINE(name, Args, tag, ...)                                               \
+  int name##_##tag##_check(const Args& a, char* why, int len) {                                  \
     return __VA_ARGS__::check_host(a, why, len);                                                  \
   }                                                                                               \
-  int conv3x3_##pass##_##tag##_run(const Args& a, cudaStream_t stream, char* why, int len) {     \
+  int name##_##tag##_run(const Args& a, cudaStream_t stream, char* why, int len) {               \
     return __VA_ARGS__::run(a, stream, why, len);                                                 \
   }                                                                                               \
-  const char* conv3x3_##pass##_##tag##_config() { return detail::config<__VA_ARGS__>(); }
+  const char* name##_##tag##_config() { return detail::config<__VA_ARGS__>(); }
+// ... of a 3x3 pass (declared by UNET_FAST_SM90_UNIT): conv3x3_`pass`_`tag`_*
+#define UNET_FAST_SM90_DEFINE_UNIT(pass, Args, tag, ...) \
+  UNET_FAST_SM90_DEFINE(conv3x3_##pass, Args, tag, __VA_ARGS__)

@@ -25,30 +25,21 @@ using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
-template <class Element_, int kTileM, int kTileN>
-struct FpropUnit {
-using Element = Element_;
-static constexpr const char* kName = "fprop";
-static constexpr const char* kEpilogue = "epilogue relu(acc + bias) TMA store";
-// kTileM x kTileN output tiles, 64-channel K steps (one tap per step); a 2x1 cluster shares each
-// weight tile between the two CTAs of neighbouring pixel tiles (TMA multicast: half the weight
-// traffic).
-using TileShape = Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>;
+// The forward kernel with the epilogue visitor tree `Fusion` (the 3x3 fprop's bias + ReLU; the
+// up-conv's bias alone, up2x2_fprop.cuh): 64-channel K steps (one tap per step), a 2x1 cluster
+// sharing each weight tile between the two CTAs of neighbouring pixel tiles (TMA multicast: half
+// the weight traffic), y stored by TMA.
+template <class Element, class TileShape_, class Fusion>
+struct FpropKernel {
+using TileShape = TileShape_;
 using ClusterShape = Shape<_2, _1, _1>;
-
-// relu(acc + bias[n]); a null bias reads as zeros. NaN propagates through the ReLU like torch's.
-using Bias = fusion::Sm90RowBroadcast<0, TileShape, Element, float, Stride<_0, _1, _0>>;
-using BiasAdd = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
-                                fusion::Sm90AccFetch, Bias>;
-using BiasRelu = fusion::Sm90EVT<
-    fusion::Sm90Compute<cutlass::epilogue::thread::ReLu, Element, float, kRound>, BiasAdd>;
 
 using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
     cutlass::epilogue::collective::EpilogueTileAuto, float, float,
     void, cutlass::layout::TensorNHWC, 8,     // no C operand
     Element, cutlass::layout::TensorNHWC, 8,  // y
-    cutlass::epilogue::TmaWarpSpecialized, BiasRelu>::CollectiveOp;
+    cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
 
 using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
@@ -60,6 +51,29 @@ using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
 using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
 using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
 using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+};
+
+// acc + bias[n] computed in float, as `Out`; a null bias reads as zeros.
+template <class Element, class TileShape, class Out>
+using BiasAddOf = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, Out, float, kRound>, fusion::Sm90AccFetch,
+                                  fusion::Sm90RowBroadcast<0, TileShape, Element, float, Stride<_0, _1, _0>>>;
+
+template <class Element_, int kTileM, int kTileN>
+struct FpropUnit {
+using Element = Element_;
+static constexpr const char* kName = "fprop";
+static constexpr const char* kEpilogue = "epilogue relu(acc + bias) TMA store";
+using TileShape = Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>;
+
+// relu(acc + bias[n]). NaN propagates through the ReLU like torch's.
+using BiasRelu = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::epilogue::thread::ReLu, Element, float, kRound>,
+                                 BiasAddOf<Element, TileShape, float>>;
+using Types = FpropKernel<Element, TileShape, BiasRelu>;
+using ClusterShape = typename Types::ClusterShape;
+using Epilogue = typename Types::Epilogue;
+using Mainloop = typename Types::Mainloop;
+using Kernel = typename Types::Kernel;
+using Conv = typename Types::Conv;
 
 static int check(FpropArgs& a, bool launch, char* why, int len) {
   const Conv3x3Shape& s = a.s;

@@ -4,7 +4,7 @@
 // translation units (one instantiation each), compiled only for sm_90a.
 //
 // Every 3x3 pass is bf16 or fp16 NHWC (the args' `elem`) with fp32 accumulation, a 3x3 window,
-// stride 1 and padding 0 or 1 (and the up-conv's dgrad and wgrad, below, a 2x2 window at stride 2):
+// stride 1 and padding 0 or 1 (and the up-conv's passes, below, a 2x2 window at stride 2):
 //   fprop  y  = relu(conv(x, w) + bias)                          (bias and ReLU in the epilogue)
 //   dgrad  dx = conv_transpose(g, w) * (mask > 0)                 (mask: the layer input, a ReLU
 //                                                                 output; none: plain dx)
@@ -94,6 +94,30 @@ struct WgradArgs {
 int conv3x3_wgrad_splits(const Conv3x3Shape& s, int num_sms);
 int conv3x3_wgrad_check(const WgradArgs& a, char* why, int why_len);
 int conv3x3_wgrad_run(const WgradArgs& a, cudaStream_t stream, char* why, int why_len);
+
+// --------------------------------------------------------------------------- the up-conv's forward
+// The decoder's 2x2 stride-2 transposed convolution itself, x (n, h, w, c) -> y (n, 2h, 2w, k):
+//   y[n, 2h + i, 2w + j, :] = W[:, :, i, j]^T x[n, h, w, :] + bias
+// per tap (i, j) a 1x1 forward convolution of x whose output is stored by TMA into every other
+// pixel of y (y's pixel strides doubled, its base at the tap): four launches, no scatter kernel.
+// y may be a channel slice (the concat buffer's upper channels, beside the skip).
+struct UpFpropArgs {
+  Elem elem = Elem::kBf16;
+  int n = 0, h = 0, w = 0, c = 0, k = 0;  // as UpDgradArgs
+  Nhwc x;                        // (n, h, w, c)
+  const void* weight = nullptr;  // (2, 2, k, c) dense: tap (i, j)'s (k, 1, 1, c) KRSC filter
+  const void* bias = nullptr;    // (k,) or null (no bias)
+  Nhwc y;                        // (n, 2h, 2w, k), written
+};
+int up2x2_fprop_check(const UpFpropArgs& a, char* why, int why_len);
+int up2x2_fprop_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len);
+// (one instantiation per element type, 128x128 tiles: N = k is 64 to 512 in the U-Net)
+int up2x2_fprop_bf16_check(const UpFpropArgs& a, char* why, int why_len);
+int up2x2_fprop_bf16_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len);
+const char* up2x2_fprop_bf16_config();
+int up2x2_fprop_f16_check(const UpFpropArgs& a, char* why, int why_len);
+int up2x2_fprop_f16_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len);
+const char* up2x2_fprop_f16_config();
 
 // --------------------------------------------------------------------------- the up-conv's dgrad
 // The input gradient of the decoder's 2x2 stride-2 transposed convolution x (n, h, w, c) ->

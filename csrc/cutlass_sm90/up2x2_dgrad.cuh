@@ -72,14 +72,3 @@ static int run(const UpDgradArgs& a, cudaStream_t stream, char* why, int len) {
 }  // namespace
 }  // namespace sm90
 }  // namespace unet_fast
-
-// The three functions of one instantiation (declared in conv3x3_sm90.h), in namespace
-// unet_fast::sm90.
-#define UNET_FAST_SM90_DEFINE_UP_DGRAD(tag, Element)                                           \
-  int up2x2_dgrad_##tag##_check(const UpDgradArgs& a, char* why, int len) {                    \
-    return UpDgradUnit<Element>::check_host(a, why, len);                                      \
-  }                                                                                            \
-  int up2x2_dgrad_##tag##_run(const UpDgradArgs& a, cudaStream_t stream, char* why, int len) { \
-    return UpDgradUnit<Element>::run(a, stream, why, len);                                     \
-  }                                                                                            \
-  const char* up2x2_dgrad_##tag##_config() { return detail::config<UpDgradUnit<Element>>(); }

@@ -5,7 +5,7 @@
 namespace unet_fast {
 namespace sm90 {
 
-UNET_FAST_SM90_DEFINE_UP_DGRAD(bf16, cutlass::bfloat16_t)
+UNET_FAST_SM90_DEFINE(up2x2_dgrad, UpDgradArgs, bf16, UpDgradUnit<cutlass::bfloat16_t>)
 
 int up2x2_dgrad_check(const UpDgradArgs& a, char* why, int len) {
   return a.elem == Elem::kF16 ? up2x2_dgrad_f16_check(a, why, len) : up2x2_dgrad_bf16_check(a, why, len);

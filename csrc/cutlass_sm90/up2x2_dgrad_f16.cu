@@ -4,7 +4,7 @@
 namespace unet_fast {
 namespace sm90 {
 
-UNET_FAST_SM90_DEFINE_UP_DGRAD(f16, cutlass::half_t)
+UNET_FAST_SM90_DEFINE(up2x2_dgrad, UpDgradArgs, f16, UpDgradUnit<cutlass::half_t>)
 
 }  // namespace sm90
 }  // namespace unet_fast

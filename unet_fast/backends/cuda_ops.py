@@ -303,6 +303,12 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
 
 # ---------------------------------------------------------------- the up-conv's gradients on CUTLASS sm_90a
 if cutlass_sm90.built_up():
+    @torch.library.register_fake("unet_fast::_up_concat_sm90")
+    def _up_concat_sm90_fake(skip, x, weight, bias):
+        cs = 0 if skip is None else skip.shape[1]
+        return x.new_empty(x.shape[0], cs + weight.shape[1], 2 * x.shape[2],
+                           2 * x.shape[3]).contiguous(memory_format=_like_format(x))
+
     @torch.library.register_fake("unet_fast::_conv_transpose2x2_dgrad_sm90")
     def _conv_transpose2x2_dgrad_sm90_fake(grad, x, weight, relu_input_):
         return x.new_empty(x.shape).contiguous(memory_format=_like_format(x))
@@ -314,20 +320,18 @@ if cutlass_sm90.built_up():
 
 
 class _UpConvSm90(torch.autograd.Function):
-    """conv_transpose2x2(x, weight, bias), or up_concat with a skip, whose gradients are the
-    CUTLASS units': dx `_conv_transpose2x2_dgrad_sm90` (masked by (x > 0) in its epilogue when
-    relu_input), dweight and dbias `_conv_transpose2x2_wgrad_sm90`; the forward is the
-    hand-written kernel (cutlass_sm90.wanted_up says when; the cuda backend's `supports` ran the
-    units' first-run checks)."""
+    """conv_transpose2x2(x, weight, bias), or up_concat with a skip, on the CUTLASS units: the
+    forward `_up_concat_sm90`, dx `_conv_transpose2x2_dgrad_sm90` (masked by (x > 0) in its
+    epilogue when relu_input), dweight and dbias `_conv_transpose2x2_wgrad_sm90`
+    (cutlass_sm90.wanted_up says when; the cuda backend's `supports` ran the units' first-run
+    checks)."""
 
     @staticmethod
     def forward(ctx, skip, x, weight, bias, relu_input_):
         ctx.save_for_backward(x, weight)
         ctx.relu_input, ctx.has_bias = relu_input_, bias is not None
         ctx.skip_shape = None if skip is None else tuple(skip.shape)
-        if skip is None:
-            return _ops.conv_transpose2x2(x, weight, bias)
-        return _ops.up_concat(skip, x, weight, bias)
+        return _ops._up_concat_sm90(skip, x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):

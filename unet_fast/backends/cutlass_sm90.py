@@ -11,14 +11,15 @@ The extension's ops `_conv3x3_relu_sm90` and `_conv3x3_relu_sm90_backward`
   `eligible`; the U-Net's first layer, with one input channel, is not),
 - every unit the call will run passed its first-run check on that device.
 
-The decoder's transposed convolutions (`conv_transpose2x2`, `up_concat`) take the units of their
-gradients on the same conditions (`wanted_up`, `why_not_up`): `up_dgrad`
-(`_conv_transpose2x2_dgrad_sm90`: a strided 2x2 forward convolution of the output gradient whose
-epilogue masks by the up-conv's ReLU input) and `up_wgrad` (`_conv_transpose2x2_wgrad_sm90`: that
-convolution's wgrad, on the 3x3 wgrad unit's kernels and split-K); their forward stays the
-hand-written kernel's.
+The decoder's transposed convolutions (`conv_transpose2x2`, `up_concat`) take their units on the
+same conditions (`wanted_up`, `why_not_up`): `up_fprop` (`_up_concat_sm90`: per tap a 1x1
+forward convolution stored into every other pixel of the output, or of the concat buffer's upper
+channels beside the skip), `up_dgrad` (`_conv_transpose2x2_dgrad_sm90`: a strided 2x2 forward
+convolution of the output gradient whose epilogue masks by the up-conv's ReLU input) and
+`up_wgrad` (`_conv_transpose2x2_wgrad_sm90`: that convolution's wgrad, on the 3x3 wgrad unit's
+kernels and split-K).
 
-First-run check: the first time a unit (fprop, dgrad, wgrad; up_dgrad and up_wgrad on
+First-run check: the first time a unit (fprop, dgrad, wgrad; up_fprop, up_dgrad and up_wgrad on
 UP_SELF_CHECK_SHAPES) would run in a dtype on a device, it runs on
 the small problems of SELF_CHECK_SHAPES (both paddings, tiles crossed in every GEMM dimension;
 64 and 128 channels on each side, so every instantiation of every pass runs: fprop's and dgrad's
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 UNITS = ("fprop", "dgrad", "wgrad")   # the 3x3 convolution's
-UP_UNITS = ("up_dgrad", "up_wgrad")   # the up-conv's backward: dx; dweight and dbias
+UP_UNITS = ("up_fprop", "up_dgrad", "up_wgrad")   # the up-conv's: y; dx; dweight and dbias
 CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channels of one tap
 # (n, h, w, c, k, pad): the pixels cross the M tile (128 rows; 256 for the 256x64 instantiations
 # that k = 64 (fprop) and c = 64 (dgrad) take, 128x128 for k and c = 128), k is one full and one
@@ -54,7 +55,8 @@ CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channe
 SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1), (2, 12, 10, 128, 128, 0))
 # The up-conv units' (n, h, w, c, k) of the up-conv's input x. up_dgrad: the pixels cross the
 # 128-row M tile, c is one and two 128-wide N tiles, k = 64 and 128 channels give 4 and 8 K steps
-# (one tap's 64 a step). up_wgrad (M = c, N = 4k, K = the pixels): k = 64 runs the 128x64
+# (one tap's 64 a step); up_fprop (per tap M = n*h*w, N = k, K = c): half and one 128-wide N
+# tile, 2 and 4 K steps. up_wgrad (M = c, N = 4k, K = the pixels): k = 64 runs the 128x64
 # instantiation, k = 128 the 128x128 one, c = 256 two M tiles, and the first problem's 1056
 # pixels (17 K steps) are split in two (up2x2_wgrad_splits), the others not.
 UP_SELF_CHECK_SHAPES = ((2, 24, 22, 128, 64), (2, 10, 9, 256, 128))
@@ -132,9 +134,9 @@ def wanted(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
 
 def built_up() -> bool:
     """Whether the extension carries the up-conv's units (an extension built before them carries
-    the 3x3 units only, or the dgrad alone)."""
-    return (_has_cuda_op("_conv_transpose2x2_dgrad_sm90")
-            and _has_cuda_op("_conv_transpose2x2_wgrad_sm90"))
+    the 3x3 units only, or some of the up-conv's)."""
+    return all(_has_cuda_op(op) for op in ("_up_concat_sm90", "_conv_transpose2x2_dgrad_sm90",
+                                           "_conv_transpose2x2_wgrad_sm90"))
 
 
 def eligible_up(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
@@ -143,8 +145,8 @@ def eligible_up(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
 
 
 def wanted_up(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a conv_transpose2x2 / up_concat call of the cuda backend takes the CUTLASS units for
-    its gradients (before their first-run check)."""
+    """Whether a conv_transpose2x2 / up_concat call of the cuda backend takes the CUTLASS units
+    (before their first-run check)."""
     return _is_sm90(x.device) and built_up() and eligible_up(x, weight) is None
 
 
@@ -170,24 +172,38 @@ def _run_wgrad(x, w, b, gy, y, pad):
     return dw, db
 
 
-def _run_up_dgrad(x, w, gy):
+def _run_up_fprop(x, w, b, gy):
+    # alone, and beside a skip (gy's values: as many channels, no crop) in a concat buffer
+    return _ops()._up_concat_sm90(None, x, w, b), _ops()._up_concat_sm90(gy, x, w, b)
+
+
+def _run_up_dgrad(x, w, b, gy):
     return (_ops()._conv_transpose2x2_dgrad_sm90(gy, x, w, True),
             _ops()._conv_transpose2x2_dgrad_sm90(gy, x, w, False))
 
 
-def _run_up_wgrad(x, w, gy):
+def _run_up_wgrad(x, w, b, gy):
     return _ops()._conv_transpose2x2_wgrad_sm90(gy, x, w, [True, True])
 
 
 # unit -> fn(*its inputs) -> its outputs (the tests replace them): the 3x3 units take
-# (x, w, b, grad_y, y, padding), the up-conv's (x, w, grad_y)
+# (x, w, b, grad_y, y, padding), the up-conv's (x, w, b, grad_y)
 _runners: dict[str, Callable] = {"fprop": _run_fprop, "dgrad": _run_dgrad, "wgrad": _run_wgrad,
-                                 "up_dgrad": _run_up_dgrad, "up_wgrad": _run_up_wgrad}
+                                 "up_fprop": _run_up_fprop, "up_dgrad": _run_up_dgrad,
+                                 "up_wgrad": _run_up_wgrad}
 OUTPUT_NAMES = {"fprop": ("y",), "dgrad": ("dx * (x > 0)", "dx"), "wgrad": ("dweight", "dbias"),
-                "up_dgrad": ("dx * (x > 0)", "dx"), "up_wgrad": ("dweight", "dbias")}
+                "up_fprop": ("y", "y beside a skip"), "up_dgrad": ("dx * (x > 0)", "dx"),
+                "up_wgrad": ("dweight", "dbias")}
 
 
-def reference_up(x, w, gy, dtype):
+def reference_up_fprop(x, w, b, gy, dtype):
+    """What up_fprop computes, by PyTorch in `dtype`: the transposed convolution with its bias,
+    alone and in a concat after gy's values (the skip of _run_up_fprop)."""
+    y = F.conv_transpose2d(x.to(dtype), w.to(dtype), b.to(dtype), stride=2)
+    return y, torch.cat([gy.to(dtype), y], 1)
+
+
+def reference_up(x, w, b, gy, dtype):
     """What up_dgrad computes, by PyTorch in `dtype`: the transposed convolution's input gradient,
     masked by the given x's (x > 0) and plain."""
     x_, w_ = (t.to(dtype).requires_grad_() for t in (x, w))
@@ -196,11 +212,10 @@ def reference_up(x, w, gy, dtype):
     return dx * (x > 0).to(dtype), dx
 
 
-def reference_up_wgrad(x, w, gy, dtype):
+def reference_up_wgrad(x, w, b, gy, dtype):
     """What up_wgrad computes, by PyTorch in `dtype`: the transposed convolution's weight and
     bias gradients."""
-    x_, w_ = x.to(dtype), w.to(dtype).requires_grad_()
-    b_ = torch.zeros(w.shape[1], dtype=dtype, device=w.device, requires_grad=True)
+    x_, w_, b_ = x.to(dtype), w.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
     with torch.enable_grad():
         return torch.autograd.grad(F.conv_transpose2d(x_, w_, b_, stride=2), (w_, b_), gy.to(dtype))
 
@@ -242,11 +257,12 @@ def _up_inputs(shape, device, seed, dtype=torch.bfloat16):
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen, device=device) * scale).to(dtype).contiguous(
-            memory_format=torch.channels_last)
+        t = (torch.randn(*size, generator=gen, device=device) * scale).to(dtype)
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
     # x with negative values (the mask has work to do); the weight channels_last as the model's
-    return randn(n, c, h, w), randn(c, k, 2, 2, scale=(4 * k) ** -0.5), randn(n, k, 2 * h, 2 * w)
+    return (randn(n, c, h, w), randn(c, k, 2, 2, scale=(4 * k) ** -0.5), randn(k, scale=0.1),
+            randn(n, k, 2 * h, 2 * w))
 
 
 def _describe(shape) -> str:
@@ -262,6 +278,7 @@ def _describe_up(shape) -> str:
 # unit -> (its problems, their inputs, its reference (*inputs, dtype), a problem's description)
 _CHECKS = {u: (SELF_CHECK_SHAPES, _inputs, functools.partial(reference, u), _describe)
            for u in UNITS}
+_CHECKS["up_fprop"] = (UP_SELF_CHECK_SHAPES, _up_inputs, reference_up_fprop, _describe_up)
 _CHECKS["up_dgrad"] = (UP_SELF_CHECK_SHAPES, _up_inputs, reference_up, _describe_up)
 _CHECKS["up_wgrad"] = (UP_SELF_CHECK_SHAPES, _up_inputs, reference_up_wgrad, _describe_up)
 
@@ -348,8 +365,9 @@ def why_not(x: torch.Tensor, weight: torch.Tensor, padding: int, needs_grad: boo
 
 
 def why_not_up(x: torch.Tensor, needs_grad: bool) -> Optional[str]:
-    """why_not for the transposed convolution's CUTLASS units, which only its backward runs."""
-    return _why_not(UP_UNITS if needs_grad else (), x)
+    """why_not for the transposed convolution's CUTLASS units (the backward's only when
+    gradients are wanted)."""
+    return _why_not(UP_UNITS if needs_grad else ("up_fprop",), x)
 
 
 def _why_not(units, x: torch.Tensor) -> Optional[str]:
