@@ -256,7 +256,7 @@ def test_cutlass_path_up_conv_runs_on_the_units(with_skip, relu_input, monkeypat
             return dw, g.sum((0, 2, 3))
 
     monkeypatch.setattr(cuda_ops, "_ops", Units())
-    monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w: True)
+    monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w, skip=None: True)
     torch.manual_seed(0)
     x = torch.randn(2, 8, 5, 6, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()

@@ -301,7 +301,7 @@ def test_the_backward_units_are_checked_when_gradients_are_wanted(cutlass_wanted
 def cutlass_up_wanted_on_cpu(monkeypatch):
     """As cutlass_wanted_on_cpu, for the up-conv's units."""
     _extension_on_cpu()
-    monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w: x.dtype == torch.bfloat16)
+    monkeypatch.setattr(cutlass_sm90, "wanted_up", lambda x, w, skip=None: x.dtype == torch.bfloat16)
 
 
 def _up_args():
@@ -378,3 +378,17 @@ def test_the_units_take_bf16_and_fp16():
     assert "bf16 or fp16" in why and "float32" in why
     assert "bf16 or fp16" in cutlass_sm90.eligible(torch.empty(1, 64, 8, 8, dtype=torch.float16),
                                                    w.to(torch.bfloat16), 1)
+
+
+def test_the_up_units_take_what_they_can_store():
+    """The up-conv's units: bf16/fp16, channels multiples of 64; up_concat's skip with a multiple
+    of 8 channels (the forward unit stores the upper channels by TMA: 16-byte aligned pixels),
+    else the hand-written kernels, with the reason."""
+    x = torch.empty(1, 128, 4, 4, dtype=torch.bfloat16)
+    w = torch.empty(128, 64, 2, 2, dtype=torch.bfloat16)
+    assert cutlass_sm90.eligible_up(x, w) is None
+    assert cutlass_sm90.eligible_up(x, w, torch.empty(1, 64, 8, 8, dtype=torch.bfloat16)) is None
+    why = cutlass_sm90.eligible_up(x, w, torch.empty(1, 3, 8, 8, dtype=torch.bfloat16))
+    assert "skip's channels must be a multiple of 8" in why and "3" in why
+    assert "multiples of 64" in cutlass_sm90.eligible_up(x, w[:, :48])
+    assert not cutlass_sm90.wanted_up(x, w)   # (no sm_90 device here)

@@ -290,8 +290,8 @@ def _supports(op: str):
             # bf16 or fp16 on Hopper: the CUTLASS units, once they passed their first-run check there
             return cutlass_sm90.why_not(args[0], args[1], args[3], needs_grad(args))
         if op in _CUTLASS_UP_OPS:
-            x, weight = _CUTLASS_UP_OPS[op](args)
-            if cutlass_sm90.wanted_up(x, weight):   # (the up-conv's dx: its backward's unit)
+            x, weight, skip = _CUTLASS_UP_OPS[op](args)
+            if cutlass_sm90.wanted_up(x, weight, skip):   # (the up-conv's units)
                 return cutlass_sm90.why_not_up(x, needs_grad(args))
         return None
     return supports
@@ -299,9 +299,9 @@ def _supports(op: str):
 
 # The ops the CUTLASS sm_90a units can run (arguments (x, weight, bias, padding, ...)).
 _CUTLASS_OPS = ("conv3x3_relu", "conv3x3_relu_pool")
-# ... and those whose input gradient they can ((x, weight) of the op's arguments)
-_CUTLASS_UP_OPS = {"conv_transpose2x2": lambda a: (a[0], a[1]),
-                   "up_concat": lambda a: (a[1], a[2])}
+# ... and the transposed convolutions ((x, weight, skip) of the op's arguments)
+_CUTLASS_UP_OPS = {"conv_transpose2x2": lambda a: (a[0], a[1], None),
+                   "up_concat": lambda a: (a[1], a[2], a[0])}
 
 
 def _cutlass_wanted(args) -> bool:

@@ -385,7 +385,7 @@ def conv_transpose2x2(x, weight, bias, relu_input_=False):
 
 
 def up_concat(skip, x, weight, bias, relu_input_=False):
-    if cutlass_sm90.wanted_up(x, weight):
+    if cutlass_sm90.wanted_up(x, weight, skip):
         return _UpConvSm90.apply(skip, x, weight, bias_as(bias, x), relu_input_)
     return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias_as(bias, x))
 

@@ -139,15 +139,21 @@ def built_up() -> bool:
                                            "_conv_transpose2x2_wgrad_sm90"))
 
 
-def eligible_up(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
-    """None if the up-conv's units take this transposed convolution, else why not."""
-    return _dtype_and_channels(x, weight, weight.shape[1])
+def eligible_up(x: torch.Tensor, weight: torch.Tensor,
+                skip: Optional[torch.Tensor] = None) -> Optional[str]:
+    """None if the up-conv's units take this transposed convolution (up_concat's: beside `skip`),
+    else why not."""
+    why = _dtype_and_channels(x, weight, weight.shape[1])
+    if why is None and skip is not None and skip.shape[1] % 8:
+        # the forward unit stores into the concat's upper channels: 16-byte aligned pixels
+        return f"the skip's channels must be a multiple of 8 (got {skip.shape[1]})"
+    return why
 
 
-def wanted_up(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a conv_transpose2x2 / up_concat call of the cuda backend takes the CUTLASS units
-    (before their first-run check)."""
-    return _is_sm90(x.device) and built_up() and eligible_up(x, weight) is None
+def wanted_up(x: torch.Tensor, weight: torch.Tensor, skip: Optional[torch.Tensor] = None) -> bool:
+    """Whether a conv_transpose2x2 / up_concat (with `skip`) call of the cuda backend takes the
+    CUTLASS units (before their first-run check)."""
+    return _is_sm90(x.device) and built_up() and eligible_up(x, weight, skip) is None
 
 
 # ---------------------------------------------------------------- the first-run check
