@@ -1314,30 +1314,27 @@ def extension_rows(ext: dict, cfg: ModelConfig, m: Machine = H200) -> list:
         refused = {p: check(p, shape) or ("" if config_for(p, shape) in units else "no unit read")
                    for p in _UNIT_PASSES}
         if all(refused.values()):
-            rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_="all",
-                             layer=prob.name, config="refused: " + refused["fprop"],
-                             instructions_per_iter=None, tensor_cycles_per_iter=None,
-                             issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
-                             bound="-"))
+            rows.append(_refused_row(cfg, "all", prob.name, refused["fprop"]))
             continue
         rows += [_unit_row(units[config_for(p, shape)], prob, cfg, m) for p in _UNIT_PASSES
                  if not refused[p]]
-    # the decoder's transposed convolutions: their gradients (the up-conv's units; the wgrad's
-    # runs a 3x3 wgrad kernel); a problem is (name, c_in, c_out, h, w, pad 0) of the up-conv's
-    # input, as _unit_row reads it
+    # the decoder's transposed convolutions, forward and gradients (the up-conv's units; the
+    # wgrad's runs a 3x3 wgrad kernel); a problem is (name, c_in, c_out, h, w, pad 0) of the
+    # up-conv's input, as _unit_row reads it
     for prob in up_problems(cfg.in_channels, cfg.padding, cfg.size, cfg.base_channels, cfg.depth):
         shape = [cfg.batch, prob.h, prob.w, prob.c_in, prob.c_out, 0]
         for p in _UP_PASSES:
             why = check(p, shape) or ("" if config_for(p, shape) in units else "no unit read")
-            if why:
-                rows.append(dict(model=cfg.name, name="hand-written igemm kernels", pass_=p,
-                                 layer=prob.name, config="refused: " + why,
-                                 instructions_per_iter=None, tensor_cycles_per_iter=None,
-                                 issue_cycles_per_iter=None, predicted_fraction_of_peak=None,
-                                 bound="-"))
-            else:
-                rows.append(_unit_row(units[config_for(p, shape)], prob, cfg, m, pass_=p))
+            rows.append(_refused_row(cfg, p, prob.name, why) if why else
+                        _unit_row(units[config_for(p, shape)], prob, cfg, m, pass_=p))
     return rows
+
+
+def _refused_row(cfg: ModelConfig, pass_: str, layer: str, why: str) -> dict:
+    """A layer and pass the units refuse (their own check's reason): the hand-written kernels."""
+    return dict(model=cfg.name, name="hand-written igemm kernels", pass_=pass_, layer=layer,
+                config="refused: " + why, instructions_per_iter=None, tensor_cycles_per_iter=None,
+                issue_cycles_per_iter=None, predicted_fraction_of_peak=None, bound="-")
 
 
 def extension_model(cfgs: list, m: Machine = H200) -> dict:

@@ -187,11 +187,32 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_sm90_backward
   return {dx, dw, db};
 }
 
+// An up-conv unit's arguments with the problem's sizes: x (n, c, h, w) -> k output channels
+// (`weight` (c, k, 2, 2)), or a host check's [n, h, w, c, k] shape.
+template <class Args>
+Args up_args(sm90::Elem elem, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
+  Args a;
+  a.elem = elem;
+  a.n = static_cast<int>(n); a.h = static_cast<int>(h); a.w = static_cast<int>(w);
+  a.c = static_cast<int>(c); a.k = static_cast<int>(k);
+  return a;
+}
+template <class Args>
+Args up_args(sm90::Elem elem, const at::Tensor& x, const at::Tensor& weight) {
+  return up_args<Args>(elem, x.size(0), x.size(2), x.size(3), x.size(1), weight.size(1));
+}
+template <class Args>
+Args up_args(sm90::Elem elem, const sm90::Conv3x3Shape& s) {
+  return up_args<Args>(elem, s.n, s.h, s.w, s.c, s.k);
+}
+
 // The up-conv x -> (n, k, 2h, 2w) by the up_fprop unit (four 1x1 launches into every other pixel),
 // or with a skip the concat buffer crop_concat(skip, up): the skip's center crop copied into the
-// lower channels, the unit writing the upper ones in place. Answers in x's memory format.
-inline at::Tensor up_concat_sm90(const c10::optional<at::Tensor>& skip, const at::Tensor& x_,
-                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+// lower channels by the crop kernel of the hand-written up_concat (`Engine::crop_into`,
+// csrc/cuda/glue.h), the unit writing the upper ones in place. Answers in x's memory format.
+template <class Engine>
+at::Tensor up_concat_sm90(const c10::optional<at::Tensor>& skip, const at::Tensor& x_,
+                          const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   check_pointwise(x_, weight, bias, 2);
   const sm90::Elem elem = elem_of(x_, "x");
   const int64_t n = x_.size(0), k = weight.size(1), h = 2 * x_.size(2), w = 2 * x_.size(3);
@@ -199,20 +220,11 @@ inline at::Tensor up_concat_sm90(const c10::optional<at::Tensor>& skip, const at
   c10::cuda::CUDAGuard guard(x_.device());
   const int64_t cs = skip ? skip->size(1) : 0;
   at::Tensor out = at::empty({n, cs + k, h, w}, x_.options(), at::MemoryFormat::ChannelsLast);
-  if (skip) {
-    const int64_t top = (skip->size(2) - h) / 2, left = (skip->size(3) - w) / 2;
-    out.narrow(1, 0, cs).copy_(skip->narrow(2, top, h).narrow(3, left, w));
-  }
+  if (skip) Engine::crop_into(*skip, out, (skip->size(2) - h) / 2, (skip->size(3) - w) / 2);
   const at::Tensor x = nhwc_view(x_);
   const at::Tensor wk = weight.permute({2, 3, 1, 0}).contiguous();  // (2, 2, k, c): a KRSC filter per tap
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-  sm90::UpFpropArgs a;
-  a.elem = elem;
-  a.n = static_cast<int>(n);
-  a.c = static_cast<int>(x_.size(1));
-  a.h = static_cast<int>(x_.size(2));
-  a.w = static_cast<int>(x_.size(3));
-  a.k = static_cast<int>(k);
+  auto a = up_args<sm90::UpFpropArgs>(elem, x_, weight);
   a.x = nhwc(x);
   a.weight = wk.data_ptr();
   a.bias = b.defined() ? b.data_ptr() : nullptr;
@@ -232,13 +244,7 @@ inline at::Tensor conv_transpose2x2_dgrad_sm90(const at::Tensor& grad_, const at
   const at::Tensor g = nhwc_view(grad_);  // (also the concat gradient's channel slice, in place)
   const at::Tensor wk = weight.permute({0, 2, 3, 1}).contiguous();  // (c, 2, 2, k): KRSC
   const at::Tensor m = relu_input ? mask_view(x_) : at::Tensor();
-  sm90::UpDgradArgs a;
-  a.elem = elem;
-  a.n = static_cast<int>(x_.size(0));
-  a.c = static_cast<int>(x_.size(1));
-  a.h = static_cast<int>(x_.size(2));
-  a.w = static_cast<int>(x_.size(3));
-  a.k = static_cast<int>(weight.size(1));
+  auto a = up_args<sm90::UpDgradArgs>(elem, x_, weight);
   at::Tensor dx = at::empty({a.n, a.c, a.h, a.w}, x_.options(), at::MemoryFormat::ChannelsLast);
   a.g = nhwc(g);
   a.weight = wk.data_ptr();
@@ -266,13 +272,7 @@ inline std::tuple<at::Tensor, at::Tensor> conv_transpose2x2_wgrad_sm90(const at:
     // x is the GEMM's A operand, which CUTLASS's wgrad takes dense; g is read in place
     const at::Tensor x = x_.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor g = nhwc_view(grad_);
-    sm90::UpWgradArgs a;
-    a.elem = elem;
-    a.n = static_cast<int>(x.size(0));
-    a.c = static_cast<int>(x.size(1));
-    a.h = static_cast<int>(x.size(2));
-    a.w = static_cast<int>(x.size(3));
-    a.k = static_cast<int>(weight.size(1));
+    auto a = up_args<sm90::UpWgradArgs>(elem, x, weight);
     a.splits = sm90::up2x2_wgrad_splits(a, num_sms());
     at::Tensor partial = at::empty({a.splits, a.c, 2, 2, a.k}, x.options().dtype(at::kFloat));
     a.g = nhwc(g);
@@ -288,12 +288,6 @@ inline std::tuple<at::Tensor, at::Tensor> conv_transpose2x2_wgrad_sm90(const at:
 }
 
 constexpr const char* kPasses = "'fprop', 'dgrad', 'wgrad', 'up_fprop', 'up_dgrad', 'up_wgrad'";
-
-inline sm90::UpWgradArgs up_wgrad_args(const sm90::Conv3x3Shape& s, sm90::Elem elem) {
-  sm90::UpWgradArgs a;
-  a.elem = elem; a.n = s.n; a.h = s.h; a.w = s.w; a.c = s.c; a.k = s.k;
-  return a;
-}
 
 inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t> shape,
                                       c10::string_view dtype) {
@@ -327,20 +321,18 @@ inline std::string cutlass_sm90_check(c10::string_view pass, std::vector<int64_t
     a.splits = sm90::conv3x3_wgrad_splits(s, 132);
     r = sm90::conv3x3_wgrad_check(a, why, sizeof why);
   } else if (pass == "up_dgrad") {
-    sm90::UpDgradArgs a;
-    a.elem = elem; a.n = s.n; a.h = s.h; a.w = s.w; a.c = s.c; a.k = s.k;
+    auto a = up_args<sm90::UpDgradArgs>(elem, s);
     a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.dx = dense(s.n, s.h, s.w, s.c);
     a.mask = dense(s.n, s.h, s.w, s.c);
     r = sm90::up2x2_dgrad_check(a, why, sizeof why);
   } else if (pass == "up_fprop") {
-    sm90::UpFpropArgs a;
-    a.elem = elem; a.n = s.n; a.h = s.h; a.w = s.w; a.c = s.c; a.k = s.k;
+    auto a = up_args<sm90::UpFpropArgs>(elem, s);
     a.x = dense(s.n, s.h, s.w, s.c);
     // y: the upper channel slice of a concat with as many skip channels (the U-Net's decoder)
     a.y = dense(s.n, 2 * s.h, 2 * s.w, 2 * s.k);
     r = sm90::up2x2_fprop_check(a, why, sizeof why);
   } else if (pass == "up_wgrad") {
-    sm90::UpWgradArgs a = up_wgrad_args(s, elem);
+    auto a = up_args<sm90::UpWgradArgs>(elem, s);
     a.g = dense(s.n, 2 * s.h, 2 * s.w, s.k); a.x = dense(s.n, s.h, s.w, s.c);
     a.splits = sm90::up2x2_wgrad_splits(a, 132);
     r = sm90::up2x2_wgrad_check(a, why, sizeof why);
@@ -361,7 +353,7 @@ inline int64_t cutlass_sm90_wgrad_splits(std::vector<int64_t> shape, int64_t sms
   sm90::Conv3x3Shape s;
   s.n = int(shape[0]); s.h = int(shape[1]); s.w = int(shape[2]);
   s.c = int(shape[3]); s.k = int(shape[4]); s.pad = int(shape[5]);
-  if (pass == "up_wgrad") return sm90::up2x2_wgrad_splits(up_wgrad_args(s, sm90::Elem::kBf16), int(sms));
+  if (pass == "up_wgrad") return sm90::up2x2_wgrad_splits(up_args<sm90::UpWgradArgs>(sm90::Elem::kBf16, s), int(sms));
   TORCH_CHECK(pass == "wgrad", "pass must be 'wgrad' or 'up_wgrad', got '", std::string(pass), "'");
   return sm90::conv3x3_wgrad_splits(s, int(sms));
 }
@@ -392,7 +384,7 @@ inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<in
   if (pass == "wgrad") return sm90::conv3x3_wgrad_config_for(s, elem);
   if (pass == "up_dgrad")
     return elem == sm90::Elem::kF16 ? sm90::up2x2_dgrad_f16_config() : sm90::up2x2_dgrad_bf16_config();
-  if (pass == "up_wgrad") return sm90::up2x2_wgrad_config_for(up_wgrad_args(s, elem));
+  if (pass == "up_wgrad") return sm90::up2x2_wgrad_config_for(up_args<sm90::UpWgradArgs>(elem, s));
   if (pass == "up_fprop")
     return elem == sm90::Elem::kF16 ? sm90::up2x2_fprop_f16_config() : sm90::up2x2_fprop_bf16_config();
   TORCH_CHECK(false, "pass must be one of ", kPasses, ", got '", std::string(pass), "'");

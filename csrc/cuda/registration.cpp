@@ -76,7 +76,7 @@ TORCH_LIBRARY_FRAGMENT(unet_fast, m) {
 TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("_conv3x3_relu_sm90", &cutlass_glue::conv3x3_relu_sm90);
   m.impl("_conv3x3_relu_sm90_backward", &cutlass_glue::conv3x3_relu_sm90_backward);
-  m.impl("_up_concat_sm90", &cutlass_glue::up_concat_sm90);
+  m.impl("_up_concat_sm90", &cutlass_glue::up_concat_sm90<G::Engine>);
   m.impl("_conv_transpose2x2_dgrad_sm90", &cutlass_glue::conv_transpose2x2_dgrad_sm90);
   m.impl("_conv_transpose2x2_wgrad_sm90", &cutlass_glue::conv_transpose2x2_wgrad_sm90);
 }

@@ -142,6 +142,16 @@ inline int check_up_sizes(int n, int h, int w, int c, int k, char* why, int len)
   return kOk;
 }
 
+// ... and both channel counts multiples of the 64-channel K step (up_fprop's K = c and N = k,
+// up_dgrad's N = c and K = 4k; up_wgrad has its own tile rule).
+inline int check_up_shape(int n, int h, int w, int c, int k, char* why, int len) {
+  if (int r = check_up_sizes(n, h, w, c, k, why, len)) return r;
+  if (c % kChannelMultiple || k % kChannelMultiple)
+    return fail(why, len, kUnsupported, "input and output channels must be multiples of %d (got c=%d, k=%d)",
+                kChannelMultiple, c, k);
+  return kOk;
+}
+
 template <cutlass::conv::Operator Op>
 cutlass::conv::ConvProblemShape<Op, 2> up2x2_problem(int n, int h, int w, int c, int k, const Nhwc& g,
                                                       const Nhwc& out) {

@@ -31,11 +31,7 @@ using Kernel = typename Types::Kernel;
 using Conv = typename Types::Conv;
 
 static int check(UpDgradArgs& a, bool launch, char* why, int len) {
-  if (int r = detail::check_up_sizes(a.n, a.h, a.w, a.c, a.k, why, len)) return r;
-  if (a.c % detail::kChannelMultiple || a.k % detail::kChannelMultiple)
-    return detail::fail(why, len, kUnsupported,
-                        "input and output channels must be multiples of %d (got c=%d, k=%d)",
-                        detail::kChannelMultiple, a.c, a.k);
+  if (int r = detail::check_up_shape(a.n, a.h, a.w, a.c, a.k, why, len)) return r;
   if (int r = detail::check_nhwc(a.g, "grad", a.n, 2 * a.h, 2 * a.w, a.k, launch, why, len)) return r;
   if (int r = detail::check_nhwc(a.dx, "grad_x", a.n, a.h, a.w, a.c, launch, why, len)) return r;
   if (a.mask.ptr != nullptr || !launch) {

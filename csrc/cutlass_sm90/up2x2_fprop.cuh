@@ -31,11 +31,7 @@ using Kernel = typename Types::Kernel;
 using Conv = typename Types::Conv;
 
 static int check(UpFpropArgs& a, bool launch, char* why, int len) {
-  if (int r = detail::check_up_sizes(a.n, a.h, a.w, a.c, a.k, why, len)) return r;
-  if (a.c % detail::kChannelMultiple || a.k % detail::kChannelMultiple)
-    return detail::fail(why, len, kUnsupported,
-                        "input and output channels must be multiples of %d (got c=%d, k=%d)",
-                        detail::kChannelMultiple, a.c, a.k);
+  if (int r = detail::check_up_shape(a.n, a.h, a.w, a.c, a.k, why, len)) return r;
   if (int r = detail::check_nhwc(a.x, "x", a.n, a.h, a.w, a.c, launch, why, len)) return r;
   if (int r = detail::check_nhwc(a.y, "y", a.n, 2 * a.h, 2 * a.w, a.k, launch, why, len)) return r;
   if ((launch && a.weight == nullptr) || !detail::aligned16(a.weight))

@@ -301,7 +301,7 @@ torch.library.register_autograd("unet_fast::up_concat", _up_concat_backward,
                                 setup_context=_up_concat_setup)
 
 
-# ---------------------------------------------------------------- the up-conv's gradients on CUTLASS sm_90a
+# ---------------------------------------------------------------- the up-conv on CUTLASS sm_90a
 if cutlass_sm90.built_up():
     @torch.library.register_fake("unet_fast::_up_concat_sm90")
     def _up_concat_sm90_fake(skip, x, weight, bias):
