@@ -74,10 +74,10 @@ def test_conv_kernels_copy_tiles_with_cp_async():
 
 # The units of csrc/cutlass_sm90, one kernel each.
 # each unit and how many instantiations it has per element type (bf16 and fp16; fprop and dgrad:
-# 128x128 and 256x64 tiles; wgrad: 128x64, 128x128 and 64x64; the up-conv's forward and dgrad:
-# 128x128; its wgrad is a 3x3 wgrad kernel)
+# 128x128 and 256x64 tiles; wgrad: 128x64, 128x128 and 64x64; the up-conv's forward: 128x128 and
+# 256x64; its dgrad: 128x128; its wgrad is a 3x3 wgrad kernel)
 CUTLASS_KERNELS = {"conv3x3 fprop": 2, "conv3x3 dgrad": 2, "conv3x3 wgrad split-K": 3,
-                   "up2x2 fprop": 1, "up2x2 dgrad": 1}
+                   "up2x2 fprop": 2, "up2x2 dgrad": 1}
 CUTLASS_ELEMS = ("bf16", "f16")
 
 

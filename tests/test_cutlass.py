@@ -193,7 +193,11 @@ def test_up_first_run_problems_are_accepted_and_name_the_unit(unit):
         for dtype in DTYPES:
             assert check(unit, [n, h, w, c, k, 0], dtype) == "", (n, h, w, c, k, dtype)
             cfg = torch.ops.unet_fast._cutlass_sm90_config_for(unit, [n, h, w, c, k, 0], dtype)
-            assert cfg.startswith(f"{unit} {dtype}: tile 128x128x64"), cfg
+            # (up_fprop's N is k: 64 output channels fill the 256x64 tile)
+            tile = "256x64x64" if unit == "up_fprop" and k == 64 else "128x128x64"
+            assert cfg.startswith(f"{unit} {dtype}: tile {tile}"), cfg
+    # both of up_fprop's instantiations run in the first-run check
+    assert {k == 64 for *_, k in cutlass_sm90.UP_SELF_CHECK_SHAPES} == {True, False}
 
 
 def test_bad_pass_name_is_an_error():
@@ -205,14 +209,15 @@ def test_bad_pass_name_is_an_error():
 
 def test_configs_name_the_instantiations():
     """Seven 3x3 instantiations per dtype, bf16's then fp16's, in the same order: the same tiles;
-    then the up-conv's dgrad, bf16 and fp16, and its forward."""
+    then the up-conv's dgrad, bf16 and fp16, and its forward, 128x128 and 256x64 (k = 64)."""
     _check_op()
     configs = torch.ops.unet_fast._cutlass_sm90_configs()
-    assert len(configs) == (UNITS_PER_DTYPE + 2) * len(DTYPES), configs
+    assert len(configs) == (UNITS_PER_DTYPE + 3) * len(DTYPES), configs
     up = configs[UNITS_PER_DTYPE * len(DTYPES):]
     assert [c.split(":")[0] for c in up] == ["up_dgrad bf16", "up_dgrad f16", "up_fprop bf16",
-                                             "up_fprop f16"], up
-    assert all("tile 128x128x64" in c for c in up), up
+                                             "up_fprop f16", "up_fprop bf16", "up_fprop f16"], up
+    assert all("tile 128x128x64" in c for c in up[:4]), up
+    assert all("tile 256x64x64" in c for c in up[4:]), up
     assert all("mask" in c for c in up[:2]) and all("every other pixel" in c for c in up[2:]), up
     configs = configs[:UNITS_PER_DTYPE * len(DTYPES)]
     for d, dtype in enumerate(DTYPES):
@@ -402,7 +407,9 @@ def test_gpu_parity_up_conv_dgrad(n, h, w, c, k, relu_input, grad_layout, dtype)
 
 
 @requires_sm90
-@pytest.mark.parametrize("n,h,w,c,k", [(1, 7, 9, 128, 64), (2, 13, 11, 256, 128), (3, 28, 28, 128, 192)])
+# (k = 64 runs the 256x64 instantiation: 63 pixels, one partial tile; 286, two)
+@pytest.mark.parametrize("n,h,w,c,k", [(1, 7, 9, 128, 64), (2, 13, 11, 128, 64), (2, 13, 11, 256, 128),
+                                       (3, 28, 28, 128, 192)])
 @pytest.mark.parametrize("skip", [None, "same", "crop"])
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("bias", [True, False])

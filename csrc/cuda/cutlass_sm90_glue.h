@@ -368,7 +368,8 @@ inline std::vector<std::string> cutlass_sm90_configs() {
           sm90::conv3x3_dgrad_f16_n64_config(), sm90::conv3x3_wgrad_f16_n128_config(),
           sm90::conv3x3_wgrad_f16_m64_config(),
           sm90::up2x2_dgrad_bf16_config(), sm90::up2x2_dgrad_f16_config(),
-          sm90::up2x2_fprop_bf16_config(), sm90::up2x2_fprop_f16_config()};
+          sm90::up2x2_fprop_bf16_config(), sm90::up2x2_fprop_f16_config(),
+          sm90::up2x2_fprop_bf16_n64_config(), sm90::up2x2_fprop_f16_n64_config()};
 }
 
 // The config of the instantiation a pass runs for a shape (host code only): for the kernel model.
@@ -385,8 +386,7 @@ inline std::string cutlass_sm90_config_for(c10::string_view pass, std::vector<in
   if (pass == "up_dgrad")
     return elem == sm90::Elem::kF16 ? sm90::up2x2_dgrad_f16_config() : sm90::up2x2_dgrad_bf16_config();
   if (pass == "up_wgrad") return sm90::up2x2_wgrad_config_for(up_args<sm90::UpWgradArgs>(elem, s));
-  if (pass == "up_fprop")
-    return elem == sm90::Elem::kF16 ? sm90::up2x2_fprop_f16_config() : sm90::up2x2_fprop_bf16_config();
+  if (pass == "up_fprop") return sm90::up2x2_fprop_config_for(up_args<sm90::UpFpropArgs>(elem, s));
   TORCH_CHECK(false, "pass must be one of ", kPasses, ", got '", std::string(pass), "'");
 }
 

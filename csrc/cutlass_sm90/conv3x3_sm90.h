@@ -111,13 +111,18 @@ struct UpFpropArgs {
 };
 int up2x2_fprop_check(const UpFpropArgs& a, char* why, int why_len);
 int up2x2_fprop_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len);
-// (one instantiation per element type, 128x128 tiles: N = k is 64 to 512 in the U-Net)
-int up2x2_fprop_bf16_check(const UpFpropArgs& a, char* why, int why_len);
-int up2x2_fprop_bf16_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len);
-const char* up2x2_fprop_bf16_config();
-int up2x2_fprop_f16_check(const UpFpropArgs& a, char* why, int why_len);
-int up2x2_fprop_f16_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len);
-const char* up2x2_fprop_f16_config();
+// the instantiation it runs: 128x128 tiles, 256x64 (n64) where k = 64 (N = k is 64 to 512 in
+// the U-Net; a 128-wide tile would be half empty)
+const char* up2x2_fprop_config_for(const UpFpropArgs& a);
+#define UNET_FAST_SM90_UP_FPROP(tag)                                                        \
+  int up2x2_fprop_##tag##_check(const UpFpropArgs& a, char* why, int why_len);              \
+  int up2x2_fprop_##tag##_run(const UpFpropArgs& a, cudaStream_t stream, char* why, int why_len); \
+  const char* up2x2_fprop_##tag##_config();
+UNET_FAST_SM90_UP_FPROP(bf16)
+UNET_FAST_SM90_UP_FPROP(bf16_n64)
+UNET_FAST_SM90_UP_FPROP(f16)
+UNET_FAST_SM90_UP_FPROP(f16_n64)
+#undef UNET_FAST_SM90_UP_FPROP
 
 // --------------------------------------------------------------------------- the up-conv's dgrad
 // The input gradient of the decoder's 2x2 stride-2 transposed convolution x (n, h, w, c) ->

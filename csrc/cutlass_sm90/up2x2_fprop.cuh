@@ -5,8 +5,10 @@
 // tap. Four launches, no scatter kernel; y may be the concat buffer's upper channel slice.
 //   y[n, 2h + i, 2w + j, k] = sum over c of x[n, h, w, c] * W[c, k, i, j] + bias[k]
 // GEMM per tap: M = n*h*w pixels of x, N = k, K = c (64 channels a step).
-// One instantiation per element type (up2x2_fprop_{bf16,f16}.cu): 128x128 tiles, a 2x1 cluster
-// multicasting each weight tile, as the 3x3 fprop's.
+// Two instantiations per element type, as the 3x3 fprop's (a 2x1 cluster multicasting each weight
+// tile): 128x128 tiles (up2x2_fprop_{bf16,f16}.cu), and 256x64 tiles for k = 64
+// (up2x2_fprop_{bf16,f16}_n64.cu: the U-Net's last up-conv, whose 128-wide N tile would be half
+// empty with only 2 K steps a tile to pay its fill and epilogue).
 #pragma once
 #include "conv3x3_fprop.cuh"  // (common.cuh first), FpropKernel, BiasAddOf
 
@@ -14,13 +16,13 @@ namespace unet_fast {
 namespace sm90 {
 namespace {
 
-template <class Element_>
+template <class Element_, int kTileM, int kTileN>
 struct UpFpropUnit {
 using Element = Element_;
 static constexpr const char* kName = "up_fprop";
 static constexpr const char* kEpilogue =
     "epilogue acc + bias, TMA store into every other pixel (one launch per tap)";
-using TileShape = Shape<_128, _128, Shape<_64>>;
+using TileShape = Shape<Int<kTileM>, Int<kTileN>, Shape<_64>>;
 // acc + bias[n] (no activation: the up-conv has none), the 3x3 fprop's kernel otherwise.
 using Types = FpropKernel<Element, TileShape, BiasAddOf<Element, TileShape, Element>>;
 using ClusterShape = typename Types::ClusterShape;

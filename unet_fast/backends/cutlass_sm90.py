@@ -55,10 +55,11 @@ CHANNEL_MULTIPLE = 64  # the units' K step and narrowest wgrad N tile: 64 channe
 SELF_CHECK_SHAPES = ((2, 13, 11, 64, 128, 0), (2, 14, 12, 128, 64, 1), (2, 12, 10, 128, 128, 0))
 # The up-conv units' (n, h, w, c, k) of the up-conv's input x. up_dgrad: the pixels cross the
 # 128-row M tile, c is one and two 128-wide N tiles, k = 64 and 128 channels give 4 and 8 K steps
-# (one tap's 64 a step); up_fprop (per tap M = n*h*w, N = k, K = c): half and one 128-wide N
-# tile, 2 and 4 K steps. up_wgrad (M = c, N = 4k, K = the pixels): k = 64 runs the 128x64
-# instantiation, k = 128 the 128x128 one, c = 256 two M tiles, and the first problem's 1056
-# pixels (17 K steps) are split in two (up2x2_wgrad_splits), the others not.
+# (one tap's 64 a step); up_fprop (per tap M = n*h*w, N = k, K = c): k = 64 runs the 256x64
+# instantiation (the pixels cross its 256-row tile), k = 128 the 128x128 one; 2 and 4 K steps.
+# up_wgrad (M = c, N = 4k, K = the pixels): k = 64 runs the 128x64 instantiation, k = 128 the
+# 128x128 one, c = 256 two M tiles, and the first problem's 1056 pixels (17 K steps) are split
+# in two (up2x2_wgrad_splits), the others not.
 UP_SELF_CHECK_SHAPES = ((2, 24, 22, 128, 64), (2, 10, 9, 256, 128))
 
 _lock = threading.Lock()
