@@ -208,6 +208,37 @@ def test_extension_covers_every_unit_convolution(extension):
     json.dumps(km._extension_json(ext))  # what --extension prints and the report's JSON holds
 
 
+def test_cuda_step_prices_every_launch_of_the_step(extension):
+    """The explicit backend="cuda" step, recorded on meta tensors: every CUTLASS unit row of the
+    network is one of its launches, once (the recording reached every convolution the units
+    take, and no other); the hand-written tensor-core kernels run exactly the first layer (forward
+    and weight gradient: the input needs none) and the 1x1 head (its three passes); each encoder
+    level pools once and un-pools once; every launch has a positive time."""
+    km, ext = extension
+    for cfg in km.MODELS.values():
+        st = km.cuda_step(cfg, ext)
+        rows = st["rows"]
+        units = [r for r in ext["rows"] if r["model"] == cfg.name and "flops" in r]
+        got = sorted((r["layer"].split("+")[0], r["pass_"]) for r in rows
+                     if r["kernel"].startswith("cutlass"))
+        assert got == sorted((r["layer"], r["pass_"]) for r in units), cfg.name
+        assert abs(st["by_kind"]["CUTLASS units"] - sum(r["time_s"] for r in units)) < 1e-12
+        hand = sorted((r["layer"], r["pass_"], r["kernel"]) for r in rows
+                      if r["kernel"].startswith("hand-written"))
+        head = "up.3.conv.2+head"
+        assert hand == [("down.0.0", "fwd", "hand-written Conv3x3Fprop"),
+                        ("down.0.0", "wgrad", "hand-written Conv3x3Wgrad"),
+                        (head, "dgrad", "hand-written PointwiseDgrad"),
+                        (head, "fwd", "hand-written PointwiseFprop"),
+                        (head, "wgrad", "hand-written PointwiseWgrad")], hand
+        pools = [r["layer"] for r in rows if r["pass_"] == "pool"]
+        unpools = [r["layer"] for r in rows if r["pass_"] == "pool bwd"]
+        assert pools == [f"down.{i}.2" for i in range(4)] and sorted(unpools) == pools
+        assert all(r["time_s"] > 0 for r in rows)
+        assert st["predicted_s"] == pytest.approx(sum(r["time_s"] for r in rows))
+        assert st["predicted_s"] > st["by_kind"]["CUTLASS units"]
+
+
 def test_resource_usage_counts_stack_frame_spills():
     """Spills are read as LOCAL plus STACK (tools/sass_report.resource_usage, used by
     tools/triton_aot.py and this model): the cuobjdump line of a Triton sm_80 kernel that

@@ -38,8 +38,9 @@ machines (bf16 matmul 790 TFLOP/s, copy 4.3 TB/s) are labelled so, the rest are 
 
 The CUDA extension (`backend="cuda"`, section 7): when unet_fast._C is built, its kernels are read
 from the library's own SASS (cuobjdump): the CUTLASS sm_90a units' consumer (wgmma) and producer
-(TMA) loops per K step, with per-layer predictions for the 3x3 convolutions they run, and the
-hand-written kernels' mainloop counts.
+(TMA) loops per K step, with per-layer predictions for the convolutions they run, the
+hand-written kernels' mainloop counts, and the whole explicit backend="cuda" step (its extension
+ops recorded on meta tensors, every launch priced: `cuda_step`).
 
 This is an instrument for finding issue-bound loops, synchronous gathers and spills before a GPU
 sees them. Every figure it prints is a model; the GPU suite measures.
@@ -285,6 +286,25 @@ def _aten_recorder(state):
     return AtenRecorder()
 
 
+@contextlib.contextmanager
+def _backend_unchecked(name: str):
+    """Within: the dispatch layer takes `name` on any device, with no backend or op check (the
+    step is recorded, never run)."""
+    from unet_fast import _dispatch
+    _dispatch.ensure_backends()
+    saved_reason = _dispatch._backend_reason[name]
+    _dispatch._backend_reason[name] = lambda: None
+    saved = {op: impls[name].supports for op, impls in _dispatch._impls.items() if name in impls}
+    for op in saved:
+        _dispatch._impls[op][name].supports = None
+    try:
+        yield
+    finally:
+        _dispatch._backend_reason[name] = saved_reason
+        for op, sup in saved.items():
+            _dispatch._impls[op][name].supports = sup
+
+
 def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     """The launches of one bf16-autocast training step of `cfg` on the Triton backend."""
     from unet_fast import _dispatch
@@ -305,22 +325,14 @@ def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     # the CPU-only check for non-finite weights (PyTorch's NaN pattern) never runs on a GPU
     from unet_fast.backends.triton_backend import conv3x3_relu as _conv3x3_module
     patch(_conv3x3_module, "nonfinite_weight_on_cpu", lambda weight: False)
-    saved_reason = _dispatch._backend_reason["triton"]
-    _dispatch._backend_reason["triton"] = lambda: None
-    saved_supports = {op: impls["triton"].supports for op, impls in _dispatch._impls.items()
-                      if "triton" in impls}
-    for op in saved_supports:
-        _dispatch._impls[op]["triton"].supports = None
     try:
         step = make_step(cfg, "cpu")
-        with labelled_launches(state, _Recorder), _aten_recorder(state):
+        with _backend_unchecked("triton"), labelled_launches(state, _Recorder), \
+                _aten_recorder(state):
             step(state)
     finally:
         for obj, name, val in reversed(patches):
             setattr(obj, name, val)
-        _dispatch._backend_reason["triton"] = saved_reason
-        for op, s in saved_supports.items():
-            _dispatch._impls[op]["triton"].supports = s
     _KERNELS.update(state.kernels)
     return state.launches
 
@@ -1054,7 +1066,8 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
             lines += [f"- {k} {c}: {e}" for k, c, e in res["failures"]]
         lines.append("")
     ext = ext if ext is not None else dict(status="not read")
-    lines += extension_markdown(ext, m)
+    lines += extension_markdown(ext, m, {res["config"]["name"]: summarize(res, m)["predicted_s"]
+                                         for res in results})
     with open(path_md, "w") as f:
         f.write("\n".join(lines))
     out = []
@@ -1341,7 +1354,213 @@ def extension_model(cfgs: list, m: Machine = H200) -> dict:
     ext = read_extension(m)
     if ext.get("units"):
         ext["rows"] = [r for cfg in cfgs for r in extension_rows(ext, cfg, m)]
+        ext["steps"] = [cuda_step(cfg, ext, m) for cfg in cfgs]
     return ext
+
+
+# ---------------------------------------------------------------- the explicit backend="cuda" step
+# The whole step as backend="cuda" runs it on sm_90: the extension's ops one bf16-autocast step
+# calls, recorded on meta tensors (their fake kernels give every shape; nothing runs, no GPU), each
+# priced: a CUTLASS unit by its row above; the hand-written tensor-core kernels (the first layer,
+# the 1x1 head) by their static mainloop counts; everything else, ours or aten's, at its DRAM bytes.
+_HAND_KERNELS = {   # (op, pass) -> the hand-written igemm kernel that runs it (csrc/cuda)
+    ("conv3x3_relu", "fwd"): "Conv3x3Fprop", ("_conv3x3_relu_backward", "dgrad"): "Conv3x3Dgrad",
+    ("_conv3x3_relu_backward", "wgrad"): "Conv3x3Wgrad", ("conv1x1", "fwd"): "PointwiseFprop",
+    ("_conv1x1_backward", "dgrad"): "PointwiseDgrad", ("_conv1x1_backward", "wgrad"): "PointwiseWgrad"}
+
+
+def record_cuda_step(cfg: ModelConfig) -> tuple:
+    """The extension ops (name, phase, layer, args: a tensor as _tensor_desc describes it)
+    and the aten launches of one bf16-autocast training step of `cfg` on backend="cuda" as an sm_90
+    GPU with the CUTLASS units would run it (their first-run checks taken as passed), on meta
+    tensors. Autocast is off on a machine without CUDA: the ops' own autocast casts are switched on
+    for bf16 instead."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import unet_fast as uf
+    from unet_fast import ops
+    from unet_fast.backends import cutlass_sm90
+
+    state, calls, patches = _State(), [], []
+
+    def patch(obj, name, value):
+        patches.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def desc(a):
+        if isinstance(a, torch.Tensor):
+            return _tensor_desc(a, (str(a.dtype), ""))
+        return a
+
+    class ExtRecorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "unet_fast":
+                calls.append(dict(op=func.overloadpacket.__name__, phase=state.phase,
+                                  layer=state.layer or "?",
+                                  args=[[desc(x) for x in a] if isinstance(a, (list, tuple))
+                                        else desc(a) for a in args]))
+            return func(*args, **(kwargs or {}))
+
+    patch(cutlass_sm90, "_is_sm90", lambda device: True)
+    patch(cutlass_sm90, "verdict", lambda units, device, dtype=None: None)
+    patch(ops, "_autocast_on", lambda t: t.is_floating_point())
+    patch(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    try:
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
+                            cfg.padding, backend="cuda")
+            x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size)
+            with _backend_unchecked("cuda"), labelled_launches(state, _Recorder), \
+                    _aten_recorder(state), ExtRecorder():
+                state.phase, state.layer = "fwd", "input"
+                out = model(x)
+                state.phase, state.layer = "bwd", "loss"
+                out.float().sum().backward()
+    finally:
+        for obj, name, val in reversed(patches):
+            setattr(obj, name, val)
+    return calls, state.launches
+
+
+def _mem_row(layer, pass_, kernel, nbytes, m: Machine, bound="DRAM") -> dict:
+    t = nbytes / m.dram_bw
+    return dict(layer=layer, pass_=pass_, kernel=kernel, dram_bytes=nbytes, kernel_s=t,
+                time_s=t + m.launch_gap_s, bound=bound)
+
+
+def _hand_row(layer, pass_, kernel, hand, gemm, nbytes, m: Machine) -> dict:
+    """A hand-written igemm launch: 64x64 tiles of 32-wide K steps, every SM sub-partition
+    issuing one warp's loop per CTA and step (4 warps), at the loop's static count (both ways of
+    every branch: an upper bound; the epilogue is not counted), or its DRAM bytes if longer."""
+    M, N, K = gemm
+    steps = math.ceil(M / 64) * math.ceil(N / 64) * math.ceil(K / 32)
+    k = hand.get(f"igemm {kernel}<__nv_bfloat16> [tensor cores]")
+    issue = steps * k["issue_cycles_per_iter"] / m.sms / m.clock if k else 0.0
+    dram = nbytes / m.dram_bw
+    t = max(issue, dram)
+    return dict(layer=layer, pass_=pass_, kernel=f"hand-written {kernel}", dram_bytes=nbytes,
+                gemm=[M, N, K], kernel_s=t, time_s=t + m.launch_gap_s,
+                bound="issue (static count)" if issue > dram else "DRAM")
+
+
+def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
+    """The kernels one extension op launches, priced (see the section's comment)."""
+    op, layer, a = call["op"], call["layer"], call["args"]
+    unit_layer = layer.split("+")[0]   # (the head's fused name: the units run the conv)
+
+    def unit(pass_):
+        r = units[(unit_layer, pass_)]
+        return dict(layer=layer, pass_=pass_, kernel=r["name"], dram_bytes=r["dram_bytes"],
+                    kernel_s=r["kernel_s"], time_s=r["time_s"], bound=r["bound"], flops=r["flops"])
+
+    def relayout(w, order):
+        """A weight permuted to `order` and made contiguous: a copy unless it already is."""
+        shape, strides = [w[2][i] for i in order], [w[3][i] for i in order]
+        dense, want = True, 1
+        for n, st in zip(reversed(shape), reversed(strides)):
+            dense &= n == 1 or st == want
+            want *= n
+        return [] if dense else [_mem_row(layer, "weight re-layout", "aten copy", 2 * _tbytes(w), m)]
+
+    def bias_grad(g):   # one fp32 reduction of g over its pixels (aten sum), and its cast
+        return [_mem_row(layer, "bias grad", "aten sum", _tbytes(g), m)]
+
+    if op == "_conv3x3_relu_sm90":
+        return relayout(a[1], (0, 2, 3, 1)) + [unit("fprop")]
+    if op == "_conv3x3_relu_sm90_backward":
+        gy, y, x, w, pad, mask, relu_input, grad_masked = a[:8]
+        rows = [] if grad_masked else [_mem_row(layer, "dReLU", "aten threshold_backward",
+                                                3 * _tbytes(gy), m)]
+        rows += relayout(w, (0, 2, 3, 1)) if mask[0] else []
+        rows += [unit("dgrad")] if mask[0] else []
+        rows += [unit("wgrad"), _mem_row(layer, "weight grad cast", "aten _to_copy",
+                                         6 * _numel(w[2]), m)] if mask[1] else []
+        return rows + (bias_grad(gy) if mask[2] else [])
+    if op == "_up_concat_sm90":
+        skip, x, w = a[:3]
+        rows = relayout(w, (2, 3, 1, 0))
+        if isinstance(skip, tuple):   # the skip's center crop copied into the lower channels
+            n, cs = skip[2][:2]
+            crop = n * cs * 4 * x[2][2] * x[2][3] * skip[4]
+            rows.append(_mem_row(layer, "crop into concat", "crop_into", 2 * crop, m))
+        return rows + [unit("up_fprop")]
+    if op == "_conv_transpose2x2_dgrad_sm90":
+        return relayout(a[2], (0, 2, 3, 1)) + [unit("up_dgrad")]
+    if op == "_conv_transpose2x2_wgrad_sm90":
+        g, mask = a[0], a[3]
+        return ([unit("up_wgrad"), _mem_row(layer, "weight grad cast", "aten _to_copy",
+                                            6 * _numel(a[2][2]), m)] if mask[0] else []) + (
+            bias_grad(g) if mask[1] else [])
+    if op == "max_pool2x2":
+        return [_mem_row(layer, "pool", "max_pool2x2", _tbytes(a[0]) * 5 // 4, m)]
+    if op == "_max_pool2x2_backward":
+        grad, x, skip = a[:3]
+        nbytes = _tbytes(grad) + 2 * _tbytes(x) + (_tbytes(skip) if isinstance(skip, tuple) else 0)
+        return [_mem_row(layer, "pool bwd", "_max_pool2x2_backward", nbytes, m)]
+    if op == "conv3x3_relu":   # hand-written: the layers the units refuse (the first)
+        x, w = a[:2]
+        n, c, h, wd = x[2]
+        k, pad = w[2][0], a[3]
+        p, q = h + 2 * pad - 2, wd + 2 * pad - 2
+        return [_hand_row(layer, "fwd", _HAND_KERNELS[(op, "fwd")], hand, (n * p * q, k, 9 * c),
+                          _tbytes(x) + n * k * p * q * x[4] + _tbytes(w), m)]
+    if op == "_conv3x3_relu_backward":
+        gy, y, x, w, pad, mask = a[:6]
+        n, c, h, wd = x[2]
+        k, p, q = gy[2][1], gy[2][2], gy[2][3]
+        rows = []
+        if mask[0]:
+            rows.append(_hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")], hand,
+                                  (n * h * wd, c, 9 * k), 2 * _tbytes(gy) + 2 * _tbytes(x), m))
+        if mask[1] or mask[2]:
+            rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")], hand,
+                                  (k, 9 * c, n * p * q), 2 * _tbytes(gy) + _tbytes(x), m))
+        return rows
+    if op == "conv1x1":
+        x, w = a[:2]
+        n, c, h, wd = x[2]
+        k = w[2][0]
+        return [_hand_row(layer, "fwd", _HAND_KERNELS[(op, "fwd")], hand, (n * h * wd, k, c),
+                          _tbytes(x) + n * k * h * wd * x[4], m)]
+    if op == "_conv1x1_backward":
+        gy, x, w, mask = a[:4]
+        n, c, h, wd = x[2]
+        k = gy[2][1]
+        rows = []
+        if mask[0]:
+            rows.append(_hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")], hand,
+                                  (n * h * wd, c, k), _tbytes(gy) + _tbytes(x), m))
+        if mask[1] or mask[2]:
+            rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")], hand,
+                                  (k, c, n * h * wd), _tbytes(gy) + _tbytes(x), m))
+        return rows
+    # any other op of ours: its tensors' bytes
+    ts = [t for t in a if isinstance(t, tuple) and t and t[0] == "tensor"]
+    return [_mem_row(layer, op, op, 2 * sum(_tbytes(t) for t in ts), m)]
+
+
+def cuda_step(cfg: ModelConfig, ext: dict, m: Machine = H200) -> dict:
+    """The explicit backend="cuda" training step of `cfg` on an sm_90 GPU, every launch priced."""
+    calls, aten = record_cuda_step(cfg)
+    units = {(r["layer"], r["pass_"]): r for r in ext["rows"]
+             if r["model"] == cfg.name and "flops" in r}
+    hand = {h["name"]: h for h in ext.get("hand_written", [])
+            if h["arch"] == "sm_90" and h["issue_cycles_per_iter"]}
+    rows = [dict(r, phase=c["phase"]) for c in calls for r in _cuda_rows(c, units, hand, m)]
+    rows += [dict(layer=l.layer, phase=l.phase, pass_="aten " + l.kernel[5:], kernel=l.kernel,
+                  dram_bytes=l.bytes, kernel_s=l.bytes / m.dram_bw,
+                  time_s=l.bytes / m.dram_bw + m.launch_gap_s, bound="DRAM (aten, assumed)")
+             for l in aten]
+    kind = collections.defaultdict(float)
+    for r in rows:
+        kind["CUTLASS units" if r["kernel"].startswith("cutlass") else
+             "hand-written convolutions" if r["kernel"].startswith("hand-written") else
+             "aten" if r["kernel"].startswith("aten") else "ours, memory-bound"] += r["time_s"]
+    return dict(model=cfg.name, batch=cfg.batch, launches=len(rows),
+                predicted_s=sum(r["time_s"] for r in rows), by_kind=dict(kind),
+                flops=sum(r.get("flops", 0) for r in rows), rows=rows)
 
 
 def _extension_json(ext: dict) -> dict:
@@ -1352,10 +1571,11 @@ def _extension_json(ext: dict) -> dict:
                 rows=[ren(r) for r in ext.get("rows", [])])
 
 
-def extension_markdown(ext: dict, m: Machine = H200) -> list:
+def extension_markdown(ext: dict, m: Machine = H200, triton_s: dict | None = None) -> list:
+    """The extension's section; triton_s: the Triton step's predicted seconds by model name."""
     lines = ["## CUDA extension (`_C`): CUTLASS sm_90a units", ""]
     if ext.get("status") == "read":
-        lines += _units_markdown(ext, m)
+        lines += _units_markdown(ext, m) + _cuda_step_markdown(ext, m, triton_s or {})
     else:
         lines += [f"Not modelled: the extension is {ext.get('status')}.", ""]
     return lines + _hand_markdown(ext)
@@ -1439,6 +1659,44 @@ def _units_markdown(ext: dict, m: Machine) -> list:
                 f"| {r['ctas']} | {r['waves']} | {r['k_steps']} | {r['bound']} | "
                 f"{100 * r['predicted_fraction_of_peak']:.0f} | {_fmt_ms(r['time_s'])} |")
         lines.append("")
+    return lines
+
+
+def _cuda_step_markdown(ext: dict, m: Machine, triton_s: dict) -> list:
+    lines = []
+    for st in ext.get("steps", []):
+        total = st["predicted_s"]
+        vs = (f"; backend=\"triton\" predicted {_fmt_ms(triton_s[st['model']])} ms above"
+              if st["model"] in triton_s else "")
+        rows = [r for r in st["rows"] if not r["kernel"].startswith("cutlass")]
+        big = [r for r in rows if r["time_s"] >= 20e-6]
+        lines += [
+            f"### {st['model']}: the explicit backend=\"cuda\" step", "",
+            f"- Predicted step time **{_fmt_ms(total)} ms** ({st['batch'] / total:.0f} images/s)"
+            f", {st['launches']} launches{vs}: "
+            + ", ".join(f"{k} {_fmt_ms(v)}" for k, v in sorted(st["by_kind"].items(),
+                                                             key=lambda kv: -kv[1])) + ".",
+            "- The step's extension ops as `record_cuda_step` records them on meta tensors (bf16",
+            "  autocast, every CUTLASS unit's first-run check taken as passed). A CUTLASS unit is",
+            "  its row above (its split-K sum included); the glue's other kernels (the dReLU where",
+            "  the gradient comes unmasked, the bias gradients' reductions, weight re-layouts and",
+            "  casts, the skip's crop into the concat buffer), the pool and its backward and every",
+            "  aten kernel are their bytes at the DRAM bandwidth (ours as well: not read from their",
+            "  SASS); the hand-written tensor-core kernels (the first layer, the 1x1 head) their",
+            "  loop's static count (the table below: both ways of every branch, 4 warps on the 4",
+            "  sub-partitions, the epilogue not counted) over 64x64x32 steps, or their DRAM bytes",
+            f"  if longer; {m.launch_gap_s * 1e6:.0f} us between kernels.",
+            "",
+            "| layer | phase | what | kernel | GEMM M x N x K | bound | ms (+gap) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in big:
+            gemm = " x ".join(map(str, r["gemm"])) if r.get("gemm") else "-"
+            lines.append(f"| {r['layer']} | {r['phase']} | {r['pass_']} | {r['kernel']} | {gemm} "
+                         f"| {r['bound']} | {_fmt_ms(r['time_s'])} |")
+        small = [r for r in rows if r["time_s"] < 20e-6]
+        lines += [f"\nBesides the CUTLASS units and the rows above: {len(small)} launches under "
+                  f"20 us ({_fmt_ms(sum(r['time_s'] for r in small))} ms together).", ""]
     return lines
 
 
