@@ -28,7 +28,7 @@ TORCH_LIBRARY(unet_fast, m) {
   // Gradient of x: grad routed to each window's argmax (recomputed from x) plus grad_skip, the
   // gradient x already has from elsewhere (the decoder's use of the skip; smaller than x, the
   // gradient of x's center crop, added where the crop lies), in one pass.
-  m.def("_max_pool2x2_backward(Tensor grad, Tensor x, Tensor? grad_skip) -> Tensor");
+  m.def("_max_pool2x2_backward(Tensor grad, Tensor x, Tensor? grad_skip, bool relu_mask=False) -> Tensor");
   // conv_transpose2d(x, weight, bias, stride=2) with a (C_in, C_out, 2, 2) weight.
   m.def("conv_transpose2x2(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("_conv_transpose2x2_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask) "

@@ -172,8 +172,11 @@ class _CutlassUnits:   # torch.ops.unet_fast, with the CPU conv standing in for 
     def __getattr__(self, name):
         return getattr(_ops, name)
 
+    flags = []   # (relu_input, grad_masked) of each _conv3x3_relu_sm90 call
+
     @staticmethod
     def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
+        _CutlassUnits.flags.append((relu_input, grad_masked))
         return _ops.conv3x3_relu(x, w, b, padding)
 
 
@@ -192,6 +195,14 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
     if path == "cutlass":
         monkeypatch.setattr(cuda_ops, "_ops", _CutlassUnits())
         monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
+        monkeypatch.setattr(_CutlassUnits, "flags", [])
+        pool_calls = []
+
+        def pool_backward(grad, y, grad_skip, relu_mask=False):
+            pool_calls.append(relu_mask)
+            return _ops._max_pool2x2_backward(grad, y, grad_skip, relu_mask)
+        monkeypatch.setattr(_CutlassUnits, "_max_pool2x2_backward", staticmethod(pool_backward),
+                            raising=False)
     torch.manual_seed(0)
     x = torch.randn(2, 4, 13, 11, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
@@ -209,6 +220,11 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
     with _YSized(2 * 6 * 11 * 9) as made:
         ours = grads(skip, pooled, gs, gp)
     assert made.calls == [], made.calls
+    if path == "cutlass":
+        # the pool pass masks y's gradient (ReLU), and the conv's backward is told so: no
+        # dReLU pass of its own (the stand-in's backward masks again, idempotently)
+        assert _CutlassUnits.flags == [(False, True)] and pool_calls == [True], (
+            _CutlassUnits.flags, pool_calls)
     y = torch.relu(F.conv2d(x, w, b))
     ref_skip = center_crop(y, *crop) if crop else y
     torch.testing.assert_close(skip, ref_skip, rtol=1e-12, atol=1e-12)
@@ -342,6 +358,35 @@ def test_pool_backward_adds_a_cropped_skip_gradient(device, layout, crop, dtype)
     torch.testing.assert_close(ours.cpu(), ref.to(dtype).cpu(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("crop", [None, (9, 10), (5, 7)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", _DEVICES)
+def test_pool_backward_applies_the_relu_mask(device, layout, crop, dtype):
+    """_max_pool2x2_backward(..., relu_mask=True), x a ReLU output (the encoder's conv before its
+    pool, on the CUTLASS path): the pool's and the skip's gradients summed and masked in the same
+    pass exactly as threshold_backward(sum, x, 0) would in one of its own: zero where x <= 0 (0 and
+    -0 included), a NaN x passing the gradient; the odd last row and column (no window) masked
+    too."""
+    torch.manual_seed(0)
+    c = 8
+    x = torch.relu(torch.randn(2, c, 9, 10, dtype=torch.float64))
+    x[0, 0, 0, :4] = torch.tensor([-0.0, float("nan"), -1.0, 2.0], dtype=torch.float64)
+    x[1, 2, 8, 9] = float("nan")   # (the last row and column: outside every window)
+    x[1, 3, 8, :] = 0.0
+    x, g = (to_layout(t.to(device, dtype), layout)
+            for t in (x, torch.randn(2, c, 4, 5, dtype=torch.float64)))
+    base = None if crop is None else to_layout(torch.randn(2, c, *crop, dtype=torch.float64)
+                                               .to(device, dtype), layout)
+    ours = _ops._max_pool2x2_backward(g, x, base, True)
+    summed = _ops._max_pool2x2_backward(g, x, base)   # (the unmasked pass: tested above)
+    ref = torch.ops.aten.threshold_backward(summed, x, 0)
+    torch.testing.assert_close(ours.cpu(), ref.cpu(), rtol=0, atol=0, equal_nan=True)
+    assert (ours[x <= 0] == 0).all() and ours[x > 0].ne(0).any()
+    nan = torch.isnan(x)
+    assert torch.equal(ours[nan], summed[nan])   # a NaN x passes the gradient
+
+
 def _flat_view(t, offset, order):
     """t's values in a view `offset` elements into a flat buffer (a flat parameter store), laid out
     in memory in the dim order `order`: the weight re-layouts then return views, not copies."""
@@ -462,6 +507,7 @@ def _opcheck_cases():
         ("max_pool2x2", tuple(rg(xl))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), x, torch.randn(2, 8, 6, 7))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),
+        ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, torch.randn(2, 8, 5, 4), True)),
         ("crop_concat", tuple(rg(skip, torch.randn(2, 3, 12, 14)))),
         ("crop_concat", tuple(rg(torch.randn(2, 5, 12, 14), torch.randn(2, 3, 12, 14)))),  # uncropped
         ("_crop_concat_backward", (torch.randn(2, 8, 12, 14), 5, 15, 16)),

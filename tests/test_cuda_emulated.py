@@ -100,26 +100,33 @@ def test_op_parity_any_thread_order(emu, case, dtype, tf32, schedule, seed):
     _parity(emu, *case, dtype, tf32, "channels_last", schedule, seed)
 
 
+@pytest.mark.parametrize("relu_mask", [False, True], ids=["", "relu_mask"])
 @pytest.mark.parametrize("crop", [None, (5, 7), (8, 1)], ids=["whole", "crop5x7", "crop8x1"])
 @pytest.mark.parametrize("c0", [0, 8, 4], ids=["slice0", "slice8", "misaligned-slice4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_pool_backward_with_a_channel_slice_base(emu, dtype, c0, crop):
+def test_pool_backward_with_a_channel_slice_base(emu, dtype, c0, crop, relu_mask):
     """The skip's gradient is a channel slice of the concat's NHWC gradient: the pool backward
     reads it as rows of 16-byte words at the wider pixel stride (or element-wise when the slice
     is not 16-byte aligned) and equals the reference. In the valid U-Net it is the gradient of
-    x's center crop (smaller than x): added where the crop lies, 0 elsewhere, odd offsets too."""
+    x's center crop (smaller than x): added where the crop lies, 0 elsewhere, odd offsets too.
+    relu_mask (x a ReLU output): the sum zeroed where x <= 0, the odd last row and column too."""
     torch.manual_seed(0)
     x = torch.randn(2, 8, 9, 10).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[:, :, 8, ::3] = 0.0   # (the last row, outside every window: masked there too)
     g = torch.randn(2, 8, 4, 5).to(dtype).contiguous(memory_format=torch.channels_last)
     wide = torch.randn(2, 24, *(crop or (9, 10))).to(dtype).contiguous(
         memory_format=torch.channels_last)
     base = wide[:, c0:c0 + 8]
     emu.configure(REVERSE, 0, 132)
-    ours = emu.max_pool2x2_backward(g, x, base)
+    ours = emu.max_pool2x2_backward(g, x, base, relu_mask)
     xr = x.detach().double().requires_grad_()
     (ref,) = torch.autograd.grad(torch.nn.functional.max_pool2d(xr, 2), xr, g.double())
     center_crop(ref, base.shape[-2:]).add_(base.double())
-    torch.testing.assert_close(ours.double(), ref.to(dtype).double(), rtol=0, atol=0)
+    ref = ref.to(dtype).double()
+    if relu_mask:
+        ref = torch.where(x.double() <= 0, 0.0, ref)
+        assert (ref == 0).sum() > (x == 0).sum()   # (the mask zeroes something)
+    torch.testing.assert_close(ours.double(), ref, rtol=0, atol=0)
 
 
 def test_wgrad_split_k_and_few_sms(emu):

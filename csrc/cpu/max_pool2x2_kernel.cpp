@@ -55,7 +55,7 @@ at::Tensor max_pool2x2_cpu(const at::Tensor& x) {
 }
 
 at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
-                                    const c10::optional<at::Tensor>& base_) {
+                                    const c10::optional<at::Tensor>& base_, bool relu_mask) {
   check_max_pool2x2_backward(grad, x, base_);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t PH = H / 2, PW = W / 2;
@@ -93,6 +93,8 @@ at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
             const bool in_base = bp && bh >= 0 && bh < BH && bw >= 0 && bw < BW;
             A v = in_base ? static_cast<A>(bp[n * bs[0] + c * bs[1] + bh * bs[2] + bw * bs[3]]) : A(0);
             if (i == arg) v += g;
+            // relu_mask: x is a ReLU output; zero where x <= 0 (threshold_backward's rule)
+            if (relu_mask && static_cast<A>(xp[n * xs[0] + c * xs[1] + h * xs[2] + w * xs[3]]) <= A(0)) v = A(0);
             op[n * os[0] + c * os[1] + h * os[2] + w * os[3]] = static_cast<T>(v);
           }
         }

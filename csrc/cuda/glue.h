@@ -236,7 +236,7 @@ struct CudaGlue {
   }
 
   static at::Tensor max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x,
-                                         const c10::optional<at::Tensor>& base_) {
+                                         const c10::optional<at::Tensor>& base_, bool relu_mask) {
     check_max_pool2x2_backward(grad, x, base_);
     Dev::check(x, "x");
     typename Dev::Guard guard(x.device());
@@ -259,6 +259,7 @@ struct CudaGlue {
     a.base_w = has_base ? (int)base_->size(3) : a.w;
     a.base_top = (a.h - a.base_h) / 2;
     a.base_left = (a.w - a.base_w) / 2;
+    a.relu_mask = relu_mask;
     a.num_sms = Dev::num_sms();
     Dev::check_launch(max_pool2x2_backward_cuda(a, Dev::stream()));
     return gx;

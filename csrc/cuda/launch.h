@@ -75,6 +75,9 @@ struct PoolArgs {
   int64_t base_pixel = 0;  // then its pixel stride in elements (a multiple of 16 bytes)
   // The base may be the gradient of x's center crop: its rows x cols, at (top, left) in x.
   int base_h = 0, base_w = 0, base_top = 0, base_left = 0;
+  // backward: x is a ReLU output whose gradient this pass forms: zero where x <= 0 (as
+  // threshold_backward: a NaN x passes the gradient)
+  bool relu_mask = false;
   int num_sms = 132;       // multiprocessors: the grid is at most one wave (grid_walk.cuh)
 };
 cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream);

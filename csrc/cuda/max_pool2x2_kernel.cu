@@ -8,7 +8,9 @@
 // x already has (the skip's gradient from the decoder) in the same pass -- in the valid U-Net the
 // gradient of x's center crop, read as it is and added where the crop lies, so no zero-padded
 // copy of x's size is made; it visits the partial windows of an odd last row/column too, so
-// every element of grad_x is written once.
+// every element of grad_x is written once. With relu_mask (x a ReLU output: the encoder's conv
+// before its pool) the sum is zeroed where x <= 0, as threshold_backward would in a pass of its
+// own: the conv's backward then reads the gradient masked.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -93,8 +95,8 @@ struct BaseCrop {
 
 template <class T>
 __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
-                              T* __restrict__ gx, int h, int w, int64_t bv, BaseCrop crop, int64_t total,
-                              GridWalk walk) {
+                              T* __restrict__ gx, int h, int w, int64_t bv, BaseCrop crop, bool relu_mask,
+                              int64_t total, GridWalk walk) {
   constexpr int V = 16 / sizeof(T);
   const int cv = walk.r0, ph_n = h / 2, pw_n = w / 2;
   for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
@@ -109,7 +111,7 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
       const int hi = 2 * ph + (k >> 1), wi = 2 * pw + (k & 1);
       in[k] = hi < h && wi < w;
       off[k] = ((b * h + hi) * w + wi) * cv + v;
-      if (full) xr[k].u = reinterpret_cast<const uint4*>(x)[off[k]];
+      if (full || (relu_mask && in[k])) xr[k].u = reinterpret_cast<const uint4*>(x)[off[k]];
       int bi, bj;
       inb[k] = base != nullptr && crop.holds(hi, wi, bi, bj);
       if (inb[k]) br[k].u = reinterpret_cast<const uint4*>(base)[((b * crop.h + bi) * crop.w + bj) * bv + v];
@@ -123,6 +125,7 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
       for (int k = 0; k < 4; ++k) {
         float s = inb[k] ? to_f(br[k].e[e]) : 0.f;
         if (k == am) s += gv;
+        if (relu_mask && in[k] && to_f(xr[k].e[e]) <= 0.f) s = 0.f;
         o[k].e[e] = from_f<T>(s);
       }
     }
@@ -171,6 +174,7 @@ __global__ void pool_bwd_strided(const T* __restrict__ x, const T* __restrict__ 
                     ? to_f(base[b * a.bs[0] + c * a.bs[1] + bi * a.bs[2] + bj * a.bs[3]])
                     : 0.f;
       if (k == am) s += gv;
+      if (a.relu_mask && to_f(x[b * a.xs[0] + c * a.xs[1] + hi * a.xs[2] + wi * a.xs[3]]) <= 0.f) s = 0.f;
       gx[b * a.ys[0] + c * a.ys[1] + hi * a.ys[2] + wi * a.ys[3]] = from_f<T>(s);
     }
   }
@@ -205,7 +209,7 @@ cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
   if (a.vec)
     launch_walk<pool_bwd_nhwc<T>>(a, a.c / (16 / sizeof(T)), hh, ww, st, x, g, b, gx, a.h, a.w,
                 (int64_t)(a.base_pixel / (16 / sizeof(T))),
-                BaseCrop{a.base_h, a.base_w, a.base_top, a.base_left});
+                BaseCrop{a.base_h, a.base_w, a.base_top, a.base_left}, a.relu_mask);
   else
     launch_walk<pool_bwd_strided<T>>(a, a.c, hh, ww, st, x, g, b, gx, a);
   return cudaGetLastError();

@@ -41,6 +41,7 @@ def main():
                 m.conv3x3_relu(x, wt, b, pad)
                 m.conv3x3_relu_backward(torch.randn_like(y), y, x, wt, pad, MASK)
                 m.max_pool2x2_backward(torch.randn_like(p), y, torch.randn_like(y))
+                m.max_pool2x2_backward(torch.randn_like(p), y, None, True)   # (x read at every pixel)
                 m.max_pool2x2(x)
                 wu, wp = torch.randn(c, co, 2, 2, dtype=dtype), torch.randn(co, c, 1, 1, dtype=dtype)
                 up = m.conv_transpose2x2(x, wu, b)

@@ -55,7 +55,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv3x3_relu_pool", &G::conv3x3_relu_pool);
   m.def("conv3x3_relu_backward", &G::conv3x3_relu_backward);
   m.def("max_pool2x2", &G::max_pool2x2);
-  m.def("max_pool2x2_backward", &G::max_pool2x2_backward);
+  m.def("max_pool2x2_backward", &G::max_pool2x2_backward, py::arg("grad"), py::arg("x"),
+        py::arg("grad_skip"), py::arg("relu_mask") = false);
   m.def("conv_transpose2x2", &G::conv_transpose2x2);
   m.def("conv_transpose2x2_backward", &G::conv_transpose2x2_backward);
   m.def("up_concat", &G::up_concat);

@@ -148,15 +148,17 @@ if cutlass_sm90.built():
 
 
 # ---------------------------------------------------------------- the skip and the pool of y
-def _skip_and_pool_grad(y, grad_skip, grad_pooled):
+def _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=False):
     """y's gradient from its skip's (y or its center crop, the crop's gradient read in place) and
     its pooled map's: the pool backward kernel sums both in one pass; no zero-padded copy of a
-    cropped skip's gradient is made (the kernel adds it where the crop lies)."""
+    cropped skip's gradient is made (the kernel adds it where the crop lies). relu_mask: y is a
+    ReLU output and the sum comes back masked, dy * (y > 0) (threshold_backward's rule), formed in
+    the same pass."""
     if grad_pooled is None:  # (an unused output's gradient is None: set_materialize_grads)
         n, c, h, w = y.shape
         grad_pooled = y.new_zeros((n, c, h // 2, w // 2)).contiguous(
             memory_format=_like_format(y))
-    return _ops._max_pool2x2_backward(grad_pooled, y, grad_skip)
+    return _ops._max_pool2x2_backward(grad_pooled, y, grad_skip, relu_mask)
 
 
 class _SkipAndPool(torch.autograd.Function):
@@ -165,7 +167,9 @@ class _SkipAndPool(torch.autograd.Function):
     the pool backward kernel with the skip's gradient added in the same pass (as the fused
     conv3x3_relu_pool's backward does): left to autograd, y's two gradients would be summed by
     a pass of their own (3 x y's bytes), and a cropped skip's gradient zero-padded to y's size
-    first (as autograd pads a view's)."""
+    first (as autograd pads a view's). y is the CUTLASS conv's ReLU output and its gradient goes
+    nowhere else (the skip is this node's output, not y), so the pool pass also applies the ReLU
+    mask: the conv's backward runs with grad_masked (no dReLU pass of 3 x y's bytes of its own)."""
 
     @staticmethod
     def forward(ctx, y, skip_h, skip_w):
@@ -176,7 +180,7 @@ class _SkipAndPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_skip, grad_pooled):
         (y,) = ctx.saved_tensors
-        return _skip_and_pool_grad(y, grad_skip, grad_pooled), None, None
+        return _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True), None, None
 
 
 class _ConvSkipAndPool(torch.autograd.Function):
@@ -207,7 +211,7 @@ def _max_pool2x2_fake(x):
 
 
 @torch.library.register_fake("unet_fast::_max_pool2x2_backward")
-def _max_pool2x2_backward_fake(grad, x, grad_skip):
+def _max_pool2x2_backward_fake(grad, x, grad_skip, relu_mask=False):
     return x.new_empty(x.shape).contiguous(memory_format=_like_format(x))
 
 
@@ -371,8 +375,9 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
         return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_, skip_h,
                                                skip_w)
     if cutlass_sm90.wanted(x, weight, padding):
-        # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more
-        y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, False)
+        # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more;
+        # its backward hands y's gradient back masked (_SkipAndPool): grad_masked
+        y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, True)
         return _SkipAndPool.apply(y, skip_h, skip_w)
     return _ConvSkipAndPool.apply(relu_input(x, relu_input_), weight, bias, padding, skip_h,
                                   skip_w)
