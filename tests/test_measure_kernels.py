@@ -190,10 +190,12 @@ def test_cutlass_launches_take_their_layer_and_pass_from_the_op_that_launched_th
     j = mk.join_cutlass(got, ext)
     assert j[0]["ratio"] == pytest.approx(2.0) and all(r["ratio"] is None for r in j[1:])
     res = dict(config=dict(name="valid572"), rows=j, summary=dict(
-        step_ms=14.0, launches=6, paired=1, measured_ms=0.3, predicted_ms=0.15, ratio_median=2.0))
+        step_ms=14.0, launches=6, paired=1, measured_ms=0.3, predicted_ms=0.15, ratio_median=2.0,
+        predicted_step_ms=12.5))
     text = mk.report([], None, dict(gpu="test"), [res, dict(config=dict(name="same512"),
                                                             error="RuntimeError: boom")])
     assert "| down.0.2 | fprop | 256x64x64 c2x1 | 0.150 | 0.300 | 2.00 | L2 |" in text
+    assert "14.000 ms (CUDA events, median of 3); predicted 12.500 ms (ratio 1.12)." in text
     assert "Not measured: RuntimeError: boom" in text
 
 

@@ -19,7 +19,8 @@ next to every prediction:
   measured too (`measure_l2_bandwidth`);
 - then the same step on backend="cuda": each CUTLASS sm_90a unit launch (fprop, dgrad, wgrad)
   with its device time, by layer and pass, next to the model's extension rows (the units' SASS
-  read from the built `_C`), where the JSON has them (`measure_cutlass`; `--no-cutlass` skips).
+  read from the built `_C`), where the JSON has them, and the step's time next to the model's
+  whole-step prediction for backend="cuda" (`measure_cutlass`; `--no-cutlass` skips).
 
     python tools/measure_kernels.py --out DIR     # -> DIR/model_vs_measured.md and .json
 
@@ -389,9 +390,10 @@ def join_cutlass(measured: list, ext_rows: list) -> list:
 
 
 def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: int = 2,
-                    log=print) -> dict:
+                    log=print, predicted_step_ms: float | None = None) -> dict:
     """backend="cuda" on `cfg`'s step: every CUTLASS unit launch of one profiled step with its
-    device time, by layer and pass, next to the model's extension rows for that config."""
+    device time, by layer and pass, next to the model's extension rows for that config; the
+    step's time next to the model's prediction of the whole step (`predicted_step_ms`)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     ns = torch.ops.unet_fast
@@ -421,9 +423,10 @@ def measure_cutlass(cfg: km.ModelConfig, ext_rows: list, device="cuda", warmup: 
         for name, op in saved.items():
             setattr(ns, name, op)
     rows = join_cutlass(cutlass_passes(calls, op_kernels_of(prof.events())), ext_rows)
-    s = dict(_spread(rows), step_ms=statistics.median(times))
-    log(f"[{cfg.name} b{cfg.batch}] cuda backend: step {s['step_ms']:.3f} ms; {s['launches']} "
-        f"CUTLASS unit launches, {s['paired']} with a model row")
+    s = dict(_spread(rows), step_ms=statistics.median(times), predicted_step_ms=predicted_step_ms)
+    log(f"[{cfg.name} b{cfg.batch}] cuda backend: step {s['step_ms']:.3f} ms "
+        f"(predicted {_f(predicted_step_ms)}); {s['launches']} CUTLASS unit launches, "
+        f"{s['paired']} with a model row")
     return dict(config=dataclasses.asdict(cfg), rows=rows, summary=s)
 
 
@@ -489,7 +492,9 @@ def report(results: list, l2: dict | None, meta: dict, cutlass: list = ()) -> st
         if res.get("error"):
             lines += [f"Not measured: {res['error']}", ""]
             continue
-        lines += [f"- Step on backend=\"cuda\": {s['step_ms']:.3f} ms (CUDA events, median of 3).",
+        ps = s.get("predicted_step_ms")
+        lines += [f"- Step on backend=\"cuda\": {s['step_ms']:.3f} ms (CUDA events, median of 3); "
+                  f"predicted {_f(ps)} ms" + (f" (ratio {s['step_ms'] / ps:.2f})." if ps else "."),
                   f"- Unit launches: {s['launches']}, with a model row {s['paired']}; measured "
                   f"{s['measured_ms']:.3f} ms, predicted {s['predicted_ms']:.3f} ms; measured / "
                   f"predicted median {_f(s['ratio_median'], '{:.2f}')}.", "",
@@ -556,10 +561,13 @@ def main(argv=None) -> int:
         _write(args.out, results, l2, meta, cutlass)
     # the CUTLASS units next to their model: after the Triton part, which a failure here keeps
     ext_rows = (model.get("extension") or {}).get("rows") or []
+    steps = {st["model"]: st["predicted_s"] * 1e3
+             for st in (model.get("extension") or {}).get("steps") or []}
     for name in ([] if args.no_cutlass or not ext_rows else names):
         cfg = km.ModelConfig(**model["summary"][name]["config"])
         try:
-            cutlass.append(measure_cutlass(cfg, [r for r in ext_rows if r["model"] == name]))
+            cutlass.append(measure_cutlass(cfg, [r for r in ext_rows if r["model"] == name],
+                                           predicted_step_ms=steps.get(name)))
         except Exception as e:  # noqa: BLE001 - said in the report, not lost
             cutlass.append(dict(config=dataclasses.asdict(cfg), error=f"{type(e).__name__}: {e}"))
             print(f"CUTLASS {name}: not measured ({type(e).__name__}: {e})", file=sys.stderr)
