@@ -226,9 +226,11 @@ struct ConvOps {
     return out;
   }
 
+  // relu_input: x_ is a ReLU output and dx comes back multiplied by (x > 0), in the GEMM's
+  // epilogue where dx has x_'s strides (else by one threshold_backward pass after it).
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_backward(
       const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& weight, int G,
-      std::array<bool, 3> mask) {
+      std::array<bool, 3> mask, bool relu_input = false) {
     check_pointwise_args(x_, weight, c10::nullopt, G);
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = G == 1 ? weight.size(0) : weight.size(1);
@@ -246,7 +248,10 @@ struct ConvOps {
       set_gemm(a, nb * h * w, c, G * G * co);
       a.vec_a = runs_vectorizable(g, co);
       a.vec_b = rows_vectorizable(wq, G * G * co);
+      const bool in_epilogue = relu_input && dx.strides() == x_.strides();
+      if (in_epilogue) a.out_mask = x_.data_ptr();
       Engine::run(GemmKind::kPointwiseDgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
+      if (relu_input && !in_epilogue) dx = at::threshold_backward(dx, x_, 0);
     } else {
       dx = at::empty({0}, x.options());
     }
@@ -272,8 +277,9 @@ struct ConvOps {
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(
-      const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, std::array<bool, 3> mask) {
-    return pointwise_backward(grad, x, weight, 1, mask);
+      const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, std::array<bool, 3> mask,
+      bool relu_input) {
+    return pointwise_backward(grad, x, weight, 1, mask, relu_input);
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2x2_backward(

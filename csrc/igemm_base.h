@@ -76,6 +76,9 @@ struct GemmArgs {
   const void* bias = nullptr;  // may be null
   void* out = nullptr;         // output, general strides (N, C, H, W)
   int64_t os[4] = {0, 0, 0, 0};
+  // input gradients (the base's epilogue): the layer's input x, a ReLU output, at out's offsets:
+  // dx comes out multiplied by (x > 0) (relu_input; may be null)
+  const void* out_mask = nullptr;
   void* pool = nullptr;  // pooled output (conv3x3 + pool), general strides
   int64_t ps[4] = {0, 0, 0, 0};
   int nb = 0, cin = 0, hin = 0, win = 0;     // input sizes
@@ -212,6 +215,8 @@ struct GemmProblem {
   UF_HD int bias_col(int n) const { return n; }  // the bias element of column n
   template <class A>
   UF_HD void store_at(int64_t off, int, A v) const {
+    // (threshold_backward's rule: zero where x <= 0, a NaN x passes the gradient)
+    if (a.out_mask && Num<T>::to(static_cast<const T*>(a.out_mask)[off]) <= A(0)) v = A(0);
     static_cast<T*>(a.out)[off] = Num<T>::from(v);
   }
 };

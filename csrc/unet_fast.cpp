@@ -39,7 +39,8 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def("up_concat(Tensor skip, Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // conv2d(x, weight, bias) with a (C_out, C_in, 1, 1) weight.
   m.def("conv1x1(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("_conv1x1_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask) "
+  m.def("_conv1x1_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask, "
+        "bool relu_input=False) "
         "-> (Tensor, Tensor, Tensor)");
   // cat([center_crop(skip, up.shape[-2:]), up], 1); output in up's memory format.
   m.def("crop_concat(Tensor skip, Tensor up) -> Tensor");

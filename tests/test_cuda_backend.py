@@ -387,6 +387,54 @@ def test_pool_backward_applies_the_relu_mask(device, layout, crop, dtype):
     assert torch.equal(ours[nan], summed[nan])   # a NaN x passes the gradient
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", _DEVICES)
+def test_conv1x1_backward_applies_the_relu_mask(device, layout, dtype):
+    """_conv1x1_backward(..., relu_input=True), x a ReLU output (the head on the last conv's y):
+    dx is the plain dx masked exactly as threshold_backward(dx, x, 0) would (zero where x <= 0,
+    signed zeros included, a NaN x passing the gradient), by the dgrad's epilogue where dx has
+    x's strides and by a pass after it otherwise (the strided layouts); dW and db unchanged."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 16, 5, 7, dtype=torch.float64))
+    x[0, 0, 0, :4] = torch.tensor([-0.0, float("nan"), -1.0, 2.0], dtype=torch.float64)
+    x = to_layout(x.to(device, dtype), layout)
+    w = torch.randn(3, 16, 1, 1, dtype=torch.float64).to(device, dtype)
+    g = to_layout(torch.randn(2, 3, 5, 7, dtype=torch.float64).to(device, dtype), layout)
+    mask = [True, True, True]
+    plain = _ops._conv1x1_backward(g, x, w, mask)
+    ours = _ops._conv1x1_backward(g, x, w, mask, True)
+    ref = torch.ops.aten.threshold_backward(plain[0], x, 0)
+    torch.testing.assert_close(ours[0].cpu(), ref.cpu(), rtol=0, atol=0, equal_nan=True)
+    assert (ours[0][x <= 0] == 0).all() and ours[0][x > 0].ne(0).all()
+    for a, b in zip(ours[1:], plain[1:]):   # (the NaN of x reaches dW)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_head_takes_its_relu_mask_from_the_dgrad_epilogue():
+    """conv1x1 with relu_input on the cuda backend (the head, fused op conv3x3_relu_conv1x1):
+    its backward is one _conv1x1_backward call told relu_input, no threshold_backward pass, and
+    the gradients are autograd's through relu: float64 on the CPU kernels."""
+    from unet_fast.backends import cuda_ops
+    torch.manual_seed(0)
+    y = torch.relu(torch.randn(2, 8, 6, 5, dtype=torch.float64)).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(2, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 2, 6, 5, dtype=torch.float64)
+    out = cuda_ops.conv1x1(y, w, b, True)
+    with OpCounter([torch.ops.aten.threshold_backward]) as masks:
+        ours = torch.autograd.grad(out, (y, w, b), g)
+    assert masks.n == 0
+    yr = y.detach().requires_grad_()
+    ref_out = F.conv2d(torch.relu(yr), w, b)
+    ref = torch.autograd.grad(ref_out, (yr, w, b), g)
+    assert (ref[0][y <= 0] == 0).all() and (y <= 0).any()   # (the mask matters here)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for name, a, r in zip(("dx", "dw", "db"), ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def _flat_view(t, offset, order):
     """t's values in a view `offset` elements into a flat buffer (a flat parameter store), laid out
     in memory in the dim order `order`: the weight re-layouts then return views, not copies."""
@@ -508,6 +556,8 @@ def _opcheck_cases():
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), x, torch.randn(2, 8, 6, 7))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, torch.randn(2, 8, 5, 4), True)),
+        ("_conv1x1_backward", (torch.randn(2, 3, 6, 7), xl, torch.randn(3, 8, 1, 1), [True, True, True],
+                               True)),
         ("crop_concat", tuple(rg(skip, torch.randn(2, 3, 12, 14)))),
         ("crop_concat", tuple(rg(torch.randn(2, 5, 12, 14), torch.randn(2, 3, 12, 14)))),  # uncropped
         ("_crop_concat_backward", (torch.randn(2, 8, 12, 14), 5, 15, 16)),

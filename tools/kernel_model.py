@@ -1526,12 +1526,14 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
                           _tbytes(x) + n * k * h * wd * x[4], m)]
     if op == "_conv1x1_backward":
         gy, x, w, mask = a[:4]
+        relu = len(a) > 4 and a[4]   # (dx masked by x > 0 in the epilogue: x read too)
         n, c, h, wd = x[2]
         k = gy[2][1]
         rows = []
         if mask[0]:
             rows.append(_hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")], hand,
-                                  (n * h * wd, c, k), _tbytes(gy) + _tbytes(x), m))
+                                  (n * h * wd, c, k), _tbytes(gy) + (2 if relu else 1) * _tbytes(x),
+                                  m))
         if mask[1] or mask[2]:
             rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")], hand,
                                   (k, c, n * h * wd), _tbytes(gy) + _tbytes(x), m))

@@ -178,10 +178,11 @@ struct CudaGlue {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor& g,
                                                                          const at::Tensor& x,
                                                                          const at::Tensor& w,
-                                                                         std::array<bool, 3> mask) {
+                                                                         std::array<bool, 3> mask,
+                                                                         bool relu_input) {
     Dev::check(x, "x");
     typename Dev::Guard guard(x.device());
-    return Ops::conv1x1_backward(g, x, w, mask);
+    return Ops::conv1x1_backward(g, x, w, mask, relu_input);
   }
   static at::Tensor conv_transpose2x2(const at::Tensor& x, const at::Tensor& w,
                                       const c10::optional<at::Tensor>& b) {

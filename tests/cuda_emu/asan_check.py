@@ -53,6 +53,7 @@ def main():
                     m.crop_concat(s, up)
                 o = m.conv1x1(x, wp, b)
                 m.conv1x1_backward(torch.randn_like(o), x, wp, MASK)
+                m.conv1x1_backward(torch.randn_like(o), x, wp, MASK, True)   # (dx masked by x)
                 count += 1
     print(f"asan_check: {count} cases, every op forward and backward, no report")
     print(f"asan_check: {walks(m)} cases of the pool and crop kernels on 1 SM (grid-stride walks), exact")

@@ -61,5 +61,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_transpose2x2_backward", &G::conv_transpose2x2_backward);
   m.def("up_concat", &G::up_concat);
   m.def("conv1x1", &G::conv1x1);
-  m.def("conv1x1_backward", &G::conv1x1_backward);
+  m.def("conv1x1_backward", &G::conv1x1_backward, py::arg("grad"), py::arg("x"), py::arg("weight"),
+        py::arg("output_mask"), py::arg("relu_input") = false);
 }

@@ -236,7 +236,7 @@ def _conv1x1_fake(x, weight, bias):
 
 
 @torch.library.register_fake("unet_fast::_conv1x1_backward")
-def _conv1x1_backward_fake(grad, x, weight, output_mask):
+def _conv1x1_backward_fake(grad, x, weight, output_mask, relu_input=False):
     return _grads_fake(x, weight, weight.shape[0], output_mask)
 
 
@@ -354,8 +354,9 @@ class _UpConvSm90(torch.autograd.Function):
 
 # ---------------------------------------------------------------- the impls of the cuda backend
 # relu_input (unet_fast/_dispatch.py OPS): the hand-written C++ kernels do not mask dx by a ReLU
-# input yet, so it is applied around them; grad_masked is ignored (their backward masks again:
-# idempotent). The CUTLASS sm_90a path honours both in its kernels.
+# input yet, so it is applied around them (but conv1x1's, whose dgrad epilogue masks:
+# _Conv1x1ReluInput); grad_masked is ignored (their backward masks again: idempotent). The
+# CUTLASS sm_90a path honours both in its kernels.
 # bias_as: the C++ and CUTLASS kernels take the bias in x's dtype; under autocast it arrives in its
 # own (ops._autocast), and is cast here as PyTorch's autocast would have.
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
@@ -401,8 +402,29 @@ def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
     return conv3x3_relu(_ops.crop_concat(skip, up), weight, bias, padding, False, grad_masked)
 
 
+class _Conv1x1ReluInput(torch.autograd.Function):
+    """conv1x1 of x, a ReLU output (the head on the last conv's y): dx comes back multiplied by
+    (x > 0) from the dgrad kernel's epilogue (`_conv1x1_backward`'s relu_input), not from a
+    threshold_backward pass of its own over x's bytes (3 per byte)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _ops.conv1x1(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        mask = _mask(ctx)
+        dx, dw, db = _ops._conv1x1_backward(grad, x, weight, mask, True)
+        return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None
+
+
 def conv1x1(x, weight, bias, relu_input_=False):
-    return _ops.conv1x1(relu_input(x, relu_input_), weight, bias_as(bias, x))
+    if relu_input_:
+        return _Conv1x1ReluInput.apply(x, weight, bias_as(bias, x))
+    return _ops.conv1x1(x, weight, bias_as(bias, x))
 
 
 def conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, padding, relu_input_=False):
