@@ -105,6 +105,10 @@ CUTLASS_SOURCES = sorted(glob.glob(os.path.join(CUTLASS_DIR, "*.cu")))
 CUTLASS_DEPS = sorted(glob.glob(os.path.join(CUTLASS_DIR, "*.h"))
                       + glob.glob(os.path.join(CUTLASS_DIR, "*.cuh")))
 CUTLASS_MEM_PER_JOB = 4 * 1024**3  # measured: about 3.5 GB peak per unit (nvcc + cicc + ptxas)
+# The units' objects live in the source tree's build/ (git-ignored), not in setuptools' build_temp:
+# pip's editable install builds in a fresh temporary folder each time, which recompiled all of
+# them (minutes) after any change to the extension.
+CUTLASS_OBJ_DIR = os.path.join(ROOT, "build", "cutlass_sm90")
 
 
 def _mem_available() -> int | None:
@@ -120,7 +124,8 @@ def _mem_available() -> int | None:
 
 def _compile_cutlass(cuda_home, includes, build_dir):
     """nvcc each unit of CUTLASS_SOURCES to an object for sm_90a only, at most min(MAX_JOBS,
-    available memory / 4 GB) at a time; objects newer than their sources are kept. Returns the
+    available memory / 4 GB) at a time; objects newer than their sources and headers, built by the
+    same command, are kept. Returns the
     object paths; raises on a failed compile (with its log)."""
     import subprocess
     import time
@@ -131,7 +136,10 @@ def _compile_cutlass(cuda_home, includes, build_dir):
     flags += ["-I" + p for p in includes]
     if _build.flag("UNET_FAST_PTXAS_VERBOSE"):
         flags.append("-Xptxas=-v")
-    newest_dep = max([os.path.getmtime(p) for p in CUTLASS_DEPS] + [0.0])
+    # (CUTLASS's own headers count through its version header: a new wheel at the same path)
+    versions = [os.path.join(p, "cutlass", "version.h") for p in includes]
+    newest_dep = max([os.path.getmtime(p) for p in CUTLASS_DEPS + versions if os.path.isfile(p)]
+                     + [0.0])
     objects, todo = [], []
     for src in CUTLASS_SOURCES:
         obj = os.path.join(build_dir, os.path.splitext(os.path.basename(src))[0] + ".o")
@@ -314,8 +322,7 @@ def main():
             def _cutlass_objects(self, ext):
                 cuda_home, inc = ext.cutlass
                 try:
-                    objs = _compile_cutlass(cuda_home, inc,
-                                            os.path.join(self.build_temp, "cutlass_sm90"))
+                    objs = _compile_cutlass(cuda_home, inc, CUTLASS_OBJ_DIR)
                 except Exception as e:  # noqa: BLE001
                     if _build.flag("UNET_FAST_REQUIRE_CUTLASS"):
                         raise
