@@ -155,6 +155,17 @@ def test_verdicts_are_kept_and_a_failure_warns_once():
 
 
 # ---------------------------------------------------------------- the up-conv's units
+def _passes_and_fails_off_by_one_element(unit, dtype):
+    """A correct stand-in for an up-conv unit passes; one element off in either of its outputs
+    fails with the numbers, the output and the problem named."""
+    check = cutlass_sm90.check_unit
+    assert check(unit, CPU, correct(unit), dtype=dtype) is None
+    for which in (0, 1):
+        why = check(unit, CPU, off_by(unit, 0.05, which), dtype=dtype)
+        assert why is not None and cutlass_sm90.OUTPUT_NAMES[unit][which] in why, why
+        assert "transposed convolution" in why and "off by up to" in why, why
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_the_up_dgrad_unit_is_checked_like_the_others(dtype):
     """up_dgrad (the transposed convolution's dx as a strided 2x2 forward convolution, masked by
@@ -162,11 +173,7 @@ def test_the_up_dgrad_unit_is_checked_like_the_others(dtype):
     output, a forgotten mask or the filter's taps read transposed (i <-> j: a wrong KRSC layout)
     fail with the numbers and the problem named."""
     check = cutlass_sm90.check_unit
-    assert check("up_dgrad", CPU, correct("up_dgrad"), dtype=dtype) is None
-    for which in (0, 1):
-        why = check("up_dgrad", CPU, off_by("up_dgrad", 0.05, which), dtype=dtype)
-        assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_dgrad"][which] in why, why
-        assert "transposed convolution" in why and "off by up to" in why, why
+    _passes_and_fails_off_by_one_element("up_dgrad", dtype)
 
     def unmasked(x, w, b, gy):
         _, plain = correct("up_dgrad")(x, w, b, gy)
@@ -185,11 +192,7 @@ def test_the_up_fprop_unit_is_checked_like_the_others(dtype):
     element off in either output, the bias left out, the taps stored transposed (i <-> j) or the
     skip's channels overwritten fail with the numbers and the problem named."""
     check = cutlass_sm90.check_unit
-    assert check("up_fprop", CPU, correct("up_fprop"), dtype=dtype) is None
-    for which in (0, 1):
-        why = check("up_fprop", CPU, off_by("up_fprop", 0.05, which), dtype=dtype)
-        assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_fprop"][which] in why, why
-        assert "transposed convolution" in why and "off by up to" in why, why
+    _passes_and_fails_off_by_one_element("up_fprop", dtype)
 
     def no_bias(x, w, b, gy):
         return correct("up_fprop")(x, w, torch.zeros_like(b), gy)
@@ -212,11 +215,7 @@ def test_the_up_wgrad_unit_is_checked_like_the_others(dtype):
     the taps read transposed (a wrong (c, 2, 2, k) layout) or one image's pixels left out of the
     sum (a lost split-K slice) fail with the numbers and the problem named."""
     check = cutlass_sm90.check_unit
-    assert check("up_wgrad", CPU, correct("up_wgrad"), dtype=dtype) is None
-    for which in (0, 1):
-        why = check("up_wgrad", CPU, off_by("up_wgrad", 0.05, which), dtype=dtype)
-        assert why is not None and cutlass_sm90.OUTPUT_NAMES["up_wgrad"][which] in why, why
-        assert "transposed convolution" in why and "off by up to" in why, why
+    _passes_and_fails_off_by_one_element("up_wgrad", dtype)
 
     def taps_transposed(x, w, b, gy):
         dw, db = correct("up_wgrad")(x, w, b, gy)

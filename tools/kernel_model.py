@@ -1551,10 +1551,7 @@ def cuda_step(cfg: ModelConfig, ext: dict, m: Machine = H200) -> dict:
     hand = {h["name"]: h for h in ext.get("hand_written", [])
             if h["arch"] == "sm_90" and h["issue_cycles_per_iter"]}
     rows = [dict(r, phase=c["phase"]) for c in calls for r in _cuda_rows(c, units, hand, m)]
-    rows += [dict(layer=l.layer, phase=l.phase, pass_="aten " + l.kernel[5:], kernel=l.kernel,
-                  dram_bytes=l.bytes, kernel_s=l.bytes / m.dram_bw,
-                  time_s=l.bytes / m.dram_bw + m.launch_gap_s, bound="DRAM (aten, assumed)")
-             for l in aten]
+    rows += [predict_aten(launch, m) for launch in aten]
     kind = collections.defaultdict(float)
     for r in rows:
         kind["CUTLASS units" if r["kernel"].startswith("cutlass") else

@@ -409,16 +409,14 @@ class _Conv1x1ReluInput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        _pointwise_setup(ctx, (x, weight, bias), None)
         return _ops.conv1x1(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        mask = _mask(ctx)
-        dx, dw, db = _ops._conv1x1_backward(grad, x, weight, mask, True)
-        return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None
+        def masked(g, x, weight, mask):
+            return _ops._conv1x1_backward(g, x, weight, mask, True)
+        return _pointwise_grads(ctx, masked, grad, _mask(ctx))
 
 
 def conv1x1(x, weight, bias, relu_input_=False):
