@@ -1492,3 +1492,121 @@ def test_valid_unet_backward_makes_no_padded_skip_gradient(monkeypatch):
     out = uf.ops.up_concat(skip, x, make((3, 4, 2, 2)), None, backend="triton")
     out.sum().backward()
     assert calls == [((1, 4, 6, 6), 9, 8)]
+
+
+# ---------------------------------------------------------------- TMA tensor descriptors (opt-in)
+def _spy_igemm_launches(monkeypatch):
+    """The W_DESC and O_DESC of every igemm_fwd_kernel launch (the kernel's own arguments)."""
+    seen = []
+    real = t_igemm.igemm_fwd_kernel.run
+
+    def run(*args, **kw):
+        seen.append((kw["W_DESC"], kw["O_DESC"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(t_igemm.igemm_fwd_kernel, "run", run)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["conv3x3_relu fwd", "conv3x3_relu dgrad",
+                                  "conv3x3_relu nchw-weight", "conv_transpose2x2", "up_concat",
+                                  "conv1x1"])
+def test_tma_descriptors_compute_the_ops(monkeypatch, case, dtype):
+    """UNET_FAST_TRITON_TMA=1: the weight comes through a tensor descriptor (W_DESC 2:
+    channels_last forward weights, K contiguous; 1: the dgrad's, the transposed conv's and
+    NCHW weights' re-layout, N contiguous) and the output is stored through one (O_DESC: dense
+    outputs; not the transposed conv's 2x2 scatter) -- forward and every gradient against
+    float64, with columns past N (40 = a tile and a quarter) and rows past M (partial tiles).
+    (Channel counts not a multiple of the K-tile take the flattened K and pointers.) The
+    interpreter checks TMA's alignment rules as the hardware does."""
+    monkeypatch.setenv("UNET_FAST_TRITON_TMA", "1")
+    seen = _spy_igemm_launches(monkeypatch)
+    kind = case.split()[0]
+    x = make((2, 32, 7, 9), "channels_last")
+    wt = make((32, 32, 2, 2), "channels_last", scale=0.1)
+    if case == "conv3x3_relu fwd":        # fwd: K = 9 x 32, N = 40; dgrad flattened (K = 9 x 40)
+        args = [x, make((40, 32, 3, 3), "channels_last", scale=0.05), make((40,)), 1]
+        want = {(2, True)}
+    elif case == "conv3x3_relu dgrad":    # dgrad: K = 9 x 32, N = 40; fwd flattened
+        args = [make((2, 40, 7, 9), "channels_last"),
+                make((32, 40, 3, 3), "channels_last", scale=0.05), make((32,)), 0]
+        want = {(1, True)}
+    elif kind == "conv3x3_relu":          # NCHW weight: the forward's [tap, ci, co] copy
+        args = [x, make((40, 32, 3, 3), "nchw", scale=0.05), make((40,)), 1]
+        want = {(1, True)}
+    elif kind == "conv_transpose2x2":
+        args = [x, wt, make((32,))]
+        want = {(1, False), (2, True)}
+    elif kind == "up_concat":             # out: the concat buffer's upper channels
+        args = [make((2, 16, 16, 20), "channels_last"), x, wt, make((32,))]
+        want = {(1, False), (2, True)}
+    else:                                 # (K = 96 > 64: not igemm_onek_kernel's)
+        args = [make((2, 96, 7, 9), "channels_last"),
+                make((64, 96, 1, 1), "channels_last", scale=0.1), make((64,))]
+        want = {(2, True), (1, True)}
+    check_triton(kind, args, dtype=dtype, grad_layout="channels_last")
+    assert want <= set(seen), seen
+
+
+def test_tma_is_opt_in_and_follows_the_rules(monkeypatch):
+    """Without UNET_FAST_TRITON_TMA=1 no launch uses a descriptor; with it, weights and outputs
+    TMA cannot address (no contiguous dimension, a stride or base not a multiple of 16 bytes, a
+    cropped output grid) keep the pointer path."""
+    seen = _spy_igemm_launches(monkeypatch)
+    x = make((1, 32, 6, 6), "channels_last")
+    uf.ops.conv3x3_relu(x, make((16, 32, 3, 3), "channels_last"), None, 1, backend="triton")
+    assert seen and set(seen) == {(0, False)}
+    monkeypatch.setenv("UNET_FAST_TRITON_TMA", "1")
+    assert t_utils.tma_enabled(torch.device("cpu"))
+    w = torch.zeros(16, 32, 3, 3).to(memory_format=torch.channels_last)
+    assert t_utils.weight_desc(w, 32, 1, 288) == 2
+    assert t_utils.weight_desc(torch.zeros(9, 32, 16), 512, 16, 1) == 1
+    assert t_utils.weight_desc(torch.zeros(9, 32, 16), 512, 16, 2) == 0   # neither contiguous
+    assert t_utils.weight_desc(torch.zeros(9, 32, 6), 192, 6, 1) == 0     # 24-byte rows
+    assert t_utils.weight_desc(torch.zeros(9 * 32 * 16 + 1)[1:], 512, 16, 1) == 0  # base + 4 B
+    assert t_utils.weight_desc(torch.zeros(9, 16, 32).permute(0, 2, 1), 512, 1, 32) == 2
+    buf = torch.zeros(2, 48, 5, 7).to(memory_format=torch.channels_last)
+    assert t_utils.out_desc(buf[:, 16:40], 5, 7)           # a channel slice: one pixel stride
+    assert not t_utils.out_desc(buf[:, :, 1:4, 1:6], 3, 5)  # a crop: rows not one stride apart
+    assert not t_utils.out_desc(torch.zeros(2, 48, 5, 7), 5, 7)   # NCHW
+    assert not t_utils.out_desc(torch.zeros(1, 5, 3, 3).to(memory_format=torch.channels_last),
+                                3, 3)                      # 10-byte pixels (fp16 would be 10)
+    # a flattened K (40 channels: K-tiles across taps) and the concat's halves: pointers
+    seen.clear()
+    uf.ops.conv3x3_relu(make((1, 40, 6, 6), "channels_last"),
+                        make((16, 40, 3, 3), "channels_last"), None, 1, backend="triton")
+    half = lambda: make((1, 64, 5, 5), "channels_last")  # noqa: E731
+    uf.ops.concat_conv3x3_relu(half(), half(), make((16, 128, 3, 3), "channels_last"), None, 1,
+                               backend="triton")
+    assert len(seen) == 2 and {w for w, _ in seen} == {0}, seen
+
+
+def test_tma_allocator_is_set_in_each_thread(monkeypatch):
+    """Descriptors built on the device need Triton's allocator, a context variable that each new
+    thread (autograd's backward) starts without: every launch sets ours where none is set, and
+    leaves a user's alone."""
+    import contextvars
+    import threading
+    from triton.runtime import _allocation
+
+    monkeypatch.setattr(t_utils, "INTERPRET", False)
+    cuda = torch.device("cuda")
+
+    def body():
+        got = []
+        t_utils.ensure_allocator(cuda)
+        got.append(_allocation._allocator.get() is t_utils._tma_scratch)
+        th = threading.Thread(target=lambda: got.append(
+            isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+            and (t_utils.ensure_allocator(cuda) or True)
+            and _allocation._allocator.get() is t_utils._tma_scratch))
+        th.start()
+        th.join()
+        mine = lambda size, alignment, stream: None  # noqa: E731
+        triton.set_allocator(mine)
+        t_utils.ensure_allocator(cuda)
+        got.append(_allocation._allocator.get() is mine)
+        return got
+
+    assert contextvars.copy_context().run(body) == [True, True, True]

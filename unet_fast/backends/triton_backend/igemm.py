@@ -67,7 +67,7 @@ _HEAD_N = tl.constexpr(utils.HEAD_MAX_CLASSES)   # the fused head's classes, pad
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
             "WIDE", "CAT", "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "HEAD", "STORE_Y",
-            "PRECISION"]
+            "W_DESC", "O_DESC", "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
               "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION", "CAT", "CB1"]
 # Integer arguments Triton would otherwise specialize on (== 1, divisible by 16), compiling one more
@@ -263,6 +263,8 @@ def igemm_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     A_L1: tl.constexpr = False,   # a config's choice: A through the L1 (below)
     TILE_W: tl.constexpr = 0,     # a config's choice: 2-D pixel tiles (_patch_out_pixels)
+    W_DESC: tl.constexpr = 0,     # the launcher's: W through a TMA descriptor (utils.weight_desc)
+    O_DESC: tl.constexpr = False,  # the launcher's: out stored by TMA (utils.out_desc)
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N_GEMM, BLOCK_N)
@@ -365,6 +367,23 @@ def igemm_fwd_kernel(
             c_end = CA1
         else:
             c_end = CA
+        # W_DESC: the weight tile comes by TMA (sm_90) instead of a cp.async per 16 bytes: no
+        # addresses or masks in the loop (columns past N read as zeros, as the masked load's).
+        # 1: W[tap, ca, j] with j contiguous, a box of one tap's BLOCK_K rows; 2: W[j, tap, ca]
+        # with ca contiguous (channels_last forward weights), a box of BLOCK_N rows, transposed
+        # in shared memory (wgmma reads either major order).
+        # (not in the A_L1 tiles: sized to 48 KiB of shared memory so that the L1 keeps the
+        # rest, utils.l1_left; the TMA pipeline's barriers would take them past it)
+        tl.static_assert(W_DESC == 0 or not CAT, "CAT reads W's rows in two halves")
+        W_TMA: tl.constexpr = 0 if A_L1 else W_DESC
+        if W_TMA == 1:
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[KS * KS, CA, N_GEMM],
+                                               strides=[w_st, w_sc, 1],
+                                               block_shape=[1, BLOCK_K, BLOCK_N])
+        elif W_TMA == 2:
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N_GEMM, KS * KS, CA],
+                                               strides=[w_sj, w_st, 1],
+                                               block_shape=[BLOCK_N, 1, BLOCK_K])
         kh = 0
         kw = 0
         c0 = 0
@@ -392,8 +411,14 @@ def igemm_fwd_kernel(
             else:
                 a = tl.load(a_ptr + ((a_row + (dh * a_sh + dw * a_sw))[:, None] + ca[None, :] * a_sc),
                             mask=ok[:, None], other=0.0)
-                b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
-                            mask=n_ok[None, :], other=0.0)
+                if W_TMA == 1:
+                    b = w_desc.load([kh * KS + kw, c0, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+                elif W_TMA == 2:
+                    b = tl.trans(w_desc.load([pid_n * BLOCK_N, kh * KS + kw, c0])
+                                 .reshape(BLOCK_N, BLOCK_K))
+                else:
+                    b = tl.load(w_ptr + ((kh * KS + kw) * w_st + ca * w_sc)[:, None] + b_cols,
+                                mask=n_ok[None, :], other=0.0)
             acc = _dot(acc, a, b, DOT_F32, PRECISION)
             if A_L1:   # taps inner
                 kw += 1
@@ -449,7 +474,16 @@ def igemm_fwd_kernel(
     else:
         row = n64 * o_sn + p * o_sh + q * o_sw
         col = offs_n * o_sc
-    if STORE_Y:   # (not under HEAD without gradients: the head's output is all that is read)
+    if STORE_Y and O_DESC and not A_L1 and TILE_W == 0:
+        # the tile's rows are consecutive pixels of a dense grid (no pool order, no scatter, no
+        # 2-D patch): one TMA store of the tile, clipped at M_GEMM and N_GEMM (out may be a
+        # channel slice of a wider buffer: its columns past N_GEMM are never touched). (Not in
+        # the A_L1 tiles, for their 48 KiB, above.)
+        tl.static_assert(not (POOL or UPSCATTER), "O_DESC stores rows in pixel order")
+        o_desc = tl.make_tensor_descriptor(out_ptr, shape=[M_GEMM, N_GEMM], strides=[o_sw, 1],
+                                           block_shape=[BLOCK_M, BLOCK_N])
+        o_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(out_ptr.dtype.element_ty))
+    elif STORE_Y:   # (not under HEAD without gradients: the head's output is all that is read)
         tl.store(out_ptr + (row[:, None] + col[None, :]), acc.to(out_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
     if HEAD > 0:
@@ -960,12 +994,25 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     else:
         h_w, h_b, z = w_t, w_t, out
     flat_k = ca % utils.k_align() != 0
+    store_y_ = store_y or head is None
     # the window can leave the input unless every shifted pixel is inside by construction
     bounds = not (pad == 0 and sign == 1 and (oh - 1) * stride + ks <= ah
                   and (ow - 1) * stride + ks <= aw)
     # every config's tile runs into the next row of the grid at most once (_tile_out_pixels)
     tallest = max(c.kwargs["BLOCK_M"] for c in _FWD_TUNER.configs)
     wide = ((ow + 1) // 2 >= tallest // 4) if pool is not None else ow >= tallest
+
+    if ks == 1:
+        w_st = ca * w_sc   # (one tap: its stride is never used; a descriptor wants a real one)
+    # TMA (opt-in, utils.tma_enabled): the weight where its K-tiles are whole (not FLAT_K, not
+    # the concat's two halves), the output where its rows are pixels in order
+    tma = utils.tma_enabled(a.device)
+    w_desc = (utils.weight_desc(w_t, w_st, w_sc, w_sj)
+              if tma and not flat_k and a2 is None else 0)
+    o_desc = (tma and store_y_ and pool is None and skip is None and up_channels == 0
+              and utils.out_desc(out, oh, ow))
+    if w_desc or o_desc:
+        utils.ensure_allocator(a.device)
 
     def grid(meta):
         return (utils.m_tiles(meta, m_gemm, oh, ow, pool is not None)
@@ -989,7 +1036,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
             HAS_BIAS=bias is not None, RELU=relu, POOL=pool is not None, SKIP=skip is not None,
             CAT=a2 is not None, UPSCATTER=up_channels > 0, RELU_IN=relu_in is not None,
             FLAT_K=flat_k, WIDE=wide, HEAD=0 if head is None else h_w.shape[0],
-            STORE_Y=store_y or head is None,
+            STORE_Y=store_y_, W_DESC=w_desc, O_DESC=o_desc,
             DOT_F32=utils.dot_in_fp32(a.dtype), PRECISION=utils.dot_precision(a.dtype),
             INT64=utils.needs_int64(a, w_t, out, po, sk, xi, z,
                                     *(() if a2 is None else (a2,))),

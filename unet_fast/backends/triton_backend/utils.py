@@ -998,6 +998,65 @@ def layout_key(*tensors: torch.Tensor) -> int:
     return sum(1 << i for i, t in enumerate(tensors) if t.stride(1) == 1)
 
 
+# ---------------------------------------------------------------- TMA tensor descriptors
+def tma_enabled(device: torch.device) -> bool:
+    """Whether igemm_fwd_kernel's launches on `device` read the weight and store the output
+    through TMA tensor descriptors (tl.make_tensor_descriptor, built in the kernel; W_DESC and
+    O_DESC): only with UNET_FAST_TRITON_TMA=1, on sm_90 and later (older GPUs lower descriptors
+    to plain loads) or off the GPU (the interpreter runs them; tools that model an sm_90 launch
+    compile them). Off by default: the static model (tools/kernel_model.py) predicts no gain --
+    fewer registers and loop instructions, but a descriptor built per CTA and 24 bytes of
+    barriers that take the 48 KiB tiles past the L1's share (docs/design.md) -- and no GPU has
+    measured it yet; the GPU suite runs both."""
+    return (os.environ.get("UNET_FAST_TRITON_TMA", "0") == "1"
+            and hasattr(triton.language, "make_tensor_descriptor") and device_arch(device) >= 90)
+
+
+def _tma_aligned(t: torch.Tensor, *strides: int) -> bool:
+    """TMA's rules for a global tensor: base and every stride but the innermost (1) a multiple
+    of 16 bytes, strides positive."""
+    elt = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(s > 0 and s * elt % 16 == 0 for s in strides)
+
+
+def weight_desc(w: torch.Tensor, w_st: int, w_sc: int, w_sj: int) -> int:
+    """igemm_fwd_kernel's W_DESC for a weight read as W[tap, ca, j] at tap*w_st + ca*w_sc +
+    j*w_sj: 1 when j is contiguous (a [taps, CA, N] descriptor), 2 when ca is (a [N, taps, CA]
+    one: channels_last forward weights), 0 when TMA cannot address it (neither contiguous, or a
+    stride or the base not 16-byte aligned). The tap stride of a single tap is the launcher's
+    (any aligned value)."""
+    if w_sj == 1 and _tma_aligned(w, w_st, w_sc):
+        return 1
+    if w_sc == 1 and _tma_aligned(w, w_sj, w_st):
+        return 2
+    return 0
+
+
+def out_desc(out: torch.Tensor, oh: int, ow: int) -> bool:
+    """Whether igemm_fwd_kernel may store `out` (logical NCHW over an oh x ow grid) by TMA as an
+    [N*oh*ow, C] matrix (O_DESC): channel stride 1, pixels at one stride (a dense NHWC grid, or a
+    channel slice of one), 16-byte aligned."""
+    sn, sc, sh, sw = out.stride()
+    return (sc == 1 and (oh == 1 or sh == ow * sw) and (out.shape[0] == 1 or sn == oh * sh)
+            and _tma_aligned(out, sw))
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_allocator(device: torch.device) -> None:
+    """Kernels that build tensor descriptors on the device need Triton's global-memory allocator
+    for them (128 bytes a CTA). Triton keeps it in a context variable, unset in each new thread
+    -- autograd runs the backward in its own --, so each launch checks the current one and sets
+    a torch allocation where none is set (a user's own allocator is left alone)."""
+    if INTERPRET or device.type != "cuda":
+        return
+    from triton.runtime import _allocation
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_tma_scratch)
+
+
 def max_offset(shape, stride) -> int:
     """How many elements past its base pointer the last element of such a view lies."""
     return sum((s - 1) * abs(st) for s, st in zip(shape, stride))
