@@ -272,6 +272,7 @@ plan:
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
   5. model      $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "$PY tools/measure_kernels.py --out $RES  (timeout ${MODEL_TIMEOUT} s)")
+  5b. model-tma $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "UNET_FAST_TRITON_TMA=1 $PY tools/measure_kernels.py --out $RES/tma --no-l2 --no-cutlass  (if ${MODEL_TIMEOUT} s are left)")
   6. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
   results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv,model_vs_measured.md}
 EOF
@@ -416,6 +417,22 @@ else
     0) record model ok $STAGE_S "$per" ;;
     124|137) record model TIMEOUT $STAGE_S "killed at ${lim} s, what was measured is kept: ${per:-nothing}"; FAILED+=(model) ;;
     *) record model FAILED $STAGE_S "exit $stage_rc: ${per:-see log.txt}"; FAILED+=(model) ;;
+  esac
+fi
+
+# 5b. the same with TMA descriptors in the Triton convs (UNET_FAST_TRITON_TMA=1, opt-in until
+# measured: docs/design.md), only in time the budget has left over; model_vs_measured in tma/
+if [ -n "$MODEL_WHY" ]; then record model-tma skipped 0 "$MODEL_WHY"
+elif [ "$(left)" -lt $((MODEL_TIMEOUT + SUMMARY_RESERVE)) ]; then
+  record model-tma skipped 0 "$(left) s left: not enough for a second model run"
+else
+  run_stage model-tma "$MODEL_TIMEOUT" env UNET_FAST_TRITON_TMA=1 "$PY" tools/measure_kernels.py \
+      --out "$RES/tma" --no-l2 --no-cutlass
+  per=$(grep -E '^MODEL ' "$STAGE_OUT" | sed 's/^MODEL //' | paste -sd';' -)
+  case $stage_rc in
+    0) record model-tma ok $STAGE_S "$per" ;;
+    124|137) record model-tma TIMEOUT $STAGE_S "killed at ${MODEL_TIMEOUT} s: ${per:-nothing}"; FAILED+=(model-tma) ;;
+    *) record model-tma FAILED $STAGE_S "exit $stage_rc: ${per:-see log.txt}"; FAILED+=(model-tma) ;;
   esac
 fi
 

@@ -1610,3 +1610,30 @@ def test_tma_allocator_is_set_in_each_thread(monkeypatch):
         return got
 
     assert contextvars.copy_context().run(body) == [True, True, True]
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_tma_descriptors_run_the_whole_network(monkeypatch, padding):
+    """UNET_FAST_TRITON_TMA=1 over a whole U-Net (64-channel base: every launch of whole K-tiles
+    may take a descriptor): the encoder's pooled convs (weight only), the decoder's transposed
+    convs into their concat buffers, the fused head's last conv, the dgrads masked by their
+    input's ReLU -- output and every parameter gradient against float64, and both descriptor
+    kinds and the TMA store actually launched."""
+    monkeypatch.setenv("UNET_FAST_TRITON_TMA", "1")
+    seen = _spy_igemm_launches(monkeypatch)
+    torch.manual_seed(0)
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=32, depth=1, padding=padding,
+                    backend="triton").to(DEVICE)
+    ref = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=32, depth=1,
+                            padding=padding).to(DEVICE).double()
+    ref.load_state_dict(model.state_dict())
+    x = make((2, 1) + ((12, 20) if padding == "same" else (20, 28)), "channels_last")
+    y = model(x)
+    r = ref(x.double())
+    assert_float32_close("UNet output", y, r)
+    g = torch.randn_like(r)
+    y.backward(g.float())
+    r.backward(g)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert_float32_close(f"gradient of {name}", p.grad, q.grad)
+    assert {1, 2} <= {w for w, _ in seen} and any(o for _, o in seen), seen

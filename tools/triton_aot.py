@@ -156,6 +156,22 @@ def _variants():
          ALL_DTYPES, _ALL, w_dgrad),
         ("conv_transpose2x2 dgrad", dict(base, KS=2, STRIDE=2, PAD=0, RELU=False, BOUNDS=False,
                                          HAS_BIAS=False, RELU_IN=True), ALL_DTYPES, _ALL, w_fwd),
+        # UNET_FAST_TRITON_TMA=1 (opt-in, sm_90 only: jobs): the weight through a tensor
+        # descriptor (W_DESC 2: channels_last forward weights; 1: the dgrad's, the transposed
+        # conv's) and the output stored by TMA (O_DESC); the A_L1 configs keep pointers
+        ("conv3x3_relu fwd, TMA (W_DESC=2, O_DESC)", dict(conv, W_DESC=2, O_DESC=True),
+         ("bf16",), ("runtime",), w_fwd),
+        ("conv3x3 dgrad, ReLU input, TMA (W_DESC=1, O_DESC)",
+         dict(dgrad, RELU_IN=True, W_DESC=1, O_DESC=True), ("bf16",), ("runtime",), w_dgrad),
+        ("conv3x3 dgrad, ReLU input, wide rows, TMA (W_DESC=1, O_DESC)",
+         dict(dgrad, RELU_IN=True, WIDE=True, W_DESC=1, O_DESC=True), ("bf16",), ("runtime",),
+         w_dgrad),
+        ("conv_transpose2x2 fwd (into concat slice), TMA (W_DESC=1)",
+         dict(base, KS=1, PAD=0, RELU=False, BOUNDS=False, UPSCATTER=True, CO_UP=128, W_DESC=1),
+         ("bf16",), ("runtime",), w_dgrad),
+        ("conv_transpose2x2 dgrad, TMA (W_DESC=2, O_DESC)",
+         dict(base, KS=2, STRIDE=2, PAD=0, RELU=False, BOUNDS=False, HAS_BIAS=False,
+              RELU_IN=True, W_DESC=2, O_DESC=True), ("bf16",), ("runtime",), w_fwd),
     ]
     wg = dict(KS=3, STRIDE=1, PAD=1, SHIFT_A=False, FLAT_A=False, FLAT_B=False, SUB_N=1,
               DBIAS=True, INT64=False, DOT_F32=False, CAT=False)
@@ -416,6 +432,8 @@ def jobs(subset: bool):
                     continue
                 narrow = _narrow(path, spec, rt)
                 for arch in ARCHS:
+                    if (consts.get("W_DESC") or consts.get("O_DESC")) and arch < 90:
+                        continue   # (TMA: utils.tma_enabled, sm_90 and later)
                     if sub > 1 and not utils.use_sub_tiles(tdt, precision, arch, narrow):
                         continue   # (the launcher takes one tap a tile there)
                     if is_gemm and "onek" not in path:
