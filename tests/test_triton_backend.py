@@ -1122,6 +1122,26 @@ def test_l1_gather_configs_compute_the_convolution(monkeypatch, cfg, op, padding
         assert igemm.igemm_fwd_kernel.best_config is cfg
 
 
+def _small_unet_against_float64(in_channels, padding, hw):
+    """A depth-1 U-Net (32-channel base, 2 classes, two images of hw) on the triton backend:
+    its output and every parameter gradient against the float64 reference's."""
+    torch.manual_seed(0)
+    model = uf.UNet(in_channels=in_channels, num_classes=2, base_channels=32, depth=1,
+                    padding=padding, backend="triton").to(DEVICE)
+    ref = uf.reference.UNet(in_channels=in_channels, num_classes=2, base_channels=32, depth=1,
+                            padding=padding).to(DEVICE).double()
+    ref.load_state_dict(model.state_dict())
+    x = make((2, in_channels) + hw, "channels_last")
+    y = model(x)
+    r = ref(x.double())
+    assert_float32_close("UNet output", y, r)
+    g = torch.randn_like(r)
+    y.backward(g.float())
+    r.backward(g)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert_float32_close(f"gradient of {name}", p.grad, q.grad)
+
+
 @pytest.mark.parametrize("padding,hw", [("same", (12, 20)), ("valid", (20, 36))])
 def test_patch_tiles_run_the_whole_network(monkeypatch, padding, hw):
     """Every forward and dgrad launch of a U-Net forced onto a 2-D patch config (TILE_W, 8 x 16
@@ -1135,21 +1155,7 @@ def test_patch_tiles_run_the_whole_network(monkeypatch, padding, hw):
     monkeypatch.setattr(igemm.igemm_fwd_kernel, "configs", [cfg])
     monkeypatch.setattr(igemm.igemm_fwd_kernel, "cache", {})
     calls = _spy_fwd(monkeypatch)
-    torch.manual_seed(0)
-    model = uf.UNet(in_channels=3, num_classes=2, base_channels=32, depth=1, padding=padding,
-                    backend="triton").to(DEVICE)
-    ref = uf.reference.UNet(in_channels=3, num_classes=2, base_channels=32, depth=1,
-                            padding=padding).to(DEVICE).double()
-    ref.load_state_dict(model.state_dict())
-    x = make((2, 3) + hw, "channels_last")
-    y = model(x)
-    r = ref(x.double())
-    assert_float32_close("UNet output", y, r)
-    g = torch.randn_like(r)
-    y.backward(g.float())
-    r.backward(g)
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
-        assert_float32_close(f"gradient of {name}", p.grad, q.grad)
+    _small_unet_against_float64(3, padding, hw)
     assert igemm.igemm_fwd_kernel.best_config is cfg
     kinds = {k for kw in calls for k in ("head", "relu_in") if kw.get(k) is not None}
     assert kinds == {"head", "relu_in"}, kinds
@@ -1614,26 +1620,12 @@ def test_tma_allocator_is_set_in_each_thread(monkeypatch):
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_tma_descriptors_run_the_whole_network(monkeypatch, padding):
-    """UNET_FAST_TRITON_TMA=1 over a whole U-Net (64-channel base: every launch of whole K-tiles
-    may take a descriptor): the encoder's pooled convs (weight only), the decoder's transposed
+    """UNET_FAST_TRITON_TMA=1 over a whole U-Net (every launch of whole K-tiles may take a
+    descriptor): the encoder's pooled convs (weight only), the decoder's transposed
     convs into their concat buffers, the fused head's last conv, the dgrads masked by their
     input's ReLU -- output and every parameter gradient against float64, and both descriptor
     kinds and the TMA store actually launched."""
     monkeypatch.setenv("UNET_FAST_TRITON_TMA", "1")
     seen = _spy_igemm_launches(monkeypatch)
-    torch.manual_seed(0)
-    model = uf.UNet(in_channels=1, num_classes=2, base_channels=32, depth=1, padding=padding,
-                    backend="triton").to(DEVICE)
-    ref = uf.reference.UNet(in_channels=1, num_classes=2, base_channels=32, depth=1,
-                            padding=padding).to(DEVICE).double()
-    ref.load_state_dict(model.state_dict())
-    x = make((2, 1) + ((12, 20) if padding == "same" else (20, 28)), "channels_last")
-    y = model(x)
-    r = ref(x.double())
-    assert_float32_close("UNet output", y, r)
-    g = torch.randn_like(r)
-    y.backward(g.float())
-    r.backward(g)
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
-        assert_float32_close(f"gradient of {name}", p.grad, q.grad)
+    _small_unet_against_float64(1, padding, (12, 20) if padding == "same" else (20, 28))
     assert {1, 2} <= {w for w, _ in seen} and any(o for _, o in seen), seen
