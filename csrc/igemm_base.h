@@ -193,6 +193,8 @@ struct GemmProblem {
   // and reduces dbias as the row sums of A.
   static constexpr bool kAtomic = WeightGrad, kBiasFromA = WeightGrad;
   static constexpr int kGroup = 1;  // rows the epilogue takes together (4: pooling windows)
+  static constexpr int kTileN = 64;  // the CUDA engine's tile N (cuda/igemm.cuh: Narrow)
+  static constexpr bool kNarrowN = false;  // a narrow N may run on a narrow tile (Narrow)
   GemmArgs a;
 
   explicit GemmProblem(const GemmArgs& args) : a(args) {}

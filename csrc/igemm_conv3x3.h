@@ -206,6 +206,8 @@ template <class T>
 struct Conv3x3Wgrad : GemmProblem<T, false, false, true> {
   using B = GemmProblem<T, false, false, true>;
   using B::B, B::a;
+  // the first layer's N = 9 or 27 (1 or 3 input channels) on 64x16 or 64x32 tiles
+  static constexpr bool kNarrowN = true;
 
   UF_HD void load_a(int k, int m, T* dst) const {  // owner k (pixel), run along m (C_out)
     if (k >= a.K) return zero_run(dst);

@@ -57,11 +57,15 @@ def test_overrides_are_undone(emu):
 
 # (op, n, cin, cout, h, w, padding): 64x64 tiles with M/N/K tails, 16-byte runs (8/16 channels) and
 # element-wise loaders (odd channels), two N tiles (72 outputs), odd sizes under the pool epilogue;
-# each NCHW, NHWC and as a channel slice of a wider NHWC buffer (odd offset: not 16-byte aligned).
+# the first layer's weight gradient on its narrow tiles (1 and 3 input channels: N = 9 and 27 on
+# 64x16 and 64x32, the latter over two M tiles); each NCHW, NHWC and as a channel slice of a wider
+# NHWC buffer (odd offset: not 16-byte aligned).
 CASES = [
     ("conv3x3_relu", 2, 8, 16, 13, 11, 0),
     ("conv3x3_relu", 1, 5, 7, 9, 10, 1),
     ("conv3x3_relu", 1, 16, 72, 6, 9, 1),
+    ("conv3x3_relu", 2, 1, 16, 13, 11, 0),
+    ("conv3x3_relu", 1, 3, 72, 9, 10, 1),
     ("conv3x3_relu_pool", 2, 8, 16, 13, 11, 0),
     ("conv3x3_relu_pool", 1, 5, 7, 9, 10, 1),
     ("max_pool2x2", 2, 16, 16, 9, 10, 0),

@@ -1431,12 +1431,16 @@ def _mem_row(layer, pass_, kernel, nbytes, m: Machine, bound="DRAM") -> dict:
 
 
 def _hand_row(layer, pass_, kernel, hand, gemm, nbytes, m: Machine) -> dict:
-    """A hand-written igemm launch: 64x64 tiles of 32-wide K steps, every SM sub-partition
+    """A hand-written igemm launch: 64x64 tiles (the 3x3 weight gradient's N of at most 16 or 32:
+    64 x 16 or 64 x 32) of 32-wide K steps, every SM sub-partition
     issuing one warp's loop per CTA and step (4 warps), at the loop's static count (both ways of
     every branch: an upper bound; the epilogue is not counted), or its DRAM bytes if longer."""
     M, N, K = gemm
-    steps = math.ceil(M / 64) * math.ceil(N / 64) * math.ceil(K / 32)
-    k = hand.get(f"igemm {kernel}<__nv_bfloat16> [tensor cores]")
+    # the 3x3 weight gradient's narrow N runs on a 64 x 16 or 64 x 32 tile (igemm.cuh's Narrow)
+    tn = 64 if kernel != "Conv3x3Wgrad" or N > 32 else 16 if N <= 16 else 32
+    steps = math.ceil(M / 64) * math.ceil(N / tn) * math.ceil(K / 32)
+    name = (f"Narrow<{kernel}<__nv_bfloat16>, {tn}>" if tn < 64 else f"{kernel}<__nv_bfloat16>")
+    k = hand.get(f"igemm {name} [tensor cores]")
     issue = steps * k["issue_cycles_per_iter"] / m.sms / m.clock if k else 0.0
     dram = nbytes / m.dram_bw
     t = max(issue, dram)
@@ -1683,7 +1687,8 @@ def _cuda_step_markdown(ext: dict, m: Machine, triton_s: dict) -> list:
             "  aten kernel are their bytes at the DRAM bandwidth (ours as well: not read from their",
             "  SASS); the hand-written tensor-core kernels (the first layer, the 1x1 head) their",
             "  loop's static count (the table below: both ways of every branch, 4 warps on the 4",
-            "  sub-partitions, the epilogue not counted) over 64x64x32 steps, or their DRAM bytes",
+            "  sub-partitions, the epilogue not counted) over 64x64x32 steps (the 3x3 weight",
+            "  gradient's N of at most 16 or 32: 64x16x32 or 64x32x32, its Narrow kernel), or their DRAM bytes",
             f"  if longer; {m.launch_gap_s * 1e6:.0f} us between kernels.",
             "",
             "| layer | phase | what | kernel | GEMM M x N x K | bound | ms (+gap) |",
@@ -1709,7 +1714,8 @@ def _hand_markdown(ext: dict) -> list:
             "",
             f"The sm_80 path (on sm_90: fp16, fp32, the first layer and the GEMM-shaped ops). "
             f"{ext['hand_written'][0]['warps']} warps",
-            "per CTA, an iteration is a 64x64x32 step; tensor cycles at 1024 FMA per SM and cycle for",
+            "per CTA, an iteration is a 64x64x32 step (Narrow<P, N>: 64xNx32, the 3x3 weight gradient's",
+            "narrow N); tensor cycles at 1024 FMA per SM and cycle for",
             "mma.sync (an A100's rate; assumed on Hopper), tf32 at half; issue cycles: instructions x",
             "warps per sub-partition. Static counts: both ways of every branch in the loop (the cp.async",
             "path and the fallback loads), an upper bound. No per-layer prediction.",

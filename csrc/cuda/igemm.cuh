@@ -77,7 +77,16 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 #endif
 
-constexpr int kThreads = 128, BM = 64, BN = 64, BK = 32;
+constexpr int kThreads = 128, BM = 64, BK = 32;
+
+// The tile's N: a problem's kTileN (64; igemm_base.h). The 3x3 weight gradient with a narrow N (the
+// first layer's 9 or 27 (tap, channel) columns) runs as Narrow<P, 16 or 32> (launch_tile): a
+// 64-wide tile would multiply and gather mostly padding.
+template <class P, int TN>
+struct Narrow : P {
+  static constexpr int kTileN = TN;
+  explicit Narrow(const P& p) : P(p) {}
+};
 
 template <class T>
 struct Wmma;
@@ -102,7 +111,7 @@ struct Wmma<float> {
 template <class P>
 struct Smem {
   using T = typename P::elem_t;
-  static constexpr int V = P::V;
+  static constexpr int V = P::V, BN = P::kTileN;
   static constexpr bool AK = P::kAKContig, BKC = P::kBKContig;
   static constexpr int A_LD = AK ? BK + V : BM + V;
   static constexpr int A_SZ = (AK ? BM : BK) * A_LD;
@@ -126,33 +135,36 @@ struct Smem {
   }
 };
 
-// Tensor-core mainloop: each warp owns a 32x32 sub-tile as 2x2 wmma accumulators.
+// Tensor-core mainloop: the 4 warps tile C as 2x2 (64-wide tiles: 32x32 each, 2x2 wmma
+// accumulators) or 4x1 (narrow tiles: 16 x N each, N / 16 accumulators).
 template <class P>
 struct TensorCoreMath {
   using T = typename P::elem_t;
   using S = Smem<P>;
   using W = Wmma<T>;
+  static constexpr int WN = S::BN >= 64 ? 2 : 1, WM = 4 / WN;  // warps along N and M
+  static constexpr int FM = BM / WM / 16, FN = S::BN / WN / 16;  // fragments of a warp
   using ALayout = std::conditional_t<S::AK, nvcuda::wmma::row_major, nvcuda::wmma::col_major>;
   using BLayout = std::conditional_t<S::BKC, nvcuda::wmma::col_major, nvcuda::wmma::row_major>;
-  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, W::K, float> acc[2][2];
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, W::K, float> acc[FM][FN];
 
   __device__ __forceinline__ void init() {
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < FM; ++i)
 #pragma unroll
-      for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.f);
+      for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.f);
   }
 
   __device__ __forceinline__ void step(const T* As, const T* Bs) {
     using namespace nvcuda;
-    const int warp = threadIdx.x / 32, wm = warp >> 1, wn = warp & 1;
+    const int warp = threadIdx.x / 32, wm = warp / WN, wn = warp % WN;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += W::K) {
-      wmma::fragment<wmma::matrix_a, 16, 16, W::K, typename W::frag_t, ALayout> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, W::K, typename W::frag_t, BLayout> fb[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, W::K, typename W::frag_t, ALayout> fa[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, W::K, typename W::frag_t, BLayout> fb[FN];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int r = wm * 32 + i * 16;
+      for (int i = 0; i < FM; ++i) {
+        const int r = wm * (BM / WM) + i * 16;
         wmma::load_matrix_sync(fa[i], S::AK ? As + r * S::A_LD + kk : As + kk * S::A_LD + r, S::A_LD);
         if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
@@ -160,8 +172,8 @@ struct TensorCoreMath {
         }
       }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c = wn * 32 + j * 16;
+      for (int j = 0; j < FN; ++j) {
+        const int c = wn * (S::BN / WN) + j * 16;
         wmma::load_matrix_sync(fb[j], S::BKC ? Bs + c * S::B_LD + kk : Bs + kk * S::B_LD + c, S::B_LD);
         if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
@@ -169,50 +181,53 @@ struct TensorCoreMath {
         }
       }
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+      for (int i = 0; i < FM; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
     }
   }
 
   __device__ __forceinline__ void store(float* Cs) {
-    const int warp = threadIdx.x / 32, wm = warp >> 1, wn = warp & 1;
+    const int warp = threadIdx.x / 32, wm = warp / WN, wn = warp % WN;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < FM; ++i)
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-        nvcuda::wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * S::C_LD + wn * 32 + j * 16, acc[i][j],
-                                        S::C_LD, nvcuda::wmma::mem_row_major);
+      for (int j = 0; j < FN; ++j)
+        nvcuda::wmma::store_matrix_sync(
+            Cs + (wm * (BM / WM) + i * 16) * S::C_LD + wn * (S::BN / WN) + j * 16, acc[i][j],
+            S::C_LD, nvcuda::wmma::mem_row_major);
   }
 };
 
-// Exact fp32 mainloop: thread (tr, tc) owns rows 4*tr..4*tr+3 and columns tc, tc+8, ..., tc+56.
+// Exact fp32 mainloop: thread (tr, tc) owns rows 4*tr..4*tr+3 and columns tc, tc+8, ..., of the
+// tile's N.
 template <class P>
 struct SimtMath {
   using T = typename P::elem_t;
   using S = Smem<P>;
-  float acc[4][8];
+  static constexpr int J = S::BN / 8;
+  float acc[4][J];
 
   __device__ __forceinline__ void init() {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+      for (int j = 0; j < J; ++j) acc[i][j] = 0.f;
   }
 
   __device__ __forceinline__ void step(const T* As, const T* Bs) {
     const int tr = threadIdx.x >> 3, tc = threadIdx.x & 7;
 #pragma unroll 8
     for (int k = 0; k < BK; ++k) {
-      float a[4], b[8];
+      float a[4], b[J];
 #pragma unroll
       for (int i = 0; i < 4; ++i) a[i] = S::a(As, tr * 4 + i, k);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) b[j] = S::b(Bs, k, tc + 8 * j);
+      for (int j = 0; j < J; ++j) b[j] = S::b(Bs, k, tc + 8 * j);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < J; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
   }
 
@@ -221,7 +236,7 @@ struct SimtMath {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) Cs[(tr * 4 + i) * S::C_LD + tc + 8 * j] = acc[i][j];
+      for (int j = 0; j < J; ++j) Cs[(tr * 4 + i) * S::C_LD + tc + 8 * j] = acc[i][j];
   }
 };
 
@@ -272,7 +287,7 @@ template <class P, class RC>
 __device__ __forceinline__ void load_tiles(const P& p, const RC& rc, int m0, int n0, int k0,
                                            typename P::elem_t* As, typename P::elem_t* Bs) {
   using S = Smem<P>;
-  constexpr int V = P::V;
+  constexpr int V = P::V, BN = S::BN;
   const int tid = threadIdx.x;
   if (rc.active()) {
     rc.load(p, k0, As);
@@ -318,6 +333,7 @@ __global__ void __launch_bounds__(kThreads, 4) igemm_kernel(const P p, int k_spl
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using T = typename P::elem_t;
   using S = Smem<P>;
+  constexpr int BN = S::BN;
   __shared__ __align__(128) unsigned char smem[S::BYTES];
   T* const stage0 = reinterpret_cast<T*>(smem);
   float* Cs = reinterpret_cast<float*>(smem);
@@ -377,6 +393,7 @@ __global__ void __launch_bounds__(kThreads, 4) igemm_kernel(const P p, int k_spl
 
 template <class P, bool TC>
 cudaError_t launch(const P& p, float* ws, float* ws_bias, int num_sms, cudaStream_t stream) {
+  constexpr int BN = P::kTileN;
   dim3 grid((p.a.M + BM - 1) / BM, (p.a.N + BN - 1) / BN, 1);
   int k_split = (p.a.K + BK - 1) / BK * BK;
   if (P::kAtomic) {  // weight gradients: split the pixels over CTAs until the GPU is full
@@ -393,18 +410,30 @@ cudaError_t launch(const P& p, float* ws, float* ws_bias, int num_sms, cudaStrea
   return cudaGetLastError();
 }
 
+// A narrow N on a narrow tile (Narrow: the problems with kNarrowN, the 3x3 weight gradient);
+// every other launch on 64x64.
+template <class P, bool TC>
+cudaError_t launch_tile(const P& p, float* ws, float* ws_bias, int num_sms, cudaStream_t stream) {
+  if constexpr (P::kNarrowN) {
+    if (p.a.N <= 16) return launch<Narrow<P, 16>, TC>(Narrow<P, 16>(p), ws, ws_bias, num_sms, stream);
+    if (p.a.N <= 32) return launch<Narrow<P, 32>, TC>(Narrow<P, 32>(p), ws, ws_bias, num_sms, stream);
+  }
+  return launch<P, TC>(p, ws, ws_bias, num_sms, stream);
+}
+
 // dtype x math dispatch of one problem template.
 template <template <class> class Prob>
 cudaError_t run(const GemmLaunch& l, cudaStream_t stream) {
   switch (l.dtype) {
     case DType::kHalf:
-      return launch<Prob<__half>, true>(Prob<__half>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
+      return launch_tile<Prob<__half>, true>(Prob<__half>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
     case DType::kBFloat16:
-      return launch<Prob<__nv_bfloat16>, true>(Prob<__nv_bfloat16>(l.args), l.ws, l.ws_bias, l.num_sms,
-                                               stream);
+      return launch_tile<Prob<__nv_bfloat16>, true>(Prob<__nv_bfloat16>(l.args), l.ws, l.ws_bias,
+                                                    l.num_sms, stream);
     case DType::kFloat:
-      if (l.tf32) return launch<Prob<float>, true>(Prob<float>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
-      return launch<Prob<float>, false>(Prob<float>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
+      if (l.tf32)
+        return launch_tile<Prob<float>, true>(Prob<float>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
+      return launch_tile<Prob<float>, false>(Prob<float>(l.args), l.ws, l.ws_bias, l.num_sms, stream);
   }
   return cudaErrorInvalidValue;
 }
