@@ -252,7 +252,6 @@ def test_resource_usage_counts_stack_frame_spills():
     assert sass_report.resource_usage("no such line") == (None, None)
 
 
-
 _TMA_SCRIPT = r"""
 import dataclasses, json, sys
 sys.path.insert(0, "tools")

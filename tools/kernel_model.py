@@ -1436,11 +1436,15 @@ def _hand_row(layer, pass_, kernel, hand, gemm, nbytes, m: Machine) -> dict:
     issuing one warp's loop per CTA and step (4 warps), at the loop's static count (both ways of
     every branch: an upper bound; the epilogue is not counted), or its DRAM bytes if longer."""
     M, N, K = gemm
-    # the 3x3 weight gradient's narrow N runs on a 64 x 16 or 64 x 32 tile (igemm.cuh's Narrow)
-    tn = 64 if kernel != "Conv3x3Wgrad" or N > 32 else 16 if N <= 16 else 32
+    # a narrow N runs on the narrowest tile the build has for the problem (igemm.cuh's launch_tile:
+    # Narrow<P, 16 | 32>, the problems with kNarrowN), else on 64x64
+    tn, k = 64, hand.get(f"igemm {kernel}<__nv_bfloat16> [tensor cores]")
+    for narrow in (16, 32):
+        kn = hand.get(f"igemm Narrow<{kernel}<__nv_bfloat16>, {narrow}> [tensor cores]")
+        if N <= narrow and kn:
+            tn, k = narrow, kn
+            break
     steps = math.ceil(M / 64) * math.ceil(N / tn) * math.ceil(K / 32)
-    name = (f"Narrow<{kernel}<__nv_bfloat16>, {tn}>" if tn < 64 else f"{kernel}<__nv_bfloat16>")
-    k = hand.get(f"igemm {name} [tensor cores]")
     issue = steps * k["issue_cycles_per_iter"] / m.sms / m.clock if k else 0.0
     dram = nbytes / m.dram_bw
     t = max(issue, dram)
