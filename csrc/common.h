@@ -92,14 +92,16 @@ inline void check_conv3x3(const at::Tensor& x, const at::Tensor& weight,
                 "; 2x2 max-pooling needs at least 2x2");
 }
 
-// grad (of y) and y itself (for the ReLU mask) of conv3x3_relu(x, weight), shaped (nb, co, oh, ow).
-inline void check_conv3x3_grads(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x,
-                                c10::IntArrayRef shape) {
+// grad (of y) and y itself (for the ReLU mask; absent: grad is masked already) of
+// conv3x3_relu(x, weight), shaped (nb, co, oh, ow).
+inline void check_conv3x3_grads(const at::Tensor& grad, const c10::optional<at::Tensor>& y,
+                                const at::Tensor& x, c10::IntArrayRef shape) {
   check_grad(grad, shape, x);
-  check_4d(y, "y");
-  TORCH_CHECK(y.sizes() == grad.sizes(), "y must have grad's shape ", grad.sizes(), ", got ",
-              y.sizes());
-  check_same(x, "x", y, "y");
+  if (!y.has_value()) return;
+  check_4d(*y, "y");
+  TORCH_CHECK(y->sizes() == grad.sizes(), "y must have grad's shape ", grad.sizes(), ", got ",
+              y->sizes());
+  check_same(x, "x", *y, "y");
 }
 
 // weight: (C_out, C_in, 1, 1) for G = 1 (1x1 conv), (C_in, C_out, 2, 2) for G = 2 (transposed).

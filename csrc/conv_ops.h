@@ -52,7 +52,8 @@ inline void set_g(GemmArgs& a, const at::Tensor& g) {
   a.g = g.data_ptr();
   a.gsN = g.stride(0); a.gsH = g.stride(2); a.gsW = g.stride(3);
 }
-inline void set_y(GemmArgs& a, const at::Tensor& y) {
+inline void set_y(GemmArgs& a, const at::Tensor& y) {  // (undefined: a.y stays null, g is masked)
+  if (!y.defined()) return;
   a.y = y.data_ptr();
   a.ysN = y.stride(0); a.ysH = y.stride(2); a.ysW = y.stride(3);
 }
@@ -119,15 +120,22 @@ struct ConvOps {
   }
 
   // Gradients of relu(conv3x3(x, weight) + bias) given grad (of y) and y itself (for the mask).
+  // Without y, grad is the masked gradient already (the model's grad_masked: the next layer's
+  // dgrad masked it): the loaders copy it as it is (cp.async on the GPU), and y is never read.
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_backward(
-      const at::Tensor& grad_, const at::Tensor& y_, const at::Tensor& x_, const at::Tensor& weight,
-      int64_t padding, std::array<bool, 3> mask) {
+      const at::Tensor& grad_, const c10::optional<at::Tensor>& y_opt, const at::Tensor& x_,
+      const at::Tensor& weight, int64_t padding, std::array<bool, 3> mask) {
     check_conv3x3(x_, weight, c10::nullopt, padding);
     Engine::check_device(x_, "x");
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = weight.size(0), oh = h - 2 + 2 * padding, ow = w - 2 + 2 * padding;
-    check_conv3x3_grads(grad_, y_, x_, {nb, co, oh, ow});
-    at::Tensor g = nhwc_ish(grad_), y = nhwc_ish(y_), x = nhwc_ish(x_);
+    check_conv3x3_grads(grad_, y_opt, x_, {nb, co, oh, ow});
+    const bool masked = y_opt.has_value();
+    at::Tensor g = nhwc_ish(grad_), x = nhwc_ish(x_);
+    at::Tensor y = masked ? nhwc_ish(*y_opt) : at::Tensor();
+    const auto runs_ok = [&](int64_t ch) {
+      return runs_vectorizable(g, ch) && (!masked || runs_vectorizable(y, ch));
+    };
     at::Tensor dx, dw, db;
     if (mask[0]) {
       dx = at::empty({nb, c, h, w}, x.options(), format_of(x_));
@@ -136,7 +144,7 @@ struct ConvOps {
       set_g(a, g); set_y(a, y); set_out(a, dx);
       a.w = wd.data_ptr();
       set_gemm(a, nb * h * w, c, 9 * co);
-      a.vec_a = runs_vectorizable(g, co) && runs_vectorizable(y, co);
+      a.vec_a = runs_ok(co);
       a.vec_b = rows_vectorizable(wd, 9 * co);
       Engine::run(GemmKind::kConv3x3Dgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
     } else {
@@ -148,7 +156,7 @@ struct ConvOps {
       GemmArgs a = geometry(nb, c, h, w, co, oh, ow, padding);
       set_g(a, g); set_y(a, y); set_x(a, x);
       set_gemm(a, co, 9 * c, nb * oh * ow);
-      a.vec_a = runs_vectorizable(g, co) && runs_vectorizable(y, co);
+      a.vec_a = runs_ok(co);
       a.vec_b = runs_vectorizable(x, c);
       Engine::run(GemmKind::kConv3x3Wgrad, a, x.scalar_type(), ws, wsb);
       // (C_out, 3, 3, C_in) -> the weight's (C_out, C_in, 3, 3), converted in the same pass
@@ -157,7 +165,8 @@ struct ConvOps {
     } else {
       dw = at::empty({0}, x.options());
       // Bias without weight gradient (a frozen weight): a plain masked reduction.
-      db = mask[2] ? grad_.masked_fill(y_ <= 0, 0).sum({0, 2, 3}) : at::empty({0}, x.options());
+      db = !mask[2] ? at::empty({0}, x.options())
+           : masked ? grad_.masked_fill(*y_opt <= 0, 0).sum({0, 2, 3}) : grad_.sum({0, 2, 3});
     }
     return {dx, dw, db};
   }

@@ -70,7 +70,8 @@ struct GemmArgs {
   int64_t xsN = 0, xsH = 0, xsW = 0;
   const void* g = nullptr;  // output gradient (NHWC-ish)
   int64_t gsN = 0, gsH = 0, gsW = 0;
-  const void* y = nullptr;  // saved ReLU output for the mask, same sizes as g (NHWC-ish)
+  const void* y = nullptr;  // saved ReLU output for the mask, same sizes as g (NHWC-ish); null:
+                            // g is masked already (the 3x3 gradients' Premasked problems)
   int64_t ysN = 0, ysH = 0, ysW = 0;
   const void* w = nullptr;     // weight re-laid by the glue, contiguous, see each problem
   const void* bias = nullptr;  // may be null

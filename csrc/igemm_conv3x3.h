@@ -158,9 +158,11 @@ struct Conv3x3Fprop : GemmProblem<T, true, true> {
 
 // Input gradient. M = N*H*W input pixels, N = C_in, K = 9*C_out with k = (r*3 + s)*C_out + o.
 // dx[h, w] = sum g'[h + pad - r, w + pad - s, o] * w[o, c, r, s], g' = g * (y > 0) applied while
-// loading. B: w laid out (C_in, 3, 3, C_out). Out: the base's epilogue (rows are input pixels).
-template <class T>
-struct Conv3x3Dgrad : GemmProblem<T, true, true> {
+// loading -- or, kPremasked, g is g' already (the model's grad_masked: the next layer's dgrad
+// masked it) and y is not read: the 16-byte runs are then plain async copies. B: w laid out
+// (C_in, 3, 3, C_out). Out: the base's epilogue (rows are input pixels).
+template <class T, bool kPremasked>
+struct Conv3x3DgradOf : GemmProblem<T, true, true> {
   using B = GemmProblem<T, true, true>;
   using B::B, B::a;
 
@@ -181,8 +183,12 @@ struct Conv3x3Dgrad : GemmProblem<T, true, true> {
   UF_HD void load_a_at(const ARow& row, const AK& t, T* dst) const {
     const int oh = row.oh0 - t.r, ow = row.ow0 - t.s;
     if (!conv3x3::inside(oh, ow, a.hout, a.wout)) return zero_run(dst);
-    load_masked_run(static_cast<const T*>(a.g), static_cast<const T*>(a.y), a.g_at(row.n, oh, ow) + t.c,
-                    a.y_at(row.n, oh, ow) + t.c, true, B::V, dst);
+    if constexpr (kPremasked) {
+      copy_run_tile(dst, static_cast<const T*>(a.g) + a.g_at(row.n, oh, ow) + t.c);
+    } else {
+      load_masked_run(static_cast<const T*>(a.g), static_cast<const T*>(a.y),
+                      a.g_at(row.n, oh, ow) + t.c, a.y_at(row.n, oh, ow) + t.c, true, B::V, dst);
+    }
   }
 
   UF_HD void load_a(int m, int k, T* dst) const {
@@ -192,18 +198,28 @@ struct Conv3x3Dgrad : GemmProblem<T, true, true> {
     const T* y = static_cast<const T*>(a.y);
     conv3x3::gather_taps(k, a.cout, a.K, dst, [&](const AK& t) {
       const int oh = row.oh0 - t.r, ow = row.ow0 - t.s;
-      return conv3x3::inside(oh, ow, a.hout, a.wout)
-                 ? masked(g + a.g_at(row.n, oh, ow) + t.c, y + a.y_at(row.n, oh, ow) + t.c)
-                 : Num<T>::zero();
+      if (!conv3x3::inside(oh, ow, a.hout, a.wout)) return Num<T>::zero();
+      const T* gp = g + a.g_at(row.n, oh, ow) + t.c;
+      if constexpr (kPremasked) return T(*gp);
+      else return masked(gp, y + a.y_at(row.n, oh, ow) + t.c);
     });
   }
 };
+template <class T>
+struct Conv3x3Dgrad : Conv3x3DgradOf<T, false> {
+  using Conv3x3DgradOf<T, false>::Conv3x3DgradOf;
+};
+template <class T>
+struct Conv3x3DgradPremasked : Conv3x3DgradOf<T, true> {
+  using Conv3x3DgradOf<T, true>::Conv3x3DgradOf;
+};
 
 // Weight gradient. M = C_out, N = 9*C_in with n = (r*3 + s)*C_in + c, K = N*OH*OW output pixels.
-// A: M-contig, g' at pixel k. B: N-contig, x through the window of pixel k. Out: the
-// (C_out, 3, 3, C_in) workspace (the glue permutes it to (C_out, C_in, 3, 3)); dbias = row sums of A.
-template <class T>
-struct Conv3x3Wgrad : GemmProblem<T, false, false, true> {
+// A: M-contig, g' at pixel k (kPremasked: g as it is, as in Conv3x3DgradOf). B: N-contig, x
+// through the window of pixel k. Out: the (C_out, 3, 3, C_in) workspace (the glue permutes it to
+// (C_out, C_in, 3, 3)); dbias = row sums of A.
+template <class T, bool kPremasked>
+struct Conv3x3WgradOf : GemmProblem<T, false, false, true> {
   using B = GemmProblem<T, false, false, true>;
   using B::B, B::a;
   // the first layer's N = 9 or 27 (1 or 3 input channels) on 64x16 or 64x32 tiles
@@ -215,8 +231,12 @@ struct Conv3x3Wgrad : GemmProblem<T, false, false, true> {
     a.out_pixel(k, n, oh, ow);
     const int count = a.M - m;
     if (count <= 0) return zero_run(dst);  // (after the decode: 24 fewer registers in fp32 SIMT)
-    load_masked_run(static_cast<const T*>(a.g), static_cast<const T*>(a.y), a.g_at(n, oh, ow) + m,
-                    a.y_at(n, oh, ow) + m, a.vec_a && count >= B::V, count, dst);
+    if constexpr (kPremasked) {
+      load_run(static_cast<const T*>(a.g) + a.g_at(n, oh, ow), m, a.M, a.vec_a, dst);
+    } else {
+      load_masked_run(static_cast<const T*>(a.g), static_cast<const T*>(a.y), a.g_at(n, oh, ow) + m,
+                      a.y_at(n, oh, ow) + m, a.vec_a && count >= B::V, count, dst);
+    }
   }
 
   UF_HD void load_b(int k, int nn, T* dst) const {  // owner k (pixel), run along n = (tap, c)
@@ -229,6 +249,14 @@ struct Conv3x3Wgrad : GemmProblem<T, false, false, true> {
     if (a.vec_b) return conv3x3::load_x_run(a, w, conv3x3::tap(nn, a.cin, a.N), dst);
     conv3x3::gather_x(a, w, nn, a.N, dst);
   }
+};
+template <class T>
+struct Conv3x3Wgrad : Conv3x3WgradOf<T, false> {
+  using Conv3x3WgradOf<T, false>::Conv3x3WgradOf;
+};
+template <class T>
+struct Conv3x3WgradPremasked : Conv3x3WgradOf<T, true> {
+  using Conv3x3WgradOf<T, true>::Conv3x3WgradOf;
 };
 
 }  // namespace unet_fast

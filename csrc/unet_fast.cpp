@@ -20,8 +20,8 @@ TORCH_LIBRARY(unet_fast, m) {
   // epilogue (no pool indices are kept).
   m.def("conv3x3_relu_pool(Tensor x, Tensor weight, Tensor? bias, int padding) -> (Tensor, Tensor)");
   // (grad_x, grad_weight, grad_bias) of conv3x3_relu from grad (of y) and y (the ReLU mask y > 0 is
-  // applied while grad is read).
-  m.def("_conv3x3_relu_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int padding, "
+  // applied while grad is read; y None: grad is dy * (y > 0) already, read as it is).
+  m.def("_conv3x3_relu_backward(Tensor grad, Tensor? y, Tensor x, Tensor weight, int padding, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // max_pool2d(x, 2, 2) (floor: an odd last row/column is dropped).
   m.def("max_pool2x2(Tensor x) -> Tensor");

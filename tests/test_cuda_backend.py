@@ -435,6 +435,94 @@ def test_head_takes_its_relu_mask_from_the_dgrad_epilogue():
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(2, 8, 16, 9, 12, 0), (1, 5, 7, 6, 7, 1), (2, 3, 16, 10, 9, 1)],
+                         ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", _DEVICES)
+def test_conv3x3_backward_takes_a_masked_gradient(device, dtype, case, layout):
+    """_conv3x3_relu_backward without y: grad is dy * (y > 0) already (the model's grad_masked),
+    read as it is (csrc/igemm_conv3x3.h's Premasked problems: 16-byte runs, element-wise runs for
+    odd channels, the first layer's narrow weight-gradient tile); every gradient equals that of
+    the call that masks with y, y's NaN and signed zero included, and the bias gradient alone (a
+    frozen weight) too. Exactly on the CPU kernels (the same values reach the same sums); on a GPU
+    the weight gradient's split-K atomics may sum in another order, and the bias alone is an aten
+    sum over another layout (masked_fill's output is NCHW) either way."""
+    n, c, k, h, w, pad = case
+    torch.manual_seed(0)
+    oh, ow = h - 2 + 2 * pad, w - 2 + 2 * pad
+    x = to_layout(torch.randn(n, c, h, w, dtype=torch.float64).to(device, dtype), layout)
+    wt = torch.randn(k, c, 3, 3, dtype=torch.float64).to(device, dtype)
+    y = torch.relu(torch.randn(n, k, oh, ow, dtype=torch.float64))
+    y[0, 0, 0, :3] = torch.tensor([-0.0, float("nan"), 2.0], dtype=torch.float64)
+    y = to_layout(y.to(device, dtype), layout)
+    g = to_layout(torch.randn(n, k, oh, ow, dtype=torch.float64).to(device, dtype), layout)
+    gm = torch.ops.aten.threshold_backward(g, y, 0)
+    assert (gm == 0).sum() > (g == 0).sum()   # (the mask matters here)
+    for mask in ([True, True, True], [True, False, False], [False, True, True], [False, False, True]):
+        ref = _ops._conv3x3_relu_backward(g, y, x, wt, pad, mask)
+        ours = _ops._conv3x3_relu_backward(gm, None, x, wt, pad, mask)
+        exact = name_exact = dict(rtol=0, atol=0)
+        if device != "cpu" or not mask[1]:
+            exact = {}   # (the dtype's default tolerance: a sum in another order)
+        for name, a, r in zip(("dx", "dw", "db"), ours, ref):
+            torch.testing.assert_close(a, r, equal_nan=True, msg=f"{name} {mask}",
+                                       **(name_exact if name == "dx" else exact))
+
+
+class _Calls:   # torch.ops.unet_fast, each call recorded as (op name, args)
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        op = getattr(_ops, name)
+
+        def call(*args):
+            self.calls.append((name, args))
+            return op(*args)
+        return call
+
+    def args_of(self, name):
+        return [a for n, a in self.calls if n == name]
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["conv3x3_relu", "conv3x3_relu_pool"])
+def test_hand_written_path_reads_a_masked_gradient_without_y(pool, monkeypatch):
+    """On the hand-written kernels the gradient of a conv's y reaches its gradient kernels
+    masked and without y: conv3x3_relu told grad_masked (the next layer's dgrad masked it), and
+    conv3x3_relu_pool, whose pool backward pass (which reads y anyway) masks the sum of the
+    skip's and the pooled map's gradients. float64 against autograd through relu."""
+    from unet_fast.backends import cuda_ops
+    spy = _Calls()
+    monkeypatch.setattr(cuda_ops, "_ops", spy)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 13, 11, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = (0.3 * torch.randn(16, 8, 3, 3, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    y_ref = torch.relu(F.conv2d(x, w, b))
+    if pool:
+        outs = cuda_ops.conv3x3_relu_pool(x, w, b, 0, False, 7, 5)
+        refs = (center_crop(y_ref, 7, 5), F.max_pool2d(y_ref, 2, 2))
+        gs = [torch.randn_like(o) for o in outs]
+    else:
+        outs = (cuda_ops.conv3x3_relu(x, w, b, 0, False, True),)
+        refs = (y_ref,)
+        # what the next layer's dgrad hands over: masked by (y > 0)
+        gs = [torch.ops.aten.threshold_backward(torch.randn_like(y_ref), y_ref.detach(), 0)]
+    ours = torch.autograd.grad(outs, (x, w, b), gs)
+    ref = torch.autograd.grad(refs, (x, w, b), gs)
+    (bwd,) = spy.args_of("_conv3x3_relu_backward")
+    assert bwd[1] is None
+    if pool:
+        (pool_bwd,) = spy.args_of("_max_pool2x2_backward")
+        assert pool_bwd[3] is True
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+    for name, a, r in zip(("dx", "dw", "db"), ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def _flat_view(t, offset, order):
     """t's values in a view `offset` elements into a flat buffer (a flat parameter store), laid out
     in memory in the dim order `order`: the weight re-layouts then return views, not copies."""
@@ -552,6 +640,7 @@ def _opcheck_cases():
         ("conv3x3_relu_pool", (*rg(xl, w3, b4), 1)),
         ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), y, x, w3, 1, [True, True, True])),
         ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), y, x, w3, 1, [False, True, False])),
+        ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), None, xl, w3, 1, [True, True, True])),
         ("max_pool2x2", tuple(rg(xl))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), x, torch.randn(2, 8, 6, 7))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),

@@ -212,7 +212,8 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
     """The explicit backend="cuda" step, recorded on meta tensors: every CUTLASS unit row of the
     network is one of its launches, once (the recording reached every convolution the units
     take, and no other); the hand-written tensor-core kernels run exactly the first layer (forward
-    and weight gradient: the input needs none) and the 1x1 head (its three passes); each encoder
+    and weight gradient: the input needs none; the gradient arrives masked by down.0.2's dgrad, so
+    the Premasked kernel, which reads no y) and the 1x1 head (its three passes); each encoder
     level pools once and un-pools once; every launch has a positive time."""
     km, ext = extension
     for cfg in km.MODELS.values():
@@ -227,7 +228,7 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
                       if r["kernel"].startswith("hand-written"))
         head = "up.3.conv.2+head"
         assert hand == [("down.0.0", "fwd", "hand-written Conv3x3Fprop"),
-                        ("down.0.0", "wgrad", "hand-written Conv3x3Wgrad"),
+                        ("down.0.0", "wgrad", "hand-written Conv3x3WgradPremasked"),
                         (head, "dgrad", "hand-written PointwiseDgrad"),
                         (head, "fwd", "hand-written PointwiseFprop"),
                         (head, "wgrad", "hand-written PointwiseWgrad")], hand

@@ -1363,7 +1363,8 @@ def extension_model(cfgs: list, m: Machine = H200) -> dict:
 # calls, recorded on meta tensors (their fake kernels give every shape; nothing runs, no GPU), each
 # priced: a CUTLASS unit by its row above; the hand-written tensor-core kernels (the first layer,
 # the 1x1 head) by their static mainloop counts; everything else, ours or aten's, at its DRAM bytes.
-_HAND_KERNELS = {   # (op, pass) -> the hand-written igemm kernel that runs it (csrc/cuda)
+_HAND_KERNELS = {   # (op, pass) -> the hand-written igemm kernel that runs it (csrc/cuda; a 3x3
+    # gradient given no y, the same name + "Premasked")
     ("conv3x3_relu", "fwd"): "Conv3x3Fprop", ("_conv3x3_relu_backward", "dgrad"): "Conv3x3Dgrad",
     ("_conv3x3_relu_backward", "wgrad"): "Conv3x3Wgrad", ("conv1x1", "fwd"): "PointwiseFprop",
     ("_conv1x1_backward", "dgrad"): "PointwiseDgrad", ("_conv1x1_backward", "wgrad"): "PointwiseWgrad"}
@@ -1518,13 +1519,16 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
         gy, y, x, w, pad, mask = a[:6]
         n, c, h, wd = x[2]
         k, p, q = gy[2][1], gy[2][2], gy[2][3]
+        # no y: the gradient arrives masked (grad_masked), read as it is by the Premasked kernels
+        pre, g_reads = ("", 2) if isinstance(y, tuple) else ("Premasked", 1)
         rows = []
         if mask[0]:
-            rows.append(_hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")], hand,
-                                  (n * h * wd, c, 9 * k), 2 * _tbytes(gy) + 2 * _tbytes(x), m))
+            rows.append(_hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")] + pre, hand,
+                                  (n * h * wd, c, 9 * k), g_reads * _tbytes(gy) + 2 * _tbytes(x),
+                                  m))
         if mask[1] or mask[2]:
-            rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")], hand,
-                                  (k, 9 * c, n * p * q), 2 * _tbytes(gy) + _tbytes(x), m))
+            rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")] + pre, hand,
+                                  (k, 9 * c, n * p * q), g_reads * _tbytes(gy) + _tbytes(x), m))
         return rows
     if op == "conv1x1":
         x, w = a[:2]

@@ -5,7 +5,7 @@
 namespace unet_fast {
 
 cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
-  return igemm::run<Conv3x3Wgrad>(l, stream);
+  return l.args.y ? igemm::run<Conv3x3Wgrad>(l, stream) : igemm::run<Conv3x3WgradPremasked>(l, stream);
 }
 
 }  // namespace unet_fast

@@ -164,8 +164,8 @@ struct CudaGlue {
     return Ops::conv3x3_relu_pool(x, w, b, p);
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_backward(
-      const at::Tensor& g, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, int64_t p,
-      std::array<bool, 3> mask) {
+      const at::Tensor& g, const c10::optional<at::Tensor>& y, const at::Tensor& x,
+      const at::Tensor& w, int64_t p, std::array<bool, 3> mask) {
     Dev::check(x, "x");
     typename Dev::Guard guard(x.device());
     return Ops::conv3x3_relu_backward(g, y, x, w, p, mask);

@@ -40,6 +40,7 @@ def main():
                 y, p = m.conv3x3_relu_pool(x, wt, b, pad)
                 m.conv3x3_relu(x, wt, b, pad)
                 m.conv3x3_relu_backward(torch.randn_like(y), y, x, wt, pad, MASK)
+                m.conv3x3_relu_backward(torch.randn_like(y), None, x, wt, pad, MASK)  # (masked g)
                 m.max_pool2x2_backward(torch.randn_like(p), y, torch.randn_like(y))
                 m.max_pool2x2_backward(torch.randn_like(p), y, None, True)   # (x read at every pixel)
                 m.max_pool2x2(x)

@@ -92,7 +92,9 @@ def _conv3x3_setup(ctx, inputs, output):
 
 
 def _conv3x3_grads(ctx, grad_y, saved):
-    x, weight, y = saved  # (unpacked once per backward: activation checkpointing allows no more)
+    # (unpacked once per backward: activation checkpointing allows no more). y None: grad_y is
+    # masked already (dy * (y > 0)), the kernels read it as it is
+    x, weight, y = saved
     mask = _mask(ctx)
     dx, dw, db = _ops._conv3x3_relu_backward(grad_y, y, x, weight, ctx.padding, mask)
     return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None)
@@ -103,10 +105,13 @@ def _conv3x3_relu_backward(ctx, grad_y):
 
 
 def _conv3x3_relu_pool_backward(ctx, grad_y, grad_pooled):
-    saved = ctx.saved_tensors
-    if grad_pooled is not None:  # pool backward summed into the skip's gradient, one pass
-        grad_y = _ops._max_pool2x2_backward(grad_pooled, saved[2], grad_y)
-    return _conv3x3_grads(ctx, grad_y, saved)
+    x, weight, y = ctx.saved_tensors
+    if grad_pooled is not None:
+        # pool backward summed into y's own gradient and masked by (y > 0), one pass (it reads y
+        # anyway): the conv's gradient kernels take it as it is and never read y
+        grad_y = _ops._max_pool2x2_backward(grad_pooled, y, grad_y, True)
+        y = None
+    return _conv3x3_grads(ctx, grad_y, (x, weight, y))
 
 
 torch.library.register_autograd("unet_fast::conv3x3_relu", _conv3x3_relu_backward,
@@ -199,8 +204,27 @@ class _ConvSkipAndPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_skip, grad_pooled):
         x, weight, y = ctx.saved_tensors
-        grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled)
-        return _conv3x3_grads(ctx, grad_y, (x, weight, y)) + (None, None)
+        # (masked in the pool pass, which reads y anyway: the conv's kernels do not read y)
+        grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True)
+        return _conv3x3_grads(ctx, grad_y, (x, weight, None)) + (None, None)
+
+
+class _Conv3x3ReluGradMasked(torch.autograd.Function):
+    """The hand-written conv3x3_relu whose output gradient arrives masked (the model's
+    grad_masked: the next layer's dgrad multiplied it by (y > 0)): the backward hands it to the
+    kernels without y, so neither gradient kernel reads y (2 x y's bytes) or masks again, and
+    their A operand is a plain async copy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return _ops.conv3x3_relu(x, weight, bias, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return _conv3x3_grads(ctx, grad, (x, weight, None))
 
 
 # ---------------------------------------------------------------- max-pool 2x2
@@ -355,8 +379,8 @@ class _UpConvSm90(torch.autograd.Function):
 # ---------------------------------------------------------------- the impls of the cuda backend
 # relu_input (unet_fast/_dispatch.py OPS): the hand-written C++ kernels do not mask dx by a ReLU
 # input yet, so it is applied around them (but conv1x1's, whose dgrad epilogue masks:
-# _Conv1x1ReluInput); grad_masked is ignored (their backward masks again: idempotent). The
-# CUTLASS sm_90a path honours both in its kernels.
+# _Conv1x1ReluInput); grad_masked: their gradient kernels read the gradient without y
+# (_Conv3x3ReluGradMasked). The CUTLASS sm_90a path honours both in its kernels.
 # bias_as: the C++ and CUTLASS kernels take the bias in x's dtype; under autocast it arrives in its
 # own (ops._autocast), and is cast here as PyTorch's autocast would have.
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
@@ -365,6 +389,8 @@ def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False)
         return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input_)
     if cutlass_sm90.wanted(x, weight, padding):  # (its first-run check passed: see `supports`)
         return _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, grad_masked)
+    if grad_masked:
+        return _Conv3x3ReluGradMasked.apply(relu_input(x, relu_input_), weight, bias, padding)
     return _ops.conv3x3_relu(relu_input(x, relu_input_), weight, bias, padding)
 
 
