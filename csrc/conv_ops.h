@@ -66,6 +66,17 @@ inline void set_gemm(GemmArgs& a, int64_t M, int64_t N, int64_t K) {
   a.M = (int)M; a.N = (int)N; a.K = (int)K;
 }
 
+// relu_input (x a ReLU output): dx comes back multiplied by (x > 0), by the GEMM's epilogue where
+// dx has x's strides (GemmArgs::out_mask); returns whether a threshold_backward pass after the
+// GEMM is left to do (the other layouts).
+inline bool relu_mask_in_epilogue(GemmArgs& a, const at::Tensor& dx, const at::Tensor& x,
+                                  bool relu_input) {
+  if (!relu_input) return false;
+  if (dx.strides() != x.strides()) return true;
+  a.out_mask = x.data_ptr();
+  return false;
+}
+
 inline const void* bias_ptr(const c10::optional<at::Tensor>& bias, at::Tensor& keep) {
   if (!bias.has_value() || !bias->defined()) return nullptr;
   keep = bias->contiguous();
@@ -122,9 +133,10 @@ struct ConvOps {
   // Gradients of relu(conv3x3(x, weight) + bias) given grad (of y) and y itself (for the mask).
   // Without y, grad is the masked gradient already (the model's grad_masked: the next layer's
   // dgrad masked it): the loaders copy it as it is (cp.async on the GPU), and y is never read.
+  // relu_input: x_ is a ReLU output and dx comes back multiplied by (x > 0) (relu_mask_in_epilogue).
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_backward(
       const at::Tensor& grad_, const c10::optional<at::Tensor>& y_opt, const at::Tensor& x_,
-      const at::Tensor& weight, int64_t padding, std::array<bool, 3> mask) {
+      const at::Tensor& weight, int64_t padding, std::array<bool, 3> mask, bool relu_input) {
     check_conv3x3(x_, weight, c10::nullopt, padding);
     Engine::check_device(x_, "x");
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
@@ -146,7 +158,9 @@ struct ConvOps {
       set_gemm(a, nb * h * w, c, 9 * co);
       a.vec_a = runs_ok(co);
       a.vec_b = rows_vectorizable(wd, 9 * co);
+      const bool pass_after = relu_mask_in_epilogue(a, dx, x_, relu_input);
       Engine::run(GemmKind::kConv3x3Dgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
+      if (pass_after) dx = at::threshold_backward(dx, x_, 0);
     } else {
       dx = at::empty({0}, x.options());
     }
@@ -235,8 +249,7 @@ struct ConvOps {
     return out;
   }
 
-  // relu_input: x_ is a ReLU output and dx comes back multiplied by (x > 0), in the GEMM's
-  // epilogue where dx has x_'s strides (else by one threshold_backward pass after it).
+  // relu_input: x_ is a ReLU output and dx comes back multiplied by (x > 0) (relu_mask_in_epilogue).
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_backward(
       const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& weight, int G,
       std::array<bool, 3> mask, bool relu_input = false) {
@@ -257,10 +270,9 @@ struct ConvOps {
       set_gemm(a, nb * h * w, c, G * G * co);
       a.vec_a = runs_vectorizable(g, co);
       a.vec_b = rows_vectorizable(wq, G * G * co);
-      const bool in_epilogue = relu_input && dx.strides() == x_.strides();
-      if (in_epilogue) a.out_mask = x_.data_ptr();
+      const bool pass_after = relu_mask_in_epilogue(a, dx, x_, relu_input);
       Engine::run(GemmKind::kPointwiseDgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
-      if (relu_input && !in_epilogue) dx = at::threshold_backward(dx, x_, 0);
+      if (pass_after) dx = at::threshold_backward(dx, x_, 0);
     } else {
       dx = at::empty({0}, x.options());
     }
@@ -292,8 +304,9 @@ struct ConvOps {
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2x2_backward(
-      const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, std::array<bool, 3> mask) {
-    return pointwise_backward(grad, x, weight, 2, mask);
+      const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, std::array<bool, 3> mask,
+      bool relu_input) {
+    return pointwise_backward(grad, x, weight, 2, mask, relu_input);
   }
 
  private:

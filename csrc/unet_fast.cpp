@@ -21,8 +21,9 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def("conv3x3_relu_pool(Tensor x, Tensor weight, Tensor? bias, int padding) -> (Tensor, Tensor)");
   // (grad_x, grad_weight, grad_bias) of conv3x3_relu from grad (of y) and y (the ReLU mask y > 0 is
   // applied while grad is read; y None: grad is dy * (y > 0) already, read as it is).
+  // relu_input: x is a ReLU output and grad_x comes back multiplied by (x > 0) (as _conv1x1_backward).
   m.def("_conv3x3_relu_backward(Tensor grad, Tensor? y, Tensor x, Tensor weight, int padding, "
-        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+        "bool[3] output_mask, bool relu_input=False) -> (Tensor, Tensor, Tensor)");
   // max_pool2d(x, 2, 2) (floor: an odd last row/column is dropped).
   m.def("max_pool2x2(Tensor x) -> Tensor");
   // Gradient of x: grad routed to each window's argmax (recomputed from x) plus grad_skip, the
@@ -31,8 +32,8 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def("_max_pool2x2_backward(Tensor grad, Tensor x, Tensor? grad_skip, bool relu_mask=False) -> Tensor");
   // conv_transpose2d(x, weight, bias, stride=2) with a (C_in, C_out, 2, 2) weight.
   m.def("conv_transpose2x2(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("_conv_transpose2x2_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask) "
-        "-> (Tensor, Tensor, Tensor)");
+  m.def("_conv_transpose2x2_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask, "
+        "bool relu_input=False) -> (Tensor, Tensor, Tensor)");
   // crop_concat(skip, conv_transpose2x2(x, weight, bias)) in one buffer: the transposed conv writes
   // its output straight into the upper channels. Backward: _crop_concat_backward for the skip and
   // _conv_transpose2x2_backward on the upper channels' view.

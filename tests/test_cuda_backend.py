@@ -313,7 +313,7 @@ def test_conv_pool_skip_and_pool_compile_fullgraph(path, crop):
         if path == "cutlass":
             skip, pooled = cuda_ops._SkipAndPool.apply(t[0], *crop)
         else:
-            skip, pooled = cuda_ops._ConvSkipAndPool.apply(*t, 0, *crop)
+            skip, pooled = cuda_ops._ConvSkipAndPool.apply(*t, 0, *crop, False)
         return skip.square().sum() + 3 * pooled.sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
@@ -388,22 +388,31 @@ def test_pool_backward_applies_the_relu_mask(device, layout, crop, dtype):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", ["conv1x1", "conv3x3", "conv_transpose2x2"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("device", _DEVICES)
-def test_conv1x1_backward_applies_the_relu_mask(device, layout, dtype):
-    """_conv1x1_backward(..., relu_input=True), x a ReLU output (the head on the last conv's y):
-    dx is the plain dx masked exactly as threshold_backward(dx, x, 0) would (zero where x <= 0,
-    signed zeros included, a NaN x passing the gradient), by the dgrad's epilogue where dx has
-    x's strides and by a pass after it otherwise (the strided layouts); dW and db unchanged."""
+def test_backward_applies_the_relu_mask(device, dtype, op, layout):
+    """The input gradient with relu_input=True, x a ReLU output (the head on the last conv's y;
+    every 3x3 conv but the first; the decoder's up-convs): dx is the plain dx masked exactly as
+    threshold_backward(dx, x, 0) would (zero where x <= 0, signed zeros included, a NaN x
+    passing the gradient), by the dgrad's epilogue where dx has x's strides and by a pass after
+    it otherwise (the strided layouts); dW and db unchanged."""
     torch.manual_seed(0)
     x = torch.relu(torch.randn(2, 16, 5, 7, dtype=torch.float64))
     x[0, 0, 0, :4] = torch.tensor([-0.0, float("nan"), -1.0, 2.0], dtype=torch.float64)
     x = to_layout(x.to(device, dtype), layout)
-    w = torch.randn(3, 16, 1, 1, dtype=torch.float64).to(device, dtype)
-    g = to_layout(torch.randn(2, 3, 5, 7, dtype=torch.float64).to(device, dtype), layout)
     mask = [True, True, True]
-    plain = _ops._conv1x1_backward(g, x, w, mask)
-    ours = _ops._conv1x1_backward(g, x, w, mask, True)
+    shapes = {"conv1x1": ((3, 16, 1, 1), (2, 3, 5, 7)), "conv3x3": ((3, 16, 3, 3), (2, 3, 5, 7)),
+              "conv_transpose2x2": ((16, 3, 2, 2), (2, 3, 10, 14))}[op]
+    w = (torch.randn(shapes[0], dtype=torch.float64) / 4).to(device, dtype)
+    g = to_layout(torch.randn(shapes[1], dtype=torch.float64).to(device, dtype), layout)
+    call = {"conv1x1": lambda relu: _ops._conv1x1_backward(g, x, w, mask, relu),
+            # (padding 1: g has x's size; the gradient arrives masked: no y)
+            "conv3x3": lambda relu: _ops._conv3x3_relu_backward(g, None, x, w, 1, mask, relu),
+            "conv_transpose2x2": lambda relu: _ops._conv_transpose2x2_backward(g, x, w, mask, relu),
+            }[op]
+    plain = call(False)
+    ours = call(True)
     ref = torch.ops.aten.threshold_backward(plain[0], x, 0)
     torch.testing.assert_close(ours[0].cpu(), ref.cpu(), rtol=0, atol=0, equal_nan=True)
     assert (ours[0][x <= 0] == 0).all() and ours[0][x > 0].ne(0).all()
@@ -521,6 +530,57 @@ def test_hand_written_path_reads_a_masked_gradient_without_y(pool, monkeypatch):
         torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
     for name, a, r in zip(("dx", "dw", "db"), ours, ref):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("op", ["conv3x3_relu", "conv3x3_relu-grad_masked", "conv3x3_relu_pool",
+                                "conv_transpose2x2", "up_concat"])
+def test_hand_written_path_masks_by_a_relu_input_in_the_dgrad(op):
+    """The cuda backend's hand-written ops told relu_input (their input x is a ReLU output): dx
+    comes back multiplied by (x > 0) from the dgrad kernels' epilogue, with no threshold_backward
+    pass (x NHWC: the epilogue's layout), and every gradient equals autograd's through relu
+    (float64 on the CPU kernels); the 3x3 conv told grad_masked as well, given a masked gradient."""
+    from unet_fast.backends import cuda_ops
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 8, 9, 10, dtype=torch.float64)).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    skip = torch.randn(2, 5, 21, 23, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    xr = x.detach().requires_grad_()
+    if op.startswith("conv3x3"):
+        w = (0.3 * torch.randn(6, 8, 3, 3, dtype=torch.float64)).requires_grad_()
+        inputs = (x, w, b)
+        y_ref = torch.relu(F.conv2d(torch.relu(xr), w, b, padding=int(op != "conv3x3_relu_pool")))
+        if op == "conv3x3_relu_pool":
+            outs = cuda_ops.conv3x3_relu_pool(x, w, b, 0, True, 7, 5)
+            refs = (center_crop(y_ref, 7, 5), F.max_pool2d(y_ref, 2, 2))
+        else:
+            outs = (cuda_ops.conv3x3_relu(x, w, b, 1, True, op.endswith("grad_masked")),)
+            refs = (y_ref,)
+        gs = [torch.randn_like(r) for r in refs]
+        if op.endswith("grad_masked"):   # (what the next layer's dgrad hands over)
+            gs = [torch.ops.aten.threshold_backward(gs[0], y_ref.detach(), 0)]
+    else:
+        w = torch.randn(8, 6, 2, 2, dtype=torch.float64, requires_grad=True)
+        up_ref = F.conv_transpose2d(torch.relu(xr), w, b, stride=2)
+        if op == "up_concat":
+            inputs = (skip, x, w, b)
+            outs = (cuda_ops.up_concat(skip, x, w, b, True),)
+            refs = (torch.cat([center_crop(skip, 18, 20), up_ref], 1),)
+        else:
+            inputs = (x, w, b)
+            outs = (cuda_ops.conv_transpose2x2(x, w, b, True),)
+            refs = (up_ref,)
+        gs = [torch.randn_like(refs[0])]
+    with OpCounter([torch.ops.aten.threshold_backward]) as masks:
+        ours = torch.autograd.grad(outs, inputs, gs)
+    assert masks.n == 0
+    ref = torch.autograd.grad(refs, tuple(xr if t is x else t for t in inputs), gs)
+    dx_ref = ref[[t is x for t in inputs].index(True)]
+    assert (dx_ref[x <= 0] == 0).all() and (x <= 0).any()   # (the mask matters here)
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+    for i, (a, r) in enumerate(zip(ours, ref)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=str(i))
 
 
 def _flat_view(t, offset, order):
@@ -641,6 +701,7 @@ def _opcheck_cases():
         ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), y, x, w3, 1, [True, True, True])),
         ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), y, x, w3, 1, [False, True, False])),
         ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), None, xl, w3, 1, [True, True, True])),
+        ("_conv3x3_relu_backward", (torch.randn(2, 4, 6, 7), y, xl, w3, 1, [True, True, True], True)),
         ("max_pool2x2", tuple(rg(xl))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), x, torch.randn(2, 8, 6, 7))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),
@@ -654,6 +715,8 @@ def _opcheck_cases():
                                    5, 15, 16)),
         ("conv_transpose2x2", (*rg(xl, wt, b4),)),
         ("_conv_transpose2x2_backward", (torch.randn(2, 4, 12, 14), x, wt, [True, True, True])),
+        ("_conv_transpose2x2_backward", (torch.randn(2, 4, 12, 14), xl, wt, [True, True, False],
+                                         True)),
         ("up_concat", (*rg(skip, x, wt, b4),)),
         ("up_concat", (*rg(skip, xl, wt), None)),
         ("conv1x1", (*rg(x, w1, b3),)),

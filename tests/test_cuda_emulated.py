@@ -135,21 +135,31 @@ def test_pool_backward_with_a_channel_slice_base(emu, dtype, c0, crop, relu_mask
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw", "nhwc_strided"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_conv1x1_dgrad_masks_by_a_relu_input(emu, dtype, layout):
-    """The 1x1 conv's input gradient with relu_input (the head on the last conv's ReLU output):
-    the wmma dgrad's epilogue zeroes dx where x <= 0 (a NaN x passes it), in the dense layouts
-    where dx has x's strides; a strided x takes the pass after the GEMM. Exactly
-    threshold_backward of the plain dx."""
+@pytest.mark.parametrize("op", ["conv1x1", "conv3x3", "conv_transpose2x2"])
+def test_dgrad_masks_by_a_relu_input(emu, op, dtype, layout):
+    """An input gradient with relu_input (x a ReLU output: the head on the last conv's y, every
+    3x3 conv but the first, the decoder's up-convs): the wmma dgrad's epilogue zeroes dx where
+    x <= 0 (a NaN x passes it), in the dense layouts where dx has x's strides; a strided x takes
+    the pass after the GEMM. Exactly threshold_backward of the plain dx."""
     from parity import to_layout
     torch.manual_seed(0)
     x = torch.relu(torch.randn(2, 16, 5, 7))
     x[0, 0, 0, :4] = torch.tensor([-0.0, float("nan"), -1.0, 2.0])
     x = to_layout(x.to(dtype), layout)
-    w = torch.randn(3, 16, 1, 1).to(dtype)
-    g = to_layout(torch.randn(2, 3, 5, 7).to(dtype), layout)
+    mask = [True, False, False]
+    if op == "conv1x1":
+        w, g = torch.randn(3, 16, 1, 1).to(dtype), torch.randn(2, 3, 5, 7).to(dtype)
+        call = lambda g, relu: emu.conv1x1_backward(g, x, w, mask, relu)   # noqa: E731
+    elif op == "conv3x3":   # (padding 1: g has x's size; the gradient arrives masked: no y)
+        w, g = torch.randn(3, 16, 3, 3).to(dtype) / 6, torch.randn(2, 3, 5, 7).to(dtype)
+        call = lambda g, relu: emu.conv3x3_relu_backward(g, None, x, w, 1, mask, relu)  # noqa: E731
+    else:
+        w, g = torch.randn(16, 3, 2, 2).to(dtype), torch.randn(2, 3, 10, 14).to(dtype)
+        call = lambda g, relu: emu.conv_transpose2x2_backward(g, x, w, mask, relu)  # noqa: E731
+    g = to_layout(g, layout)
     emu.configure(REVERSE, 0, 132)
-    plain = emu.conv1x1_backward(g, x, w, [True, False, False])[0]
-    ours = emu.conv1x1_backward(g, x, w, [True, False, False], True)[0]
+    plain = call(g, False)[0]
+    ours = call(g, True)[0]
     ref = torch.ops.aten.threshold_backward(plain, x, 0)
     torch.testing.assert_close(ours, ref, rtol=0, atol=0, equal_nan=True)
     assert (ours[x <= 0] == 0).all() and ours[x > 0].ne(0).all()

@@ -165,10 +165,10 @@ struct CudaGlue {
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_relu_backward(
       const at::Tensor& g, const c10::optional<at::Tensor>& y, const at::Tensor& x,
-      const at::Tensor& w, int64_t p, std::array<bool, 3> mask) {
+      const at::Tensor& w, int64_t p, std::array<bool, 3> mask, bool relu_input) {
     Dev::check(x, "x");
     typename Dev::Guard guard(x.device());
-    return Ops::conv3x3_relu_backward(g, y, x, w, p, mask);
+    return Ops::conv3x3_relu_backward(g, y, x, w, p, mask, relu_input);
   }
   static at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
     Dev::check(x, "x");
@@ -191,10 +191,11 @@ struct CudaGlue {
     return Ops::conv_transpose2x2(x, w, b);
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2x2_backward(
-      const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, std::array<bool, 3> mask) {
+      const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, std::array<bool, 3> mask,
+      bool relu_input) {
     Dev::check(x, "x");
     typename Dev::Guard guard(x.device());
-    return Ops::conv_transpose2x2_backward(g, x, w, mask);
+    return Ops::conv_transpose2x2_backward(g, x, w, mask, relu_input);
   }
   static at::Tensor up_concat(const at::Tensor& skip, const at::Tensor& x, const at::Tensor& w,
                               const c10::optional<at::Tensor>& b) {

@@ -53,12 +53,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("crop_concat_backward", &G::crop_concat_backward);
   m.def("conv3x3_relu", &G::conv3x3_relu);
   m.def("conv3x3_relu_pool", &G::conv3x3_relu_pool);
-  m.def("conv3x3_relu_backward", &G::conv3x3_relu_backward);
+  m.def("conv3x3_relu_backward", &G::conv3x3_relu_backward, py::arg("grad"), py::arg("y"),
+        py::arg("x"), py::arg("weight"), py::arg("padding"), py::arg("output_mask"),
+        py::arg("relu_input") = false);
   m.def("max_pool2x2", &G::max_pool2x2);
   m.def("max_pool2x2_backward", &G::max_pool2x2_backward, py::arg("grad"), py::arg("x"),
         py::arg("grad_skip"), py::arg("relu_mask") = false);
   m.def("conv_transpose2x2", &G::conv_transpose2x2);
-  m.def("conv_transpose2x2_backward", &G::conv_transpose2x2_backward);
+  m.def("conv_transpose2x2_backward", &G::conv_transpose2x2_backward, py::arg("grad"), py::arg("x"),
+        py::arg("weight"), py::arg("output_mask"), py::arg("relu_input") = false);
   m.def("up_concat", &G::up_concat);
   m.def("conv1x1", &G::conv1x1);
   m.def("conv1x1_backward", &G::conv1x1_backward, py::arg("grad"), py::arg("x"), py::arg("weight"),

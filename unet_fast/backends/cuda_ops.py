@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
-from .._utils import bias_as, center_crop, nonfinite_weight_on_cpu, relu_input, skip_grad
+from .._utils import bias_as, center_crop, nonfinite_weight_on_cpu, skip_grad
 from . import cutlass_sm90, torch_backend
 
 _ops = torch.ops.unet_fast
@@ -74,7 +74,7 @@ def _grads_fake(x, weight, bias_channels, output_mask):
 
 
 @torch.library.register_fake("unet_fast::_conv3x3_relu_backward")
-def _conv3x3_relu_backward_fake(grad, y, x, weight, padding, output_mask):
+def _conv3x3_relu_backward_fake(grad, y, x, weight, padding, output_mask, relu_input=False):
     return _grads_fake(x, weight, weight.shape[0], output_mask)
 
 
@@ -91,12 +91,13 @@ def _conv3x3_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _conv3x3_grads(ctx, grad_y, saved):
+def _conv3x3_grads(ctx, grad_y, saved, relu_input_=False):
     # (unpacked once per backward: activation checkpointing allows no more). y None: grad_y is
-    # masked already (dy * (y > 0)), the kernels read it as it is
+    # masked already (dy * (y > 0)), the kernels read it as it is; relu_input_: dx comes back
+    # multiplied by (x > 0), from the dgrad kernel's epilogue
     x, weight, y = saved
     mask = _mask(ctx)
-    dx, dw, db = _ops._conv3x3_relu_backward(grad_y, y, x, weight, ctx.padding, mask)
+    dx, dw, db = _ops._conv3x3_relu_backward(grad_y, y, x, weight, ctx.padding, mask, relu_input_)
     return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None)
 
 
@@ -191,13 +192,14 @@ class _SkipAndPool(torch.autograd.Function):
 class _ConvSkipAndPool(torch.autograd.Function):
     """The hand-written conv3x3_relu_pool with its skip cropped inside the autograd node, so the
     crop's gradient reaches the pool backward kernel as it is (the op's own autograd would get
-    it through a view's backward: a zero fill of y's size and a copy of the crop into it)."""
+    it through a view's backward: a zero fill of y's size and a copy of the crop into it).
+    relu_input_ as in _Conv3x3Flags."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding, skip_h, skip_w):
+    def forward(ctx, x, weight, bias, padding, skip_h, skip_w, relu_input_):
         y, pooled = _ops.conv3x3_relu_pool(x, weight, bias, padding)
         ctx.save_for_backward(x, weight, y)
-        ctx.padding, ctx.has_bias = padding, bias is not None
+        ctx.padding, ctx.has_bias, ctx.relu_input = padding, bias is not None, relu_input_
         ctx.set_materialize_grads(False)
         return torch_backend._skip(y, skip_h, skip_w), pooled
 
@@ -206,25 +208,27 @@ class _ConvSkipAndPool(torch.autograd.Function):
         x, weight, y = ctx.saved_tensors
         # (masked in the pool pass, which reads y anyway: the conv's kernels do not read y)
         grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True)
-        return _conv3x3_grads(ctx, grad_y, (x, weight, None)) + (None, None)
+        return _conv3x3_grads(ctx, grad_y, (x, weight, None), ctx.relu_input) + (None,) * 3
 
 
-class _Conv3x3ReluGradMasked(torch.autograd.Function):
-    """The hand-written conv3x3_relu whose output gradient arrives masked (the model's
-    grad_masked: the next layer's dgrad multiplied it by (y > 0)): the backward hands it to the
-    kernels without y, so neither gradient kernel reads y (2 x y's bytes) or masks again, and
-    their A operand is a plain async copy."""
+class _Conv3x3Flags(torch.autograd.Function):
+    """The hand-written conv3x3_relu told the model's flags: relu_input_ (x is a ReLU output):
+    dx comes back multiplied by (x > 0) from the dgrad kernel's epilogue, not from a
+    threshold_backward pass of its own over x (3 x x's bytes); grad_masked (the next layer's
+    dgrad multiplied y's gradient by (y > 0)): the gradient kernels read it without y (the
+    Premasked kernels: y is neither read nor saved, nothing is masked again, and their A operand
+    is a plain async copy)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding):
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        return _ops.conv3x3_relu(x, weight, bias, padding)
+    def forward(ctx, x, weight, bias, padding, relu_input_, grad_masked):
+        y = _ops.conv3x3_relu(x, weight, bias, padding)
+        ctx.save_for_backward(x, weight, None if grad_masked else y)
+        ctx.padding, ctx.has_bias, ctx.relu_input = padding, bias is not None, relu_input_
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        return _conv3x3_grads(ctx, grad, (x, weight, None))
+        return _conv3x3_grads(ctx, grad, ctx.saved_tensors, ctx.relu_input) + (None, None)
 
 
 # ---------------------------------------------------------------- max-pool 2x2
@@ -271,7 +275,7 @@ def _conv_transpose2x2_fake(x, weight, bias):
 
 
 @torch.library.register_fake("unet_fast::_conv_transpose2x2_backward")
-def _conv_transpose2x2_backward_fake(grad, x, weight, output_mask):
+def _conv_transpose2x2_backward_fake(grad, x, weight, output_mask, relu_input=False):
     return _grads_fake(x, weight, weight.shape[1], output_mask)
 
 
@@ -309,16 +313,43 @@ def _up_concat_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _up_concat_backward(ctx, grad):
-    cs = ctx.skip_shape[1]
-    grad_skip = _skip_grad(grad, ctx.skip_shape) if ctx.needs_input_grad[0] else None
+def _up_grads(ctx, grad, relu_input_=False):
+    """(skip, x, weight, bias) gradients of the hand-written up-conv: the skip's from the concat
+    gradient's lower channels (none without a skip: ctx.skip_shape None), the others from the
+    upper ones, read in place (a view); relu_input_: dx multiplied by (x > 0) in the dgrad's
+    epilogue."""
+    cs = 0 if ctx.skip_shape is None else ctx.skip_shape[1]
+    grad_skip = _skip_grad(grad, ctx.skip_shape) if cs and ctx.needs_input_grad[0] else None
     mask = [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
             ctx.has_bias and ctx.needs_input_grad[3]]
-    if any(mask):  # the transposed conv's gradient reads the upper channels in place (a view)
-        dx, dw, db = _pointwise_grads(ctx, _ops._conv_transpose2x2_backward, grad[:, cs:], mask)
-    else:
-        dx = dw = db = None
-    return grad_skip, dx, dw, db
+    if not any(mask):
+        return grad_skip, None, None, None
+
+    def backward_op(g, x, weight, m):
+        return _ops._conv_transpose2x2_backward(g, x, weight, m, relu_input_)
+    return (grad_skip,) + _pointwise_grads(ctx, backward_op, grad[:, cs:] if cs else grad, mask)
+
+
+def _up_concat_backward(ctx, grad):
+    return _up_grads(ctx, grad)
+
+
+class _UpConvReluInput(torch.autograd.Function):
+    """The hand-written transposed conv (into the concat beside the skip's crop, given a skip)
+    of x, a ReLU output: dx comes back multiplied by (x > 0) from the dgrad kernel's epilogue
+    (`_conv_transpose2x2_backward`'s relu_input), not from a threshold_backward pass over x."""
+
+    @staticmethod
+    def forward(ctx, skip, x, weight, bias):
+        _pointwise_setup(ctx, (x, weight, bias), None)
+        ctx.skip_shape = None if skip is None else tuple(skip.shape)
+        if skip is None:
+            return _ops.conv_transpose2x2(x, weight, bias)
+        return _ops.up_concat(skip, x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _up_grads(ctx, grad, True)
 
 
 torch.library.register_autograd("unet_fast::conv1x1", _conv1x1_backward,
@@ -377,10 +408,10 @@ class _UpConvSm90(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------- the impls of the cuda backend
-# relu_input (unet_fast/_dispatch.py OPS): the hand-written C++ kernels do not mask dx by a ReLU
-# input yet, so it is applied around them (but conv1x1's, whose dgrad epilogue masks:
-# _Conv1x1ReluInput); grad_masked: their gradient kernels read the gradient without y
-# (_Conv3x3ReluGradMasked). The CUTLASS sm_90a path honours both in its kernels.
+# relu_input (unet_fast/_dispatch.py OPS): the hand-written kernels' input gradients come back
+# multiplied by (x > 0) from their epilogues (_Conv3x3Flags, _ConvSkipAndPool, _UpConvReluInput,
+# _Conv1x1ReluInput); grad_masked: their 3x3 gradient kernels read the gradient without y
+# (_Conv3x3Flags). The CUTLASS sm_90a path honours both in its kernels.
 # bias_as: the C++ and CUTLASS kernels take the bias in x's dtype; under autocast it arrives in its
 # own (ops._autocast), and is cast here as PyTorch's autocast would have.
 def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False):
@@ -389,9 +420,9 @@ def conv3x3_relu(x, weight, bias, padding, relu_input_=False, grad_masked=False)
         return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input_)
     if cutlass_sm90.wanted(x, weight, padding):  # (its first-run check passed: see `supports`)
         return _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, grad_masked)
-    if grad_masked:
-        return _Conv3x3ReluGradMasked.apply(relu_input(x, relu_input_), weight, bias, padding)
-    return _ops.conv3x3_relu(relu_input(x, relu_input_), weight, bias, padding)
+    if relu_input_ or grad_masked:
+        return _Conv3x3Flags.apply(x, weight, bias, padding, relu_input_, grad_masked)
+    return _ops.conv3x3_relu(x, weight, bias, padding)
 
 
 def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, skip_w=0):
@@ -406,20 +437,23 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
         # its backward hands y's gradient back masked (_SkipAndPool): grad_masked
         y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, True)
         return _SkipAndPool.apply(y, skip_h, skip_w)
-    return _ConvSkipAndPool.apply(relu_input(x, relu_input_), weight, bias, padding, skip_h,
-                                  skip_w)
+    return _ConvSkipAndPool.apply(x, weight, bias, padding, skip_h, skip_w, relu_input_)
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):
     if cutlass_sm90.wanted_up(x, weight):   # (its first-run check passed: see `supports`)
         return _UpConvSm90.apply(None, x, weight, bias_as(bias, x), relu_input_)
-    return _ops.conv_transpose2x2(relu_input(x, relu_input_), weight, bias_as(bias, x))
+    if relu_input_:
+        return _UpConvReluInput.apply(None, x, weight, bias_as(bias, x))
+    return _ops.conv_transpose2x2(x, weight, bias_as(bias, x))
 
 
 def up_concat(skip, x, weight, bias, relu_input_=False):
     if cutlass_sm90.wanted_up(x, weight, skip):
         return _UpConvSm90.apply(skip, x, weight, bias_as(bias, x), relu_input_)
-    return _ops.up_concat(skip, relu_input(x, relu_input_), weight, bias_as(bias, x))
+    if relu_input_:
+        return _UpConvReluInput.apply(skip, x, weight, bias_as(bias, x))
+    return _ops.up_concat(skip, x, weight, bias_as(bias, x))
 
 
 def concat_conv3x3_relu(skip, up, weight, bias, padding, grad_masked=False):
