@@ -9,7 +9,8 @@
 #
 # Stages (each logged, timed and recorded in stages.tsv):
 #   1. build      MAX_JOBS=<cores> UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
-#   2. tests      pytest tests/ on the GPU (the parity tests in fp32/fp16/bf16; requires_cuda ones run)
+#   2. tests      pytest tests/ on the GPU (the parity tests in fp32/fp16/bf16; requires_cuda ones run,
+#                 first: tests/conftest.py orders them; at the time limit pytest still reports)
 #   3. sanitizer  a small training step per backend (triton, cuda) under compute-sanitizer memcheck
 #   4. bench      pytest benchmarks/ --benchmark-json (ceilings, whole models, every layer shape),
 #                 in priority order within the time budget

@@ -5,11 +5,21 @@ be switched on before any module that defines @triton.jit kernels is imported, s
 first. First-use builds of the extension are switched off (UNET_FAST_JIT=0). Ahead-of-time compilation checks need a process without it and run in a subprocess.
 """
 import os
+import signal
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# TERM (timeout(1) ending the GPU suite's tests stage) stops pytest as Ctrl-C would, so that it
+# still prints what ran: the counts and the failures (killed outright, it printed nothing).
+signal.signal(signal.SIGTERM, _interrupt)
 # An explicit backend="cuda" builds a missing extension on first use (minutes): never in the tests,
 # whose explicit requests expect BackendUnavailable when the extension is not built.
 os.environ.setdefault("UNET_FAST_JIT", "0")
@@ -49,7 +59,25 @@ _interpreter_rounds_bf16_to_nearest()
 # switches it on itself. cuDNN's own default is TF32 on, which our kernels follow.
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs in benchmarks/gpu_suite.sh)")
+# every GPU-only test's skipif reason ends so (requires_cuda here, test_cutlass's requires_sm90)
+GPU_ONLY = "(runs in benchmarks/gpu_suite.sh)"
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason=f"needs a CUDA GPU {GPU_ONLY}")
+
+
+def gpu_only(item) -> bool:
+    return any(GPU_ONLY in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+
+
+def gpu_first(items) -> None:
+    """Sorts the GPU-only tests before the others, each group in its collection order: the GPU
+    suite's tests stage runs under a time limit, and what it must not miss is the parity on the
+    GPU (the rest runs on the CPU in CI anyway)."""
+    items.sort(key=lambda item: not gpu_only(item))
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        gpu_first(items)
 
 
 @pytest.fixture(autouse=True)

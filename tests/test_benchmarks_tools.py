@@ -333,3 +333,54 @@ def test_pytest_benchmarks_without_gpu_skips_saying_why(background):
     r = background.result("nogpu")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "5 skipped" in r.stdout and "needs a CUDA GPU" in r.stdout
+
+
+def test_gpu_only_tests_run_first_on_a_gpu():
+    """On a GPU (conftest's collection hook), the GPU suite's tests stage runs the GPU-only tests
+    -- requires_cuda, test_cutlass's requires_sm90, a module's pytestmark -- before the others,
+    each group in its collection order: under the stage's time limit the GPU parity is what must
+    not be cut off."""
+    from conftest import gpu_first, requires_cuda
+    from test_cutlass import requires_sm90
+
+    class Item:
+        def __init__(self, name, *marks):
+            self.name, self.marks = name, [m.mark for m in marks]
+
+        def iter_markers(self, name=None):
+            return (m for m in self.marks if name is None or m.name == name)
+
+    other = pytest.mark.skipif(False, reason="needs two GPUs")
+    items = [Item("cpu1"), Item("gpu1", requires_cuda), Item("cpu2", other),
+             Item("sm90", requires_sm90), Item("cpu3", pytest.mark.usefixtures("no_tf32")),
+             Item("gpu2", other, requires_cuda)]
+    gpu_first(items)
+    assert [i.name for i in items] == ["gpu1", "sm90", "gpu2", "cpu1", "cpu2", "cpu3"]
+
+
+def test_a_terminated_test_run_still_reports_what_ran(tmp_path):
+    """timeout(1) ends the GPU suite's tests stage with TERM: with conftest's handler pytest stops
+    as on Ctrl-C and prints the counts and the failures so far (killed outright it printed
+    nothing, and the stage's record had no result to quote)."""
+    import signal
+    import time
+    started = tmp_path / "started"
+    (tmp_path / "test_stage.py").write_text(
+        "import pathlib, time\n"
+        "def test_passes(): pass\n"
+        "def test_fails(): assert 1 == 2\n"
+        f"def test_runs_past_the_limit(): pathlib.Path({str(started)!r}).touch(); time.sleep(120)\n"
+        "def test_never_reached(): pass\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest",
+                             "-p", "no:cacheprovider", str(tmp_path / "test_stage.py")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not started.exists() and proc.poll() is None and time.time() - t0 < 100:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert "KeyboardInterrupt" in out and "1 failed, 1 passed" in out, out[-2000:]
+    assert "assert 1 == 2" in out, out[-2000:]

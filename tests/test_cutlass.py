@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 import unet_fast as uf
 
+from conftest import GPU_ONLY
+
 PASSES = ("fprop", "dgrad", "wgrad")
 DTYPES = ("bf16", "f16")   # the units' element types, as the host ops name them
 UNITS_PER_DTYPE = 7        # instantiations per dtype: fprop, dgrad 2 tiles each; wgrad 3
@@ -298,7 +300,7 @@ def _sm90():
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
-requires_sm90 = pytest.mark.skipif(not _sm90(), reason="needs an sm_90 GPU (runs in benchmarks/gpu_suite.sh)")
+requires_sm90 = pytest.mark.skipif(not _sm90(), reason=f"needs an sm_90 GPU {GPU_ONLY}")
 
 
 def _within_tolerance(what, ours, ref64, own):
