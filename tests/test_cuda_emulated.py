@@ -165,17 +165,7 @@ def test_dgrad_masks_by_a_relu_input(emu, op, dtype, layout):
     assert (ours[x <= 0] == 0).all() and ours[x > 0].ne(0).all()
 
 
-@pytest.mark.parametrize("dtype,tf32", DTYPES, ids=["fp32", "tf32", "fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_slice"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "conv3x3_relu"],
-                         ids=lambda c: "-".join(map(str, c[1:])))
-def test_conv3x3_gradients_of_a_masked_gradient(emu, case, layout, dtype, tf32,
-                                                fp32_precision_restored):
-    """The Premasked dgrad and wgrad kernels (no y: the gradient arrives masked, the model's
-    grad_masked): their gradients equal the masking kernels' given the unmasked gradient and y,
-    exactly (the same values reach the same wmma and atomics in the same order), on 64x64 tiles
-    with tails, 16-byte cp.async runs and element-wise runs, and the first layer's narrow
-    weight-gradient tiles. y holds a NaN (passes the gradient) and a -0.0 (masks it)."""
+def _masked_gradient_case(emu, case, layout, dtype, tf32, schedule):
     from parity import to_layout
     _, n, c, k, h, w, pad = case
     torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
@@ -188,11 +178,36 @@ def test_conv3x3_gradients_of_a_masked_gradient(emu, case, layout, dtype, tf32,
     y = to_layout(y.to(dtype), layout)
     g = to_layout(torch.randn(n, k, oh, ow).to(dtype), layout)
     gm = torch.ops.aten.threshold_backward(g, y, 0)
-    emu.configure(FORWARD, 0, 132)
+    emu.configure(schedule, 0, 132)
     ref = emu.conv3x3_relu_backward(g, y, x, wt, pad, [True, True, True])
     ours = emu.conv3x3_relu_backward(gm, None, x, wt, pad, [True, True, True])
     for name, a, r in zip(("dx", "dw", "db"), ours, ref):
         torch.testing.assert_close(a, r, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+_CONV3X3_CASES = [c for c in CASES if c[0] == "conv3x3_relu"]
+
+
+@pytest.mark.parametrize("dtype,tf32", DTYPES, ids=["fp32", "tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_slice"])
+@pytest.mark.parametrize("case", _CONV3X3_CASES, ids=lambda c: "-".join(map(str, c[1:])))
+def test_conv3x3_gradients_of_a_masked_gradient(emu, case, layout, dtype, tf32,
+                                                fp32_precision_restored):
+    """The Premasked dgrad and wgrad kernels (no y: the gradient arrives masked, the model's
+    grad_masked): their gradients equal the masking kernels' given the unmasked gradient and y,
+    exactly (the same values reach the same wmma and atomics in the same order), on 64x64 tiles
+    with tails, 16-byte cp.async runs and element-wise runs, and the first layer's narrow
+    weight-gradient tiles. y holds a NaN (passes the gradient) and a -0.0 (masks it)."""
+    _masked_gradient_case(emu, case, layout, dtype, tf32, FORWARD)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", _CONV3X3_CASES, ids=lambda c: "-".join(map(str, c[1:])))
+def test_conv3x3_gradients_of_a_masked_gradient_reverse_order(emu, case, dtype,
+                                                              fp32_precision_restored):
+    """The same with threads and CTAs in reverse order (the cp.async A copies of the Premasked
+    kernels: a missing wait or barrier changes the result; both calls sum in the same order)."""
+    _masked_gradient_case(emu, case, "channels_last", dtype, False, REVERSE)
 
 
 def test_wgrad_split_k_and_few_sms(emu):
