@@ -52,8 +52,7 @@ inline void set_g(GemmArgs& a, const at::Tensor& g) {
   a.g = g.data_ptr();
   a.gsN = g.stride(0); a.gsH = g.stride(2); a.gsW = g.stride(3);
 }
-inline void set_y(GemmArgs& a, const at::Tensor& y) {  // (undefined: a.y stays null, g is masked)
-  if (!y.defined()) return;
+inline void set_y(GemmArgs& a, const at::Tensor& y) {
   a.y = y.data_ptr();
   a.ysN = y.stride(0); a.ysH = y.stride(2); a.ysW = y.stride(3);
 }
@@ -142,24 +141,26 @@ struct ConvOps {
     const int64_t nb = x_.size(0), c = x_.size(1), h = x_.size(2), w = x_.size(3);
     const int64_t co = weight.size(0), oh = h - 2 + 2 * padding, ow = w - 2 + 2 * padding;
     check_conv3x3_grads(grad_, y_opt, x_, {nb, co, oh, ow});
-    const bool masked = y_opt.has_value();
+    const bool has_y = y_opt.has_value();
     at::Tensor g = nhwc_ish(grad_), x = nhwc_ish(x_);
-    at::Tensor y = masked ? nhwc_ish(*y_opt) : at::Tensor();
+    at::Tensor y = has_y ? nhwc_ish(*y_opt) : at::Tensor();
     const auto runs_ok = [&](int64_t ch) {
-      return runs_vectorizable(g, ch) && (!masked || runs_vectorizable(y, ch));
+      return runs_vectorizable(g, ch) && (!has_y || runs_vectorizable(y, ch));
     };
     at::Tensor dx, dw, db;
     if (mask[0]) {
       dx = at::empty({nb, c, h, w}, x.options(), format_of(x_));
       at::Tensor wd = weight.permute({1, 2, 3, 0}).contiguous();  // (C_in, 3, 3, C_out)
       GemmArgs a = geometry(nb, c, h, w, co, oh, ow, padding);
-      set_g(a, g); set_y(a, y); set_out(a, dx);
+      set_g(a, g); set_out(a, dx);
+      if (has_y) set_y(a, y);
       a.w = wd.data_ptr();
       set_gemm(a, nb * h * w, c, 9 * co);
       a.vec_a = runs_ok(co);
       a.vec_b = rows_vectorizable(wd, 9 * co);
       const bool pass_after = relu_mask_in_epilogue(a, dx, x_, relu_input);
-      Engine::run(GemmKind::kConv3x3Dgrad, a, x.scalar_type(), at::Tensor(), at::Tensor());
+      Engine::run(has_y ? GemmKind::kConv3x3Dgrad : GemmKind::kConv3x3DgradPremasked, a,
+                  x.scalar_type(), at::Tensor(), at::Tensor());
       if (pass_after) dx = at::threshold_backward(dx, x_, 0);
     } else {
       dx = at::empty({0}, x.options());
@@ -168,11 +169,13 @@ struct ConvOps {
       at::Tensor ws = at::zeros({co, 3, 3, c}, x.options().dtype(Engine::acc_type()));  // GEMM C
       at::Tensor wsb = mask[2] ? at::zeros({co}, ws.options()) : at::Tensor();
       GemmArgs a = geometry(nb, c, h, w, co, oh, ow, padding);
-      set_g(a, g); set_y(a, y); set_x(a, x);
+      set_g(a, g); set_x(a, x);
+      if (has_y) set_y(a, y);
       set_gemm(a, co, 9 * c, nb * oh * ow);
       a.vec_a = runs_ok(co);
       a.vec_b = runs_vectorizable(x, c);
-      Engine::run(GemmKind::kConv3x3Wgrad, a, x.scalar_type(), ws, wsb);
+      Engine::run(has_y ? GemmKind::kConv3x3Wgrad : GemmKind::kConv3x3WgradPremasked, a,
+                  x.scalar_type(), ws, wsb);
       // (C_out, 3, 3, C_in) -> the weight's (C_out, C_in, 3, 3), converted in the same pass
       dw = ws.permute({0, 3, 1, 2}).to(x.scalar_type(), false, false, at::MemoryFormat::Contiguous);
       db = mask[2] ? wsb.to(x.scalar_type()) : at::empty({0}, x.options());
@@ -180,7 +183,7 @@ struct ConvOps {
       dw = at::empty({0}, x.options());
       // Bias without weight gradient (a frozen weight): a plain masked reduction.
       db = !mask[2] ? at::empty({0}, x.options())
-           : masked ? grad_.masked_fill(*y_opt <= 0, 0).sum({0, 2, 3}) : grad_.sum({0, 2, 3});
+           : has_y ? grad_.masked_fill(*y_opt <= 0, 0).sum({0, 2, 3}) : grad_.sum({0, 2, 3});
     }
     return {dx, dw, db};
   }

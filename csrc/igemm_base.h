@@ -52,7 +52,9 @@ enum class GemmKind {
   kConv3x3Fprop,
   kConv3x3FpropPool,
   kConv3x3Dgrad,
+  kConv3x3DgradPremasked,  // the gradient arrives masked: no y (igemm_conv3x3.h)
   kConv3x3Wgrad,
+  kConv3x3WgradPremasked,
   kPointwiseFprop,
   kPointwiseDgrad,
   kPointwiseWgrad,
@@ -70,8 +72,8 @@ struct GemmArgs {
   int64_t xsN = 0, xsH = 0, xsW = 0;
   const void* g = nullptr;  // output gradient (NHWC-ish)
   int64_t gsN = 0, gsH = 0, gsW = 0;
-  const void* y = nullptr;  // saved ReLU output for the mask, same sizes as g (NHWC-ish); null:
-                            // g is masked already (the 3x3 gradients' Premasked problems)
+  const void* y = nullptr;  // saved ReLU output for the mask, same sizes as g (NHWC-ish); not
+                            // read by the Premasked problems (g is masked already)
   int64_t ysN = 0, ysH = 0, ysW = 0;
   const void* w = nullptr;     // weight re-laid by the glue, contiguous, see each problem
   const void* bias = nullptr;  // may be null

@@ -205,6 +205,8 @@ struct Conv3x3DgradOf : GemmProblem<T, true, true> {
     });
   }
 };
+// (structs, not aliases as Conv3x3Fprop's pool flag: each keeps its own name in the SASS tables,
+// docs/cuda_kernels.md, which tools/kernel_model.py looks the kernels up by)
 template <class T>
 struct Conv3x3Dgrad : Conv3x3DgradOf<T, false> {
   using Conv3x3DgradOf<T, false>::Conv3x3DgradOf;

@@ -20,6 +20,7 @@ def _interrupt(signum, frame):
 # TERM (timeout(1) ending the GPU suite's tests stage) stops pytest as Ctrl-C would, so that it
 # still prints what ran: the counts and the failures (killed outright, it printed nothing).
 signal.signal(signal.SIGTERM, _interrupt)
+
 # An explicit backend="cuda" builds a missing extension on first use (minutes): never in the tests,
 # whose explicit requests expect BackendUnavailable when the extension is not built.
 os.environ.setdefault("UNET_FAST_JIT", "0")

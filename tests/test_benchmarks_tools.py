@@ -4,8 +4,10 @@ smoke run of `pytest benchmarks/` with the GPU benchmark code simulated on the C
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -362,8 +364,6 @@ def test_a_terminated_test_run_still_reports_what_ran(tmp_path):
     """timeout(1) ends the GPU suite's tests stage with TERM: with conftest's handler pytest stops
     as on Ctrl-C and prints the counts and the failures so far (killed outright it printed
     nothing, and the stage's record had no result to quote)."""
-    import signal
-    import time
     started = tmp_path / "started"
     (tmp_path / "test_stage.py").write_text(
         "import pathlib, time\n"

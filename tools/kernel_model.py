@@ -1363,8 +1363,9 @@ def extension_model(cfgs: list, m: Machine = H200) -> dict:
 # calls, recorded on meta tensors (their fake kernels give every shape; nothing runs, no GPU), each
 # priced: a CUTLASS unit by its row above; the hand-written tensor-core kernels (the first layer,
 # the 1x1 head) by their static mainloop counts; everything else, ours or aten's, at its DRAM bytes.
-_HAND_KERNELS = {   # (op, pass) -> the hand-written igemm kernel that runs it (csrc/cuda; a 3x3
-    # gradient given no y, the same name + "Premasked")
+# (op, pass) -> the hand-written igemm kernel that runs it (csrc/cuda; a 3x3 gradient given no y:
+# the same name + "Premasked")
+_HAND_KERNELS = {
     ("conv3x3_relu", "fwd"): "Conv3x3Fprop", ("_conv3x3_relu_backward", "dgrad"): "Conv3x3Dgrad",
     ("_conv3x3_relu_backward", "wgrad"): "Conv3x3Wgrad", ("conv1x1", "fwd"): "PointwiseFprop",
     ("_conv1x1_backward", "dgrad"): "PointwiseDgrad", ("_conv1x1_backward", "wgrad"): "PointwiseWgrad"}

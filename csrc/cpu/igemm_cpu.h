@@ -137,13 +137,10 @@ struct CpuEngine {
       switch (kind) {
         case GemmKind::kConv3x3Fprop: igemm_cpu(Conv3x3Fprop<T, false>(a)); break;
         case GemmKind::kConv3x3FpropPool: igemm_cpu(Conv3x3Fprop<T, true>(a)); break;
-        // (no y: the gradient arrives masked, GemmArgs::y)
-        case GemmKind::kConv3x3Dgrad:
-          a.y ? igemm_cpu(Conv3x3Dgrad<T>(a)) : igemm_cpu(Conv3x3DgradPremasked<T>(a));
-          break;
-        case GemmKind::kConv3x3Wgrad:
-          a.y ? igemm_cpu(Conv3x3Wgrad<T>(a), w, b) : igemm_cpu(Conv3x3WgradPremasked<T>(a), w, b);
-          break;
+        case GemmKind::kConv3x3Dgrad: igemm_cpu(Conv3x3Dgrad<T>(a)); break;
+        case GemmKind::kConv3x3DgradPremasked: igemm_cpu(Conv3x3DgradPremasked<T>(a)); break;
+        case GemmKind::kConv3x3Wgrad: igemm_cpu(Conv3x3Wgrad<T>(a), w, b); break;
+        case GemmKind::kConv3x3WgradPremasked: igemm_cpu(Conv3x3WgradPremasked<T>(a), w, b); break;
         case GemmKind::kPointwiseFprop: igemm_cpu(PointwiseFprop<T>(a)); break;
         case GemmKind::kPointwiseDgrad: igemm_cpu(PointwiseDgrad<T>(a)); break;
         case GemmKind::kPointwiseWgrad: igemm_cpu(PointwiseWgrad<T>(a), w, b); break;

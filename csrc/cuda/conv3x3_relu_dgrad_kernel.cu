@@ -5,9 +5,8 @@
 
 namespace unet_fast {
 
-cudaError_t conv3x3_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
-  // (no y: the gradient arrives masked, GemmArgs::y)
-  return l.args.y ? igemm::run<Conv3x3Dgrad>(l, stream) : igemm::run<Conv3x3DgradPremasked>(l, stream);
+cudaError_t conv3x3_dgrad_cuda(const GemmLaunch& l, bool premasked, cudaStream_t stream) {
+  return premasked ? igemm::run<Conv3x3DgradPremasked>(l, stream) : igemm::run<Conv3x3Dgrad>(l, stream);
 }
 
 }  // namespace unet_fast

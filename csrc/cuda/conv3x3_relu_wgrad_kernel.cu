@@ -4,8 +4,8 @@
 
 namespace unet_fast {
 
-cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
-  return l.args.y ? igemm::run<Conv3x3Wgrad>(l, stream) : igemm::run<Conv3x3WgradPremasked>(l, stream);
+cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, bool premasked, cudaStream_t stream) {
+  return premasked ? igemm::run<Conv3x3WgradPremasked>(l, stream) : igemm::run<Conv3x3Wgrad>(l, stream);
 }
 
 }  // namespace unet_fast

@@ -138,8 +138,10 @@ struct CudaGlue {
       switch (kind) {
         case GemmKind::kConv3x3Fprop: err = conv3x3_fprop_cuda(l, false, st); break;
         case GemmKind::kConv3x3FpropPool: err = conv3x3_fprop_cuda(l, true, st); break;
-        case GemmKind::kConv3x3Dgrad: err = conv3x3_dgrad_cuda(l, st); break;
-        case GemmKind::kConv3x3Wgrad: err = conv3x3_wgrad_cuda(l, st); break;
+        case GemmKind::kConv3x3Dgrad: err = conv3x3_dgrad_cuda(l, false, st); break;
+        case GemmKind::kConv3x3DgradPremasked: err = conv3x3_dgrad_cuda(l, true, st); break;
+        case GemmKind::kConv3x3Wgrad: err = conv3x3_wgrad_cuda(l, false, st); break;
+        case GemmKind::kConv3x3WgradPremasked: err = conv3x3_wgrad_cuda(l, true, st); break;
         case GemmKind::kPointwiseFprop: err = pointwise_fprop_cuda(l, st); break;
         case GemmKind::kPointwiseDgrad: err = pointwise_dgrad_cuda(l, st); break;
         case GemmKind::kPointwiseWgrad: err = pointwise_wgrad_cuda(l, st); break;

@@ -53,9 +53,10 @@ struct GemmLaunch {
 
 // csrc/cuda/conv3x3_relu_kernel.cu (pool: also the 2x2 max-pooled map from the epilogue)
 cudaError_t conv3x3_fprop_cuda(const GemmLaunch& l, bool pool, cudaStream_t stream);
-// csrc/cuda/conv3x3_relu_dgrad_kernel.cu, conv3x3_relu_wgrad_kernel.cu
-cudaError_t conv3x3_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream);
-cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream);
+// csrc/cuda/conv3x3_relu_dgrad_kernel.cu, conv3x3_relu_wgrad_kernel.cu (premasked: the gradient
+// arrives masked, no y)
+cudaError_t conv3x3_dgrad_cuda(const GemmLaunch& l, bool premasked, cudaStream_t stream);
+cudaError_t conv3x3_wgrad_cuda(const GemmLaunch& l, bool premasked, cudaStream_t stream);
 // csrc/cuda/pointwise_conv_kernel.cu (1x1 conv, 2x2 transposed conv), pointwise_conv_wgrad_kernel.cu
 cudaError_t pointwise_fprop_cuda(const GemmLaunch& l, cudaStream_t stream);
 cudaError_t pointwise_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream);

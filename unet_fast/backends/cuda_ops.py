@@ -319,7 +319,7 @@ def _up_grads(ctx, grad, relu_input_=False):
     upper ones, read in place (a view); relu_input_: dx multiplied by (x > 0) in the dgrad's
     epilogue."""
     cs = 0 if ctx.skip_shape is None else ctx.skip_shape[1]
-    grad_skip = _skip_grad(grad, ctx.skip_shape) if cs and ctx.needs_input_grad[0] else None
+    grad_skip = _skip_grad(grad, ctx.skip_shape) if ctx.needs_input_grad[0] else None
     mask = [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
             ctx.has_bias and ctx.needs_input_grad[3]]
     if not any(mask):
@@ -327,7 +327,7 @@ def _up_grads(ctx, grad, relu_input_=False):
 
     def backward_op(g, x, weight, m):
         return _ops._conv_transpose2x2_backward(g, x, weight, m, relu_input_)
-    return (grad_skip,) + _pointwise_grads(ctx, backward_op, grad[:, cs:] if cs else grad, mask)
+    return (grad_skip,) + _pointwise_grads(ctx, backward_op, grad[:, cs:], mask)
 
 
 def _up_concat_backward(ctx, grad):
