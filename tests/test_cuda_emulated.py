@@ -59,7 +59,9 @@ def test_overrides_are_undone(emu):
 # element-wise loaders (odd channels), two N tiles (72 outputs), odd sizes under the pool epilogue;
 # the first layer's weight gradient on its narrow tiles (1 and 3 input channels: N = 9 and 27 on
 # 64x16 and 64x32, the latter over two M tiles); each NCHW, NHWC and as a channel slice of a wider
-# NHWC buffer (odd offset: not 16-byte aligned).
+# NHWC buffer (odd offset: not 16-byte aligned). The 1x1 convs with at most 8 outputs and 16-byte
+# channel runs (16 -> 8, the head's 64 -> 2) take the CUDA-core kernels of pointwise_thin.cuh,
+# the others (5 -> 2, the misaligned slices) the tile engine.
 CASES = [
     ("conv3x3_relu", 2, 8, 16, 13, 11, 0),
     ("conv3x3_relu", 1, 5, 7, 9, 10, 1),
@@ -78,6 +80,7 @@ CASES = [
     ("up_concat", 1, 17, 3, 3, 5, 0),
     ("conv1x1", 2, 16, 8, 9, 7, 0),
     ("conv1x1", 3, 5, 2, 7, 6, 0),
+    ("conv1x1", 2, 64, 2, 9, 7, 0),
 ]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False)]
 

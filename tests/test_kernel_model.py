@@ -213,7 +213,8 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
     network is one of its launches, once (the recording reached every convolution the units
     take, and no other); the hand-written tensor-core kernels run exactly the first layer (forward
     and weight gradient: the input needs none; the gradient arrives masked by down.0.2's dgrad, so
-    the Premasked kernel, which reads no y) and the 1x1 head (its three passes); each encoder
+    the Premasked kernel, which reads no y) and the 1x1 head (its three passes, on the CUDA-core
+    kernels of pointwise_thin.cuh: 2 classes, 64 channels); each encoder
     level pools once and un-pools once; every launch has a positive time."""
     km, ext = extension
     for cfg in km.MODELS.values():
@@ -227,17 +228,47 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
         hand = sorted((r["layer"], r["pass_"], r["kernel"]) for r in rows
                       if r["kernel"].startswith("hand-written"))
         head = "up.3.conv.2+head"
+        thin = "hand-written pointwise_thin_{}<__nv_bfloat16, 2>"
         assert hand == [("down.0.0", "fwd", "hand-written Conv3x3Fprop"),
                         ("down.0.0", "wgrad", "hand-written Conv3x3WgradPremasked"),
-                        (head, "dgrad", "hand-written PointwiseDgrad"),
-                        (head, "fwd", "hand-written PointwiseFprop"),
-                        (head, "wgrad", "hand-written PointwiseWgrad")], hand
+                        (head, "dgrad", thin.format("dgrad")),
+                        (head, "fwd", thin.format("fprop")),
+                        (head, "wgrad", thin.format("wgrad"))], hand
         pools = [r["layer"] for r in rows if r["pass_"] == "pool"]
         unpools = [r["layer"] for r in rows if r["pass_"] == "pool bwd"]
         assert pools == [f"down.{i}.2" for i in range(4)] and sorted(unpools) == pools
         assert all(r["time_s"] > 0 for r in rows)
         assert st["predicted_s"] == pytest.approx(sum(r["time_s"] for r in rows))
         assert st["predicted_s"] > st["by_kind"]["CUTLASS units"]
+
+
+def test_thin_head_kernels_counted_and_taken_where_the_extension_takes_them(extension):
+    """pointwise_thin.cuh: every kernel's grid-stride loop is found (every dtype, 2 and 8 classes,
+    both archs); only the forward has barriers in it, with its run sums between them (the first
+    warps' code). The model prices a 1x1 conv on them exactly where thin_runs / thin_launch take it
+    (C_in a power-of-two multiple of 8, at most 8 classes, the forward's R at most 32), the tile
+    engine's row otherwise."""
+    km, ext = extension
+    thin = {(t["name"], t["arch"]): t for t in ext["thin"]}
+    for p in ("fprop", "dgrad", "wgrad"):
+        for t in ("__half", "__nv_bfloat16", "float"):
+            for kc in (2, 8):
+                for arch in ("sm_80", "sm_90"):
+                    k = thin[(f"pointwise_thin_{p}<{t}, {kc}>", arch)]
+                    assert k["all_warps"] > 0, k
+                    assert (k["first_warps"] > 0) == (p == "fprop"), k
+    hand = {t["name"]: t for t in ext["thin"] if t["arch"] == "sm_90"}
+
+    def row(pass_, c, classes):
+        x = ("tensor", "", [2, c, 16, 16], None, 2)
+        return km._thin_row("head", pass_, x, classes, hand, 1 << 20, km.H200)
+
+    assert row("wgrad", 64, 2)["kernel"].endswith("wgrad<__nv_bfloat16, 2>")
+    assert row("dgrad", 64, 3)["kernel"].endswith("dgrad<__nv_bfloat16, 8>")
+    assert row("fwd", 256, 8)["kernel"].endswith("fprop<__nv_bfloat16, 8>")
+    assert row("wgrad", 2048, 2) is not None and row("fwd", 512, 2) is None   # (R = 64 > 32)
+    for c, classes in ((5, 2), (24, 2), (64, 9), (64, 0), (4096, 2)):
+        assert row("wgrad", c, classes) is None, (c, classes)
 
 
 def test_resource_usage_counts_stack_frame_spills():

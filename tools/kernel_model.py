@@ -1209,6 +1209,24 @@ def _hand_counts(k, warps: int, m: Machine) -> dict:
     return row
 
 
+def _thin_counts(k) -> dict:
+    """One CUDA-core kernel of the thin 1x1 conv (csrc/cuda/pointwise_thin.cuh): its grid-stride
+    loop (the longest loop holding a global load) per warp and iteration, split at its barriers:
+    `all_warps` the instructions every warp issues (an iteration: one 16-byte run of a pixel per
+    thread), `first_warps` those between the forward's two barriers, which only the threads of the
+    first per-pass pixels (the first warps) run. Static counts (both ways of a branch)."""
+    instrs, labels = parse_sass("\n".join(k.sass))
+    loops = [(lo, hi) for lo, hi in _loops(instrs, labels)
+             if any(instrs[j][1].startswith("LDG") for j in range(lo, hi + 1))]
+    row = dict(name=k.name, arch=k.arch, regs=k.regs, all_warps=None, first_warps=0)
+    if loops:
+        lo, hi = max(loops, key=lambda l: l[1] - l[0])
+        bars = [j for j in range(lo, hi + 1) if instrs[j][1].startswith("BAR")]
+        inside = bars[-1] - bars[0] - 1 if len(bars) >= 2 else 0
+        row.update(all_warps=hi - lo + 1 - inside, first_warps=inside)
+    return row
+
+
 def read_extension(m: Machine = H200) -> dict:
     """The built extension's kernels, or {"status": why not}: per CUTLASS unit its config and
     loop counts, per hand-written tensor-core kernel and arch its mainloop counts."""
@@ -1239,9 +1257,11 @@ def read_extension(m: Machine = H200) -> dict:
     warps = _igemm_warps()
     units = [_unit_counts(k, configs, m) for k in kernels if k.is_cutlass]
     hand = [_hand_counts(k, warps, m) for k in kernels if k.tensor_cores]
+    thin = [_thin_counts(k) for k in kernels if k.name.startswith("pointwise_thin_")]
     status = "read" if units else "built without the CUTLASS sm_90a units"
     so = os.path.relpath(so, ROOT) if so.startswith(ROOT + os.sep) else so
-    return dict(status=status, so=so, configs=texts, units=units, hand_written=hand, rows=[])
+    return dict(status=status, so=so, configs=texts, units=units, hand_written=hand, thin=thin,
+                rows=[])
 
 
 def _unit_row(u: dict, prob, cfg: ModelConfig, m: Machine, pass_: str = None) -> dict:
@@ -1455,6 +1475,37 @@ def _hand_row(layer, pass_, kernel, hand, gemm, nbytes, m: Machine) -> dict:
                 bound="issue (static count)" if issue > dram else "DRAM")
 
 
+# csrc/cuda/pointwise_thin.cuh: its CTA's threads, most classes, and the forward's most runs
+_THIN_THREADS, _THIN_CLASSES, _THIN_FPROP_RUNS = 256, 8, 32
+
+
+def _thin_row(layer, pass_, x, classes, hand, nbytes, m: Machine, gemm=None):
+    """The 1x1 conv on the CUDA-core kernels of pointwise_thin.cuh when they take it (bf16, x's
+    channels 16-byte runs, a power of two of them, few classes), else None: per pass of 256 / R
+    pixels (R = C_in / 8 runs, a thread each) every warp issues the loop's all_warps instructions
+    and the first ceil(pixels / 32) warps its first_warps, 4 warps issuing on each SM per cycle;
+    or the DRAM bytes if longer."""
+    n, c, h, wd = x[2]
+    r = c // 8
+    if (c % 8 or r & (r - 1) or r > (_THIN_FPROP_RUNS if pass_ == "fwd" else _THIN_THREADS)
+            or not 1 <= classes <= _THIN_CLASSES):
+        return None
+    kc = 2 if classes <= 2 else _THIN_CLASSES
+    k = hand.get(f"pointwise_thin_{ {'fwd': 'fprop'}.get(pass_, pass_)}<__nv_bfloat16, {kc}>")
+    if not k or k["all_warps"] is None:
+        return None
+    per_pass = _THIN_THREADS // r
+    passes = math.ceil(n * h * wd / per_pass)
+    warp_instr = passes * (_THIN_THREADS // 32 * k["all_warps"]
+                           + math.ceil(per_pass / 32) * k["first_warps"])
+    issue = warp_instr / (4 * m.sms) / m.clock
+    dram = nbytes / m.dram_bw
+    t = max(issue, dram)
+    return dict(layer=layer, pass_=pass_, kernel=f"hand-written {k['name']}", dram_bytes=nbytes,
+                gemm=gemm, kernel_s=t, time_s=t + m.launch_gap_s,
+                bound="issue (static count)" if issue > dram else "DRAM")
+
+
 def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
     """The kernels one extension op launches, priced (see the section's comment)."""
     op, layer, a = call["op"], call["layer"], call["args"]
@@ -1535,8 +1586,10 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
         x, w = a[:2]
         n, c, h, wd = x[2]
         k = w[2][0]
-        return [_hand_row(layer, "fwd", _HAND_KERNELS[(op, "fwd")], hand, (n * h * wd, k, c),
-                          _tbytes(x) + n * k * h * wd * x[4], m)]
+        nbytes = _tbytes(x) + n * k * h * wd * x[4]
+        return [_thin_row(layer, "fwd", x, k, hand, nbytes, m, (n * h * wd, k, c))
+                or _hand_row(layer, "fwd", _HAND_KERNELS[(op, "fwd")], hand, (n * h * wd, k, c),
+                             nbytes, m)]
     if op == "_conv1x1_backward":
         gy, x, w, mask = a[:4]
         relu = len(a) > 4 and a[4]   # (dx masked by x > 0 in the epilogue: x read too)
@@ -1544,12 +1597,15 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
         k = gy[2][1]
         rows = []
         if mask[0]:
-            rows.append(_hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")], hand,
-                                  (n * h * wd, c, k), _tbytes(gy) + (2 if relu else 1) * _tbytes(x),
-                                  m))
+            nbytes = _tbytes(gy) + (2 if relu else 1) * _tbytes(x)
+            rows.append(_thin_row(layer, "dgrad", x, k, hand, nbytes, m, (n * h * wd, c, k))
+                        or _hand_row(layer, "dgrad", _HAND_KERNELS[(op, "dgrad")], hand,
+                                     (n * h * wd, c, k), nbytes, m))
         if mask[1] or mask[2]:
-            rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")], hand,
-                                  (k, c, n * h * wd), _tbytes(gy) + _tbytes(x), m))
+            nbytes = _tbytes(gy) + _tbytes(x)
+            rows.append(_thin_row(layer, "wgrad", x, k, hand, nbytes, m, (k, c, n * h * wd))
+                        or _hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")], hand,
+                                     (k, c, n * h * wd), nbytes, m))
         return rows
     # any other op of ours: its tensors' bytes
     ts = [t for t in a if isinstance(t, tuple) and t and t[0] == "tensor"]
@@ -1563,6 +1619,7 @@ def cuda_step(cfg: ModelConfig, ext: dict, m: Machine = H200) -> dict:
              if r["model"] == cfg.name and "flops" in r}
     hand = {h["name"]: h for h in ext.get("hand_written", [])
             if h["arch"] == "sm_90" and h["issue_cycles_per_iter"]}
+    hand.update({t["name"]: t for t in ext.get("thin", []) if t["arch"] == "sm_90"})
     rows = [dict(r, phase=c["phase"]) for c in calls for r in _cuda_rows(c, units, hand, m)]
     rows += [predict_aten(launch, m) for launch in aten]
     kind = collections.defaultdict(float)
@@ -1694,10 +1751,13 @@ def _cuda_step_markdown(ext: dict, m: Machine, triton_s: dict) -> list:
             "  the gradient comes unmasked, the bias gradients' reductions, weight re-layouts and",
             "  casts, the skip's crop into the concat buffer), the pool and its backward and every",
             "  aten kernel are their bytes at the DRAM bandwidth (ours as well: not read from their",
-            "  SASS); the hand-written tensor-core kernels (the first layer, the 1x1 head) their",
+            "  SASS); the hand-written tensor-core kernels (the first layer) their",
             "  loop's static count (the table below: both ways of every branch, 4 warps on the 4",
             "  sub-partitions, the epilogue not counted) over 64x64x32 steps (the 3x3 weight",
-            "  gradient's N of at most 16 or 32: 64x16x32 or 64x32x32, its Narrow kernel), or their DRAM bytes",
+            "  gradient's N of at most 16 or 32: 64x16x32 or 64x32x32, its Narrow kernel), the 1x1",
+            "  head's CUDA-core kernels (pointwise_thin_*) their grid-stride loop's static count (every",
+            "  warp its instructions per pass of 256 / R pixels, R = C_in / 8; the forward's run sums",
+            "  between its barriers only the first warps), or their DRAM bytes",
             f"  if longer; {m.launch_gap_s * 1e6:.0f} us between kernels.",
             "",
             "| layer | phase | what | kernel | GEMM M x N x K | bound | ms (+gap) |",
