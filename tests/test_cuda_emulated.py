@@ -59,15 +59,19 @@ def test_overrides_are_undone(emu):
 # element-wise loaders (odd channels), two N tiles (72 outputs), odd sizes under the pool epilogue;
 # the first layer's weight gradient on its narrow tiles (1 and 3 input channels: N = 9 and 27 on
 # 64x16 and 64x32, the latter over two M tiles); each NCHW, NHWC and as a channel slice of a wider
-# NHWC buffer (odd offset: not 16-byte aligned). The 1x1 convs with at most 8 outputs and 16-byte
-# channel runs (16 -> 8, the head's 64 -> 2) take the CUDA-core kernels of pointwise_thin.cuh,
-# the others (5 -> 2, the misaligned slices) the tile engine.
+# NHWC buffer (odd offset: not 16-byte aligned). The CUDA-core kernels of thin.cuh take the 1x1
+# convs with at most 8 outputs and 16-byte channel runs (16 -> 8, the head's 64 -> 2:
+# pointwise_thin.cuh) and the 3x3 convs of one input channel (1 -> 16 valid, 1 -> 64 padded:
+# conv3x3_thin.cuh, forward and weight gradient), where their outputs (forward) or gradients
+# (weight gradient) take 16-byte runs; the others (5 -> 2, 3 -> 72, the misaligned slices) the tile
+# engine.
 CASES = [
     ("conv3x3_relu", 2, 8, 16, 13, 11, 0),
     ("conv3x3_relu", 1, 5, 7, 9, 10, 1),
     ("conv3x3_relu", 1, 16, 72, 6, 9, 1),
     ("conv3x3_relu", 2, 1, 16, 13, 11, 0),
     ("conv3x3_relu", 1, 3, 72, 9, 10, 1),
+    ("conv3x3_relu", 2, 1, 64, 9, 10, 1),
     ("conv3x3_relu_pool", 2, 8, 16, 13, 11, 0),
     ("conv3x3_relu_pool", 1, 5, 7, 9, 10, 1),
     ("max_pool2x2", 2, 16, 16, 9, 10, 0),
@@ -97,6 +101,39 @@ def _parity(m, op, n, cin, cout, h, w, padding, dtype, tf32, layout, schedule=FO
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_op_parity(emu, case, layout, dtype, tf32):
     _parity(emu, *case, dtype, tf32, layout)
+
+
+def test_thin_pixel_decode_divides_exactly(emu):
+    """thin.cuh's ThinDiv (a multiply and a shift per division, the CUDA-core kernels' pixel
+    decode) equals integer division for the divisors a grid can have (1, small, powers of two and
+    their neighbours, large) and dividends over the whole int32 range the kernels pass it."""
+    g = torch.Generator().manual_seed(0)
+    edges = torch.tensor([0, 1, 2, 3, 2 ** 16 - 1, 2 ** 16, 2 ** 30, 2 ** 31 - 2, 2 ** 31 - 1])
+    n = torch.cat([edges, torch.randint(0, 2 ** 31, (20000,), generator=g),
+                   torch.randint(0, 4096, (4000,), generator=g)])
+    divisors = (list(range(1, 600)) + [2 ** k + e for k in range(10, 31) for e in (-1, 0, 1)]
+                + [572, 570, 568, 388, 1 << 20, 99991, 2 ** 31 - 1])
+    for d in divisors:
+        got = emu.thin_divmod(n, d)
+        assert torch.equal(got[:, 0], n // d) and torch.equal(got[:, 1], n % d), d
+
+
+@pytest.mark.parametrize("schedule", [FORWARD, REVERSE], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype,tf32", DTYPES, ids=["fp32", "tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("cout,padding", [(16, 0), (64, 1)], ids=["1-16-valid", "1-64-same"])
+def test_one_channel_input_in_channels_last_strides(emu, cout, padding, dtype, tf32, schedule):
+    """The first layer on grey images as the model gives it: x (N, 1, H, W) with channels_last
+    strides (stride(1) == 1; (N, 1, H, W).contiguous(channels_last) keeps NCHW strides, which
+    CASES' "channels_last" layout therefore is for one channel). y comes out channels_last, so
+    conv3x3_thin.cuh's forward stores its 16-byte runs and its weight gradient reads g's: forward
+    and every gradient against the float64 reference (the parity harness's tolerances)."""
+    torch.manual_seed(cout + padding)
+    x, w, b = op_args("conv3x3_relu", 2, 1, cout, 13, 11, padding, "nchw", dtype, device="cpu")[:3]
+    n, _, h, wd = x.shape
+    x = torch.empty_strided(x.shape, (h * wd, 1, wd, 1), dtype=dtype).copy_(x)
+    got = check("conv3x3_relu", (x, w, b, padding), backend="cuda", tf32=tf32,
+                context=lambda: emulated(emu, schedule, 0))
+    assert got.outs[0].stride(1) == 1, got.outs[0].stride()
 
 
 @pytest.mark.parametrize("schedule,seed", [(REVERSE, 0), (RANDOM, 1), (RANDOM, 2)],
@@ -180,7 +217,9 @@ def _masked_gradient_case(emu, case, layout, dtype, tf32, schedule):
     y[0, 0, 0, :2] = torch.tensor([float("nan"), -0.0])
     y = to_layout(y.to(dtype), layout)
     g = to_layout(torch.randn(n, k, oh, ow).to(dtype), layout)
-    gm = torch.ops.aten.threshold_backward(g, y, 0)
+    # (in g's layout: the kernels a gradient takes depend on its runs' alignment (the first
+    # layer's CUDA-core weight gradient, conv3x3_thin.cuh, needs 16-byte runs))
+    gm = to_layout(torch.ops.aten.threshold_backward(g, y, 0), layout)
     emu.configure(schedule, 0, 132)
     ref = emu.conv3x3_relu_backward(g, y, x, wt, pad, [True, True, True])
     ours = emu.conv3x3_relu_backward(gm, None, x, wt, pad, [True, True, True])

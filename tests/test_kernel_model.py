@@ -211,10 +211,11 @@ def test_extension_covers_every_unit_convolution(extension):
 def test_cuda_step_prices_every_launch_of_the_step(extension):
     """The explicit backend="cuda" step, recorded on meta tensors: every CUTLASS unit row of the
     network is one of its launches, once (the recording reached every convolution the units
-    take, and no other); the hand-written tensor-core kernels run exactly the first layer (forward
-    and weight gradient: the input needs none; the gradient arrives masked by down.0.2's dgrad, so
-    the Premasked kernel, which reads no y) and the 1x1 head (its three passes, on the CUDA-core
-    kernels of pointwise_thin.cuh: 2 classes, 64 channels); each encoder
+    take, and no other); the hand-written kernels run exactly the first layer (forward and weight
+    gradient: the input needs none; the gradient arrives masked by down.0.2's dgrad, so the
+    Premasked kernel, which reads no y; one input channel: conv3x3_thin.cuh's CUDA-core kernels)
+    and the 1x1 head (its three passes, on the CUDA-core kernels of pointwise_thin.cuh: 2
+    classes, 64 channels); each encoder
     level pools once and un-pools once; every launch has a positive time."""
     km, ext = extension
     for cfg in km.MODELS.values():
@@ -229,8 +230,13 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
                       if r["kernel"].startswith("hand-written"))
         head = "up.3.conv.2+head"
         thin = "hand-written pointwise_thin_{}<__nv_bfloat16, 2>"
-        assert hand == [("down.0.0", "fwd", "hand-written Conv3x3Fprop"),
-                        ("down.0.0", "wgrad", "hand-written Conv3x3WgradPremasked"),
+        # (one input channel: conv3x3_thin.cuh's kernels; three: the tile engine's)
+        first = (["hand-written conv3x3_thin_fprop<__nv_bfloat16, false>",
+                  "hand-written conv3x3_thin_wgrad<__nv_bfloat16, false, false>"]
+                 if cfg.in_channels == 1 else
+                 ["hand-written Conv3x3Fprop", "hand-written Conv3x3WgradPremasked"])
+        assert hand == [("down.0.0", "fwd", first[0]),
+                        ("down.0.0", "wgrad", first[1]),
                         (head, "dgrad", thin.format("dgrad")),
                         (head, "fwd", thin.format("fprop")),
                         (head, "wgrad", thin.format("wgrad"))], hand
@@ -242,22 +248,40 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
         assert st["predicted_s"] > st["by_kind"]["CUTLASS units"]
 
 
-def test_thin_head_kernels_counted_and_taken_where_the_extension_takes_them(extension):
-    """pointwise_thin.cuh: every kernel's grid-stride loop is found (every dtype, 2 and 8 classes,
-    both archs); only the forward has barriers in it, with its run sums between them (the first
-    warps' code). The model prices a 1x1 conv on them exactly where thin_runs / thin_launch take it
-    (C_in a power-of-two multiple of 8, at most 8 classes, the forward's R at most 32), the tile
-    engine's row otherwise."""
+def test_thin_kernels_counted_and_taken_where_the_extension_takes_them(extension):
+    """thin.cuh's CUDA-core kernels: every kernel's grid-stride loop is found (every dtype, the
+    head's 2 and 8 classes, the first layer's weight gradient with and without y, both archs);
+    only the head's forward has barriers in it, with its run sums between them (the first
+    warps' code). The model prices a 1x1 conv on them exactly where pointwise_thin_launch takes it
+    (C_in a power-of-two multiple of 8, at most 8 classes, the forward's R at most 32), and a 3x3
+    conv where conv3x3_thin's launchers do (one input channel, C_out likewise, channels_last), the
+    tile engine's row otherwise."""
     km, ext = extension
     thin = {(t["name"], t["arch"]): t for t in ext["thin"]}
-    for p in ("fprop", "dgrad", "wgrad"):
-        for t in ("__half", "__nv_bfloat16", "float"):
-            for kc in (2, 8):
-                for arch in ("sm_80", "sm_90"):
-                    k = thin[(f"pointwise_thin_{p}<{t}, {kc}>", arch)]
-                    assert k["all_warps"] > 0, k
-                    assert (k["first_warps"] > 0) == (p == "fprop"), k
+    for t in ("__half", "__nv_bfloat16", "float"):
+        tf = ("false", "true")
+        names = ([f"pointwise_thin_{p}<{t}, {kc}>" for p in ("fprop", "dgrad", "wgrad")
+                  for kc in (2, 8)] + [f"conv3x3_thin_fprop<{t}, {b}>" for b in tf]
+                 + [f"conv3x3_thin_wgrad<{t}, {y}, {b}>" for y in tf for b in tf])
+        for name in names:
+            for arch in ("sm_80", "sm_90"):
+                k = thin[(name, arch)]
+                assert k["all_warps"] > 0, k
+                assert (k["first_warps"] > 0) == name.startswith("pointwise_thin_fprop"), k
+    assert len(thin) == 2 * 3 * 12, sorted(thin)
     hand = {t["name"]: t for t in ext["thin"] if t["arch"] == "sm_90"}
+
+    def conv(pass_, c, k, runs=True, premasked=True, pad=0):
+        return km._conv3x3_thin_row("down.0.0", pass_, c, k, 4096, premasked, runs, pad, hand,
+                                    1 << 20, km.H200, None)
+
+    assert conv("fwd", 1, 64)["kernel"].endswith("conv3x3_thin_fprop<__nv_bfloat16, false>")
+    assert conv("fwd", 1, 64, pad=1)["kernel"].endswith("fprop<__nv_bfloat16, true>")
+    assert conv("wgrad", 1, 64)["kernel"].endswith("wgrad<__nv_bfloat16, false, false>")
+    assert conv("wgrad", 1, 32, premasked=False, pad=1)["kernel"].endswith(
+        "wgrad<__nv_bfloat16, true, true>")
+    for c, k, runs in ((3, 64, True), (1, 48, True), (1, 4, True), (1, 64, False)):
+        assert conv("fwd", c, k, runs) is None and conv("wgrad", c, k, runs) is None, (c, k, runs)
 
     def row(pass_, c, classes):
         x = ("tensor", "", [2, c, 16, 16], None, 2)

@@ -1210,8 +1210,9 @@ def _hand_counts(k, warps: int, m: Machine) -> dict:
 
 
 def _thin_counts(k) -> dict:
-    """One CUDA-core kernel of the thin 1x1 conv (csrc/cuda/pointwise_thin.cuh): its grid-stride
-    loop (the longest loop holding a global load) per warp and iteration, split at its barriers:
+    """One CUDA-core kernel of csrc/cuda/thin.cuh (pointwise_thin.cuh, conv3x3_thin.cuh): its
+    grid-stride loop (the longest loop holding a global load) per warp and iteration, split at its
+    barriers:
     `all_warps` the instructions every warp issues (an iteration: one 16-byte run of a pixel per
     thread), `first_warps` those between the forward's two barriers, which only the threads of the
     first per-pass pixels (the first warps) run. Static counts (both ways of a branch)."""
@@ -1257,7 +1258,8 @@ def read_extension(m: Machine = H200) -> dict:
     warps = _igemm_warps()
     units = [_unit_counts(k, configs, m) for k in kernels if k.is_cutlass]
     hand = [_hand_counts(k, warps, m) for k in kernels if k.tensor_cores]
-    thin = [_thin_counts(k) for k in kernels if k.name.startswith("pointwise_thin_")]
+    thin = [_thin_counts(k) for k in kernels
+            if k.name.startswith(("pointwise_thin_", "conv3x3_thin_"))]
     status = "read" if units else "built without the CUTLASS sm_90a units"
     so = os.path.relpath(so, ROOT) if so.startswith(ROOT + os.sep) else so
     return dict(status=status, so=so, configs=texts, units=units, hand_written=hand, thin=thin,
@@ -1475,35 +1477,62 @@ def _hand_row(layer, pass_, kernel, hand, gemm, nbytes, m: Machine) -> dict:
                 bound="issue (static count)" if issue > dram else "DRAM")
 
 
-# csrc/cuda/pointwise_thin.cuh: its CTA's threads, most classes, and the forward's most runs
+# csrc/cuda/thin.cuh's CTA threads; pointwise_thin.cuh's most classes and its forward's most runs
 _THIN_THREADS, _THIN_CLASSES, _THIN_FPROP_RUNS = 256, 8, 32
 
 
-def _thin_row(layer, pass_, x, classes, hand, nbytes, m: Machine, gemm=None):
-    """The 1x1 conv on the CUDA-core kernels of pointwise_thin.cuh when they take it (bf16, x's
-    channels 16-byte runs, a power of two of them, few classes), else None: per pass of 256 / R
-    pixels (R = C_in / 8 runs, a thread each) every warp issues the loop's all_warps instructions
-    and the first ceil(pixels / 32) warps its first_warps, 4 warps issuing on each SM per cycle;
-    or the DRAM bytes if longer."""
-    n, c, h, wd = x[2]
-    r = c // 8
-    if (c % 8 or r & (r - 1) or r > (_THIN_FPROP_RUNS if pass_ == "fwd" else _THIN_THREADS)
-            or not 1 <= classes <= _THIN_CLASSES):
-        return None
-    kc = 2 if classes <= 2 else _THIN_CLASSES
-    k = hand.get(f"pointwise_thin_{ {'fwd': 'fprop'}.get(pass_, pass_)}<__nv_bfloat16, {kc}>")
+def _thin_price(layer, pass_, kernel, pixels, r, hand, nbytes, m: Machine, gemm):
+    """A launch of a CUDA-core kernel of thin.cuh (pointwise_thin.cuh, conv3x3_thin.cuh), or None
+    when the build lacks it: per pass of 256 / R pixels (R runs of 8 bf16 channels, a thread
+    each) every warp issues the grid-stride loop's all_warps instructions and the first
+    ceil(pixels / 32) warps its first_warps, 4 warps issuing on each SM per cycle; or the DRAM
+    bytes if longer."""
+    k = hand.get(kernel)
     if not k or k["all_warps"] is None:
         return None
     per_pass = _THIN_THREADS // r
-    passes = math.ceil(n * h * wd / per_pass)
+    passes = math.ceil(pixels / per_pass)
     warp_instr = passes * (_THIN_THREADS // 32 * k["all_warps"]
                            + math.ceil(per_pass / 32) * k["first_warps"])
     issue = warp_instr / (4 * m.sms) / m.clock
     dram = nbytes / m.dram_bw
     t = max(issue, dram)
-    return dict(layer=layer, pass_=pass_, kernel=f"hand-written {k['name']}", dram_bytes=nbytes,
+    return dict(layer=layer, pass_=pass_, kernel=f"hand-written {kernel}", dram_bytes=nbytes,
                 gemm=gemm, kernel_s=t, time_s=t + m.launch_gap_s,
                 bound="issue (static count)" if issue > dram else "DRAM")
+
+
+def _thin_runs(channels: int, most: int) -> int:
+    """thin.cuh's thin_pow2_runs for bf16: channels / 8 when a power of two <= most, else 0."""
+    r = channels // 8
+    return r if channels % 8 == 0 and r and not r & (r - 1) and r <= most else 0
+
+
+def _thin_row(layer, pass_, x, classes, hand, nbytes, m: Machine, gemm=None):
+    """The 1x1 conv on the CUDA-core kernels of pointwise_thin.cuh when its launcher takes it (bf16,
+    x's channels in 16-byte runs, a power of two of them, few classes), else None."""
+    n, c, h, wd = x[2]
+    r = _thin_runs(c, _THIN_FPROP_RUNS if pass_ == "fwd" else _THIN_THREADS)
+    if not r or not 1 <= classes <= _THIN_CLASSES:
+        return None
+    kc = 2 if classes <= 2 else _THIN_CLASSES
+    kernel = f"pointwise_thin_{ {'fwd': 'fprop'}.get(pass_, pass_)}<__nv_bfloat16, {kc}>"
+    return _thin_price(layer, pass_, kernel, n * h * wd, r, hand, nbytes, m, gemm)
+
+
+def _conv3x3_thin_row(layer, pass_, c, k, pixels, premasked, runs, pad, hand, nbytes,
+                      m: Machine, gemm):
+    """The 3x3 conv of one input channel on conv3x3_thin.cuh's kernels when its launcher takes it
+    (C_out a power of two of 16-byte runs; the forward without the pool; `runs`: y's channels
+    (forward: y takes x's format, channels_last for a 1-channel x whose channel stride is the
+    smallest) or g's (weight gradient) contiguous), else None."""
+    r = _thin_runs(k, _THIN_THREADS)
+    if c != 1 or not r or not runs:
+        return None
+    bounds = "true" if pad else "false"   # (the padded window's bounds checks)
+    kernel = (f"conv3x3_thin_fprop<__nv_bfloat16, {bounds}>" if pass_ == "fwd" else
+              f"conv3x3_thin_wgrad<__nv_bfloat16, {'false' if premasked else 'true'}, {bounds}>")
+    return _thin_price(layer, pass_, kernel, pixels, r, hand, nbytes, m, gemm)
 
 
 def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
@@ -1565,8 +1594,11 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
         n, c, h, wd = x[2]
         k, pad = w[2][0], a[3]
         p, q = h + 2 * pad - 2, wd + 2 * pad - 2
-        return [_hand_row(layer, "fwd", _HAND_KERNELS[(op, "fwd")], hand, (n * p * q, k, 9 * c),
-                          _tbytes(x) + n * k * p * q * x[4] + _tbytes(w), m)]
+        nbytes, gemm = _tbytes(x) + n * k * p * q * x[4] + _tbytes(w), (n * p * q, k, 9 * c)
+        cl = x[3][1] < x[3][2]   # (csrc/common.h's format_of for one channel)
+        return [_conv3x3_thin_row(layer, "fwd", c, k, n * p * q, False, cl, pad, hand, nbytes, m,
+                                  gemm)
+                or _hand_row(layer, "fwd", _HAND_KERNELS[(op, "fwd")], hand, gemm, nbytes, m)]
     if op == "_conv3x3_relu_backward":
         gy, y, x, w, pad, mask = a[:6]
         n, c, h, wd = x[2]
@@ -1579,8 +1611,11 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
                                   (n * h * wd, c, 9 * k), g_reads * _tbytes(gy) + 2 * _tbytes(x),
                                   m))
         if mask[1] or mask[2]:
-            rows.append(_hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")] + pre, hand,
-                                  (k, 9 * c, n * p * q), g_reads * _tbytes(gy) + _tbytes(x), m))
+            nbytes, gemm = g_reads * _tbytes(gy) + _tbytes(x), (k, 9 * c, n * p * q)
+            rows.append(_conv3x3_thin_row(layer, "wgrad", c, k, n * p * q, bool(pre),
+                                          gy[3][1] == 1, pad, hand, nbytes, m, gemm)
+                        or _hand_row(layer, "wgrad", _HAND_KERNELS[(op, "wgrad")] + pre, hand,
+                                     gemm, nbytes, m))
         return rows
     if op == "conv1x1":
         x, w = a[:2]
@@ -1751,13 +1786,14 @@ def _cuda_step_markdown(ext: dict, m: Machine, triton_s: dict) -> list:
             "  the gradient comes unmasked, the bias gradients' reductions, weight re-layouts and",
             "  casts, the skip's crop into the concat buffer), the pool and its backward and every",
             "  aten kernel are their bytes at the DRAM bandwidth (ours as well: not read from their",
-            "  SASS); the hand-written tensor-core kernels (the first layer) their",
+            "  SASS); the hand-written tensor-core kernels (a first layer of three channels) their",
             "  loop's static count (the table below: both ways of every branch, 4 warps on the 4",
             "  sub-partitions, the epilogue not counted) over 64x64x32 steps (the 3x3 weight",
-            "  gradient's N of at most 16 or 32: 64x16x32 or 64x32x32, its Narrow kernel), the 1x1",
-            "  head's CUDA-core kernels (pointwise_thin_*) their grid-stride loop's static count (every",
-            "  warp its instructions per pass of 256 / R pixels, R = C_in / 8; the forward's run sums",
-            "  between its barriers only the first warps), or their DRAM bytes",
+            "  gradient's N of at most 16 or 32: 64x16x32 or 64x32x32, its Narrow kernel), the",
+            "  CUDA-core kernels of csrc/cuda/thin.cuh (the 1x1 head: pointwise_thin_*; a first layer",
+            "  of one channel: conv3x3_thin_*) their grid-stride loop's static count (every warp its",
+            "  instructions per pass of 256 / R pixels, R = the channels in 16-byte runs; the head's",
+            "  forward's run sums between its barriers only the first warps), or their DRAM bytes",
             f"  if longer; {m.launch_gap_s * 1e6:.0f} us between kernels.",
             "",
             "| layer | phase | what | kernel | GEMM M x N x K | bound | ms (+gap) |",

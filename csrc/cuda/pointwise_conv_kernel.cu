@@ -9,13 +9,13 @@ namespace unet_fast {
 
 cudaError_t pointwise_fprop_cuda(const GemmLaunch& l, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
-  if (thin_run<ThinPass::kFprop>(l, stream, err)) return err;
+  if (pointwise_thin_run<PointwisePass::kFprop>(l, stream, err)) return err;
   return igemm::run<PointwiseFprop>(l, stream);
 }
 
 cudaError_t pointwise_dgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
-  if (thin_run<ThinPass::kDgrad>(l, stream, err)) return err;
+  if (pointwise_thin_run<PointwisePass::kDgrad>(l, stream, err)) return err;
   return igemm::run<PointwiseDgrad>(l, stream);
 }
 

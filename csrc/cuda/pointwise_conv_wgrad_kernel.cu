@@ -7,7 +7,7 @@ namespace unet_fast {
 
 cudaError_t pointwise_wgrad_cuda(const GemmLaunch& l, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
-  if (thin_run<ThinPass::kWgrad>(l, stream, err)) return err;  // (the head: pointwise_thin.cuh)
+  if (pointwise_thin_run<PointwisePass::kWgrad>(l, stream, err)) return err;  // (the head: pointwise_thin.cuh)
   return igemm::run<PointwiseWgrad>(l, stream);
 }
 

@@ -1,78 +1,27 @@
 // The 1x1 convolution with few output channels (the U-Net's head: num_classes <= kThinClasses)
-// on the CUDA cores: forward, input gradient, weight gradient.
+// on the CUDA cores (thin.cuh): forward, input gradient, weight gradient.
 //
 // As a GEMM the head is 64x64 tiles with 2 of 64 columns (forward), 2 of 32 K (input gradient) or
 // 2 of 64 rows (weight gradient) doing work: the tensor-core engine (igemm.cuh) issues a whole
-// tile's gathers and fragments for it, about 1,000 instructions a warp per 32-wide K step (the
-// same512 step: 0.25 / 0.33 / 0.76 ms for the three, read off the SASS as a model, where their
-// bytes take about 0.13 ms each at the DRAM bandwidth). Here each thread owns one 16-byte run of a
-// pixel's C_in channels (V = 8 bf16/fp16, 4 fp32) and that run's slice of the weight, in registers
-// for the whole kernel; a pixel's R = C_in / V runs are R consecutive threads, so a warp's loads
-// of x, dx or the mask are whole pixels' rows (coalesced). The CTA walks the pixels kThinThreads / R
-// at a time (a grid-stride loop); fp32 accumulation, exact (no TF32), in a fixed order within a
-// CTA: over the run's channels, then over the runs in channel order (forward), or over the CTA's
-// pixels in pixel order (weight gradient; the CTAs' totals meet in fp32 atomics, as the engine's
-// split-K does).
+// tile's gathers and fragments for it, about 1,000 instructions a warp per 32-wide K step. Here a
+// thread owns one run of C_in and that run's slice of the weight (all classes). The forward sums
+// its runs' partial dot products in channel order through shared memory; the weight gradient sums
+// each thread's pixels in registers, then the CTA's (thin_cta_sum), then the CTAs' in fp32 atomics
+// (as the tile engine's split-K).
 //
 // Taken by the launchers of pointwise_conv_kernel.cu / pointwise_conv_wgrad_kernel.cu when
-// thin_runs says so: the 1x1 conv (G = 1), C_out <= kThinClasses, C_in = V * 2^j <= V * kThinThreads
-// (the forward: <= V * kThinFpropRuns),
-// and 16-byte runs of x (the forward and the weight gradient read x's runs; the input gradient
-// writes dx's, and reads the ReLU mask's at the same offsets). Everything else keeps the tile engine.
+// pointwise_thin_launch says so: the 1x1 conv (G = 1), C_out <= kThinClasses, C_in = V * 2^j
+// <= V * kThinThreads (the forward: <= V * kThinFpropRuns), and 16-byte runs of x (the forward and
+// the weight gradient read x's runs; the input gradient writes dx's, and reads the ReLU mask's at
+// the same offsets).
+// Everything else keeps the tile engine.
 #pragma once
-#include "igemm.cuh"
+#include "thin.cuh"
 
 namespace unet_fast {
 
-constexpr int kThinThreads = 256, kThinClasses = 8;
+constexpr int kThinClasses = 8;
 constexpr int kThinFpropRuns = 32;  // the forward's R at most (its sums over R are unrolled)
-
-// R, the runs of one pixel's channels, when this path takes the problem; 0 when it does not.
-template <class T>
-inline int thin_runs(const GemmArgs& a, bool x_runs) {
-  constexpr int V = kRun<T>;
-  const int r = a.cin / V;
-  const bool pow2 = r > 0 && (r & (r - 1)) == 0;
-  return a.G == 1 && a.cout >= 1 && a.cout <= kThinClasses && x_runs && a.cin % V == 0 && pow2 &&
-                 r <= kThinThreads
-             ? r
-             : 0;
-}
-
-// n / d and n % d for one divisor d >= 1 and any 0 <= n < 2^31 by a multiply and a shift (Granlund and
-// Montgomery's division by invariant integers): the pixel decode of every loop iteration, whose
-// signed divisions by the runtime H and W cost about 30 instructions each (reciprocal included:
-// ptxas does not hoist it).
-struct ThinDiv {
-  uint32_t d = 1, mul = 0, shift = 0;
-  UF_HD explicit ThinDiv(int div) : d((uint32_t)div) {
-    while (shift < 31 && (1u << shift) < d) ++shift;  // ceil(log2 d)
-    mul = (uint32_t)((((uint64_t)1 << 32) * (((uint64_t)1 << shift) - d)) / d + 1);
-  }
-  UF_HD uint32_t div(uint32_t n) const {
-    const uint32_t hi = (uint32_t)(((uint64_t)n * mul) >> 32);
-    return (hi + n) >> shift;
-  }
-};
-
-// Pixel m of the (N, H, W) input grid -> (n, h, w), as GemmArgs::in_pixel.
-struct ThinPixels {
-  ThinDiv w, h;
-  UF_HD explicit ThinPixels(const GemmArgs& a) : w(a.win), h(a.hin) {}
-  UF_HD void operator()(int64_t m, int& n, int& hh, int& ww) const {
-    const uint32_t mu = (uint32_t)m, t = w.div(mu), q = h.div(t);
-    ww = (int)(mu - t * w.d);
-    hh = (int)(t - q * h.d);
-    n = (int)q;
-  }
-};
-
-inline int thin_grid(int64_t pixels, int per_pass, int num_sms) {
-  const int64_t passes = (pixels + per_pass - 1) / per_pass;
-  // up to 8 CTAs an SM (2,048 threads, as many as the registers let in), then grid-stride
-  const int64_t cap = 8L * (num_sms > 0 ? num_sms : 132);
-  return (int)(passes < cap ? (passes > 0 ? passes : 1) : cap);
-}
 
 // The thread's slice of the weight, W[k, c] for the classes k and run r's channels c, at
 // k * sk + c * sc of the glue's dense weight (zeros for the classes past C_out).
@@ -98,7 +47,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_fprop(const GemmA
   thin_weights<T, KC>(a, a.cin, 1, r, wr);
   const T* x = static_cast<const T*>(a.x);
   T* out = static_cast<T*>(a.out);
-  const ThinPixels pixel(a);
+  const ThinPixels pixel(a.hin, a.win);
   for (int64_t base = (int64_t)blockIdx.x * per_pass; base < a.M;
        base += (int64_t)gridDim.x * per_pass) {
     const int64_t m = base + tid / R;
@@ -159,7 +108,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_dgrad(const GemmA
   const T* g = static_cast<const T*>(a.g);
   const T* mask = static_cast<const T*>(a.out_mask);
   T* out = static_cast<T*>(a.out);
-  const ThinPixels pixel(a);
+  const ThinPixels pixel(a.hin, a.win);
   for (int64_t m = (int64_t)blockIdx.x * per_pass + tid / R; m < a.M;
        m += (int64_t)gridDim.x * per_pass) {
     int n, h, ww;
@@ -177,19 +126,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_dgrad(const GemmA
         if (k < a.cout) acc[v] = fmaf(gk[k], wr[k][v], acc[v]);
     }
     const int64_t o = a.out_at(n, h, ww) + r * V;
-    alignas(16) T mv[V];
-    alignas(16) T ov[V];
-    if (mask) {
-      copy_run(mv, mask + o);
-    } else {
-#pragma unroll
-      for (int v = 0; v < V; ++v) mv[v] = Num<T>::from(1.f);  // (no mask: every value passes)
-    }
-#pragma unroll
-    for (int v = 0; v < V; ++v) ov[v] = Num<T>::from(Num<T>::to(mv[v]) <= 0.f ? 0.f : acc[v]);
-    uint4 word;
-    memcpy(&word, ov, 16);
-    *reinterpret_cast<uint4*>(out + o) = word;
+    thin_store_masked<T, V>(out + o, mask ? mask + o : nullptr, acc);
   }
 #else
   __trap();
@@ -215,7 +152,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_wgrad(const GemmA
 #pragma unroll
     for (int v = 0; v < V; ++v) acc[k][v] = 0.f;
   }
-  const ThinPixels pixel(a);
+  const ThinPixels pixel(a.hin, a.win);
   for (int64_t m = (int64_t)blockIdx.x * per_pass + tid / R; m < a.M;
        m += (int64_t)gridDim.x * per_pass) {
     int n, h, ww;
@@ -233,31 +170,16 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_wgrad(const GemmA
       }
     }
   }
-  // the CTA's sums: column c = r * V + v of class k is element v of the threads tid % R == r, in
-  // pixel order; the bias from the run-0 threads (tid % R == 0), likewise
-  // (k unrolled: acc stays in registers; a.cout is the same for every thread, so are the barriers)
+  // the CTA's sums: class k's columns from every run's threads, its bias from the run-0 threads
+  // (whose sums are whole pixels'). (k unrolled: acc stays in registers; a.cout is the same for
+  // every thread, so are the barriers.)
 #pragma unroll
   for (int k = 0; k < KC; ++k) {
     if (k >= a.cout) break;
-#pragma unroll
-    for (int v = 0; v < V; ++v) red[v * kThinThreads + tid] = acc[k][v];
-    __syncthreads();
-    for (int c = tid; c < a.cin; c += kThinThreads) {
-      const int rc = c / V, v = c - rc * V;
-      float s = 0.f;
-      for (int q = 0; q < per_pass; ++q) s += red[v * kThinThreads + q * R + rc];
-      atomicAdd(ws + (int64_t)k * a.cin + c, s);
-    }
-    __syncthreads();
+    thin_cta_sum<V>(acc[k], R, a.cin, ws + (int64_t)k * a.cin, 1, red);
     if (ws_bias) {
-      red[tid] = accb[k];
-      __syncthreads();
-      if (tid == 0) {
-        float s = 0.f;
-        for (int q = 0; q < per_pass; ++q) s += red[q * R];
-        atomicAdd(ws_bias + k, s);
-      }
-      __syncthreads();
+      float b[V] = {accb[k]};
+      thin_cta_sum<V>(b, R, 1, ws_bias + k, 1, red);
     }
   }
 #else
@@ -269,63 +191,58 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_wgrad(const GemmA
 // registers as possible -- or kThinClasses), then the dtype dispatch: false when the problem is
 // not this path's (the caller runs the tile engine).
 template <class T, int KC>
-void thin_fprop(const GemmLaunch& l, int R, cudaStream_t stream) {
+void pointwise_thin_fprop_launch(const GemmLaunch& l, int R, cudaStream_t stream) {
   UF_LAUNCH((pointwise_thin_fprop<T, KC>), thin_grid(l.args.M, kThinThreads / R, l.num_sms),
             kThinThreads, stream, l.args, R);
 }
 
-// (dx's runs as 16-byte words, or not this path)
-template <class T>
-bool thin_dgrad_fits(const GemmArgs& a) {
-  constexpr int V = kRun<T>;
-  auto al16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return a.os[1] == 1 && a.os[0] % V == 0 && a.os[2] % V == 0 && a.os[3] % V == 0 &&
-         al16(a.out) && (!a.out_mask || al16(a.out_mask));
-}
-
 template <class T, int KC>
-void thin_dgrad(const GemmLaunch& l, int R, cudaStream_t stream) {
+void pointwise_thin_dgrad_launch(const GemmLaunch& l, int R, cudaStream_t stream) {
   UF_LAUNCH((pointwise_thin_dgrad<T, KC>), thin_grid(l.args.M, kThinThreads / R, l.num_sms),
             kThinThreads, stream, l.args, R);
 }
 
 template <class T, int KC>
-void thin_wgrad(const GemmLaunch& l, int R, cudaStream_t stream) {
+void pointwise_thin_wgrad_launch(const GemmLaunch& l, int R, cudaStream_t stream) {
   GemmArgs a = l.args;
   a.M = a.K;  // (the GEMM is (C_out x C_in) over K = the pixels, which the kernel walks as M)
   UF_LAUNCH((pointwise_thin_wgrad<T, KC>), thin_grid(a.M, kThinThreads / R, l.num_sms),
             kThinThreads, stream, a, R, l.ws, l.ws_bias);
 }
 
-enum class ThinPass { kFprop, kDgrad, kWgrad };
+enum class PointwisePass { kFprop, kDgrad, kWgrad };
 
-template <ThinPass P, class T>
-bool thin_launch(const GemmLaunch& l, cudaStream_t stream, cudaError_t& err) {
+template <PointwisePass P, class T>
+bool pointwise_thin_launch(const GemmLaunch& l, cudaStream_t stream) {
+  const GemmArgs& a = l.args;
   // 16-byte runs of x (read by the forward and the weight gradient), of dx (the input gradient's)
-  const bool x_runs = P == ThinPass::kFprop ? l.args.vec_a
-                      : P == ThinPass::kWgrad ? l.args.vec_b : thin_dgrad_fits<T>(l.args);
-  const int R = thin_runs<T>(l.args, x_runs);
-  if (!R || (P == ThinPass::kFprop && R > kThinFpropRuns)) return false;
-  const bool two = l.args.cout <= 2;
-  if constexpr (P == ThinPass::kFprop) {
-    two ? thin_fprop<T, 2>(l, R, stream) : thin_fprop<T, kThinClasses>(l, R, stream);
-  } else if constexpr (P == ThinPass::kDgrad) {
-    two ? thin_dgrad<T, 2>(l, R, stream) : thin_dgrad<T, kThinClasses>(l, R, stream);
+  const bool x_runs = P == PointwisePass::kFprop ? a.vec_a
+                      : P == PointwisePass::kWgrad ? a.vec_b : thin_out_runs<T>(a);
+  const int most = P == PointwisePass::kFprop ? kThinFpropRuns : kThinThreads;
+  const int R = a.G == 1 && a.cout >= 1 && a.cout <= kThinClasses && x_runs
+                    ? thin_pow2_runs<T>(a.cin, most) : 0;
+  if (!R) return false;
+  constexpr int KC = kThinClasses;
+  const bool two = a.cout <= 2;
+  if constexpr (P == PointwisePass::kFprop) {
+    two ? pointwise_thin_fprop_launch<T, 2>(l, R, stream)
+        : pointwise_thin_fprop_launch<T, KC>(l, R, stream);
+  } else if constexpr (P == PointwisePass::kDgrad) {
+    two ? pointwise_thin_dgrad_launch<T, 2>(l, R, stream)
+        : pointwise_thin_dgrad_launch<T, KC>(l, R, stream);
   } else {
-    two ? thin_wgrad<T, 2>(l, R, stream) : thin_wgrad<T, kThinClasses>(l, R, stream);
+    two ? pointwise_thin_wgrad_launch<T, 2>(l, R, stream)
+        : pointwise_thin_wgrad_launch<T, KC>(l, R, stream);
   }
-  err = cudaGetLastError();
   return true;
 }
 
-template <ThinPass P>
-bool thin_run(const GemmLaunch& l, cudaStream_t stream, cudaError_t& err) {
-  switch (l.dtype) {
-    case DType::kHalf: return thin_launch<P, __half>(l, stream, err);
-    case DType::kBFloat16: return thin_launch<P, __nv_bfloat16>(l, stream, err);
-    case DType::kFloat: return thin_launch<P, float>(l, stream, err);
-  }
-  return false;
+// pointwise_{fprop,dgrad,wgrad}_cuda's first resort; err: the launch's error when one ran.
+template <PointwisePass P>
+bool pointwise_thin_run(const GemmLaunch& l, cudaStream_t stream, cudaError_t& err) {
+  return thin_dispatch(l.dtype, err, [&](auto t) {
+    return pointwise_thin_launch<P, decltype(t)>(l, stream);
+  });
 }
 
 }  // namespace unet_fast

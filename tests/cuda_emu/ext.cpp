@@ -5,6 +5,7 @@
 #include "cuda_emu.h"
 
 #include "../../csrc/cuda/glue.h"
+#include "../../csrc/cuda/thin.cuh"
 
 // The kernels' runtime calls. Launch errors are raised by the emulator itself.
 extern "C" cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
@@ -43,12 +44,30 @@ void configure(int schedule, unsigned seed, int num_sms) {
   g_num_sms = num_sms;
 }
 
+// csrc/cuda/thin.cuh's pixel decode: (n / d, n % d) by ThinDiv's multiply and shift, for each n
+// (an int64 tensor of values in [0, 2^31)).
+at::Tensor thin_divmod(const at::Tensor& n, int64_t d) {
+  TORCH_CHECK(n.scalar_type() == at::kLong && n.dim() == 1, "n: a 1-D int64 tensor");
+  TORCH_CHECK(d >= 1 && d < (int64_t(1) << 31), "d: 1 <= d < 2^31");
+  const unet_fast::ThinDiv div((int)d);
+  at::Tensor out = at::empty({n.size(0), 2}, n.options());
+  auto ni = n.accessor<int64_t, 1>();
+  auto o = out.accessor<int64_t, 2>();
+  for (int64_t i = 0; i < n.size(0); ++i) {
+    const uint32_t q = div.div((uint32_t)ni[i]);
+    o[i][0] = q;
+    o[i][1] = ni[i] - (int64_t)q * d;
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure, "thread/CTA order between barriers, its seed, and the SM count",
         py::arg("schedule") = 0, py::arg("seed") = 0, py::arg("num_sms") = 132);
   m.def("selftest", &run_selftest, "runs one deliberately broken (or correct) kernel of selftest.cpp");
+  m.def("thin_divmod", &thin_divmod, "thin.cuh's ThinDiv over an int64 tensor of dividends");
   m.def("crop_concat", &G::crop_concat);
   m.def("crop_concat_backward", &G::crop_concat_backward);
   m.def("conv3x3_relu", &G::conv3x3_relu);
