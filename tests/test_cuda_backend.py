@@ -821,6 +821,22 @@ def test_gpu_parity(op, n, cin, cout, h, w, padding, dtype, tf32, layout):
 
 
 @requires_cuda
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True),
+                                        (torch.float16, True), (torch.bfloat16, True)])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_gpu_one_channel_input_in_channels_last_strides(padding, dtype, tf32):
+    """The first layer as the model runs it on grey images: x (N, 1, H, W) with stride(1) == 1
+    (op_args' layouts keep NCHW strides for one channel), so y and its gradient are channels_last
+    and csrc/cuda/conv3x3_thin.cuh's forward and weight gradient run (the emulator's twin test:
+    test_cuda_emulated.py::test_one_channel_input_in_channels_last_strides)."""
+    x, w, b = op_args("conv3x3_relu", 2, 1, 64, 68, 60, padding, "nchw", dtype, "cuda")[:3]
+    n, _, h, wd = x.shape
+    x = torch.empty_strided(x.shape, (h * wd, 1, wd, 1), dtype=dtype, device="cuda").copy_(x)
+    got = check("conv3x3_relu", (x, w, b, padding), backend="cuda", tf32=tf32)
+    assert got.outs[0].stride(1) == 1, got.outs[0].stride()
+
+
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_gpu_unet_matches_reference(padding, dtype):
