@@ -53,7 +53,7 @@ template <class T, bool BOUNDS>
 __global__ void __launch_bounds__(kThinThreads) conv3x3_thin_fprop(const GemmArgs a, int R) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int V = kRun<T>;
-  const int tid = threadIdx.x, r = tid % R, per_pass = kThinThreads / R;
+  const int r = (int)threadIdx.x % R;  // (the thread's run, on every pass)
   const T* w = static_cast<const T*>(a.w);
   float wr[9][V];
 #pragma unroll
@@ -67,10 +67,7 @@ __global__ void __launch_bounds__(kThinThreads) conv3x3_thin_fprop(const GemmArg
   T* out = static_cast<T*>(a.out);
   const ThinPixels pixel(a.hout, a.wout);
   const ThinWindow window(a);
-  for (int64_t m = (int64_t)blockIdx.x * per_pass + tid / R; m < a.M;
-       m += (int64_t)gridDim.x * per_pass) {
-    int n, p, q;
-    pixel(m, n, p, q);
+  thin_for_each_pixel(a, pixel, R, [&](int n, int p, int q) {
     float xv[9];
     window.load<T, BOUNDS>(a, n, p, q, xv);
     alignas(16) T ov[V];
@@ -85,7 +82,7 @@ __global__ void __launch_bounds__(kThinThreads) conv3x3_thin_fprop(const GemmArg
     uint4 word;
     memcpy(&word, ov, 16);
     *reinterpret_cast<uint4*>(out + a.out_at(n, p, q) + r * V) = word;
-  }
+  });
 #else
   __trap();  // unet_fast's CUDA kernels need sm_80 or newer
 #endif
@@ -99,7 +96,7 @@ __global__ void __launch_bounds__(kThinThreads) conv3x3_thin_wgrad(const GemmArg
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int V = kRun<T>;
   __shared__ float red[V * kThinThreads];
-  const int tid = threadIdx.x, r = tid % R, per_pass = kThinThreads / R;
+  const int r = (int)threadIdx.x % R;  // (the thread's run, on every pass)
   const T* g = static_cast<const T*>(a.g);
   const T* y = static_cast<const T*>(a.y);
   float acc[9][V], accb[V];
@@ -111,10 +108,7 @@ __global__ void __launch_bounds__(kThinThreads) conv3x3_thin_wgrad(const GemmArg
   }
   const ThinPixels pixel(a.hout, a.wout);
   const ThinWindow window(a);
-  for (int64_t m = (int64_t)blockIdx.x * per_pass + tid / R; m < a.M;
-       m += (int64_t)gridDim.x * per_pass) {
-    int n, p, q;
-    pixel(m, n, p, q);
+  thin_for_each_pixel(a, pixel, R, [&](int n, int p, int q) {
     alignas(16) T gv[V];
     copy_run(gv, g + a.g_at(n, p, q) + r * V);
     if (HAS_Y) {
@@ -132,7 +126,7 @@ __global__ void __launch_bounds__(kThinThreads) conv3x3_thin_wgrad(const GemmArg
 #pragma unroll
       for (int t = 0; t < 9; ++t) acc[t][v] = fmaf(xv[t], gf, acc[t][v]);
     }
-  }
+  });
   // the CTA's sums: tap t's column co at ws[co * 9 + t]; the bias's at ws_bias[co]
 #pragma unroll
   for (int t = 0; t < 9; ++t) thin_cta_sum<V>(acc[t], R, a.cout, ws + t, 9, red);

@@ -102,17 +102,14 @@ template <class T, int KC>
 __global__ void __launch_bounds__(kThinThreads) pointwise_thin_dgrad(const GemmArgs a, int R) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int V = kRun<T>;
-  const int tid = threadIdx.x, r = tid % R, per_pass = kThinThreads / R;
+  const int r = (int)threadIdx.x % R;  // (the thread's run, on every pass)
   float wr[KC][V];
   thin_weights<T, KC>(a, 1, a.cout, r, wr);
   const T* g = static_cast<const T*>(a.g);
   const T* mask = static_cast<const T*>(a.out_mask);
   T* out = static_cast<T*>(a.out);
   const ThinPixels pixel(a.hin, a.win);
-  for (int64_t m = (int64_t)blockIdx.x * per_pass + tid / R; m < a.M;
-       m += (int64_t)gridDim.x * per_pass) {
-    int n, h, ww;
-    pixel(m, n, h, ww);
+  thin_for_each_pixel(a, pixel, R, [&](int n, int h, int ww) {
     const T* gp = g + a.g_at(n, h, ww);
     float gk[KC];
 #pragma unroll
@@ -127,7 +124,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_dgrad(const GemmA
     }
     const int64_t o = a.out_at(n, h, ww) + r * V;
     thin_store_masked<T, V>(out + o, mask ? mask + o : nullptr, acc);
-  }
+  });
 #else
   __trap();
 #endif
@@ -142,7 +139,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_wgrad(const GemmA
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int V = kRun<T>;
   __shared__ float red[V * kThinThreads];  // [run element][thread]: one class at a time
-  const int tid = threadIdx.x, r = tid % R, per_pass = kThinThreads / R;
+  const int r = (int)threadIdx.x % R;  // (the thread's run, on every pass)
   const T* g = static_cast<const T*>(a.g);
   const T* x = static_cast<const T*>(a.x);
   float acc[KC][V], accb[KC];
@@ -153,10 +150,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_wgrad(const GemmA
     for (int v = 0; v < V; ++v) acc[k][v] = 0.f;
   }
   const ThinPixels pixel(a.hin, a.win);
-  for (int64_t m = (int64_t)blockIdx.x * per_pass + tid / R; m < a.M;
-       m += (int64_t)gridDim.x * per_pass) {
-    int n, h, ww;
-    pixel(m, n, h, ww);
+  thin_for_each_pixel(a, pixel, R, [&](int n, int h, int ww) {
     const T* gp = g + a.g_at(n, h, ww);
     alignas(16) T xv[V];
     copy_run(xv, x + a.x_at(n, h, ww) + r * V);
@@ -169,7 +163,7 @@ __global__ void __launch_bounds__(kThinThreads) pointwise_thin_wgrad(const GemmA
         for (int v = 0; v < V; ++v) acc[k][v] = fmaf(gf, Num<T>::to(xv[v]), acc[k][v]);
       }
     }
-  }
+  });
   // the CTA's sums: class k's columns from every run's threads, its bias from the run-0 threads
   // (whose sums are whole pixels'). (k unrolled: acc stays in registers; a.cout is the same for
   // every thread, so are the barriers.)

@@ -58,6 +58,21 @@ inline bool thin_out_runs(const GemmArgs& a) {
          al16(a.out) && (!a.out_mask || al16(a.out_mask));
 }
 
+// f(n, h, w) for each pixel of this thread (the grid-stride walk every kernel but the head's
+// forward has: pass after pass of kThinThreads / R pixels, the thread's at tid / R of each; no
+// barrier inside).
+template <class F>
+__device__ __forceinline__ void thin_for_each_pixel(const GemmArgs& a, const ThinPixels& pixel,
+                                                    int R, F&& f) {
+  const int per_pass = kThinThreads / R;
+  for (int64_t m = (int64_t)blockIdx.x * per_pass + (int)threadIdx.x / R; m < a.M;
+       m += (int64_t)gridDim.x * per_pass) {
+    int n, h, w;
+    pixel(m, n, h, w);
+    f(n, h, w);
+  }
+}
+
 inline int thin_grid(int64_t pixels, int per_pass, int num_sms) {
   const int64_t passes = (pixels + per_pass - 1) / per_pass;
   // up to 8 CTAs an SM (2,048 threads, as many as the registers let in), then grid-stride
