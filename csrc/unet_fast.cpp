@@ -30,6 +30,11 @@ TORCH_LIBRARY(unet_fast, m) {
   // gradient x already has from elsewhere (the decoder's use of the skip; smaller than x, the
   // gradient of x's center crop, added where the crop lies), in one pass.
   m.def("_max_pool2x2_backward(Tensor grad, Tensor x, Tensor? grad_skip, bool relu_mask=False) -> Tensor");
+  // ... and grad_x summed over (n, h, w) in fp32 (in x's dtype): with relu_mask, the bias gradient of
+  // the conv whose ReLU output x is, formed in the same pass (no reduction pass of its own over
+  // grad_x: the CUTLASS path's pooled convs, cuda_ops._ConvSkipAndPool).
+  m.def("_max_pool2x2_backward_sum(Tensor grad, Tensor x, Tensor? grad_skip, bool relu_mask=False) "
+        "-> (Tensor, Tensor)");
   // conv_transpose2d(x, weight, bias, stride=2) with a (C_in, C_out, 2, 2) weight.
   m.def("conv_transpose2x2(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("_conv_transpose2x2_backward(Tensor grad, Tensor x, Tensor weight, bool[3] output_mask, "

@@ -44,7 +44,7 @@ if DEVICE == "cpu" and AVAILABLE["cuda"] is None and emulator_build.cuda_include
 
 # Every op of the extension's schema (csrc/unet_fast.cpp): the forward ops and their backwards.
 EXTENSION_OPS = ("conv3x3_relu", "conv3x3_relu_pool", "_conv3x3_relu_backward", "max_pool2x2",
-                 "_max_pool2x2_backward", "crop_concat", "_crop_concat_backward", "conv_transpose2x2",
+                 "_max_pool2x2_backward", "_max_pool2x2_backward_sum", "crop_concat", "_crop_concat_backward", "conv_transpose2x2",
                  "_conv_transpose2x2_backward", "up_concat", "conv1x1", "_conv1x1_backward")
 FORWARD, REVERSE, RANDOM = 0, 1, 2  # the emulator's order of threads (and CTAs)
 _EMULATOR = []

@@ -168,16 +168,60 @@ class _YSized(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-class _CutlassUnits:   # torch.ops.unet_fast, with the CPU conv standing in for the CUTLASS unit
+class _CutlassUnits:   # torch.ops.unet_fast, with the CPU conv standing in for the CUTLASS units
     def __getattr__(self, name):
         return getattr(_ops, name)
 
     flags = []   # (relu_input, grad_masked) of each _conv3x3_relu_sm90 call
+    backward_calls = []   # (output_mask, relu_input, grad_masked) of each backward unit call
 
     @staticmethod
     def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
         _CutlassUnits.flags.append((relu_input, grad_masked))
         return _ops.conv3x3_relu(x, w, b, padding)
+
+    @staticmethod
+    def _conv3x3_relu_sm90_backward(grad, y, x, w, padding, mask, relu_input, grad_masked):
+        # (as the glue: grad_masked -> grad is read as it is, y unread)
+        _CutlassUnits.backward_calls.append((list(mask), relu_input, grad_masked))
+        return _ops._conv3x3_relu_backward(grad, None if grad_masked else y, x, w, padding, mask,
+                                           relu_input)
+
+
+class _QuietCutlassUnits(_CutlassUnits):   # (no calls recorded: torch.compile traces no side effect)
+    @staticmethod
+    def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
+        return _ops.conv3x3_relu(x, w, b, padding)
+
+    @staticmethod
+    def _conv3x3_relu_sm90_backward(grad, y, x, w, padding, mask, relu_input, grad_masked):
+        return _ops._conv3x3_relu_backward(grad, None if grad_masked else y, x, w, padding, mask,
+                                           relu_input)
+
+
+def _stand_in_cutlass(monkeypatch, quiet=False):
+    from unet_fast.backends import cuda_ops, cutlass_sm90
+    monkeypatch.setattr(cuda_ops, "_ops", _QuietCutlassUnits() if quiet else _CutlassUnits())
+    monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
+    monkeypatch.setattr(_CutlassUnits, "flags", [])
+    monkeypatch.setattr(_CutlassUnits, "backward_calls", [])
+
+
+def _spy_pool_backward(monkeypatch):
+    """The pool backward calls of the stand-in units: ("plain" or "sum", relu_mask)."""
+    calls = []
+
+    def plain(grad, y, grad_skip, relu_mask=False):
+        calls.append(("plain", relu_mask))
+        return _ops._max_pool2x2_backward(grad, y, grad_skip, relu_mask)
+
+    def summing(grad, y, grad_skip, relu_mask=False):
+        calls.append(("sum", relu_mask))
+        return _ops._max_pool2x2_backward_sum(grad, y, grad_skip, relu_mask)
+    monkeypatch.setattr(_CutlassUnits, "_max_pool2x2_backward", staticmethod(plain), raising=False)
+    monkeypatch.setattr(_CutlassUnits, "_max_pool2x2_backward_sum", staticmethod(summing),
+                        raising=False)
+    return calls
 
 
 @pytest.mark.parametrize("path", ["cutlass", "hand"])
@@ -185,24 +229,16 @@ class _CutlassUnits:   # torch.ops.unet_fast, with the CPU conv standing in for 
 @pytest.mark.parametrize("use", ["both", "skip", "pooled"])
 def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monkeypatch):
     """conv3x3_relu_pool's backward on both paths of the cuda backend: (skip, pooled) of y -- the
-    CUTLASS fprop's y through cuda_ops._SkipAndPool (the fprop has no pool node), or the
-    hand-written fused kernel's through cuda_ops._ConvSkipAndPool -- whose backward is the pool
-    backward kernel with the skip's gradient added in the same pass, a cropped skip's where the
-    crop lies: neither an autograd sum of y's two gradients nor a zero-padded copy of the crop's,
-    whichever outputs are used. The CUTLASS path is reached with its unit stood in for by the CPU conv (cutlass_sm90.wanted
+    CUTLASS fprop's y and the pool kernel's map, or the hand-written fused kernel's -- through
+    cuda_ops._ConvSkipAndPool, whose backward is the pool backward kernel with the skip's
+    gradient added in the same pass, a cropped skip's where the crop lies: neither an autograd
+    sum of y's two gradients nor a zero-padded copy of the crop's, whichever outputs are used.
+    The CUTLASS path is reached with its units stood in for by the CPU conv (cutlass_sm90.wanted
     forced); float64 against autograd's own composition."""
     from unet_fast.backends import cuda_ops, cutlass_sm90
     if path == "cutlass":
-        monkeypatch.setattr(cuda_ops, "_ops", _CutlassUnits())
-        monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
-        monkeypatch.setattr(_CutlassUnits, "flags", [])
-        pool_calls = []
-
-        def pool_backward(grad, y, grad_skip, relu_mask=False):
-            pool_calls.append(relu_mask)
-            return _ops._max_pool2x2_backward(grad, y, grad_skip, relu_mask)
-        monkeypatch.setattr(_CutlassUnits, "_max_pool2x2_backward", staticmethod(pool_backward),
-                            raising=False)
+        _stand_in_cutlass(monkeypatch)
+        pool_calls = _spy_pool_backward(monkeypatch)
     torch.manual_seed(0)
     x = torch.randn(2, 4, 13, 11, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
@@ -221,10 +257,12 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
         ours = grads(skip, pooled, gs, gp)
     assert made.calls == [], made.calls
     if path == "cutlass":
-        # the pool pass masks y's gradient (ReLU), and the conv's backward is told so: no
-        # dReLU pass of its own (the stand-in's backward masks again, idempotently)
-        assert _CutlassUnits.flags == [(False, True)] and pool_calls == [True], (
-            _CutlassUnits.flags, pool_calls)
+        # the pool pass masks y's gradient (ReLU) and sums the bias gradient; the conv's backward
+        # units are told so: no dReLU pass (grad_masked), no bias gradient of their own
+        assert _CutlassUnits.flags == [(False, True)], _CutlassUnits.flags
+        assert pool_calls == [("sum", True)], pool_calls
+        assert _CutlassUnits.backward_calls == [([True, True, False], False, True)], \
+            _CutlassUnits.backward_calls
     y = torch.relu(F.conv2d(x, w, b))
     ref_skip = center_crop(y, *crop) if crop else y
     torch.testing.assert_close(skip, ref_skip, rtol=1e-12, atol=1e-12)
@@ -298,22 +336,22 @@ def test_cutlass_path_up_conv_runs_on_the_units(with_skip, relu_input, monkeypat
 
 @pytest.mark.parametrize("path", ["cutlass", "hand"])
 @pytest.mark.parametrize("crop", [(0, 0), (7, 5)])
-def test_conv_pool_skip_and_pool_compile_fullgraph(path, crop):
-    """torch.compile(fullgraph=True) traces cuda_ops._SkipAndPool and _ConvSkipAndPool (their
-    skip is a view of y, or y itself) and gives eager's gradients."""
+def test_conv_pool_skip_and_pool_compile_fullgraph(path, crop, monkeypatch):
+    """torch.compile(fullgraph=True) traces cuda_ops._ConvSkipAndPool on both of its convs (the
+    CUTLASS units stood in for by the CPU conv; its skip is a view of y, or y itself) and gives
+    eager's gradients."""
     from unet_fast.backends import cuda_ops
+    if path == "cutlass":
+        _stand_in_cutlass(monkeypatch, quiet=True)
     torch.manual_seed(0)
     x = torch.randn(2, 4, 13, 11, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     w = (0.3 * torch.randn(6, 4, 3, 3, dtype=torch.float64)).requires_grad_()
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    inputs = (x,) if path == "cutlass" else (x, w, b)
+    inputs = (x, w, b)
 
     def f(*t):
-        if path == "cutlass":
-            skip, pooled = cuda_ops._SkipAndPool.apply(t[0], *crop)
-        else:
-            skip, pooled = cuda_ops._ConvSkipAndPool.apply(*t, 0, *crop, False)
+        skip, pooled = cuda_ops._ConvSkipAndPool.apply(*t, 0, *crop, False, path == "cutlass")
         return skip.square().sum() + 3 * pooled.sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
@@ -385,6 +423,64 @@ def test_pool_backward_applies_the_relu_mask(device, layout, crop, dtype):
     assert (ours[x <= 0] == 0).all() and ours[x > 0].ne(0).any()
     nan = torch.isnan(x)
     assert torch.equal(ours[nan], summed[nan])   # a NaN x passes the gradient
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("c,crop", [(8, None), (64, (5, 7)), (24, (9, 10))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", _DEVICES)
+def test_pool_backward_sum_is_the_bias_gradient(device, dtype, c, crop, layout):
+    """_max_pool2x2_backward_sum: the plain (masked) pool backward's grad_x, exactly, and its sum
+    over (n, h, w) accumulated in fp32 (float64 for float64; the C++ CPU kernel, and on a GPU the
+    CUDA kernel's CTA sums where its 16-byte runs tile a CTA, else a sum after it) in x's dtype:
+    the bias gradient of the conv whose ReLU output x is. Against the float64 sum of grad_x: the
+    accumulation's error (1e-6 of the absolute sum; 1e-12 in float64) and one rounding to x's
+    dtype (bf16: its unit roundoff, 2^-8 of the sum)."""
+    torch.manual_seed(c)
+    x, g = (to_layout(t.to(device, dtype), layout) for t in (
+        torch.relu(torch.randn(2, c, 9, 10, dtype=torch.float64)),
+        torch.randn(2, c, 4, 5, dtype=torch.float64)))
+    base = None if crop is None else to_layout(torch.randn(2, c, *crop, dtype=torch.float64)
+                                               .to(device, dtype), layout)
+    gx, db = _ops._max_pool2x2_backward_sum(g, x, base, True)
+    plain = _ops._max_pool2x2_backward(g, x, base, True)
+    assert torch.equal(gx, plain) and gx.stride() == plain.stride()
+    assert db.shape == (c,) and db.dtype == dtype and db.device == x.device
+    ref = gx.double().sum((0, 2, 3))
+    atol = (1e-12 if dtype == torch.float64 else 1e-6) * gx.double().abs().sum((0, 2, 3))
+    rtol = 2.0 ** -8 if dtype == torch.bfloat16 else 0.0
+    err = (db.double() - ref).abs()
+    assert (err <= (1 + rtol) * atol + rtol * ref.abs()).all(), err.max()
+
+
+@pytest.mark.parametrize("needs", ["weight_bias", "weight", "bias", "input"])
+def test_cutlass_pooled_conv_takes_its_bias_gradient_from_the_pool_pass(needs, monkeypatch):
+    """The CUTLASS path's pooled conv (cuda_ops._ConvSkipAndPool with its units stood in for by
+    the CPU conv): the bias gradient comes from the pool pass that forms y's gradient
+    (_max_pool2x2_backward_sum) when the bias needs one, never from the backward units (told
+    output_mask[2] False), which run only for dx or dW; the gradients asked for equal autograd's
+    through relu, conv2d and max_pool2d (float64)."""
+    from unet_fast.backends import cuda_ops
+    _stand_in_cutlass(monkeypatch)
+    pool_calls = _spy_pool_backward(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 12, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = 0.3 * torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    wanted = {"weight_bias": (w, b), "weight": (w,), "bias": (b,), "input": (x,)}[needs]
+    for t in wanted:
+        t.requires_grad_()
+    skip, pooled = cuda_ops.conv3x3_relu_pool(x, w, b, 0, False, 7, 5)
+    gs, gp = torch.randn_like(skip), torch.randn_like(pooled)
+    ours = torch.autograd.grad((skip, pooled), wanted, (gs, gp))
+    y = torch.relu(F.conv2d(x, w, b))
+    ref = torch.autograd.grad((center_crop(y, 7, 5), F.max_pool2d(y, 2, 2)), wanted, (gs, gp))
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    assert pool_calls == [("sum" if b.requires_grad else "plain", True)], pool_calls
+    units = {"weight_bias": [[False, True, False]], "weight": [[False, True, False]], "bias": [],
+             "input": [[True, False, False]]}[needs]
+    assert [m for m, _, _ in _CutlassUnits.backward_calls] == units, _CutlassUnits.backward_calls
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -706,6 +802,8 @@ def _opcheck_cases():
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), x, torch.randn(2, 8, 6, 7))),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, None)),
         ("_max_pool2x2_backward", (torch.randn(2, 8, 3, 3), xl, torch.randn(2, 8, 5, 4), True)),
+        ("_max_pool2x2_backward_sum", (torch.randn(2, 8, 3, 3), xl, torch.randn(2, 8, 5, 4), True)),
+        ("_max_pool2x2_backward_sum", (torch.randn(2, 8, 3, 3), x, None)),
         ("_conv1x1_backward", (torch.randn(2, 3, 6, 7), xl, torch.randn(3, 8, 1, 1), [True, True, True],
                                True)),
         ("crop_concat", tuple(rg(skip, torch.randn(2, 3, 12, 14)))),

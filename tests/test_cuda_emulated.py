@@ -173,6 +173,42 @@ def test_pool_backward_with_a_channel_slice_base(emu, dtype, c0, crop, relu_mask
     torch.testing.assert_close(ours.double(), ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("schedule,seed", [(FORWARD, 0), (REVERSE, 0), (RANDOM, 1)],
+                         ids=["forward", "reverse", "random"])
+@pytest.mark.parametrize("c,crop,layout", [
+    (64, None, "channels_last"),      # 8 runs of bf16 (4 passes of pixels a CTA), 16 of fp32
+    (8, (13, 15), "channels_last"),   # one run a pixel; a cropped skip's gradient
+    (512, (12, 13), "channels_last"),  # 64 runs of bf16: 4 pixels a pass, 2 CTAs' rows a pixel
+    (24, None, "channels_last"),      # 3 runs of bf16: no whole pixels a CTA: summed after
+    (64, None, "nchw"),               # the strided kernel: summed after
+], ids=["c64", "c8-crop", "c512-crop", "c24", "c64-nchw"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_pool_backward_sums_the_channels_it_writes(emu, dtype, c, crop, layout, schedule, seed):
+    """_max_pool2x2_backward_sum (the CUTLASS path's pooled convs: y's gradient and its bias
+    gradient from one pass): grad_x exactly the plain pool backward's, and its sum over (n, h, w)
+    -- each CTA's fp32 channel sums of the values it wrote, its threads walking several items
+    each (one SM: 8 CTAs), odd rows and columns and a cropped skip included, then the CTAs' rows
+    summed -- against the float64 sum of that grad_x: fp32 accumulation (1e-6 of the channel's
+    absolute sum), then one rounding to x's dtype (bf16: its unit roundoff, 2^-8 of the sum)."""
+    from parity import to_layout
+    torch.manual_seed(c)
+    x = to_layout(torch.relu(torch.randn(2, c, 27, 29)).to(dtype), layout)
+    g = to_layout(torch.randn(2, c, 13, 14).to(dtype), layout)
+    base = to_layout(torch.randn(2, c, *(crop or (27, 29))).to(dtype), layout)
+    emu.configure(schedule, seed, 1)
+    plain = emu.max_pool2x2_backward(g, x, base, True)
+    gx, db = emu.max_pool2x2_backward_sum(g, x, base, True)
+    assert torch.equal(gx, plain) and gx.stride() == plain.stride()
+    assert db.shape == (c,) and db.dtype == dtype
+    ref = gx.double().sum((0, 2, 3))
+    atol = 1e-6 * gx.double().abs().sum((0, 2, 3))
+    rtol = 2.0 ** -8 if dtype == torch.bfloat16 else 0.0
+    bound = (1 + rtol) * atol + rtol * ref.abs()
+    err = (db.double() - ref).abs()
+    assert (err <= bound).all(), (err - bound).max()
+    assert ref.abs().max() > 100 * atol.max()   # (not sums of nothing)
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "nchw", "nhwc_strided"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("op", ["conv1x1", "conv3x3", "conv_transpose2x2"])

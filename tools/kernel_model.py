@@ -1585,10 +1585,16 @@ def _cuda_rows(call: dict, units: dict, hand: dict, m: Machine) -> list:
             bias_grad(g) if mask[1] else [])
     if op == "max_pool2x2":
         return [_mem_row(layer, "pool", "max_pool2x2", _tbytes(a[0]) * 5 // 4, m)]
-    if op == "_max_pool2x2_backward":
+    if op in ("_max_pool2x2_backward", "_max_pool2x2_backward_sum"):
         grad, x, skip = a[:3]
         nbytes = _tbytes(grad) + 2 * _tbytes(x) + (_tbytes(skip) if isinstance(skip, tuple) else 0)
-        return [_mem_row(layer, "pool bwd", "_max_pool2x2_backward", nbytes, m)]
+        rows = [_mem_row(layer, "pool bwd", op, nbytes, m)]
+        if op == "_max_pool2x2_backward_sum":
+            # the bias gradient summed by the same pass: its CTAs' fp32 rows of channel sums
+            # (at most one wave of 8 CTAs an SM) summed by aten, no read of the gradient
+            rows.append(_mem_row(layer, "bias grad (CTA rows)", "aten sum",
+                                 8 * m.sms * x[2][1] * 4, m))
+        return rows
     if op == "conv3x3_relu":   # hand-written: the layers the units refuse (the first)
         x, w = a[:2]
         n, c, h, wd = x[2]

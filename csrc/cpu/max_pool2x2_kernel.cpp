@@ -104,11 +104,22 @@ at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
   return gx;
 }
 
+// (grad_x, its sum over (n, h, w)) as the CUDA kernel gives them: the sum accumulated in fp32 (in
+// float64 for float64), returned in x's dtype.
+std::tuple<at::Tensor, at::Tensor> max_pool2x2_backward_sum_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                const c10::optional<at::Tensor>& base_,
+                                                                bool relu_mask) {
+  at::Tensor gx = max_pool2x2_backward_cpu(grad, x, base_, relu_mask);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {gx, gx.sum({0, 2, 3}, false, acc).to(x.scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(unet_fast, CPU, m) {
   m.impl("max_pool2x2", &max_pool2x2_cpu);
   m.impl("_max_pool2x2_backward", &max_pool2x2_backward_cpu);
+  m.impl("_max_pool2x2_backward_sum", &max_pool2x2_backward_sum_cpu);
 }
 
 }  // namespace unet_fast

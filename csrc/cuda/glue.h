@@ -241,6 +241,25 @@ struct CudaGlue {
 
   static at::Tensor max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x,
                                          const c10::optional<at::Tensor>& base_, bool relu_mask) {
+    return pool_backward(grad, x, base_, relu_mask, false).first;
+  }
+
+  // ... and the sum of grad_x over the pixels (fp32, in x's dtype): the bias gradient of the conv
+  // whose ReLU output x is, from the pass that forms its output gradient (no pass of its own over
+  // grad_x) where the kernel can sum the channels (max_pool2x2_backward_sum_blocks), else by
+  // a sum of grad_x after it.
+  static std::tuple<at::Tensor, at::Tensor> max_pool2x2_backward_sum(
+      const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& base_, bool relu_mask) {
+    auto r = pool_backward(grad, x, base_, relu_mask, true);
+    if (!r.second.defined()) r.second = r.first.sum({0, 2, 3}, false, at::kFloat);
+    return {r.first, r.second.to(x.scalar_type())};
+  }
+
+ private:
+  // (grad_x, the CTAs' channel sums summed in fp32, or undefined where the kernel did not sum)
+  static std::pair<at::Tensor, at::Tensor> pool_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                         const c10::optional<at::Tensor>& base_,
+                                                         bool relu_mask, bool sum_channels) {
     check_max_pool2x2_backward(grad, x, base_);
     Dev::check(x, "x");
     typename Dev::Guard guard(x.device());
@@ -265,8 +284,14 @@ struct CudaGlue {
     a.base_left = (a.w - a.base_w) / 2;
     a.relu_mask = relu_mask;
     a.num_sms = Dev::num_sms();
+    const int rows = sum_channels ? max_pool2x2_backward_sum_blocks(a) : 0;
+    at::Tensor sums;
+    if (rows > 0) {
+      sums = at::empty({rows, x.size(1)}, x.options().dtype(at::kFloat));  // (every row written)
+      a.channel_sums = sums.data_ptr<float>();
+    }
     Dev::check_launch(max_pool2x2_backward_cuda(a, Dev::stream()));
-    return gx;
+    return {gx, rows > 0 ? sums.sum(0) : at::Tensor()};
   }
 };
 

@@ -88,4 +88,24 @@ struct GridWalk {
   }
 };
 
+// The CTA's column sums of per-thread run sums: thread tid holds acc[v] for element v of run
+// tid % R (R runs of V columns a row, kWalkThreads a multiple of R); column c = r * V + v is summed
+// over the CTA's threads of run r in thread order (fixed: the same sum on every run) through `red`
+// (V * kWalkThreads floats of shared memory), then handed to done(c, sum) for c < cols. Every
+// thread of the CTA calls it (barriers).
+template <int V, class Done>
+__device__ __forceinline__ void cta_run_sums(const float (&acc)[V], int R, int cols, float* red, Done&& done) {
+  const int tid = threadIdx.x, per_pass = kWalkThreads / R;
+#pragma unroll
+  for (int v = 0; v < V; ++v) red[v * kWalkThreads + tid] = acc[v];
+  __syncthreads();
+  for (int c = tid; c < cols; c += kWalkThreads) {
+    const int rc = c / V, v = c - rc * V;
+    float s = 0.f;
+    for (int q = 0; q < per_pass; ++q) s += red[v * kWalkThreads + q * R + rc];
+    done(c, s);
+  }
+  __syncthreads();  // (red is written again by the next call)
+}
+
 }  // namespace unet_fast

@@ -80,9 +80,17 @@ struct PoolArgs {
   // threshold_backward: a NaN x passes the gradient)
   bool relu_mask = false;
   int num_sms = 132;       // multiprocessors: the grid is at most one wave (grid_walk.cuh)
+  // backward: where not null, each CTA also writes its sums of grad_x over the pixels it walked,
+  // one fp32 row of c per CTA ([max_pool2x2_backward_sum_blocks(a), c]): the conv's bias gradient
+  // from the pass that forms its output gradient. Their sum over the rows is the bias gradient.
+  float* channel_sums = nullptr;
 };
 cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream);
 cudaError_t max_pool2x2_backward_cuda(const PoolArgs& a, cudaStream_t stream);
+// The rows of PoolArgs::channel_sums the backward writes for `a`, 0 where it cannot sum the
+// channels in the same pass (not the 16-byte vector path, or the CTA's threads do not cover a
+// whole number of pixels: the glue then sums grad_x itself).
+int max_pool2x2_backward_sum_blocks(const PoolArgs& a);
 
 // ------------------------------------------------------------------------------ crop-concat
 cudaError_t crop_concat_cuda_launch(const CropConcatArgs& a, cudaStream_t stream);

@@ -93,12 +93,18 @@ struct BaseCrop {
   }
 };
 
-template <class T>
+// SUMS: each thread also sums the values it writes per channel of its run (the walk's stride
+// is a whole number of pixels, so a thread's run v is the same on every item), and the CTA
+// writes its channel sums, one row of sums[blockIdx.x] (cta_run_sums: a fixed order).
+template <class T, bool SUMS>
 __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ base,
                               T* __restrict__ gx, int h, int w, int64_t bv, BaseCrop crop, bool relu_mask,
-                              int64_t total, GridWalk walk) {
+                              float* __restrict__ sums, int64_t total, GridWalk walk) {
   constexpr int V = 16 / sizeof(T);
   const int cv = walk.r0, ph_n = h / 2, pw_n = w / 2;
+  float acc[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) acc[e] = 0.f;
   for (WalkPos p = walk.first(); p.i < total; walk.next(p)) {
     const int v = p.x0, pw = p.x1, ph = p.x2;
     const int64_t b = p.x3;
@@ -127,11 +133,17 @@ __global__ void pool_bwd_nhwc(const T* __restrict__ x, const T* __restrict__ g, 
         if (k == am) s += gv;
         if (relu_mask && in[k] && to_f(xr[k].e[e]) <= 0.f) s = 0.f;
         o[k].e[e] = from_f<T>(s);
+        if (SUMS && in[k]) acc[e] += to_f(o[k].e[e]);  // (the value written, rounded)
       }
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (in[k]) reinterpret_cast<uint4*>(gx)[off[k]] = o[k].u;
+  }
+  if (SUMS) {
+    __shared__ float red[V * kWalkThreads];
+    float* row = sums + (int64_t)blockIdx.x * cv * V;
+    cta_run_sums(acc, cv, cv * V, red, [&](int c, float s) { row[c] = s; });
   }
 }
 
@@ -206,13 +218,26 @@ cudaError_t bwd(const PoolArgs& a, cudaStream_t st) {
   const T* b = static_cast<const T*>(a.base);
   T* gx = static_cast<T*>(a.y);
   const int hh = (a.h + 1) / 2, ww = (a.w + 1) / 2;  // windows, partial ones included
-  if (a.vec)
-    launch_walk<pool_bwd_nhwc<T>>(a, a.c / (16 / sizeof(T)), hh, ww, st, x, g, b, gx, a.h, a.w,
-                (int64_t)(a.base_pixel / (16 / sizeof(T))),
-                BaseCrop{a.base_h, a.base_w, a.base_top, a.base_left}, a.relu_mask);
+  const int64_t bv = a.base_pixel / (16 / sizeof(T));
+  const BaseCrop crop{a.base_h, a.base_w, a.base_top, a.base_left};
+  if (a.vec && a.channel_sums)
+    launch_walk<pool_bwd_nhwc<T, true>>(a, a.c / (16 / sizeof(T)), hh, ww, st, x, g, b, gx, a.h, a.w, bv,
+                                        crop, a.relu_mask, a.channel_sums);
+  else if (a.vec)
+    launch_walk<pool_bwd_nhwc<T, false>>(a, a.c / (16 / sizeof(T)), hh, ww, st, x, g, b, gx, a.h, a.w, bv,
+                                         crop, a.relu_mask, nullptr);
   else
     launch_walk<pool_bwd_strided<T>>(a, a.c, hh, ww, st, x, g, b, gx, a);
   return cudaGetLastError();
+}
+
+// The grid of the summing backward (launch_walk's), 0 where it does not run.
+template <class T>
+int bwd_sum_blocks(const PoolArgs& a) {
+  const int cv = a.c / (16 / sizeof(T));
+  if (!a.vec || cv < 1 || kWalkThreads % cv != 0) return 0;
+  const int64_t total = (int64_t)a.n * ((a.h + 1) / 2) * ((a.w + 1) / 2) * cv;
+  return walk_blocks<pool_bwd_nhwc<T, true>>(total, a.num_sms);
 }
 
 }  // namespace
@@ -222,6 +247,14 @@ cudaError_t max_pool2x2_cuda(const PoolArgs& a, cudaStream_t stream) {
     case DType::kHalf: return fwd<__half>(a, stream);
     case DType::kBFloat16: return fwd<__nv_bfloat16>(a, stream);
     default: return fwd<float>(a, stream);
+  }
+}
+
+int max_pool2x2_backward_sum_blocks(const PoolArgs& a) {
+  switch (a.dtype) {
+    case DType::kHalf: return bwd_sum_blocks<__half>(a);
+    case DType::kBFloat16: return bwd_sum_blocks<__nv_bfloat16>(a);
+    default: return bwd_sum_blocks<float>(a);
   }
 }
 

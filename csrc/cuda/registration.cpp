@@ -41,6 +41,7 @@ TORCH_LIBRARY_IMPL(unet_fast, CUDA, m) {
   m.impl("_conv3x3_relu_backward", &G::conv3x3_relu_backward);
   m.impl("max_pool2x2", &G::max_pool2x2);
   m.impl("_max_pool2x2_backward", &G::max_pool2x2_backward);
+  m.impl("_max_pool2x2_backward_sum", &G::max_pool2x2_backward_sum);
   m.impl("conv_transpose2x2", &G::conv_transpose2x2);
   m.impl("_conv_transpose2x2_backward", &G::conv_transpose2x2_backward);
   m.impl("up_concat", &G::up_concat);

@@ -7,11 +7,13 @@
 // time, grid-stride; the thread's run index r = tid % R is the same on every pass, so its slice of
 // the weight (or of the weight gradient) stays in registers. fp32 accumulation, exact (no TF32).
 #pragma once
+#include "grid_walk.cuh"  // cta_run_sums
 #include "igemm.cuh"
 
 namespace unet_fast {
 
 constexpr int kThinThreads = 256;
+static_assert(kThinThreads == kWalkThreads, "thin_cta_sum reduces over cta_run_sums' CTA");
 
 // n / d for one divisor d >= 1 and any 0 <= n < 2^31 by a multiply and a shift (Granlund and
 // Montgomery's division by invariant integers): the pixel decode of every loop iteration, whose
@@ -87,17 +89,7 @@ inline int thin_grid(int64_t pixels, int per_pass, int num_sms) {
 template <int V>
 __device__ __forceinline__ void thin_cta_sum(const float (&acc)[V], int R, int cols, float* dst,
                                              int64_t cs, float* red) {
-  const int tid = threadIdx.x, per_pass = kThinThreads / R;
-#pragma unroll
-  for (int v = 0; v < V; ++v) red[v * kThinThreads + tid] = acc[v];
-  __syncthreads();
-  for (int c = tid; c < cols; c += kThinThreads) {
-    const int rc = c / V, v = c - rc * V;
-    float s = 0.f;
-    for (int q = 0; q < per_pass; ++q) s += red[v * kThinThreads + q * R + rc];
-    atomicAdd(dst + c * cs, s);
-  }
-  __syncthreads();  // (red is written again by the next call)
+  cta_run_sums(acc, R, cols, red, [&](int c, float s) { atomicAdd(dst + c * cs, s); });
 }
 
 // A run of V results stored as one 16-byte word, each zeroed where the ReLU input `mask` (at the

@@ -43,6 +43,7 @@ def main():
                 m.conv3x3_relu_backward(torch.randn_like(y), None, x, wt, pad, MASK)  # (masked g)
                 m.max_pool2x2_backward(torch.randn_like(p), y, torch.randn_like(y))
                 m.max_pool2x2_backward(torch.randn_like(p), y, None, True)   # (x read at every pixel)
+                m.max_pool2x2_backward_sum(torch.randn_like(p), y, None, True)   # (+ CTA sums)
                 m.max_pool2x2(x)
                 wu, wp = torch.randn(c, co, 2, 2, dtype=dtype), torch.randn(co, c, 1, 1, dtype=dtype)
                 up = m.conv_transpose2x2(x, wu, b)
@@ -93,6 +94,12 @@ def walks(m):
                     t, l = (h - H) // 2, (w - W) // 2
                     assert torch.equal(cat[:, :c], x[:, :, t:t + H, l:l + W])
                 count += 1
+        # the pool backward that sums the channels it writes (whole pixels a CTA: 32 channels)
+        for x in layouts(torch.relu(torch.randn(2, 32, 37, 45, dtype=dtype))):
+            g, base = torch.randn(2, 32, 18, 22, dtype=dtype), torch.randn(2, 32, 31, 40, dtype=dtype)
+            gx, db = m.max_pool2x2_backward_sum(g, x, base, True)
+            assert torch.equal(gx, m.max_pool2x2_backward(g, x, base, True))
+            count += 1
     m.configure(0, 0, 132)
     return count
 

@@ -78,6 +78,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("max_pool2x2", &G::max_pool2x2);
   m.def("max_pool2x2_backward", &G::max_pool2x2_backward, py::arg("grad"), py::arg("x"),
         py::arg("grad_skip"), py::arg("relu_mask") = false);
+  m.def("max_pool2x2_backward_sum", &G::max_pool2x2_backward_sum, py::arg("grad"), py::arg("x"),
+        py::arg("grad_skip"), py::arg("relu_mask") = false);
   m.def("conv_transpose2x2", &G::conv_transpose2x2);
   m.def("conv_transpose2x2_backward", &G::conv_transpose2x2_backward, py::arg("grad"), py::arg("x"),
         py::arg("weight"), py::arg("output_mask"), py::arg("relu_input") = false);

@@ -154,61 +154,64 @@ if cutlass_sm90.built():
 
 
 # ---------------------------------------------------------------- the skip and the pool of y
-def _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=False):
+def _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=False, with_sum=False):
     """y's gradient from its skip's (y or its center crop, the crop's gradient read in place) and
     its pooled map's: the pool backward kernel sums both in one pass; no zero-padded copy of a
     cropped skip's gradient is made (the kernel adds it where the crop lies). relu_mask: y is a
     ReLU output and the sum comes back masked, dy * (y > 0) (threshold_backward's rule), formed in
-    the same pass."""
+    the same pass. with_sum: (that gradient, its sum over (n, h, w)): the conv's bias gradient,
+    summed by the same pass as it writes the gradient."""
     if grad_pooled is None:  # (an unused output's gradient is None: set_materialize_grads)
         n, c, h, w = y.shape
         grad_pooled = y.new_zeros((n, c, h // 2, w // 2)).contiguous(
             memory_format=_like_format(y))
+    if with_sum:
+        return _ops._max_pool2x2_backward_sum(grad_pooled, y, grad_skip, relu_mask)
     return _ops._max_pool2x2_backward(grad_pooled, y, grad_skip, relu_mask)
 
 
-class _SkipAndPool(torch.autograd.Function):
-    """(skip, max_pool2x2(y)) of a conv's output y, the skip being y or its center crop of
-    (skip_h, skip_w) (a view), for the CUTLASS fprop, which has no pool node. Its backward is
-    the pool backward kernel with the skip's gradient added in the same pass (as the fused
-    conv3x3_relu_pool's backward does): left to autograd, y's two gradients would be summed by
-    a pass of their own (3 x y's bytes), and a cropped skip's gradient zero-padded to y's size
-    first (as autograd pads a view's). y is the CUTLASS conv's ReLU output and its gradient goes
-    nowhere else (the skip is this node's output, not y), so the pool pass also applies the ReLU
-    mask: the conv's backward runs with grad_masked (no dReLU pass of 3 x y's bytes of its own)."""
-
-    @staticmethod
-    def forward(ctx, y, skip_h, skip_w):
-        ctx.save_for_backward(y)
-        ctx.set_materialize_grads(False)  # (an unused skip of y's size: no zeros of its size)
-        return torch_backend._skip(y, skip_h, skip_w), _ops.max_pool2x2(y)
-
-    @staticmethod
-    def backward(ctx, grad_skip, grad_pooled):
-        (y,) = ctx.saved_tensors
-        return _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True), None, None
-
-
 class _ConvSkipAndPool(torch.autograd.Function):
-    """The hand-written conv3x3_relu_pool with its skip cropped inside the autograd node, so the
-    crop's gradient reaches the pool backward kernel as it is (the op's own autograd would get
-    it through a view's backward: a zero fill of y's size and a copy of the crop into it).
+    """(skip, max_pool2x2(y)) of a conv's ReLU output y, the skip being y or its center crop of
+    (skip_h, skip_w) (a view), with the crop inside the autograd node, so the crop's gradient
+    reaches the pool backward kernel as it is (a view's backward would zero-fill y's size and copy
+    the crop into it). The backward is that kernel with the skip's gradient added and y's ReLU
+    mask applied in the same pass (it reads y anyway): left to autograd, y's two gradients would
+    be summed by a pass of their own (3 x y's bytes) and masked by another; the conv's gradient
+    kernels then read it masked, without y. The conv:
+    - sm90 (cutlass_sm90.wanted): the CUTLASS fprop, which has no pool node (the vectorized pool
+      kernel reads y once more), and its backward units, told grad_masked. They have no bias
+      gradient of their own: the pool pass sums it as it writes y's gradient
+      (_max_pool2x2_backward_sum), where a reduction of its own would read the gradient again;
+    - otherwise the hand-written conv3x3_relu_pool (its weight-gradient kernel sums the bias).
     relu_input_ as in _Conv3x3Flags."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding, skip_h, skip_w, relu_input_):
-        y, pooled = _ops.conv3x3_relu_pool(x, weight, bias, padding)
+    def forward(ctx, x, weight, bias, padding, skip_h, skip_w, relu_input_, sm90=False):
+        if sm90:
+            y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, True)
+            pooled = _ops.max_pool2x2(y)
+        else:
+            y, pooled = _ops.conv3x3_relu_pool(x, weight, bias, padding)
         ctx.save_for_backward(x, weight, y)
         ctx.padding, ctx.has_bias, ctx.relu_input = padding, bias is not None, relu_input_
+        ctx.sm90 = sm90
         ctx.set_materialize_grads(False)
         return torch_backend._skip(y, skip_h, skip_w), pooled
 
     @staticmethod
     def backward(ctx, grad_skip, grad_pooled):
         x, weight, y = ctx.saved_tensors
-        # (masked in the pool pass, which reads y anyway: the conv's kernels do not read y)
-        grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True)
-        return _conv3x3_grads(ctx, grad_y, (x, weight, None), ctx.relu_input) + (None,) * 3
+        if not ctx.sm90:
+            grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True)
+            return _conv3x3_grads(ctx, grad_y, (x, weight, None), ctx.relu_input) + (None,) * 4
+        mask = _mask(ctx)
+        grad_y = _skip_and_pool_grad(y, grad_skip, grad_pooled, relu_mask=True, with_sum=mask[2])
+        grad_y, db = grad_y if mask[2] else (grad_y, None)
+        dx = dw = None
+        if mask[0] or mask[1]:
+            dx, dw, _ = _ops._conv3x3_relu_sm90_backward(
+                grad_y, y, x, weight, ctx.padding, [mask[0], mask[1], False], ctx.relu_input, True)
+        return (dx if mask[0] else None, dw if mask[1] else None, db) + (None,) * 5
 
 
 class _Conv3x3Flags(torch.autograd.Function):
@@ -241,6 +244,11 @@ def _max_pool2x2_fake(x):
 @torch.library.register_fake("unet_fast::_max_pool2x2_backward")
 def _max_pool2x2_backward_fake(grad, x, grad_skip, relu_mask=False):
     return x.new_empty(x.shape).contiguous(memory_format=_like_format(x))
+
+
+@torch.library.register_fake("unet_fast::_max_pool2x2_backward_sum")
+def _max_pool2x2_backward_sum_fake(grad, x, grad_skip, relu_mask=False):
+    return _max_pool2x2_backward_fake(grad, x, grad_skip), x.new_empty((x.shape[1],))
 
 
 def _max_pool2x2_setup(ctx, inputs, output):
@@ -432,12 +440,8 @@ def conv3x3_relu_pool(x, weight, bias, padding, relu_input_=False, skip_h=0, ski
     if nonfinite_weight_on_cpu(weight):
         return torch_backend.conv3x3_relu_pool(x, weight, bias, padding, relu_input_, skip_h,
                                                skip_w)
-    if cutlass_sm90.wanted(x, weight, padding):
-        # no pool node in the CUTLASS epilogue: the vectorized pool kernel reads y once more;
-        # its backward hands y's gradient back masked (_SkipAndPool): grad_masked
-        y = _ops._conv3x3_relu_sm90(x, weight, bias, padding, relu_input_, True)
-        return _SkipAndPool.apply(y, skip_h, skip_w)
-    return _ConvSkipAndPool.apply(x, weight, bias, padding, skip_h, skip_w, relu_input_)
+    return _ConvSkipAndPool.apply(x, weight, bias, padding, skip_h, skip_w, relu_input_,
+                                  cutlass_sm90.wanted(x, weight, padding))
 
 
 def conv_transpose2x2(x, weight, bias, relu_input_=False):
