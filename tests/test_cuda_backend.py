@@ -235,7 +235,7 @@ def test_conv_pool_sums_the_skip_gradient_in_the_pool_pass(path, crop, use, monk
     sum of y's two gradients nor a zero-padded copy of the crop's, whichever outputs are used.
     The CUTLASS path is reached with its units stood in for by the CPU conv (cutlass_sm90.wanted
     forced); float64 against autograd's own composition."""
-    from unet_fast.backends import cuda_ops, cutlass_sm90
+    from unet_fast.backends import cuda_ops
     if path == "cutlass":
         _stand_in_cutlass(monkeypatch)
         pool_calls = _spy_pool_backward(monkeypatch)

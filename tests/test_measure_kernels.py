@@ -5,7 +5,6 @@ launches with device kernels and the join with the model's rows on made-up trace
 launches the model records for the same step (the join's premise)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 

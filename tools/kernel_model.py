@@ -716,7 +716,7 @@ def _igemm_wgrad_work(l, c):
 
 
 def _pool_fwd_work(l, c):
-    x, y = _arg(l, "x_ptr"), _arg(l, "y_ptr")
+    y = _arg(l, "y_ptr")   # (x: four times the pooled map's bytes)
     return dict(flops=0, dram=4 * _tbytes(y) + _tbytes(y), pass_="pool", mma=False)
 
 
@@ -828,7 +828,6 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         t = max(compute_s, dram_s)
         if dram_s > compute_s:
             bound = "DRAM"
-        ideal_tensor_s = w["flops"] / m.peak_flops
         row.update(instructions_per_iter=ml["instructions"], tensor_cycles_per_iter=round(tensor),
                    issue_cycles_per_iter=issue, l2_cycles_per_iter=round(l2, 1),
                    iterations=w["iters"], waves=waves, bound=bound,
@@ -839,7 +838,6 @@ def predict(launch: Launch, cfg_index: int, binary: dict, m: Machine = H200) -> 
         issue_s = ctas * warps * instrs / (m.sms * 4) / clk
         t = max(dram_s, issue_s)
         bound = "DRAM" if dram_s >= issue_s else "issue"
-        ideal_tensor_s = 0.0
         row.update(instructions_per_iter=None, tensor_cycles_per_iter=None,
                    issue_cycles_per_iter=None, iterations=None, bound=bound,
                    instructions_per_warp=instrs)
@@ -1057,8 +1055,8 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
                          f"{_fmt_ms(sum(r['time_s'] for r in small))} ms together) are left out "
                          "of the table.")
         spilling = [r for r in res["rows"] if r.get("spill")]
-        lines.append(f"\nRegister spills (cuobjdump: local memory + stack frame bytes a thread) in "
-                     f"the kernels above: " + ("none." if not spilling else "; ".join(
+        lines.append("\nRegister spills (cuobjdump: local memory + stack frame bytes a thread) in "
+                     "the kernels above: " + ("none." if not spilling else "; ".join(
                          f"{r['layer']} {r['pass_']} {r['config']}: {r['spill']} B"
                          for r in spilling) + "."))
         if res["failures"]:

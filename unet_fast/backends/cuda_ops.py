@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import memory_format_of as _like_format  # the rule csrc/common.h format_of mirrors
-from .._utils import bias_as, center_crop, nonfinite_weight_on_cpu, skip_grad
+from .._utils import bias_as, nonfinite_weight_on_cpu, skip_grad
 from . import cutlass_sm90, torch_backend
 
 _ops = torch.ops.unet_fast
