@@ -172,36 +172,29 @@ class _CutlassUnits:   # torch.ops.unet_fast, with the CPU conv standing in for 
     def __getattr__(self, name):
         return getattr(_ops, name)
 
+    record = True   # (off: torch.compile traces no side effect)
     flags = []   # (relu_input, grad_masked) of each _conv3x3_relu_sm90 call
     backward_calls = []   # (output_mask, relu_input, grad_masked) of each backward unit call
 
     @staticmethod
     def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
-        _CutlassUnits.flags.append((relu_input, grad_masked))
+        if _CutlassUnits.record:
+            _CutlassUnits.flags.append((relu_input, grad_masked))
         return _ops.conv3x3_relu(x, w, b, padding)
 
     @staticmethod
     def _conv3x3_relu_sm90_backward(grad, y, x, w, padding, mask, relu_input, grad_masked):
         # (as the glue: grad_masked -> grad is read as it is, y unread)
-        _CutlassUnits.backward_calls.append((list(mask), relu_input, grad_masked))
-        return _ops._conv3x3_relu_backward(grad, None if grad_masked else y, x, w, padding, mask,
-                                           relu_input)
-
-
-class _QuietCutlassUnits(_CutlassUnits):   # (no calls recorded: torch.compile traces no side effect)
-    @staticmethod
-    def _conv3x3_relu_sm90(x, w, b, padding, relu_input, grad_masked):
-        return _ops.conv3x3_relu(x, w, b, padding)
-
-    @staticmethod
-    def _conv3x3_relu_sm90_backward(grad, y, x, w, padding, mask, relu_input, grad_masked):
+        if _CutlassUnits.record:
+            _CutlassUnits.backward_calls.append((list(mask), relu_input, grad_masked))
         return _ops._conv3x3_relu_backward(grad, None if grad_masked else y, x, w, padding, mask,
                                            relu_input)
 
 
 def _stand_in_cutlass(monkeypatch, quiet=False):
     from unet_fast.backends import cuda_ops, cutlass_sm90
-    monkeypatch.setattr(cuda_ops, "_ops", _QuietCutlassUnits() if quiet else _CutlassUnits())
+    monkeypatch.setattr(cuda_ops, "_ops", _CutlassUnits())
+    monkeypatch.setattr(_CutlassUnits, "record", not quiet)
     monkeypatch.setattr(cutlass_sm90, "wanted", lambda x, w, pad: True)
     monkeypatch.setattr(_CutlassUnits, "flags", [])
     monkeypatch.setattr(_CutlassUnits, "backward_calls", [])
