@@ -41,9 +41,11 @@ $(VENV)/.built: $(VENV)/.deps $(BUILD_INPUTS)
 train: setup
 	$(VENV)/bin/unet-fast train $(ARGS)
 
-# The whole test suite (the extension must have built: a missing one fails, never skips).
+# The whole test suite (the extension must have built: a missing one fails, never skips), one
+# pytest-xdist worker a core (TEST_WORKERS=0: one process); worksteal evens out the long tests.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: setup
-	UNET_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest tests/ -q $(ARGS)
+	UNET_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest tests/ -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 bench: setup
 	$(PY) -m pytest benchmarks/ -q $(ARGS)

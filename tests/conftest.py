@@ -29,6 +29,11 @@ import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Under pytest-xdist (`make test` runs one worker a core) each worker keeps to its share of the
+# cores: torch's default of one thread a core in every worker oversubscribes them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def _interpreter_rounds_bf16_to_nearest() -> None:
     """Triton's interpreter converts float32 to bf16 by dropping the low 16 bits (its "RTNE" path

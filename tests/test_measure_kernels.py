@@ -172,7 +172,6 @@ def test_cutlass_launches_take_their_layer_and_pass_from_the_op_that_launched_th
         ("down.0.2", "fprop", 0.3), ("down.1.0", "fprop", 0.2), ("down.1.0", "dgrad", 0.25),
         ("down.1.0", "wgrad", 0.4), ("down.0.2", "dgrad", 0.35), ("down.0.2", "wgrad", 0.5)]
     # the up-conv's dgrad op: its one unit launch is that layer's up_dgrad; its wgrad op's (a
-    # WgradUnit kernel, then aten's split sum and bias reduction) up_wgrad
     # WgradUnit kernel, then aten's split sum and bias reduction) up_wgrad; the forward op's four
     # launches (one a tap, after aten's copy of the skip) one up_fprop, their sum
     up = mk.cutlass_passes([("up.3.up", mk._SM90_UP_FPROP_OP), ("up.3.up", mk._SM90_UP_OP),
