@@ -4,13 +4,15 @@
 #   benchmarks/gpu_suite.sh [--quick|--full|--level L] [--out DIR] [--budget SECONDS] [--jobs N]
 #                           [--skip-build] [--skip-tests] [--skip-sanitizer] [--skip-bench] [--skip-model]
 #                           [--python PY] [--bench-args "ARGS"] [--tests-args "ARGS"]
-#                           [--tests-timeout S] [--sanitizer-timeout S] [--model-timeout S]
+#                           [--tests-timeout S] [--tests-workers N] [--sanitizer-timeout S] [--model-timeout S]
 #                           [--dry-run] [--simulate]
 #
 # Stages (each logged, timed and recorded in stages.tsv):
 #   1. build      MAX_JOBS=<cores> UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
 #   2. tests      pytest tests/ on the GPU (the parity tests in fp32/fp16/bf16; requires_cuda ones run,
-#                 first: tests/conftest.py orders them; at the time limit pytest still reports)
+#                 first: tests/conftest.py orders them; at the time limit pytest still reports), in
+#                 --tests-workers pytest-xdist workers (default 4; 1: one process) sharing the GPU:
+#                 most of a first run's time is Triton compiling each test's kernels on one core
 #   3. sanitizer  a small training step per backend (triton, cuda) under compute-sanitizer memcheck
 #   4. bench      pytest benchmarks/ --benchmark-json (ceilings, whole models, every layer shape),
 #                 in priority order within the time budget
@@ -43,6 +45,7 @@ SKIP_BUILD=0; SKIP_TESTS=0; SKIP_SAN=0; SKIP_BENCH=0; SKIP_MODEL=0
 SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0
 PY="${PYTHON:-python3}"
 TESTS_TIMEOUT=240
+TESTS_WORKERS=4   # pytest-xdist workers of the tests stage, where the image has pytest-xdist
 SAN_TIMEOUT=200
 SUMMARY_RESERVE=40
 MODEL_TIMEOUT=180   # both model configs' warm-up (compiles cached by the bench stage) and profile,
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --tests-args) [ $# -ge 2 ] || die_usage "--tests-args needs a value"; TESTS_ARGS="$2"; shift ;;
     --tests-args=*) TESTS_ARGS="${1#*=}" ;;
     --tests-timeout) need "--tests-timeout needs seconds" $# "${2:-}"; TESTS_TIMEOUT="$2"; TT_SET=1; shift ;;
+    --tests-workers) need "--tests-workers needs a number" $# "${2:-}"; TESTS_WORKERS="$2"; shift ;;
     --sanitizer-timeout) need "--sanitizer-timeout needs seconds" $# "${2:-}"; SAN_TIMEOUT="$2"; ST_SET=1; shift ;;
     --model-timeout) need "--model-timeout needs seconds" $# "${2:-}"; MODEL_TIMEOUT="$2"; shift ;;
     --simulate) SIMULATE=1 ;;
@@ -94,6 +98,7 @@ is_uint "$BUDGET" || die_usage "--budget must be a whole number of seconds (0 = 
 if [ "$BUDGET" -ne 0 ] && [ "$BUDGET" -lt 120 ]; then die_usage "--budget must be 0 (no limit) or at least 120 s, got $BUDGET"; fi
 is_uint "$JOBS" && [ "$JOBS" -ge 1 ] || die_usage "--jobs must be a positive number, got '$JOBS'"
 is_uint "$TESTS_TIMEOUT" && [ "$TESTS_TIMEOUT" -ge 30 ] || die_usage "--tests-timeout must be >= 30 s"
+is_uint "$TESTS_WORKERS" && [ "$TESTS_WORKERS" -ge 1 ] || die_usage "--tests-workers must be a positive number, got '$TESTS_WORKERS'"
 is_uint "$SAN_TIMEOUT" && [ "$SAN_TIMEOUT" -ge 30 ] || die_usage "--sanitizer-timeout must be >= 30 s"
 is_uint "$MODEL_TIMEOUT" && [ "$MODEL_TIMEOUT" -ge 30 ] || die_usage "--model-timeout must be >= 30 s"
 if [ "$LEVEL" = quick ]; then [ $TT_SET = 1 ] || TESTS_TIMEOUT=200; [ $ST_SET = 1 ] || SAN_TIMEOUT=150; fi
@@ -152,7 +157,7 @@ def v(name, dist=None):
         return "yes"
 print("python", sys.version.split()[0])
 for n, d in (("torch", None), ("triton", None), ("pytest", None), ("pytest_benchmark", "pytest-benchmark"),
-             ("matplotlib", None), ("numpy", None), ("ninja", None)):
+             ("xdist", "pytest-xdist"), ("matplotlib", None), ("numpy", None), ("ninja", None)):
     print(n, v(n, d))
 try:
     import torch
@@ -176,6 +181,18 @@ for mod in triton matplotlib ninja; do
   val="$(pyv $mod)"
   if [ -z "$val" ] || [ "$val" = MISSING ]; then check "$mod" missing "not importable ($mod-dependent parts are skipped)"; else check "$mod" ok "$val"; fi
 done
+# the tests stage's workers: "load" hands tests out in collection order (the GPU ones first), in
+# chunks of at most 16, so at the time limit what ran is still about the list's first part
+XDIST=""
+if [ "$TESTS_WORKERS" -gt 1 ]; then
+  val="$(pyv xdist)"
+  if [ -z "$val" ] || [ "$val" = MISSING ]; then
+    check "pytest-xdist" missing "not importable: the tests stage runs in one process"
+  else
+    XDIST="-n $TESTS_WORKERS --dist load --maxschedchunk 16"
+    check "pytest-xdist" ok "$val: the tests stage runs $TESTS_WORKERS workers on the GPU"
+  fi
+fi
 TORCH_CUDA="$(pyv torch_cuda)"
 GPU="$(pyv gpu)"; GPU="${GPU:-none}"
 if [ "$GPU" = none ]; then
@@ -269,7 +286,7 @@ if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest
 cat <<EOF
 plan:
   1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
-  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $CPU_LADDER $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
+  2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $CPU_LADDER${XDIST:+ $XDIST} $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
   5. model      $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "$PY tools/measure_kernels.py --out $RES  (timeout ${MODEL_TIMEOUT} s)")
@@ -354,9 +371,9 @@ record backends info 0 "$AVAIL"
 if [ $SKIP_TESTS = 1 ]; then record tests skipped 0 "--skip-tests"
 else
   lim=$TESTS_TIMEOUT; l=$(left); [ $l -lt $((lim + 120)) ] && lim=$(( l > 240 ? l - 120 : 120 ))
-  # shellcheck disable=SC2086  # (CPU_LADDER: two plain words)
+  # shellcheck disable=SC2086  # (CPU_LADDER, XDIST: plain words)
   run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
-      $CPU_LADDER ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
+      $CPU_LADDER $XDIST ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
   last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)|no tests ran' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
   case $stage_rc in
     0) record tests ok $STAGE_S "$last" ;;

@@ -100,6 +100,9 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     for stage in ("1. build", "2. tests", "3. sanitizer", "4. bench", "5. model", "6. summary"):
         assert stage in text
     assert "pip install --no-build-isolation --no-deps" in text and "MAX_JOBS=" in text
+    # the tests stage in pytest-xdist workers (pinned in requirements-dev.txt; in the GPU image)
+    assert "pytest-xdist           ok       3.8.0: the tests stage runs 4 workers" in text, text
+    assert "-n 4 --dist load --maxschedchunk 16" in text.split("2. tests")[1].split("\n")[0]
     assert "--benchmark-json=" + str(out) + "/results.json" in text
     assert "tools/measure_kernels.py --out " + str(out) in text      # the model next to the GPU
     assert "tier  1  model valid572-b8  train bf16" in text          # the plan, in run order
@@ -124,6 +127,7 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     (["--out"], "--out needs a folder"),
     (["--out", "--quick"], "--out needs a folder"),
     (["--model-timeout", "5"], "--model-timeout must be >= 30 s"),
+    (["--tests-workers", "0"], "--tests-workers must be a positive number"),
 ])
 def test_gpu_suite_rejects_bad_arguments(args, message):
     r = _suite("--dry-run", *args, timeout=30)
@@ -360,26 +364,36 @@ def test_gpu_only_tests_run_first_on_a_gpu():
     assert [i.name for i in items] == ["gpu1", "sm90", "gpu2", "cpu1", "cpu2", "cpu3"]
 
 
-def test_a_terminated_test_run_still_reports_what_ran(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-n", "2", "--dist", "load"]], ids=["one-process", "xdist"])
+def test_a_terminated_test_run_still_reports_what_ran(tmp_path, workers):
     """timeout(1) ends the GPU suite's tests stage with TERM: with conftest's handler pytest stops
     as on Ctrl-C and prints the counts and the failures so far (killed outright it printed
-    nothing, and the stage's record had no result to quote)."""
+    nothing, and the stage's record had no result to quote); so does a run in pytest-xdist
+    workers, whose controller takes the TERM."""
     started = tmp_path / "started"
+    # the long test starts its sleep once the first two have run (in another worker, under xdist)
     (tmp_path / "test_stage.py").write_text(
         "import pathlib, time\n"
-        "def test_passes(): pass\n"
-        "def test_fails(): assert 1 == 2\n"
-        f"def test_runs_past_the_limit(): pathlib.Path({str(started)!r}).touch(); time.sleep(120)\n"
+        f"HERE = pathlib.Path({str(tmp_path)!r})\n"
+        "def test_passes(): (HERE / 'passed').touch()\n"
+        "def test_fails(): (HERE / 'failed').touch(); assert 1 == 2\n"
+        "def test_runs_past_the_limit():\n"
+        "    t0 = time.time()\n"
+        "    while not ((HERE / 'passed').exists() and (HERE / 'failed').exists()):\n"
+        "        assert time.time() - t0 < 60, 'the first two tests did not run'\n"
+        "        time.sleep(0.1)\n"
+        "    (HERE / 'started').touch(); time.sleep(120)\n"
         "def test_never_reached(): pass\n")
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest",
-                             "-p", "no:cacheprovider", str(tmp_path / "test_stage.py")],
+                             "-p", "no:cacheprovider", *workers, str(tmp_path / "test_stage.py")],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
     while not started.exists() and proc.poll() is None and time.time() - t0 < 100:
         time.sleep(0.2)
+    time.sleep(1)  # the first two tests' reports reach the xdist controller
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
     assert "KeyboardInterrupt" in out and "1 failed, 1 passed" in out, out[-2000:]
