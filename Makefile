@@ -42,8 +42,9 @@ train: setup
 	$(VENV)/bin/unet-fast train $(ARGS)
 
 # The whole test suite (the extension must have built: a missing one fails, never skips), one
-# pytest-xdist worker a core (TEST_WORKERS=0: one process); worksteal evens out the long tests.
-TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+# pytest-xdist worker a core, at most 8 (TEST_WORKERS=0: one process); worksteal evens out the
+# long tests.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 8 ] && n=8; echo $$n)
 test: setup
 	UNET_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest tests/ -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
