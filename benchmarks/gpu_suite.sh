@@ -5,7 +5,7 @@
 #                           [--skip-build] [--skip-tests] [--skip-sanitizer] [--skip-bench] [--skip-model]
 #                           [--python PY] [--bench-args "ARGS"] [--tests-args "ARGS"]
 #                           [--tests-timeout S] [--tests-workers N] [--sanitizer-timeout S] [--model-timeout S]
-#                           [--dry-run] [--simulate]
+#                           [--assume-build S] [--fit-return] [--dry-run] [--schedule] [--simulate]
 #
 # Stages (each logged, timed and recorded in stages.tsv):
 #   1. build      MAX_JOBS=<cores> UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
@@ -23,13 +23,19 @@
 #   6. summary    benchmarks/summarize.py: summary.md, per_layer.png
 # Results: ONE folder, $OUT when set, else benchmarks/results/<YYYY-MM-DD>_<gpu>/ (or --out):
 #   summary.md  results.json  per_layer.png  log.txt  stages.tsv  model_vs_measured.{md,json}
-# Exit status: 0 when every stage passed; 1 when the tests (parity) failed or did not finish, the
-# build failed, the sanitizer found errors, or benchmarks failed; 2 for bad arguments or a
-# machine that cannot run the suite. The summary is written in every case.
+# In $OUT (or with --fit-return) benchmarks/fit_return.py then keeps at most 8 files, what the
+# device tool brings back, packing the rest into more.tar.gz.
+# Exit status: 0 when every stage passed; 1 when the tests (parity) failed, did not finish or had
+# no time, the build failed, the sanitizer found errors or had no time, or benchmarks failed; 2
+# for bad arguments or a machine that cannot run the suite. The summary is written in every case.
 #
-# The default budget (570 s) keeps the whole run under 10 minutes on an H100; benchmarks that
-# would not fit are skipped (the summary lists them). --quick measures less (about 5 minutes);
-# --full measures everything (well over 10 minutes: give it --budget 0 and a machine with time).
+# --budget (default 570 s: one 10-minute command of the device tool) is a ceiling on the whole
+# run: the stages after the build get their timeouts cut to what is left, in priority order
+# (tests, sanitizer, bench, model), each leaving the later ones a floor and the summary 40 s, and
+# a stage that cannot get its floor is skipped, saying so; --schedule (or --dry-run) prints the
+# worst case after a build of --assume-build seconds (default 180). Benchmarks that would not fit
+# are skipped (the summary lists them). --quick measures less; --full measures everything (well
+# over 10 minutes: give it --budget 0 and a machine with time).
 # --bench-args / --tests-args pass extra pytest arguments (e.g. --bench-args "-k model").
 # --simulate runs the suite without a GPU, the GPU benchmarks simulated on the CPU at toy sizes:
 # it tests this script and the summary, its numbers mean nothing.
@@ -42,14 +48,22 @@ OUTDIR=""
 BUDGET=570
 JOBS="$(nproc 2>/dev/null || echo 4)"
 SKIP_BUILD=0; SKIP_TESTS=0; SKIP_SAN=0; SKIP_BENCH=0; SKIP_MODEL=0
-SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0
+SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0; SCHEDULE=0; FIT_RETURN=0
 PY="${PYTHON:-python3}"
 TESTS_TIMEOUT=240
 TESTS_WORKERS=4   # pytest-xdist workers of the tests stage, where the image has pytest-xdist
 SAN_TIMEOUT=200
-SUMMARY_RESERVE=40
+SUMMARY_RESERVE=40  # kept at the end of the budget for the summary and the packing of the results
 MODEL_TIMEOUT=180   # both model configs' warm-up (compiles cached by the bench stage) and profile,
                     # on the triton backend, then on the cuda one (the CUTLASS units)
+# The budget is a ceiling on the whole run, build included. A stage after the build gets what it
+# asks for (its timeout; the bench stage: all that is left but the model's), capped so that it
+# ends, the 15 s between timeout's TERM and KILL included, leaving the summary its reserve and
+# each later stage its floor; where that gives less than its own floor, it may take the later
+# stages' floors; where even that is less, it is skipped, saying so. The build has no limit.
+TESTS_MIN=60; SAN_MIN=60; BENCH_MIN=60; MODEL_MIN=60
+KILL_GRACE=15       # timeout --kill-after
+ASSUME_BUILD=180    # the dry run's worst-case schedule assumes a build this long (--assume-build)
 
 usage() {
   awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
@@ -81,6 +95,9 @@ while [ $# -gt 0 ]; do
     --tests-workers) need "--tests-workers needs a number" $# "${2:-}"; TESTS_WORKERS="$2"; shift ;;
     --sanitizer-timeout) need "--sanitizer-timeout needs seconds" $# "${2:-}"; SAN_TIMEOUT="$2"; ST_SET=1; shift ;;
     --model-timeout) need "--model-timeout needs seconds" $# "${2:-}"; MODEL_TIMEOUT="$2"; shift ;;
+    --assume-build) need "--assume-build needs seconds" $# "${2:-}"; ASSUME_BUILD="$2"; shift ;;
+    --schedule) SCHEDULE=1; DRY=1 ;;
+    --fit-return) FIT_RETURN=1 ;;
     --simulate) SIMULATE=1 ;;
     --skip-build) SKIP_BUILD=1 ;;
     --skip-tests) SKIP_TESTS=1 ;;
@@ -101,6 +118,7 @@ is_uint "$TESTS_TIMEOUT" && [ "$TESTS_TIMEOUT" -ge 30 ] || die_usage "--tests-ti
 is_uint "$TESTS_WORKERS" && [ "$TESTS_WORKERS" -ge 1 ] || die_usage "--tests-workers must be a positive number, got '$TESTS_WORKERS'"
 is_uint "$SAN_TIMEOUT" && [ "$SAN_TIMEOUT" -ge 30 ] || die_usage "--sanitizer-timeout must be >= 30 s"
 is_uint "$MODEL_TIMEOUT" && [ "$MODEL_TIMEOUT" -ge 30 ] || die_usage "--model-timeout must be >= 30 s"
+is_uint "$ASSUME_BUILD" || die_usage "--assume-build must be a whole number of seconds, got '$ASSUME_BUILD'"
 if [ "$LEVEL" = quick ]; then [ $TT_SET = 1 ] || TESTS_TIMEOUT=200; [ $ST_SET = 1 ] || SAN_TIMEOUT=150; fi
 if [ -n "$OUTDIR" ]; then
   [ -e "$OUTDIR" ] && [ ! -d "$OUTDIR" ] && die_usage "--out $OUTDIR exists and is not a folder"
@@ -128,7 +146,6 @@ SIM_FLAG=""; [ $SIMULATE = 1 ] && SIM_FLAG="--bench-simulate"
 # the model stage measures real kernels: not in a simulated run
 MODEL_WHY=""; [ $SKIP_MODEL = 1 ] && MODEL_WHY="--skip-model"
 [ -z "$MODEL_WHY" ] && [ $SIMULATE = 1 ] && MODEL_WHY="--simulate (it needs a GPU)"
-MODEL_RESERVE=0; [ -z "$MODEL_WHY" ] && MODEL_RESERVE=$MODEL_TIMEOUT
 # The rungs of the no-GPU ladder that a GPU makes moot: the CPU emulator of the CUDA kernels and the
 # ahead-of-time Triton compiles (minutes of the ten); the GPU runs the real kernels instead.
 CPU_LADDER="--ignore=tests/test_cuda_emulated.py --ignore=tests/test_triton_aot.py"
@@ -139,7 +156,7 @@ eval "TESTS_ARR=($TESTS_ARGS)" 2>/dev/null || die_usage "--tests-args: cannot pa
 [ -n "$SIM_FLAG" ] && BENCH_ARR=("$SIM_FLAG" ${BENCH_ARR[@]+"${BENCH_ARR[@]}"})
 say "checks:"
 for f in setup.py unet_fast/__init__.py tests benchmarks/conftest.py benchmarks/harness.py \
-         benchmarks/summarize.py benchmarks/compare.py benchmarks/sanitize_step.py \
+         benchmarks/summarize.py benchmarks/compare.py benchmarks/sanitize_step.py benchmarks/fit_return.py \
          tools/measure_kernels.py tools/kernel_model.py docs/kernel_model.json; do
   if [ -e "$f" ]; then check "$f" ok ""; else check "$f" fatal "not found in $REPO"; fi
 done
@@ -264,6 +281,47 @@ EOF
 SANITIZER="$(find_sanitizer || true)"
 if [ -n "$SANITIZER" ]; then check "compute-sanitizer" ok "$SANITIZER"
 else check "compute-sanitizer" missing "not found (set COMPUTE_SANITIZER=/path): the sanitizer stage is skipped"; fi
+
+# the stages that will run after the build (1) or not (0)
+RUN_TESTS=$(( 1 - SKIP_TESTS )); RUN_BENCH=$(( 1 - SKIP_BENCH ))
+RUN_SAN=0; [ $SKIP_SAN = 0 ] && [ -n "$SANITIZER" ] && RUN_SAN=1
+RUN_MODEL=0; [ -z "$MODEL_WHY" ] && RUN_MODEL=1
+# lim_for STAGE LEFT: the stage's timeout in s when LEFT s of the budget are left; 0: skip it.
+# Without a budget: its own timeout (the bench's 0: none).
+lim_for() {
+  local stage="$1" l="$2" want floor keep room lim
+  case "$stage" in
+    tests) want=$TESTS_TIMEOUT; floor=$TESTS_MIN
+           keep=$(( RUN_SAN * (SAN_MIN + KILL_GRACE) + RUN_BENCH * (BENCH_MIN + KILL_GRACE) )) ;;
+    sanitizer) want=$SAN_TIMEOUT; floor=$SAN_MIN; keep=$(( RUN_BENCH * (BENCH_MIN + KILL_GRACE) )) ;;
+    bench) want=0; floor=$BENCH_MIN; keep=$(( RUN_MODEL * (MODEL_MIN + KILL_GRACE) )) ;;
+    model) want=$MODEL_TIMEOUT; floor=$MODEL_MIN; keep=0 ;;
+    model-tma) want=$MODEL_TIMEOUT; floor=$MODEL_TIMEOUT; keep=0 ;;
+    *) echo 0; return ;;
+  esac
+  if [ "$BUDGET" -eq 0 ]; then echo "$want"; return; fi
+  [ "$want" -gt 0 ] && [ "$floor" -gt "$want" ] && floor=$want
+  room=$(( l - SUMMARY_RESERVE - KILL_GRACE ))
+  if [ "$stage" = bench ]; then   # all that is left but the model's whole timeout, else its floor
+    want=$(( room - RUN_MODEL * (MODEL_TIMEOUT + KILL_GRACE) )); [ $want -lt $floor ] && want=$room
+  fi
+  lim=$(( want < room - keep ? want : room - keep ))
+  [ $lim -lt $floor ] && lim=$(( want < room ? want : room ))
+  [ $lim -lt $floor ] && lim=0
+  echo "$lim"
+}
+# the worst case: every stage runs to its limit (and the 15 s of grace) after a build of $1 s
+schedule() {
+  local e="$1" out="" st on lim
+  [ "$BUDGET" -eq 0 ] && { echo "no time budget (--budget 0): each stage runs to its own timeout"; return; }
+  for st in tests sanitizer bench model model-tma; do
+    case $st in tests) on=$RUN_TESTS ;; sanitizer) on=$RUN_SAN ;; bench) on=$RUN_BENCH ;; *) on=$RUN_MODEL ;; esac
+    [ "$on" = 1 ] || continue
+    lim=$(lim_for $st $(( BUDGET - e )))
+    if [ "$lim" -gt 0 ]; then out="$out, $st ${lim} s"; e=$(( e + lim + KILL_GRACE )); else out="$out, $st skipped"; fi
+  done
+  echo "budget ${BUDGET} s; worst case after a ${1} s build: ${out:+${out#, }; }summary ${SUMMARY_RESERVE} s: ends by $(( e + SUMMARY_RESERVE )) s"
+}
 command -v timeout >/dev/null 2>&1 || check "timeout (coreutils)" fatal "not found"
 
 # results folder
@@ -282,7 +340,7 @@ else
   if [ -w "$p" ]; then check "results folder" ok "$RES"; else check "results folder" fatal "$p is not writable"; fi
 fi
 
-if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="the rest of the ${BUDGET} s budget minus $((SUMMARY_RESERVE + MODEL_RESERVE)) s"; fi
+if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="what the ${BUDGET} s budget has left but the model's and the summary's time"; fi
 cat <<EOF
 plan:
   1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
@@ -292,8 +350,10 @@ plan:
   5. model      $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "$PY tools/measure_kernels.py --out $RES  (timeout ${MODEL_TIMEOUT} s)")
   5b. model-tma $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "UNET_FAST_TRITON_TMA=1 $PY tools/measure_kernels.py --out $RES/tma --no-l2 --no-cutlass  (if ${MODEL_TIMEOUT} s are left)")
   6. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
-  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv,model_vs_measured.md}
+  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv,model_vs_measured.md}$( { [ $FIT_RETURN = 1 ] || [ "$RES" = "${OUT:-}" ]; } && echo " (at most 8 files: the rest packed into more.tar.gz)")
+  time       $(schedule "$([ $SKIP_BUILD = 1 ] && echo 0 || echo "$ASSUME_BUILD")")
 EOF
+[ $SCHEDULE = 1 ] && exit 0
 
 if [ $DRY = 1 ]; then
   if [ $PROBLEMS -gt 0 ]; then
@@ -306,7 +366,7 @@ if [ $DRY = 1 ]; then
   say "pytest benchmarks/ --bench-plan collects $n GPU benchmark cases (3 ceilings included)"
   [ "$n" -gt 0 ] || { echo "$plan_out" | tail -20 >&2; echo "dry run: pytest collected no benchmarks" >&2; exit 2; }
   "$PY" benchmarks/summarize.py --help >/dev/null && "$PY" benchmarks/compare.py --help >/dev/null \
-    && "$PY" benchmarks/sanitize_step.py --help >/dev/null && "$PY" tools/measure_kernels.py --help >/dev/null \
+    && "$PY" benchmarks/sanitize_step.py --help >/dev/null && "$PY" benchmarks/fit_return.py --help >/dev/null && "$PY" tools/measure_kernels.py --help >/dev/null \
     || { echo "dry run: a script does not start" >&2; exit 2; }
   say "dry run: arguments, paths and scripts are fine ($WARNINGS warning(s) above); nothing was run or written"
   exit 0
@@ -326,6 +386,7 @@ unset UNET_FAST_BACKEND
 PARTIAL="$(mktemp "${TMPDIR:-/tmp}/unet_fast_partial.XXXXXX")"
 trap 'rm -rf "$STAGE_OUT" "$UNET_FAST_CACHE_DIR" "$PARTIAL" "$PARTIAL.tmp"' EXIT
 left() { if [ $BUDGET -eq 0 ]; then echo 100000; else echo $(( BUDGET - ($(date +%s) - START) )); fi; }
+no_time() { echo "not run: $2 s of the ${BUDGET} s budget left, less than the stage's floor and the summary's ${SUMMARY_RESERVE} s"; }
 stage_rc=0
 run_stage() {  # run_stage NAME TIMEOUT_S CMD... ; sets stage_rc, appends to the log
   local name="$1" limit="$2"; shift 2
@@ -342,6 +403,7 @@ run_stage() {  # run_stage NAME TIMEOUT_S CMD... ; sets stage_rc, appends to the
 }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"; }
 { echo "unet_fast GPU suite $(date -Is) level=$LEVEL budget=$BUDGET"; echo "$PYINFO";
+  echo "time plan: $(schedule "$([ $SKIP_BUILD = 1 ] && echo 0 || echo "$ASSUME_BUILD")")";
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } >> "$LOG" 2>&1
 
 # 1. build
@@ -369,8 +431,9 @@ record backends info 0 "$AVAIL"
 
 # 2. tests (the parity gate)
 if [ $SKIP_TESTS = 1 ]; then record tests skipped 0 "--skip-tests"
+elif l=$(left); lim=$(lim_for tests "$l"); [ "$lim" -eq 0 ]; then
+  record tests skipped 0 "$(no_time tests "$l")"; FAILED+=(tests)
 else
-  lim=$TESTS_TIMEOUT; l=$(left); [ $l -lt $((lim + 120)) ] && lim=$(( l > 240 ? l - 120 : 120 ))
   # shellcheck disable=SC2086  # (CPU_LADDER, XDIST: plain words)
   run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
       $CPU_LADDER $XDIST ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
@@ -386,8 +449,9 @@ fi
 # 3. sanitizer
 if [ $SKIP_SAN = 1 ]; then record sanitizer skipped 0 "--skip-sanitizer"
 elif [ -z "$SANITIZER" ]; then record sanitizer skipped 0 "compute-sanitizer not found (set COMPUTE_SANITIZER)"
+elif l=$(left); lim=$(lim_for sanitizer "$l"); [ "$lim" -eq 0 ]; then
+  record sanitizer skipped 0 "$(no_time sanitizer "$l")"; FAILED+=(sanitizer)
 else
-  lim=$SAN_TIMEOUT; l=$(left); [ $l -lt $((lim + 90)) ] && lim=$(( l > 180 ? l - 90 : 90 ))
   run_stage sanitizer "$lim" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 UNET_FAST_TRITON_AUTOTUNE=0 "$SANITIZER" --tool memcheck \
       --error-exitcode 86 --print-limit 30 "$PY" benchmarks/sanitize_step.py --backends triton,cuda
   per=$(grep -o 'SANITIZE backend=[a-z]* status=[a-z]*' "$STAGE_OUT" | sed 's/SANITIZE backend=//; s/ status=/: /' | paste -sd, -)
@@ -402,12 +466,11 @@ fi
 
 # 4. benchmarks
 if [ $SKIP_BENCH = 1 ]; then record bench skipped 0 "--skip-bench"
+elif l=$(left); lim=$(lim_for bench "$l"); [ $BUDGET -gt 0 ] && [ "$lim" -eq 0 ]; then
+  record bench skipped 0 "$(no_time bench "$l")"
 else
-  if [ $BUDGET -eq 0 ]; then bb=0; lim=0
-  else
-    l=$(left); bb=$(( l - SUMMARY_RESERVE - MODEL_RESERVE - 20 )); [ $bb -lt 60 ] && bb=60
-    lim=$(( bb + 20 ))
-  fi
+  # pytest's own budget: no benchmark starts later than 20 s before the stage's limit (0: none)
+  bb=0; [ "$lim" -gt 0 ] && bb=$(( lim - 20 ))
   run_stage bench "$lim" "$PY" -m pytest benchmarks/ -q -rs -p no:cacheprovider --bench-suite=gpu \
       --bench-level="$LEVEL" --bench-budget="$bb" --bench-partial="$PARTIAL" --benchmark-json="$RES/results.json" \
       ${BENCH_ARR[@]+"${BENCH_ARR[@]}"}
@@ -427,8 +490,9 @@ fi
 
 # 5. the kernel model next to the measurement (after the bench stage: its compiles are cached)
 if [ -n "$MODEL_WHY" ]; then record model skipped 0 "$MODEL_WHY"
+elif l=$(left); lim=$(lim_for model "$l"); [ "$lim" -eq 0 ]; then
+  record model skipped 0 "$(no_time model "$l")"
 else
-  lim=$MODEL_TIMEOUT; l=$(left); [ $l -lt $((lim + SUMMARY_RESERVE)) ] && lim=$(( l > 60 + SUMMARY_RESERVE ? l - SUMMARY_RESERVE : 60 ))
   run_stage model "$lim" "$PY" tools/measure_kernels.py --out "$RES"
   per=$(grep -E '^(MODEL |L2 )' "$STAGE_OUT" | sed 's/^MODEL //' | paste -sd';' -)
   case $stage_rc in
@@ -441,8 +505,8 @@ fi
 # 5b. the same with TMA descriptors in the Triton convs (UNET_FAST_TRITON_TMA=1, opt-in until
 # measured: docs/design.md), only in time the budget has left over; model_vs_measured in tma/
 if [ -n "$MODEL_WHY" ]; then record model-tma skipped 0 "$MODEL_WHY"
-elif [ "$(left)" -lt $((MODEL_TIMEOUT + SUMMARY_RESERVE)) ]; then
-  record model-tma skipped 0 "$(left) s left: not enough for a second model run"
+elif l=$(left); [ "$(lim_for model-tma "$l")" -eq 0 ]; then
+  record model-tma skipped 0 "$(no_time model-tma "$l")"
 else
   run_stage model-tma "$MODEL_TIMEOUT" env UNET_FAST_TRITON_TMA=1 "$PY" tools/measure_kernels.py \
       --out "$RES/tma" --no-l2 --no-cutlass
@@ -468,6 +532,11 @@ column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
 # keep the log under the 16 MiB a returned file may have
 if [ "$(wc -c < "$LOG")" -gt 15000000 ]; then
   { head -c 7000000 "$LOG"; printf '\n\n[... log cut to 14 MB ...]\n\n'; tail -c 7000000 "$LOG"; } > "$LOG.tmp" && mv "$LOG.tmp" "$LOG"
+fi
+# what the device tool brings back from $OUT: at most 8 files (benchmarks/fit_return.py packs the
+# rest into more.tar.gz); a folder elsewhere (--out, benchmarks/results/) is left as written
+if [ $FIT_RETURN = 1 ] || { [ -n "${OUT:-}" ] && [ "$(cd "$RES" && pwd -P)" = "$(cd "$OUT" 2>/dev/null && pwd -P)" ]; }; then
+  "$PY" benchmarks/fit_return.py "$RES" 2>&1 | tee -a "$LOG"
 fi
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "gpu_suite.sh: FAILED stages: ${FAILED[*]}" >&2

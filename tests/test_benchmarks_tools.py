@@ -129,6 +129,7 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     (["--out", "--quick"], "--out needs a folder"),
     (["--model-timeout", "5"], "--model-timeout must be >= 30 s"),
     (["--tests-workers", "0"], "--tests-workers must be a positive number"),
+    (["--assume-build", "soon"], "--assume-build must be a whole number"),
 ])
 def test_gpu_suite_rejects_bad_arguments(args, message):
     r = _suite("--dry-run", *args, timeout=30)
@@ -149,6 +150,126 @@ def test_gpu_suite_checks_the_results_path(tmp_path):
     assert "exists and is not a folder" in r.stderr
     r = _suite("--dry-run", "--out", str(f / "below_a_file"), timeout=30)
     assert r.returncode == 2 and "is not a writable folder" in r.stderr
+
+
+def _schedule(*args, sanitizer=True):
+    """The suite's worst-case time plan (--schedule): {stage: timeout s or None (skipped)} and the
+    time by which the run ends."""
+    env = _env()
+    if sanitizer:   # a stand-in, so that the plan has the sanitizer stage on any machine
+        env["COMPUTE_SANITIZER"] = "/bin/true"
+    r = subprocess.run(["bash", SUITE, "--schedule", *args, *([] if sanitizer else ["--skip-sanitizer"])],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = re.search(r"^  time +(.*)$", r.stdout, re.M).group(1)
+    stages = {}
+    for name, lim in re.findall(r"(tests|sanitizer|bench|model-tma|model) (\d+ s|skipped)", line):
+        stages[name] = None if lim == "skipped" else int(lim.split()[0])
+    return stages, int(re.search(r"ends by (\d+) s", line).group(1)), line
+
+
+@pytest.mark.parametrize("budget, build, sanitizer", [
+    (570, 180, True), (570, 0, True), (570, 400, True), (570, 480, True), (300, 120, False),
+    (900, 180, True),
+])
+def test_gpu_suite_time_budget_is_a_ceiling(budget, build, sanitizer):
+    """The device tool runs a command for at most 10 minutes and lends 15 in all: the suite's
+    budget must hold even when every stage runs to its limit (plus timeout's 15 s of grace), the
+    parity tests first, no stage given less than its floor (60 s) instead of being skipped."""
+    stages, end, line = _schedule("--budget", str(budget), "--assume-build", str(build),
+                                  sanitizer=sanitizer)
+    assert end <= budget, line
+    # the later stages' floors plus grace and the summary's 40 s
+    assert sum(lim + 15 for lim in stages.values() if lim) + build + 40 == end, line
+    assert all(lim is None or lim >= 60 for lim in stages.values()), line
+    assert stages["tests"] is None or stages["tests"] <= 240, line
+    assert ("sanitizer" in stages) == sanitizer
+    ran = [lim is not None for lim in stages.values()]
+    assert ran == sorted(ran, reverse=True), line   # priority order: nothing runs after a skip
+    if (budget, build) == (570, 180):   # the first lease's one command (benchmarks/README.md)
+        assert stages == {"tests": 185, "sanitizer": 60, "bench": 60, "model": None,
+                          "model-tma": None}, line
+    if (budget, build) == (570, 480):   # 90 s left: under the tests' floor and the summary's 40
+        assert not any(stages.values()) and end == 480 + 40, line
+
+
+def test_gpu_suite_without_a_budget_runs_each_stage_to_its_timeout():
+    r = subprocess.run(["bash", SUITE, "--schedule", "--budget", "0"], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "no time budget (--budget 0)" in r.stdout, r.stdout
+
+
+# --------------------------------------------------------------------------- fit_return.py
+def _fill(root, files):
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fit_return_packs_what_the_device_would_not_bring_back(tmp_path):
+    """More than 8 files, one too deep, one with a space in its name, one too big: the 7 first by
+    priority stay, the rest is in more.tar.gz, byte for byte."""
+    import tarfile
+    fit_return = _load("fit_return")
+    root = tmp_path / "out"
+    files = {n: n.encode() * 3 for n in ("log.txt", "stages.tsv", "summary.md", "results.json",
+                                         "per_layer.png", "model_vs_measured.md",
+                                         "model_vs_measured.json", "tma/model_vs_measured.md",
+                                         "tma/model_vs_measured.json")}
+    files.update({"a/b/c/deep.txt": b"deep", "odd name.txt": b"odd", "big.bin": b"x" * 5000})
+    _fill(root, files)
+    lines = []
+    left = fit_return.fit(str(root), max_bytes=4096, log=lines.append)
+    after = _tree(root)
+    assert sorted(after) == sorted(left) and len(after) == 8
+    assert set(after) == {"summary.md", "stages.tsv", "log.txt", "results.json",
+                          "model_vs_measured.json", "model_vs_measured.md", "per_layer.png",
+                          "more.tar.gz"}
+    assert all(after[k] == files[k] for k in after if k != "more.tar.gz")
+    assert not (root / "tma").exists() and not (root / "a").exists()   # emptied folders go too
+    with tarfile.open(root / "more.tar.gz") as tar:
+        packed = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert packed == {k: v for k, v in files.items() if k not in after}
+    assert any("a/b/c/deep.txt" in x and "3 folders down" in x for x in lines), lines
+    assert any("odd name.txt" in x and "characters other than" in x for x in lines), lines
+    assert any("big.bin" in x and "5000 bytes" in x for x in lines), lines
+    # a second run finds the folder within the limits
+    assert fit_return.fit(str(root), max_bytes=4096, log=lines.append) == sorted(left)
+    assert "nothing packed" in lines[-1]
+
+
+def test_fit_return_leaves_a_folder_within_the_limits_alone(tmp_path):
+    fit_return = _load("fit_return")
+    files = {"summary.md": b"s", "log.txt": b"l", "tma/model_vs_measured.md": b"t"}
+    _fill(tmp_path, files)
+    assert sorted(fit_return.fit(str(tmp_path), log=lambda _: None)) == sorted(files)
+    assert _tree(tmp_path) == files
+    with pytest.raises(SystemExit) as e:
+        fit_return.main([str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="max_files must be at least 2"):
+        fit_return.fit(str(tmp_path), max_files=1)
+
+
+def test_gpu_suite_fits_its_results_to_what_the_device_brings_back(tmp_path):
+    """A run into $OUT ends with fit_return: here $OUT already holds 7 files of an earlier
+    command, so with the suite's log, stage table and summary it would send back 10."""
+    out = tmp_path / "OUT"
+    earlier = {f"earlier_{i}.txt": str(i).encode() for i in range(7)}
+    _fill(out, earlier)
+    env = dict(_env(), OUT=str(out))
+    r = subprocess.run(["bash", SUITE, "--simulate", "--skip-build", "--skip-tests", "--skip-sanitizer",
+                        "--skip-bench", "--skip-model"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    after = sorted(os.listdir(out))
+    assert len(after) == 8 and {"summary.md", "stages.tsv", "log.txt", "more.tar.gz"} <= set(after), after
+    assert "packed into more.tar.gz" in r.stdout
 
 
 # --------------------------------------------------------------------------- harness
