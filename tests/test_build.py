@@ -202,6 +202,111 @@ def test_find_cached_needs_a_complete_build_for_this_torch(tmp_path):
     assert _build.find_cached(env=env) == []
 
 
+# ------------------------------------------------------------------ the build lock
+_HOLD = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from unet_fast import _build
+folder = {folder!r}
+with _build.build_lock(folder, print, file_baton=True):
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "lock"), "w").close()     # torch's FileBaton, taken by this build
+    open(folder + ".ready", "w").close()
+    while not os.path.exists(folder + ".go"):
+        time.sleep(0.05)
+    os.remove(os.path.join(folder, "lock"))             # the build ends: torch releases its baton
+"""
+
+
+def _holder(tmp_path):
+    folder = str(tmp_path / "key")
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD.format(root=ROOT, folder=folder)])
+    t0 = time.time()
+    while not os.path.exists(folder + ".ready"):
+        assert proc.poll() is None and time.time() - t0 < 60, "the holder did not start"
+        time.sleep(0.05)
+    return folder, proc
+
+
+def test_a_build_killed_mid_way_blocks_no_later_build(tmp_path):
+    """Up to torch 2.1x, cpp_extension's lock is a file (FileBaton): a build killed while it ran
+    (SIGKILL, a scheduler's SIGTERM) left it, and every later build of that folder waited for it
+    forever, saying nothing. The build lock is an OS lock, released with its dead holder, and
+    under it the file left behind is known to be stale and is removed, saying so."""
+    import signal
+    folder, proc = _holder(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert os.path.exists(os.path.join(folder, "lock"))
+    said = []
+    with _build.build_lock(folder, said.append, file_baton=True):
+        assert not os.path.exists(os.path.join(folder, "lock"))
+    assert len(said) == 1 and "left by a build that was killed" in said[0], said
+    # with an OS lock in torch (FileLock, 2.14) the file is torch's own and stays
+    open(os.path.join(folder, "lock"), "w").close()
+    with _build.build_lock(folder, said.append, file_baton=False):
+        assert os.path.exists(os.path.join(folder, "lock"))
+    assert len(said) == 1
+
+
+def test_a_second_build_waits_for_the_running_one(tmp_path):
+    """While a build runs, another of the same key waits (saying so) and leaves the running
+    build's lock file alone; it goes on when that build ends."""
+    import threading
+    folder, proc = _holder(tmp_path)
+    said, entered, saw = [], threading.Event(), []
+
+    def second():
+        with _build.build_lock(folder, said.append, file_baton=True):
+            entered.set()
+            saw.append(os.path.exists(os.path.join(folder, "lock")))
+
+    t = threading.Thread(target=second)
+    t.start()
+    try:
+        t0 = time.time()
+        while not said and time.time() - t0 < 30:
+            time.sleep(0.05)
+        assert said and "another process is building" in said[0], said
+        assert not entered.is_set() and os.path.exists(os.path.join(folder, "lock"))
+    finally:
+        open(folder + ".go", "w").close()
+        t.join(timeout=30)
+        proc.wait(timeout=30)
+    assert entered.is_set() and saw == [False] and len(said) == 1, (said, saw)
+
+
+def test_the_first_use_build_runs_under_the_build_lock(tmp_path, monkeypatch):
+    """build() compiles (here: a stand-in) holding the folder's build lock, after clearing a
+    stale FileBaton file; `clean` empties the folder under the lock too."""
+    import fcntl
+    monkeypatch.setattr(_build, "_torch_uses_file_baton", lambda: True)
+    seen = {}
+
+    def fake_build_in(folder, cuda, plan, args, arch, env, echo, built_by):
+        fd = os.open(folder + ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        seen.update(folder=folder, files=sorted(os.listdir(folder)), jobs=env["MAX_JOBS"])
+        return os.path.join(folder, "_C.so"), {}
+
+    monkeypatch.setattr(_build, "_build_in", fake_build_in)
+    said = []
+    lib, _ = _build.build(root=str(tmp_path), echo=said.append, env=dict(os.environ, MAX_JOBS="3"))
+    folder = seen["folder"]
+    assert lib == os.path.join(folder, "_C.so") and seen["files"] == [] and seen["jobs"] == "3"
+    for name in ("lock", "old.o"):
+        open(os.path.join(folder, name), "w").close()
+    _build.build(root=str(tmp_path), echo=said.append)
+    assert seen["files"] == ["old.o"]                      # the stale baton removed
+    assert any("left by a build that was killed" in s for s in said), said
+    _build.build(root=str(tmp_path), echo=said.append, clean=True)
+    assert seen["files"] == []
+
+
 # ------------------------------------------------------------------ the record
 def test_record_roundtrip_and_mismatch(tmp_path):
     lib = tmp_path / "_C.cpython-311-x86_64-linux-gnu.so"

@@ -18,6 +18,7 @@ package can be imported, and the first-use build runs it as a script (`python _b
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -372,14 +373,53 @@ def _step_name(cmd: str) -> str:
     return cmd[:100]
 
 
+def _torch_uses_file_baton() -> bool:
+    """Whether torch.utils.cpp_extension locks a build folder with FileBaton (torch up to 2.1x: the
+    file `lock` exists while a build runs, and one a killed build leaves makes every later build
+    wait for it forever) rather than an OS lock that dies with its holder."""
+    from torch.utils import cpp_extension
+    return "FileBaton" in vars(cpp_extension)
+
+
+@contextlib.contextmanager
+def build_lock(folder: str, echo: Callable[[str], None], file_baton: Optional[bool] = None):
+    """Holds `folder`'s build lock: an OS lock on `<folder>.lock` beside it, which the kernel
+    releases when its holder dies, so builds of one key run one after another and a killed one
+    blocks nothing. Under it no other build of ours runs, so a FileBaton `lock` file found in the
+    folder was left by a killed build: it is removed (torch would wait on it forever)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): torch's own lock alone, as before
+        yield
+        return
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(os.path.abspath(folder) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            echo(f"unet_fast: another process is building the extension in {folder}; waiting for "
+                 "it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        stale = os.path.join(folder, "lock")
+        if os.path.exists(stale) and (_torch_uses_file_baton() if file_baton is None else file_baton):
+            os.remove(stale)
+            echo(f"unet_fast: removed {stale}, left by a build that was killed (no build holds it: "
+                 "torch would have waited for it forever)")
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def build(force_cuda: bool = False, root: Optional[str] = None, built_by: str = "first use",
           echo: Optional[Callable[[str], None]] = None, env=None, clean: bool = False) -> tuple:
     """Compile _C for the running torch into the cache (once; a later call finds it there) and
     return (library path, record). CUDA kernels when a toolkit and a CUDA torch are there
     (force_cuda or UNET_FAST_FORCE_CUDA=1: an error otherwise), else C++ CPU kernels. Says what,
     where and how long up front, then shows ninja's steps. The compiler runs in a child process;
-    concurrent builds of one key wait on torch.utils.cpp_extension's lock in that folder, and the
-    later ones find the first one's result up to date. clean: build from scratch."""
+    concurrent builds of one key wait on its folder's build lock (`build_lock`), and the later
+    ones find the first one's result up to date. clean: build from scratch."""
     import torch
     env = dict(os.environ if env is None else env)
     echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -399,15 +439,22 @@ def build(force_cuda: bool = False, root: Optional[str] = None, built_by: str = 
     key = cache_key(torch.__version__, torch.version.cuda, cuda, sources_hash(csrc), args,
                     env.get("TORCH_CUDA_ARCH_LIST") if cuda else None)
     folder = os.path.join(root or cache_root(env), key)
-    if clean:  # a process that loaded the old library keeps its mapping
-        shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder, exist_ok=True)
     if cuda:
         env["CUDA_HOME"] = toolkit
         if arch:
             env["TORCH_CUDA_ARCH_LIST"] = arch
-    jobs = env.get("MAX_JOBS") or str(os.cpu_count() or 1)
-    env["MAX_JOBS"] = jobs
+    env["MAX_JOBS"] = env.get("MAX_JOBS") or str(os.cpu_count() or 1)
+    with build_lock(folder, echo):
+        if clean:  # a process that loaded the old library keeps its mapping
+            shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, exist_ok=True)
+        return _build_in(folder, cuda, plan, args, arch, env, echo, built_by)
+
+
+def _build_in(folder, cuda, plan, args, arch, env, echo, built_by) -> tuple:
+    """build()'s compile and link in `folder`, under its build lock."""
+    import torch
+    jobs = env["MAX_JOBS"]
     echo(f"unet_fast: building the extension unet_fast._C for "
          f"{describe_torch(torch.__version__, torch.version.cuda)}: "
          f"{plan.why}; {len(args['sources'])} sources, {jobs} parallel jobs (MAX_JOBS)"
