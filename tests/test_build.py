@@ -229,7 +229,7 @@ def _holder(tmp_path):
 
 
 def test_a_build_killed_mid_way_blocks_no_later_build(tmp_path):
-    """Up to torch 2.1x, cpp_extension's lock is a file (FileBaton): a build killed while it ran
+    """In torch 2.13 and older, cpp_extension's lock is a file (FileBaton): a build killed while it ran
     (SIGKILL, a scheduler's SIGTERM) left it, and every later build of that folder waited for it
     forever, saying nothing. The build lock is an OS lock, released with its dead holder, and
     under it the file left behind is known to be stale and is removed, saying so."""

@@ -374,9 +374,10 @@ def _step_name(cmd: str) -> str:
 
 
 def _torch_uses_file_baton() -> bool:
-    """Whether torch.utils.cpp_extension locks a build folder with FileBaton (torch up to 2.1x: the
-    file `lock` exists while a build runs, and one a killed build leaves makes every later build
-    wait for it forever) rather than an OS lock that dies with its holder."""
+    """Whether torch.utils.cpp_extension locks a build folder with FileBaton (torch 2.13 and
+    older, 2.11 and 2.13 checked: the file `lock` exists while a build runs, and one a killed build
+    leaves makes every later build wait for it forever) rather than an OS lock that dies with its
+    holder (2.14: FileLock)."""
     from torch.utils import cpp_extension
     return "FileBaton" in vars(cpp_extension)
 
