@@ -353,6 +353,38 @@ def test_compile_reuses_a_measured_choice(fake_backend):
     assert fake_backend["calls"] > calls  # the compiled graph called our implementation
 
 
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_compile_is_not_mistaken_for_export(fake_backend, monkeypatch, backend):
+    """torch 2.11's dynamo folds torch.compiler.is_exporting() to True while it traces any
+    torch.compile (found running this suite on torch 2.11.0, the GPU machines' torch), and the
+    dispatch then sent every compiled model to the reference ops. Here a stand-in for that
+    folding: a compiled graph still calls the backend asked for (or measured), and torch.export
+    still records the reference ops (tests/test_export.py covers export for real)."""
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    x = torch.randn(2, 3, 8, 8)
+    if backend == "auto":   # measured in eager first: ours wins by a wide margin
+        _dispatch.register_impl("max_pool2x2", "torch", lambda t: (__import__("time").sleep(0.05),
+                                                                   F.max_pool2d(t, 2, 2))[1])
+        uf.ops.max_pool2x2(x)
+        assert _dispatch.last_used("max_pool2x2") == "triton"
+    calls = fake_backend["calls"]
+    torch.compile(lambda t: uf.ops.max_pool2x2(t, backend=backend), fullgraph=True,
+                  backend="eager")(x)
+    assert fake_backend["calls"] > calls
+    calls = fake_backend["calls"]
+    torch.export.export(_Pool(backend), (x,))
+    assert fake_backend["calls"] == calls
+
+
+class _Pool(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, x):
+        return uf.ops.max_pool2x2(x, backend=self.backend)
+
+
 def test_measuring_inside_activation_checkpointing(fake_backend, monkeypatch):
     """The first (measured) call can happen inside a checkpointed block: the measurement must not
     disturb the outer graph, and gradients stay those of the reference."""

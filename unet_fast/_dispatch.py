@@ -270,6 +270,12 @@ def _is_compiling() -> bool:
 
 
 def _is_exporting() -> bool:
+    # torch.compiler.is_exporting() returns this flag, which torch.export sets while it traces.
+    # The flag itself, not the call: torch 2.11's dynamo folds the call to True while it traces
+    # any torch.compile (2.13 no longer does), which sent every compiled model to the reference ops.
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if isinstance(flag, bool):
+        return flag
     try:
         return torch.compiler.is_exporting()
     except AttributeError:  # pragma: no cover
