@@ -10,7 +10,6 @@ reason, is ignored, reported once and rebuilt.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -22,6 +21,8 @@ import time
 import warnings
 
 import torch
+
+from . import _build
 
 _lock = threading.Lock()
 _memory: dict[str, str] | None = None  # key -> backend, loaded lazily from the file
@@ -95,23 +96,9 @@ def _load(path: str) -> dict:
     return _memory
 
 
-@contextlib.contextmanager
-def _file_lock(path: str):
-    """An exclusive lock on `path`.lock between processes (flock; released if a process dies).
-    Where locking is impossible (no fcntl, a read-only directory) it degrades to no lock: the write
-    is still atomic, only a concurrent update may be lost."""
-    try:
-        import fcntl
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except (ImportError, OSError):
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+# (where it degrades to no lock, the cache's write is still atomic: only a concurrent update may be
+# lost)
+_file_lock = _build.file_lock
 
 
 def _save(path: str, data: dict, device: torch.device) -> None:

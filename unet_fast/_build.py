@@ -383,34 +383,44 @@ def _torch_uses_file_baton() -> bool:
 
 
 @contextlib.contextmanager
-def build_lock(folder: str, echo: Callable[[str], None], file_baton: Optional[bool] = None):
-    """Holds `folder`'s build lock: an OS lock on `<folder>.lock` beside it, which the kernel
-    releases when its holder dies, so builds of one key run one after another and a killed one
-    blocks nothing. Under it no other build of ours runs, so a FileBaton `lock` file found in the
-    folder was left by a killed build: it is removed (torch would wait on it forever)."""
+def file_lock(path: str, on_wait: Optional[Callable[[], None]] = None):
+    """An exclusive lock on `path`.lock between processes (flock: the kernel releases it when its
+    holder dies); `on_wait()` is called once if another process holds it. Where locking is
+    impossible (no fcntl, a read-only directory) it degrades to no lock."""
     try:
         import fcntl
-    except ImportError:  # no flock (Windows): torch's own lock alone, as before
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
         yield
         return
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    fd = os.open(os.path.abspath(folder) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            echo(f"unet_fast: another process is building the extension in {folder}; waiting for "
-                 "it to finish")
+            if on_wait is not None:
+                on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def build_lock(folder: str, echo: Callable[[str], None], file_baton: Optional[bool] = None):
+    """Holds `folder`'s build lock (`file_lock` on `<folder>.lock` beside it), so builds of one key
+    run one after another and a killed one blocks nothing. Under it no other build of ours runs,
+    so a FileBaton `lock` file found in the folder was left by a killed build: it is removed
+    (torch would wait on it forever)."""
+    folder = os.path.abspath(folder)
+    with file_lock(folder, lambda: echo(f"unet_fast: another process is building the extension "
+                                        f"in {folder}; waiting for it to finish")):
         stale = os.path.join(folder, "lock")
         if os.path.exists(stale) and (_torch_uses_file_baton() if file_baton is None else file_baton):
             os.remove(stale)
             echo(f"unet_fast: removed {stale}, left by a build that was killed (no build holds it: "
                  "torch would have waited for it forever)")
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def build(force_cuda: bool = False, root: Optional[str] = None, built_by: str = "first use",
