@@ -340,6 +340,10 @@ else
   if [ -w "$p" ]; then check "results folder" ok "$RES"; else check "results folder" fatal "$p is not writable"; fi
 fi
 
+# packed to what the device tool brings back: results written into $OUT, or --fit-return
+PACK=$FIT_RETURN
+[ -n "${OUT:-}" ] && [ "$(realpath -m "$RES")" = "$(realpath -m "$OUT")" ] && PACK=1
+PLAN_BUILD=$ASSUME_BUILD; [ $SKIP_BUILD = 1 ] && PLAN_BUILD=0   # the build the time plan assumes
 if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="what the ${BUDGET} s budget has left but the model's and the summary's time"; fi
 cat <<EOF
 plan:
@@ -350,8 +354,8 @@ plan:
   5. model      $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "$PY tools/measure_kernels.py --out $RES  (timeout ${MODEL_TIMEOUT} s)")
   5b. model-tma $([ -n "$MODEL_WHY" ] && echo "(skipped: $MODEL_WHY)" || echo "UNET_FAST_TRITON_TMA=1 $PY tools/measure_kernels.py --out $RES/tma --no-l2 --no-cutlass  (if ${MODEL_TIMEOUT} s are left)")
   6. summary    $PY benchmarks/summarize.py $RES/results.json --out $RES --stages $RES/stages.tsv
-  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv,model_vs_measured.md}$( { [ $FIT_RETURN = 1 ] || [ "$RES" = "${OUT:-}" ]; } && echo " (at most 8 files: the rest packed into more.tar.gz)")
-  time       $(schedule "$([ $SKIP_BUILD = 1 ] && echo 0 || echo "$ASSUME_BUILD")")
+  results: $RES/{summary.md,results.json,per_layer.png,log.txt,stages.tsv,model_vs_measured.md}$([ $PACK = 1 ] && echo " (at most 8 files: the rest packed into more.tar.gz)")
+  time       $(schedule "$PLAN_BUILD")
 EOF
 [ $SCHEDULE = 1 ] && exit 0
 
@@ -403,7 +407,7 @@ run_stage() {  # run_stage NAME TIMEOUT_S CMD... ; sets stage_rc, appends to the
 }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"; }
 { echo "unet_fast GPU suite $(date -Is) level=$LEVEL budget=$BUDGET"; echo "$PYINFO";
-  echo "time plan: $(schedule "$([ $SKIP_BUILD = 1 ] && echo 0 || echo "$ASSUME_BUILD")")";
+  echo "time plan: $(schedule "$PLAN_BUILD")";
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } >> "$LOG" 2>&1
 
 # 1. build
@@ -535,7 +539,7 @@ if [ "$(wc -c < "$LOG")" -gt 15000000 ]; then
 fi
 # what the device tool brings back from $OUT: at most 8 files (benchmarks/fit_return.py packs the
 # rest into more.tar.gz); a folder elsewhere (--out, benchmarks/results/) is left as written
-if [ $FIT_RETURN = 1 ] || { [ -n "${OUT:-}" ] && [ "$(cd "$RES" && pwd -P)" = "$(cd "$OUT" 2>/dev/null && pwd -P)" ]; }; then
+if [ $PACK = 1 ]; then
   "$PY" benchmarks/fit_return.py "$RES" 2>&1 | tee -a "$LOG"
 fi
 if [ ${#FAILED[@]} -gt 0 ]; then
