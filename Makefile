@@ -12,7 +12,7 @@ export MAX_JOBS
 UNET_FAST_BUILD_EXT ?= 1
 export UNET_FAST_BUILD_EXT
 
-.PHONY: setup build train test bench gpu-suite clean
+.PHONY: setup build train test bench gpu-suite device-prebuild clean
 
 # Reinstall (and rebuild the extension) only when its sources, the build script or the package's
 # metadata (pyproject.toml: the `unet-fast` entry point) change.
@@ -53,6 +53,11 @@ bench: setup
 
 gpu-suite:
 	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash benchmarks/gpu_suite.sh $(ARGS)
+
+# The extension for the device tool's GPU machines (Python 3.12, torch 2.11), built here into
+# build/device/ to carry there (benchmarks/README.md); reuses this build's CUTLASS objects.
+device-prebuild: setup
+	$(PY) tools/device_prebuild.py build --jobs $(MAX_JOBS) $(ARGS)
 
 clean:
 	rm -rf build unet_fast/_C*.so unet_fast/_C*.build.json *.egg-info $(VENV)/.built

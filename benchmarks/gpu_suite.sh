@@ -6,9 +6,13 @@
 #                           [--python PY] [--bench-args "ARGS"] [--tests-args "ARGS"]
 #                           [--tests-timeout S] [--tests-workers N] [--sanitizer-timeout S] [--model-timeout S]
 #                           [--assume-build S] [--fit-return] [--dry-run] [--schedule] [--simulate]
+#                           [--prebuilt DIR] [--no-prebuilt]
 #
 # Stages (each logged, timed and recorded in stages.tsv):
 #   1. build      MAX_JOBS=<cores> UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
+#                 or, where a carried build/device/ (--prebuilt DIR) holds the extension built for this
+#                 machine's Python, torch, sources and GPU (tools/device_prebuild.py build, here), that
+#                 library once it loads (tools/device_prebuild.py use), and pip install -e . without a build
 #   2. tests      pytest tests/ on the GPU (the parity tests in fp32/fp16/bf16; requires_cuda ones run,
 #                 first: tests/conftest.py orders them; at the time limit pytest still reports), in
 #                 --tests-workers pytest-xdist workers (default 4; 1: one process) sharing the GPU:
@@ -48,7 +52,8 @@ OUTDIR=""
 BUDGET=570
 JOBS="$(nproc 2>/dev/null || echo 4)"
 SKIP_BUILD=0; SKIP_TESTS=0; SKIP_SAN=0; SKIP_BENCH=0; SKIP_MODEL=0
-SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0; SCHEDULE=0; FIT_RETURN=0
+SIMULATE=0; BENCH_ARGS=""; TESTS_ARGS=""; TT_SET=0; ST_SET=0; AB_SET=0; SCHEDULE=0; FIT_RETURN=0
+PREBUILT="$REPO/build/device"   # tools/device_prebuild.py build's folder, carried to the device (--prebuilt)
 PY="${PYTHON:-python3}"
 TESTS_TIMEOUT=240
 TESTS_WORKERS=4   # pytest-xdist workers of the tests stage, where the image has pytest-xdist
@@ -64,6 +69,7 @@ MODEL_TIMEOUT=180   # both model configs' warm-up (compiles cached by the bench 
 TESTS_MIN=60; SAN_MIN=60; BENCH_MIN=60; MODEL_MIN=60
 KILL_GRACE=15       # timeout --kill-after
 ASSUME_BUILD=180    # the dry run's worst-case schedule assumes a build this long (--assume-build)
+PREBUILT_ASSUME=30  # ... or this long where a fitting prebuilt library is there (pip -e, the load check)
 
 usage() {
   awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
@@ -95,7 +101,10 @@ while [ $# -gt 0 ]; do
     --tests-workers) need "--tests-workers needs a number" $# "${2:-}"; TESTS_WORKERS="$2"; shift ;;
     --sanitizer-timeout) need "--sanitizer-timeout needs seconds" $# "${2:-}"; SAN_TIMEOUT="$2"; ST_SET=1; shift ;;
     --model-timeout) need "--model-timeout needs seconds" $# "${2:-}"; MODEL_TIMEOUT="$2"; shift ;;
-    --assume-build) need "--assume-build needs seconds" $# "${2:-}"; ASSUME_BUILD="$2"; shift ;;
+    --assume-build) need "--assume-build needs seconds" $# "${2:-}"; ASSUME_BUILD="$2"; AB_SET=1; shift ;;
+    --prebuilt) need "--prebuilt needs a folder" $# "${2:-}"; PREBUILT="$2"; shift ;;
+    --prebuilt=*) PREBUILT="${1#*=}" ;;
+    --no-prebuilt) PREBUILT="" ;;
     --schedule) SCHEDULE=1; DRY=1 ;;
     --fit-return) FIT_RETURN=1 ;;
     --simulate) SIMULATE=1 ;;
@@ -250,6 +259,17 @@ else
   check "CUTLASS" missing "none: the CUTLASS sm_90a units are not built, backend='cuda' runs the hand-written kernels (bring .whl/nvidia_cutlass-4.2.0.0-py3-none-any.whl)"
 fi
 
+# a library built here for this machine (tools/device_prebuild.py build, carried in build/device):
+# the build stage uses it if it fits and loads, else builds
+PRE_FITS=0
+if [ $SKIP_BUILD = 0 ] && [ -n "$PREBUILT" ] && [ -d "$PREBUILT" ]; then
+  pre_line=$("$PY" tools/device_prebuild.py check --dir "$PREBUILT" 2>&1); pre_rc=$?
+  pre_line="$(echo "$pre_line" | tail -1)"; pre_line="${pre_line#prebuilt: }"
+  if [ $pre_rc = 0 ]; then
+    PRE_FITS=1; check "prebuilt extension" ok "$pre_line"
+  else check "prebuilt extension" missing "$pre_line: the build stage builds"; fi
+fi
+
 find_sanitizer() {
   local c nv
   for c in "${COMPUTE_SANITIZER:-}" "$(command -v compute-sanitizer 2>/dev/null)" \
@@ -344,10 +364,18 @@ fi
 PACK=$FIT_RETURN
 [ -n "${OUT:-}" ] && [ "$(realpath -m "$RES")" = "$(realpath -m "$OUT")" ] && PACK=1
 PLAN_BUILD=$ASSUME_BUILD; [ $SKIP_BUILD = 1 ] && PLAN_BUILD=0   # the build the time plan assumes
+[ $PRE_FITS = 1 ] && [ $AB_SET = 0 ] && PLAN_BUILD=$PREBUILT_ASSUME
+PIP_E="$PY -m pip install --no-build-isolation --no-deps --no-index -e ."
+BUILD_ENV="MAX_JOBS=$JOBS UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1"
+build_plan() {
+  if [ $SKIP_BUILD = 1 ]; then echo "(skipped: --skip-build)"
+  elif [ $PRE_FITS = 1 ]; then echo "$PY tools/device_prebuild.py use --dir $PREBUILT && UNET_FAST_SKIP_EXTENSION=1 $PIP_E  (if it does not load: $BUILD_ENV $PIP_E)"
+  else echo "$BUILD_ENV $PIP_E"; fi
+}
 if [ $BUDGET -eq 0 ]; then BENCH_NOTE="no time limit"; else BENCH_NOTE="what the ${BUDGET} s budget has left but the model's and the summary's time"; fi
 cat <<EOF
 plan:
-  1. build      $([ $SKIP_BUILD = 1 ] && echo "(skipped: --skip-build)" || echo "MAX_JOBS=$JOBS UNET_FAST_BUILD_EXT=1 UNET_FAST_FORCE_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .")
+  1. build      $(build_plan)
   2. tests      $([ $SKIP_TESTS = 1 ] && echo "(skipped: --skip-tests)" || echo "UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 $PY -m pytest tests/ -q -rs $CPU_LADDER${XDIST:+ $XDIST} $TESTS_ARGS  (timeout ${TESTS_TIMEOUT} s)")
   3. sanitizer  $([ $SKIP_SAN = 1 ] && echo "(skipped: --skip-sanitizer)" || { [ -n "$SANITIZER" ] && echo "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 86 $PY benchmarks/sanitize_step.py --backends triton,cuda   (timeout ${SAN_TIMEOUT} s)" || echo "(skipped: no compute-sanitizer)"; })
   4. bench      $([ $SKIP_BENCH = 1 ] && echo "(skipped: --skip-bench)" || echo "$PY -m pytest benchmarks/ -q -rs --bench-suite=gpu --bench-level=$LEVEL --bench-budget=<left> $SIM_FLAG --benchmark-json=$RES/results.json $BENCH_ARGS  ($BENCH_NOTE)")
@@ -411,7 +439,23 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STAGES"; }
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } >> "$LOG" 2>&1
 
 # 1. build
+PRE_USED=0
+if [ $SKIP_BUILD = 0 ] && [ $PRE_FITS = 1 ]; then
+  # the prebuilt library (it fitted at the preflight): installed and loaded in a fresh process, or
+  # removed again; then the package is installed editable without building anything
+  run_stage build-prebuilt 0 "$PY" tools/device_prebuild.py use --dir "$PREBUILT"
+  if [ $stage_rc -eq 0 ]; then
+    t_pre=$STAGE_S; PRE_USED=1; pre_used="$(grep '^prebuilt: ' "$STAGE_OUT" | tail -1 | cut -c11-)"
+    run_stage build-pip 0 env UNET_FAST_SKIP_EXTENSION=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+    [ $stage_rc -eq 0 ] || echo "build: pip install -e . failed (exit $stage_rc); the tests run from the checkout" | tee -a "$LOG"
+    record build ok $((t_pre + STAGE_S)) "$pre_used"
+  else
+    echo "build: the prebuilt library is not used; building here" | tee -a "$LOG"
+    record prebuilt unused $STAGE_S "$(grep '^prebuilt: ' "$STAGE_OUT" | tail -1 | cut -c11-)"
+  fi
+fi
 if [ $SKIP_BUILD = 1 ]; then record build skipped 0 "--skip-build"
+elif [ $PRE_USED = 1 ]; then :
 else
   if [ -z "${CUTLASS_HOME:-}" ] && [ -n "$CUTLASS_WHEEL" ] && ! "$PY" -c "import cutlass_library" >/dev/null 2>&1; then
     CUT_DIR="${TMPDIR:-/tmp}/unet_fast_cutlass"
