@@ -267,9 +267,17 @@ def prepare_venv(venv: str, python: str, torch_version: str, echo) -> str:
         _run([python, "-m", "venv", venv], echo)
         _run([vpy, "-m", "pip", "install", "-q", "--no-deps", f"torch=={torch_version}"], echo)
         _run([vpy, "-m", "pip", "install", "-q"] + BUILD_PACKAGES, echo)
-    nv = os.path.join(_site_packages(vpy), "nvidia")
-    if not os.path.exists(nv):
-        os.symlink(_lent_nvidia(), nv)  # torch's libraries find them by RPATH there
+    site = _site_packages(vpy)
+    if not os.path.isdir(os.path.join(site, "nvidia")):
+        # Lent through a .pth (torch preloads its CUDA libraries from sys.path when its RPATH
+        # finds none), never a link inside site-packages: a pip install into this venv would then
+        # write torch 2.11's nvidia-* files into the project venv's, breaking its torch.
+        lent = os.path.join(venv, "lent")
+        os.makedirs(lent, exist_ok=True)
+        if not os.path.lexists(os.path.join(lent, "nvidia")):
+            os.symlink(_lent_nvidia(), os.path.join(lent, "nvidia"))
+        with open(os.path.join(site, "zz_unet_fast_lent_nvidia.pth"), "w") as f:
+            f.write(os.path.abspath(lent) + "\n")
     return vpy
 
 
