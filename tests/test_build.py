@@ -307,6 +307,41 @@ def test_the_first_use_build_runs_under_the_build_lock(tmp_path, monkeypatch):
     assert seen["files"] == []
 
 
+def test_the_emulator_builds_under_the_build_lock(tmp_path, monkeypatch):
+    """tests/cuda_emu's torch-extension build holds the package's build lock on its folder, so a
+    stale FileBaton file (torch <= 2.13, a killed CI run) is removed instead of waited on."""
+    import fcntl
+    from torch.utils import cpp_extension
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    try:
+        from cuda_emu import build as emu
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tests"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = cpp_extension._get_build_directory("unet_fast_cuda_emu", False)
+    open(os.path.join(folder, "lock"), "w").close()
+    real = emu._build_module
+    monkeypatch.setattr(emu, "_build_module", lambda: types.SimpleNamespace(
+        build_lock=lambda f, echo: real().build_lock(f, echo, file_baton=True)))
+    seen = {}
+
+    def fake_load(name, **kw):
+        fd = os.open(folder + ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        seen.update(name=name, files=os.listdir(folder))
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    if emu.cuda_include_dir() is None:
+        pytest.skip("needs the CUDA toolkit's headers")
+    assert emu.load() == "module"
+    assert seen == {"name": "unet_fast_cuda_emu", "files": []}   # the stale baton removed, locked
+
+
 # ------------------------------------------------------------------ the record
 def test_record_roundtrip_and_mismatch(tmp_path):
     lib = tmp_path / "_C.cpython-311-x86_64-linux-gnu.so"

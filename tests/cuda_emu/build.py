@@ -8,12 +8,22 @@ error: ... misaligned address" on stderr rather than passing silently on x86.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["ext.cpp", "kernels_conv.cpp", "kernels_wgrad.cpp", "kernels_pointwise.cpp",
            "kernels_pool.cpp", "kernels_concat.cpp", "selftest.cpp"]
+
+
+def _build_module():
+    """unet_fast/_build.py by path (stdlib only): importing unet_fast would load the package and its
+    extension into this process, the ASan one included."""
+    spec = importlib.util.spec_from_file_location("unet_fast_build_config", HERE.parents[1] / "unet_fast" / "_build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def cuda_include_dir() -> str | None:
@@ -40,15 +50,20 @@ def load(verbose: bool = False, asan: bool = False):
     sanitize = "-fsanitize=address,alignment" if asan else "-fsanitize=alignment"
     flags = ["-O1" if asan else "-O2", "-std=c++20", sanitize, "-fno-sanitize-recover=alignment",
              "-fno-omit-frame-pointer", "-Wno-attributes"]
-    return cpp_extension.load(
-        name="unet_fast_cuda_emu_asan" if asan else "unet_fast_cuda_emu",
-        sources=[str(HERE / s) for s in SOURCES],
-        extra_include_paths=[str(HERE / "include"), inc],
-        extra_cflags=flags,
-        # -Bsymbolic: the emulator's cudaGetLastError, not a CUDA runtime torch may have loaded
-        extra_ldflags=[sanitize, "-Wl,-Bsymbolic"],
-        verbose=verbose,
-    )
+    name = "unet_fast_cuda_emu_asan" if asan else "unet_fast_cuda_emu"
+    # the package's build lock: on torch <= 2.13 a build killed mid-way (a CI timeout) leaves a
+    # FileBaton `lock` file that would make every later load wait forever; under the lock it is
+    # known to be stale and removed
+    with _build_module().build_lock(cpp_extension._get_build_directory(name, verbose), print):
+        return cpp_extension.load(
+            name=name,
+            sources=[str(HERE / s) for s in SOURCES],
+            extra_include_paths=[str(HERE / "include"), inc],
+            extra_cflags=flags,
+            # -Bsymbolic: the emulator's cudaGetLastError, not a CUDA runtime torch may have loaded
+            extra_ldflags=[sanitize, "-Wl,-Bsymbolic"],
+            verbose=verbose,
+        )
 
 
 def libasan() -> str | None:
