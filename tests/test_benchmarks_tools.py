@@ -130,6 +130,7 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     (["--model-timeout", "5"], "--model-timeout must be >= 30 s"),
     (["--tests-workers", "0"], "--tests-workers must be a positive number"),
     (["--assume-build", "soon"], "--assume-build must be a whole number"),
+    (["--prebuilt"], "--prebuilt needs a folder"),
 ])
 def test_gpu_suite_rejects_bad_arguments(args, message):
     r = _suite("--dry-run", *args, timeout=30)

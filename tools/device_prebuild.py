@@ -304,7 +304,7 @@ def build(args, echo=print) -> int:
     out = os.path.abspath(args.out)
     if os.path.exists(out):
         shutil.rmtree(out)
-    tmp = out + "_tmp"
+    tmp = out + "_tmp"   # kept: ninja recompiles only what changed next time
     env = dict(os.environ, UNET_FAST_BUILD_EXT="1", UNET_FAST_FORCE_CUDA="1",
                UNET_FAST_REQUIRE_CUTLASS="1", TORCH_CUDA_ARCH_LIST=args.arch, CUTLASS_HOME=cutlass,
                MAX_JOBS=str(args.jobs), PATH=os.path.join(args.venv, "bin") + os.pathsep + os.environ["PATH"])
@@ -334,7 +334,6 @@ def build(args, echo=print) -> int:
            "built_with": f"{python} (venv {args.venv})", "seconds": round(time.time() - t0)}
     with open(os.path.join(out, MANIFEST), "w") as f:
         json.dump(man, f, indent=1, sort_keys=True)
-    shutil.rmtree(tmp, ignore_errors=True)
     echo(f"device_prebuild: {lib} ({man['size_bytes'] / 2**20:.1f} MiB, {man['commit']}; needs "
          + ", ".join(f"{k} {v}" for k, v in man["needs"].items())
          + f") in {man['seconds']} s; it loads in the build venv. Carry "
