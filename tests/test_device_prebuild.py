@@ -114,6 +114,15 @@ def test_use_removes_a_library_that_does_not_load(tmp_path, monkeypatch):
     assert "invalid ELF header" in said[-1] or "ImportError" in said[-1], said
     assert not list((root / "unet_fast").glob("_C.*")), "the unloadable copy and its record are removed"
     assert lib.exists(), "the carried library is left as it was"
+    # a library already there (built on a warm machine) is put back as it was
+    before = root / "unet_fast" / dp.library_name()
+    before.write_bytes(b"built here before")
+    _build.write_record(str(before), {"built_by": "install"})
+    assert dp.use(str(folder), str(root), echo=said.append) == dp.NOT_FIT
+    assert before.read_bytes() == b"built here before"
+    assert _build.read_record(str(before))["built_by"] == "install"
+    assert sorted(p.name for p in (root / "unet_fast").glob("_C.*")) == sorted(
+        [before.name, os.path.basename(_build.record_path(str(before)))])
 
 
 def test_use_refuses_what_does_not_fit_without_copying(tmp_path):
@@ -150,9 +159,12 @@ def _carry_real(tmp_path):
 def test_use_installs_a_library_that_fits_and_loads(tmp_path):
     lib, rec, folder = _carry_real(tmp_path)
     root = _root(tmp_path)
+    dest = root / "unet_fast" / dp.library_name()
+    dest.write_bytes(b"an older build")                  # replaced, and no copy of it left
     said = []
     assert dp.use(str(folder), str(root), echo=said.append) == 0, said
-    dest = root / "unet_fast" / dp.library_name()
+    assert sorted(p.name for p in (root / "unet_fast").glob("_C.*")) == sorted(
+        [dest.name, os.path.basename(_build.record_path(str(dest)))])
     assert "using" in said[-1] and str(dest) in said[-1], said
     assert "CUTLASS" not in said[-1]      # no manifest: the CUTLASS units not asked for
     assert dest.read_bytes() == open(lib, "rb").read()

@@ -129,7 +129,7 @@ def _manifest(folder: str) -> dict:
 
 
 # The load check, in a fresh interpreter: the installed copy must be the one unet_fast loads, with
-# its CUDA kernels, and (where the record says the CUTLASS units were built) with them too.
+# its CUDA kernels, and (where `build` saw them, its manifest says) its CUTLASS units.
 _PROBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -179,16 +179,25 @@ def use(folder: str, root: str = ROOT, python: str = sys.executable, echo=print)
         return status
     lib = find_library(folder)[0]
     dest = os.path.join(root, "unet_fast", os.path.basename(lib))
-    for src, dst in ((lib, dest), (_build.record_path(lib), _build.record_path(dest))):
+    pairs = ((lib, dest), (_build.record_path(lib), _build.record_path(dest)))
+    for _, dst in pairs:   # a library built here before (a warm machine) is put back on failure
+        if os.path.exists(dst):
+            os.replace(dst, dst + ".before-prebuilt")
+    for src, dst in pairs:
         shutil.copyfile(src, dst + ".tmp")
         os.replace(dst + ".tmp", dst)
     os.chmod(dest, 0o755)
     cutlass = bool(_manifest(folder).get("cutlass"))   # `build` saw its CUTLASS units registered
     why = loads_as_built(probe(python, root), dest, cutlass)
+    for _, dst in pairs:
+        if why is not None:
+            os.remove(dst)
+        if os.path.exists(dst + ".before-prebuilt"):
+            if why is not None:
+                os.replace(dst + ".before-prebuilt", dst)
+            else:
+                os.remove(dst + ".before-prebuilt")
     if why is not None:
-        for p in (dest, _build.record_path(dest)):
-            if os.path.exists(p):
-                os.remove(p)
         echo(f"prebuilt: {lib} fits but does not load here ({why}); removed it: build instead")
         return NOT_FIT
     echo(f"prebuilt: using {line.replace(' fits (', ' (', 1)}; loaded from {dest}"
