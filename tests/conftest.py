@@ -70,6 +70,23 @@ GPU_ONLY = "(runs in benchmarks/gpu_suite.sh)"
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason=f"needs a CUDA GPU {GPU_ONLY}")
 
 
+def extension_archs() -> list:
+    """The SASS architectures the loaded extension was built for: those of its build record's
+    TORCH_CUDA_ARCH_LIST (CI: 8.0;9.0), else, for a build for the visible GPUs (the GPU suite's),
+    theirs, else CI's two. A check of "every arch" reads these: an H100 machine's build has no
+    sm_80 code, and that is not a defect."""
+    import re
+    from unet_fast.backends import cuda_backend
+    arch = (cuda_backend.extension_info().get("build_record") or {}).get("arch_list")
+    if arch:
+        return sorted({"sm_" + a.split("+")[0].rstrip("a").replace(".", "")
+                       for a in re.split(r"[;, ]+", arch) if a})
+    if HAS_CUDA:
+        return sorted({"sm_%d%d" % torch.cuda.get_device_capability(i)
+                       for i in range(torch.cuda.device_count())})
+    return ["sm_80", "sm_90"]
+
+
 def gpu_only(item) -> bool:
     return any(GPU_ONLY in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
 

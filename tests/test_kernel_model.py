@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import extension_archs
 
 pytest.importorskip("triton")
 
@@ -250,7 +251,7 @@ def test_cuda_step_prices_every_launch_of_the_step(extension):
 
 def test_thin_kernels_counted_and_taken_where_the_extension_takes_them(extension):
     """thin.cuh's CUDA-core kernels: every kernel's grid-stride loop is found (every dtype, the
-    head's 2 and 8 classes, the first layer's weight gradient with and without y, both archs);
+    head's 2 and 8 classes, the first layer's weight gradient with and without y, every arch built);
     only the head's forward has barriers in it, with its run sums between them (the first
     warps' code). The model prices a 1x1 conv on them exactly where pointwise_thin_launch takes it
     (C_in a power-of-two multiple of 8, at most 8 classes, the forward's R at most 32), and a 3x3
@@ -258,17 +259,19 @@ def test_thin_kernels_counted_and_taken_where_the_extension_takes_them(extension
     tile engine's row otherwise."""
     km, ext = extension
     thin = {(t["name"], t["arch"]): t for t in ext["thin"]}
+    archs = extension_archs()   # CI: sm_80 and sm_90; the GPU suite's build: the GPU's
+    assert "sm_90" in archs     # the model reads sm_90 below
     for t in ("__half", "__nv_bfloat16", "float"):
         tf = ("false", "true")
         names = ([f"pointwise_thin_{p}<{t}, {kc}>" for p in ("fprop", "dgrad", "wgrad")
                   for kc in (2, 8)] + [f"conv3x3_thin_fprop<{t}, {b}>" for b in tf]
                  + [f"conv3x3_thin_wgrad<{t}, {y}, {b}>" for y in tf for b in tf])
         for name in names:
-            for arch in ("sm_80", "sm_90"):
+            for arch in archs:
                 k = thin[(name, arch)]
                 assert k["all_warps"] > 0, k
                 assert (k["first_warps"] > 0) == name.startswith("pointwise_thin_fprop"), k
-    assert len(thin) == 2 * 3 * 12, sorted(thin)
+    assert len(thin) == len(archs) * 3 * 12, sorted(thin)
     hand = {t["name"]: t for t in ext["thin"] if t["arch"] == "sm_90"}
 
     def conv(pass_, c, k, runs=True, premasked=True, pad=0):
