@@ -103,7 +103,12 @@ def test_gpu_suite_dry_run_prints_the_plan(background):
     assert "pip install --no-build-isolation --no-deps" in text and "MAX_JOBS=" in text
     # the tests stage in pytest-xdist workers (pinned in requirements-dev.txt; in the GPU image)
     assert re.search(r"pytest-xdist +ok +[\d.]+: the tests stage runs 4 workers", text), text
-    assert "-n 4 --dist load --maxschedchunk 16" in text.split("2. tests")[1].split("\n")[0]
+    tests_line = text.split("2. tests")[1].split("\n")[0]
+    assert "-n 4 --dist load --maxschedchunk 16" in tests_line
+    # what a GPU makes moot, and the host-side tooling's tests (CI runs them), are left out there
+    for f in ("test_cuda_emulated", "test_triton_aot", "test_benchmarks_tools", "test_build", "test_device_prebuild"):
+        assert f"--ignore=tests/{f}.py" in tests_line, tests_line
+    assert "--ignore=tests/test_cuda_backend.py" not in tests_line
     assert "--benchmark-json=" + str(out) + "/results.json" in text
     assert "tools/measure_kernels.py --out " + str(out) in text      # the model next to the GPU
     assert "tier  1  model valid572-b8  train bf16" in text          # the plan, in run order
