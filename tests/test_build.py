@@ -276,20 +276,25 @@ def test_a_second_build_waits_for_the_running_one(tmp_path):
     assert entered.is_set() and saw == [False] and len(said) == 1, (said, saw)
 
 
+def _assert_locked(folder):
+    """Someone (this process) holds the folder's build lock: flock on <folder>.lock would block."""
+    import fcntl
+    fd = os.open(folder + ".lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
 def test_the_first_use_build_runs_under_the_build_lock(tmp_path, monkeypatch):
     """build() compiles (here: a stand-in) holding the folder's build lock, after clearing a
     stale FileBaton file; `clean` empties the folder under the lock too."""
-    import fcntl
     monkeypatch.setattr(_build, "_torch_uses_file_baton", lambda: True)
     seen = {}
 
     def fake_build_in(folder, cuda, plan, args, arch, env, echo, built_by):
-        fd = os.open(folder + ".lock", os.O_RDWR)
-        try:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        finally:
-            os.close(fd)
+        _assert_locked(folder)
         seen.update(folder=folder, files=sorted(os.listdir(folder)), jobs=env["MAX_JOBS"])
         return os.path.join(folder, "_C.so"), {}
 
@@ -310,7 +315,6 @@ def test_the_first_use_build_runs_under_the_build_lock(tmp_path, monkeypatch):
 def test_the_emulator_builds_under_the_build_lock(tmp_path, monkeypatch):
     """tests/cuda_emu's torch-extension build holds the package's build lock on its folder, so a
     stale FileBaton file (torch <= 2.13, a killed CI run) is removed instead of waited on."""
-    import fcntl
     from torch.utils import cpp_extension
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     try:
@@ -326,12 +330,7 @@ def test_the_emulator_builds_under_the_build_lock(tmp_path, monkeypatch):
     seen = {}
 
     def fake_load(name, **kw):
-        fd = os.open(folder + ".lock", os.O_RDWR)
-        try:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        finally:
-            os.close(fd)
+        _assert_locked(folder)
         seen.update(name=name, files=os.listdir(folder))
         return "module"
 
