@@ -138,9 +138,9 @@ try:
     import unet_fast.backends.cuda_backend as cb
     from unet_fast.backends import cutlass_sm90
     info = cb.extension_info()
-    out = {"loaded": info["loaded"], "path": info["path"], "origin": info["origin"],
-           "kernels": info["kernels"], "failed": info["failed"], "rejected": info["rejected"],
-           "problem": info["problem"], "cutlass": cutlass_sm90.built() and cutlass_sm90.built_up()}
+    out = {"loaded": info["loaded"], "path": info["path"], "kernels": info["kernels"],
+           "failed": info["failed"], "problem": info["problem"],
+           "cutlass": cutlass_sm90.built() and cutlass_sm90.built_up()}
 except Exception as e:
     out = {"loaded": False, "error": f"{type(e).__name__}: {e}"}
 print("PROBE " + json.dumps(out))
@@ -190,13 +190,14 @@ def use(folder: str, root: str = ROOT, python: str = sys.executable, echo=print)
     cutlass = bool(_manifest(folder).get("cutlass"))   # `build` saw its CUTLASS units registered
     why = loads_as_built(probe(python, root), dest, cutlass)
     for _, dst in pairs:
-        if why is not None:
+        backup = dst + ".before-prebuilt"
+        if why is None:
+            if os.path.exists(backup):
+                os.remove(backup)
+        else:
             os.remove(dst)
-        if os.path.exists(dst + ".before-prebuilt"):
-            if why is not None:
-                os.replace(dst + ".before-prebuilt", dst)
-            else:
-                os.remove(dst + ".before-prebuilt")
+            if os.path.exists(backup):
+                os.replace(backup, dst)
     if why is not None:
         echo(f"prebuilt: {lib} fits but does not load here ({why}); removed it: build instead")
         return NOT_FIT
