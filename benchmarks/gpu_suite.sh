@@ -14,7 +14,8 @@
 #                 machine's Python, torch, sources and GPU (tools/device_prebuild.py build, here), that
 #                 library once it loads (tools/device_prebuild.py use), and pip install -e . without a build
 #   2. tests      pytest tests/ on the GPU, less what CPU_LADDER names (the parity tests in fp32/fp16/bf16; requires_cuda ones run,
-#                 first: tests/conftest.py orders them; at the time limit pytest still reports), in
+#                 first: tests/conftest.py orders them; at the time limit pytest still reports, and the
+#                 stage's row says how many GPU-only tests and others ran and passed: conftest's tally), in
 #                 --tests-workers pytest-xdist workers (default 4; 1: one process) sharing the GPU:
 #                 most of a first run's time is Triton compiling each test's kernels on one core
 #   3. sanitizer  a small training step per backend (triton, cuda) under compute-sanitizer memcheck
@@ -420,7 +421,24 @@ STAGE_OUT="$(mktemp "${TMPDIR:-/tmp}/unet_fast_stage.XXXXXX")"
 export UNET_FAST_CACHE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/unet_fast_cache.XXXXXX")"
 unset UNET_FAST_BACKEND
 PARTIAL="$(mktemp "${TMPDIR:-/tmp}/unet_fast_partial.XXXXXX")"
-trap 'rm -rf "$STAGE_OUT" "$UNET_FAST_CACHE_DIR" "$PARTIAL" "$PARTIAL.tmp"' EXIT
+TALLY="$(mktemp "${TMPDIR:-/tmp}/unet_fast_tally.XXXXXX")"
+trap 'rm -rf "$STAGE_OUT" "$UNET_FAST_CACHE_DIR" "$PARTIAL" "$PARTIAL.tmp" "$TALLY"' EXIT
+# The tests stage's outcomes as tests/conftest.py tallies them (UNET_FAST_TEST_TALLY), a line as each
+# test ends: "GPU-only tests: 480 of 493 ran: 478 passed, 2 failed; others: ...", which a stage cut
+# at its time limit still has (pytest's own last line then counts only what finished).
+tally_line() {
+  awk -F'\t' '$1 == "collected" { n["gpu"] = $3; n["other"] = $5; next }
+    { ran[$1]++; out[$1, $2]++ }
+    function part(k, name,   s, o, sep) {
+      s = sprintf("%s: %d of %s ran", name, ran[k], (k in n) ? n[k] : "?")
+      sep = ": "
+      split("passed failed skipped", o, " ")
+      for (i = 1; i <= 3; i++) if (out[k, o[i]]) { s = s sep out[k, o[i]] " " o[i]; sep = ", " }
+      return s
+    }
+    END { if (!("gpu" in n) && !ran["gpu"] && !ran["other"]) exit
+          printf "%s; %s", part("gpu", "GPU-only tests"), part("other", "others") }' "$1"
+}
 left() { if [ $BUDGET -eq 0 ]; then echo 100000; else echo $(( BUDGET - ($(date +%s) - START) )); fi; }
 no_time() { echo "not run: $2 s of the ${BUDGET} s budget left, less than the stage's floor and the summary's ${SUMMARY_RESERVE} s"; }
 stage_rc=0
@@ -487,14 +505,17 @@ elif l=$(left); lim=$(lim_for tests "$l"); [ "$lim" -eq 0 ]; then
   record tests skipped 0 "$(no_time tests "$l")"; FAILED+=(tests)
 else
   # shellcheck disable=SC2086  # (CPU_LADDER, XDIST: plain words)
-  run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/ -q -rs -p no:cacheprovider \
-      $CPU_LADDER $XDIST ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
+  : > "$TALLY"
+  run_stage tests "$lim" env UNET_FAST_REQUIRE_EXTENSION=1 UNET_FAST_TRITON_AUTOTUNE=0 UNET_FAST_TEST_TALLY="$TALLY" \
+      "$PY" -m pytest tests/ -q -rs -p no:cacheprovider $CPU_LADDER $XDIST ${TESTS_ARR[@]+"${TESTS_ARR[@]}"}
   last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)|no tests ran' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
+  tally=$(tally_line "$TALLY")
+  [ -n "$tally" ] && echo "tests: $tally" | tee -a "$LOG"
   case $stage_rc in
-    0) record tests ok $STAGE_S "$last" ;;
-    124|137) record tests TIMEOUT $STAGE_S "did not finish in ${lim} s (--tests-timeout): $last"; FAILED+=(tests) ;;
+    0) record tests ok $STAGE_S "$last${tally:+ ($tally)}" ;;
+    124|137) record tests TIMEOUT $STAGE_S "did not finish in ${lim} s (--tests-timeout): ${tally:-$last}"; FAILED+=(tests) ;;
     5) record tests FAILED $STAGE_S "no tests collected"; FAILED+=(tests) ;;
-    *) record tests FAILED $STAGE_S "pytest exit $stage_rc: $last"; FAILED+=(tests) ;;
+    *) record tests FAILED $STAGE_S "pytest exit $stage_rc: $last${tally:+ ($tally)}"; FAILED+=(tests) ;;
   esac
 fi
 

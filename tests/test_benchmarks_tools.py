@@ -497,12 +497,18 @@ def test_a_terminated_test_run_still_reports_what_ran(tmp_path, workers):
     """timeout(1) ends the GPU suite's tests stage with TERM: with conftest's handler pytest stops
     as on Ctrl-C and prints the counts and the failures so far (killed outright it printed
     nothing, and the stage's record had no result to quote); so does a run in pytest-xdist
-    workers, whose controller takes the TERM."""
+    workers, whose controller takes the TERM. conftest's tally (UNET_FAST_TEST_TALLY) has a line
+    for each test that ended, and the suite's tally_line reads it: how many of the GPU-only tests
+    and of the others ran, and how they ended."""
     started = tmp_path / "started"
+    tally = tmp_path / "tally.tsv"
     # the long test starts its sleep once the first two have run (in another worker, under xdist)
     (tmp_path / "test_stage.py").write_text(
         "import pathlib, time\n"
+        "from conftest import requires_cuda\n"
         f"HERE = pathlib.Path({str(tmp_path)!r})\n"
+        "@requires_cuda\n"
+        "def test_gpu_only(): pass\n"
         "def test_passes(): (HERE / 'passed').touch()\n"
         "def test_fails(): (HERE / 'failed').touch(); assert 1 == 2\n"
         "def test_runs_past_the_limit():\n"
@@ -511,9 +517,10 @@ def test_a_terminated_test_run_still_reports_what_ran(tmp_path, workers):
         "        assert time.time() - t0 < 60, 'the first two tests did not run'\n"
         "        time.sleep(0.1)\n"
         "    (HERE / 'started').touch(); time.sleep(120)\n"
-        "def test_never_reached(): pass\n")
+        "def test_never_reached(): (HERE / 'reached').touch()\n")
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+               UNET_FAST_TEST_TALLY=str(tally))
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest",
                              "-p", "no:cacheprovider", *workers, str(tmp_path / "test_stage.py")],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -524,5 +531,18 @@ def test_a_terminated_test_run_still_reports_what_ran(tmp_path, workers):
     time.sleep(1)  # the first two tests' reports reach the xdist controller
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
-    assert "KeyboardInterrupt" in out and "1 failed, 1 passed" in out, out[-2000:]
+    # (under xdist the last test may have run in the other worker meanwhile)
+    reached = (tmp_path / "reached").exists()
+    assert "KeyboardInterrupt" in out and f"1 failed, {1 + reached} passed" in out, out[-2000:]
     assert "assert 1 == 2" in out, out[-2000:]
+    lines = tally.read_text().splitlines()
+    assert lines[0] == "collected\tgpu\t1\tother\t4", lines
+    gpu = "passed" if torch.cuda.is_available() else "skipped"
+    assert sorted(lines[1:]) == [f"gpu\t{gpu}\ttest_stage.py::test_gpu_only",
+                                 "other\tfailed\ttest_stage.py::test_fails",
+                                 *(["other\tpassed\ttest_stage.py::test_never_reached"] * reached),
+                                 "other\tpassed\ttest_stage.py::test_passes"], lines
+    read = subprocess.run(["bash", "-c", f'source <(sed -n "/^tally_line() {{/,/^}}/p" {SUITE}); '
+                           f'tally_line {tally}'], capture_output=True, text=True, timeout=30)
+    assert read.stdout == (f"GPU-only tests: 1 of 1 ran: 1 {gpu}; "
+                           f"others: {2 + reached} of 4 ran: {1 + reached} passed, 1 failed"), read
