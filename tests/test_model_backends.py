@@ -6,6 +6,7 @@ import torch
 
 import unet_fast as uf
 
+from conftest import requires_cuda
 from parity import (AVAILABLE, DEVICE, F32_RTOL, OpCounter, assert_float32_close,
                     assert_lowp_rms_within, assert_lowp_within, assert_within, kernels, scale_of)
 
@@ -426,3 +427,62 @@ def test_decoder_concat_is_never_copied_twice(backend, monkeypatch):
     # (valid mode: smaller than the encoder's map), so its backward hands the skip its
     # gradient's channel slice, a view
     assert len(skips) == 2 and all(s == u for s, u in skips), skips
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
+def test_training_step_replays_as_a_cuda_graph_gpu(backend):
+    """A whole bf16-autocast training step (forward, loss, backward into .grad) captured with
+    torch.cuda.graph after a warm-up (Triton's compiles, the CUTLASS units' first-run checks,
+    auto's measurements): nothing in the warm path may synchronize, copy to the host or allocate
+    outside the graph's pool, or the capture raises. Each replay on new input equals the same step
+    run eagerly: exactly on the triton backend (no atomics: its split sums have a fixed order),
+    within fp32 reordering on the others (the hand-written weight gradients' fp32 atomics)."""
+    import torch.nn.functional as F
+    if backend != "auto" and AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend} backend unavailable: {AVAILABLE[backend]}")
+    torch.manual_seed(0)
+    # 64 base channels: the CUTLASS units' channel multiple (backend="cuda" on sm_90)
+    model = uf.UNet(in_channels=1, num_classes=2, base_channels=64, depth=2, padding="valid",
+                    backend=backend).cuda().to(memory_format=torch.channels_last)
+    size = 92
+    x_in = torch.randn(2, 1, size, size, device="cuda")
+    t_in = torch.randint(0, 2, (2,) + model.output_size((size, size)), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x_in).float(), t_in)
+        loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):   # warm-up off the default stream, as capture wants
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    model.zero_grad(set_to_none=True)   # .grad then comes from the graph's pool
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step()
+    graph.replay()
+    first = static_loss.item()
+    x_in.copy_(torch.randn_like(x_in))
+    t_in.copy_(torch.randint_like(t_in, 0, 2))
+    graph.replay()
+    torch.cuda.synchronize()
+    got_loss = static_loss.clone()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert got_loss.item() != first, "the replay did not read the new input"
+    model.zero_grad(set_to_none=True)
+    want_loss = step()
+    assert set(model.backend_report().values()) <= {"triton", "cuda", "torch"}
+    if backend != "auto":
+        assert set(model.backend_report().values()) == {backend}, model.backend_report()
+    for name, want in [("loss", want_loss)] + [(n, p.grad) for n, p in model.named_parameters()]:
+        have = got_loss if name == "loss" else got[name]
+        if backend == "triton":
+            assert torch.equal(have, want), f"{name}: the replay differs from the eager step"
+        else:
+            assert_float32_close(f"{name} (replay vs eager)", have, want)
