@@ -225,15 +225,11 @@ def test_committed_table_covers_runtime_specializations():
 _FIRST_LAUNCH = r"""
 import json, sys, threading
 import torch
-from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
+sys.path.insert(0, "tools")
+from first_step_compiles import StandInDriver
 
-class StandIn:
-    def get_current_device(self): return 0
-    def get_current_stream(self, device=None): return 0
-    def get_current_target(self): return GPUTarget("cuda", 90, 32)
-
-driver.set_active(StandIn())
+driver.set_active(StandInDriver(90))
 from unet_fast.backends.triton_backend import max_pool
 tuner = max_pool._max_pool2x2_forward_kernel
 fn = tuner.fn
