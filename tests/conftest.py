@@ -105,10 +105,20 @@ def gpu_first(items) -> None:
 TALLY = os.environ.get("UNET_FAST_TEST_TALLY")
 
 
+_WORKER = None   # this process's pytest-xdist worker id ("gw0", ...), or "" in the controller or alone
+
+
+def pytest_configure(config):
+    global _WORKER
+    # (from pytest's own config: an xdist worker's environment variable is inherited by a pytest
+    # that a test runs in a subprocess, which is no worker)
+    _WORKER = getattr(config, "workerinput", {}).get("workerid", "")
+
+
 def _tally(line: str, worker: str = "") -> None:
     # the controller writes the outcomes (workers report theirs to it); the collection, which under
     # pytest-xdist only the workers see (each the same items), comes from the first worker
-    if TALLY and os.environ.get("PYTEST_XDIST_WORKER", "") == worker:
+    if TALLY and _WORKER == worker:
         with open(TALLY, "a") as f:
             f.write(line + "\n")
 
@@ -122,8 +132,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     gpu = sum(gpu_only(item) for item in session.items)
-    _tally(f"collected\tgpu\t{gpu}\tother\t{len(session.items) - gpu}",
-           "gw0" if "PYTEST_XDIST_WORKER" in os.environ else "")
+    _tally(f"collected\tgpu\t{gpu}\tother\t{len(session.items) - gpu}", "gw0" if _WORKER else "")
 
 
 def pytest_runtest_logreport(report):
