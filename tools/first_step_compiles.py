@@ -96,24 +96,12 @@ def compile_only(arch: int):
 def first_step(cfg, arch: int = 90) -> dict:
     """Compile what the first training step of `cfg` compiles; its count and wall time."""
     import kernel_model as km
-
-    from unet_fast.backends.triton_backend import conv3x3_relu, utils
-    patches = [(utils, "num_sms", lambda device: km.H200.sms),
-               (utils, "smem_limit", lambda device: km.H200.smem_per_sm - km.H200.smem_reserved_per_cta),
-               # (the CPU-only check for non-finite weights: a GPU never runs it)
-               (conv3x3_relu, "nonfinite_weight_on_cpu", lambda weight: False)]
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    for obj, name, value in patches:
-        setattr(obj, name, value)
-    try:
+    with km.triton_as_on(km.H200):
         step = km.make_step(cfg, "cpu")
-        with compile_only(arch) as counts, km._backend_unchecked("triton"):
+        with compile_only(arch) as counts:
             t0 = time.perf_counter()
             step()
             seconds = time.perf_counter() - t0
-    finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
     return dict(model=cfg.name, batch=cfg.batch, compiles=counts["cubins"], seconds=round(seconds, 1))
 
 

@@ -305,34 +305,34 @@ def _backend_unchecked(name: str):
             _dispatch._impls[op][name].supports = sup
 
 
+@contextlib.contextmanager
+def triton_as_on(machine: Machine = H200):
+    """Within: the triton backend takes CPU tensors (its kernels are recorded or compiled, never
+    run) as it would the modelled GPU's: it prunes its configs for that GPU's SMs and shared
+    memory, and skips the CPU-only check for non-finite weights (PyTorch's NaN pattern), which
+    never runs on a GPU."""
+    from unet_fast.backends.triton_backend import conv3x3_relu, utils
+    patches = [(utils, "num_sms", lambda device: machine.sms),
+               (utils, "smem_limit", lambda device: machine.smem_per_sm - machine.smem_reserved_per_cta),
+               (conv3x3_relu, "nonfinite_weight_on_cpu", lambda weight: False)]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, value in patches:
+        setattr(obj, name, value)
+    try:
+        with _backend_unchecked("triton"):
+            yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
 def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
     """The launches of one bf16-autocast training step of `cfg` on the Triton backend."""
-    from unet_fast import _dispatch
-    from unet_fast.backends.triton_backend import utils
-
     state = _State()
-    patches = []
-
-    def patch(obj, name, value):
-        patches.append((obj, name, getattr(obj, name)))
-        setattr(obj, name, value)
-
-    # The backend runs CPU tensors here (its kernels are recorded, never run) and prunes its
-    # configs for the modelled GPU.
-    patch(utils, "num_sms", lambda device: machine.sms)
-    patch(utils, "smem_limit", lambda device: machine.smem_per_sm - machine.smem_reserved_per_cta)
-    _dispatch.ensure_backends()
-    # the CPU-only check for non-finite weights (PyTorch's NaN pattern) never runs on a GPU
-    from unet_fast.backends.triton_backend import conv3x3_relu as _conv3x3_module
-    patch(_conv3x3_module, "nonfinite_weight_on_cpu", lambda weight: False)
-    try:
+    with triton_as_on(machine):
         step = make_step(cfg, "cpu")
-        with _backend_unchecked("triton"), labelled_launches(state, _Recorder), \
-                _aten_recorder(state):
+        with labelled_launches(state, _Recorder), _aten_recorder(state):
             step(state)
-    finally:
-        for obj, name, val in reversed(patches):
-            setattr(obj, name, val)
     _KERNELS.update(state.kernels)
     return state.launches
 
