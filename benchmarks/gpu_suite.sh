@@ -424,7 +424,7 @@ PARTIAL="$(mktemp "${TMPDIR:-/tmp}/unet_fast_partial.XXXXXX")"
 TALLY="$(mktemp "${TMPDIR:-/tmp}/unet_fast_tally.XXXXXX")"
 trap 'rm -rf "$STAGE_OUT" "$UNET_FAST_CACHE_DIR" "$PARTIAL" "$PARTIAL.tmp" "$TALLY"' EXIT
 # The tests stage's outcomes as tests/conftest.py tallies them (UNET_FAST_TEST_TALLY), a line as each
-# test ends: "GPU-only tests: 480 of 493 ran: 478 passed, 2 failed; others: ...", which a stage cut
+# test ends: "GPU-only tests: G of N ran: P passed, F failed; others: ...", which a stage cut
 # at its time limit still has (pytest's own last line then counts only what finished).
 tally_line() {
   awk -F'\t' '$1 == "collected" { n["gpu"] = $3; n["other"] = $5; next }

@@ -131,7 +131,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    gpu = sum(gpu_only(item) for item in session.items)
+    gpu = sum(dict(item.user_properties)["gpu_only"] for item in session.items)
     _tally(f"collected\tgpu\t{gpu}\tother\t{len(session.items) - gpu}", "gw0" if _WORKER else "")
 
 
