@@ -204,6 +204,26 @@ def layer_table(rows_by_key):
     return header, rows
 
 
+MEMORY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                            "memory_model.json")
+
+
+def memory_model_ratio(model, batch, provider, path=None):
+    """tools/memory_model.py's predicted peak of `provider` over eager's, for the measured one to
+    be read beside it (None where the model has no such row: auto, which measures)."""
+    try:
+        with open(path or MEMORY_MODEL) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    for res in results:
+        if res.get("model") == model and res.get("batch") == batch:
+            for row in res.get("rows", []):
+                if row.get("provider") == provider:
+                    return row.get("ratio_to_eager")
+    return None
+
+
 def targets(records, meta):
     """The targets of docs/design.md section 3, evaluated on this run: [(target, measured, status)]."""
     out = []
@@ -233,7 +253,10 @@ def targets(records, meta):
     mo = train[op_].get("peak_mem_bytes") if op_ else None
     mb = train[bp].get("peak_mem_bytes") if bp else None
     r = mo / mb if mo and mb else None
-    out.append(("peak training memory ≤ 0.8x eager", f"{r:.2f}x" if r else "—",
+    predicted = memory_model_ratio("valid572", 8, op_)
+    out.append(("peak training memory ≤ 0.8x eager",
+                (f"{r:.2f}x" if r else "—")
+                + (f" (model: {predicted:.2f}x, docs/memory_model.md)" if predicted else ""),
                 status(None if r is None else r <= 0.8)))
 
     layers = [(cfg, mode, rows) for cfg, mode, rows in layer_sections(records)]

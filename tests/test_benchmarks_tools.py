@@ -396,6 +396,10 @@ def test_summarize_writes_tables_chart_and_targets(tmp_path):
     assert "met" in targets["training step ≥ 1.3x eager (paper U-Net, b8, bf16)"]
     assert "NOT met" in targets["max-pool and crop-concat ≥ 85% of copy bandwidth (fwd)"]
     assert "1/2 layers" in targets["max-pool and crop-concat ≥ 85% of copy bandwidth (fwd)"]
+    # the measured peak (30 / 40 GiB) beside the memory model's prediction for the same backend
+    predicted = summarize.memory_model_ratio("valid572", 8, "triton")
+    assert predicted is not None and 0 < predicted < 2
+    assert f"0.75x (model: {predicted:.2f}x" in targets["peak training memory ≤ 0.8x eager"]
     assert "### valid572-b8 fwd" in md and "| down.0.2 | conv3x3_relu |" in md
     assert "time budget: not started" in md
     png = (res / "per_layer.png").read_bytes()

@@ -306,24 +306,31 @@ def _backend_unchecked(name: str):
 
 
 @contextlib.contextmanager
+def _patched(patches):
+    """Within: each (object, attribute, value) set; afterwards each attribute as it was."""
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, value in patches:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
 def triton_as_on(machine: Machine = H200):
     """Within: the triton backend takes CPU tensors (its kernels are recorded or compiled, never
     run) as it would the modelled GPU's: it prunes its configs for that GPU's SMs and shared
     memory, and skips the CPU-only check for non-finite weights (PyTorch's NaN pattern), which
     never runs on a GPU."""
     from unet_fast.backends.triton_backend import conv3x3_relu, utils
-    patches = [(utils, "num_sms", lambda device: machine.sms),
-               (utils, "smem_limit", lambda device: machine.smem_per_sm - machine.smem_reserved_per_cta),
-               (conv3x3_relu, "nonfinite_weight_on_cpu", lambda weight: False)]
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    for obj, name, value in patches:
-        setattr(obj, name, value)
-    try:
-        with _backend_unchecked("triton"):
-            yield
-    finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
+    with _patched([(utils, "num_sms", lambda device: machine.sms),
+                   (utils, "smem_limit",
+                    lambda device: machine.smem_per_sm - machine.smem_reserved_per_cta),
+                   (conv3x3_relu, "nonfinite_weight_on_cpu", lambda weight: False)]), \
+            _backend_unchecked("triton"):
+        yield
 
 
 def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
@@ -1391,6 +1398,19 @@ _HAND_KERNELS = {
     ("_conv1x1_backward", "dgrad"): "PointwiseDgrad", ("_conv1x1_backward", "wgrad"): "PointwiseWgrad"}
 
 
+@contextlib.contextmanager
+def cuda_as_on_sm90():
+    """Within: backend="cuda" takes CPU or meta tensors (its ops recorded or counted, never run)
+    as it would an sm_90 GPU's: its CUTLASS units, their first-run checks taken as passed, and no
+    CPU-only check for non-finite weights (PyTorch's NaN pattern), which never runs on a GPU."""
+    from unet_fast.backends import cuda_ops, cutlass_sm90
+    with _patched([(cutlass_sm90, "_is_sm90", lambda device: True),
+                   (cutlass_sm90, "verdict", lambda units, device, dtype=None: None),
+                   (cuda_ops, "nonfinite_weight_on_cpu", lambda weight: False)]), \
+            _backend_unchecked("cuda"):
+        yield
+
+
 def record_cuda_step(cfg: ModelConfig) -> tuple:
     """The extension ops (name, phase, layer, args: a tensor as _tensor_desc describes it)
     and the aten launches of one bf16-autocast training step of `cfg` on backend="cuda" as an sm_90
@@ -1402,7 +1422,6 @@ def record_cuda_step(cfg: ModelConfig) -> tuple:
 
     import unet_fast as uf
     from unet_fast import ops
-    from unet_fast.backends import cutlass_sm90
 
     state, calls, patches = _State(), [], []
 
@@ -1424,8 +1443,6 @@ def record_cuda_step(cfg: ModelConfig) -> tuple:
                                         else desc(a) for a in args]))
             return func(*args, **(kwargs or {}))
 
-    patch(cutlass_sm90, "_is_sm90", lambda device: True)
-    patch(cutlass_sm90, "verdict", lambda units, device, dtype=None: None)
     patch(ops, "_autocast_on", lambda t: t.is_floating_point())
     patch(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
     try:
@@ -1434,7 +1451,7 @@ def record_cuda_step(cfg: ModelConfig) -> tuple:
             model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
                             cfg.padding, backend="cuda")
             x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size)
-            with _backend_unchecked("cuda"), labelled_launches(state, _Recorder), \
+            with cuda_as_on_sm90(), labelled_launches(state, _Recorder), \
                     _aten_recorder(state), ExtRecorder():
                 state.phase, state.layer = "fwd", "input"
                 out = model(x)
