@@ -35,8 +35,10 @@ from unet_fast._utils import conv_allows_tf32
 from unet_fast._utils import center_crop
 
 # --------------------------------------------------------------------------- providers
-# auto_ckpt: "auto" with activation checkpointing (whole-model training step only: peak memory)
-PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt")
+# auto_ckpt: "auto" with activation checkpointing; auto_up: with the decoder's up-sampled maps
+# recomputed (UNet(checkpointing="up")) (whole-model training step only: peak memory)
+PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt",
+             "auto_up")
 PROVIDER_LABELS = {
     "eager": "eager NCHW",
     "eager_cl": "eager channels_last",
@@ -46,8 +48,9 @@ PROVIDER_LABELS = {
     "cuda": "ours: cuda",
     "auto": "ours: auto",
     "auto_ckpt": "ours: auto + activation checkpointing",
+    "auto_up": "ours: auto + up-convs recomputed",
 }
-OURS = ("triton", "cuda", "auto", "auto_ckpt")
+OURS = ("triton", "cuda", "auto", "auto_ckpt", "auto_up")
 COMPILE = ("compile", "compile_max")
 MODES = ("fwd", "bwd", "fwd+bwd")
 MODEL_MODES = ("train", "infer")
@@ -75,7 +78,7 @@ class ModelConfig:
                               self.padding)
 
     def build_ours(self, backend):
-        ckpt = backend == "auto_ckpt"
+        ckpt = {"auto_ckpt": True, "auto_up": "up"}.get(backend, False)
         return uf.UNet(self.in_channels, self.num_classes, self.base_channels, self.depth,
                        self.padding, backend="auto" if ckpt else backend, checkpointing=ckpt)
 
@@ -671,14 +674,14 @@ _MODEL_PLAN = {
               ("paper8", ("bf16",), ("train",), ("compile",), 5)],
     "default": [("paper8", ("bf16",), ("train",), _NONCOMPILE, 1),
                 ("paper8", ("bf16",), ("infer",), _NONCOMPILE, 2),
-                ("paper8", ("bf16",), ("train",), ("auto_ckpt",), 3),
+                ("paper8", ("bf16",), ("train",), ("auto_up", "auto_ckpt"), 3),
                 ("paper8", ("bf16",), ("train",), ("compile_max",), 4),
                 ("paper8", ("bf16",), ("train",), ("compile",), 5),
                 ("paper8", ("bf16",), ("infer",), COMPILE, 7),
                 ("same16", ("bf16",), MODEL_MODES, _NONCOMPILE, 8)],
     "full": [("paper8", ("bf16",), ("train",), _NONCOMPILE, 1),
              ("paper8", ("bf16",), ("infer",), _NONCOMPILE, 2),
-             ("paper8", ("bf16",), ("train",), ("auto_ckpt",), 3),
+             ("paper8", ("bf16",), ("train",), ("auto_up", "auto_ckpt"), 3),
              ("paper8", ("bf16",), ("train",), ("compile_max",), 4),
              ("paper8", ("bf16",), ("train",), ("compile",), 5),
              ("paper8", ("bf16",), ("infer",), COMPILE, 7),

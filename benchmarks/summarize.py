@@ -24,10 +24,11 @@ import sys
 # the fused ops (harness.FUSED_OPS): sums over a step count the unfused ones they repeat
 FUSED_OPS = ("conv3x3_relu_pool", "up_concat", "concat_conv3x3_relu", "conv3x3_relu_conv1x1")
 
-PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt")
+PROVIDERS = ("eager", "eager_cl", "compile", "compile_max", "triton", "cuda", "auto", "auto_ckpt",
+             "auto_up")
 LABELS = {"eager": "eager NCHW", "eager_cl": "eager CL", "compile": "compile",
           "compile_max": "compile max-autotune", "triton": "triton", "cuda": "cuda", "auto": "auto",
-          "auto_ckpt": "auto + ckpt"}
+          "auto_ckpt": "auto + ckpt", "auto_up": "auto + up recomputed"}
 OURS = ("triton", "cuda")
 NOISE = 0.05  # relative: differences below this are treated as run-to-run noise
 
@@ -250,12 +251,17 @@ def targets(records, meta):
     r = ratio(eager_base(infer)[0], it)
     out.append(("inference ≥ 1.5x eager", f"{fmt_ratio(r)} ({ip})" if r else "—",
                 status(None if r is None else r >= 1.5)))
-    mo = train[op_].get("peak_mem_bytes") if op_ else None
+    # memory: of our configurations that meet the speed target, the leanest (the fastest's where
+    # none does): a user can have both at once
     mb = train[bp].get("peak_mem_bytes") if bp else None
+    fast = [p for p in ("triton", "cuda", "auto", "auto_up") if p in train
+            and train[p].get("peak_mem_bytes") and (ratio(bt, t(train, p)) or 0) >= 1.3]
+    mp = min(fast, key=lambda p: train[p]["peak_mem_bytes"]) if fast else op_
+    mo = train[mp].get("peak_mem_bytes") if mp else None
     r = mo / mb if mo and mb else None
-    predicted = memory_model_ratio("valid572", 8, op_)
+    predicted = memory_model_ratio("valid572", 8, mp)   # (auto measures: no model row)
     out.append(("peak training memory ≤ 0.8x eager",
-                (f"{r:.2f}x" if r else "—")
+                (f"{r:.2f}x ({mp})" if r else "—")
                 + (f" (model: {predicted:.2f}x, docs/memory_model.md)" if predicted else ""),
                 status(None if r is None else r <= 0.8)))
 

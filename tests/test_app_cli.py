@@ -163,6 +163,7 @@ def test_choice_lists_come_from_one_source():
     assert choices["train"]["loss"] is losses.LOSSES
     assert choices["train"]["optimizer"] is train.OPTIMIZERS
     assert choices["train"]["schedule"] is train.SCHEDULES
+    assert choices["train"]["recompute"] is train.RECOMPUTE
 
 
 # ----------------------------------------------------------------- options, checked up front

@@ -31,6 +31,31 @@ def _state(path):
     return checkpoint.load(path)["model"]
 
 
+def test_recomputing_the_up_convs_trains_the_same_weights(tmp_path, monkeypatch):
+    """--recompute up (UNet(checkpointing="up")) on the cuda backend's kernels, whose concat buffer
+    the backward then makes again: the same weights, bit for bit, as keeping it."""
+    from unet_fast import backends, ops
+    why = backends.available()["cuda"]
+    if why is not None:
+        pytest.skip(f"cuda: {why}")
+    made_again = []
+    up_concat = ops.up_concat
+    monkeypatch.setattr(ops, "up_concat", lambda *a, **k: (
+        made_again.append(not torch.is_grad_enabled()), up_concat(*a, **k))[1])
+    states, no_grad_calls = [], []
+    for name, recompute in (("keep", "none"), ("again", "up")):
+        made_again.clear()
+        train.train(tiny(tmp_path, name, epochs=1, backend="cuda", recompute=recompute),
+                    log=_quiet)
+        states.append(_state(tmp_path / name / "last.pt"))
+        no_grad_calls.append(sum(made_again))
+    assert no_grad_calls[1] > no_grad_calls[0]   # (validation's are the same: in the backward)
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k
+    with pytest.raises(ConfigError, match="--recompute must be one of none, up, all, got 'some'"):
+        train.validate_config(tiny(tmp_path, "x", recompute="some"))
+
+
 def test_train_writes_everything_and_is_reproducible(tmp_path):
     r1 = train.train(tiny(tmp_path, "a", epochs=2), log=_quiet)
     out = tmp_path / "a"

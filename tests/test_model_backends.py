@@ -168,6 +168,52 @@ def test_activation_checkpointing_gives_the_same_gradients(backend):
         assert_within(name, q.grad, p.grad, F32_RTOL * scale_of(p.grad))
 
 
+@pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_recomputed_up_convs_give_the_same_gradients(backend, autocast, monkeypatch):
+    """checkpointing="up": the backward makes each up-sampled map (the cuda backend's concat
+    buffer) again from the up-conv's input instead of keeping it, with the same kernel on the same
+    input, under the forward's autocast: every parameter gradient is bit for bit the one of keeping
+    it. (The torch backend's concat keeps a buffer of its own: nothing to recompute.) Channels in
+    whole K-tiles (64), so that triton reads the concat in place (its up map is saved). What it
+    saves: tests/test_memory_model.py."""
+    if backend != "torch" and AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    from unet_fast import ops
+    calls = []
+    for op in ("conv_transpose2x2", "up_concat"):
+        def spy(*args, _fn=getattr(ops, op), **kwargs):
+            calls.append(torch.is_grad_enabled())
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(ops, op, spy)
+    torch.manual_seed(0)
+    plain = uf.UNet(1, 2, base_channels=64, depth=1, backend=backend).to(DEVICE)
+    up = uf.UNet(1, 2, base_channels=64, depth=1, backend=backend, checkpointing="up").to(DEVICE)
+    up.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 20, 20, device=DEVICE)
+    made_again = []
+    for m in (plain, up):
+        calls.clear()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = m(x)
+        out.float().square().sum().backward()
+        made_again.append(calls.count(False))
+    assert made_again == [0, 0 if backend == "torch" else 1]
+    for (name, p), q in zip(plain.named_parameters(), up.parameters()):
+        assert q.grad is not None and torch.equal(q.grad, p.grad), name
+
+
+def test_checkpointing_takes_false_true_or_up():
+    with pytest.raises(ValueError, match=r"checkpointing must be one of False, True, 'up', got 'all'"):
+        uf.UNet(checkpointing="all")
+    assert uf.UNet(base_channels=4, depth=1, checkpointing=1).checkpointing is True
+    m = uf.UNet(1, 2, base_channels=4, depth=2, padding="same", checkpointing="up").double()
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+    c = torch.compile(m, fullgraph=True, backend="aot_eager")   # (the compiler's own recompute)
+    torch.testing.assert_close(c(x), m(x), rtol=0, atol=0)
+    c(x).sum().backward()
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 @pytest.mark.parametrize("params_format", [torch.contiguous_format, torch.channels_last], ids=str)
 def test_autocast_weight_grads_arrive_in_the_parameters_layout(backend, params_format, monkeypatch):

@@ -50,6 +50,8 @@ PROVIDERS = {
     "eager": "eager (reference U-Net, channels_last, cuDNN ops)",
     "triton": 'ours: backend="triton"',
     "cuda": 'ours: backend="cuda" (CUTLASS sm_90 path)',
+    "triton_up": 'ours: backend="triton", checkpointing="up"',
+    "cuda_up": 'ours: backend="cuda", checkpointing="up"',
     "triton_ckpt": 'ours: backend="triton", checkpointing=True',
 }
 TARGET = 0.8   # DESIGN.md: peak training memory <= 0.8x eager
@@ -296,9 +298,10 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
         hooks = _follow_modules(model, where)
         ctx = contextlib.nullcontext()
     else:
-        backend = "triton" if provider.startswith("triton") else provider
+        backend, _, mode = provider.partition("_")
         model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
-                        cfg.padding, backend=backend, checkpointing=provider.endswith("_ckpt"))
+                        cfg.padding, backend=backend,
+                        checkpointing={"": False, "ckpt": True, "up": "up"}[mode])
         ctx = _ours_as_on_gpu(backend, where)
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size).contiguous(
@@ -377,7 +380,7 @@ def _unavailable(provider):
     import importlib.util
     if provider.startswith("triton") and importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
-    if provider == "cuda":
+    if provider.startswith("cuda"):
         from unet_fast import _dispatch
         from unet_fast.backends import cutlass_sm90
         why = _dispatch.backend_reason("cuda")

@@ -20,6 +20,7 @@ not mask again. Parameter gradients equal the reference's.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -29,22 +30,32 @@ from . import _dispatch, ops, reference
 from ._utils import check_model_input, memory_format_of
 
 
+# UNet(checkpointing=...): keep every activation; recompute every level; recompute the up-convs'
+CHECKPOINTING = (False, True, "up")
+
+
 class UNet(reference.UNet):
     """U-Net (Ronneberger et al., 2015) on unet_fast's kernels.
 
     backend: "auto" (default: the fastest implementation that can run each input; the reference
     ops on CPU), "triton", "cuda" or "torch". `backend_report()` says what ran each layer.
-    checkpointing: recompute each level's activations in the backward instead of keeping them
-    (activation checkpointing): less peak memory for about one more forward.
+    checkpointing: True: recompute each level's activations in the backward instead of keeping
+    them (activation checkpointing): much less peak memory for about one more forward. "up":
+    recompute only the decoder's up-sampled maps (the 2x2 transposed convolutions' outputs,
+    which the next convolution's weight gradient reads) from their inputs, which are kept anyway:
+    less peak memory for the cheapest layers run again (tools/memory_model.py models both).
     State dicts of a torch.compile'd model ("_orig_mod." keys) or of DDP ("module.") load as is.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base_channels: int = 64,
                  depth: int = 4, padding: str = "valid", backend: str = "auto",
-                 checkpointing: bool = False):
+                 checkpointing: bool | str = False):
         super().__init__(in_channels, num_classes, base_channels, depth, padding)
         self.backend = _dispatch.check_backend_name(backend)
-        self.checkpointing = bool(checkpointing)
+        if checkpointing not in CHECKPOINTING:
+            raise ValueError(f"checkpointing must be one of {', '.join(map(repr, CHECKPOINTING))}"
+                             f", got {checkpointing!r}")
+        self.checkpointing = checkpointing if checkpointing == "up" else bool(checkpointing)
         self._report: dict[str, str] = {}
         self._register_load_state_dict_pre_hook(_strip_wrapper_prefixes)
         _dispatch.ensure_backends()
@@ -103,20 +114,26 @@ class UNet(reference.UNet):
         backward.) `fused`: the backend reads the concat's halves in place (_dispatch.fused);
         else the up-conv writes into a concat buffer. The two give the same numbers."""
         if fused:
-            with _dispatch.layer(f"{name}.up"):
-                up = ops.conv_transpose2x2(x, level.up.weight, level.up.bias,
-                                           backend=self._backend, _relu_input=True)
-            with _dispatch.layer(f"{name}.conv.0"):
+            def up_conv(x, skip, backend):
+                with _dispatch.layer(f"{name}.up"):
+                    return ops.conv_transpose2x2(x, level.up.weight, level.up.bias,
+                                                 backend=backend, _relu_input=True)
+            up = up_conv(x, skip, self._backend)
+            with self._recomputed(up, up_conv, x, skip, f"{name}.up"), \
+                    _dispatch.layer(f"{name}.conv.0"):
                 x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
                                             self._pad, backend=self._backend, _grad_masked=True)
         else:
             # (the up-conv writes straight into the buffer, beside the skip, and the conv reads
             # it; the skip's gradient is the buffer's gradient's lower channel slice, a view)
-            with _dispatch.layer(f"{name}.up"):
-                cat = ops.up_concat(skip, x, level.up.weight, level.up.bias,
-                                    backend=self._backend, _relu_input=True)
-            x = self._conv(f"{name}.conv.0", level.conv[0], cat, relu_input=False,
-                           grad_masked=True)
+            def up_conv(x, skip, backend):
+                with _dispatch.layer(f"{name}.up"):
+                    return ops.up_concat(skip, x, level.up.weight, level.up.bias,
+                                         backend=backend, _relu_input=True)
+            cat = up_conv(x, skip, self._backend)
+            with self._recomputed(cat, up_conv, x, skip, f"{name}.up"):
+                x = self._conv(f"{name}.conv.0", level.conv[0], cat, relu_input=False,
+                               grad_masked=True)
         if head is not None:
             conv = level.conv[2]
             with _dispatch.layer(f"{name}.conv.2", "head"):
@@ -131,10 +148,42 @@ class UNet(reference.UNet):
 
     def _step(self, fn, *args, **static):
         """One level; with checkpointing, its activations are recomputed in the backward."""
-        if self.checkpointing and torch.is_grad_enabled():
+        if self.checkpointing is True and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(functools.partial(fn, *args[:2], **static),
                                                      *args[2:], use_reentrant=False)
         return fn(*args, **static)
+
+    def _recomputed(self, t, make, x, skip, layer):
+        """With checkpointing="up": within, autograd keeps `t` = make(x, skip, backend) (the
+        up-conv's output, or the concat buffer it writes) as a recipe, and the backward that needs
+        it makes it again (no grad, on the backend that ran it: the same kernel, the same numbers)
+        instead of keeping it. x and skip are kept anyway (the up-conv's own weight gradient reads
+        x; the cropped skip is a view of the encoder's saved output), as detached views: hooks
+        that held the graph would keep every step's alive. (A compiled graph recomputes as its
+        partitioner decides; an exported one has no backward.)"""
+        if self.checkpointing != "up" or not torch.is_grad_enabled() or _dispatch._is_compiling() \
+                or _dispatch._is_exporting():
+            return contextlib.nullcontext()
+        ran = self._report.get(layer)
+        backend = ran if ran in _dispatch.BACKENDS else self._backend
+        dev = t.device.type
+        cast = torch.autocast(dev, torch.get_autocast_dtype(dev),
+                              enabled=torch.is_autocast_enabled(dev))   # as in the forward
+        x, skip = x.detach(), skip.detach()
+        # (autograd keeps both hooks as long as what they saved: they hold no reference to t, or
+        # its graph; t is alive, so its id is its own, while the hooks are on)
+        t_id = id(t)
+
+        def pack(saved):
+            return _RECIPE if id(saved) == t_id else saved
+
+        def unpack(saved):
+            if saved is not _RECIPE:
+                return saved
+            with torch.no_grad(), cast:
+                return make(x, skip, backend)
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
     def _skip_crops(self, hw):
         """Per level, the (H, W) its decoder center-crops the skip to (the whole skip in "same"
@@ -161,6 +210,9 @@ class UNet(reference.UNet):
     @property
     def _pad(self) -> int:
         return 0 if self.padding == "valid" else 1
+
+
+_RECIPE = object()   # what autograd keeps of a tensor UNet._recomputed makes again
 
 
 class _InCallersFormat(torch.autograd.Function):

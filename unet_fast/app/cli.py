@@ -24,7 +24,7 @@ from .losses import LOSSES
 from .predict import predict_files
 from .runtime import (AMP_MODES, DISK_FULL, ConfigError, RunError, amp_context, check_number,
                       grad_scaler, optimizer_step, resolve_amp, resolve_device)
-from .train import INIT_KEYS, OPTIMIZERS, SCHEDULES, TrainConfig, train
+from .train import INIT_KEYS, OPTIMIZERS, RECOMPUTE, SCHEDULES, TrainConfig, train
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -126,6 +126,10 @@ def _train_parser(sub):
                    help="autocast: auto = bf16 on CUDA, off on CPU")
     g.add_argument("--channels-last", action=_BOOL, default=d.channels_last,
                    help="channels_last (NHWC) tensors")
+    g.add_argument("--recompute", choices=RECOMPUTE, default=d.recompute,
+                   help="activation checkpointing, less memory for more time: up = the "
+                        "decoder's up-sampled maps made again in the backward (the same "
+                        "gradients; a few %% of a step), all = every level (a second forward)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
     g.add_argument("--threads", type=int, default=d.threads,

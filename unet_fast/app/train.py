@@ -87,6 +87,7 @@ class TrainConfig:
     amp: str = "auto"                 # one of runtime.AMP_MODES: auto (bf16 on CUDA, off on CPU)
     channels_last: bool = False
     backend: str = "auto"
+    recompute: str = "none"           # one of RECOMPUTE: activation checkpointing
     device: str = "auto"
     workers: int = 0
     threads: int = 0                  # CPU threads (0: auto, half the cores on a CPU run)
@@ -105,6 +106,8 @@ RESUME_KEYS = ("data", "val_data", "val_fraction", "train_images", "val_images",
                "tiles_per_epoch", "optimizer", "lr", "momentum", "weight_decay", "schedule",
                "warmup_steps", "loss", "class_weights", "w0", "sigma", "border_class", "flips",
                "rotations", "elastic", "elastic_sigma", "seed", "amp", "channels_last")
+# --recompute -> UNet(checkpointing=...): what the backward makes again instead of keeping
+RECOMPUTE = {"none": False, "up": "up", "all": True}
 # Keys on which --init-from's checkpoint and the new run must agree (its network); num_classes may
 # differ (the head is then initialized anew) and everything else is the new run's.
 INIT_KEYS = ("in_channels", "base_channels", "depth", "padding")
@@ -127,6 +130,9 @@ def validate_config(cfg: TrainConfig) -> int:
                           f"{cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.recompute not in RECOMPUTE:
+        raise ConfigError(f"--recompute must be one of {', '.join(RECOMPUTE)}, got "
+                          f"{cfg.recompute!r}")
     for name in ("epochs", "batch", "tiles_per_epoch", "base_channels", "depth", "num_classes",
                  "in_channels", "train_images", "val_batch"):
         setattr(cfg, name, check_number(getattr(cfg, name), _flag(name), integer=True, minimum=1))
@@ -460,7 +466,7 @@ def _setup(cfg, info, device, amp, out_size, resumed, init) -> _Run:
 
     torch.manual_seed(cfg.seed)
     model = UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth, cfg.padding,
-                 backend=cfg.backend)
+                 backend=cfg.backend, checkpointing=RECOMPUTE[cfg.recompute])
     head_reset = False
     if init is not None:
         head_reset = _load_init_weights(model, init, cfg)

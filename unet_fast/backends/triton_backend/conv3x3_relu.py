@@ -308,16 +308,18 @@ def _setup_concat(ctx, inputs, output):
 def _backward_concat(ctx, dy):
     """dgrad into one buffer of the concat's channels, handed back as its two channel slices
     (views: the skip's reaches the encoder's pool backward, up's the transposed conv's backward,
-    both of which read strided gradients); wgrad reads skip and up in place."""
+    both of which read strided gradients); wgrad reads skip and up in place. wgrad first: an up
+    the backward made again (UNet(checkpointing="up")) is gone before dgrad's buffer exists."""
     skip, up, weight, y = ctx.saved_tensors
     g = dy if ctx.grad_masked else mask_grad(dy, y)
+    cs = skip.shape[1]
     dskip = dup = dw = db = None
-    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        dcat = _conv3x3_relu_dgrad(g, weight, None, ctx.padding)
-        cs = skip.shape[1]
-        dskip, dup = dcat[:, :cs], dcat[:, cs:]
     if ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3]):
         dw, db = _concat_conv3x3_relu_wgrad(skip, up, g, ctx.padding, ctx.db_dtype)
+    del skip, up, y
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        dcat = _conv3x3_relu_dgrad(g, weight, None, ctx.padding)
+        dskip, dup = dcat[:, :cs], dcat[:, cs:]
     return dskip, dup, dw, (db if ctx.has_bias else None), None, None
 
 
