@@ -254,7 +254,7 @@ def targets(records, meta):
     # memory: of our configurations that meet the speed target, the leanest (the fastest's where
     # none does): a user can have both at once
     mb = train[bp].get("peak_mem_bytes") if bp else None
-    fast = [p for p in ("triton", "cuda", "auto", "auto_up") if p in train
+    fast = [p for p in ("triton", "cuda", "auto", "auto_up", "auto_ckpt") if p in train
             and train[p].get("peak_mem_bytes") and (ratio(bt, t(train, p)) or 0) >= 1.3]
     mp = min(fast, key=lambda p: train[p]["peak_mem_bytes"]) if fast else op_
     mo = train[mp].get("peak_mem_bytes") if mp else None

@@ -96,6 +96,7 @@ def test_recomputing_the_up_convs_keeps_none_of_them(backend):
     if why:
         pytest.skip(why)
     cfg = small(188)
+
     def up_maps(res):   # (not the next conv's weight cast, made while the layer is up.N.up)
         return [g for g in res["at_peak"] if g["label"].startswith("fwd up.")
                 and ".up " in g["label"] and "_to_copy" not in g["label"]]

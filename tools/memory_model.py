@@ -237,11 +237,10 @@ class _Skip:
 @contextlib.contextmanager
 def _ours_as_on_gpu(backend: str, where: _Where):
     """Within: `backend` takes CPU tensors as it would an H100's (triton: kernel_model.triton_as_on,
-    its kernels not launched; cuda: kernel_model.cuda_as_on_sm90, its CUTLASS path, whose ops
-    run their fake kernels here), and
-    `where.layer` follows the layers. (A Triton kernel writes into what its host wrapper
-    allocated: not launching it changes no allocation. Checking that by launching them under the
-    interpreter does not work: the interpreter copies every argument.)"""
+    its kernels not launched; cuda: kernel_model.cuda_as_on_sm90, its CUTLASS path, whose ops run
+    their fake kernels here), and `where.layer` follows the layers. (A Triton kernel writes into
+    what its host wrapper allocated: not launching it changes no allocation. Checking that by
+    launching them under the interpreter does not work: the interpreter copies every argument.)"""
     km = _kernel_model()
     with contextlib.ExitStack() as stack:
         if backend == "triton":
