@@ -156,7 +156,8 @@ class UNet(reference.UNet):
     def _recomputed(self, t, make, x, skip, layer):
         """With checkpointing="up": within, autograd keeps `t` = make(x, skip, backend) (the
         up-conv's output, or the concat buffer it writes) as a recipe, and the backward that needs
-        it makes it again (no grad, on the backend that ran it: the same kernel, the same numbers)
+        it makes it again (no grad, on the backend that ran it: the same kernel, the same numbers;
+        where "auto" ran cuDNN's transposed conv, bit for bit only with a deterministic algorithm)
         instead of keeping it. x and skip are kept anyway (the up-conv's own weight gradient reads
         x; the cropped skip is a view of the encoder's saved output), as detached views: hooks
         that held the graph would keep every step's alive. (A compiled graph recomputes as its
