@@ -57,11 +57,6 @@ PROVIDERS = {
 TARGET = 0.8   # DESIGN.md: peak training memory <= 0.8x eager
 
 
-def _kernel_model():
-    import kernel_model
-    return kernel_model
-
-
 # ============================================================================ the counter
 class LiveBytes:
     """Bytes alive: every storage counted once, from `add` until its StorageImpl is freed (the
@@ -75,7 +70,6 @@ class LiveBytes:
         self.live = 0
         self.peak = 0
         self.at_peak: dict[int, tuple[int, str]] = {}
-        self.frozen = False                            # after the step: frees no longer matter
 
     def add(self, t, label: str):
         import torch
@@ -88,7 +82,7 @@ class LiveBytes:
         self.alive[key] = (s.nbytes(), f"{label} {tuple(t.shape)} {str(t.dtype)[6:]}")
         weakref.finalize(s, self._free, key)
         self.live += s.nbytes()
-        if self.live > self.peak and not self.frozen:
+        if self.live > self.peak:
             self.peak = self.live
             self.at_peak = dict(self.alive)
             self.peak_where = self.where()
@@ -241,7 +235,7 @@ def _ours_as_on_gpu(backend: str, where: _Where):
     their fake kernels here), and `where.layer` follows the layers. (A Triton kernel writes into
     what its host wrapper allocated: not launching it changes no allocation. Checking that by
     launching them under the interpreter does not work: the interpreter copies every argument.)"""
-    km = _kernel_model()
+    import kernel_model as km
     with contextlib.ExitStack() as stack:
         if backend == "triton":
             stack.enter_context(km.triton_as_on())
@@ -333,7 +327,6 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
             base = counter.live
             counter.reset_peak()
             step()
-            counter.frozen = True
     finally:
         for h in hooks:
             h.remove()
@@ -439,7 +432,7 @@ def write_report(results, path_md, path_json):
 
 
 def main(argv=None) -> int:
-    km = _kernel_model()
+    import kernel_model as km
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="valid572,same512",
                     help="comma-separated model configs, each NAME or NAME:BATCH "
