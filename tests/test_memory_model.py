@@ -85,6 +85,22 @@ def test_ours_keeps_less_than_eager_and_no_pool_indices(provider):
     assert not any("int64" in g["label"] for g in ours["at_peak"] if "target" not in g["label"])
 
 
+def test_the_valid_encoders_output_is_kept_once():
+    """backend="triton", valid U-Net: what each encoder step's fused conv+pool keeps alive at the
+    peak is its output y once (the skip its decoder reads and the ring of y around it) and the
+    pooled map, not y whole beside a cropped copy of it."""
+    why = mm._unavailable("triton")
+    if why:
+        pytest.skip(why)
+    cfg = small(188)
+    res = mm.step_peak(cfg, "triton")
+    # 188 -> 186 -> y 184, pooled 92 -> 90 -> y 88, pooled 44; bf16
+    for level, (c, y) in enumerate([(64, 184), (128, 88)]):
+        kept = [g for g in res["at_peak"] if g["label"].startswith(f"fwd down.{level}.2 empty")]
+        assert len(kept) == 3, kept                                  # skip, ring, pooled
+        assert sum(g["bytes"] for g in kept) == cfg.batch * c * (y * y + (y // 2) ** 2) * 2
+
+
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_recomputing_the_up_convs_keeps_none_of_them(backend):
     """UNet(checkpointing="up"): no up-sampled map (nor the cuda backend's concat buffer) kept

@@ -149,6 +149,43 @@ def test_conv3x3_relu_pool_gradient_of_one_output():
             assert_float32_close(f"gradient through output {pick}", g, r)
 
 
+@pytest.mark.parametrize("hw,crop,layout", [((15, 13), (8, 5), "nchw"),
+                                             ((11, 10), (8, 3), "channels_last"),
+                                             ((10, 9), (1, 1), "channels_last"),
+                                             ((9, 12), (4, 10), "nchw")])
+def test_encoder_step_keeps_y_once_as_skip_and_ring(monkeypatch, hw, crop, layout):
+    """The valid U-Net's encoder step keeps y for its backward as the skip (y's center crop) and
+    the ring of y's other pixels, not y whole beside the skip: the two hold every pixel of y once
+    (crop offsets odd, zero, a crop of whole rows, and one of one pixel). Without gradients the ring is not written
+    (STORE_Y off) and the skip and pooled map are the same; a backward from such a forward is
+    refused by name."""
+    calls = _spy_fwd(monkeypatch)
+    x, wt, b = make((2, 3) + hw, layout).relu(), make((5, 3, 3, 3), scale=0.3), make((5,))
+    skip, pooled, ring = t_conv3x3.conv3x3_relu_pool_crop(x, wt, b, 0, True, *crop, True)
+    y = torch.relu(F.conv2d(x.double(), wt.double(), b.double()))
+    oh, ow = y.shape[-2:]
+    t, l = (oh - crop[0]) // 2, (ow - crop[1]) // 2
+    in_crop = torch.zeros(oh, ow, dtype=torch.bool)
+    in_crop[t:t + crop[0], l:l + crop[1]] = True
+    assert ring.shape == (2, 5, 1, oh * ow - crop[0] * crop[1]) and ring.stride(1) == 1
+    whole = torch.empty(2, oh, ow, 5, dtype=ring.dtype)
+    whole[:, ~in_crop] = ring[:, :, 0].transpose(1, 2)            # ring pixels in row order
+    whole[:, in_crop] = skip.permute(0, 2, 3, 1).reshape(2, -1, 5)
+    assert_float32_close("y from skip and ring", whole.permute(0, 3, 1, 2), y)
+    assert_float32_close("pooled", pooled, F.max_pool2d(y, 2, 2))
+    assert [kw["store_y"] for kw in calls] == [True]
+    with torch.no_grad():
+        skip0, pooled0 = uf.ops.conv3x3_relu_pool(x, wt, b, 0, backend="triton",
+                                                  _relu_input=True, _skip_hw=crop)
+    assert [kw["store_y"] for kw in calls] == [True, False]
+    assert torch.equal(skip0, skip) and torch.equal(pooled0, pooled)
+    xs = [v.detach().requires_grad_() for v in (x, wt, b)]
+    skip1, _, ring1 = t_conv3x3.conv3x3_relu_pool_crop(*xs, 0, True, *crop, False)
+    assert ring1.numel() == 0
+    with pytest.raises(RuntimeError, match="without keeping its output"):
+        skip1.sum().backward()
+
+
 # ---------------------------------------------------------------- max-pool, crop-concat
 @pytest.mark.parametrize("shape,layout", [((3, 5, 13, 11), "nchw"), ((3, 17, 17, 23), "channels_last"),
                                           ((2, 3, 8, 6), "nhwc_strided"), ((1, 1, 2, 3), "nchw"),
@@ -501,7 +538,7 @@ OPCHECK_CASES = {
     # the valid U-Net's encoder step: the skip cropped (3x4 of the 7x6 output) by the epilogue
     "conv3x3_relu_pool_crop": lambda: (t_conv3x3.conv3x3_relu_pool_crop,
                                        (_x((2, 3, 9, 8), "channels_last"), _x((4, 3, 3, 3)),
-                                        _x((4,)), 0, True, 3, 4)),
+                                        _x((4,)), 0, True, 3, 4, True)),
     "max_pool2x2": lambda: (t_pool.max_pool2x2, (_x((2, 3, 7, 6)),)),
     "crop_concat": lambda: (t_crop.crop_concat, (_x((2, 2, 9, 8)), _x((2, 3, 7, 6)))),
     "conv_transpose2x2": lambda: (t_convt.conv_transpose2x2, (_x((2, 3, 4, 3)), _x((3, 2, 2, 2)),
@@ -544,6 +581,13 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(t_pool._relu_pool_backward, (y, make((2, 4, 2, 2)), y))
     # the gradient of y's center crop only (the valid U-Net's skip), read at the crop's offset
     torch.library.opcheck(t_pool._relu_pool_backward, (make((2, 4, 3, 2)), make((2, 4, 2, 2)), y))
+    # the valid U-Net's encoder: y (5x4) kept as its 3x2 center crop and the ring around it
+    skip, ring = make((2, 4, 3, 2)), make((2, 14, 1, 4)).permute(0, 3, 2, 1)
+    assert ring.shape == t_crop.empty_ring(2, 4, (5, 4), (3, 2), y).shape and ring.stride(1) == 1
+    torch.library.opcheck(t_pool._relu_pool_backward_ring,
+                          (make((2, 4, 3, 2)), make((2, 4, 2, 2)), skip, ring, 5, 4))
+    torch.library.opcheck(t_pool._relu_pool_backward_ring,
+                          (None, make((2, 4, 2, 2)), skip, ring, 5, 4))
     torch.library.opcheck(t_pool._max_pool2x2_backward, (make((2, 4, 2, 2)), y))
     torch.library.opcheck(t_crop._crop_pad, (dy, 7, 9))
     torch.library.opcheck(t_convt._conv_transpose2x2_dgrad, (dy, make((3, 4, 2, 2)), None))

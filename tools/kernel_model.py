@@ -665,7 +665,7 @@ def _igemm_fwd_work(l, c):
         dram += _tbytes(_arg(l, "a2_ptr"))
     if c.get("POOL"):
         dram += _tbytes(_arg(l, "pool_ptr"))
-    if c.get("SKIP"):   # the cropped skip, a second store
+    if c.get("SKIP"):   # y stored as the cropped skip and (out) the ring around it
         dram += _tbytes(_arg(l, "skip_ptr"))
     if c.get("RELU_IN"):   # the input whose ReLU masks the output, read once
         dram += _tbytes(_arg(l, "x_ptr"))
@@ -730,6 +730,8 @@ def _pool_fwd_work(l, c):
 def _pool_bwd_work(l, c):
     s, dp, g = _arg(l, "s_ptr"), _arg(l, "dp_ptr"), _arg(l, "g_ptr")
     b = _tbytes(s) + _tbytes(dp) + _tbytes(g) + (_tbytes(_arg(l, "dy_ptr")) if c["ADD_DY"] else 0)
+    if c.get("RING"):   # the source is the skip and the ring around it
+        b += _tbytes(_arg(l, "ring_ptr"))
     return dict(flops=0, dram=b, pass_="pool bwd" + (" + dReLU" if c["RELU_MASK"] else ""),
                 mma=False)
 

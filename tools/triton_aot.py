@@ -32,6 +32,7 @@ interpreter replaces the kernels); it removes it from its own environment before
 
     python tools/triton_aot.py                 # everything, into docs/triton_kernels.md
     python tools/triton_aot.py --subset        # one config per variant and spec (the test's check)
+    python tools/triton_aot.py --kernel igemm_fwd_kernel --variant "skip cropped"   # those rows
     /path/to/triton-3.6-venv/bin/python tools/triton_aot.py   # adds 3.6 rows (on demand)
 
 CI's Triton (3.8) has rows in the committed table, which tests/test_triton_aot.py checks; rows of
@@ -226,12 +227,15 @@ def _variants():
         ("max_pool._max_pool2x2_forward_kernel", "max_pool2x2 fwd", {}, False, ("bf16",), _ALL,
          {}),
         ("max_pool._max_pool2x2_backward_kernel", "max_pool2x2 bwd",
-         dict(ADD_DY=False, RELU_MASK=False, DY_CROP=False), False, ("bf16",), _ALL, {}),
+         dict(ADD_DY=False, RELU_MASK=False, DY_CROP=False, RING=False), False, ("bf16",), _ALL, {}),
         ("max_pool._max_pool2x2_backward_kernel", "conv+pool bwd (skip grad + ReLU mask)",
-         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=False), False, ("bf16",), _ALL, {}),
+         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=False, RING=False), False, ("bf16",), _ALL, {}),
         ("max_pool._max_pool2x2_backward_kernel",
          "conv+pool bwd, skip grad of the crop (DY_CROP)",
-         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=True), False, ("bf16",), _ALL, {}),
+         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=True, RING=False), False, ("bf16",), _ALL, {}),
+        ("max_pool._max_pool2x2_backward_kernel",
+         "conv+pool bwd, y kept as the skip and the ring (RING)",
+         dict(ADD_DY=True, RELU_MASK=True, DY_CROP=True, RING=True), False, ("bf16",), _ALL, {}),
         ("crop_concat._crop_copy_kernel", "crop copy / pad", {}, False, ("bf16",), _ALL, {}),
         ("igemm._split_sum_kernel", "wgrad split-K sum + cast", {}, False, ALL_DTYPES, _BASE,
          {}),
@@ -521,11 +525,12 @@ def read_table(path):
 
 def write_table(rows, path, only=None):
     """One table for every Triton version it was run with: this run's rows replace the rows of
-    the same version (of kernel `only`, if given), the other versions' rows are kept."""
+    the same version (those `only(row)` holds for, if given), the other versions' rows are
+    kept."""
     import triton
     mine = triton.__version__
     kept = [r for r in read_table(path) if r.get("triton")
-            and (r["triton"] != mine or (only is not None and r["kernel"] != only))]
+            and (r["triton"] != mine or (only is not None and not only(r)))]
     fresh = [dict(r, status="ok" if _passed(r) else (r.get("problems") or r["error"]))
              for r in rows]
     order = {spec: i for i, spec in enumerate(SPECS)}
@@ -604,16 +609,23 @@ def main(argv=None):
     ap.add_argument("--kernel", default=None,
                     help="compile only this kernel's rows (e.g. igemm_wgrad_kernel, after a change "
                          "to it); the table keeps every other kernel's rows")
+    ap.add_argument("--variant", default=None,
+                    help="with --kernel: only its variants whose label contains this (e.g. "
+                         "'skip cropped'); the table keeps every other row")
     args = ap.parse_args(argv)
+    if args.variant and not args.kernel:
+        ap.error("--variant needs --kernel")
     out = args.out
     if out is None and not args.subset:
         out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                            "triton_kernels.md")
     todo = jobs(args.subset)
     if args.kernel:
-        todo = [j for j in todo if j[0].split(".")[-1] == args.kernel]
+        todo = [j for j in todo if j[0].split(".")[-1] == args.kernel
+                and (args.variant is None or args.variant in j[1])]
         if not todo:
-            ap.error(f"no kernel named {args.kernel!r}")
+            ap.error(f"no kernel named {args.kernel!r}"
+                     + (f" with a variant {args.variant!r}" if args.variant else ""))
     t0 = time.time()
     rows = []
     if args.jobs > 1:
@@ -628,7 +640,9 @@ def main(argv=None):
               f"{r['config']}: regs={r['regs']} spill={r['spill']} smem={r['smem']} "
               f"mma={r['mma']} {r.get('problems') or r['error']} ({r['seconds']:.1f}s)")
     if out:
-        write_table(rows, out, only=args.kernel)
+        write_table(rows, out, only=None if not args.kernel else (
+            lambda r: r["kernel"] == args.kernel
+            and (args.variant is None or args.variant in r["variant"])))
         print(f"wrote {out}")
     for line in summary(rows):
         print(line)

@@ -30,7 +30,7 @@ from . import utils
 from . import crop_concat as _crop_concat
 from . import conv1x1 as _conv1x1
 from .igemm import cat_ok, igemm_fwd, igemm_wgrad
-from .max_pool import _relu_pool_backward
+from .max_pool import _relu_pool_backward, _relu_pool_backward_ring
 
 
 def _out_hw(h, w, padding):
@@ -60,19 +60,25 @@ def _weight_dgrad(weight):
 
 
 # ---------------------------------------------------------------- host launchers
-def conv3x3_relu_forward(x, weight, bias, padding, pool: bool = False, skip_hw=None):
-    """y, or (y, pooled) with `pool`, or (crop, pooled, y) with `skip_hw`: y's center crop of
-    that size stored from the same epilogue."""
+def conv3x3_relu_forward(x, weight, bias, padding, pool: bool = False, skip_hw=None,
+                         keep_ring: bool = True):
+    """y, or (y, pooled) with `pool`, or (crop, pooled, ring) with `skip_hw`: y's center crop of
+    that size and the ring of y around it (crop_concat.empty_ring), stored from the same epilogue
+    (y is never whole in memory); without `keep_ring` the ring is not written (empty)."""
     nb, _, h, w = x.shape
     co = weight.shape[0]
     oh, ow = _out_hw(h, w, padding)
-    y = utils.empty_like_format((nb, co, oh, ow), x)
     pooled = utils.empty_like_format((nb, co, oh // 2, ow // 2), x) if pool else None
-    skip = utils.empty_like_format((nb, co) + tuple(skip_hw), x) if skip_hw else None
+    if skip_hw:
+        skip = utils.empty_like_format((nb, co) + tuple(skip_hw), x)
+        ring = _crop_concat.empty_ring(nb, co, (oh, ow), skip_hw, x) if keep_ring else None
+        igemm_fwd(x, _weight_fwd(weight), skip if ring is None else ring, grid_hw=(oh, ow), ks=3,
+                  stride=1, pad=padding, sign=1, bias=bias, relu=True, pool=pooled, skip=skip,
+                  store_y=keep_ring)
+        return skip, pooled, (x.new_empty(0) if ring is None else ring)
+    y = utils.empty_like_format((nb, co, oh, ow), x)
     igemm_fwd(x, _weight_fwd(weight), y, grid_hw=(oh, ow), ks=3, stride=1, pad=padding, sign=1,
-              bias=bias, relu=True, pool=pooled, skip=skip)
-    if skip is not None:
-        return skip, pooled, y
+              bias=bias, relu=True, pool=pooled)
     return (y, pooled) if pool else y
 
 
@@ -153,21 +159,25 @@ def _(x, weight, bias, padding, relu_input):
 
 @torch.library.custom_op("unet_fast_triton::conv3x3_relu_pool_crop", mutates_args=())
 def conv3x3_relu_pool_crop(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                           padding: int, relu_input: bool, skip_h: int,
-                           skip_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(center crop of y to (skip_h, skip_w), max_pool2x2(y), y): the valid U-Net's encoder
-    step, whose skip is only ever read cropped. y itself is returned for the backward only (not
-    differentiable), so the skip's gradient reaches the pool backward at the crop's size."""
-    return conv3x3_relu_forward(x, weight, bias, padding, pool=True, skip_hw=(skip_h, skip_w))
+                           padding: int, relu_input: bool, skip_h: int, skip_w: int,
+                           keep_ring: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(center crop of y to (skip_h, skip_w), max_pool2x2(y), the ring of y around the crop): the
+    valid U-Net's encoder step, whose skip is only ever read cropped. The backward reads y from
+    the skip and the ring (returned for it only: not differentiable; written only with
+    keep_ring, else empty: in inference it is never read), so y is never kept twice, and the
+    skip's gradient reaches the pool backward at the crop's size."""
+    return conv3x3_relu_forward(x, weight, bias, padding, pool=True, skip_hw=(skip_h, skip_w),
+                                keep_ring=keep_ring)
 
 
 @conv3x3_relu_pool_crop.register_fake
-def _(x, weight, bias, padding, relu_input, skip_h, skip_w):
+def _(x, weight, bias, padding, relu_input, skip_h, skip_w, keep_ring):
     oh, ow = _out_hw(x.shape[2], x.shape[3], padding)
     nb, co = x.shape[0], weight.shape[0]
     return (utils.empty_like_format((nb, co, skip_h, skip_w), x),
             utils.empty_like_format((nb, co, oh // 2, ow // 2), x),
-            utils.empty_like_format((nb, co, oh, ow), x))
+            _crop_concat.empty_ring(nb, co, (oh, ow), (skip_h, skip_w), x) if keep_ring
+            else x.new_empty(0))
 
 
 @torch.library.custom_op("unet_fast_triton::_conv3x3_relu_dgrad", mutates_args=())
@@ -246,10 +256,11 @@ def _(x, weight, bias, head_weight, head_bias, padding, relu_input, keep_y):
 
 
 # ---------------------------------------------------------------- autograd
-def _setup(ctx, inputs, output):
+def _setup(ctx, inputs, output, *kept):
+    """Saves x, the weight and y (`output`'s first), or in y's place `kept`."""
     x, weight, bias, padding, relu_input = inputs[:5]
     y = output[0] if isinstance(output, (tuple, list)) else output
-    ctx.save_for_backward(x, weight, y)
+    ctx.save_for_backward(x, weight, *(kept or (y,)))
     ctx.padding = padding
     ctx.relu_input = relu_input
     ctx.grad_masked = len(inputs) > 5 and inputs[5]
@@ -280,20 +291,33 @@ def _backward_pool(ctx, dy, dpool):
 
 
 def _setup_crop(ctx, inputs, output):
-    """conv3x3_relu_pool_crop's: y (its third output) is saved, not differentiated."""
-    _setup(ctx, inputs[:5], output[2])
-    ctx.mark_non_differentiable(output[2])
+    """conv3x3_relu_pool_crop's: y is saved as the skip (its first output) and the ring (its
+    third, not differentiated)."""
+    skip, _, ring = output
+    _setup(ctx, inputs[:5], output, skip, ring)
+    ctx.y_hw = _out_hw(inputs[0].shape[2], inputs[0].shape[3], inputs[3])
+    ctx.mark_non_differentiable(ring)
     ctx.set_materialize_grads(False)   # (an unused skip or pooled map: no zero-filled grad)
 
 
-def _backward_pool_crop(ctx, dskip, dpool, _dy):
+def _require_kept(t, op: str) -> None:
+    """A saved output the forward left empty: it ran when no gradient was wanted (_grad_wanted)."""
+    if t.numel() == 0:
+        raise RuntimeError(f"{op}: this forward ran without keeping its output (no input "
+                           "required a gradient then), so it has no backward; run it with "
+                           "gradients enabled")
+
+
+def _backward_pool_crop(ctx, dskip, dpool, _dring):
     if dskip is None and dpool is None:
-        return (None,) * 7
-    x, weight, y = ctx.saved_tensors
-    # the skip's gradient has the crop's size: the pool backward reads it at the crop's offset
-    # (zero around it), so no zero-padded full-size map is ever made
-    g = _relu_pool_backward(dskip, dpool, y)
-    return _grads(ctx, g, x, weight) + (None, None)
+        return (None,) * 8
+    x, weight, skip, ring = ctx.saved_tensors
+    _require_kept(ring, "conv3x3_relu_pool (the valid U-Net's encoder step)")
+    # y read from the skip and the ring; the skip's gradient has the crop's size: the pool
+    # backward reads it at the crop's offset (zero around it), so no zero-padded full-size map
+    # is ever made
+    g = _relu_pool_backward_ring(dskip, dpool, skip, ring, *ctx.y_hw)
+    return _grads(ctx, g, x, weight) + (None, None, None)
 
 
 def _setup_concat(ctx, inputs, output):
@@ -343,10 +367,7 @@ def _backward_head(ctx, dz, _dy):
     if dz is None:
         return (None,) * 8
     x, weight, head_weight, y = ctx.saved_tensors
-    if y.numel() == 0:
-        raise RuntimeError("conv3x3_relu_conv1x1: this forward ran without keeping y (no input "
-                           "required a gradient then), so it has no backward; run it with "
-                           "gradients enabled")
+    _require_kept(y, "conv3x3_relu_conv1x1")
     dx = dw = db = dhw = dhb = None
     if need[3] or (ctx.has_head_bias and need[4]):
         dhw, dhb = _conv1x1._conv1x1_wgrad(y, dz, ctx.head_db_dtype)
@@ -363,6 +384,11 @@ conv3x3_relu_pool.register_autograd(_backward_pool, setup_context=_setup)
 conv3x3_relu_pool_crop.register_autograd(_backward_pool_crop, setup_context=_setup_crop)
 
 
+def _grad_wanted(*inputs) -> bool:
+    """Whether autograd will record the op (its backward's saved outputs must be written)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+
+
 def impl(x, weight, bias, padding, relu_input=False, grad_masked=False):
     if nonfinite_weight_on_cpu(weight):  # PyTorch's NaN pattern at the border (see there)
         return torch_backend.conv3x3_relu(x, weight, bias, padding, relu_input)
@@ -376,7 +402,8 @@ def impl_pool(x, weight, bias, padding, relu_input=False, skip_h=0, skip_w=0):
     oh, ow = _out_hw(x.shape[2], x.shape[3], int(padding))
     if skip_h and (skip_h, skip_w) != (oh, ow):
         skip, pooled, _ = conv3x3_relu_pool_crop(x, weight, bias, int(padding), bool(relu_input),
-                                                 int(skip_h), int(skip_w))
+                                                 int(skip_h), int(skip_w), _grad_wanted(x, weight,
+                                                                                        bias))
         return skip, pooled
     return conv3x3_relu_pool(x, weight, bias, int(padding), bool(relu_input))
 
@@ -401,7 +428,6 @@ def impl_head(x, weight, bias, head_weight, head_bias, padding, relu_input=False
         # (which masks the gradient it returns, so the conv need not)
         y = impl(x, weight, bias, padding, relu_input, True)
         return _conv1x1.impl(y, head_weight, head_bias, True)
-    keep_y = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, head_weight, head_bias))
+    keep_y = _grad_wanted(x, weight, bias, head_weight, head_bias)
     return conv3x3_relu_conv1x1(x, weight, bias, head_weight, head_bias, int(padding),
                                 bool(relu_input), keep_y)[0]

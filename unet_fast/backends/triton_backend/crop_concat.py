@@ -63,6 +63,34 @@ def crop_offsets(skip_hw, up_hw):
     return (skip_hw[0] - up_hw[0]) // 2, (skip_hw[1] - up_hw[1]) // 2
 
 
+# ---------------------------------------------------------------- the valid U-Net's kept encoder output
+# The encoder's second conv output y is kept for its backward (the ReLU mask, the pool's argmax),
+# and its center crop is the skip the decoder reads. So y is stored once, in two parts: the skip
+# (its own tensor, which the decoder's kernels read in place) and the ring around it, the pixels
+# of y outside the crop, row by row, channels innermost; nothing of y is stored twice.
+def ring_pixels(y_hw, crop_hw) -> int:
+    """Pixels of y's ring around its (H, W) crop, per image."""
+    return y_hw[0] * y_hw[1] - crop_hw[0] * crop_hw[1]
+
+
+def empty_ring(nb: int, c: int, y_hw, crop_hw, like: torch.Tensor) -> torch.Tensor:
+    """The ring as a logical (N, C, 1, ring pixels) channels_last tensor (nhwc_strides: the
+    image, the pixel, the channel)."""
+    return torch.empty((nb, c, 1, ring_pixels(y_hw, crop_hw)), dtype=like.dtype,
+                       device=like.device, memory_format=torch.channels_last)
+
+
+@triton.jit
+def ring_pixel(p, q, OH, OW, T, L, CH, CW):
+    """For pixels (p, q) of the (OH, OW) map y with its (CH, CW) crop at (T, L): whether each is
+    in the crop, and else its pixel number in the ring (y's pixel number less the crop's pixels
+    before it: the crop's rows above, and in a crop row the crop's own span left of it)."""
+    mid = (p >= T) & (p < T + CH)
+    in_crop = mid & (q >= L) & (q < L + CW)
+    rows_before = tl.minimum(tl.maximum(p - T, 0), CH)
+    return in_crop, p * OW + q - CW * (rows_before + (mid & (q >= L)).to(tl.int32))
+
+
 # ---------------------------------------------------------------- torch operators and autograd
 def _concat_shape(skip, up):
     return (up.shape[0], skip.shape[1] + up.shape[1], up.shape[2], up.shape[3])

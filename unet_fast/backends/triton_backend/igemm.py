@@ -55,7 +55,7 @@ import triton.language as tl
 from triton.language.extra.cuda import num_warps as _num_warps
 
 from . import utils
-from .crop_concat import crop_offsets
+from .crop_concat import crop_offsets, ring_pixel
 
 # (the interpreter has no num_warps builtin: the pool's row order then assumes 4 warps, an order
 # that is right for any layout, only not the fastest for every one)
@@ -248,7 +248,7 @@ def igemm_fwd_kernel(
     bias_ptr,
     out_ptr, o_sn, o_sh, o_sw, o_sc,
     pool_ptr, q_sn, q_sh, q_sw, q_sc,
-    skip_ptr, k_sn, k_sh, k_sw, k_sc, SKH, SKW, SK_T, SK_L,  # SKIP: out's (SKH, SKW) crop at (SK_T, SK_L)
+    skip_ptr, k_sn, k_sh, k_sw, k_sc, SKH, SKW, SK_T, SK_L,  # SKIP: y's (SKH, SKW) crop at (SK_T, SK_L); out: the ring
     x_ptr, x_sn, x_sh, x_sw, x_sc,                      # RELU_IN: the input whose ReLU masks out
     h_w_ptr, h_sk, h_sc, h_b_ptr,                       # HEAD: the 1x1 head's W[k, c] and bias[k]
     z_ptr, z_sn, z_sh, z_sw, z_sc,                      # HEAD: its output (N, OH, OW, HEAD)
@@ -474,7 +474,24 @@ def igemm_fwd_kernel(
     else:
         row = n64 * o_sn + p * o_sh + q * o_sw
         col = offs_n * o_sc
-    if STORE_Y and O_DESC and not A_L1 and TILE_W == 0:
+    if SKIP:
+        # the valid U-Net's encoder: y stored once, its center crop into the skip the decoder
+        # concatenates (whose gradient then has the crop's size: no zero-padded full-size map),
+        # every other pixel into the ring around it (out, crop_concat.ring_pixel), which with
+        # the skip is the y the backward reads (not stored without STORE_Y: inference); one
+        # store, each row's pointer picked (a store each took more registers: the encoder's
+        # 128x128x32 L1 tile went past the 128 at which two CTAs share an SM)
+        in_crop, ring_q = ring_pixel(p, q, OH, OW, SK_T, SK_L, SKH, SKW)
+        at_skip = skip_ptr + ((n64 * k_sn + (p - SK_T) * k_sh + (q - SK_L) * k_sw)[:, None]
+                              + offs_n[None, :] * k_sc)
+        at_ring = out_ptr + ((n64 * o_sn + ring_q * o_sw)[:, None] + offs_n[None, :] * o_sc)
+        if STORE_Y:
+            y_ok = m_ok
+        else:
+            y_ok = m_ok & in_crop
+        tl.store(tl.where(in_crop[:, None], at_skip, at_ring),
+                 acc.to(skip_ptr.dtype.element_ty), mask=y_ok[:, None] & n_ok[None, :])
+    elif STORE_Y and O_DESC and not A_L1 and TILE_W == 0:
         # the tile's rows are consecutive pixels of a dense grid (no pool order, no scatter, no
         # 2-D patch): one TMA store of the tile, clipped at M_GEMM and N_GEMM (out may be a
         # channel slice of a wider buffer: its columns past N_GEMM are never touched). (Not in
@@ -509,14 +526,6 @@ def igemm_fwd_kernel(
             z_k = tl.sum(tl.where(cls[None, :] == k, z, 0.0), axis=1)
             z_k += tl.load(h_b_ptr + k).to(tl.float32)
             tl.store(z_ptr + (z_row + k * z_sc), z_k.to(z_ptr.dtype.element_ty), mask=m_ok)
-    if SKIP:
-        # the valid U-Net's skip: the center crop of y its decoder concatenates, from the same
-        # registers (its gradient then has the crop's size: no zero-padded full-size map)
-        sp = p - SK_T
-        sq = q - SK_L
-        s_ok = m_ok & (sp >= 0) & (sp < SKH) & (sq >= 0) & (sq < SKW)
-        tl.store(skip_ptr + ((n64 * k_sn + sp * k_sh + sq * k_sw)[:, None] + offs_n[None, :] * k_sc),
-                 acc.to(skip_ptr.dtype.element_ty), mask=s_ok[:, None] & n_ok[None, :])
 
 
 # Persistent, whole-K-in-one-tile variant for the convolutions whose K (taps x channels) fits one
@@ -961,7 +970,8 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     """Launch `igemm_fwd_kernel`. Tensors are logical NCHW (any strides); `grid_hw` is the pixel
     grid of the GEMM's rows; `w` = (tensor, tap stride, channel stride, column stride, N) reads
     the weight as W[tap, ca, j]; `relu_in`: the tensor (shaped like `out`) whose ReLU masks it;
-    `skip`: a tensor that also gets out's center crop of its size (with `pool`); `a2`: A is
+    `skip`: gets the output's center crop of its size (with `pool`), and `out` is then the ring
+    around it (crop_concat.empty_ring; not written with `store_y=False`); `a2`: A is
     cat([a, a2], 1), read in place (`cat_ok(a, a2)` must hold); `head` = (weight (K, N, 1, 1),
     bias or None, z): z also gets the 1x1 head over out (`utils.head_fits(N, K, dtype)`),
     and with `store_y=False` only z is written."""
@@ -994,7 +1004,7 @@ def igemm_fwd(a: torch.Tensor, w: tuple, out: torch.Tensor, *, grid_hw, ks: int,
     else:
         h_w, h_b, z = w_t, w_t, out
     flat_k = ca % utils.k_align() != 0
-    store_y_ = store_y or head is None
+    store_y_ = store_y or (head is None and skip is None)
     # the window can leave the input unless every shifted pixel is inside by construction
     bounds = not (pad == 0 and sign == 1 and (oh - 1) * stride + ks <= ah
                   and (ow - 1) * stride + ks <= aw)

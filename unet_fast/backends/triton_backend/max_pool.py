@@ -3,7 +3,8 @@
 No indices are saved: the backward reads the pooled tensor's source again and routes each pooled
 gradient to the first maximum of its window in (0,0), (0,1), (1,0), (1,1) order -- the element
 PyTorch's max_pool2d picks. The same backward kernel serves the encoder's fused conv+pool: there it
-also adds the skip's gradient and applies the ReLU mask, in one pass over the activation.
+also adds the skip's gradient and applies the ReLU mask, in one pass over the activation (which the
+valid U-Net keeps as its skip and the ring around it: RING).
 Tiles are (windows x channels) with channels innermost, so NHWC data moves in wide coalesced rows.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import utils
-from .crop_concat import crop_offsets
+from .crop_concat import crop_offsets, ring_pixel
 
 
 # Autotune keys: channels, the pixel count's power-of-two bucket (P_BUCKET) and the memory layout
@@ -52,8 +53,21 @@ def _max_pool2x2_forward_kernel(
     tl.store(y_ptr + out, m, mask=ok)
 
 
+@triton.jit
+def _ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw, ring_sc, n, h, w,
+              offs_c, H, W, SKH, SKW, SK_T, SK_L):
+    """Pointers to the source's pixels (n, h, w) (each row a pixel, offs_c its channels) when it
+    is kept as its (SKH, SKW) crop at (SK_T, SK_L) and the ring around it
+    (crop_concat.ring_pixel)."""
+    in_crop, ring_q = ring_pixel(h, w, H, W, SK_T, SK_L, SKH, SKW)
+    at_s = s_ptr + ((n * s_sn + (h - SK_T) * s_sh + (w - SK_L) * s_sw)[:, None]
+                    + offs_c[None, :] * s_sc)
+    at_r = ring_ptr + ((n * ring_sn + ring_q * ring_sw)[:, None] + offs_c[None, :] * ring_sc)
+    return tl.where(in_crop[:, None], at_s, at_r)
+
+
 @utils.autotune(configs=utils.elemwise_configs(),
-                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK", "DY_CROP"],
+                 key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK", "DY_CROP", "RING"],
                  prune_configs_by={"early_config_prune": utils.prune_elemwise})
 @triton.jit(do_not_specialize=["NB", "H", "W", "DYH", "DYW", "DY_T", "DY_L", "P_BUCKET",
                                "LAYOUT"])
@@ -62,9 +76,11 @@ def _max_pool2x2_backward_kernel(
     dp_ptr, dp_sn, dp_sh, dp_sw, dp_sc,     # gradient of the pooled map
     dy_ptr, dy_sn, dy_sh, dy_sw, dy_sc,     # gradient of the source itself (ADD_DY), or of
     DYH, DYW, DY_T, DY_L,                   # its (DYH, DYW) crop at (DY_T, DY_L) (DY_CROP)
+    ring_ptr, ring_sn, ring_sw, ring_sc,    # RING: the source is s, its center crop, and
+                                            # this ring around it (crop_concat.ring_pixel)
     g_ptr, g_sn, g_sh, g_sw, g_sc,          # result, the source's shape
     NB, H, W, C, P_BUCKET, LAYOUT,          # P_BUCKET, LAYOUT: autotune key only
-    ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr, DY_CROP: tl.constexpr,
+    ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr, DY_CROP: tl.constexpr, RING: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # One program row per 2x2 window of the ceil-divided grid, so odd trailing rows and columns
@@ -86,12 +102,26 @@ def _max_pool2x2_backward_kernel(
     ok01 = (w_ok & (w0 + 1 < W))[:, None] & c_ok[None, :]
     ok10 = (w_ok & (h0 + 1 < H))[:, None] & c_ok[None, :]
     ok11 = (w_ok & (h0 + 1 < H) & (w0 + 1 < W))[:, None] & c_ok[None, :]
-    cs = offs_c[None, :] * s_sc
-    sb = (n * s_sn + h0 * s_sh + w0 * s_sw)[:, None] + cs
-    v00 = tl.load(s_ptr + sb, mask=ok00, other=float("-inf"))
-    v01 = tl.load(s_ptr + sb + s_sw, mask=ok01, other=float("-inf"))
-    v10 = tl.load(s_ptr + sb + s_sh, mask=ok10, other=float("-inf"))
-    v11 = tl.load(s_ptr + sb + s_sh + s_sw, mask=ok11, other=float("-inf"))
+    if RING:   # (the dy crop's size and place are the skip's)
+        v00 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
+                                ring_sc, n, h0, w0, offs_c, H, W, DYH, DYW, DY_T, DY_L),
+                      mask=ok00, other=float("-inf"))
+        v01 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
+                                ring_sc, n, h0, w0 + 1, offs_c, H, W, DYH, DYW, DY_T, DY_L),
+                      mask=ok01, other=float("-inf"))
+        v10 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
+                                ring_sc, n, h0 + 1, w0, offs_c, H, W, DYH, DYW, DY_T, DY_L),
+                      mask=ok10, other=float("-inf"))
+        v11 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
+                                ring_sc, n, h0 + 1, w0 + 1, offs_c, H, W, DYH, DYW, DY_T, DY_L),
+                      mask=ok11, other=float("-inf"))
+    else:
+        cs = offs_c[None, :] * s_sc
+        sb = (n * s_sn + h0 * s_sh + w0 * s_sw)[:, None] + cs
+        v00 = tl.load(s_ptr + sb, mask=ok00, other=float("-inf"))
+        v01 = tl.load(s_ptr + sb + s_sw, mask=ok01, other=float("-inf"))
+        v10 = tl.load(s_ptr + sb + s_sh, mask=ok10, other=float("-inf"))
+        v11 = tl.load(s_ptr + sb + s_sh + s_sw, mask=ok11, other=float("-inf"))
     m = tl.maximum(tl.maximum(v00, v01), tl.maximum(v10, v11))
     s00 = v00 == m
     s01 = (v01 == m) & (~s00)
@@ -160,16 +190,22 @@ def max_pool2x2_forward(x: torch.Tensor) -> torch.Tensor:
 
 def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
                          dy: Optional[torch.Tensor] = None, relu_mask: bool = False,
-                         like: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         like: Optional[torch.Tensor] = None,
+                         ring: Optional[torch.Tensor] = None, hw=None) -> torch.Tensor:
     """Gradient w.r.t. the pooled map's source: route(dpool) (+ dy) (* (src > 0)). A `dy`
-    smaller than src is the gradient of src's center crop of that size (0 elsewhere)."""
-    nb, c, h, w = src.shape
-    g = utils.empty_like_format(src.shape, like if like is not None else src)
+    smaller than src is the gradient of src's center crop of that size (0 elsewhere). With
+    `ring`, the source is an (H, W) = `hw` map kept as `src`, its center crop, and that ring
+    around it (crop_concat.ring_pixel); a `dy` then has the crop's size."""
+    nb, c = src.shape[:2]
+    h, w = hw if ring is not None else src.shape[-2:]
+    g = utils.empty_like_format((nb, c, h, w), like if like is not None else src)
     if dpool is None:
         dpool = torch.zeros((nb, c, h // 2, w // 2), dtype=src.dtype, device=src.device)
-    dyt = dy if dy is not None else g
+    dyt = dy if dy is not None else (src if ring is not None else g)
     dyh, dyw = dyt.shape[-2:]
     dy_crop = (dyh, dyw) != (h, w)
+    rt = ring if ring is not None else g
+    ring_sn, _, ring_sw, ring_sc = utils.nhwc_strides(rt)
     pix = nb * ((h + 1) // 2) * ((w + 1) // 2)
     grid = lambda meta: (triton.cdiv(pix, meta["BLOCK_P"]),  # noqa: E731
                          triton.cdiv(c, meta["BLOCK_C"]))
@@ -177,9 +213,10 @@ def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
         _max_pool2x2_backward_kernel[grid](
             src, *utils.nhwc_strides(src), dpool, *utils.nhwc_strides(dpool),
             dyt, *utils.nhwc_strides(dyt), dyh, dyw, *crop_offsets((h, w), (dyh, dyw)),
+            rt, ring_sn, ring_sw, ring_sc,
             g, *utils.nhwc_strides(g),
             nb, h, w, c, utils.m_bucket(pix), utils.layout_key(src, dpool, dyt, g),
-            ADD_DY=dy is not None, RELU_MASK=relu_mask, DY_CROP=dy_crop)
+            ADD_DY=dy is not None, RELU_MASK=relu_mask, DY_CROP=dy_crop, RING=ring is not None)
     return g
 
 
@@ -230,6 +267,21 @@ def _relu_pool_backward(dy: Optional[torch.Tensor], dpool: Optional[torch.Tensor
 @_relu_pool_backward.register_fake
 def _(dy, dpool, y):
     return utils.empty_like_format(y.shape, y)
+
+
+@torch.library.custom_op("unet_fast_triton::_relu_pool_backward_ring", mutates_args=())
+def _relu_pool_backward_ring(dy: Optional[torch.Tensor], dpool: Optional[torch.Tensor],
+                             skip: torch.Tensor, ring: torch.Tensor, height: int,
+                             width: int) -> torch.Tensor:
+    """_relu_pool_backward for the valid U-Net's encoder, whose (height, width) output y is kept
+    as its center crop `skip` and the `ring` around it (conv3x3_relu.conv3x3_relu_pool_crop);
+    dy, if any, is the skip's gradient."""
+    return max_pool2x2_backward(skip, dpool, dy, relu_mask=True, ring=ring, hw=(height, width))
+
+
+@_relu_pool_backward_ring.register_fake
+def _(dy, dpool, skip, ring, height, width):
+    return utils.empty_like_format((skip.shape[0], skip.shape[1], height, width), skip)
 
 
 def impl(x):
