@@ -165,10 +165,10 @@ def test_encoder_step_keeps_y_once_as_skip_and_ring(monkeypatch, hw, crop, layou
     y = torch.relu(F.conv2d(x.double(), wt.double(), b.double()))
     oh, ow = y.shape[-2:]
     t, l = (oh - crop[0]) // 2, (ow - crop[1]) // 2
-    in_crop = torch.zeros(oh, ow, dtype=torch.bool)
+    in_crop = torch.zeros(oh, ow, dtype=torch.bool, device=ring.device)
     in_crop[t:t + crop[0], l:l + crop[1]] = True
     assert ring.shape == (2, 5, 1, oh * ow - crop[0] * crop[1]) and ring.stride(1) == 1
-    whole = torch.empty(2, oh, ow, 5, dtype=ring.dtype)
+    whole = torch.empty(2, oh, ow, 5, dtype=ring.dtype, device=ring.device)
     whole[:, ~in_crop] = ring[:, :, 0].transpose(1, 2)            # ring pixels in row order
     whole[:, in_crop] = skip.permute(0, 2, 3, 1).reshape(2, -1, 5)
     assert_float32_close("y from skip and ring", whole.permute(0, 3, 1, 2), y)
