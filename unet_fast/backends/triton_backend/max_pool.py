@@ -201,6 +201,7 @@ def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
     g = utils.empty_like_format((nb, c, h, w), like if like is not None else src)
     if dpool is None:
         dpool = torch.zeros((nb, c, h // 2, w // 2), dtype=src.dtype, device=src.device)
+    # (the kernel takes the crop's size and place from dy's: the skip's own when it has no dy)
     dyt = dy if dy is not None else (src if ring is not None else g)
     dyh, dyw = dyt.shape[-2:]
     dy_crop = (dyh, dyw) != (h, w)
