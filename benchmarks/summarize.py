@@ -133,6 +133,14 @@ def t(row, p):
 
 
 # --------------------------------------------------------------------------- sections
+def _mem_cell(mem_ours, mem_base, config, mode, provider):
+    """The measured peak of ours over eager's, and the memory model's for the same backend."""
+    name, _, batch = config.rpartition("-b")
+    pred = memory_model_ratio(name, int(batch), provider, mode=mode) if batch.isdigit() else None
+    measured = f"{mem_ours / mem_base:.2f}" if mem_ours and mem_base else "—"
+    return measured + (f" (model {pred:.2f})" if pred else "")
+
+
 def model_rows(records):
     rows = []
     for (cfg, mode, dtype), row in pivot(by_kind(records, "model"), ("config", "mode", "dtype")).items():
@@ -154,7 +162,7 @@ def model_rows(records):
             fmt_ratio(ratio(t(row, "compile"), ours_t)), fmt_ratio(ratio(t(row, "compile_max"), ours_t)),
             fmt_ratio(ratio(base_t, t(row, "auto"))),
             fmt_pct(frac),
-            f"{mem_ours / mem_base:.2f}" if mem_ours and mem_base else "—"])
+            _mem_cell(mem_ours, mem_base, cfg, mode, ours_p)])
     header = ["model", "step", "dtype"] + [LABELS[p] for p in PROVIDERS] + [
         "ours vs eager", "ours vs compile", "ours vs compile max", "auto vs eager", "ours % bf16 peak",
         "ours peak mem / eager"]
@@ -209,9 +217,10 @@ MEMORY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "memory_model.json")
 
 
-def memory_model_ratio(model, batch, provider, path=None):
-    """tools/memory_model.py's predicted peak of `provider` over eager's, for the measured one to
-    be read beside it (None where the model has no such row: auto, which measures)."""
+def memory_model_ratio(model, batch, provider, path=None, mode="train"):
+    """tools/memory_model.py's predicted peak of `provider` over eager's in a training step (or
+    with mode="infer" an inference step), for the measured one to be read beside it (None where
+    the model has no such row: auto, which measures)."""
     try:
         with open(path or MEMORY_MODEL) as f:
             results = json.load(f)
@@ -219,7 +228,7 @@ def memory_model_ratio(model, batch, provider, path=None):
         return None
     for res in results:
         if res.get("model") == model and res.get("batch") == batch:
-            for row in res.get("rows", []):
+            for row in res.get("rows" if mode == "train" else "infer_rows", []):
                 if row.get("provider") == provider:
                     return row.get("ratio_to_eager")
     return None

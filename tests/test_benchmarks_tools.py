@@ -391,6 +391,8 @@ def test_summarize_writes_tables_chart_and_targets(tmp_path):
     assert "| valid572-b8 | train | bf16 |" in md and "400 img/s (20.0 ms)" in md
     row = next(line for line in md.splitlines() if line.startswith("| valid572-b8 | train"))
     assert "1.40x" in row and "1.30x" in row and "0.75" in row   # vs compile, vs max-autotune, memory
+    # and beside the measured memory ratio the memory model's, of the same backend and step
+    assert f"0.75 (model {summarize.memory_model_ratio('valid572', 8, 'triton'):.2f})" in row
     targets = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if " | met |" in line
                or "NOT met" in line or "no data" in line}
     assert "met" in targets["training step ≥ 1.3x eager (paper U-Net, b8, bf16)"]
@@ -426,6 +428,22 @@ def test_memory_target_takes_the_leanest_of_ours_that_meet_the_speed_target(tmp_
     assert value.startswith("0.55x (auto_up)") and status == "met"
     value, status = memory_row(25)            # 1.2x eager: the fastest (triton) is judged
     assert value.startswith("0.75x (triton)") and status == "met"
+
+
+def test_memory_model_ratio_reads_the_step_asked_for(tmp_path):
+    """The memory model's predictions by model, batch, provider and step (train or infer)."""
+    summarize = _load("summarize")
+    path = tmp_path / "memory_model.json"
+    path.write_text(json.dumps([dict(
+        model="valid572", batch=8,
+        rows=[dict(provider="triton", ratio_to_eager=0.77)],
+        infer_rows=[dict(provider="triton", ratio_to_eager=0.5)])]))
+    assert summarize.memory_model_ratio("valid572", 8, "triton", path) == 0.77
+    assert summarize.memory_model_ratio("valid572", 8, "triton", path, mode="infer") == 0.5
+    assert summarize.memory_model_ratio("valid572", 8, "auto", path, mode="infer") is None
+    assert summarize.memory_model_ratio("valid572", 1, "triton", path) is None
+    assert summarize._mem_cell(3, 4, "valid572-b8", "train", "triton").startswith("0.75 (model ")
+    assert summarize._mem_cell(None, 4, "cpu-toy", "infer", "triton") == "—"
 
 
 def test_summarize_bad_input(tmp_path):

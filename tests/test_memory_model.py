@@ -124,6 +124,24 @@ def test_recomputing_the_up_convs_keeps_none_of_them(backend):
     assert again["peak_bytes"] < keep["peak_bytes"] - saved
 
 
+@pytest.mark.parametrize("provider", ["triton", "cuda"])
+def test_inference_keeps_less_than_eager_and_than_training(provider):
+    """The inference step (eval mode, no gradients): ours keeps less than eager (whose skips
+    are whole maps until the decoder crops them, and whose pools make int64 indices even
+    then) and less than our training step; its peak is in the forward."""
+    why = mm._unavailable(provider)
+    if why:
+        pytest.skip(why)
+    cfg = small(188)
+    eager = mm.step_peak(cfg, "eager", mode="infer")
+    ours = mm.step_peak(cfg, provider, mode="infer")
+    train = mm.step_peak(cfg, provider)
+    assert ours["mode"] == "infer" and ours["backends"] == [provider]
+    assert ours["peak_bytes"] < eager["peak_bytes"]
+    assert ours["peak_bytes"] < train["peak_bytes"]
+    assert ours["peak_where"].startswith("fwd ") and eager["peak_where"].startswith("fwd ")
+
+
 def test_the_tool_writes_its_table(tmp_path):
     out = tmp_path / "memory_model.md"
     assert mm.main(["--models", "valid572:1", "--providers", "eager,triton,triton_ckpt",
@@ -138,3 +156,8 @@ def test_the_tool_writes_its_table(tmp_path):
     assert rows["triton_ckpt"]["peak_bytes"] < rows["triton"]["peak_bytes"]
     for r in rows.values():
         assert f"{r['peak_bytes'] / 2**30:.2f}" in text
+    # inference: one row per backend (checkpointing is a training choice), in its own table
+    infer = {r["provider"]: r for r in res[0]["infer_rows"]}
+    assert set(infer) == {"eager", "triton"} and all(r["mode"] == "infer" for r in infer.values())
+    assert "Inference, the benchmarks'" in text
+    assert f"| {infer['triton']['ratio_to_eager']:.2f}x | fwd " in text

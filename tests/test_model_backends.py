@@ -386,6 +386,60 @@ def test_each_skip_is_freed_once_its_decoder_level_has_read_it(backend, monkeypa
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+def test_inference_frees_each_decoder_input_once_read(backend, padding, monkeypatch):
+    """In inference no frame holds a decoder level's inputs past the one op that reads them:
+    when the level's second conv runs, its skip, its up-conv's input and the up-sampled map (or
+    the concat buffer written with it) are gone. (tools/memory_model.py, the "same" U-Net's
+    inference at 512x512, batch 16: 2.96 -> 1.94 GiB on the cuda backend, 1.96 -> 1.69 on
+    triton.)"""
+    if AVAILABLE[backend] is not None:
+        pytest.skip(f"{backend}: {AVAILABLE[backend]}")
+    import weakref
+    from unet_fast import _dispatch, ops
+    read, checked = {}, []
+
+    def level():   # "up.2" of "up.2.up", "up.2.conv.0", "up.2.conv.2+head"
+        return ".".join(_dispatch.current_layer().split(".")[:2])
+
+    def activations(ts):   # (not the parameters, which require a gradient even now)
+        return [weakref.ref(t) for t in ts
+                if isinstance(t, torch.Tensor) and t.dim() == 4 and not t.requires_grad]
+
+    def reads_inputs(fn, with_output):   # the up-conv (its output too) and the concat conv
+        def spy(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            read.setdefault(level(), []).extend(activations(args + ((out,) if with_output
+                                                                     else ())))
+            return out
+        return spy
+
+    def second_conv(fn):
+        def spy(*args, **kwargs):
+            if _dispatch.current_layer().startswith("up.") and ".conv.2" in \
+                    _dispatch.current_layer():
+                checked.append((level(), len(read[level()]),
+                                [r() is None for r in read[level()]]))
+            return fn(*args, **kwargs)
+        return spy
+
+    for op in ("conv_transpose2x2", "up_concat"):
+        monkeypatch.setattr(ops, op, reads_inputs(getattr(ops, op), True))
+    monkeypatch.setattr(ops, "concat_conv3x3_relu",
+                        reads_inputs(ops.concat_conv3x3_relu, False))
+    for op in ("conv3x3_relu", "conv3x3_relu_conv1x1"):
+        monkeypatch.setattr(ops, op, second_conv(getattr(ops, op)))
+    torch.manual_seed(0)
+    model = uf.UNet(1, 2, base_channels=4, depth=3, padding=padding, backend=backend).to(DEVICE)
+    with torch.no_grad():
+        hw = 92 if padding == "valid" else 88
+        model(torch.randn(1, 1, hw, hw, device=DEVICE))
+    assert [c[0] for c in checked] == ["up.0", "up.1", "up.2"], checked
+    # (up-conv input and output, skip; fused: the concat conv's skip and up again)
+    assert all(n >= 3 and all(gone) for _, n, gone in checked), checked
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
 def test_training_keeps_no_concat_buffer(padding, monkeypatch):
     """With the Triton kernels the decoder's first conv reads the concat's halves in place: what
     autograd keeps for its backward is the skip and the up-sampled map themselves, never a buffer

@@ -6,7 +6,8 @@ benchmarks (`benchmarks/test_bench_models.py`: `torch.cuda.max_memory_allocated(
 after warm-up); until a GPU runs them, this tool predicts it. The benchmarks' step is run here on
 CPU tensors, as on the GPU: SGD with momentum (its buffers made by a first step), gradients set
 to None, the forward under bf16 autocast, cross-entropy against random classes, backward,
-optimizer step. A dispatch mode counts the bytes of every storage from the op that allocates it
+optimizer step; and their inference step (eval mode, no gradients: the forward alone, which keeps
+only what its later layers read). A dispatch mode counts the bytes of every storage from the op that allocates it
 until it is freed (its StorageImpl dies), and keeps the largest total and what was alive then.
 
 Nothing heavy is computed: the convolutions, the pools and the CUDA extension's ops run their
@@ -271,10 +272,11 @@ def _follow_modules(model, where: _Where) -> list:
     return hooks
 
 
-def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
+def step_peak(cfg, provider: str, stub_heavy: bool = True, mode: str = "train") -> dict:
     """The peak bytes of the benchmarks' training step of `cfg` for `provider`, and the
     allocations alive at that peak (`stub_heavy=False`: the heavy aten ops computed, to check
-    the stubs on a small eager step)."""
+    the stubs on a small eager step); `mode="infer"`: of their inference step instead (eval
+    mode, no gradients, bf16 autocast: the forward alone)."""
     import torch
     import torch.nn.functional as F
 
@@ -291,10 +293,10 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
         hooks = _follow_modules(model, where)
         ctx = contextlib.nullcontext()
     else:
-        backend, _, mode = provider.partition("_")
+        backend, _, recompute = provider.partition("_")
         model = uf.UNet(cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth,
                         cfg.padding, backend=backend,
-                        checkpointing={"": False, "ckpt": True, "up": "up"}[mode])
+                        checkpointing={"": False, "ckpt": True, "up": "up"}[recompute])
         ctx = _ours_as_on_gpu(backend, where)
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(cfg.batch, cfg.in_channels, cfg.size, cfg.size).contiguous(
@@ -306,6 +308,13 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
         counter.add(p, "parameters")
     counter.add(x, "input")
     counter.add(y, "target")
+
+    def infer():
+        where.phase = "fwd"
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        where.phase, where.layer = "output", ""
+        del out
 
     def step():
         where.phase, where.layer = "setup", ""
@@ -321,12 +330,15 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
         where.phase, where.layer = "optimizer", ""
         opt.step()
 
+    if mode == "infer":
+        model.eval()
+    run = {"train": step, "infer": infer}[mode]
     try:
         with ctx, counting_mode(counter, where, stub_heavy):
-            step()                       # makes the momentum buffers, as the benchmarks' warm-up
+            run()                        # makes the momentum buffers, as the benchmarks' warm-up
             base = counter.live
             counter.reset_peak()
-            step()
+            run()
     finally:
         for h in hooks:
             h.remove()
@@ -337,7 +349,8 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True) -> dict:
         g[1] += 1
     top = sorted(groups.items(), key=lambda kv: -kv[1][0])
     report = model.backend_report() if hasattr(model, "backend_report") else {}
-    return dict(provider=provider, model=cfg.name, batch=cfg.batch, peak_bytes=counter.peak,
+    return dict(provider=provider, mode=mode, model=cfg.name, batch=cfg.batch,
+                peak_bytes=counter.peak,
                 before_step_bytes=base, peak_where=counter.peak_where,
                 at_peak=[dict(label=k, bytes=v[0], tensors=v[1]) for k, v in top],
                 backends=sorted(set(report.values())) if report else [])
@@ -349,21 +362,26 @@ def _gib(n):
 
 
 def model_memory(cfgs, providers=tuple(PROVIDERS)) -> list:
+    """Per model: `rows`, the training step of each provider; `infer_rows`, the inference step
+    of each provider that runs one of its own (recomputation is a training choice)."""
     from unet_fast import _dispatch
     _dispatch.ensure_backends()
     out = []
     for cfg in cfgs:
-        rows = {}
-        for p in providers:
-            why = _unavailable(p)
-            rows[p] = dict(provider=p, model=cfg.name, batch=cfg.batch, skipped=why) if why \
-                else step_peak(cfg, p)
-        eager = rows.get("eager", {}).get("peak_bytes")
-        for r in rows.values():
-            if eager and r.get("peak_bytes"):
-                r["ratio_to_eager"] = r["peak_bytes"] / eager
-        out.append(dict(model=cfg.name, batch=cfg.batch, size=cfg.size, padding=cfg.padding,
-                        rows=list(rows.values())))
+        res = dict(model=cfg.name, batch=cfg.batch, size=cfg.size, padding=cfg.padding)
+        for key, mode, names in (("rows", "train", providers),
+                                 ("infer_rows", "infer", [p for p in providers if "_" not in p])):
+            rows = {}
+            for p in names:
+                why = _unavailable(p)
+                rows[p] = dict(provider=p, mode=mode, model=cfg.name, batch=cfg.batch,
+                               skipped=why) if why else step_peak(cfg, p, mode=mode)
+            eager = rows.get("eager", {}).get("peak_bytes")
+            for r in rows.values():
+                if eager and r.get("peak_bytes"):
+                    r["ratio_to_eager"] = r["peak_bytes"] / eager
+            res[key] = list(rows.values())
+        out.append(res)
     return out
 
 
@@ -387,8 +405,9 @@ def write_report(results, path_md, path_json):
     lines = ["# Memory model: model, not measurement", "",
              "Generated by `python tools/memory_model.py` (no GPU): the peak of the bytes alive "
              "during one training step, the benchmarks' step (`benchmarks/test_bench_models.py`: "
-             "SGD with momentum, gradients set to None, bf16 autocast, cross-entropy), every "
-             "storage counted from the op that allocates it until it is freed. Nothing large is "
+             "SGD with momentum, gradients set to None, bf16 autocast, cross-entropy), and "
+             "during their inference step (eval mode, no gradients: each model's second "
+             "table), every storage counted from the op that allocates it until it is freed. Nothing large is "
              "computed (meta kernels, Triton kernels not launched). Not modelled: the caching "
              "allocator's rounding and fragmentation, and workspaces a library allocates inside "
              "a call (cuDNN's, cuBLAS's: on a GPU they count in eager's max_memory_allocated; "
@@ -410,6 +429,17 @@ def write_report(results, path_md, path_json):
                          f"{_gib(r['before_step_bytes'])} | "
                          f"{'' if ratio is None else f'{ratio:.2f}x'} | {verdict} | "
                          f"{r['peak_where']} |")
+        infer = [r for r in res.get("infer_rows", []) if not r.get("skipped")]
+        if infer:
+            lines += ["", "Inference, the benchmarks' (eval mode, no gradients, bf16 autocast: "
+                          "the forward alone):", "",
+                      "| provider | peak GiB | before the step GiB | vs eager | peak in |",
+                      "|---|---|---|---|---|"]
+            for r in infer:
+                ratio = r.get("ratio_to_eager")
+                lines.append(f"| {PROVIDERS[r['provider']]} | {_gib(r['peak_bytes'])} | "
+                             f"{_gib(r['before_step_bytes'])} | "
+                             f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['peak_where']} |")
         for r in res["rows"]:
             if r.get("skipped"):
                 continue
@@ -455,13 +485,13 @@ def main(argv=None) -> int:
             ap.error(f"--providers: unknown {p!r}; expected some of {', '.join(PROVIDERS)}")
     results = model_memory(cfgs, providers)
     for res in results:
-        for r in res["rows"]:
+        for r in res["rows"] + res["infer_rows"]:
+            what = f"{res['model']} b{res['batch']} {r['mode']} {r['provider']}"
             if r.get("skipped"):
-                print(f"{res['model']} b{res['batch']} {r['provider']}: skipped: {r['skipped']}")
+                print(f"{what}: skipped: {r['skipped']}")
             else:
                 ratio = r.get("ratio_to_eager")
-                print(f"{res['model']} b{res['batch']} {r['provider']}: peak "
-                      f"{_gib(r['peak_bytes'])} GiB"
+                print(f"{what}: peak {_gib(r['peak_bytes'])} GiB"
                       + ("" if ratio is None else f" ({ratio:.2f}x eager)"))
     if not args.no_write:
         write_report(results, args.out, os.path.splitext(args.out)[0] + ".json")

@@ -87,8 +87,17 @@ class UNet(reference.UNet):
             x = self._step(self._bottleneck, "bottleneck", self.bottleneck, x)
             for i, level in enumerate(self.up):                     # expanding path, its
                 last = i == len(self.up) - 1                        # last step ending in the head
-                x = self._step(self._decode, f"up.{i}", level, x, skips.pop(),
-                               head=self.head if last else None, fused=fused)
+                name, head = f"up.{i}", (self.head if last else None)
+                if self._checkpointed():   # (the level is one segment, made again in backward)
+                    x = self._step(self._decode, name, level, x, skips.pop(), head=head,
+                                   fused=fused)
+                else:   # no frame holds a map past its last reader (in inference each is
+                    #     freed as soon as read): the up-conv's input and the skip are handed
+                    #     over in a list _decode_concat empties, the level in two calls
+                    held = [x, skips.pop()]
+                    del x
+                    x = self._decode_concat(name, level, held, fused)
+                    x = self._decode_out(name, level, x, head)
         return x if x.is_contiguous(memory_format=caller_format) else _InCallersFormat.apply(
             x, caller_format)
 
@@ -109,10 +118,18 @@ class UNet(reference.UNet):
 
     def _decode(self, name, level, x, skip, head=None, fused=True):
         """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), conv3x3+ReLU (and the 1x1
-        `head` over it, when given: one op). (The concat is not a ReLU output as a whole: the
-        first conv leaves its gradient unmasked; the skip's half is masked by the encoder's pool
-        backward.) `fused`: the backend reads the concat's halves in place (_dispatch.fused);
-        else the up-conv writes into a concat buffer. The two give the same numbers."""
+        `head` over it, when given: one op)."""
+        return self._decode_out(name, level,
+                                self._decode_concat(name, level, [x, skip], fused), head)
+
+    def _decode_concat(self, name, level, held, fused):
+        """up-conv 2x2, conv3x3+ReLU over cat([cropped skip, up]), for `held` = [x, skip] (emptied
+        here). (The concat is not a ReLU output as a whole: the conv leaves its gradient
+        unmasked; the skip's half is masked by the encoder's pool backward.) `fused`: the backend
+        reads the concat's halves in place (_dispatch.fused); else the up-conv writes into a
+        concat buffer. The two give the same numbers."""
+        x, skip = held
+        held.clear()
         if fused:
             def up_conv(x, skip, backend):
                 with _dispatch.layer(f"{name}.up"):
@@ -121,8 +138,10 @@ class UNet(reference.UNet):
             up = up_conv(x, skip, self._backend)
             with self._recomputed(up, up_conv, x, skip, f"{name}.up"), \
                     _dispatch.layer(f"{name}.conv.0"):
-                x = ops.concat_conv3x3_relu(skip, up, level.conv[0].weight, level.conv[0].bias,
-                                            self._pad, backend=self._backend, _grad_masked=True)
+                del x   # (read by no other layer)
+                return ops.concat_conv3x3_relu(skip, up, level.conv[0].weight,
+                                               level.conv[0].bias, self._pad,
+                                               backend=self._backend, _grad_masked=True)
         else:
             # (the up-conv writes straight into the buffer, beside the skip, and the conv reads
             # it; the skip's gradient is the buffer's gradient's lower channel slice, a view)
@@ -132,8 +151,12 @@ class UNet(reference.UNet):
                                          backend=backend, _relu_input=True)
             cat = up_conv(x, skip, self._backend)
             with self._recomputed(cat, up_conv, x, skip, f"{name}.up"):
-                x = self._conv(f"{name}.conv.0", level.conv[0], cat, relu_input=False,
-                               grad_masked=True)
+                del x, skip   # (read by no other layer: the skip is in the buffer)
+                return self._conv(f"{name}.conv.0", level.conv[0], cat, relu_input=False,
+                                  grad_masked=True)
+
+    def _decode_out(self, name, level, x, head):
+        """The level's second conv3x3+ReLU, and the 1x1 `head` over it when given (one op)."""
         if head is not None:
             conv = level.conv[2]
             with _dispatch.layer(f"{name}.conv.2", "head"):
@@ -146,9 +169,12 @@ class UNet(reference.UNet):
             return ops.conv3x3_relu(x, conv.weight, conv.bias, self._pad, backend=self._backend,
                                     _relu_input=relu_input, _grad_masked=grad_masked)
 
+    def _checkpointed(self) -> bool:
+        return self.checkpointing is True and torch.is_grad_enabled()
+
     def _step(self, fn, *args, **static):
         """One level; with checkpointing, its activations are recomputed in the backward."""
-        if self.checkpointing is True and torch.is_grad_enabled():
+        if self._checkpointed():
             return torch.utils.checkpoint.checkpoint(functools.partial(fn, *args[:2], **static),
                                                      *args[2:], use_reentrant=False)
         return fn(*args, **static)
