@@ -98,8 +98,10 @@ def gpu_first(items) -> None:
     items.sort(key=lambda item: not gpu_only(item))
 
 
-# UNET_FAST_TEST_TALLY=FILE: one line per test outcome, "gpu|other<TAB>outcome<TAB>nodeid", after a
-# first "collected<TAB>gpu<TAB>N<TAB>other<TAB>M", each line written as it comes: the GPU suite's tests
+# UNET_FAST_TEST_TALLY=FILE: one line per test outcome, "gpu|other<TAB>outcome<TAB>nodeid", and one
+# "collected<TAB>gpu<TAB>N<TAB>other<TAB>M" (the first line, except under pytest-xdist, where the
+# first worker writes it once collected, maybe after other workers' first outcomes: the suite's
+# tally_line takes it anywhere), each line written as it comes: the GPU suite's tests
 # stage runs under a time limit, and when it is cut the file still says whether every GPU-only test
 # ran and passed (pytest's own summary then counts only what finished, without telling which).
 TALLY = os.environ.get("UNET_FAST_TEST_TALLY")
