@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory of one training step, eager PyTorch against ours: a model, not a measurement.
+"""Peak memory of a training or inference step, eager against ours: a model, not a measurement.
 
 No GPU is needed. DESIGN.md's target "peak training memory <= 0.8x eager" is measured by the GPU
 benchmarks (`benchmarks/test_bench_models.py`: `torch.cuda.max_memory_allocated()` over one step,
@@ -7,8 +7,9 @@ after warm-up); until a GPU runs them, this tool predicts it. The benchmarks' st
 CPU tensors, as on the GPU: SGD with momentum (its buffers made by a first step), gradients set
 to None, the forward under bf16 autocast, cross-entropy against random classes, backward,
 optimizer step; and their inference step (eval mode, no gradients: the forward alone, which keeps
-only what its later layers read). A dispatch mode counts the bytes of every storage from the op that allocates it
-until it is freed (its StorageImpl dies), and keeps the largest total and what was alive then.
+only what its later layers read). A dispatch mode counts the bytes of every storage from the op
+that allocates it until it is freed (its StorageImpl dies), and keeps the largest total and what
+was alive then.
 
 Nothing heavy is computed: the convolutions, the pools and the CUDA extension's ops run their
 meta kernels and return zero-filled tensors of those shapes, in the layout the devices' kernels
@@ -335,7 +336,7 @@ def step_peak(cfg, provider: str, stub_heavy: bool = True, mode: str = "train") 
     run = {"train": step, "infer": infer}[mode]
     try:
         with ctx, counting_mode(counter, where, stub_heavy):
-            run()                        # makes the momentum buffers, as the benchmarks' warm-up
+            run()                        # a warm-up, as the benchmarks' (the momentum buffers)
             base = counter.live
             counter.reset_peak()
             run()
