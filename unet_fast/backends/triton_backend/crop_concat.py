@@ -91,6 +91,20 @@ def ring_pixel(p, q, OH, OW, T, L, CH, CW):
     return in_crop, p * OW + q - CW * (rows_before + (mid & (q >= L)).to(tl.int32))
 
 
+@triton.jit
+def skip_or_ring(skip_ptr, k_sn, k_sh, k_sw, k_sc, ring_ptr, ring_sn, ring_sw, ring_sc, n, p, q,
+                 offs_c, OH, OW, T, L, CH, CW):
+    """Where y's pixels (n, p, q) (a tile's rows) and channels offs_c (its columns) lie when y is
+    kept as its (CH, CW) crop at (T, L), `skip`, and the ring around it: the pointers, into
+    whichever of the two holds each pixel, and which rows are in the crop. The one rule for the
+    epilogue that writes y so (igemm) and the pool backward that reads it (max_pool)."""
+    in_crop, ring_q = ring_pixel(p, q, OH, OW, T, L, CH, CW)
+    at_skip = skip_ptr + ((n * k_sn + (p - T) * k_sh + (q - L) * k_sw)[:, None]
+                          + offs_c[None, :] * k_sc)
+    at_ring = ring_ptr + ((n * ring_sn + ring_q * ring_sw)[:, None] + offs_c[None, :] * ring_sc)
+    return tl.where(in_crop[:, None], at_skip, at_ring), in_crop
+
+
 # ---------------------------------------------------------------- torch operators and autograd
 def _concat_shape(skip, up):
     return (up.shape[0], skip.shape[1] + up.shape[1], up.shape[2], up.shape[3])

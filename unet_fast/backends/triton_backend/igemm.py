@@ -55,7 +55,7 @@ import triton.language as tl
 from triton.language.extra.cuda import num_warps as _num_warps
 
 from . import utils
-from .crop_concat import crop_offsets, ring_pixel
+from .crop_concat import crop_offsets, skip_or_ring
 
 # (the interpreter has no num_warps builtin: the pool's row order then assumes 4 warps, an order
 # that is right for any layout, only not the fastest for every one)
@@ -477,20 +477,17 @@ def igemm_fwd_kernel(
     if SKIP:
         # the valid U-Net's encoder: y stored once, its center crop into the skip the decoder
         # concatenates (whose gradient then has the crop's size: no zero-padded full-size map),
-        # every other pixel into the ring around it (out, crop_concat.ring_pixel), which with
+        # every other pixel into the ring around it (out, crop_concat.skip_or_ring), which with
         # the skip is the y the backward reads (not stored without STORE_Y: inference); one
         # store, each row's pointer picked (a store each took more registers: the encoder's
         # 128x128x32 L1 tile went past the 128 at which two CTAs share an SM)
-        in_crop, ring_q = ring_pixel(p, q, OH, OW, SK_T, SK_L, SKH, SKW)
-        at_skip = skip_ptr + ((n64 * k_sn + (p - SK_T) * k_sh + (q - SK_L) * k_sw)[:, None]
-                              + offs_n[None, :] * k_sc)
-        at_ring = out_ptr + ((n64 * o_sn + ring_q * o_sw)[:, None] + offs_n[None, :] * o_sc)
+        at, in_crop = skip_or_ring(skip_ptr, k_sn, k_sh, k_sw, k_sc, out_ptr, o_sn, o_sw, o_sc,
+                                   n64, p, q, offs_n, OH, OW, SK_T, SK_L, SKH, SKW)
         if STORE_Y:
             y_ok = m_ok
         else:
             y_ok = m_ok & in_crop
-        tl.store(tl.where(in_crop[:, None], at_skip, at_ring),
-                 acc.to(skip_ptr.dtype.element_ty), mask=y_ok[:, None] & n_ok[None, :])
+        tl.store(at, acc.to(skip_ptr.dtype.element_ty), mask=y_ok[:, None] & n_ok[None, :])
     elif STORE_Y and O_DESC and not A_L1 and TILE_W == 0:
         # the tile's rows are consecutive pixels of a dense grid (no pool order, no scatter, no
         # 2-D patch): one TMA store of the tile, clipped at M_GEMM and N_GEMM (out may be a

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import utils
-from .crop_concat import crop_offsets, ring_pixel
+from .crop_concat import crop_offsets, skip_or_ring
 
 
 # Autotune keys: channels, the pixel count's power-of-two bucket (P_BUCKET) and the memory layout
@@ -53,19 +53,6 @@ def _max_pool2x2_forward_kernel(
     tl.store(y_ptr + out, m, mask=ok)
 
 
-@triton.jit
-def _ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw, ring_sc, n, h, w,
-              offs_c, H, W, SKH, SKW, SK_T, SK_L):
-    """Pointers to the source's pixels (n, h, w) (each row a pixel, offs_c its channels) when it
-    is kept as its (SKH, SKW) crop at (SK_T, SK_L) and the ring around it
-    (crop_concat.ring_pixel)."""
-    in_crop, ring_q = ring_pixel(h, w, H, W, SK_T, SK_L, SKH, SKW)
-    at_s = s_ptr + ((n * s_sn + (h - SK_T) * s_sh + (w - SK_L) * s_sw)[:, None]
-                    + offs_c[None, :] * s_sc)
-    at_r = ring_ptr + ((n * ring_sn + ring_q * ring_sw)[:, None] + offs_c[None, :] * ring_sc)
-    return tl.where(in_crop[:, None], at_s, at_r)
-
-
 @utils.autotune(configs=utils.elemwise_configs(),
                  key=["C", "P_BUCKET", "LAYOUT", "ADD_DY", "RELU_MASK", "DY_CROP", "RING"],
                  prune_configs_by={"early_config_prune": utils.prune_elemwise})
@@ -77,7 +64,7 @@ def _max_pool2x2_backward_kernel(
     dy_ptr, dy_sn, dy_sh, dy_sw, dy_sc,     # gradient of the source itself (ADD_DY), or of
     DYH, DYW, DY_T, DY_L,                   # its (DYH, DYW) crop at (DY_T, DY_L) (DY_CROP)
     ring_ptr, ring_sn, ring_sw, ring_sc,    # RING: the source is s, its center crop, and
-                                            # this ring around it (crop_concat.ring_pixel)
+                                            # this ring around it (crop_concat.skip_or_ring)
     g_ptr, g_sn, g_sh, g_sw, g_sc,          # result, the source's shape
     NB, H, W, C, P_BUCKET, LAYOUT,          # P_BUCKET, LAYOUT: autotune key only
     ADD_DY: tl.constexpr, RELU_MASK: tl.constexpr, DY_CROP: tl.constexpr, RING: tl.constexpr,
@@ -103,18 +90,18 @@ def _max_pool2x2_backward_kernel(
     ok10 = (w_ok & (h0 + 1 < H))[:, None] & c_ok[None, :]
     ok11 = (w_ok & (h0 + 1 < H) & (w0 + 1 < W))[:, None] & c_ok[None, :]
     if RING:   # (the dy crop's size and place are the skip's)
-        v00 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
-                                ring_sc, n, h0, w0, offs_c, H, W, DYH, DYW, DY_T, DY_L),
-                      mask=ok00, other=float("-inf"))
-        v01 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
-                                ring_sc, n, h0, w0 + 1, offs_c, H, W, DYH, DYW, DY_T, DY_L),
-                      mask=ok01, other=float("-inf"))
-        v10 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
-                                ring_sc, n, h0 + 1, w0, offs_c, H, W, DYH, DYW, DY_T, DY_L),
-                      mask=ok10, other=float("-inf"))
-        v11 = tl.load(_ring_src(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw,
-                                ring_sc, n, h0 + 1, w0 + 1, offs_c, H, W, DYH, DYW, DY_T, DY_L),
-                      mask=ok11, other=float("-inf"))
+        at00, _ = skip_or_ring(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw, ring_sc,
+                               n, h0, w0, offs_c, H, W, DY_T, DY_L, DYH, DYW)
+        at01, _ = skip_or_ring(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw, ring_sc,
+                               n, h0, w0 + 1, offs_c, H, W, DY_T, DY_L, DYH, DYW)
+        at10, _ = skip_or_ring(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw, ring_sc,
+                               n, h0 + 1, w0, offs_c, H, W, DY_T, DY_L, DYH, DYW)
+        at11, _ = skip_or_ring(s_ptr, s_sn, s_sh, s_sw, s_sc, ring_ptr, ring_sn, ring_sw, ring_sc,
+                               n, h0 + 1, w0 + 1, offs_c, H, W, DY_T, DY_L, DYH, DYW)
+        v00 = tl.load(at00, mask=ok00, other=float("-inf"))
+        v01 = tl.load(at01, mask=ok01, other=float("-inf"))
+        v10 = tl.load(at10, mask=ok10, other=float("-inf"))
+        v11 = tl.load(at11, mask=ok11, other=float("-inf"))
     else:
         cs = offs_c[None, :] * s_sc
         sb = (n * s_sn + h0 * s_sh + w0 * s_sw)[:, None] + cs
@@ -195,7 +182,7 @@ def max_pool2x2_backward(src: torch.Tensor, dpool: Optional[torch.Tensor],
     """Gradient w.r.t. the pooled map's source: route(dpool) (+ dy) (* (src > 0)). A `dy`
     smaller than src is the gradient of src's center crop of that size (0 elsewhere). With
     `ring`, the source is an (H, W) = `hw` map kept as `src`, its center crop, and that ring
-    around it (crop_concat.ring_pixel); a `dy` then has the crop's size."""
+    around it (crop_concat.skip_or_ring); a `dy` then has the crop's size."""
     nb, c = src.shape[:2]
     h, w = hw if ring is not None else src.shape[-2:]
     g = utils.empty_like_format((nb, c, h, w), like if like is not None else src)
