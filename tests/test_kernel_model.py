@@ -386,3 +386,35 @@ def test_first_step_compiles_counts_what_a_first_step_compiles(tmp_path):
     assert first["compiles"] >= 10 and first["seconds"] > 0, first
     assert again["compiles"] == 0, again
     assert any(name.endswith(".cubin") for _, _, files in os.walk(tmp_path) for name in files)
+
+
+_FIRST_EVAL = r"""
+import dataclasses, json, sys
+sys.path.insert(0, "tools")
+import kernel_model as km
+cfg = dataclasses.replace(km.MODELS["valid572"], batch=1)
+trained, evaluated = km.record_step(cfg), km.record_step(cfg, train=False)
+tuned = {(l.kernel, l.tune_key) for l in trained}
+own = [dict(layer=l.layer, configs=len(l.configs), tuned=(l.kernel, l.tune_key) in tuned)
+       for l in evaluated if l.constexprs.get("STORE_Y") is False]
+print(json.dumps(dict(counts=km.first_eval(trained, evaluated), own=own)))
+"""
+
+
+def test_a_first_evaluation_after_training_times_nothing_new():
+    """The paper U-Net's evaluation forward (no gradients) runs kernel variants of its own (STORE_Y
+    off: the four encoder steps, which then write no ring, and the last conv with the head), but
+    with the autotune keys the training step tuned: the autotuner reuses those choices, so a
+    first evaluation compiles one config per new variant and times none (it had timed 15 runs on
+    5 new keys, compiling 10, when STORE_Y was in the key)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _FIRST_EVAL], capture_output=True, text=True,
+                         env=env, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    own = got["own"]
+    assert sorted(r["layer"] for r in own) == ["down.0.2", "down.1.2", "down.2.2", "down.3.2",
+                                               "up.3.conv.2+head"], own
+    assert all(r["tuned"] and r["configs"] > 1 for r in own), own   # (tuned: a choice to reuse)
+    # down.2.2 and down.3.2 differ only in values Triton does not specialize on: one binary
+    assert got["counts"] == dict(compiles=4, autotune_keys=0, autotune_runs=0), got

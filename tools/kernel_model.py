@@ -333,22 +333,24 @@ def triton_as_on(machine: Machine = H200):
         yield
 
 
-def record_step(cfg: ModelConfig, machine: Machine = H200) -> list[Launch]:
-    """The launches of one bf16-autocast training step of `cfg` on the Triton backend."""
+def record_step(cfg: ModelConfig, machine: Machine = H200, train: bool = True) -> list[Launch]:
+    """The launches of one bf16-autocast training step of `cfg` on the Triton backend (train
+    False: of a forward without gradients, an evaluation)."""
     state = _State()
     with triton_as_on(machine):
-        step = make_step(cfg, "cpu")
+        step = make_step(cfg, "cpu", train=train)
         with labelled_launches(state, _Recorder), _aten_recorder(state):
             step(state)
     _KERNELS.update(state.kernels)
     return state.launches
 
 
-def make_step(cfg: ModelConfig, device, backend: str = "triton"):
+def make_step(cfg: ModelConfig, device, backend: str = "triton", train: bool = True):
     """The modelled training step, as a function: UNet(backend=...) from seed 0, a random input,
     forward under bf16 autocast, backward of the output's sum (gradients set to None first, so
     no step accumulates into the last one's). step(state) names the phases for the recorder.
-    record_step records it on the CPU; tools/measure_kernels.py runs it on a GPU."""
+    record_step records it on the CPU; tools/measure_kernels.py runs it on a GPU. train False:
+    the forward alone, without gradients (an evaluation)."""
     import torch
 
     import unet_fast as uf
@@ -360,10 +362,12 @@ def make_step(cfg: ModelConfig, device, backend: str = "triton"):
 
     def step(state=None):
         model.zero_grad(set_to_none=True)
-        with torch.autocast(dev_type, dtype=torch.bfloat16):
+        with torch.autocast(dev_type, dtype=torch.bfloat16), torch.set_grad_enabled(train):
             if state is not None:
                 state.phase, state.layer = "fwd", "input"
             out = model(x)
+        if not train:
+            return
         if state is not None:
             state.phase, state.layer = "bwd", "loss"
         out.float().sum().backward()
@@ -937,8 +941,38 @@ def model_step(cfg: ModelConfig, jobs: int, machine: Machine = H200, arch: int =
         rounds += -(-len(new) // COMPILE_THREADS) if len(l.configs) > 1 else len(new)
     first = dict(compiles=len(keys), autotune_keys=sum(1 for n in tunings.values() if n > 1),
                  autotune_runs=sum(n for n in tunings.values() if n > 1),
-                 compile_rounds=rounds, compile_threads=COMPILE_THREADS)
+                 compile_rounds=rounds, compile_threads=COMPILE_THREADS,
+                 first_eval=first_eval(triton_launches, record_step(cfg, machine, train=False)))
     return dict(config=dataclasses.asdict(cfg), rows=rows, failures=failures, first_step=first)
+
+
+def first_eval(trained: list, evaluated: list) -> dict:
+    """What a first evaluation (a forward without gradients) compiles and times after the
+    training step whose launches are `trained`: a launch whose autotune key the training step
+    tuned takes the config chosen then and compiles that one config if its kernel variant is new
+    (STORE_Y off: inference's own epilogue); a new key compiles its configs and times them
+    (where more than one)."""
+    trained = [l for l in trained if not l.kernel.startswith("aten.")]
+    compiled = {compile_key(l, i) for l in trained for i in range(len(l.configs))}
+    tuned = {(l.kernel, l.tune_key) for l in trained}
+    chosen = set()   # the variants compiled from a tuned key's choice (one config each)
+    compiles = keys = runs = 0
+    for l in evaluated:
+        if l.kernel.startswith("aten."):
+            continue
+        ks = [compile_key(l, i) for i in range(len(l.configs))]
+        if (l.kernel, l.tune_key) in tuned:
+            variant = frozenset(ks)
+            if not variant & compiled and variant not in chosen:
+                chosen.add(variant)
+                compiles += 1
+            continue
+        tuned.add((l.kernel, l.tune_key))
+        compiles += sum(1 for k in ks if k not in compiled)
+        compiled.update(ks)
+        if len(ks) > 1:
+            keys, runs = keys + 1, runs + len(ks)
+    return dict(compiles=compiles, autotune_keys=keys, autotune_runs=runs)
 
 
 _BINARIES: dict = {}
@@ -1039,7 +1073,10 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
             f"- First step: {fs['compiles']} Triton compiles, {fs['autotune_keys']} autotuned "
             f"shapes, {fs['autotune_runs']} autotune timing runs; with {fs['compile_threads']} "
             f"compile threads (UNET_FAST_COMPILE_THREADS) the compiles take "
-            f"{fs['compile_rounds']} rounds one after another (each shape's configs together).",
+            f"{fs['compile_rounds']} rounds one after another (each shape's configs together). "
+            f"A first evaluation after it (no gradients): {fs['first_eval']['compiles']} "
+            f"compile{'s' * (fs['first_eval']['compiles'] != 1)}, "
+            f"{fs['first_eval']['autotune_runs']} autotune timing runs.",
             "- Time by pass (ms): " + ", ".join(f"{k} {_fmt_ms(v)}" for k, v in
                                                sorted(s["by_pass"].items(), key=lambda kv: -kv[1])),
             "",
