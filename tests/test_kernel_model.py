@@ -5,6 +5,7 @@ The tool compiles real kernels, so it runs in a subprocess without TRITON_INTERP
 extension part on the built unet_fast._C: the CUTLASS units' loops and the per-layer table."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -401,20 +402,69 @@ print(json.dumps(dict(counts=km.first_eval(trained, evaluated), own=own)))
 """
 
 
-def test_a_first_evaluation_after_training_times_nothing_new():
+def test_a_first_evaluation_tunes_only_its_own_variants():
     """The paper U-Net's evaluation forward (no gradients) runs kernel variants of its own (STORE_Y
-    off: the four encoder steps, which then write no ring, and the last conv with the head), but
-    with the autotune keys the training step tuned: the autotuner reuses those choices, so a
-    first evaluation compiles one config per new variant and times none (it had timed 15 runs on
-    5 new keys, compiling 10, when STORE_Y was in the key)."""
+    off: the four encoder steps, which then write no ring, and the last conv with the head), each
+    tuned on its own key (storing less can move the best tile: igemm._FWD_KEY); every other
+    launch is one the training step compiled and tuned already. kernel_model.first_eval counts
+    exactly those variants' configs as compiled and timed."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", _FIRST_EVAL], capture_output=True, text=True,
                          env=env, timeout=900, cwd=ROOT)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    own = got["own"]
+    own, counts = got["own"], got["counts"]
     assert sorted(r["layer"] for r in own) == ["down.0.2", "down.1.2", "down.2.2", "down.3.2",
                                                "up.3.conv.2+head"], own
-    assert all(r["tuned"] and r["configs"] > 1 for r in own), own   # (tuned: a choice to reuse)
-    # down.2.2 and down.3.2 differ only in values Triton does not specialize on: one binary
-    assert got["counts"] == dict(compiles=4, autotune_keys=0, autotune_runs=0), got
+    assert not any(r["tuned"] for r in own) and all(r["configs"] > 1 for r in own), own
+    assert counts["autotune_keys"] == len(own), counts
+    assert counts["autotune_runs"] == sum(r["configs"] for r in own), counts
+    # (fewer compiles than runs: layers that differ only in values Triton does not specialize
+    # on, down.2.2 and down.3.2, share binaries)
+    assert 0 < counts["compiles"] < counts["autotune_runs"], counts
+
+
+def test_first_eval_counts_a_tuned_key_as_one_compile_and_no_timing(monkeypatch):
+    """kernel_model.first_eval: a launch of a key the training step tuned compiles the config
+    chosen then (once, where its variant is new) and times nothing; a launch the training step
+    compiled compiles nothing; a new key compiles and times each of its configs."""
+    import kernel_model as km
+
+    def launch(variant, key, configs=2):
+        return km.Launch("igemm.igemm_fwd_kernel", "fwd", "x", {}, {"V": variant},
+                         configs=[({"BLOCK_M": 64 * (i + 1)}, 4, 3, (1, 1, 1), None)
+                                  for i in range(configs)], tune_key=key)
+    monkeypatch.setattr(km, "compile_key",
+                        lambda l, i: (l.constexprs["V"], l.configs[i][0]["BLOCK_M"]))
+    trained = [launch("a", ("k1",)), launch("b", ("k2",))]
+    evaluated = [launch("a", ("k1",)),            # as trained: nothing
+                 launch("a2", ("k1",)),           # a variant of a tuned key: one compile
+                 launch("a2", ("k1",)),           # ... once
+                 launch("c", ("k3",), 3),         # a new key: 3 compiles, 3 timing runs
+                 launch("d", ("k4",), 1)]         # a new key of one config: compiled, not timed
+    assert km.first_eval(trained, evaluated) == dict(compiles=5, autotune_keys=1,
+                                                     autotune_runs=3)
+
+
+def test_inference_is_predicted_with_the_configs_the_training_step_tuned(monkeypatch):
+    """The model's inference rows take, for a launch whose autotune key the training step tuned,
+    the config the model chose there (what the autotuner reuses), not the best for the
+    inference variant alone; a launch of a new key gets the best of its own."""
+    import kernel_model as km
+
+    def launch(store_y, key=("k",)):
+        return km.Launch("igemm.igemm_fwd_kernel", "fwd", "down.0.2", {}, {"STORE_Y": store_y},
+                         configs=[({"BLOCK_M": 64}, 4, 3, (9, 1, 1), None),
+                                  ({"BLOCK_M": 128}, 8, 3, (5, 1, 1), None)], tune_key=key)
+    monkeypatch.setattr(km, "compile_key", lambda l, i: (l.constexprs["STORE_Y"], l.tune_key, i))
+    monkeypatch.setattr(km, "_BINARIES", collections.defaultdict(dict))
+    # with y stored the second config is the faster; without, the first
+    times = {True: (1.0, 0.5), False: (0.2, 0.4)}
+    monkeypatch.setattr(km, "predict", lambda l, i, b, m: dict(
+        time_s=times[l.constexprs["STORE_Y"]][i]))
+    failures = []
+    rows, chosen = km._predict_launches([launch(True)], km.H200, failures)
+    assert [r["time_s"] for r in rows] == [0.5] and not failures
+    infer, _ = km._predict_launches([launch(False), launch(False, key=("new",))], km.H200,
+                                    failures, chosen)
+    assert [r["time_s"] for r in infer] == [0.4, 0.2]

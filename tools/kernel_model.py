@@ -894,39 +894,18 @@ def model_step(cfg: ModelConfig, jobs: int, machine: Machine = H200, arch: int =
     launches = record_step(cfg, machine)
     log(f"[{cfg.name} b{cfg.batch}] recorded {len(launches)} launches in {time.time() - t0:.0f}s")
     triton_launches = [l for l in launches if not l.kernel.startswith("aten.")]
-    keys = {}
-    for l in triton_launches:
-        for i in range(len(l.configs)):
-            keys.setdefault(compile_key(l, i), None)
-    todo = [(k, arch) for k in keys if k not in _BINARIES]
-    t1 = time.time()
-    if todo:
-        if jobs > 1:
-            with cf.ProcessPoolExecutor(jobs) as ex:
-                results = list(ex.map(_compile_job, todo))
-        else:
-            results = [_compile_job(j) for j in todo]
-        for (k, _), r in zip(todo, results):
-            if not r.get("error"):
-                r["analysis"] = analyze_sass(r.pop("sass"))
-            _BINARIES[k] = r
-    log(f"[{cfg.name} b{cfg.batch}] compiled {len(todo)} binaries for sm_{arch} in "
-        f"{time.time() - t1:.0f}s")
-    rows, failures = [], []
-    for l in launches:
-        if l.kernel.startswith("aten."):
-            rows.append(predict_aten(l, machine))
-            continue
-        cands = []
-        for i in range(len(l.configs)):
-            b = _BINARIES[compile_key(l, i)]
-            if b.get("error"):
-                failures.append((l.kernel, l.configs[i], b["error"]))
-                continue
-            cands.append(predict(l, i, b, machine))
-        best = min(cands, key=lambda r: r["time_s"])
-        best["candidates"] = len(cands)
-        rows.append(best)
+    keys = _compile_all(triton_launches, arch, jobs, f"[{cfg.name} b{cfg.batch}]", log)
+    failures = []
+    rows, chosen = _predict_launches(launches, machine, failures)
+    # inference: a forward without gradients, after the training step (its variants compiled
+    # too; a key the training step tuned keeps the config chosen there, as the autotuner does)
+    evaluated = record_step(cfg, machine, train=False)
+    _compile_all([l for l in evaluated if not l.kernel.startswith("aten.")], arch, jobs,
+                 f"[{cfg.name} b{cfg.batch} inference]", log)
+    infer_failures = []
+    infer_rows, _ = _predict_launches(evaluated, machine, infer_failures, chosen)
+    known = set(map(repr, failures))
+    failures += [f for f in infer_failures if repr(f) not in known]
     # first contact: what the first step compiles and times
     tunings = {}
     for l in triton_launches:
@@ -942,8 +921,61 @@ def model_step(cfg: ModelConfig, jobs: int, machine: Machine = H200, arch: int =
     first = dict(compiles=len(keys), autotune_keys=sum(1 for n in tunings.values() if n > 1),
                  autotune_runs=sum(n for n in tunings.values() if n > 1),
                  compile_rounds=rounds, compile_threads=COMPILE_THREADS,
-                 first_eval=first_eval(triton_launches, record_step(cfg, machine, train=False)))
-    return dict(config=dataclasses.asdict(cfg), rows=rows, failures=failures, first_step=first)
+                 first_eval=first_eval(triton_launches, evaluated))
+    return dict(config=dataclasses.asdict(cfg), rows=rows, failures=failures, first_step=first,
+                infer_rows=infer_rows)
+
+
+def _compile_all(launches: list, arch: int, jobs: int, what: str, log=print) -> dict:
+    """Compile (into _BINARIES, once per process) every config of every launch; the keys."""
+    keys = {}
+    for l in launches:
+        for i in range(len(l.configs)):
+            keys.setdefault(compile_key(l, i), None)
+    todo = [(k, arch) for k in keys if k not in _BINARIES]
+    t1 = time.time()
+    if todo:
+        if jobs > 1:
+            with cf.ProcessPoolExecutor(jobs) as ex:
+                results = list(ex.map(_compile_job, todo))
+        else:
+            results = [_compile_job(j) for j in todo]
+        for (k, _), r in zip(todo, results):
+            if not r.get("error"):
+                r["analysis"] = analyze_sass(r.pop("sass"))
+            _BINARIES[k] = r
+    log(f"{what} compiled {len(todo)} binaries for sm_{arch} in {time.time() - t1:.0f}s")
+    return keys
+
+
+def _config_id(c) -> tuple:
+    """A Launch config (kwargs, warps, stages, grid, maxnreg) less its grid."""
+    return tuple(sorted(c[0].items())), c[1], c[2], c[4]
+
+
+def _predict_launches(launches: list, machine: Machine, failures: list, fixed=None):
+    """(rows, chosen): each launch's row with the config the model predicts fastest, or, where
+    `fixed` holds the launch's autotune key, that config (an autotuner's earlier choice); chosen:
+    (kernel, tune_key) -> the config index taken. Compile failures are appended to `failures`."""
+    rows, chosen = [], {}
+    for l in launches:
+        if l.kernel.startswith("aten."):
+            rows.append(predict_aten(l, machine))
+            continue
+        cands = []
+        for i in range(len(l.configs)):
+            b = _BINARIES[compile_key(l, i)]
+            if b.get("error"):
+                failures.append((l.kernel, l.configs[i], b["error"]))
+                continue
+            cands.append((predict(l, i, b, machine), i))
+        pinned = (fixed or {}).get((l.kernel, l.tune_key))
+        best, i = next(((r, i) for r, i in cands if _config_id(l.configs[i]) == pinned), None) \
+            or min(cands, key=lambda c: c[0]["time_s"])
+        best["candidates"] = len(cands)
+        chosen.setdefault((l.kernel, l.tune_key), _config_id(l.configs[i]))
+        rows.append(best)
+    return rows, chosen
 
 
 def first_eval(trained: list, evaluated: list) -> dict:
@@ -990,6 +1022,24 @@ def summarize(result: dict, m: Machine = H200) -> dict:
         by_pass[r["pass_"]] += r["time_s"]
     return dict(predicted_s=total, roofline_s=roof, flops=flops, ideal_s=flops / m.peak_flops,
                 images_per_s=result["config"]["batch"] / total, by_pass=dict(by_pass))
+
+
+def summarize_inference(result: dict, m: Machine = H200) -> dict:
+    """summarize() of the inference forward (a forward without gradients: result["infer_rows"])."""
+    return summarize(dict(rows=result["infer_rows"], config=result["config"]), m)
+
+
+def _inference_line(res: dict, m: Machine) -> str:
+    i = summarize_inference(res, m)
+    fwd = summarize(res, m)["by_pass"].get("fwd", 0.0)
+    return (f"- Inference (the forward without gradients, bf16 autocast, after a training step; "
+            f"a launch of an autotune key the step tuned keeps the step's config): predicted "
+            f"**{_fmt_ms(i['predicted_s'])} ms** "
+            f"({i['images_per_s']:.0f} images/s); roofline sum {_fmt_ms(i['roofline_s'])} ms "
+            f"(ratio {i['predicted_s'] / i['roofline_s']:.2f}): our kernels "
+            f"{_fmt_ms(i['by_pass'].get('fwd', 0.0))} ms (the training step's forward: "
+            f"{_fmt_ms(fwd)} ms; inference stores no ring and no y under the head), aten "
+            f"(autocast's casts) {_fmt_ms(i['predicted_s'] - i['by_pass'].get('fwd', 0.0))} ms.")
 
 
 # ============================================================================ 6. the report
@@ -1077,6 +1127,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
             f"A first evaluation after it (no gradients): {fs['first_eval']['compiles']} "
             f"compile{'s' * (fs['first_eval']['compiles'] != 1)}, "
             f"{fs['first_eval']['autotune_runs']} autotune timing runs.",
+            _inference_line(res, m),
             "- Time by pass (ms): " + ", ".join(f"{k} {_fmt_ms(v)}" for k, v in
                                                sorted(s["by_pass"].items(), key=lambda kv: -kv[1])),
             "",
@@ -1133,6 +1184,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
                                 for d in out],
                        summary={res["config"]["name"]: dict(summarize(res, m),
                                                            first_step=res["first_step"],
+                                                           inference=summarize_inference(res, m),
                                                            config=res["config"])
                                 for res in results},
                        extension=_extension_json(ext)), f, indent=1)
@@ -1955,7 +2007,8 @@ def main(argv=None) -> int:
         s = summarize(res)
         print(f"{cfg.name} b{cfg.batch}: predicted {_fmt_ms(s['predicted_s'])} ms per step "
               f"({s['images_per_s']:.0f} img/s), roofline sum {_fmt_ms(s['roofline_s'])} ms, "
-              f"FLOPs at peak {_fmt_ms(s['ideal_s'])} ms; first step {res['first_step']}")
+              f"FLOPs at peak {_fmt_ms(s['ideal_s'])} ms; first step {res['first_step']}; "
+              f"inference {_fmt_ms(summarize_inference(res)['predicted_s'])} ms")
         for k, v in sorted(s["by_pass"].items(), key=lambda kv: -kv[1]):
             print(f"    {k:28s} {_fmt_ms(v)} ms")
         results.append(res)

@@ -65,10 +65,11 @@ _HEAD_N = tl.constexpr(utils.HEAD_MAX_CLASSES)   # the fused head's classes, pad
 # Autotune keys: the GEMM's dimensions (M as a power-of-two bucket), the memory layout (LAYOUT:
 # which operands have channel stride 1, utils.layout_key) and every constexpr that changes the
 # kernel's work; never pointers or strides themselves. Triton appends the tensors' dtypes.
-# Not STORE_Y: inference only drops stores from the epilogue (same mainloop, same pruned configs),
-# so a first evaluation after training reuses the training forward's choice and times nothing.
+# STORE_Y too, though inference only drops stores: fewer registers can mean more CTAs an SM and
+# less L1 each, and the best tile moves (the head's inference variant on same512, by the kernel
+# model: 0.73 ms on the training forward's tile, 0.51 on its own), so an evaluation tunes its own.
 _FWD_KEY = ["CA", "N_GEMM", "M_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SIGN", "POOL", "SKIP",
-            "WIDE", "CAT", "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "HEAD",
+            "WIDE", "CAT", "UPSCATTER", "RELU_IN", "HAS_BIAS", "FLAT_K", "HEAD", "STORE_Y",
             "W_DESC", "O_DESC", "PRECISION"]
 _WGRAD_KEY = ["CA", "CB", "K_BUCKET", "LAYOUT", "KS", "STRIDE", "PAD", "SHIFT_A", "FLAT_A",
               "FLAT_B", "SUB_N", "DBIAS", "INT64", "PRECISION", "CAT", "CB1"]
