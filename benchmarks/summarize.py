@@ -149,11 +149,16 @@ def model_rows(records):
         mem_ours = row[ours_p].get("peak_mem_bytes") if ours_p else None
         mem_base = (row.get("eager_cl") or row.get("eager") or {}).get("peak_mem_bytes")
         cells = []
+        predicted = kernel_model_ms(cfg, mode) if dtype == "bf16" else None
         for p in PROVIDERS:
             if p in row:
                 ips = row[p].get("images_per_s")
                 ms = row[p]["median_ms"]
-                cells.append(f"{ips:.0f} img/s ({fmt_ms(ms)} ms)" if ips else fmt_ms(ms))
+                # (the kernel model's step: forward and backward of a sum, no loss or optimizer)
+                model = (f"; model {fmt_ms(predicted)}{' fwd+bwd' if mode == 'train' else ''}"
+                         if p == "triton" and predicted else "")
+                cells.append(f"{ips:.0f} img/s ({fmt_ms(ms)} ms{model})" if ips
+                             else fmt_ms(ms) + (f" ({model[2:]})" if model else ""))
             else:
                 cells.append("—")
         frac = row[ours_p].get("frac_peak") if ours_p else None
@@ -215,6 +220,25 @@ def layer_table(rows_by_key):
 
 MEMORY_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                             "memory_model.json")
+
+
+KERNEL_MODEL = os.path.join(os.path.dirname(MEMORY_MODEL), "kernel_model.json")
+
+
+def kernel_model_ms(config, mode, path=None):
+    """tools/kernel_model.py's predicted time in ms of the Triton backend's bf16 step for a
+    benchmark config ("valid572-b8"): its training step (forward and backward) or, with mode
+    "infer", its inference forward; None where the model has no such config."""
+    name, _, batch = config.rpartition("-b")
+    try:
+        with open(path or KERNEL_MODEL) as f:
+            summary = json.load(f)["summary"]
+        s = summary[name]
+        if not batch.isdigit() or s["config"]["batch"] != int(batch):
+            return None
+        return 1e3 * (s["inference"] if mode == "infer" else s)["predicted_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def memory_model_ratio(model, batch, provider, path=None, mode="train"):

@@ -388,8 +388,11 @@ def test_summarize_writes_tables_chart_and_targets(tmp_path):
     assert "NVIDIA H100 80GB HBM3" in md and "3.00 TB/s" in md and "790 TFLOP/s" in md
     assert "| build | ok | 80 | built |" in md
     assert "triton: 1.50x" in md                      # eager CL 30 ms / triton 20 ms, same run
-    assert "| valid572-b8 | train | bf16 |" in md and "400 img/s (20.0 ms)" in md
+    assert "| valid572-b8 | train | bf16 |" in md
     row = next(line for line in md.splitlines() if line.startswith("| valid572-b8 | train"))
+    # beside the Triton step, the kernel model's prediction for it (docs/kernel_model.json)
+    predicted = summarize.fmt_ms(summarize.kernel_model_ms("valid572-b8", "train"))
+    assert f"400 img/s (20.0 ms; model {predicted} fwd+bwd)" in row
     assert "1.40x" in row and "1.30x" in row and "0.75" in row   # vs compile, vs max-autotune, memory
     # and beside the measured memory ratio the memory model's, of the same backend and step
     assert f"0.75 (model {summarize.memory_model_ratio('valid572', 8, 'triton'):.2f})" in row
@@ -444,6 +447,24 @@ def test_memory_model_ratio_reads_the_step_asked_for(tmp_path):
     assert summarize.memory_model_ratio("valid572", 1, "triton", path) is None
     assert summarize._mem_cell(3, 4, "valid572-b8", "train", "triton").startswith("0.75 (model ")
     assert summarize._mem_cell(None, 4, "cpu-toy", "infer", "triton") == "—"
+
+
+def test_kernel_model_ms_reads_the_step_asked_for(tmp_path):
+    """The kernel model's predicted Triton step by config and step (train or infer)."""
+    summarize = _load("summarize")
+    path = tmp_path / "kernel_model.json"
+    path.write_text(json.dumps(dict(summary=dict(valid572=dict(
+        predicted_s=0.0114, config=dict(batch=8), inference=dict(predicted_s=0.0035))))))
+    assert summarize.kernel_model_ms("valid572-b8", "train", path) == pytest.approx(11.4)
+    assert summarize.kernel_model_ms("valid572-b8", "infer", path) == pytest.approx(3.5)
+    assert summarize.kernel_model_ms("valid572-b1", "train", path) is None   # another batch
+    assert summarize.kernel_model_ms("same512-b16", "train", path) is None
+    assert summarize.kernel_model_ms("cpu-toy", "train", path) is None
+    assert summarize.kernel_model_ms("valid572-b8", "train", tmp_path / "none.json") is None
+    # and the committed model has both steps of both configs
+    for cfg in ("valid572-b8", "same512-b16"):
+        for mode in ("train", "infer"):
+            assert summarize.kernel_model_ms(cfg, mode) > 0, (cfg, mode)
 
 
 def test_summarize_bad_input(tmp_path):
