@@ -956,7 +956,8 @@ def _config_id(c) -> tuple:
 def _predict_launches(launches: list, machine: Machine, failures: list, fixed=None):
     """(rows, chosen): each launch's row with the config the model predicts fastest, or, where
     `fixed` holds the launch's autotune key, that config (an autotuner's earlier choice); chosen:
-    (kernel, tune_key) -> the config index taken. Compile failures are appended to `failures`."""
+    (kernel, tune_key) -> the config taken (_config_id). Compile failures are appended to
+    `failures`."""
     rows, chosen = [], {}
     for l in launches:
         if l.kernel.startswith("aten."):
@@ -981,8 +982,8 @@ def _predict_launches(launches: list, machine: Machine, failures: list, fixed=No
 def first_eval(trained: list, evaluated: list) -> dict:
     """What a first evaluation (a forward without gradients) compiles and times after the
     training step whose launches are `trained`: a launch whose autotune key the training step
-    tuned takes the config chosen then and compiles that one config if its kernel variant is new
-    (STORE_Y off: inference's own epilogue); a new key compiles its configs and times them
+    tuned takes the config chosen then, and compiles it only where its kernel variant is new; a
+    new key (the STORE_Y-off variants: igemm._FWD_KEY) compiles its configs and times them
     (where more than one)."""
     trained = [l for l in trained if not l.kernel.startswith("aten.")]
     compiled = {compile_key(l, i) for l in trained for i in range(len(l.configs))}
@@ -1038,8 +1039,8 @@ def _inference_line(res: dict, m: Machine) -> str:
             f"({i['images_per_s']:.0f} images/s); roofline sum {_fmt_ms(i['roofline_s'])} ms "
             f"(ratio {i['predicted_s'] / i['roofline_s']:.2f}): our kernels "
             f"{_fmt_ms(i['by_pass'].get('fwd', 0.0))} ms (the training step's forward: "
-            f"{_fmt_ms(fwd)} ms; inference stores no ring and no y under the head), aten "
-            f"(autocast's casts) {_fmt_ms(i['predicted_s'] - i['by_pass'].get('fwd', 0.0))} ms.")
+            f"{_fmt_ms(fwd)} ms; inference stores no ring and no y under the head), aten ops "
+            f"(mostly autocast's casts) {_fmt_ms(i['predicted_s'] - i['by_pass'].get('fwd', 0.0))} ms.")
 
 
 # ============================================================================ 6. the report
