@@ -133,10 +133,16 @@ def t(row, p):
 
 
 # --------------------------------------------------------------------------- sections
+def _name_batch(config):
+    """("valid572", 8) of a benchmark config "valid572-b8"; (config, None) for another name."""
+    name, _, batch = config.rpartition("-b")
+    return (name, int(batch)) if batch.isdigit() else (config, None)
+
+
 def _mem_cell(mem_ours, mem_base, config, mode, provider):
     """The measured peak of ours over eager's, and the memory model's for the same backend."""
-    name, _, batch = config.rpartition("-b")
-    pred = memory_model_ratio(name, int(batch), provider, mode=mode) if batch.isdigit() else None
+    name, batch = _name_batch(config)
+    pred = memory_model_ratio(name, batch, provider, mode=mode) if batch else None
     measured = f"{mem_ours / mem_base:.2f}" if mem_ours and mem_base else "—"
     return measured + (f" (model {pred:.2f})" if pred else "")
 
@@ -155,10 +161,10 @@ def model_rows(records):
                 ips = row[p].get("images_per_s")
                 ms = row[p]["median_ms"]
                 # (the kernel model's step: forward and backward of a sum, no loss or optimizer)
-                model = (f"; model {fmt_ms(predicted)}{' fwd+bwd' if mode == 'train' else ''}"
+                model = (f"model {fmt_ms(predicted)}{' fwd+bwd' if mode == 'train' else ''}"
                          if p == "triton" and predicted else "")
-                cells.append(f"{ips:.0f} img/s ({fmt_ms(ms)} ms{model})" if ips
-                             else fmt_ms(ms) + (f" ({model[2:]})" if model else ""))
+                cells.append(f"{ips:.0f} img/s ({fmt_ms(ms)} ms{'; ' + model if model else ''})"
+                             if ips else fmt_ms(ms) + (f" ({model})" if model else ""))
             else:
                 cells.append("—")
         frac = row[ours_p].get("frac_peak") if ours_p else None
@@ -229,12 +235,11 @@ def kernel_model_ms(config, mode, path=None):
     """tools/kernel_model.py's predicted time in ms of the Triton backend's bf16 step for a
     benchmark config ("valid572-b8"): its training step (forward and backward) or, with mode
     "infer", its inference forward; None where the model has no such config."""
-    name, _, batch = config.rpartition("-b")
+    name, batch = _name_batch(config)
     try:
         with open(path or KERNEL_MODEL) as f:
-            summary = json.load(f)["summary"]
-        s = summary[name]
-        if not batch.isdigit() or s["config"]["batch"] != int(batch):
+            s = json.load(f)["summary"][name]
+        if batch is None or s["config"]["batch"] != batch:
             return None
         return 1e3 * (s["inference"] if mode == "infer" else s)["predicted_s"]
     except (OSError, ValueError, KeyError, TypeError):

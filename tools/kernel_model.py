@@ -1030,9 +1030,9 @@ def summarize_inference(result: dict, m: Machine = H200) -> dict:
     return summarize(dict(rows=result["infer_rows"], config=result["config"]), m)
 
 
-def _inference_line(res: dict, m: Machine) -> str:
+def _inference_line(res: dict, m: Machine, fwd: float) -> str:
+    """The report's inference line; `fwd`: the training step's forward kernels' time (s)."""
     i = summarize_inference(res, m)
-    fwd = summarize(res, m)["by_pass"].get("fwd", 0.0)
     return (f"- Inference (the forward without gradients, bf16 autocast, after a training step; "
             f"a launch of an autotune key the step tuned keeps the step's config): predicted "
             f"**{_fmt_ms(i['predicted_s'])} ms** "
@@ -1128,7 +1128,7 @@ def write_report(results: list, path_md: str, path_json: str, m: Machine = H200,
             f"A first evaluation after it (no gradients): {fs['first_eval']['compiles']} "
             f"compile{'s' * (fs['first_eval']['compiles'] != 1)}, "
             f"{fs['first_eval']['autotune_runs']} autotune timing runs.",
-            _inference_line(res, m),
+            _inference_line(res, m, s["by_pass"].get("fwd", 0.0)),
             "- Time by pass (ms): " + ", ".join(f"{k} {_fmt_ms(v)}" for k, v in
                                                sorted(s["by_pass"].items(), key=lambda kv: -kv[1])),
             "",
