@@ -122,9 +122,13 @@ def test_nan_propagates_like_pytorch(backend):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_backward_runs_nhwc_for_an_nchw_caller(backend):
-    """The model runs NHWC inside and hands an NCHW caller an NCHW output; the gradient of that
-    output must re-enter the network NHWC, so every backward kernel gets the layout it is built for."""
+@pytest.mark.parametrize("caller", ["nchw", "channels_last"])
+def test_backward_runs_nhwc_whatever_the_caller(backend, caller):
+    """The model runs NHWC inside and hands its output over in the caller's layout; the gradient
+    of that output must re-enter the network NHWC, so every backward kernel gets the layout it is
+    built for. A channels_last caller's loss may hand back a gradient of another layout:
+    cross-entropy's is NCHW-contiguous whatever its input's (the whole backward would then run on
+    NCHW gradients, the kernels' slow elementwise gathers)."""
     if AVAILABLE[backend] is not None:
         pytest.skip(f"{backend}: {AVAILABLE[backend]}")
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -142,11 +146,13 @@ def test_backward_runs_nhwc_for_an_nchw_caller(backend):
 
     torch.manual_seed(0)
     model = uf.UNet(3, 2, base_channels=8, depth=2, padding="same", backend=backend)
-    x = torch.randn(2, 3, 16, 16)
+    fmt = torch.channels_last if caller == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=fmt)
     y = model(x)
-    assert y.is_contiguous()  # NCHW in, NCHW out
+    assert y.is_contiguous(memory_format=fmt)  # the caller's layout out
+    loss = torch.nn.functional.cross_entropy(y, torch.randint(0, 2, (2, 16, 16)))
     with GradFormats() as mode:
-        y.backward(torch.randn_like(y))
+        loss.backward()
     assert mode.seen, "no backward op of ours ran"
     assert all(fmt == torch.channels_last for _, fmt in mode.seen), mode.seen
 

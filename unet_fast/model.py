@@ -98,8 +98,12 @@ class UNet(reference.UNet):
                     del x
                     x = self._decode_concat(name, level, held, fused)
                     x = self._decode_out(name, level, x, head)
-        return x if x.is_contiguous(memory_format=caller_format) else _InCallersFormat.apply(
-            x, caller_format)
+        if x.is_contiguous(memory_format=caller_format) and not (
+                torch.is_grad_enabled() and x.requires_grad):
+            return x
+        # (in training also when no copy is needed: a loss may hand back a gradient of another
+        # layout, cross-entropy's NCHW to a channels_last caller, which must not reach the kernels)
+        return _InCallersFormat.apply(x, caller_format)
 
     # ------------------------------------------------------------------ the steps
     def _encode(self, name, level, x, skip_hw):
@@ -244,9 +248,9 @@ _RECIPE = object()   # what autograd keeps of a tensor UNet._recomputed makes ag
 
 class _InCallersFormat(torch.autograd.Function):
     """The output in the caller's memory format, and its gradient back in the layout the network
-    ran in. (With a plain .contiguous() the NCHW gradient of an NCHW caller would reach every
-    backward kernel of the decoder, which are built for NHWC: one copy of the small head gradient
-    here instead of a slow path or a conversion in each of them.)"""
+    ran in, whatever layout the loss hands back. (Else the NCHW gradient of an NCHW caller, or of
+    a channels_last caller's cross-entropy, would reach every backward kernel, which are built for
+    NHWC: one copy of the small head gradient here instead of a slow path in each of them.)"""
 
     @staticmethod
     def forward(ctx, x, fmt):
