@@ -511,3 +511,35 @@ def test_replaced_files_keep_the_usual_permissions(tmp_path):
         os.umask(mask)
     for f in ("m.json", "c.pt"):
         assert (tmp_path / f).stat().st_mode & 0o777 == 0o644, f
+
+
+@pytest.mark.parametrize("channels_last, amp, val", [(False, "bf16", True), (True, "fp16", False)])
+def test_a_gpu_run_precompiles_its_steps_kernels_first(channels_last, amp, val, monkeypatch):
+    """On a GPU, before the first step, the run precompiles the Triton kernels of its training
+    step (the local batch of tiles), its validation batches and the one-tile probe, in the run's
+    layout and autocast dtype, and says how long that took; on the CPU it does not."""
+    from types import SimpleNamespace
+    calls, said = [], []
+
+    class Model:
+        def precompile(self, train=None, evaluate=None, autocast=None):
+            calls.append((train, evaluate, autocast))
+            return {"kernels": 42, "failed": 1, "seconds": 3.25, "skipped": None}
+
+    cfg = SimpleNamespace(channels_last=channels_last, in_channels=1, tile=188, val_batch=3)
+    run = SimpleNamespace(cfg=cfg, device=torch.device("cuda"), model=Model(), local_batch=4,
+                          amp=amp, val_samples=[object()] if val else [])
+    empty = torch.empty   # (no GPU here: the examples' shapes and layouts are what is checked)
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, device="meta", **k))
+    train._precompile(run, said.append)
+    (tr, ev, autocast), = calls
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert tuple(tr.shape) == (4, 1, 188, 188) and tr.is_contiguous(memory_format=fmt)
+    assert [tuple(e.shape) for e in ev] == [(1, 1, 188, 188)] + ([(3, 1, 188, 188)] if val else [])
+    assert all(e.is_contiguous(memory_format=fmt) for e in ev)
+    assert autocast == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert said == ["compiled 42 Triton kernels before the first step in 3.2 s (1 failed: they "
+                    "fall back at first use)"]
+    calls.clear()
+    train._precompile(SimpleNamespace(**dict(vars(run), device=torch.device("cpu"))), said.append)
+    assert calls == []

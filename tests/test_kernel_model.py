@@ -368,7 +368,8 @@ import kernel_model as km
 cfg = km.ModelConfig("tiny", 1, 2, 44, "valid", 2, base_channels=16, depth=2)
 first = fsc.first_step(cfg)
 again = fsc.first_step(cfg)
-print(json.dumps([first, again]))
+pre = fsc.first_step(cfg, precompile=True)   # (everything is compiled by now)
+print(json.dumps([first, again, pre]))
 """
 
 
@@ -376,16 +377,20 @@ def test_first_step_compiles_counts_what_a_first_step_compiles(tmp_path):
     """tools/first_step_compiles.py: a small U-Net's training step through Triton's own launch
     path on the stand-in sm_90 driver compiles its kernels (a launch there would fail: the
     stand-in cannot launch); the same step again in that process compiles nothing (the kernels
-    are in Triton's in-memory cache: what it counted were compiles)."""
+    are in Triton's in-memory cache: what it counted were compiles), nor does its --precompile
+    (UNet.precompile's dry step of it)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path), UNET_FAST_COMPILE_THREADS="2",
                PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tools"), ROOT]))
     res = subprocess.run([sys.executable, "-c", _FIRST_STEP], capture_output=True, text=True,
                          env=env, timeout=900, cwd=ROOT)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    first, again = json.loads(res.stdout.strip().splitlines()[-1])
+    first, again, pre = json.loads(res.stdout.strip().splitlines()[-1])
     assert first["compiles"] >= 10 and first["seconds"] > 0, first
     assert again["compiles"] == 0, again
+    # --precompile: UNet.precompile's dry step of the same step, its result beside the count
+    assert pre["compiles"] == 0 and pre["precompile"]["kernels"] == 0, pre
+    assert pre["precompile"]["skipped"] is None and "error" not in pre["precompile"], pre
     assert any(name.endswith(".cubin") for _, _, files in os.walk(tmp_path) for name in files)
 
 

@@ -13,6 +13,7 @@ which a GPU run builds with the system compiler at each kernel's first launch.
 
     python tools/first_step_compiles.py                       # valid572 and same512
     python tools/first_step_compiles.py --models valid572 --threads 1
+    python tools/first_step_compiles.py --precompile   # UNet.precompile's compiles of that step
 
 Each model runs in a process of its own with an empty, temporary Triton cache (TRITON_CACHE_DIR),
 without the interpreter; it prints one JSON line a model.
@@ -93,16 +94,48 @@ def compile_only(arch: int):
             setattr(obj, name, value)
 
 
-def first_step(cfg, arch: int = 90) -> dict:
-    """Compile what the first training step of `cfg` compiles; its count and wall time."""
+def first_step(cfg, arch: int = 90, precompile: bool = False) -> dict:
+    """Compile what the first training step of `cfg` compiles; its count and wall time. With
+    `precompile`: what UNet.precompile compiles for that step (its dry step, every compile side by
+    side), instead of the step itself."""
     import kernel_model as km
     with km.triton_as_on(km.H200):
         step = km.make_step(cfg, "cpu")
-        with compile_only(arch) as counts:
+        counter = _precompiled if precompile else compile_only
+        with counter(arch) as counts:
             t0 = time.perf_counter()
-            step()
+            if precompile:
+                import torch
+                counts["result"] = step.model.precompile(train=step.x, autocast=torch.bfloat16)
+            else:
+                step()
             seconds = time.perf_counter() - t0
-    return dict(model=cfg.name, batch=cfg.batch, compiles=counts["cubins"], seconds=round(seconds, 1))
+    return dict(model=cfg.name, batch=cfg.batch, compiles=counts["cubins"], seconds=round(seconds, 1),
+                **({"precompile": counts["result"]} if precompile else {}))
+
+
+@contextlib.contextmanager
+def _precompiled(arch: int):
+    """Within: UNet.precompile compiles for sm_`arch` on the stand-in driver (CPU tensors), the
+    kernels compiled (ptxas runs) counted in the yielded dict's "cubins"."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime import driver
+
+    from unet_fast import _precompile
+    counts = {"cubins": 0}
+    make_cubin = CUDABackend.make_cubin
+
+    def counted(self, *args, **kwargs):
+        counts["cubins"] += 1
+        return make_cubin(self, *args, **kwargs)
+
+    saved = (CUDABackend.make_cubin, driver._active, _precompile._ON_CPU)
+    CUDABackend.make_cubin, _precompile._ON_CPU = counted, True
+    driver.set_active(StandInDriver(arch))
+    try:
+        yield counts
+    finally:
+        CUDABackend.make_cubin, driver._active, _precompile._ON_CPU = saved
 
 
 def _config(spec: str):
@@ -120,6 +153,9 @@ def main(argv=None) -> int:
                          "each is measured in a process of its own, from an empty Triton cache")
     ap.add_argument("--threads", type=int, help="UNET_FAST_COMPILE_THREADS (default: the package's)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability to compile for (90, 80)")
+    ap.add_argument("--precompile", action="store_true",
+                    help="time UNet.precompile for the step (every compile side by side) instead "
+                         "of the step's own compiles")
     ap.add_argument("--one", help=argparse.SUPPRESS)   # (the per-model process)
     args = ap.parse_args(argv)
     if args.threads is not None:
@@ -130,7 +166,7 @@ def main(argv=None) -> int:
         import triton
 
         from unet_fast.backends.triton_backend import utils
-        res = dict(first_step(_config(args.one), args.arch), arch=f"sm_{args.arch}",
+        res = dict(first_step(_config(args.one), args.arch, args.precompile), arch=f"sm_{args.arch}",
                    triton=triton.__version__, python=platform.python_version(),
                    compile_threads=utils.compile_threads(), cpus=os.cpu_count())
         print(json.dumps(res), flush=True)
@@ -146,7 +182,9 @@ def main(argv=None) -> int:
             env = dict(os.environ, TRITON_CACHE_DIR=cache)
             env.pop("TRITON_INTERPRET", None)
             r = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", spec,
-                                "--arch", str(args.arch)], env=env, capture_output=True, text=True)
+                                "--arch", str(args.arch)] + (["--precompile"] if args.precompile
+                                                             else []),
+                               env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.stderr.write(r.stdout + r.stderr)
             return r.returncode

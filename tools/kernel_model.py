@@ -371,6 +371,7 @@ def make_step(cfg: ModelConfig, device, backend: str = "triton", train: bool = T
         if state is not None:
             state.phase, state.layer = "bwd", "loss"
         out.float().sum().backward()
+    step.model, step.x = model, x   # (tools/first_step_compiles.py --precompile)
     return step
 
 

@@ -361,6 +361,10 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
     if decomposition is not None and decomposition[0](*args):
         return decomposition[1](*args, backend=backend)
     name = requested_backend(backend)
+    if name == "auto" and _compiling_for is not None:
+        # a precompile's dry step (unet_fast/_precompile.py): its backend wherever it can run
+        # the input, else the reference; nothing timed (its kernels run nothing)
+        name = _compiling_for if why_not(op, _compiling_for, args) is None else "torch"
     if name != "auto":
         _use(name, True)  # the cuda backend builds a missing extension here, once
         reason = why_not(op, name, args)
@@ -397,6 +401,33 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
         record(op, cand)
         return out
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# The backend a precompile's dry step compiles for (None: no precompile running). Process-wide,
+# not per thread: a GPU's autograd engine runs the backward, and so a checkpointed level's
+# recomputation, on a thread of its own.
+_compiling_for: Optional[str] = None
+
+
+class compiling_for:
+    """Within: "auto" runs `name` wherever it can run the input (else the reference) and measures
+    nothing: the dry step of `UNet.precompile`, whose kernels compile and run nothing (so their
+    timings would be no timings)."""
+
+    def __init__(self, name: str):
+        self.name = check_backend_name(name)
+
+    def __enter__(self):
+        global _compiling_for
+        if _compiling_for is not None:
+            raise RuntimeError("precompiles do not nest")
+        _compiling_for = self.name
+        return self
+
+    def __exit__(self, *exc):
+        global _compiling_for
+        _compiling_for = None
+        return False
 
 
 # ---------------------------------------------------------------- what ran

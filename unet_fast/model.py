@@ -65,6 +65,24 @@ class UNet(reference.UNet):
         choices were made when it was traced)."""
         return dict(self._report)
 
+    def precompile(self, train=None, evaluate=None, *, autocast=None, threads=None) -> dict:
+        """Compile now, all side by side, the Triton kernels that training steps on inputs like
+        `train` and evaluations (forwards without gradients) on inputs like `evaluate` will
+        launch, instead of shape by shape as the first step meets them. Each is an input shape
+        (batch, channels, height, width), an example input, or a list of them; `autocast` the
+        dtype the steps run `torch.autocast` with (torch.bfloat16, torch.float16, or None: no
+        autocast); `threads` the compile threads (default UNET_FAST_COMPILE_THREADS's). Runs
+        nothing (a dry step: no output, no gradient is written; backend "auto" measures nothing)
+        and needs what the steps will need (the model on its GPU, memory for one step). A no-op
+        with backend "torch" or "cuda", or where Triton cannot run. Returns {"kernels": compiles
+        started, "failed", "seconds", "skipped": None or why nothing was compiled}.
+
+            model.precompile(train=(8, 1, 572, 572), evaluate=(1, 1, 572, 572),
+                             autocast=torch.bfloat16)
+        """
+        from ._precompile import precompile
+        return precompile(self, train, evaluate, autocast=autocast, threads=threads)
+
     # ------------------------------------------------------------------ the figure
     def forward(self, x):
         check_model_input(self, x)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")   # auto: bf16 on a CUDA GPU that has it, else off
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ConfigError(ValueError):
@@ -96,7 +96,7 @@ def amp_context(device: torch.device, amp: Optional[str]):
     """Autocast for a resolved mode ("bf16", "fp16"); no autocast for "off" or None."""
     if amp in (None, "off"):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_AMP_DTYPES[amp])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def grad_scaler(device: torch.device, amp: str) -> Optional[torch.amp.GradScaler]:

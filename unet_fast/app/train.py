@@ -40,8 +40,8 @@ from .data import (MEMBRANE, DataError, TileDataset, add_weight_maps, builtin_sa
                    check_tile, load_folder)
 from .losses import LOSSES, confusion, make_loss, metrics_from_confusion
 from .predict import overlay, predict_logits
-from .runtime import (DISK_FULL, ConfigError, RunError, amp_context, check_number, grad_scaler,
-                      optimizer_step, resolve_amp, resolve_device)
+from .runtime import (AMP_DTYPES, DISK_FULL, ConfigError, RunError, amp_context, check_number,
+                      grad_scaler, optimizer_step, resolve_amp, resolve_device)
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")   # per step, after a linear warmup
@@ -588,6 +588,7 @@ def _announce(run: _Run, resumed, init, say) -> None:
     say(f"run folder: {run.out}" + (" (TensorBoard: tensorboard --logdir "
                                      f"{run.out.parent})" if cfg.tensorboard else ""))
 
+    _precompile(run, say)
     # one forward of a tile to learn (and say) which kernels run this model here
     probe = run.dataset[0][0][None].to(run.device)
     if cfg.channels_last:
@@ -596,6 +597,27 @@ def _announce(run: _Run, resumed, init, say) -> None:
     with torch.no_grad(), amp_context(run.device, run.amp):
         model(probe)
     say(_describe_backend(model, run.device))
+
+
+def _precompile(run: _Run, say) -> None:
+    """On a GPU, compile the Triton kernels of the training step, of validation and of the probe
+    below before any runs, side by side (UNet.precompile), instead of shape by shape as the first
+    step and the first validation meet them."""
+    cfg = run.cfg
+    if run.device.type != "cuda":
+        return
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def example(batch):
+        return torch.empty(batch, cfg.in_channels, cfg.tile, cfg.tile,
+                           device=run.device).contiguous(memory_format=fmt)
+    evaluate = [example(1)] + ([example(cfg.val_batch)] if run.val_samples else [])
+    res = run.model.precompile(train=example(run.local_batch), evaluate=evaluate,
+                               autocast=AMP_DTYPES.get(run.amp))
+    if res["skipped"] is None:
+        say(f"compiled {res['kernels']} Triton kernels before the first step in "
+            f"{res['seconds']:.1f} s" + (f" ({res['failed']} failed: they fall back at first use)"
+                                         if res["failed"] else ""))
 
 
 # ----------------------------------------------------------------------------- one epoch

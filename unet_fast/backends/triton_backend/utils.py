@@ -543,6 +543,101 @@ def _compile_ahead(tuner, configs, kwargs) -> None:
         pass
 
 
+# The AsyncCompileMode of a `compile_only` block, while one is open (process-wide, not per
+# thread: on a GPU the autograd engine runs the backward on a device thread of its own).
+_DRY = None
+
+
+@contextlib.contextmanager
+def compile_only(threads: int | None = None):
+    """Within: every Triton launch compiles its kernel and runs nothing; an autotuned launch
+    compiles every config its autotuner would time (prune_gemm's), and neither times nor picks one
+    (the first real launch of that shape does, finding them compiled). All compiles run side by
+    side on `threads` threads (default `compile_threads()`), whatever launch asked for them;
+    leaving the block waits for them. Outputs of the launches are left unwritten. One block at a
+    time, process-wide: no other thread may launch this package's kernels meanwhile. Yields a dict
+    that holds, once the block is left, `kernels` (compiles started: a kernel already compiled in
+    this process starts none; one in Triton's disk cache is loaded from there) and `failed` (those
+    that raised: the same error comes back at the kernel's first real launch, as it would have)."""
+    global _DRY
+    from triton.runtime import _async_compile
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    if _DRY is not None:
+        raise RuntimeError("compile_only blocks do not nest")
+    stats = {"kernels": 0, "failed": 0}
+    if INTERPRET:      # (the interpreter compiles nothing)
+        _DRY = stats
+        try:
+            yield stats
+        finally:
+            _DRY = None
+        return
+    import concurrent.futures
+    pool = concurrent.futures.ThreadPoolExecutor(threads or compile_threads(),
+                                                 thread_name_prefix="unet_fast-precompile")
+    mode = _SharedCompileMode(pool, ignore_errors=True)
+    run, tune = JITFunction.run, Autotuner.run
+
+    def dry_run(self, *args, grid, warmup, **kwargs):
+        if _DRY is not mode:
+            return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+        # (Triton's async mode is a context variable: set it in whichever thread launches)
+        token = _async_compile.active_mode.set(mode)
+        try:
+            return run(self, *args, grid=grid, warmup=True, **kwargs)
+        finally:
+            _async_compile.active_mode.reset(token)
+
+    def dry_tune(self, *args, **kwargs):
+        if _DRY is not mode:
+            return tune(self, *args, **kwargs)
+        self.nargs = dict(zip(self.arg_names, args))
+        try:
+            prune = getattr(self, "prune_only", self.prune_configs)   # (utils.autotune's)
+            configs = prune(kwargs) if len(self.configs) > 1 else self.configs
+            meta = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+            for config in configs:
+                self.fn.run(*args, grid=None, warmup=True, **dict(meta, **config.all_kwargs()))
+        finally:
+            self.nargs = None
+
+    JITFunction.run, Autotuner.run = dry_run, dry_tune
+    _DRY = mode
+    try:
+        yield stats
+    finally:
+        _DRY = None
+        JITFunction.run, Autotuner.run = run, tune
+        try:
+            mode.__exit__(None, None, None)   # waits for every compile, keeps the kernels
+        finally:
+            pool.shutdown(wait=True)
+        stats["kernels"] = len(mode.future_kernels)
+        stats["failed"] = sum(1 for k in mode.future_kernels.values()
+                              if k.future.exception() is not None)
+
+
+try:
+    from triton.runtime._async_compile import AsyncCompileMode as _AsyncCompileMode
+except ImportError:  # pragma: no cover - Triton 3.6 and 3.8 both have it
+    _AsyncCompileMode = object
+
+
+class _SharedCompileMode(_AsyncCompileMode):
+    """Triton's AsyncCompileMode, whose submissions may come from several threads."""
+
+    def __init__(self, *args, **kwargs):
+        import threading
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def submit(self, *args):
+        with self._lock:
+            return super().submit(*args)
+
+
 @functools.lru_cache(maxsize=None)
 def _device_limits(index: int):
     """(SM count, opt-in shared memory per block in bytes) of CUDA device `index`."""
