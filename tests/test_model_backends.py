@@ -174,6 +174,36 @@ def test_activation_checkpointing_gives_the_same_gradients(backend):
         assert_within(name, q.grad, p.grad, F32_RTOL * scale_of(p.grad))
 
 
+def test_checkpointed_levels_recompute_on_the_forwards_backend_in_any_thread(monkeypatch):
+    """`use_backend` is per thread, and on a GPU the backward, and so a checkpointed level's
+    recomputation, runs on the autograd engine's device thread: the recomputation runs on the
+    backend the forward asked for, not on what "auto" would take there. (Here the backward runs
+    on a thread of its own, as it does on a GPU.)"""
+    import threading
+    from unet_fast import _dispatch
+    if AVAILABLE["triton"] is not None:
+        pytest.skip(f"triton: {AVAILABLE['triton']}")
+    torch.manual_seed(0)
+    model = uf.UNet(1, 2, base_channels=4, depth=2, checkpointing=True).to(DEVICE)   # auto
+    x = torch.randn(1, 1, 44, 44, device=DEVICE)
+    with uf.use_backend("triton"):
+        y = model(x)
+    ran, errors = [], []
+    record = _dispatch.record
+    monkeypatch.setattr(_dispatch, "record", lambda op, name: ran.append(name) or record(op, name))
+
+    def backward():
+        try:
+            y.square().sum().backward()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    worker = threading.Thread(target=backward)
+    worker.start()
+    worker.join()
+    assert not errors, errors
+    assert ran and set(ran) == {"triton"}, ran   # (every level's forward ran again, on triton)
+
+
 @pytest.mark.parametrize("backend", ["torch", "cuda", "triton"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_recomputed_up_convs_give_the_same_gradients(backend, autocast, monkeypatch):

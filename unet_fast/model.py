@@ -21,7 +21,6 @@ not mask again. Parameter gradients equal the reference's.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.utils.checkpoint
@@ -195,10 +194,18 @@ class UNet(reference.UNet):
         return self.checkpointing is True and torch.is_grad_enabled()
 
     def _step(self, fn, *args, **static):
-        """One level; with checkpointing, its activations are recomputed in the backward."""
+        """One level; with checkpointing, its activations are recomputed in the backward, under
+        the backend request of the forward (`use_backend` is per thread, and on a GPU the
+        backward runs on the autograd engine's own)."""
         if self._checkpointed():
-            return torch.utils.checkpoint.checkpoint(functools.partial(fn, *args[:2], **static),
-                                                     *args[2:], use_reentrant=False)
+            asked = _dispatch.requested_backend(self._backend)
+
+            def level(*tensors):
+                if _dispatch._is_compiling():   # (a traced graph's backends are fixed already)
+                    return fn(*args[:2], *tensors, **static)
+                with _dispatch.use_backend(asked):
+                    return fn(*args[:2], *tensors, **static)
+            return torch.utils.checkpoint.checkpoint(level, *args[2:], use_reentrant=False)
         return fn(*args, **static)
 
     def _recomputed(self, t, make, x, skip, layer):
