@@ -58,19 +58,39 @@ class StandInDriver:
 
 
 @contextlib.contextmanager
-def compile_only(arch: int):
-    """Within: Triton compiles every kernel a launch asks for, for sm_`arch`, and launches none;
-    an autotuner's timing of a config compiles it and reports a made-up time. Yields a dict whose
-    "cubins" counts the kernels compiled (ptxas runs: a cache hit builds none)."""
+def _stand_in(arch: int):
+    """Within: Triton's active driver is a stand-in for an sm_`arch` GPU (a launch on it fails),
+    and the yielded dict's "cubins" counts the kernels compiled (ptxas runs: a cache hit builds
+    none)."""
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime import driver
+
+    counts = {"cubins": 0}
+    make_cubin = CUDABackend.make_cubin
+
+    def counted(self, *args, **kwargs):
+        counts["cubins"] += 1
+        return make_cubin(self, *args, **kwargs)
+
+    CUDABackend.make_cubin = counted
+    active = driver._active   # (reset_active() would look for a real driver: none without a GPU)
+    driver.set_active(StandInDriver(arch))
+    try:
+        yield counts
+    finally:
+        driver._active = active
+        CUDABackend.make_cubin = make_cubin
+
+
+@contextlib.contextmanager
+def compile_only(arch: int):
+    """Within: Triton compiles every kernel a launch asks for, for sm_`arch`, and launches none;
+    an autotuner's timing of a config compiles it and reports a made-up time. Yields
+    `_stand_in`'s counts."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    counts = {"cubins": 0}
-    saved = [(JITFunction, "run", JITFunction.run), (Autotuner, "_bench", Autotuner._bench),
-             (CUDABackend, "make_cubin", CUDABackend.make_cubin)]
-    run, make_cubin = JITFunction.run, CUDABackend.make_cubin
+    run, bench_ = JITFunction.run, Autotuner._bench
 
     def run_warmup(self, *args, warmup=False, **kwargs):
         return run(self, *args, warmup=True, **kwargs)
@@ -79,19 +99,12 @@ def compile_only(arch: int):
         self.fn.run(*args, **dict(meta, **config.all_kwargs()))
         return [1.0, 1.0, 1.0]
 
-    def counted(self, *args, **kwargs):
-        counts["cubins"] += 1
-        return make_cubin(self, *args, **kwargs)
-
-    JITFunction.run, Autotuner._bench, CUDABackend.make_cubin = run_warmup, bench, counted
-    active = driver._active   # (reset_active() would look for a real driver: none without a GPU)
-    driver.set_active(StandInDriver(arch))
+    JITFunction.run, Autotuner._bench = run_warmup, bench
     try:
-        yield counts
+        with _stand_in(arch) as counts:
+            yield counts
     finally:
-        driver._active = active
-        for obj, name, value in saved:
-            setattr(obj, name, value)
+        JITFunction.run, Autotuner._bench = run, bench_
 
 
 def first_step(cfg, arch: int = 90, precompile: bool = False) -> dict:
@@ -116,26 +129,15 @@ def first_step(cfg, arch: int = 90, precompile: bool = False) -> dict:
 
 @contextlib.contextmanager
 def _precompiled(arch: int):
-    """Within: UNet.precompile compiles for sm_`arch` on the stand-in driver (CPU tensors), the
-    kernels compiled (ptxas runs) counted in the yielded dict's "cubins"."""
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.runtime import driver
-
+    """Within: UNet.precompile compiles for sm_`arch` on the stand-in driver (CPU tensors).
+    Yields `_stand_in`'s counts."""
     from unet_fast import _precompile
-    counts = {"cubins": 0}
-    make_cubin = CUDABackend.make_cubin
-
-    def counted(self, *args, **kwargs):
-        counts["cubins"] += 1
-        return make_cubin(self, *args, **kwargs)
-
-    saved = (CUDABackend.make_cubin, driver._active, _precompile._ON_CPU)
-    CUDABackend.make_cubin, _precompile._ON_CPU = counted, True
-    driver.set_active(StandInDriver(arch))
+    saved, _precompile._ON_CPU = _precompile._ON_CPU, True
     try:
-        yield counts
+        with _stand_in(arch) as counts:
+            yield counts
     finally:
-        CUDABackend.make_cubin, driver._active, _precompile._ON_CPU = saved
+        _precompile._ON_CPU = saved
 
 
 def _config(spec: str):
