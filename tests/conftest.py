@@ -60,7 +60,120 @@ def _interpreter_rounds_bf16_to_nearest() -> None:
     interpreter._convert_float = convert_float
 
 
+def _interpreter_reduces_whole_slices() -> None:
+    """The interpreter runs a tl.reduce with a combine function of our own (the pool epilogue's
+    NaN-propagating max) one element at a time, in Python: half the kernel time of a U-Net
+    step (test_decoder_concat_is_never_copied_twice[triton]: 60 s, 39 s with this). This runs
+    the same combine on whole slices of the reduced axis instead, in the same order for every
+    output element (slice 0, then combine with 1, 2, ...), so each result is the one the
+    element loop gives, bit for bit (tests/test_triton_backend.py checks it)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    reduce_ops = interpreter.ReduceOps
+    element_loop = reduce_ops.generic_reduce
+
+    def generic_reduce(self, input):
+        original_axis = self.axis
+        input, axis = self.unravel(input, self.axis)
+        data = [arg.handle.data for arg in input]
+        shape = data[0].shape
+        if not shape or shape[axis] == 0 or any(d.shape != shape for d in data):
+            return element_loop(self, input)   # (a tuple over axis=None: only the first flattened)
+        out_shape = shape[:axis] + shape[axis + 1:]
+
+        def as_tensors(values):   # the combine's results (tensors, or a constant it returned)
+            values = values if isinstance(values, tuple) else (values,)
+            return tuple(v if isinstance(v, tl.core.tensor)
+                         else self.to_tensor(np.full(out_shape, v), arg.dtype)
+                         for v, arg in zip(values, input))
+
+        acc = as_tensors(tuple(self.to_tensor(np.take(d, 0, axis=axis), arg.dtype)
+                               for d, arg in zip(data, input)))
+        for k in range(1, shape[axis]):
+            nxt = tuple(self.to_tensor(np.take(d, k, axis=axis), arg.dtype)
+                        for d, arg in zip(data, input))
+            acc = as_tensors(self.combine_fn.fn(*acc, *nxt))
+        out = []
+        for a, d, arg in zip(acc, data, input):
+            r = np.asarray(a.handle.data).astype(d.dtype).reshape(out_shape)
+            if self.keep_dims:
+                r = (np.expand_dims(r, axis) if original_axis is not None
+                     else r.reshape((1,) * len(shape)))
+            elif original_axis is None:
+                r = r.item()
+            out.append(self.to_tensor(r, arg.dtype))
+        return out
+
+    generic_reduce.element_loop = element_loop   # the interpreter's own, for the test that compares
+    reduce_ops.generic_reduce = generic_reduce
+
+
+def _interpreter_skips_its_inert_overflow_checks() -> None:
+    """The interpreter builds an overflow check for every int32 +, - and * (a cast to int64, the op
+    again, two compares, an and: about a millisecond each through Triton's type-checking layer)
+    and hands it to device_assert, which drops it: the interpreter's options have debug off, and
+    nothing turns it on. This returns at once when debug is off (the test above: 39 s, 18 s);
+    with debug on, the interpreter's own check runs."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    sem = interpreter.interpreter_semantic
+    checked = sem.binary_op_sanitize_overflow_impl
+
+    def sanitize(lhs, rhs, binary_op):
+        if sem.builder.options.debug:
+            return checked(lhs, rhs, binary_op)
+
+    sanitize.interpreters_own = checked   # for the test that compares
+    sem.binary_op_sanitize_overflow_impl = sanitize
+
+
+def _interpreter_patches_the_language_once_a_launch() -> None:
+    """The interpreter swaps triton.language's builtins for its own at each launch, and again at
+    every call of a @triton.jit helper inside it (a scan of the modules' members each time;
+    the test above: 18 s, 16 s with this), though the helpers see the same modules, already
+    swapped, and the second swap changes nothing (a swapped member is no builtin any more).
+    This skips a helper's swap when its modules are those the running launch swapped already;
+    the launch's own swap and its undoing at the end are the interpreter's."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    launch, patch = interpreter.GridExecutor.__call__, interpreter._patch_lang
+    swapped = set()   # the language modules the running launch swapped (ids)
+
+    def patch_lang(fn):
+        langs = {id(v) for v in fn.__globals__.values()
+                 if inspect.ismodule(v) and v in (tl, tl.core)}
+        if langs and langs <= swapped:
+            return interpreter._LangPatchScope()
+        scope = patch(fn)
+        swapped.update(langs)
+        return scope
+
+    def run(self, *args, **kwargs):
+        swapped.clear()
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            swapped.clear()
+
+    interpreter._patch_lang, interpreter.GridExecutor.__call__ = patch_lang, run
+
+
 _interpreter_rounds_bf16_to_nearest()
+_interpreter_reduces_whole_slices()
+_interpreter_patches_the_language_once_a_launch()
+_interpreter_skips_its_inert_overflow_checks()
+
 # float32 parity is checked at float32 precision (1e-5 relative); a test that wants TF32 (3e-4)
 # switches it on itself. cuDNN's own default is TF32 on, which our kernels follow.
 torch.backends.cudnn.allow_tf32 = False

@@ -64,6 +64,137 @@ def test_interpreter_rounds_bf16_as_a_gpu():
     assert not torch.equal(truncated, x.to(torch.bfloat16).view(torch.int16))
 
 
+@triton.jit
+def _sum_in_order(a, b):   # float addition: the order of the combines shows in the bits
+    return a + b
+
+
+@triton.jit
+def _max_and_first_index(a, i, b, j):   # a tuple combine: a NaN wins, then the larger, then i
+    a_wins = (a != a) | ((b == b) & (a >= b))
+    return tl.where(a_wins, a, b), tl.where(a_wins, i, j)
+
+
+@triton.jit
+def _reduce_kernel(x_ptr, mx_ptr, sm_ptr, am_ptr, AXIS: tl.constexpr, KEEP: tl.constexpr):
+    o = tl.arange(0, 8)[:, None, None] * 8 + tl.arange(0, 4)[None, :, None] * 2 \
+        + tl.arange(0, 2)[None, None, :]
+    x = tl.load(x_ptr + o)
+    mx = tl.reduce(x, AXIS, t_igemm._max_nan, keep_dims=KEEP)
+    sm = tl.reduce(x, AXIS, _sum_in_order, keep_dims=KEEP)
+    if AXIS is None:   # (no tuple: the interpreter flattens only a tuple's first tensor then)
+        am = tl.reduce(o, AXIS, _sum_in_order, keep_dims=KEEP)
+        n = tl.arange(0, 1)
+    else:
+        am = tl.reduce((x, o), AXIS, _max_and_first_index, keep_dims=KEEP)[1]
+        n = tl.arange(0, 64 // (8 if AXIS == 0 else 4 if AXIS == 1 else 2))
+    if AXIS is None and not KEEP:   # scalars
+        tl.store(mx_ptr, mx)
+        tl.store(sm_ptr, sm)
+        tl.store(am_ptr, am)
+    else:
+        tl.store(mx_ptr + n, tl.reshape(mx, n.shape))
+        tl.store(sm_ptr + n, tl.reshape(sm, n.shape))
+        tl.store(am_ptr + n, tl.reshape(am, n.shape))
+
+
+def _reduce_all_ways():
+    torch.manual_seed(0)
+    x = torch.randn(64).mul(torch.logspace(-6, 6, 64)).float()
+    x[torch.randperm(64)[:5]] = float("nan")
+    x[5], x[37] = float("inf"), -float("inf")
+    out = []
+    for axis in (0, 1, 2, None):
+        for keep in (False, True):
+            n = 1 if axis is None else 64 // (8, 4, 2)[axis]
+            mx, sm, am = torch.empty(n), torch.empty(n), torch.empty(n, dtype=torch.int32)
+            _reduce_kernel[(1,)](x, mx, sm, am, axis, keep)
+            out += [mx, sm, am]
+    return out
+
+
+@pytest.mark.skipif(not t_utils.INTERPRET, reason="the interpreter's reductions")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # (inf + -inf)
+def test_interpreter_reduces_on_whole_slices_as_its_element_loop(monkeypatch):
+    """conftest runs a tl.reduce with a combine of our own on whole slices: the same results, bit
+    for bit, as the interpreter's own element loop (NaN-propagating max, an order-sensitive float
+    sum, a tuple combine; every axis, keep_dims or not)."""
+    from triton.runtime import interpreter
+    fast = interpreter.ReduceOps.generic_reduce
+    assert hasattr(fast, "element_loop"), "conftest's reduce is not installed"
+    ours = _reduce_all_ways()
+    monkeypatch.setattr(interpreter.ReduceOps, "generic_reduce", fast.element_loop)
+    theirs = _reduce_all_ways()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32)), (a, b)
+    assert any(o.isnan().any() for o in ours[0::3])   # the NaNs reached the maxima
+
+
+@triton.jit
+def _int_kernel(a_ptr, b_ptr, out_ptr, OP: tl.constexpr):
+    o = tl.arange(0, 4)
+    a, b = tl.load(a_ptr + o), tl.load(b_ptr + o)
+    tl.store(out_ptr + o, a + b if OP == 0 else a - b if OP == 1 else a * b)
+
+
+@pytest.mark.skipif(not t_utils.INTERPRET, reason="the interpreter's overflow checks")
+def test_interpreter_checks_int_overflow_only_in_debug_mode(monkeypatch):
+    """The interpreter's options have debug off, so its int32 overflow checks assert nothing and
+    conftest skips building them; in debug mode the interpreter's own check runs and raises."""
+    from triton.runtime import interpreter
+    sem = interpreter.interpreter_semantic
+    assert hasattr(sem.binary_op_sanitize_overflow_impl, "interpreters_own")
+    assert not interpreter.interpreter_builder.options.debug
+    big, out = 2**31 - 1, torch.empty(4, dtype=torch.int32)
+    cases = [(0, [big, 1, 2, 3], [0, 1, 2, 3], True), (0, [big, 1, 2, 3], [1, 0, 0, 0], False),
+             (1, [-big, 0, 0, 0], [1, 0, 0, 0], True), (1, [-big, 0, 0, 0], [2, 0, 0, 0], False),
+             (2, [46340, 3, 0, 0], [46340, 5, 0, 0], True),
+             (2, [46341, 3, 0, 0], [46341, 5, 0, 0], False)]
+    for debug in (False, True):
+        monkeypatch.setattr(interpreter.interpreter_builder, "options",
+                            interpreter.InterpreterOptions(debug=debug))
+        for op, a, b, fits in cases:
+            a, b = torch.tensor(a, dtype=torch.int32), torch.tensor(b, dtype=torch.int32)
+            if fits or not debug:   # (without debug an overflow wraps, as torch's int32 does)
+                _int_kernel[(1,)](a, b, out, op)
+                assert out.tolist() == (a + b if op == 0 else a - b if op == 1 else a * b).tolist()
+            else:
+                with pytest.raises(Exception, match="overflow detected"):
+                    _int_kernel[(1,)](a, b, out, op)
+
+
+@triton.jit
+def _arange(N: tl.constexpr):
+    return tl.arange(0, N)
+
+
+@triton.jit
+def _failing_kernel(x_ptr, mx_ptr, sm_ptr, am_ptr):
+    x = tl.load(x_ptr + _arange(8))
+    tl.store(mx_ptr + _arange(8), _max_nan_twice(x))
+    tl.store(sm_ptr + _arange(6), x)   # not a power of 2: raises in the helper
+
+
+@triton.jit
+def _max_nan_twice(x):
+    return t_igemm._max_nan(x, x)
+
+
+@pytest.mark.skipif(not t_utils.INTERPRET, reason="the interpreter's language swap")
+def test_interpreter_launch_leaves_the_language_as_it_found_it():
+    """conftest swaps triton.language's builtins once a launch (not again at each helper's call):
+    after a launch that calls helpers, and after one that fails inside a helper, tl's builtins
+    are the builtins again, and the next launch still works."""
+    x, mx, sm, am = torch.randn(64), torch.empty(32), torch.empty(32), torch.empty(32, dtype=torch.int32)
+    _reduce_kernel[(1,)](x, mx, sm, am, 2, False)   # helpers: _max_nan, _sum_in_order, ...
+    assert tl.core.is_builtin(tl.maximum) and tl.core.is_builtin(tl.reduce)
+    with pytest.raises(Exception, match="power of 2"):   # a launch that fails in a helper
+        _failing_kernel[(1,)](x, mx, sm, am)
+    assert tl.core.is_builtin(tl.maximum) and tl.core.is_builtin(tl.where)
+    _reduce_kernel[(1,)](x, mx, sm, am, 2, False)
+    assert torch.equal(mx, x.view(32, 2).amax(1))
+
+
 # ---------------------------------------------------------------- conv3x3 + ReLU
 CONV_CASES = [  # (N, C_in, C_out, H, W, padding, layout, bias)
     (3, 1, 5, 13, 11, 0, "nchw", True),
