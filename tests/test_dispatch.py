@@ -33,6 +33,84 @@ def test_use_backend_and_environment(monkeypatch):
         uf.ops.max_pool2x2(x)
 
 
+class _OnAnotherThread(torch.autograd.Function):
+    """Runs `fn` in the backward of a reentrant backward 70 deep: beyond its depth limit autograd
+    hands the rest to a thread of its pool with the caller's thread state, as it hands a GPU's
+    nodes to its device thread (which a CPU backward never reaches)."""
+
+    @staticmethod
+    def forward(ctx, x, depth, fn):
+        ctx.depth, ctx.fn = depth, fn
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        with torch.enable_grad():
+            if ctx.depth:
+                y = torch.zeros(1, requires_grad=True)
+                _OnAnotherThread.apply(y, ctx.depth - 1, ctx.fn).sum().backward()
+            else:
+                ctx.fn()
+        return g, None, None
+
+
+def on_a_backwards_thread(fn):
+    import threading
+    ran = []
+    _OnAnotherThread.apply(torch.zeros(1, requires_grad=True), 70,
+                           lambda: ran.append((threading.get_ident(), fn()))).sum().backward()
+    assert ran and ran[0][0] != threading.get_ident(), "ran on the caller's thread"
+    return ran[0][1]
+
+
+def test_use_backend_reaches_the_threads_that_run_a_backward(monkeypatch):
+    """On a GPU a backward runs on autograd's device thread: a request of `use_backend` holds
+    there too when the backward is called inside the block, and a block entered there restores
+    what it found. Where a region of uf.ops is checkpointed, the recomputation then runs on the
+    backend its forward ran on (a recomputation under "auto", on the torch ops here, would save
+    other tensors: CheckpointError)."""
+    from unet_fast import _dispatch
+    assert on_a_backwards_thread(_dispatch.requested_backend) == "auto"
+    if not _dispatch._STASH:
+        pytest.skip(f"torch {torch.__version__} cannot take a Python object out of its per-thread "
+                    "stash again (torch._C._remove_obj_from_tls: torch 2.13 and 2.14 have it): "
+                    "use_backend stays in its own thread")
+
+    def nested():
+        with uf.use_backend("cuda"):
+            inner = _dispatch.requested_backend()
+        return inner, _dispatch.requested_backend()
+    with uf.use_backend("torch"):
+        assert on_a_backwards_thread(_dispatch.requested_backend) == "torch"
+        assert on_a_backwards_thread(nested) == ("cuda", "torch")
+    assert _dispatch.requested_backend() == "auto"
+    assert not torch._C._is_key_in_tls(_dispatch._TLS_KEY)   # (nothing left in the thread)
+
+    if uf.backends.available()["triton"] is not None:
+        return
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 10, 10, requires_grad=True)
+    w, b = torch.randn(8, 4, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True)
+    ran = []
+    record = _dispatch.record
+    monkeypatch.setattr(_dispatch, "record", lambda op, name: ran.append(name) or record(op, name))
+
+    def region(x):
+        return uf.ops.max_pool2x2(uf.ops.conv3x3_relu(x, w, b))
+    with uf.use_backend("triton"):
+        y = checkpoint(region, x, use_reentrant=False)
+        on_a_backwards_thread(lambda: y.square().sum().backward())
+    assert len(ran) > 2 and set(ran) == {"triton"}, ran   # the forward, then the recomputation
+    grads = [t.grad for t in (x, w, b)]
+    with uf.use_backend("triton"):
+        for t in (x, w, b):
+            t.grad = None
+        region(x).square().sum().backward()
+    for g, t in zip(grads, (x, w, b)):
+        assert torch.equal(g, t.grad)
+
+
 def test_auto_on_cpu_is_torch():
     from unet_fast import _dispatch
     uf.ops.max_pool2x2(torch.randn(1, 2, 4, 4))

@@ -169,19 +169,57 @@ def check_backend_name(name: str, what: str = "backend") -> str:
     return name
 
 
+# `use_backend`'s request is per thread, and it must reach the threads that run a backward: on a
+# GPU the autograd engine runs it on its device thread, where a region that torch.utils.checkpoint
+# recomputes calls the ops again. The engine hands its threads the calling thread's state, which
+# includes the Python objects torch stashes per thread (torch._C._stash_obj_in_tls: how torch itself
+# carries its compiler context there), so the request is kept both there and in `_local` (read
+# while torch.compile traces, which does not trace torch's stash). A torch that cannot take an
+# object out of the stash again (no _remove_obj_from_tls: it came with pytorch#182083, in 2.13 and
+# 2.14, likely not the GPU machines' 2.11) keeps `_local` only: an object left in a thread's stash
+# can deadlock or crash that thread's exit.
+_TLS_KEY = "unet_fast.use_backend"
+_STASH = all(hasattr(torch._C, f) for f in ("_stash_obj_in_tls", "_get_obj_in_tls",
+                                            "_is_key_in_tls", "_remove_obj_from_tls"))
+
+
+def _stashed() -> Optional[str]:
+    if _STASH and not _is_compiling() and torch._C._is_key_in_tls(_TLS_KEY):
+        return torch._C._get_obj_in_tls(_TLS_KEY)
+    return None
+
+
+def _stash(name: Optional[str]) -> None:
+    if _STASH and not _is_compiling():
+        if name is None:   # removed, not set to None: torch's own advice for a thread's stash
+            torch._C._remove_obj_from_tls(_TLS_KEY)
+        else:
+            torch._C._stash_obj_in_tls(_TLS_KEY, name)
+
+
+def _request() -> Optional[str]:
+    name = getattr(_local, "backend", None)
+    return name if name is not None else _stashed()   # (a backward's thread: the caller's)
+
+
 class use_backend:
-    """Run the ops inside the block with this backend unless a call names one itself."""
+    """Run the ops inside the block with this backend unless a call names one itself. The
+    request holds in this thread and in the threads that run a backward called inside the block
+    (a GPU's autograd device thread: a checkpointed region recomputed there asks for it too)."""
 
     def __init__(self, name: str):
         self.name = check_backend_name(name)
 
     def __enter__(self):
-        self.prev = getattr(_local, "backend", None)
+        # both, as they were: in a backward's thread the stash is the caller's request
+        self.prev = (getattr(_local, "backend", None), _stashed())
         _local.backend = self.name
+        _stash(self.name)
         return self
 
     def __exit__(self, *exc):
-        _local.backend = self.prev
+        _local.backend, stashed = self.prev
+        _stash(stashed)
         return False
 
 
@@ -189,7 +227,7 @@ def requested_backend(backend: Optional[str] = None) -> str:
     """The backend a call asks for: its argument, else `use_backend`, else the environment."""
     if backend is not None:
         return check_backend_name(backend)
-    ctx = getattr(_local, "backend", None)
+    ctx = _request()
     if ctx is not None:
         return ctx
     import os
