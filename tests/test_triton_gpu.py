@@ -254,7 +254,8 @@ def test_compile_inductor_gpu():
 
 def test_offsets_beyond_2_31_elements_gpu():
     """A batch whose activations exceed 2**31 elements (batch/pixel offsets must be 64-bit):
-    the last image of the batch equals cuDNN's result for that image alone."""
+    the last image of the batch equals cuDNN's result for that image alone. (Every kernel's
+    offsets past 2**31 are checked without a GPU in test_large_offsets.py.)"""
     free, _ = torch.cuda.mem_get_info()
     if free < 24 * 2**30:
         pytest.skip("needs 24 GiB of free GPU memory")
