@@ -31,6 +31,12 @@ def fake_backend(monkeypatch, tmp_path):
             time.sleep(0.01)
         if state["mode"] == "backward-error":
             return _FailingBackward.apply(x)
+        if state["mode"] == "wrong":         # every window's max 5% too large
+            return F.max_pool2d(x, 2, 2) * 1.05
+        if state["mode"] == "wrong-backward":   # right forward; the gradient spread evenly
+            return _EvenBackward.apply(x)
+        if state["mode"] == "rounding":       # off by what bf16 rounding does (2**-9)
+            return F.max_pool2d(x, 2, 2) * (1 + 2**-9)
         return F.max_pool2d(x, 2, 2)
 
     _dispatch.ensure_backends()  # (loading them later would register over the fakes below)
@@ -64,6 +70,19 @@ class _FailingBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         raise RuntimeError("CUDA error: injected backward launch failure")
+
+
+class _EvenBackward(torch.autograd.Function):
+    """A max-pool whose forward is right and whose backward spreads each window's gradient over
+    its four pixels (an average pool's)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return F.max_pool2d(x, 2, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
 
 
 def _cache_choices(tmp_dir):
@@ -210,6 +229,122 @@ def test_failure_while_measuring_is_a_fallback(fake_backend):
     x = torch.randn(2, 3, 8, 8)
     with pytest.warns(RuntimeWarning, match="falls back"):
         assert torch.equal(uf.ops.max_pool2x2(x), F.max_pool2d(x, 2, 2))
+
+
+@pytest.mark.parametrize("mode,what,err", [("wrong", "output 0", "0.05"),   # 5% larger
+                                           ("wrong-backward", "input gradient 0", "0.866")])
+def test_wrong_numbers_while_measuring_are_a_fallback(fake_backend, mode, what, err):
+    """A kernel that runs but gives wrong numbers (forward, or only its backward) is caught when
+    "auto" measures it against the reference: warned once with the numbers, never used for that
+    input, and the reference is remembered on disk."""
+    fake_backend["mode"] = mode
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=f"NumericMismatch: its {what} .* differs from the "
+                                            f"reference ops' by {err} "):
+        y = uf.ops.max_pool2x2(x)
+    _assert_fell_back_to_the_reference(y, x)
+    assert list(_cache_choices(_autotune.cache_dir())["choices"].values()) == ["torch"]
+    calls = fake_backend["calls"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        uf.ops.max_pool2x2(x)
+    assert fake_backend["calls"] == calls and _dispatch.last_used("max_pool2x2") == "torch"
+
+
+@pytest.mark.parametrize("mode", ["rounding", "ok"])
+def test_rounding_and_nan_are_not_wrong_numbers(fake_backend, mode):
+    """Results that differ from the reference's by rounding only, and NaN where the reference has
+    NaN, pass the check: the kernel stays a candidate and runs when it is the faster."""
+    fake_backend["mode"] = mode
+    _dispatch.register_impl("max_pool2x2", "torch", lambda t: (__import__("time").sleep(0.05),
+                                                               F.max_pool2d(t, 2, 2))[1])
+    x = torch.randn(2, 3, 8, 8)
+    x[0, 1, 2, 3] = float("nan")
+    x[1, 0, 5, 5] = float("inf")
+    x.requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uf.ops.max_pool2x2(x)
+    assert _dispatch.last_used("max_pool2x2") == "triton" and not _dispatch._failed
+
+
+class _WrongWeightGradient(torch.autograd.Function):
+    """conv3x3_relu whose forward and input gradient are right and whose weight gradient has its
+    taps mirrored (a dgrad's flipped filter where a wgrad's belongs)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, padding):
+        ctx.save_for_backward(x, w, b)
+        ctx.padding = padding
+        return F.relu(F.conv2d(x, w, b, padding=padding))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, b = ctx.saved_tensors
+        with torch.enable_grad():
+            x_, w_, b_ = (t.detach().requires_grad_() for t in (x, w, b))
+            gx, gw, gb = torch.autograd.grad(F.relu(F.conv2d(x_, w_, b_, padding=ctx.padding)),
+                                             (x_, w_, b_), g)
+        return gx, gw.flip(2, 3), gb, None
+
+
+@pytest.mark.parametrize("mode", ["kink", "wrong-wgrad"])
+def test_relu_kink_is_not_wrong_numbers_but_a_wrong_gradient_is(fake_backend, mode):
+    """conv3x3_relu measured by "auto": an implementation whose pre-activations differ from the
+    reference's by far less than rounding (so outputs near the ReLU's kink land on the other side,
+    and a gradient of ones would differ by whole elements there) passes the check; one whose
+    weight gradient alone is wrong does not."""
+    def impl(x, w, b, padding, relu_input=False, grad_masked=False):
+        if mode == "kink":
+            pre = F.conv2d(x, w, b, padding=padding)
+            return F.relu(pre + 1e-3 * pre.detach().abs().amax() * torch.randn_like(pre))
+        return _WrongWeightGradient.apply(x, w, b, padding)
+    _dispatch.register_impl("conv3x3_relu", "triton", impl)
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, 18, 18, requires_grad=True)
+    w = (torch.randn(16, 8, 3, 3) / 8).requires_grad_()
+    b = torch.randn(16, requires_grad=True)
+    if mode == "kink":
+        with torch.no_grad():   # the premise: masks that flip (so ones would move whole elements)
+            pre = F.conv2d(x, w, b)
+            assert (pre.abs() < 1e-3 * pre.abs().amax()).sum() >= 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            uf.ops.conv3x3_relu(x, w, b)
+        assert not _dispatch._failed
+    else:
+        with pytest.warns(RuntimeWarning, match="NumericMismatch: its input gradient 1 "
+                                                r"\(16, 8, 3, 3\)"):
+            y = uf.ops.conv3x3_relu(x, w, b)
+        assert _dispatch.last_used("conv3x3_relu") == "torch"
+        torch.testing.assert_close(y, F.relu(F.conv2d(x, w, b)))
+
+
+def test_relative_rms():
+    """The check's measure: RMS of the difference over RMS of the reference, where both are
+    finite; infinite for other shapes, for finiteness that differs beyond the allowance, and for
+    any difference from an all-zero reference."""
+    ref = torch.arange(1.0, 201.0).reshape(2, 100)
+    assert _autotune._relative_rms(ref, ref) == 0.0
+    off = ref.clone()
+    off[1, 7] += 10.0
+    want = 10.0 / ref.double().square().sum().sqrt().item()
+    assert abs(_autotune._relative_rms(off, ref) - want) < 1e-12
+    assert abs(_autotune._relative_rms(off.to(torch.bfloat16), ref)
+               - _autotune._relative_rms(off.to(torch.bfloat16).float(), ref)) == 0.0
+    assert _autotune._relative_rms(ref[:1], ref) == float("inf")
+    nan = ref.clone()
+    nan[0, 3] = float("nan")
+    assert _autotune._relative_rms(nan, nan) == 0.0          # NaN where the reference has NaN
+    assert _autotune._relative_rms(nan, ref) == float("inf")  # 1 of 200: beyond the allowance
+    big = torch.ones(2, 10**5)
+    edge = big.clone()
+    edge[0, 0] = float("inf")                                 # 1 of 200000: an fp16 edge case
+    assert _autotune._relative_rms(edge, big) == 0.0
+    zero = torch.zeros(3, 4)
+    assert _autotune._relative_rms(zero, zero) == 0.0
+    assert _autotune._relative_rms(zero + 1e-30, zero) == float("inf")
+    assert _autotune._relative_rms(torch.empty(0), torch.empty(0)) == 0.0
 
 
 def test_deterministic_mode_skips_nondeterministic_kernels(fake_backend, monkeypatch):
@@ -403,3 +538,49 @@ def test_measuring_inside_activation_checkpointing(fake_backend, monkeypatch):
     mc(x).sum().backward()  # "auto", measured on first use, inside the checkpointed levels
     for (n, p), q in zip(m.named_parameters(), mc.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_our_kernels_pass_the_check_against_the_reference(monkeypatch, tmp_path, autocast):
+    """No false alarm on real kernels: "auto" measuring a small U-Net's training step with every
+    backend this machine runs (the extension's C++ kernels, the Triton kernels on the interpreter)
+    against the reference, in fp32 and under bf16 autocast, finds every op's results within the
+    check's bound (the fused ops, the model's ReLU-gradient contract, the pool epilogue)."""
+    ready = [b for b in ("cuda", "triton") if AVAILABLE_NOW()[b] is None]
+    if not ready:
+        pytest.skip("neither the extension nor the Triton interpreter is available")
+    _dispatch.ensure_backends()
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", True)
+    monkeypatch.setattr(_dispatch, "auto_order", lambda device: tuple(ready) + ("torch",))
+    monkeypatch.setattr(_autotune, "WARMUP", 0)
+    monkeypatch.setattr(_autotune, "REPEAT", 1)
+    monkeypatch.setenv("UNET_FAST_CACHE_DIR", str(tmp_path))
+    saved = [set(s) for s in (_dispatch._failed, _dispatch._warned, _dispatch._proven)]
+    checked = []
+    check = _autotune.check_against
+
+    def spy(op, got, ref):
+        check(op, got, ref)
+        checked.append(op)
+    monkeypatch.setattr(_autotune, "check_against", spy)
+    _autotune.reset_memory()
+    try:
+        for s in (_dispatch._failed, _dispatch._warned, _dispatch._proven):
+            s.clear()
+        torch.manual_seed(0)
+        m = uf.UNet(1, 2, base_channels=8, depth=2, backend="auto")
+        x = torch.randn(1, 1, 44, 44)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = m(x).float().square().mean()
+            loss.backward()
+        assert not _dispatch._failed
+    finally:
+        _autotune.reset_memory()
+        for s, old in zip((_dispatch._failed, _dispatch._warned, _dispatch._proven), saved):
+            s.clear()
+            s.update(old)
+    # every kind of op of the step was checked (once per backend and input)
+    assert {"conv3x3_relu", "conv3x3_relu_pool", "conv_transpose2x2", "concat_conv3x3_relu",
+            "conv3x3_relu_conv1x1"} <= set(checked), checked
