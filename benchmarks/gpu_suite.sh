@@ -554,6 +554,9 @@ else
   n_budget=$(awk '/^SKIPPED \[[0-9]+\].*time budget/ {gsub(/[^0-9]/, "", $2); s += $2} END {print s + 0}' "$STAGE_OUT")
   last=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)' "$STAGE_OUT" | tail -1 | tr -d '=' | sed 's/^ *//')
   [ -n "$n_budget" ] && [ "$n_budget" != 0 ] && last="$last; $n_budget not started (time budget)"
+  # backend="auto" checks what it measures: a kernel far from the reference's numbers is left out
+  n_wrong=$(grep -c 'NumericMismatch' "$STAGE_OUT" || true)
+  [ "${n_wrong:-0}" != 0 ] && last="$last; WRONG NUMBERS: $n_wrong NumericMismatch line(s) in log.txt (auto fell back)"
   case $stage_rc in
     0) record bench ok $STAGE_S "$last" ;;
     124|137) record bench TIMEOUT $STAGE_S "killed at the time limit (${lim} s), partial results kept: $last"; FAILED+=(bench) ;;
