@@ -540,12 +540,12 @@ def test_measuring_inside_activation_checkpointing(fake_backend, monkeypatch):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=n)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_our_kernels_pass_the_check_against_the_reference(monkeypatch, tmp_path, autocast):
+def test_our_kernels_pass_the_check_against_the_reference(monkeypatch, tmp_path):
     """No false alarm on real kernels: "auto" measuring a small U-Net's training step with every
     backend this machine runs (the extension's C++ kernels, the Triton kernels on the interpreter)
-    against the reference, in fp32 and under bf16 autocast, finds every op's results within the
-    check's bound (the fused ops, the model's ReLU-gradient contract, the pool epilogue)."""
+    against the reference, under bf16 autocast (where rounding differs most; fp32 differs far
+    less), finds every op's results within the check's bound (the fused ops, the model's
+    ReLU-gradient contract, the pool epilogue)."""
     ready = [b for b in ("cuda", "triton") if AVAILABLE_NOW()[b] is None]
     if not ready:
         pytest.skip("neither the extension nor the Triton interpreter is available")
@@ -572,7 +572,7 @@ def test_our_kernels_pass_the_check_against_the_reference(monkeypatch, tmp_path,
         x = torch.randn(1, 1, 44, 44)
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = m(x).float().square().mean()
             loss.backward()
         assert not _dispatch._failed
