@@ -323,7 +323,6 @@ def choose(op: str, candidates: list, args: tuple, run_candidate) -> tuple:
         except Exception as e:  # noqa: BLE001  (a kernel that fails is not a choice)
             timings[name] = float("inf")
             failures.append((name, e))
-        del got
     best = min(candidates, key=timings.get)   # (ties: the order of preference)
     remember(path, key, best, device)
     return best, failures, [n for n in candidates if timings[n] != float("inf")]
