@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import traceback
 
@@ -66,6 +67,10 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="triton,cuda", help="comma-separated (default triton,cuda)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     args = ap.parse_args(argv)
+    # memcheck slows every kernel many times over: the explicit backends' first-run check (each new
+    # input once more beside the reference ops) would double the step's time; its numbers are the
+    # tests stage's job, memory errors this one's
+    os.environ.setdefault("UNET_FAST_CHECK", "0")
     import torch
     import unet_fast as uf
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -2,7 +2,8 @@
 
 Without a GPU, Triton kernels run under the Triton interpreter on CPU tensors. The interpreter must
 be switched on before any module that defines @triton.jit kernels is imported, so it is set here,
-first. First-use builds of the extension are switched off (UNET_FAST_JIT=0). Ahead-of-time compilation checks need a process without it and run in a subprocess.
+first. First-use builds of the extension are switched off (UNET_FAST_JIT=0), and so is an explicit
+backend's first-run check (UNET_FAST_CHECK=0) but where a test switches it on. Ahead-of-time compilation checks need a process without it and run in a subprocess.
 """
 import os
 import signal
@@ -24,6 +25,10 @@ signal.signal(signal.SIGTERM, _interrupt)
 # An explicit backend="cuda" builds a missing extension on first use (minutes): never in the tests,
 # whose explicit requests expect BackendUnavailable when the extension is not built.
 os.environ.setdefault("UNET_FAST_JIT", "0")
+# An explicit backend's first-run check (unet_fast/_dispatch.py; on a GPU) runs each new input's
+# kernels once more beside the reference ops: off in the tests, whose parity checks are stricter
+# and some of which count launches; tests/test_first_run_check.py switches it on.
+os.environ.setdefault("UNET_FAST_CHECK", "0")
 
 import pytest  # noqa: E402
 

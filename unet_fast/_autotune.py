@@ -286,6 +286,16 @@ def check_against(op: str, got, ref) -> None:
                 "this input. Please report it, with the output of `python -m unet_fast info`")
 
 
+def compare_once(op: str, fn, ref_fn, args: tuple) -> None:
+    """Run the reference `ref_fn`, then `fn`, once each on copies of `args` as `choose` measures
+    them (the same output gradients for both) and raise NumericMismatch if `fn`'s results are far
+    from the reference's: the first-run check of an explicitly requested backend."""
+    out_grads, ref, got = [], [], []
+    _step(ref_fn, args, op, out_grads)(ref)
+    _step(fn, args, op, out_grads)(got)
+    check_against(op, got, ref)
+
+
 def lookup(op: str, args: tuple):
     """The choice remembered in this process for `op` on `args`, or None. No file access and no
     measuring, so it is safe to trace under torch.compile."""

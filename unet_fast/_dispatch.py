@@ -24,6 +24,7 @@ calls it with explicit=False, which may warn but never builds.
 """
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from typing import Callable, Optional
@@ -385,6 +386,58 @@ def _prove(op: str, cand: str, args: tuple) -> None:
     _proven.add((op, cand, key))
 
 
+# The first-run check of an explicit backend: the first call of an op on each input (op, backend
+# and `_autotune.key_of` key, once per process) under an explicitly requested backend other than
+# "torch" also runs once on copies of its input beside the reference ops, and its results (outputs
+# and, for a training key, input gradients) are compared as "auto" compares what it measures. Its
+# kernels have never run on a GPU before they meet a user's: wrong numbers there are then a
+# BackendUnavailable with the numbers, not a silently wrong training run. On CUDA devices only
+# (the CPU kernels are the ones CI tests); UNET_FAST_CHECK=0 turns it off.
+_checked: dict = {}   # (op, backend, key) -> None (passed) or the mismatch, as a sentence
+_CHECK_ON_CPU = False  # tests switch it on to exercise the check without a GPU
+_checking = threading.local()  # set while a check runs: the ops it calls are not checked again
+
+
+def _check_wanted(name: str, args: tuple) -> bool:
+    if name == "torch" or _compiling_for is not None or _is_compiling():
+        return False
+    if getattr(_checking, "active", False) or os.environ.get("UNET_FAST_CHECK", "1") == "0":
+        return False
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if device is None or not (device.type == "cuda" or _CHECK_ON_CPU):
+        return False
+    # (a CUDA graph being captured cannot run the reference beside it; a warm-up call, which
+    # capturing needs anyway, has checked the input already)
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def _first_run_check(op: str, name: str, args: tuple) -> None:
+    """Raise BackendUnavailable if backend `name`'s `op` gives wrong numbers on `args` (checked on
+    the first call with such an input, remembered after)."""
+    from . import _autotune
+    key = (op, name, _autotune.key_of(op, args))
+    if key not in _checked:
+        _checking.active = True
+        try:
+            _autotune.compare_once(op, _impls[op][name].fn, _impls[op]["torch"].fn, args)
+            _checked[key] = None
+        except _autotune.NumericMismatch as e:
+            _checked[key] = str(e)
+        except _NOT_KERNEL_FAILURES + (BackendUnavailable,):
+            raise
+        except Exception as e:  # noqa: BLE001  (not remembered: the next call tries again)
+            raise BackendUnavailable(
+                f"backend={name!r} failed to run {op}: {type(e).__name__}: {e}. Use "
+                "backend='auto' to fall back to the reference ops.") from e
+        finally:
+            _checking.active = False
+    if _checked[key] is not None:
+        raise BackendUnavailable(
+            f"backend={name!r} gives wrong numbers for {op} on this input (its first-run check "
+            f"against the reference ops): {_checked[key]}. Use backend='auto', which falls back "
+            "to the reference ops for this input, or backend='torch'.")
+
+
 def run(op: str, args: tuple, backend: Optional[str] = None):
     """Run `op` on validated `args`. Under "auto" a kernel that fails (compile error, launch
     failure, missing resources), in the forward or, tried first (`_prove`), in the backward, is
@@ -410,6 +463,8 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
             raise BackendUnavailable(
                 f"backend={name!r} cannot run {op}: {reason}. Use backend='auto' (or 'torch') to "
                 "fall back to the reference ops.")
+        if _check_wanted(name, args):
+            _first_run_check(op, name, args)
         try:
             out = _impls[op][name].fn(*args)
         except _NOT_KERNEL_FAILURES:
