@@ -84,10 +84,13 @@ def test_cli_bad_inputs(trained, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_info(capsys):
+def test_info(capsys, monkeypatch):
+    monkeypatch.setenv("UNET_FAST_CHECK", "0")   # every setting of ours is shown
+    monkeypatch.setenv("UNET_FAST_TRITON_TMA", "1")
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "triton" in out and "backends:" in out and "extension" in out
+    assert {"env UNET_FAST_CHECK=0", "env UNET_FAST_TRITON_TMA=1"} <= set(out.splitlines())
     assert cli.main(["info", "--json", "--sizes", "4"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["backends"]) == {"torch", "triton", "cuda"} and info["backends"]["torch"] is None

@@ -459,8 +459,9 @@ def collect_info() -> dict:
         "backends": available(),
         "extension_path": cuda_backend.extension_path(),
         "extension": cuda_backend.extension_info(),
-        "env": {k: os.environ[k] for k in ("UNET_FAST_BACKEND", "TRITON_INTERPRET",
-                                           "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        # every setting of ours a run depends on (UNET_FAST_CHECK=0, UNET_FAST_TRITON_TMA=1, ...)
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith("UNET_FAST_") or k in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")},
     }
 
 
