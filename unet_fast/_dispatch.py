@@ -386,14 +386,14 @@ def _prove(op: str, cand: str, args: tuple) -> None:
     _proven.add((op, cand, key))
 
 
-# The first-run check of an explicit backend: the first call of an op on each input (op, backend
-# and `_autotune.key_of` key, once per process) under an explicitly requested backend other than
-# "torch" also runs once on copies of its input beside the reference ops, and its results (outputs
-# and, for a training key, input gradients) are compared as "auto" compares what it measures. Its
-# kernels have never run on a GPU before they meet a user's: wrong numbers there are then a
-# BackendUnavailable with the numbers, not a silently wrong training run. On CUDA devices only
-# (the CPU kernels are the ones CI tests); UNET_FAST_CHECK=0 turns it off.
-_checked: dict = {}   # (op, backend, key) -> None (passed) or the mismatch, as a sentence
+# The first-run check of an explicit backend: the first call of an op on each input (its shapes,
+# dtypes, strides, devices, gradients or not; once per process) under an explicitly requested
+# backend other than "torch" also runs once on copies of its input beside the reference ops, and
+# its results (outputs and, for a training key, input gradients) are compared as "auto" compares
+# what it measures. Its kernels have never run on a GPU before they meet a user's: wrong numbers
+# there are then a BackendUnavailable with the numbers, not a silently wrong training run. On CUDA
+# devices only (the CPU kernels are the ones CI tests); UNET_FAST_CHECK=0 turns it off.
+_checked: dict = {}   # (op, backend, input key) -> None (passed) or the mismatch, as a sentence
 _CHECK_ON_CPU = False  # tests switch it on to exercise the check without a GPU
 _checking = threading.local()  # set while a check runs: the ops it calls are not checked again
 
@@ -415,7 +415,11 @@ def _first_run_check(op: str, name: str, args: tuple) -> None:
     """Raise BackendUnavailable if backend `name`'s `op` gives wrong numbers on `args` (checked on
     the first call with such an input, remembered after)."""
     from . import _autotune
-    key = (op, name, _autotune.key_of(op, args))
+    # (what `_autotune.key_of` says, strides for layouts, and devices, in a third of its time:
+    # this runs on every call)
+    key = (op, name, torch.is_grad_enabled()) + tuple(
+        (a.shape, a.dtype, a.stride(), a.device, a.requires_grad) if isinstance(a, torch.Tensor)
+        else a for a in args)
     if key not in _checked:
         _checking.active = True
         try:
