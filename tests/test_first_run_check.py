@@ -130,15 +130,18 @@ def test_no_check_where_it_is_off(checked, monkeypatch):
         uf.ops.max_pool2x2(x, backend="triton")
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend,device", [
+    ("cuda", "cpu"),
+    pytest.param("cuda", "cuda", marks=requires_cuda),
+    pytest.param("triton", "cuda", marks=requires_cuda)])
 def test_our_kernels_pass_their_first_run_check(backend, device, monkeypatch):
     """No false alarm on real kernels: a small U-Net's training step and then its inference on an
-    explicit backend (on the CPU: the extension's C++ kernels, the Triton kernels on the
-    interpreter; on a GPU, where the check is on by default: the GPU kernels), under bf16
-    autocast (where rounding differs most), checks every op's first call, and every one passes:
-    the fused ops, the model's ReLU-gradient contract, the pool epilogue, and on "cuda" the
-    up-convolution written into the concat buffer."""
+    explicit backend (on the CPU: the extension's C++ kernels; on a GPU, where the check is on by
+    default: the GPU kernels), under bf16 autocast (where rounding differs most), checks every
+    op's first call, and every one passes: the fused ops, the model's ReLU-gradient contract, the
+    pool epilogue, and on "cuda" the up-convolution written into the concat buffer. (The Triton
+    kernels on the interpreter, whose model runs the same ops as under "auto", pass the same
+    comparison in test_auto.py's test_our_kernels_pass_the_check_against_the_reference.)"""
     why = uf.backends.available()[backend]
     if why is not None:
         pytest.skip(f"{backend}: {why}")
