@@ -11,43 +11,23 @@ import torch.nn.functional as F
 import unet_fast as uf
 from unet_fast import _autotune, _dispatch
 from conftest import requires_cuda
-from test_auto import _EvenBackward   # a max-pool with an average pool's backward
+from test_auto import fake_backend  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
-def checked(monkeypatch):
-    """A fake 'triton' max_pool2x2 a test controls and a counting reference, with the check on
-    for CPU tensors and its memory empty."""
-    state = {"mode": "ok", "calls": 0, "ref_calls": 0}
-
-    def impl(x):
-        state["calls"] += 1
-        if state["mode"] == "launch-error":
-            raise RuntimeError("CUDA error: injected launch failure")
-        if state["mode"] == "wrong":             # every window's max 5% too large
-            return F.max_pool2d(x, 2, 2) * 1.05
-        if state["mode"] == "wrong-backward":    # right forward; the gradient spread evenly
-            return _EvenBackward.apply(x)
-        if state["mode"] == "rounding":          # off by what bf16 rounding does (2**-9)
-            return F.max_pool2d(x, 2, 2) * (1 + 2**-9)
-        return F.max_pool2d(x, 2, 2)
-
+def checked(fake_backend, monkeypatch):
+    """test_auto's fake 'triton' max_pool2x2 a test controls, a reference that counts its calls
+    (`ref_calls`), and the check on for CPU tensors with its memory empty."""
     def ref(x):
-        state["ref_calls"] += 1
+        fake_backend["ref_calls"] += 1
         return F.max_pool2d(x, 2, 2)
 
-    _dispatch.ensure_backends()  # (loading them later would register over the fakes below)
-    saved = {op: dict(v) for op, v in _dispatch._impls.items()}
-    monkeypatch.setitem(_dispatch._backend_reason, "triton", lambda: None)
+    fake_backend["ref_calls"] = 0
     monkeypatch.setattr(_dispatch, "_CHECK_ON_CPU", True)
     monkeypatch.delenv("UNET_FAST_CHECK", raising=False)
     monkeypatch.setattr(_dispatch, "_checked", {})
-    _dispatch.register_impl("max_pool2x2", "triton", impl)
-    _dispatch.register_impl("max_pool2x2", "torch", ref)
-    yield state
-    for op, v in saved.items():
-        _dispatch._impls[op].clear()
-        _dispatch._impls[op].update(v)
+    _dispatch.register_impl("max_pool2x2", "torch", ref)   # (fake_backend restores the impls)
+    return fake_backend
 
 
 @pytest.mark.parametrize("mode,what,err", [("wrong", "output 0", "0.05"),   # 5% larger
