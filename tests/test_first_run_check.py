@@ -1,7 +1,7 @@
 """The first-run check of an explicitly requested backend (unet_fast/_dispatch.py): the first call
 of an op on each input under backend="triton" or "cuda" is compared with the reference ops, and
 wrong numbers are a BackendUnavailable with the numbers instead of a silently wrong result. On a
-GPU it is on by default; here `_CHECK_ON_CPU` switches it on for the CPU kernels."""
+GPU it is on by default; here `_MEASURE_ON_CPU` switches it on for the CPU kernels."""
 import warnings
 
 import pytest
@@ -23,7 +23,7 @@ def checked(fake_backend, monkeypatch):
         return F.max_pool2d(x, 2, 2)
 
     fake_backend["ref_calls"] = 0
-    monkeypatch.setattr(_dispatch, "_CHECK_ON_CPU", True)
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", True)   # (fake_backend's too)
     monkeypatch.delenv("UNET_FAST_CHECK", raising=False)
     monkeypatch.setattr(_dispatch, "_checked", {})
     _dispatch.register_impl("max_pool2x2", "torch", ref)   # (fake_backend restores the impls)
@@ -102,10 +102,10 @@ def test_no_check_where_it_is_off(checked, monkeypatch):
     monkeypatch.delenv("UNET_FAST_CHECK")
     uf.ops.max_pool2x2(x, backend="torch")
     assert checked["ref_calls"] == 1 and not _dispatch._checked
-    monkeypatch.setattr(_dispatch, "_CHECK_ON_CPU", False)
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", False)
     assert torch.equal(uf.ops.max_pool2x2(x, backend="triton"), F.max_pool2d(x, 2, 2) * 1.05)
     assert checked["ref_calls"] == 1 and not _dispatch._checked
-    monkeypatch.setattr(_dispatch, "_CHECK_ON_CPU", True)
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", True)
     with pytest.raises(uf.BackendUnavailable, match="wrong numbers"):
         uf.ops.max_pool2x2(x, backend="triton")
 
@@ -126,7 +126,7 @@ def test_our_kernels_pass_their_first_run_check(backend, device, monkeypatch):
     if why is not None:
         pytest.skip(f"{backend}: {why}")
     _dispatch.ensure_backends()
-    monkeypatch.setattr(_dispatch, "_CHECK_ON_CPU", device == "cpu")
+    monkeypatch.setattr(_dispatch, "_MEASURE_ON_CPU", device == "cpu")
     monkeypatch.delenv("UNET_FAST_CHECK", raising=False)
     monkeypatch.setattr(_dispatch, "_checked", {})
     checked = []

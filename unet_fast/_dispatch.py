@@ -325,7 +325,9 @@ def _measuring_allowed(device: torch.device) -> bool:
     return (device.type == "cuda" or _MEASURE_ON_CPU) and not _is_compiling()
 
 
-_MEASURE_ON_CPU = False  # tests switch it on to exercise the measured path without a GPU
+# tests switch it on to exercise without a GPU what runs on CUDA devices only: "auto"'s
+# measurements and an explicit backend's first-run check
+_MEASURE_ON_CPU = False
 
 
 def auto_candidates(op: str, args: tuple) -> list:
@@ -394,17 +396,21 @@ def _prove(op: str, cand: str, args: tuple) -> None:
 # there are then a BackendUnavailable with the numbers, not a silently wrong training run. On CUDA
 # devices only (the CPU kernels are the ones CI tests); UNET_FAST_CHECK=0 turns it off.
 _checked: dict = {}   # (op, backend, input key) -> None (passed) or the mismatch, as a sentence
-_CHECK_ON_CPU = False  # tests switch it on to exercise the check without a GPU
 _checking = threading.local()  # set while a check runs: the ops it calls are not checked again
 
 
+def _failed_to_run(name: str, op: str, err: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(f"backend={name!r} failed to run {op}: {type(err).__name__}: {err}. "
+                              "Use backend='auto' to fall back to the reference ops.")
+
+
 def _check_wanted(name: str, args: tuple) -> bool:
-    if name == "torch" or _compiling_for is not None or _is_compiling():
+    if name == "torch" or _compiling_for is not None:
         return False
     if getattr(_checking, "active", False) or os.environ.get("UNET_FAST_CHECK", "1") == "0":
         return False
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-    if device is None or not (device.type == "cuda" or _CHECK_ON_CPU):
+    if device is None or not _measuring_allowed(device):
         return False
     # (a CUDA graph being captured cannot run the reference beside it; a warm-up call, which
     # capturing needs anyway, has checked the input already)
@@ -430,9 +436,7 @@ def _first_run_check(op: str, name: str, args: tuple) -> None:
         except _NOT_KERNEL_FAILURES + (BackendUnavailable,):
             raise
         except Exception as e:  # noqa: BLE001  (not remembered: the next call tries again)
-            raise BackendUnavailable(
-                f"backend={name!r} failed to run {op}: {type(e).__name__}: {e}. Use "
-                "backend='auto' to fall back to the reference ops.") from e
+            raise _failed_to_run(name, op, e) from e
         finally:
             _checking.active = False
     if _checked[key] is not None:
@@ -476,9 +480,7 @@ def run(op: str, args: tuple, backend: Optional[str] = None):
         except Exception as e:  # noqa: BLE001
             if name == "torch":
                 raise
-            raise BackendUnavailable(f"backend={name!r} failed to run {op}: {type(e).__name__}: "
-                                     f"{e}. Use backend='auto' to fall back to the reference "
-                                     "ops.") from e
+            raise _failed_to_run(name, op, e) from e
         record(op, name)
         return out
     cands = auto_candidates(op, args)
